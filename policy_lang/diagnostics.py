@@ -1,0 +1,159 @@
+"""Diagnostics shared by every phase: parse, resolve, verify, and the device.
+
+A diagnostic is data (code, severity, message, span, help, notes); rendering is separate.
+Messages follow the cedar style: lowercase, no final period, user input in backticks, one line;
+everything else goes into `help` or `notes`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Span(BaseModel):
+    """A source range; field names follow lark's `Meta` (1-based line and column, end exclusive)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    start_pos: int
+    end_pos: int
+
+    @classmethod
+    def from_meta(cls, file: str, meta) -> "Span":
+        return cls(
+            file=file,
+            line=meta.line,
+            column=meta.column,
+            end_line=meta.end_line,
+            end_column=meta.end_column,
+            start_pos=meta.start_pos,
+            end_pos=meta.end_pos,
+        )
+
+    @classmethod
+    def from_token(cls, file: str, token) -> "Span":
+        return cls(
+            file=file,
+            line=token.line,
+            column=token.column,
+            end_line=token.end_line,
+            end_column=token.end_column,
+            start_pos=token.start_pos,
+            end_pos=token.end_pos,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class Diagnostic(BaseModel):
+    """One finding. `span` is None for problems of the environment (no TPM, no fscrypt)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    severity: Severity
+    message: str
+    span: Span | None = None
+    help: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity is Severity.ERROR
+
+
+def error(code: str, message: str, span: Span | None = None, help: str | None = None, notes: Iterable[str] = ()) -> Diagnostic:
+    return Diagnostic(code=code, severity=Severity.ERROR, message=message, span=span, help=help, notes=tuple(notes))
+
+
+def warning(code: str, message: str, span: Span | None = None, help: str | None = None, notes: Iterable[str] = ()) -> Diagnostic:
+    return Diagnostic(code=code, severity=Severity.WARNING, message=message, span=span, help=help, notes=tuple(notes))
+
+
+class Diagnostics(list[Diagnostic]):
+    """An ordered collection; callers decide control flow with `has_errors()` (tfdiags style)."""
+
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self)
+
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self if d.is_error]
+
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self if not d.is_error]
+
+    def sorted(self) -> "Diagnostics":
+        def key(d: Diagnostic):
+            s = d.span
+            return (s is None, s.file if s else "", s.start_pos if s else 0, d.code)
+
+        return Diagnostics(sorted(self, key=key))
+
+
+class DiagnosticsError(Exception):
+    """Raised where a phase cannot return a result; always carries at least one diagnostic."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = Diagnostics(diagnostics)
+        if not self.diagnostics:
+            raise ValueError("DiagnosticsError needs at least one diagnostic")
+        super().__init__("; ".join(d.message for d in self.diagnostics))
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """A `help:` text suggesting the closest candidate, or None when nothing is close."""
+    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{matches[0]}`?" if matches else None
+
+
+def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -> str:
+    """rustc-style rendering: header, `-->` location, the source line with a caret span, help, notes."""
+    blocks = []
+    for d in diagnostics:
+        lines = [f"{d.severity.value}[{d.code}]: {d.message}"]
+        if d.span is not None:
+            s = d.span
+            lines.append(f"  --> {s.file}:{s.line}:{s.column}")
+            text = sources.get(s.file)
+            if text is not None:
+                source_lines = text.splitlines()
+                if 1 <= s.line <= len(source_lines):
+                    src = source_lines[s.line - 1].expandtabs(1)
+                    gutter = str(s.line)
+                    pad = " " * len(gutter)
+                    end = s.end_column if s.end_line == s.line else len(src) + 1
+                    width = max(1, end - s.column)
+                    lines.append(f"{pad} |")
+                    lines.append(f"{gutter} | {src}")
+                    lines.append(f"{pad} | {' ' * (s.column - 1)}{'^' * width}")
+        if d.help:
+            lines.append(f"  = help: {d.help}")
+        for note in d.notes:
+            lines.append(f"  = note: {note}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def to_json(diagnostics: Iterable[Diagnostic]) -> list[dict]:
+    """The JSON view: the same fields, with the full range."""
+    return [d.model_dump(mode="json") for d in diagnostics]
+
+
+def summary_line(diagnostics: Diagnostics) -> str:
+    e, w = len(diagnostics.errors()), len(diagnostics.warnings())
+    return f"{e} error{'s' if e != 1 else ''}, {w} warning{'s' if w != 1 else ''}"

@@ -1,0 +1,1 @@
+"""vaultpolicy: the console command and the errors every package shares."""

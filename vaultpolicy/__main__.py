@@ -1,0 +1,5 @@
+import sys
+
+from vaultpolicy.cli import main
+
+sys.exit(main())

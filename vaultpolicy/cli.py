@@ -1,0 +1,111 @@
+"""The `vaultpolicy` console command: a lazy command table and one place that maps errors to exit codes.
+
+Each command lives in `vaultpolicy.commands.<module>` and exposes `add_arguments(parser)` and
+`run(args) -> int`. Only the chosen command's module is imported (pip's `commands_dict`), so `--help`
+and `check` never load the TPM stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+
+from vaultpolicy import status_codes
+from vaultpolicy.errors import VaultpolicyError
+
+
+@dataclass(frozen=True)
+class CommandInfo:
+    module: str
+    summary: str
+
+
+COMMANDS: dict[tuple[str, ...], CommandInfo] = {
+    ("check",): CommandInfo("check", "check policy files and report every error"),
+    ("fmt",): CommandInfo("fmt", "format policy files in the one canonical layout"),
+    ("explain",): CommandInfo("explain", "explain a diagnostic code such as VP0101"),
+    ("compile",): CommandInfo("compile", "compile a policy into a verified plan"),
+    ("keygen",): CommandInfo("keygen", "generate an Ed25519 signing key (KEY and KEY.pub)"),
+    ("sign",): CommandInfo("sign", "sign a plan (or add a signature to a signed plan)"),
+    ("verify",): CommandInfo("verify", "verify a signed plan against a trust root and say why it is refused"),
+    ("trust", "init"): CommandInfo("trust", "create a trust root: public keys and an M-of-N threshold"),
+    ("trust", "rotate"): CommandInfo("trust", "sign the next trust root with the current one"),
+    ("plan", "show"): CommandInfo("plan_show", "print a readable summary of a plan"),
+    ("diff",): CommandInfo("diff", "show what changes between two policies or plans, and its data impact"),
+    ("device", "apply"): CommandInfo("device", "verify a signed plan and enforce it on this device"),
+    ("device", "status"): CommandInfo("device", "compare the plan with what the kernel and TPM say"),
+    ("device", "unlock"): CommandInfo("device", "unseal vault keys and add them to the kernel (boot)"),
+    ("device", "lock"): CommandInfo("device", "remove vault keys from the kernel"),
+    ("device", "gate"): CommandInfo("device", "exit 0 and print the vault path only when an app may start"),
+    ("device", "identity"): CommandInfo("device_attest", "print this device's attestation key for enrolment"),
+    ("device", "quote"): CommandInfo("device_attest", "produce a TPM quote over the attestation PCRs"),
+    ("device", "report"): CommandInfo("device_attest", "produce a signed drift report"),
+    ("controller", "nonce"): CommandInfo("controller", "issue a single-use attestation nonce"),
+    ("controller", "enroll"): CommandInfo("controller", "enrol a device's attestation key"),
+    ("controller", "verify-quote"): CommandInfo("controller", "verify a device quote against the policy"),
+    ("controller", "release"): CommandInfo("controller", "release an escrowed vault key to a verified device"),
+    ("controller", "escrow-keygen"): CommandInfo("controller", "generate the controller's escrow key pair"),
+    ("controller", "drift"): CommandInfo("controller", "verify drift reports and summarise the fleet"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's default exit code 2 would collide with CHANGES
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(status_codes.USAGE)
+
+
+def _usage() -> str:
+    width = max(len(" ".join(k)) for k in COMMANDS)
+    rows = "\n".join(f"  {' '.join(k):<{width}}  {info.summary}" for k, info in COMMANDS.items())
+    return f"usage: vaultpolicy COMMAND [options]\n\ncommands:\n{rows}\n\nRun `vaultpolicy COMMAND --help` for a command's options."
+
+
+def _find_command(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
+    for length in (2, 1):
+        key = tuple(argv[:length])
+        if key in COMMANDS:
+            return key, argv[length:]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return status_codes.SUCCESS if argv else status_codes.USAGE
+    found = _find_command(argv)
+    if found is None:
+        print(f"vaultpolicy: unknown command `{' '.join(argv[:2])}`\n\n{_usage()}", file=sys.stderr)
+        return status_codes.USAGE
+    key, rest = found
+    info = COMMANDS[key]
+    parser = _Parser(prog=f"vaultpolicy {' '.join(key)}", description=info.summary)
+    module = importlib.import_module(f"vaultpolicy.commands.{info.module}")
+    module.add_arguments(parser, key)
+    try:
+        args = parser.parse_args(rest)
+        args.command = key
+        return module.run(args)
+    except VaultpolicyError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  = help: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into an exit code
+        if os.environ.get("VAULTPOLICY_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        print("  = help: this is a bug in vaultpolicy; rerun with VAULTPOLICY_DEBUG=1 and report it", file=sys.stderr)
+        return status_codes.INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

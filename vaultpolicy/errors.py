@@ -1,0 +1,43 @@
+"""User-facing errors. A leaf module: it imports nothing from the project (pip's rule for exceptions).
+
+Every error the CLI can show derives from `VaultpolicyError`; `vaultpolicy.cli.main` is the one
+place that turns them into a message on stderr and an exit code. Anything else reaching it is a bug
+and is reported as an internal error, still without a traceback unless VAULTPOLICY_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+
+class VaultpolicyError(Exception):
+    """Base: `message` is one line; `hint` is an optional second line telling what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class InputError(VaultpolicyError):
+    """A file the user named cannot be read or is not what the command needs."""
+
+
+class PlanRejected(VaultpolicyError):
+    """A signed plan (or trust root) failed verification; `reason` is a stable kebab-case word."""
+
+    def __init__(self, reason: str, message: str, hint: str | None = None):
+        super().__init__(message, hint)
+        self.reason = reason
+
+
+class DeviceError(VaultpolicyError):
+    """The device cannot do what the plan asks; names the vault when there is one."""
+
+    def __init__(self, message: str, vault: str | None = None, hint: str | None = None):
+        super().__init__(f"vault `{vault}`: {message}" if vault else message, hint)
+        self.vault = vault
+
+
+class BackendUnavailable(DeviceError):
+    """A kernel or TPM facility is missing (no fscrypt, no TPM, no swtpm binary)."""
