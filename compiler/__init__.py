@@ -1,0 +1,44 @@
+"""The compiler's public facade: `check` a parsed policy, `compile_policy` it into a `Plan`.
+
+Pure data in, data out: policy AST -> resolved model -> diagnostics -> plan. The only files read are
+the ones the policy names (escrow key, allowed PCR values), through an injectable reader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from policy_lang import ast
+from policy_lang.diagnostics import Diagnostics
+
+from .build import BuildOptions, FileReader, build
+from .model import Model
+from .plan import Plan
+from .resolve import resolve
+from .rules import RULES
+
+__all__ = ["BuildOptions", "analyze", "check", "compile_policy"]
+
+
+def analyze(policy: ast.Policy) -> tuple[Model, Diagnostics]:
+    model = resolve(policy)
+    found: dict = {}  # a diagnostic reached from two settings is reported once, in order
+    for rule in RULES:
+        for diagnostic in rule(model):
+            found.setdefault(diagnostic, None)
+    return model, Diagnostics(found).sorted()
+
+
+def check(policy: ast.Policy) -> Diagnostics:
+    """Every independent error and warning in one run, sorted by position."""
+    return analyze(policy)[1]
+
+
+def compile_policy(policy: ast.Policy, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[Plan | None, Diagnostics]:
+    """The plan and every diagnostic; no plan when there is any error."""
+    model, diagnostics = analyze(policy)
+    if diagnostics.has_errors():
+        return None, diagnostics
+    plan, build_diagnostics = build(model, options, read)
+    diagnostics.extend(build_diagnostics)
+    return plan, diagnostics

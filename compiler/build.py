@@ -1,0 +1,189 @@
+"""Resolved `Model` -> `compiler.plan.Plan`: sorted, defaults filled, no floats, no spans.
+
+The only I/O is reading the files the policy names (`escrow_key`, `allow pcr N from "…"`), through an
+injectable reader, relative to the policy file that names them. Sorting every collection by name
+makes the same policy give the same bytes and keeps diffs free of reordering noise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from policy_lang.diagnostics import Diagnostics, error
+
+from . import codes
+from . import model as m
+from . import plan as p
+from .pathutil import containing
+from .rules.coverage import vault_path_index
+
+FileReader = Callable[[Path], bytes]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    plan_version: int
+    issued_at: datetime
+    valid_for_seconds: int
+    source_sha256: str
+    prev_plan_sha256: str | None = None
+    targets: tuple[str, ...] = ()
+
+
+def _relative_to_policy(located: m.Located[str], fallback_file: str) -> Path:
+    named = Path(located.value)
+    origin = Path(located.span.file if located.span else fallback_file)
+    return named if named.is_absolute() else origin.parent / named
+
+
+def _escrow_public_key(device: m.Device, file: str, read: FileReader, diagnostics: Diagnostics) -> str | None:
+    if device.escrow_key is None:
+        return None
+    path = _relative_to_policy(device.escrow_key, file)
+    try:
+        data = read(path)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    else:
+        raw = _x25519_raw(data)
+        if raw is not None:
+            return base64.b64encode(raw).decode()
+        why = "it holds neither a PEM X25519 public key nor 32 bytes in base64"
+    diagnostics.append(
+        error(codes.ESCROW_KEY_UNREADABLE, f"cannot use escrow key file `{path}`: {why}", device.escrow_key.span,
+              "create it with `vaultpolicy controller escrow-keygen`")
+    )
+    return None
+
+
+def _x25519_raw(data: bytes) -> bytes | None:
+    if data.lstrip().startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(key, X25519PublicKey):
+            return None
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
+    except binascii.Error:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def _reference_values(rule: m.AllowRule, file: str, read: FileReader, diagnostics: Diagnostics) -> tuple[str, ...]:
+    path = _relative_to_policy(rule.reference_file, file)
+    try:
+        text = read(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+    else:
+        values = tuple(line.split("#", 1)[0].strip().lower() for line in text.splitlines())
+        values = tuple(v for v in values if v)
+        if values and all(re.fullmatch("[0-9a-f]+", v) for v in values):
+            return values
+        why = "it holds no digests, or a line that is not hexadecimal"
+    diagnostics.append(
+        error(codes.ALLOW_FILE_UNREADABLE, f"cannot read allowed values for PCR {rule.pcr.value} from `{path}`: {why}",
+              rule.reference_file.span, "write one hexadecimal digest a line")
+    )
+    return ()
+
+
+def _seal(seal: m.Seal | None) -> p.Seal | None:
+    if seal is None:
+        return None
+    return p.Seal(bank=seal.bank.value, pcrs=seal.indexes(), attestation=seal.attestation.value if seal.attestation else None)
+
+
+def _vault(vault: m.Vault) -> p.Vault:
+    return p.Vault(
+        name=vault.name.value,
+        path=vault.path.value,
+        encryption=vault.encryption.value,
+        limit_bytes=vault.limit_bytes.value or 0,  # 0: no limit stated
+        rotate_seconds=vault.rotate_seconds.value,
+        seal=_seal(vault.seal),
+        on_remove=vault.on_remove.value,
+        protected=vault.protected.value,
+        builtin=vault.builtin,
+        holds=tuple(sorted({h.value for h in vault.holds})),
+    )
+
+
+def _attestation(att: m.Attestation, file: str, read: FileReader, diagnostics: Diagnostics) -> p.Attestation:
+    allowed: dict[str, set[str]] = {}
+    for rule in att.allow:
+        values = [v.value.lower() for v in rule.values]
+        if rule.reference_file is not None:
+            values.extend(_reference_values(rule, file, read, diagnostics))
+        allowed.setdefault(str(rule.pcr.value), set()).update(values)
+    return p.Attestation(
+        name=att.name.value,
+        bank=att.bank.value,
+        pcrs=tuple(sorted({x.value for x in att.pcrs})),
+        allowed={pcr: tuple(sorted(values)) for pcr, values in sorted(allowed.items(), key=lambda kv: int(kv[0]))},
+        nonce_bytes=att.nonce_bytes.value,
+        nonce_lifetime_seconds=att.nonce_lifetime_seconds.value,
+        escrow_required=att.escrow_required.value,
+        on_failure=att.on_failure,
+    )
+
+
+def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[p.Plan | None, Diagnostics]:
+    """The plan, or None with the diagnostics saying why (only the named files can fail here)."""
+    diagnostics = Diagnostics()
+    index = vault_path_index(model)
+    device = model.device
+    plan_device = p.Device(
+        persist=device.persist.value,
+        capacity_bytes=device.capacity_bytes.value,
+        reserve_bytes=device.reserve_bytes.value,
+        tpm_required=device.tpm_required,
+        bank=device.bank.value,
+        allow_unmeasured_boot=device.allow_unmeasured_boot,
+        escrow_public_key=_escrow_public_key(device, model.file, read, diagnostics),
+    )
+    attestations = tuple(
+        _attestation(model.attestations[name], model.file, read, diagnostics) for name in sorted(model.attestations)
+    )
+    if diagnostics.has_errors():
+        return None, diagnostics
+    vaults = tuple(_vault(model.vaults[name]) for name in sorted(model.vaults))
+    plan = p.Plan(
+        plan_version=options.plan_version,
+        issued_at=p.format_time(options.issued_at),
+        expires=p.format_time(options.issued_at + timedelta(seconds=options.valid_for_seconds)),
+        source_sha256=options.source_sha256,
+        prev_plan_sha256=options.prev_plan_sha256,
+        targets=tuple(sorted(set(options.targets))),
+        device=plan_device,
+        vaults=vaults,
+        apps=tuple(
+            p.App(name=app.name.value, vault=app.vault.value if app.vault else None, end_to_end=app.end_to_end.value)
+            for app in (model.apps[name] for name in sorted(model.apps))
+        ),
+        components=tuple(
+            p.Component(
+                name=comp.name.value,
+                stores=tuple(
+                    p.Store(path=s.path.value, sensitive=s.sensitive, vault=containing(index, s.path.value))
+                    for s in sorted(comp.stores, key=lambda s: s.path.value)
+                ),
+            )
+            for comp in (model.components[name] for name in sorted(model.components))
+        ),
+        attestations=attestations,
+        protected=tuple(v.name for v in vaults if v.protected),
+    )
+    return plan, diagnostics

@@ -1,0 +1,266 @@
+"""The compiler's diagnostic codes (VP01xx-VP06xx), each with an explanation for `vaultpolicy explain`.
+
+Ranges follow `policy_lang.codes`: VP01xx names, VP02xx paths, VP03xx coverage, VP04xx capacity,
+VP05xx PCRs and attestation, VP06xx keys, rotation and data handling.
+"""
+
+from __future__ import annotations
+
+from policy_lang.codes import register
+
+# --- VP01xx names -------------------------------------------------------------------------------
+UNKNOWN_VAULT = register(
+    "VP0101",
+    "unknown vault",
+    "An app names a vault that no `vault` block declares and that is not a built-in vault "
+    "(`config`, `images`). The app would start with nowhere to keep its data.",
+    'vault images { limit 4GiB }\napp historian { vault imagess }   # error: did you mean `images`?',
+)
+DUPLICATE_VAULT = register(
+    "VP0102",
+    "duplicate vault",
+    "Two `vault` blocks share a name. Names identify vaults on the device and in diffs, so each "
+    "must be unique across the policy and every file it includes.",
+    'vault scratch { limit 1GiB }\nvault scratch { limit 2GiB }   # error: declared twice',
+)
+UNKNOWN_ATTESTATION = register(
+    "VP0103",
+    "unknown attestation",
+    "A `seal NAME` setting names an attestation that no `attestation` block declares, so the "
+    "compiler cannot tell which PCRs the vault key is sealed to.",
+    'attestation boot { pcrs 0, 4, 7 }\nvault data { seal bot }   # error: did you mean `boot`?',
+)
+DUPLICATE_ATTESTATION = register(
+    "VP0104",
+    "duplicate attestation",
+    "Two `attestation` blocks share a name; a `seal NAME` could not say which one it means.",
+    "attestation boot { pcrs 0, 4, 7 }\nattestation boot { pcrs 0, 7 }   # error",
+)
+DUPLICATE_APP = register(
+    "VP0105",
+    "duplicate app",
+    "Two `app` blocks share a name; the device binds apps to vaults by name, so each must be unique.",
+    "app historian { vault images }\napp historian { vault scratch }   # error",
+)
+DUPLICATE_COMPONENT = register(
+    "VP0106",
+    "duplicate component",
+    "Two `component` blocks share a name; list every directory of one component in one block.",
+    'component nim { stores "/persist/status" }\ncomponent nim { stores "/persist/nim" }   # error',
+)
+OPT_OUT_NOT_BUILTIN = register(
+    "VP0107",
+    "opt-out of a vault that is not built in",
+    "Only the built-in vaults `config` and `images` exist without being declared, so only they can "
+    "be opted out of with a reason. Any other vault exists only when declared: delete its block instead.",
+    'vault scratch { disabled "not needed" }   # error: `scratch` is not a built-in vault',
+)
+DUPLICATE_BLOCK = register(
+    "VP0108",
+    "duplicate device or defaults block",
+    "A policy has at most one `device` block and one `defaults` block; settings spread over two "
+    "would silently override each other.",
+    'device { persist "/persist" }\ndevice { capacity 64GiB }   # error: merge them into one block',
+)
+
+# --- VP02xx paths -------------------------------------------------------------------------------
+PATH_NOT_ABSOLUTE = register(
+    "VP0201",
+    "path is not absolute",
+    "Vault paths, the persist root, `holds` directories and component `stores` directories are "
+    "absolute: a relative path would depend on the enforcer's working directory.",
+    'vault scratch { path "persist/scratch" }   # error: write "/persist/scratch"',
+)
+PATH_NOT_NORMALIZED = register(
+    "VP0202",
+    "path is not normalized",
+    "Paths may not contain `..`, `.`, empty components (`//`) or a trailing `/`. `..` in particular "
+    "could lead a vault out of the persist partition; the enforcer also refuses symlinked components.",
+    'vault scratch { path "/persist/vault/../clear" }   # error: write "/persist/clear"',
+)
+PATH_OUTSIDE_PERSIST = register(
+    "VP0203",
+    "vault path outside the persist root",
+    "Every vault lies on the device's persist partition (`device { persist \"…\" }`, by default "
+    "`/persist`): that is the filesystem prepared for fscrypt and kept across updates.",
+    'device { persist "/persist" }\nvault logs { path "/var/log/app" }   # error',
+)
+PATHS_OVERLAP = register(
+    "VP0204",
+    "vault paths nested or equal",
+    "A vault may not lie inside another vault or share its directory: one directory has exactly one "
+    "fscrypt policy and one key, so nested vaults cannot have separate keys or lifecycles.",
+    'vault images { path "/persist/vault/images" }\nvault thumbs { path "/persist/vault/images/thumbs" }   # error',
+)
+HOLDS_OUTSIDE_VAULT = register(
+    "VP0205",
+    "`holds` directory outside its vault",
+    "`holds` lists directories the vault contains; each must lie inside the vault's own path.",
+    'vault config { path "/persist/vault/config"  holds "/persist/status" }   # error',
+)
+DEFAULT_PATH_COLLISION = register(
+    "VP0206",
+    "built-in vault path taken",
+    "A built-in vault (`config`, `images`) or a vault without a `path` lives at "
+    "`<persist>/vault/<name>`; another vault already uses or contains that directory.",
+    'vault other { path "/persist/vault/config" }   # error: that is where the built-in `config` vault lives',
+)
+
+# --- VP03xx coverage ----------------------------------------------------------------------------
+SENSITIVE_NOT_ENCRYPTED = register(
+    "VP0301",
+    "sensitive directory outside an encrypted vault",
+    "A component marks a directory `sensitive`, but no vault with encryption contains it, so its "
+    "data would rest in plain text. Move the directory into a vault or extend a vault to cover it.",
+    'component zedagent { stores "/persist/config" sensitive }   # error unless a vault covers /persist/config',
+)
+END_TO_END_UNENCRYPTED = register(
+    "VP0302",
+    "end-to-end app without an encrypted vault",
+    "`protection end_to_end` promises that the app's data is encrypted at rest with a key the TPM "
+    "releases only to a measured boot; that needs a vault with encryption.",
+    'vault scratch { encryption none }\napp camera { vault scratch  protection end_to_end }   # error',
+)
+END_TO_END_NOT_ATTESTED = register(
+    "VP0303",
+    "end-to-end app whose vault is not sealed to an attestation",
+    "`protection end_to_end` needs the vault key sealed to an `attestation` (so a controller can "
+    "verify the device's boot before escrow release), not only to raw PCRs.",
+    'vault data { seal pcrs 0, 4, 7 }\napp camera { vault data  protection end_to_end }   # error: use `seal boot`',
+)
+
+# --- VP04xx capacity ----------------------------------------------------------------------------
+OVER_CAPACITY = register(
+    "VP0401",
+    "vault limits exceed the device capacity",
+    "The limits of all vaults plus the reserve the device block states must fit the stated capacity; "
+    "otherwise a vault can fill the partition and starve the others or the system.",
+    'device { capacity 8GiB reserve 1GiB }\nvault images { limit 8GiB }   # error: 8GiB + 1GiB > 8GiB',
+)
+NO_LIMIT = register(
+    "VP0402",
+    "vault without a limit on a device with a capacity",
+    "The device states a capacity but this vault has no `limit`, so the capacity check cannot "
+    "account for it. Give it a limit.",
+    'device { capacity 64GiB }\nvault logs { path "/persist/logs" }   # warning: no limit',
+)
+
+# --- VP05xx PCRs and attestation ----------------------------------------------------------------
+PCR_OUT_OF_RANGE = register(
+    "VP0501",
+    "PCR index out of range",
+    "A TPM 2.0 PC client has PCRs 0 to 23; any other index cannot be sealed to.",
+    "vault data { seal pcrs 0, 24 }   # error",
+)
+UNSUPPORTED_BANK = register(
+    "VP0502",
+    "unsupported PCR bank",
+    "Supported banks are sha1, sha256, sha384 and sha512. Sealing to a bank the TPM does not have "
+    "would bind nothing; the device re-checks that its TPM has the bank.",
+    "attestation boot { bank md5  pcrs 0, 7 }   # error",
+)
+PCR5_SEALED = register(
+    "VP0503",
+    "PCR 5 is never sealed to",
+    "PCR 5 measures the GPT partition table, which flips on every A/B update: a key sealed to it "
+    "locks the device out after the first update.",
+    "vault data { seal pcrs 0, 4, 5, 7 }   # error: drop 5",
+)
+PCR1_VOLATILE = register(
+    "VP0504",
+    "PCR 1 is volatile",
+    "PCR 1 measures platform configuration, which changes when a bootable USB stick is plugged in or "
+    "a BIOS setting changes; a key sealed to it may stay locked after such harmless events.",
+    "vault data { seal pcrs 0, 1, 4, 7 }   # warning",
+)
+PCR_PHASE_VOLATILE = register(
+    "VP0505",
+    "PCR 11 or 12 changes during boot",
+    "PCR 11 is extended by systemd-stub and systemd-pcrphase at each boot phase, and PCR 12 measures "
+    "the kernel command line and credentials; their values depend on when the key is unsealed.",
+    "vault data { seal pcrs 0, 4, 7, 11 }   # warning",
+)
+PRESENCE_ONLY = register(
+    "VP0506",
+    "presence-only binding",
+    "The vault is sealed but to no PCRs: any boot of this TPM, including an attacker's, could unseal "
+    "the key. Seal to an attestation with PCRs, or to explicit PCRs such as 0, 4, 7.",
+    "attestation boot { bank sha256 }\nvault data { seal boot }   # error: `boot` lists no PCRs",
+)
+MISSING_FIRMWARE_ANCHOR = register(
+    "VP0507",
+    "firmware PCRs 0 and 4 not both sealed to",
+    "PCR 0 measures the firmware and PCR 4 the boot loader; without them a modified firmware or boot "
+    "loader can boot and unseal the key.",
+    "vault data { seal pcrs 7 }   # warning: add 0 and 4",
+)
+MISSING_SECURE_BOOT_PCR = register(
+    "VP0508",
+    "secure boot PCR 7 not sealed to",
+    "PCR 7 measures the secure boot state and its keys; without it, disabling secure boot does not "
+    "change what the key is bound to.",
+    "vault data { seal pcrs 0, 4 }   # warning: add 7",
+)
+NONCE_SIZE = register(
+    "VP0509",
+    "nonce size outside 12-32 bytes",
+    "Quote nonces are random, single use and 12 to 32 bytes: shorter ones can be guessed, longer "
+    "ones do not fit the TPM's qualifying data.",
+    "attestation boot { pcrs 0, 7  nonce 8 bytes, valid 5m }   # error",
+)
+ALLOW_UNSEALED_PCR = register(
+    "VP0510",
+    "allowed values for a PCR the attestation does not cover",
+    "An `allow pcr N` rule constrains a PCR that is not in the attestation's `pcrs`, so a quote "
+    "would never include it and the rule would never be checked.",
+    'attestation boot { pcrs 0, 7  allow pcr 4 = "ab…" }   # error: add 4 to pcrs',
+)
+ALLOW_BAD_DIGEST = register(
+    "VP0511",
+    "allowed PCR value is not a digest of the bank",
+    "Allowed values are hexadecimal digests as long as the bank's hash (64 hex digits for sha256).",
+    'attestation boot { bank sha256  pcrs 0  allow pcr 0 = "abc" }   # error',
+)
+NONCE_LIFETIME = register(
+    "VP0512",
+    "nonce lifetime is zero",
+    "A nonce must stay valid long enough for the device to quote; a lifetime of zero refuses every quote.",
+    "attestation boot { pcrs 0, 7  nonce 32 bytes, valid 0s }   # error",
+)
+
+# --- VP06xx keys, rotation, data handling -------------------------------------------------------
+ROTATION_TOO_SHORT = register(
+    "VP0601",
+    "rotation period shorter than one day",
+    "Each rotation re-wraps the vault and re-seals in the TPM; more than once a day wears the TPM's "
+    "NV storage and gains nothing. Rotate every 1d or longer.",
+    "vault data { rotate every 12h }   # error",
+)
+DESTROY_PROTECTED = register(
+    "VP0602",
+    "`on_remove destroy` on a protected vault",
+    "A protected vault's data may never be destroyed by a plan, so `destroy` contradicts `protected`. "
+    "The built-in `config` vault is protected.",
+    "vault config { protected  on_remove destroy }   # error",
+)
+ESCROW_WITHOUT_KEY = register(
+    "VP0603",
+    "escrow required but no escrow key configured",
+    "An attestation with `escrow required` makes the device escrow each vault key to the controller, "
+    "which needs the controller's escrow public key in `device { escrow_key \"file\" }`.",
+    'attestation boot { pcrs 0, 4, 7  escrow required }\ndevice { persist "/persist" }   # error: no escrow_key',
+)
+ESCROW_KEY_UNREADABLE = register(
+    "VP0604",
+    "escrow key file unreadable",
+    "The file named by `escrow_key` (relative to the policy file) must exist and hold the "
+    "controller's X25519 public key (PEM, or 32 raw bytes in base64).",
+    'device { escrow_key "escrow.pub" }   # error when escrow.pub is missing or not an X25519 key',
+)
+ALLOW_FILE_UNREADABLE = register(
+    "VP0605",
+    "allowed PCR values file unreadable",
+    "`allow pcr N from \"file\"` reads one hexadecimal digest a line (`#` comments allowed) from a "
+    "file relative to the policy file; the file must exist and hold at least one digest.",
+    'attestation boot { pcrs 0  allow pcr 0 from "missing.txt" }   # error',
+)

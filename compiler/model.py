@@ -1,0 +1,128 @@
+"""The resolved model: names bound, defaults applied, every value paired with where it came from.
+
+`resolve` builds it from the AST; the rules read it; `build` turns it into a `Plan`. A `Located`
+value keeps the span of the setting that decided it (the vault's own line, the `defaults` block, or
+None for a built-in default), so a diagnostic points at the line the author must change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from policy_lang.diagnostics import Span
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Located(Generic[T]):
+    value: T
+    span: Span | None = None
+
+
+def first_span(*spans: Span | None) -> Span | None:
+    """The most precise span available: a setting's own, else its block's, else none (a built-in)."""
+    return next((s for s in spans if s is not None), None)
+
+
+@dataclass(frozen=True)
+class Seal:
+    bank: Located[str]
+    pcrs: tuple[Located[int], ...]
+    attestation: Located[str] | None  # set when sealed through `seal NAME`
+    span: Span | None  # the `seal` setting that decided it
+
+    def indexes(self) -> tuple[int, ...]:
+        return tuple(sorted({p.value for p in self.pcrs}))
+
+
+@dataclass(frozen=True)
+class Vault:
+    name: Located[str]
+    path: Located[str]
+    encryption: Located[str]
+    limit_bytes: Located[int | None]
+    rotate_seconds: Located[int | None]
+    seal: Seal | None  # None when encryption is "none"
+    on_remove: Located[str]
+    protected: Located[bool]
+    holds: tuple[Located[str], ...]
+    builtin: bool
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption.value != "none"
+
+
+@dataclass(frozen=True)
+class App:
+    name: Located[str]
+    vault: Located[str] | None
+    end_to_end: Located[bool]
+
+
+@dataclass(frozen=True)
+class Store:
+    path: Located[str]
+    sensitive: bool
+
+
+@dataclass(frozen=True)
+class Component:
+    name: Located[str]
+    stores: tuple[Store, ...]
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    pcr: Located[int]
+    values: tuple[Located[str], ...]
+    reference_file: Located[str] | None
+
+
+@dataclass(frozen=True)
+class Attestation:
+    name: Located[str]
+    bank: Located[str]
+    pcrs: tuple[Located[int], ...]
+    allow: tuple[AllowRule, ...]
+    nonce_bytes: Located[int]
+    nonce_lifetime_seconds: Located[int]
+    escrow_required: Located[bool]
+    on_failure: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Device:
+    persist: Located[str]
+    capacity_bytes: Located[int | None]
+    reserve_bytes: Located[int]
+    tpm_required: bool
+    bank: Located[str]
+    allow_unmeasured_boot: bool
+    escrow_key: Located[str] | None  # the file name as written
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A second declaration of a name (or a second `device`/`defaults` block); the first one wins."""
+
+    kind: str  # "vault", "app", "component", "attestation", "device", "defaults"
+    name: str
+    span: Span
+    first: Span
+
+
+@dataclass(frozen=True)
+class Model:
+    file: str
+    device: Device
+    vaults: dict[str, Vault]  # in declaration order, built-ins first
+    apps: dict[str, App]
+    components: dict[str, Component]
+    attestations: dict[str, Attestation]
+    duplicates: tuple[Duplicate, ...] = ()
+    misplaced_opt_outs: tuple[Located[str], ...] = ()  # opt-outs on vaults that are not built in
+    # seal settings that name an attestation nobody declared: (vault name, attestation name)
+    unknown_seals: tuple[tuple[str, Located[str]], ...] = field(default=())

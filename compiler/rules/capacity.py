@@ -1,0 +1,51 @@
+"""Capacity: vault limits plus the reserve fit the device's stated capacity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from policy_lang.diagnostics import Diagnostic, error, warning
+
+from .. import codes
+from ..model import Model
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+def total_limits(model: Model) -> Iterator[Diagnostic]:
+    capacity = model.device.capacity_bytes
+    if capacity.value is None:
+        return
+    reserve = model.device.reserve_bytes.value
+    total = sum(v.limit_bytes.value or 0 for v in model.vaults.values())
+    if total + reserve > capacity.value:
+        biggest = sorted((v for v in model.vaults.values() if v.limit_bytes.value), key=lambda v: -v.limit_bytes.value)[:5]
+        largest = ", ".join(f"`{v.name.value}` {format_size(v.limit_bytes.value)}" for v in biggest)
+        yield error(
+            codes.OVER_CAPACITY,
+            f"vault limits ({format_size(total)}) plus the reserve ({format_size(reserve)}) exceed the capacity {format_size(capacity.value)}",
+            capacity.span,
+            "lower some vault limits or the reserve",
+            notes=[f"largest limits: {largest}"] if largest else [],
+        )
+
+
+def unlimited_vaults(model: Model) -> Iterator[Diagnostic]:
+    if model.device.capacity_bytes.value is None:
+        return
+    for vault in model.vaults.values():
+        if vault.limit_bytes.value is None and vault.name.span is not None:
+            yield warning(
+                codes.NO_LIMIT,
+                f"vault `{vault.name.value}` has no limit, so the capacity check cannot account for it",
+                vault.name.span,
+                "add `limit SIZE` to the vault",
+            )
+
+
+RULES = (total_limits, unlimited_vaults)

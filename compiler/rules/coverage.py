@@ -1,0 +1,61 @@
+"""Coverage: sensitive directories lie in encrypted vaults; end-to-end apps have attested, encrypted vaults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from policy_lang.diagnostics import Diagnostic, error
+
+from .. import codes
+from ..model import Model
+from ..pathutil import containing
+
+
+def vault_path_index(model: Model) -> dict[str, str]:
+    """Vault path -> vault name, for `pathutil.containing` lookups."""
+    return {v.path.value: name for name, v in model.vaults.items()}
+
+
+def sensitive_stores(model: Model) -> Iterator[Diagnostic]:
+    index = vault_path_index(model)
+    for component in model.components.values():
+        for store in component.stores:
+            if not store.sensitive or not store.path.value.startswith("/"):
+                continue
+            vault_name = containing(index, store.path.value)
+            if vault_name is not None and model.vaults[vault_name].encrypted:
+                continue
+            where = "outside any vault" if vault_name is None else f"in vault `{vault_name}`, which has `encryption none`"
+            yield error(
+                codes.SENSITIVE_NOT_ENCRYPTED,
+                f"component `{component.name.value}` keeps sensitive data at `{store.path.value}` {where}",
+                store.path.span,
+                "move the directory into an encrypted vault (or list it in a vault's `holds`)",
+            )
+
+
+def end_to_end_apps(model: Model) -> Iterator[Diagnostic]:
+    for app in model.apps.values():
+        if not app.end_to_end.value:
+            continue
+        vault = model.vaults.get(app.vault.value) if app.vault else None
+        if app.vault is not None and vault is None:
+            continue  # an unknown vault is reported by the names rules
+        if vault is None or not vault.encrypted:
+            where = "no vault" if vault is None else f"vault `{vault.name.value}`, which has `encryption none`"
+            yield error(
+                codes.END_TO_END_UNENCRYPTED,
+                f"app `{app.name.value}` asks for end-to-end protection but is bound to {where}",
+                app.end_to_end.span,
+                "bind it to an encrypted vault sealed to an attestation",
+            )
+        elif vault.seal is None or vault.seal.attestation is None:
+            yield error(
+                codes.END_TO_END_NOT_ATTESTED,
+                f"app `{app.name.value}` asks for end-to-end protection but vault `{vault.name.value}` is not sealed to an attestation",
+                app.end_to_end.span,
+                f"seal vault `{vault.name.value}` to an attestation, e.g. `seal boot`",
+            )
+
+
+RULES = (sensitive_stores, end_to_end_apps)

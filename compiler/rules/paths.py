@@ -1,0 +1,98 @@
+"""Paths: absolute, normalized, inside the persist root, and vaults neither nested nor shared."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from policy_lang.diagnostics import Diagnostic, error
+
+from .. import codes
+from ..model import Located, Model, Vault
+from ..pathutil import is_inside, is_normalized
+
+
+def shape_errors(what: str, path: Located[str]) -> list[Diagnostic]:
+    """Absolute and normalized, or the diagnostics saying why not (shared with the builder's checks)."""
+    found = []
+    if not path.value.startswith("/"):
+        found.append(
+            error(codes.PATH_NOT_ABSOLUTE, f"{what} `{path.value}` is not absolute", path.span, f"write `/{path.value.lstrip('./')}`")
+        )
+    if not is_normalized(path.value):
+        found.append(
+            error(
+                codes.PATH_NOT_NORMALIZED,
+                f"{what} `{path.value}` is not normalized",
+                path.span,
+                "remove `..`, `.`, doubled `/` and any trailing `/`",
+            )
+        )
+    return found
+
+
+def _well_formed(path: Located[str]) -> bool:
+    return path.value.startswith("/") and is_normalized(path.value)
+
+
+def persist_root(model: Model) -> Iterator[Diagnostic]:
+    yield from shape_errors("persist root", model.device.persist)
+
+
+def vault_paths(model: Model) -> Iterator[Diagnostic]:
+    persist = model.device.persist
+    for vault in model.vaults.values():
+        yield from shape_errors(f"path of vault `{vault.name.value}`", vault.path)
+        if _well_formed(vault.path) and _well_formed(persist) and not is_inside(vault.path.value, persist.value):
+            yield error(
+                codes.PATH_OUTSIDE_PERSIST,
+                f"vault `{vault.name.value}` at `{vault.path.value}` is outside the persist root `{persist.value}`",
+                vault.path.span,
+                f"move it under `{persist.value}`, or change `device {{ persist \"…\" }}`",
+            )
+
+
+def _overlap(inner: Vault, outer: Vault) -> Diagnostic:
+    relation = "shares the directory of" if inner.path.value == outer.path.value else "lies inside"
+    if inner.path.span is not None:
+        at, code = inner.path.span, codes.PATHS_OVERLAP if outer.path.span is not None else codes.DEFAULT_PATH_COLLISION
+        message = f"vault `{inner.name.value}` at `{inner.path.value}` {relation} vault `{outer.name.value}` (`{outer.path.value}`)"
+    else:  # the inner one sits at its default path: point at the declared vault that covers it
+        at, code = outer.path.span, codes.DEFAULT_PATH_COLLISION
+        message = f"vault `{outer.name.value}` at `{outer.path.value}` covers `{inner.path.value}`, where vault `{inner.name.value}` lives"
+    return error(code, message, at, "give each vault its own directory, not inside another vault")
+
+
+def overlaps(model: Model) -> Iterator[Diagnostic]:
+    """Sorted by path components, a nested path follows its ancestor: one pass with a stack, O(n log n)."""
+    candidates = [v for v in model.vaults.values() if _well_formed(v.path)]
+    candidates.sort(key=lambda v: (tuple(v.path.value.split("/")[1:]), v.path.span is not None, v.name.value))
+    stack: list[Vault] = []
+    for vault in candidates:
+        while stack and not is_inside(vault.path.value, stack[-1].path.value):
+            stack.pop()
+        if stack:
+            yield _overlap(vault, stack[-1])
+        stack.append(vault)
+
+
+def holds(model: Model) -> Iterator[Diagnostic]:
+    for vault in model.vaults.values():
+        for held in vault.holds:
+            found = shape_errors(f"directory `holds` of vault `{vault.name.value}`", held)
+            yield from found
+            if not found and _well_formed(vault.path) and not is_inside(held.value, vault.path.value):
+                yield error(
+                    codes.HOLDS_OUTSIDE_VAULT,
+                    f"vault `{vault.name.value}` holds `{held.value}`, which is outside its path `{vault.path.value}`",
+                    held.span,
+                    f"list only directories under `{vault.path.value}`",
+                )
+
+
+def stores(model: Model) -> Iterator[Diagnostic]:
+    for component in model.components.values():
+        for store in component.stores:
+            yield from shape_errors(f"directory of component `{component.name.value}`", store.path)
+
+
+RULES = (persist_root, vault_paths, overlaps, holds, stores)
