@@ -1,0 +1,87 @@
+"""The write-ahead journal of an apply: every mutating step is recorded before it runs.
+
+One JSON object per line in STATE/journal.jsonl, each line fsynced before the step it announces:
+
+    {"seq": 3, "intent": {"action": "create-key", "vault": "config", ...}}
+    {"seq": 3, "done": true}
+
+Recovery does not replay the journal blindly. Every step is written so that re-observing the kernel,
+the TPM and the filesystem and reconciling again finishes it (a staged plaintext copy is visible as a
+directory, a committed key as its sealed blob, ...). The journal tells the next run that the previous
+one stopped mid-way and at which step (`interrupted()`), so it is reported, and it is where the
+crash test hooks in. A completed apply truncates the journal.
+
+Test hook: VAULTPOLICY_CRASH_AT=N makes the process SIGKILL itself right after writing the intent of
+its N-th step (1-based), the worst moment for a crash. Only for tests; documented in docs/enforcer.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from enforcer.state import StateWriteError, atomic_remove, atomic_write
+
+CRASH_ENV = "VAULTPOLICY_CRASH_AT"
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = path
+        self._seq = 0
+        self._crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+
+    def interrupted(self) -> list[dict]:
+        """Intents of a previous run that never reached `done`, oldest first."""
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        pending: dict[int, dict] = {}
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a torn last line from a crash mid-write: that step never started
+            if "intent" in entry:
+                pending[entry["seq"]] = entry["intent"]
+            elif entry.get("done"):
+                pending.pop(entry["seq"], None)
+        return [pending[k] for k in sorted(pending)]
+
+    def _append(self, entry: dict) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, json.dumps(entry, sort_keys=True).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StateWriteError(f"cannot write journal {self.path}: {exc.strerror or exc}") from None
+
+    @contextmanager
+    def step(self, intent: dict) -> Iterator[None]:
+        self._seq += 1
+        seq = self._seq
+        self._append({"seq": seq, "intent": intent})
+        if seq == self._crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield
+        self._append({"seq": seq, "done": True})
+
+    def begin(self) -> list[dict]:
+        """Start a new run: return what the previous run left unfinished, then start an empty journal."""
+        unfinished = self.interrupted()
+        if self.path.exists():
+            atomic_write(self.path, b"")
+        return unfinished
+
+    def finish(self) -> None:
+        """The apply converged: nothing is pending any more."""
+        if self.path.exists():
+            atomic_remove(self.path)

@@ -1,0 +1,194 @@
+"""Observed state, read from the kernel and the TPM only — never from the enforcer's own logs (S6).
+
+For each vault the plan names (and each vault the device still manages after it left the plan):
+- the path: exists, is a directory, is not a symlink and has no symlink on its way from --root
+- whether it is its own mount (the per-vault image) and usage against the limit (`statvfs`: O(1),
+  never a walk of the files, so status costs the same for 100,000 files as for none)
+- its fscrypt policy (FS_IOC_GET_ENCRYPTION_POLICY_EX) and the key's status in the kernel
+  (FS_IOC_GET_ENCRYPTION_KEY_STATUS)
+- the sealed blob: present, sealed to the plan's bank and PCRs, its policy digest recomputed by the
+  TPM from the recorded PCR values, and which of those PCRs now differ in the TPM
+- a staged plaintext copy waiting to migrate into the vault (S5)
+
+Storage layout of a vault with a limit (this kernel has no project quotas, see enforcer/blockdev.py):
+its image STATE/images/<vault>.img is mounted at a hidden sibling `.<name>.vpstore` of the vault path,
+and the image's `vault` subdirectory — the one with the fscrypt policy — is bind-mounted at the vault
+path. ext4 refuses an encryption policy on a filesystem's root directory (e2fsck needs an unencrypted
+lost+found), hence the subdirectory; the bind mount keeps the vault path itself the encrypted
+directory apps use. A vault without a limit is a plain directory on the persist filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from compiler.plan import Plan
+from enforcer import fscrypt
+from enforcer.fscrypt import EncryptionPolicy, KeyStatus
+from enforcer.state import StateDir, VaultRecord
+from vaultpolicy.errors import DeviceError, InputError
+
+
+class PathState(StrEnum):
+    MISSING = "missing"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"  # the vault path itself is a symlink
+    SYMLINK_IN_PATH = "symlink-in-path"  # a directory on the way to it is a symlink
+    NOT_DIRECTORY = "not-directory"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a vault's pieces live on this host."""
+
+    path: Path  # the vault directory apps use (the plan's path under --root)
+    store: Path  # mount point of the vault's own image (hidden sibling of `path`)
+    image: Path
+    staging: Path  # a plaintext directory moved aside, waiting to migrate into the vault
+
+    @property
+    def store_data(self) -> Path:
+        return self.store / "vault"
+
+
+def host_path(root: Path | None, plan_path: str) -> Path:
+    """The plan's absolute path on this host: under --root when given."""
+    if not plan_path.startswith("/") or ".." in Path(plan_path).parts:
+        raise InputError(f"plan path `{plan_path}` is not a normalized absolute path")
+    return Path(os.path.join(root, plan_path.lstrip("/"))) if root else Path(plan_path)
+
+
+def layout(state: StateDir, root: Path | None, name: str, plan_path: str) -> Layout:
+    path = host_path(root, plan_path)
+    return Layout(
+        path=path,
+        store=path.with_name(f".{path.name}.vpstore"),
+        image=state.image_path(name),
+        staging=path.with_name(f".{path.name}.vp-plaintext"),
+    )
+
+
+@dataclass(frozen=True)
+class ObservedSeal:
+    key_identifier: bytes
+    bank: str
+    pcrs: tuple[int, ...]
+    digest_ok: bool  # the blob's policy digest is the TPM's PolicyPCR digest over its recorded values
+    changed_pcrs: tuple[int, ...]  # PCRs whose current value differs from the value at seal time
+
+
+@dataclass(frozen=True)
+class ObservedVault:
+    name: str
+    path: str
+    path_state: PathState
+    mounted: bool = False
+    image_bytes: int | None = None  # size of the vault's own image, when it has one
+    used_bytes: int | None = None
+    capacity_bytes: int | None = None
+    empty: bool | None = None  # only looked at for a directory that is neither mounted nor encrypted
+    staged_plaintext: bool = False
+    policy: EncryptionPolicy | None = None
+    key_status: KeyStatus | None = None
+    seal: ObservedSeal | None = None
+    errors: tuple[str, ...] = ()  # what could not be read, and why
+
+
+@dataclass(frozen=True)
+class Observed:
+    vaults: dict[str, ObservedVault]
+    records: dict[str, VaultRecord] = field(default_factory=dict)
+
+
+def path_state(root: Path | None, path: Path) -> PathState:
+    """lstat every component below --root: a symlink anywhere could redirect the vault (TOCTOU-safe enough
+    for a directory only root can change)."""
+    base = Path(root) if root else Path("/")
+    try:
+        relative = path.relative_to(base)
+    except ValueError:
+        relative = path.relative_to("/")
+        base = Path("/")
+    current = base
+    parts = relative.parts
+    for index, part in enumerate(parts):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return PathState.MISSING
+        last = index == len(parts) - 1
+        if stat.S_ISLNK(mode):
+            return PathState.SYMLINK if last else PathState.SYMLINK_IN_PATH
+        if not stat.S_ISDIR(mode):
+            return PathState.NOT_DIRECTORY
+    return PathState.DIRECTORY
+
+
+def _is_empty(path: Path) -> bool:
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
+def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str, tpm) -> ObservedVault:
+    where = layout(state, root, name, plan_path)
+    kind = path_state(root, where.path)
+    errors: list[str] = []
+    values: dict = {"name": name, "path": str(where.path), "path_state": kind}
+    values["staged_plaintext"] = where.staging.is_dir() and not where.staging.is_symlink()
+    if where.image.exists():
+        values["image_bytes"] = where.image.stat().st_size
+    if kind is PathState.DIRECTORY:
+        mounted = os.path.ismount(where.path)
+        values["mounted"] = mounted
+        if mounted or where.image.exists():
+            st = os.statvfs(where.path)
+            values["used_bytes"] = (st.f_blocks - st.f_bfree) * st.f_frsize
+            values["capacity_bytes"] = st.f_blocks * st.f_frsize
+        try:
+            values["policy"] = fscrypt.get_policy(str(where.path))
+        except DeviceError as exc:
+            errors.append(exc.message)
+        if values.get("policy") is None and not mounted:
+            values["empty"] = _is_empty(where.path)
+
+    sealed = state.sealed(name)
+    if sealed is not None:
+        identifier = bytes.fromhex(sealed["key_identifier"])
+        values["seal"] = _observe_seal(sealed, identifier, tpm, errors)
+        if kind is PathState.DIRECTORY:
+            try:
+                values["key_status"] = fscrypt.key_status(fscrypt.mountpoint_of(str(where.path)), identifier)
+            except DeviceError as exc:
+                errors.append(exc.message)
+    return ObservedVault(**values, errors=tuple(errors))
+
+
+def _observe_seal(sealed: dict, identifier: bytes, tpm, errors: list[str]) -> ObservedSeal:
+    from enforcer.tpm import SealedBlob  # lazily: tpm2-pytss loads only when a vault is sealed
+
+    blob = SealedBlob.from_json(json.dumps(sealed["blob"]))
+    digest_ok, changed = False, ()
+    if tpm is not None:
+        try:
+            digest_ok = tpm.policy_digest(blob.bank, blob.pcrs, blob.pcr_values) == blob.policy_digest
+            current = tpm.read_pcrs(blob.bank, blob.pcrs)
+            changed = tuple(i for i in blob.pcrs if current.get(i) != blob.pcr_values.get(i))
+        except DeviceError as exc:
+            errors.append(f"TPM: {exc.message}")
+    return ObservedSeal(identifier, blob.bank, tuple(blob.pcrs), digest_ok, changed)
+
+
+def observe(plan: Plan | None, state: StateDir, root: Path | None, tpm) -> Observed:
+    """Observe every vault in the plan and every vault the device still manages."""
+    records = state.records()
+    wanted: dict[str, str] = {r.name: r.path for r in records.values()}
+    if plan is not None:
+        wanted.update({v.name: v.path for v in plan.vaults})
+    vaults = {name: observe_vault(state, root, name, path, tpm) for name, path in sorted(wanted.items())}
+    return Observed(vaults=vaults, records=records)

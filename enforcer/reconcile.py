@@ -1,0 +1,148 @@
+"""Plan × Observed -> the steps that make the device match the plan. A pure function: no I/O.
+
+`Action` is closed: apply.py has one handler per member and nothing else. `Step.reason` says why,
+for people (status, logs, the journal); the apply step never branches on it (terraform's rule for
+`ActionReason`). What cannot be fixed safely is a `Problem`, never an action: data is destroyed only
+when a signed plan says `destroy` for that vault, never as a fallback (S20).
+
+Steps come out in dependency order per vault (plaintext moved aside before the vault is made, the
+key before the policy, the policy before files migrate in), so a fresh observation after a crash at
+any step yields exactly the remaining steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from compiler.plan import Plan, Vault
+from enforcer.fscrypt import KeyStatus
+from enforcer.observe import Observed, ObservedVault, PathState
+from enforcer.state import VaultRecord
+
+_FILENAMES_FOR = {"aes-256-xts": "aes-256-cts", "adiantum": "adiantum"}
+
+
+class Action(StrEnum):
+    STAGE_PLAINTEXT = "stage-plaintext"  # move a non-empty plaintext directory aside (space checked first)
+    CREATE_DIRECTORY = "create-directory"  # a vault without a limit: a plain directory
+    CREATE_STORAGE = "create-storage"  # a vault with a limit: its own ext4 image, mounted at the path
+    MOUNT_STORAGE = "mount-storage"  # the image exists but is not mounted (after a reboot)
+    GROW_STORAGE = "grow-storage"  # the limit rose: grow the image online
+    CREATE_KEY = "create-key"  # generate, seal (test-unseal), write the sealed blob, add to the kernel
+    UNLOCK = "unlock"  # unseal the recorded blob and add the key to the kernel
+    RESEAL = "reseal"  # the plan seals to other PCRs: unseal with the old blob, seal anew
+    SET_POLICY = "set-policy"  # the fscrypt v2 policy on the empty vault directory
+    MIGRATE = "migrate"  # copy staged plaintext in, fsync, verify hashes, then remove the plaintext
+    ORPHAN = "orphan"  # left the plan with `retain`: lock it, keep the sealed key, report it
+    DESTROY = "destroy"  # left the plan with `destroy`: crypto-erase (key, sealed blob, files)
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+    vault: str
+    reason: str  # for people only
+
+
+@dataclass(frozen=True)
+class Problem:
+    vault: str
+    reason: str  # kebab-case, stable
+    message: str
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    steps: list[Step] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def reconcile(plan: Plan, observed: Observed) -> Reconciliation:
+    result = Reconciliation()
+    for vault in plan.vaults:
+        _plan_vault(vault, observed.vaults[vault.name], observed.records.get(vault.name), result)
+    for name, record in sorted(observed.records.items()):
+        if plan.vault(name) is None:
+            _removed_vault(record, observed.vaults[name], result)
+    return result
+
+
+def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, out: Reconciliation) -> None:
+    name = vault.name
+    steps: list[Step] = []
+
+    def step(action: Action, reason: str) -> None:
+        steps.append(Step(action, name, reason))
+
+    def problem(reason: str, message: str) -> None:
+        out.problems.append(Problem(name, reason, message))
+
+    if seen.path_state in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH, PathState.NOT_DIRECTORY):
+        problem("unsafe-path", f"`{seen.path}` is a {seen.path_state.value}; the vault is not created there")
+        return
+    if record is not None and record.encryption != vault.encryption:
+        problem("replace-unsupported", f"encryption changes from {record.encryption} to {vault.encryption}; "
+                "a vault is never re-created in place (its data would be lost)")
+        return
+
+    encrypted = vault.encryption != "none"
+    has_storage = vault.limit_bytes > 0
+    plaintext_here = (
+        seen.path_state is PathState.DIRECTORY and not seen.mounted and seen.policy is None and seen.empty is False
+    )
+    staged = seen.staged_plaintext
+    moved_aside = False
+    if plaintext_here and (encrypted or has_storage):
+        if staged:
+            problem("staging-conflict", f"plaintext is both at `{seen.path}` and staged beside it; resolve by hand")
+            return
+        step(Action.STAGE_PLAINTEXT, "a non-empty plaintext directory is where the vault belongs")
+        staged = moved_aside = True
+    fresh = moved_aside or seen.path_state is PathState.MISSING
+
+    if has_storage:
+        if seen.image_bytes is None:
+            step(Action.CREATE_STORAGE, f"the vault needs its own {vault.limit_bytes}-byte filesystem for its limit")
+        else:
+            if not seen.mounted:
+                step(Action.MOUNT_STORAGE, "the vault's image is not mounted")
+            if seen.image_bytes < vault.limit_bytes:
+                step(Action.GROW_STORAGE, f"the limit rose from {seen.image_bytes} to {vault.limit_bytes} bytes")
+            elif seen.image_bytes > vault.limit_bytes:
+                problem("limit-below-size", f"the limit fell to {vault.limit_bytes} bytes but the vault's filesystem "
+                        f"has {seen.image_bytes}; shrinking is not supported, the vault keeps its size")
+    elif fresh:
+        step(Action.CREATE_DIRECTORY, "the vault directory does not exist")
+
+    if encrypted:
+        if seen.seal is None:
+            if seen.policy is not None and not fresh:
+                problem("key-lost", "the directory is encrypted but no sealed key is recorded for it; "
+                        "it is not re-created (its data would be lost)")
+                return
+            step(Action.CREATE_KEY, "the vault has no sealed key")
+        else:
+            wanted = vault.seal
+            if wanted is not None and (seen.seal.bank, seen.seal.pcrs) != (wanted.bank, tuple(sorted(wanted.pcrs))):
+                step(Action.RESEAL, f"the key is sealed to {seen.seal.bank} PCRs {list(seen.seal.pcrs)}, "
+                     f"the plan asks for {wanted.bank} PCRs {sorted(wanted.pcrs)}")
+            elif seen.key_status is not KeyStatus.PRESENT:
+                step(Action.UNLOCK, "the key is not in the kernel")
+        if seen.policy is None or fresh:
+            step(Action.SET_POLICY, "the vault directory has no encryption policy")
+        elif seen.seal is not None and seen.policy.key_identifier != seen.seal.key_identifier:
+            problem("policy-mismatch", "the directory is encrypted under another key than the sealed one")
+        elif (seen.policy.contents_mode, seen.policy.filenames_mode) != (vault.encryption, _FILENAMES_FOR[vault.encryption]):
+            problem("policy-mismatch", f"the directory uses {seen.policy.contents_mode}, the plan asks for {vault.encryption}")
+
+    if staged:
+        step(Action.MIGRATE, "plaintext files wait to move into the vault")
+    out.steps.extend(steps)
+
+
+def _removed_vault(record: VaultRecord, seen: ObservedVault, out: Reconciliation) -> None:
+    if record.on_remove == "destroy":
+        out.steps.append(Step(Action.DESTROY, record.name, "the vault left the plan with on_remove destroy"))
+    elif not record.orphaned or seen.key_status is KeyStatus.PRESENT:
+        out.steps.append(Step(Action.ORPHAN, record.name, "the vault left the plan with on_remove retain"))

@@ -1,0 +1,245 @@
+"""The device's state directory: what the enforcer must remember between runs, written atomically.
+
+Layout under STATE (`--state-dir`):
+
+    applied/plan.signed      exact envelope bytes of the last applied plan (re-verified at boot, S12)
+    applied/floor.json       {"plan_version", "plan_sha256"}: no plan at or below this version is taken
+                             again, except the applied plan's own bytes (that reconciles, it is no rollback)
+    trust                    the trust root the applied plan was verified with (PEM key or root envelope)
+    sealed/<vault>.json      the sealed key blob (TPM public/private areas) + the kernel key identifier;
+                             the raw key never touches disk
+    vaults/<vault>.json      what the device manages for a vault: path, encryption, on_remove, protected,
+                             orphaned. Kept after the vault leaves the plan, so `retain` and `destroy`
+                             still know what to do and a protected vault stays protected (S16)
+    images/<vault>.img       the vault's own ext4 image when it has a storage limit (see apply.py)
+    conditions.json          conditions with reasons: the last refusal, per-vault unlock failures
+    journal.jsonl            the write-ahead journal of the apply in progress (journal.py)
+
+Every write goes through `atomic_write`: write a temp file, fsync it, rename over the target, fsync the
+directory (S19). A failed write raises `StateWriteError` naming the file; callers report it, never loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from compiler.plan import format_time
+from vaultpolicy.errors import DeviceError
+
+_VAULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class StateWriteError(DeviceError):
+    """A state file could not be written; the previous version of that file is still in place."""
+
+
+class StateCorrupt(DeviceError):
+    """A state file exists but cannot be read; never silently replaced."""
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write, fsync, rename, fsync the directory: readers see the old bytes or the new, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StateWriteError(f"cannot write state file {path}: {exc.strerror or exc}") from None
+
+
+def atomic_remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StateWriteError(f"cannot remove state file {path}: {exc.strerror or exc}") from None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateCorrupt(f"state file {path} is unreadable: {exc}") from None
+
+
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
+
+
+@dataclass(frozen=True)
+class VaultRecord:
+    """What the device remembers about a vault it created (not observed state: the device's memory)."""
+
+    name: str
+    path: str  # the plan's absolute path (before --root)
+    encryption: str
+    on_remove: str
+    protected: bool
+    limit_bytes: int
+    orphaned: bool = False
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Kubernetes-style: `ok` false means the subject is not as the plan wants; `reason` is a kebab word."""
+
+    subject: str  # "plan" or "vault/<name>"
+    ok: bool
+    reason: str
+    message: str
+    since: str
+
+
+class StateDir:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    # --- layout --------------------------------------------------------------------------------
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "applied" / "plan.signed"
+
+    @property
+    def floor_path(self) -> Path:
+        return self.root / "applied" / "floor.json"
+
+    @property
+    def trust_path(self) -> Path:
+        return self.root / "trust"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / "journal.jsonl"
+
+    @property
+    def conditions_path(self) -> Path:
+        return self.root / "conditions.json"
+
+    def sealed_path(self, vault: str) -> Path:
+        return self.root / "sealed" / f"{_checked(vault)}.json"
+
+    def record_path(self, vault: str) -> Path:
+        return self.root / "vaults" / f"{_checked(vault)}.json"
+
+    def image_path(self, vault: str) -> Path:
+        return self.root / "images" / f"{_checked(vault)}.img"
+
+    def ensure(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StateWriteError(f"cannot create state dir {self.root}: {exc.strerror or exc}") from None
+
+    # --- applied plan --------------------------------------------------------------------------
+    def applied_envelope(self) -> bytes | None:
+        try:
+            return self.plan_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def floor(self) -> tuple[int, str] | None:
+        data = _read_json(self.floor_path)
+        return None if data is None else (int(data["plan_version"]), str(data["plan_sha256"]))
+
+    def commit_plan(self, envelope: bytes, plan_version: int, plan_sha256: str) -> None:
+        """The plan first, then the floor: a crash between them leaves a floor that is still correct."""
+        atomic_write(self.plan_path, envelope)
+        atomic_write(self.floor_path, _json_bytes({"plan_version": plan_version, "plan_sha256": plan_sha256}))
+
+    def trust_bytes(self) -> bytes | None:
+        try:
+            return self.trust_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def save_trust(self, data: bytes) -> None:
+        if self.trust_bytes() != data:
+            atomic_write(self.trust_path, data, 0o644)
+
+    # --- sealed blobs --------------------------------------------------------------------------
+    def sealed(self, vault: str) -> dict | None:
+        """{"blob": SealedBlob JSON, "key_identifier": hex}, or None when the vault has no sealed key."""
+        return _read_json(self.sealed_path(vault))
+
+    def save_sealed(self, vault: str, blob_json: str, key_identifier: bytes) -> None:
+        atomic_write(self.sealed_path(vault), _json_bytes({"blob": json.loads(blob_json), "key_identifier": key_identifier.hex()}))
+
+    def remove_sealed(self, vault: str) -> None:
+        atomic_remove(self.sealed_path(vault))
+
+    # --- vault records -------------------------------------------------------------------------
+    def records(self) -> dict[str, VaultRecord]:
+        directory = self.root / "vaults"
+        if not directory.is_dir():
+            return {}
+        out = {}
+        for path in sorted(directory.glob("*.json")):
+            data = _read_json(path)
+            out[data["name"]] = VaultRecord(**data)
+        return out
+
+    def save_record(self, record: VaultRecord) -> None:
+        path = self.record_path(record.name)
+        data = _json_bytes(asdict(record))
+        try:
+            if path.read_bytes() == data:
+                return  # unchanged: no write, so a repeated apply does no filesystem mutation
+        except FileNotFoundError:
+            pass
+        atomic_write(path, data)
+
+    def remove_record(self, vault: str) -> None:
+        atomic_remove(self.record_path(vault))
+
+    # --- conditions ----------------------------------------------------------------------------
+    def conditions(self) -> dict[str, Condition]:
+        data = _read_json(self.conditions_path) or {}
+        return {k: Condition(**v) for k, v in data.items()}
+
+    def set_condition(self, subject: str, ok: bool, reason: str, message: str, now: datetime) -> None:
+        conditions = self.conditions()
+        old = conditions.get(subject)
+        if old and (old.ok, old.reason, old.message) == (ok, reason, message):
+            return
+        conditions[subject] = Condition(subject, ok, reason, message, format_time(now))
+        atomic_write(self.conditions_path, _json_bytes({k: asdict(v) for k, v in sorted(conditions.items())}))
+
+    def clear_condition(self, subject: str) -> None:
+        conditions = self.conditions()
+        if subject in conditions:
+            del conditions[subject]
+            atomic_write(self.conditions_path, _json_bytes({k: asdict(v) for k, v in sorted(conditions.items())}))
+
+
+def _checked(vault: str) -> str:
+    """Vault names become file names: refuse anything that could escape the state dir."""
+    if not _VAULT_NAME.match(vault):
+        raise DeviceError(f"vault name `{vault}` cannot be used as a state file name")
+    return vault

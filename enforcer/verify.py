@@ -1,0 +1,128 @@
+"""Device-side verification of a signed plan, in the order the design fixes (issue 5):
+
+1. envelope and signatures against the device's trust root (threshold of distinct keys, S13)
+2. `plan_version` above the last applied one; the applied plan's own bytes may come again (reconcile)
+3. not expired, and not issued in the future beyond `CLOCK_SLACK` (one clock reading, passed in)
+4. targets this device (empty targets: every device)
+5. a schema this device knows (`compiler.plan.decode_plan`)
+6. no protected vault the device manages would be destroyed (S16)
+
+Pure: no I/O. Every refusal is a `PlanRejected` with a stable `reason`; the caller records it as a
+condition and keeps the last good plan.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from compiler.plan import Plan, PlanFormatError, decode_plan, parse_time, plan_digest
+from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
+from enforcer.state import VaultRecord
+from vaultpolicy.errors import PlanRejected
+
+CLOCK_SLACK = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class VerifiedPlan:
+    plan: Plan
+    payload: bytes  # the exact signed bytes
+    envelope: bytes  # the exact envelope bytes, stored as the applied plan
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    device_id: str | None = None
+    classes: tuple[str, ...] = ()
+
+    def matches(self, targets: tuple[str, ...] | list[str]) -> bool:
+        if not targets:
+            return True
+        names = {self.device_id} if self.device_id else set()
+        names |= {f"class:{c}" for c in self.classes}
+        return bool(names & set(targets))
+
+
+def verify_plan(
+    envelope_bytes: bytes,
+    trust: TrustRoot,
+    *,
+    now: datetime,
+    floor: tuple[int, str] | None,
+    device: DeviceIdentity,
+    managed: Mapping[str, VaultRecord] | None = None,
+) -> VerifiedPlan:
+    payload = trust.verify(Envelope.from_bytes(envelope_bytes), PLAN_PAYLOAD_TYPE)
+    digest = plan_digest(payload)
+    header = _header(payload)
+
+    version = header.get("plan_version")
+    if type(version) is not int:
+        raise PlanRejected("unknown-schema", "plan has no integer `plan_version`")
+    if floor is not None:
+        floor_version, floor_sha = floor
+        if digest != floor_sha and version <= floor_version:
+            raise PlanRejected(
+                "rollback",
+                f"plan version {version} is not above the applied version {floor_version}",
+                hint="the controller must issue a plan with a higher plan_version",
+            )
+
+    issued_at, expires = _time(header, "issued_at"), _time(header, "expires")
+    if expires <= now:
+        raise PlanRejected("expired", f"plan expired at {header['expires']}")
+    if issued_at > now + CLOCK_SLACK:
+        raise PlanRejected(
+            "future-dated",
+            f"plan is issued at {header['issued_at']}, in the future beyond the {int(CLOCK_SLACK.total_seconds())}s clock slack",
+            hint="check the device clock",
+        )
+
+    targets = header.get("targets", [])
+    if not isinstance(targets, list) or not device.matches(tuple(str(t) for t in targets)):
+        who = f"device `{device.device_id}`" if device.device_id else "this device (no --device-id given)"
+        raise PlanRejected("wrong-target", f"plan targets {', '.join(f'`{t}`' for t in targets)}, not {who}")
+
+    try:
+        plan = decode_plan(payload)
+    except PlanFormatError as exc:
+        raise PlanRejected("unknown-schema", str(exc)) from None
+
+    _check_protection(plan, managed or {})
+    return VerifiedPlan(plan, payload, envelope_bytes, digest)
+
+
+def _header(payload: bytes) -> dict:
+    try:
+        header = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        raise PlanRejected("unknown-schema", "signed payload is not a JSON plan") from None
+    if not isinstance(header, dict):
+        raise PlanRejected("unknown-schema", "signed payload is not a JSON object")
+    return header
+
+
+def _time(header: dict, field: str) -> datetime:
+    try:
+        return parse_time(str(header[field]))
+    except (KeyError, ValueError) as exc:
+        raise PlanRejected("unknown-schema", f"plan field `{field}`: {exc}") from None
+
+
+def _check_protection(plan: Plan, managed: Mapping[str, VaultRecord]) -> None:
+    """A protected vault stays protected on the device even when the policy drops the flag (S16)."""
+    for name, record in managed.items():
+        if not record.protected:
+            continue
+        vault = plan.vault(name)
+        if vault is None and record.on_remove == "destroy":
+            raise PlanRejected("destroys-protected", f"plan destroys protected vault `{name}`")
+        if vault is not None and vault.encryption != record.encryption:
+            raise PlanRejected(
+                "destroys-protected",
+                f"plan replaces protected vault `{name}` (encryption {record.encryption} -> {vault.encryption})",
+            )

@@ -1,0 +1,104 @@
+"""reconcile() is pure: Plan x Observed -> steps and problems. No fakes needed: Observed is data."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from enforcer.fscrypt import EncryptionPolicy, KeyStatus
+from enforcer.observe import Observed, ObservedSeal, ObservedVault, PathState
+from enforcer.reconcile import Action, reconcile
+from enforcer.state import VaultRecord
+from vp_helpers import make_plan, vault
+
+KEY_ID = bytes(range(16))
+POLICY = EncryptionPolicy(2, "aes-256-xts", "aes-256-cts", 3, KEY_ID)
+SEAL = ObservedSeal(KEY_ID, "sha256", (0, 7), True, ())
+
+
+def seen(name="config", **values) -> ObservedVault:
+    return ObservedVault(name=name, path=f"/r/persist/vault/{name}", **({"path_state": PathState.MISSING} | values))
+
+
+def converged(name="config", limit=0) -> ObservedVault:
+    return seen(name, path_state=PathState.DIRECTORY, mounted=limit > 0, image_bytes=limit or None,
+                policy=POLICY, key_status=KeyStatus.PRESENT, seal=SEAL)
+
+
+def record(name="config", **values) -> VaultRecord:
+    return VaultRecord(**({"name": name, "path": f"/persist/vault/{name}", "encryption": "aes-256-xts",
+                          "on_remove": "retain", "protected": False, "limit_bytes": 0} | values))
+
+
+def actions(plan, *vaults, records=()):
+    result = reconcile(plan, Observed({v.name: v for v in vaults}, {r.name: r for r in records}))
+    return [s.action for s in result.steps], [p.reason for p in result.problems]
+
+
+def test_new_vault_without_limit():
+    assert actions(make_plan([vault("config")]), seen()) == (
+        [Action.CREATE_DIRECTORY, Action.CREATE_KEY, Action.SET_POLICY], [])
+
+
+def test_new_vault_with_limit():
+    assert actions(make_plan([vault("config", limit=1 << 20)]), seen()) == (
+        [Action.CREATE_STORAGE, Action.CREATE_KEY, Action.SET_POLICY], [])
+
+
+def test_converged_vault_needs_nothing():
+    plan = make_plan([vault("config", limit=1 << 20), vault("img")])
+    assert actions(plan, converged("config", 1 << 20), converged("img"), records=[record("config"), record("img")]) == ([], [])
+
+
+def test_plaintext_directory_is_staged_and_migrated():
+    plaintext = seen(path_state=PathState.DIRECTORY, empty=False)
+    assert actions(make_plan([vault("config", limit=1 << 20)]), plaintext) == (
+        [Action.STAGE_PLAINTEXT, Action.CREATE_STORAGE, Action.CREATE_KEY, Action.SET_POLICY, Action.MIGRATE], [])
+    # After a crash once the vault exists: only the migration remains.
+    resumed = replace(converged(limit=1 << 20), staged_plaintext=True)
+    assert actions(make_plan([vault("config", limit=1 << 20)]), resumed, records=[record()]) == ([Action.MIGRATE], [])
+
+
+def test_unencrypted_vault_without_limit_keeps_its_files_in_place():
+    plain = seen("scratch", path_state=PathState.DIRECTORY, empty=False)
+    assert actions(make_plan([vault("scratch", encryption="none")]), plain) == ([], [])
+
+
+def test_after_reboot_storage_is_mounted_and_key_unlocked():
+    rebooted = seen(path_state=PathState.DIRECTORY, image_bytes=1 << 20, empty=True, seal=SEAL, key_status=KeyStatus.ABSENT)
+    steps, problems = actions(make_plan([vault("config", limit=1 << 20)]), rebooted, records=[record()])
+    assert steps[:2] == [Action.MOUNT_STORAGE, Action.UNLOCK] and problems == []
+
+
+def test_limit_rise_grows_and_fall_is_a_problem():
+    assert actions(make_plan([vault("config", limit=2 << 20)]), converged(limit=1 << 20), records=[record()]) == (
+        [Action.GROW_STORAGE], [])
+    assert actions(make_plan([vault("config", limit=1 << 19)]), converged(limit=1 << 20), records=[record()]) == (
+        [], ["limit-below-size"])
+
+
+def test_encrypted_directory_without_sealed_key_is_never_recreated():
+    lost = seen(path_state=PathState.DIRECTORY, policy=POLICY)
+    assert actions(make_plan([vault("config")]), lost, records=[record()]) == ([], ["key-lost"])
+
+
+def test_symlinks_are_refused():
+    for state in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH, PathState.NOT_DIRECTORY):
+        assert actions(make_plan([vault("config")]), seen(path_state=state)) == ([], ["unsafe-path"])
+
+
+def test_reseal_when_pcrs_change():
+    plan = make_plan([vault("config", pcrs=(0, 4, 7))])
+    assert actions(plan, converged(), records=[record()]) == ([Action.RESEAL], [])
+
+
+def test_removed_vaults_retain_and_destroy():
+    plan = make_plan([])
+    assert actions(plan, converged(), records=[record()]) == ([Action.ORPHAN], [])
+    orphaned_locked = seen(path_state=PathState.DIRECTORY, policy=POLICY, seal=SEAL, key_status=KeyStatus.ABSENT)
+    assert actions(plan, orphaned_locked, records=[record(orphaned=True)]) == ([], [])
+    assert actions(plan, converged(), records=[record(on_remove="destroy")]) == ([Action.DESTROY], [])
+
+
+def test_encryption_change_is_refused_not_replaced():
+    plan = make_plan([vault("config", encryption="none")])
+    assert actions(plan, converged(), records=[record()]) == ([], ["replace-unsupported"])

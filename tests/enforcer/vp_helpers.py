@@ -1,0 +1,45 @@
+"""Plan builders for the enforcer tests (plans are built from compiler.plan models directly)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from compiler.plan import Device, Plan, Seal, Vault, App, encode_plan, format_time
+from compiler.signing import PLAN_PAYLOAD_TYPE, sign
+
+NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def vault(name: str, *, limit: int = 0, pcrs=(0, 7), encryption: str = "aes-256-xts", on_remove: str = "retain",
+          protected: bool = False, path: str | None = None) -> Vault:
+    return Vault(
+        name=name,
+        path=path or f"/persist/vault/{name}",
+        encryption=encryption,
+        limit_bytes=limit,
+        seal=None if encryption == "none" else Seal(bank="sha256", pcrs=tuple(pcrs)),
+        on_remove=on_remove,
+        protected=protected,
+    )
+
+
+def make_plan(vaults=(), *, version: int = 1, apps=(), targets=(), issued: datetime = NOW,
+              lifetime: timedelta = timedelta(days=30), allow_unmeasured_boot: bool = False) -> Plan:
+    return Plan(
+        plan_version=version,
+        issued_at=format_time(issued),
+        expires=format_time(issued + lifetime),
+        source_sha256="0" * 64,
+        targets=tuple(targets),
+        device=Device(persist="/persist", allow_unmeasured_boot=allow_unmeasured_boot),
+        vaults=tuple(vaults),
+        apps=tuple(apps),
+    )
+
+
+def app(name: str, vault_name: str | None, end_to_end: bool = False) -> App:
+    return App(name=name, vault=vault_name, end_to_end=end_to_end)
+
+
+def signed(plan: Plan, *keys) -> bytes:
+    return sign(PLAN_PAYLOAD_TYPE, encode_plan(plan), list(keys)).to_bytes()
