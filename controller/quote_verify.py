@@ -1,0 +1,198 @@
+"""Verify a device's TPM quote, in the order issue 6 fixes:
+
+1. the signature, with the enrolled attestation key (and the quote names that key as its signer);
+2. the nonce: bound into the signed qualifying data, issued by us to this device, unused, not expired;
+3. the PCR digest recomputed from the reported values equals the quoted one (same bank and selection
+   as the policy's attestation);
+4. every value is allowed by the policy — all PCRs that are not are named, not just the first;
+5. the TPM's reset/restart counters and clock do not go backwards.
+
+The TPM structures are parsed here by hand (a few fixed fields, TPM 2.0 Part 2 marshalling), so the
+controller needs no TPM stack. A PCR of the attestation with no `allowed` list allows nothing: the
+policy must say which measurements it trusts (fail closed).
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from compiler.plan import Attestation
+from controller import nonce as nonces
+from controller.errors import AttestationRejected
+from controller.store import Store
+from enforcer.attest import Quote, pcr_digest, qualifying_data, release_key_binding
+
+TPM_GENERATED_VALUE = 0xFF544347
+TPM_ST_ATTEST_QUOTE = 0x8018
+TPM_ALG_ECDSA = 0x0018
+HASH_ALGS = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
+
+
+@dataclass(frozen=True)
+class ParsedAttest:
+    signer_name: bytes
+    extra_data: bytes
+    clock: int
+    reset_count: int
+    restart_count: int
+    selection: dict[str, tuple[int, ...]]  # bank -> PCR indexes
+    pcr_digest: bytes
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, size: int) -> bytes:
+        if self.pos + size > len(self.data):
+            raise AttestationRejected("malformed-quote", "quote structure is truncated")
+        chunk = self.data[self.pos : self.pos + size]
+        self.pos += size
+        return chunk
+
+    def uint(self, fmt: str) -> int:
+        return struct.unpack(">" + fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def sized(self) -> bytes:
+        return self.take(self.uint("H"))
+
+
+def parse_attest(data: bytes) -> ParsedAttest:
+    reader = _Reader(data)
+    if reader.uint("I") != TPM_GENERATED_VALUE or reader.uint("H") != TPM_ST_ATTEST_QUOTE:
+        raise AttestationRejected("malformed-quote", "not a TPM-generated quote structure")
+    signer_name = reader.sized()
+    extra_data = reader.sized()
+    clock, reset_count, restart_count, _safe = reader.uint("Q"), reader.uint("I"), reader.uint("I"), reader.uint("B")
+    reader.uint("Q")  # firmware version
+    selection: dict[str, tuple[int, ...]] = {}
+    for _ in range(reader.uint("I")):
+        bank = HASH_ALGS.get(reader.uint("H"), "unknown")
+        bitmap = reader.take(reader.uint("B"))
+        selection[bank] = tuple(i for i in range(len(bitmap) * 8) if bitmap[i // 8] & (1 << (i % 8)))
+    digest = reader.sized()
+    if reader.pos != len(data):
+        raise AttestationRejected("malformed-quote", "quote structure has trailing bytes")
+    return ParsedAttest(signer_name, extra_data, clock, reset_count, restart_count, selection, digest)
+
+
+def _der_signature(signature: bytes) -> tuple[bytes, hashes.HashAlgorithm]:
+    reader = _Reader(signature)
+    if reader.uint("H") != TPM_ALG_ECDSA:
+        raise AttestationRejected("bad-signature", "quote signature is not ECDSA")
+    hash_name = HASH_ALGS.get(reader.uint("H"))
+    r, s = reader.sized(), reader.sized()
+    if hash_name is None or reader.pos != len(signature):
+        raise AttestationRejected("bad-signature", "quote signature is malformed")
+    return encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big")), getattr(hashes, hash_name.upper())()
+
+
+@dataclass(frozen=True)
+class VerifiedQuote:
+    device_id: str
+    quote_sha256: str
+    purpose: str
+    bound_sha256: bytes
+    pcrs: dict[int, bytes]
+    reset_count: int
+    restart_count: int
+    clock: int
+
+
+def check_signature(quote: Quote, ak_public_pem: str, ak_name: str) -> ParsedAttest:
+    """Step 1 (also used for reports): signed by this AK, which the quote names as its signer."""
+    public_key = serialization.load_pem_public_key(ak_public_pem.encode())
+    der, algorithm = _der_signature(quote.signature)
+    try:
+        public_key.verify(der, quote.attest, ec.ECDSA(algorithm))
+    except InvalidSignature:
+        raise AttestationRejected(
+            "bad-signature", f"quote signature does not verify with the attestation key enrolled for `{quote.device_id}`"
+        ) from None
+    parsed = parse_attest(quote.attest)
+    if parsed.signer_name.hex() != ak_name:
+        raise AttestationRejected("bad-signature", "quote names a different signing key than the enrolled one")
+    expected = qualifying_data(quote.purpose, quote.nonce, quote.bound_sha256)
+    if not hmac.compare_digest(parsed.extra_data, expected):
+        raise AttestationRejected("nonce-mismatch", "the signed qualifying data does not match the quote's nonce and binding")
+    return parsed
+
+
+def check_pcr_digest(quote: Quote, parsed: ParsedAttest, attestation: Attestation) -> None:
+    """Step 3: reported values hash to the signed digest, over exactly the policy's bank and PCRs."""
+    wanted = tuple(sorted(attestation.pcrs))
+    if parsed.selection != {attestation.bank: wanted} or quote.bank != attestation.bank:
+        raise AttestationRejected(
+            "pcr-selection",
+            f"quote covers {_selection_text(parsed.selection)}, the policy `{attestation.name}` asks for "
+            f"{attestation.bank}:{','.join(map(str, wanted))}",
+        )
+    if sorted(quote.pcrs) != list(wanted):
+        raise AttestationRejected("pcr-digest", "reported PCR values do not match the quoted selection")
+    if pcr_digest(quote.pcrs, wanted, attestation.bank) != parsed.pcr_digest:
+        raise AttestationRejected("pcr-digest", "reported PCR values do not hash to the quoted PCR digest (altered values?)")
+
+
+def disallowed_pcrs(values: dict[int, bytes], attestation: Attestation) -> dict[int, str]:
+    """PCR index -> why its value is not allowed (empty when all are allowed)."""
+    problems: dict[int, str] = {}
+    for index in sorted(attestation.pcrs):
+        allowed = {v.lower() for v in attestation.allowed.get(str(index), ())}
+        value = values[index].hex()
+        if not allowed:
+            problems[index] = f"the policy allows no value for PCR {index}"
+        elif value not in allowed:
+            problems[index] = f"PCR {index} = {value} is not an allowed value"
+    return problems
+
+
+def check_counters(device, parsed: ParsedAttest) -> None:
+    """Step 5: a quote older than one already seen (counters or clock going back) is a replay."""
+    if device.reset_count is None:
+        return
+    seen = (device.reset_count, device.restart_count, device.clock)
+    now = (parsed.reset_count, parsed.restart_count, parsed.clock)
+    if now[0] < seen[0] or (now[0] == seen[0] and now[1:] < seen[1:]):
+        raise AttestationRejected(
+            "counters-backwards",
+            f"TPM counters went backwards (reset/restart/clock {now} after {seen}): an old quote?",
+        )
+
+
+def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int) -> VerifiedQuote:
+    device = store.device(quote.device_id)
+    if device is None:
+        raise AttestationRejected(
+            "device-unknown", f"device `{quote.device_id}` is not enrolled", hint="enrol it with `vaultpolicy controller enroll`"
+        )
+    parsed = check_signature(quote, device.ak_public_pem, device.ak_name)
+    if quote.purpose == "release" and quote.bound_sha256 != release_key_binding(device.release_public_pem):
+        raise AttestationRejected("release-key-mismatch", "quote binds a release key other than the enrolled one")
+    nonces.consume(store, quote.nonce, quote.device_id, now)
+    check_pcr_digest(quote, parsed, attestation)
+    problems = disallowed_pcrs(quote.pcrs, attestation)
+    if problems:
+        raise AttestationRejected(
+            "pcr-not-allowed",
+            f"PCRs not allowed by attestation `{attestation.name}`: " + "; ".join(problems.values()),
+            hint="if this is a legitimate update, add the new values to the policy's `allow` list",
+            pcrs=sorted(problems),
+        )
+    check_counters(device, parsed)
+    store.record_counters(quote.device_id, parsed.reset_count, parsed.restart_count, parsed.clock)
+    store.add_verified_quote(quote.digest(), quote.device_id, now, now + attestation.nonce_lifetime_seconds)
+    return VerifiedQuote(
+        quote.device_id, quote.digest(), quote.purpose, quote.bound_sha256, dict(quote.pcrs),
+        parsed.reset_count, parsed.restart_count, parsed.clock,
+    )
+
+
+def _selection_text(selection: dict[str, tuple[int, ...]]) -> str:
+    return " ".join(f"{bank}:{','.join(map(str, pcrs))}" for bank, pcrs in selection.items()) or "no PCRs"

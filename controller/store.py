@@ -1,0 +1,188 @@
+"""Controller state in one embedded SQLite file: issued nonces, enrolled devices, escrow records,
+verified quotes.
+
+Each public method is one transaction. Single-use rules (a nonce consumed once, a verified quote
+released once) are enforced with a conditional UPDATE whose row count says whether this caller won,
+so two controllers sharing the file cannot both use the same nonce.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaultpolicy.errors import InputError
+
+DEFAULT_STORE = "controller.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nonces (
+    nonce TEXT PRIMARY KEY,           -- hex
+    device_id TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,       -- unix seconds
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    ak_public_pem TEXT NOT NULL,
+    ak_name TEXT NOT NULL UNIQUE,
+    release_public_pem TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    reset_count INTEGER,              -- last TPM counters seen in a verified quote
+    restart_count INTEGER,
+    clock INTEGER
+);
+CREATE TABLE IF NOT EXISTS escrow (
+    device_id TEXT NOT NULL,
+    vault TEXT NOT NULL,
+    key_identifier TEXT NOT NULL,     -- hex
+    blob BLOB NOT NULL,
+    blob_sha256 TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (device_id, vault, key_identifier)
+);
+CREATE TABLE IF NOT EXISTS verified_quotes (
+    quote_sha256 TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    verified_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    released_at INTEGER
+);
+"""
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    ak_public_pem: str
+    ak_name: str
+    release_public_pem: str
+    reset_count: int | None
+    restart_count: int | None
+    clock: int | None
+
+
+@dataclass(frozen=True)
+class Nonce:
+    nonce: bytes
+    device_id: str
+    issued_at: int
+    expires_at: int
+    used_at: int | None
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{self.path}: not a usable controller store ({exc})") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _write(self, sql: str, params: tuple) -> int:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            return self._db.execute(sql, params).rowcount
+
+    # --- nonces ---
+
+    def add_nonce(self, nonce: bytes, device_id: str, issued_at: int, expires_at: int) -> None:
+        self._write(
+            "INSERT INTO nonces (nonce, device_id, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+            (nonce.hex(), device_id, issued_at, expires_at),
+        )
+
+    def get_nonce(self, nonce: bytes) -> Nonce | None:
+        row = self._db.execute(
+            "SELECT nonce, device_id, issued_at, expires_at, used_at FROM nonces WHERE nonce = ?", (nonce.hex(),)
+        ).fetchone()
+        return Nonce(bytes.fromhex(row[0]), *row[1:]) if row else None
+
+    def mark_nonce_used(self, nonce: bytes, now: int) -> bool:
+        """True when this call used the nonce; False when it was already used."""
+        return self._write("UPDATE nonces SET used_at = ? WHERE nonce = ? AND used_at IS NULL", (now, nonce.hex())) == 1
+
+    # --- devices ---
+
+    def enroll(self, device_id: str, ak_public_pem: str, ak_name: str, release_public_pem: str, now: int) -> None:
+        existing = self.device(device_id)
+        if existing and (existing.ak_name, existing.release_public_pem) != (ak_name, release_public_pem):
+            raise InputError(
+                f"device `{device_id}` is already enrolled with a different attestation key",
+                hint="a new TPM means a new enrolment: remove the old record deliberately first",
+            )
+        try:
+            self._write(
+                "INSERT OR IGNORE INTO devices (device_id, ak_public_pem, ak_name, release_public_pem, enrolled_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (device_id, ak_public_pem, ak_name, release_public_pem, now),
+            )
+        except sqlite3.IntegrityError:
+            raise InputError(f"attestation key `{ak_name}` is already enrolled for another device") from None
+
+    def device(self, device_id: str) -> Device | None:
+        row = self._db.execute(
+            "SELECT device_id, ak_public_pem, ak_name, release_public_pem, reset_count, restart_count, clock"
+            " FROM devices WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        return Device(*row) if row else None
+
+    def record_counters(self, device_id: str, reset_count: int, restart_count: int, clock: int) -> None:
+        self._write(
+            "UPDATE devices SET reset_count = ?, restart_count = ?, clock = ? WHERE device_id = ?",
+            (reset_count, restart_count, clock, device_id),
+        )
+
+    # --- escrow ---
+
+    def add_escrow(self, device_id: str, vault: str, key_identifier: bytes, blob: bytes, blob_sha256: str, now: int) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO escrow (device_id, vault, key_identifier, blob, blob_sha256, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (device_id, vault, key_identifier.hex(), blob, blob_sha256, now),
+        )
+
+    def escrow_blob(self, device_id: str, vault: str) -> bytes | None:
+        """The most recently received blob for the vault (a rotated key replaces the older one)."""
+        row = self._db.execute(
+            "SELECT blob FROM escrow WHERE device_id = ? AND vault = ? ORDER BY received_at DESC, rowid DESC LIMIT 1",
+            (device_id, vault),
+        ).fetchone()
+        return row[0] if row else None
+
+    # --- verified quotes ---
+
+    def add_verified_quote(self, quote_sha256: str, device_id: str, verified_at: int, expires_at: int) -> None:
+        self._write(
+            "INSERT INTO verified_quotes (quote_sha256, device_id, verified_at, expires_at) VALUES (?, ?, ?, ?)",
+            (quote_sha256, device_id, verified_at, expires_at),
+        )
+
+    def verified_quote(self, quote_sha256: str) -> tuple[str, int, int, int | None] | None:
+        return self._db.execute(
+            "SELECT device_id, verified_at, expires_at, released_at FROM verified_quotes WHERE quote_sha256 = ?",
+            (quote_sha256,),
+        ).fetchone()
+
+    def mark_released(self, quote_sha256: str, now: int) -> bool:
+        return (
+            self._write(
+                "UPDATE verified_quotes SET released_at = ? WHERE quote_sha256 = ? AND released_at IS NULL",
+                (now, quote_sha256),
+            )
+            == 1
+        )

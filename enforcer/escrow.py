@@ -1,0 +1,262 @@
+"""Key escrow: a vault key wrapped for the controller, and the authenticated envelope shared with release.
+
+Wrapping (ECIES-style, `cryptography` only):
+  ephemeral X25519 key E; shared = X25519(E, controller public key)
+  key = HKDF-SHA256(shared, salt = E.public || recipient public, info = "vaultpolicy escrow v1")
+  ciphertext = AES-256-GCM(key, random 96-bit nonce, raw vault key, AAD)
+The AAD is the canonical JSON (RFC 8785) of every header field: format, device id, vault name, the
+kernel's key identifier and the ephemeral public key. A blob moved to another device or vault, or any
+byte changed, fails to unwrap (InvalidTag). A fresh ephemeral key and nonce per wrap means the same
+key wrapped twice gives different ciphertexts (never a fixed IV, unlike the source system's AES-CFB).
+
+Escrow state on the device (`STATE/escrow/<vault>.json` + `<vault>.ack.json`): `pending` until the
+controller's acknowledgement naming the blob's SHA-256 is recorded, then `acknowledged`; `missing`
+when no blob exists. `record_escrow` is the hook the enforcer calls right after creating a vault key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import rfc8785
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from vaultpolicy.errors import InputError, VaultpolicyError
+
+ESCROW_FORMAT = "vaultpolicy.escrow.v1"
+ACK_FORMAT = "vaultpolicy.escrow-ack.v1"
+
+
+class EscrowError(VaultpolicyError):
+    """An escrow blob cannot be unwrapped: wrong key, wrong binding or altered bytes (one opaque reason)."""
+
+
+def derive_key(shared_secret: bytes, salt: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(shared_secret)
+
+
+def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    """AES-256-GCM with a fresh random 96-bit nonce; returns (nonce, ciphertext+tag)."""
+    nonce = secrets.token_bytes(12)
+    return nonce, AESGCM(key).encrypt(nonce, bytes(plaintext), aad)
+
+
+def aead_open(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes, what: str) -> bytearray:
+    try:
+        return bytearray(AESGCM(key).decrypt(nonce, ciphertext, aad))
+    except (InvalidTag, ValueError):
+        raise EscrowError(f"{what} does not open: wrong key, wrong binding or altered bytes") from None
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: object, field: str, source: str) -> bytes:
+    if not isinstance(text, str):
+        raise InputError(f"{source}: field `{field}` must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise InputError(f"{source}: field `{field}` is not valid base64") from None
+
+
+def load_json_object(data: bytes, source: str, expected_format: str) -> dict:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{source}: not JSON ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != expected_format:
+        raise InputError(f"{source}: not a `{expected_format}` document")
+    return obj
+
+
+def require_str(obj: dict, field: str, source: str) -> str:
+    value = obj.get(field)
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{source}: field `{field}` must be a non-empty string")
+    return value
+
+
+# --- controller escrow key pair -------------------------------------------------------------------
+
+
+def generate_escrow_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def escrow_public_text(key: X25519PrivateKey) -> str:
+    """The form a plan's `device.escrow_public_key` holds: base64 of the raw 32-byte public key."""
+    return b64(key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def load_escrow_public(text: str, source: str) -> X25519PublicKey:
+    raw = unb64(text.strip(), "escrow public key", source)
+    if len(raw) != 32:
+        raise InputError(f"{source}: an X25519 escrow public key is 32 bytes, got {len(raw)}")
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def escrow_private_pem(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def load_escrow_private(pem: bytes, source: str) -> X25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{source}: not a PEM private key ({exc})") from None
+    if not isinstance(key, X25519PrivateKey):
+        raise InputError(f"{source}: not an X25519 private key (make one with `vaultpolicy controller escrow-keygen`)")
+    return key
+
+
+# --- the blob -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EscrowBlob:
+    device_id: str
+    vault: str
+    key_identifier: bytes  # the kernel's fscrypt key identifier (16 bytes)
+    ephemeral_public: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+    def header(self) -> dict:
+        return {
+            "format": ESCROW_FORMAT,
+            "device_id": self.device_id,
+            "vault": self.vault,
+            "key_identifier": self.key_identifier.hex(),
+            "ephemeral_public": b64(self.ephemeral_public),
+        }
+
+    def aad(self) -> bytes:
+        return rfc8785.dumps(self.header())
+
+    def to_bytes(self) -> bytes:
+        return rfc8785.dumps({**self.header(), "nonce": b64(self.nonce), "ciphertext": b64(self.ciphertext)})
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "escrow blob") -> "EscrowBlob":
+        obj = load_json_object(data, source, ESCROW_FORMAT)
+        try:
+            key_identifier = bytes.fromhex(require_str(obj, "key_identifier", source))
+        except ValueError:
+            raise InputError(f"{source}: field `key_identifier` is not hex") from None
+        return cls(
+            device_id=require_str(obj, "device_id", source),
+            vault=require_str(obj, "vault", source),
+            key_identifier=key_identifier,
+            ephemeral_public=unb64(obj.get("ephemeral_public"), "ephemeral_public", source),
+            nonce=unb64(obj.get("nonce"), "nonce", source),
+            ciphertext=unb64(obj.get("ciphertext"), "ciphertext", source),
+        )
+
+
+_ESCROW_INFO = b"vaultpolicy escrow v1"
+
+
+def _raw(public_key: X25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def wrap_key(controller_public: X25519PublicKey, device_id: str, vault: str, key_identifier: bytes, raw_key: bytes) -> EscrowBlob:
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_public = _raw(ephemeral.public_key())
+    key = derive_key(ephemeral.exchange(controller_public), ephemeral_public + _raw(controller_public), _ESCROW_INFO)
+    header_only = EscrowBlob(device_id, vault, key_identifier, ephemeral_public, b"", b"")
+    nonce, ciphertext = aead_seal(key, raw_key, header_only.aad())
+    return EscrowBlob(device_id, vault, key_identifier, ephemeral_public, nonce, ciphertext)
+
+
+def unwrap_key(controller_private: X25519PrivateKey, blob: EscrowBlob) -> bytearray:
+    if len(blob.ephemeral_public) != 32 or len(blob.nonce) != 12:
+        raise EscrowError(f"escrow blob for vault `{blob.vault}` is malformed (ephemeral key or nonce length)")
+    ephemeral_public = X25519PublicKey.from_public_bytes(blob.ephemeral_public)
+    recipient = _raw(controller_private.public_key())
+    key = derive_key(controller_private.exchange(ephemeral_public), blob.ephemeral_public + recipient, _ESCROW_INFO)
+    return aead_open(key, blob.nonce, blob.ciphertext, blob.aad(), f"escrow blob for vault `{blob.vault}`")
+
+
+# --- acknowledgement and device-side state --------------------------------------------------------
+
+
+def make_ack(blob: EscrowBlob) -> bytes:
+    """What the controller returns once it has stored a blob: names the exact blob by its digest."""
+    return rfc8785.dumps(
+        {"format": ACK_FORMAT, "device_id": blob.device_id, "vault": blob.vault, "blob_sha256": blob.sha256()}
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def escrow_dir(state_dir: str | os.PathLike) -> Path:
+    return Path(state_dir) / "escrow"
+
+
+def record_escrow(state_dir: str | os.PathLike, blob: EscrowBlob) -> Path:
+    """Hook for key creation: keep the blob (state `pending`) until the controller acknowledges it."""
+    path = escrow_dir(state_dir) / f"{blob.vault}.json"
+    _atomic_write(path, blob.to_bytes())
+    stale_ack = path.with_name(f"{blob.vault}.ack.json")
+    stale_ack.unlink(missing_ok=True)  # an ack for an earlier key does not cover this one
+    return path
+
+
+def record_ack(state_dir: str | os.PathLike, ack: bytes, source: str = "acknowledgement") -> str:
+    """Store the controller's acknowledgement if it names the blob this device holds; returns the vault."""
+    obj = load_json_object(ack, source, ACK_FORMAT)
+    vault = require_str(obj, "vault", source)
+    blob_path = escrow_dir(state_dir) / f"{vault}.json"
+    if not blob_path.is_file():
+        raise InputError(f"{source}: this device holds no escrow blob for vault `{vault}`")
+    blob = EscrowBlob.from_bytes(blob_path.read_bytes(), str(blob_path))
+    if obj.get("blob_sha256") != blob.sha256() or obj.get("device_id") != blob.device_id:
+        raise InputError(f"{source}: acknowledges a different escrow blob than the one held for vault `{vault}`")
+    _atomic_write(blob_path.with_name(f"{vault}.ack.json"), ack)
+    return vault
+
+
+def escrow_state(state_dir: str | os.PathLike, vault: str) -> str:
+    """`missing`, `pending` or `acknowledged` (S9: escrow is observable state)."""
+    blob_path = escrow_dir(state_dir) / f"{vault}.json"
+    if not blob_path.is_file():
+        return "missing"
+    ack_path = blob_path.with_name(f"{vault}.ack.json")
+    if not ack_path.is_file():
+        return "pending"
+    try:
+        ack = json.loads(ack_path.read_bytes())
+        blob = EscrowBlob.from_bytes(blob_path.read_bytes(), str(blob_path))
+    except (ValueError, InputError):
+        return "pending"
+    return "acknowledged" if ack.get("blob_sha256") == blob.sha256() else "pending"

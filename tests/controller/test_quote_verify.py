@@ -1,0 +1,168 @@
+"""Quotes from a real swtpm, verified by the controller; every negative of issue 6 (must show 2) is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+
+import pytest
+
+from controller import nonce as nonces
+from controller.errors import AttestationRejected
+from controller.quote_verify import verify_quote
+from enforcer.attest import AttestationTpm, Quote, qualifying_data, release_key_binding
+
+ATTESTED_PCRS = (0, 2, 4, 7)  # as in conftest: what measure_boot() extends
+NOW = 1_800_000_000
+
+
+def enroll(store, tpm, device_id):
+    with AttestationTpm(tpm.tcti) as device:
+        identity = device.identity(device_id)
+    store.enroll(identity.device_id, identity.ak_public_pem, identity.ak_name, identity.release_public_pem, NOW)
+    return identity
+
+
+def quote(tpm, identity, nonce, pcrs=ATTESTED_PCRS):
+    with AttestationTpm(tpm.tcti) as device:
+        return device.quote(identity.device_id, "release", nonce, release_key_binding(identity.release_public_pem), "sha256", pcrs)
+
+
+def allowed_now(tpm):
+    with AttestationTpm(tpm.tcti) as device:
+        _, values = device.read_pcrs("sha256", ATTESTED_PCRS)
+    return {i: [v.hex()] for i, v in values.items()}
+
+
+@pytest.fixture
+def device(make_tpm, store, make_policy):
+    tpm = make_tpm()
+    tpm.measure_boot()
+    return tpm, enroll(store, tpm, "gw-1"), make_policy(allowed_now(tpm))
+
+
+def rejected(reason, call):
+    with pytest.raises(AttestationRejected) as caught:
+        call()
+    assert caught.value.reason == reason, caught.value.message
+    return caught.value
+
+
+def test_identity_is_persistent_and_stable(make_tpm):
+    tpm = make_tpm()
+    with AttestationTpm(tpm.tcti) as device:
+        first = device.identity("gw-1")
+    tpm.restart()
+    with AttestationTpm(tpm.tcti) as device:
+        assert device.identity("gw-1") == first
+    assert first.ak_public_pem.startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_fresh_quote_verifies_once(device, store):
+    tpm, identity, policy = device
+    nonce = nonces.issue(store, "gw-1", policy, NOW)
+    assert len(nonce) == policy.nonce_bytes
+    made = quote(tpm, identity, nonce)
+    verified = verify_quote(store, Quote.from_bytes(made.to_bytes()), policy, NOW + 1)
+    assert verified.device_id == "gw-1" and sorted(verified.pcrs) == list(ATTESTED_PCRS)
+    rejected("nonce-used", lambda: verify_quote(store, made, policy, NOW + 2))  # replayed quote
+
+
+def test_nonce_from_another_device(device, store, make_tpm):
+    tpm, identity, policy = device
+    other_tpm = make_tpm()
+    enroll(store, other_tpm, "gw-2")
+    nonce = nonces.issue(store, "gw-2", policy, NOW)
+    rejected("nonce-wrong-device", lambda: verify_quote(store, quote(tpm, identity, nonce), policy, NOW))
+
+
+def test_expired_and_unknown_nonce(device, store):
+    tpm, identity, policy = device
+    nonce = nonces.issue(store, "gw-1", policy, NOW)
+    made = quote(tpm, identity, nonce)
+    rejected("nonce-expired", lambda: verify_quote(store, made, policy, NOW + policy.nonce_lifetime_seconds))
+    rejected("nonce-unknown", lambda: verify_quote(store, quote(tpm, identity, bytes(32)), policy, NOW))
+
+
+def test_altered_pcr_value(device, store):
+    tpm, identity, policy = device
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    altered = dataclasses.replace(made, pcrs={**made.pcrs, 7: bytes(32)})
+    error = rejected("pcr-digest", lambda: verify_quote(store, altered, policy, NOW))
+    assert "altered" in error.message
+
+
+def test_altered_signature_and_attest(device, store):
+    tpm, identity, policy = device
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    signature = bytearray(made.signature)
+    signature[-1] ^= 1
+    rejected("bad-signature", lambda: verify_quote(store, dataclasses.replace(made, signature=bytes(signature)), policy, NOW))
+    attest = bytearray(made.attest)
+    attest[-1] ^= 1
+    rejected("bad-signature", lambda: verify_quote(store, dataclasses.replace(made, attest=bytes(attest)), policy, NOW))
+    # none of that used the nonce: the genuine quote still verifies
+    assert verify_quote(store, made, policy, NOW).device_id == "gw-1"
+
+
+def test_unenrolled_key(device, store, make_tpm):
+    tpm, identity, policy = device
+    stranger = make_tpm()
+    with AttestationTpm(stranger.tcti) as other:
+        stranger_identity = other.identity("gw-1")  # claims to be gw-1 with its own key
+    nonce = nonces.issue(store, "gw-1", policy, NOW)
+    forged = quote(stranger, dataclasses.replace(stranger_identity, release_public_pem=identity.release_public_pem), nonce)
+    rejected("bad-signature", lambda: verify_quote(store, forged, policy, NOW))
+    rejected("device-unknown", lambda: verify_quote(store, dataclasses.replace(forged, device_id="gw-9"), policy, NOW))
+
+
+def test_pcr_values_not_allowed_are_all_named(device, store):
+    tpm, identity, policy = device
+    tpm.extend(4, b"new bootloader")
+    tpm.extend(7, b"new secure boot db")
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    error = rejected("pcr-not-allowed", lambda: verify_quote(store, made, policy, NOW))
+    assert error.pcrs == [4, 7]
+    assert "PCR 4" in error.message and "PCR 7" in error.message and "PCR 0 " not in error.message
+
+
+def test_quote_over_fewer_pcrs_than_policy(device, store):
+    tpm, identity, policy = device
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW), pcrs=(0, 2))
+    rejected("pcr-selection", lambda: verify_quote(store, made, policy, NOW))
+
+
+def test_counters_going_backwards(device, store):
+    tpm, identity, policy = device
+    old = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    tpm.restart()  # reboot: reset count goes up
+    tpm.measure_boot()
+    newer = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    verify_quote(store, newer, policy, NOW)
+    rejected("counters-backwards", lambda: verify_quote(store, old, policy, NOW))
+
+
+@pytest.mark.skipif(shutil.which("tpm2_checkquote") is None, reason="tpm2-tools is not installed")
+def test_tpm2_checkquote_accepts_our_quote(device, store, tmp_path):
+    """Interop: tpm2-tools' verifier, which nobody here wrote, accepts a vaultpolicy quote."""
+    tpm, identity, policy = device
+    nonce = nonces.issue(store, "gw-1", policy, NOW)
+    made = quote(tpm, identity, nonce)
+    (tmp_path / "ak.pem").write_text(identity.ak_public_pem)
+    (tmp_path / "msg").write_bytes(made.attest)
+    (tmp_path / "sig").write_bytes(made.signature)
+    (tmp_path / "pcrs").write_bytes(b"".join(made.pcrs[i] for i in ATTESTED_PCRS))
+    qualification = qualifying_data("release", nonce, made.bound_sha256).hex()
+
+    def checkquote(pcr_file):
+        return subprocess.run(
+            ["tpm2_checkquote", "-u", tmp_path / "ak.pem", "-m", tmp_path / "msg", "-s", tmp_path / "sig",
+             "-f", pcr_file, "-l", "sha256:" + ",".join(map(str, ATTESTED_PCRS)), "-g", "sha256", "-q", qualification],
+            capture_output=True, text=True,
+        )
+
+    accepted = checkquote(tmp_path / "pcrs")
+    assert accepted.returncode == 0, accepted.stderr
+    (tmp_path / "bad").write_bytes(bytes(32) + b"".join(made.pcrs[i] for i in ATTESTED_PCRS[1:]))
+    assert checkquote(tmp_path / "bad").returncode != 0
