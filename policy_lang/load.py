@@ -1,0 +1,99 @@
+"""Read a policy file and the files it `include`s, and merge them into one Policy.
+
+Includes are resolved relative to the including file, each file is read once (a file included
+from two places contributes its items once), and a cycle is an error at the `include` that closes
+it. Merged items keep the spans of the file they were written in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from . import ast
+from . import syntax_codes as codes
+from .diagnostics import Diagnostics, Span, error
+from .parse import parse
+from .to_ast import to_policy, whole_file_span
+
+
+@dataclass
+class LoadResult:
+    policy: ast.Policy | None  # None when any file has an error
+    sources: dict[str, str] = field(default_factory=dict)  # file -> text, for rendering diagnostics
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+
+def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
+    """UTF-8 text (a leading BOM dropped); undecodable bytes become one diagnostic and U+FFFD."""
+    try:
+        return data.decode("utf-8-sig"), Diagnostics()
+    except UnicodeDecodeError as exc:
+        text = data.decode("utf-8-sig", errors="replace")
+        prefix = data[:exc.start].decode("utf-8-sig", errors="replace")
+        line = prefix.count("\n") + 1
+        column = len(prefix) - (prefix.rfind("\n") + 1) + 1
+        span = Span(file=file, line=line, column=column, end_line=line, end_column=column + 1,
+                    start_pos=len(prefix), end_pos=len(prefix) + 1)
+        return text, Diagnostics([error(codes.INVALID_UTF8, f"byte 0x{data[exc.start]:02x} is not valid UTF-8",
+                                        span, help="save the policy as UTF-8 text")])
+
+
+def parse_text(text: str, file: str = "<input>") -> tuple[ast.Policy | None, Diagnostics]:
+    """One file's AST (its `include`s left unresolved), or None and at least one error."""
+    result = parse(text, file)
+    policy, literal_diags = to_policy(result)
+    diags = Diagnostics(result.diagnostics + literal_diags).sorted()
+    return (None if diags.has_errors() else policy), diags
+
+
+def load(path: str | os.PathLike) -> LoadResult:
+    result = LoadResult(policy=None)
+    root = os.fspath(path)
+    items = _load_file(root, None, (), set(), result)
+    if not result.diagnostics.has_errors() and items is not None:
+        text = result.sources.get(root, "")
+        result.policy = ast.Policy(file=root, items=tuple(items), span=whole_file_span(root, text))
+    return result
+
+
+def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done: set[str],
+               result: LoadResult) -> list | None:
+    key = os.path.realpath(file)
+    if key in stack:
+        chain = " -> ".join([*(_display(result, k) for k in stack[stack.index(key):]), file])
+        result.diagnostics.append(error(codes.INCLUDE_CYCLE, f"`{file}` includes itself through {chain}",
+                                        included_at, help="remove one `include` in the cycle"))
+        return None
+    if key in done:
+        return []
+    done.add(key)
+    try:
+        with open(file, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        result.diagnostics.append(error(codes.INCLUDE_NOT_FOUND, f"cannot read `{file}`: {reason.lower()}", included_at,
+                                        help="paths in `include` are relative to the including file"
+                                        if included_at else None))
+        return None
+    text, diags = decode(data, file)
+    result.sources[file] = text
+    result.diagnostics.extend(diags)
+    policy, parse_diags = parse_text(text, file)
+    result.diagnostics.extend(parse_diags)
+    if policy is None:
+        return None
+    items = []
+    for item in policy.items:
+        if isinstance(item, ast.IncludeDecl):
+            target = os.path.normpath(os.path.join(os.path.dirname(file), item.path.value))
+            included = _load_file(target, item.path.span, (*stack, key), done, result)
+            items.extend(included or [])
+        else:
+            items.append(item)
+    return items
+
+
+def _display(result: LoadResult, real: str) -> str:
+    return next((f for f in result.sources if os.path.realpath(f) == real), real)

@@ -1,0 +1,376 @@
+"""Text -> lark parse trees, with every lexical and syntax error turned into a Diagnostic.
+
+The tokenizer is our own (not lark's) for two reasons: keywords are contextual (a vault may be
+called `protected` where the parser expects a name) and bad characters or unterminated strings
+become diagnostics instead of aborting the run.
+
+Error recovery collects every independent error in one run (S18): the token stream is cut into
+top-level items at balanced braces, each item is parsed on its own, and inside a block the
+setting that failed is dropped and the block re-parsed, so each broken setting reports once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedToken
+from lark.lexer import PatternStr
+
+from . import syntax_codes as codes
+from .diagnostics import Diagnostic, Diagnostics, Span, did_you_mean, error
+
+TOP_LEVEL_KEYWORDS = ("device", "attestation", "defaults", "vault", "component", "app", "include")
+
+_TOKEN_RE = re.compile(
+    r"""
+    (?P<WS>[ \t\r\n\f]+)
+  | (?P<COMMENT>\#[^\n]*)
+  | (?P<STRING>"(?:\\[^\n]|[^"\\\n])*")
+  | (?P<BADSTRING>"(?:\\[^\n]|[^"\\\n])*\\?)
+  | (?P<NUMBER>[0-9][A-Za-z0-9_]*)
+  | (?P<NAME>[A-Za-z_][A-Za-z0-9_\-]*)
+  | (?P<PUNCT>[{},;=|])
+    """,
+    re.VERBOSE,
+)
+
+_PUNCT_WORDS = {"{": "`{`", "}": "`}`", ",": "`,`", ";": "`;`", "=": "`=`", "|": "`|`"}
+
+# What a NUMBER means after a given keyword, for "expected ..." messages.
+_NUMBER_AFTER = {
+    "limit": "a size such as `512MiB`",
+    "capacity": "a size such as `64GiB`",
+    "reserve": "a size such as `4GiB`",
+    "every": "a duration such as `90d`",
+    "valid": "a duration such as `5m`",
+    "pcrs": "a PCR index such as `7`",
+    "pcr": "a PCR index such as `7`",
+    "nonce": "a nonce size in bytes such as `32`",
+}
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str  # including the leading `#`, without the newline
+    span: Span
+    own_line: bool  # nothing but whitespace precedes it on its line
+
+
+@dataclass
+class ParseResult:
+    """Item trees that parsed, plus everything the formatter needs to re-lay the text out."""
+
+    file: str
+    text: str
+    items: list[Tree] = field(default_factory=list)
+    tokens: list[Token] = field(default_factory=list)
+    comments: list[Comment] = field(default_factory=list)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+
+class _SyntaxFailure(Exception):
+    def __init__(self, index: int | None, token: Token, expected: set[str]):
+        self.index = index  # into the chunk's token list; None at end of input
+        self.token = token
+        self.expected = expected
+
+
+@cache
+def _lark() -> Lark:
+    grammar = (Path(__file__).parent / "grammar.lark").read_text()
+    return Lark(grammar, parser="lalr", start="item", propagate_positions=True, keep_all_tokens=True)
+
+
+@cache
+def _keyword_terminals() -> dict[str, str]:
+    """keyword text -> terminal name, taken from the grammar itself so the two never drift."""
+    return {
+        t.pattern.value: t.name
+        for t in _lark().terminals
+        if isinstance(t.pattern, PatternStr) and re.fullmatch(r"[a-z_]+", t.pattern.value)
+    }
+
+
+@cache
+def _terminal_words() -> dict[str, str]:
+    words = {t.name: f"`{t.pattern.value}`" for t in _lark().terminals if isinstance(t.pattern, PatternStr)}
+    words.update({"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "$END": "the end of the file"})
+    return words
+
+
+def keywords() -> frozenset[str]:
+    return frozenset(_keyword_terminals())
+
+
+def _span(file: str, token: Token) -> Span:
+    return Span.from_token(file, token)
+
+
+def _token(kind: str, value: str, pos: int, line: int, col: int) -> Token:
+    return Token(kind, value, start_pos=pos, line=line, column=col, end_line=line,
+                 end_column=col + len(value), end_pos=pos + len(value))
+
+
+def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnostics]:
+    tokens: list[Token] = []
+    comments: list[Comment] = []
+    diags = Diagnostics()
+    kw = _keyword_terminals()
+    pos, line, line_start = 0, 1, 0
+    line_has_code = False
+    bad_start = None  # start of a run of unexpected characters, reported once per run
+
+    def flush_bad(end: int):
+        nonlocal bad_start
+        if bad_start is not None:
+            bad = _token("BAD", text[bad_start:end], bad_start, line, bad_start - line_start + 1)
+            shown = text[bad_start:end]
+            what = f"`{shown}`" if shown.isprintable() and len(shown) <= 20 else "characters"
+            diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {what} in the policy", _span(file, bad),
+                               help="policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"))
+            bad_start = None
+
+    while pos < len(text):
+        m = _TOKEN_RE.match(text, pos)
+        if m is None:
+            if bad_start is None:
+                bad_start = pos
+            pos += 1
+            if text[pos - 1] == "\n":  # cannot happen (WS matches it) but keeps line counting honest
+                line, line_start = line + 1, pos
+            continue
+        flush_bad(pos)
+        kind, value = m.lastgroup, m.group()
+        col = pos - line_start + 1
+        if kind == "WS":
+            newlines = value.count("\n")
+            if newlines:
+                line += newlines
+                line_start = pos + value.rindex("\n") + 1
+                line_has_code = False
+        elif kind == "COMMENT":
+            tok = _token("COMMENT", value, pos, line, col)
+            comments.append(Comment(value, _span(file, tok), own_line=not line_has_code))
+        elif kind == "BADSTRING":
+            tok = _token("STRING", value, pos, line, col)
+            diags.append(error(codes.UNTERMINATED_STRING, "unterminated string", _span(file, tok),
+                               help="close the string with `\"` on the same line; write a newline as `\\n`"))
+            line_has_code = True
+        else:
+            if kind == "NAME" and value in kw:
+                kind = kw[value]
+            elif kind == "PUNCT":
+                kind = _PUNCT_TERMINALS[value]
+            tokens.append(_token(kind, value, pos, line, col))
+            line_has_code = True
+        pos = m.end()
+    flush_bad(pos)
+    return tokens, comments, diags
+
+
+_PUNCT_TERMINALS = {"{": "LBRACE", "}": "RBRACE", ",": "COMMA", ";": "SEMICOLON", "=": "EQUAL", "|": "VBAR"}
+
+
+def _is_keyword(token: Token) -> bool:
+    return token.type in _keyword_terminals().values()
+
+
+def _starts_item_on_new_line(tokens: list[Token], i: int) -> bool:
+    """A top-level keyword at the start of a line followed by a block header: a missing `}` before it."""
+    tok = tokens[i]
+    if tok.value not in TOP_LEVEL_KEYWORDS or (i > 0 and tokens[i - 1].line == tok.line):
+        return False
+    nxt = tokens[i + 1:i + 3]
+    if tok.value == "include":
+        return bool(nxt) and nxt[0].type == "STRING"
+    if tok.value in ("device", "defaults"):
+        return bool(nxt) and nxt[0].type == "LBRACE"
+    return len(nxt) == 2 and nxt[0].type in ("NAME",) + tuple(_keyword_terminals().values()) and nxt[1].type == "LBRACE"
+
+
+def split_items(tokens: list[Token]) -> list[list[Token]]:
+    """Cut the stream into top-level chunks at balanced braces and top-level keywords."""
+    chunks: list[list[Token]] = []
+    current: list[Token] = []
+    depth = 0
+    for i, tok in enumerate(tokens):
+        new_chunk = False
+        if depth == 0:
+            closed = bool(current) and current[-1].type == "RBRACE"
+            new_chunk = tok.value in TOP_LEVEL_KEYWORDS or closed or tok.type == "SEMICOLON"
+        elif _starts_item_on_new_line(tokens, i):
+            new_chunk, depth = True, 0
+        if new_chunk and current:
+            chunks.append(current)
+            current = []
+        if tok.type == "SEMICOLON" and depth == 0:
+            continue  # a stray top-level `;` separates items and means nothing else
+        current.append(tok)
+        if tok.type == "LBRACE":
+            depth += 1
+        elif tok.type == "RBRACE":
+            depth = max(0, depth - 1)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _feed(tokens: list[Token], indexes: list[int]) -> Tree:
+    parser = _lark().parse_interactive(start="item")
+    for i in indexes:
+        tok = tokens[i]
+        choices = parser.choices()
+        if _is_keyword(tok) and tok.type not in choices and "NAME" in choices:
+            tok = Token.new_borrow_pos("NAME", tok.value, tok)  # contextual keyword used as a name
+        if tok.type not in choices:
+            raise _SyntaxFailure(i, tok, {c for c in choices if c.isupper()})
+        try:
+            parser.feed_token(tok)
+        except UnexpectedToken as exc:
+            raise _SyntaxFailure(i, tok, set(exc.expected)) from None
+    try:
+        return parser.feed_eof(tokens[indexes[-1]])
+    except UnexpectedToken as exc:
+        last = tokens[indexes[-1]]
+        eof = Token("$END", "", start_pos=last.end_pos, line=last.end_line, column=last.end_column,
+                    end_line=last.end_line, end_column=last.end_column + 1, end_pos=last.end_pos)
+        raise _SyntaxFailure(None, eof, set(exc.expected)) from None
+
+
+def _describe(token: Token) -> str:
+    if token.type == "$END":
+        return "the end of the file"
+    if token.type == "STRING":
+        return "a string"
+    if token.type == "NUMBER":
+        return f"`{token.value}`"
+    if _is_keyword(token):
+        return f"keyword `{token.value}`"
+    if token.type == "NAME":
+        return f"`{token.value}`"
+    return _PUNCT_WORDS.get(token.value, f"`{token.value}`")
+
+
+def _expected_words(expected: set[str], previous: Token | None) -> list[str]:
+    words = _terminal_words()
+    out = []
+    for name in sorted(expected - {"SEMICOLON"}, key=lambda n: (n == "RBRACE", words.get(n, n))):
+        if name == "NUMBER" and previous is not None and previous.value in _NUMBER_AFTER:
+            out.append(_NUMBER_AFTER[previous.value])
+        elif name == "NUMBER" and previous is not None and previous.type == "COMMA":
+            out.append("a PCR index such as `7`")
+        else:
+            out.append(words.get(name, "a setting"))
+    return out
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _syntax_diagnostic(file: str, failure: _SyntaxFailure, previous: Token | None) -> Diagnostic:
+    tok = failure.token
+    expected_words = _expected_words(failure.expected, previous)
+    expectation = f"expected {_join(expected_words)}" if expected_words else None
+    kw_expected = [_terminal_words()[n].strip("`") for n in failure.expected if n in _keyword_terminals().values()]
+    if tok.type in ("NAME",) or _is_keyword(tok):
+        suggestion = did_you_mean(tok.value, kw_expected)
+        if kw_expected and "NAME" not in failure.expected:
+            return error(codes.UNKNOWN_KEYWORD, f"unknown keyword `{tok.value}`" if not _is_keyword(tok)
+                         else f"keyword `{tok.value}` is not allowed here", _span(file, tok),
+                         help=suggestion or expectation)
+    return error(codes.UNEXPECTED_TOKEN, f"unexpected {_describe(tok)}" + (f", {expectation}" if expectation else ""),
+                 _span(file, tok), help=did_you_mean(tok.value, kw_expected) if tok.type == "NAME" else None)
+
+
+def _segments(tokens: list[Token], header_end: int, body_end: int, setting_starts: set[str]) -> list[list[int]]:
+    """Indexes of the block body cut into settings: each starts at a setting keyword or after `;`."""
+    segments: list[list[int]] = []
+    for i in range(header_end + 1, body_end):
+        tok = tokens[i]
+        if not segments or tok.type in setting_starts or tokens[i - 1].type == "SEMICOLON":
+            segments.append([])
+        segments[-1].append(i)
+    return segments
+
+
+def _unclosed_brace(file: str, tokens: list[Token], kind: str) -> Diagnostic | None:
+    depth, opener = 0, None
+    for tok in tokens:
+        if tok.type == "LBRACE":
+            depth += 1
+            opener = tok if depth == 1 else opener
+        elif tok.type == "RBRACE":
+            depth -= 1
+    if depth <= 0 or opener is None:
+        return None
+    last = tokens[-1]
+    return error(codes.UNCLOSED_BRACE, f"unclosed `{{` in `{kind}` block", _span(file, opener),
+                 help=f"add `}}` after line {last.end_line} to close this block")
+
+
+def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostics]:
+    diags = Diagnostics()
+    unclosed = _unclosed_brace(file, tokens, tokens[0].value)
+    header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
+    setting_starts: set[str] = set()
+    segments: list[list[int]] = []
+    if header_end is not None:
+        try:
+            probe = _lark().parse_interactive(start="item")
+            for tok in tokens[:header_end + 1]:
+                probe.feed_token(tok if not (_is_keyword(tok) and tok.type not in probe.choices())
+                                 else Token.new_borrow_pos("NAME", tok.value, tok))
+            setting_starts = {c for c in probe.choices() if c in _keyword_terminals().values()}
+        except UnexpectedToken:
+            setting_starts = set()
+        body_end = len(tokens) - 1 if tokens[-1].type == "RBRACE" and unclosed is None else len(tokens)
+        segments = _segments(tokens, header_end, body_end, setting_starts)
+    dropped: set[int] = set()
+    for _ in range(len(segments) + 1):
+        kept = [i for i in range(len(tokens)) if i not in dropped]
+        try:
+            return _feed(tokens, kept), diags
+        except _SyntaxFailure as failure:
+            if failure.index is None and unclosed is not None:
+                diags.append(unclosed)
+                return None, diags
+            previous = tokens[kept[kept.index(failure.index) - 1]] if failure.index not in (None, kept[0]) else (
+                tokens[kept[-1]] if failure.index is None else None)
+            diags.append(_syntax_diagnostic(file, failure, previous))
+            blamed = _blamed_segment(failure.index, tokens, segments, dropped, setting_starts)
+            if blamed is None:
+                return None, diags
+            dropped.update(blamed)
+    return None, diags
+
+
+def _blamed_segment(index: int | None, tokens, segments, dropped, setting_starts) -> list[int] | None:
+    live = [s for s in segments if not set(s) <= dropped]
+    if index is None:
+        return None
+    for n, seg in enumerate(live):
+        if index in seg:
+            starts_setting = seg[0] == index and tokens[index].type in setting_starts
+            if starts_setting:
+                return live[n - 1] if n > 0 else None
+            return seg
+    # the error is at the closing brace or in the header
+    if live and index > live[-1][-1]:
+        return live[-1]
+    return None
+
+
+def parse(text: str, file: str) -> ParseResult:
+    tokens, comments, diags = tokenize(text, file)
+    result = ParseResult(file=file, text=text, tokens=tokens, comments=comments, diagnostics=diags)
+    for chunk in split_items(tokens):
+        tree, chunk_diags = parse_chunk(file, chunk)
+        result.diagnostics.extend(chunk_diags)
+        if tree is not None:
+            result.items.append(tree)
+    return result

@@ -1,0 +1,118 @@
+"""Diagnostic codes of the policy language (VP00xx): lexing, syntax, literals and includes."""
+
+from __future__ import annotations
+
+from .codes import register
+
+UNEXPECTED_CHARACTER = register(
+    "VP0001", "unexpected character",
+    "The policy contains a character that no part of the language uses: only names, numbers, "
+    "double-quoted strings, `#` comments and the punctuation `{ } , ; = |` may appear. Characters "
+    "outside a string or comment are usually a stray paste or a typo.",
+    'vault config { limit 16MiB! }      # `!` is not part of the language',
+)
+UNTERMINATED_STRING = register(
+    "VP0002", "unterminated string",
+    "A string starts with `\"` but the line ends before the closing `\"`. Strings are one line; "
+    "write a newline inside a string as `\\n`.",
+    'vault config { path "/persist/vault/config }',
+)
+BAD_ESCAPE = register(
+    "VP0003", "invalid escape in a string",
+    "Inside a string, `\\` starts an escape. The valid escapes are `\\\"`, `\\\\`, `\\n`, `\\t` and "
+    "`\\u{…}` with one to six hexadecimal digits naming a Unicode scalar value other than NUL.",
+    'vault config { path "C:\\temp" }    # write "C:\\\\temp"',
+)
+UNEXPECTED_TOKEN = register(
+    "VP0004", "unexpected token",
+    "The parser found something it cannot use at this point, such as a string where a size belongs "
+    "or a missing name after `vault`. The message says what was expected.",
+    "vault { limit 16MiB }              # the vault needs a name: vault config { … }",
+)
+UNKNOWN_KEYWORD = register(
+    "VP0005", "unknown keyword",
+    "A word appears where a keyword (a block such as `vault`, or a setting such as `limit`) is "
+    "expected, and it is not one of the keywords valid here. Often a misspelling; the help line "
+    "suggests the closest valid keyword.",
+    "vault config { limt 16MiB }        # did you mean `limit`?",
+)
+UNCLOSED_BRACE = register(
+    "VP0006", "unclosed block",
+    "A block opened with `{` is never closed with `}`. The diagnostic points at the `{` that is "
+    "still open; the next block or the end of the file is where the `}` was expected.",
+    "vault config { limit 16MiB\nvault images { limit 64MiB }",
+)
+UNEXPECTED_END = register(
+    "VP0007", "unexpected end of file",
+    "The file ends in the middle of a declaration, for instance after `include` or `vault NAME`.",
+    "include",
+)
+BAD_SIZE = register(
+    "VP0010", "invalid size",
+    "Sizes are a whole number followed by a unit: `B`, `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024) "
+    "or `KB`, `MB`, `GB`, `TB` (powers of 1000). Units are case-sensitive; zero and sizes above "
+    "8 PiB are refused.",
+    "vault images { limit 64Mb }        # did you mean `MB`?",
+)
+BAD_DURATION = register(
+    "VP0011", "invalid duration",
+    "Durations are a whole number followed by a unit: `s` seconds, `m` minutes, `h` hours, `d` days, "
+    "`w` weeks. Zero is refused: a rotation or a nonce lifetime of zero means nothing.",
+    "defaults { rotate every 90days }   # write `90d`",
+)
+PCR_OUT_OF_RANGE = register(
+    "VP0012", "PCR index out of range",
+    "A TPM 2.0 PC client has PCRs 0 to 23. An index outside that range, or one that is not a plain "
+    "whole number, cannot be measured or sealed to.",
+    "vault config { seal pcrs 0, 24 }",
+)
+BAD_NONCE_SIZE = register(
+    "VP0013", "nonce size out of range",
+    "Attestation nonces must be 12 to 32 bytes: shorter ones can be guessed or repeat, and a TPM "
+    "quote cannot carry a longer qualifying value for SHA-256.",
+    "attestation boot { nonce 8 bytes }",
+)
+UNKNOWN_VALUE = register(
+    "VP0014", "unknown value for a setting",
+    "A setting that takes one of a fixed set of words got another word: `encryption` takes "
+    "`aes-256-xts`, `adiantum` or `none`; `on_remove` takes `retain` or `destroy`; `tpm` takes "
+    "`required` or `optional`; `bank` takes `sha1`, `sha256`, `sha384` or `sha512`; `on_failure` "
+    "takes `keep_locked` and `deny_release`; `protection` takes `end_to_end`.",
+    "vault config { encryption aes-256-xtz }",
+)
+BAD_NUMBER = register(
+    "VP0015", "invalid number",
+    "A plain whole number is expected here (for example a nonce size in bytes); it may not carry a "
+    "unit and may not be absurdly large.",
+    "attestation boot { nonce 32KiB bytes }",
+)
+REPEATED_SETTING = register(
+    "VP0016", "setting given twice",
+    "A block states the same single-valued setting twice, so it is unclear which one was meant. "
+    "Keep one. (Settings that list things, such as `holds`, `stores` and `allow`, may repeat.)",
+    "vault config { limit 16MiB limit 32MiB }",
+)
+INVALID_UTF8 = register(
+    "VP0017", "file is not UTF-8",
+    "Policy files are UTF-8 text. The file contains a byte sequence that is not valid UTF-8 at the "
+    "given position, often from a binary file or another encoding.",
+    "(a policy saved as Latin-1 with a `é` in a comment)",
+)
+EMPTY_REASON = register(
+    "VP0018", "empty opt-out reason",
+    "Opting out of a built-in vault (`config` or `images`) needs a reason that reviewers can read; "
+    "an empty string is not a reason.",
+    'vault images { disabled "" }',
+)
+INCLUDE_NOT_FOUND = register(
+    "VP0020", "file cannot be read",
+    "A policy file, or a file named by `include`, does not exist or cannot be read. Paths in "
+    "`include` are relative to the file that contains the `include`.",
+    'include "vaults/missing.vpol"',
+)
+INCLUDE_CYCLE = register(
+    "VP0021", "include cycle",
+    "Files include each other in a loop, so the policy would never end. Remove one of the "
+    "`include`s in the cycle the note lists.",
+    '# a.vpol\ninclude "b.vpol"\n# b.vpol\ninclude "a.vpol"',
+)

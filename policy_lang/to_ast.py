@@ -1,0 +1,365 @@
+"""Parse trees -> policy_lang.ast models, checking literals on the way.
+
+A separate pass over lark trees (internal transformers get no meta, style.md). Literal problems
+(a size unit, a duration, a PCR index, a nonce size, an unknown mode word, an escape) become
+diagnostics at the literal's span; the setting is then left out and conversion goes on, so one run
+reports all of them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lark import Token, Tree
+
+from . import ast
+from . import syntax_codes as codes
+from .diagnostics import Diagnostics, Span, did_you_mean, error
+from .parse import ParseResult
+
+SIZE_UNITS = {
+    "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+}
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_WORDS = {
+    "sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m", "mins": "m", "minute": "m",
+    "minutes": "m", "hr": "h", "hrs": "h", "hour": "h", "hours": "h", "day": "d", "days": "d",
+    "week": "w", "weeks": "w",
+}
+# Plans are canonical JSON, whose integers are exact only below 2**53 (RFC 8785, S12).
+MAX_EXACT_INT = 2**53
+MAX_PCR = 23
+NONCE_BYTES = (12, 32)
+ENCRYPTIONS = ("aes-256-xts", "adiantum", "none")
+ON_REMOVE = ("retain", "destroy")
+ON_FAILURE = ("keep_locked", "deny_release")
+TPM_MODES = ("required", "optional")
+BANKS = ("sha1", "sha256", "sha384", "sha512")
+PROTECTIONS = ("end_to_end",)
+
+_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
+_NUMBER = re.compile(r"([0-9]+)([A-Za-z_0-9]*)")
+
+
+class _Converter:
+    def __init__(self, file: str):
+        self.file = file
+        self.diags = Diagnostics()
+
+    # ---- spans and small helpers -------------------------------------------------------------
+
+    def span(self, node: Tree | Token) -> Span:
+        if isinstance(node, Token):
+            return Span.from_token(self.file, node)
+        return Span.from_meta(self.file, node.meta)
+
+    def sub_span(self, token: Token, start: int, end: int) -> Span:
+        """A span inside a one-line token (strings and numbers never cross lines)."""
+        return Span(file=self.file, line=token.line, column=token.column + start, end_line=token.line,
+                    end_column=token.column + end, start_pos=token.start_pos + start,
+                    end_pos=token.start_pos + end)
+
+    def fail(self, code: str, message: str, where: Span, help: str | None = None, notes=()) -> None:
+        self.diags.append(error(code, message, where, help=help, notes=notes))
+
+    @staticmethod
+    def tokens(tree: Tree, kind: str) -> list[Token]:
+        return [c for c in tree.children if isinstance(c, Token) and c.type == kind]
+
+    def name(self, token: Token) -> ast.Name:
+        return ast.Name(value=token.value, span=self.span(token))
+
+    # ---- literals ----------------------------------------------------------------------------
+
+    def string(self, token: Token) -> ast.StringLit | None:
+        raw = token.value[1:-1]
+        out, i, ok = [], 0, True
+        while i < len(raw):
+            ch = raw[i]
+            if ch != "\\":
+                if ch == "\0":
+                    ok = self._bad_escape(token, i, i + 1, "strings may not contain NUL")
+                out.append(ch)
+                i += 1
+                continue
+            nxt = raw[i + 1] if i + 1 < len(raw) else ""
+            if nxt in _ESCAPES:
+                out.append(_ESCAPES[nxt])
+                i += 2
+                continue
+            m = re.match(r"u\{([0-9A-Fa-f]{1,6})\}", raw[i + 1:])
+            if nxt == "u" and m:
+                value = int(m.group(1), 16)
+                end = i + 1 + m.end()
+                if value == 0 or value > 0x10FFFF or 0xD800 <= value <= 0xDFFF:
+                    ok = self._bad_escape(token, i, end, f"`\\u{{{m.group(1)}}}` is not a Unicode scalar value other than NUL")
+                else:
+                    out.append(chr(value))
+                i = end
+                continue
+            length = 2 if nxt else 1
+            ok = self._bad_escape(token, i, i + length, f"invalid escape `{raw[i:i + length]}` in a string")
+            i += length
+        return ast.StringLit(value="".join(out), span=self.span(token)) if ok else None
+
+    def _bad_escape(self, token: Token, start: int, end: int, message: str) -> bool:
+        # +1: the offsets are inside the quotes
+        self.fail(codes.BAD_ESCAPE, message, self.sub_span(token, start + 1, end + 1),
+                  help='valid escapes: `\\"`, `\\\\`, `\\n`, `\\t`, `\\u{1F512}`')
+        return False
+
+    def _split_number(self, token: Token, code: str, what: str) -> tuple[int, str] | None:
+        m = _NUMBER.fullmatch(token.value)
+        digits, unit = (m.group(1), m.group(2)) if m else (token.value, "")
+        if len(digits) > 16 or int(digits) >= MAX_EXACT_INT:
+            self.fail(code, f"{what} `{token.value}` is too large", self.span(token))
+            return None
+        return int(digits), unit
+
+    def size(self, token: Token) -> ast.SizeLit | None:
+        parts = self._split_number(token, codes.BAD_SIZE, "size")
+        if parts is None:
+            return None
+        number, unit = parts
+        if unit not in SIZE_UNITS:
+            where = self.sub_span(token, len(str(number)) if unit else 0, len(token.value))
+            if not unit:
+                self.fail(codes.BAD_SIZE, f"size `{token.value}` has no unit", self.span(token),
+                          help=f"write the unit, for example `{number}MiB`")
+            else:
+                same_letters = [u for u in SIZE_UNITS if u.lower() == unit.lower()]
+                hint = f"did you mean `{same_letters[0]}`?" if same_letters else did_you_mean(unit, SIZE_UNITS)
+                self.fail(codes.BAD_SIZE, f"unknown size unit `{unit}`", where,
+                          help=hint or "units: B, KiB, MiB, GiB, TiB (1024) or KB, MB, GB, TB (1000)")
+            return None
+        value = number * SIZE_UNITS[unit]
+        if value == 0 or value >= MAX_EXACT_INT:
+            self.fail(codes.BAD_SIZE, f"size `{token.value}` is {'zero' if value == 0 else 'too large'}",
+                      self.span(token), help="sizes must be above zero and below 8PiB")
+            return None
+        return ast.SizeLit(bytes=value, text=token.value, span=self.span(token))
+
+    def duration(self, token: Token) -> ast.DurationLit | None:
+        parts = self._split_number(token, codes.BAD_DURATION, "duration")
+        if parts is None:
+            return None
+        number, unit = parts
+        if unit not in DURATION_UNITS:
+            if not unit:
+                self.fail(codes.BAD_DURATION, f"duration `{token.value}` has no unit", self.span(token),
+                          help=f"write the unit, for example `{number}d` (s, m, h, d, w)")
+            else:
+                short = _DURATION_WORDS.get(unit.lower())
+                hint = f"write `{number}{short}`" if short else did_you_mean(unit, DURATION_UNITS)
+                self.fail(codes.BAD_DURATION, f"unknown duration unit `{unit}`",
+                          self.sub_span(token, len(str(number)), len(token.value)),
+                          help=hint or "units: s (seconds), m (minutes), h (hours), d (days), w (weeks)")
+            return None
+        seconds = number * DURATION_UNITS[unit]
+        if seconds == 0 or seconds >= MAX_EXACT_INT:
+            self.fail(codes.BAD_DURATION, f"duration `{token.value}` is {'zero' if seconds == 0 else 'too large'}",
+                      self.span(token))
+            return None
+        return ast.DurationLit(seconds=seconds, text=token.value, span=self.span(token))
+
+    def pcr(self, token: Token) -> ast.PcrIndex | None:
+        if not token.value.isdigit() or len(token.value) > 3 or int(token.value) > MAX_PCR:
+            self.fail(codes.PCR_OUT_OF_RANGE, f"PCR index `{token.value}` is out of range", self.span(token),
+                      help=f"PCR indexes are whole numbers from 0 to {MAX_PCR}")
+            return None
+        return ast.PcrIndex(index=int(token.value), span=self.span(token))
+
+    def word(self, token: Token, allowed: tuple[str, ...], setting: str) -> str | None:
+        if token.value in allowed:
+            return token.value
+        choices = ", ".join(f"`{a}`" for a in allowed)
+        self.fail(codes.UNKNOWN_VALUE, f"unknown value `{token.value}` for `{setting}`", self.span(token),
+                  help=did_you_mean(token.value, allowed) or f"`{setting}` takes {choices}")
+        return None
+
+    # ---- blocks ------------------------------------------------------------------------------
+
+    def settings(self, tree: Tree) -> dict[str, Tree]:
+        """The block's single-valued settings by rule name; list settings are read separately."""
+        seen: dict[str, Tree] = {}
+        for child in tree.children:
+            if not isinstance(child, Tree) or child.data in ("holds", "stores", "allow_values", "allow_from"):
+                continue
+            key = "seal" if child.data.startswith("seal_") else child.data
+            if key in seen:
+                first = seen[key]
+                self.fail(codes.REPEATED_SETTING, f"`{child.children[0].value}` is set twice in this block",
+                          self.span(child), help="keep one of them",
+                          notes=[f"first set at {self.span(first)}"])
+                continue
+            seen[key] = child
+        return seen
+
+    def vault_settings(self, settings: dict[str, Tree], span: Span) -> ast.VaultSettings:
+        fields = {}
+        if (t := settings.get("encryption")) is not None:
+            mode = self.word(t.children[1], ENCRYPTIONS, "encryption")
+            if mode is not None:
+                fields["encryption"] = ast.EncryptionSetting(mode=mode, span=self.span(t))
+        if (t := settings.get("seal")) is not None:
+            fields["seal"] = self.seal(t)
+        if (t := settings.get("rotate")) is not None:
+            every = self.duration(t.children[2])
+            if every is not None:
+                fields["rotate"] = ast.RotateSetting(every=every, span=self.span(t))
+        if (t := settings.get("on_remove")) is not None:
+            action = self.word(t.children[1], ON_REMOVE, "on_remove")
+            if action is not None:
+                fields["on_remove"] = ast.OnRemoveSetting(action=action, span=self.span(t))
+        return ast.VaultSettings(span=span, **{k: v for k, v in fields.items() if v is not None})
+
+    def seal(self, tree: Tree) -> ast.SealSetting | None:
+        if tree.data == "seal_attestation":
+            return ast.SealSetting(attestation=self.name(tree.children[1]), span=self.span(tree))
+        pcrs = self.pcr_list(tree)
+        names = self.tokens(tree, "NAME")
+        bank = self.bank(names[0]) if names else None
+        if pcrs is None or (names and bank is None):
+            return None
+        return ast.SealSetting(pcrs=pcrs, bank=bank, span=self.span(tree))
+
+    def pcr_list(self, tree: Tree) -> tuple[ast.PcrIndex, ...] | None:
+        pcrs = [self.pcr(t) for t in self.tokens(tree, "NUMBER")]
+        return None if None in pcrs else tuple(pcrs)
+
+    def bank(self, token: Token) -> ast.Name | None:
+        return self.name(token) if self.word(token, BANKS, "bank") else None
+
+    def device(self, tree: Tree) -> ast.DeviceDecl:
+        s = self.settings(tree)
+        fields = {}
+        if (t := s.get("persist")) is not None:
+            fields["persist"] = self.string(t.children[1])
+        for key in ("capacity", "reserve"):
+            if (t := s.get(key)) is not None:
+                fields[key] = self.size(t.children[1])
+        if (t := s.get("tpm")) is not None:
+            mode = self.word(t.children[1].children[0], TPM_MODES, "tpm")
+            fields["tpm_required"] = None if mode is None else mode == "required"
+        if (t := s.get("bank")) is not None:
+            fields["bank"] = self.bank(t.children[1])
+        if (t := s.get("allow_unmeasured_boot")) is not None:
+            fields["allow_unmeasured_boot"] = ast.Flag(span=self.span(t))
+        if (t := s.get("escrow_key")) is not None:
+            fields["escrow_key"] = self.string(t.children[1])
+        return ast.DeviceDecl(span=self.span(tree), **{k: v for k, v in fields.items() if v is not None})
+
+    def attestation(self, tree: Tree) -> ast.AttestationDecl:
+        s = self.settings(tree)
+        fields = {}
+        if (t := s.get("bank")) is not None:
+            fields["bank"] = self.bank(t.children[1])
+        if (t := s.get("pcrs")) is not None:
+            fields["pcrs"] = self.pcr_list(t)
+        if (t := s.get("nonce")) is not None:
+            numbers = self.tokens(t, "NUMBER")
+            fields["nonce_bytes"] = self.nonce_size(numbers[0])
+            if len(numbers) > 1:
+                fields["nonce_valid"] = self.duration(numbers[1])
+        if (t := s.get("escrow")) is not None:
+            fields["escrow_required"] = ast.Flag(span=self.span(t))
+        if (t := s.get("on_failure")) is not None:
+            words = [self.word(n, ON_FAILURE, "on_failure") for n in self.tokens(t, "NAME")]
+            fields["on_failure"] = None if None in words else tuple(words)
+        rules = [self.allow(c) for c in tree.children if isinstance(c, Tree) and c.data.startswith("allow_")]
+        fields["allow"] = tuple(r for r in rules if r is not None)
+        return ast.AttestationDecl(name=self.name(tree.children[1]), span=self.span(tree),
+                                   **{k: v for k, v in fields.items() if v is not None})
+
+    def nonce_size(self, token: Token) -> ast.IntLit | None:
+        if not token.value.isdigit() or len(token.value) > 6:
+            self.fail(codes.BAD_NUMBER, f"`{token.value}` is not a number of bytes", self.span(token),
+                      help="write the nonce size as a plain number, for example `nonce 32 bytes`")
+            return None
+        value = int(token.value)
+        low, high = NONCE_BYTES
+        if not low <= value <= high:
+            self.fail(codes.BAD_NONCE_SIZE, f"nonce size {value} bytes is outside {low}–{high}", self.span(token),
+                      help=f"use between {low} and {high} bytes; 32 is a good choice")
+            return None
+        return ast.IntLit(value=value, span=self.span(token))
+
+    def allow(self, tree: Tree) -> ast.AllowRule | None:
+        pcr = self.pcr(tree.children[2])
+        strings = [self.string(t) for t in self.tokens(tree, "STRING")]
+        if pcr is None or None in strings:
+            return None
+        if tree.data == "allow_from":
+            return ast.AllowRule(pcr=pcr, reference_file=strings[0], span=self.span(tree))
+        return ast.AllowRule(pcr=pcr, values=tuple(strings), span=self.span(tree))
+
+    def defaults(self, tree: Tree) -> ast.DefaultsDecl:
+        span = self.span(tree)
+        return ast.DefaultsDecl(settings=self.vault_settings(self.settings(tree), span), span=span)
+
+    def vault(self, tree: Tree) -> ast.VaultDecl:
+        s = self.settings(tree)
+        span = self.span(tree)
+        fields = {}
+        if (t := s.get("path")) is not None:
+            fields["path"] = self.string(t.children[1])
+        if (t := s.get("limit")) is not None:
+            fields["limit"] = self.size(t.children[1])
+        if (t := s.get("protected")) is not None:
+            fields["protected"] = ast.Flag(span=self.span(t))
+        if (t := s.get("disabled")) is not None:
+            reason = self.string(t.children[1])
+            if reason is not None and not reason.value.strip():
+                self.fail(codes.EMPTY_REASON, "the reason for disabling a vault is empty", reason.span,
+                          help='say why, for example `disabled "no apps run on this device"`')
+                reason = None
+            fields["opt_out_reason"] = reason
+        holds = [self.string(t) for c in tree.children if isinstance(c, Tree) and c.data == "holds"
+                 for t in self.tokens(c, "STRING")]
+        fields["holds"] = tuple(h for h in holds if h is not None)
+        return ast.VaultDecl(name=self.name(tree.children[1]), settings=self.vault_settings(s, span), span=span,
+                             **{k: v for k, v in fields.items() if v is not None})
+
+    def component(self, tree: Tree) -> ast.ComponentDecl:
+        entries = []
+        for child in tree.children:
+            if isinstance(child, Tree) and child.data == "stores":
+                sensitive = bool(self.tokens(child, "SENSITIVE"))
+                for t in self.tokens(child, "STRING"):
+                    path = self.string(t)
+                    if path is not None:
+                        entries.append(ast.StoreEntry(path=path, sensitive=sensitive, span=path.span))
+        return ast.ComponentDecl(name=self.name(tree.children[1]), stores=tuple(entries), span=self.span(tree))
+
+    def app(self, tree: Tree) -> ast.AppDecl:
+        s = self.settings(tree)
+        fields = {}
+        if (t := s.get("app_vault")) is not None:
+            fields["vault"] = self.name(t.children[1])
+        if (t := s.get("protection")) is not None:
+            if self.word(t.children[1], PROTECTIONS, "protection") is not None:
+                fields["end_to_end"] = ast.Flag(span=self.span(t))
+        return ast.AppDecl(name=self.name(tree.children[1]), span=self.span(tree), **fields)
+
+    def include(self, tree: Tree) -> ast.IncludeDecl | None:
+        path = self.string(tree.children[1])
+        return None if path is None else ast.IncludeDecl(path=path, span=self.span(tree))
+
+
+def whole_file_span(file: str, text: str) -> Span:
+    lines = text.split("\n")
+    return Span(file=file, line=1, column=1, end_line=len(lines), end_column=len(lines[-1]) + 1,
+                start_pos=0, end_pos=len(text))
+
+
+def to_policy(result: ParseResult) -> tuple[ast.Policy, Diagnostics]:
+    """The AST of every item that parsed, and the literal diagnostics found on the way."""
+    conv = _Converter(result.file)
+    items = []
+    for tree in result.items:
+        item = getattr(conv, tree.data)(tree)
+        if item is not None:
+            items.append(item)
+    policy = ast.Policy(file=result.file, items=tuple(items), span=whole_file_span(result.file, result.text))
+    return policy, conv.diags
