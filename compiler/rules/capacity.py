@@ -8,13 +8,7 @@ from policy_lang.diagnostics import Diagnostic, error, warning
 
 from .. import codes
 from ..model import Model
-
-
-def format_size(size: int) -> str:
-    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return f"{size}B"
+from ..units import format_size
 
 
 def total_limits(model: Model) -> Iterator[Diagnostic]:

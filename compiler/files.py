@@ -1,0 +1,79 @@
+"""File handling for the compiler's commands: read what the user named, write outputs atomically,
+and tell plans from signed envelopes. Every failure is an `InputError` naming the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from vaultpolicy.errors import InputError, PlanRejected
+
+from .plan import Plan, PlanFormatError, decode_plan
+from .signing import PLAN_PAYLOAD_TYPE, Envelope
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def read_input(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {what} `{path}`: {exc.strerror or exc}") from None
+
+
+def write_output(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """Write, fsync, rename: a reader never sees half a file, a failure leaves the old one."""
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise InputError(f"cannot write `{path}`: {exc.strerror or exc}") from None
+
+
+def parse_duration(text: str) -> int:
+    """`30d`, `12h`, `90m`, `2w`, `45s` -> seconds (the policy language's duration units)."""
+    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
+    if not match:
+        raise InputError(f"`{text}` is not a duration", hint="write a number and a unit s, m, h, d or w, e.g. `30d`")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def is_envelope(data: bytes) -> bool:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(obj, dict) and "payload_type" in obj
+
+
+def plan_payload(data: bytes, source: str) -> bytes:
+    """The plan bytes of a plan file or of a signed plan (whose signatures are NOT checked here)."""
+    if not is_envelope(data):
+        return data
+    try:
+        envelope = Envelope.from_bytes(data)
+    except PlanRejected as exc:
+        raise InputError(f"{source}: {exc.message}") from None
+    if envelope.payload_type != PLAN_PAYLOAD_TYPE:
+        raise InputError(f"{source}: envelope holds `{envelope.payload_type}`, not a plan")
+    return envelope.payload
+
+
+def load_plan(payload: bytes, source: str) -> Plan:
+    try:
+        return decode_plan(payload)
+    except PlanFormatError as exc:
+        raise InputError(f"{source}: {exc}") from None

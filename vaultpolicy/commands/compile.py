@@ -1,0 +1,81 @@
+"""`vaultpolicy compile FILE --plan-version N -o PLAN`: verify a policy and write its canonical plan.
+
+Diagnostics are printed like `check`; with any error no plan is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+
+from compiler import BuildOptions, compile_policy
+from compiler.files import load_plan, parse_duration, plan_payload, read_input, write_output
+from compiler.plan import encode_plan, parse_time, plan_digest
+from compiler.source import load_policy, print_diagnostics, source_sha256
+from vaultpolicy import status_codes
+from vaultpolicy.errors import InputError
+
+
+def add_arguments(parser, key) -> None:
+    parser.add_argument("file", metavar="FILE", help="the policy (.vpol)")
+    parser.add_argument("--plan-version", type=int, metavar="N", help="default: one above --prev")
+    parser.add_argument("-o", "--output", required=True, metavar="PLAN")
+    parser.add_argument("--prev", metavar="PLAN", help="the previous plan (plain or signed): its digest is recorded")
+    parser.add_argument("--target", action="append", default=[], metavar="ID", help="device id or class:NAME (repeat)")
+    parser.add_argument("--valid-for", default="30d", metavar="DURATION", help="how long the plan stays valid (default 30d)")
+    parser.add_argument("--issued-at", metavar="TIME", help="RFC 3339 UTC time, e.g. 2026-01-31T12:00:00Z (default: now)")
+
+
+def _issued_at(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(timezone.utc)
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise InputError(f"--issued-at: {exc}") from None
+
+
+def _versions(args) -> tuple[int, str | None]:
+    """The plan version and the previous plan's digest."""
+    if args.prev is None:
+        if args.plan_version is None:
+            raise InputError("no plan version", hint="pass --plan-version N, or --prev PLAN to use one above it")
+        return args.plan_version, None
+    payload = plan_payload(read_input(args.prev, "previous plan"), args.prev)
+    previous = load_plan(payload, args.prev)
+    version = args.plan_version if args.plan_version is not None else previous.plan_version + 1
+    if version <= previous.plan_version:
+        raise InputError(
+            f"plan version {version} is not above the previous plan's {previous.plan_version}",
+            hint="devices refuse plans whose version does not go up",
+        )
+    return version, plan_digest(payload)
+
+
+def run(args) -> int:
+    version, prev_digest = _versions(args)
+    if version < 1:
+        raise InputError(f"plan version {version} must be 1 or more")
+    issued_at = _issued_at(args.issued_at)
+    valid_for = parse_duration(args.valid_for)
+    policy, sources, diagnostics = load_policy(args.file)
+    if policy is None or diagnostics.has_errors():
+        print_diagnostics(diagnostics, sources)
+        return status_codes.ERROR
+    options = BuildOptions(
+        plan_version=version,
+        issued_at=issued_at,
+        valid_for_seconds=valid_for,
+        source_sha256=source_sha256(sources, args.file),
+        prev_plan_sha256=prev_digest,
+        targets=tuple(args.target),
+    )
+    plan, compile_diagnostics = compile_policy(policy, options)
+    diagnostics.extend(compile_diagnostics)
+    print_diagnostics(diagnostics, sources)
+    if plan is None:
+        print(f"no plan written to {args.output}: fix the errors above", file=sys.stderr)
+        return status_codes.ERROR
+    write_output(args.output, encode_plan(plan))
+    print(f"wrote {args.output}: plan version {plan.plan_version}, {len(plan.vaults)} vaults, {len(plan.apps)} apps")
+    return status_codes.SUCCESS

@@ -1,0 +1,54 @@
+"""`vaultpolicy sign PLAN --key KEY... -o SIGNED`: sign a plan, or add signatures to a signed plan.
+
+The envelope keeps the plan's exact bytes; signing never re-serializes them (S12).
+"""
+
+from __future__ import annotations
+
+from compiler.files import is_envelope, load_plan, read_input, write_output
+from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, add_signature, key_id, load_private_key, sign
+from vaultpolicy import status_codes
+from vaultpolicy.errors import InputError, PlanRejected
+
+
+def add_arguments(parser, key) -> None:
+    parser.add_argument("plan", metavar="PLAN", help="a compiled plan, or a signed plan to add signatures to")
+    parser.add_argument("--key", action="append", required=True, metavar="KEY", help="private key (repeat for several signers)")
+    parser.add_argument("-o", "--output", required=True, metavar="SIGNED")
+
+
+def _load_keys(paths: list[str]):
+    keys = []
+    for path in paths:
+        try:
+            keys.append(load_private_key(read_input(path, "signing key"), path))
+        except PlanRejected as exc:
+            raise InputError(exc.message) from None
+    return keys
+
+
+def run(args) -> int:
+    data = read_input(args.plan, "plan")
+    keys = _load_keys(args.key)
+    if is_envelope(data):
+        try:
+            envelope = Envelope.from_bytes(data)
+        except PlanRejected as exc:
+            raise InputError(f"{args.plan}: {exc.message}") from None
+        if envelope.payload_type != PLAN_PAYLOAD_TYPE:
+            raise InputError(f"{args.plan}: envelope holds `{envelope.payload_type}`, not a plan")
+        load_plan(envelope.payload, args.plan)
+        already = {kid for kid, _ in envelope.signatures}
+        for private_key in keys:
+            if key_id(private_key.public_key()) in already:
+                print(f"key {key_id(private_key.public_key())} already signed {args.plan}; skipped")
+                continue
+            envelope = add_signature(envelope, private_key)
+            already.add(key_id(private_key.public_key()))
+    else:
+        load_plan(data, args.plan)  # refuse to sign something that is not a plan
+        envelope = sign(PLAN_PAYLOAD_TYPE, data, keys)
+    write_output(args.output, envelope.to_bytes())
+    signers = ", ".join(kid for kid, _ in envelope.signatures)
+    print(f"wrote {args.output}: {len(envelope.signatures)} signature(s) by {signers}")
+    return status_codes.SUCCESS

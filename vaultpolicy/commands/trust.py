@@ -1,0 +1,56 @@
+"""`vaultpolicy trust init|rotate`: trust roots listing public keys and an M-of-N threshold.
+
+A root is an envelope signed by its own threshold; the next root (version N+1) must also be signed by
+a threshold of the current one. Both are checked before anything is written.
+"""
+
+from __future__ import annotations
+
+from compiler.files import read_input, write_output
+from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, key_id, load_private_key, load_public_key, load_trust, sign
+from vaultpolicy import status_codes
+from vaultpolicy.errors import InputError, PlanRejected
+
+
+def add_arguments(parser, key) -> None:
+    if key == ("trust", "rotate"):
+        parser.add_argument("--current", required=True, metavar="ROOT", help="the trust root in force now")
+    parser.add_argument("--key", action="append", required=True, metavar="KEY.pub", help="a public key of the new root (repeat)")
+    parser.add_argument("--threshold", type=int, required=True, metavar="M", help="distinct keys needed to sign a plan")
+    parser.add_argument(
+        "--sign-with", action="append", required=True, metavar="KEY",
+        help="private key signing the root (repeat); a rotation needs a threshold of the current and of the new keys",
+    )
+    parser.add_argument("-o", "--output", required=True, metavar="ROOT")
+
+
+def _public_keys(paths: list[str]):
+    try:
+        keys = [load_public_key(read_input(path, "public key"), path) for path in paths]
+    except PlanRejected as exc:
+        raise InputError(exc.message) from None
+    return tuple((key_id(k), k) for k in keys)
+
+
+def _private_keys(paths: list[str]):
+    try:
+        return [load_private_key(read_input(path, "signing key"), path) for path in paths]
+    except PlanRejected as exc:
+        raise InputError(exc.message) from None
+
+
+def run(args) -> int:
+    current = None
+    if args.command == ("trust", "rotate"):
+        current = load_trust(read_input(args.current, "trust root"), args.current)
+    root = TrustRoot(version=current.version + 1 if current else 1, threshold=args.threshold, keys=_public_keys(args.key))
+    if not 1 <= args.threshold <= len(root.distinct_keys()):
+        raise InputError(f"threshold {args.threshold} must be between 1 and the {len(root.distinct_keys())} distinct keys listed")
+    envelope = sign(TRUST_ROOT_PAYLOAD_TYPE, root.payload(), _private_keys(args.sign_with))
+    data = envelope.to_bytes()
+    load_trust(data, args.output)  # signed by its own threshold
+    if current is not None:
+        current.rotate(envelope)  # and by the current root's threshold
+    write_output(args.output, data)
+    print(f"wrote {args.output}: trust root version {root.version}, {args.threshold} of {len(root.distinct_keys())} keys")
+    return status_codes.SUCCESS

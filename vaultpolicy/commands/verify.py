@@ -1,0 +1,43 @@
+"""`vaultpolicy verify SIGNED --trust ROOT`: check a signed plan and say exactly why it is refused."""
+
+from __future__ import annotations
+
+import sys
+
+from compiler.files import read_input
+from compiler.plan import PlanFormatError, decode_plan
+from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, load_trust
+from vaultpolicy import status_codes
+from vaultpolicy.errors import PlanRejected
+
+
+def add_arguments(parser, key) -> None:
+    parser.add_argument("signed", metavar="SIGNED", help="a signed plan")
+    parser.add_argument("--trust", required=True, metavar="ROOT", help="a trust root, or a single public key (KEY.pub)")
+
+
+def verify_signed_plan(data: bytes, trust_data: bytes, trust_source: str):
+    """The verified plan and how many distinct trusted keys signed it; PlanRejected says why not."""
+    root = load_trust(trust_data, trust_source)
+    envelope = Envelope.from_bytes(data)
+    payload = root.verify(envelope, PLAN_PAYLOAD_TYPE)
+    try:
+        plan = decode_plan(payload)
+    except PlanFormatError as exc:
+        raise PlanRejected("malformed-plan", f"signed payload is not a valid plan: {exc}") from None
+    return plan, root
+
+
+def run(args) -> int:
+    data = read_input(args.signed, "signed plan")
+    trust_data = read_input(args.trust, "trust root")
+    try:
+        plan, root = verify_signed_plan(data, trust_data, args.trust)
+    except PlanRejected as exc:
+        print(f"refused: {exc.reason}: {exc.message}", file=sys.stderr)
+        return status_codes.ERROR
+    print(
+        f"verified: plan version {plan.plan_version} issued {plan.issued_at}, expires {plan.expires}; "
+        f"threshold {root.threshold} of trust root version {root.version} met"
+    )
+    return status_codes.SUCCESS
