@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from dataclasses import dataclass
 
 import rfc8785
 
+from enforcer.escrow import load_json_object
 from vaultpolicy.errors import BackendUnavailable, DeviceError, InputError
 
 QUOTE_FORMAT = "vaultpolicy.quote.v1"
@@ -77,7 +77,7 @@ class Identity:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "identity") -> "Identity":
-        obj = _load(data, source, IDENTITY_FORMAT)
+        obj = load_json_object(data, source, IDENTITY_FORMAT)
         fields = ("device_id", "ak_public_pem", "ak_name", "release_public_pem")
         for name in fields:
             if not isinstance(obj.get(name), str) or not obj[name]:
@@ -125,7 +125,7 @@ class Quote:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "quote") -> "Quote":
-        return cls.from_obj(_load(data, source, QUOTE_FORMAT), source)
+        return cls.from_obj(load_json_object(data, source, QUOTE_FORMAT), source)
 
     @classmethod
     def from_obj(cls, obj: dict, source: str) -> "Quote":
@@ -163,16 +163,6 @@ class Quote:
             attest=b64("attest"),
             signature=b64("signature"),
         )
-
-
-def _load(data: bytes, source: str, expected_format: str) -> dict:
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{source}: not JSON ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("format") != expected_format:
-        raise InputError(f"{source}: not a `{expected_format}` document")
-    return obj
 
 
 class AttestationTpm:

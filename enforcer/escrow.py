@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from enforcer.state import atomic_write
 from vaultpolicy.errors import InputError, VaultpolicyError
 
 ESCROW_FORMAT = "vaultpolicy.escrow.v1"
@@ -204,21 +205,6 @@ def make_ack(blob: EscrowBlob) -> bytes:
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def escrow_dir(state_dir: str | os.PathLike) -> Path:
     return Path(state_dir) / "escrow"
 
@@ -226,7 +212,7 @@ def escrow_dir(state_dir: str | os.PathLike) -> Path:
 def record_escrow(state_dir: str | os.PathLike, blob: EscrowBlob) -> Path:
     """Hook for key creation: keep the blob (state `pending`) until the controller acknowledges it."""
     path = escrow_dir(state_dir) / f"{blob.vault}.json"
-    _atomic_write(path, blob.to_bytes())
+    atomic_write(path, blob.to_bytes())
     stale_ack = path.with_name(f"{blob.vault}.ack.json")
     stale_ack.unlink(missing_ok=True)  # an ack for an earlier key does not cover this one
     return path
@@ -242,7 +228,7 @@ def record_ack(state_dir: str | os.PathLike, ack: bytes, source: str = "acknowle
     blob = EscrowBlob.from_bytes(blob_path.read_bytes(), str(blob_path))
     if obj.get("blob_sha256") != blob.sha256() or obj.get("device_id") != blob.device_id:
         raise InputError(f"{source}: acknowledges a different escrow blob than the one held for vault `{vault}`")
-    _atomic_write(blob_path.with_name(f"{vault}.ack.json"), ack)
+    atomic_write(blob_path.with_name(f"{vault}.ack.json"), ack)
     return vault
 
 

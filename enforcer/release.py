@@ -1,0 +1,191 @@
+"""Device side of key release: open a controller's release file with the TPM, then unlock and re-seal.
+
+`open_release` recomputes the ECDH secret inside the TPM (TPM2_ECDH_ZGen with the release key; see
+controller/release.py for why this wrapping) and opens each key with AES-256-GCM. `unlock_released`
+is the hook `device unlock --release FILE` calls: for each released vault it adds the key to the
+kernel, checks the kernel's key identifier is the one recorded for the vault (a wrong key never
+replaces a vault), re-seals the key to the *current* PCRs (so the next boot unlocks locally) and
+writes the new sealed blob atomically. It records how the vault was unlocked for the drift report.
+
+Release file JSON: see `Release` (`format` = "vaultpolicy.release.v1").
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import rfc8785
+
+from compiler.plan import Plan, format_time
+from enforcer.attest import AttestationTpm, release_key_binding
+from enforcer.escrow import EscrowError, aead_open, b64, derive_key, load_json_object, require_str, unb64
+from enforcer.state import StateDir, atomic_write
+from vaultpolicy.errors import DeviceError, InputError
+
+RELEASE_FORMAT = "vaultpolicy.release.v1"
+RELEASE_INFO = b"vaultpolicy release v1"
+UNLOCK_METHODS = ("tpm-sealed", "controller-release", "none")
+
+
+@dataclass(frozen=True)
+class ReleasedKey:
+    vault: str
+    key_identifier: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class Release:
+    device_id: str
+    quote_sha256: str
+    ephemeral_public: bytes  # the controller's ephemeral P-256 point, uncompressed SEC1
+    keys: tuple[ReleasedKey, ...]
+
+    def aad(self, vault: str, key_identifier: bytes) -> bytes:
+        return rfc8785.dumps(
+            {
+                "format": RELEASE_FORMAT,
+                "device_id": self.device_id,
+                "quote_sha256": self.quote_sha256,
+                "ephemeral_public": b64(self.ephemeral_public),
+                "vault": vault,
+                "key_identifier": key_identifier.hex(),
+            }
+        )
+
+    def to_bytes(self) -> bytes:
+        return rfc8785.dumps(
+            {
+                "format": RELEASE_FORMAT,
+                "device_id": self.device_id,
+                "quote_sha256": self.quote_sha256,
+                "ephemeral_public": b64(self.ephemeral_public),
+                "keys": [
+                    {"vault": k.vault, "key_identifier": k.key_identifier.hex(), "nonce": b64(k.nonce), "ciphertext": b64(k.ciphertext)}
+                    for k in self.keys
+                ],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "release") -> "Release":
+        obj = load_json_object(data, source, RELEASE_FORMAT)
+        entries = obj.get("keys")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise InputError(f"{source}: field `keys` must be a list of objects")
+        keys = []
+        for entry in entries:
+            try:
+                key_identifier = bytes.fromhex(require_str(entry, "key_identifier", source))
+            except ValueError:
+                raise InputError(f"{source}: a `key_identifier` is not hex") from None
+            keys.append(
+                ReleasedKey(
+                    require_str(entry, "vault", source), key_identifier,
+                    unb64(entry.get("nonce"), "nonce", source), unb64(entry.get("ciphertext"), "ciphertext", source),
+                )
+            )
+        return cls(
+            require_str(obj, "device_id", source),
+            require_str(obj, "quote_sha256", source),
+            unb64(obj.get("ephemeral_public"), "ephemeral_public", source),
+            tuple(keys),
+        )
+
+
+def release_wrapping_key(shared_x: bytes | bytearray, ephemeral_public: bytes, release_public_pem: str) -> bytes:
+    """Both sides: HKDF-SHA256 over the ECDH x coordinate, salted with both public keys."""
+    return derive_key(bytes(shared_x), ephemeral_public + release_key_binding(release_public_pem), RELEASE_INFO)
+
+
+def open_release(tcti: str, release: Release, device_id: str) -> dict[str, tuple[bytes, bytearray]]:
+    """vault -> (key identifier, raw key). Only this device's TPM can open it; any change fails."""
+    if release.device_id != device_id:
+        raise DeviceError(f"release file is for device `{release.device_id}`, this is `{device_id}`")
+    point = release.ephemeral_public
+    if len(point) != 65 or point[0] != 4:
+        raise InputError("release file: `ephemeral_public` is not an uncompressed P-256 point")
+    with AttestationTpm(tcti) as tpm:
+        _, public, _ = tpm.release_key()
+        shared = tpm.ecdh_zgen(point[1:33], point[33:])
+    try:
+        key = release_wrapping_key(shared, point, public.to_pem().decode())
+    finally:
+        shared[:] = bytes(len(shared))
+    opened: dict[str, tuple[bytes, bytearray]] = {}
+    try:
+        for entry in release.keys:
+            what = f"released key for vault `{entry.vault}`"
+            opened[entry.vault] = (entry.key_identifier, aead_open(key, entry.nonce, entry.ciphertext, release.aad(entry.vault, entry.key_identifier), what))
+    except EscrowError as exc:
+        for _, raw in opened.values():
+            raw[:] = bytes(len(raw))
+        raise DeviceError(exc.message, hint="the release file was altered or made for another device's TPM") from None
+    return opened
+
+
+# --- how each vault was last unlocked (read by the drift report) -----------------------------------
+
+
+def _unlock_record_path(state: StateDir) -> Path:
+    return state.root / "attest" / "last-unlock.json"
+
+
+def record_unlock(state: StateDir, vault: str, method: str, now: datetime) -> None:
+    """Hook for every unlock path: `tpm-sealed` (local unseal) or `controller-release`."""
+    if method not in UNLOCK_METHODS:
+        raise ValueError(f"unknown unlock method `{method}`")
+    methods = last_unlocks(state)
+    methods[vault] = {"method": method, "at": format_time(now)}
+    atomic_write(_unlock_record_path(state), json.dumps(methods, indent=2, sort_keys=True).encode())
+
+
+def last_unlocks(state: StateDir) -> dict[str, dict]:
+    try:
+        return json.loads(_unlock_record_path(state).read_bytes())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        return {}  # an unreadable record only loses history; the kernel is the truth for lock state
+
+
+# --- unlock with released keys -----------------------------------------------------------------------
+
+
+def unlock_released(
+    state: StateDir, plan: Plan, root: Path | None, tcti: str, release: Release, device_id: str, now: datetime
+) -> list[str]:
+    """Add each released key to the kernel, re-seal it to the current PCRs; returns the vaults unlocked."""
+    from enforcer import fscrypt
+    from enforcer.observe import host_path
+    from enforcer.tpm import Tpm
+
+    opened = open_release(tcti, release, device_id)
+    unlocked = []
+    try:
+        with Tpm(tcti) as tpm:
+            for name, (key_identifier, raw) in sorted(opened.items()):
+                vault = plan.vault(name)
+                recorded = state.sealed(name)
+                if vault is None or vault.seal is None:
+                    raise DeviceError("the applied plan has no sealed vault by this name", vault=name)
+                if recorded is None or not hmac.compare_digest(bytes.fromhex(recorded["key_identifier"]), key_identifier):
+                    raise DeviceError("released key is not the key this vault was created with", vault=name)
+                mountpoint = fscrypt.mountpoint_of(str(host_path(root, vault.path)))
+                added = fscrypt.add_key(mountpoint, raw)
+                if not hmac.compare_digest(added, key_identifier):
+                    fscrypt.remove_key(mountpoint, added)
+                    raise DeviceError("the kernel derived another key identifier from the released key", vault=name)
+                blob = tpm.seal(raw, vault.seal.bank, vault.seal.pcrs, allow_unmeasured_boot=plan.device.allow_unmeasured_boot)
+                state.save_sealed(name, blob.to_json(), key_identifier)
+                record_unlock(state, name, "controller-release", now)
+                unlocked.append(name)
+    finally:
+        for _, raw in opened.values():
+            raw[:] = bytes(len(raw))
+    return unlocked

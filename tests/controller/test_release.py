@@ -1,0 +1,106 @@
+"""Release: only after a verified quote, once, and only the quoting device's TPM can open it (issue 6)."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+
+import pytest
+
+from controller import nonce as nonces
+from controller.errors import AttestationRejected
+from controller.quote_verify import verify_quote
+from controller.release import accept_escrow, release_keys
+from enforcer import escrow
+from enforcer.attest import AttestationTpm, release_key_binding
+from enforcer.release import Release, open_release
+from vaultpolicy.errors import DeviceError
+
+ATTESTED_PCRS = (0, 2, 4, 7)
+NOW = 1_800_000_000
+KEY_ID = bytes(range(16))
+
+
+@pytest.fixture
+def setup(make_tpm, store, make_policy):
+    tpm = make_tpm()
+    tpm.measure_boot()
+    with AttestationTpm(tpm.tcti) as device:
+        identity = device.identity("gw-1")
+        _, values = device.read_pcrs("sha256", ATTESTED_PCRS)
+    store.enroll("gw-1", identity.ak_public_pem, identity.ak_name, identity.release_public_pem, NOW)
+    controller_key = escrow.generate_escrow_key()
+    raw = secrets.token_bytes(64)
+    blob = escrow.wrap_key(controller_key.public_key(), "gw-1", "config", KEY_ID, raw)
+    ack = accept_escrow(store, blob.to_bytes(), NOW)
+    assert b'"vault":"config"' in ack
+    policy = make_policy({i: [v.hex()] for i, v in values.items()})
+    return tpm, identity, policy, controller_key, raw
+
+
+def fresh_quote(store, tpm, identity, policy):
+    nonce = nonces.issue(store, "gw-1", policy, NOW)
+    with AttestationTpm(tpm.tcti) as device:
+        return device.quote("gw-1", "release", nonce, release_key_binding(identity.release_public_pem), "sha256", ATTESTED_PCRS)
+
+
+def refused(reason, call):
+    with pytest.raises(AttestationRejected) as caught:
+        call()
+    assert caught.value.reason == reason, caught.value.message
+
+
+def test_released_key_opens_only_in_the_quoting_tpm(setup, store, make_tpm):
+    tpm, identity, policy, controller_key, raw = setup
+    quote = fresh_quote(store, tpm, identity, policy)
+    verify_quote(store, quote, policy, NOW)
+    release = release_keys(store, quote, ["config"], controller_key, NOW + 1)
+    assert raw not in release.to_bytes()
+    opened = open_release(tpm.tcti, Release.from_bytes(release.to_bytes()), "gw-1")
+    assert opened["config"][0] == KEY_ID and bytes(opened["config"][1]) == raw
+
+    other = make_tpm()
+    with pytest.raises(DeviceError, match="does not open"):
+        open_release(other.tcti, release, "gw-1")
+    with pytest.raises(DeviceError, match="for device `gw-1`"):
+        open_release(tpm.tcti, release, "gw-2")
+
+
+def test_tampered_release_fails(setup, store):
+    tpm, identity, policy, controller_key, _ = setup
+    quote = fresh_quote(store, tpm, identity, policy)
+    verify_quote(store, quote, policy, NOW)
+    release = release_keys(store, quote, ["config"], controller_key, NOW)
+    entry = release.keys[0]
+    for change in ({"vault": "images"}, {"key_identifier": bytes(16)}, {"ciphertext": entry.ciphertext[:-1] + bytes([entry.ciphertext[-1] ^ 1])}):
+        tampered = dataclasses.replace(release, keys=(dataclasses.replace(entry, **change),))
+        with pytest.raises(DeviceError):
+            open_release(tpm.tcti, tampered, "gw-1")
+    with pytest.raises(DeviceError):
+        open_release(tpm.tcti, dataclasses.replace(release, quote_sha256="00" * 32), "gw-1")
+
+
+def test_release_needs_a_verified_fresh_unused_quote(setup, store):
+    tpm, identity, policy, controller_key, _ = setup
+    unverified = fresh_quote(store, tpm, identity, policy)
+    refused("quote-not-verified", lambda: release_keys(store, unverified, ["config"], controller_key, NOW))
+
+    quote = fresh_quote(store, tpm, identity, policy)
+    verify_quote(store, quote, policy, NOW)
+    refused("no-escrow", lambda: release_keys(store, quote, ["images"], controller_key, NOW))
+    refused("quote-expired", lambda: release_keys(store, quote, ["config"], controller_key, NOW + policy.nonce_lifetime_seconds))
+    release_keys(store, quote, ["config"], controller_key, NOW)
+    refused("quote-used", lambda: release_keys(store, quote, ["config"], controller_key, NOW))  # replay
+
+
+def test_refused_quote_releases_nothing(setup, store):
+    tpm, identity, policy, controller_key, _ = setup
+    tpm.extend(7, b"unexpected secure boot db")
+    quote = fresh_quote(store, tpm, identity, policy)
+    refused("pcr-not-allowed", lambda: verify_quote(store, quote, policy, NOW))
+    refused("quote-not-verified", lambda: release_keys(store, quote, ["config"], controller_key, NOW))
+
+
+def test_escrow_only_from_enrolled_devices(store):
+    blob = escrow.wrap_key(escrow.generate_escrow_key().public_key(), "gw-9", "config", KEY_ID, bytes(64))
+    refused("device-unknown", lambda: accept_escrow(store, blob.to_bytes(), NOW))
