@@ -1,0 +1,1 @@
+"""Device backends: the only code that touches fscrypt, loop devices and the TPM."""

@@ -1,0 +1,221 @@
+"""Which TPM to talk to, and the embedded swtpm used when the machine has none.
+
+`resolve_tcti(option, state_dir)`: an explicit `--tpm TCTI` string wins; else `device:/dev/tpmrm0`
+when the kernel's resource manager exists; else the embedded default, a `swtpm socket --tpm2` with
+its state under STATE_DIR/swtpm. The embedded instance outlives the command that started it (its pid
+and ports are in STATE_DIR/swtpm/instance.json) so later commands reuse it while it lives; a new
+instance gets Startup(CLEAR) from swtpm itself (`--flags startup-clear`), which is what a reboot
+does to a real TPM: PCRs reset, the sealing seed in the state directory stays.
+
+`Swtpm` is the launcher shared by the embedded default and the test fixtures. swtpm serves one
+client connection at a time: a second TCTI connection waits until the first one closes, so open one
+`Tpm` at a time per instance.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaultpolicy.errors import BackendUnavailable
+
+TPMRM_DEVICE = "/dev/tpmrm0"
+_HOST = "127.0.0.1"
+_START_ATTEMPTS = 5
+_READY_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Swtpm:
+    """A running `swtpm socket --tpm2` on 127.0.0.1: `port` for commands, `port + 1` for control."""
+
+    state_dir: Path
+    port: int
+    pid: int
+    process: subprocess.Popen | None = None  # only when this process started it
+
+    @property
+    def ctrl_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host={_HOST},port={self.port}"
+
+    @classmethod
+    def start(cls, state_dir: str | os.PathLike, port: int | None = None, *, detached: bool = False) -> "Swtpm":
+        """Start swtpm with its state in `state_dir` on `port` (free ports when None).
+
+        `detached` puts it in its own session so it survives the command that started it.
+        """
+        binary = shutil.which("swtpm")
+        if binary is None:
+            raise BackendUnavailable(
+                "no TPM: /dev/tpmrm0 is absent and the `swtpm` program is not installed",
+                hint="install the Debian packages `swtpm swtpm-tools`, or pass `--tpm TCTI`",
+            )
+        state = Path(state_dir)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        last_error = ""
+        for _ in range(_START_ATTEMPTS if port is None else 1):
+            chosen = port if port is not None else _free_port_pair()
+            log = open(state / "swtpm.log", "ab")
+            try:
+                process = subprocess.Popen(
+                    [
+                        binary, "socket", "--tpm2",
+                        "--tpmstate", f"dir={state}",
+                        "--server", f"type=tcp,port={chosen},bindaddr={_HOST}",
+                        "--ctrl", f"type=tcp,port={chosen + 1},bindaddr={_HOST}",
+                        "--flags", "not-need-init,startup-clear",
+                    ],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=detached,
+                )
+            finally:
+                log.close()
+            instance = cls(state, chosen, process.pid, process)
+            if instance._wait_ready():
+                return instance
+            instance.stop()
+            last_error = (state / "swtpm.log").read_text(errors="replace").strip().splitlines()[-1:]
+        raise BackendUnavailable(f"swtpm did not start: {' '.join(last_error) or 'no output'}")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                return False
+            if self.alive():
+                return True
+            time.sleep(0.01)
+        return False
+
+    def alive(self) -> bool:
+        """The process exists, is swtpm on our state directory, and answers on its control port."""
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        if not cmdline or not cmdline[0].endswith(b"swtpm") or f"dir={self.state_dir}".encode() not in cmdline:
+            return False  # the pid was reused by another process
+        try:
+            with socket.create_connection((_HOST, self.ctrl_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Terminate swtpm and wait for it to exit (its state directory stays)."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            return
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{self.pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def restart(self) -> None:
+        """Stop and start again on the same state and ports: a reboot (PCRs reset, seed kept)."""
+        self.stop()
+        started = Swtpm.start(self.state_dir, self.port, detached=self.process is None)
+        self.pid, self.process = started.pid, started.process
+
+
+def _free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free now (swtpm's TCTI uses P + 1 for control)."""
+    while True:
+        with socket.socket() as first:
+            first.bind((_HOST, 0))
+            port = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind((_HOST, port + 1))
+                except OSError:
+                    continue
+        return port
+
+
+def _embedded_dir(state_dir: str | os.PathLike) -> Path:
+    return Path(state_dir) / "swtpm"
+
+
+def _recorded_instance(directory: Path) -> Swtpm | None:
+    try:
+        record = json.loads((directory / "instance.json").read_text())
+        instance = Swtpm(directory, int(record["port"]), int(record["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return instance if instance.alive() else None
+
+
+def _write_record(directory: Path, instance: Swtpm) -> None:
+    temporary = directory / "instance.json.tmp"
+    with open(temporary, "w") as handle:
+        json.dump({"pid": instance.pid, "port": instance.port, "ctrl_port": instance.ctrl_port}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, directory / "instance.json")
+
+
+class _DirectoryLock:
+    """An exclusive flock so two commands starting at once share one embedded instance."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def __enter__(self) -> "_DirectoryLock":
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        os.close(self._fd)  # closing releases the lock
+
+
+def resolve_tcti(option: str | None, state_dir: str | os.PathLike) -> str:
+    """The TCTI string for this command: `option`, else /dev/tpmrm0, else the embedded swtpm."""
+    if option:
+        return option
+    if os.path.exists(TPMRM_DEVICE):
+        return f"device:{TPMRM_DEVICE}"
+    directory = _embedded_dir(state_dir)
+    with _DirectoryLock(directory):
+        instance = _recorded_instance(directory)
+        if instance is None:
+            instance = Swtpm.start(directory, detached=True)
+            _write_record(directory, instance)
+    return instance.tcti
+
+
+def stop_embedded(state_dir: str | os.PathLike) -> bool:
+    """Stop the embedded swtpm of `state_dir` if it runs; True when one was stopped."""
+    directory = _embedded_dir(state_dir)
+    if not directory.is_dir():
+        return False
+    with _DirectoryLock(directory):
+        instance = _recorded_instance(directory)
+        (directory / "instance.json").unlink(missing_ok=True)
+        if instance is None:
+            return False
+        instance.stop()
+        return True

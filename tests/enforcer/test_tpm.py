@@ -1,0 +1,217 @@
+"""enforcer.tpm against a real swtpm: sealing hygiene (S1, S2, S3, S11) and the blob format."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+
+from enforcer import tpm as tpm_module
+from enforcer.tpm import (
+    BankNotAllocated, InvalidSealedBlob, PcrMismatch, SealedBlob, Tpm, TpmFailure, TpmPolicyFailure,
+    UnmeasuredBoot,
+)
+
+BOUND = (0, 2, 4, 7)
+
+
+@pytest.fixture
+def booted(swtpm):
+    """An open Tpm after a simulated measured boot."""
+    with Tpm(swtpm.tcti) as device:
+        swtpm.measure_boot(device)
+        yield device
+
+
+def _raw_esapi(tcti: str):
+    import tpm2_pytss
+
+    return tpm2_pytss, tpm2_pytss.ESAPI(tcti)
+
+
+def test_seal_unseal_round_trip_and_blob_holds_no_secret(booted):
+    secret = os.urandom(64)
+    blob = booted.seal(secret, "sha256", BOUND)
+    assert booted.unseal(blob) == bytearray(secret)
+    assert blob.pcrs == BOUND
+    assert blob.pcr_values == booted.read_pcrs("sha256", BOUND)
+
+    text = blob.to_json()
+    assert SealedBlob.from_json(text) == blob
+    for encoding in (secret, secret.hex().encode(), secret[:16]):
+        assert encoding not in text.encode()
+    assert secret not in blob.public + blob.private
+
+
+def test_sealed_object_attributes_and_policy(booted):
+    import tpm2_pytss
+
+    blob = booted.seal(os.urandom(64), "sha256", BOUND)
+    public, _ = tpm2_pytss.TPM2B_PUBLIC.unmarshal(blob.public)
+    attrs = tpm2_pytss.TPMA_OBJECT
+    assert public.publicArea.objectAttributes == attrs.FIXEDTPM | attrs.FIXEDPARENT | attrs.NODA
+    assert not public.publicArea.objectAttributes & attrs.USERWITHAUTH
+    assert bytes(public.publicArea.authPolicy) == blob.policy_digest
+    assert blob.policy_digest == tpm_module.policy_digest("sha256", BOUND, blob.pcr_values)
+
+
+def test_software_policy_digest_matches_the_tpm_trial_session(swtpm):
+    swtpm.measure_boot()
+    for bank, pcrs in (("sha256", (0, 7)), ("sha256", (0, 2, 4, 7, 8, 9, 10, 11, 12, 13, 14)), ("sha1", (4,))):
+        with Tpm(swtpm.tcti) as device:
+            values = device.read_pcrs(bank, pcrs)
+        tss, esys = _raw_esapi(swtpm.tcti)
+        try:
+            session = esys.start_auth_session(
+                tss.ESYS_TR.NONE, tss.ESYS_TR.NONE, tss.TPM2_SE.TRIAL,
+                tss.TPMT_SYM_DEF(algorithm=tss.TPM2_ALG.NULL), tss.TPM2_ALG.SHA256)
+            esys.policy_pcr(session, b"", tss.TPML_PCR_SELECTION.parse(f"{bank}:{','.join(map(str, pcrs))}"))
+            trial = bytes(esys.policy_get_digest(session))
+            esys.flush_context(session)
+        finally:
+            esys.close()
+        assert tpm_module.policy_digest(bank, pcrs, values) == trial
+
+
+def test_s1_password_session_cannot_unseal(swtpm):
+    with Tpm(swtpm.tcti) as device:
+        swtpm.measure_boot(device)
+        blob = device.seal(os.urandom(64), "sha256", BOUND)
+    tss, esys = _raw_esapi(swtpm.tcti)
+    primary = sealed = None
+    try:
+        primary, *_ = esys.create_primary(tss.TPM2B_SENSITIVE_CREATE(), tpm_module.storage_primary_template(),
+                                          tss.ESYS_TR.OWNER)
+        sealed = esys.load(primary, tss.TPM2B_PRIVATE.unmarshal(blob.private)[0],
+                           tss.TPM2B_PUBLIC.unmarshal(blob.public)[0])
+        with pytest.raises(tss.TSS2_Exception) as raised:
+            esys.unseal(sealed, session1=tss.ESYS_TR.PASSWORD)
+        assert raised.value.error == tss.TPM2_RC.AUTH_UNAVAILABLE
+    finally:
+        for handle in (sealed, primary):
+            if handle is not None:
+                esys.flush_context(handle)
+        esys.close()
+
+
+@pytest.mark.parametrize("changed", BOUND)
+def test_s2_extending_a_bound_pcr_refuses_unseal_and_names_it(booted, changed):
+    blob = booted.seal(os.urandom(64), "sha256", BOUND)
+    booted.extend_pcr(changed, "sha256", b"a different boot loader")
+    with pytest.raises(PcrMismatch) as raised:
+        booted.unseal(blob)
+    assert raised.value.pcrs == [changed]
+    assert f"sha256:{changed}" in raised.value.message
+
+
+def test_s2_unbound_pcr_does_not_matter_and_reboot_reproduces_the_policy(swtpm):
+    secret = os.urandom(64)
+    with Tpm(swtpm.tcti) as device:
+        swtpm.measure_boot(device)
+        blob = device.seal(secret, "sha256", (0, 7))
+        device.extend_pcr(9, "sha256", b"an unbound measurement")
+        assert device.unseal(blob) == bytearray(secret)
+    swtpm.restart()  # PCRs reset: the key stays sealed until the same boot is measured again
+    with Tpm(swtpm.tcti) as device:
+        with pytest.raises(PcrMismatch) as raised:
+            device.unseal(blob)
+        assert raised.value.pcrs == [0, 7]
+        swtpm.measure_boot(device)
+        assert device.unseal(blob) == bytearray(secret)
+
+
+def test_s3_unmeasured_boot_is_refused_unless_allowed(swtpm):
+    with Tpm(swtpm.tcti) as device:
+        with pytest.raises(UnmeasuredBoot, match="sha256:0,4 is all zero"):
+            device.seal(os.urandom(64), "sha256", (7,))
+        device.extend_pcr(0, "sha256", b"firmware only")
+        with pytest.raises(UnmeasuredBoot, match="sha256:4 is all zero"):
+            device.seal(os.urandom(64), "sha256", (0, 7))
+        secret = os.urandom(32)
+        blob = device.seal(secret, "sha256", (0, 7), allow_unmeasured_boot=True)
+        assert device.unseal(blob) == bytearray(secret)
+
+
+def test_s3_bank_the_firmware_never_extends_is_refused(booted):
+    # measure_boot extended sha256 only: the sha384 bank exists but holds zeros
+    with pytest.raises(UnmeasuredBoot, match="sha384"):
+        booted.seal(os.urandom(64), "sha384", BOUND)
+
+
+def test_s3_unallocated_bank_is_refused(swtpm):
+    subprocess.run(["tpm2_pcrallocate", "-T", swtpm.tcti, "sha1:none+sha256:all"],
+                   check=True, capture_output=True)
+    swtpm.restart()  # allocation takes effect at the next TPM reset
+    with Tpm(swtpm.tcti) as device:
+        assert "sha1" not in device.allocated_banks()
+        swtpm.measure_boot(device)
+        with pytest.raises(BankNotAllocated, match="no allocated `sha1` PCR bank"):
+            device.seal(os.urandom(64), "sha1", BOUND)
+        with pytest.raises(BankNotAllocated, match="unknown PCR bank `md5`"):
+            device.seal(os.urandom(64), "md5", BOUND)
+        with pytest.raises(BankNotAllocated, match="out of range"):
+            device.seal(os.urandom(64), "sha256", (0, 24))
+        with pytest.raises(TpmPolicyFailure, match="at least one PCR"):
+            device.seal(os.urandom(64), "sha256", ())
+
+
+def test_tampered_blobs_are_refused_specifically(booted):
+    blob = booted.seal(os.urandom(64), "sha256", BOUND)
+    record = json.loads(blob.to_json())
+
+    forged_values = dict(record, pcr_values={**record["pcr_values"], "7": "00" * 32})
+    with pytest.raises(TpmPolicyFailure, match="inconsistent"):
+        booted.unseal(SealedBlob.from_json(json.dumps(forged_values)))
+
+    other = booted.seal(os.urandom(64), "sha256", (0, 4))
+    swapped = SealedBlob(blob.bank, other.pcrs, blob.public, blob.private, other.policy_digest, other.pcr_values)
+    with pytest.raises(TpmPolicyFailure, match="authPolicy"):
+        booted.unseal(swapped)
+
+    flipped = bytearray(blob.private)
+    flipped[-1] ^= 1
+    with pytest.raises(TpmFailure):
+        booted.unseal(SealedBlob(blob.bank, blob.pcrs, blob.public, bytes(flipped), blob.policy_digest,
+                                 blob.pcr_values))
+
+    for broken in ("not json", json.dumps(dict(record, public="***")), json.dumps(dict(record, pcrs=[0]))):
+        with pytest.raises(InvalidSealedBlob):
+            SealedBlob.from_json(broken)
+
+
+def test_s11_loaded_handles_unchanged_after_many_cycles_including_failures(swtpm):
+    with Tpm(swtpm.tcti) as device:
+        swtpm.measure_boot(device)
+        device.seal(os.urandom(64), "sha256", BOUND)  # the cached primary is loaded from here on
+        before = device.loaded_handles()
+        assert before == {"transient": 1, "loaded_sessions": 0, "saved_sessions": 0}
+        for round_number in range(15):
+            secret = os.urandom(64)
+            blob = device.seal(secret, "sha256", BOUND)
+            assert device.unseal(blob) == bytearray(secret)
+            device.extend_pcr(BOUND[round_number % len(BOUND)], "sha256", b"drift %d" % round_number)
+            with pytest.raises(PcrMismatch):
+                device.unseal(blob)
+            with pytest.raises(TpmFailure):
+                device.unseal(SealedBlob(blob.bank, blob.pcrs, blob.public, blob.private[:-1] + b"\0",
+                                         blob.policy_digest, blob.pcr_values))
+            assert device.loaded_handles() == before
+    with Tpm(swtpm.tcti) as device:  # closing flushed the primary too
+        assert device.loaded_handles() == {"transient": 0, "loaded_sessions": 0, "saved_sessions": 0}
+
+
+def test_read_pcrs_beyond_one_batch_and_extend_semantics(swtpm):
+    with Tpm(swtpm.tcti) as device:
+        values = device.read_pcrs("sha256", range(24))
+        assert sorted(values) == list(range(24)) and values[0] == bytes(32)
+        device.extend_pcr(10, "sha256", b"measured blob")
+        expected = hashlib.sha256(bytes(32) + hashlib.sha256(b"measured blob").digest()).digest()
+        assert device.read_pcrs("sha256", [10]) == {10: expected}
+
+
+def test_unreachable_tpm_is_backend_unavailable(needs_device):
+    with pytest.raises(tpm_module.BackendUnavailable, match="cannot open the TPM"):
+        Tpm("swtpm:host=127.0.0.1,port=1")
