@@ -1,0 +1,192 @@
+"""Two plans -> a `ChangeSet`: what changes, its data impact, the apps it touches, and what the device
+would refuse. Pure data (frozen dataclasses); the jinja2 templates in `templates/diff.*` render it.
+
+Things are matched by name and compared field by field, so reordering in the source never shows up,
+and plan metadata (version, times, digests) is not a change: a plan diffed with its successor from
+the same policy is empty (S15).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+from .plan import Plan, PlanModel, Vault
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    DESTROY = "destroy"
+
+
+MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.DESTROY: "-"}
+
+
+class Impact(StrEnum):
+    """What happens to the data at rest, mildest first."""
+
+    NONE = "none"
+    RESEAL = "reseal"  # the key is sealed again to other PCRs or another attestation
+    REKEY = "rekey"  # the rotation schedule changes: a new key wraps the data
+    RE_ENCRYPT = "re-encrypt"  # the data migrates into a new encrypted directory (cipher or path)
+    DECRYPTS_DATA = "decrypts data"  # encryption becomes `none`: data will rest in plain text
+    DESTROYS_DATA = "destroys data"
+
+
+_IMPACT_ORDER = list(Impact)
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    old: str | None  # canonical JSON of the value; None when absent
+    new: str | None
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # "device", "attestation", "vault", "app", "component"
+    name: str
+    action: Action
+    marker: str
+    impact: Impact
+    fields: tuple[FieldChange, ...]
+    affected_apps: tuple[str, ...]
+    blocked: str | None = None  # why the device would refuse the plan because of this change
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    old: str  # labels of the inputs, e.g. file names
+    new: str
+    changes: tuple[Change, ...]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def blocked(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.blocked)
+
+    def count(self, action: str) -> int:
+        return sum(1 for c in self.changes if c.action == action)
+
+
+def _value(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(", ", ": "))
+
+
+def _field_changes(old: PlanModel | None, new: PlanModel | None) -> tuple[FieldChange, ...]:
+    before = old.model_dump(mode="json") if old is not None else {}
+    after = new.model_dump(mode="json") if new is not None else {}
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        if key == "name" or before.get(key) == after.get(key):
+            continue
+        changes.append(
+            FieldChange(
+                key,
+                _value(before[key]) if key in before else None,
+                _value(after[key]) if key in after else None,
+            )
+        )
+    return tuple(changes)
+
+
+def _worst(impacts) -> Impact:
+    return max(impacts, key=_IMPACT_ORDER.index, default=Impact.NONE)
+
+
+def _apps_using(vault: str, *plans: Plan) -> tuple[str, ...]:
+    return tuple(sorted({a.name for plan in plans for a in plan.apps if a.vault == vault}))
+
+
+def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan: Plan) -> Change | None:
+    fields = _field_changes(old, new)
+    if old is not None and new is not None and not fields:
+        return None
+    name = (new or old).name
+    blocked = None
+    protected = old is not None and (old.protected or name in old_plan.protected)
+    if old is None:
+        action, impact = Action.CREATE, Impact.NONE
+    elif new is None:
+        action = Action.DESTROY
+        impact = Impact.DESTROYS_DATA if old.on_remove == "destroy" else Impact.NONE
+        if protected and old.on_remove == "destroy":
+            blocked = f"vault `{name}` is protected: the device refuses a plan that destroys it"
+    else:
+        changed = {f.field for f in fields}
+        impacts = []
+        if "seal" in changed:
+            impacts.append(Impact.RESEAL)
+        if "rotate_seconds" in changed:
+            impacts.append(Impact.REKEY)
+        if "encryption" in changed or "path" in changed:
+            impacts.append(Impact.DECRYPTS_DATA if new.encryption == "none" else Impact.RE_ENCRYPT)
+        if old.encryption == "none" and new.encryption == "none" and changed == {"path"}:
+            impacts = [Impact.NONE]  # moving plain files changes nothing about their protection
+        impact = _worst(impacts)
+        action = Action.REPLACE if changed & {"encryption", "path"} else Action.UPDATE
+        if protected and "encryption" in changed:
+            blocked = f"vault `{name}` is protected: the device refuses a plan that changes its encryption"
+    return Change("vault", name, action, MARKERS[action], impact, fields, _apps_using(name, old_plan, new_plan), blocked)
+
+
+def _simple_change(kind: str, old, new, affected: tuple[str, ...], impact: Impact = Impact.NONE) -> Change | None:
+    fields = _field_changes(old, new)
+    if old is not None and new is not None and not fields:
+        return None
+    action = Action.CREATE if old is None else Action.DESTROY if new is None else Action.UPDATE
+    return Change(kind, (new or old).name, action, MARKERS[action], impact, fields, affected)
+
+
+def _pairs(old_items, new_items):
+    before = {item.name: item for item in old_items}
+    after = {item.name: item for item in new_items}
+    for name in sorted(set(before) | set(after)):
+        yield before.get(name), after.get(name)
+
+
+def _device_change(old: Plan, new: Plan) -> Change | None:
+    fields = _field_changes(old.device, new.device)
+    fields += _field_changes_of("targets", old.targets, new.targets)
+    if not fields:
+        return None
+    return Change("device", "device", Action.UPDATE, MARKERS[Action.UPDATE], Impact.NONE, fields, ())
+
+
+def _field_changes_of(field: str, old, new) -> tuple[FieldChange, ...]:
+    return () if old == new else (FieldChange(field, _value(list(old)), _value(list(new))),)
+
+
+def _apps_sealed_by(attestation: str, *plans: Plan) -> tuple[str, ...]:
+    vaults = {v.name for plan in plans for v in plan.vaults if v.seal and v.seal.attestation == attestation}
+    return tuple(sorted({a.name for plan in plans for a in plan.apps if a.vault in vaults}))
+
+
+def diff_plans(old: Plan, new: Plan, old_label: str = "old", new_label: str = "new") -> ChangeSet:
+    changes: list[Change | None] = [_device_change(old, new)]
+    for before, after in _pairs(old.attestations, new.attestations):
+        binding = before is not None and after is not None and (before.bank, before.pcrs) != (after.bank, after.pcrs)
+        name = (after or before).name
+        changes.append(
+            _simple_change("attestation", before, after, _apps_sealed_by(name, old, new), Impact.RESEAL if binding else Impact.NONE)
+        )
+    for before, after in _pairs(old.vaults, new.vaults):
+        changes.append(_vault_change(before, after, old, new))
+    for before, after in _pairs(old.apps, new.apps):
+        changes.append(_simple_change("app", before, after, ((after or before).name,)))
+    for before, after in _pairs(old.components, new.components):
+        changes.append(_simple_change("component", before, after, ()))
+    return ChangeSet(old_label, new_label, tuple(c for c in changes if c is not None))
+
+
+def to_json(changeset: ChangeSet) -> str:
+    data = asdict(changeset)
+    data["has_changes"] = changeset.has_changes
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,63 @@
+"""`vaultpolicy diff OLD NEW`: what changes between two policies, plans or signed plans, and what it
+does to the data. `--exit-code`: 0 no change, 2 changes, 1 error."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from compiler import BuildOptions, compile_policy
+from compiler.diff import diff_plans, to_json
+from compiler.files import load_plan, plan_payload, read_input
+from compiler.plan import Plan
+from compiler.render import render
+from compiler.source import load_policy, print_diagnostics
+from vaultpolicy import status_codes
+from vaultpolicy.errors import InputError
+
+_TEMPLATES = {"text": "diff.txt", "markdown": "diff.md", "html": "diff.html"}
+# Only the content of a policy is compared, never plan metadata, so these values never show.
+_POLICY_OPTIONS = BuildOptions(
+    plan_version=1, issued_at=datetime(2000, 1, 1, tzinfo=timezone.utc), valid_for_seconds=1, source_sha256=""
+)
+
+
+def add_arguments(parser, key) -> None:
+    parser.add_argument("old", metavar="OLD", help="a policy (.vpol), a plan or a signed plan")
+    parser.add_argument("new", metavar="NEW", help="a policy (.vpol), a plan or a signed plan")
+    parser.add_argument("--format", choices=("text", "markdown", "html", "json"), default="text")
+    parser.add_argument("--exit-code", action="store_true", help="exit 0 when nothing changes, 2 when something does")
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def load_side(path: str) -> Plan:
+    data = read_input(path, "input")
+    if _is_json(data):
+        return load_plan(plan_payload(data, path), path)
+    policy, sources, diagnostics = load_policy(path)
+    plan = None
+    if policy is not None and not diagnostics.has_errors():
+        plan, compile_diagnostics = compile_policy(policy, _POLICY_OPTIONS)
+        diagnostics.extend(compile_diagnostics)
+    if plan is None:
+        print_diagnostics(diagnostics, sources)
+        raise InputError(f"cannot diff `{path}`: the policy has errors")
+    return plan
+
+
+def run(args) -> int:
+    changeset = diff_plans(load_side(args.old), load_side(args.new), args.old, args.new)
+    if args.format == "json":
+        print(to_json(changeset), end="")
+    else:
+        print(render(_TEMPLATES[args.format], cs=changeset), end="")
+    if args.exit_code and changeset.has_changes:
+        return status_codes.CHANGES
+    return status_codes.SUCCESS
