@@ -104,6 +104,13 @@ EMPTY_REASON = register(
     "an empty string is not a reason.",
     'vault images { disabled "" }',
 )
+FORMAT_CHANGED_MEANING = register(
+    "VP0019", "formatter would change the policy",
+    "`vaultpolicy fmt` re-parses the text it produced and compares the result with the original: the "
+    "same items and settings, and the same comments in the same order. If they differ the file is left "
+    "as it was. This is a bug in the formatter; please report it with the file.",
+    "(no example: any valid policy should format)",
+)
 INCLUDE_NOT_FOUND = register(
     "VP0020", "file cannot be read",
     "A policy file, or a file named by `include`, does not exist or cannot be read. Paths in "

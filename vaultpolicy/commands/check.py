@@ -1,0 +1,39 @@
+"""`vaultpolicy check FILE...`: every syntax and compiler diagnostic of each policy, in one run."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from compiler import check as compile_check
+from policy_lang import load
+from policy_lang.diagnostics import Diagnostics, render_text, summary_line, to_json
+from vaultpolicy import status_codes
+
+
+def add_arguments(parser, key) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="policy files (.vpol); includes are followed")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text: rustc-style on stderr (default); json: diagnostics with full ranges on stdout")
+
+
+def run(args) -> int:
+    found = Diagnostics()
+    sources: dict[str, str] = {}
+    for file in args.files:
+        result = load(file)
+        sources.update(result.sources)
+        diagnostics = Diagnostics(result.diagnostics)
+        if result.policy is not None:  # compiler checks on a partial policy would only add noise
+            diagnostics.extend(compile_check(result.policy))
+        found.extend(diagnostics.sorted())
+    summary = f"{summary_line(found)} in {len(args.files)} file{'s' if len(args.files) != 1 else ''}"
+    if args.format == "json":
+        report = {"files": args.files, "errors": len(found.errors()), "warnings": len(found.warnings()),
+                  "diagnostics": to_json(found)}
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        if found:
+            print(render_text(found, sources) + "\n", file=sys.stderr)
+        print(f"check: {summary}", file=sys.stderr if found.has_errors() else sys.stdout)
+    return status_codes.ERROR if found.has_errors() else status_codes.SUCCESS
