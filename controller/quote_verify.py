@@ -134,9 +134,15 @@ def check_pcr_digest(quote: Quote, parsed: ParsedAttest, attestation: Attestatio
             f"quote covers {_selection_text(parsed.selection)}, the policy `{attestation.name}` asks for "
             f"{attestation.bank}:{','.join(map(str, wanted))}",
         )
-    if sorted(quote.pcrs) != list(wanted):
+    check_reported_values(quote, parsed)
+
+
+def check_reported_values(quote: Quote, parsed: ParsedAttest) -> None:
+    """The reported PCR values are the quoted ones: same selection, and they hash to the signed digest."""
+    quoted = parsed.selection.get(quote.bank)
+    if len(parsed.selection) != 1 or quoted is None or sorted(quote.pcrs) != list(quoted):
         raise AttestationRejected("pcr-digest", "reported PCR values do not match the quoted selection")
-    if pcr_digest(quote.pcrs, wanted, attestation.bank) != parsed.pcr_digest:
+    if pcr_digest(quote.pcrs, quoted, quote.bank) != parsed.pcr_digest:
         raise AttestationRejected("pcr-digest", "reported PCR values do not hash to the quoted PCR digest (altered values?)")
 
 

@@ -1,0 +1,228 @@
+"""Drift reports: what the device observes, per vault, bound to its TPM so nobody can forge one.
+
+The report (`Report`, format "vaultpolicy.report.v1", published as docs/report.schema.json, which
+`Report.model_json_schema()` generates) carries per vault a condition — Ready, Locked, Drifted,
+Disabled, Orphaned — with a kebab-case reason and a message, the PCRs that no longer match the
+sealed key, usage against the limit, last rotation and whether it is overdue, escrow state, and how
+the vault was last unlocked. Everything comes from `enforcer.observe` (kernel and TPM), never from a
+log of what the enforcer believes it did (S6).
+
+Signing: the report's canonical bytes (RFC 8785) are hashed into a TPM2_Quote's qualifying data
+(purpose "report", with the controller's nonce when one was given), signed by the attestation key.
+The signed report ("vaultpolicy.signed-report.v1") holds the exact report bytes and the quote, so an
+edited report no longer matches the quote, and a report from another TPM fails the enrolled key.
+
+Condition precedence (the first that applies): Orphaned (managed but no longer in the plan) →
+Disabled (an encrypted vault's path holds plaintext: S5, loudly) → Drifted (path, policy, seal or
+limit differ from the plan) → Locked (key not in the kernel; the reason names PCRs that changed) →
+Ready.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime
+from typing import Literal
+
+import rfc8785
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from compiler.plan import Plan, Vault, format_time, parse_time
+from enforcer.attest import Quote
+from enforcer.escrow import escrow_state, load_json_object
+from enforcer.observe import Observed, ObservedVault, PathState
+from enforcer.fscrypt import KeyStatus
+from enforcer.release import last_unlocks
+from enforcer.state import StateDir
+from vaultpolicy.errors import InputError
+
+REPORT_FORMAT = "vaultpolicy.report.v1"
+SIGNED_REPORT_FORMAT = "vaultpolicy.signed-report.v1"
+
+Condition = Literal["Ready", "Locked", "Drifted", "Disabled", "Orphaned"]
+
+
+class ReportModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Usage(ReportModel):
+    used_bytes: int | None = Field(description="bytes in use on the vault's storage, from statvfs")
+    limit_bytes: int = Field(description="the plan's limit; 0 means no limit")
+
+
+class Rotation(ReportModel):
+    last_rotated: str | None = Field(description="RFC 3339 UTC time the key was created or last rotated, if known")
+    rotate_seconds: int | None = Field(description="the plan's rotation period")
+    overdue: bool | None = Field(description="null when the last rotation time is unknown")
+
+
+class LastUnlock(ReportModel):
+    method: Literal["tpm-sealed", "controller-release", "none"]
+    at: str | None = None
+
+
+class VaultReport(ReportModel):
+    name: str
+    condition: Condition
+    reason: str = Field(description="stable kebab-case word; tools branch on this, not on the message")
+    message: str
+    mismatching_pcrs: list[int] = Field(description="PCRs whose value differs from the one the key is sealed to")
+    usage: Usage
+    rotation: Rotation
+    escrow: Literal["missing", "pending", "acknowledged", "not-required"]
+    last_unlock: LastUnlock
+
+
+class PlanRef(ReportModel):
+    plan_version: int | None = Field(description="the applied plan's version; null when none was applied")
+    plan_sha256: str | None = None
+
+
+class Report(ReportModel):
+    """A device's drift report (vaultpolicy.report.v1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="vaultpolicy drift report")
+
+    format: Literal["vaultpolicy.report.v1"] = REPORT_FORMAT
+    device_id: str
+    generated_at: str = Field(description="RFC 3339 UTC")
+    plan: PlanRef
+    vaults: list[VaultReport]
+
+    def to_bytes(self) -> bytes:
+        return rfc8785.dumps(self.model_dump(mode="json"))
+
+    @property
+    def drifting(self) -> list[VaultReport]:
+        return [v for v in self.vaults if v.condition != "Ready"]
+
+
+def report_schema() -> dict:
+    """The published JSON Schema (docs/report.schema.json); a test keeps the file equal to this."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Report.model_json_schema()}
+
+
+def load_report(data: bytes, source: str = "report") -> Report:
+    try:
+        return Report.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "report"
+        raise InputError(f"{source}: field `{where}`: {first['msg']}") from None
+
+
+# --- the pure part: one vault's condition -----------------------------------------------------------
+
+
+def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool) -> tuple[Condition, str, str]:
+    if wanted is None:
+        return "Orphaned", "removed-from-plan", "the plan no longer has this vault; its data is retained, locked"
+    encrypted = wanted.encryption != "none"
+    if seen.path_state is PathState.MISSING:
+        return "Drifted", "path-missing", f"{seen.path} does not exist"
+    if seen.path_state is not PathState.DIRECTORY:
+        return "Drifted", "path-not-directory", f"{seen.path} is a {seen.path_state.value}, not a plain directory"
+    if encrypted and seen.policy is None and (seen.empty is False or seen.staged_plaintext):
+        return "Disabled", "plaintext-directory", f"{seen.path} holds unencrypted files where an encrypted vault belongs"
+    if not encrypted:
+        return "Ready", "unencrypted-by-policy", "the plan keeps this directory unencrypted"
+    if seen.policy is None:
+        return "Drifted", "not-encrypted", f"{seen.path} has no encryption policy" + ("" if managed else " (not created yet)")
+    if seen.seal is None:
+        return "Drifted", "no-sealed-key", "no sealed key is recorded for this vault"
+    if seen.policy.key_identifier != seen.seal.key_identifier:
+        return "Drifted", "key-mismatch", "the directory is encrypted with a different key than the sealed one"
+    if wanted.seal and (seen.seal.bank, tuple(sorted(seen.seal.pcrs))) != (wanted.seal.bank, tuple(sorted(wanted.seal.pcrs))):
+        return "Drifted", "seal-selection", f"the key is sealed to {seen.seal.bank}:{_pcrs(seen.seal.pcrs)}, the plan wants {wanted.seal.bank}:{_pcrs(wanted.seal.pcrs)}"
+    if not seen.seal.digest_ok:
+        return "Drifted", "seal-policy", "the sealed key's policy digest does not match its recorded PCR values"
+    if wanted.limit_bytes and seen.used_bytes is not None and seen.used_bytes > wanted.limit_bytes:
+        return "Drifted", "over-limit", f"{seen.used_bytes} bytes used, limit {wanted.limit_bytes}"
+    if seen.key_status is not KeyStatus.PRESENT:
+        if seen.seal.changed_pcrs:
+            return "Locked", "pcr-mismatch", f"locked: PCR {seen.seal.bank}:{_pcrs(seen.seal.changed_pcrs)} changed since sealing"
+        return "Locked", "key-absent", "the key is not in the kernel; run `vaultpolicy device unlock`"
+    return "Ready", "ready", "unlocked, encrypted and sealed as the plan says"
+
+
+def _pcrs(pcrs) -> str:
+    return ",".join(map(str, sorted(pcrs)))
+
+
+def build_report(
+    device_id: str, plan: Plan | None, plan_sha256: str | None, observed: Observed, state: StateDir, now: datetime
+) -> Report:
+    unlocks = last_unlocks(state)
+    escrow_required = bool(plan and any(a.escrow_required for a in plan.attestations))
+    vaults = []
+    for name, seen in sorted(observed.vaults.items()):
+        wanted = plan.vault(name) if plan else None
+        condition, reason, message = vault_condition(wanted, seen, name in observed.records)
+        sealed = state.sealed(name) or {}
+        last_rotated = sealed.get("rotated_at")
+        rotate_seconds = wanted.rotate_seconds if wanted else None
+        overdue = None
+        if last_rotated and rotate_seconds:
+            overdue = (now - parse_time(last_rotated)).total_seconds() > rotate_seconds
+        escrow = escrow_state(state.root, name)
+        if escrow == "missing" and not escrow_required:
+            escrow = "not-required"
+        unlock = unlocks.get(name)
+        key_in_kernel = seen.key_status is KeyStatus.PRESENT
+        vaults.append(
+            VaultReport(
+                name=name,
+                condition=condition,
+                reason=reason,
+                message=message,
+                mismatching_pcrs=sorted(seen.seal.changed_pcrs) if seen.seal else [],
+                usage=Usage(used_bytes=seen.used_bytes, limit_bytes=wanted.limit_bytes if wanted else 0),
+                rotation=Rotation(last_rotated=last_rotated, rotate_seconds=rotate_seconds, overdue=overdue),
+                escrow=escrow,
+                # the record says how the key got in; the kernel says whether it is in now
+                last_unlock=LastUnlock(**unlock) if unlock and key_in_kernel else LastUnlock(method="none"),
+            )
+        )
+    return Report(
+        device_id=device_id,
+        generated_at=format_time(now),
+        plan=PlanRef(plan_version=plan.plan_version if plan else None, plan_sha256=plan_sha256),
+        vaults=vaults,
+    )
+
+
+# --- signing with the TPM -------------------------------------------------------------------------
+
+
+def report_binding(report_bytes: bytes) -> bytes:
+    return hashlib.sha256(report_bytes).digest()
+
+
+def sign_report(tcti: str, report: Report, nonce: bytes, bank: str, pcrs: tuple[int, ...]) -> bytes:
+    from enforcer.attest import AttestationTpm
+
+    report_bytes = report.to_bytes()
+    with AttestationTpm(tcti) as tpm:
+        quote = tpm.quote(report.device_id, "report", nonce, report_binding(report_bytes), bank, pcrs)
+    return rfc8785.dumps(
+        {
+            "format": SIGNED_REPORT_FORMAT,
+            "report": base64.b64encode(report_bytes).decode(),
+            "quote": json.loads(quote.to_bytes()),
+        }
+    )
+
+
+def split_signed_report(data: bytes, source: str = "signed report") -> tuple[bytes, Quote]:
+    """(exact report bytes, quote); no check here: `controller.drift.verify_report` does that."""
+    obj = load_json_object(data, source, SIGNED_REPORT_FORMAT)
+    if not isinstance(obj.get("report"), str) or not isinstance(obj.get("quote"), dict):
+        raise InputError(f"{source}: needs `report` (base64) and `quote` (object)")
+    try:
+        report_bytes = base64.b64decode(obj["report"], validate=True)
+    except ValueError:
+        raise InputError(f"{source}: field `report` is not valid base64") from None
+    return report_bytes, Quote.from_obj(obj["quote"], f"{source}: quote")

@@ -1,0 +1,131 @@
+"""Drift reports: conditions computed from observations, signed by the TPM, verified by the controller
+(issue 6, must show 3: an edited report fails, a report from another TPM fails)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from compiler.plan import Seal, Vault
+from controller import nonce as nonces
+from controller.drift import render, summarise, verify_report
+from controller.errors import AttestationRejected
+from enforcer.attest import AttestationTpm
+from enforcer.fscrypt import EncryptionPolicy, KeyStatus
+from enforcer.observe import ObservedSeal, ObservedVault, PathState
+from enforcer.report import LastUnlock, PlanRef, Report, Rotation, Usage, VaultReport, report_schema, sign_report, vault_condition
+
+NOW = 1_800_000_000
+KEY = bytes(range(16))
+SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "report.schema.json"
+
+
+def vault(**changes) -> Vault:
+    base = dict(name="config", path="/persist/vault/config", encryption="aes-256-xts", limit_bytes=1 << 20,
+                seal=Seal(bank="sha256", pcrs=(0, 7)), on_remove="retain")
+    return Vault(**{**base, **changes})
+
+
+def seen(**changes) -> ObservedVault:
+    base = dict(
+        name="config", path="/r/persist/vault/config", path_state=PathState.DIRECTORY, mounted=True, used_bytes=4096,
+        policy=EncryptionPolicy(2, "aes-256-xts", "aes-256-cts", 2, KEY), key_status=KeyStatus.PRESENT,
+        seal=ObservedSeal(KEY, "sha256", (0, 7), True, ()),
+    )
+    return ObservedVault(**{**base, **changes})
+
+
+@pytest.mark.parametrize(
+    "wanted, observed, expected",
+    [
+        (vault(), seen(), ("Ready", "ready")),
+        (None, seen(), ("Orphaned", "removed-from-plan")),
+        (vault(), seen(policy=None, empty=False, mounted=False), ("Disabled", "plaintext-directory")),
+        (vault(), seen(path_state=PathState.MISSING), ("Drifted", "path-missing")),
+        (vault(), seen(path_state=PathState.SYMLINK_IN_PATH), ("Drifted", "path-not-directory")),
+        (vault(), seen(policy=EncryptionPolicy(2, "aes-256-xts", "aes-256-cts", 2, bytes(16))), ("Drifted", "key-mismatch")),
+        (vault(seal=Seal(bank="sha256", pcrs=(0, 4, 7))), seen(), ("Drifted", "seal-selection")),
+        (vault(), seen(used_bytes=2 << 20), ("Drifted", "over-limit")),
+        (vault(), seen(key_status=KeyStatus.ABSENT), ("Locked", "key-absent")),
+        (vault(), seen(key_status=KeyStatus.ABSENT, seal=ObservedSeal(KEY, "sha256", (0, 7), True, (7,))), ("Locked", "pcr-mismatch")),
+        (vault(encryption="none", seal=None), seen(policy=None, seal=None, empty=False), ("Ready", "unencrypted-by-policy")),
+    ],
+)
+def test_vault_condition(wanted, observed, expected):
+    condition, reason, message = vault_condition(wanted, observed, managed=True)
+    assert (condition, reason) == expected
+    if reason == "pcr-mismatch":
+        assert "sha256:7" in message
+
+
+def test_published_schema_is_the_models_schema():
+    assert json.loads(SCHEMA.read_text()) == report_schema()
+
+
+def locked_report(device_id: str) -> Report:
+    return Report(
+        device_id=device_id,
+        generated_at="2027-01-15T08:00:00Z",
+        plan=PlanRef(plan_version=3, plan_sha256="ab" * 32),
+        vaults=[
+            VaultReport(
+                name="config", condition="Locked", reason="pcr-mismatch", message="locked: PCR sha256:7 changed since sealing",
+                mismatching_pcrs=[7], usage=Usage(used_bytes=4096, limit_bytes=1 << 20),
+                rotation=Rotation(last_rotated=None, rotate_seconds=None, overdue=None), escrow="pending",
+                last_unlock=LastUnlock(method="none"),
+            )
+        ],
+    )
+
+
+@pytest.fixture
+def enrolled(make_tpm, store):
+    tpm = make_tpm()
+    tpm.measure_boot()
+    with AttestationTpm(tpm.tcti) as device:
+        identity = device.identity("gw-1")
+    store.enroll("gw-1", identity.ak_public_pem, identity.ak_name, identity.release_public_pem, NOW)
+    return tpm
+
+
+def test_signed_report_verifies_and_renders(enrolled, store, make_policy):
+    nonce = nonces.issue(store, "gw-1", make_policy(), NOW)
+    signed = sign_report(enrolled.tcti, locked_report("gw-1"), nonce, "sha256", (0, 2, 4, 7))
+    verified = verify_report(store, signed, NOW)
+    assert verified.fresh and verified.report.vaults[0].mismatching_pcrs == [7]
+    with pytest.raises(AttestationRejected, match="already used"):
+        verify_report(store, signed, NOW)  # the nonce proved freshness once
+
+    summary = summarise([verified], [("old.json", "the report was changed after the device signed it")])
+    text = render(summary, "text")
+    assert "gw-1: plan 3" in text and "config: Locked (pcr-mismatch)" in text and "[PCRs 7]" in text
+    assert "| gw-1 | 3 | config | Locked | pcr-mismatch | 7 | pending | none |" in render(summary, "markdown")
+    assert "<td>pcr-mismatch</td>" in render(summary, "html")
+
+
+def test_edited_report_fails(enrolled, store):
+    signed = json.loads(sign_report(enrolled.tcti, locked_report("gw-1"), b"", "sha256", (0, 7)))
+    report = json.loads(base64.b64decode(signed["report"]))
+    report["vaults"][0]["condition"] = "Ready"
+    signed["report"] = base64.b64encode(json.dumps(report).encode()).decode()
+    with pytest.raises(AttestationRejected) as caught:
+        verify_report(store, json.dumps(signed).encode(), NOW)
+    assert caught.value.reason == "report-altered"
+
+
+def test_report_from_another_tpm_fails(enrolled, store, make_tpm):
+    impostor = make_tpm()
+    signed = sign_report(impostor.tcti, locked_report("gw-1"), b"", "sha256", (0, 7))
+    with pytest.raises(AttestationRejected) as caught:
+        verify_report(store, signed, NOW)
+    assert caught.value.reason == "bad-signature"
+
+
+def test_unsolicited_report_is_refused_when_a_nonce_is_required(enrolled, store):
+    signed = sign_report(enrolled.tcti, locked_report("gw-1"), b"", "sha256", (0, 7))
+    assert not verify_report(store, signed, NOW).fresh
+    with pytest.raises(AttestationRejected, match="no controller nonce"):
+        verify_report(store, signed, NOW, require_nonce=True)
