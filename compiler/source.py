@@ -12,15 +12,12 @@ from policy_lang.diagnostics import Diagnostics, render_text, summary_line
 
 
 def source_sha256(sources: dict[str, str], main_file: str) -> str:
-    """SHA-256 over every source file, named relative to the main file's directory, in name order.
-
-    NOTE: hashes the text as written until policy_lang offers a formatter; then hash the formatted
-    text so that reformatting a policy does not change its plans.
-    """
+    """SHA-256 over the formatted text of every source file, named relative to the main file's
+    directory, in name order: reformatting a policy does not change the digest its plans record."""
     base = Path(main_file).resolve().parent
     digest = hashlib.sha256()
     for file in sorted(sources, key=lambda f: _relative(f, base)):
-        for part in (_relative(file, base), sources[file]):
+        for part in (_relative(file, base), policy_lang.format_text(sources[file], file)):
             encoded = part.encode()
             digest.update(b"%d:" % len(encoded) + encoded)
     return digest.hexdigest()

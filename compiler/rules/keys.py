@@ -8,6 +8,7 @@ from policy_lang.diagnostics import Diagnostic, Span, error
 
 from .. import codes
 from ..model import Model, first_span
+from ..units import format_duration
 
 ONE_DAY = 86400
 
@@ -21,7 +22,7 @@ def rotation(model: Model) -> Iterator[Diagnostic]:
         reported.add(rotate.span)
         yield error(
             codes.ROTATION_TOO_SHORT,
-            f"vault `{vault.name.value}` rotates its key every {rotate.value} seconds, more often than once a day",
+            f"vault `{vault.name.value}` rotates its key every {format_duration(rotate.value)}, more often than once a day",
             rotate.span,
             "rotate every 1d or longer",
         )

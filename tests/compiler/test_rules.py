@@ -1,0 +1,183 @@
+"""One case per verification rule: the exact code and position, and nothing else reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from policy_lang.codes import all_codes
+
+CASES = {
+    # --- names
+    "VP0101 unknown vault": ('vault data { limit 1GiB }\napp a { vault dta }\n', [("VP0101", 2, 15)]),
+    "VP0102 duplicate vault": ('vault data { path "/persist/a" }\nvault data { path "/persist/b" }\n', [("VP0102", 2, 7)]),
+    "VP0103 unknown attestation": (
+        "attestation boot { pcrs 0, 4, 7 }\nvault data { seal bot }\n",
+        [("VP0103", 2, 19)],
+    ),
+    "VP0104 duplicate attestation": (
+        "attestation boot { pcrs 0, 4, 7 }\nattestation boot { pcrs 0, 4, 7 }\n",
+        [("VP0104", 2, 13)],
+    ),
+    "VP0105 duplicate app": ("app a { vault images }\napp a { vault config }\n", [("VP0105", 2, 5)]),
+    "VP0106 duplicate component": (
+        'component c { stores "/persist/x" }\ncomponent c { stores "/persist/y" }\n',
+        [("VP0106", 2, 11)],
+    ),
+    "VP0107 opt-out of a declared vault": ('vault data { disabled "not needed" }\n', [("VP0107", 1, 23)]),
+    "VP0108 second device block": ('device { persist "/persist" }\ndevice { capacity 1GiB }\n', [("VP0108", 2, 1)]),
+    # --- paths
+    "VP0201 relative path": ('vault data { path "persist/data" }\n', [("VP0201", 1, 19)]),
+    "VP0202 dot-dot": ('vault data { path "/persist/vault/../data" }\n', [("VP0202", 1, 19)]),
+    "VP0203 outside persist": ('vault data { path "/var/data" }\n', [("VP0203", 1, 19)]),
+    "VP0204 nested vaults": (
+        'vault a { path "/persist/a" }\nvault b { path "/persist/a/b" }\n',
+        [("VP0204", 2, 16)],
+    ),
+    "VP0204 same directory": (
+        'vault a { path "/persist/a" }\nvault b { path "/persist/a" }\n',
+        [("VP0204", 2, 16)],
+    ),
+    "VP0205 holds outside vault": ('vault a { path "/persist/a"  holds "/persist/b" }\n', [("VP0205", 1, 36)]),
+    "VP0206 declared vault on a built-in path": ('vault a { path "/persist/vault/config" }\n', [("VP0206", 1, 16)]),
+    "VP0206 declared vault covering a built-in": ('vault a { path "/persist/vault" }\n', [("VP0206", 1, 16), ("VP0206", 1, 16)]),
+    # --- coverage
+    "VP0301 sensitive outside vaults": ('component c { stores "/persist/secret" sensitive }\n', [("VP0301", 1, 22)]),
+    "VP0301 sensitive in a clear vault": (
+        'vault scratch { path "/persist/clear"  encryption none }\ncomponent c { stores "/persist/clear/x" sensitive }\n',
+        [("VP0301", 2, 22)],
+    ),
+    "VP0302 end-to-end on a clear vault": (
+        'vault scratch { path "/persist/clear"  encryption none }\napp a { vault scratch  protection end_to_end }\n',
+        [("VP0302", 2, 24)],
+    ),
+    "VP0303 end-to-end without attestation": (
+        'vault data { path "/persist/d"  seal pcrs 0, 4, 7 }\napp a { vault data  protection end_to_end }\n',
+        [("VP0303", 2, 21)],
+    ),
+    # --- capacity
+    "VP0401 over capacity": (
+        'device { capacity 1GiB reserve 512MiB }\nvault config { limit 256MiB }\nvault images { limit 512MiB }\n',
+        [("VP0401", 1, 19)],
+    ),
+    "VP0402 vault without limit": (
+        'device { capacity 8GiB }\nvault config { limit 1GiB }\nvault images { limit 1GiB }\nvault logs { path "/persist/logs" }\n',
+        [("VP0402", 4, 7)],
+    ),
+    # --- PCRs and attestation
+    "VP0503 PCR 5": ("vault data { seal pcrs 0, 4, 5, 7 }\n", [("VP0503", 1, 30)]),
+    "VP0504 PCR 1": ("vault data { seal pcrs 0, 1, 4, 7 }\n", [("VP0504", 1, 27)]),
+    "VP0505 PCR 11 and 12": ("vault data { seal pcrs 0, 4, 7, 11, 12 }\n", [("VP0505", 1, 33), ("VP0505", 1, 37)]),
+    "VP0506 presence-only binding": (
+        "attestation boot { bank sha256 }\nvault data { seal boot }\n",
+        # the built-in vaults take the only attestation too: reported at the attestation's name
+        [("VP0506", 1, 13), ("VP0506", 1, 13), ("VP0506", 2, 14)],
+    ),
+    "VP0507 missing firmware PCRs": ("vault data { seal pcrs 7 }\n", [("VP0507", 1, 14)]),
+    "VP0508 missing PCR 7": ("vault data { seal pcrs 0, 4 }\n", [("VP0508", 1, 14)]),
+    "VP0510 allow for an uncovered PCR": (
+        'attestation boot { pcrs 0, 4, 7  allow pcr 2 = "' + "ab" * 32 + '" }\n',
+        [("VP0510", 1, 44)],
+    ),
+    "VP0511 allow value not a digest": (
+        'attestation boot { pcrs 0, 4, 7  allow pcr 0 = "abc" }\n',
+        [("VP0511", 1, 48)],
+    ),
+    # --- keys
+    "VP0601 rotation under a day": ('vault data { path "/persist/d"  rotate every 12h }\n', [("VP0601", 1, 33)]),
+    "VP0601 in defaults, once": (
+        'defaults { rotate every 1h }\nvault a { path "/persist/a" }\n',
+        [("VP0601", 1, 12)],
+    ),
+    "VP0602 destroy on protected": ('vault data { path "/persist/d"  protected  on_remove destroy }\n', [("VP0602", 1, 44)]),
+    "VP0602 destroy on built-in config": ("vault config { on_remove destroy }\n", [("VP0602", 1, 16)]),
+    "VP0603 escrow without key": ("attestation boot { pcrs 0, 4, 7  escrow required }\n", [("VP0603", 1, 34)]),
+}
+
+
+@pytest.mark.parametrize("text,expected", CASES.values(), ids=CASES.keys())
+def test_rule_reports_exact_code_and_position(diagnose, text, expected):
+    assert diagnose(text) == expected
+
+
+def _replace(node, path, value):
+    """A copy of the AST `node` with the attribute or tuple item at `path` replaced."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(head, int):
+        items = list(node)
+        items[head] = _replace(items[head], rest, value)
+        return tuple(items)
+    return node.model_copy(update={head: _replace(getattr(node, head), rest, value)})
+
+
+# Values the grammar refuses to spell; the rules still guard ASTs built by other means.
+AST_CASES = {
+    "VP0501 PCR out of range": (
+        "vault data { seal pcrs 0, 4, 7, 9 }\n", ["items", 0, "settings", "seal", "pcrs", 3, "index"], 24, ("VP0501", 1, 33)
+    ),
+    "VP0502 unsupported bank": (
+        "vault data { seal pcrs 0, 4, 7 bank sha256 }\n", ["items", 0, "settings", "seal", "bank", "value"], "md5", ("VP0502", 1, 37)
+    ),
+    "VP0509 nonce size": (
+        "attestation boot { pcrs 0, 4, 7  nonce 32 bytes, valid 5m }\n", ["items", 0, "nonce_bytes", "value"], 8, ("VP0509", 1, 40)
+    ),
+    "VP0512 nonce lifetime": (
+        "attestation boot { pcrs 0, 4, 7  nonce 32 bytes, valid 5m }\n", ["items", 0, "nonce_valid", "seconds"], 0, ("VP0512", 1, 56)
+    ),
+}
+
+
+@pytest.mark.parametrize("text,path,value,expected", AST_CASES.values(), ids=AST_CASES.keys())
+def test_rule_guards_values_the_parser_refuses(text, path, value, expected):
+    import compiler
+    import policy_lang
+
+    policy, diagnostics = policy_lang.parse_text(text, "t.vpol")
+    assert not diagnostics
+    [diagnostic] = compiler.check(_replace(policy, path, value))
+    assert (diagnostic.code, diagnostic.span.line, diagnostic.span.column) == expected
+
+
+def test_every_code_used_by_a_case_is_explained():
+    catalogue = all_codes()
+    for _, expected in CASES.values():
+        for code, _, _ in expected:
+            info = catalogue[code]
+            assert info.explanation and info.example, code
+
+
+def test_every_independent_error_in_one_run(diagnose):
+    text = (
+        'vault a { path "relative" }\n'
+        "vault b { seal pcrs 0, 4, 5, 7 }\n"
+        "app x { vault nowhere }\n"
+        'component c { stores "/persist/open" sensitive }\n'
+        "vault config { on_remove destroy }\n"
+    )
+    codes = {code for code, _, _ in diagnose(text)}
+    assert {"VP0201", "VP0503", "VP0101", "VP0301", "VP0602"} <= codes
+
+
+def test_unknown_vault_suggests_the_closest_name(check_text):
+    [diagnostic] = check_text('vault historian { path "/persist/h" }\napp a { vault histrian }\n')
+    assert diagnostic.help == "did you mean `historian`?"
+
+
+def test_opted_out_builtin_vault_is_gone_and_named_in_help(check_text, plan_of):
+    text = 'vault images { disabled "no apps on this device" }\n'
+    assert [v.name for v in plan_of(text).vaults] == ["config"]
+    [diagnostic] = check_text(text + "app a { vault images }\n")
+    assert diagnostic.code == "VP0101" and "opted out" in diagnostic.help
+
+
+def test_clean_example_policy_has_no_diagnostics(check_text):
+    from pathlib import Path
+
+    import policy_lang
+
+    result = policy_lang.load(Path(__file__).parents[2] / "examples" / "gateway.vpol")
+    assert result.policy is not None
+    import compiler
+
+    assert list(compiler.check(result.policy)) == []
