@@ -292,10 +292,16 @@ def _segments(tokens: list[Token], header_end: int, body_end: int, setting_start
     segments: list[list[int]] = []
     for i in range(header_end + 1, body_end):
         tok = tokens[i]
-        if not segments or tok.type in setting_starts or tokens[i - 1].type == "SEMICOLON":
+        if not segments or tok.type in setting_starts or tokens[i - 1].type == "SEMICOLON" or _misspelt_setting(tokens, i):
             segments.append([])
         segments[-1].append(i)
     return segments
+
+
+def _misspelt_setting(tokens: list[Token], i: int) -> bool:
+    """A plain name first on its line, not continuing a list: most likely a misspelt setting keyword."""
+    tok, prev = tokens[i], tokens[i - 1]
+    return tok.type == "NAME" and prev.line < tok.line and prev.type not in ("COMMA", "VBAR", "EQUAL")
 
 
 def _unclosed_brace(file: str, tokens: list[Token], kind: str) -> Diagnostic | None:
@@ -368,8 +374,13 @@ def _blamed_segment(index: int | None, tokens, segments, dropped, setting_starts
 def parse(text: str, file: str) -> ParseResult:
     tokens, comments, diags = tokenize(text, file)
     result = ParseResult(file=file, text=text, tokens=tokens, comments=comments, diagnostics=diags)
-    for chunk in split_items(tokens):
+    lexical_errors = [d.span.start_pos for d in diags]
+    chunks = split_items(tokens)
+    for n, chunk in enumerate(chunks):
         tree, chunk_diags = parse_chunk(file, chunk)
+        end = chunks[n + 1][0].start_pos if n + 1 < len(chunks) else len(text)
+        if any(chunk[0].start_pos <= pos < end for pos in lexical_errors):
+            continue  # a bad character or string already explains this item; its syntax errors would only echo it
         result.diagnostics.extend(chunk_diags)
         if tree is not None:
             result.items.append(tree)

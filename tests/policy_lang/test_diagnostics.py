@@ -1,0 +1,98 @@
+"""Issue 3, "Must show" 2: each mistake gives one precise error; independent errors are all reported."""
+
+from __future__ import annotations
+
+import pytest
+
+import compiler
+from policy_lang import parse_text
+from policy_lang.diagnostics import render_text
+
+GOLDEN = __import__("pathlib").Path(__file__).parent / "golden"
+
+# (name, source, code, line, column, end_column, words the message or help must contain)
+ONE_ERROR = [
+    ("unknown keyword", "vault config {\n  path \"/persist/vault/config\"\n  limt 16MiB\n}\n",
+     "VP0005", 3, 3, 7, "did you mean `limit`?"),
+    ("unknown top-level keyword", "vualt config { limit 16MiB }\n", "VP0005", 1, 1, 6, "did you mean `vault`?"),
+    ("missing brace", "vault config {\n  limit 16MiB\n\nvault images { limit 64MiB }\n",
+     "VP0006", 1, 14, 15, "add `}`"),
+    ("bad size unit", "vault images {\n  limit 64Mib\n}\n", "VP0010", 2, 11, 14, "did you mean `MiB`?"),
+    ("bad duration", "defaults {\n  rotate every 90days\n}\n", "VP0011", 2, 18, 22, "write `90d`"),
+    ("PCR index 24", "vault config {\n  seal pcrs 0, 7, 24\n}\n", "VP0012", 2, 19, 21, "0 to 23"),
+    ("nonce too small", "attestation boot { nonce 8 bytes }\n", "VP0013", 1, 26, 27, "between 12 and 32"),
+    ("unknown encryption", "vault v { encryption aes-256-xtz }\n", "VP0014", 1, 22, 33, "did you mean `aes-256-xts`?"),
+    ("value of the wrong kind", "vault v { limit \"16MiB\" }\n", "VP0004", 1, 17, 24, "expected a size"),
+    ("unterminated string", "vault v { path \"/persist }\n", "VP0002", 1, 16, 27, "close the string"),
+    ("bad escape", "vault v { path \"/a\\qb\" }\n", "VP0003", 1, 19, 21, "valid escapes"),
+    ("stray character", "vault v { limit 1MiB }\n@\n", "VP0001", 2, 1, 2, "policies contain"),
+    ("setting given twice", "vault v {\n  limit 1MiB\n  limit 2MiB\n}\n", "VP0016", 3, 3, 13, "keep one"),
+]
+
+
+@pytest.mark.parametrize("name,source,code,line,column,end_column,hint", ONE_ERROR, ids=[c[0] for c in ONE_ERROR])
+def test_one_precise_error(lang, name, source, code, line, column, end_column, hint):
+    errors = lang.errors(source)
+    assert [lang.where(d) for d in errors] == [(code, line, column)]
+    assert errors[0].span.end_column == end_column
+    assert hint in (errors[0].help or "") + errors[0].message
+
+
+def _compile_errors(lang, source: str):
+    policy = lang.parse_ok(source)
+    return compiler.check(policy).errors()
+
+
+def test_duplicate_vault_is_reported_by_check_at_the_second_name(lang):
+    errors = _compile_errors(lang, "vault scratch { limit 1MiB }\nvault scratch { limit 2MiB }\n")
+    assert [lang.where(d) for d in errors] == [("VP0102", 2, 7)]
+
+
+def test_unknown_vault_in_an_app_suggests_the_closest(lang):
+    errors = _compile_errors(lang, "vault scratch { limit 1MiB }\napp cam {\n  vault scrach\n}\n")
+    assert [lang.where(d) for d in errors] == [("VP0101", 3, 9)]
+    assert "scratch" in errors[0].help
+
+
+FIVE_ERRORS = """\
+vault config {
+  limt 16MiB
+}
+vault images { limit 64XiB }
+defaults { rotate every 90y }
+attestation boot {
+  pcrs 0, 24
+}
+app cam { vault images protection end_to_ned }
+"""
+
+
+def test_five_independent_errors_are_all_reported(lang):
+    errors = lang.errors(FIVE_ERRORS)
+    assert [lang.where(d) for d in errors] == [
+        ("VP0005", 2, 3), ("VP0010", 4, 24), ("VP0011", 5, 27), ("VP0012", 7, 11), ("VP0014", 9, 35)]
+
+
+def test_several_broken_settings_in_one_block_each_report_once(lang):
+    errors = lang.errors("vault v {\n  limt 1MiB\n  path 5\n  encription none\n  protected\n}\n")
+    assert [lang.where(d) for d in errors] == [("VP0005", 2, 3), ("VP0004", 3, 8), ("VP0005", 4, 3)]
+
+
+def test_a_broken_block_does_not_hide_the_next_one(lang):
+    errors = lang.errors("vault a { limit }\nvault b { limit 5 }\napp c { vault }\n")
+    assert [d.span.line for d in errors] == [1, 2, 3]
+
+
+def test_messages_never_name_internal_tokens(lang):
+    texts = [d.message + (d.help or "") for d in lang.errors("vault { limit 5MiB }\nvault v { path }\ninclude\n")]
+    for text in texts:
+        for internal in ("NAME", "STRING", "NUMBER", "LBRACE", "RBRACE", "$END", "Token"):
+            assert internal not in text, text
+
+
+@pytest.mark.parametrize("case", ["unknown_keyword", "missing_brace", "bad_size"])
+def test_golden_rendering(case):
+    source = (GOLDEN / f"{case}.vpol").read_text()
+    _, diags = parse_text(source, f"{case}.vpol")
+    rendered = render_text(diags, {f"{case}.vpol": source}) + "\n"
+    assert rendered == (GOLDEN / f"{case}.txt").read_text()
