@@ -11,11 +11,10 @@ For each vault the plan names (and each vault the device still manages after it 
 - a staged plaintext copy waiting to migrate into the vault (S5)
 
 Storage layout of a vault with a limit (this kernel has no project quotas, see enforcer/blockdev.py):
-its image STATE/images/<vault>.img is mounted at a hidden sibling `.<name>.vpstore` of the vault path,
-and the image's `vault` subdirectory — the one with the fscrypt policy — is bind-mounted at the vault
-path. ext4 refuses an encryption policy on a filesystem's root directory (e2fsck needs an unencrypted
-lost+found), hence the subdirectory; the bind mount keeps the vault path itself the encrypted
-directory apps use. A vault without a limit is a plain directory on the persist filesystem.
+its image STATE/images/<vault>.img is mounted at STATE/images/<vault>.img.mnt and the image's `vault`
+subdirectory — the one with the fscrypt policy; ext4 refuses a policy on a filesystem's root — is
+bind-mounted at the vault path, so the vault path itself is the encrypted directory apps use.
+A vault without a limit is a plain directory on the persist filesystem.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from compiler.plan import Plan
-from enforcer import fscrypt
+from enforcer import blockdev, fscrypt
 from enforcer.fscrypt import EncryptionPolicy, KeyStatus
 from enforcer.state import StateDir, VaultRecord
 from vaultpolicy.errors import DeviceError, InputError
@@ -47,9 +46,13 @@ class Layout:
     """Where a vault's pieces live on this host."""
 
     path: Path  # the vault directory apps use (the plan's path under --root)
-    store: Path  # mount point of the vault's own image (hidden sibling of `path`)
-    image: Path
+    image: Path  # the vault's own ext4 image, when it has a limit
     staging: Path  # a plaintext directory moved aside, waiting to migrate into the vault
+
+    @property
+    def store(self) -> Path:
+        """Where blockdev mounts the whole image; its `vault` subdirectory is bound at `path`."""
+        return blockdev.backing_mountpoint(self.image)
 
     @property
     def store_data(self) -> Path:
@@ -65,12 +68,7 @@ def host_path(root: Path | None, plan_path: str) -> Path:
 
 def layout(state: StateDir, root: Path | None, name: str, plan_path: str) -> Layout:
     path = host_path(root, plan_path)
-    return Layout(
-        path=path,
-        store=path.with_name(f".{path.name}.vpstore"),
-        image=state.image_path(name),
-        staging=path.with_name(f".{path.name}.vp-plaintext"),
-    )
+    return Layout(path=path, image=state.image_path(name), staging=path.with_name(f".{path.name}.vp-plaintext"))
 
 
 @dataclass(frozen=True)

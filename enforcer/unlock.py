@@ -1,0 +1,174 @@
+"""Boot-time unlock, lock, status and the app gate — all reading the kernel and the TPM (S6-S8).
+
+- `load_applied`: the applied plan's exact signed bytes, re-verified against the trust root and the
+  recorded digest before anything trusts them (S12). Expiry and the version floor are not checked
+  again here: an applied plan that has since expired must still unlock the device at boot.
+- `unlock_all`: per vault, mount its storage when a reboot dropped it, unseal, add the key, check the
+  kernel's key identifier is the recorded one, read the status back. A PCR mismatch leaves that vault
+  locked, names the PCRs, and the other vaults still unlock.
+- `lock_all`: per vault `locked`, `incompletely-locked` (files still open, S7) or `failed`.
+- `report`: per vault whether it matches the plan and every reason it does not.
+- `gate`: an app may start only when its vault is unlocked and matches the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from compiler.plan import Plan, decode_plan, plan_digest
+from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
+from enforcer.apply import Applier, lock_key
+from enforcer.fscrypt import KeyStatus
+from enforcer.observe import Observed, PathState, observe
+from enforcer.reconcile import Action, Reconciliation, reconcile
+from enforcer.state import Condition, StateDir
+from vaultpolicy.errors import DeviceError, PlanRejected
+
+
+class NoAppliedPlan(DeviceError):
+    """The device has never applied a plan."""
+
+
+def load_applied(state: StateDir, trust: TrustRoot) -> Plan:
+    envelope = state.applied_envelope()
+    if envelope is None:
+        raise NoAppliedPlan(f"no plan has been applied (state dir {state.root})", hint="run `vaultpolicy device apply` first")
+    payload = trust.verify(Envelope.from_bytes(envelope), PLAN_PAYLOAD_TYPE)
+    floor = state.floor()
+    if floor is not None and plan_digest(payload) != floor[1]:
+        raise PlanRejected("applied-plan-changed", f"the applied plan in {state.plan_path} is not the one that was applied")
+    return decode_plan(payload)
+
+
+@dataclass(frozen=True)
+class VaultResult:
+    vault: str
+    outcome: str  # unlocked | already-unlocked | locked | incompletely-locked | failed | not-created | unencrypted
+    reason: str = ""
+    message: str = ""
+    pcrs: tuple[int, ...] = ()
+
+
+def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime) -> list[VaultResult]:
+    observed = observe(plan, state, root, tpm)
+    steps = [s for s in reconcile(plan, observed).steps if s.action in (Action.MOUNT_STORAGE, Action.UNLOCK)]
+    outcomes = Applier(plan, state, root, tpm, now).run(steps)
+    results = []
+    for vault in plan.vaults:
+        subject = f"vault/{vault.name}"
+        seen = observed.vaults[vault.name]
+        outcome = outcomes.get(vault.name)
+        if vault.encryption == "none":
+            results.append(VaultResult(vault.name, "unencrypted"))
+        elif outcome is not None and outcome.error is not None:
+            pcrs = tuple(getattr(outcome.error, "pcrs", ()))
+            reason = "pcr-mismatch" if pcrs else "unlock-failed"
+            state.set_condition(subject, False, reason, outcome.error.message, now)
+            results.append(VaultResult(vault.name, "locked", reason, outcome.error.message, pcrs))
+        elif seen.seal is None:
+            results.append(VaultResult(vault.name, "not-created", "not-created", "no sealed key yet: run `device apply`"))
+        else:
+            state.clear_condition(subject)
+            done = outcome is not None and any(s.action is Action.UNLOCK for s in outcome.done)
+            results.append(VaultResult(vault.name, "unlocked" if done else "already-unlocked"))
+    return results
+
+
+def lock_all(plan: Plan, state: StateDir, root: Path | None) -> list[VaultResult]:
+    from enforcer.observe import layout
+
+    results = []
+    names = {v.name: v.path for v in plan.vaults if v.encryption != "none"}
+    names.update({r.name: r.path for r in state.records().values() if r.orphaned})
+    for name, path in sorted(names.items()):
+        sealed = state.sealed(name)
+        where = layout(state, root, name, path)
+        if sealed is None or not where.path.is_dir():
+            results.append(VaultResult(name, "locked", "not-created"))
+            continue
+        try:
+            removal = lock_key(bytes.fromhex(sealed["key_identifier"]), where)
+        except DeviceError as exc:
+            results.append(VaultResult(name, "failed", "lock-failed", exc.message))
+            continue
+        if removal is not None and removal.files_busy:
+            results.append(VaultResult(name, "incompletely-locked", "files-busy",
+                                       "files in the vault are still open; the key is gone, their contents stay readable until they close"))
+        else:
+            results.append(VaultResult(name, "locked"))
+    return results
+
+
+@dataclass(frozen=True)
+class VaultReport:
+    vault: str
+    path: str
+    state: str  # unlocked | locked | incompletely-locked | missing | unencrypted | orphaned
+    matches: bool
+    reasons: tuple[str, ...] = ()
+    used_bytes: int | None = None
+    limit_bytes: int | None = None
+    changed_pcrs: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    plan_version: int | None
+    vaults: list[VaultReport] = field(default_factory=list)
+    plan_condition: Condition | None = None
+
+    @property
+    def matches(self) -> bool:
+        return all(v.matches for v in self.vaults) and (self.plan_condition is None or self.plan_condition.ok)
+
+
+def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
+    rec: Reconciliation = reconcile(plan, observed)
+    conditions = state.conditions()
+    vaults = []
+    for name, seen in sorted(observed.vaults.items()):
+        wanted = plan.vault(name)
+        reasons = [s.reason for s in rec.steps if s.vault == name]
+        reasons += [p.message for p in rec.problems if p.vault == name]
+        reasons += list(seen.errors)
+        condition = conditions.get(f"vault/{name}")
+        if condition is not None and not condition.ok:
+            reasons.append(condition.message)
+        if seen.seal is not None and seen.seal.changed_pcrs:
+            pcrs = ", ".join(map(str, seen.seal.changed_pcrs))
+            reasons.append(f"PCR {seen.seal.bank}:{pcrs} differs from the value the key was sealed to: unlock will be refused")
+        if seen.seal is not None and not seen.seal.digest_ok:
+            reasons.append("the sealed blob's policy digest is not the PolicyPCR digest of its PCR selection")
+        if seen.path_state is not PathState.DIRECTORY:
+            vault_state = "missing"
+        elif wanted is None:
+            vault_state = "orphaned"
+        elif wanted.encryption == "none":
+            vault_state = "unencrypted"
+        else:
+            vault_state = {KeyStatus.PRESENT: "unlocked", KeyStatus.INCOMPLETELY_REMOVED: "incompletely-locked"}.get(
+                seen.key_status, "locked")
+        limit = wanted.limit_bytes if wanted is not None and wanted.limit_bytes else None
+        matches = not reasons and (wanted is None or vault_state in ("unlocked", "unencrypted"))
+        vaults.append(VaultReport(name, seen.path, vault_state, matches, tuple(dict.fromkeys(reasons)),
+                                  seen.used_bytes, limit, seen.seal.changed_pcrs if seen.seal else ()))
+    return StatusReport(plan.plan_version, vaults, conditions.get("plan"))
+
+
+def gate(plan: Plan, state: StateDir, root: Path | None, tpm, app_name: str) -> tuple[bool, str]:
+    """(may start, vault path or the reason it may not)."""
+    app = next((a for a in plan.apps if a.name == app_name), None)
+    if app is None:
+        raise DeviceError(f"the applied plan (version {plan.plan_version}) has no app `{app_name}`")
+    if app.vault is None:
+        if app.end_to_end:
+            return False, f"app `{app_name}` needs end-to-end protection but has no vault"
+        return True, ""
+    observed = observe(plan, state, root, tpm)
+    vault_report = next(v for v in report(plan, observed, state).vaults if v.vault == app.vault)
+    if vault_report.matches and vault_report.state in ("unlocked", "unencrypted"):
+        return True, vault_report.path
+    why = "; ".join(vault_report.reasons) or vault_report.state
+    return False, f"vault `{app.vault}` of app `{app_name}` is {vault_report.state}: {why}"

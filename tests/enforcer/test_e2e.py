@@ -1,0 +1,53 @@
+"""The lead's demo path through the real CLI: apply, write, lock, unlock, PCR change refuses unlock."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from vp_helpers import make_plan, vault
+
+pytestmark = pytest.mark.device
+
+
+def test_apply_lock_unlock_and_pcr_change(device):
+    plan = make_plan([vault("config", limit=16 << 20, pcrs=(0, 7)), vault("img", pcrs=(0, 4))])
+    applied = device.apply(plan)
+    assert applied.returncode == 0, applied.stderr + applied.stdout
+
+    config = device.path("/persist/vault/config")
+    (config / "credentials.txt").write_text("s3 credentials")
+    status = device.cli("device", "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert {v["vault"]: v["state"] for v in json.loads(status.stdout)["vaults"]} == {"config": "unlocked", "img": "unlocked"}
+
+    locked = device.cli("device", "lock")
+    assert locked.returncode == 0, locked.stdout + locked.stderr
+    names = os.listdir(config)
+    assert names and "credentials.txt" not in names  # encrypted names while locked
+    with pytest.raises(OSError) as caught:
+        (config / names[0]).read_bytes()
+    assert caught.value.errno == errno.ENOKEY
+    assert device.cli("device", "status").returncode == 3
+
+    unlocked = device.cli("device", "unlock")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert (config / "credentials.txt").read_text() == "s3 credentials"
+
+    assert device.cli("device", "lock").returncode == 0
+    from enforcer.tpm import Tpm
+
+    with Tpm(device.tcti) as tpm:
+        tpm.extend_pcr(7, "sha256", b"new firmware")
+    refused = device.cli("device", "unlock")
+    assert refused.returncode == 1
+    assert "config" in refused.stdout and "7" in refused.stdout
+    status = device.cli("device", "status", "--json")
+    assert status.returncode == 3
+    vaults = {v["vault"]: v for v in json.loads(status.stdout)["vaults"]}
+    assert vaults["config"]["state"] == "locked" and vaults["config"]["changed_pcrs"] == [7]
+    assert any("7" in reason for reason in vaults["config"]["reasons"])
+    assert vaults["img"]["state"] == "unlocked"  # sealed to PCRs 0 and 4: not affected

@@ -1,0 +1,231 @@
+"""`vaultpolicy device apply|status|unlock|lock|gate`: the thin shell over enforcer/.
+
+Every command reads the kernel and the TPM; none trusts a message of its own from an earlier run.
+Exit codes: 0 success, 1 refused plan or a vault that failed, 3 (DRIFT) when `status` finds the device
+different from the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from vaultpolicy import status_codes
+from vaultpolicy.errors import InputError, PlanRejected
+
+DEFAULT_STATE_DIR = "/var/lib/vaultpolicy"
+
+
+def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None:
+    command = key[1]
+    if command == "apply":
+        parser.add_argument("signed", metavar="SIGNED", help="the signed plan (envelope) to verify and enforce")
+    if command == "gate":
+        parser.add_argument("app", metavar="APP", help="the app that wants to start")
+    parser.add_argument("--trust", metavar="ROOT|KEY.pub", required=command == "apply",
+                        help="trust root envelope or a PEM public key (default: the one the applied plan was verified with)")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                        help=f"sealed keys, the applied plan and the journal (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--root", metavar="DIR", help="put the plan's absolute paths under DIR")
+    if command != "lock":
+        parser.add_argument("--tpm", metavar="TCTI", help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321 "
+                            "(default /dev/tpmrm0, else an embedded swtpm under the state dir)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    if command == "apply":
+        parser.add_argument("--device-id", metavar="ID", help="this device's id, matched against the plan's targets")
+
+
+def run(args: argparse.Namespace) -> int:
+    from enforcer.state import StateDir
+
+    state = StateDir(args.state_dir)
+    root = Path(args.root).resolve() if args.root else None
+    if root is not None and not root.is_dir():
+        raise InputError(f"--root {args.root}: not a directory")
+    handler = {"apply": _apply, "status": _status, "unlock": _unlock, "lock": _lock, "gate": _gate}[args.command[1]]
+    return handler(args, state, root)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {what} `{path}`: {exc.strerror or exc}") from None
+
+
+def _trust(args, state):
+    from compiler.signing import load_trust
+
+    if args.trust:
+        data, source = _read(args.trust, "trust root"), args.trust
+    else:
+        data, source = state.trust_bytes(), str(state.trust_path)
+        if data is None:
+            raise InputError("no trust root: pass --trust ROOT|KEY.pub (none is recorded in the state dir yet)")
+    return data, load_trust(data, source)
+
+
+def _tpm(args, state):
+    from enforcer.tcti import resolve_tcti
+    from enforcer.tpm import Tpm
+
+    state.ensure()
+    return Tpm(resolve_tcti(args.tpm, state.root))
+
+
+def _applied(args, state):
+    from enforcer.unlock import load_applied
+
+    return load_applied(state, _trust(args, state)[1])
+
+
+def _emit(args, data: dict, lines: list[str]) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print("\n".join(lines))
+
+
+# --- commands ----------------------------------------------------------------------------------
+def _apply(args, state, root) -> int:
+    from enforcer.apply import Applier
+    from enforcer.journal import Journal
+    from enforcer.observe import observe
+    from enforcer.reconcile import reconcile
+    from enforcer.state import VaultRecord
+    from enforcer.verify import DeviceIdentity, verify_plan
+
+    trust_bytes, trust = _trust(args, state)
+    envelope = _read(args.signed, "signed plan")
+    now = datetime.now(timezone.utc)  # the one clock reading of this apply
+    state.ensure()
+    try:
+        verified = verify_plan(envelope, trust, now=now, floor=state.floor(), device=DeviceIdentity(args.device_id),
+                               managed=state.records())
+    except PlanRejected as exc:
+        state.set_condition("plan", False, exc.reason, f"refused {args.signed}: {exc.message}", now)
+        raise PlanRejected(exc.reason, f"plan refused ({exc.reason}): {exc.message}; the applied plan stays in force",
+                           exc.hint) from None
+    plan = verified.plan
+
+    journal = Journal(state.journal_path)
+    interrupted = journal.begin()
+    with _tpm(args, state) as tpm:
+        rec = reconcile(plan, observe(plan, state, root, tpm))
+        outcomes = Applier(plan, state, root, tpm, now, args.device_id, journal).run(rec.steps)
+    records = {v.name: VaultRecord(v.name, v.path, v.encryption, v.on_remove, v.protected or v.name in plan.protected,
+                                   v.limit_bytes) for v in plan.vaults}
+    current = state.records()
+    if state.applied_envelope() != envelope or any(current.get(n) != r for n, r in records.items() if n in current):
+        with journal.step({"action": "commit", "plan_version": plan.plan_version}):
+            for name, record in records.items():
+                if name in current:  # vaults never created get their record with their first step
+                    state.save_record(record)
+            state.commit_plan(envelope, plan.plan_version, verified.sha256)
+            state.save_trust(trust_bytes)
+    state.set_condition("plan", True, "applied", f"plan version {plan.plan_version} applied", now)
+    journal.finish()
+
+    failed = [o for o in outcomes.values() if o.error is not None]
+    done = {id(s) for o in outcomes.values() for s in o.done}
+    for outcome in failed:
+        state.set_condition(f"vault/{outcome.vault}", False, outcome.failed.action.value, outcome.error.message, now)
+    for outcome in outcomes.values():
+        if outcome.error is None and outcome.done:
+            state.clear_condition(f"vault/{outcome.vault}")
+    lines = [f"plan version {plan.plan_version} verified ({verified.sha256[:12]})"]
+    if interrupted:
+        lines.append(f"resumed after an interrupted apply (stopped at {interrupted[-1]['action']} "
+                     f"{interrupted[-1].get('vault', '')})")
+    for outcome in outcomes.values():
+        lines += [f"  vault {s.vault}: {s.action.value} ({s.reason})" for s in outcome.done]
+        if outcome.error is not None:
+            lines.append(f"  vault {outcome.vault}: {outcome.failed.action.value} FAILED: {outcome.error.message}")
+    lines += [f"  vault {p.vault}: not changed: {p.message}" for p in rec.problems]
+    if not rec.steps and not rec.problems:
+        lines.append("  nothing to do: the device matches the plan")
+    _emit(args, {
+        "plan_version": plan.plan_version,
+        "plan_sha256": verified.sha256,
+        "resumed": interrupted,
+        "steps": [{"vault": s.vault, "action": s.action.value, "reason": s.reason, "done": id(s) in done}
+                  for s in rec.steps],
+        "failed": [{"vault": o.vault, "action": o.failed.action.value, "error": o.error.message} for o in failed],
+        "problems": [asdict(p) for p in rec.problems],
+    }, lines)
+    return status_codes.ERROR if failed or rec.problems else status_codes.SUCCESS
+
+
+def _status(args, state, root) -> int:
+    from enforcer.observe import observe
+    from enforcer.unlock import report
+
+    plan = _applied(args, state)
+    with _tpm(args, state) as tpm:
+        status = report(plan, observe(plan, state, root, tpm), state)
+    lines = [f"plan version {status.plan_version}: " + ("device matches the plan" if status.matches else "DRIFT")]
+    if status.plan_condition is not None and not status.plan_condition.ok:
+        lines.append(f"  last plan refused ({status.plan_condition.reason}) at {status.plan_condition.since}: "
+                     f"{status.plan_condition.message}")
+    for vault in status.vaults:
+        usage = ""
+        if vault.used_bytes is not None and vault.limit_bytes:
+            usage = f"  {_mib(vault.used_bytes)} of {_mib(vault.limit_bytes)} used"
+        lines.append(f"  vault {vault.vault}: {vault.state}, {'matches' if vault.matches else 'DRIFT'}  {vault.path}{usage}")
+        lines += [f"    - {reason}" for reason in vault.reasons]
+    _emit(args, {
+        "plan_version": status.plan_version,
+        "matches": status.matches,
+        "plan_condition": asdict(status.plan_condition) if status.plan_condition else None,
+        "vaults": [asdict(v) for v in status.vaults],
+    }, lines)
+    return status_codes.SUCCESS if status.matches else status_codes.DRIFT
+
+
+def _unlock(args, state, root) -> int:
+    from enforcer.unlock import unlock_all
+
+    plan = _applied(args, state)
+    with _tpm(args, state) as tpm:
+        results = unlock_all(plan, state, root, tpm, datetime.now(timezone.utc))
+    return _results(args, "unlock", results, ok=("unlocked", "already-unlocked", "unencrypted"))
+
+
+def _lock(args, state, root) -> int:
+    from enforcer.unlock import lock_all
+
+    return _results(args, "lock", lock_all(_applied(args, state), state, root), ok=("locked",))
+
+
+def _results(args, verb: str, results, ok: tuple[str, ...]) -> int:
+    lines = []
+    for result in results:
+        detail = f": {result.message}" if result.message else ""
+        lines.append(f"  vault {result.vault}: {result.outcome}{detail}")
+    _emit(args, {verb: [asdict(r) for r in results]}, lines)
+    return status_codes.SUCCESS if all(r.outcome in ok for r in results) else status_codes.ERROR
+
+
+def _gate(args, state, root) -> int:
+    from enforcer.unlock import gate
+
+    plan = _applied(args, state)
+    with _tpm(args, state) as tpm:
+        allowed, detail = gate(plan, state, root, tpm, args.app)
+    if args.json:
+        _emit(args, {"app": args.app, "allowed": allowed, "path" if allowed else "reason": detail}, [])
+    elif allowed:
+        print(detail)
+    else:
+        print(f"gate: app `{args.app}` may not start: {detail}", file=sys.stderr)
+    return status_codes.SUCCESS if allowed else status_codes.ERROR
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
