@@ -1,0 +1,139 @@
+"""Plans: built-in defaults, determinism, versions and digests, files the policy names, and `compile`."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from compiler.plan import decode_plan, encode_plan, plan_digest
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway.vpol"
+ISSUED = "2026-01-01T00:00:00Z"
+
+
+def test_builtin_vaults_and_defaults(plan_of):
+    plan = plan_of("app a { }\n")
+    config, images = plan.vaults
+    assert (config.name, config.path, config.protected, config.builtin) == ("config", "/persist/vault/config", True, True)
+    assert (images.name, images.path, images.protected) == ("images", "/persist/vault/images", False)
+    for vault in plan.vaults:
+        assert vault.encryption == "aes-256-xts" and vault.on_remove == "retain"
+        assert vault.rotate_seconds == 180 * 86400
+        assert (vault.seal.bank, vault.seal.pcrs, vault.seal.attestation) == ("sha256", (0, 4, 7), None)
+    assert plan.apps[0].vault == "images"  # mutated app images live in the images vault
+    assert plan.protected == ("config",)
+
+
+def test_the_only_attestation_is_the_default_seal_and_a_declared_builtin_overrides(plan_of):
+    plan = plan_of(
+        "attestation boot { pcrs 0, 2, 4, 7 }\n"
+        'vault config { path "/persist/cfg"  limit 16MiB  rotate every 90d }\n'
+        "defaults { on_remove retain }\n"
+    )
+    config = plan.vault("config")
+    assert (config.path, config.limit_bytes, config.rotate_seconds, config.protected) == ("/persist/cfg", 16 << 20, 90 * 86400, True)
+    assert (config.seal.attestation, config.seal.pcrs) == ("boot", (0, 2, 4, 7))
+
+
+def test_same_policy_gives_identical_bytes_in_any_declaration_order(plan_of):
+    a = 'vault b { path "/persist/b" }\nvault a { path "/persist/a" }\napp y { vault a }\napp x { vault b }\n'
+    b = 'app x { vault b }\napp y { vault a }\nvault a { path "/persist/a" }\nvault b { path "/persist/b" }\n'
+    assert encode_plan(plan_of(a)) == encode_plan(plan_of(a)) == encode_plan(plan_of(b))
+
+
+def test_compile_twice_gives_identical_bytes(cli, tmp_path):
+    outputs = []
+    for name in ("one.json", "two.json"):
+        code, _, err = cli("compile", EXAMPLE, "--plan-version", "3", "--issued-at", ISSUED, "--target", "gw-1", "-o", tmp_path / name)
+        assert code == 0, err
+        outputs.append((tmp_path / name).read_bytes())
+    assert outputs[0] == outputs[1]
+    plan = decode_plan(outputs[0])
+    assert (plan.plan_version, plan.issued_at, plan.expires, plan.targets) == (3, ISSUED, "2026-01-31T00:00:00Z", ("gw-1",))
+    assert b"." not in json.dumps(json.loads(outputs[0])["vaults"]).encode().replace(b"/persist/vault", b"")  # no floats
+
+
+def test_prev_gives_the_next_version_and_its_digest(cli, tmp_path):
+    first, second = tmp_path / "1.json", tmp_path / "2.json"
+    assert cli("compile", EXAMPLE, "--plan-version", "7", "--issued-at", ISSUED, "-o", first)[0] == 0
+    assert cli("compile", EXAMPLE, "--prev", first, "--issued-at", ISSUED, "-o", second)[0] == 0
+    plan = decode_plan(second.read_bytes())
+    assert plan.plan_version == 8 and plan.prev_plan_sha256 == plan_digest(first.read_bytes())
+
+
+def test_a_version_not_above_prev_is_refused(cli, tmp_path):
+    first = tmp_path / "1.json"
+    cli("compile", EXAMPLE, "--plan-version", "7", "-o", first)
+    code, _, err = cli("compile", EXAMPLE, "--prev", first, "--plan-version", "7", "-o", tmp_path / "2.json")
+    assert code == 1 and "not above the previous plan's 7" in err and not (tmp_path / "2.json").exists()
+
+
+def test_source_digest_ignores_formatting_but_not_content(cli, tmp_path):
+    text = EXAMPLE.read_text()
+    variants = {"same": text, "reformatted": text.replace("limit 16MiB", "limit    16MiB"), "changed": text.replace("16MiB", "32MiB")}
+    digests = {}
+    for name, content in variants.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "p.vpol").write_text(content)
+        assert cli("compile", tmp_path / name / "p.vpol", "--plan-version", "1", "-o", tmp_path / name / "p.json")[0] == 0
+        digests[name] = decode_plan((tmp_path / name / "p.json").read_bytes()).source_sha256
+    assert digests["same"] == digests["reformatted"] != digests["changed"]
+
+
+def test_compile_prints_every_error_and_writes_no_plan(cli, tmp_path):
+    policy = tmp_path / "bad.vpol"
+    policy.write_text('vault a { path "/persist/a" }\nvault b { path "/persist/a/b" }\napp x { vault c }\n')
+    code, _, err = cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")
+    assert code == 1 and not (tmp_path / "plan.json").exists()
+    assert "error[VP0204]" in err and "error[VP0101]" in err and f"--> {policy}:3:15" in err and "2 errors" in err
+
+
+def test_escrow_key_file_is_read_relative_to_the_policy(plan_of, tmp_path, cli):
+    public = X25519PrivateKey.generate().public_key()
+    (tmp_path / "escrow.pub").write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    policy = tmp_path / "p.vpol"
+    policy.write_text('device { escrow_key "escrow.pub" }\nattestation boot { pcrs 0, 4, 7  escrow required }\n')
+    assert cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")[0] == 0
+    plan = decode_plan((tmp_path / "plan.json").read_bytes())
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert base64.b64decode(plan.device.escrow_public_key) == raw and plan.attestations[0].escrow_required
+
+
+def test_missing_escrow_key_file_is_a_diagnostic_at_its_name(cli, tmp_path):
+    policy = tmp_path / "p.vpol"
+    policy.write_text('device {\n  escrow_key "absent.pub"\n}\n')
+    code, _, err = cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")
+    assert code == 1 and "error[VP0604]" in err and f"--> {policy}:2:14" in err and "Traceback" not in err
+
+
+def test_allowed_values_from_a_file(cli, tmp_path):
+    digest = "ab" * 32
+    (tmp_path / "pcr0.txt").write_text(f"# firmware 1.2\n{digest.upper()}\n")
+    policy = tmp_path / "p.vpol"
+    policy.write_text('attestation boot {\n  pcrs 0, 4, 7\n  allow pcr 0 from "pcr0.txt"\n  allow pcr 4 from "none.txt"\n}\n')
+    code, _, err = cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")
+    assert code == 1 and "error[VP0605]" in err and f"--> {policy}:4:20" in err and "pcr0.txt" not in err
+    policy.write_text('attestation boot {\n  pcrs 0, 4, 7\n  allow pcr 0 from "pcr0.txt"\n}\n')
+    assert cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")[0] == 0
+    assert decode_plan((tmp_path / "plan.json").read_bytes()).attestations[0].allowed == {"0": (digest,)}
+
+
+def test_plan_show_renders_a_summary(cli, tmp_path):
+    cli("compile", EXAMPLE, "--plan-version", "2", "--issued-at", ISSUED, "-o", tmp_path / "plan.json")
+    code, out, _ = cli("plan", "show", tmp_path / "plan.json")
+    assert code == 0
+    assert "plan version 2" in out and "config (built-in) [protected]" in out
+    assert "plc-historian -> images [end-to-end]" in out and "sealed to sha256 PCRs 0, 4, 7 (attestation boot)" in out
+
+
+def test_bad_options_are_clear_errors(cli, tmp_path):
+    code, _, err = cli("compile", EXAMPLE, "-o", tmp_path / "p.json")
+    assert code == 1 and "--plan-version" in err
+    code, _, err = cli("compile", EXAMPLE, "--plan-version", "1", "--valid-for", "soon", "-o", tmp_path / "p.json")
+    assert code == 1 and "`soon` is not a duration" in err
+    code, _, err = cli("compile", tmp_path / "missing.vpol", "--plan-version", "1", "-o", tmp_path / "p.json")
+    assert code == 1 and "missing.vpol" in err and "Traceback" not in err
