@@ -1,0 +1,162 @@
+"""Signing and trust through the CLI: every byte of an envelope matters, thresholds count distinct
+keys, trust roots rotate only with a threshold of the current root, and `verify` says why."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from compiler.files import write_output
+from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, Envelope, TrustRoot, key_id, load_private_key, load_trust, sign
+from vaultpolicy.errors import PlanRejected
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway.vpol"
+
+
+@pytest.fixture
+def keys(cli, tmp_path):
+    """Three signing keys a, b, c in tmp_path (files a, a.pub, …)."""
+    for name in "abc":
+        assert cli("keygen", "-o", tmp_path / name)[0] == 0
+    return tmp_path
+
+
+@pytest.fixture
+def plan_file(cli, tmp_path):
+    path = tmp_path / "plan.json"
+    assert cli("compile", EXAMPLE, "--plan-version", "1", "--issued-at", "2026-01-01T00:00:00Z", "-o", path)[0] == 0
+    return path
+
+
+def test_keygen_writes_a_private_key_only_its_owner_can_read(keys):
+    assert (keys / "a").stat().st_mode & 0o777 == 0o600
+    assert (keys / "a.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+
+
+def test_keygen_refuses_to_overwrite(cli, keys):
+    code, _, err = cli("keygen", "-o", keys / "a")
+    assert code == 1 and "already exists" in err
+
+
+def test_sign_keeps_the_plan_bytes_and_verify_accepts(cli, keys, plan_file):
+    signed = keys / "signed"
+    assert cli("sign", plan_file, "--key", keys / "a", "-o", signed)[0] == 0
+    assert Envelope.from_bytes(signed.read_bytes()).payload == plan_file.read_bytes()
+    code, out, _ = cli("verify", signed, "--trust", keys / "a.pub")
+    assert code == 0 and out.startswith("verified: plan version 1")
+
+
+def test_flipping_any_byte_of_a_signed_envelope_fails_verification(keys):
+    """Every position of a small envelope, each bit pattern changed: never accepted."""
+    key = load_private_key((keys / "a").read_bytes(), "a")
+    root = TrustRoot.single(key.public_key())
+    data = sign("application/vnd.vaultpolicy.plan.v1+json", b'{"v":1}', [key]).to_bytes()
+    assert len(data) < 250
+    for position in range(len(data)):
+        altered = bytearray(data)
+        altered[position] ^= 0x01
+        with pytest.raises(PlanRejected):
+            root.verify(Envelope.from_bytes(bytes(altered)), "application/vnd.vaultpolicy.plan.v1+json")
+
+
+def test_flipped_byte_is_refused_by_verify_with_a_reason(cli, keys, plan_file):
+    signed = keys / "signed"
+    cli("sign", plan_file, "--key", keys / "a", "-o", signed)
+    envelope = json.loads(signed.read_bytes())
+    payload = bytearray(base64.b64decode(envelope["payload"]))
+    payload[10] ^= 0x20
+    envelope["payload"] = base64.b64encode(bytes(payload)).decode()
+    signed.write_text(json.dumps(envelope))
+    code, _, err = cli("verify", signed, "--trust", keys / "a.pub")
+    assert code == 1 and err.startswith("refused: bad-signature:")
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [(b"not json", "malformed-envelope"), (b'{"payload": "x"}', "malformed-envelope")],
+)
+def test_malformed_envelope_reason(cli, keys, content, reason):
+    (keys / "signed").write_bytes(content)
+    code, _, err = cli("verify", keys / "signed", "--trust", keys / "a.pub")
+    assert code == 1 and err.startswith(f"refused: {reason}:")
+
+
+def test_unknown_key_reason(cli, keys, plan_file):
+    cli("sign", plan_file, "--key", keys / "b", "-o", keys / "signed")
+    code, _, err = cli("verify", keys / "signed", "--trust", keys / "a.pub")
+    assert code == 1 and err.startswith("refused: unknown-key:")
+
+
+def _root_with_one_key_under_two_ids(keys: Path, threshold: int) -> Path:
+    """A 2-of-3 root whose list holds key a twice under different ids, signed by a and b."""
+    a = load_private_key((keys / "a").read_bytes(), "a")
+    b = load_private_key((keys / "b").read_bytes(), "b")
+    c = load_private_key((keys / "c").read_bytes(), "c")
+    root = TrustRoot(
+        version=1,
+        threshold=threshold,
+        keys=(
+            (key_id(a.public_key()), a.public_key()),
+            ("a-backup", a.public_key()),
+            (key_id(b.public_key()), b.public_key()),
+            (key_id(c.public_key()), c.public_key()),
+        ),
+    )
+    path = keys / "root"
+    write_output(path, sign(TRUST_ROOT_PAYLOAD_TYPE, root.payload(), [a, b]).to_bytes())
+    return path
+
+
+def test_threshold_counts_distinct_keys_not_ids(cli, keys, plan_file):
+    """2-of-3: key a signing under both of its ids is one key, refused; a and b are two, accepted."""
+    root = _root_with_one_key_under_two_ids(keys, threshold=2)
+    a = load_private_key((keys / "a").read_bytes(), "a")
+    payload = plan_file.read_bytes()
+    message_type = "application/vnd.vaultpolicy.plan.v1+json"
+    same_key_twice = Envelope(message_type, payload, tuple(
+        (kid, sig) for kid in (key_id(a.public_key()), "a-backup") for _, sig in sign(message_type, payload, [a]).signatures
+    ))
+    (keys / "twice").write_bytes(same_key_twice.to_bytes())
+    code, _, err = cli("verify", keys / "twice", "--trust", root)
+    assert code == 1 and err.startswith("refused: threshold-not-met: 1 distinct trusted key(s) signed")
+
+    assert cli("sign", plan_file, "--key", keys / "a", "--key", keys / "b", "-o", keys / "two")[0] == 0
+    assert cli("verify", keys / "two", "--trust", root)[0] == 0
+
+
+def test_trust_init_and_adding_a_signature_reaches_the_threshold(cli, keys, plan_file):
+    args = ["--key", keys / "a.pub", "--key", keys / "b.pub", "--key", keys / "c.pub", "--threshold", "2"]
+    assert cli("trust", "init", *args, "--sign-with", keys / "a", "--sign-with", keys / "b", "-o", keys / "root")[0] == 0
+    cli("sign", plan_file, "--key", keys / "a", "-o", keys / "one")
+    code, _, err = cli("verify", keys / "one", "--trust", keys / "root")
+    assert code == 1 and "threshold-not-met" in err
+    cli("sign", keys / "one", "--key", keys / "c", "-o", keys / "two")  # adds to the existing envelope
+    assert cli("verify", keys / "two", "--trust", keys / "root")[0] == 0
+
+
+def test_trust_init_refuses_a_root_its_signers_cannot_meet(cli, keys):
+    args = ["--key", keys / "a.pub", "--key", keys / "b.pub", "--threshold", "2", "--sign-with", keys / "a"]
+    code, _, err = cli("trust", "init", *args, "-o", keys / "root")
+    assert code == 1 and "needs 2" in err and not (keys / "root").exists()
+
+
+def test_trust_rotation_needs_a_threshold_of_the_current_root(cli, keys, plan_file):
+    init = ["--key", keys / "a.pub", "--key", keys / "b.pub", "--threshold", "2"]
+    cli("trust", "init", *init, "--sign-with", keys / "a", "--sign-with", keys / "b", "-o", keys / "root1")
+    rotate = ["--current", keys / "root1", "--key", keys / "b.pub", "--key", keys / "c.pub", "--threshold", "2"]
+    # signed only by the new keys: the current root's threshold (a and b) is not met
+    code, _, err = cli("trust", "rotate", *rotate, "--sign-with", keys / "b", "--sign-with", keys / "c", "-o", keys / "root2")
+    assert code == 1 and "needs 2" in err and not (keys / "root2").exists()
+    signers = ["--sign-with", keys / "a", "--sign-with", keys / "b", "--sign-with", keys / "c"]
+    assert cli("trust", "rotate", *rotate, *signers, "-o", keys / "root2")[0] == 0
+    old, new = load_trust((keys / "root1").read_bytes(), "root1"), (keys / "root2").read_bytes()
+    assert old.rotate(Envelope.from_bytes(new)).version == 2
+    # the new root trusts c and no longer a
+    cli("sign", plan_file, "--key", keys / "b", "--key", keys / "c", "-o", keys / "bc")
+    cli("sign", plan_file, "--key", keys / "a", "--key", keys / "b", "-o", keys / "ab")
+    assert cli("verify", keys / "bc", "--trust", keys / "root2")[0] == 0
+    code, _, err = cli("verify", keys / "ab", "--trust", keys / "root2")
+    assert code == 1 and "threshold-not-met" in err
