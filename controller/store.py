@@ -164,6 +164,10 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
+    def escrowed_vaults(self, device_id: str) -> list[str]:
+        rows = self._db.execute("SELECT DISTINCT vault FROM escrow WHERE device_id = ? ORDER BY vault", (device_id,))
+        return [row[0] for row in rows]
+
     # --- verified quotes ---
 
     def add_verified_quote(self, quote_sha256: str, device_id: str, verified_at: int, expires_at: int) -> None:

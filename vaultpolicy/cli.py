@@ -44,11 +44,13 @@ COMMANDS: dict[tuple[str, ...], CommandInfo] = {
     ("device", "identity"): CommandInfo("device_attest", "print this device's attestation key for enrolment"),
     ("device", "quote"): CommandInfo("device_attest", "produce a TPM quote over the attestation PCRs"),
     ("device", "report"): CommandInfo("device_attest", "produce a signed drift report"),
+    ("device", "escrow-ack"): CommandInfo("device_attest", "record the controller's acknowledgement of an escrowed key"),
     ("controller", "nonce"): CommandInfo("controller", "issue a single-use attestation nonce"),
     ("controller", "enroll"): CommandInfo("controller", "enrol a device's attestation key"),
     ("controller", "verify-quote"): CommandInfo("controller", "verify a device quote against the policy"),
     ("controller", "release"): CommandInfo("controller", "release an escrowed vault key to a verified device"),
     ("controller", "escrow-keygen"): CommandInfo("controller", "generate the controller's escrow key pair"),
+    ("controller", "escrow"): CommandInfo("controller", "store devices' escrowed keys and write acknowledgements"),
     ("controller", "drift"): CommandInfo("controller", "verify drift reports and summarise the fleet"),
 }
 

@@ -1,0 +1,129 @@
+"""The attestation commands end to end through `vaultpolicy.cli.main`, on a real swtpm."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from compiler.plan import Attestation, Device, Plan, Seal, Vault, encode_plan, format_time, plan_digest
+from compiler.signing import PLAN_PAYLOAD_TYPE, generate_key, sign
+from enforcer import escrow
+from enforcer.attest import AttestationTpm
+from enforcer.release import Release, open_release
+from enforcer.state import StateDir
+from vaultpolicy import status_codes
+from vaultpolicy.cli import main
+
+PCRS = (0, 2, 4, 7)
+
+
+def make_plan(allowed: dict[int, str], escrow_public: str) -> Plan:
+    now = datetime.now(timezone.utc)
+    return Plan(
+        plan_version=1, issued_at=format_time(now), expires=format_time(now + timedelta(days=1)), source_sha256="00" * 32,
+        device=Device(persist="/persist", allow_unmeasured_boot=True, escrow_public_key=escrow_public),
+        vaults=(Vault(name="config", path="/persist/vault/config", encryption="aes-256-xts", limit_bytes=0,
+                      seal=Seal(bank="sha256", pcrs=PCRS, attestation="boot"), on_remove="retain"),),
+        attestations=(Attestation(name="boot", bank="sha256", pcrs=PCRS, allowed={str(i): (v,) for i, v in allowed.items()},
+                                  nonce_bytes=16, nonce_lifetime_seconds=300, escrow_required=True),),
+    )
+
+
+@pytest.fixture
+def world(make_tpm, tmp_path):
+    tpm = make_tpm()
+    tpm.measure_boot()
+    with AttestationTpm(tpm.tcti) as device:
+        _, values = device.read_pcrs("sha256", PCRS)
+    assert main(["controller", "escrow-keygen", str(tmp_path / "escrow.key")]) == 0
+    escrow_public = (tmp_path / "escrow.key.pub").read_text().strip()
+    plan = make_plan({i: v.hex() for i, v in values.items()}, escrow_public)
+    payload = encode_plan(plan)
+    (tmp_path / "plan.json").write_bytes(payload)
+    state = StateDir(tmp_path / "state")
+    state.commit_plan(sign(PLAN_PAYLOAD_TYPE, payload, [generate_key()]).to_bytes(), 1, plan_digest(payload))
+    common = ["--state-dir", str(state.root), "--tpm", tpm.tcti, "--device-id", "gw-1"]
+    return tpm, tmp_path, state, common
+
+
+def run_ok(capsys, argv, code=status_codes.SUCCESS) -> str:
+    capsys.readouterr()
+    assert main(argv) == code, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_enrol_escrow_quote_verify_release(world, capsys):
+    tpm, tmp, state, common = world
+    store = ["--store", str(tmp / "controller.db")]
+    plan = ["--plan", str(tmp / "plan.json")]
+    (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
+    assert "enrolled device `gw-1`" in run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
+
+    # the device escrows a key (as the enforcer does when it creates one), the controller acknowledges
+    raw = bytes(range(64))
+    controller_pub = escrow.load_escrow_public((tmp / "escrow.key.pub").read_text(), "escrow.key.pub")
+    blob_path = escrow.record_escrow(state.root, escrow.wrap_key(controller_pub, "gw-1", "config", bytes(16), raw))
+    run_ok(capsys, ["controller", "escrow", str(blob_path), "--ack-dir", str(tmp / "acks"), *store])
+    assert escrow.escrow_state(state.root, "config") == "pending"
+    run_ok(capsys, ["device", "escrow-ack", str(tmp / "acks" / "gw-1.config.ack.json"), "--state-dir", str(state.root)])
+    assert escrow.escrow_state(state.root, "config") == "acknowledged"
+
+    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    assert len(bytes.fromhex(nonce)) == 16
+    run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
+    verified = json.loads(run_ok(capsys, ["controller", "verify-quote", str(tmp / "quote.json"), "--json", *plan, *store]))
+    assert verified["verified"] is True
+    refused = run_ok(capsys, ["controller", "verify-quote", str(tmp / "quote.json"), "--json", *plan, *store], status_codes.ERROR)
+    assert json.loads(refused)["reason"] == "nonce-used"
+
+    run_ok(capsys, ["controller", "release", str(tmp / "quote.json"), "--escrow-key", str(tmp / "escrow.key"),
+                    "-o", str(tmp / "release.json"), *store])
+    release = Release.from_bytes((tmp / "release.json").read_bytes())
+    assert bytes(open_release(tpm.tcti, release, "gw-1")["config"][1]) == raw
+    capsys.readouterr()
+    assert main(["controller", "release", str(tmp / "quote.json"), "--escrow-key", str(tmp / "escrow.key"),
+                 "-o", str(tmp / "again.json"), *store]) == status_codes.ERROR
+    assert "already released" in capsys.readouterr().err and not (tmp / "again.json").exists()
+
+
+def test_refused_pcr_is_named_on_stderr(world, capsys):
+    tpm, tmp, state, common = world
+    store = ["--store", str(tmp / "controller.db")]
+    plan = ["--plan", str(tmp / "plan.json")]
+    (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
+    run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
+    tpm.extend(4, b"firmware update")
+    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
+    capsys.readouterr()
+    assert main(["controller", "verify-quote", str(tmp / "quote.json"), *plan, *store]) == status_codes.ERROR
+    err = capsys.readouterr().err
+    assert "error: PCRs not allowed by attestation `boot`: PCR 4 = " in err and "Traceback" not in err
+
+
+def test_bad_inputs_are_clear_errors(world, capsys, tmp_path):
+    _, tmp, _, common = world
+    (tmp_path / "junk.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(["controller", "enroll", str(tmp_path / "junk.json"), "--store", str(tmp / "c.db")]) == status_codes.ERROR
+    assert "junk.json: not JSON" in capsys.readouterr().err
+    assert main(["device", "quote", "--nonce", "abcd", *common]) == status_codes.ERROR
+    assert "--nonce is 2 bytes" in capsys.readouterr().err
+
+
+def test_report_and_fleet_drift(world, capsys):
+    _, tmp, state, common = world
+    store = ["--store", str(tmp / "controller.db")]
+    (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
+    run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
+    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", "--plan", str(tmp / "plan.json"), *store]).strip()
+    (tmp / "root").mkdir()
+    run_ok(capsys, ["device", "report", "--nonce", nonce, "--root", str(tmp / "root"), "-o", str(tmp / "report.json"), *common],
+           status_codes.DRIFT)
+    text = run_ok(capsys, ["controller", "drift", str(tmp / "report.json"), "--require-nonce", *store], status_codes.DRIFT)
+    assert "gw-1: plan 1" in text and "config: Drifted (path-missing)" in text and "[escrow missing]" in text
+    data = json.loads(run_ok(capsys, ["controller", "drift", str(tmp / "report.json"), "--format", "json", *store],
+                             status_codes.ERROR))  # second use of the same nonce: the report is rejected
+    assert data["devices"] == [] and "already used" in data["rejected"][0][1]

@@ -1,0 +1,197 @@
+"""`vaultpolicy controller …`: the controller's half of attestation, escrow and drift.
+
+  escrow-keygen OUT            X25519 escrow key pair: OUT (private, 0600) and OUT.pub (base64, for the
+                               policy's `device.escrow_public_key`)
+  enroll IDENTITY              record a device's attestation and release keys (`device identity`)
+  escrow BLOB... --ack-dir D   store devices' escrow blobs, write one acknowledgement per blob into D
+  nonce --device ID --plan P   issue a single-use nonce (size and lifetime from the plan's attestation)
+  verify-quote QUOTE --plan P  verify in the order of controller/quote_verify.py; names refused PCRs
+  release QUOTE --escrow-key K -o OUT [--vault V]...   re-wrap escrowed keys to the verified device
+  drift REPORT... [--format text|markdown|html|json]   verify signed reports and summarise the fleet
+
+State lives in one SQLite file (`--store`, default ./controller.db). Refusals print the reason and
+exit 1; `drift` exits 3 (DRIFT) when a verified device drifts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from vaultpolicy import status_codes
+from vaultpolicy.errors import InputError
+
+
+def add_arguments(parser, key) -> None:
+    action = key[1]
+    parser.add_argument("--store", default="controller.db", metavar="DB", help="controller state (SQLite; default ./controller.db)")
+    if action == "escrow-keygen":
+        parser.add_argument("output", metavar="OUT", help="private key file; the public key goes to OUT.pub")
+    elif action == "enroll":
+        parser.add_argument("identity", metavar="IDENTITY", help="output of `vaultpolicy device identity`")
+    elif action == "escrow":
+        parser.add_argument("blobs", nargs="+", metavar="BLOB", help="escrow blobs from devices (STATE/escrow/<vault>.json)")
+        parser.add_argument("--ack-dir", required=True, metavar="DIR", help="where to write <device>.<vault>.ack.json")
+    elif action == "nonce":
+        parser.add_argument("--device", required=True, metavar="ID", help="the device the nonce is for")
+        _plan_arguments(parser)
+    elif action == "verify-quote":
+        parser.add_argument("quote", metavar="QUOTE", help="output of `vaultpolicy device quote`")
+        _plan_arguments(parser)
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    elif action == "release":
+        parser.add_argument("quote", metavar="QUOTE", help="a quote `controller verify-quote` accepted")
+        parser.add_argument("--escrow-key", required=True, metavar="KEY", help="the escrow private key")
+        parser.add_argument("--vault", action="append", default=[], metavar="NAME", help="vault to release (repeat)")
+        parser.add_argument("-o", "--output", required=True, metavar="OUT", help="release file for `device unlock --release`")
+    elif action == "drift":
+        parser.add_argument("reports", nargs="+", metavar="REPORT", help="signed reports from `vaultpolicy device report`")
+        parser.add_argument("--format", choices=("text", "markdown", "html", "json"), default="text")
+        parser.add_argument("--require-nonce", action="store_true", help="refuse reports without a controller nonce")
+
+
+def _plan_arguments(parser) -> None:
+    parser.add_argument("--plan", required=True, metavar="PLAN", help="the plan (plain or signed) with the attestation policy")
+    parser.add_argument("--attestation", metavar="NAME", help="which attestation requirement (default: the only one)")
+
+
+def _attestation(args):
+    from compiler.files import load_plan, plan_payload, read_input
+
+    plan = load_plan(plan_payload(read_input(args.plan, "plan"), args.plan), args.plan)
+    if not plan.attestations:
+        raise InputError(f"{args.plan}: the plan has no attestation requirement")
+    if args.attestation is None:
+        if len(plan.attestations) > 1:
+            names = ", ".join(a.name for a in plan.attestations)
+            raise InputError(f"{args.plan}: several attestation requirements ({names}); choose one with --attestation")
+        return plan.attestations[0]
+    for attestation in plan.attestations:
+        if attestation.name == args.attestation:
+            return attestation
+    raise InputError(f"{args.plan}: no attestation requirement `{args.attestation}`")
+
+
+def run(args) -> int:
+    from controller.store import Store
+
+    now = int(time.time())
+    if args.command[1] == "escrow-keygen":
+        return _escrow_keygen(args)
+    with Store(args.store) as store:
+        return _ACTIONS[args.command[1]](args, store, now)
+
+
+def _escrow_keygen(args) -> int:
+    from compiler.files import write_output
+    from enforcer.escrow import escrow_private_pem, escrow_public_text, generate_escrow_key
+
+    key = generate_escrow_key()
+    write_output(args.output, escrow_private_pem(key), 0o600)
+    write_output(f"{args.output}.pub", (escrow_public_text(key) + "\n").encode())
+    print(f"wrote {args.output} (keep it offline) and {args.output}.pub (put it in the policy's escrow key)")
+    return status_codes.SUCCESS
+
+
+def _enroll(args, store, now) -> int:
+    from compiler.files import read_input
+    from enforcer.attest import Identity
+
+    identity = Identity.from_bytes(read_input(args.identity, "identity"), args.identity)
+    store.enroll(identity.device_id, identity.ak_public_pem, identity.ak_name, identity.release_public_pem, now)
+    print(f"enrolled device `{identity.device_id}`")
+    return status_codes.SUCCESS
+
+
+def _escrow(args, store, now) -> int:
+    from compiler.files import read_input, write_output
+    from controller.release import accept_escrow
+
+    ack_dir = Path(args.ack_dir)
+    ack_dir.mkdir(parents=True, exist_ok=True)
+    for path in args.blobs:
+        ack = accept_escrow(store, read_input(path, "escrow blob"), now, path)
+        obj = json.loads(ack)
+        target = ack_dir / f"{obj['device_id']}.{obj['vault']}.ack.json"
+        write_output(target, ack)
+        print(f"stored escrow for `{obj['device_id']}` vault `{obj['vault']}`; acknowledgement {target}")
+    return status_codes.SUCCESS
+
+
+def _nonce(args, store, now) -> int:
+    from controller import nonce
+
+    attestation = _attestation(args)
+    if store.device(args.device) is None:
+        raise InputError(f"device `{args.device}` is not enrolled", hint="enrol it with `vaultpolicy controller enroll`")
+    print(nonce.issue(store, args.device, attestation, now).hex())
+    return status_codes.SUCCESS
+
+
+def _verify_quote(args, store, now) -> int:
+    from compiler.files import read_input
+    from controller.errors import AttestationRejected
+    from controller.quote_verify import verify_quote
+    from enforcer.attest import Quote
+
+    quote = Quote.from_bytes(read_input(args.quote, "quote"), args.quote)
+    try:
+        verified = verify_quote(store, quote, _attestation(args), now)
+    except AttestationRejected as exc:
+        if args.json:
+            print(json.dumps({"verified": False, "reason": exc.reason, "message": exc.message, "pcrs": exc.pcrs}))
+        raise
+    if args.json:
+        print(json.dumps({"verified": True, "device_id": verified.device_id, "quote_sha256": verified.quote_sha256}))
+    else:
+        print(f"quote from `{verified.device_id}` verified: signature, nonce, PCR digest, allowed values, counters")
+    return status_codes.SUCCESS
+
+
+def _release(args, store, now) -> int:
+    from compiler.files import read_input, write_output
+    from controller.release import release_keys
+    from enforcer.attest import Quote
+    from enforcer.escrow import load_escrow_private
+
+    quote = Quote.from_bytes(read_input(args.quote, "quote"), args.quote)
+    key = load_escrow_private(read_input(args.escrow_key, "escrow key"), args.escrow_key)
+    vaults = args.vault or store.escrowed_vaults(quote.device_id)
+    release = release_keys(store, quote, vaults, key, now)
+    write_output(args.output, release.to_bytes(), 0o600)
+    print(f"released {', '.join(k.vault for k in release.keys)} to `{release.device_id}`: {args.output}")
+    return status_codes.SUCCESS
+
+
+def _drift(args, store, now) -> int:
+    from compiler.files import read_input
+    from controller.drift import render, summarise, verify_report
+    from vaultpolicy.errors import VaultpolicyError
+
+    verified, rejected = [], []
+    for path in args.reports:
+        try:
+            verified.append(verify_report(store, read_input(path, "report"), now, require_nonce=args.require_nonce, source=path))
+        except VaultpolicyError as exc:
+            rejected.append((path, exc.message))
+    summary = summarise(verified, rejected)
+    if args.format == "json":
+        print(json.dumps(asdict(summary), indent=2, default=lambda model: model.model_dump(mode="json")))
+    else:
+        sys.stdout.write(render(summary, args.format))
+    if rejected:
+        return status_codes.ERROR
+    return status_codes.DRIFT if summary.drifting_devices else status_codes.SUCCESS
+
+
+_ACTIONS = {
+    "enroll": _enroll,
+    "escrow": _escrow,
+    "nonce": _nonce,
+    "verify-quote": _verify_quote,
+    "release": _release,
+    "drift": _drift,
+}

@@ -1,0 +1,151 @@
+"""`vaultpolicy device identity|quote|report|escrow-ack`: the device's half of attestation.
+
+  identity                 create (once) the TPM attestation and release keys; print them for enrolment
+  quote --nonce HEX        TPM2_Quote over the applied plan's attestation PCRs, binding the nonce and
+                           the release key (docs/attestation.md has the JSON format)
+  report [--nonce HEX]     observe every vault and print a drift report signed by the attestation key
+  escrow-ack ACK...        record the controller's acknowledgements (escrow state pending -> acknowledged)
+
+The device id is `--device-id`, else the one `device identity` recorded in STATE/attest/, else the
+host name. The TPM is `--tpm TCTI`, else /dev/tpmrm0, else the embedded swtpm of the state dir.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from vaultpolicy import status_codes
+from vaultpolicy.errors import InputError
+
+
+def add_arguments(parser, key) -> None:
+    action = key[1]
+    parser.add_argument("--state-dir", default="/var/lib/vaultpolicy", metavar="DIR", help="the device's state directory")
+    parser.add_argument("--device-id", metavar="ID", help="this device's id (default: recorded by `device identity`, else host name)")
+    if action == "escrow-ack":
+        parser.add_argument("acks", nargs="+", metavar="ACK", help="acknowledgements from `vaultpolicy controller escrow`")
+        return
+    parser.add_argument("--tpm", metavar="TCTI", help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    if action in ("quote", "report"):
+        parser.add_argument("--attestation", metavar="NAME", help="attestation requirement of the plan (default: the only one)")
+    if action == "quote":
+        parser.add_argument("--nonce", required=True, metavar="HEX", help="the nonce from `vaultpolicy controller nonce`")
+    if action == "report":
+        parser.add_argument("--nonce", metavar="HEX", help="the controller's nonce, when it asked for a fresh report")
+        parser.add_argument("--root", metavar="DIR", help="the plan's absolute paths live under DIR")
+
+
+def _identity_file(state_dir: Path) -> Path:
+    return state_dir / "attest" / "identity.json"
+
+
+def _device_id(args) -> str:
+    if args.device_id:
+        return args.device_id
+    try:
+        return json.loads(_identity_file(Path(args.state_dir)).read_bytes())["device_id"]
+    except (OSError, ValueError, KeyError):
+        return socket.gethostname()
+
+
+def _nonce(text: str | None) -> bytes:
+    if text is None:
+        return b""
+    try:
+        nonce = bytes.fromhex(text.strip())
+    except ValueError:
+        raise InputError(f"--nonce `{text}` is not hex") from None
+    if not 12 <= len(nonce) <= 32:
+        raise InputError(f"--nonce is {len(nonce)} bytes; controller nonces are 12 to 32 bytes")
+    return nonce
+
+
+def _emit(args, data: bytes) -> None:
+    if args.output:
+        from compiler.files import write_output
+
+        write_output(args.output, data)
+    else:
+        sys.stdout.write(data.decode() + "\n")
+
+
+def _applied_plan(state):
+    """(plan, sha256) of the applied plan, or (None, None). It was verified when applied; the controller
+    checks what the quote shows against its own copy of the plan."""
+    from compiler.plan import decode_plan
+    from compiler.signing import Envelope
+
+    envelope = state.applied_envelope()
+    if envelope is None:
+        return None, None
+    floor = state.floor()
+    return decode_plan(Envelope.from_bytes(envelope).payload), floor[1] if floor else None
+
+
+def _attested_pcrs(plan, name: str | None) -> tuple[str, tuple[int, ...]]:
+    if plan is None:
+        raise InputError("no plan has been applied on this device, so it has no attestation PCRs to quote")
+    if name is not None:
+        for attestation in plan.attestations:
+            if attestation.name == name:
+                return attestation.bank, tuple(attestation.pcrs)
+        raise InputError(f"the applied plan has no attestation requirement `{name}`")
+    if len(plan.attestations) == 1:
+        return plan.attestations[0].bank, tuple(plan.attestations[0].pcrs)
+    if plan.attestations:
+        raise InputError("the applied plan has several attestation requirements; choose one with --attestation")
+    sealed = sorted({pcr for vault in plan.vaults if vault.seal for pcr in vault.seal.pcrs})
+    return plan.device.bank, tuple(sealed or (0,))  # no attestation: vouch for what the keys are sealed to
+
+
+def run(args) -> int:
+    from enforcer.state import StateDir, atomic_write
+
+    state = StateDir(args.state_dir)
+    action = args.command[1]
+    if action == "escrow-ack":
+        from compiler.files import read_input
+        from enforcer.escrow import record_ack
+
+        for path in args.acks:
+            vault = record_ack(state.root, read_input(path, "acknowledgement"), path)
+            print(f"escrow of vault `{vault}` acknowledged by the controller")
+        return status_codes.SUCCESS
+
+    from enforcer.attest import AttestationTpm, release_key_binding
+    from enforcer.tcti import resolve_tcti
+
+    state.ensure()
+    tcti = resolve_tcti(args.tpm, state.root)
+    device_id = _device_id(args)
+    if action == "identity":
+        with AttestationTpm(tcti) as tpm:
+            identity = tpm.identity(device_id)
+        atomic_write(_identity_file(state.root), json.dumps({"device_id": device_id}).encode())
+        _emit(args, identity.to_bytes())
+        return status_codes.SUCCESS
+
+    plan, plan_sha256 = _applied_plan(state)
+    bank, pcrs = _attested_pcrs(plan, args.attestation)
+    if action == "quote":
+        with AttestationTpm(tcti) as tpm:
+            identity = tpm.identity(device_id)
+            quote = tpm.quote(device_id, "release", _nonce(args.nonce), release_key_binding(identity.release_public_pem), bank, pcrs)
+        _emit(args, quote.to_bytes())
+        return status_codes.SUCCESS
+
+    from enforcer.observe import observe
+    from enforcer.report import build_report, sign_report
+    from enforcer.tpm import Tpm
+
+    root = Path(args.root) if args.root else None
+    with Tpm(tcti) as tpm:
+        observed = observe(plan, state, root, tpm)
+    report = build_report(device_id, plan, plan_sha256, observed, state, datetime.now(timezone.utc))
+    _emit(args, sign_report(tcti, report, _nonce(args.nonce), bank, pcrs))
+    return status_codes.DRIFT if report.drifting else status_codes.SUCCESS
