@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from compiler.plan import Device, Plan, Seal, Vault, App, encode_plan, format_time
 from compiler.signing import PLAN_PAYLOAD_TYPE, sign
 
-NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime.now(timezone.utc).replace(microsecond=0)  # CLI applies read the real clock
 
 
 def vault(name: str, *, limit: int = 0, pcrs=(0, 7), encryption: str = "aes-256-xts", on_remove: str = "retain",

@@ -1,0 +1,183 @@
+"""Apply on real fscrypt + swtpm through the CLI: idempotence, no key on disk, migration, limits, removal."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from datetime import timedelta
+
+import pytest
+
+from enforcer import fscrypt
+from enforcer.state import StateDir
+from vp_helpers import NOW, make_plan, signed, vault
+
+pytestmark = pytest.mark.device
+
+MiB = 1 << 20
+
+
+def tree_digests(root) -> dict[str, str]:
+    out = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def snapshot(directory) -> dict[str, tuple[bytes, int]]:
+    """Every state file's bytes and mtime (images by size and mtime only)."""
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and ".img.mnt" not in str(path):
+            st = path.stat()
+            out[str(path)] = (b"" if path.suffix == ".img" else path.read_bytes(), st.st_mtime_ns)
+    return out
+
+
+def test_second_apply_changes_nothing(device):
+    plan = make_plan([vault("config", limit=16 * MiB), vault("img")])
+    first = device.apply(plan)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = snapshot(device.state)
+    second = device.apply(plan, "--json")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout)["steps"] == []
+    assert snapshot(device.state) == before  # no new key, no new seal, not even a rewritten file
+
+
+def test_raw_key_never_reaches_disk(device):
+    from enforcer.tpm import SealedBlob, Tpm
+
+    plan = make_plan([vault("config", limit=16 * MiB), vault("img")])
+    assert device.apply(plan).returncode == 0
+    (device.path("/persist/vault/config") / "data").write_bytes(b"x" * 10000)
+    os.sync()
+    state = StateDir(device.state)
+    keys = []
+    with Tpm(device.tcti) as tpm:
+        for name in ("config", "img"):
+            keys.append(bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed(name)["blob"])))))
+    assert all(len(k) == 64 for k in keys)
+    scanned = [p for p in list(device.state.rglob("*")) + [device.work / "persist.img"] if p.is_file()]
+    assert any(p.suffix == ".img" for p in scanned)
+    for path in scanned:
+        data = path.read_bytes()
+        for key in keys:
+            assert key not in data and key[:32] not in data, f"raw key bytes found in {path}"
+
+
+def test_plaintext_directory_migrates_into_the_vault(device):
+    target = device.path("/persist/vault/config")
+    (target / "sub").mkdir(parents=True)
+    (target / "a.txt").write_text("alpha")
+    (target / "sub" / "b.bin").write_bytes(os.urandom(300_000))
+    os.symlink("a.txt", target / "link")
+    expected = tree_digests(target)
+
+    result = device.apply(make_plan([vault("config", limit=16 * MiB)]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert tree_digests(target) == expected
+    assert os.readlink(target / "link") == "a.txt"
+    assert fscrypt.get_policy(str(target)) is not None
+    assert not any(name.endswith(".vp-plaintext") for name in os.listdir(target.parent))
+    status = device.cli("device", "status")
+    assert status.returncode == 0, status.stdout
+
+
+def test_migration_that_cannot_fit_moves_nothing(device):
+    target = device.path("/persist/vault/config")
+    target.mkdir(parents=True)
+    (target / "big").write_bytes(b"\1" * (9 * MiB))
+    result = device.apply(make_plan([vault("config", limit=8 * MiB)]))
+    assert result.returncode == 1
+    assert "nothing was moved" in result.stdout
+    assert (target / "big").read_bytes() == b"\1" * (9 * MiB)
+    assert fscrypt.get_policy(str(target)) is None
+    status = device.cli("device", "status")
+    assert "plaintext" in status.stdout or status.returncode == 3
+
+
+def test_writing_past_the_limit_fails_and_raising_it_helps(device):
+    assert device.apply(make_plan([vault("config", limit=8 * MiB)])).returncode == 0
+    target = device.path("/persist/vault/config")
+    (target / "keep").write_bytes(b"k" * 1000)
+    with pytest.raises(OSError) as caught:
+        with open(target / "fill", "wb") as handle:
+            handle.write(b"\0" * (16 * MiB))
+            handle.flush()
+            os.fsync(handle.fileno())
+    assert caught.value.errno == errno.ENOSPC
+    (target / "fill").unlink()
+
+    grown = device.apply(make_plan([vault("config", limit=32 * MiB)], version=2))
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    with open(target / "fill", "wb") as handle:
+        handle.write(b"\0" * (16 * MiB))
+        os.fsync(handle.fileno())
+    assert (target / "keep").read_bytes() == b"k" * 1000
+    status = json.loads(device.cli("device", "status", "--json").stdout)
+    (config,) = status["vaults"]
+    assert config["limit_bytes"] == 32 * MiB and config["used_bytes"] >= 16 * MiB
+
+
+def test_removed_vault_retain_keeps_key_locked_and_orphaned(device):
+    assert device.apply(make_plan([vault("config"), vault("img")])).returncode == 0
+    (device.path("/persist/vault/img") / "f").write_text("kept")
+    assert device.apply(make_plan([vault("config")], version=2)).returncode == 0
+    state = StateDir(device.state)
+    assert state.sealed("img") is not None and state.records()["img"].orphaned
+    status = json.loads(device.cli("device", "status", "--json").stdout)
+    img = next(v for v in status["vaults"] if v["vault"] == "img")
+    assert img["state"] == "orphaned"
+    assert "f" not in os.listdir(device.path("/persist/vault/img"))  # locked: names are encrypted
+
+
+def test_removed_vault_destroy_crypto_erases(device):
+    plan = make_plan([vault("config"), vault("scratch", limit=8 * MiB, on_remove="destroy")])
+    assert device.apply(plan).returncode == 0
+    (device.path("/persist/vault/scratch") / "f").write_text("gone")
+    result = device.apply(make_plan([vault("config")], version=2))
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = StateDir(device.state)
+    assert state.sealed("scratch") is None and "scratch" not in state.records()
+    assert not state.image_path("scratch").exists()
+    assert not device.path("/persist/vault/scratch").exists()
+    assert state.sealed("config") is not None
+
+
+def test_refused_plans_leave_the_applied_plan_in_force(device):
+    good = make_plan([vault("config")], version=3)
+    assert device.apply(good).returncode == 0
+    state = StateDir(device.state)
+    applied = state.applied_envelope()
+    tampered = bytearray(signed(make_plan([vault("config"), vault("evil")], version=4), device.key))
+    tampered[tampered.index(b'"payload":"') + 30] ^= 1
+    bad = {
+        "rollback": make_plan([vault("config")], version=2),
+        "expired": make_plan([vault("config")], version=4, issued=NOW - timedelta(days=400)),
+        "future-dated": make_plan([vault("config")], version=4, issued=NOW + timedelta(days=400)),
+        "wrong-target": make_plan([vault("config")], version=4, targets=["other-device"]),
+    }
+    for reason, plan in bad.items():
+        result = device.apply(plan, "--device-id", "gw-1")
+        assert result.returncode == 1 and reason in result.stderr, (reason, result.stderr)
+        assert state.applied_envelope() == applied
+        assert state.conditions()["plan"].reason == reason
+    (device.work / "tampered.signed").write_bytes(bytes(tampered))
+    result = device.cli("device", "apply", str(device.work / "tampered.signed"), "--trust", str(device.trust))
+    assert result.returncode == 1 and "refused" in result.stderr
+    assert state.applied_envelope() == applied
+    assert device.cli("device", "status").returncode == 3  # the refusal is reported
+
+
+def test_symlink_on_the_vault_path_is_refused(device):
+    elsewhere = device.root / "elsewhere"
+    elsewhere.mkdir()
+    (device.root / "persist" / "vault").symlink_to(elsewhere)
+    result = device.apply(make_plan([vault("config")]))
+    assert result.returncode == 1 and "symlink" in result.stdout
+    assert os.listdir(elsewhere) == []
