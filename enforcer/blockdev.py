@@ -3,16 +3,25 @@
 `quota_supported()` asks the running kernel (once per process) whether an ext4 filesystem made
 with `-O quota,project` mounts. Where it does not (the development and CI kernels have no quota
 support), a vault with a limit lives on its own fscrypt-capable ext4 image (`mkfs.ext4 -O encrypt`)
-whose size is the limit, loop-mounted at the vault path: writing past the limit fails with ENOSPC
-in the kernel, whoever writes.
+whose size is the limit, mounted at the vault path: writing past the limit fails with ENOSPC in
+the kernel, whoever writes.
+
+Layout: ext4 refuses an encryption policy on a filesystem's root directory (EPERM), so the image
+is loop-mounted at `<image>.mnt` (next to the image, under the state dir) and its `vault`
+subdirectory is bind-mounted at the vault path. The vault path is then an ordinary empty
+directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
+`fscrypt.add_key(vault_path, …)` work on it directly.
 
 - Images are sparse files; callers keep them under the state dir on the persist partition.
 - `attach_image` is idempotent: it formats a new image, mounts an existing one, and does nothing
-  when the image is already mounted there. It refuses to mount over a non-empty directory (that
+  when the image's vault is already mounted there. It refuses to mount over a non-empty directory (that
   would hide plaintext files instead of migrating them).
-- `grow` resizes online (loop capacity, then resize2fs). Lowering a limit is refused: below the
-  current usage with `LimitBelowUsage`, otherwise with `ShrinkUnsupported` (ext4 cannot shrink
-  while mounted, and unmounting would drop the vault's key from the kernel).
+- `grow` resizes online (loop capacity, then resize2fs) when the process holds CAP_SYS_RESOURCE,
+  which ext4 requires for online resizing. Without it (the development and CI containers drop
+  it) the vault is briefly unmounted and resized offline: `grow` and `attach_image` then return
+  True, because unmounting dropped the vault's fscrypt key and the caller must add it again.
+- Lowering a limit is refused: below the current usage with `LimitBelowUsage`, otherwise with
+  `ShrinkUnsupported` (ext4 cannot shrink while mounted).
 - `usage` reports statvfs figures: `limit_bytes` is the data capacity the filesystem offers, a
   little under the image size (journal and inode tables take the rest).
 - Images are mounted `nodev,nosuid` with `-m 0` (no root reserve): the limit is the same for root.
@@ -35,6 +44,8 @@ MIN_IMAGE_BYTES = 8 * 1024 * 1024  # smaller ext4 images with a journal leave al
 _EXT4_MAGIC_OFFSET = 1024 + 0x38
 _EXT4_MAGIC = b"\x53\xef"
 _MOUNT_OPTIONS = "loop,nodev,nosuid"
+_VAULT_DIR = "vault"
+_CAP_SYS_RESOURCE = 24
 
 
 class BlockdevError(DeviceError):
@@ -131,31 +142,74 @@ def make_image(image: str | os.PathLike, size_bytes: int, *, features: str = "en
     return image
 
 
-def attach_image(image: str | os.PathLike, mountpoint: str | os.PathLike, size_bytes: int) -> None:
-    """Make sure `image` (created when missing) is loop-mounted at `mountpoint`, at least `size_bytes`."""
+def backing_mountpoint(image: str | os.PathLike) -> Path:
+    """Where `attach_image` mounts the whole image: next to it, `<image>.mnt`."""
+    image = Path(image)
+    return image.with_name(image.name + ".mnt")
+
+
+def mount_image(image: str | os.PathLike, mountpoint: str | os.PathLike) -> None:
+    """Loop-mount the ext4 `image` on the existing `mountpoint` (nodev, nosuid)."""
+    if not _has_ext4(Path(image)):
+        raise BlockdevError("the image is not an ext4 filesystem; refusing to mount it", image)
+    _run(["mount", "-t", "ext4", "-o", _MOUNT_OPTIONS, str(image), str(mountpoint)], mountpoint, "mount")
+
+
+def attach_image(image: str | os.PathLike, mountpoint: str | os.PathLike, size_bytes: int) -> bool:
+    """Make sure the vault directory of `image` (created when missing) is mounted at `mountpoint`.
+
+    ext4 refuses an encryption policy on a filesystem's root directory, so the image is mounted
+    at `backing_mountpoint(image)` and its `vault` subdirectory is bind-mounted at `mountpoint`:
+    the vault path is then an ordinary (empty, encryptable) directory on the image's filesystem.
+    The image grows to `size_bytes` when it is smaller; returns what `grow` returns.
+    """
     image, mountpoint = Path(image).resolve(), Path(mountpoint)
     if is_mounted(mountpoint):
         if backing_image(mountpoint) != image:
             raise BlockdevError(f"another filesystem is mounted there, not `{image}`", mountpoint)
     else:
-        if not image.exists():
-            make_image(image, size_bytes)
-        elif not _has_ext4(image):
-            raise BlockdevError("the vault image is not an ext4 filesystem; refusing to mount it", image)
         mountpoint.mkdir(parents=True, exist_ok=True)
         if any(mountpoint.iterdir()):
             raise MountpointNotEmpty(
                 "the directory is not empty; mounting the vault image would hide its files", mountpoint,
                 hint="migrate the files into the vault instead of mounting over them",
             )
-        _run(["mount", "-t", "ext4", "-o", _MOUNT_OPTIONS, str(image), str(mountpoint)], mountpoint, "mount")
+        if not image.exists():
+            make_image(image, size_bytes)
+        _mount_vault(image, mountpoint)
     if image.stat().st_size < _rounded(size_bytes):
-        grow(image, mountpoint, size_bytes)
+        return grow(image, mountpoint, size_bytes)
+    return False
 
 
-def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int) -> None:
-    """Grow the mounted `image` to `new_size` bytes online; refuse to make it smaller."""
-    image, new_size = Path(image), _rounded(new_size)
+def _mount_vault(image: Path, mountpoint: Path) -> None:
+    backing = backing_mountpoint(image)
+    if not is_mounted(backing):
+        backing.mkdir(mode=0o700, exist_ok=True)
+        mount_image(image, backing)
+    (backing / _VAULT_DIR).mkdir(exist_ok=True)
+    _run(["mount", "--bind", str(backing / _VAULT_DIR), str(mountpoint)], mountpoint, "bind mount")
+
+
+def can_resize_online() -> bool:
+    """ext4 online resize needs CAP_SYS_RESOURCE (containers often drop it)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << _CAP_SYS_RESOURCE))
+    return False
+
+
+def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int) -> bool:
+    """Grow the `image` attached at `mountpoint` to `new_size` bytes; refuse to make it smaller.
+
+    Online (loop capacity, then resize2fs on the mounted filesystem) when the process has
+    CAP_SYS_RESOURCE. Without it the vault is unmounted, resized offline and mounted again, which
+    needs no file open in it (`MountpointBusy` otherwise, before anything changed) and drops the
+    vault's fscrypt key from the kernel. Returns True when that happened: the caller must add the
+    key again. Returns False when nothing was remounted.
+    """
+    image, mountpoint, new_size = Path(image).resolve(), Path(mountpoint), _rounded(new_size)
     current = image.stat().st_size
     if new_size < current:
         used, _ = usage(mountpoint)
@@ -165,25 +219,52 @@ def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int)
         raise ShrinkUnsupported(f"lowering the limit from {current} to {new_size} bytes is not supported "
                                 "(ext4 cannot shrink while mounted)", mountpoint)
     if new_size == current:
-        return
-    source = _mounts().get(os.path.realpath(mountpoint), "")
-    if backing_image(mountpoint) != image.resolve():
-        raise BlockdevError(f"`{image}` is not mounted there; cannot grow it online", mountpoint)
+        return False
+    if backing_image(mountpoint) != image:
+        raise BlockdevError(f"`{image}` is not mounted there; cannot grow it", mountpoint)
+    if can_resize_online():
+        source = _mounts()[os.path.realpath(mountpoint)]
+        _truncate(image, new_size)
+        _run(["losetup", "--set-capacity", source], source, "losetup --set-capacity")
+        _run(["resize2fs", source], source, "resize2fs")
+        return False
+    detach(mountpoint)
+    try:
+        _truncate(image, new_size)
+        fsck = subprocess.run(["e2fsck", "-f", "-p", str(image)], capture_output=True, text=True)
+        if fsck.returncode not in (0, 1):  # 1: errors found and corrected
+            raise BlockdevError(f"e2fsck before resizing failed: {fsck.stdout.strip()} {fsck.stderr.strip()}", image)
+        _run(["resize2fs", str(image)], image, "resize2fs")
+    finally:
+        _mount_vault(image, mountpoint)  # never leave the vault detached, even when resizing failed
+    return True
+
+
+def _truncate(image: Path, size: int) -> None:
     with open(image, "r+b") as handle:
-        handle.truncate(new_size)
-    _run(["losetup", "--set-capacity", source], source, "losetup --set-capacity")
-    _run(["resize2fs", source], source, "resize2fs")
+        handle.truncate(size)
+        os.fsync(handle.fileno())
 
 
-def detach(mountpoint: str | os.PathLike) -> None:
-    """Unmount `mountpoint` (the loop device goes with it); no-op when nothing is mounted there."""
-    if not is_mounted(mountpoint):
-        return
+def _unmount(mountpoint: str | os.PathLike) -> None:
     result = subprocess.run(["umount", str(mountpoint)], capture_output=True, text=True)
     if result.returncode != 0:
         if "busy" in result.stderr:
             raise MountpointBusy("files are still open in the vault; cannot unmount it", mountpoint)
         raise BlockdevError(f"umount failed: {result.stderr.strip()}", mountpoint)
+
+
+def detach(mountpoint: str | os.PathLike) -> None:
+    """Unmount the vault at `mountpoint` and its image's backing mount; the loop device goes too.
+
+    No-op when nothing is mounted there. Works as well for a plain `mount_image` mount point.
+    """
+    if not is_mounted(mountpoint):
+        return
+    image = backing_image(mountpoint)
+    _unmount(mountpoint)
+    if image is not None and is_mounted(backing_mountpoint(image)):
+        _unmount(backing_mountpoint(image))
 
 
 def usage(path: str | os.PathLike) -> tuple[int, int]:

@@ -54,7 +54,7 @@ class Swtpm:
     def start(cls, state_dir: str | os.PathLike, port: int | None = None, *, detached: bool = False) -> "Swtpm":
         """Start swtpm with its state in `state_dir` on `port` (free ports when None).
 
-        `detached` puts it in its own session so it survives the command that started it.
+        `detached` daemonizes it so it survives the command that started it.
         """
         binary = shutil.which("swtpm")
         if binary is None:
@@ -64,30 +64,44 @@ class Swtpm:
             )
         state = Path(state_dir)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        last_error = ""
+        last_error: list[str] = []
         for _ in range(_START_ATTEMPTS if port is None else 1):
             chosen = port if port is not None else _free_port_pair()
-            log = open(state / "swtpm.log", "ab")
-            try:
-                process = subprocess.Popen(
-                    [
-                        binary, "socket", "--tpm2",
-                        "--tpmstate", f"dir={state}",
-                        "--server", f"type=tcp,port={chosen},bindaddr={_HOST}",
-                        "--ctrl", f"type=tcp,port={chosen + 1},bindaddr={_HOST}",
-                        "--flags", "not-need-init,startup-clear",
-                    ],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=detached,
-                )
-            finally:
-                log.close()
-            instance = cls(state, chosen, process.pid, process)
-            if instance._wait_ready():
+            instance = cls._launch(binary, state, chosen, detached)
+            if instance is not None and instance._wait_ready():
                 return instance
-            instance.stop()
+            if instance is not None:
+                instance.stop()
             last_error = (state / "swtpm.log").read_text(errors="replace").strip().splitlines()[-1:]
         raise BackendUnavailable(f"swtpm did not start: {' '.join(last_error) or 'no output'}")
+
+    @classmethod
+    def _launch(cls, binary: str, state: Path, port: int, detached: bool) -> "Swtpm | None":
+        """Run swtpm; detached, it daemonizes (re-parented to init, so no zombie is left behind)."""
+        argv = [
+            binary, "socket", "--tpm2",
+            "--tpmstate", f"dir={state}",
+            "--server", f"type=tcp,port={port},bindaddr={_HOST}",
+            "--ctrl", f"type=tcp,port={port + 1},bindaddr={_HOST}",
+            "--flags", "not-need-init,startup-clear",
+        ]
+        pid_file = state / "swtpm.pid"
+        if detached:
+            pid_file.unlink(missing_ok=True)
+            argv += ["--daemon", "--pid", f"file={pid_file}"]
+        with open(state / "swtpm.log", "ab") as log:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=detached)
+        if not detached:
+            return cls(state, port, process.pid, process)
+        try:
+            if process.wait(timeout=_READY_TIMEOUT_S) != 0:
+                return None
+            return cls(state, port, int(pid_file.read_text().strip()))
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            process.kill()
+            process.wait()
+            return None
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + _READY_TIMEOUT_S
@@ -129,7 +143,7 @@ class Swtpm:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 5
-        while Path(f"/proc/{self.pid}").exists() and time.monotonic() < deadline:
+        while _running(self.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def restart(self) -> None:
@@ -137,6 +151,15 @@ class Swtpm:
         self.stop()
         started = Swtpm.start(self.state_dir, self.port, detached=self.process is None)
         self.pid, self.process = started.pid, started.process
+
+
+def _running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for init to reap it has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _free_port_pair() -> int:

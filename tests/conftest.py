@@ -103,7 +103,9 @@ def ext4_image(needs_device, tmp_path_factory):
 
     scratch = tmp_path_factory.mktemp("ext4")
     mountpoint = scratch / "mnt"
-    blockdev.attach_image(scratch / "fs.img", mountpoint, EXT4_IMAGE_BYTES)
+    mountpoint.mkdir()
+    blockdev.make_image(scratch / "fs.img", EXT4_IMAGE_BYTES)
+    blockdev.mount_image(scratch / "fs.img", mountpoint)
     try:
         yield str(mountpoint)
     finally:

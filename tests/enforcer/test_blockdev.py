@@ -1,0 +1,174 @@
+"""enforcer.blockdev: per-vault ext4 images that make the kernel enforce a storage limit."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from enforcer import blockdev, fscrypt
+
+MiB = 2**20
+
+
+def _loop_devices_of(image: Path) -> str:
+    return subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=True).stdout
+
+
+def _fill(path: Path, chunk: bytes = b"\xa5" * MiB) -> int:
+    """Write to `path` until the kernel says ENOSPC; return the bytes written."""
+    written = 0
+    with pytest.raises(OSError) as raised:
+        with open(path, "wb") as handle:
+            while True:
+                handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+                written += len(chunk)
+    assert raised.value.errno == errno.ENOSPC
+    return written
+
+
+@pytest.fixture
+def vault(needs_device, tmp_path):
+    """A 16 MiB vault image under a state dir, attached at a vault path; detached afterwards."""
+    image, mountpoint = tmp_path / "state" / "images" / "data.img", tmp_path / "root" / "vault" / "data"
+    blockdev.attach_image(image, mountpoint, 16 * MiB)
+    try:
+        yield image, mountpoint
+    finally:
+        if blockdev.is_mounted(mountpoint):
+            blockdev.detach(mountpoint)
+    assert _loop_devices_of(image) == "", "detach frees the loop device"
+
+
+def test_quota_probe_answers_what_a_quota_mount_does(needs_device, tmp_path):
+    image, mountpoint = tmp_path / "q.img", tmp_path / "q"
+    mountpoint.mkdir()
+    blockdev.make_image(image, 16 * MiB, features="quota,project")
+    mounted = subprocess.run(["mount", "-o", "loop,prjquota", str(image), str(mountpoint)]).returncode == 0
+    if mounted:
+        blockdev.detach(mountpoint)
+    assert blockdev.quota_supported() is mounted
+    assert blockdev.quota_supported.cache_info().hits >= 1 or blockdev.quota_supported() is mounted
+    assert _loop_devices_of(image) == ""
+
+
+def test_attach_makes_an_encryptable_vault_and_is_idempotent(vault):
+    image, mountpoint = vault
+    assert blockdev.is_mounted(mountpoint)
+    assert blockdev.backing_image(mountpoint) == image.resolve()
+    assert os.listdir(mountpoint) == []
+    # the vault path itself takes an fscrypt policy (it is not the image's root directory)
+    identifier = fscrypt.add_key(str(mountpoint), os.urandom(64))
+    fscrypt.set_policy(str(mountpoint), identifier)
+    (mountpoint / "kept").write_text("data")
+
+    blockdev.attach_image(image, mountpoint, 16 * MiB)
+    assert (mountpoint / "kept").read_text() == "data"
+    assert _loop_devices_of(image).count("\n") == 1, "attaching again adds no loop device"
+
+
+def test_writing_past_the_limit_fails_with_enospc(vault):
+    _, mountpoint = vault
+    identifier = fscrypt.add_key(str(mountpoint), os.urandom(64))
+    fscrypt.set_policy(str(mountpoint), identifier)
+    written = _fill(mountpoint / "big")
+    used, limit = blockdev.usage(mountpoint)
+    assert written <= limit <= 16 * MiB
+    assert used >= limit - MiB, "the filesystem is full when the write fails"
+
+
+def test_raising_the_limit_keeps_encrypted_data_and_allows_more(vault):
+    image, mountpoint = vault
+    key = bytearray(os.urandom(64))
+    identifier = fscrypt.add_key(str(mountpoint), key)
+    fscrypt.set_policy(str(mountpoint), identifier)
+    first = _fill(mountpoint / "first")
+    content = (mountpoint / "first").read_bytes()
+    _, old_limit = blockdev.usage(mountpoint)
+
+    with open(mountpoint / "first", "rb") as still_open:
+        if blockdev.can_resize_online():
+            assert blockdev.attach_image(image, mountpoint, 48 * MiB) is False
+            assert still_open.read(MiB) == content[:MiB]
+        else:  # offline resize needs the vault idle and refuses before changing anything
+            with pytest.raises(blockdev.MountpointBusy):
+                blockdev.attach_image(image, mountpoint, 48 * MiB)
+            assert image.stat().st_size == 16 * MiB and blockdev.is_mounted(mountpoint)
+    remounted = blockdev.attach_image(image, mountpoint, 48 * MiB)
+    assert remounted is not blockdev.can_resize_online()
+    if remounted:
+        assert fscrypt.key_status(str(mountpoint), identifier) is fscrypt.KeyStatus.ABSENT
+        fscrypt.add_key(str(mountpoint), key)
+
+    assert image.stat().st_size == 48 * MiB
+    _, new_limit = blockdev.usage(mountpoint)
+    assert new_limit >= old_limit + 30 * MiB
+    (mountpoint / "second").write_bytes(b"\x5a" * (16 * MiB))
+    assert (mountpoint / "first").read_bytes() == content and len(content) >= first
+    assert fscrypt.get_policy(str(mountpoint / "second")).key_identifier == identifier
+
+
+def test_lowering_the_limit_is_refused(vault):
+    image, mountpoint = vault
+    (mountpoint / "data").write_bytes(os.urandom(8 * MiB))
+    os.sync()
+    with pytest.raises(blockdev.LimitBelowUsage, match="below what the vault holds"):
+        blockdev.grow(image, mountpoint, 4 * MiB)
+    with pytest.raises(blockdev.ShrinkUnsupported, match="not supported"):
+        blockdev.grow(image, mountpoint, 15 * MiB)
+    assert image.stat().st_size == 16 * MiB
+
+
+def test_detach_and_reattach_keep_an_encrypted_vault_locked(vault):
+    image, mountpoint = vault
+    key = bytearray(os.urandom(64))
+    identifier = fscrypt.add_key(str(mountpoint), key)
+    fscrypt.set_policy(str(mountpoint), identifier)
+    (mountpoint / "note.txt").write_text("survives")
+    with open(mountpoint / "note.txt") as busy:
+        with pytest.raises(blockdev.MountpointBusy):
+            blockdev.detach(mountpoint)
+        busy.read()
+    blockdev.detach(mountpoint)
+    assert not blockdev.is_mounted(mountpoint) and _loop_devices_of(image) == ""
+
+    blockdev.attach_image(image, mountpoint, 16 * MiB)
+    assert fscrypt.key_status(str(mountpoint), identifier) is fscrypt.KeyStatus.ABSENT, "unmount dropped the key"
+    assert os.listdir(mountpoint) != ["note.txt"]
+    fscrypt.add_key(str(mountpoint), key)
+    assert (mountpoint / "note.txt").read_text() == "survives"
+
+
+def test_attach_refuses_to_hide_files_or_mount_garbage(needs_device, tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "plain.txt").write_text("must stay visible")
+    with pytest.raises(blockdev.MountpointNotEmpty, match="not empty"):
+        blockdev.attach_image(tmp_path / "a.img", occupied, 16 * MiB)
+    assert (occupied / "plain.txt").read_text() == "must stay visible"
+    assert not blockdev.is_mounted(occupied)
+
+    garbage = tmp_path / "garbage.img"
+    garbage.write_bytes(b"\0" * MiB)
+    with pytest.raises(blockdev.BlockdevError, match="not an ext4 filesystem"):
+        blockdev.attach_image(garbage, tmp_path / "g", 16 * MiB)
+
+    with pytest.raises(blockdev.BlockdevError, match="at least 8 MiB"):
+        blockdev.attach_image(tmp_path / "tiny.img", tmp_path / "t", MiB)
+    assert not (tmp_path / "tiny.img").exists()
+
+
+def test_is_mounted_handles_escaped_paths(needs_device, tmp_path):
+    spaced = tmp_path / "with space"
+    blockdev.attach_image(tmp_path / "s p.img", spaced, 16 * MiB)
+    try:
+        assert blockdev.is_mounted(spaced)
+        assert blockdev.backing_image(spaced) == (tmp_path / "s p.img").resolve()
+    finally:
+        blockdev.detach(spaced)
+    assert not blockdev.is_mounted(spaced)

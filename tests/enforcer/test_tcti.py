@@ -1,0 +1,119 @@
+"""enforcer.tcti: choosing the TPM, and the embedded swtpm started under the state dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from enforcer import tcti
+from enforcer.tpm import Tpm
+
+
+@pytest.fixture
+def state_dir(needs_device, tmp_path, monkeypatch):
+    """A state dir on a machine treated as having no /dev/tpmrm0, so the embedded path is taken."""
+    monkeypatch.setattr(tcti, "TPMRM_DEVICE", str(tmp_path / "no-tpmrm0"))
+    state = tmp_path / "state"
+    yield state
+    tcti.stop_embedded(state)
+
+
+def _record(state: Path) -> dict:
+    return json.loads((state / "swtpm" / "instance.json").read_text())
+
+
+def _running(pid: int) -> bool:
+    try:
+        is_swtpm = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"swtpm")
+    except OSError:
+        return False
+    return is_swtpm and tcti._running(pid)
+
+
+def test_explicit_option_wins(tmp_path):
+    assert tcti.resolve_tcti("mssim:host=tpm.example,port=2321", tmp_path) == "mssim:host=tpm.example,port=2321"
+    assert not (tmp_path / "swtpm").exists(), "an explicit TCTI starts nothing"
+
+
+def test_kernel_resource_manager_is_preferred(tmp_path, monkeypatch):
+    device = tmp_path / "tpmrm0"
+    device.touch()
+    monkeypatch.setattr(tcti, "TPMRM_DEVICE", str(device))
+    assert tcti.resolve_tcti(None, tmp_path / "state") == f"device:{device}"
+    assert not (tmp_path / "state").exists()
+
+
+def test_embedded_swtpm_is_started_once_reused_and_stopped(state_dir):
+    first = tcti.resolve_tcti(None, state_dir)
+    record = _record(state_dir)
+    assert first == f"swtpm:host=127.0.0.1,port={record['port']}"
+    assert record["ctrl_port"] == record["port"] + 1 and _running(record["pid"])
+    with Tpm(first) as device:  # Startup(CLEAR) was sent: the TPM answers and PCRs start at zero
+        assert device.read_pcrs("sha256", [0]) == {0: bytes(32)}
+
+    assert tcti.resolve_tcti(None, state_dir) == first
+    assert _record(state_dir)["pid"] == record["pid"], "a living instance is reused"
+
+    assert tcti.stop_embedded(state_dir) is True
+    assert not _running(record["pid"])
+    assert not (state_dir / "swtpm" / "instance.json").exists()
+    assert tcti.stop_embedded(state_dir) is False
+
+
+def test_embedded_state_survives_a_restart_like_a_reboot(state_dir):
+    secret = os.urandom(64)
+    with Tpm(tcti.resolve_tcti(None, state_dir)) as device:
+        for index in (0, 4, 7):
+            device.extend_pcr(index, "sha256", b"firmware %d" % index)
+        blob = device.seal(secret, "sha256", (0, 4, 7))
+    tcti.stop_embedded(state_dir)
+
+    with Tpm(tcti.resolve_tcti(None, state_dir)) as device:
+        assert device.read_pcrs("sha256", [0]) == {0: bytes(32)}, "a new instance starts with reset PCRs"
+        for index in (0, 4, 7):
+            device.extend_pcr(index, "sha256", b"firmware %d" % index)
+        assert device.unseal(blob) == bytearray(secret), "the sealing seed persisted in the state dir"
+
+
+def test_stale_or_foreign_records_are_not_trusted(state_dir):
+    directory = state_dir / "swtpm"
+    directory.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:  # a living pid that is not our swtpm (pid reuse) must not be taken for it
+        (directory / "instance.json").write_text(json.dumps({"pid": sleeper.pid, "port": 1, "ctrl_port": 2}))
+        chosen = tcti.resolve_tcti(None, state_dir)
+        assert _record(state_dir)["pid"] != sleeper.pid and chosen != "swtpm:host=127.0.0.1,port=1"
+        assert sleeper.poll() is None, "the foreign process is left alone"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    tcti.stop_embedded(state_dir)
+
+    (directory / "instance.json").write_text("{not json")
+    assert tcti.resolve_tcti(None, state_dir).startswith("swtpm:host=127.0.0.1,port=")
+    assert _running(_record(state_dir)["pid"])
+
+
+def test_concurrent_commands_share_one_instance(state_dir):
+    script = (
+        "import sys; from enforcer import tcti; tcti.TPMRM_DEVICE = sys.argv[2]; "
+        "print(tcti.resolve_tcti(None, sys.argv[1]))"
+    )
+    commands = [subprocess.Popen([sys.executable, "-c", script, str(state_dir), tcti.TPMRM_DEVICE],
+                                 stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+                for _ in range(3)]
+    answers = {command.communicate(timeout=60)[0].strip() for command in commands}
+    assert len(answers) == 1 and answers.pop().startswith("swtpm:")
+    swtpm_processes = subprocess.run(["pgrep", "-f", f"dir={state_dir / 'swtpm'}"], capture_output=True, text=True)
+    assert len(swtpm_processes.stdout.split()) == 1
+
+
+def test_missing_swtpm_binary_is_backend_unavailable(state_dir, monkeypatch):
+    monkeypatch.setenv("PATH", str(state_dir / "empty-bin"))
+    with pytest.raises(tcti.BackendUnavailable, match="`swtpm` program is not installed"):
+        tcti.resolve_tcti(None, state_dir)
