@@ -1,0 +1,132 @@
+"""Diffs: golden text and JSON per data-impact kind, no noise, blocked changes inside a full diff,
+every format from one ChangeSet, and `--exit-code`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate after an intended change, then review the diff
+
+BASE = """\
+attestation boot { pcrs 0, 4, 7 }
+vault data { path "/persist/data"  limit 1GiB }
+vault scratch { path "/persist/scratch"  encryption none }
+app historian { vault data }
+app camera { vault scratch }
+"""
+
+CASES = {
+    "none": (BASE, BASE.replace("limit 1GiB", "limit 2GiB")),
+    "reseal": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  seal pcrs 0, 2, 4, 7")),
+    "rekey": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  rotate every 30d")),
+    "re-encrypt": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  encryption adiantum")),
+    "decrypts-data": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  encryption none")),
+    "destroys-data": (
+        BASE.replace("limit 1GiB", "limit 1GiB  on_remove destroy"),
+        BASE.replace('vault data { path "/persist/data"  limit 1GiB }\n', "").replace("vault data", "vault scratch"),
+    ),
+    "create": (BASE, BASE + 'vault logs { path "/persist/logs"  limit 64MiB }\napp logger { vault logs }\n'),
+    "blocked-replace": (BASE, BASE + "vault config { encryption adiantum }\n"),
+}
+
+
+def _diff(cli, tmp_path, monkeypatch, old: str, new: str, *options: str):
+    monkeypatch.chdir(tmp_path)
+    Path("old.vpol").write_text(old)
+    Path("new.vpol").write_text(new)
+    return cli("diff", "old.vpol", "new.vpol", *options)
+
+
+def _golden(name: str, actual: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(actual)
+    assert actual == path.read_text(), f"{name} differs from the golden file (UPDATE_GOLDEN=1 to regenerate)"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_text_and_json(cli, tmp_path, monkeypatch, case):
+    old, new = CASES[case]
+    code, text, err = _diff(cli, tmp_path, monkeypatch, old, new, "--exit-code")
+    assert code == 2, err
+    _golden(f"{case}.txt", text)
+    code, as_json, _ = cli("diff", "old.vpol", "new.vpol", "--format", "json")
+    assert code == 0
+    _golden(f"{case}.json", as_json)
+
+
+@pytest.mark.parametrize(
+    "case,name,marker,impact",
+    [
+        ("none", "data", "~", "none"),
+        ("reseal", "data", "~", "reseal"),
+        ("rekey", "data", "~", "rekey"),
+        ("re-encrypt", "data", "-/+", "re-encrypt"),
+        ("decrypts-data", "data", "-/+", "decrypts data"),
+        ("destroys-data", "data", "-", "destroys data"),
+        ("create", "logs", "+", "none"),
+    ],
+)
+def test_each_impact_kind_and_its_affected_apps(cli, tmp_path, monkeypatch, case, name, marker, impact):
+    old, new = CASES[case]
+    _diff(cli, tmp_path, monkeypatch, old, new)
+    changes = json.loads(cli("diff", "old.vpol", "new.vpol", "--format", "json")[1])["changes"]
+    [vault] = [c for c in changes if c["kind"] == "vault" and c["name"] == name]
+    assert (vault["marker"], vault["impact"]) == (marker, impact)
+    assert vault["affected_apps"] == (["logger"] if name == "logs" else ["historian"])
+
+
+def test_blocked_destroy_of_a_protected_vault_inside_a_full_diff(cli, tmp_path, monkeypatch, plan_of):
+    """A plan made elsewhere (or by an older compiler) with a protected vault that says destroy."""
+    monkeypatch.chdir(tmp_path)
+    old = json.loads(_compile(cli, BASE, "old"))
+    for vault in old["vaults"]:
+        if vault["name"] == "data":
+            vault.update(protected=True, on_remove="destroy")
+    old["protected"] = ["config", "data"]
+    Path("old.json").write_text(json.dumps(old))
+    _compile(cli, CASES["destroys-data"][1], "new")
+    code, text, _ = cli("diff", "old.json", "new.json", "--exit-code")
+    assert code == 2
+    _golden("blocked-destroy.txt", text)
+    assert "-   vault data  (destroy; data impact: destroys data)  BLOCKED" in text
+    assert "~   app historian" in text  # the rest of the diff is still rendered
+
+
+def _compile(cli, text: str, stem: str) -> str:
+    Path(f"{stem}.vpol").write_text(text)
+    assert cli("compile", f"{stem}.vpol", "--plan-version", "1", "--issued-at", "2026-01-01T00:00:00Z", "-o", f"{stem}.json")[0] == 0
+    return Path(f"{stem}.json").read_text()
+
+
+def test_no_noise_for_equal_inputs(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _compile(cli, BASE, "a")
+    reordered = "\n".join(reversed(BASE.splitlines())) + "\n"
+    Path("b.vpol").write_text(reordered)
+    cli("compile", "b.vpol", "--plan-version", "2", "--issued-at", "2026-02-01T00:00:00Z", "--prev", "a.json", "-o", "b.json")
+    cli("keygen", "-o", "k")
+    cli("sign", "a.json", "--key", "k", "-o", "a.signed")
+    for old, new in [("a.json", "a.json"), ("a.vpol", "b.vpol"), ("a.json", "b.json"), ("a.json", "a.signed"), ("a.vpol", "a.signed")]:
+        code, out, _ = cli("diff", old, new, "--exit-code")
+        assert (code, out) == (0, f"diff {old} -> {new}\nno changes\n")
+
+
+def test_exit_code_one_on_a_policy_with_errors(cli, tmp_path, monkeypatch):
+    code, _, err = _diff(cli, tmp_path, monkeypatch, BASE, BASE + "app broken { vault nowhere }\n", "--exit-code")
+    assert code == 1 and "error[VP0101]" in err and "cannot diff `new.vpol`" in err
+
+
+def test_markdown_and_html_render_the_same_changes(cli, tmp_path, monkeypatch):
+    old, new = CASES["blocked-replace"]
+    _diff(cli, tmp_path, monkeypatch, old, new)
+    markdown = cli("diff", "old.vpol", "new.vpol", "--format", "markdown")[1]
+    html = cli("diff", "old.vpol", "new.vpol", "--format", "html")[1]
+    assert "| `-/+` | vault | `config` | replace **BLOCKED** | re-encrypt |" in markdown
+    assert html.startswith("<!DOCTYPE html>") and "<style>" in html and "BLOCKED: vault <code>" not in html
+    assert "BLOCKED: vault `config` is protected" in html and html.rstrip().endswith("</html>")
