@@ -2,7 +2,7 @@
 
 Layout rules (also in docs/language.md):
 - two-space indentation, one setting per line, no `;`, single spaces between tokens, none before `,`;
-- a block with at most one setting and no comment inside is written on one line;
+- a block with at most one setting and no comment inside is written on one line if it fits;
 - at most one blank line where the author left one or more, and always one around multi-line
   top-level blocks;
 - a setting longer than 100 columns breaks after each `,` and before each `|`;
@@ -94,7 +94,8 @@ class _Layout:
         indexes = self._range(tree.meta.start_pos, tree.meta.end_pos)
         settings = [c for c in tree.children if isinstance(c, Tree)]
         is_block = any(self.tokens[i].type == "LBRACE" for i in indexes)
-        if not is_block or (len(settings) <= 1 and not self._has_comment_inside(indexes[0], indexes[-1])):
+        fits = len(_join([self.tokens[i] for i in indexes])) <= MAX_WIDTH
+        if not is_block or (len(settings) <= 1 and fits and not self._has_comment_inside(indexes[0], indexes[-1])):
             return self._logical_line(0, indexes)
         brace = next(n for n, i in enumerate(indexes) if self.tokens[i].type == "LBRACE")
         lines = self._logical_line(0, indexes[:brace + 1])

@@ -39,11 +39,16 @@ def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
                                         span, help="save the policy as UTF-8 text")])
 
 
-def parse_text(text: str, file: str = "<input>") -> tuple[ast.Policy | None, Diagnostics]:
-    """One file's AST (its `include`s left unresolved), or None and at least one error."""
+def parse_partial(text: str, file: str) -> tuple[ast.Policy, Diagnostics]:
+    """The items that parsed (even when others did not) and every diagnostic, sorted."""
     result = parse(text, file)
     policy, literal_diags = to_policy(result)
-    diags = Diagnostics(result.diagnostics + literal_diags).sorted()
+    return policy, Diagnostics(result.diagnostics + literal_diags).sorted()
+
+
+def parse_text(text: str, file: str = "<input>") -> tuple[ast.Policy | None, Diagnostics]:
+    """One file's AST (its `include`s left unresolved), or None and at least one error."""
+    policy, diags = parse_partial(text, file)
     return (None if diags.has_errors() else policy), diags
 
 
@@ -80,10 +85,9 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
     text, diags = decode(data, file)
     result.sources[file] = text
     result.diagnostics.extend(diags)
-    policy, parse_diags = parse_text(text, file)
+    # Includes of a broken file are still followed, so their errors show up in the same run.
+    policy, parse_diags = parse_partial(text, file)
     result.diagnostics.extend(parse_diags)
-    if policy is None:
-        return None
     items = []
     for item in policy.items:
         if isinstance(item, ast.IncludeDecl):

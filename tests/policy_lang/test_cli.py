@@ -1,0 +1,79 @@
+"""The check, fmt and explain commands through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_check_clean_examples_exit_zero(lang, example):
+    code, out, err = lang.cli("check", example)
+    assert (code, err) == (0, "")
+    assert "0 errors" in out
+
+
+def test_check_renders_every_error_and_a_summary(lang, tmp_path):
+    bad = tmp_path / "bad.vpol"
+    bad.write_text("vault v {\n  limt 1MiB\n}\napp a { vault nowhere }\nvault w { limit 3XB }\n")
+    code, out, err = lang.cli("check", bad)
+    assert code == 1
+    assert f"error[VP0005]: unknown keyword `limt`\n  --> {bad}:2:3" in err
+    assert f"{bad}:5:18" in err
+    assert "VP0101" not in err  # compiler rules run only on a policy that parsed
+    assert "check: 2 errors, 0 warnings in 1 file" in err
+
+
+def test_check_runs_the_compiler_rules_after_parsing(lang, tmp_path):
+    bad = tmp_path / "bad.vpol"
+    bad.write_text("app a { vault nowhere }\n")
+    code, _, err = lang.cli("check", bad)
+    assert code == 1 and "error[VP0101]" in err and f"{bad}:1:15" in err
+
+
+def test_check_json_has_ranges(lang, tmp_path):
+    bad = tmp_path / "bad.vpol"
+    bad.write_text("vault v { limit 5Mb }\n")
+    code, out, _ = lang.cli("check", "--format", "json", bad)
+    report = json.loads(out)
+    assert code == 1 and report["errors"] == 1
+    [d] = report["diagnostics"]
+    assert d["code"] == "VP0010" and d["help"] == "did you mean `MB`?"
+    assert {k: d["span"][k] for k in ("line", "column", "end_line", "end_column")} == {
+        "line": 1, "column": 18, "end_line": 1, "end_column": 20}
+
+
+def test_fmt_check_names_unformatted_files_and_writes_nothing(lang, tmp_path):
+    messy = tmp_path / "messy.vpol"
+    messy.write_text("vault v{limit 1MiB;path \"/p\"}  # keep me\n")
+    before = messy.read_text()
+    code, out, _ = lang.cli("fmt", "--check", messy)
+    assert (code, out.strip(), messy.read_text()) == (1, f"would reformat {messy}", before)
+    code, out, _ = lang.cli("fmt", messy)
+    assert code == 0 and messy.read_text() == 'vault v {\n  limit 1MiB\n  path "/p"\n}  # keep me\n'
+    assert lang.cli("fmt", "--check", messy)[0] == 0
+
+
+def test_fmt_refuses_a_file_with_errors(lang, tmp_path):
+    bad = tmp_path / "bad.vpol"
+    bad.write_text("vault v { limt 1MiB }\n")
+    code, _, err = lang.cli("fmt", bad)
+    assert code == 1 and "VP0005" in err and "left unchanged" in err
+    assert bad.read_text() == "vault v { limt 1MiB }\n"
+
+
+def test_explain_prints_title_paragraph_and_example(lang):
+    code, out, _ = lang.cli("explain", "VP0012")
+    assert code == 0 and out.startswith("VP0012: PCR index out of range\n")
+    assert "Example:\n    vault config { seal pcrs 0, 24 }" in out
+
+
+@pytest.mark.parametrize("code", [f"VP00{n:02d}" for n in (1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)])
+def test_every_syntax_code_is_explained(lang, code):
+    status, out, _ = lang.cli("explain", code.lower())
+    assert status == 0 and out.startswith(f"{code}: ") and "Example:" in out
+
+
+def test_explain_unknown_code_suggests_a_close_one(lang):
+    code, _, err = lang.cli("explain", "VP0055")
+    assert code == 1 and "unknown diagnostic code `VP0055`" in err and "did you mean" in err

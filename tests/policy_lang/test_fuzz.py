@@ -1,0 +1,93 @@
+"""Issue 3, "Must show" 1: random and mutated policies never cause a traceback, and every
+error carries a code and a position inside the file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policy_lang import format_text, load, parse_text
+from policy_lang.diagnostics import DiagnosticsError, render_text
+
+EXAMPLE_TEXTS = [p.read_text() for p in sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.vpol"))]
+VOCABULARY = ["vault", "app", "{", "}", ";", ",", "=", "|", '"', "\\", "#", "\n", "limit", "seal", "pcrs",
+              "24", "512MiB", "90d", "0", "\x00", "\\u{1F512}", '"\\u{110000}"', "include", "99999999999999999999"]
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_well_formed(text: str, diagnostics) -> None:
+    for d in diagnostics:
+        assert re.fullmatch(r"VP\d{4}", d.code), d
+        assert d.span is not None, d
+        assert 0 <= d.span.start_pos <= d.span.end_pos <= len(text), d
+        assert 1 <= d.span.line <= text.count("\n") + 1, d
+        assert d.span.column >= 1 and (d.span.end_line, d.span.end_column) >= (d.span.line, d.span.column), d
+    render_text(diagnostics, {"f.vpol": text})
+
+
+def check_text(text: str) -> None:
+    policy, diagnostics = parse_text(text, "f.vpol")
+    assert (policy is None) == diagnostics.has_errors()
+    assert_well_formed(text, diagnostics)
+    try:
+        formatted = format_text(text, "f.vpol")
+    except DiagnosticsError as exc:
+        assert exc.diagnostics.has_errors()
+    else:
+        assert format_text(formatted, "f.vpol") == formatted
+
+
+@FAST
+@given(st.text(max_size=300))
+def test_random_text(text):
+    check_text(text)
+
+
+@FAST
+@given(st.lists(st.sampled_from(VOCABULARY + ["x", " ", "MiB", "protected"]), max_size=60).map(" ".join))
+def test_random_token_soup(text):
+    check_text(text)
+
+
+@st.composite
+def mutated_example(draw):
+    text = draw(st.sampled_from(EXAMPLE_TEXTS))
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(text)))
+        j = draw(st.integers(i, min(len(text), i + 20)))
+        action = draw(st.sampled_from(["delete", "insert", "duplicate"]))
+        if action == "delete":
+            text = text[:i] + text[j:]
+        elif action == "insert":
+            text = text[:i] + draw(st.sampled_from(VOCABULARY)) + text[i:]
+        else:
+            text = text[:j] + text[i:j] + text[j:]
+    return text
+
+
+@FAST
+@given(mutated_example())
+def test_mutated_examples(text):
+    check_text(text)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_random_bytes_through_load(tmp_path, data):
+    path = tmp_path / "f.vpol"
+    path.write_bytes(data)
+    result = load(path)
+    assert (result.policy is None) == result.diagnostics.has_errors()
+    for d in result.diagnostics:
+        assert re.fullmatch(r"VP\d{4}", d.code) and d.span is not None and d.span.file == str(path)
+    render_text(result.diagnostics, result.sources)
+
+
+def test_pathological_inputs():
+    for text in ["{" * 5000, "}" * 5000, "vault v " + "{" * 3000 + "}" * 3000, "vault v { limit " + "9" * 5000 + "MiB }",
+                 "attestation a { nonce " + "9" * 5000 + " bytes }", "vault v { seal pcrs " + "7" * 5000 + " }",
+                 "\x00" * 100, '"' * 101, "vault v { path \"" + "\\u{" * 100 + "\" }", "#" + "x" * 100000]:
+        check_text(text)

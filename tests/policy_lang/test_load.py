@@ -1,0 +1,57 @@
+"""Loading files: includes, cycles, unreadable files and bytes that are not UTF-8."""
+
+from __future__ import annotations
+
+from policy_lang import ast, load
+
+
+def test_includes_are_merged_in_place_with_their_own_spans(tmp_path):
+    (tmp_path / "vaults").mkdir()
+    (tmp_path / "vaults" / "scratch.vpol").write_text('include "../apps.vpol"\nvault scratch { limit 1MiB }\n')
+    (tmp_path / "apps.vpol").write_text("app cam { vault scratch }\n")
+    (tmp_path / "main.vpol").write_text('device { persist "/persist" }\ninclude "vaults/scratch.vpol"\n'
+                                        'include "apps.vpol"\n')
+    result = load(tmp_path / "main.vpol")
+    assert not result.diagnostics
+    kinds = [type(i).__name__ for i in result.policy.items]
+    assert kinds == ["DeviceDecl", "AppDecl", "VaultDecl"]  # apps.vpol is read once, where first included
+    vault = result.policy.of_type(ast.VaultDecl)[0]
+    assert vault.span.file.endswith("vaults/scratch.vpol") and vault.span.line == 2
+    assert len(result.sources) == 3 and not result.policy.of_type(ast.IncludeDecl)
+
+
+def test_include_cycle_is_an_error_at_the_closing_include(tmp_path):
+    (tmp_path / "a.vpol").write_text('include "b.vpol"\n')
+    (tmp_path / "b.vpol").write_text('vault v { }\ninclude "a.vpol"\n')
+    result = load(tmp_path / "a.vpol")
+    assert result.policy is None
+    [d] = result.diagnostics
+    assert (d.code, d.span.file, d.span.line, d.span.column) == ("VP0021", str(tmp_path / "b.vpol"), 2, 9)
+    assert "a.vpol -> " in d.message and "b.vpol" in d.message
+
+
+def test_missing_include_names_the_include(tmp_path):
+    (tmp_path / "a.vpol").write_text('\ninclude "nope.vpol"\n')
+    [d] = load(tmp_path / "a.vpol").diagnostics
+    assert (d.code, d.span.line, d.span.column) == ("VP0020", 2, 9)
+    assert "no such file" in d.message
+
+
+def test_missing_root_file_is_a_sourceless_diagnostic(tmp_path):
+    [d] = load(tmp_path / "absent.vpol").diagnostics
+    assert d.code == "VP0020" and d.span is None
+
+
+def test_invalid_utf8_points_at_the_byte(tmp_path):
+    (tmp_path / "a.vpol").write_bytes(b'vault v {\n  path "/p\xe9"\n}\n')
+    result = load(tmp_path / "a.vpol")
+    codes = [(d.code, d.span.line, d.span.column) for d in result.diagnostics]
+    assert codes[0] == ("VP0017", 2, 11)
+    assert result.policy is None
+
+
+def test_errors_in_included_files_are_reported_with_their_file(tmp_path):
+    (tmp_path / "a.vpol").write_text('include "b.vpol"\nvault x { limit 1XB }\n')
+    (tmp_path / "b.vpol").write_text("vault y { limt 1MiB }\n")
+    files = sorted(d.span.file.rsplit("/", 1)[1] for d in load(tmp_path / "a.vpol").diagnostics)
+    assert files == ["a.vpol", "b.vpol"]
