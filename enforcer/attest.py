@@ -26,7 +26,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import os
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import rfc8785
 
@@ -38,6 +42,22 @@ IDENTITY_FORMAT = "vaultpolicy.identity.v1"
 AK_HANDLE = 0x81010002
 RELEASE_KEY_HANDLE = 0x81010003
 PURPOSES = ("release", "report")
+
+
+def identity_file(state_dir: str | os.PathLike) -> Path:
+    return Path(state_dir) / "attest" / "identity.json"
+
+
+def resolve_device_id(option: str | None, state_dir: str | os.PathLike) -> str:
+    """This device's id: `--device-id`, else the one `device identity` recorded, else the host name.
+    Everything that names the device (escrow blobs, quotes, reports) uses this one answer."""
+    if option:
+        return option
+    try:
+        recorded = json.loads(identity_file(state_dir).read_bytes())["device_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return socket.gethostname()
+    return recorded if isinstance(recorded, str) and recorded else socket.gethostname()
 
 
 class AttestationError(DeviceError):

@@ -160,15 +160,26 @@ def last_unlocks(state: StateDir) -> dict[str, dict]:
 def unlock_released(
     state: StateDir, plan: Plan, root: Path | None, tcti: str, release: Release, device_id: str, now: datetime
 ) -> list[str]:
-    """Add each released key to the kernel, re-seal it to the current PCRs; returns the vaults unlocked."""
+    """Add each released key to the kernel, re-seal it to the current PCRs; returns the vaults unlocked.
+
+    A reboot may have left a vault's image unmounted: the enforcer's own MOUNT_STORAGE steps run first,
+    so the key goes into the vault's filesystem, not the one underneath.
+    """
     from enforcer import fscrypt
-    from enforcer.observe import host_path
+    from enforcer.apply import Applier
+    from enforcer.observe import host_path, observe
+    from enforcer.reconcile import Action, reconcile
     from enforcer.tpm import Tpm
 
     opened = open_release(tcti, release, device_id)
     unlocked = []
     try:
         with Tpm(tcti) as tpm:
+            steps = reconcile(plan, observe(plan, state, root, tpm)).steps
+            mounts = [s for s in steps if s.action is Action.MOUNT_STORAGE and s.vault in opened]
+            for outcome in Applier(plan, state, root, tpm, now, device_id).run(mounts).values():
+                if outcome.error is not None:
+                    raise outcome.error
             for name, (key_identifier, raw) in sorted(opened.items()):
                 vault = plan.vault(name)
                 recorded = state.sealed(name)

@@ -13,7 +13,6 @@ host name. The TPM is `--tpm TCTI`, else /dev/tpmrm0, else the embedded swtpm of
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,19 +37,6 @@ def add_arguments(parser, key) -> None:
     if action == "report":
         parser.add_argument("--nonce", metavar="HEX", help="the controller's nonce, when it asked for a fresh report")
         parser.add_argument("--root", metavar="DIR", help="the plan's absolute paths live under DIR")
-
-
-def _identity_file(state_dir: Path) -> Path:
-    return state_dir / "attest" / "identity.json"
-
-
-def _device_id(args) -> str:
-    if args.device_id:
-        return args.device_id
-    try:
-        return json.loads(_identity_file(Path(args.state_dir)).read_bytes())["device_id"]
-    except (OSError, ValueError, KeyError):
-        return socket.gethostname()
 
 
 def _nonce(text: str | None) -> bytes:
@@ -117,16 +103,16 @@ def run(args) -> int:
             print(f"escrow of vault `{vault}` acknowledged by the controller")
         return status_codes.SUCCESS
 
-    from enforcer.attest import AttestationTpm, release_key_binding
+    from enforcer.attest import AttestationTpm, identity_file, release_key_binding, resolve_device_id
     from enforcer.tcti import resolve_tcti
 
     state.ensure()
     tcti = resolve_tcti(args.tpm, state.root)
-    device_id = _device_id(args)
+    device_id = resolve_device_id(args.device_id, state.root)
     if action == "identity":
         with AttestationTpm(tcti) as tpm:
             identity = tpm.identity(device_id)
-        atomic_write(_identity_file(state.root), json.dumps({"device_id": device_id}).encode())
+        atomic_write(identity_file(state.root), json.dumps({"device_id": device_id}).encode())
         _emit(args, identity.to_bytes())
         return status_codes.SUCCESS
 
