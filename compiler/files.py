@@ -59,17 +59,20 @@ def is_envelope(data: bytes) -> bool:
     return isinstance(obj, dict) and "payload_type" in obj
 
 
-def plan_payload(data: bytes, source: str) -> bytes:
-    """The plan bytes of a plan file or of a signed plan (whose signatures are NOT checked here)."""
-    if not is_envelope(data):
-        return data
+def load_plan_envelope(data: bytes, source: str) -> Envelope:
+    """A signed plan's envelope, parsed but NOT verified (that is `TrustRoot.verify`'s job)."""
     try:
         envelope = Envelope.from_bytes(data)
     except PlanRejected as exc:
         raise InputError(f"{source}: {exc.message}") from None
     if envelope.payload_type != PLAN_PAYLOAD_TYPE:
         raise InputError(f"{source}: envelope holds `{envelope.payload_type}`, not a plan")
-    return envelope.payload
+    return envelope
+
+
+def plan_payload(data: bytes, source: str) -> bytes:
+    """The plan bytes of a plan file or of a signed plan (whose signatures are NOT checked here)."""
+    return load_plan_envelope(data, source).payload if is_envelope(data) else data
 
 
 def load_plan(payload: bytes, source: str) -> Plan:

@@ -5,8 +5,8 @@ The envelope keeps the plan's exact bytes; signing never re-serializes them (S12
 
 from __future__ import annotations
 
-from compiler.files import is_envelope, load_plan, read_input, write_output
-from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, add_signature, key_id, load_private_key, sign
+from compiler.files import is_envelope, load_plan, load_plan_envelope, read_input, write_output
+from compiler.signing import PLAN_PAYLOAD_TYPE, add_signature, key_id, load_private_key, sign
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected
 
@@ -31,12 +31,7 @@ def run(args) -> int:
     data = read_input(args.plan, "plan")
     keys = _load_keys(args.key)
     if is_envelope(data):
-        try:
-            envelope = Envelope.from_bytes(data)
-        except PlanRejected as exc:
-            raise InputError(f"{args.plan}: {exc.message}") from None
-        if envelope.payload_type != PLAN_PAYLOAD_TYPE:
-            raise InputError(f"{args.plan}: envelope holds `{envelope.payload_type}`, not a plan")
+        envelope = load_plan_envelope(data, args.plan)
         load_plan(envelope.payload, args.plan)
         already = {kid for kid, _ in envelope.signatures}
         for private_key in keys:
