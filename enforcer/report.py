@@ -15,7 +15,8 @@ edited report no longer matches the quote, and a report from another TPM fails t
 Condition precedence (the first that applies): Orphaned (managed but no longer in the plan) →
 Disabled (an encrypted vault's path holds plaintext: S5, loudly) → Drifted (path, policy, seal or
 limit differ from the plan) → Locked (key not in the kernel; the reason names PCRs that changed) →
-Ready.
+Ready. A vault that would be Ready but whose attestation requires escrow the controller has not yet
+acknowledged is Drifted with reason `escrow-missing` (S9).
 """
 
 from __future__ import annotations
@@ -156,20 +157,25 @@ def build_report(
     device_id: str, plan: Plan | None, plan_sha256: str | None, observed: Observed, state: StateDir, now: datetime
 ) -> Report:
     unlocks = last_unlocks(state)
-    escrow_required = bool(plan and any(a.escrow_required for a in plan.attestations))
+    requiring = {a.name for a in plan.attestations if a.escrow_required} if plan else set()
     vaults = []
     for name, seen in sorted(observed.vaults.items()):
         wanted = plan.vault(name) if plan else None
         condition, reason, message = vault_condition(wanted, seen, name in observed.records)
+        escrow_required = bool(wanted and wanted.seal and wanted.seal.attestation in requiring)
+        escrow = escrow_state(state.root, name)
+        if escrow_required and escrow != "acknowledged" and condition == "Ready":
+            # S9: a policy that requires escrow is not satisfied until the controller holds the key
+            condition, reason = "Drifted", "escrow-missing"
+            message = f"escrow is {escrow}: the controller has not acknowledged this vault's key"
+        elif escrow == "missing" and not escrow_required:
+            escrow = "not-required"
         sealed = state.sealed(name) or {}
         last_rotated = sealed.get("rotated_at")
         rotate_seconds = wanted.rotate_seconds if wanted else None
         overdue = None
         if last_rotated and rotate_seconds:
             overdue = (now - parse_time(last_rotated)).total_seconds() > rotate_seconds
-        escrow = escrow_state(state.root, name)
-        if escrow == "missing" and not escrow_required:
-            escrow = "not-required"
         unlock = unlocks.get(name)
         key_in_kernel = seen.key_status is KeyStatus.PRESENT
         vaults.append(

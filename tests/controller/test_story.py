@@ -45,6 +45,13 @@ def pcr_values(tcti: str) -> dict[int, str]:
         return {i: v.hex() for i, v in tpm.read_pcrs("sha256", PCRS)[1].items()}
 
 
+def report_vault(cli, root: Path, device: list[str], tmp_path: Path, code: int) -> dict:
+    """Run `device report` and return the (only) vault's entry."""
+    cli("device", "report", "--root", str(root), "-o", str(tmp_path / "report.json"), *device, code=code)
+    report_bytes, _ = split_signed_report((tmp_path / "report.json").read_bytes())
+    return json.loads(report_bytes)["vaults"][0]
+
+
 def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, capsys):
     def cli(*argv: str, code: int = status_codes.SUCCESS) -> str:
         capsys.readouterr()
@@ -78,8 +85,10 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     secret.write_text("password=hunter2")
     (tmp_path / "identity.json").write_text(cli("device", "identity", "--device-id", "gw-1", *device))
     cli("controller", "enroll", str(tmp_path / "identity.json"), *store)
+    assert report_vault(cli, root, device, tmp_path, status_codes.DRIFT)["reason"] == "escrow-missing"  # S9
     cli("controller", "escrow", str(state.root / "escrow" / "config.json"), "--ack-dir", str(tmp_path / "acks"), *store)
     cli("device", "escrow-ack", str(tmp_path / "acks" / "gw-1.config.ack.json"), "--state-dir", str(state.root))
+    assert report_vault(cli, root, device, tmp_path, status_codes.SUCCESS)["condition"] == "Ready"
 
     # firmware update: reboot with a new boot loader measured into PCR 4
     cli("device", "lock", "--state-dir", str(state.root), "--root", str(root))
@@ -94,9 +103,7 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     with pytest.raises(OSError):
         secret.read_text()
 
-    cli("device", "report", "--root", str(root), "-o", str(tmp_path / "report.json"), *device, code=status_codes.DRIFT)
-    report_bytes, _ = split_signed_report((tmp_path / "report.json").read_bytes())
-    config = json.loads(report_bytes)["vaults"][0]
+    config = report_vault(cli, root, device, tmp_path, status_codes.DRIFT)
     assert (config["condition"], config["reason"], config["mismatching_pcrs"]) == ("Locked", "pcr-mismatch", [4])
     assert config["escrow"] == "acknowledged"
     fleet = cli("controller", "drift", str(tmp_path / "report.json"), *store, code=status_codes.DRIFT)
