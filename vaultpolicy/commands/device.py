@@ -73,9 +73,12 @@ def _trust(args, state):
 def _tpm(args, state):
     from enforcer.tcti import resolve_tcti
     from enforcer.tpm import Tpm
+    from enforcer.tpm_leftovers import flush_leftovers
 
     state.ensure()
-    return Tpm(resolve_tcti(args.tpm, state.root))
+    tcti = resolve_tcti(args.tpm, state.root)
+    flush_leftovers(tcti)
+    return Tpm(tcti)
 
 
 def _applied(args, state):

@@ -1,0 +1,79 @@
+"""Issue 5, must show 1: SIGKILL the enforcer at every journaled step of an apply that creates three
+vaults and migrates a plaintext directory; each time a rerun converges with every file intact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from conftest import mounts_under
+from enforcer.state import StateDir
+from vp_helpers import make_plan, vault
+
+pytestmark = pytest.mark.device
+
+MiB = 1 << 20
+PLAN = make_plan([vault("config", limit=16 * MiB), vault("img", limit=8 * MiB, pcrs=(0, 4)), vault("logs")])
+
+
+def plaintext_files(target) -> dict[str, str]:
+    (target / "nested").mkdir(parents=True)
+    files = {"a.txt": b"alpha" * 1000, "nested/b.bin": bytes(range(256)) * 2000, "nested/empty": b""}
+    for name, data in files.items():
+        (target / name).write_bytes(data)
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+
+
+def digests(root) -> dict[str, str]:
+    return {os.path.relpath(os.path.join(d, f), root): hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
+            for d, _, files in os.walk(root) for f in files}
+
+
+def reset(device) -> None:
+    for mountpoint in mounts_under(device.path("/persist/vault"), device.state):
+        subprocess.run(["umount", mountpoint], check=True)
+    shutil.rmtree(device.state)
+    device.state.mkdir()
+    shutil.rmtree(device.path("/persist/vault"), ignore_errors=True)
+
+
+def unsealed_keys(device) -> list[bytes]:
+    from enforcer.tpm import SealedBlob, Tpm
+
+    state = StateDir(device.state)
+    with Tpm(device.tcti) as tpm:
+        return [bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed(n)["blob"])))) for n in ("config", "img", "logs")]
+
+
+def test_kill_at_every_step_then_rerun_converges(device):
+    crashed_at = []
+    for step in range(1, 40):
+        reset(device)
+        expected = plaintext_files(device.path("/persist/vault/config"))
+        killed = device.apply(PLAN, env={"VAULTPOLICY_CRASH_AT": str(step)})
+        if killed.returncode == 0:
+            break  # past the last step: the whole apply ran
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        crashed_at.append(step)
+
+        rerun = device.apply(PLAN)
+        assert rerun.returncode == 0, f"step {step}: {rerun.stdout!r}{rerun.stderr!r}"
+        assert "resumed after an interrupted apply" in rerun.stdout
+        config = device.path("/persist/vault/config")
+        assert digests(config) == expected, f"step {step}: files differ after the rerun"
+        assert not [n for n in os.listdir(config.parent) if "vp-plaintext" in n], f"step {step}: plaintext left"
+        status = device.cli("device", "status")
+        assert status.returncode == 0, f"step {step}: {status.stdout}"
+        again = device.apply(PLAN, "--json")
+        assert json.loads(again.stdout)["steps"] == [], f"step {step}: not converged"
+        for key in unsealed_keys(device):
+            for path in device.state.rglob("*"):
+                if path.is_file() and ".img.mnt" not in str(path):
+                    assert key not in path.read_bytes(), f"step {step}: key bytes in {path}"
+    assert len(crashed_at) >= 12  # 3 vaults x (storage or directory, key, policy) + staging, migration, commit
