@@ -136,12 +136,10 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
 
     while pos < len(text):
         m = _TOKEN_RE.match(text, pos)
-        if m is None:
+        if m is None:  # never a newline: WS matches those, so line counting stays right
             if bad_start is None:
                 bad_start = pos
             pos += 1
-            if text[pos - 1] == "\n":  # cannot happen (WS matches it) but keeps line counting honest
-                line, line_start = line + 1, pos
             continue
         flush_bad(pos)
         kind, value = m.lastgroup, m.group()
@@ -189,7 +187,7 @@ def _starts_item_on_new_line(tokens: list[Token], i: int) -> bool:
         return bool(nxt) and nxt[0].type == "STRING"
     if tok.value in ("device", "defaults"):
         return bool(nxt) and nxt[0].type == "LBRACE"
-    return len(nxt) == 2 and nxt[0].type in ("NAME",) + tuple(_keyword_terminals().values()) and nxt[1].type == "LBRACE"
+    return len(nxt) == 2 and (nxt[0].type == "NAME" or _is_keyword(nxt[0])) and nxt[1].type == "LBRACE"
 
 
 def split_items(tokens: list[Token]) -> list[list[Token]]:
@@ -243,9 +241,10 @@ def _feed(tokens: list[Token], indexes: list[int]) -> Tree:
 
 def _describe(token: Token) -> str:
     if token.type == "$END":
-        return "the end of the file"
+        return "end of file"
     if token.type == "STRING":
-        return "a string"
+        shown = token.value if len(token.value) <= 30 else token.value[:29] + '…"'
+        return f"string `{shown}`"
     if token.type == "NUMBER":
         return f"`{token.value}`"
     if _is_keyword(token):
@@ -274,17 +273,20 @@ def _join(words: list[str]) -> str:
 
 def _syntax_diagnostic(file: str, failure: _SyntaxFailure, previous: Token | None) -> Diagnostic:
     tok = failure.token
-    expected_words = _expected_words(failure.expected, previous)
-    expectation = f"expected {_join(expected_words)}" if expected_words else None
-    kw_expected = [_terminal_words()[n].strip("`") for n in failure.expected if n in _keyword_terminals().values()]
-    if tok.type in ("NAME",) or _is_keyword(tok):
-        suggestion = did_you_mean(tok.value, kw_expected)
-        if kw_expected and "NAME" not in failure.expected:
-            return error(codes.UNKNOWN_KEYWORD, f"unknown keyword `{tok.value}`" if not _is_keyword(tok)
-                         else f"keyword `{tok.value}` is not allowed here", _span(file, tok),
-                         help=suggestion or expectation)
-    return error(codes.UNEXPECTED_TOKEN, f"unexpected {_describe(tok)}" + (f", {expectation}" if expectation else ""),
-                 _span(file, tok), help=did_you_mean(tok.value, kw_expected) if tok.type == "NAME" else None)
+    words = _expected_words(failure.expected, previous)
+    keywords_here = [_terminal_words()[n].strip("`") for n in failure.expected if n in _keyword_terminals().values()]
+    suggestion = did_you_mean(tok.value, keywords_here) if tok.type == "NAME" or _is_keyword(tok) else None
+    expectation = f"expected {_join(words)}" if words else None
+    if suggestion is not None or (keywords_here and "NAME" not in failure.expected and tok.type == "NAME"):
+        message = f"unknown keyword `{tok.value}`" if tok.type == "NAME" else f"keyword `{tok.value}` is not allowed here"
+        return error(codes.UNKNOWN_KEYWORD, message, _span(file, tok), help=suggestion or expectation)
+    if _is_keyword(tok) and keywords_here:
+        return error(codes.UNKNOWN_KEYWORD, f"keyword `{tok.value}` is not allowed here", _span(file, tok),
+                     help=expectation)
+    code = codes.UNEXPECTED_END if tok.type == "$END" else codes.UNEXPECTED_TOKEN
+    if words and len(words) <= 4:
+        return error(code, f"{expectation}, found {_describe(tok)}", _span(file, tok))
+    return error(code, f"unexpected {_describe(tok)}", _span(file, tok), help=expectation)
 
 
 def _segments(tokens: list[Token], header_end: int, body_end: int, setting_starts: set[str]) -> list[list[int]]:
@@ -345,14 +347,20 @@ def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostic
             if failure.index is None and unclosed is not None:
                 diags.append(unclosed)
                 return None, diags
-            previous = tokens[kept[kept.index(failure.index) - 1]] if failure.index not in (None, kept[0]) else (
-                tokens[kept[-1]] if failure.index is None else None)
-            diags.append(_syntax_diagnostic(file, failure, previous))
+            diags.append(_syntax_diagnostic(file, failure, _token_before(tokens, kept, failure.index)))
             blamed = _blamed_segment(failure.index, tokens, segments, dropped, setting_starts)
             if blamed is None:
                 return None, diags
             dropped.update(blamed)
     return None, diags
+
+
+def _token_before(tokens: list[Token], kept: list[int], index: int | None) -> Token | None:
+    """The token the parser saw last before the failure (the last one at end of input)."""
+    if index is None:
+        return tokens[kept[-1]]
+    position = kept.index(index)
+    return tokens[kept[position - 1]] if position > 0 else None
 
 
 def _blamed_segment(index: int | None, tokens, segments, dropped, setting_starts) -> list[int] | None:
