@@ -1,0 +1,118 @@
+"""Unlock, lock, reboot, the app gate and TPM handle hygiene, on swtpm and real fscrypt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+
+from conftest import mounts_under
+from enforcer.state import StateDir
+from vp_helpers import app, make_plan, vault
+
+pytestmark = pytest.mark.device
+
+MiB = 1 << 20
+
+
+def outcomes(result) -> dict[str, str]:
+    (verb,) = json.loads(result.stdout)
+    return {r["vault"]: r["outcome"] for r in json.loads(result.stdout)[verb]}
+
+
+def test_lock_reports_busy_files_as_incompletely_locked(device):
+    assert device.apply(make_plan([vault("config", limit=8 * MiB), vault("img")])).returncode == 0
+    with open(device.path("/persist/vault/config") / "open.txt", "w") as held:
+        held.write("held open")
+        result = device.cli("device", "lock", "--json")
+        assert result.returncode == 1
+        assert outcomes(result) == {"config": "incompletely-locked", "img": "locked"}
+    assert outcomes(device.cli("device", "lock", "--json")) == {"config": "locked", "img": "locked"}
+
+
+def test_reboot_drops_keys_and_unlock_restores_them(device):
+    assert device.apply(make_plan([vault("config", limit=8 * MiB), vault("img")])).returncode == 0
+    for name in ("config", "img"):
+        (device.path(f"/persist/vault/{name}") / "f").write_text(name)
+    # A reboot: keys gone from the kernel, the vault images unmounted, the TPM's PCRs reset and re-measured.
+    assert device.cli("device", "lock").returncode == 0
+    for mountpoint in mounts_under(device.path("/persist/vault"), device.state):
+        subprocess.run(["umount", mountpoint], check=True)
+    device.swtpm.restart()
+    device.swtpm.measure_boot()
+
+    status = json.loads(device.cli("device", "status", "--json").stdout)
+    assert {v["vault"]: v["state"] for v in status["vaults"]} == {"config": "locked", "img": "locked"}
+    unlocked = device.cli("device", "unlock", "--json")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert outcomes(unlocked) == {"config": "unlocked", "img": "unlocked"}
+    for name in ("config", "img"):
+        assert (device.path(f"/persist/vault/{name}") / "f").read_text() == name
+    assert device.cli("device", "status").returncode == 0
+
+
+def test_pcr_mismatch_locks_only_that_vault_and_names_the_pcr(device):
+    from enforcer.tpm import Tpm
+
+    assert device.apply(make_plan([vault("config", pcrs=(0, 7)), vault("img", pcrs=(0, 4))])).returncode == 0
+    (device.path("/persist/vault/img") / "f").write_text("img")
+    assert device.cli("device", "lock").returncode == 0
+    with Tpm(device.tcti) as tpm:
+        tpm.extend_pcr(7, "sha256", b"another boot loader")
+    result = device.cli("device", "unlock", "--json")
+    assert result.returncode == 1
+    records = {r["vault"]: r for r in json.loads(result.stdout)["unlock"]}
+    assert records["config"]["outcome"] == "locked" and records["config"]["pcrs"] == [7]
+    assert records["config"]["reason"] == "pcr-mismatch"
+    assert records["img"]["outcome"] == "unlocked"
+    assert (device.path("/persist/vault/img") / "f").read_text() == "img"
+    assert StateDir(device.state).conditions()["vault/config"].reason == "pcr-mismatch"
+
+
+def test_gate_releases_an_app_only_with_its_vault_unlocked(device):
+    plan = make_plan([vault("img")], apps=[app("historian", "img", end_to_end=True), app("plain", None)])
+    assert device.apply(plan).returncode == 0
+    opened = device.cli("device", "gate", "historian")
+    assert opened.returncode == 0 and opened.stdout.strip() == str(device.path("/persist/vault/img"))
+    assert device.cli("device", "gate", "plain").returncode == 0
+    assert device.cli("device", "lock").returncode == 0
+    closed = device.cli("device", "gate", "historian")
+    assert closed.returncode == 1 and closed.stdout == "" and "locked" in closed.stderr
+    unknown = device.cli("device", "gate", "nosuch")
+    assert unknown.returncode == 1 and "no app `nosuch`" in unknown.stderr
+
+
+def test_handles_are_flushed_over_100_cycles_including_failures(device):
+    from enforcer.apply import Applier
+    from enforcer.observe import observe
+    from enforcer.reconcile import reconcile
+    from enforcer.tpm import Tpm
+    from enforcer.unlock import lock_all, unlock_all
+
+    plan = make_plan([vault("good", pcrs=(0, 4)), vault("moved", pcrs=(0, 7)), vault("corrupt", pcrs=(0, 4))])
+    assert device.apply(plan).returncode == 0
+    assert device.cli("device", "lock").returncode == 0  # so every cycle's unlock meets the failures
+    state = StateDir(device.state)
+    sealed = state.sealed("corrupt")
+    private = bytearray.fromhex(sealed["blob"]["private"].encode().hex())  # base64 text: flip one character
+    private[len(private) // 2] = ord("A") if private[len(private) // 2] != ord("A") else ord("B")
+    sealed["blob"]["private"] = private.decode()
+    state.sealed_path("corrupt").write_text(json.dumps(sealed))
+    with Tpm(device.tcti) as tpm:
+        tpm.extend_pcr(7, "sha256", b"changed firmware")
+        before = tpm.loaded_handles()
+    root, now = device.root, datetime.now(timezone.utc)
+    failures = 0
+    with Tpm(device.tcti) as tpm:
+        for _ in range(100):
+            results = {r.vault: r.outcome for r in unlock_all(plan, state, root, tpm, now)}
+            assert results["good"] in ("unlocked", "already-unlocked")
+            failures += (results["moved"] == "locked") + (results["corrupt"] == "locked")
+            Applier(plan, state, root, tpm, now).run(reconcile(plan, observe(plan, state, root, tpm)).steps)
+            assert {r.outcome for r in lock_all(plan, state, root)} == {"locked"}
+    assert failures == 200
+    with Tpm(device.tcti) as tpm:
+        assert tpm.loaded_handles() == before
