@@ -26,6 +26,9 @@ directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
   little under the image size (journal and inode tables take the rest).
 - Images are mounted `nodev,nosuid` with `-m 0` (no root reserve): the limit is the same for root.
 - Unmounting frees the loop device: `mount -o loop` sets autoclear.
+- A mount pins its root directory, so the kernel cannot evict the vault directory's inode while
+  the bind mount stands: removing the key then leaves it "incompletely removed". To lock such a
+  vault fully, unmount the bind first, remove the key, and bind again (enforcer/apply.py does).
 """
 
 from __future__ import annotations
@@ -98,6 +101,11 @@ def _mounts() -> dict[str, str]:
     return table
 
 
+def mount_points() -> set[str]:
+    """Every mount point of this mount namespace."""
+    return set(_mounts())
+
+
 def is_mounted(path: str | os.PathLike) -> bool:
     """Whether a filesystem is mounted exactly at `path`."""
     return os.path.realpath(path) in _mounts()
@@ -126,19 +134,26 @@ def _rounded(size_bytes: int) -> int:
 
 
 def make_image(image: str | os.PathLike, size_bytes: int, *, features: str = "encrypt") -> Path:
-    """Create a sparse ext4 image of `size_bytes` (rounded up to 4 KiB) with `features`."""
+    """Create a sparse ext4 image of `size_bytes` (rounded up to 4 KiB) with `features`.
+
+    Formatted under a temporary name and renamed into place, so a crash never leaves a
+    half-made image at `image` that a later run would refuse to mount.
+    """
     image = Path(image)
     if size_bytes < MIN_IMAGE_BYTES:
         raise BlockdevError(f"a vault image needs at least {MIN_IMAGE_BYTES // 2**20} MiB, got {size_bytes} bytes", image)
     image.parent.mkdir(parents=True, exist_ok=True)
-    with open(image, "xb") as handle:
-        handle.truncate(_rounded(size_bytes))
+    partial = image.with_name(image.name + ".partial")
     try:
+        with open(partial, "wb") as handle:
+            handle.truncate(_rounded(size_bytes))
         _run(["mkfs.ext4", "-q", "-F", "-b", str(BLOCK_SIZE), "-m", "0", "-O", features,
-              "-E", "nodiscard", str(image)], image, "mkfs.ext4")
-    except BaseException:
-        image.unlink(missing_ok=True)
-        raise
+              "-E", "nodiscard", str(partial)], image, "mkfs.ext4")
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, image)
+    finally:
+        partial.unlink(missing_ok=True)
     return image
 
 

@@ -27,6 +27,7 @@ import errno
 import os
 from dataclasses import dataclass
 
+from enforcer.blockdev import mount_points
 from vaultpolicy.errors import BackendUnavailable, DeviceError
 
 # Request numbers from <linux/fscrypt.h>, checked on the target machines.
@@ -303,8 +304,11 @@ def get_policy(path: str) -> EncryptionPolicy | None:
 
 
 def mountpoint_of(path: str) -> str:
-    """The mount point of the filesystem holding `path` (symlinks resolved)."""
-    current = os.path.realpath(path)
-    while not os.path.ismount(current):
+    """The mount point of the filesystem holding `path` (symlinks resolved).
+
+    Read from the kernel's mount table, so bind mounts within one filesystem count too.
+    """
+    current, mounted = os.path.realpath(path), mount_points()
+    while current not in mounted and current != "/":
         current = os.path.dirname(current)
     return current

@@ -304,7 +304,10 @@ class Tpm:
             authPolicy=digest,
         ))
         template.publicArea.parameters.keyedHashDetail.scheme.scheme = tss.TPM2_ALG.NULL
-        sensitive = tss.TPM2B_SENSITIVE_CREATE(tss.TPMS_SENSITIVE_CREATE(data=bytes(secret)))
+        sensitive = tss.TPM2B_SENSITIVE_CREATE()
+        data = sensitive._cdata.sensitive.data
+        _ffi().memmove(data.buffer, secret, len(secret))  # straight from the caller's buffer: no bytes copy
+        data.size = len(secret)
         try:
             private, public, *_ = self._call(self._esys.create, self._primary(), sensitive, template)
         finally:
@@ -357,7 +360,7 @@ class Tpm:
                 f"{blob.bank}:{','.join(map(str, blob.pcrs))}"))
             sealed = self._esys.unseal(obj, session1=session)
             try:
-                return bytearray(bytes(sealed))
+                return bytearray(_ffi().buffer(sealed._cdata.buffer, sealed.size))
             finally:
                 _wipe(sealed)
         finally:
@@ -444,9 +447,12 @@ def _selected(selection, index: int) -> bool:
     return False
 
 
+def _ffi():
+    """The cffi handle of tpm2-pytss: secrets are copied in and out of its C structures with it."""
+    return _tss().internal.utils.ffi
+
+
 def _wipe(tpm2b) -> None:
     """Zero the C memory of a tpm2-pytss structure that held a secret."""
-    cdata = getattr(tpm2b, "_cdata", None)
-    if cdata is not None:
-        ffi = _tss().internal.utils.ffi
-        ffi.memmove(cdata, bytes(ffi.sizeof(cdata[0])), ffi.sizeof(cdata[0]))
+    ffi, cdata = _ffi(), tpm2b._cdata
+    ffi.memmove(cdata, bytes(ffi.sizeof(cdata[0])), ffi.sizeof(cdata[0]))

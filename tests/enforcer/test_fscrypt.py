@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,7 @@ def test_filesystem_without_encrypt_feature_is_unsupported(needs_device, tmp_pat
     image, mountpoint = tmp_path / "plain.img", tmp_path / "mnt"
     blockdev.make_image(image, 16 * 2**20, features="^encrypt")
     mountpoint.mkdir()
-    os.system(f"mount -o loop {image} {mountpoint}")
+    blockdev.mount_image(image, mountpoint)
     try:
         with pytest.raises(fscrypt.FscryptUnsupported) as raised:
             fscrypt.add_key(str(mountpoint), _new_key())
@@ -160,3 +161,14 @@ def test_mountpoint_of(ext4_image):
     nested.mkdir(parents=True)
     assert fscrypt.mountpoint_of(str(nested)) == os.path.realpath(ext4_image)
     assert fscrypt.mountpoint_of("/") == "/"
+
+
+def test_mountpoint_of_sees_bind_mounts_within_one_filesystem(ext4_image):
+    source, target = Path(ext4_image, "source"), Path(ext4_image, "target")
+    source.mkdir()
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    try:
+        assert fscrypt.mountpoint_of(str(target / ".")) == str(target)
+    finally:
+        blockdev.detach(target)

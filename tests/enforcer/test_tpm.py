@@ -8,6 +8,8 @@ import os
 import subprocess
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from enforcer import tpm as tpm_module
 from enforcer.tpm import (
@@ -44,6 +46,8 @@ def test_seal_unseal_round_trip_and_blob_holds_no_secret(booted):
     for encoding in (secret, secret.hex().encode(), secret[:16]):
         assert encoding not in text.encode()
     assert secret not in blob.public + blob.private
+    held = bytearray(os.urandom(32))  # a bytearray is sealed straight from its buffer
+    assert booted.unseal(booted.seal(held, "sha256", BOUND)) == held
 
 
 def test_sealed_object_attributes_and_policy(booted):
@@ -58,22 +62,28 @@ def test_sealed_object_attributes_and_policy(booted):
     assert blob.policy_digest == tpm_module.policy_digest("sha256", BOUND, blob.pcr_values)
 
 
+def _trial_digest(tcti: str, bank: str, pcrs) -> bytes:
+    """The policy digest the TPM itself computes for PolicyPCR over `pcrs` (trial session)."""
+    tss, esys = _raw_esapi(tcti)
+    try:
+        session = esys.start_auth_session(
+            tss.ESYS_TR.NONE, tss.ESYS_TR.NONE, tss.TPM2_SE.TRIAL,
+            tss.TPMT_SYM_DEF(algorithm=tss.TPM2_ALG.NULL), tss.TPM2_ALG.SHA256)
+        try:
+            esys.policy_pcr(session, b"", tss.TPML_PCR_SELECTION.parse(f"{bank}:{','.join(map(str, pcrs))}"))
+            return bytes(esys.policy_get_digest(session))
+        finally:
+            esys.flush_context(session)
+    finally:
+        esys.close()
+
+
 def test_software_policy_digest_matches_the_tpm_trial_session(swtpm):
     swtpm.measure_boot()
     for bank, pcrs in (("sha256", (0, 7)), ("sha256", (0, 2, 4, 7, 8, 9, 10, 11, 12, 13, 14)), ("sha1", (4,))):
         with Tpm(swtpm.tcti) as device:
             values = device.read_pcrs(bank, pcrs)
-        tss, esys = _raw_esapi(swtpm.tcti)
-        try:
-            session = esys.start_auth_session(
-                tss.ESYS_TR.NONE, tss.ESYS_TR.NONE, tss.TPM2_SE.TRIAL,
-                tss.TPMT_SYM_DEF(algorithm=tss.TPM2_ALG.NULL), tss.TPM2_ALG.SHA256)
-            esys.policy_pcr(session, b"", tss.TPML_PCR_SELECTION.parse(f"{bank}:{','.join(map(str, pcrs))}"))
-            trial = bytes(esys.policy_get_digest(session))
-            esys.flush_context(session)
-        finally:
-            esys.close()
-        assert tpm_module.policy_digest(bank, pcrs, values) == trial
+        assert tpm_module.policy_digest(bank, pcrs, values) == _trial_digest(swtpm.tcti, bank, pcrs)
 
 
 def test_s1_password_session_cannot_unseal(swtpm):
@@ -215,3 +225,43 @@ def test_read_pcrs_beyond_one_batch_and_extend_semantics(swtpm):
 def test_unreachable_tpm_is_backend_unavailable(needs_device):
     with pytest.raises(tpm_module.BackendUnavailable, match="cannot open the TPM"):
         Tpm("swtpm:host=127.0.0.1,port=1")
+
+
+class _MeasureBeforeUnseal:
+    """Wraps the real ESAPI unseal: a measurement lands between PolicyPCR and Unseal."""
+
+    def __init__(self, device: Tpm, times: int):
+        self._device, self._unseal, self.remaining = device, device._esys.unseal, times
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.remaining:
+            self.remaining -= 1
+            self._device.extend_pcr(9, "sha256", b"a measurement racing the unseal")  # PCR 9 is not bound
+        return self._unseal(*args, **kwargs)
+
+
+def test_pcr_changed_during_unseal_is_retried_once(booted, monkeypatch):
+    secret = os.urandom(64)
+    blob = booted.seal(secret, "sha256", BOUND)
+    before = booted.loaded_handles()
+
+    racing = _MeasureBeforeUnseal(booted, times=1)
+    monkeypatch.setattr(booted._esys, "unseal", racing)
+    assert booted.unseal(blob) == bytearray(secret)
+    assert racing.calls == 2, "the TPM refused the first unseal (PCR changed) and the retry succeeded"
+
+    monkeypatch.setattr(booted._esys, "unseal", _MeasureBeforeUnseal(booted, times=2))
+    with pytest.raises(tpm_module.PcrChangedDuringOperation, match="tried twice"):
+        booted.unseal(blob)
+    assert booted.loaded_handles() == before
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pcrs=st.sets(st.integers(0, 23), min_size=1, max_size=24), bank=st.sampled_from(["sha1", "sha256", "sha384"]))
+def test_policy_digest_matches_the_tpm_for_any_selection(swtpm, pcrs, bank):
+    with Tpm(swtpm.tcti) as device:
+        device.extend_pcr(min(pcrs), bank, b"make one value non-zero")
+        values = device.read_pcrs(bank, pcrs)
+    assert tpm_module.policy_digest(bank, sorted(pcrs), values) == _trial_digest(swtpm.tcti, bank, sorted(pcrs))
