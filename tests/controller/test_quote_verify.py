@@ -11,6 +11,8 @@ import pytest
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
 from controller.quote_verify import verify_quote
+from controller.release import accept_escrow, release_keys
+from enforcer import escrow
 from enforcer.attest import AttestationTpm, Quote, qualifying_data, release_key_binding
 
 ATTESTED_PCRS = (0, 2, 4, 7)  # as in conftest: what measure_boot() extends
@@ -42,10 +44,18 @@ def device(make_tpm, store, make_policy):
     return tpm, enroll(store, tpm, "gw-1"), make_policy(allowed_now(tpm))
 
 
-def rejected(reason, call):
+def refused(store, reason, made, policy, now):
+    """The quote is refused for `reason`, and no key can be released on it."""
     with pytest.raises(AttestationRejected) as caught:
-        call()
+        verify_quote(store, made, policy, now)
     assert caught.value.reason == reason, caught.value.message
+    escrow_key = escrow.generate_escrow_key()
+    blob = escrow.wrap_key(escrow_key.public_key(), made.device_id, "config", bytes(16), bytes(64))
+    if store.device(made.device_id):
+        accept_escrow(store, blob.to_bytes(), now)
+    with pytest.raises(AttestationRejected) as release_refused:
+        release_keys(store, made, ["config"], escrow_key, now)
+    assert release_refused.value.reason in ("quote-not-verified", "quote-used")
     return caught.value
 
 
@@ -66,7 +76,10 @@ def test_fresh_quote_verifies_once(device, store):
     made = quote(tpm, identity, nonce)
     verified = verify_quote(store, Quote.from_bytes(made.to_bytes()), policy, NOW + 1)
     assert verified.device_id == "gw-1" and sorted(verified.pcrs) == list(ATTESTED_PCRS)
-    rejected("nonce-used", lambda: verify_quote(store, made, policy, NOW + 2))  # replayed quote
+    escrow_key = escrow.generate_escrow_key()
+    accept_escrow(store, escrow.wrap_key(escrow_key.public_key(), "gw-1", "config", bytes(16), bytes(64)).to_bytes(), NOW)
+    assert release_keys(store, made, ["config"], escrow_key, NOW + 2).keys  # the genuine release
+    refused(store, "nonce-used", made, policy, NOW + 3)  # the replayed quote gets nothing more
 
 
 def test_nonce_from_another_device(device, store, make_tpm):
@@ -74,22 +87,22 @@ def test_nonce_from_another_device(device, store, make_tpm):
     other_tpm = make_tpm()
     enroll(store, other_tpm, "gw-2")
     nonce = nonces.issue(store, "gw-2", policy, NOW)
-    rejected("nonce-wrong-device", lambda: verify_quote(store, quote(tpm, identity, nonce), policy, NOW))
+    refused(store, "nonce-wrong-device", quote(tpm, identity, nonce), policy, NOW)
 
 
 def test_expired_and_unknown_nonce(device, store):
     tpm, identity, policy = device
     nonce = nonces.issue(store, "gw-1", policy, NOW)
     made = quote(tpm, identity, nonce)
-    rejected("nonce-expired", lambda: verify_quote(store, made, policy, NOW + policy.nonce_lifetime_seconds))
-    rejected("nonce-unknown", lambda: verify_quote(store, quote(tpm, identity, bytes(32)), policy, NOW))
+    refused(store, "nonce-expired", made, policy, NOW + policy.nonce_lifetime_seconds)
+    refused(store, "nonce-unknown", quote(tpm, identity, bytes(32)), policy, NOW)
 
 
 def test_altered_pcr_value(device, store):
     tpm, identity, policy = device
     made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
     altered = dataclasses.replace(made, pcrs={**made.pcrs, 7: bytes(32)})
-    error = rejected("pcr-digest", lambda: verify_quote(store, altered, policy, NOW))
+    error = refused(store, "pcr-digest", altered, policy, NOW)
     assert "altered" in error.message
 
 
@@ -98,10 +111,10 @@ def test_altered_signature_and_attest(device, store):
     made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
     signature = bytearray(made.signature)
     signature[-1] ^= 1
-    rejected("bad-signature", lambda: verify_quote(store, dataclasses.replace(made, signature=bytes(signature)), policy, NOW))
+    refused(store, "bad-signature", dataclasses.replace(made, signature=bytes(signature)), policy, NOW)
     attest = bytearray(made.attest)
     attest[-1] ^= 1
-    rejected("bad-signature", lambda: verify_quote(store, dataclasses.replace(made, attest=bytes(attest)), policy, NOW))
+    refused(store, "bad-signature", dataclasses.replace(made, attest=bytes(attest)), policy, NOW)
     # none of that used the nonce: the genuine quote still verifies
     assert verify_quote(store, made, policy, NOW).device_id == "gw-1"
 
@@ -113,8 +126,8 @@ def test_unenrolled_key(device, store, make_tpm):
         stranger_identity = other.identity("gw-1")  # claims to be gw-1 with its own key
     nonce = nonces.issue(store, "gw-1", policy, NOW)
     forged = quote(stranger, dataclasses.replace(stranger_identity, release_public_pem=identity.release_public_pem), nonce)
-    rejected("bad-signature", lambda: verify_quote(store, forged, policy, NOW))
-    rejected("device-unknown", lambda: verify_quote(store, dataclasses.replace(forged, device_id="gw-9"), policy, NOW))
+    refused(store, "bad-signature", forged, policy, NOW)
+    refused(store, "device-unknown", dataclasses.replace(forged, device_id="gw-9"), policy, NOW)
 
 
 def test_pcr_values_not_allowed_are_all_named(device, store):
@@ -122,7 +135,7 @@ def test_pcr_values_not_allowed_are_all_named(device, store):
     tpm.extend(4, b"new bootloader")
     tpm.extend(7, b"new secure boot db")
     made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
-    error = rejected("pcr-not-allowed", lambda: verify_quote(store, made, policy, NOW))
+    error = refused(store, "pcr-not-allowed", made, policy, NOW)
     assert error.pcrs == [4, 7]
     assert "PCR 4" in error.message and "PCR 7" in error.message and "PCR 0 " not in error.message
 
@@ -130,7 +143,7 @@ def test_pcr_values_not_allowed_are_all_named(device, store):
 def test_quote_over_fewer_pcrs_than_policy(device, store):
     tpm, identity, policy = device
     made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW), pcrs=(0, 2))
-    rejected("pcr-selection", lambda: verify_quote(store, made, policy, NOW))
+    refused(store, "pcr-selection", made, policy, NOW)
 
 
 def test_counters_going_backwards(device, store):
@@ -140,7 +153,7 @@ def test_counters_going_backwards(device, store):
     tpm.measure_boot()
     newer = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
     verify_quote(store, newer, policy, NOW)
-    rejected("counters-backwards", lambda: verify_quote(store, old, policy, NOW))
+    refused(store, "counters-backwards", old, policy, NOW)
 
 
 @pytest.mark.skipif(shutil.which("tpm2_checkquote") is None, reason="tpm2-tools is not installed")

@@ -6,6 +6,7 @@ import dataclasses
 import secrets
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
@@ -104,3 +105,27 @@ def test_refused_quote_releases_nothing(setup, store):
 def test_escrow_only_from_enrolled_devices(store):
     blob = escrow.wrap_key(escrow.generate_escrow_key().public_key(), "gw-9", "config", KEY_ID, bytes(64))
     refused("device-unknown", lambda: accept_escrow(store, blob.to_bytes(), NOW))
+
+
+def test_attestation_leaks_no_tpm_handles(make_tpm):
+    """S11: identity, quotes, ECDH and their failures leave no transient object or session behind."""
+    from enforcer.attest import AttestationError
+    from enforcer.tpm import Tpm
+
+    tpm = make_tpm()
+    with AttestationTpm(tpm.tcti) as device:
+        identity = device.identity("gw-1")
+    with Tpm(tpm.tcti) as counter:
+        before = counter.loaded_handles()
+    peer = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+    with AttestationTpm(tpm.tcti) as device:
+        for _ in range(20):
+            device.identity("gw-1")
+            device.quote("gw-1", "release", bytes(16), release_key_binding(identity.release_public_pem), "sha256", ATTESTED_PCRS)
+            assert len(device.ecdh_zgen(peer.x.to_bytes(32, "big"), peer.y.to_bytes(32, "big"))) == 32
+            with pytest.raises(AttestationError, match="not on the required curve"):
+                device.ecdh_zgen(bytes(32), bytes(32))
+            with pytest.raises(AttestationError):
+                device.quote("gw-1", "report", bytes(16), bytes(32), "sha256", ())
+    with Tpm(tpm.tcti) as counter:
+        assert counter.loaded_handles() == before
