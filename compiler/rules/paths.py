@@ -9,6 +9,7 @@ from policy_lang.diagnostics import Diagnostic, error
 from .. import codes
 from ..model import Located, Model, Vault
 from ..pathutil import is_inside, is_normalized
+from ..resolve import default_vault_path
 
 
 def shape_errors(what: str, path: Located[str]) -> list[Diagnostic]:
@@ -41,7 +42,8 @@ def persist_root(model: Model) -> Iterator[Diagnostic]:
 def vault_paths(model: Model) -> Iterator[Diagnostic]:
     persist = model.device.persist
     for vault in model.vaults.values():
-        yield from shape_errors(f"path of vault `{vault.name.value}`", vault.path)
+        if vault.path.value != default_vault_path(persist.value, vault.name.value):  # else the persist root's fault
+            yield from shape_errors(f"path of vault `{vault.name.value}`", vault.path)
         if _well_formed(vault.path) and _well_formed(persist) and not is_inside(vault.path.value, persist.value):
             yield error(
                 codes.PATH_OUTSIDE_PERSIST,

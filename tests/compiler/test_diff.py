@@ -130,3 +130,15 @@ def test_markdown_and_html_render_the_same_changes(cli, tmp_path, monkeypatch):
     assert "| `-/+` | vault | `config` | replace **BLOCKED** | re-encrypt |" in markdown
     assert html.startswith("<!DOCTYPE html>") and "<style>" in html and "BLOCKED: vault <code>" not in html
     assert "BLOCKED: vault `config` is protected" in html and html.rstrip().endswith("</html>")
+
+
+def test_attestation_pcr_change_reseals_every_vault_sealed_to_it(cli, tmp_path, monkeypatch):
+    _diff(cli, tmp_path, monkeypatch, BASE, BASE.replace("pcrs 0, 4, 7", "pcrs 0, 2, 4, 7"))
+    changes = json.loads(cli("diff", "old.vpol", "new.vpol", "--format", "json")[1])["changes"]
+    summary = {(c["kind"], c["name"]): (c["marker"], c["impact"], c["affected_apps"]) for c in changes}
+    assert summary == {
+        ("attestation", "boot"): ("~", "reseal", ["historian"]),
+        ("vault", "config"): ("~", "reseal", []),
+        ("vault", "data"): ("~", "reseal", ["historian"]),
+        ("vault", "images"): ("~", "reseal", []),
+    }

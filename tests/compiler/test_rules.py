@@ -26,6 +26,7 @@ CASES = {
     "VP0107 opt-out of a declared vault": ('vault data { disabled "not needed" }\n', [("VP0107", 1, 23)]),
     "VP0108 second device block": ('device { persist "/persist" }\ndevice { capacity 1GiB }\n', [("VP0108", 2, 1)]),
     # --- paths
+    "VP0201 relative persist root, reported once": ('device { persist "persist" }\n', [("VP0201", 1, 18)]),
     "VP0201 relative path": ('vault data { path "persist/data" }\n', [("VP0201", 1, 19)]),
     "VP0202 dot-dot": ('vault data { path "/persist/vault/../data" }\n', [("VP0202", 1, 19)]),
     "VP0203 outside persist": ('vault data { path "/var/data" }\n', [("VP0203", 1, 19)]),
@@ -137,6 +138,16 @@ def test_rule_guards_values_the_parser_refuses(text, path, value, expected):
     assert not diagnostics
     [diagnostic] = compiler.check(_replace(policy, path, value))
     assert (diagnostic.code, diagnostic.span.line, diagnostic.span.column) == expected
+
+
+def test_every_compiler_code_has_a_case():
+    import compiler.codes
+
+    registered = {value for name, value in vars(compiler.codes).items() if name.isupper() and isinstance(value, str)}
+    tested = {code for _, expected in CASES.values() for code, _, _ in expected}
+    tested |= {expected[0] for *_, expected in AST_CASES.values()}
+    tested |= {"VP0604", "VP0605"}  # files the policy names: tests/compiler/test_build.py
+    assert registered == tested
 
 
 def test_every_code_used_by_a_case_is_explained():
