@@ -119,14 +119,16 @@ class Store:
 
     def enroll(self, device_id: str, ak_public_pem: str, ak_name: str, release_public_pem: str, now: int) -> None:
         existing = self.device(device_id)
-        if existing and (existing.ak_name, existing.release_public_pem) != (ak_name, release_public_pem):
+        if existing and (existing.ak_name, existing.release_public_pem) == (ak_name, release_public_pem):
+            return  # enrolling the same identity again changes nothing
+        if existing:
             raise InputError(
                 f"device `{device_id}` is already enrolled with a different attestation key",
                 hint="a new TPM means a new enrolment: remove the old record deliberately first",
             )
         try:
             self._write(
-                "INSERT OR IGNORE INTO devices (device_id, ak_public_pem, ak_name, release_public_pem, enrolled_at)"
+                "INSERT INTO devices (device_id, ak_public_pem, ak_name, release_public_pem, enrolled_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (device_id, ak_public_pem, ak_name, release_public_pem, now),
             )

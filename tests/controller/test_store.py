@@ -1,0 +1,34 @@
+"""Controller store rules that need no TPM: enrolment conflicts and single use under SQLite."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.store import Store
+from vaultpolicy.errors import InputError
+
+
+def test_enrolment_conflicts_are_refused(store):
+    store.enroll("gw-1", "AK-PEM-1", "name-1", "REL-PEM-1", 1)
+    store.enroll("gw-1", "AK-PEM-1", "name-1", "REL-PEM-1", 2)  # the same identity again is fine
+    with pytest.raises(InputError, match="already enrolled with a different attestation key"):
+        store.enroll("gw-1", "AK-PEM-2", "name-2", "REL-PEM-2", 3)
+    with pytest.raises(InputError, match="already enrolled for another device"):
+        store.enroll("gw-2", "AK-PEM-1", "name-1", "REL-PEM-1", 4)
+    assert store.device("gw-2") is None
+
+
+def test_nonce_and_release_are_single_use_across_connections(tmp_path):
+    with Store(tmp_path / "c.db") as first, Store(tmp_path / "c.db") as second:
+        first.add_nonce(bytes(16), "gw-1", 0, 60)
+        assert first.mark_nonce_used(bytes(16), 1) is True
+        assert second.mark_nonce_used(bytes(16), 2) is False
+        first.add_verified_quote("ab" * 32, "gw-1", 0, 60)
+        assert second.mark_released("ab" * 32, 1) is True
+        assert first.mark_released("ab" * 32, 2) is False
+
+
+def test_not_a_database_is_an_input_error(tmp_path):
+    (tmp_path / "junk.db").write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(InputError, match="not a usable controller store"):
+        Store(tmp_path / "junk.db")
