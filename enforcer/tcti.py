@@ -7,9 +7,10 @@ and ports are in STATE_DIR/swtpm/instance.json) so later commands reuse it while
 instance gets Startup(CLEAR) from swtpm itself (`--flags startup-clear`), which is what a reboot
 does to a real TPM: PCRs reset, the sealing seed in the state directory stays.
 
-`Swtpm` is the launcher shared by the embedded default and the test fixtures. swtpm serves one
-client connection at a time: a second TCTI connection waits until the first one closes, so open one
-`Tpm` at a time per instance.
+`Swtpm` is the launcher shared by the embedded default and the test fixtures. Several `Tpm`
+connections to one swtpm work at once, but swtpm has no resource manager: all clients share its
+few transient-object slots (three), and nothing flushes what a killed client left loaded (the
+kernel's /dev/tpmrm0 does; enforcer/tpm_leftovers.py does it for unmanaged TPMs).
 """
 
 from __future__ import annotations

@@ -202,6 +202,11 @@ def storage_primary_template() -> Any:
     )
 
 
+def has_resource_manager(tcti: str) -> bool:
+    """Whether the TPM behind `tcti` flushes a client's handles when it disconnects."""
+    return tcti.startswith(("device:/dev/tpmrm", "tabrmd"))
+
+
 def _response_code(exc: Exception) -> int:
     """The TPM response code without the handle/session/parameter index bits of format-one codes."""
     rc = int(getattr(exc, "rc", 0))
@@ -394,6 +399,31 @@ class Tpm:
             _, capability = self._call(self._esys.get_capability, tss.TPM2_CAP.HANDLES, int(kind) << 24, 256)
             counts[name] = len(capability.data.handles)
         return counts
+
+    def flush_leftovers(self) -> int:
+        """On a TPM without a resource manager, flush objects and sessions no live client owns.
+
+        /dev/tpmrm0 flushes a client's handles when it disconnects; a bare TPM (swtpm, /dev/tpm0)
+        keeps what a killed command left loaded until its few slots run out. Call this at the start
+        of a command that holds the device's state lock (so no other command is using the TPM);
+        the cached primary of this `Tpm` is kept. Returns how many handles were flushed.
+        """
+        if has_resource_manager(self.tcti):
+            return 0
+        tss = self._tss
+        own = None if self._primary_handle is None else self._esys.tr_get_tpm_handle(self._primary_handle)
+        flushed = 0
+        for kind in (tss.TPM2_HT.TRANSIENT, tss.TPM2_HT.LOADED_SESSION, tss.TPM2_HT.SAVED_SESSION):
+            _, capability = self._call(self._esys.get_capability, tss.TPM2_CAP.HANDLES, int(kind) << 24, 256)
+            for handle in capability.data.handles:
+                if handle == own:
+                    continue
+                try:
+                    self._esys.flush_context(self._esys.tr_from_tpmpublic(handle))
+                except tss.TSS2_Exception:
+                    continue  # gone meanwhile: nothing left to leak
+                flushed += 1
+        return flushed
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@
   truly cannot run it: not root, no /dev/loop-control, or no swtpm binary; the reason says which.
 - `swtpm`: a fresh swtpm per test on free ports, Startup(CLEAR) done. `.tcti` for `Tpm(...)`,
   `.restart()` reboots it (PCRs reset, sealing seed kept), `.measure_boot()` extends fixed
-  "firmware" blobs into PCRs 0, 2, 4 and 7. swtpm serves one connection at a time: pass an open
-  `Tpm` to `measure_boot(tpm)`, and close any `Tpm` before `restart()`.
+  "firmware" blobs into PCRs 0, 2, 4 and 7 (through an open `Tpm` when given, else its own).
+  Close any `Tpm` before `restart()`: the restarted TPM has forgotten its handles.
 - `ext4_image`: a 32 MiB `-O encrypt` ext4 image loop-mounted on a temporary directory; yields the
   mount point (a str). Unmounted after the test even when it fails (lazily if files stay open),
   which also frees its loop device and drops every fscrypt key added to it.
