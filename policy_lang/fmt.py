@@ -59,8 +59,13 @@ class _Layout:
         starts = [t.start_pos for t in self.tokens]
         for comment in self.result.comments:
             k = bisect.bisect_left(starts, comment.span.start_pos)  # index of the next token
-            if not comment.own_line and k > 0:
-                self.trailing[k - 1] = comment
+            before = k - 1
+            while before >= 0 and self.tokens[before].type == "SEMICOLON":  # `;` is not written out
+                before -= 1
+            while k < len(self.tokens) and self.tokens[k].type == "SEMICOLON":
+                k += 1
+            if not comment.own_line and before >= 0 and before not in self.trailing:
+                self.trailing[before] = comment
             elif k < len(self.tokens):
                 self.leading.setdefault(k, []).append(comment)
             else:

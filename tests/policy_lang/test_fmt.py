@@ -87,3 +87,10 @@ def test_files_with_errors_are_refused():
 def test_only_comments_and_empty_files():
     assert format_text("") == ""
     assert format_text("#a\n\n\n#b") == "#a\n\n#b\n"
+
+
+def test_comments_after_dropped_semicolons_are_kept():
+    text = 'include "a"; # c\nvault v { limit 1MiB; # d\n  path "/p" ;\n  # e\n ; }\n;  # f\n'
+    out = format_text(text)
+    assert out == 'include "a"  # c\n\nvault v {\n  limit 1MiB  # d\n  path "/p"\n  # e\n}  # f\n'
+    assert comments(out) == comments(text)
