@@ -133,7 +133,9 @@ def _is_empty(path: Path) -> bool:
         return next(entries, None) is None
 
 
-def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str, tpm) -> ObservedVault:
+def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str, tpm,
+                  pcr_cache: dict | None = None) -> ObservedVault:
+    """`pcr_cache` shares PCR reads between the vaults of one observation (one reading per selection)."""
     where = layout(state, root, name, plan_path)
     kind = path_state(root, where.path)
     errors: list[str] = []
@@ -144,7 +146,7 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
     if kind is PathState.DIRECTORY:
         mounted = os.path.ismount(where.path)
         values["mounted"] = mounted
-        if mounted or where.image.exists():
+        if mounted:  # a vault with a limit: usage of its own image
             st = os.statvfs(where.path)
             values["used_bytes"] = (st.f_blocks - st.f_bfree) * st.f_frsize
             values["capacity_bytes"] = st.f_blocks * st.f_frsize
@@ -158,7 +160,7 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
     sealed = state.sealed(name)
     if sealed is not None:
         identifier = bytes.fromhex(sealed["key_identifier"])
-        values["seal"] = _observe_seal(sealed, identifier, tpm, errors)
+        values["seal"] = _observe_seal(sealed, identifier, tpm, errors, {} if pcr_cache is None else pcr_cache)
         if kind is PathState.DIRECTORY:
             try:
                 values["key_status"] = fscrypt.key_status(fscrypt.mountpoint_of(str(where.path)), identifier)
@@ -167,7 +169,7 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
     return ObservedVault(**values, errors=tuple(errors))
 
 
-def _observe_seal(sealed: dict, identifier: bytes, tpm, errors: list[str]) -> ObservedSeal:
+def _observe_seal(sealed: dict, identifier: bytes, tpm, errors: list[str], pcr_cache: dict) -> ObservedSeal:
     from enforcer.tpm import SealedBlob  # lazily: tpm2-pytss loads only when a vault is sealed
 
     blob = SealedBlob.from_json(json.dumps(sealed["blob"]))
@@ -175,7 +177,10 @@ def _observe_seal(sealed: dict, identifier: bytes, tpm, errors: list[str]) -> Ob
     if tpm is not None:
         try:
             digest_ok = tpm.policy_digest(blob.bank, blob.pcrs, blob.pcr_values) == blob.policy_digest
-            current = tpm.read_pcrs(blob.bank, blob.pcrs)
+            selection = (blob.bank, tuple(blob.pcrs))
+            if selection not in pcr_cache:
+                pcr_cache[selection] = tpm.read_pcrs(blob.bank, blob.pcrs)
+            current = pcr_cache[selection]
             changed = tuple(i for i in blob.pcrs if current.get(i) != blob.pcr_values.get(i))
         except DeviceError as exc:
             errors.append(f"TPM: {exc.message}")
@@ -188,5 +193,6 @@ def observe(plan: Plan | None, state: StateDir, root: Path | None, tpm) -> Obser
     wanted: dict[str, str] = {r.name: r.path for r in records.values()}
     if plan is not None:
         wanted.update({v.name: v.path for v in plan.vaults})
-    vaults = {name: observe_vault(state, root, name, path, tpm) for name, path in sorted(wanted.items())}
+    pcr_cache: dict = {}
+    vaults = {name: observe_vault(state, root, name, path, tpm, pcr_cache) for name, path in sorted(wanted.items())}
     return Observed(vaults=vaults, records=records)

@@ -1,0 +1,150 @@
+"""Unlock and status cost, as ratios measured in the same run (never absolute times).
+
+1. Unlocking N = 1, 10, 100 vaults with `enforcer.unlock.unlock_all` (what `vaultpolicy device
+   unlock` runs: observe, reconcile, unseal, add the key, check its identifier and status) against
+   bare tpm2-pytss unseals of the same N blobs (load, policy session, PolicyPCR, Unseal, flush).
+   Target: <= 1.3x.
+2. `device status` (observe + report, in process) of a vault holding 100,000 files against an
+   empty one. Status reads statvfs and fscrypt ioctls, never walks files. Target: <= 1.2x.
+
+Needs root, loop devices and swtpm; everything lives in a temporary directory and is cleaned up.
+Run: .venv/bin/python bench/unlock.py [--files 100000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compiler.plan import Device, Plan, Seal, Vault, format_time  # noqa: E402
+from enforcer.apply import Applier  # noqa: E402
+from enforcer.observe import observe  # noqa: E402
+from enforcer.reconcile import reconcile  # noqa: E402
+from enforcer.state import StateDir  # noqa: E402
+from enforcer.tcti import Swtpm  # noqa: E402
+from enforcer.tpm import SealedBlob, Tpm  # noqa: E402
+from enforcer.unlock import lock_all, report, unlock_all  # noqa: E402
+
+BOOT_PCRS = (0, 2, 4, 7)
+
+
+def make_plan(count: int, prefix: str) -> Plan:
+    now = datetime.now(timezone.utc)
+    vaults = tuple(
+        Vault(name=f"{prefix}{i}", path=f"/persist/{prefix}{i}", encryption="aes-256-xts", limit_bytes=0,
+              seal=Seal(bank="sha256", pcrs=(0, 4, 7)), on_remove="retain")
+        for i in range(count)
+    )
+    return Plan(plan_version=1, issued_at=format_time(now), expires=format_time(now + timedelta(days=1)),
+                source_sha256="0" * 64, device=Device(persist="/persist"), vaults=vaults)
+
+
+def bare_unseal(tcti_tpm: Tpm, blobs: list[SealedBlob]) -> float:
+    """The floor: raw ESAPI calls for each blob, nothing else."""
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPM2B_PRIVATE, TPM2B_PUBLIC, TPML_PCR_SELECTION, TPMT_SYM_DEF
+
+    esys = tcti_tpm._esys  # the same connection the enforcer uses, so both sides pay the same transport
+    primary = tcti_tpm._primary()
+    start = time.perf_counter()
+    for blob in blobs:
+        public, _ = TPM2B_PUBLIC.unmarshal(blob.public)
+        private, _ = TPM2B_PRIVATE.unmarshal(blob.private)
+        obj = esys.load(primary, private, public)
+        session = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
+                                          TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256)
+        esys.policy_pcr(session, b"", TPML_PCR_SELECTION.parse(f"{blob.bank}:{','.join(map(str, blob.pcrs))}"))
+        esys.unseal(obj, session1=session)
+        esys.flush_context(session)
+        esys.flush_context(obj)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/unlock.py needs root (loop mounts, fscrypt keyring)", file=sys.stderr)
+        return 1
+
+    with tempfile.TemporaryDirectory(prefix="vaultpolicy-bench-") as scratch:
+        work = Path(scratch)
+        root, persist, image = work / "root", work / "root" / "persist", work / "persist.img"
+        persist.mkdir(parents=True)
+        subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+        inodes = str(max(args.files * 2, 65536))
+        subprocess.run(["mkfs.ext4", "-q", "-O", "encrypt", "-N", inodes, str(image)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(image), str(persist)], check=True)
+        swtpm = Swtpm.start(work / "swtpm")
+        try:
+            with Tpm(swtpm.tcti) as tpm:
+                for index in BOOT_PCRS:
+                    tpm.extend_pcr(index, "sha256", f"bench firmware {index}".encode())
+                run_unlock(tpm, work, root, args.repeat)
+                run_status(tpm, work, root, args.files, args.repeat)
+        finally:
+            swtpm.stop()
+            subprocess.run(["umount", str(persist)], check=False)
+    return 0
+
+
+def run_unlock(tpm: Tpm, work: Path, root: Path, repeat: int) -> None:
+    now = datetime.now(timezone.utc)
+    print("unlock: enforcer unlock_all vs bare tpm2-pytss unseal, same N, same run")
+    for count in (1, 10, 100):
+        state = StateDir(work / f"state-unlock-{count}")
+        plan = make_plan(count, f"u{count}-")
+        Applier(plan, state, root, tpm, now).run(reconcile(plan, observe(plan, state, root, tpm)).steps)
+        blobs = [SealedBlob.from_json(json.dumps(state.sealed(v.name)["blob"])) for v in plan.vaults]
+        enforcer_times, bare_times = [], []
+        for _ in range(repeat):
+            lock_all(plan, state, root)
+            start = time.perf_counter()
+            results = unlock_all(plan, state, root, tpm, now)
+            enforcer_times.append(time.perf_counter() - start)
+            assert all(r.outcome == "unlocked" for r in results), results
+            bare_times.append(bare_unseal(tpm, blobs))
+        lock_all(plan, state, root)
+        ratio = min(enforcer_times) / min(bare_times)  # the least-disturbed run of each: other load only adds
+        print(f"  N={count:<3}  ratio {ratio:.2f}x  (target <= 1.3x)")
+
+
+def run_status(tpm: Tpm, work: Path, root: Path, files: int, repeat: int) -> None:
+    now = datetime.now(timezone.utc)
+    timings = {}
+    for label, count in (("empty", 0), ("empty-again", 0), (f"{files} files", files)):
+        state = StateDir(work / f"state-status-{label}")
+        plan = make_plan(1, f"s{len(timings)}-")
+        Applier(plan, state, root, tpm, now).run(reconcile(plan, observe(plan, state, root, tpm)).steps)
+        vault_dir = root / plan.vaults[0].path.lstrip("/")
+        for start in range(0, count, 1000):  # 1,000 files per subdirectory, as real data would be spread
+            sub = vault_dir / f"d{start // 1000}"
+            sub.mkdir()
+            for i in range(min(1000, count - start)):
+                (sub / f"f{i}").write_bytes(b"x")
+        os.sync()  # writeback of the new files must not land inside the measurement
+        samples = []
+        for _ in range(repeat * 4):
+            start = time.perf_counter()
+            status = report(plan, observe(plan, state, root, tpm), state)
+            samples.append(time.perf_counter() - start)
+            assert status.matches, status
+        timings[label] = min(samples)  # status takes about a millisecond: the minimum is the stable figure
+        lock_all(plan, state, root)
+    empty, control, full = timings.values()
+    print(f"status: vault with {files} files vs an empty vault: ratio {full / empty:.2f}x  (target <= 1.2x)")
+    print(f"        a second empty vault vs the first (the noise floor): {control / empty:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
