@@ -129,3 +129,12 @@ def test_unsolicited_report_is_refused_when_a_nonce_is_required(enrolled, store)
     assert not verify_report(store, signed, NOW).fresh
     with pytest.raises(AttestationRejected, match="no controller nonce"):
         verify_report(store, signed, NOW, require_nonce=True)
+
+
+def test_html_view_escapes_device_text():
+    from controller.drift import VerifiedReport
+
+    hostile = locked_report("<script>alert(1)</script>")
+    html = render(summarise([VerifiedReport(hostile, False, {}, "sha256")], []), "html")
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>" in render(summarise([VerifiedReport(hostile, False, {}, "sha256")], []), "text")
