@@ -63,7 +63,7 @@ class Swtpm:
                 "no TPM: /dev/tpmrm0 is absent and the `swtpm` program is not installed",
                 hint="install the Debian packages `swtpm swtpm-tools`, or pass `--tpm TCTI`",
             )
-        state = Path(state_dir)
+        state = Path(state_dir).resolve()  # absolute: `alive` matches it in swtpm's command line
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         last_error: list[str] = []
         for _ in range(_START_ATTEMPTS if port is None else 1):
@@ -180,7 +180,7 @@ def _free_port_pair() -> int:
 
 
 def _embedded_dir(state_dir: str | os.PathLike) -> Path:
-    return Path(state_dir) / "swtpm"
+    return Path(state_dir).resolve() / "swtpm"
 
 
 def _recorded_instance(directory: Path) -> Swtpm | None:

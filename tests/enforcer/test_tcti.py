@@ -117,3 +117,10 @@ def test_missing_swtpm_binary_is_backend_unavailable(state_dir, monkeypatch):
     monkeypatch.setenv("PATH", str(state_dir / "empty-bin"))
     with pytest.raises(tcti.BackendUnavailable, match="`swtpm` program is not installed"):
         tcti.resolve_tcti(None, state_dir)
+
+
+def test_relative_and_absolute_state_paths_find_the_same_instance(state_dir, monkeypatch):
+    absolute = tcti.resolve_tcti(None, state_dir)
+    monkeypatch.chdir(state_dir.parent)
+    assert tcti.resolve_tcti(None, state_dir.name) == absolute
+    assert tcti.stop_embedded(state_dir.name) is True
