@@ -18,6 +18,8 @@ Deviations from the first interface sketch, on purpose:
 
 tpm2-pytss is imported lazily: a machine without it gets `BackendUnavailable`, not an ImportError.
 Every transient object and session this module creates is flushed on success and on failure.
+Added to the sketch: `Tpm.flush_leftovers()` clears what a killed command left in a TPM without a
+resource manager (swtpm), `Tpm.allocated_banks()`, and `storage_primary_template()` for tests.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -286,3 +288,18 @@ def test_leftovers_of_a_killed_client_are_flushed_on_an_unmanaged_tpm(swtpm):
         assert device.flush_leftovers() == 2
         assert device.loaded_handles() == {"transient": 1, "loaded_sessions": 0, "saved_sessions": 0}
         assert len(device.unseal(blob)) == 64, "our cached primary survived the clean-up"
+
+
+def test_missing_tpm_library_is_backend_unavailable_not_an_import_error():
+    script = (
+        "import sys; sys.modules['tpm2_pytss'] = None\n"
+        "from enforcer import tpm\n"  # importing the module needs no TPM library
+        "try:\n"
+        "    tpm.Tpm('swtpm:host=127.0.0.1,port=1')\n"
+        "except tpm.BackendUnavailable as exc:\n"
+        "    print(exc.message, '|', exc.hint)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[2], check=True)
+    assert result.stdout.startswith("the TPM library is unavailable")
+    assert "tpm2-pytss" in result.stdout and result.stderr == ""
