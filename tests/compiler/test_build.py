@@ -137,3 +137,12 @@ def test_bad_options_are_clear_errors(cli, tmp_path):
     assert code == 1 and "`soon` is not a duration" in err
     code, _, err = cli("compile", tmp_path / "missing.vpol", "--plan-version", "1", "-o", tmp_path / "p.json")
     assert code == 1 and "missing.vpol" in err and "Traceback" not in err
+
+
+def test_escrow_key_made_by_the_controller_is_accepted(cli, tmp_path):
+    assert cli("controller", "escrow-keygen", "--store", tmp_path / "store", tmp_path / "escrow")[0] == 0
+    policy = tmp_path / "p.vpol"
+    policy.write_text('device { escrow_key "escrow.pub" }\nattestation boot { pcrs 0, 4, 7  escrow required }\n')
+    assert cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")[0] == 0
+    plan = decode_plan((tmp_path / "plan.json").read_bytes())
+    assert plan.device.escrow_public_key == (tmp_path / "escrow.pub").read_text().strip()
