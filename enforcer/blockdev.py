@@ -176,7 +176,8 @@ def attach_image(image: str | os.PathLike, mountpoint: str | os.PathLike, size_b
     ext4 refuses an encryption policy on a filesystem's root directory, so the image is mounted
     at `backing_mountpoint(image)` and its `vault` subdirectory is bind-mounted at `mountpoint`:
     the vault path is then an ordinary (empty, encryptable) directory on the image's filesystem.
-    The image grows to `size_bytes` when it is smaller; returns what `grow` returns.
+    The image grows to `size_bytes` when it is smaller: before mounting when it was not mounted,
+    else through `grow`. Returns True only when a mounted vault had to be remounted (see `grow`).
     """
     image, mountpoint = Path(image).resolve(), Path(mountpoint)
     if is_mounted(mountpoint):
@@ -191,6 +192,10 @@ def attach_image(image: str | os.PathLike, mountpoint: str | os.PathLike, size_b
             )
         if not image.exists():
             make_image(image, size_bytes)
+        elif not _has_ext4(image):
+            raise BlockdevError("the image is not an ext4 filesystem; refusing to mount it", image)
+        elif image.stat().st_size < _rounded(size_bytes) and not is_mounted(backing_mountpoint(image)):
+            _resize_offline(image, _rounded(size_bytes))  # before mounting: no key to drop yet
         _mount_vault(image, mountpoint)
     if image.stat().st_size < _rounded(size_bytes):
         return grow(image, mountpoint, size_bytes)
@@ -245,14 +250,21 @@ def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int)
         return False
     detach(mountpoint)
     try:
-        _truncate(image, new_size)
-        fsck = subprocess.run(["e2fsck", "-f", "-p", str(image)], capture_output=True, text=True)
-        if fsck.returncode not in (0, 1):  # 1: errors found and corrected
-            raise BlockdevError(f"e2fsck before resizing failed: {fsck.stdout.strip()} {fsck.stderr.strip()}", image)
-        _run(["resize2fs", str(image)], image, "resize2fs")
+        _resize_offline(image, new_size)
     finally:
         _mount_vault(image, mountpoint)  # never leave the vault detached, even when resizing failed
     return True
+
+
+def _resize_offline(image: Path, new_size: int) -> None:
+    """Grow an unmounted image file and its filesystem to `new_size` bytes."""
+    _truncate(image, new_size)
+    fsck = subprocess.run(["e2fsck", "-f", "-p", str(image)], capture_output=True, text=True)
+    if fsck.returncode not in (0, 1):  # 1: errors found and corrected
+        detail = (fsck.stderr or fsck.stdout).strip().splitlines()
+        raise BlockdevError(f"e2fsck before resizing failed: {detail[-1] if detail else f'exit {fsck.returncode}'}",
+                            image)
+    _run(["resize2fs", str(image)], image, "resize2fs")
 
 
 def _truncate(image: Path, size: int) -> None:

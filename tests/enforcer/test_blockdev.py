@@ -157,6 +157,7 @@ def test_attach_refuses_to_hide_files_or_mount_garbage(needs_device, tmp_path):
     garbage.write_bytes(b"\0" * MiB)
     with pytest.raises(blockdev.BlockdevError, match="not an ext4 filesystem"):
         blockdev.attach_image(garbage, tmp_path / "g", 16 * MiB)
+    assert garbage.read_bytes() == b"\0" * MiB, "a file that is not ours is left untouched"
 
     with pytest.raises(blockdev.BlockdevError, match="at least 8 MiB"):
         blockdev.attach_image(tmp_path / "tiny.img", tmp_path / "t", MiB)
@@ -172,3 +173,12 @@ def test_is_mounted_handles_escaped_paths(needs_device, tmp_path):
     finally:
         blockdev.detach(spaced)
     assert not blockdev.is_mounted(spaced)
+
+
+def test_a_detached_image_grows_before_it_is_mounted(vault):
+    image, mountpoint = vault
+    (mountpoint / "kept").write_bytes(b"k" * MiB)
+    blockdev.detach(mountpoint)
+    assert blockdev.attach_image(image, mountpoint, 32 * MiB) is False, "nothing mounted was remounted"
+    assert image.stat().st_size == 32 * MiB and blockdev.usage(mountpoint)[1] > 24 * MiB
+    assert (mountpoint / "kept").read_bytes() == b"k" * MiB
