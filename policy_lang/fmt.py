@@ -64,7 +64,9 @@ class _Layout:
                 before -= 1
             while k < len(self.tokens) and self.tokens[k].type == "SEMICOLON":
                 k += 1
-            if not comment.own_line and before >= 0 and before not in self.trailing:
+            # Trailing only to a token on the comment's own line; otherwise it would jump over other comments.
+            same_line = before >= 0 and self.tokens[before].end_line == comment.span.line
+            if not comment.own_line and same_line and before not in self.trailing:
                 self.trailing[before] = comment
             elif k < len(self.tokens):
                 self.leading.setdefault(k, []).append(comment)

@@ -14,7 +14,8 @@ from policy_lang.diagnostics import DiagnosticsError, render_text
 
 EXAMPLE_TEXTS = [p.read_text() for p in sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.vpol"))]
 VOCABULARY = ["vault", "app", "{", "}", ";", ",", "=", "|", '"', "\\", "#", "\n", "limit", "seal", "pcrs",
-              "24", "512MiB", "90d", "0", "\x00", "\\u{1F512}", '"\\u{110000}"', "include", "99999999999999999999"]
+              "24", "512MiB", "90d", "0", "\x00", "\\u{1F512}", '"\\u{110000}"', "include", "99999999999999999999",
+              "# note\n", "\n\n", "app a { vault b }", "protection end_to_end"]
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -32,11 +33,15 @@ def check_text(text: str) -> None:
     policy, diagnostics = parse_text(text, "f.vpol")
     assert (policy is None) == diagnostics.has_errors()
     assert_well_formed(text, diagnostics)
-    try:
+    if policy is None:
+        try:
+            format_text(text, "f.vpol")
+        except DiagnosticsError as exc:
+            assert exc.diagnostics.has_errors()
+        else:
+            raise AssertionError("fmt accepted a policy with errors")
+    else:  # a valid policy always formats (no VP0019), idempotently
         formatted = format_text(text, "f.vpol")
-    except DiagnosticsError as exc:
-        assert exc.diagnostics.has_errors()
-    else:
         assert format_text(formatted, "f.vpol") == formatted
 
 
@@ -91,3 +96,25 @@ def test_pathological_inputs():
                  "attestation a { nonce " + "9" * 5000 + " bytes }", "vault v { seal pcrs " + "7" * 5000 + " }",
                  "\x00" * 100, '"' * 101, "vault v { path \"" + "\\u{" * 100 + "\" }", "#" + "x" * 100000]:
         check_text(text)
+
+
+@st.composite
+def example_with_comments_anywhere(draw):
+    """A valid example with comments, blank lines and `;` dropped between any two tokens."""
+    text = draw(st.sampled_from(EXAMPLE_TEXTS))
+    gaps = [i for i, ch in enumerate(text) if ch in " \n"]
+    for i in sorted(draw(st.lists(st.sampled_from(gaps), max_size=8, unique=True)), reverse=True):
+        extra = draw(st.sampled_from([" # c\n", "\n# own line\n", "\n\n\n", " ; ", "\n;# after semicolon\n"]))
+        text = text[:i] + extra + text[i:]
+    return text
+
+
+@FAST
+@given(example_with_comments_anywhere())
+def test_comments_anywhere_survive_fmt(text):
+    policy, diagnostics = parse_text(text, "f.vpol")
+    if policy is None:  # a `;` may land inside a setting, e.g. between a size and its keyword
+        return
+    formatted = format_text(text, "f.vpol")
+    assert [c.strip() for c in re.findall(r"#[^\n]*", formatted)] == [c.strip() for c in re.findall(r"#[^\n]*", text)]
+    assert format_text(formatted, "f.vpol") == formatted
