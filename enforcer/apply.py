@@ -23,7 +23,7 @@ import os
 import shutil
 import stat
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -36,7 +36,6 @@ from enforcer.reconcile import Action, Step
 from enforcer.state import StateDir, VaultRecord, fsync_dir
 from vaultpolicy.errors import DeviceError
 
-_FILENAMES_FOR = {"aes-256-xts": "aes-256-cts", "adiantum": "adiantum"}
 _COPY_CHUNK = 1 << 20
 # ext4 keeps part of an image for its journal and inode tables; a migration must fit in the rest.
 _IMAGE_OVERHEAD_FRACTION = 0.1
@@ -237,7 +236,7 @@ class Applier:
         sealed = self.state.sealed(name)
         if sealed is not None and where.path.is_dir():
             lock_key(bytes.fromhex(sealed["key_identifier"]), where)
-        self.state.save_record(VaultRecord(**{**record.__dict__, "orphaned": True}))
+        self.state.save_record(replace(record, orphaned=True))
 
     def _destroy(self, name: str) -> None:
         record = self.state.records()[name]

@@ -21,7 +21,7 @@ from compiler.plan import Plan, decode_plan, plan_digest
 from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer.apply import Applier, lock_key
 from enforcer.fscrypt import KeyStatus
-from enforcer.observe import Observed, PathState, observe
+from enforcer.observe import Observed, PathState, layout, observe
 from enforcer.reconcile import Action, Reconciliation, reconcile
 from enforcer.state import Condition, StateDir
 from vaultpolicy.errors import DeviceError, PlanRejected
@@ -79,8 +79,6 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
 
 
 def lock_all(plan: Plan, state: StateDir, root: Path | None) -> list[VaultResult]:
-    from enforcer.observe import layout
-
     results = []
     names = {v.name: v.path for v in plan.vaults if v.encryption != "none"}
     names.update({r.name: r.path for r in state.records().values() if r.orphaned})

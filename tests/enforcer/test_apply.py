@@ -181,3 +181,19 @@ def test_symlink_on_the_vault_path_is_refused(device):
     result = device.apply(make_plan([vault("config")]))
     assert result.returncode == 1 and "symlink" in result.stdout
     assert os.listdir(elsewhere) == []
+
+
+def test_new_key_is_escrowed_when_the_plan_names_an_escrow_key(device):
+    from enforcer import escrow
+    from enforcer.tpm import SealedBlob, Tpm
+
+    controller = escrow.generate_escrow_key()
+    plan = make_plan([vault("config")], escrow_public_key=escrow.escrow_public_text(controller))
+    assert device.apply(plan, "--device-id", "gw-1").returncode == 0
+    state = StateDir(device.state)
+    blob = escrow.EscrowBlob.from_bytes((device.state / "escrow" / "config.json").read_bytes())
+    assert escrow.escrow_state(device.state, "config") == "pending"
+    with Tpm(device.tcti) as tpm:
+        sealed_key = bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed("config")["blob"]))))
+    assert bytes(escrow.unwrap_key(controller, blob)) == sealed_key
+    assert blob.key_identifier.hex() == state.sealed("config")["key_identifier"]

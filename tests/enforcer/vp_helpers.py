@@ -24,14 +24,16 @@ def vault(name: str, *, limit: int = 0, pcrs=(0, 7), encryption: str = "aes-256-
 
 
 def make_plan(vaults=(), *, version: int = 1, apps=(), targets=(), issued: datetime = NOW,
-              lifetime: timedelta = timedelta(days=30), allow_unmeasured_boot: bool = False) -> Plan:
+              lifetime: timedelta = timedelta(days=30), allow_unmeasured_boot: bool = False,
+              escrow_public_key: str | None = None) -> Plan:
     return Plan(
         plan_version=version,
         issued_at=format_time(issued),
         expires=format_time(issued + lifetime),
         source_sha256="0" * 64,
         targets=tuple(targets),
-        device=Device(persist="/persist", allow_unmeasured_boot=allow_unmeasured_boot),
+        device=Device(persist="/persist", allow_unmeasured_boot=allow_unmeasured_boot,
+                      escrow_public_key=escrow_public_key),
         vaults=tuple(vaults),
         apps=tuple(apps),
     )
