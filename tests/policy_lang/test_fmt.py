@@ -92,5 +92,5 @@ def test_only_comments_and_empty_files():
 def test_comments_after_dropped_semicolons_are_kept():
     text = 'include "a"; # c\nvault v { limit 1MiB; # d\n  path "/p" ;\n  # e\n ; }\n;  # f\n'
     out = format_text(text)
-    assert out == 'include "a"  # c\n\nvault v {\n  limit 1MiB  # d\n  path "/p"\n  # e\n}  # f\n'
+    assert out == 'include "a"  # c\n\nvault v {\n  limit 1MiB  # d\n  path "/p"\n  # e\n}\n# f\n'
     assert comments(out) == comments(text)
