@@ -102,3 +102,47 @@ def test_removed_vaults_retain_and_destroy():
 def test_encryption_change_is_refused_not_replaced():
     plan = make_plan([vault("config", encryption="none")])
     assert actions(plan, converged(), records=[record()]) == ([], ["replace-unsupported"])
+
+
+# --- properties over every observation ------------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+ORDER = [Action.STAGE_PLAINTEXT, Action.CREATE_DIRECTORY, Action.CREATE_STORAGE, Action.MOUNT_STORAGE,
+         Action.GROW_STORAGE, Action.CREATE_KEY, Action.RESEAL, Action.UNLOCK, Action.SET_POLICY, Action.MIGRATE]
+
+observations = st.builds(
+    ObservedVault,
+    name=st.just("config"),
+    path=st.just("/r/persist/vault/config"),
+    path_state=st.sampled_from(list(PathState)),
+    mounted=st.booleans(),
+    image_bytes=st.one_of(st.none(), st.sampled_from([8 << 20, 16 << 20, 32 << 20])),
+    empty=st.one_of(st.none(), st.booleans()),
+    staged_plaintext=st.booleans(),
+    policy=st.one_of(st.none(), st.just(POLICY)),
+    key_status=st.one_of(st.none(), st.sampled_from(list(KeyStatus))),
+    seal=st.one_of(st.none(), st.just(SEAL)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seen_vault=observations, limit=st.sampled_from([0, 16 << 20]), encryption=st.sampled_from(["aes-256-xts", "none"]),
+       recorded=st.booleans())
+def test_reconcile_never_destroys_and_orders_steps(seen_vault, limit, encryption, recorded):
+    plan = make_plan([vault("config", limit=limit, encryption=encryption)])
+    records = [record(encryption=encryption)] if recorded else []
+    observed = Observed({"config": seen_vault}, {r.name: r for r in records})
+    result = reconcile(plan, observed)
+    assert result == reconcile(plan, observed)  # a function of its inputs only
+    steps = [s.action for s in result.steps]
+    assert Action.DESTROY not in steps and Action.ORPHAN not in steps  # the vault is in the plan
+    assert [ORDER.index(a) for a in steps] == sorted(ORDER.index(a) for a in steps)
+    assert len(steps) == len(set(steps))
+    if Action.MIGRATE in steps:
+        assert seen_vault.staged_plaintext or Action.STAGE_PLAINTEXT in steps
+    if seen_vault.seal is not None:
+        assert Action.CREATE_KEY not in steps  # an existing sealed key is never replaced
+    if encryption == "none":
+        assert not {Action.CREATE_KEY, Action.SET_POLICY, Action.UNLOCK, Action.RESEAL} & set(steps)
+    if result.problems:
+        assert {p.vault for p in result.problems} == {"config"}
