@@ -185,11 +185,11 @@ def format_text(text: str, file: str = "<input>") -> str:
     before, diags = parse_text(text, file)
     if before is None:
         raise DiagnosticsError(diags.errors())
-    formatted = layout(parse(text, file))
+    original = parse(text, file)
+    formatted = layout(original)
     after, _ = parse_text(formatted, file)
-    original_comments = [c.text for c in parse(text, file).comments]
-    new_comments = [c.text for c in parse(formatted, file).comments]
-    if after != before or original_comments != new_comments:
+    same_comments = [c.text for c in original.comments] == [c.text for c in parse(formatted, file).comments]
+    if after != before or not same_comments:
         raise DiagnosticsError([error(codes.FORMAT_CHANGED_MEANING, f"formatting `{file}` would change its meaning",
                                       None, help="the file was left unchanged; please report this")])
     return formatted

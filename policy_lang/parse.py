@@ -217,13 +217,18 @@ def split_items(tokens: list[Token]) -> list[list[Token]]:
     return chunks
 
 
+def _contextual(tok: Token, choices) -> Token:
+    """Keywords are reserved only where a keyword may stand: elsewhere they are plain names."""
+    if _is_keyword(tok) and tok.type not in choices and "NAME" in choices:
+        return Token.new_borrow_pos("NAME", tok.value, tok)
+    return tok
+
+
 def _feed(tokens: list[Token], indexes: list[int]) -> Tree:
     parser = _lark().parse_interactive(start="item")
     for i in indexes:
-        tok = tokens[i]
         choices = parser.choices()
-        if _is_keyword(tok) and tok.type not in choices and "NAME" in choices:
-            tok = Token.new_borrow_pos("NAME", tok.value, tok)  # contextual keyword used as a name
+        tok = _contextual(tokens[i], choices)
         if tok.type not in choices:
             raise _SyntaxFailure(i, tok, {c for c in choices if c.isupper()})
         try:
@@ -322,6 +327,7 @@ def _unclosed_brace(file: str, tokens: list[Token], kind: str) -> Diagnostic | N
 
 
 def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostics]:
+    """Parse one top-level item; on an error, drop the failing setting and try again."""
     diags = Diagnostics()
     unclosed = _unclosed_brace(file, tokens, tokens[0].value)
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
@@ -331,8 +337,7 @@ def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostic
         try:
             probe = _lark().parse_interactive(start="item")
             for tok in tokens[:header_end + 1]:
-                probe.feed_token(tok if not (_is_keyword(tok) and tok.type not in probe.choices())
-                                 else Token.new_borrow_pos("NAME", tok.value, tok))
+                probe.feed_token(_contextual(tok, probe.choices()))
             setting_starts = {c for c in probe.choices() if c in _keyword_terminals().values()}
         except UnexpectedToken:
             setting_starts = set()
