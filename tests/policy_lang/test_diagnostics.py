@@ -97,3 +97,28 @@ def test_golden_rendering(case):
     _, diags = parse_text(source, f"{case}.vpol")
     rendered = render_text(diags, {f"{case}.vpol": source}) + "\n"
     assert rendered == (GOLDEN / f"{case}.txt").read_text()
+
+
+LITERAL_ERRORS = [
+    ('vault v { path "/a\\u{0}" }', "VP0003", 19),
+    ('vault v { path "/a\\u{110000}" }', "VP0003", 19),
+    ('vault v { path "/a\x00" }', "VP0003", 19),
+    ('vault images { disabled "  " }', "VP0018", 25),
+    ("device { tpm maybe }", "VP0014", 14),
+    ("device { bank sha257 }", "VP0014", 15),
+    ("attestation a { on_failure keep_locked, keep_lock }", "VP0014", 41),
+    ("app a { protection e2e }", "VP0014", 20),
+    ("vault v { limit 0MiB }", "VP0010", 17),
+    ("vault v { limit 9000000TiB }", "VP0010", 17),
+    ("vault v { limit 512 }", "VP0010", 17),
+    ("defaults { rotate every 0d }", "VP0011", 25),
+    ("defaults { rotate every 90 }", "VP0011", 25),
+    ("attestation a { nonce 32KiB bytes }", "VP0015", 23),
+    ("attestation a { pcrs 7a }", "VP0012", 22),
+    ("attestation a { nonce 33 bytes }", "VP0013", 23),
+]
+
+
+@pytest.mark.parametrize("source,code,column", LITERAL_ERRORS, ids=[c[0] for c in LITERAL_ERRORS])
+def test_literal_errors_point_at_the_literal(lang, source, code, column):
+    assert [lang.where(d) for d in lang.errors(source)] == [(code, 1, column)]
