@@ -4,7 +4,8 @@
 with `-O quota,project` mounts. Where it does not (the development and CI kernels have no quota
 support), a vault with a limit lives on its own fscrypt-capable ext4 image (`mkfs.ext4 -O encrypt`)
 whose size is the limit, mounted at the vault path: writing past the limit fails with ENOSPC in
-the kernel, whoever writes.
+the kernel, whoever writes. The project-quota alternative is not implemented: no kernel here can
+test it, so images are used everywhere for now and `quota_supported` only reports the capability.
 
 Layout: ext4 refuses an encryption policy on a filesystem's root directory (EPERM), so the image
 is loop-mounted at `<image>.mnt` (next to the image, under the state dir) and its `vault`
@@ -14,8 +15,8 @@ directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
 
 - Images are sparse files; callers keep them under the state dir on the persist partition.
 - `attach_image` is idempotent: it formats a new image, mounts an existing one, and does nothing
-  when the image's vault is already mounted there. It refuses to mount over a non-empty directory (that
-  would hide plaintext files instead of migrating them).
+  when the image's vault is already mounted there. It refuses to mount over a non-empty
+  directory (that would hide plaintext files instead of migrating them).
 - `grow` resizes online (loop capacity, then resize2fs) when the process holds CAP_SYS_RESOURCE,
   which ext4 requires for online resizing. Without it (the development and CI containers drop
   it) the vault is briefly unmounted and resized offline: `grow` and `attach_image` then return
