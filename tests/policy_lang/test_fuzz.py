@@ -118,3 +118,13 @@ def test_comments_anywhere_survive_fmt(text):
     formatted = format_text(text, "f.vpol")
     assert [c.strip() for c in re.findall(r"#[^\n]*", formatted)] == [c.strip() for c in re.findall(r"#[^\n]*", text)]
     assert format_text(formatted, "f.vpol") == formatted
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutated_example())
+def test_check_command_never_fails_internally(lang, tmp_path, text):
+    path = tmp_path / "f.vpol"
+    path.write_text(text)
+    code, _, err = lang.cli("check", path)
+    assert code in (0, 1), err
+    assert "Traceback" not in err and "internal error" not in err
