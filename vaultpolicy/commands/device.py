@@ -14,6 +14,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from enforcer.codes import code_for
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected
 
@@ -113,8 +114,9 @@ def _apply(args, state, root) -> int:
                                managed=state.records())
     except PlanRejected as exc:
         state.set_condition("plan", False, exc.reason, f"refused {args.signed}: {exc.message}", now)
-        raise PlanRejected(exc.reason, f"plan refused ({exc.reason}): {exc.message}; the applied plan stays in force",
-                           exc.hint) from None
+        raise PlanRejected(exc.reason, f"plan refused ({_tag(exc.reason)}): {exc.message}; the applied plan stays "
+                           "in force", exc.hint or f"see `vaultpolicy explain {code_for(exc.reason)}`"
+                           if code_for(exc.reason) else exc.hint) from None
     plan = verified.plan
 
     journal = Journal(state.journal_path)
@@ -150,7 +152,7 @@ def _apply(args, state, root) -> int:
         lines += [f"  vault {s.vault}: {s.action.value} ({s.reason})" for s in outcome.done]
         if outcome.error is not None:
             lines.append(f"  vault {outcome.vault}: {outcome.failed.action.value} FAILED: {outcome.error.message}")
-    lines += [f"  vault {p.vault}: not changed: {p.message}" for p in rec.problems]
+    lines += [f"  vault {p.vault}: not changed ({_tag(p.reason)}): {p.message}" for p in rec.problems]
     if not rec.steps and not rec.problems:
         lines.append("  nothing to do: the device matches the plan")
     _emit(args, {
@@ -174,7 +176,7 @@ def _status(args, state, root) -> int:
         status = report(plan, observe(plan, state, root, tpm), state)
     lines = [f"plan version {status.plan_version}: " + ("device matches the plan" if status.matches else "DRIFT")]
     if status.plan_condition is not None and not status.plan_condition.ok:
-        lines.append(f"  last plan refused ({status.plan_condition.reason}) at {status.plan_condition.since}: "
+        lines.append(f"  last plan refused ({_tag(status.plan_condition.reason)}) at {status.plan_condition.since}: "
                      f"{status.plan_condition.message}")
     for vault in status.vaults:
         usage = ""
@@ -209,7 +211,7 @@ def _lock(args, state, root) -> int:
 def _results(args, verb: str, results, ok: tuple[str, ...]) -> int:
     lines = []
     for result in results:
-        detail = f": {result.message}" if result.message else ""
+        detail = f" ({_tag(result.reason)}): {result.message}" if result.message else ""
         lines.append(f"  vault {result.vault}: {result.outcome}{detail}")
     _emit(args, {verb: [asdict(r) for r in results]}, lines)
     return status_codes.SUCCESS if all(r.outcome in ok for r in results) else status_codes.ERROR
@@ -228,6 +230,12 @@ def _gate(args, state, root) -> int:
     else:
         print(f"gate: app `{args.app}` may not start: {detail}", file=sys.stderr)
     return status_codes.SUCCESS if allowed else status_codes.ERROR
+
+
+def _tag(reason: str) -> str:
+    """`reason` with its `vaultpolicy explain` code, when it has one."""
+    code = code_for(reason)
+    return f"{reason}, {code}" if code else reason
 
 
 def _mib(size: int) -> str:
