@@ -67,8 +67,9 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
         elif outcome is not None and outcome.error is not None:
             pcrs = tuple(getattr(outcome.error, "pcrs", ()))
             reason = "pcr-mismatch" if pcrs else "unlock-failed"
-            state.set_condition(subject, False, reason, outcome.error.message, now)
-            results.append(VaultResult(vault.name, "locked", reason, outcome.error.message, pcrs))
+            message = outcome.error.message.removeprefix(f"vault `{vault.name}`: ")
+            state.set_condition(subject, False, reason, f"unlock refused: {message}", now)
+            results.append(VaultResult(vault.name, "locked", reason, message, pcrs))
         elif seen.seal is None:
             results.append(VaultResult(vault.name, "not-created", "not-created", "no sealed key yet: run `device apply`"))
         else:
@@ -136,7 +137,7 @@ def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
         condition = conditions.get(f"vault/{name}")
         if condition is not None and not condition.ok:
             reasons.append(condition.message)
-        if seen.seal is not None and seen.seal.changed_pcrs:
+        if seen.seal is not None and seen.seal.changed_pcrs and not (condition and condition.reason == "pcr-mismatch"):
             pcrs = ", ".join(map(str, seen.seal.changed_pcrs))
             reasons.append(f"PCR {seen.seal.bank}:{pcrs} differs from the value the key was sealed to: unlock will be refused")
         if seen.seal is not None and not seen.seal.digest_ok:

@@ -115,3 +115,14 @@ def test_handles_are_flushed_over_100_cycles_including_failures(device):
     assert failures == 200
     with Tpm(device.tcti) as tpm:
         assert tpm.loaded_handles() == before
+
+
+def test_applied_plan_is_reverified_at_boot(device):
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    stored = StateDir(device.state).plan_path
+    data = bytearray(stored.read_bytes())
+    data[data.index(b'"payload":"') + 40] ^= 1
+    stored.write_bytes(bytes(data))
+    for command in ("unlock", "status", "lock"):
+        result = device.cli("device", command)
+        assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr, command
