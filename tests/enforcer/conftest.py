@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 # pytest runs with --import-mode=importlib, which puts no test directory on sys.path; the plan
 # builders in vp_helpers.py are shared by several test files here.
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-import subprocess
-from dataclasses import dataclass
-
-import pytest
 
 PERSIST_BYTES = 64 * 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]
@@ -57,12 +56,7 @@ class Device:
 
     def cli(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         """The real CLI in a subprocess, with this device's options appended."""
-        import os
-        import sys
-
-        options = ["--state-dir", str(self.state), "--root", str(self.root)]
-        if args[1] != "lock":
-            options += ["--tpm", self.tcti]
+        options = ["--state-dir", str(self.state), "--root", str(self.root), "--tpm", self.tcti]
         return subprocess.run([sys.executable, "-m", "vaultpolicy", *args, *options], capture_output=True, text=True,
                               cwd=REPO, env={**os.environ, **(env or {})})
 
