@@ -371,7 +371,9 @@ def _copy_tree(source: Path, target: Path, copied: list[Path]) -> None:
     for directory, dirs, _ in os.walk(source):
         for entry in dirs:
             st = os.lstat(Path(directory, entry))
-            os.chmod(target / Path(directory, entry).relative_to(source), stat.S_IMODE(st.st_mode))
+            copied_dir = target / Path(directory, entry).relative_to(source)
+            os.chmod(copied_dir, stat.S_IMODE(st.st_mode))
+            os.chown(copied_dir, st.st_uid, st.st_gid)
 
 
 def _copy_file(src: Path, dst: Path, st: os.stat_result) -> None:

@@ -13,6 +13,7 @@ Layout under STATE (`--state-dir`):
                              still know what to do and a protected vault stays protected (S16)
     images/<vault>.img       the vault's own ext4 image when it has a storage limit (see apply.py)
     conditions.json          conditions with reasons: the last refusal, per-vault unlock failures
+    lock                     flock'd by apply, unlock and lock: one mutating command at a time
     journal.jsonl            the write-ahead journal of the apply in progress (journal.py)
 
 Every write goes through `atomic_write`: write a temp file, fsync it, rename over the target, fsync the
@@ -21,9 +22,13 @@ directory (S19). A failed write raises `StateWriteError` naming the file; caller
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +45,10 @@ class StateWriteError(DeviceError):
 
 class StateCorrupt(DeviceError):
     """A state file exists but cannot be read; never silently replaced."""
+
+
+class StateBusy(DeviceError):
+    """Another vaultpolicy command holds the state dir."""
 
 
 def fsync_dir(directory: Path) -> None:
@@ -150,6 +159,26 @@ class StateDir:
 
     def image_path(self, vault: str) -> Path:
         return self.root / "images" / f"{_checked(vault)}.img"
+
+    @contextmanager
+    def exclusive(self, timeout_s: float = 60.0) -> Iterator[None]:
+        """One mutating device command at a time (a boot unlock and a manual apply must not interleave)."""
+        self.ensure()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StateBusy(f"another vaultpolicy command has held {self.root} for {timeout_s:.0f}s",
+                                        hint="wait for it to finish, or find it with `fuser` on the state dir's lock file") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def ensure(self) -> None:
         try:

@@ -79,3 +79,15 @@ def test_crash_hook_kills_right_after_the_intent(tmp_path):
     assert result.returncode == -signal.SIGKILL
     assert (tmp_path / "journal.jsonl.ran1").exists() and not (tmp_path / "journal.jsonl.ran2").exists()
     assert Journal(path).interrupted() == [{"action": "step", "n": 2}]
+
+
+def test_one_mutating_command_at_a_time(tmp_path):
+    from enforcer.state import StateBusy
+
+    state = StateDir(tmp_path)
+    with state.exclusive():
+        with pytest.raises(StateBusy):
+            with StateDir(tmp_path).exclusive(timeout_s=0.1):
+                pass
+    with StateDir(tmp_path).exclusive(timeout_s=0.1):
+        pass  # released when the holder finished

@@ -46,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve() if args.root else None
     if root is not None and not root.is_dir():
         raise InputError(f"--root {args.root}: not a directory")
-    handler = {"apply": _apply, "status": _status, "unlock": _unlock, "lock": _lock, "gate": _gate}[args.command[1]]
-    return handler(args, state, root)
+    command = args.command[1]
+    handler = {"apply": _apply, "status": _status, "unlock": _unlock, "lock": _lock, "gate": _gate}[command]
+    if command in ("status", "gate"):  # read-only
+        return handler(args, state, root)
+    with state.exclusive():
+        return handler(args, state, root)
 
 
 # --- helpers -----------------------------------------------------------------------------------
