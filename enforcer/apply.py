@@ -196,6 +196,10 @@ class Applier:
             blob = self.tpm.seal(key, vault.seal.bank, vault.seal.pcrs,
                                  allow_unmeasured_boot=self.plan.device.allow_unmeasured_boot)
             self.state.save_sealed(name, blob.to_json(), identifier)
+            mountpoint = fscrypt.mountpoint_of(str(self._layout(name, vault.path).path))
+            if fscrypt.key_status(mountpoint, identifier) is not KeyStatus.PRESENT:
+                if fscrypt.add_key(mountpoint, key) != identifier:
+                    raise KeyMismatch("the resealed key is not the vault's key", vault=name)
         finally:
             key[:] = bytes(len(key))
 

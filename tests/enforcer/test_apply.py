@@ -197,3 +197,16 @@ def test_new_key_is_escrowed_when_the_plan_names_an_escrow_key(device):
         sealed_key = bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed("config")["blob"]))))
     assert bytes(escrow.unwrap_key(controller, blob)) == sealed_key
     assert blob.key_identifier.hex() == state.sealed("config")["key_identifier"]
+
+
+def test_new_pcr_selection_reseals_the_same_key(device):
+    assert device.apply(make_plan([vault("config", pcrs=(0, 7))])).returncode == 0
+    (device.path("/persist/vault/config") / "f").write_text("kept")
+    before = StateDir(device.state).sealed("config")
+    assert device.cli("device", "lock").returncode == 0
+    result = device.apply(make_plan([vault("config", pcrs=(0, 4, 7))], version=2))
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = StateDir(device.state).sealed("config")
+    assert after["blob"]["pcrs"] == [0, 4, 7] and after["key_identifier"] == before["key_identifier"]
+    assert (device.path("/persist/vault/config") / "f").read_text() == "kept"
+    assert device.cli("device", "status").returncode == 0
