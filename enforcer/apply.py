@@ -95,6 +95,11 @@ class Applier:
             except DeviceError as exc:
                 outcome.failed, outcome.error = step, exc
                 continue
+            except OSError as exc:  # a filesystem call of the step itself: report it, keep the other vaults going
+                where = f" `{exc.filename}`" if exc.filename else ""
+                outcome.failed = step
+                outcome.error = DeviceError(f"{step.action.value} failed on{where}: {exc.strerror or exc}", vault=step.vault)
+                continue
             outcome.done.append(step)
         return outcomes
 

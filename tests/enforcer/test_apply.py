@@ -210,3 +210,20 @@ def test_new_pcr_selection_reseals_the_same_key(device):
     assert after["blob"]["pcrs"] == [0, 4, 7] and after["key_identifier"] == before["key_identifier"]
     assert (device.path("/persist/vault/config") / "f").read_text() == "kept"
     assert device.cli("device", "status").returncode == 0
+
+
+def test_a_filesystem_error_fails_that_vault_only_with_a_clear_message(device):
+    import subprocess
+
+    frozen = device.path("/persist/frozen")
+    frozen.mkdir()
+    subprocess.run(["chattr", "+i", str(frozen)], check=True)  # even root cannot create entries in it
+    try:
+        plan = make_plan([vault("stuck", path="/persist/frozen/stuck"), vault("fine")])
+        result = device.apply(plan)
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], check=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "vault stuck: create-directory FAILED" in result.stdout and "frozen/stuck" in result.stdout
+    assert StateDir(device.state).sealed("fine") is not None
+    assert fscrypt.get_policy(str(device.path("/persist/vault/fine"))) is not None
