@@ -51,3 +51,28 @@ def test_apply_lock_unlock_and_pcr_change(device):
     assert vaults["config"]["state"] == "locked" and vaults["config"]["changed_pcrs"] == [7]
     assert any("7" in reason for reason in vaults["config"]["reasons"])
     assert vaults["img"]["state"] == "unlocked"  # sealed to PCRs 0 and 4: not affected
+
+
+def test_gateway_example_compiled_signed_and_applied_through_the_cli(device):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def vaultpolicy(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "vaultpolicy", *args], capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    key, plan, signed = device.work / "ctl.key", device.work / "plan.json", device.work / "plan.signed"
+    vaultpolicy("keygen", "-o", str(key))
+    vaultpolicy("compile", str(REPO / "examples" / "gateway.vpol"), "--plan-version", "1", "-o", str(plan))
+    vaultpolicy("sign", str(plan), "--key", str(key), "-o", str(signed))
+    applied = device.cli("device", "apply", str(signed), "--trust", f"{key}.pub")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    status = json.loads(device.cli("device", "status", "--json").stdout)
+    assert status["matches"] and {v["vault"] for v in status["vaults"]} == {"config", "images"}
+    gate = device.cli("device", "gate", "plc-historian")
+    assert gate.returncode == 0 and gate.stdout.strip() == str(device.path("/persist/vault/img"))
+    again = device.cli("device", "apply", str(signed), "--trust", f"{key}.pub", "--json")
+    assert json.loads(again.stdout)["steps"] == []
