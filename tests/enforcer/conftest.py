@@ -14,19 +14,9 @@ import pytest
 # builders in vp_helpers.py are shared by several test files here.
 sys.path.insert(0, str(Path(__file__).parent))
 
+from vp_helpers import REPO, mounts_under, signed  # noqa: E402
+
 PERSIST_BYTES = 64 * 1024 * 1024
-REPO = Path(__file__).resolve().parents[2]
-
-
-def mounts_under(*prefixes: Path) -> list[str]:
-    """Mount points below any of `prefixes`, deepest first (from the kernel's mount table)."""
-    found = []
-    with open("/proc/self/mountinfo") as table:
-        for line in table:
-            target = line.split()[4].encode().decode("unicode_escape")
-            if any(target == str(p) or target.startswith(f"{p}/") for p in prefixes):
-                found.append(target)
-    return sorted(set(found), key=lambda t: t.count("/"), reverse=True)
 
 
 @dataclass
@@ -48,8 +38,6 @@ class Device:
         return self.root / plan_path.lstrip("/")
 
     def sign(self, plan, name: str = "plan.signed") -> Path:
-        from vp_helpers import signed
-
         target = self.work / name
         target.write_bytes(signed(plan, self.key))
         return target

@@ -12,9 +12,8 @@ import subprocess
 
 import pytest
 
-from conftest import mounts_under
 from enforcer.state import StateDir
-from vp_helpers import make_plan, vault
+from vp_helpers import make_plan, mounts_under, vault
 
 pytestmark = pytest.mark.device
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from vp_helpers import make_plan, vault
+from vp_helpers import REPO, make_plan, vault
 
 pytestmark = pytest.mark.device
 
@@ -54,11 +56,6 @@ def test_apply_lock_unlock_and_pcr_change(device):
 
 
 def test_gateway_example_compiled_signed_and_applied_through_the_cli(device):
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     def vaultpolicy(*args: str) -> subprocess.CompletedProcess:
         result = subprocess.run([sys.executable, "-m", "vaultpolicy", *args], capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 0, result.stdout + result.stderr

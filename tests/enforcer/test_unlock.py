@@ -8,9 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import mounts_under
 from enforcer.state import StateDir
-from vp_helpers import app, make_plan, vault
+from vp_helpers import app, make_plan, mounts_under, vault
 
 pytestmark = pytest.mark.device
 

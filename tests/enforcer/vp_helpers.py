@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from compiler.plan import Device, Plan, Seal, Vault, App, encode_plan, format_time
 from compiler.signing import PLAN_PAYLOAD_TYPE, sign
 
+REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.now(timezone.utc).replace(microsecond=0)  # CLI applies read the real clock
 
 
@@ -45,3 +47,14 @@ def app(name: str, vault_name: str | None, end_to_end: bool = False) -> App:
 
 def signed(plan: Plan, *keys) -> bytes:
     return sign(PLAN_PAYLOAD_TYPE, encode_plan(plan), list(keys)).to_bytes()
+
+
+def mounts_under(*prefixes: Path) -> list[str]:
+    """Mount points below any of `prefixes`, deepest first (from the kernel's mount table)."""
+    found = []
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            target = line.split()[4].encode().decode("unicode_escape")
+            if any(target == str(p) or target.startswith(f"{p}/") for p in prefixes):
+                found.append(target)
+    return sorted(set(found), key=lambda t: t.count("/"), reverse=True)
