@@ -31,7 +31,7 @@ from compiler.plan import Plan, Vault
 from enforcer import blockdev, fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
-from enforcer.observe import Layout, layout
+from enforcer.observe import Layout, keyring_dir, layout
 from enforcer.reconcile import Action, Step
 from enforcer.state import StateDir, VaultRecord, fsync_dir
 from vaultpolicy.errors import DeviceError
@@ -173,7 +173,7 @@ class Applier:
                     raise DeviceError("short read from /dev/urandom", vault=name)
             blob = self.tpm.seal(key, vault.seal.bank, vault.seal.pcrs,
                                  allow_unmeasured_boot=self.plan.device.allow_unmeasured_boot)
-            identifier = fscrypt.add_key(fscrypt.mountpoint_of(str(path)), key)
+            identifier = fscrypt.add_key(keyring_dir(path), key)
             if self.plan.device.escrow_public_key:
                 self._escrow(name, identifier, key)
             self.state.save_sealed(name, blob.to_json(), identifier)
@@ -201,7 +201,7 @@ class Applier:
             blob = self.tpm.seal(key, vault.seal.bank, vault.seal.pcrs,
                                  allow_unmeasured_boot=self.plan.device.allow_unmeasured_boot)
             self.state.save_sealed(name, blob.to_json(), identifier)
-            mountpoint = fscrypt.mountpoint_of(str(self._layout(name, vault.path).path))
+            mountpoint = keyring_dir(self._layout(name, vault.path).path)
             if fscrypt.key_status(mountpoint, identifier) is not KeyStatus.PRESENT:
                 if fscrypt.add_key(mountpoint, key) != identifier:
                     raise KeyMismatch("the resealed key is not the vault's key", vault=name)
@@ -274,7 +274,7 @@ def unlock_key(state: StateDir, tpm, name: str, path: Path) -> None:
     if sealed is None:
         raise DeviceError("no sealed key is recorded", vault=name)
     recorded = bytes.fromhex(sealed["key_identifier"])
-    mountpoint = fscrypt.mountpoint_of(str(path))
+    mountpoint = keyring_dir(path)
     try:
         key = tpm.unseal(SealedBlob.from_json(_json(sealed["blob"])))
     except DeviceError as exc:

@@ -66,6 +66,16 @@ def host_path(root: Path | None, plan_path: str) -> Path:
     return Path(os.path.join(root, plan_path.lstrip("/"))) if root else Path(plan_path)
 
 
+def keyring_dir(vault_path: Path) -> str:
+    """An unencrypted directory on the filesystem whose keyring holds the vault's key.
+
+    The fscrypt key ioctls work on any directory of a filesystem. A vault with its own image is a
+    mount, so it is its own filesystem; otherwise its parent is on the same filesystem. This avoids
+    reading the whole mount table for every vault (unlock stays within a few percent of bare unseals).
+    """
+    return str(vault_path if os.path.ismount(vault_path) else vault_path.parent)
+
+
 def layout(state: StateDir, root: Path | None, name: str, plan_path: str) -> Layout:
     path = host_path(root, plan_path)
     return Layout(path=path, image=state.image_path(name), staging=path.with_name(f".{path.name}.vp-plaintext"))
@@ -163,7 +173,7 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
         values["seal"] = _observe_seal(sealed, identifier, tpm, errors, {} if pcr_cache is None else pcr_cache)
         if kind is PathState.DIRECTORY:
             try:
-                values["key_status"] = fscrypt.key_status(fscrypt.mountpoint_of(str(where.path)), identifier)
+                values["key_status"] = fscrypt.key_status(keyring_dir(where.path), identifier)
             except DeviceError as exc:
                 errors.append(exc.message)
     return ObservedVault(**values, errors=tuple(errors))
