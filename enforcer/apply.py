@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from compiler.plan import Plan, Vault
+from compiler.plan import Plan, Vault, format_time
 from enforcer import blockdev, fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
@@ -176,7 +176,7 @@ class Applier:
             identifier = fscrypt.add_key(keyring_dir(path), key)
             if self.plan.device.escrow_public_key:
                 self._escrow(name, identifier, key)
-            self.state.save_sealed(name, blob.to_json(), identifier)
+            self.state.save_sealed(name, blob.to_json(), identifier, rotated_at=format_time(self.now))
         finally:
             key[:] = bytes(len(key))
 

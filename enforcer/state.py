@@ -6,8 +6,9 @@ Layout under STATE (`--state-dir`):
     applied/floor.json       {"plan_version", "plan_sha256"}: no plan at or below this version is taken
                              again, except the applied plan's own bytes (that reconciles, it is no rollback)
     trust                    the trust root the applied plan was verified with (PEM key or root envelope)
-    sealed/<vault>.json      the sealed key blob (TPM public/private areas) + the kernel key identifier;
-                             the raw key never touches disk
+    sealed/<vault>.json      the sealed key blob (TPM public/private areas) + the kernel key identifier
+                             + `rotated_at` (RFC 3339 UTC, when that key was created); the raw key never
+                             touches disk. Records written before `rotated_at` existed lack it
     vaults/<vault>.json      what the device manages for a vault: path, encryption, on_remove, protected,
                              orphaned. Kept after the vault leaves the plan, so `retain` and `destroy`
                              still know what to do and a protected vault stays protected (S16)
@@ -217,8 +218,16 @@ class StateDir:
         """{"blob": SealedBlob JSON, "key_identifier": hex}, or None when the vault has no sealed key."""
         return _read_json(self.sealed_path(vault))
 
-    def save_sealed(self, vault: str, blob_json: str, key_identifier: bytes) -> None:
-        atomic_write(self.sealed_path(vault), _json_bytes({"blob": json.loads(blob_json), "key_identifier": key_identifier.hex()}))
+    def save_sealed(self, vault: str, blob_json: str, key_identifier: bytes, rotated_at: str | None = None) -> None:
+        """`rotated_at` is given when the key is new; a re-seal of the same key keeps the recorded one."""
+        if rotated_at is None:
+            current = self.sealed(vault)
+            if current is not None and current.get("key_identifier") == key_identifier.hex():
+                rotated_at = current.get("rotated_at")
+        record = {"blob": json.loads(blob_json), "key_identifier": key_identifier.hex()}
+        if rotated_at is not None:
+            record["rotated_at"] = rotated_at
+        atomic_write(self.sealed_path(vault), _json_bytes(record))
 
     def remove_sealed(self, vault: str) -> None:
         atomic_remove(self.sealed_path(vault))
