@@ -58,7 +58,7 @@ class Outcome:
 
 
 class Applier:
-    """Runs steps for one plan; `tpm` is an open enforcer.tpm.Tpm."""
+    """Runs steps for one plan; `tpm` is an open enforcer.tpm.Tpm; `now` stamps the unlocks it records."""
 
     def __init__(self, plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime,
                  device_id: str | None = None, journal: Journal | None = None):
@@ -160,7 +160,7 @@ class Applier:
     def _rekey_if_remounted(self, name: str, remounted: bool, where: Layout) -> None:
         """An offline resize unmounts the vault, which drops its key from the kernel: add it again."""
         if remounted and self.state.sealed(name) is not None:
-            unlock_key(self.state, self.tpm, name, where.path)
+            unlock_key(self.state, self.tpm, name, where.path, self.now)
 
     def _create_key(self, name: str) -> None:
         vault = self._vault(name)
@@ -182,13 +182,16 @@ class Applier:
 
     def _escrow(self, name: str, identifier: bytes, key: bytearray) -> None:
         from enforcer import escrow
+        from enforcer.attest import resolve_device_id
 
+        # the id quotes and reports will carry, or the controller cannot match the blob to the device
+        device_id = resolve_device_id(self.device_id, self.state.root)
         public = escrow.load_escrow_public(self.plan.device.escrow_public_key, "plan device.escrow_public_key")
-        escrow.record_escrow(self.state.root, escrow.wrap_key(public, self.device_id or "", name, identifier, bytes(key)))
+        escrow.record_escrow(self.state.root, escrow.wrap_key(public, device_id, name, identifier, bytes(key)))
 
     def _unlock(self, name: str) -> None:
         vault = self._vault(name)
-        unlock_key(self.state, self.tpm, name, self._layout(name, vault.path).path)
+        unlock_key(self.state, self.tpm, name, self._layout(name, vault.path).path, self.now)
 
     def _reseal(self, name: str) -> None:
         from enforcer.tpm import SealedBlob
@@ -266,8 +269,10 @@ class Applier:
         self.state.remove_record(name)
 
 
-def unlock_key(state: StateDir, tpm, name: str, path: Path) -> None:
-    """Unseal the vault's key, add it to the kernel, check it is the recorded key and that it took."""
+def unlock_key(state: StateDir, tpm, name: str, path: Path, now: datetime) -> None:
+    """Unseal the vault's key, add it to the kernel, check it is the recorded key and that it took;
+    record `tpm-sealed` as the vault's last unlock method (the drift report shows it)."""
+    from enforcer.release import record_unlock
     from enforcer.tpm import SealedBlob
 
     sealed = state.sealed(name)
@@ -290,6 +295,7 @@ def unlock_key(state: StateDir, tpm, name: str, path: Path) -> None:
     status = fscrypt.key_status(mountpoint, recorded)
     if status is not KeyStatus.PRESENT:
         raise DeviceError(f"the kernel reports the key {status.name.lower()} right after adding it", vault=name)
+    record_unlock(state, name, "tpm-sealed", now)
 
 
 def lock_key(identifier: bytes, where: Layout) -> fscrypt.RemovalResult | None:

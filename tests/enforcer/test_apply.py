@@ -6,13 +6,15 @@ import errno
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
 
 from enforcer import fscrypt
 from enforcer.state import StateDir
-from vp_helpers import NOW, make_plan, signed, vault
+from vp_helpers import NOW, REPO, make_plan, signed, vault
 
 pytestmark = pytest.mark.device
 
@@ -213,8 +215,6 @@ def test_new_pcr_selection_reseals_the_same_key(device):
 
 
 def test_a_filesystem_error_fails_that_vault_only_with_a_clear_message(device):
-    import subprocess
-
     frozen = device.path("/persist/frozen")
     frozen.mkdir()
     subprocess.run(["chattr", "+i", str(frozen)], check=True)  # even root cannot create entries in it
@@ -227,3 +227,26 @@ def test_a_filesystem_error_fails_that_vault_only_with_a_clear_message(device):
     assert "vault stuck: create-directory FAILED" in result.stdout and "frozen/stuck" in result.stdout
     assert StateDir(device.state).sealed("fine") is not None
     assert fscrypt.get_policy(str(device.path("/persist/vault/fine"))) is not None
+
+
+def test_escrow_blob_of_a_real_apply_is_accepted_by_the_controller(device):
+    """The apply names the blob's device as quotes and reports do (here: the id `device identity`
+    recorded), so the controller matches it to the enrolled device."""
+    from enforcer import escrow
+
+    def cli(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "vaultpolicy", *args], capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 0, f"{args[:2]}: {result.stdout}{result.stderr}"
+        return result.stdout
+
+    store, acks = str(device.work / "controller.db"), device.work / "acks"
+    controller = escrow.generate_escrow_key()
+    identity = device.work / "identity.json"
+    identity.write_text(cli("device", "identity", "--device-id", "gw-1", "--state-dir", str(device.state),
+                            "--tpm", device.tcti))
+    cli("controller", "enroll", str(identity), "--store", store)
+    plan = make_plan([vault("config")], escrow_public_key=escrow.escrow_public_text(controller))
+    assert device.apply(plan).returncode == 0  # no --device-id
+    cli("controller", "escrow", str(device.state / "escrow" / "config.json"), "--ack-dir", str(acks), "--store", store)
+    cli("device", "escrow-ack", str(acks / "gw-1.config.ack.json"), "--state-dir", str(device.state))
+    assert escrow.escrow_state(device.state, "config") == "acknowledged"

@@ -50,6 +50,10 @@ def test_reboot_drops_keys_and_unlock_restores_them(device):
     for name in ("config", "img"):
         assert (device.path(f"/persist/vault/{name}") / "f").read_text() == name
     assert device.cli("device", "status").returncode == 0
+    from enforcer.release import last_unlocks
+
+    assert {v: r["method"] for v, r in last_unlocks(StateDir(device.state)).items()} == \
+        {"config": "tpm-sealed", "img": "tpm-sealed"}, "the drift report reads how each vault was last unlocked"
 
 
 def test_pcr_mismatch_locks_only_that_vault_and_names_the_pcr(device):
