@@ -10,7 +10,7 @@ does to a real TPM: PCRs reset, the sealing seed in the state directory stays.
 `Swtpm` is the launcher shared by the embedded default and the test fixtures. Several `Tpm`
 connections to one swtpm work at once, but swtpm has no resource manager: all clients share its
 few transient-object slots (three), and nothing flushes what a killed client left loaded (the
-kernel's /dev/tpmrm0 does; enforcer/tpm_leftovers.py does it for unmanaged TPMs).
+kernel's /dev/tpmrm0 does; `Tpm.flush_leftovers()` does it for unmanaged TPMs).
 """
 
 from __future__ import annotations

@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     if command in ("status", "gate"):  # read-only
         return handler(args, state, root)
     with state.exclusive():
+        if command != "lock":  # the only command that needs no TPM
+            # Holding the state lock, no live command is using the TPM: whatever a killed one left
+            # loaded in a TPM without a resource manager is flushed before it fills the few slots.
+            with _tpm(args, state) as tpm:
+                tpm.flush_leftovers()
         return handler(args, state, root)
 
 
@@ -77,12 +82,9 @@ def _trust(args, state):
 def _tpm(args, state):
     from enforcer.tcti import resolve_tcti
     from enforcer.tpm import Tpm
-    from enforcer.tpm_leftovers import flush_leftovers
 
     state.ensure()
-    tcti = resolve_tcti(args.tpm, state.root)
-    flush_leftovers(tcti)
-    return Tpm(tcti)
+    return Tpm(resolve_tcti(args.tpm, state.root))
 
 
 def _applied(args, state):
