@@ -58,7 +58,7 @@ class Outcome:
 
 
 class Applier:
-    """Runs steps for one plan; `tpm` is an open enforcer.tpm.Tpm; `now` stamps the unlocks it records."""
+    """Runs steps for one plan; `tpm` is an open enforcer.tpm.Tpm; `now` is the run's one clock reading."""
 
     def __init__(self, plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime,
                  device_id: str | None = None, journal: Journal | None = None):

@@ -5,7 +5,8 @@ controller/release.py for why this wrapping) and opens each key with AES-256-GCM
 is the hook `device unlock --release FILE` calls: for each released vault it adds the key to the
 kernel, checks the kernel's key identifier is the one recorded for the vault (a wrong key never
 replaces a vault), re-seals the key to the *current* PCRs (so the next boot unlocks locally) and
-writes the new sealed blob atomically. It records how the vault was unlocked for the drift report.
+writes the new sealed blob atomically. It records how the vault was unlocked for the drift report
+and clears the vault's refused-unlock condition.
 
 Release file JSON: see `Release` (`format` = "vaultpolicy.release.v1").
 """
@@ -195,6 +196,7 @@ def unlock_released(
                 blob = tpm.seal(raw, vault.seal.bank, vault.seal.pcrs, allow_unmeasured_boot=plan.device.allow_unmeasured_boot)
                 state.save_sealed(name, blob.to_json(), key_identifier)
                 record_unlock(state, name, "controller-release", now)
+                state.clear_condition(f"vault/{name}")  # the refused boot unlock is resolved
                 unlocked.append(name)
     finally:
         for _, raw in opened.values():

@@ -15,7 +15,7 @@ import pytest
 from compiler.plan import Attestation, Device, Plan, Seal, Vault, encode_plan, format_time
 from compiler.signing import PLAN_PAYLOAD_TYPE, generate_key, public_key_pem, sign
 from enforcer.attest import AttestationTpm
-from enforcer.release import Release, last_unlocks, unlock_released
+from enforcer.release import last_unlocks
 from enforcer.report import split_signed_report
 from enforcer.state import StateDir
 from vaultpolicy import status_codes
@@ -126,11 +126,17 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     cli("controller", "verify-quote", str(tmp_path / "quote.json"), "--plan", plan2, *store)
     cli("controller", "release", str(tmp_path / "quote.json"), "--escrow-key", str(tmp_path / "escrow.key"),
         "-o", str(tmp_path / "release.json"), *store)
-    plan = Plan.model_validate_json(Path(plan1).read_bytes())
-    release = Release.from_bytes((tmp_path / "release.json").read_bytes())
-    assert unlock_released(state, plan, root, swtpm.tcti, release, "gw-1", datetime.now(timezone.utc)) == ["config"]
+    tampered = json.loads((tmp_path / "release.json").read_bytes())
+    tampered["device_id"] = "gw-2"
+    (tmp_path / "tampered.json").write_text(json.dumps(tampered))
+    cli("device", "unlock", "--release", str(tmp_path / "tampered.json"), "--root", str(root), *device, code=status_codes.ERROR)
+    with pytest.raises(OSError):
+        secret.read_text()
+    released = cli("device", "unlock", "--release", str(tmp_path / "release.json"), "--root", str(root), *device)
+    assert "vault config: unlocked (controller-release)" in released  # device id: the one `identity` recorded
     assert secret.read_text() == "password=hunter2"
     assert last_unlocks(state)["config"]["method"] == "controller-release"
+    cli("device", "status", "--root", str(root), *device)  # the refused unlock no longer shows as drift
 
     # reboot into the updated firmware: the re-sealed key unlocks locally, no controller involved
     cli("device", "lock", "--state-dir", str(state.root), "--root", str(root))
@@ -141,3 +147,4 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     assert pcr_values(swtpm.tcti) == after_update
     cli("device", "unlock", "--root", str(root), *device)
     assert secret.read_text() == "password=hunter2"
+    assert last_unlocks(state)["config"]["method"] == "tpm-sealed"

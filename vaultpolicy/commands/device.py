@@ -1,5 +1,8 @@
 """`vaultpolicy device apply|status|unlock|lock|gate`: the thin shell over enforcer/.
 
+`unlock --release FILE` unlocks with keys the controller released after a verified quote
+(docs/attestation.md) and re-seals them to the current PCRs, so the next boot unlocks locally.
+
 Every command reads the kernel and the TPM; none trusts a message of its own from an earlier run.
 Exit codes: 0 success, 1 refused plan or a vault that failed, 3 (DRIFT) when `status` finds the device
 different from the plan.
@@ -37,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     if command == "apply":
         parser.add_argument("--device-id", metavar="ID", help="this device's id, matched against the plan's targets")
+    if command == "unlock":
+        parser.add_argument("--release", metavar="FILE", help="unlock with the keys of a `vaultpolicy controller "
+                            "release` file instead of the sealed ones, and re-seal them to the current PCRs")
+        parser.add_argument("--device-id", metavar="ID", help="this device's id (default: recorded by `device "
+                            "identity`, else the host name); a release file opens only for its own device")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,12 +87,17 @@ def _trust(args, state):
     return data, load_trust(data, source)
 
 
-def _tpm(args, state):
+def _tcti(args, state) -> str:
     from enforcer.tcti import resolve_tcti
-    from enforcer.tpm import Tpm
 
     state.ensure()
-    return Tpm(resolve_tcti(args.tpm, state.root))
+    return resolve_tcti(args.tpm, state.root)
+
+
+def _tpm(args, state):
+    from enforcer.tpm import Tpm
+
+    return Tpm(_tcti(args, state))
 
 
 def _applied(args, state):
@@ -199,11 +212,22 @@ def _status(args, state, root) -> int:
 
 
 def _unlock(args, state, root) -> int:
-    from enforcer.unlock import unlock_all
+    from enforcer.unlock import VaultResult, unlock_all
 
     plan = _applied(args, state)
-    with _tpm(args, state) as tpm:
-        results = unlock_all(plan, state, root, tpm, datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
+    if args.release:
+        from enforcer.attest import resolve_device_id
+        from enforcer.release import Release, unlock_released
+
+        release = Release.from_bytes(_read(args.release, "release file"), args.release)
+        unlocked = unlock_released(state, plan, root, _tcti(args, state), release,
+                                   resolve_device_id(args.device_id, state.root), now)
+        results = [VaultResult(name, "unlocked", "controller-release", "re-sealed to the current PCRs")
+                   for name in unlocked]
+    else:
+        with _tpm(args, state) as tpm:
+            results = unlock_all(plan, state, root, tpm, now)
     return _results(args, "unlock", results, ok=("unlocked", "already-unlocked", "unencrypted"))
 
 
