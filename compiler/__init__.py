@@ -6,13 +6,16 @@ the ones the policy names (escrow key, allowed PCR values), through an injectabl
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from policy_lang import ast
 from policy_lang.diagnostics import Diagnostics
+from policy_lang.parse import Block
 
 from .build import BuildOptions, FileReader, build
 from .model import Model
+from .partial import independent
 from .plan import Plan
 from .resolve import resolve
 from .rules import RULES
@@ -29,9 +32,14 @@ def analyze(policy: ast.Policy) -> tuple[Model, Diagnostics]:
     return model, Diagnostics(found).sorted()
 
 
-def check(policy: ast.Policy) -> Diagnostics:
-    """Every independent error and warning in one run, sorted by position."""
-    return analyze(policy)[1]
+def check(policy: ast.Policy, broken: Iterable[Block] = ()) -> Diagnostics:
+    """Every independent error and warning in one run, sorted by position.
+
+    `broken`: blocks that an error left out of `policy` or cut short (`LoadResult.broken_blocks`);
+    diagnostics that could stem from what they would have said are left out.
+    """
+    model, diagnostics = analyze(policy)
+    return independent(diagnostics, model, policy, broken) if broken else diagnostics
 
 
 def compile_policy(policy: ast.Policy, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[Plan | None, Diagnostics]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from . import ast
 from . import syntax_codes as codes
 from .diagnostics import Diagnostics, Span, error
-from .parse import parse
+from .parse import Block, parse
 from .to_ast import to_policy, whole_file_span
 
 
@@ -22,6 +22,10 @@ class LoadResult:
     policy: ast.Policy | None  # None when any file has an error
     sources: dict[str, str] = field(default_factory=dict)  # file -> text, for rendering diagnostics
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    # For `check` only, never for building a plan: the items that parsed, even when others did not,
+    # and the blocks an error left out or cut short (in every file read).
+    partial: ast.Policy | None = None
+    broken_blocks: list[Block] = field(default_factory=list)
 
 
 def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
@@ -39,16 +43,21 @@ def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
                                         span, help="save the policy as UTF-8 text")])
 
 
-def parse_partial(text: str, file: str) -> tuple[ast.Policy, Diagnostics]:
-    """The items that parsed (even when others did not) and every diagnostic, sorted."""
+def parse_partial(text: str, file: str) -> tuple[ast.Policy, Diagnostics, list[Block]]:
+    """The items that parsed (even when others did not), every diagnostic, sorted, and the blocks
+    that an error left out (not parsed) or cut short (a setting dropped)."""
     result = parse(text, file)
     policy, literal_diags = to_policy(result)
-    return policy, Diagnostics(result.diagnostics + literal_diags).sorted()
+    diags = Diagnostics(result.diagnostics + literal_diags).sorted()
+    error_positions = [d.span.start_pos for d in diags.errors() if d.span is not None and d.span.file == file]
+    broken = [b for b in result.blocks
+              if not b.parsed or any(b.start_pos <= pos < b.end_pos for pos in error_positions)]
+    return policy, diags, broken
 
 
 def parse_text(text: str, file: str = "<input>") -> tuple[ast.Policy | None, Diagnostics]:
     """One file's AST (its `include`s left unresolved), or None and at least one error."""
-    policy, diags = parse_partial(text, file)
+    policy, diags, _ = parse_partial(text, file)
     return (None if diags.has_errors() else policy), diags
 
 
@@ -56,9 +65,10 @@ def load(path: str | os.PathLike) -> LoadResult:
     result = LoadResult(policy=None)
     root = os.fspath(path)
     items = _load_file(root, None, (), set(), result)
+    text = result.sources.get(root, "")
+    result.partial = ast.Policy(file=root, items=tuple(items or ()), span=whole_file_span(root, text))
     if not result.diagnostics.has_errors() and items is not None:
-        text = result.sources.get(root, "")
-        result.policy = ast.Policy(file=root, items=tuple(items), span=whole_file_span(root, text))
+        result.policy = result.partial
     return result
 
 
@@ -86,13 +96,17 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
     result.sources[file] = text
     result.diagnostics.extend(diags)
     # Includes of a broken file are still followed, so their errors show up in the same run.
-    policy, parse_diags = parse_partial(text, file)
+    policy, parse_diags, broken = parse_partial(text, file)
     result.diagnostics.extend(parse_diags)
+    result.broken_blocks.extend(broken)
     items = []
     for item in policy.items:
         if isinstance(item, ast.IncludeDecl):
             target = os.path.normpath(os.path.join(os.path.dirname(file), item.path.value))
             included = _load_file(target, item.path.span, (*stack, key), done, result)
+            if included is None:  # unreadable or cyclic: what it declares is unknown
+                result.broken_blocks.append(Block(file, "include", item.path.value, item.span.start_pos,
+                                                  item.span.end_pos, parsed=False))
             items.extend(included or [])
         else:
             items.append(item)

@@ -11,6 +11,7 @@ setting that failed is dropped and the block re-parsed, so each broken setting r
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -60,6 +61,22 @@ class Comment:
     own_line: bool  # nothing but whitespace precedes it on its line
 
 
+@dataclass(frozen=True)
+class Block:
+    """One top-level item as the splitter cut it, whether or not it parsed.
+
+    The compiler checks the items that parsed and needs to know what the others would have
+    declared, so that it reports only errors that do not depend on them (S18).
+    """
+
+    file: str
+    kind: str | None  # the top-level keyword, or the one a misspelt keyword most likely meant
+    name: str | None  # the declared name (an include's path), when the header is readable
+    start_pos: int
+    end_pos: int  # where the next item starts: errors in between belong to this one
+    parsed: bool
+
+
 @dataclass
 class ParseResult:
     """Item trees that parsed, plus everything the formatter needs to re-lay the text out."""
@@ -67,6 +84,7 @@ class ParseResult:
     file: str
     text: str
     items: list[Tree] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
     tokens: list[Token] = field(default_factory=list)
     comments: list[Comment] = field(default_factory=list)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
@@ -384,6 +402,22 @@ def _blamed_segment(index: int | None, tokens, segments, dropped, setting_starts
     return None
 
 
+def _header(tokens: list[Token]) -> tuple[str | None, str | None]:
+    """The kind and name a chunk declares, read from `KIND NAME {` (or `include "…"`) alone."""
+    first = tokens[0]
+    kind = first.value if first.value in TOP_LEVEL_KEYWORDS else None
+    if kind is None and first.type == "NAME":
+        close = difflib.get_close_matches(first.value, TOP_LEVEL_KEYWORDS, n=1, cutoff=0.6)
+        kind = close[0] if close else None
+    following = tokens[1:3]
+    if kind == "include":
+        return kind, following[0].value[1:-1] if following and following[0].type == "STRING" else None
+    if kind in ("device", "defaults"):
+        return kind, None
+    named = len(following) == 2 and (following[0].type == "NAME" or _is_keyword(following[0]))
+    return kind, following[0].value if named and following[1].type == "LBRACE" else None
+
+
 def parse(text: str, file: str) -> ParseResult:
     tokens, comments, diags = tokenize(text, file)
     result = ParseResult(file=file, text=text, tokens=tokens, comments=comments, diagnostics=diags)
@@ -392,7 +426,10 @@ def parse(text: str, file: str) -> ParseResult:
     for n, chunk in enumerate(chunks):
         tree, chunk_diags = parse_chunk(file, chunk)
         end = chunks[n + 1][0].start_pos if n + 1 < len(chunks) else len(text)
-        if any(chunk[0].start_pos <= pos < end for pos in lexical_errors):
+        kind, name = _header(chunk)
+        lexically_broken = any(chunk[0].start_pos <= pos < end for pos in lexical_errors)
+        result.blocks.append(Block(file, kind, name, chunk[0].start_pos, end, tree is not None and not lexically_broken))
+        if lexically_broken:
             continue  # a bad character or string already explains this item; its syntax errors would only echo it
         result.diagnostics.extend(chunk_diags)
         if tree is not None:

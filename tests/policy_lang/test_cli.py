@@ -20,8 +20,8 @@ def test_check_renders_every_error_and_a_summary(lang, tmp_path):
     assert code == 1
     assert f"error[VP0005]: unknown keyword `limt`\n  --> {bad}:2:3" in err
     assert f"{bad}:5:18" in err
-    assert "VP0101" not in err  # compiler rules run only on a policy that parsed
-    assert "check: 2 errors, 0 warnings in 1 file" in err
+    assert f"error[VP0101]: app `a` uses unknown vault `nowhere`\n  --> {bad}:4:15" in err  # independent of both
+    assert "check: 3 errors, 0 warnings in 1 file" in err
 
 
 def test_check_runs_the_compiler_rules_after_parsing(lang, tmp_path):

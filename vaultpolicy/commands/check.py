@@ -24,8 +24,8 @@ def run(args) -> int:
         result = load(file)
         sources.update(result.sources)
         diagnostics = Diagnostics(result.diagnostics)
-        if result.policy is not None:  # compiler checks on a partial policy would only add noise
-            diagnostics.extend(compile_check(result.policy))
+        # The compiler's rules run on whatever parsed; what depends on a broken block is left out.
+        diagnostics.extend(compile_check(result.partial, result.broken_blocks))
         found.extend(diagnostics.sorted())
     summary = f"{summary_line(found)} in {len(args.files)} file{'s' if len(args.files) != 1 else ''}"
     if args.format == "json":

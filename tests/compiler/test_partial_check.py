@@ -1,0 +1,101 @@
+"""`check` on a policy with syntax errors: the compiler's rules run on the blocks that parsed, and only
+what depends on a broken block is left out (issue 3, S18)."""
+
+from __future__ import annotations
+
+import json
+
+from compiler import codes as rule
+from policy_lang import syntax_codes as syntax
+from vaultpolicy.cli import main
+
+
+def _check(tmp_path, capsys, text: str, name: str = "p.vpol") -> tuple[int, list[tuple[str, int, int]]]:
+    policy = tmp_path / name
+    policy.write_text(text)
+    code = main(["check", "--format", "json", str(policy)])
+    report = json.loads(capsys.readouterr().out)
+    return code, [(d["code"], d["span"]["line"], d["span"]["column"]) for d in report["diagnostics"]]
+
+
+def test_a_syntax_error_no_longer_hides_independent_compiler_errors(tmp_path, capsys):
+    code, found = _check(tmp_path, capsys, (
+        'device { persist "/persist" capacity 1GiB }\n'
+        'vault data { path "/persist/data" seal pcrs 0, 5 }\n'
+        'valt other { path "/persist/other" }\n'
+        'app web { vault dtaa }\n'
+        'app api { vault other }\n'
+    ))
+    assert code == 1
+    assert found == [
+        (rule.NO_LIMIT, 2, 7),  # no limit on `data` (warning)
+        (rule.MISSING_FIRMWARE_ANCHOR, 2, 35),  # no firmware PCR 4 (warning)
+        (rule.MISSING_SECURE_BOOT_PCR, 2, 35),  # no PCR 7 (warning)
+        (rule.PCR5_SEALED, 2, 48),  # PCR 5
+        (syntax.UNKNOWN_KEYWORD, 3, 1),  # `valt`
+        (rule.UNKNOWN_VAULT, 4, 17),  # `dtaa`; `other` is declared by the broken `valt other` block, so `api` is fine
+    ]
+
+
+def test_a_vault_block_with_a_broken_body_still_declares_its_name(tmp_path, capsys):
+    code, found = _check(tmp_path, capsys, (
+        'vault data { path "/persist/data" limit }\n'
+        'app web { vault data }\n'
+        'app api { vault nothere }\n'
+    ))
+    assert code == 1
+    assert found == [(syntax.UNEXPECTED_TOKEN, 1, 41), (rule.UNKNOWN_VAULT, 3, 17)]
+
+
+def test_a_broken_attestation_hides_unknown_seals_to_it_but_not_to_others(tmp_path, capsys):
+    _, found = _check(tmp_path, capsys, (
+        'attestaton boot { pcrs 0, 4, 7 }\n'
+        'vault a { path "/persist/a" seal boot }\n'
+        'vault b { path "/persist/b" seal bogus }\n'
+    ))
+    assert found == [(syntax.UNKNOWN_KEYWORD, 1, 1), (rule.UNKNOWN_ATTESTATION, 3, 34)]
+
+
+def test_an_attestation_that_lost_its_pcrs_does_not_make_vaults_presence_only(tmp_path, capsys):
+    _, found = _check(tmp_path, capsys, (
+        'attestation boot { pcrs 0, 4, 24 }\n'
+        'vault a { path "/persist/a" seal boot }\n'
+        'vault b { path "/persist/b" seal pcrs 0, 4, 5, 7 }\n'
+    ))
+    assert found == [(syntax.PCR_OUT_OF_RANGE, 1, 31), (rule.PCR5_SEALED, 3, 45)]
+
+
+def test_a_device_that_lost_its_persist_root_does_not_put_vaults_outside_it(tmp_path, capsys):
+    _, found = _check(tmp_path, capsys, (
+        'device { persist "/data\\q" }\n'
+        'vault a { path "/data/a" }\n'
+        'vault b { path "relative/b" }\n'
+    ))
+    assert found == [(syntax.BAD_ESCAPE, 1, 24), (rule.PATH_NOT_ABSOLUTE, 3, 16)]
+
+
+def test_a_vault_that_lost_its_path_hides_coverage_errors_that_path_decides(tmp_path, capsys):
+    _, found = _check(tmp_path, capsys, (
+        'vault a { path "/persist/x\\q" holds "/persist/x/sub" }\n'
+        'component agent { stores "/persist/x/keys" sensitive }\n'
+        'app web { vault missing }\n'
+    ))
+    assert found == [(syntax.BAD_ESCAPE, 1, 27), (rule.UNKNOWN_VAULT, 3, 17)]
+
+
+def test_an_unreadable_include_hides_unknown_names(tmp_path, capsys):
+    _, found = _check(tmp_path, capsys, (
+        'include "vaults.vpol"\n'
+        'app web { vault data }\n'
+        'vault b { path "/persist/b" seal pcrs 0, 4, 5, 7 }\n'
+    ))
+    assert found == [(syntax.INCLUDE_NOT_FOUND, 1, 9), (rule.PCR5_SEALED, 3, 45)]
+
+
+def test_compile_still_refuses_a_policy_with_any_error(tmp_path, capsys):
+    policy = tmp_path / "p.vpol"
+    policy.write_text('valt other { path "/persist/other" }\napp web { vault other }\n')
+    plan = tmp_path / "plan.json"
+    assert main(["compile", str(policy), "--plan-version", "1", "-o", str(plan)]) == 1
+    assert not plan.exists()
+    assert syntax.UNKNOWN_KEYWORD in capsys.readouterr().err
