@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job, end to end, on real components: a loop-mounted ext4 image (with the `encrypt`
 # feature) plays the device's persist partition, a swtpm plays its TPM, and this script plays the
-# firmware that measures the boot into PCRs. Everything lives under a temporary work dir and is
-# cleaned up on exit, whatever happens.
+# firmware that measures the boot into PCRs. Then the attestation story (docs/attestation.md): a
+# firmware update locks the vaults, the controller verifies a fresh quote against a policy that
+# allows the new measurement, releases the escrowed keys, and after a reboot the device unlocks
+# locally again. Everything lives under a temporary work dir and is cleaned up on exit, whatever happens.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,6 +16,14 @@ mkdir -p "$root/persist" "$state" "$swtpm_state"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
+# run_expecting CODE COMMAND...: the command must exit with CODE (1 refused, 3 drift)
+run_expecting() {
+  local expected=$1; shift
+  printf '$ %s\n' "$*"
+  local code=0
+  "$@" || code=$?
+  if [ "$code" -ne "$expected" ]; then echo "FAIL: exit $code, expected $expected" >&2; exit 1; fi
+}
 
 cleanup() {
   set +e
@@ -21,7 +31,7 @@ cleanup() {
   # Every mount under the work dir (vault bind mounts, per-vault images, the persist partition),
   # deepest first; loop devices detach with their last unmount.
   findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount "$m"; done
-  [ -f "$swtpm_state/pid" ] && kill "$(cat "$swtpm_state/pid")" 2>/dev/null
+  stop_swtpm
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -42,11 +52,33 @@ for _ in range(100):
 PY
 }
 
+start_swtpm() {
+  swtpm socket --tpm2 --tpmstate dir="$swtpm_state" --server type=tcp,port="$port" \
+    --ctrl type=tcp,port="$((port + 1))" --flags not-need-init,startup-clear --pid file="$swtpm_state/pid" --daemon
+}
+
+stop_swtpm() {
+  [ -f "$swtpm_state/pid" ] || return 0
+  local pid; pid=$(cat "$swtpm_state/pid")
+  kill "$pid" 2>/dev/null
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  rm -f "$swtpm_state/pid"
+}
+
 boot_measurements() {
   # What firmware and the boot loader would measure: fixed blobs into PCRs 0, 2, 4 and 7.
   for pcr in 0 2 4 7; do
     TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend "$pcr:sha256=$(printf 'demo firmware component %s' "$pcr" | sha256sum | cut -d' ' -f1)"
   done
+}
+
+new_firmware_measurement() {
+  # The updated firmware measures something else into PCR 7 (secure boot state).
+  TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend "7:sha256=$(printf 'new firmware' | sha256sum | cut -d' ' -f1)"
+}
+
+pcr_value() {  # the current sha256 value of PCR $1, lower-case hex
+  TPM2TOOLS_TCTI="$tcti" tpm2_pcrread "sha256:$1" | awk '/0x/ { print tolower(substr($3, 3)) }'
 }
 
 step "device: a 256 MiB ext4 persist partition with the encrypt feature, loop-mounted"
@@ -56,25 +88,41 @@ mount -o loop "$work/persist.img" "$root/persist"
 findmnt -n -o SOURCE,TARGET,FSTYPE "$root/persist"
 
 step "device: a TPM (swtpm) and a measured boot"
-port=$(free_port_pair); ctrl=$((port + 1))
-swtpm socket --tpm2 --tpmstate dir="$swtpm_state" --server type=tcp,port="$port" \
-  --ctrl type=tcp,port="$ctrl" --flags not-need-init,startup-clear --pid file="$swtpm_state/pid" --daemon
+port=$(free_port_pair)
+start_swtpm
 tcti="swtpm:host=127.0.0.1,port=$port"
 boot_measurements
 TPM2TOOLS_TCTI="$tcti" tpm2_pcrread sha256:0,4,7
 
-step "controller: check, compile and sign examples/gateway.vpol"
-run vaultpolicy check "$here/examples/gateway.vpol"
+step "controller: an escrow key, and examples/gateway.vpol requiring escrow and allowing this boot"
+ctl=(--store "$work/controller.db")
+run vaultpolicy controller escrow-keygen "$work/escrow.key"
+for pcr in 0 4 7; do pcr_value "$pcr" > "$work/pcr$pcr.allowed"; done
+# The policy's file references (escrow key, allowed values) are relative to the policy: work on a copy.
+sed -e '/^  tpm required$/a\  escrow_key "escrow.key.pub"' \
+    -e '/^  on_failure keep_locked, deny_release$/i\  allow pcr 0 from "pcr0.allowed"\n  allow pcr 4 from "pcr4.allowed"\n  allow pcr 7 from "pcr7.allowed"\n  escrow required' \
+    "$here/examples/gateway.vpol" > "$work/gateway.vpol"
+echo "the demo's copy of examples/gateway.vpol adds:"
+diff -u "$here/examples/gateway.vpol" "$work/gateway.vpol" | tail -n +3 | grep '^[+-]' || true
+
+step "controller: check, compile and sign the policy"
+run vaultpolicy check "$work/gateway.vpol"
 run vaultpolicy keygen -o "$work/controller.key"
-run vaultpolicy compile "$here/examples/gateway.vpol" --plan-version 1 -o "$work/plan.json"
+run vaultpolicy compile "$work/gateway.vpol" --plan-version 1 -o "$work/plan.json"
 run vaultpolicy sign "$work/plan.json" --key "$work/controller.key" -o "$work/plan.signed"
 run vaultpolicy plan show "$work/plan.json"
 
-step "device: verify and apply the signed plan"
+step "device: verify and apply the signed plan (creates, seals and escrows the keys)"
 dev=(--state-dir "$state" --root "$root")
 tpm=(--tpm "$tcti")
-run vaultpolicy device apply "$work/plan.signed" --trust "$work/controller.key.pub" "${dev[@]}" "${tpm[@]}"
+run vaultpolicy device apply "$work/plan.signed" --trust "$work/controller.key.pub" --device-id gw-1 "${dev[@]}" "${tpm[@]}"
 run vaultpolicy device status "${dev[@]}" "${tpm[@]}"
+
+step "provisioning: device identity, enrolment, escrow deposit and acknowledgement"
+run vaultpolicy device identity --device-id gw-1 --state-dir "$state" "${tpm[@]}" -o "$work/identity.json"
+run vaultpolicy controller enroll "$work/identity.json" "${ctl[@]}"
+run vaultpolicy controller escrow "$state"/escrow/*.json --ack-dir "$work/acks" "${ctl[@]}"
+run vaultpolicy device escrow-ack "$work"/acks/gw-1.*.ack.json --state-dir "$state"
 
 config_dir="$root/persist/vault/config"
 step "an app writes a secret into the config vault"
@@ -94,9 +142,49 @@ run cat "$config_dir/credentials.txt"
 
 step "firmware update: PCR 7 changes, so the TPM refuses to unseal"
 run vaultpolicy device lock "${dev[@]}"
-TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend "7:sha256=$(printf 'new firmware' | sha256sum | cut -d' ' -f1)"
-if vaultpolicy device unlock "${dev[@]}" "${tpm[@]}"; then echo "FAIL: unlock succeeded after a PCR change" >&2; exit 1; fi
+new_firmware_measurement
+run_expecting 1 vaultpolicy device unlock "${dev[@]}" "${tpm[@]}"
 echo "unlock refused, as it must be"
-vaultpolicy device status "${dev[@]}" "${tpm[@]}" || true
+run_expecting 3 vaultpolicy device status "${dev[@]}" "${tpm[@]}"
+
+step "device report: the drift, signed with the TPM's attestation key, names PCR 7"
+nonce=$(vaultpolicy controller nonce --device gw-1 --plan "$work/plan.json" "${ctl[@]}")
+echo "controller nonce for gw-1, so the report is fresh: $nonce"
+run_expecting 3 vaultpolicy device report --nonce "$nonce" "${dev[@]}" "${tpm[@]}" -o "$work/report.json"
+run_expecting 3 vaultpolicy controller drift "$work/report.json" "${ctl[@]}"
+
+step "controller: the policy gains the new PCR 7 value (plan version 2)"
+pcr_value 7 >> "$work/pcr7.allowed"
+run cat "$work/pcr7.allowed"
+run vaultpolicy compile "$work/gateway.vpol" --prev "$work/plan.json" -o "$work/plan2.json"
+run vaultpolicy sign "$work/plan2.json" --key "$work/controller.key" -o "$work/plan2.signed"
+run_expecting 2 vaultpolicy diff --exit-code "$work/plan.json" "$work/plan2.json"
+
+step "controller: challenge the device, verify its quote, release the escrowed keys"
+nonce=$(vaultpolicy controller nonce --device gw-1 --plan "$work/plan2.json" "${ctl[@]}")
+echo "controller nonce for gw-1 (single use, valid 5 minutes): $nonce"
+run vaultpolicy device quote --nonce "$nonce" --state-dir "$state" "${tpm[@]}" -o "$work/quote.json"
+run vaultpolicy controller verify-quote "$work/quote.json" --plan "$work/plan2.json" "${ctl[@]}"
+run vaultpolicy controller release "$work/quote.json" --escrow-key "$work/escrow.key" -o "$work/release.json" "${ctl[@]}"
+
+step "device: unlock with the released keys, re-sealed to the new PCR 7"
+run vaultpolicy device unlock --release "$work/release.json" "${dev[@]}" "${tpm[@]}"
+run cat "$config_dir/credentials.txt"
+
+step "reboot into the new firmware: swtpm restarts (PCRs reset), the boot measurements replay"
+run vaultpolicy device lock "${dev[@]}"
+stop_swtpm
+start_swtpm
+boot_measurements
+new_firmware_measurement
+TPM2TOOLS_TCTI="$tcti" tpm2_pcrread sha256:7
+
+step "boot service: the re-sealed keys unlock locally, no controller involved"
+run vaultpolicy device unlock "${dev[@]}" "${tpm[@]}"
+run cat "$config_dir/credentials.txt"
+
+step "device: plan version 2 applies like any plan (nothing to change on the device)"
+run vaultpolicy device apply "$work/plan2.signed" --trust "$work/controller.key.pub" "${dev[@]}" "${tpm[@]}"
+run vaultpolicy device status "${dev[@]}" "${tpm[@]}"
 
 step "done: the demo cleans up after itself"
