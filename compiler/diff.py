@@ -9,6 +9,7 @@ the same policy is empty (S15).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
@@ -41,9 +42,12 @@ _IMPACT_ORDER = list(Impact)
 
 @dataclass(frozen=True)
 class FieldChange:
+    """One value that differs, at its dotted path in the plan (`seal.pcrs`), exactly as the plan holds
+    it (sizes in bytes, durations in seconds); None when absent. Templates spell it for people."""
+
     field: str
-    old: str | None  # canonical JSON of the value; None when absent
-    new: str | None
+    old: object
+    new: object
 
 
 @dataclass(frozen=True)
@@ -76,25 +80,27 @@ class ChangeSet:
         return sum(1 for c in self.changes if c.action == action)
 
 
-def _value(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(", ", ": "))
-
-
 def _field_changes(old: PlanModel | None, new: PlanModel | None) -> tuple[FieldChange, ...]:
     before = old.model_dump(mode="json") if old is not None else {}
     after = new.model_dump(mode="json") if new is not None else {}
-    changes = []
-    for key in sorted(set(before) | set(after)):
-        if key == "name" or before.get(key) == after.get(key):
-            continue
-        changes.append(
-            FieldChange(
-                key,
-                _value(before[key]) if key in before else None,
-                _value(after[key]) if key in after else None,
-            )
-        )
-    return tuple(changes)
+    before.pop("name", None)
+    after.pop("name", None)
+    return tuple(_leaf_changes("", before, after))
+
+
+def _leaf_changes(prefix: str, before, after) -> Iterator[FieldChange]:
+    """Nested objects are compared key by key, so only what changed shows, at its dotted path;
+    lists are compared whole (the plan keeps them sorted, so a difference is a real one)."""
+    if _is_object(before) and _is_object(after):
+        before, after = before or {}, after or {}
+        for key in sorted(set(before) | set(after)):
+            yield from _leaf_changes(f"{prefix}{key}.", before.get(key), after.get(key))
+    elif before != after:
+        yield FieldChange(prefix.removesuffix("."), before, after)
+
+
+def _is_object(value) -> bool:
+    return value is None or isinstance(value, dict)
 
 
 def _worst(impacts) -> Impact:
@@ -120,7 +126,7 @@ def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan
         if protected and old.on_remove == "destroy":
             blocked = f"vault `{name}` is protected: the device refuses a plan that destroys it"
     else:
-        changed = {f.field for f in fields}
+        changed = {f.field.split(".")[0] for f in fields}
         impacts = []
         if "seal" in changed:
             impacts.append(Impact.RESEAL)
@@ -161,7 +167,7 @@ def _device_change(old: Plan, new: Plan) -> Change | None:
 
 
 def _field_changes_of(field: str, old, new) -> tuple[FieldChange, ...]:
-    return () if old == new else (FieldChange(field, _value(list(old)), _value(list(new))),)
+    return () if old == new else (FieldChange(field, list(old), list(new)),)
 
 
 def _apps_sealed_by(attestation: str, *plans: Plan) -> tuple[str, ...]:

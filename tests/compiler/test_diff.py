@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from compiler.render import field_label, field_value
+
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate after an intended change, then review the diff
 
@@ -130,6 +132,34 @@ def test_markdown_and_html_render_the_same_changes(cli, tmp_path, monkeypatch):
     assert "| `-/+` | vault | `config` | replace **BLOCKED** | re-encrypt |" in markdown
     assert html.startswith("<!DOCTYPE html>") and "<style>" in html and "BLOCKED: vault <code>" not in html
     assert "BLOCKED: vault `config` is protected" in html and html.rstrip().endswith("</html>")
+
+
+def test_human_formats_show_units_and_only_the_nested_values_that_changed(cli, tmp_path, monkeypatch):
+    new = BASE.replace("limit 1GiB", "limit 2GiB  rotate every 90d  seal pcrs 0, 2, 4, 7")
+    text = _diff(cli, tmp_path, monkeypatch, BASE, new)[1]
+    markdown = cli("diff", "old.vpol", "new.vpol", "--format", "markdown")[1]
+    html = cli("diff", "old.vpol", "new.vpol", "--format", "html")[1]
+    for line in ("limit: 1GiB -> 2GiB", "rotate: 180d -> 90d", "seal.pcrs: [0, 4, 7] -> [0, 2, 4, 7]"):
+        assert f"      {line}\n" in text
+    assert "seal.bank" not in text and "{" not in text  # unchanged nested values stay out; no JSON blobs
+    assert "- `limit`: `1GiB` → `2GiB`" in markdown and "- `seal.pcrs`: `[0, 4, 7]` → `[0, 2, 4, 7]`" in markdown
+    assert "<code>rotate</code>: <code>180d</code> → <code>90d</code>" in html
+    changes = json.loads(cli("diff", "old.vpol", "new.vpol", "--format", "json")[1])["changes"]
+    [vault] = [c for c in changes if c["name"] == "data"]
+    assert {f["field"]: (f["old"], f["new"]) for f in vault["fields"]} == {  # machine values, exact
+        "limit_bytes": (1 << 30, 2 << 30),
+        "rotate_seconds": (180 * 86400, 90 * 86400),
+        "seal.attestation": ("boot", None),
+        "seal.pcrs": ([0, 4, 7], [0, 2, 4, 7]),
+    }
+
+
+def test_device_sizes_and_nonce_lifetimes_read_in_the_language_s_units():
+    assert (field_label("capacity_bytes"), field_value(64 << 30, "capacity_bytes")) == ("capacity", "64GiB")
+    assert (field_label("reserve_bytes"), field_value(1536, "reserve_bytes")) == ("reserve", "1536B")
+    assert (field_label("nonce_lifetime_seconds"), field_value(300, "nonce_lifetime_seconds")) == ("nonce_valid", "5m")
+    assert field_value(0, "limit_bytes") == "unlimited" and field_value(None, "limit_bytes") == "(none)"
+    assert (field_label("seal.pcrs"), field_value("/persist/a", "path")) == ("seal.pcrs", '"/persist/a"')
 
 
 def test_attestation_pcr_change_reseals_every_vault_sealed_to_it(cli, tmp_path, monkeypatch):
