@@ -168,11 +168,7 @@ class Applier:
         path = self._layout(name, vault.path).path
         key = bytearray(fscrypt.RAW_KEY_SIZE)
         try:
-            with open("/dev/urandom", "rb", buffering=0) as source:
-                if source.readinto(key) != len(key):
-                    raise DeviceError("short read from /dev/urandom", vault=name)
-            blob = self.tpm.seal(key, vault.seal.bank, vault.seal.pcrs,
-                                 allow_unmeasured_boot=self.plan.device.allow_unmeasured_boot)
+            blob = seal_new_key(self.tpm, self.plan, vault, key)
             identifier = fscrypt.add_key(keyring_dir(path), key)
             if self.plan.device.escrow_public_key:
                 self._escrow(name, identifier, key)
@@ -231,7 +227,7 @@ class Applier:
                                  f"at `{where.staging}` needs {needed} more; it stays there, intact", vault=name)
         copied: list[Path] = []
         try:
-            _copy_tree(where.staging, where.path, copied)
+            copy_tree(where.staging, where.path, copied)
         except (OSError, MigrationError) as exc:
             for path in reversed(copied):  # S21: a failed migration leaves no partial copy behind
                 path.unlink(missing_ok=True)
@@ -267,6 +263,15 @@ class Applier:
         where.image.unlink(missing_ok=True)
         fsync_dir(where.path.parent)
         self.state.remove_record(name)
+
+
+def seal_new_key(tpm, plan: Plan, vault: Vault, key: bytearray):
+    """Fill the caller's `key` from /dev/urandom (`readinto`: no immutable copy; the caller zeroes it)
+    and seal it to the vault's selection (the TPM test-unseals); returns the SealedBlob."""
+    with open("/dev/urandom", "rb", buffering=0) as source:
+        if source.readinto(key) != len(key):
+            raise DeviceError("short read from /dev/urandom", vault=vault.name)
+    return tpm.seal(key, vault.seal.bank, vault.seal.pcrs, allow_unmeasured_boot=plan.device.allow_unmeasured_boot)
 
 
 def unlock_key(state: StateDir, tpm, name: str, path: Path, now: datetime) -> None:
@@ -360,8 +365,9 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-def _copy_tree(source: Path, target: Path, copied: list[Path]) -> None:
-    """Copy regular files, directories and symlinks; fsync each file and verify it by SHA-256."""
+def copy_tree(source: Path, target: Path, copied: list[Path]) -> None:
+    """Copy regular files, directories and symlinks with their modes, owners and mtimes; fsync each
+    file and verify it by SHA-256. Shared by migration and key rotation (enforcer/rotate.py)."""
     for directory, dirs, files in os.walk(source):
         relative = Path(directory).relative_to(source)
         destination = target / relative
@@ -376,6 +382,8 @@ def _copy_tree(source: Path, target: Path, copied: list[Path]) -> None:
                 if dst.is_symlink() or dst.exists():
                     dst.unlink()
                 os.symlink(os.readlink(src), dst)
+                os.lchown(dst, st.st_uid, st.st_gid)
+                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
                 copied.append(dst)
             elif stat.S_ISREG(st.st_mode):
                 copied.append(dst)
@@ -389,6 +397,7 @@ def _copy_tree(source: Path, target: Path, copied: list[Path]) -> None:
             copied_dir = target / Path(directory, entry).relative_to(source)
             os.chmod(copied_dir, stat.S_IMODE(st.st_mode))
             os.chown(copied_dir, st.st_uid, st.st_gid)
+            os.utime(copied_dir, ns=(st.st_atime_ns, st.st_mtime_ns))  # last: its entries are all in
 
 
 def _copy_file(src: Path, dst: Path, st: os.stat_result) -> None:
