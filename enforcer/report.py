@@ -3,9 +3,10 @@
 The report (`Report`, format "vaultpolicy.report.v1", published as docs/report.schema.json, which
 `Report.model_json_schema()` generates) carries per vault a condition — Ready, Locked, Drifted,
 Disabled, Orphaned — with a kebab-case reason and a message, the PCRs that no longer match the
-sealed key, usage against the limit, last rotation and whether it is overdue, escrow state, and how
-the vault was last unlocked. Everything comes from `enforcer.observe` (kernel and TPM), never from a
-log of what the enforcer believes it did (S6).
+sealed key, usage against the limit, last rotation (the sealed record's `rotated_at`, written when the
+key was created; unknown only for keys sealed before it was recorded) and whether it is overdue,
+escrow state, and how the vault was last unlocked. Everything comes from `enforcer.observe` (kernel
+and TPM) and the sealed records, never from a log of what the enforcer believes it did (S6).
 
 Signing: the report's canonical bytes (RFC 8785) are hashed into a TPM2_Quote's qualifying data
 (purpose "report", with the controller's nonce when one was given), signed by the attestation key.
@@ -30,12 +31,13 @@ from typing import Literal
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from compiler.plan import Plan, Vault, format_time, parse_time
+from compiler.plan import Plan, Vault, format_time
 from enforcer.attest import Quote
 from enforcer.escrow import escrow_state, load_json_object
 from enforcer.observe import Observed, ObservedVault, PathState
 from enforcer.fscrypt import KeyStatus
 from enforcer.release import last_unlocks
+from enforcer.rotate import overdue as key_overdue
 from enforcer.state import StateDir
 from vaultpolicy.errors import InputError
 
@@ -170,12 +172,9 @@ def build_report(
             message = f"escrow is {escrow}: the controller has not acknowledged this vault's key"
         elif escrow == "missing" and not escrow_required:
             escrow = "not-required"
-        sealed = state.sealed(name) or {}
-        last_rotated = sealed.get("rotated_at")
+        sealed = state.sealed(name)
         rotate_seconds = wanted.rotate_seconds if wanted else None
-        overdue = None
-        if last_rotated and rotate_seconds:
-            overdue = (now - parse_time(last_rotated)).total_seconds() > rotate_seconds
+        last_rotated = sealed.get("rotated_at") if sealed else None
         unlock = unlocks.get(name)
         key_in_kernel = seen.key_status is KeyStatus.PRESENT
         vaults.append(
@@ -186,7 +185,8 @@ def build_report(
                 message=message,
                 mismatching_pcrs=sorted(seen.seal.changed_pcrs) if seen.seal else [],
                 usage=Usage(used_bytes=seen.used_bytes, limit_bytes=wanted.limit_bytes if wanted else 0),
-                rotation=Rotation(last_rotated=last_rotated, rotate_seconds=rotate_seconds, overdue=overdue),
+                rotation=Rotation(last_rotated=last_rotated, rotate_seconds=rotate_seconds,
+                                  overdue=key_overdue(sealed, rotate_seconds, now)),
                 escrow=escrow,
                 # the record says how the key got in; the kernel says whether it is in now
                 last_unlock=LastUnlock(**unlock) if unlock and key_in_kernel else LastUnlock(method="none"),

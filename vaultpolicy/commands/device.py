@@ -120,6 +120,7 @@ def _apply(args, state, root) -> int:
     from enforcer.journal import Journal
     from enforcer.observe import observe
     from enforcer.reconcile import reconcile
+    from enforcer.rotate import Rotator
     from enforcer.state import VaultRecord
     from enforcer.verify import DeviceIdentity, verify_plan
 
@@ -140,6 +141,7 @@ def _apply(args, state, root) -> int:
     journal = Journal(state.journal_path)
     interrupted = journal.begin()
     with _tpm(args, state) as tpm:
+        Rotator(plan, state, root, tpm, now, args.device_id, journal).recover()  # a rotation a crash cut short
         rec = reconcile(plan, observe(plan, state, root, tpm))
         outcomes = Applier(plan, state, root, tpm, now, args.device_id, journal).run(rec.steps)
     records = {v.name: VaultRecord(v.name, v.path, v.encryption, v.on_remove, v.protected or v.name in plan.protected,

@@ -1,0 +1,366 @@
+"""Key rotation (`vaultpolicy device rotate`): a vault's files re-encrypted under a fresh key, the old key erased.
+
+fscrypt v2 cannot change the key of a directory in place, so a rotation builds a second directory
+and swaps it in. Per vault, each mutating step written ahead to the journal:
+
+    rotate-key     64 fresh bytes (a bytearray, zeroed after), sealed to the plan's selection (the TPM
+                   test-unseals), the sealed blob written as the pending rotation
+                   STATE/rotating/<vault>.json, the key added to the kernel, its identifier recorded
+    rotate-copy    a vault with its own image is unbound from its path (refused when files are open:
+                   nothing changed); a new directory beside the data on the same filesystem
+                   (`<image>.mnt/vault.vp-rotate`, or `.<name>.vp-rotate` beside a plain vault) gets a
+                   v2 policy under the new key; every file, directory and symlink is copied with its
+                   mode, owner and mtime, fsynced and verified by SHA-256 (apply.copy_tree, the
+                   migration's copy)
+    rotate-swap    renameat2(RENAME_EXCHANGE): the new tree takes the data's name in one atomic step.
+                   This is the commit point
+    rotate-commit  the sealed record becomes the new key's (with `rotated_at`); the new key is escrowed
+                   when the plan has an escrow key; the image's vault is bound at the path again
+    rotate-erase   the old tree removed, the old key removed from the kernel, the pending record deleted.
+                   The old key's sealed blob was replaced at commit: whatever is left under it is
+                   unreadable (crypto-erase)
+
+Before anything: the vault must be unlocked (its key PRESENT in the kernel: the files must be
+readable) and encrypted under its sealed key, and the copy must fit (S21): the regular files' blocks,
+one block per other entry, and an inode each, against the filesystem's free space. A refusal names
+the vault and the bytes needed, and changes nothing.
+
+Crash recovery (`Rotator.recover`, run first by `device rotate` and `device apply`): a pending record
+means a rotation was interrupted. If the data directory is already encrypted under the pending key,
+the swap happened: commit and erase are finished (roll forward). Otherwise the rotation is undone:
+the partial copy removed (deleting files needs no key), the new key removed from the kernel (when
+its identifier was not recorded yet, the blob is unsealed once to learn it), the image bound again,
+the pending record deleted. Every step is idempotent, so a crash during recovery converges too. No
+raw key and no plaintext is written at any point: the copy is encrypted as it is written.
+
+Limits: a rotation copies the whole vault, so it needs that much free space on the vault's own
+filesystem and time proportional to its size; files written by apps during the copy of a vault
+without its own image are not carried over (stop its apps first: `device gate` keeps them stopped).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from compiler.plan import Plan, Vault, format_time, parse_time
+from enforcer import blockdev, fscrypt
+from enforcer.apply import Applier, copy_tree, seal_new_key
+from enforcer.fscrypt import KeyStatus
+from enforcer.journal import Journal
+from enforcer.observe import Layout, layout
+from enforcer.state import StateDir, atomic_remove, atomic_write, fsync_dir
+from vaultpolicy.errors import DeviceError, InputError
+
+ROTATING_DIR = "rotating"
+_NEW_SUFFIX = ".vp-rotate"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class RotationRefused(DeviceError):
+    """The vault cannot be rotated now (locked, not yet created, no room); nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Rotated:
+    vault: str
+    outcome: str  # rotated | not-due | failed
+    old_key: str = ""
+    new_key: str = ""
+    rotated_at: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class _Where:
+    """The pieces of one vault a rotation touches."""
+
+    layout: Layout
+    data: Path  # the encrypted directory holding the vault's files
+    fresh: Path  # the new directory beside it, on the same filesystem
+    key_home: str  # a directory of that filesystem: the key ioctls go there
+    bound: bool  # the vault path is a bind mount of `data` (a vault with its own image)
+
+
+def overdue(sealed: dict | None, rotate_seconds: int | None, now: datetime) -> bool | None:
+    """Whether the key is older than the rotation period; None only for a key sealed before
+    `rotated_at` was recorded (its age is unknown)."""
+    if sealed is None or not rotate_seconds:
+        return False
+    if "rotated_at" not in sealed:
+        return None
+    return (now - parse_time(sealed["rotated_at"])).total_seconds() > rotate_seconds
+
+
+def pending_path(state: StateDir, vault: str) -> Path:
+    return state.sealed_path(vault).parent.parent / ROTATING_DIR / f"{vault}.json"
+
+
+class Rotator:
+    """Rotates vault keys of the applied `plan`; `tpm` is an open enforcer.tpm.Tpm."""
+
+    def __init__(self, plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime,
+                 device_id: str | None = None, journal: Journal | None = None):
+        self.plan, self.state, self.root, self.tpm = plan, state, root, tpm
+        self.now, self.device_id, self.journal = now, device_id, journal
+
+    # --- the journal -----------------------------------------------------------------------------
+    def _step(self, action: str, vault: str):
+        if self.journal is None:
+            from contextlib import nullcontext
+
+            return nullcontext()
+        return self.journal.step({"action": action, "vault": vault})
+
+    # --- selection -------------------------------------------------------------------------------
+    def select(self, names: list[str], due_only: bool) -> list[str]:
+        """The encrypted vaults to rotate: `names` (all when empty), only overdue ones with `due_only`."""
+        encrypted = [v.name for v in self.plan.vaults if v.encryption != "none"]
+        for name in names:
+            if name not in encrypted:
+                from policy_lang.diagnostics import did_you_mean
+
+                what = "is not encrypted" if self.plan.vault(name) else "is not in the applied plan"
+                raise InputError(f"vault `{name}` {what}: nothing to rotate", hint=did_you_mean(name, encrypted))
+        chosen = names or encrypted
+        if due_only:
+            chosen = [n for n in chosen if overdue(self.state.sealed(n), self.plan.vault(n).rotate_seconds, self.now)
+                      is not False]
+        return chosen
+
+    # --- rotation --------------------------------------------------------------------------------
+    def rotate(self, name: str) -> Rotated:
+        vault = self.plan.vault(name)
+        sealed = self.state.sealed(name)
+        if sealed is None:
+            raise RotationRefused("has no key yet; run `vaultpolicy device apply` first", vault=name)
+        old = bytes.fromhex(sealed["key_identifier"])
+        where = self._where(name, vault.path)
+        policy = fscrypt.get_policy(str(where.data)) if where.data.is_dir() else None
+        if policy is None or policy.key_identifier != old:
+            raise RotationRefused("is not encrypted under its sealed key; run `vaultpolicy device apply` first",
+                                  vault=name)
+        if fscrypt.key_status(where.key_home, old) is not KeyStatus.PRESENT:
+            raise RotationRefused("is locked: its files must be readable to re-encrypt them",
+                                  vault=name, hint="run `vaultpolicy device unlock` first")
+        _check_space(name, where.data)
+
+        with self._step("rotate-key", name):
+            self._new_key(name, vault, where, old)
+        pending = _read_pending(self.state, name)
+        try:
+            with self._step("rotate-copy", name):
+                self._copy(vault, where, bytes.fromhex(pending["key_identifier"]))
+        except (DeviceError, OSError) as exc:
+            self._undo(name, where, pending)
+            if isinstance(exc, DeviceError):
+                raise
+            raise DeviceError(f"copying `{exc.filename}` failed ({exc.strerror}); the rotation was undone, "
+                              "the vault keeps its key", vault=name) from None
+        with self._step("rotate-swap", name):
+            _exchange(where.data, where.fresh)
+        busy = self._finish(name, where, pending)
+        return Rotated(name, "rotated", old.hex(), pending["key_identifier"], pending["rotated_at"],
+                       "files still open kept the old key incompletely removed until they close" if busy else "")
+
+    def _new_key(self, name: str, vault: Vault, where: _Where, old: bytes) -> None:
+        key = bytearray(fscrypt.RAW_KEY_SIZE)
+        try:
+            blob = seal_new_key(self.tpm, self.plan, vault, key)
+            # recorded before the key reaches the kernel, so an undo can always find and remove it
+            pending = {"blob": json.loads(blob.to_json()), "key_identifier": None,
+                       "previous_key_identifier": old.hex(), "rotated_at": format_time(self.now)}
+            _write_pending(self.state, name, pending)
+            pending["key_identifier"] = fscrypt.add_key(where.key_home, key).hex()
+            _write_pending(self.state, name, pending)
+        finally:
+            key[:] = bytes(len(key))
+
+    def _copy(self, vault: Vault, where: _Where, new: bytes) -> None:
+        if where.bound and blockdev.is_mounted(where.layout.path):
+            _unbind(vault.name, where.layout.path)
+        if where.fresh.exists():
+            shutil.rmtree(where.fresh)
+        where.fresh.mkdir(mode=0o700)
+        fscrypt.set_policy(str(where.fresh), new, vault.encryption)
+        copy_tree(where.data, where.fresh, [])
+        top = os.lstat(where.data)
+        os.chmod(where.fresh, stat.S_IMODE(top.st_mode))
+        os.chown(where.fresh, top.st_uid, top.st_gid)
+        os.utime(where.fresh, ns=(top.st_atime_ns, top.st_mtime_ns))
+        fsync_dir(where.fresh)
+        fsync_dir(where.fresh.parent)
+
+    def _finish(self, name: str, where: _Where, pending: dict) -> bool:
+        """Roll a swapped rotation forward; True when open files keep the old key incompletely removed."""
+        new = bytes.fromhex(pending["key_identifier"])
+        with self._step("rotate-commit", name):
+            if self.state.sealed(name)["key_identifier"] != new.hex():
+                self.state.save_sealed(name, json.dumps(pending["blob"]), new, rotated_at=pending["rotated_at"])
+            if self.plan.device.escrow_public_key and not _escrowed(self.state, name, new):
+                self._escrow(name, new, pending)
+            self._bind(where)
+        with self._step("rotate-erase", name):
+            if where.fresh.exists():  # after the swap it holds the old tree
+                shutil.rmtree(where.fresh)
+                fsync_dir(where.fresh.parent)
+            old = bytes.fromhex(pending["previous_key_identifier"])
+            busy = False
+            if fscrypt.key_status(where.key_home, old) is not KeyStatus.ABSENT:
+                busy = fscrypt.remove_key(where.key_home, old, all_users=True).files_busy
+            atomic_remove(pending_path(self.state, name))
+        return busy
+
+    def _escrow(self, name: str, identifier: bytes, pending: dict) -> None:
+        from enforcer.tpm import SealedBlob
+
+        key = self.tpm.unseal(SealedBlob.from_json(json.dumps(pending["blob"])))
+        try:
+            Applier(self.plan, self.state, self.root, self.tpm, self.now, self.device_id)._escrow(name, identifier, key)
+        finally:
+            key[:] = bytes(len(key))
+
+    def _undo(self, name: str, where: _Where, pending: dict) -> None:
+        with self._step("rotate-undo", name):
+            if where.fresh.exists():  # encrypted under the new key: unlinking needs no key
+                shutil.rmtree(where.fresh)
+                fsync_dir(where.fresh.parent)
+            new = pending.get("key_identifier")
+            if new is None:  # the key may have reached the kernel before its identifier was recorded
+                new = self._identifier_of(pending, where.key_home)
+            if fscrypt.key_status(where.key_home, bytes.fromhex(new)) is not KeyStatus.ABSENT:
+                fscrypt.remove_key(where.key_home, bytes.fromhex(new), all_users=True)
+            self._bind(where)
+            atomic_remove(pending_path(self.state, name))
+
+    def _identifier_of(self, pending: dict, key_home: str) -> str:
+        """The kernel's identifier for the pending key: add it (one more claim if already there), read it."""
+        from enforcer.tpm import SealedBlob
+
+        key = self.tpm.unseal(SealedBlob.from_json(json.dumps(pending["blob"])))
+        try:
+            return fscrypt.add_key(key_home, key).hex()
+        finally:
+            key[:] = bytes(len(key))
+
+    # --- recovery --------------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """Finish (swapped) or undo (not swapped) every rotation a crash interrupted; their vaults."""
+        directory = pending_path(self.state, "x").parent
+        names = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
+        for name in names:
+            record = self.state.records().get(name)
+            if record is None:
+                raise DeviceError("an interrupted rotation is recorded for a vault the device does not manage",
+                                  vault=name)
+            where = self._where(name, record.path)
+            pending = _read_pending(self.state, name)
+            policy = fscrypt.get_policy(str(where.data)) if where.data.is_dir() else None
+            if policy is not None and pending["key_identifier"] == policy.key_identifier.hex():
+                self._finish(name, where, pending)
+            else:
+                self._undo(name, where, pending)
+        return names
+
+    # --- layout ----------------------------------------------------------------------------------
+    def _where(self, name: str, plan_path: str) -> _Where:
+        """The vault's data directory; a vault with its own image gets its image mounted when a
+        reboot (or a crash mid-rotation) left it unmounted."""
+        where = layout(self.state, self.root, name, plan_path)
+        if not where.image.exists():
+            path = where.path
+            return _Where(where, path, path.with_name(f".{path.name}{_NEW_SUFFIX}"), str(path.parent), False)
+        if not blockdev.is_mounted(where.store):
+            where.store.mkdir(mode=0o700, exist_ok=True)
+            blockdev.mount_image(where.image, where.store)
+        return _Where(where, where.store_data, where.store / f"{where.store_data.name}{_NEW_SUFFIX}",
+                      str(where.store), True)
+
+    def _bind(self, where: _Where) -> None:
+        if where.bound and not blockdev.is_mounted(where.layout.path):
+            blockdev.attach_image(where.layout.image, where.layout.path, where.layout.image.stat().st_size)
+
+
+def rotate_vaults(rotator: Rotator, names: list[str], due_only: bool) -> list[Rotated]:
+    """Rotate each chosen vault; one vault's failure is reported and the others still rotate."""
+    chosen = rotator.select(names, due_only)
+    results = []
+    for vault in rotator.plan.vaults:
+        if vault.encryption == "none" or (names and vault.name not in names):
+            continue
+        if vault.name not in chosen:
+            results.append(Rotated(vault.name, "not-due", message="its key is younger than the rotation period"))
+            continue
+        try:
+            results.append(rotator.rotate(vault.name))
+        except DeviceError as exc:
+            results.append(Rotated(vault.name, "failed", message=exc.message.removeprefix(f"vault `{vault.name}`: ")))
+    return results
+
+
+def _unbind(name: str, path: Path) -> None:
+    """Take the image's bind mount off the vault path, so no app writes during the copy; refused when
+    files are open (the rotation is then undone)."""
+    result = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RotationRefused(f"files are open in the vault; close them (stop its apps) to rotate "
+                              f"({result.stderr.strip()})", vault=name)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories of one filesystem atomically (renameat2 RENAME_EXCHANGE)."""
+    if _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
+    fsync_dir(a.parent)
+
+
+def _check_space(name: str, data: Path) -> None:
+    """S21: the re-encrypted copy must fit beside the data; refuse before changing anything."""
+    fs = os.statvfs(data)
+    block = fs.f_frsize
+    needed, inodes = block, 1  # the new top directory
+    for directory, dirs, files in os.walk(data):
+        for entry in dirs + files:
+            st = os.lstat(os.path.join(directory, entry))
+            inodes += 1
+            size = st.st_size if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else 0
+            needed += max(-(-size // block), 1) * block
+    free = fs.f_bavail * fs.f_frsize
+    if needed > free or inodes > fs.f_favail:
+        raise RotationRefused(f"rotating needs {needed} free bytes and {inodes} inodes on the vault's filesystem for "
+                              f"the re-encrypted copy; it has {free} bytes and {fs.f_favail} inodes free. "
+                              "Nothing was changed", vault=name, hint="raise the vault's limit or remove files first")
+
+
+def _read_pending(state: StateDir, vault: str) -> dict:
+    try:
+        return json.loads(pending_path(state, vault).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise DeviceError(f"the interrupted rotation's record {pending_path(state, vault)} is unreadable: {exc}",
+                          vault=vault) from None
+
+
+def _write_pending(state: StateDir, vault: str, pending: dict) -> None:
+    atomic_write(pending_path(state, vault), json.dumps(pending, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def _escrowed(state: StateDir, vault: str, identifier: bytes) -> bool:
+    """The device already holds an escrow blob for this very key."""
+    from enforcer import escrow
+
+    path = escrow.escrow_dir(state.root) / f"{vault}.json"
+    try:
+        return escrow.EscrowBlob.from_bytes(path.read_bytes(), str(path)).key_identifier == identifier
+    except (OSError, InputError):
+        return False

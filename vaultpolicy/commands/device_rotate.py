@@ -1,0 +1,60 @@
+"""`vaultpolicy device rotate [VAULT...] [--due-only]`: re-key vaults (enforcer/rotate.py does the work).
+
+First finishes or undoes any rotation a crash interrupted, then rotates the chosen vaults: every
+encrypted vault of the applied plan, or the named ones; with `--due-only` only those whose key is
+older than the plan's `rotate every` period (or whose age is unknown). Exit 0 when every chosen vault
+rotated, 1 when one was refused or failed (the others still rotate).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from vaultpolicy import status_codes
+from vaultpolicy.commands import device
+from vaultpolicy.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None:
+    parser.add_argument("vaults", nargs="*", metavar="VAULT", help="vaults to rotate (default: every encrypted vault)")
+    parser.add_argument("--due-only", action="store_true",
+                        help="only vaults whose key is older than the plan's `rotate every` period")
+    device.add_arguments(parser, key)
+
+
+def run(args: argparse.Namespace) -> int:
+    from enforcer.journal import Journal
+    from enforcer.rotate import Rotator, rotate_vaults
+    from enforcer.state import StateDir
+
+    state = StateDir(args.state_dir)
+    root = Path(args.root).resolve() if args.root else None
+    if root is not None and not root.is_dir():
+        raise InputError(f"--root {args.root}: not a directory")
+    with state.exclusive():
+        plan = device._applied(args, state)
+        journal = Journal(state.journal_path)
+        interrupted = journal.begin()
+        with device._tpm(args, state) as tpm:
+            tpm.flush_leftovers()  # what a killed command left loaded (we hold the state lock)
+            rotator = Rotator(plan, state, root, tpm, datetime.now(timezone.utc), None, journal)
+            recovered = rotator.recover()
+            results = rotate_vaults(rotator, args.vaults, args.due_only)
+        journal.finish()
+
+    lines = []
+    if interrupted:
+        lines.append(f"resumed after an interrupted run (stopped at {interrupted[-1]['action']} "
+                     f"{interrupted[-1].get('vault', '')})")
+    lines += [f"  vault {name}: interrupted rotation completed or undone" for name in recovered]
+    for result in results:
+        if result.outcome == "rotated":
+            detail = f"key {result.old_key} -> {result.new_key} at {result.rotated_at}"
+            lines.append(f"  vault {result.vault}: rotated, {detail}" + (f" ({result.message})" if result.message else ""))
+        else:
+            lines.append(f"  vault {result.vault}: {result.outcome}: {result.message}")
+    device._emit(args, {"resumed": interrupted, "recovered": recovered, "rotate": [asdict(r) for r in results]}, lines)
+    return status_codes.ERROR if any(r.outcome == "failed" for r in results) else status_codes.SUCCESS
