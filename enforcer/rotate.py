@@ -46,6 +46,7 @@ import os
 import shutil
 import stat
 import subprocess
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -117,8 +118,6 @@ class Rotator:
     # --- the journal -----------------------------------------------------------------------------
     def _step(self, action: str, vault: str):
         if self.journal is None:
-            from contextlib import nullcontext
-
             return nullcontext()
         return self.journal.step({"action": action, "vault": vault})
 
@@ -155,18 +154,19 @@ class Rotator:
                                   vault=name, hint="run `vaultpolicy device unlock` first")
         _check_space(name, where.data)
 
-        with self._step("rotate-key", name):
-            self._new_key(name, vault, where, old)
-        pending = _read_pending(self.state, name)
         try:
+            with self._step("rotate-key", name):
+                self._new_key(name, vault, where, old)
             with self._step("rotate-copy", name):
-                self._copy(vault, where, bytes.fromhex(pending["key_identifier"]))
+                self._copy(vault, where, bytes.fromhex(_read_pending(self.state, name)["key_identifier"]))
         except (DeviceError, OSError) as exc:
-            self._undo(name, where, pending)
+            if pending_path(self.state, name).exists():
+                self._undo(name, where, _read_pending(self.state, name))
             if isinstance(exc, DeviceError):
                 raise
-            raise DeviceError(f"copying `{exc.filename}` failed ({exc.strerror}); the rotation was undone, "
+            raise DeviceError(f"`{exc.filename}`: {exc.strerror or exc}; the rotation was undone, "
                               "the vault keeps its key", vault=name) from None
+        pending = _read_pending(self.state, name)
         with self._step("rotate-swap", name):
             _exchange(where.data, where.fresh)
         busy = self._finish(name, where, pending)
@@ -299,12 +299,14 @@ def rotate_vaults(rotator: Rotator, names: list[str], due_only: bool) -> list[Ro
         if vault.encryption == "none" or (names and vault.name not in names):
             continue
         if vault.name not in chosen:
-            results.append(Rotated(vault.name, "not-due", message="its key is younger than the rotation period"))
+            why = "its key is younger than the rotation period" if vault.rotate_seconds else "the plan sets no rotation period"
+            results.append(Rotated(vault.name, "not-due", message=why))
             continue
         try:
             results.append(rotator.rotate(vault.name))
         except DeviceError as exc:
-            results.append(Rotated(vault.name, "failed", message=exc.message.removeprefix(f"vault `{vault.name}`: ")))
+            message = exc.message.removeprefix(f"vault `{vault.name}`: ") + (f"; {exc.hint}" if exc.hint else "")
+            results.append(Rotated(vault.name, "failed", message=message))
     return results
 
 

@@ -231,3 +231,37 @@ def test_kill_at_every_step_then_apply_or_rotate_converges(rotated_device):
         if path.is_file() and ".img.mnt" not in str(path):
             data = path.read_bytes()
             assert not any(key in data for key in keys_seen), f"raw key bytes in {path}"
+
+
+def test_rotated_key_is_escrowed_like_a_created_one(device):
+    from enforcer import escrow
+    from enforcer.tpm import SealedBlob, Tpm
+
+    controller = escrow.generate_escrow_key()
+    plan = make_plan([vault("config")], escrow_public_key=escrow.escrow_public_text(controller))
+    assert device.apply(plan).returncode == 0
+    blob_path = escrow.escrow_dir(device.state) / "config.json"
+    created = escrow.EscrowBlob.from_bytes(blob_path.read_bytes())
+
+    assert device.cli("device", "rotate").returncode == 0
+    state = StateDir(device.state)
+    rotated = escrow.EscrowBlob.from_bytes(blob_path.read_bytes())
+    assert rotated.key_identifier.hex() == state.sealed("config")["key_identifier"] != created.key_identifier.hex()
+    with Tpm(device.tcti) as tpm:
+        sealed_key = bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed("config")["blob"]))))
+    assert bytes(escrow.unwrap_key(controller, rotated)) == sealed_key
+    assert escrow.escrow_state(device.state, "config") == "pending"  # the controller must acknowledge the new key
+
+
+def test_open_file_in_an_image_vault_refuses_and_changes_nothing(device):
+    plan = make_plan([vault("config", limit=16 * MiB)])
+    assert device.apply(plan).returncode == 0
+    path = device.path("/persist/vault/config")
+    (path / "busy").write_bytes(b"in use")
+    before = StateDir(device.state).sealed("config")
+    with open(path / "busy", "rb"):
+        result = device.cli("device", "rotate", "config")
+    assert result.returncode == 1 and "vault config: failed: files are open in the vault" in result.stdout
+    assert StateDir(device.state).sealed("config") == before
+    assert (path / "busy").read_bytes() == b"in use" and leftovers(device) == []
+    assert device.cli("device", "status").returncode == 0
