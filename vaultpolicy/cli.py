@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 import traceback
@@ -63,10 +64,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(status_codes.USAGE)
 
 
-def _usage() -> str:
-    width = max(len(" ".join(k)) for k in COMMANDS)
-    rows = "\n".join(f"  {' '.join(k):<{width}}  {info.summary}" for k, info in COMMANDS.items())
-    return f"usage: vaultpolicy COMMAND [options]\n\ncommands:\n{rows}\n\nRun `vaultpolicy COMMAND --help` for a command's options."
+def _usage(group: str | None = None) -> str:
+    rows = {k: info for k, info in COMMANDS.items() if group is None or k[0] == group}
+    width = max(len(" ".join(k)) for k in rows)
+    table = "\n".join(f"  {' '.join(k):<{width}}  {info.summary}" for k, info in rows.items())
+    command = f"{group} COMMAND" if group else "COMMAND"
+    return (
+        f"usage: vaultpolicy {command} [options]\n\ncommands:\n{table}\n\n"
+        f"Run `vaultpolicy {command} --help` for a command's options."
+    )
 
 
 def _find_command(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
@@ -77,21 +83,38 @@ def _find_command(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
     return None
 
 
+def _groups() -> set[str]:
+    return {k[0] for k in COMMANDS if len(k) > 1}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("vaultpolicy")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return status_codes.SUCCESS if argv else status_codes.USAGE
+    if argv[0] == "--version":
+        print(f"vaultpolicy {_version()}")
+        return status_codes.SUCCESS
     found = _find_command(argv)
     if found is None:
+        if argv[0] in _groups() and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+            print(_usage(argv[0]))
+            return status_codes.SUCCESS if len(argv) > 1 else status_codes.USAGE
         print(f"vaultpolicy: unknown command `{' '.join(argv[:2])}`\n\n{_usage()}", file=sys.stderr)
         return status_codes.USAGE
     key, rest = found
     info = COMMANDS[key]
-    parser = _Parser(prog=f"vaultpolicy {' '.join(key)}", description=info.summary)
-    module = importlib.import_module(f"vaultpolicy.commands.{info.module}")
-    module.add_arguments(parser, key)
     try:
+        parser = _Parser(prog=f"vaultpolicy {' '.join(key)}", description=info.summary)
+        module = importlib.import_module(f"vaultpolicy.commands.{info.module}")
+        module.add_arguments(parser, key)
         args = parser.parse_args(rest)
         args.command = key
         return module.run(args)

@@ -1,0 +1,51 @@
+"""The command table: every row imports and builds its parser; help and usage errors exit cleanly."""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from vaultpolicy import status_codes
+from vaultpolicy.cli import COMMANDS, main
+
+
+@pytest.mark.parametrize("key", sorted(COMMANDS), ids=" ".join)
+def test_every_command_has_help(key, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*key, "--help"])
+    assert exit_info.value.code == 0
+    assert f"vaultpolicy {' '.join(key)}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("group", ["device", "controller", "trust", "plan"])
+def test_group_help_lists_only_its_commands(group, capsys):
+    assert main([group, "--help"]) == status_codes.SUCCESS
+    out = capsys.readouterr().out
+    assert f"usage: vaultpolicy {group} COMMAND" in out
+    listed = {line.split()[1] for line in out.splitlines() if line.startswith(f"  {group} ")}
+    assert listed == {k[1] for k in COMMANDS if k[0] == group}
+
+
+def test_bare_group_is_a_usage_error(capsys):
+    assert main(["device"]) == status_codes.USAGE
+    assert "device apply" in capsys.readouterr().out
+
+
+def test_unknown_command_and_bad_option_are_usage_errors(capsys):
+    assert main(["frobnicate"]) == status_codes.USAGE
+    assert "unknown command `frobnicate`" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "--no-such-option"])
+    assert exit_info.value.code == status_codes.USAGE
+
+
+def test_version(capsys):
+    assert main(["--version"]) == status_codes.SUCCESS
+    assert capsys.readouterr().out.startswith("vaultpolicy 0.")
+
+
+def test_console_script_runs_without_traceback():
+    result = subprocess.run([sys.executable, "-m", "vaultpolicy", "explain", "VP9999"], capture_output=True, text=True)
+    assert result.returncode == status_codes.ERROR
+    assert "Traceback" not in result.stderr
