@@ -129,3 +129,21 @@ def test_attestation_leaks_no_tpm_handles(make_tpm):
                 device.quote("gw-1", "report", bytes(16), bytes(32), "sha256", ())
     with Tpm(tpm.tcti) as counter:
         assert counter.loaded_handles() == before
+
+
+def test_unlock_records_overwrite_in_place_and_a_torn_one_only_loses_history(tmp_path):
+    from datetime import datetime, timezone
+
+    from enforcer.release import last_unlocks, record_unlock
+    from enforcer.state import StateDir
+
+    state, now = StateDir(tmp_path), datetime(2026, 1, 31, 12, 0, tzinfo=timezone.utc)
+    record_unlock(state, "config", "controller-release", now)
+    record_unlock(state, "config", "tpm-sealed", now)  # shorter than what it overwrites
+    record_unlock(state, "images", "tpm-sealed", now)
+    assert last_unlocks(state) == {"config": {"method": "tpm-sealed", "at": "2026-01-31T12:00:00Z"},
+                                   "images": {"method": "tpm-sealed", "at": "2026-01-31T12:00:00Z"}}
+    (tmp_path / "attest" / "last-unlock" / "images.json").write_bytes(b'{"method": "tpm-se')  # a crash mid-write
+    assert set(last_unlocks(state)) == {"config"}
+    with pytest.raises(ValueError):
+        record_unlock(state, "config", "guessed", now)
