@@ -102,7 +102,31 @@ class Identity:
         for name in fields:
             if not isinstance(obj.get(name), str) or not obj[name]:
                 raise InputError(f"{source}: field `{name}` must be a non-empty string")
+        for name in ("ak_public_pem", "release_public_pem"):
+            _require_p256_public_key(obj[name], f"{source}: field `{name}`")
+        if not _is_sha256_tpm_name(obj["ak_name"]):
+            raise InputError(f"{source}: field `ak_name` must be a SHA-256 TPM name (68 hex digits starting 000b)")
         return cls(*(obj[name] for name in fields))
+
+
+def _require_p256_public_key(pem: str, what: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        raise InputError(f"{what} is not a PEM public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise InputError(f"{what} is not an ECC P-256 public key")
+
+
+def _is_sha256_tpm_name(text: str) -> bool:
+    try:
+        name = bytes.fromhex(text)
+    except ValueError:
+        return False
+    return len(name) == 34 and name[:2] == b"\x00\x0b"  # TPM2_ALG_SHA256 || digest
 
 
 def release_key_binding(release_public_pem: str) -> bytes:

@@ -127,3 +127,40 @@ def test_report_and_fleet_drift(world, capsys):
     data = json.loads(run_ok(capsys, ["controller", "drift", str(tmp / "report.json"), "--format", "json", *store],
                              status_codes.ERROR))  # second use of the same nonce: the report is rejected
     assert data["devices"] == [] and "already used" in data["rejected"][0][1]
+
+
+def test_escrow_keygen_refuses_to_replace_a_key(tmp_path, capsys):
+    key = tmp_path / "escrow.key"
+    assert main(["controller", "escrow-keygen", str(key)]) == 0
+    before = key.read_bytes()
+    capsys.readouterr()
+    assert main(["controller", "escrow-keygen", str(key)]) == status_codes.ERROR
+    assert "already exists" in capsys.readouterr().err
+    assert key.read_bytes() == before
+    assert main(["controller", "escrow-keygen", str(key), "--force"]) == 0
+    assert key.read_bytes() != before
+
+
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("ak_public_pem", "garbage", "is not a PEM public key"),
+        ("release_public_pem", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "is not a PEM public key"),
+        ("ak_name", "zz", "SHA-256 TPM name"),
+        ("ak_name", "000b" + "00" * 8, "SHA-256 TPM name"),
+    ],
+)
+def test_enroll_refuses_a_malformed_identity(make_tpm, tmp_path, capsys, field, value, reason):
+    tpm = make_tpm()
+    state = tmp_path / "state"
+    assert main(["device", "identity", "--state-dir", str(state), "--tpm", tpm.tcti, "--device-id", "gw-1",
+                 "-o", str(tmp_path / "identity.json")]) == 0
+    identity = json.loads((tmp_path / "identity.json").read_text())
+    identity[field] = value
+    (tmp_path / "bad.json").write_text(json.dumps(identity))
+    capsys.readouterr()
+    db = str(tmp_path / "controller.db")
+    assert main(["controller", "enroll", str(tmp_path / "bad.json"), "--store", db]) == status_codes.ERROR
+    assert reason in capsys.readouterr().err
+    # The real identity still enrols afterwards: nothing was recorded for the bad one.
+    assert main(["controller", "enroll", str(tmp_path / "identity.json"), "--store", db]) == 0

@@ -16,6 +16,7 @@ exit 1; `drift` exits 3 (DRIFT) when a verified device drifts.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -27,10 +28,12 @@ from vaultpolicy.errors import InputError
 
 def add_arguments(parser, key) -> None:
     action = key[1]
-    parser.add_argument("--store", default="controller.db", metavar="DB", help="controller state (SQLite; default ./controller.db)")
     if action == "escrow-keygen":
         parser.add_argument("output", metavar="OUT", help="private key file; the public key goes to OUT.pub")
-    elif action == "enroll":
+        parser.add_argument("--force", action="store_true", help="overwrite an existing key (every key escrowed to it is lost)")
+        return
+    parser.add_argument("--store", default="controller.db", metavar="DB", help="controller state (SQLite; default ./controller.db)")
+    if action == "enroll":
         parser.add_argument("identity", metavar="IDENTITY", help="output of `vaultpolicy device identity`")
     elif action == "escrow":
         parser.add_argument("blobs", nargs="+", metavar="BLOB", help="escrow blobs from devices (STATE/escrow/<vault>.json)")
@@ -89,9 +92,15 @@ def _escrow_keygen(args) -> int:
     from compiler.files import write_output
     from enforcer.escrow import escrow_private_pem, escrow_public_text, generate_escrow_key
 
+    public_path = f"{args.output}.pub"
+    if not args.force and (os.path.exists(args.output) or os.path.exists(public_path)):
+        raise InputError(
+            f"`{args.output}` or `{public_path}` already exists",
+            hint="replacing the escrow key makes every key escrowed to it unrecoverable; pass --force if that is intended",
+        )
     key = generate_escrow_key()
     write_output(args.output, escrow_private_pem(key), 0o600)
-    write_output(f"{args.output}.pub", (escrow_public_text(key) + "\n").encode())
+    write_output(public_path, (escrow_public_text(key) + "\n").encode())
     print(f"wrote {args.output} (keep it offline) and {args.output}.pub (put it in the policy's escrow key)")
     return status_codes.SUCCESS
 
