@@ -104,7 +104,8 @@ def overdue(sealed: dict | None, rotate_seconds: int | None, now: datetime) -> b
 
 
 def pending_path(state: StateDir, vault: str) -> Path:
-    return state.sealed_path(vault).parent.parent / ROTATING_DIR / f"{vault}.json"
+    state.sealed_path(vault)  # refuses a vault name that could escape the state dir
+    return state.root / ROTATING_DIR / f"{vault}.json"
 
 
 class Rotator:
@@ -256,7 +257,7 @@ class Rotator:
     # --- recovery --------------------------------------------------------------------------------
     def recover(self) -> list[str]:
         """Finish (swapped) or undo (not swapped) every rotation a crash interrupted; their vaults."""
-        directory = pending_path(self.state, "x").parent
+        directory = self.state.root / ROTATING_DIR
         names = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
         for name in names:
             record = self.state.records().get(name)

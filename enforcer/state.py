@@ -13,6 +13,7 @@ Layout under STATE (`--state-dir`):
                              orphaned. Kept after the vault leaves the plan, so `retain` and `destroy`
                              still know what to do and a protected vault stays protected (S16)
     images/<vault>.img       the vault's own ext4 image when it has a storage limit (see apply.py)
+    rotating/<vault>.json    a key rotation in progress: the new key's sealed blob (see rotate.py)
     conditions.json          conditions with reasons: the last refusal, per-vault unlock failures
     lock                     flock'd by apply, unlock and lock: one mutating command at a time
     journal.jsonl            the write-ahead journal of the apply in progress (journal.py)
