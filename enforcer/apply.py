@@ -33,7 +33,8 @@ from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, keyring_dir, layout
 from enforcer.reconcile import Action, Step
-from enforcer.state import StateDir, VaultRecord, fsync_dir
+from enforcer.state import StateDir, fsync_dir
+from enforcer.verify import record_for
 from vaultpolicy.errors import DeviceError
 
 _COPY_CHUNK = 1 << 20
@@ -114,8 +115,7 @@ class Applier:
 
     def remember(self, vault: Vault) -> None:
         """Record the vault before its first mutation, so a later plan can still retain or destroy it."""
-        self.state.save_record(VaultRecord(vault.name, vault.path, vault.encryption, vault.on_remove,
-                                           vault.protected or vault.name in self.plan.protected, vault.limit_bytes))
+        self.state.save_record(record_for(self.plan, vault, self.state.records().get(vault.name)))
 
     # --- handlers ------------------------------------------------------------------------------
     def _stage_plaintext(self, name: str) -> None:

@@ -5,7 +5,12 @@
 3. not expired, and not issued in the future beyond `CLOCK_SLACK` (one clock reading, passed in)
 4. targets this device (empty targets: every device)
 5. a schema this device knows (`compiler.plan.decode_plan`)
-6. no protected vault the device manages would be destroyed (S16)
+6. no protected vault the device manages would be destroyed or put at risk (S16)
+
+Protection is sticky: once a vault's record on the device says `protected`, no plan lifts it
+(`record_for` keeps the flag whatever later plans say). A plan is refused when it would destroy such
+a vault, switch its `on_remove` to `destroy`, or change its encryption (re-creating it loses its
+data). A protected vault may still leave the plan with `retain`: it stays, locked, keys kept.
 
 Pure: no I/O. Every refusal is a `PlanRejected` with a stable `reason`; the caller records it as a
 condition and keeps the last good plan.
@@ -18,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from compiler.plan import Plan, PlanFormatError, decode_plan, parse_time, plan_digest
+from compiler.plan import Plan, PlanFormatError, Vault, decode_plan, parse_time, plan_digest
 from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer.state import VaultRecord
 from vaultpolicy.errors import PlanRejected
@@ -113,16 +118,30 @@ def _time(header: dict, field: str) -> datetime:
         raise PlanRejected("unknown-schema", f"plan field `{field}`: {exc}") from None
 
 
+def record_for(plan: Plan, vault: Vault, previous: VaultRecord | None) -> VaultRecord:
+    """What the device records for a vault of `plan`; `protected` never goes back to false (S16)."""
+    protected = vault.protected or vault.name in plan.protected or (previous is not None and previous.protected)
+    return VaultRecord(vault.name, vault.path, vault.encryption, vault.on_remove, protected, vault.limit_bytes)
+
+
 def _check_protection(plan: Plan, managed: Mapping[str, VaultRecord]) -> None:
     """A protected vault stays protected on the device even when the policy drops the flag (S16)."""
     for name, record in managed.items():
         if not record.protected:
             continue
         vault = plan.vault(name)
-        if vault is None and record.on_remove == "destroy":
-            raise PlanRejected("destroys-protected", f"plan destroys protected vault `{name}`")
-        if vault is not None and vault.encryption != record.encryption:
+        if vault is None:
+            if record.on_remove == "destroy":
+                raise PlanRejected("destroys-protected", f"plan destroys protected vault `{name}`")
+            continue
+        if vault.encryption != record.encryption:
             raise PlanRejected(
                 "destroys-protected",
                 f"plan replaces protected vault `{name}` (encryption {record.encryption} -> {vault.encryption})",
+            )
+        if vault.on_remove == "destroy" and record.on_remove != "destroy":
+            raise PlanRejected(
+                "destroys-protected",
+                f"plan sets on_remove destroy on protected vault `{name}`; the device keeps its protection "
+                "even when the policy no longer says `protected`",
             )

@@ -121,8 +121,7 @@ def _apply(args, state, root) -> int:
     from enforcer.observe import observe
     from enforcer.reconcile import reconcile
     from enforcer.rotate import Rotator
-    from enforcer.state import VaultRecord
-    from enforcer.verify import DeviceIdentity, verify_plan
+    from enforcer.verify import DeviceIdentity, record_for, verify_plan
 
     trust_bytes, trust = _trust(args, state)
     envelope = _read(args.signed, "signed plan")
@@ -144,9 +143,8 @@ def _apply(args, state, root) -> int:
         Rotator(plan, state, root, tpm, now, args.device_id, journal).recover()  # a rotation a crash cut short
         rec = reconcile(plan, observe(plan, state, root, tpm))
         outcomes = Applier(plan, state, root, tpm, now, args.device_id, journal).run(rec.steps)
-    records = {v.name: VaultRecord(v.name, v.path, v.encryption, v.on_remove, v.protected or v.name in plan.protected,
-                                   v.limit_bytes) for v in plan.vaults}
     current = state.records()
+    records = {v.name: record_for(plan, v, current.get(v.name)) for v in plan.vaults}
     if state.applied_envelope() != envelope or any(current.get(n) != r for n, r in records.items() if n in current):
         with journal.step({"action": "commit", "plan_version": plan.plan_version}):
             for name, record in records.items():
