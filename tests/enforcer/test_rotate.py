@@ -265,3 +265,25 @@ def test_open_file_in_an_image_vault_refuses_and_changes_nothing(device):
     assert StateDir(device.state).sealed("config") == before
     assert (path / "busy").read_bytes() == b"in use" and leftovers(device) == []
     assert device.cli("device", "status").returncode == 0
+
+
+def test_crash_after_the_swap_then_keys_dropped_converges_on_apply(device):
+    """A reboot after the swap drops both keys from the kernel: apply finishes the rotation, then unlocks."""
+    plan = make_plan([vault("logs")])
+    assert device.apply(plan).returncode == 0
+    path = device.path("/persist/vault/logs")
+    fill(path)
+    expected = tree(path)
+    old = StateDir(device.state).sealed("logs")["key_identifier"]
+    killed = device.cli("device", "rotate", env={"VAULTPOLICY_CRASH_AT": "4"})  # intent of rotate-commit written
+    assert killed.returncode == -signal.SIGKILL
+    new = json.loads((device.state / "rotating" / "logs.json").read_bytes())["key_identifier"]
+    assert fscrypt.get_policy(str(path)).key_identifier.hex() == new  # swapped, not committed
+    for identifier in (old, new):
+        fscrypt.remove_key(fscrypt.mountpoint_of(str(path)), bytes.fromhex(identifier), all_users=True)
+
+    rerun = device.apply(plan)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert StateDir(device.state).sealed("logs")["key_identifier"] == new
+    assert tree(path) == expected and leftovers(device) == []
+    assert key_status(device, "logs", new) is KeyStatus.PRESENT
