@@ -8,7 +8,7 @@ import pytest
 
 from enforcer import fscrypt
 from enforcer.state import StateDir
-from vp_helpers import make_plan, vault
+from vp_helpers import make_plan, signed, vault
 
 pytestmark = pytest.mark.device
 
@@ -44,3 +44,60 @@ def test_protection_is_sticky_and_a_protected_vault_is_never_destroyed(device):
     assert replaced.returncode == 1 and "encryption aes-256-xts -> adiantum" in replaced.stderr
     status = json.loads(device.cli("device", "status", "--json").stdout)
     assert {v["vault"]: v["state"] for v in status["vaults"]} == {"hist": "unlocked", "other": "unlocked"}
+
+
+def test_trust_root_is_kept_and_changes_only_by_a_signed_rotation(device):
+    from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, generate_key, key_id, public_key_pem, sign
+
+    assert device.apply(make_plan([vault("config")])).returncode == 0  # trust on first use records the key
+    state = StateDir(device.state)
+    recorded = state.trust_bytes()
+    assert recorded == device.trust.read_bytes()
+
+    attacker = generate_key()
+    attacker_pub = device.work / "attacker.pub"
+    attacker_pub.write_bytes(public_key_pem(attacker.public_key()))
+    hostile = device.work / "hostile.signed"
+    hostile.write_bytes(signed(make_plan([vault("config", on_remove="destroy")], version=2), attacker))
+    self_signed_root = device.work / "attacker.root"
+    attacker_root = TrustRoot(2, 1, ((key_id(attacker.public_key()), attacker.public_key()),))
+    self_signed_root.write_bytes(sign(TRUST_ROOT_PAYLOAD_TYPE, attacker_root.payload(), [attacker]).to_bytes())
+    for trust in (attacker_pub, self_signed_root):
+        result = device.cli("device", "apply", str(hostile), "--trust", str(trust))
+        assert result.returncode == 1 and "trust-root-changed" in result.stderr, result.stderr
+        assert f"--trust {trust} is not the device's trust root" in result.stderr
+        assert state.trust_bytes() == recorded and state.floor()[0] == 1
+        assert state.conditions()["plan"].reason == "trust-root-changed"
+        status = device.cli("device", "status", "--trust", str(trust))
+        assert status.returncode == 1 and "is not the device's trust root" in status.stderr
+
+    # the controller's plans still go through, with the recorded root as the default
+    real = device.work / "real.signed"
+    real.write_bytes(signed(make_plan([vault("config")], version=2), device.key))
+    accepted = device.cli("device", "apply", str(real))
+    assert accepted.returncode == 0, accepted.stderr
+
+    # a proper rotation: root version 2 signed by the current key (threshold 1) and by its own key
+    successor = generate_key()
+    root2 = TrustRoot(2, 1, ((key_id(successor.public_key()), successor.public_key()),))
+    root2_file = device.work / "root2"
+    root2_file.write_bytes(sign(TRUST_ROOT_PAYLOAD_TYPE, root2.payload(), [device.key, successor]).to_bytes())
+    plan3 = device.work / "plan3.signed"
+    plan3.write_bytes(signed(make_plan([vault("config")], version=3), successor))
+    rotated = device.cli("device", "apply", str(plan3), "--trust", str(root2_file))
+    assert rotated.returncode == 0, rotated.stderr
+    assert state.trust_bytes() == root2_file.read_bytes()
+    assert device.cli("device", "status").returncode == 0
+    old_key_plan = device.work / "plan4.signed"
+    old_key_plan.write_bytes(signed(make_plan([vault("config")], version=4), device.key))
+    assert device.cli("device", "apply", str(old_key_plan)).returncode == 1  # the old key is no longer trusted
+
+
+def test_apply_help_and_behaviour_agree_on_trust(device):
+    help_text = device.cli("device", "apply", "--help").stdout
+    assert "required the first time" in " ".join(help_text.split())
+    first = device.cli("device", "apply", str(device.sign(make_plan([vault("config")]))))
+    assert first.returncode == 1 and "no trust root: pass --trust" in first.stderr
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    later = device.cli("device", "apply", str(device.sign(make_plan([vault("config")], version=2))))
+    assert later.returncode == 0, later.stderr  # the recorded root is the default

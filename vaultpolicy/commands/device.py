@@ -30,8 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
         parser.add_argument("signed", metavar="SIGNED", help="the signed plan (envelope) to verify and enforce")
     if command == "gate":
         parser.add_argument("app", metavar="APP", help="the app that wants to start")
-    parser.add_argument("--trust", metavar="ROOT|KEY.pub", required=command == "apply",
-                        help="trust root envelope or a PEM public key (default: the one the applied plan was verified with)")
+    if command == "apply":
+        parser.add_argument("--trust", metavar="ROOT|KEY.pub",
+                            help="trust root envelope or a PEM public key; required the first time, when it is "
+                            "recorded (trust on first use). Later: the recorded root by default; a different one "
+                            "is taken only as a rotation signed by a threshold of the recorded root")
+    else:
+        parser.add_argument("--trust", metavar="ROOT|KEY.pub",
+                            help="trust root envelope or PEM public key; must be the one recorded by `device apply` "
+                            "(the default)")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                         help=f"sealed keys, the applied plan and the journal (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--root", metavar="DIR", help="put the plan's absolute paths under DIR")
@@ -75,16 +82,50 @@ def _read(path: str, what: str) -> bytes:
         raise InputError(f"cannot read {what} `{path}`: {exc.strerror or exc}") from None
 
 
-def _trust(args, state):
-    from compiler.signing import load_trust
+def _trust(args, state, rotate: bool = False):
+    """(bytes, TrustRoot) to verify plans with.
 
-    if args.trust:
-        data, source = _read(args.trust, "trust root"), args.trust
-    else:
-        data, source = state.trust_bytes(), str(state.trust_path)
-        if data is None:
-            raise InputError("no trust root: pass --trust ROOT|KEY.pub (none is recorded in the state dir yet)")
-    return data, load_trust(data, source)
+    The first apply records the trust root it is given (trust on first use). From then on the recorded
+    root is the default, and a different `--trust` is refused, except by `apply` (`rotate`) when it is
+    a valid rotation of the recorded root: signed by a threshold of it and by its own, version + 1.
+    """
+    from compiler.signing import Envelope, load_trust
+    from enforcer.state import StateCorrupt
+
+    stored = state.trust_bytes()
+    recorded = None
+    if stored is not None:
+        try:
+            recorded = load_trust(stored, str(state.trust_path))
+        except PlanRejected as exc:
+            raise StateCorrupt(f"the recorded trust root {state.trust_path} is unreadable: {exc.message}") from None
+    if not args.trust:
+        if recorded is None:
+            raise InputError("no trust root: pass --trust ROOT|KEY.pub (the first `device apply` records it)")
+        return stored, recorded
+    data = _read(args.trust, "trust root")
+    try:
+        given = load_trust(data, args.trust)
+    except PlanRejected as exc:
+        raise InputError(f"--trust {args.trust}: not a trust root envelope or a PEM public key: {exc.message}") from None
+    if recorded is None or _same_root(given, recorded):
+        return data, given
+    refused = f"--trust {args.trust} is not the device's trust root (recorded in {state.trust_path})"
+    if not rotate:
+        raise PlanRejected("trust-root-changed", refused, hint="omit --trust: the recorded root is the default")
+    if data.lstrip().startswith(b"-----BEGIN"):
+        raise PlanRejected("trust-root-changed", f"{refused}; a PEM key cannot replace it, only a trust root envelope "
+                           "signed by a threshold of the recorded root (`vaultpolicy trust rotate`)")
+    try:
+        return data, recorded.rotate(Envelope.from_bytes(data))
+    except PlanRejected as exc:
+        raise PlanRejected("trust-root-changed", f"{refused} and not a valid rotation of it: {exc.message}",
+                           hint="a new root must be signed by a threshold of the recorded root, with version + 1 "
+                           "(`vaultpolicy trust rotate`)") from None
+
+
+def _same_root(a, b) -> bool:
+    return (a.version, a.threshold, a.distinct_keys()) == (b.version, b.threshold, b.distinct_keys())
 
 
 def _tcti(args, state) -> str:
@@ -123,11 +164,11 @@ def _apply(args, state, root) -> int:
     from enforcer.rotate import Rotator
     from enforcer.verify import DeviceIdentity, record_for, verify_plan
 
-    trust_bytes, trust = _trust(args, state)
     envelope = _read(args.signed, "signed plan")
     now = datetime.now(timezone.utc)  # the one clock reading of this apply
     state.ensure()
     try:
+        trust_bytes, trust = _trust(args, state, rotate=True)
         verified = verify_plan(envelope, trust, now=now, floor=state.floor(), device=DeviceIdentity(args.device_id),
                                managed=state.records())
     except PlanRejected as exc:
@@ -151,7 +192,8 @@ def _apply(args, state, root) -> int:
                 if name in current:  # vaults never created get their record with their first step
                     state.save_record(record)
             state.commit_plan(envelope, plan.plan_version, verified.sha256)
-            state.save_trust(trust_bytes)
+    # After the commit (or when the applied plan came again): the root that just verified the applied plan.
+    state.save_trust(trust_bytes)
     state.set_condition("plan", True, "applied", f"plan version {plan.plan_version} applied", now)
     journal.finish()
 
