@@ -108,13 +108,13 @@ def run_unlock(tpm: Tpm, work: Path, root: Path, repeat: int) -> None:
         blobs = [SealedBlob.from_json(json.dumps(state.sealed(v.name)["blob"])) for v in plan.vaults]
         enforcer_times, bare_times = [], []
         for _ in range(repeat):
-            lock_all(plan, state, root)
+            lock_all(state, root)
             start = time.perf_counter()
             results = unlock_all(plan, state, root, tpm, now)
             enforcer_times.append(time.perf_counter() - start)
             assert all(r.outcome == "unlocked" for r in results), results
             bare_times.append(bare_unseal(tpm, blobs))
-        lock_all(plan, state, root)
+        lock_all(state, root)
         ratio = min(enforcer_times) / min(bare_times)  # the least-disturbed run of each: other load only adds
         print(f"  N={count:<3}  ratio {ratio:.2f}x  (target <= 1.3x)")
 
@@ -142,7 +142,7 @@ def run_status(tpm: Tpm, work: Path, root: Path, files: int, repeat: int) -> Non
             samples[label].append(time.perf_counter() - start)
             assert status.matches, status
     for plan, state in vaults.values():
-        lock_all(plan, state, root)
+        lock_all(state, root)
     # status takes about a millisecond: the minimum is the stable figure, other load only adds to it
     empty, control, full = (min(samples[label]) for label in vaults)
     print(f"status: vault with {files} files vs an empty vault: ratio {full / empty:.2f}x  (target <= 1.2x)")

@@ -6,7 +6,8 @@
 - `unlock_all`: per vault, mount its storage when a reboot dropped it, unseal, add the key, check the
   kernel's key identifier is the recorded one, read the status back. A PCR mismatch leaves that vault
   locked, names the PCRs, and the other vaults still unlock.
-- `lock_all`: per vault `locked`, `incompletely-locked` (files still open, S7) or `failed`.
+- `lock_all`: per recorded vault `locked`, `incompletely-locked` (files still open, S7) or `failed`;
+  it needs no verified plan (locking is always safe).
 - `report`: per vault whether it matches the plan and every reason it does not.
 - `gate`: an app may start only when its vault is unlocked and matches the plan.
 """
@@ -79,13 +80,20 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
     return results
 
 
-def lock_all(plan: Plan, state: StateDir, root: Path | None) -> list[VaultResult]:
+def lock_all(state: StateDir, root: Path | None) -> list[VaultResult]:
+    """Lock every encrypted vault the device has a record of — in the applied plan, orphaned, or left
+    by a plan that no longer verifies. Removing a key is always safe, so lock trusts no plan: a
+    tampered or unverifiable applied plan must not keep keys in the kernel (fail closed)."""
+    records = state.records()
+    if not records and state.applied_envelope() is None:
+        raise NoAppliedPlan(f"no plan has been applied (state dir {state.root}): there is no vault to lock",
+                            hint="run `vaultpolicy device apply` first")
     results = []
-    names = {v.name: v.path for v in plan.vaults if v.encryption != "none"}
-    names.update({r.name: r.path for r in state.records().values() if r.orphaned})
-    for name, path in sorted(names.items()):
+    for name, record in sorted(records.items()):
+        if record.encryption == "none":
+            continue
         sealed = state.sealed(name)
-        where = layout(state, root, name, path)
+        where = layout(state, root, name, record.path)
         if sealed is None or not where.path.is_dir():
             results.append(VaultResult(name, "locked", "not-created"))
             continue

@@ -114,18 +114,28 @@ def test_handles_are_flushed_over_100_cycles_including_failures(device):
             assert results["good"] in ("unlocked", "already-unlocked")
             failures += (results["moved"] == "locked") + (results["corrupt"] == "locked")
             Applier(plan, state, root, tpm, now).run(reconcile(plan, observe(plan, state, root, tpm)).steps)
-            assert {r.outcome for r in lock_all(plan, state, root)} == {"locked"}
+            assert {r.outcome for r in lock_all(state, root)} == {"locked"}
     assert failures == 200
     with Tpm(device.tcti) as tpm:
         assert tpm.loaded_handles() == before
 
 
-def test_applied_plan_is_reverified_at_boot(device):
-    assert device.apply(make_plan([vault("config")])).returncode == 0
-    stored = StateDir(device.state).plan_path
+def test_applied_plan_is_reverified_at_boot_and_lock_fails_closed(device):
+    from enforcer import blockdev, fscrypt
+
+    assert device.apply(make_plan([vault("config"), vault("img", limit=8 * MiB)])).returncode == 0
+    state = StateDir(device.state)
+    stored = state.plan_path
     data = bytearray(stored.read_bytes())
     data[data.index(b'"payload":"') + 40] ^= 1
     stored.write_bytes(bytes(data))
-    for command in ("unlock", "status", "lock"):
-        result = device.cli("device", command)
+    for command in ("unlock", "status", "gate"):
+        result = device.cli("device", command, *(["app"] if command == "gate" else []))
         assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr, command
+    # Locking is always safe: an applied plan that no longer verifies must not keep keys in the kernel.
+    locked = device.cli("device", "lock", "--json")
+    assert locked.returncode == 0, locked.stdout + locked.stderr
+    assert outcomes(locked) == {"config": "locked", "img": "locked"}
+    for name, home in (("config", device.path("/persist")), ("img", blockdev.backing_mountpoint(state.image_path("img")))):
+        identifier = bytes.fromhex(state.sealed(name)["key_identifier"])
+        assert fscrypt.key_status(str(home), identifier) is fscrypt.KeyStatus.ABSENT, name

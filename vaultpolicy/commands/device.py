@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
                             help="trust root envelope or a PEM public key; required the first time, when it is "
                             "recorded (trust on first use). Later: the recorded root by default; a different one "
                             "is taken only as a rotation signed by a threshold of the recorded root")
-    else:
+    elif command != "lock":  # locking is always safe: it trusts no plan
         parser.add_argument("--trust", metavar="ROOT|KEY.pub",
                             help="trust root envelope or PEM public key; must be the one recorded by `device apply` "
                             "(the default)")
@@ -276,7 +276,7 @@ def _unlock(args, state, root) -> int:
 def _lock(args, state, root) -> int:
     from enforcer.unlock import lock_all
 
-    return _results(args, "lock", lock_all(_applied(args, state), state, root), ok=("locked",))
+    return _results(args, "lock", lock_all(state, root), ok=("locked",))
 
 
 def _results(args, verb: str, results, ok: tuple[str, ...]) -> int:
