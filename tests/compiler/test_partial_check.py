@@ -99,3 +99,24 @@ def test_compile_still_refuses_a_policy_with_any_error(tmp_path, capsys):
     assert main(["compile", str(policy), "--plan-version", "1", "-o", str(plan)]) == 1
     assert not plan.exists()
     assert syntax.UNKNOWN_KEYWORD in capsys.readouterr().err
+
+
+def test_five_independent_errors_of_both_phases_in_one_run(tmp_path, capsys):
+    code, found = _check(tmp_path, capsys, (
+        "vault config {\n"
+        "  limt 16MiB\n"
+        "}\n"
+        "vault images { limit 64XiB }\n"
+        'vault scratch { path "/persist/scratch" }\n'
+        'vault scratch { path "/persist/scratch2" }\n'
+        "attestation boot { pcrs 0, 24 }\n"
+        "app cam { vault scrach }\n"
+    ))
+    assert code == 1
+    assert found == [
+        (syntax.UNKNOWN_KEYWORD, 2, 3),
+        (syntax.BAD_SIZE, 4, 24),
+        (rule.DUPLICATE_VAULT, 6, 7),
+        (syntax.PCR_OUT_OF_RANGE, 7, 28),
+        (rule.UNKNOWN_VAULT, 8, 17),
+    ]

@@ -3,6 +3,7 @@ error carries a code and a position inside the file."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -123,8 +124,15 @@ def test_comments_anywhere_survive_fmt(text):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutated_example())
 def test_check_command_never_fails_internally(lang, tmp_path, text):
+    """Compiler rules run on whatever parsed, so their errors too must point inside the file."""
     path = tmp_path / "f.vpol"
     path.write_text(text)
-    code, _, err = lang.cli("check", path)
+    code, out, err = lang.cli("check", "--format", "json", path)
     assert code in (0, 1), err
     assert "Traceback" not in err and "internal error" not in err
+    report = json.loads(out)
+    assert (code == 1) == (report["errors"] > 0)
+    for d in report["diagnostics"]:
+        assert re.fullmatch(r"VP\d{4}", d["code"]), d
+        if d["severity"] == "error" or d["span"] is not None:
+            assert d["span"]["file"] == str(path) and 0 <= d["span"]["start_pos"] <= d["span"]["end_pos"] <= len(text), d
