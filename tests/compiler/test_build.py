@@ -140,7 +140,7 @@ def test_bad_options_are_clear_errors(cli, tmp_path):
 
 
 def test_escrow_key_made_by_the_controller_is_accepted(cli, tmp_path):
-    assert cli("controller", "escrow-keygen", "--store", tmp_path / "store", tmp_path / "escrow")[0] == 0
+    assert cli("controller", "escrow-keygen", tmp_path / "escrow")[0] == 0
     policy = tmp_path / "p.vpol"
     policy.write_text('device { escrow_key "escrow.pub" }\nattestation boot { pcrs 0, 4, 7  escrow required }\n')
     assert cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")[0] == 0
