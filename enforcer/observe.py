@@ -4,8 +4,8 @@ For each vault the plan names (and each vault the device still manages after it 
 - the path: exists, is a directory, is not a symlink and has no symlink on its way from --root
 - whether it is its own mount (the per-vault image) and usage against the limit (`statvfs`: O(1),
   never a walk of the files, so status costs the same for 100,000 files as for none)
-- its fscrypt policy (FS_IOC_GET_ENCRYPTION_POLICY_EX) and the key's status in the kernel
-  (FS_IOC_GET_ENCRYPTION_KEY_STATUS)
+- its fscrypt policy (FS_IOC_GET_ENCRYPTION_POLICY_EX) and the status in the kernel
+  (FS_IOC_GET_ENCRYPTION_KEY_STATUS) of the key that policy names (else of the sealed key)
 - the sealed blob: present, sealed to the plan's bank and PCRs, its policy digest recomputed by the
   TPM from the recorded PCR values, and which of those PCRs now differ in the TPM
 - a staged plaintext copy waiting to migrate into the vault (S5)
@@ -99,7 +99,7 @@ class ObservedVault:
     image_bytes: int | None = None  # size of the vault's own image, when it has one
     used_bytes: int | None = None
     capacity_bytes: int | None = None
-    empty: bool | None = None  # only looked at for a directory that is neither mounted nor encrypted
+    empty: bool | None = None  # only looked at for a directory without an encryption policy
     staged_plaintext: bool = False
     policy: EncryptionPolicy | None = None
     key_status: KeyStatus | None = None
@@ -162,20 +162,24 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
             values["capacity_bytes"] = st.f_blocks * st.f_frsize
         try:
             values["policy"] = fscrypt.get_policy(str(where.path))
-        except DeviceError as exc:
+        except DeviceError as exc:  # e.g. a filesystem without fscrypt: the files are in the clear
             errors.append(exc.message)
-        if values.get("policy") is None and not mounted:
+        if values.get("policy") is None:
             values["empty"] = _is_empty(where.path)
 
     sealed = state.sealed(name)
+    identifier = bytes.fromhex(sealed["key_identifier"]) if sealed is not None else None
     if sealed is not None:
-        identifier = bytes.fromhex(sealed["key_identifier"])
         values["seal"] = _observe_seal(sealed, identifier, tpm, errors, {} if pcr_cache is None else pcr_cache)
-        if kind is PathState.DIRECTORY:
-            try:
-                values["key_status"] = fscrypt.key_status(keyring_dir(where.path), identifier)
-            except DeviceError as exc:
-                errors.append(exc.message)
+    # The key the directory is encrypted under decides whether its files are readable, sealed blob or
+    # not (S6): a key added or left in the kernel behind the tool's back shows as unlocked.
+    if values.get("policy") is not None:
+        identifier = values["policy"].key_identifier
+    if identifier is not None and kind is PathState.DIRECTORY:
+        try:
+            values["key_status"] = fscrypt.key_status(keyring_dir(where.path), identifier)
+        except DeviceError as exc:
+            errors.append(exc.message)
     return ObservedVault(**values, errors=tuple(errors))
 
 

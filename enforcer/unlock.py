@@ -114,7 +114,9 @@ def lock_all(state: StateDir, root: Path | None) -> list[VaultResult]:
 class VaultReport:
     vault: str
     path: str
-    state: str  # unlocked | locked | incompletely-locked | missing | unencrypted | orphaned
+    # unlocked | locked | incompletely-locked | missing | unencrypted (as planned) | orphaned |
+    # plaintext (files in the clear where an encrypted vault belongs) | not-encrypted (empty, no policy)
+    state: str
     matches: bool
     reasons: tuple[str, ...] = ()
     used_bytes: int | None = None
@@ -156,9 +158,18 @@ def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
             vault_state = "orphaned"
         elif wanted.encryption == "none":
             vault_state = "unencrypted"
+        elif seen.policy is None and seen.empty is False:  # what the kernel says, whatever the plan wants
+            vault_state = "plaintext"
+        elif seen.policy is None and seen.image_bytes is not None and not seen.mounted:
+            vault_state = "locked"  # an empty mount point: the data is in the vault's image, not mounted
+        elif seen.policy is None:
+            vault_state = "not-encrypted"
         else:
             vault_state = {KeyStatus.PRESENT: "unlocked", KeyStatus.INCOMPLETELY_REMOVED: "incompletely-locked"}.get(
                 seen.key_status, "locked")
+            if seen.seal is None and vault_state != "locked":
+                reasons.insert(0, "no sealed key on disk: the files are readable now, but once the key leaves the "
+                               "kernel nothing can unlock the vault again")
         limit = wanted.limit_bytes if wanted is not None and wanted.limit_bytes else None
         matches = not reasons and (wanted is None or vault_state in ("unlocked", "unencrypted"))
         vaults.append(VaultReport(name, seen.path, vault_state, matches, tuple(dict.fromkeys(reasons)),

@@ -101,3 +101,61 @@ def test_apply_help_and_behaviour_agree_on_trust(device):
     assert device.apply(make_plan([vault("config")])).returncode == 0
     later = device.cli("device", "apply", str(device.sign(make_plan([vault("config")], version=2))))
     assert later.returncode == 0, later.stderr  # the recorded root is the default
+
+
+def _states(device) -> tuple[int, dict[str, dict]]:
+    result = device.cli("device", "status", "--json")
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, {v["vault"]: v for v in json.loads(result.stdout)["vaults"]}
+
+
+def test_status_says_what_the_kernel_says(device):
+    """S6: kernel state changed behind the tool's back is what status reports."""
+    import subprocess
+
+    from enforcer.tpm import SealedBlob, Tpm
+
+    assert device.apply(make_plan([vault("a"), vault("b", limit=8 << 20)])).returncode == 0
+    persist, a, b = device.path("/persist"), device.path("/persist/vault/a"), device.path("/persist/vault/b")
+    (a / "f").write_text("secret a")
+    state = StateDir(device.state)
+    sealed_a = state.sealed("a")
+    identifier_a = bytes.fromhex(sealed_a["key_identifier"])
+
+    fscrypt.remove_key(str(persist), identifier_a, all_users=True)
+    rc, vaults = _states(device)
+    assert rc == 3 and vaults["a"]["state"] == "locked" and "the key is not in the kernel" in vaults["a"]["reasons"]
+    assert vaults["b"]["state"] == "unlocked" and vaults["b"]["matches"]
+
+    with Tpm(device.tcti) as tpm:
+        key = tpm.unseal(SealedBlob.from_json(json.dumps(sealed_a["blob"])))
+    assert fscrypt.add_key(str(persist), key) == identifier_a
+    rc, vaults = _states(device)
+    assert rc == 0 and vaults["a"]["state"] == "unlocked"
+
+    # the sealed key file gone, the key still in the kernel: readable, and said so
+    state.sealed_path("b").rename(device.work / "b.sealed")
+    rc, vaults = _states(device)
+    assert rc == 3 and vaults["b"]["state"] == "unlocked" and not vaults["b"]["matches"]
+    assert vaults["b"]["reasons"][0].startswith("no sealed key on disk")
+    (device.work / "b.sealed").rename(state.sealed_path("b"))
+
+    # a plaintext directory where the vault belongs, then an empty one
+    a.rename(a.with_name("a.moved"))
+    a.mkdir()
+    (a / "clear.txt").write_text("in the clear")
+    rc, vaults = _states(device)
+    assert rc == 3 and vaults["a"]["state"] == "plaintext"
+    assert "a non-empty plaintext directory is where the vault belongs" in vaults["a"]["reasons"]
+    (a / "clear.txt").unlink()
+    rc, vaults = _states(device)
+    assert rc == 3 and vaults["a"]["state"] == "not-encrypted"
+
+    # the vault path on a filesystem without fscrypt (tmpfs mounted over it)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(a)], check=True)
+    try:
+        (a / "clear.txt").write_text("in the clear")
+        rc, vaults = _states(device)
+        assert rc == 3 and vaults["a"]["state"] == "plaintext"
+    finally:
+        subprocess.run(["umount", str(a)], check=True)
