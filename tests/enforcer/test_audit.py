@@ -159,3 +159,43 @@ def test_status_says_what_the_kernel_says(device):
         assert rc == 3 and vaults["a"]["state"] == "plaintext"
     finally:
         subprocess.run(["umount", str(a)], check=True)
+
+
+def _vaultpolicy(*args: str):
+    import subprocess
+    import sys
+
+    from vp_helpers import REPO
+
+    return subprocess.run([sys.executable, "-m", "vaultpolicy", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_bad_state_dir_and_trust_file_are_named_not_internal_errors(device):
+    regular = device.work / "not-a-dir"
+    regular.write_text("x")
+    for command in ("status", "unlock", "lock", "gate"):
+        result = _vaultpolicy("device", command, *(["app"] if command == "gate" else []), "--state-dir", str(regular))
+        assert result.returncode == 1, (command, result.stderr)
+        assert f"--state-dir {regular}: not a directory" in result.stderr and "internal" not in result.stderr
+
+    absent = device.work / "no-state"
+    for command in ("status", "unlock", "lock"):
+        result = _vaultpolicy("device", command, "--state-dir", str(absent))
+        assert result.returncode == 1 and "no plan has been applied" in result.stderr, (command, result.stderr)
+        assert not absent.exists(), f"{command} created the state dir"
+
+    policy = device.work / "some.vpol"
+    policy.write_text('vault config { path "/persist/vault/config" }\n')
+    result = device.cli("device", "apply", str(device.sign(make_plan([vault("config")]))), "--trust", str(policy))
+    assert result.returncode == 1 and "internal" not in result.stderr
+    assert f"--trust {policy}: not a trust root envelope or a PEM public key" in result.stderr
+
+
+def test_a_refused_plan_alone_is_signalled_clearly(device):
+    assert device.apply(make_plan([vault("config")], version=2)).returncode == 0
+    assert device.apply(make_plan([vault("config")], version=1)).returncode == 1  # rollback
+    status = device.cli("device", "status")
+    assert status.returncode == 3
+    assert status.stdout.splitlines()[0] == \
+        "plan version 2: every vault matches it; the last plan offered was REFUSED and this one stays in force"
+    assert "last plan refused (rollback" in status.stdout and "vault config: unlocked, matches" in status.stdout

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if root is not None and not root.is_dir():
         raise InputError(f"--root {args.root}: not a directory")
     command = args.command[1]
+    check_state_dir(state, args, creates=command == "apply")
     handler = {"apply": _apply, "status": _status, "unlock": _unlock, "lock": _lock, "gate": _gate}[command]
     if command in ("status", "gate"):  # read-only
         return handler(args, state, root)
@@ -80,6 +81,17 @@ def _read(path: str, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {what} `{path}`: {exc.strerror or exc}") from None
+
+
+def check_state_dir(state, args, creates: bool) -> None:
+    """`--state-dir` must be a directory; only `apply` may create it (the others need an applied plan)."""
+    from enforcer.unlock import NoAppliedPlan
+
+    if state.root.exists() and not state.root.is_dir():
+        raise InputError(f"--state-dir {args.state_dir}: not a directory")
+    if not creates and not state.root.exists():
+        raise NoAppliedPlan(f"no plan has been applied: the state dir {state.root} does not exist",
+                            hint="run `vaultpolicy device apply` first, or pass the --state-dir it used")
 
 
 def _trust(args, state, rotate: bool = False):
@@ -234,8 +246,17 @@ def _status(args, state, root) -> int:
     plan = _applied(args, state)
     with _tpm(args, state) as tpm:
         status = report(plan, observe(plan, state, root, tpm), state)
-    lines = [f"plan version {status.plan_version}: " + ("device matches the plan" if status.matches else "DRIFT")]
-    if status.plan_condition is not None and not status.plan_condition.ok:
+    # A refused plan alone also exits 3 (DRIFT): the device still enforces the older plan, not the one
+    # its controller sent, and someone may be feeding it bad plans. The header says which it is.
+    vaults_match = all(v.matches for v in status.vaults)
+    refused = status.plan_condition is not None and not status.plan_condition.ok
+    if refused:
+        header = ("every vault matches it" if vaults_match else "DRIFT") + \
+            "; the last plan offered was REFUSED and this one stays in force"
+    else:
+        header = "device matches the plan" if vaults_match else "DRIFT"
+    lines = [f"plan version {status.plan_version}: {header}"]
+    if refused:
         lines.append(f"  last plan refused ({_tag(status.plan_condition.reason)}) at {status.plan_condition.since}: "
                      f"{status.plan_condition.message}")
     for vault in status.vaults:
@@ -247,6 +268,7 @@ def _status(args, state, root) -> int:
     _emit(args, {
         "plan_version": status.plan_version,
         "matches": status.matches,
+        "vaults_match": vaults_match,
         "plan_condition": asdict(status.plan_condition) if status.plan_condition else None,
         "vaults": [asdict(v) for v in status.vaults],
     }, lines)
