@@ -230,7 +230,10 @@ class Applier:
             copy_tree(where.staging, where.path, copied)
         except (OSError, MigrationError) as exc:
             for path in reversed(copied):  # S21: a failed migration leaves no partial copy behind
-                path.unlink(missing_ok=True)
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()  # emptied already: its entries come after it in `copied`
+                else:
+                    path.unlink(missing_ok=True)
             if isinstance(exc, MigrationError):
                 raise
             raise MigrationError(f"copying `{exc.filename}` into the vault failed ({exc.strerror}); the staged "
@@ -367,11 +370,15 @@ def _tree_bytes(root: Path) -> int:
 
 def copy_tree(source: Path, target: Path, copied: list[Path]) -> None:
     """Copy regular files, directories and symlinks with their modes, owners and mtimes; fsync each
-    file and verify it by SHA-256. Shared by migration and key rotation (enforcer/rotate.py)."""
+    file and verify it by SHA-256. Shared by migration and key rotation (enforcer/rotate.py).
+    `copied` gets every entry this call creates, each directory before its entries, so a caller can
+    undo a failed copy in reverse order."""
     for directory, dirs, files in os.walk(source):
         relative = Path(directory).relative_to(source)
         destination = target / relative
-        destination.mkdir(mode=0o700, exist_ok=True)
+        if not destination.is_dir():
+            destination.mkdir(mode=0o700)
+            copied.append(destination)
         for entry in sorted(dirs + files):
             src = Path(directory, entry)
             st = os.lstat(src)

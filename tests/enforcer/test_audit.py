@@ -199,3 +199,47 @@ def test_a_refused_plan_alone_is_signalled_clearly(device):
     assert status.stdout.splitlines()[0] == \
         "plan version 2: every vault matches it; the last plan offered was REFUSED and this one stays in force"
     assert "last plan refused (rollback" in status.stdout and "vault config: unlocked, matches" in status.stdout
+
+
+def tree_digests(root) -> dict[str, str]:
+    import hashlib
+    import os
+
+    out = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(directory, name), root) + "/"] = "dir"
+        for name in files:
+            path = os.path.join(directory, name)
+            out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def test_migration_running_out_of_space_during_the_copy_keeps_the_original_and_cleans_up(device):
+    """S21: the bytes fit the limit (the space check passes) but 1900 small files need a 4 KiB block
+    each, more than the vault's 8 MiB filesystem has, so the copy itself hits ENOSPC halfway."""
+    target = device.path("/persist/vault/config")
+    (target / "many").mkdir(parents=True)
+    for index in range(1900):
+        (target / "many" / f"{index:05}").write_bytes(b"%05d" % index * 20)
+    (target / "top.txt").write_text("top")
+    expected = tree_digests(target)
+
+    result = device.apply(make_plan([vault("config", limit=8 << 20)]))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "vault config: migrate FAILED" in result.stdout and "No space left on device" in result.stdout
+    staging = target.with_name(".config.vp-plaintext")
+    assert tree_digests(staging) == expected
+    assert fscrypt.get_policy(str(target)) is not None and os_listdir(target) == [], "a partial copy was left"
+    rc, vaults = _states(device)
+    assert rc == 3 and "plaintext files wait to move into the vault" in vaults["config"]["reasons"]
+
+    grown = device.apply(make_plan([vault("config", limit=32 << 20)], version=2))
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert tree_digests(target) == expected and not staging.exists()
+
+
+def os_listdir(path) -> list[str]:
+    import os
+
+    return os.listdir(path)
