@@ -11,7 +11,7 @@ from pathlib import Path
 
 from policy_lang import ast
 from policy_lang.diagnostics import Diagnostics
-from policy_lang.parse import Block
+from policy_lang import Block
 
 from .build import BuildOptions, FileReader, build
 from .model import Model

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from policy_lang import ast
 from policy_lang.diagnostics import Diagnostic, Diagnostics, Span
-from policy_lang.parse import Block
+from policy_lang import Block
 
 from . import codes
 from .model import Model

@@ -1,11 +1,13 @@
 """The policy language: parse `.vpol` text into the AST, load files with includes, format.
 
-Stable API: `load`, `parse_text`, `format_text`, `LoadResult`. Everything else is internal.
+Stable API: `load`, `parse_text`, `format_text`, `LoadResult`, `Block` (its `broken_blocks`).
+Everything else is internal.
 """
 
 from .load import LoadResult, load, parse_text
+from .parse import Block
 
-__all__ = ["LoadResult", "format_text", "load", "parse_text"]
+__all__ = ["Block", "LoadResult", "format_text", "load", "parse_text"]
 
 
 def format_text(text: str, file: str = "<input>") -> str:
