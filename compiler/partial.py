@@ -18,6 +18,7 @@ from policy_lang import Block
 
 from . import codes
 from .model import Model
+from .resolve import BUILTIN_VAULTS
 
 _DECLS = {"device": ast.DeviceDecl, "defaults": ast.DefaultsDecl, "attestation": ast.AttestationDecl,
           "vault": ast.VaultDecl, "component": ast.ComponentDecl, "app": ast.AppDecl}
@@ -74,7 +75,7 @@ def _gaps(model: Model, policy: ast.Policy, broken: list[Block]) -> _Gaps:
                 gaps.anywhere |= _NEEDS_ALL_BLOCKS
             for kind in [block.kind] if block.kind else ("attestation", "vault", "component", "app"):
                 lost.setdefault(kind, set()).add(block.name)
-            _lost_block(block.kind, gaps)
+            _lost_block(block.kind, block.name, gaps)
         else:
             _cut_block(item, block, gaps)
 
@@ -85,9 +86,11 @@ def _gaps(model: Model, policy: ast.Policy, broken: list[Block]) -> _Gaps:
     return gaps
 
 
-def _lost_block(kind: str | None, gaps: _Gaps) -> None:
+def _lost_block(kind: str | None, name: str | None, gaps: _Gaps) -> None:
     if kind in (None, "vault"):  # its path might have covered a sensitive directory
         gaps.anywhere.add(codes.SENSITIVE_NOT_ENCRYPTED)
+    if kind in (None, "vault") and name in BUILTIN_VAULTS:  # the model holds the built-in's defaults instead
+        gaps.anywhere |= {codes.PATHS_OVERLAP, codes.DEFAULT_PATH_COLLISION, *_END_TO_END}
     if kind == "device":
         gaps.anywhere |= {codes.PATH_OUTSIDE_PERSIST, codes.DEFAULT_PATH_COLLISION, codes.SENSITIVE_NOT_ENCRYPTED,
                           codes.HOLDS_OUTSIDE_VAULT, codes.ESCROW_WITHOUT_KEY}
@@ -99,7 +102,7 @@ def _cut_block(item, block: Block, gaps: _Gaps) -> None:
     """A block that lost settings: each setting it lacks may be the one that was dropped."""
     if isinstance(item, ast.DeviceDecl):
         if item.persist is None:
-            _lost_block("device", gaps)
+            _lost_block("device", None, gaps)
         elif item.escrow_key is None:
             gaps.anywhere.add(codes.ESCROW_WITHOUT_KEY)
     elif isinstance(item, ast.VaultDecl):

@@ -120,3 +120,13 @@ def test_five_independent_errors_of_both_phases_in_one_run(tmp_path, capsys):
         (syntax.PCR_OUT_OF_RANGE, 7, 28),
         (rule.UNKNOWN_VAULT, 8, 17),
     ]
+
+
+def test_a_broken_builtin_vault_is_not_checked_at_its_default_path(tmp_path, capsys):
+    _, found = _check(tmp_path, capsys, (
+        'vault images { path "/persist/apps" limit 1GiB\n'
+        'vault store { path "/persist/vault" }\n'
+        "app web { vault images protection end_to_end }\n"
+        "app api { vault nothere }\n"
+    ))
+    assert found == [(syntax.UNCLOSED_BRACE, 1, 14), (rule.UNKNOWN_VAULT, 4, 17)]
