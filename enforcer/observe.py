@@ -168,9 +168,10 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
             values["empty"] = _is_empty(where.path)
 
     sealed = state.sealed(name)
-    identifier = bytes.fromhex(sealed["key_identifier"]) if sealed is not None else None
+    identifier = None
     if sealed is not None:
-        values["seal"] = _observe_seal(sealed, identifier, tpm, errors, {} if pcr_cache is None else pcr_cache)
+        values["seal"] = _observe_seal(state, name, sealed, tpm, errors, {} if pcr_cache is None else pcr_cache)
+        identifier = values["seal"].key_identifier
     # The key the directory is encrypted under decides whether its files are readable, sealed blob or
     # not (S6): a key added or left in the kernel behind the tool's back shows as unlocked.
     if values.get("policy") is not None:
@@ -183,10 +184,19 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
     return ObservedVault(**values, errors=tuple(errors))
 
 
-def _observe_seal(sealed: dict, identifier: bytes, tpm, errors: list[str], pcr_cache: dict) -> ObservedSeal:
-    from enforcer.tpm import SealedBlob  # lazily: tpm2-pytss loads only when a vault is sealed
+def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[str], pcr_cache: dict) -> ObservedSeal:
+    from enforcer.state import StateCorrupt
+    from enforcer.tpm import InvalidSealedBlob, SealedBlob  # lazily: tpm2-pytss loads only when a vault is sealed
 
-    blob = SealedBlob.from_json(json.dumps(sealed["blob"]))
+    # A damaged record stops the run with its file named: never taken for "no key yet" (S20)
+    try:
+        identifier = bytes.fromhex(sealed["key_identifier"])
+        blob = SealedBlob.from_json(json.dumps(sealed["blob"]))
+    except (InvalidSealedBlob, KeyError, TypeError, ValueError) as exc:
+        message = exc.message if isinstance(exc, InvalidSealedBlob) else f"{exc.__class__.__name__}: {exc}"
+        raise StateCorrupt(f"the sealed key record {state.sealed_path(name)} is damaged ({message}); nothing "
+                           "was changed", vault=name, hint="restore it from a backup, or have the controller "
+                           "release the escrowed key (`device unlock --release`)") from None
     digest_ok, changed = False, ()
     if tpm is not None:
         try:

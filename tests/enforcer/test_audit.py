@@ -243,3 +243,102 @@ def os_listdir(path) -> list[str]:
     import os
 
     return os.listdir(path)
+
+
+def test_reboot_without_lock_drops_keys_and_unlock_restores_them(device):
+    """S8: power loss — nothing runs `device lock`; every mount goes (the persist partition too, which
+    drops every key from the kernel) and the TPM restarts. Status says locked; unlock restores."""
+    import subprocess
+
+    from enforcer import blockdev
+    from vp_helpers import mounts_under
+
+    assert device.apply(make_plan([vault("config", limit=8 << 20), vault("img")])).returncode == 0
+    for name in ("config", "img"):
+        (device.path(f"/persist/vault/{name}") / "f").write_text(name)
+    for mountpoint in mounts_under(device.root, device.state):
+        subprocess.run(["umount", mountpoint], check=True)
+    device.swtpm.restart()
+    device.swtpm.measure_boot()
+    blockdev.mount_image(device.work / "persist.img", device.path("/persist"))
+
+    rc, vaults = _states(device)
+    assert rc == 3 and {n: v["state"] for n, v in vaults.items()} == {"config": "locked", "img": "locked"}
+    assert "the vault's image is not mounted" in vaults["config"]["reasons"]
+    assert "the key is not in the kernel" in vaults["img"]["reasons"]
+    unlocked = device.cli("device", "unlock", "--json")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert {r["vault"]: r["outcome"] for r in json.loads(unlocked.stdout)["unlock"]} == \
+        {"config": "unlocked", "img": "unlocked"}
+    for name in ("config", "img"):
+        assert (device.path(f"/persist/vault/{name}") / "f").read_text() == name
+    assert device.cli("device", "status").returncode == 0
+
+
+def test_a_bad_sealed_blob_or_a_refusing_tpm_destroys_nothing(device):
+    """S20: an apply that cannot unseal never wipes or re-keys the vault; the data waits, intact."""
+    import os
+
+    from enforcer.tpm import Tpm
+
+    plan = make_plan([vault("config"), vault("img", limit=8 << 20)])
+    assert device.apply(plan).returncode == 0
+    paths = {name: device.path(f"/persist/vault/{name}") for name in ("config", "img")}
+    for name, path in paths.items():
+        (path / "data.bin").write_bytes(name.encode() * 1000)
+    assert device.cli("device", "lock").returncode == 0
+    state = StateDir(device.state)
+    original = {name: state.sealed_path(name).read_bytes() for name in paths}
+    encrypted_names = {name: sorted(os.listdir(path)) for name, path in paths.items()}
+    identifiers = {name: fscrypt.get_policy(str(path)).key_identifier for name, path in paths.items()}
+
+    def nothing_destroyed(expected_sealed: dict[str, bytes]) -> None:
+        device.cli("device", "lock")  # the apply may have unlocked the vault it could (as it should)
+        for name, path in paths.items():
+            assert state.sealed_path(name).read_bytes() == expected_sealed[name], f"{name}: sealed key replaced"
+            assert fscrypt.get_policy(str(path)).key_identifier == identifiers[name], f"{name}: re-keyed"
+            assert sorted(os.listdir(path)) == encrypted_names[name], f"{name}: files changed"
+
+    broken = dict(sealed := json.loads(original["config"]))
+    broken["blob"] = dict(sealed["blob"], private=sealed["blob"]["private"][::-1])
+    for garbage in (b"", b'{"blob": {}, "key_identifier": "00"}', json.dumps(broken).encode()):
+        state.sealed_path("config").write_bytes(garbage)
+        result = device.apply(plan)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (garbage[:20], result.stderr)
+        assert "config" in result.stdout + result.stderr
+        nothing_destroyed({"config": garbage, "img": state.sealed_path("img").read_bytes()})
+    state.sealed_path("config").write_bytes(original["config"])
+
+    with Tpm(device.tcti) as tpm:  # the TPM refuses to unseal: a sealed PCR moved
+        tpm.extend_pcr(7, "sha256", b"another boot loader")
+    refused = device.apply(plan)
+    assert refused.returncode == 1 and "PCR" in refused.stdout, refused.stdout + refused.stderr
+    nothing_destroyed(original)
+
+    device.swtpm.restart()
+    device.swtpm.measure_boot()
+    assert device.cli("device", "unlock").returncode == 0
+    for name, path in paths.items():
+        assert (path / "data.bin").read_bytes() == name.encode() * 1000
+
+
+def test_lock_reports_failed_when_the_key_cannot_be_reached(device):
+    """S7 `failed`: a filesystem mounted over the vault path hides the vault's filesystem from lock;
+    it says so instead of claiming success, and locks once the path is back."""
+    import subprocess
+
+    assert device.apply(make_plan([vault("img")])).returncode == 0
+    path = device.path("/persist/vault/img")
+    identifier = bytes.fromhex(StateDir(device.state).sealed("img")["key_identifier"])
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
+    try:
+        result = device.cli("device", "lock", "--json")
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+    assert result.returncode == 1
+    (record,) = json.loads(result.stdout)["lock"]
+    assert record["outcome"] == "failed" and record["reason"] == "lock-failed" and record["message"]
+    persist = str(device.path("/persist"))
+    assert fscrypt.key_status(persist, identifier) is fscrypt.KeyStatus.PRESENT  # honestly not locked
+    assert device.cli("device", "lock").returncode == 0
+    assert fscrypt.key_status(persist, identifier) is fscrypt.KeyStatus.ABSENT
