@@ -99,8 +99,18 @@ def test_migration_that_cannot_fit_moves_nothing(device):
     assert "nothing was moved" in result.stdout
     assert (target / "big").read_bytes() == b"\1" * (9 * MiB)
     assert fscrypt.get_policy(str(target)) is None
-    status = device.cli("device", "status")
-    assert "plaintext" in status.stdout or status.returncode == 3
+    status = device.cli("device", "status", "--json")
+    assert status.returncode == 3  # S5: drift, reported loudly, with the exact reason
+    (config,) = json.loads(status.stdout)["vaults"]
+    assert config["state"] == "plaintext" and not config["matches"]
+    assert "a non-empty plaintext directory is where the vault belongs" in config["reasons"]
+    # and a plan whose vault can hold the files migrates them into it without losing a byte
+    migrated = device.apply(make_plan([vault("config", limit=16 * MiB)], version=2))
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert "vault config: migrate" in migrated.stdout
+    assert fscrypt.get_policy(str(target)) is not None
+    assert (target / "big").read_bytes() == b"\1" * (9 * MiB)
+    assert device.cli("device", "status").returncode == 0
 
 
 def test_writing_past_the_limit_fails_and_raising_it_helps(device):
