@@ -2,6 +2,7 @@
 
 - `needs_device` (fixture) and `@pytest.mark.device` (marker) skip a test only when the machine
   truly cannot run it: not root, no /dev/loop-control, or no swtpm binary; the reason says which.
+  With VAULTPOLICY_REQUIRE_DEVICE=1 (set by .ci/run) they fail instead: CI must run them for real.
 - `swtpm`: a fresh swtpm per test on free ports, Startup(CLEAR) done. `.tcti` for `Tpm(...)`,
   `.restart()` reboots it (PCRs reset, sealing seed kept), `.measure_boot()` extends fixed
   "firmware" blobs into PCRs 0, 2, 4 and 7 (through an open `Tpm` when given, else its own).
@@ -35,6 +36,12 @@ def device_unavailable_reason() -> str | None:
     return None
 
 
+def skip_or_fail(reason: str) -> None:
+    if os.environ.get("VAULTPOLICY_REQUIRE_DEVICE") == "1":
+        pytest.fail(f"VAULTPOLICY_REQUIRE_DEVICE=1 but this machine cannot run device tests: {reason}")
+    pytest.skip(reason)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "device: needs root, loop devices and swtpm (real fscrypt and TPM)")
 
@@ -43,14 +50,14 @@ def pytest_runtest_setup(item):
     if item.get_closest_marker("device"):
         reason = device_unavailable_reason()
         if reason:
-            pytest.skip(reason)
+            skip_or_fail(reason)
 
 
 @pytest.fixture
 def needs_device():
     reason = device_unavailable_reason()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 class SimulatedTpm:
