@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from enforcer import fscrypt
+from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, generate_key, key_id, public_key_pem, sign
+from enforcer import blockdev, fscrypt
 from enforcer.state import StateDir
-from vp_helpers import make_plan, signed, vault
+from vp_helpers import REPO, make_plan, mounts_under, signed, vault
 
 pytestmark = pytest.mark.device
 
@@ -47,8 +52,6 @@ def test_protection_is_sticky_and_a_protected_vault_is_never_destroyed(device):
 
 
 def test_trust_root_is_kept_and_changes_only_by_a_signed_rotation(device):
-    from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, generate_key, key_id, public_key_pem, sign
-
     assert device.apply(make_plan([vault("config")])).returncode == 0  # trust on first use records the key
     state = StateDir(device.state)
     recorded = state.trust_bytes()
@@ -111,9 +114,8 @@ def _states(device) -> tuple[int, dict[str, dict]]:
 
 def test_status_says_what_the_kernel_says(device):
     """S6: kernel state changed behind the tool's back is what status reports."""
-    import subprocess
-
     from enforcer.tpm import SealedBlob, Tpm
+
 
     assert device.apply(make_plan([vault("a"), vault("b", limit=8 << 20)])).returncode == 0
     persist, a, b = device.path("/persist"), device.path("/persist/vault/a"), device.path("/persist/vault/b")
@@ -162,11 +164,6 @@ def test_status_says_what_the_kernel_says(device):
 
 
 def _vaultpolicy(*args: str):
-    import subprocess
-    import sys
-
-    from vp_helpers import REPO
-
     return subprocess.run([sys.executable, "-m", "vaultpolicy", *args], capture_output=True, text=True, cwd=REPO)
 
 
@@ -190,6 +187,11 @@ def test_bad_state_dir_and_trust_file_are_named_not_internal_errors(device):
     assert result.returncode == 1 and "internal" not in result.stderr
     assert f"--trust {policy}: not a trust root envelope or a PEM public key" in result.stderr
 
+    garbage = device.work / "garbage.signed"
+    garbage.write_text("not an envelope")
+    result = device.cli("device", "apply", str(garbage), "--trust", str(device.trust))
+    assert result.returncode == 1 and f"plan {garbage} refused (malformed-envelope" in result.stderr
+
 
 def test_a_refused_plan_alone_is_signalled_clearly(device):
     assert device.apply(make_plan([vault("config")], version=2)).returncode == 0
@@ -202,9 +204,6 @@ def test_a_refused_plan_alone_is_signalled_clearly(device):
 
 
 def tree_digests(root) -> dict[str, str]:
-    import hashlib
-    import os
-
     out = {}
     for directory, dirs, files in os.walk(root):
         for name in dirs:
@@ -230,7 +229,7 @@ def test_migration_running_out_of_space_during_the_copy_keeps_the_original_and_c
     assert "vault config: migrate FAILED" in result.stdout and "No space left on device" in result.stdout
     staging = target.with_name(".config.vp-plaintext")
     assert tree_digests(staging) == expected
-    assert fscrypt.get_policy(str(target)) is not None and os_listdir(target) == [], "a partial copy was left"
+    assert fscrypt.get_policy(str(target)) is not None and os.listdir(target) == [], "a partial copy was left"
     rc, vaults = _states(device)
     assert rc == 3 and "plaintext files wait to move into the vault" in vaults["config"]["reasons"]
 
@@ -239,20 +238,10 @@ def test_migration_running_out_of_space_during_the_copy_keeps_the_original_and_c
     assert tree_digests(target) == expected and not staging.exists()
 
 
-def os_listdir(path) -> list[str]:
-    import os
-
-    return os.listdir(path)
-
 
 def test_reboot_without_lock_drops_keys_and_unlock_restores_them(device):
     """S8: power loss — nothing runs `device lock`; every mount goes (the persist partition too, which
     drops every key from the kernel) and the TPM restarts. Status says locked; unlock restores."""
-    import subprocess
-
-    from enforcer import blockdev
-    from vp_helpers import mounts_under
-
     assert device.apply(make_plan([vault("config", limit=8 << 20), vault("img")])).returncode == 0
     for name in ("config", "img"):
         (device.path(f"/persist/vault/{name}") / "f").write_text(name)
@@ -277,8 +266,6 @@ def test_reboot_without_lock_drops_keys_and_unlock_restores_them(device):
 
 def test_a_bad_sealed_blob_or_a_refusing_tpm_destroys_nothing(device):
     """S20: an apply that cannot unseal never wipes or re-keys the vault; the data waits, intact."""
-    import os
-
     from enforcer.tpm import Tpm
 
     plan = make_plan([vault("config"), vault("img", limit=8 << 20)])
@@ -325,8 +312,6 @@ def test_a_bad_sealed_blob_or_a_refusing_tpm_destroys_nothing(device):
 def test_lock_reports_failed_when_the_key_cannot_be_reached(device):
     """S7 `failed`: a filesystem mounted over the vault path hides the vault's filesystem from lock;
     it says so instead of claiming success, and locks once the path is back."""
-    import subprocess
-
     assert device.apply(make_plan([vault("img")])).returncode == 0
     path = device.path("/persist/vault/img")
     identifier = bytes.fromhex(StateDir(device.state).sealed("img")["key_identifier"])

@@ -185,8 +185,8 @@ def _apply(args, state, root) -> int:
                                managed=state.records())
     except PlanRejected as exc:
         state.set_condition("plan", False, exc.reason, f"refused {args.signed}: {exc.message}", now)
-        raise PlanRejected(exc.reason, f"plan refused ({_tag(exc.reason)}): {exc.message}; the applied plan stays "
-                           "in force", exc.hint or f"see `vaultpolicy explain {code_for(exc.reason)}`"
+        raise PlanRejected(exc.reason, f"plan {args.signed} refused ({_tag(exc.reason)}): {exc.message}; "
+                           "the applied plan stays in force", exc.hint or f"see `vaultpolicy explain {code_for(exc.reason)}`"
                            if code_for(exc.reason) else exc.hint) from None
     plan = verified.plan
 
