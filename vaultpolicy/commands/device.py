@@ -4,8 +4,8 @@
 (docs/attestation.md) and re-seals them to the current PCRs, so the next boot unlocks locally.
 
 Every command reads the kernel and the TPM; none trusts a message of its own from an earlier run.
-Exit codes: 0 success, 1 refused plan or a vault that failed, 3 (DRIFT) when `status` finds the device
-different from the plan.
+Exit codes: 0 success, 1 refused plan, a vault that failed or bad input, 3 (DRIFT) when `status` finds
+the device different from the plan or the last plan offered was refused.
 """
 
 from __future__ import annotations
