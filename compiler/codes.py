@@ -144,6 +144,14 @@ NO_LIMIT = register(
     "account for it. Give it a limit.",
     'device { capacity 64GiB }\nvault logs { path "/persist/logs" }   # warning: no limit',
 )
+LIMIT_TOO_SMALL = register(
+    "VP0403",
+    "vault limit below the device's minimum",
+    "A vault with a limit gets its own ext4 filesystem image on the device, and an image smaller "
+    "than 8 MiB leaves almost no room once the journal is laid out, so the device refuses to make "
+    "it and the vault stays in drift. Give the vault at least 8MiB, or no limit at all.",
+    'vault scratch { path "/persist/clear/scratch"; encryption none; limit 4MiB }   # error: at least 8MiB',
+)
 
 # --- VP05xx PCRs and attestation ----------------------------------------------------------------
 PCR_OUT_OF_RANGE = register(

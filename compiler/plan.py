@@ -22,6 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SCHEMA_VERSION = "1.0"
 SCHEMA_MAJOR = 1
 
+# The smallest vault limit the device can honour: each limited vault gets its own ext4 image, and a
+# smaller one with a journal leaves almost no room. The compiler refuses smaller limits (VP0403)
+# so a plan never asks for what the device must refuse.
+MIN_VAULT_LIMIT_BYTES = 8 * 1024 * 1024
+
 Encryption = Literal["aes-256-xts", "adiantum", "none"]
 OnRemove = Literal["retain", "destroy"]
 PcrBank = Literal["sha1", "sha256", "sha384", "sha512"]

@@ -41,10 +41,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from compiler.plan import MIN_VAULT_LIMIT_BYTES
 from vaultpolicy.errors import BackendUnavailable, DeviceError
 
 BLOCK_SIZE = 4096
-MIN_IMAGE_BYTES = 8 * 1024 * 1024  # smaller ext4 images with a journal leave almost no room
+MIN_IMAGE_BYTES = MIN_VAULT_LIMIT_BYTES  # one constant with the compiler, which refuses smaller limits
 _EXT4_MAGIC_OFFSET = 1024 + 0x38
 _EXT4_MAGIC = b"\x53\xef"
 _MOUNT_OPTIONS = "loop,nodev,nosuid"

@@ -8,6 +8,7 @@ from policy_lang.diagnostics import Diagnostic, error, warning
 
 from .. import codes
 from ..model import Model
+from ..plan import MIN_VAULT_LIMIT_BYTES
 from ..units import format_size
 
 
@@ -42,4 +43,18 @@ def unlimited_vaults(model: Model) -> Iterator[Diagnostic]:
             )
 
 
-RULES = (total_limits, unlimited_vaults)
+def limits_too_small(model: Model) -> Iterator[Diagnostic]:
+    for vault in model.vaults.values():
+        limit = vault.limit_bytes
+        if limit.value is not None and limit.value < MIN_VAULT_LIMIT_BYTES and limit.span is not None:
+            yield error(
+                codes.LIMIT_TOO_SMALL,
+                f"vault `{vault.name.value}` has a limit of {format_size(limit.value)}, below the device's "
+                f"minimum of {format_size(MIN_VAULT_LIMIT_BYTES)}",
+                limit.span,
+                f"raise the limit to at least {format_size(MIN_VAULT_LIMIT_BYTES)} (the device makes each limited "
+                "vault its own filesystem image), or remove it",
+            )
+
+
+RULES = (total_limits, unlimited_vaults, limits_too_small)

@@ -64,6 +64,11 @@ CASES = {
         'device { capacity 8GiB }\nvault config { limit 1GiB }\nvault images { limit 1GiB }\nvault logs { path "/persist/logs" }\n',
         [("VP0402", 4, 7)],
     ),
+    "VP0403 limit below the device minimum": (
+        'vault scratch { path "/persist/clear/s"  encryption none  limit 4MiB }\n',
+        [("VP0403", 1, 65)],
+    ),
+    "VP0403 the minimum itself is fine": ('vault scratch { path "/persist/clear/s"  encryption none  limit 8MiB }\n', []),
     # --- PCRs and attestation
     "VP0503 PCR 5": ("vault data { seal pcrs 0, 4, 5, 7 }\n", [("VP0503", 1, 30)]),
     "VP0504 PCR 1": ("vault data { seal pcrs 0, 1, 4, 7 }\n", [("VP0504", 1, 27)]),
@@ -192,3 +197,10 @@ def test_clean_example_policy_has_no_diagnostics(check_text):
     import compiler
 
     assert list(compiler.check(result.policy)) == []
+
+
+def test_the_compiler_and_the_device_share_one_minimum_limit():
+    from compiler.plan import MIN_VAULT_LIMIT_BYTES
+    from enforcer import blockdev
+
+    assert blockdev.MIN_IMAGE_BYTES == MIN_VAULT_LIMIT_BYTES

@@ -45,12 +45,12 @@ def _compile_errors(lang, source: str):
 
 
 def test_duplicate_vault_is_reported_by_check_at_the_second_name(lang):
-    errors = _compile_errors(lang, "vault scratch { limit 1MiB }\nvault scratch { limit 2MiB }\n")
+    errors = _compile_errors(lang, "vault scratch { limit 16MiB }\nvault scratch { limit 32MiB }\n")
     assert [lang.where(d) for d in errors] == [("VP0102", 2, 7)]
 
 
 def test_unknown_vault_in_an_app_suggests_the_closest(lang):
-    errors = _compile_errors(lang, "vault scratch { limit 1MiB }\napp cam {\n  vault scrach\n}\n")
+    errors = _compile_errors(lang, "vault scratch { limit 16MiB }\napp cam {\n  vault scrach\n}\n")
     assert [lang.where(d) for d in errors] == [("VP0101", 3, 9)]
     assert "scratch" in errors[0].help
 
