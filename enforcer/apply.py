@@ -253,6 +253,8 @@ class Applier:
         record = self.state.records()[name]
         if record.on_remove != "destroy":  # the record, written from a signed plan, is the only licence
             raise DeviceError("refusing to destroy a vault whose plan did not say `destroy`", vault=name)
+        if record.protected:  # verify refuses such a plan; this keeps the rule where the data dies too (S16)
+            raise DeviceError("refusing to destroy a protected vault", vault=name)
         where = self._layout(name, record.path)
         sealed = self.state.sealed(name)
         if sealed is not None and where.path.is_dir():

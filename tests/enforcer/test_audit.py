@@ -180,6 +180,10 @@ def test_bad_state_dir_and_trust_file_are_named_not_internal_errors(device):
         result = _vaultpolicy("device", command, "--state-dir", str(absent))
         assert result.returncode == 1 and "no plan has been applied" in result.stderr, (command, result.stderr)
         assert not absent.exists(), f"{command} created the state dir"
+    absent.mkdir()
+    for command in ("status", "unlock", "gate"):
+        result = _vaultpolicy("device", command, *(["app"] if command == "gate" else []), "--state-dir", str(absent))
+        assert result.returncode == 1 and "no plan has been applied" in result.stderr, (command, result.stderr)
 
     policy = device.work / "some.vpol"
     policy.write_text('vault config { path "/persist/vault/config" }\n')

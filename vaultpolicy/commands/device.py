@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if root is not None and not root.is_dir():
         raise InputError(f"--root {args.root}: not a directory")
     command = args.command[1]
-    check_state_dir(state, args, creates=command == "apply")
+    check_state_dir(state, args, command)
     handler = {"apply": _apply, "status": _status, "unlock": _unlock, "lock": _lock, "gate": _gate}[command]
     if command in ("status", "gate"):  # read-only
         return handler(args, state, root)
@@ -83,14 +83,18 @@ def _read(path: str, what: str) -> bytes:
         raise InputError(f"cannot read {what} `{path}`: {exc.strerror or exc}") from None
 
 
-def check_state_dir(state, args, creates: bool) -> None:
-    """`--state-dir` must be a directory; only `apply` may create it (the others need an applied plan)."""
+def check_state_dir(state, args, command: str) -> None:
+    """`--state-dir` must be a directory. Only `apply` may create it; `lock` needs vault records, the
+    others an applied plan — asked before the trust root, so an empty state dir says what is missing."""
     from enforcer.unlock import NoAppliedPlan
 
     if state.root.exists() and not state.root.is_dir():
         raise InputError(f"--state-dir {args.state_dir}: not a directory")
-    if not creates and not state.root.exists():
-        raise NoAppliedPlan(f"no plan has been applied: the state dir {state.root} does not exist",
+    if command == "apply":
+        return
+    if not state.root.exists() or (command != "lock" and state.applied_envelope() is None):
+        where = "does not exist" if not state.root.exists() else "holds none"
+        raise NoAppliedPlan(f"no plan has been applied: the state dir {state.root} {where}",
                             hint="run `vaultpolicy device apply` first, or pass the --state-dir it used")
 
 
