@@ -32,6 +32,7 @@ TPMRM_DEVICE = "/dev/tpmrm0"
 _HOST = "127.0.0.1"
 _START_ATTEMPTS = 5
 _READY_TIMEOUT_S = 10.0
+_ALIVE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -123,7 +124,9 @@ class Swtpm:
         if not cmdline or not cmdline[0].endswith(b"swtpm") or f"dir={self.state_dir}".encode() not in cmdline:
             return False  # the pid was reused by another process
         try:
-            with socket.create_connection((_HOST, self.ctrl_port), timeout=1):
+            # Generous: on a loaded machine swtpm may take a while to accept; a false "dead" here
+            # would start a second instance on the same state.
+            with socket.create_connection((_HOST, self.ctrl_port), timeout=_ALIVE_TIMEOUT_S):
                 return True
         except OSError:
             return False
