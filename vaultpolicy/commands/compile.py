@@ -6,7 +6,7 @@ Diagnostics are printed like `check`; with any error no plan is written.
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from compiler import BuildOptions, compile_policy
 from compiler.files import load_plan, parse_duration, plan_payload, read_input, write_output
@@ -26,6 +26,10 @@ def add_arguments(parser, key) -> None:
     parser.add_argument("--issued-at", metavar="TIME", help="RFC 3339 UTC time, e.g. 2026-01-31T12:00:00Z (default: now)")
 
 
+# Plans are RFC 8785 JSON, whose integers are exact only up to 2**53 - 1 (IEEE doubles).
+_MAX_PLAN_VERSION = 2**53 - 1
+
+
 def _issued_at(text: str | None) -> datetime:
     if text is None:
         return datetime.now(timezone.utc)
@@ -33,6 +37,28 @@ def _issued_at(text: str | None) -> datetime:
         return parse_time(text)
     except ValueError as exc:
         raise InputError(f"--issued-at: {exc}") from None
+
+
+def _valid_for(text: str, issued_at: datetime) -> int:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise InputError(f"--valid-for: `{text}` would make the plan expire as it is issued",
+                         hint="give a positive duration, e.g. `30d`")
+    try:
+        issued_at + timedelta(seconds=seconds)
+    except OverflowError:
+        raise InputError(f"--valid-for: `{text}` after --issued-at {issued_at:%Y-%m-%dT%H:%M:%SZ} ends after the year 9999",
+                         hint="give a shorter duration or an earlier --issued-at") from None
+    return seconds
+
+
+def _targets(values: list[str]) -> tuple[str, ...]:
+    for target in values:
+        name = target.removeprefix("class:")
+        if not name.strip() or name != name.strip():
+            raise InputError(f"--target: `{target}` is not a device id or `class:NAME`",
+                             hint="a target is a non-empty name without surrounding spaces")
+    return tuple(values)
 
 
 def _versions(args) -> tuple[int, str | None]:
@@ -54,10 +80,11 @@ def _versions(args) -> tuple[int, str | None]:
 
 def run(args) -> int:
     version, prev_digest = _versions(args)
-    if version < 1:
-        raise InputError(f"plan version {version} must be 1 or more")
+    if not 1 <= version <= _MAX_PLAN_VERSION:
+        raise InputError(f"--plan-version: {version} must be between 1 and {_MAX_PLAN_VERSION}")
     issued_at = _issued_at(args.issued_at)
-    valid_for = parse_duration(args.valid_for)
+    valid_for = _valid_for(args.valid_for, issued_at)
+    targets = _targets(args.target)
     policy, sources, diagnostics = load_policy(args.file)
     if policy is None or diagnostics.has_errors():
         print_diagnostics(diagnostics, sources)
@@ -68,7 +95,7 @@ def run(args) -> int:
         valid_for_seconds=valid_for,
         source_sha256=source_sha256(sources, args.file),
         prev_plan_sha256=prev_digest,
-        targets=tuple(args.target),
+        targets=targets,
     )
     plan, compile_diagnostics = compile_policy(policy, options)
     diagnostics.extend(compile_diagnostics)
