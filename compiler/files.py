@@ -9,6 +9,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from policy_lang.load import UnreadableInput, read_input_file
 from vaultpolicy.errors import InputError, PlanRejected
 
 from .plan import Plan, PlanFormatError, decode_plan
@@ -19,9 +20,11 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def read_input(path: str | Path, what: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_input_file(path)
     except OSError as exc:
         raise InputError(f"cannot read {what} `{path}`: {exc.strerror or exc}") from None
+    except UnreadableInput as exc:
+        raise InputError(f"cannot read {what} `{path}`: it {exc}") from None
 
 
 def write_output(path: str | Path, data: bytes, mode: int = 0o644) -> None:

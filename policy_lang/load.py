@@ -8,6 +8,7 @@ it. Merged items keep the spans of the file they were written in.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 
 from . import ast
@@ -28,19 +29,57 @@ class LoadResult:
     broken_blocks: list[Block] = field(default_factory=list)
 
 
-def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
-    """UTF-8 text (a leading BOM dropped); undecodable bytes become one diagnostic and U+FFFD."""
+# Far above any real policy (the 2,000-vault benchmark policy is under 1 MiB), far below what would
+# exhaust memory: `check /dev/zero` or a disk image given by mistake is refused before it is read.
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+
+
+class UnreadableInput(ValueError):
+    """A file that is not a regular file or is too large to be a policy, plan or key; says which."""
+
+
+def read_input_file(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. Raises OSError (cannot open) or
+    UnreadableInput. Opened non-blocking so a FIFO is refused instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        return data.decode("utf-8-sig"), Diagnostics()
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+            raise UnreadableInput(f"is {kind}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)  # the size may have changed since fstat
+    if len(data) > limit:
+        raise UnreadableInput(f"is larger than {limit // (1 << 20)} MiB, far more than any policy, plan or key")
+    return data
+
+
+def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
+    """UTF-8 text (a leading BOM dropped), or "" and one error at the first byte that is not text:
+    invalid UTF-8 or a NUL (a binary file would otherwise give an error at every stray token)."""
+    nul = data.find(b"\x00")
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        text = data.decode("utf-8-sig", errors="replace")
-        prefix = data[:exc.start].decode("utf-8-sig", errors="replace")
-        line = prefix.count("\n") + 1
-        column = len(prefix) - (prefix.rfind("\n") + 1) + 1
-        span = Span(file=file, line=line, column=column, end_line=line, end_column=column + 1,
-                    start_pos=len(prefix), end_pos=len(prefix) + 1)
-        return text, Diagnostics([error(codes.INVALID_UTF8, f"byte 0x{data[exc.start]:02x} is not valid UTF-8",
-                                        span, help="save the policy as UTF-8 text")])
+        bad, reason = exc.start, f"byte 0x{data[exc.start]:02x} is not valid UTF-8"
+    else:
+        if nul < 0:
+            return text, Diagnostics()
+        bad = len(data)
+    if 0 <= nul < bad:
+        bad, reason = nul, "a NUL byte (0x00) is not text"
+    prefix = data[:bad].decode("utf-8-sig", errors="replace")
+    line = prefix.count("\n") + 1
+    column = len(prefix) - (prefix.rfind("\n") + 1) + 1
+    span = Span(file=file, line=line, column=column, end_line=line, end_column=column + 1,
+                start_pos=len(prefix), end_pos=len(prefix) + 1)
+    # The text up to the bad byte, so the error renders with its source line.
+    return prefix + "\n", Diagnostics([error(codes.INVALID_UTF8, f"{reason}; this does not look like a policy file",
+                                             span, help="policies are UTF-8 text; save the file as UTF-8 or "
+                                                        "check that you named the right file")])
 
 
 def parse_partial(text: str, file: str) -> tuple[ast.Policy, Diagnostics, list[Block]]:
@@ -84,17 +123,18 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
         return []
     done.add(key)
     try:
-        with open(file, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        result.diagnostics.append(error(codes.INCLUDE_NOT_FOUND, f"cannot read `{file}`: {reason.lower()}", included_at,
+        data = read_input_file(file)
+    except (OSError, UnreadableInput) as exc:
+        reason = (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else str(exc)
+        result.diagnostics.append(error(codes.INCLUDE_NOT_FOUND, f"cannot read `{file}`: {reason}", included_at,
                                         help="paths in `include` are relative to the including file"
                                         if included_at else None))
         return None
     text, diags = decode(data, file)
     result.sources[file] = text
-    result.diagnostics.extend(diags)
+    if diags:  # not text: parsing it would only add an error per stray byte
+        result.diagnostics.extend(diags)
+        return None
     # Includes of a broken file are still followed, so their errors show up in the same run.
     policy, parse_diags, broken = parse_partial(text, file)
     result.diagnostics.extend(parse_diags)

@@ -93,9 +93,10 @@ REPEATED_SETTING = register(
     "vault config { limit 16MiB limit 32MiB }",
 )
 INVALID_UTF8 = register(
-    "VP0017", "file is not UTF-8",
-    "Policy files are UTF-8 text. The file contains a byte sequence that is not valid UTF-8 at the "
-    "given position, often from a binary file or another encoding.",
+    "VP0017", "file is not UTF-8 text",
+    "Policy files are UTF-8 text. The file contains a byte sequence that is not valid UTF-8, or a "
+    "NUL byte, at the given position: often a binary file named by mistake, or another encoding. "
+    "Only the first such byte is reported and the file is not parsed further.",
     "(a policy saved as Latin-1 with a `é` in a comment)",
 )
 EMPTY_REASON = register(
@@ -113,7 +114,8 @@ FORMAT_CHANGED_MEANING = register(
 )
 INCLUDE_NOT_FOUND = register(
     "VP0020", "file cannot be read",
-    "A policy file, or a file named by `include`, does not exist or cannot be read. Paths in "
+    "A policy file, or a file named by `include`, does not exist, cannot be read, is not a regular "
+    "file (a directory or a device such as /dev/zero) or is larger than 16 MiB. Paths in "
     "`include` are relative to the file that contains the `include`.",
     'include "vaults/missing.vpol"',
 )

@@ -48,7 +48,7 @@ def _commands(f) -> dict[str, list[str]]:
 def _absurd(f) -> list[str]:
     return [
         "", " ", "-1", "0", "99999999999999999999999999", "99999999d", "0s", "9999-12-31T23:59:59Z",
-        "0000-00-00T00:00:00Z", "x" * 5000, "/", str(f["dir"]), "/nonexistent/nowhere", "/dev/null",
+        "0000-00-00T00:00:00Z", "x" * 5000, "/", str(f["dir"]), "/nonexistent/nowhere", "/dev/null", "/dev/zero",
         "VP", "class:", "%s%n{}", "\N{SNOWMAN}",
     ]
 

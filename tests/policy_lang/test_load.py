@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from policy_lang import ast, load
+from policy_lang.diagnostics import render_text
+from policy_lang.load import MAX_INPUT_BYTES
 
 
 def test_includes_are_merged_in_place_with_their_own_spans(tmp_path):
@@ -55,3 +61,33 @@ def test_errors_in_included_files_are_reported_with_their_file(tmp_path):
     (tmp_path / "b.vpol").write_text("vault y { limt 1MiB }\n")
     files = sorted(d.span.file.rsplit("/", 1)[1] for d in load(tmp_path / "a.vpol").diagnostics)
     assert files == ["a.vpol", "b.vpol"]
+
+
+def test_not_a_regular_file_is_one_error_without_reading_it(tmp_path):
+    fifo = tmp_path / "pipe.vpol"
+    os.mkfifo(fifo)  # opening a FIFO for reading would wait for a writer forever
+    for path in ("/dev/zero", fifo, tmp_path):
+        [d] = load(path).diagnostics
+        assert d.code == "VP0020" and "not a regular file" in d.message and d.span is None
+
+
+def test_a_file_over_16_mib_is_one_error(tmp_path):
+    big = tmp_path / "big.vpol"
+    with open(big, "wb") as handle:
+        handle.truncate(MAX_INPUT_BYTES + 1)
+    [d] = load(big).diagnostics
+    assert d.code == "VP0020" and "larger than 16 MiB" in d.message
+
+
+@pytest.mark.parametrize("data,line,column,byte", [
+    (b"vault v {\n  limit 16MiB\x00\x00\x00 }\n" + b"\x00\xff" * 500, 2, 14, "NUL"),
+    (b"\x7fELF\x02\x01\x01\x00\x00" + bytes(range(256)) * 4, 1, 8, "NUL"),
+    (b"vault v {\n  path \"/p\xe9\"\n}\n\x00", 2, 11, "0xe9"),
+])
+def test_a_binary_file_is_one_error_at_the_first_bad_byte(tmp_path, data, line, column, byte):
+    (tmp_path / "bin.vpol").write_bytes(data)
+    result = load(tmp_path / "bin.vpol")
+    [d] = result.diagnostics
+    assert (d.code, d.span.line, d.span.column) == ("VP0017", line, column) and byte in d.message
+    assert result.policy is None
+    render_text(result.diagnostics, result.sources)

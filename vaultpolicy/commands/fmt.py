@@ -8,7 +8,7 @@ import tempfile
 
 from policy_lang import format_text
 from policy_lang.diagnostics import DiagnosticsError, render_text
-from policy_lang.load import decode
+from policy_lang.load import UnreadableInput, decode, read_input_file
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError
 
@@ -38,10 +38,11 @@ def run(args) -> int:
     failed = unformatted = False
     for path in args.files:
         try:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            data = read_input_file(path)
         except OSError as exc:
             raise InputError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
+        except UnreadableInput as exc:
+            raise InputError(f"cannot read `{path}`: it {exc}") from None
         text, decode_errors = decode(data, path)
         try:
             if decode_errors:
