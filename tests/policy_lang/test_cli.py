@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -52,6 +53,20 @@ def test_fmt_check_names_unformatted_files_and_writes_nothing(lang, tmp_path):
     code, out, _ = lang.cli("fmt", messy)
     assert code == 0 and messy.read_text() == 'vault v {\n  limit 1MiB\n  path "/p"\n}  # keep me\n'
     assert lang.cli("fmt", "--check", messy)[0] == 0
+
+
+def test_fmt_through_a_symlink_formats_the_target_and_keeps_the_link(lang, tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "policy.vpol"
+    target.write_text("vault v{limit 16MiB}  # keep me\n")
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.vpol"
+    link.symlink_to(os.path.join("real", "policy.vpol"))
+    code, out, _ = lang.cli("fmt", link)
+    assert (code, out.strip()) == (0, f"formatted {link}")
+    assert link.is_symlink() and os.readlink(link) == os.path.join("real", "policy.vpol")
+    assert target.read_text() == "vault v { limit 16MiB }  # keep me\n" and (target.stat().st_mode & 0o777) == 0o640
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["policy.vpol"]  # no temporary file left
 
 
 def test_fmt_refuses_a_file_with_errors(lang, tmp_path):

@@ -20,7 +20,10 @@ def add_arguments(parser, key) -> None:
 
 
 def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
+    """Replace the file `path` names; through a symlink, the file it points to (as black and gofmt
+    do): renaming over the link itself would turn it into a copy and leave its target unformatted."""
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fmt-", suffix=".vpol")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
