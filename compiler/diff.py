@@ -20,10 +20,22 @@ class Action(StrEnum):
     CREATE = "create"
     UPDATE = "update"
     REPLACE = "replace"
-    DESTROY = "destroy"
+    REMOVE = "remove"  # leaves the plan and nothing is destroyed (a vault with `on_remove retain`)
+    DESTROY = "destroy"  # leaves the plan and its data is erased (`on_remove destroy`)
 
 
-MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.DESTROY: "-"}
+MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.REMOVE: "-", Action.DESTROY: "-"}
+
+# What the device does with a vault that leaves the plan with `retain` (docs/enforcer.md, "orphan").
+RETAINED = "retain: locked, key kept, reported orphaned"
+
+# A thing that leaves the plan is shown by what identifies it, not by a field diff of absent values.
+_IDENTIFYING = {
+    "vault": ("path", "encryption", "on_remove"),
+    "attestation": ("bank", "pcrs"),
+    "app": ("vault",),
+    "component": ("stores",),
+}
 
 
 class Impact(StrEnum):
@@ -57,9 +69,10 @@ class Change:
     action: Action
     marker: str
     impact: Impact
-    fields: tuple[FieldChange, ...]
+    fields: tuple[FieldChange, ...]  # a created thing: its new values; a removed one: what identifies it
     affected_apps: tuple[str, ...]
     blocked: str | None = None  # why the device would refuse the plan because of this change
+    note: str | None = None  # what the device does beyond the action's name (RETAINED)
 
 
 @dataclass(frozen=True)
@@ -80,11 +93,13 @@ class ChangeSet:
         return sum(1 for c in self.changes if c.action == action)
 
 
-def _field_changes(old: PlanModel | None, new: PlanModel | None) -> tuple[FieldChange, ...]:
+def _field_changes(kind: str, old: PlanModel | None, new: PlanModel | None) -> tuple[FieldChange, ...]:
     before = old.model_dump(mode="json") if old is not None else {}
     after = new.model_dump(mode="json") if new is not None else {}
     before.pop("name", None)
     after.pop("name", None)
+    if new is None:
+        before = {key: before[key] for key in _IDENTIFYING[kind]}
     return tuple(_leaf_changes("", before, after))
 
 
@@ -112,19 +127,20 @@ def _apps_using(vault: str, *plans: Plan) -> tuple[str, ...]:
 
 
 def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan: Plan) -> Change | None:
-    fields = _field_changes(old, new)
+    fields = _field_changes("vault", old, new)
     if old is not None and new is not None and not fields:
         return None
     name = (new or old).name
-    blocked = None
+    blocked = note = None
     protected = old is not None and (old.protected or name in old_plan.protected)
     if old is None:
         action, impact = Action.CREATE, Impact.NONE
-    elif new is None:
-        action = Action.DESTROY
-        impact = Impact.DESTROYS_DATA if old.on_remove == "destroy" else Impact.NONE
-        if protected and old.on_remove == "destroy":
+    elif new is None and old.on_remove == "destroy":
+        action, impact = Action.DESTROY, Impact.DESTROYS_DATA
+        if protected:
             blocked = f"vault `{name}` is protected: the device refuses a plan that destroys it"
+    elif new is None:
+        action, impact, note = Action.REMOVE, Impact.NONE, RETAINED
     else:
         changed = {f.field.split(".")[0] for f in fields}
         impacts = []
@@ -140,14 +156,18 @@ def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan
         action = Action.REPLACE if changed & {"encryption", "path"} else Action.UPDATE
         if protected and "encryption" in changed:
             blocked = f"vault `{name}` is protected: the device refuses a plan that changes its encryption"
-    return Change("vault", name, action, MARKERS[action], impact, fields, _apps_using(name, old_plan, new_plan), blocked)
+        elif protected and new.on_remove == "destroy" and old.on_remove != "destroy":
+            blocked = f"vault `{name}` is protected: the device refuses a plan that sets `on_remove destroy` on it"
+    apps = _apps_using(name, old_plan, new_plan)
+    return Change("vault", name, action, MARKERS[action], impact, fields, apps, blocked, note)
 
 
 def _simple_change(kind: str, old, new, affected: tuple[str, ...], impact: Impact = Impact.NONE) -> Change | None:
-    fields = _field_changes(old, new)
+    """Apps, components and attestations hold no data: leaving the plan removes, never destroys."""
+    fields = _field_changes(kind, old, new)
     if old is not None and new is not None and not fields:
         return None
-    action = Action.CREATE if old is None else Action.DESTROY if new is None else Action.UPDATE
+    action = Action.CREATE if old is None else Action.REMOVE if new is None else Action.UPDATE
     return Change(kind, (new or old).name, action, MARKERS[action], impact, fields, affected)
 
 
@@ -159,7 +179,7 @@ def _pairs(old_items, new_items):
 
 
 def _device_change(old: Plan, new: Plan) -> Change | None:
-    fields = _field_changes(old.device, new.device)
+    fields = _field_changes("device", old.device, new.device)
     fields += _field_changes_of("targets", old.targets, new.targets)
     if not fields:
         return None

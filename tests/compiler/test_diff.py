@@ -21,6 +21,7 @@ vault scratch { path "/persist/scratch"  encryption none }
 app historian { vault data }
 app camera { vault scratch }
 """
+WITHOUT_DATA = BASE.replace('vault data { path "/persist/data"  limit 1GiB }\n', "").replace("vault data", "vault scratch")
 
 CASES = {
     "none": (BASE, BASE.replace("limit 1GiB", "limit 2GiB")),
@@ -28,10 +29,8 @@ CASES = {
     "rekey": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  rotate every 30d")),
     "re-encrypt": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  encryption adiantum")),
     "decrypts-data": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  encryption none")),
-    "destroys-data": (
-        BASE.replace("limit 1GiB", "limit 1GiB  on_remove destroy"),
-        BASE.replace('vault data { path "/persist/data"  limit 1GiB }\n', "").replace("vault data", "vault scratch"),
-    ),
+    "destroys-data": (BASE.replace("limit 1GiB", "limit 1GiB  on_remove destroy"), WITHOUT_DATA),
+    "remove-retain": (BASE, WITHOUT_DATA),
     "create": (BASE, BASE + 'vault logs { path "/persist/logs"  limit 64MiB }\napp logger { vault logs }\n'),
     "blocked-replace": (BASE, BASE + "vault config { encryption adiantum }\n"),
 }
@@ -71,6 +70,7 @@ def test_golden_text_and_json(cli, tmp_path, monkeypatch, case):
         ("re-encrypt", "data", "-/+", "re-encrypt"),
         ("decrypts-data", "data", "-/+", "decrypts data"),
         ("destroys-data", "data", "-", "destroys data"),
+        ("remove-retain", "data", "-", "none"),
         ("create", "logs", "+", "none"),
     ],
 )
@@ -98,6 +98,48 @@ def test_blocked_destroy_of_a_protected_vault_inside_a_full_diff(cli, tmp_path, 
     _golden("blocked-destroy.txt", text)
     assert "-   vault data  (destroy; data impact: destroys data)  BLOCKED" in text
     assert "~   app historian" in text  # the rest of the diff is still rendered
+
+
+def test_a_vault_leaving_with_retain_is_removed_not_destroyed_in_every_format(cli, tmp_path, monkeypatch):
+    """The device locks it, keeps its sealed key and reports it orphaned (docs/enforcer.md)."""
+    text = _diff(cli, tmp_path, monkeypatch, *CASES["remove-retain"])[1]
+    assert "-   vault data  (remove, retain: locked, key kept, reported orphaned; data impact: none)\n" in text
+    assert "destroy" not in text.replace("0 to destroy", "")
+    markdown = cli("diff", "old.vpol", "new.vpol", "--format", "markdown")[1]
+    html = cli("diff", "old.vpol", "new.vpol", "--format", "html")[1]
+    assert "| `-` | vault | `data` | remove (retain: locked, key kept, reported orphaned) | none | historian |" in markdown
+    assert "- `path`: `\"/persist/data\"`\n" in markdown and "seal" not in markdown
+    assert ">remove (retain: locked, key kept, reported orphaned)" in html and "seal" not in html
+    [vault] = [c for c in json.loads(cli("diff", "old.vpol", "new.vpol", "--format", "json")[1])["changes"] if c["kind"] == "vault"]
+    assert (vault["action"], vault["note"], vault["blocked"]) == ("remove", "retain: locked, key kept, reported orphaned", None)
+    assert [f["field"] for f in vault["fields"]] == ["encryption", "on_remove", "path"]  # what identifies it, no absent values
+
+
+def test_removed_apps_and_components_are_removed_not_destroyed(cli, tmp_path, monkeypatch):
+    old = BASE + 'component agent { stores "/persist/data/agent" sensitive }\n'
+    text = _diff(cli, tmp_path, monkeypatch, old, BASE.replace("app camera { vault scratch }\n", ""))[1]
+    assert "-   app camera  (remove; data impact: none)\n      vault: \"scratch\"\n" in text
+    assert "-   component agent  (remove; data impact: none)\n      stores: " in text
+    assert text.endswith("0 to create, 0 to update, 0 to replace, 2 to remove, 0 to destroy\n")
+
+
+def test_protected_vault_leaving_with_retain_is_not_blocked(cli, tmp_path, monkeypatch):
+    """The device allows it (enforcer/verify.py): the vault stays, locked, its key kept."""
+    monkeypatch.chdir(tmp_path)
+    _compile(cli, BASE.replace("limit 1GiB", "limit 1GiB  protected"), "old")
+    _compile(cli, WITHOUT_DATA, "new")
+    [vault] = [c for c in json.loads(cli("diff", "old.json", "new.json", "--format", "json")[1])["changes"] if c["kind"] == "vault"]
+    assert (vault["action"], vault["impact"], vault["blocked"]) == ("remove", "none", None)
+
+
+def test_switching_a_protected_vault_to_on_remove_destroy_is_blocked(cli, tmp_path, monkeypatch):
+    """Protection is sticky on the device: dropping `protected` does not allow `on_remove destroy`."""
+    monkeypatch.chdir(tmp_path)
+    _compile(cli, BASE.replace("limit 1GiB", "limit 1GiB  protected"), "old")
+    _compile(cli, BASE.replace("limit 1GiB", "limit 1GiB  on_remove destroy"), "new")
+    code, text, _ = cli("diff", "old.json", "new.json")
+    assert code == 0 and "~   vault data  (update; data impact: none)  BLOCKED\n" in text
+    assert "blocked: vault `data` is protected: the device refuses a plan that sets `on_remove destroy` on it\n" in text
 
 
 def _compile(cli, text: str, stem: str) -> str:
