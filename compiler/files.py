@@ -3,9 +3,11 @@ and tell plans from signed envelopes. Every failure is an `InputError` naming th
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -28,10 +30,25 @@ def read_input(path: str | Path, what: str) -> bytes:
 
 
 def write_output(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Write, fsync, rename: a reader never sees half a file, a failure leaves the old one."""
-    target = Path(path)
+    """Write, fsync, rename: a reader never sees half a file, a failure leaves the old one.
+
+    A symlink is written through to its target. An existing device or FIFO (`-o /dev/null`, a pipe)
+    is written to in place: renaming over it would replace the node itself with a regular file."""
+    target = Path(os.path.realpath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
+        existing = os.stat(target)
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise InputError(f"cannot write `{path}`: {exc.strerror or exc}") from None
+    try:
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        if existing is not None and not stat.S_ISREG(existing.st_mode):
+            with open(target, "wb") as out:
+                out.write(data)
+            return
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
             os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as out:

@@ -3,6 +3,9 @@ result), never exit 70 (internal error) and never a traceback."""
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from vaultpolicy import status_codes
@@ -70,6 +73,9 @@ def test_no_option_value_gives_an_internal_error(cli, files, monkeypatch):
                 assert code != status_codes.INTERNAL, (name, line, err)
                 assert "Traceback" not in out + err and "internal error" not in err, (name, line, err)
                 assert code == status_codes.SUCCESS or (err + out).strip(), (name, line, "failed without saying why")
+    # `-o /dev/zero` once renamed a trust root over the device node, leaving /dev/zero a regular file
+    for device in ("/dev/null", "/dev/zero"):
+        assert stat.S_ISCHR(os.stat(device).st_mode), device
 
 
 @pytest.mark.parametrize("option,value", [
