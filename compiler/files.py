@@ -76,7 +76,11 @@ def is_envelope(data: bytes) -> bool:
         obj = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(obj, dict) and "payload_type" in obj
+    return _names_a_payload_type(obj)
+
+
+def _names_a_payload_type(document: object) -> bool:
+    return isinstance(document, dict) and "payload_type" in document
 
 
 def load_plan_envelope(data: bytes, source: str) -> Envelope:
@@ -90,9 +94,27 @@ def load_plan_envelope(data: bytes, source: str) -> Envelope:
     return envelope
 
 
+def _plan_json(data: bytes, source: str) -> object:
+    """The JSON of a file that must be a plan or a signed plan; one error at the place it goes wrong."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source}: not a plan: byte {exc.start} is not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        ends_early = not text[exc.pos :].strip()
+        reason = "JSON ends early" if ends_early else f"invalid JSON: {exc.msg[:1].lower()}{exc.msg[1:]}"
+        raise InputError(
+            f"{source}:{exc.lineno}:{exc.colno}: not a plan: {reason}",
+            hint="a plan is the JSON `vaultpolicy compile` writes; a signed plan, what `vaultpolicy sign` writes",
+        ) from None
+
+
 def plan_payload(data: bytes, source: str) -> bytes:
     """The plan bytes of a plan file or of a signed plan (whose signatures are NOT checked here)."""
-    return load_plan_envelope(data, source).payload if is_envelope(data) else data
+    signed = _names_a_payload_type(_plan_json(data, source))
+    return load_plan_envelope(data, source).payload if signed else data
 
 
 def load_plan(payload: bytes, source: str) -> Plan:

@@ -147,16 +147,20 @@ def decode_plan(payload: bytes) -> Plan:
         raise PlanFormatError(f"plan is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise PlanFormatError("plan is not a JSON object")
-    major = str(data.get("schema_version", "")).split(".")[0]
+    if data.get("schema_version") is None:
+        raise PlanFormatError("not a vaultpolicy plan: it has no `schema_version`")
+    major = str(data["schema_version"]).split(".")[0]
     if major != str(SCHEMA_MAJOR):
         raise PlanFormatError(
-            f"plan schema version `{data.get('schema_version')}` is not supported (this device knows {SCHEMA_MAJOR}.x)"
+            f"plan schema version `{data['schema_version']}` is not supported (this device knows {SCHEMA_MAJOR}.x)"
         )
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "missing":
+            raise PlanFormatError(f"plan has no `{where}` field") from None
         raise PlanFormatError(f"plan field `{where}`: {first['msg']}") from None
 
 

@@ -27,6 +27,7 @@ from vaultpolicy.errors import PlanRejected
 
 PLAN_PAYLOAD_TYPE = "application/vnd.vaultpolicy.plan.v1+json"
 TRUST_ROOT_PAYLOAD_TYPE = "application/vnd.vaultpolicy.trust-root.v1+json"
+_ENVELOPE_FIELDS = frozenset({"payload_type", "payload", "signatures"})
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -99,8 +100,12 @@ class Envelope:
             obj = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise malformed(f"not JSON ({exc.__class__.__name__}: {exc})") from None
-        if not isinstance(obj, dict) or set(obj) != {"payload_type", "payload", "signatures"}:
-            raise malformed("expected exactly the fields payload_type, payload, signatures")
+        if not isinstance(obj, dict):
+            raise malformed("not a JSON object")
+        if missing := sorted(_ENVELOPE_FIELDS - set(obj)):
+            raise malformed(f"no `{missing[0]}` field (an envelope has exactly payload_type, payload, signatures)")
+        if extra := sorted(set(obj) - _ENVELOPE_FIELDS):
+            raise malformed(f"unexpected field `{extra[0]}` (an envelope has exactly payload_type, payload, signatures)")
         if not isinstance(obj["payload_type"], str) or not isinstance(obj["payload"], str):
             raise malformed("payload_type and payload must be strings")
         if not isinstance(obj["signatures"], list):

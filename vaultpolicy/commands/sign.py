@@ -5,7 +5,7 @@ The envelope keeps the plan's exact bytes; signing never re-serializes them (S12
 
 from __future__ import annotations
 
-from compiler.files import is_envelope, load_plan, load_plan_envelope, read_input, write_output
+from compiler.files import is_envelope, load_plan, load_plan_envelope, plan_payload, read_input, write_output
 from compiler.signing import PLAN_PAYLOAD_TYPE, add_signature, key_id, load_private_key, sign
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected
@@ -41,7 +41,7 @@ def run(args) -> int:
             envelope = add_signature(envelope, private_key)
             already.add(key_id(private_key.public_key()))
     else:
-        load_plan(data, args.plan)  # refuse to sign something that is not a plan
+        load_plan(plan_payload(data, args.plan), args.plan)  # refuse to sign something that is not a plan
         envelope = sign(PLAN_PAYLOAD_TYPE, data, keys)
     write_output(args.output, envelope.to_bytes())
     signers = ", ".join(kid for kid, _ in envelope.signatures)

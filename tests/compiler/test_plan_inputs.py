@@ -1,0 +1,66 @@
+"""Every author/controller command that reads a plan or a signed plan (diff, compile --prev, plan show,
+sign) says in one error what is wrong with it: where broken JSON goes wrong, which field is missing.
+Never a policy parse of JSON, never `None`, never a traceback."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from compiler.signing import PLAN_PAYLOAD_TYPE
+
+POLICY = 'vault data { path "/persist/data" }\n'
+
+# Each command with the plan it reads at `{plan}`.
+COMMANDS = {
+    "diff old": ("diff", "{plan}", "a.vpol"),
+    "diff new": ("diff", "a.vpol", "{plan}"),
+    "compile --prev": ("compile", "a.vpol", "--prev", "{plan}", "-o", "out.json"),
+    "plan show": ("plan", "show", "{plan}"),
+    "sign": ("sign", "{plan}", "--key", "k", "-o", "out.signed"),
+}
+
+BAD_PLANS = {
+    "truncated plan": ('{"schema_version": 1, "vaults": [', "p.json:1:34: not a plan: JSON ends early"),
+    "truncated envelope": ('\n  {"payload_type": "x",', "p.json:2:24: not a plan: JSON ends early"),
+    "trailing comma": ('{"a": 1,}', "p.json:1:9: not a plan: invalid JSON: expecting property name"),
+    "JSON of something else": ('{"x": 1}', "p.json: not a vaultpolicy plan: it has no `schema_version`"),
+    "array": ("[1]", "p.json: plan is not a JSON object"),
+    "plan without a field": ('{"schema_version": "1.0"}', "p.json: plan has no `plan_version` field"),
+    "envelope without a field": (
+        json.dumps({"payload_type": PLAN_PAYLOAD_TYPE, "payload": ""}),
+        "p.json: malformed envelope: no `signatures` field",
+    ),
+    "envelope with an extra field": (
+        json.dumps({"payload_type": PLAN_PAYLOAD_TYPE, "payload": "", "signatures": [], "note": ""}),
+        "p.json: malformed envelope: unexpected field `note`",
+    ),
+    "envelope of something else": (
+        json.dumps({"payload_type": PLAN_PAYLOAD_TYPE, "payload": base64.b64encode(b'{"x": 1}').decode(), "signatures": []}),
+        "p.json: not a vaultpolicy plan: it has no `schema_version`",
+    ),
+}
+
+
+@pytest.fixture
+def workdir(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("a.vpol").write_text(POLICY)
+    assert cli("keygen", "-o", "k")[0] == 0
+    return tmp_path
+
+
+@pytest.mark.parametrize("bad", BAD_PLANS)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_bad_plan_is_one_error_naming_the_file_and_what_is_wrong(cli, workdir, command, bad):
+    content, expected = BAD_PLANS[bad]
+    Path("p.json").write_text(content)
+    code, out, err = cli(*(arg.format(plan="p.json") for arg in COMMANDS[command]))
+    assert code == 1 and out == ""
+    first = err.splitlines()[0]
+    assert first.startswith(f"error: {expected}"), err
+    assert "VP0001" not in err and "None" not in err and "Traceback" not in err
+    assert not Path("out.json").exists() and not Path("out.signed").exists()  # nothing written halfway
