@@ -128,6 +128,15 @@ END_TO_END_NOT_ATTESTED = register(
     "verify the device's boot before escrow release), not only to raw PCRs.",
     'vault data { seal pcrs 0, 4, 7 }\napp camera { vault data  protection end_to_end }   # error: use `seal boot`',
 )
+BUILTIN_UNENCRYPTED = register(
+    "VP0304",
+    "built-in vault without encryption",
+    "The built-in vaults `config` (device configuration) and `images` (mutated app images) are "
+    "encrypted on every device unless the policy opts out of one with a reason reviewers can read. "
+    "`encryption none` on one of them, or in `defaults` where it reaches them, would drop that "
+    "protection silently. Opt out with `disabled \"reason\"` instead, or keep the encryption.",
+    'vault images { encryption none }   # error: write `vault images { disabled "no apps on this device" }`',
+)
 
 # --- VP04xx capacity ----------------------------------------------------------------------------
 OVER_CAPACITY = register(

@@ -1,10 +1,11 @@
-"""Coverage: sensitive directories lie in encrypted vaults; end-to-end apps have attested, encrypted vaults."""
+"""Coverage: sensitive directories lie in encrypted vaults; end-to-end apps have attested, encrypted vaults;
+built-in vaults stay encrypted unless opted out with a reason."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from policy_lang.diagnostics import Diagnostic, error
+from policy_lang.diagnostics import Diagnostic, Span, error
 
 from .. import codes
 from ..model import Model
@@ -58,4 +59,29 @@ def end_to_end_apps(model: Model) -> Iterator[Diagnostic]:
             )
 
 
-RULES = (sensitive_stores, end_to_end_apps)
+def builtin_vaults_encrypted(model: Model) -> Iterator[Diagnostic]:
+    """`encryption none` on `config` or `images` (in its block or from `defaults`) is an opt-out
+    without a reason: one error per `encryption none` setting, at its `none`."""
+    unencrypted: dict[Span, list[str]] = {}
+    for vault in model.vaults.values():
+        if vault.builtin and not vault.encrypted and vault.encryption.span is not None:
+            unencrypted.setdefault(vault.encryption.span, []).append(vault.name.value)
+    for setting, names in unencrypted.items():
+        vaults = " and ".join(f"`{name}`" for name in names)
+        yield error(
+            codes.BUILTIN_UNENCRYPTED,
+            f"`encryption none` leaves built-in vault{'s' if len(names) > 1 else ''} {vaults} unencrypted",
+            _last_word(setting, "none"),
+            f'opt out of a built-in vault with a reason, `vault {names[0]} {{ disabled "reason" }}`, '
+            "or give it an encryption such as `aes-256-xts`",
+        )
+
+
+def _last_word(setting: Span, word: str) -> Span:
+    """The span of the word a setting ends with (`encryption none` -> `none`); a word never spans lines."""
+    return setting.model_copy(
+        update={"line": setting.end_line, "column": setting.end_column - len(word), "start_pos": setting.end_pos - len(word)}
+    )
+
+
+RULES = (sensitive_stores, end_to_end_apps, builtin_vaults_encrypted)

@@ -55,6 +55,15 @@ CASES = {
         'vault data { path "/persist/d"  seal pcrs 0, 4, 7 }\napp a { vault data  protection end_to_end }\n',
         [("VP0303", 2, 21)],
     ),
+    "VP0304 built-in vault without encryption": ("vault images { encryption none }\n", [("VP0304", 1, 27)]),
+    "VP0304 defaults reaching both built-in vaults": (
+        'defaults { encryption none }\nvault data { path "/persist/d"  encryption aes-256-xts }\n',
+        [("VP0304", 1, 23)],
+    ),
+    "VP0304 a built-in vault opted out with a reason": (
+        'vault images { disabled "no apps" }\nvault config { encryption adiantum }\nvault s { path "/persist/s"  encryption none }\n',
+        [],
+    ),
     # --- capacity
     "VP0401 over capacity": (
         'device { capacity 1GiB reserve 512MiB }\nvault config { limit 256MiB }\nvault images { limit 512MiB }\n',
