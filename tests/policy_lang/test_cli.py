@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from policy_lang.codes import all_codes
+
 
 def test_check_clean_examples_exit_zero(lang, example):
     code, out, err = lang.cli("check", example)
@@ -91,4 +93,21 @@ def test_every_syntax_code_is_explained(lang, code):
 
 def test_explain_unknown_code_suggests_a_close_one(lang):
     code, _, err = lang.cli("explain", "VP0055")
-    assert code == 1 and "unknown diagnostic code `VP0055`" in err and "did you mean" in err
+    assert code == 1 and "unknown diagnostic code `VP0055`" in err
+    assert "= help: did you mean `VP0015` or `VP0005`?\n" in err  # one edit away, same family first
+
+
+@pytest.mark.parametrize(
+    "typed,help_text",
+    [
+        ("VP05", f"codes starting with `VP05`: VP0501-{max(c for c in all_codes() if c.startswith('VP05'))}\n"),
+        ("vp0", "codes starting with `VP0`: VP0001-VP0007, VP0010-VP0021, VP0101-"),  # a prefix lists its codes
+        ("VP0305", "did you mean `VP0304` or `VP0303` or `VP0302`?"),  # ties: the same family, nearest number
+        ("VP0O01", "did you mean `VP0001`"),  # letter O for zero
+        ("VP9999", "known codes: VP0001-VP0007, VP0010-VP0021, "),  # nothing close: what exists
+    ],
+)
+def test_explain_suggestions_are_sane(lang, typed, help_text):
+    code, _, err = lang.cli("explain", typed)
+    assert code == 1 and f"= help: {help_text}" in err, err
+    assert "VP1203" not in err or typed == "VP9999"  # `VP0` once suggested VP1203

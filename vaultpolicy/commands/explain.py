@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 from policy_lang.codes import all_codes
-from policy_lang.diagnostics import did_you_mean
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError
+
+# Codes are `VP` and four digits; a typo is at most this many edits from the code meant.
+_MAX_TYPO_EDITS = 2
 
 
 def add_arguments(parser, key) -> None:
@@ -21,8 +24,55 @@ def run(args) -> int:
         code = f"VP{code.zfill(4)}"
     info = codes.get(code)
     if info is None:
-        raise InputError(f"unknown diagnostic code `{args.code}`",
-                         did_you_mean(code, codes) or f"known codes run from {min(codes)} to {max(codes)}")
+        raise InputError(f"unknown diagnostic code `{args.code}`", _suggestion(code, sorted(codes)))
     example = textwrap.indent(info.example, "    ")
     print(f"{info.code}: {info.title}\n\n{textwrap.fill(info.explanation, 100)}\n\nExample:\n{example}")
     return status_codes.SUCCESS
+
+
+def _suggestion(code: str, known: list[str]) -> str:
+    """A part of a code (`VP05`) lists the codes it starts; a whole one names the nearest codes."""
+    if re.fullmatch(r"VP\d{0,3}", code):
+        starting = [k for k in known if k.startswith(code)]
+        if starting:
+            return f"codes starting with `{code}`: {_as_ranges(starting)}"
+    edits = {k: _edit_distance(code, k) for k in known if len(k) == len(code)}
+    fewest = min(edits.values(), default=_MAX_TYPO_EDITS + 1)
+    if fewest <= _MAX_TYPO_EDITS:
+        # Among the closest codes: the same family first (longest shared prefix), then nearest by number.
+        close = sorted(
+            (k for k, n in edits.items() if n == fewest), key=lambda k: (-_shared_prefix(code, k), _number_gap(code, k))
+        )
+        return "did you mean " + " or ".join(f"`{c}`" for c in close[:3]) + "?"
+    return f"known codes: {_as_ranges(known)}"
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _number_gap(code: str, known: str) -> int:
+    digits = code[2:]
+    return abs(int(digits) - int(known[2:])) if digits.isdigit() else 0
+
+
+def _as_ranges(codes: list[str]) -> str:
+    """`VP0001, VP0002, VP0003, VP0010` -> `VP0001-VP0003, VP0010` (runs of consecutive numbers)."""
+    runs: list[list[str]] = []
+    for code in codes:
+        if runs and int(code[2:]) == int(runs[-1][-1][2:]) + 1:
+            runs[-1].append(code)
+        else:
+            runs.append([code])
+    return ", ".join(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions."""
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
