@@ -117,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(parser, key)
         args = parser.parse_args(rest)
         args.command = key
-        return module.run(args)
+        code = module.run(args)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the handlers, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `vaultpolicy explain VP0101 | head -1`: the reader left; say nothing more and exit as a
+        # program killed by SIGPIPE would. stdout goes to /dev/null so the exit-time flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return status_codes.OUTPUT_CLOSED
     except VaultpolicyError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

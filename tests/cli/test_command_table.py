@@ -1,6 +1,7 @@
 """The command table: every row imports and builds its parser; help and usage errors exit cleanly."""
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,16 @@ def test_console_script_runs_without_traceback():
     result = subprocess.run([sys.executable, "-m", "vaultpolicy", "explain", "VP9999"], capture_output=True, text=True)
     assert result.returncode == status_codes.ERROR
     assert "Traceback" not in result.stderr
+
+
+def test_a_reader_that_leaves_early_is_not_an_internal_error():
+    """`vaultpolicy explain VP0101 | head -1` exited 70 with "internal error: BrokenPipeError"."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: every write is EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "vaultpolicy", "explain", "VP0101"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == status_codes.OUTPUT_CLOSED
+    assert done.stderr == ""
