@@ -26,8 +26,9 @@ class Action(StrEnum):
 
 MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.REMOVE: "-", Action.DESTROY: "-"}
 
-# What the device does with a vault that leaves the plan with `retain` (docs/enforcer.md, "orphan").
+# What the device does where the action's name alone would mislead (docs/enforcer.md, "orphan", "migrate").
 RETAINED = "retain: locked, key kept, reported orphaned"
+ENCRYPTED = "plain files migrate into the encrypted directory"
 
 # A thing that leaves the plan is shown by what identifies it, not by a field diff of absent values.
 _IDENTIFYING = {
@@ -44,7 +45,7 @@ class Impact(StrEnum):
     NONE = "none"
     RESEAL = "reseal"  # the key is sealed again to other PCRs or another attestation
     REKEY = "rekey"  # the rotation schedule changes: a new key wraps the data
-    RE_ENCRYPT = "re-encrypt"  # the data migrates into a new encrypted directory (cipher or path)
+    RE_ENCRYPT = "re-encrypt"  # the data migrates into a new encrypted directory (cipher, path, or none -> a cipher)
     DECRYPTS_DATA = "decrypts data"  # encryption becomes `none`: data will rest in plain text
     DESTROYS_DATA = "destroys data"
 
@@ -72,7 +73,7 @@ class Change:
     fields: tuple[FieldChange, ...]  # a created thing: its new values; a removed one: what identifies it
     affected_apps: tuple[str, ...]
     blocked: str | None = None  # why the device would refuse the plan because of this change
-    note: str | None = None  # what the device does beyond the action's name (RETAINED)
+    note: str | None = None  # what the device does beyond the action's name (RETAINED, ENCRYPTED)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan
             impacts.append(Impact.REKEY)
         if "encryption" in changed or "path" in changed:
             impacts.append(Impact.DECRYPTS_DATA if new.encryption == "none" else Impact.RE_ENCRYPT)
+        if old.encryption == "none" and new.encryption != "none":
+            note = ENCRYPTED
         if old.encryption == "none" and new.encryption == "none" and changed == {"path"}:
             impacts = [Impact.NONE]  # moving plain files changes nothing about their protection
         impact = _worst(impacts)

@@ -29,6 +29,7 @@ CASES = {
     "rekey": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  rotate every 30d")),
     "re-encrypt": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  encryption adiantum")),
     "decrypts-data": (BASE, BASE.replace("limit 1GiB", "limit 1GiB  encryption none")),
+    "encrypts-plain": (BASE, BASE.replace('"/persist/scratch"  encryption none', '"/persist/scratch"')),
     "destroys-data": (BASE.replace("limit 1GiB", "limit 1GiB  on_remove destroy"), WITHOUT_DATA),
     "remove-retain": (BASE, WITHOUT_DATA),
     "create": (BASE, BASE + 'vault logs { path "/persist/logs"  limit 64MiB }\napp logger { vault logs }\n'),
@@ -113,6 +114,18 @@ def test_a_vault_leaving_with_retain_is_removed_not_destroyed_in_every_format(cl
     [vault] = [c for c in json.loads(cli("diff", "old.vpol", "new.vpol", "--format", "json")[1])["changes"] if c["kind"] == "vault"]
     assert (vault["action"], vault["note"], vault["blocked"]) == ("remove", "retain: locked, key kept, reported orphaned", None)
     assert [f["field"] for f in vault["fields"]] == ["encryption", "on_remove", "path"]  # what identifies it, no absent values
+
+
+def test_a_plain_vault_becoming_encrypted_says_its_files_migrate_into_the_encrypted_directory(cli, tmp_path, monkeypatch):
+    text = _diff(cli, tmp_path, monkeypatch, *CASES["encrypts-plain"])[1]
+    assert (
+        "-/+ vault scratch  (replace, plain files migrate into the encrypted directory; data impact: re-encrypt)\n"
+        '      encryption: "none" -> "aes-256-xts"\n'
+    ) in text
+    markdown = cli("diff", "old.vpol", "new.vpol", "--format", "markdown")[1]
+    assert "| `-/+` | vault | `scratch` | replace (plain files migrate into the encrypted directory) | re-encrypt | camera |" in markdown
+    re_encrypt = _diff(cli, tmp_path, monkeypatch, *CASES["re-encrypt"])[1]
+    assert "-/+ vault data  (replace; data impact: re-encrypt)\n" in re_encrypt  # a cipher change: no plain files
 
 
 def test_removed_apps_and_components_are_removed_not_destroyed(cli, tmp_path, monkeypatch):
