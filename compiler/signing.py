@@ -28,6 +28,7 @@ from vaultpolicy.errors import PlanRejected
 PLAN_PAYLOAD_TYPE = "application/vnd.vaultpolicy.plan.v1+json"
 TRUST_ROOT_PAYLOAD_TYPE = "application/vnd.vaultpolicy.trust-root.v1+json"
 _ENVELOPE_FIELDS = frozenset({"payload_type", "payload", "signatures"})
+_TRUST_ROOT_FIELDS = frozenset({"version", "threshold", "keys"})
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -161,8 +162,12 @@ class TrustRoot:
             obj = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise malformed("payload is not JSON") from None
-        if not isinstance(obj, dict) or set(obj) != {"version", "threshold", "keys"}:
-            raise malformed("expected exactly the fields version, threshold, keys")
+        if not isinstance(obj, dict):
+            raise malformed("payload is not a JSON object")
+        if missing := sorted(_TRUST_ROOT_FIELDS - set(obj)):
+            raise malformed(f"no `{missing[0]}` field (a trust root has exactly version, threshold, keys)")
+        if extra := sorted(set(obj) - _TRUST_ROOT_FIELDS):
+            raise malformed(f"unexpected field `{extra[0]}` (a trust root has exactly version, threshold, keys)")
         version, threshold, entries = obj["version"], obj["threshold"], obj["keys"]
         if type(version) is not int or version < 1 or type(threshold) is not int or threshold < 1:
             raise malformed("version and threshold must be positive integers")

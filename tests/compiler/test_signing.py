@@ -84,6 +84,18 @@ def test_malformed_envelope_reason(cli, keys, content, reason):
     assert code == 1 and err.startswith(f"refused: {reason}:")
 
 
+def test_a_bad_trust_root_is_named_apart_from_the_signed_plan(cli, keys, plan_file):
+    cli("sign", plan_file, "--key", keys / "a", "-o", keys / "signed")
+    (keys / "root.json").write_text("vault data {}\n")
+    code, _, err = cli("verify", keys / "signed", "--trust", keys / "root.json")
+    assert code == 1 and err.startswith(f"refused: malformed-envelope: trust root `{keys / 'root.json'}`: malformed envelope: not JSON")
+    payload = base64.b64encode(json.dumps({"version": 1, "keys": []}).encode()).decode()
+    envelope = {"payload_type": TRUST_ROOT_PAYLOAD_TYPE, "payload": payload, "signatures": []}
+    (keys / "root.json").write_text(json.dumps(envelope))
+    err = cli("verify", keys / "signed", "--trust", keys / "root.json")[2]
+    assert f"trust root `{keys / 'root.json'}`: malformed trust root: no `threshold` field" in err
+
+
 def test_unknown_key_reason(cli, keys, plan_file):
     cli("sign", plan_file, "--key", keys / "b", "-o", keys / "signed")
     code, _, err = cli("verify", keys / "signed", "--trust", keys / "a.pub")

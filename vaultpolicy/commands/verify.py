@@ -18,7 +18,10 @@ def add_arguments(parser, key) -> None:
 
 def verify_signed_plan(data: bytes, trust_data: bytes, trust_source: str):
     """The verified plan and how many distinct trusted keys signed it; PlanRejected says why not."""
-    root = load_trust(trust_data, trust_source)
+    try:
+        root = load_trust(trust_data, trust_source)
+    except PlanRejected as exc:  # say which of the two files is at fault
+        raise PlanRejected(exc.reason, f"trust root `{trust_source}`: {exc.message}") from None
     envelope = Envelope.from_bytes(data)
     payload = root.verify(envelope, PLAN_PAYLOAD_TYPE)
     try:
