@@ -27,8 +27,18 @@ from vaultpolicy.errors import PlanRejected
 
 PLAN_PAYLOAD_TYPE = "application/vnd.vaultpolicy.plan.v1+json"
 TRUST_ROOT_PAYLOAD_TYPE = "application/vnd.vaultpolicy.trust-root.v1+json"
-_ENVELOPE_FIELDS = frozenset({"payload_type", "payload", "signatures"})
-_TRUST_ROOT_FIELDS = frozenset({"version", "threshold", "keys"})
+_ENVELOPE_FIELDS = ("payload_type", "payload", "signatures")
+_TRUST_ROOT_FIELDS = ("version", "threshold", "keys")
+
+
+def _field_problem(obj: dict, fields: tuple[str, ...], what: str) -> str | None:
+    """The first missing or unexpected field of a JSON object that must have exactly `fields`, by name."""
+    has = ", ".join(fields)
+    if missing := [f for f in fields if f not in obj]:
+        return f"no `{missing[0]}` field ({what} has exactly {has})"
+    if extra := sorted(set(obj) - set(fields)):
+        return f"unexpected field `{extra[0]}` ({what} has exactly {has})"
+    return None
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -103,10 +113,8 @@ class Envelope:
             raise malformed(f"not JSON ({exc.__class__.__name__}: {exc})") from None
         if not isinstance(obj, dict):
             raise malformed("not a JSON object")
-        if missing := sorted(_ENVELOPE_FIELDS - set(obj)):
-            raise malformed(f"no `{missing[0]}` field (an envelope has exactly payload_type, payload, signatures)")
-        if extra := sorted(set(obj) - _ENVELOPE_FIELDS):
-            raise malformed(f"unexpected field `{extra[0]}` (an envelope has exactly payload_type, payload, signatures)")
+        if problem := _field_problem(obj, _ENVELOPE_FIELDS, "an envelope"):
+            raise malformed(problem)
         if not isinstance(obj["payload_type"], str) or not isinstance(obj["payload"], str):
             raise malformed("payload_type and payload must be strings")
         if not isinstance(obj["signatures"], list):
@@ -164,10 +172,8 @@ class TrustRoot:
             raise malformed("payload is not JSON") from None
         if not isinstance(obj, dict):
             raise malformed("payload is not a JSON object")
-        if missing := sorted(_TRUST_ROOT_FIELDS - set(obj)):
-            raise malformed(f"no `{missing[0]}` field (a trust root has exactly version, threshold, keys)")
-        if extra := sorted(set(obj) - _TRUST_ROOT_FIELDS):
-            raise malformed(f"unexpected field `{extra[0]}` (a trust root has exactly version, threshold, keys)")
+        if problem := _field_problem(obj, _TRUST_ROOT_FIELDS, "a trust root"):
+            raise malformed(problem)
         version, threshold, entries = obj["version"], obj["threshold"], obj["keys"]
         if type(version) is not int or version < 1 or type(threshold) is not int or threshold < 1:
             raise malformed("version and threshold must be positive integers")
