@@ -76,6 +76,7 @@ class Applier:
             Action.RESEAL: self._reseal,
             Action.SET_POLICY: self._set_policy,
             Action.MIGRATE: self._migrate,
+            Action.RE_ENCRYPT: self._re_encrypt,
             Action.ORPHAN: self._orphan,
             Action.DESTROY: self._destroy,
         }
@@ -110,8 +111,10 @@ class Applier:
         assert vault is not None, f"step for vault `{name}` outside the plan"
         return vault
 
-    def _layout(self, name: str, path: str) -> Layout:
-        return layout(self.state, self.root, name, path)
+    def _layout(self, name: str) -> Layout:
+        """Where the vault's files are: its recorded path (a plan cannot move a vault), else the plan's."""
+        record = self.state.records().get(name)
+        return layout(self.state, self.root, name, record.path if record else self._vault(name).path)
 
     def remember(self, vault: Vault) -> None:
         """Record the vault before its first mutation, so a later plan can still retain or destroy it."""
@@ -120,7 +123,7 @@ class Applier:
     # --- handlers ------------------------------------------------------------------------------
     def _stage_plaintext(self, name: str) -> None:
         vault = self._vault(name)
-        where = self._layout(name, vault.path)
+        where = self._layout(name)
         needed = _tree_bytes(where.path)
         if vault.limit_bytes:
             room = int(vault.limit_bytes * (1 - _IMAGE_OVERHEAD_FRACTION))
@@ -140,7 +143,7 @@ class Applier:
     def _create_directory(self, name: str) -> None:
         vault = self._vault(name)
         self.remember(vault)
-        path = self._layout(name, vault.path).path
+        path = self._layout(name).path
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         fsync_dir(path.parent)
 
@@ -148,13 +151,13 @@ class Applier:
         """Create (when missing) and mount the vault's image; blockdev binds its `vault` dir at the vault path."""
         vault = self._vault(name)
         self.remember(vault)
-        where = self._layout(name, vault.path)
+        where = self._layout(name)
         where.image.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._rekey_if_remounted(name, blockdev.attach_image(where.image, where.path, vault.limit_bytes), where)
 
     def _grow_storage(self, name: str) -> None:
         vault = self._vault(name)
-        where = self._layout(name, vault.path)
+        where = self._layout(name)
         self._rekey_if_remounted(name, blockdev.grow(where.image, where.path, vault.limit_bytes), where)
 
     def _rekey_if_remounted(self, name: str, remounted: bool, where: Layout) -> None:
@@ -165,7 +168,7 @@ class Applier:
     def _create_key(self, name: str) -> None:
         vault = self._vault(name)
         self.remember(vault)
-        path = self._layout(name, vault.path).path
+        path = self._layout(name).path
         key = bytearray(fscrypt.RAW_KEY_SIZE)
         try:
             blob = seal_new_key(self.tpm, self.plan, vault, key)
@@ -186,8 +189,7 @@ class Applier:
         escrow.record_escrow(self.state.root, escrow.wrap_key(public, device_id, name, identifier, bytes(key)))
 
     def _unlock(self, name: str) -> None:
-        vault = self._vault(name)
-        unlock_key(self.state, self.tpm, name, self._layout(name, vault.path).path, self.now)
+        unlock_key(self.state, self.tpm, name, self._layout(name).path, self.now)
 
     def _reseal(self, name: str) -> None:
         from enforcer.tpm import SealedBlob
@@ -200,7 +202,7 @@ class Applier:
             blob = self.tpm.seal(key, vault.seal.bank, vault.seal.pcrs,
                                  allow_unmeasured_boot=self.plan.device.allow_unmeasured_boot)
             self.state.save_sealed(name, blob.to_json(), identifier)
-            mountpoint = keyring_dir(self._layout(name, vault.path).path)
+            mountpoint = keyring_dir(self._layout(name).path)
             if fscrypt.key_status(mountpoint, identifier) is not KeyStatus.PRESENT:
                 if fscrypt.add_key(mountpoint, key) != identifier:
                     raise KeyMismatch("the resealed key is not the vault's key", vault=name)
@@ -209,7 +211,7 @@ class Applier:
 
     def _set_policy(self, name: str) -> None:
         vault = self._vault(name)
-        path = str(self._layout(name, vault.path).path)
+        path = str(self._layout(name).path)
         identifier = bytes.fromhex(self.state.sealed(name)["key_identifier"])
         existing = fscrypt.get_policy(path)
         if existing is None:
@@ -218,8 +220,7 @@ class Applier:
             raise DeviceError(f"`{path}` is already encrypted under another key or mode", vault=name)
 
     def _migrate(self, name: str) -> None:
-        vault = self._vault(name)
-        where = self._layout(name, vault.path)
+        where = self._layout(name)
         needed = _tree_bytes(where.staging) - _tree_bytes(where.path)
         stats = os.statvfs(where.path)
         if needed > stats.f_bavail * stats.f_frsize:
@@ -241,9 +242,20 @@ class Applier:
         shutil.rmtree(where.staging)
         fsync_dir(where.staging.parent)
 
+    def _re_encrypt(self, name: str) -> None:
+        """Copy the files into a tree under the plan's encryption and swap it in (enforcer/rotate.py), as
+        nested journaled steps; a crash is finished or undone by `Rotator.recover`."""
+        from enforcer.rotate import Rotator
+
+        where = self._layout(name)
+        if not where.image.exists():  # a directory that vanished carries nothing: an empty tree is re-encrypted
+            where.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        Rotator(self.plan, self.state, self.root, self.tpm, self.now, self.device_id, self.journal).rekey(
+            name, "re-encrypt")
+
     def _orphan(self, name: str) -> None:
         record = self.state.records()[name]
-        where = self._layout(name, record.path)
+        where = self._layout(name)
         sealed = self.state.sealed(name)
         if sealed is not None and where.path.is_dir():
             lock_key(bytes.fromhex(sealed["key_identifier"]), where)
@@ -255,7 +267,7 @@ class Applier:
             raise DeviceError("refusing to destroy a vault whose plan did not say `destroy`", vault=name)
         if record.protected:  # verify refuses such a plan; this keeps the rule where the data dies too (S16)
             raise DeviceError("refusing to destroy a protected vault", vault=name)
-        where = self._layout(name, record.path)
+        where = self._layout(name)
         sealed = self.state.sealed(name)
         if sealed is not None and where.path.is_dir():
             fscrypt.remove_key(fscrypt.mountpoint_of(str(where.path)), bytes.fromhex(sealed["key_identifier"]),

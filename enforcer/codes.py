@@ -51,6 +51,37 @@ _code("VP1008", "destroys-protected", "plan would destroy a protected vault",
       "The device records which vaults are protected. A plan that drops such a vault with `destroy`, or "
       "changes its encryption, is refused even if the policy no longer says `protected` (S16).",
       "vault config { protected } removed from the policy with on_remove destroy   # refused")
+_code("VP1009", "trust-root-changed", "--trust is not the device's trust root",
+      "The first `device apply` records its trust root; later commands use it. A different `--trust` is taken "
+      "only by `device apply`, and only as a trust root envelope with version + 1 signed by a threshold of the "
+      "recorded root (`vaultpolicy trust rotate`). A PEM key never replaces a recorded root.",
+      "vaultpolicy device apply plan.signed --trust other.pub   # refused (trust-root-changed)")
+_code("VP1010", "applied-plan-changed", "the stored applied plan is not the one that was applied",
+      "At boot the applied plan's stored bytes are verified again and compared with the digest recorded when "
+      "it was applied. Different bytes mean the state dir was tampered with; nothing trusts that plan.",
+      "state/applied/plan.signed replaced by another signed plan   # unlock refused")
+_code("VP1011", "malformed-envelope", "the signed plan is not a valid envelope",
+      "The file is not the JSON envelope `vaultpolicy sign` writes (payload type, base64 payload, signatures).",
+      "vaultpolicy device apply plan.json   # the unsigned plan, not the envelope")
+_code("VP1012", "unsigned", "the envelope carries no signatures",
+      "An envelope without signatures is never trusted, whatever its payload says.",
+      "an envelope whose `signatures` list is empty   # refused")
+_code("VP1013", "unknown-key", "signed only by keys the trust root does not list",
+      "Every signature names a key id the device's trust root does not hold: the plan comes from another "
+      "controller, or the trust root is out of date.",
+      "a plan signed by a test key, trust root of the production controller   # refused")
+_code("VP1014", "wrong-payload-type", "the envelope holds something other than a plan",
+      "Envelopes carry a payload type; a trust root, report or release envelope is not a plan.",
+      "vaultpolicy device apply trust-root.signed   # refused")
+_code("VP1015", "malformed-trust-root", "the trust root is not valid",
+      "A trust root envelope must hold a version, a threshold no larger than its key count and PEM Ed25519 keys.",
+      "a trust root with threshold 3 and two keys   # refused")
+_code("VP1016", "trust-root-version", "a new trust root must have the next version",
+      "A trust root rotation replaces version N by version N + 1 only, so an old root cannot be replayed.",
+      "recorded root version 2, offered rotation to version 2   # refused")
+_code("VP1017", "malformed-key", "a key file is not an Ed25519 PEM key",
+      "Signing and trust need Ed25519 keys in PEM form (`vaultpolicy keygen`).",
+      "--trust id_rsa.pub   # refused")
 
 # --- VP11xx: vault problems left for a person (never fixed by destroying data) -------------------
 _code("VP1101", "unsafe-path", "vault path is or passes through a symlink",
@@ -60,9 +91,10 @@ _code("VP1102", "key-lost", "encrypted directory without a sealed key",
       "The directory carries an fscrypt policy but the state dir has no sealed key for it. The enforcer never "
       "re-creates such a vault (its data would be lost, S20); restore the sealed blob or release an escrowed key.",
       "state/sealed/config.json deleted   # reported, nothing re-created")
-_code("VP1103", "replace-unsupported", "vault encryption changed",
-      "Changing a vault's encryption would mean re-creating it. The enforcer keeps the vault as it is.",
-      "encryption aes-256-xts -> none   # reported, unchanged")
+_code("VP1103", "replace-unsupported", "vault encryption changed (older enforcers)",
+      "Enforcers before re-encryption refused every encryption change and kept the vault as it was. This one "
+      "re-encrypts instead (the `re-encrypt` step); the code stays so that older logs can be explained.",
+      "encryption aes-256-xts -> none   # older enforcers: reported, unchanged")
 _code("VP1104", "limit-below-size", "vault limit lowered below its filesystem size",
       "A vault's own ext4 image cannot shrink while in use; the vault keeps its size.",
       "limit 64MiB -> 16MiB   # reported, unchanged")
@@ -72,6 +104,43 @@ _code("VP1105", "policy-mismatch", "vault directory is encrypted differently",
 _code("VP1106", "staging-conflict", "plaintext found both in the vault path and staged beside it",
       "A migration was interrupted and new plaintext appeared at the vault path; resolve by hand.",
       "/persist/vault/.config.vp-plaintext and a non-empty /persist/vault/config   # reported")
+_code("VP1107", "vault-locked", "vault must be unlocked for its encryption change",
+      "Re-encrypting (a new cipher) or decrypting (`encryption none`) copies the vault's files, so they must be "
+      "readable: its key must be in the kernel. Nothing changes until `vaultpolicy device unlock` has unlocked "
+      "it (the boot unlock does so too); the next `device apply` then re-encrypts.",
+      "device lock; device apply plan-with-adiantum.signed   # config not changed (vault-locked)")
+_code("VP1108", "path-change-unsupported", "the plan moves a vault",
+      "The device does not move a vault's files to a new path. The vault stays managed at its recorded path "
+      "(unlocked, locked, rotated there) and the new path is not created, so no data is left unmanaged. Move it "
+      "by hand (or give the new place a new vault name and copy the files), then record the move.",
+      "path /persist/vault/config -> /persist/cfg   # reported, files stay at /persist/vault/config")
+_code("VP1109", "not-created", "vault has no key yet",
+      "The vault was never created by `device apply` (no sealed key): there is nothing to rotate, unlock or lock.",
+      "vaultpolicy device rotate config   # before the first apply")
+_code("VP1110", "not-encrypted", "vault is not encrypted under its sealed key",
+      "A rotation needs the vault's directory encrypted under the key the state dir has sealed for it. Run "
+      "`device apply`, which creates or repairs it, or read `device status` for the reason.",
+      "a vault directory whose policy names another key   # rotation refused")
+_code("VP1111", "vault-busy", "files are open in the vault",
+      "A vault with its own image is unmounted from its path while its files are copied (rotation, "
+      "re-encryption), so no app writes meanwhile; open files refuse that. Stop its apps (`device gate`).",
+      "a process holds a file open in /persist/vault/config during `device rotate`   # refused")
+_code("VP1112", "no-room", "no room for the re-encrypted copy",
+      "Rotation and re-encryption copy every file beside the original before the swap, so the vault's "
+      "filesystem needs free blocks and inodes for a full copy. Nothing is changed.",
+      "a 16 MiB vault holding 12 MiB   # rotation refused; raise the limit")
+_code("VP1113", "cipher-unsupported", "the kernel lacks the plan's cipher",
+      "A kernel built without a cipher (often Adiantum) accepts the policy but refuses every new file (ENOPKG). "
+      "The enforcer tries one file first and changes nothing when the kernel refuses it.",
+      "encryption aes-256-xts -> adiantum on a kernel without CONFIG_CRYPTO_ADIANTUM   # refused")
+_code("VP1114", "step-failed", "an apply step failed",
+      "A filesystem, TPM or kernel call of one step failed; the message names the step and the cause. That "
+      "vault's later steps wait for the next apply; the other vaults went on.",
+      "create-storage failed: no space left on the persist partition")
+_code("VP1115", "rotate-failed", "a rotation failed",
+      "A rotation failed for another reason than a refusal (a filesystem or TPM error); it was undone and the "
+      "vault keeps its key.",
+      "an I/O error while copying   # rotation undone")
 
 # --- VP12xx: unlock and lock outcomes ------------------------------------------------------------
 _code("VP1201", "pcr-mismatch", "vault stays locked: bound PCRs changed",
@@ -86,3 +155,11 @@ _code("VP1202", "unlock-failed", "vault could not be unlocked",
 _code("VP1203", "files-busy", "vault incompletely locked: files still open",
       "The key was removed from the kernel but open files keep their contents readable until they close (S7).",
       "a process holds a file open in the vault during `vaultpolicy device lock`")
+_code("VP1204", "lock-failed", "vault could not be locked",
+      "Removing the key from the kernel failed (the vault's filesystem cannot be reached, an ioctl failed). "
+      "Its files may still be readable.",
+      "the vault's image unmounted behind the tool's back   # lock failed")
+_code("VP1205", "controller-release", "vault unlocked with a key the controller released",
+      "`device unlock --release` unlocked the vault with an escrowed key the controller released after a "
+      "verified quote, and re-sealed it to the current PCRs so the next boot unlocks locally.",
+      "vaultpolicy device unlock --release release.json   # config unlocked (controller-release)")

@@ -212,11 +212,11 @@ def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[st
 
 
 def observe(plan: Plan | None, state: StateDir, root: Path | None, tpm) -> Observed:
-    """Observe every vault in the plan and every vault the device still manages."""
+    """Observe every vault in the plan and every vault the device still manages, the latter where
+    their files are (the recorded path: a plan that moves a vault does not move its files)."""
     records = state.records()
-    wanted: dict[str, str] = {r.name: r.path for r in records.values()}
-    if plan is not None:
-        wanted.update({v.name: v.path for v in plan.vaults})
+    wanted: dict[str, str] = {v.name: v.path for v in plan.vaults} if plan is not None else {}
+    wanted.update({r.name: r.path for r in records.values()})
     pcr_cache: dict = {}
     vaults = {name: observe_vault(state, root, name, path, tpm, pcr_cache) for name, path in sorted(wanted.items())}
     return Observed(vaults=vaults, records=records)

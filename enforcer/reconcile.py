@@ -34,6 +34,7 @@ class Action(StrEnum):
     RESEAL = "reseal"  # the plan seals to other PCRs: unseal with the old blob, seal anew
     SET_POLICY = "set-policy"  # the fscrypt v2 policy on the empty vault directory
     MIGRATE = "migrate"  # copy staged plaintext in, fsync, verify hashes, then remove the plaintext
+    RE_ENCRYPT = "re-encrypt"  # the plan changes the encryption: copy into a new tree, swap, erase the old key
     ORPHAN = "orphan"  # left the plan with `retain`: lock it, keep the sealed key, report it
     DESTROY = "destroy"  # left the plan with `destroy`: crypto-erase (key, sealed blob, files)
 
@@ -81,9 +82,19 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
     if seen.path_state in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH, PathState.NOT_DIRECTORY):
         problem("unsafe-path", f"`{seen.path}` is a {seen.path_state.value}; the vault is not created there")
         return
+    if record is not None and record.path != vault.path:
+        problem("path-change-unsupported", f"the plan moves the vault from `{record.path}` to `{vault.path}`; the "
+                f"device does not move vaults: its files stay at `{record.path}` and are managed there")
     if record is not None and record.encryption != vault.encryption:
-        problem("replace-unsupported", f"encryption changes from {record.encryption} to {vault.encryption}; "
-                "a vault is never re-created in place (its data would be lost)")
+        _storage_steps(vault, seen, step, problem)
+        locked = seen.path_state is PathState.DIRECTORY and seen.key_status is not KeyStatus.PRESENT
+        if record.encryption != "none" and seen.seal is not None and locked:
+            problem("vault-locked", f"the vault is locked: unlock it first (`vaultpolicy device unlock`); its "
+                    f"encryption changes from {record.encryption} to {vault.encryption} once its files are readable")
+        else:
+            step(Action.RE_ENCRYPT, f"the encryption changes from {record.encryption} to {vault.encryption}: "
+                 "the files are copied into a new tree that is swapped in")
+        out.steps.extend(steps)
         return
 
     encrypted = vault.encryption != "none"
@@ -102,16 +113,7 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
     fresh = moved_aside or seen.path_state is PathState.MISSING
 
     if has_storage:
-        if seen.image_bytes is None:
-            step(Action.CREATE_STORAGE, f"the vault needs its own {vault.limit_bytes}-byte filesystem for its limit")
-        else:
-            if not seen.mounted:
-                step(Action.MOUNT_STORAGE, "the vault's image is not mounted")
-            if seen.image_bytes < vault.limit_bytes:
-                step(Action.GROW_STORAGE, f"the limit rose from {seen.image_bytes} to {vault.limit_bytes} bytes")
-            elif seen.image_bytes > vault.limit_bytes:
-                problem("limit-below-size", f"the limit fell to {vault.limit_bytes} bytes but the vault's filesystem "
-                        f"has {seen.image_bytes}; shrinking is not supported, the vault keeps its size")
+        _storage_steps(vault, seen, step, problem)
     elif fresh:
         step(Action.CREATE_DIRECTORY, "the vault directory does not exist")
 
@@ -139,6 +141,22 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
     if staged:
         step(Action.MIGRATE, "plaintext files wait to move into the vault")
     out.steps.extend(steps)
+
+
+def _storage_steps(vault: Vault, seen: ObservedVault, step, problem) -> None:
+    """A vault with a limit: its own image, made, mounted and grown to the limit."""
+    if not vault.limit_bytes:
+        return
+    if seen.image_bytes is None:
+        step(Action.CREATE_STORAGE, f"the vault needs its own {vault.limit_bytes}-byte filesystem for its limit")
+        return
+    if not seen.mounted:
+        step(Action.MOUNT_STORAGE, "the vault's image is not mounted")
+    if seen.image_bytes < vault.limit_bytes:
+        step(Action.GROW_STORAGE, f"the limit rose from {seen.image_bytes} to {vault.limit_bytes} bytes")
+    elif seen.image_bytes > vault.limit_bytes:
+        problem("limit-below-size", f"the limit fell to {vault.limit_bytes} bytes but the vault's filesystem "
+                f"has {seen.image_bytes}; shrinking is not supported, the vault keeps its size")
 
 
 def _removed_vault(record: VaultRecord, seen: ObservedVault, out: Reconciliation) -> None:

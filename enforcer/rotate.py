@@ -41,13 +41,14 @@ without its own image are not carried over (stop its apps first: `device gate` k
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import shutil
 import stat
 import subprocess
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -69,13 +70,19 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class RotationRefused(DeviceError):
-    """The vault cannot be rotated now (locked, not yet created, no room); nothing was changed."""
+    """The vault cannot be rotated or re-encrypted now; nothing was changed. `reason` is a stable
+    kebab word with a `vaultpolicy explain` code (enforcer/codes.py)."""
+
+    def __init__(self, reason: str, message: str, **kwargs):
+        super().__init__(message, **kwargs)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
 class Rotated:
     vault: str
     outcome: str  # rotated | not-due | failed
+    reason: str = ""  # for `failed`: a RotationRefused reason, or rotate-failed
     old_key: str = ""
     new_key: str = ""
     rotated_at: str = ""
@@ -138,62 +145,84 @@ class Rotator:
                       is not False]
         return chosen
 
-    # --- rotation --------------------------------------------------------------------------------
+    # --- rotation and re-encryption -------------------------------------------------------------
     def rotate(self, name: str) -> Rotated:
+        """`device rotate`: a fresh key for the vault's files."""
+        if self.state.sealed(name) is None:
+            raise RotationRefused("not-created", "has no key yet; run `vaultpolicy device apply` first", vault=name)
+        return self.rekey(name, "rotate")
+
+    def rekey(self, name: str, verb: str) -> Rotated:
+        """Copy the vault's files into a new tree under the plan's encryption (a fresh key, or none)
+        and swap it in; `verb` names the journaled steps (`rotate-copy`, `re-encrypt-copy`, ...).
+
+        The source may be encrypted under the sealed key (then it must be unlocked) or plaintext
+        (a vault that had `encryption none`, or an empty directory apply just made)."""
         vault = self.plan.vault(name)
         sealed = self.state.sealed(name)
-        if sealed is None:
-            raise RotationRefused("has no key yet; run `vaultpolicy device apply` first", vault=name)
-        old = bytes.fromhex(sealed["key_identifier"])
-        where = self._where(name, vault.path)
+        where = self._where(name, self.state.records()[name].path)
         policy = fscrypt.get_policy(str(where.data)) if where.data.is_dir() else None
-        if policy is None or policy.key_identifier != old:
-            raise RotationRefused("is not encrypted under its sealed key; run `vaultpolicy device apply` first",
-                                  vault=name)
-        if fscrypt.key_status(where.key_home, old) is not KeyStatus.PRESENT:
-            raise RotationRefused("is locked: its files must be readable to re-encrypt them",
-                                  vault=name, hint="run `vaultpolicy device unlock` first")
+        if policy is not None:
+            if sealed is None or policy.key_identifier.hex() != sealed["key_identifier"]:
+                raise RotationRefused("not-encrypted", "is not encrypted under its sealed key; run "
+                                      "`vaultpolicy device apply` first", vault=name)
+            if fscrypt.key_status(where.key_home, policy.key_identifier) is not KeyStatus.PRESENT:
+                raise RotationRefused("vault-locked", f"is locked: its files must be readable to {verb} them",
+                                      vault=name, hint="run `vaultpolicy device unlock` first")
+        elif not where.data.is_dir() or verb == "rotate":
+            raise RotationRefused("not-encrypted", "is not encrypted under its sealed key; run "
+                                  "`vaultpolicy device apply` first", vault=name)
         _check_space(name, where.data)
+        # the key the files leave: the directory's, or a sealed key whose files are gone (still erased)
+        old = policy.key_identifier if policy is not None else bytes.fromhex(sealed["key_identifier"]) if sealed else None
 
         try:
-            with self._step("rotate-key", name):
+            with self._step(f"{verb}-key", name):
                 self._new_key(name, vault, where, old)
-            with self._step("rotate-copy", name):
-                self._copy(vault, where, bytes.fromhex(_read_pending(self.state, name)["key_identifier"]))
+            with self._step(f"{verb}-copy", name):
+                self._copy(vault, where, _read_pending(self.state, name), verb)
         except (DeviceError, OSError) as exc:
             if pending_path(self.state, name).exists():
-                self._undo(name, where, _read_pending(self.state, name))
+                self._undo(name, where, _read_pending(self.state, name), verb)
             if isinstance(exc, DeviceError):
                 raise
-            raise DeviceError(f"`{exc.filename}`: {exc.strerror or exc}; the rotation was undone, "
+            raise DeviceError(f"`{exc.filename}`: {exc.strerror or exc}; the {verb} was undone, "
                               "the vault keeps its key", vault=name) from None
         pending = _read_pending(self.state, name)
-        with self._step("rotate-swap", name):
+        with self._step(f"{verb}-swap", name):
             _exchange(where.data, where.fresh)
-        busy = self._finish(name, where, pending)
-        return Rotated(name, "rotated", old.hex(), pending["key_identifier"], pending["rotated_at"],
+        busy = self._finish(name, where, pending, verb)
+        return Rotated(name, "rotated", "", old.hex() if old else "", pending["key_identifier"] or "",
+                       pending["rotated_at"],
                        "files still open kept the old key incompletely removed until they close" if busy else "")
 
-    def _new_key(self, name: str, vault: Vault, where: _Where, old: bytes) -> None:
+    def _new_key(self, name: str, vault: Vault, where: _Where, old: bytes | None) -> None:
+        """Write the pending record: the target encryption and, unless it is `none`, a fresh sealed key."""
+        pending = {"blob": None, "key_identifier": None, "previous_key_identifier": old.hex() if old else None,
+                   "encryption": vault.encryption, "rotated_at": format_time(self.now)}
+        if vault.encryption == "none":
+            _write_pending(self.state, name, pending)
+            return
         key = bytearray(fscrypt.RAW_KEY_SIZE)
         try:
             blob = seal_new_key(self.tpm, self.plan, vault, key)
             # recorded before the key reaches the kernel, so an undo can always find and remove it
-            pending = {"blob": json.loads(blob.to_json()), "key_identifier": None,
-                       "previous_key_identifier": old.hex(), "rotated_at": format_time(self.now)}
+            pending["blob"] = json.loads(blob.to_json())
             _write_pending(self.state, name, pending)
             pending["key_identifier"] = fscrypt.add_key(where.key_home, key).hex()
             _write_pending(self.state, name, pending)
         finally:
             key[:] = bytes(len(key))
 
-    def _copy(self, vault: Vault, where: _Where, new: bytes) -> None:
+    def _copy(self, vault: Vault, where: _Where, pending: dict, verb: str) -> None:
         if where.bound and blockdev.is_mounted(where.layout.path):
-            _unbind(vault.name, where.layout.path)
+            _unbind(vault.name, where.layout.path, verb)
         if where.fresh.exists():
             shutil.rmtree(where.fresh)
         where.fresh.mkdir(mode=0o700)
-        fscrypt.set_policy(str(where.fresh), new, vault.encryption)
+        if pending["key_identifier"] is not None:
+            fscrypt.set_policy(str(where.fresh), bytes.fromhex(pending["key_identifier"]), pending["encryption"])
+            _probe_cipher(vault.name, where.fresh, pending["encryption"])
         copy_tree(where.data, where.fresh, [])
         top = os.lstat(where.data)
         os.chmod(where.fresh, stat.S_IMODE(top.st_mode))
@@ -202,23 +231,31 @@ class Rotator:
         fsync_dir(where.fresh)
         fsync_dir(where.fresh.parent)
 
-    def _finish(self, name: str, where: _Where, pending: dict) -> bool:
-        """Roll a swapped rotation forward; True when open files keep the old key incompletely removed."""
-        new = bytes.fromhex(pending["key_identifier"])
-        with self._step("rotate-commit", name):
-            if self.state.sealed(name)["key_identifier"] != new.hex():
-                self.state.save_sealed(name, json.dumps(pending["blob"]), new, rotated_at=pending["rotated_at"])
-            if self.plan.device.escrow_public_key and not _escrowed(self.state, name, new):
-                self._escrow(name, new, pending)
+    def _finish(self, name: str, where: _Where, pending: dict, verb: str) -> bool:
+        """Roll a swapped rotation or re-encryption forward; True when open files keep the old key
+        incompletely removed."""
+        new = pending["key_identifier"]
+        with self._step(f"{verb}-commit", name):
+            sealed = self.state.sealed(name)
+            if new is None:  # decrypted: from here on the old key's blob is gone (crypto-erase)
+                self.state.remove_sealed(name)
+            elif sealed is None or sealed["key_identifier"] != new:
+                self.state.save_sealed(name, json.dumps(pending["blob"]), bytes.fromhex(new),
+                                       rotated_at=pending["rotated_at"])
+            if new is not None and self.plan.device.escrow_public_key and not _escrowed(self.state, name, bytes.fromhex(new)):
+                self._escrow(name, bytes.fromhex(new), pending)
+            record = self.state.records()[name]
+            # pending records of rotations written before re-encryption existed carry no `encryption`
+            self.state.save_record(replace(record, encryption=pending.get("encryption", record.encryption)))
             self._bind(where)
-        with self._step("rotate-erase", name):
+        with self._step(f"{verb}-erase", name):
             if where.fresh.exists():  # after the swap it holds the old tree
                 shutil.rmtree(where.fresh)
                 fsync_dir(where.fresh.parent)
-            old = bytes.fromhex(pending["previous_key_identifier"])
             busy = False
-            if fscrypt.key_status(where.key_home, old) is not KeyStatus.ABSENT:
-                busy = fscrypt.remove_key(where.key_home, old, all_users=True).files_busy
+            old = pending["previous_key_identifier"]
+            if old is not None and fscrypt.key_status(where.key_home, bytes.fromhex(old)) is not KeyStatus.ABSENT:
+                busy = fscrypt.remove_key(where.key_home, bytes.fromhex(old), all_users=True).files_busy
             atomic_remove(pending_path(self.state, name))
         return busy
 
@@ -231,15 +268,16 @@ class Rotator:
         finally:
             key[:] = bytes(len(key))
 
-    def _undo(self, name: str, where: _Where, pending: dict) -> None:
-        with self._step("rotate-undo", name):
-            if where.fresh.exists():  # encrypted under the new key: unlinking needs no key
+    def _undo(self, name: str, where: _Where, pending: dict, verb: str) -> None:
+        with self._step(f"{verb}-undo", name):
+            if where.fresh.exists():  # the partial copy: unlinking needs no key
                 shutil.rmtree(where.fresh)
                 fsync_dir(where.fresh.parent)
             new = pending.get("key_identifier")
-            if new is None:  # the key may have reached the kernel before its identifier was recorded
+            if new is None and pending.get("blob") is not None:
+                # the key may have reached the kernel before its identifier was recorded
                 new = self._identifier_of(pending, where.key_home)
-            if fscrypt.key_status(where.key_home, bytes.fromhex(new)) is not KeyStatus.ABSENT:
+            if new is not None and fscrypt.key_status(where.key_home, bytes.fromhex(new)) is not KeyStatus.ABSENT:
                 fscrypt.remove_key(where.key_home, bytes.fromhex(new), all_users=True)
             self._bind(where)
             atomic_remove(pending_path(self.state, name))
@@ -256,7 +294,8 @@ class Rotator:
 
     # --- recovery --------------------------------------------------------------------------------
     def recover(self) -> list[str]:
-        """Finish (swapped) or undo (not swapped) every rotation a crash interrupted; their vaults."""
+        """Finish (swapped) or undo (not swapped) every rotation or re-encryption a crash interrupted;
+        their vaults."""
         directory = self.state.root / ROTATING_DIR
         names = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
         for name in names:
@@ -266,11 +305,15 @@ class Rotator:
                                   vault=name)
             where = self._where(name, record.path)
             pending = _read_pending(self.state, name)
+            verb = "rotate" if pending.get("encryption", record.encryption) == record.encryption else "re-encrypt"
             policy = fscrypt.get_policy(str(where.data)) if where.data.is_dir() else None
-            if policy is not None and pending["key_identifier"] == policy.key_identifier.hex():
-                self._finish(name, where, pending)
+            # swapped: the data directory is already what the new tree was made as
+            swapped = policy is None if pending["key_identifier"] is None else (
+                policy is not None and pending["key_identifier"] == policy.key_identifier.hex())
+            if swapped:
+                self._finish(name, where, pending, verb)
             else:
-                self._undo(name, where, pending)
+                self._undo(name, where, pending, verb)
         return names
 
     # --- layout ----------------------------------------------------------------------------------
@@ -307,17 +350,33 @@ def rotate_vaults(rotator: Rotator, names: list[str], due_only: bool) -> list[Ro
             results.append(rotator.rotate(vault.name))
         except DeviceError as exc:
             message = exc.message.removeprefix(f"vault `{vault.name}`: ") + (f"; {exc.hint}" if exc.hint else "")
-            results.append(Rotated(vault.name, "failed", message=message))
+            reason = exc.reason if isinstance(exc, RotationRefused) else "rotate-failed"
+            results.append(Rotated(vault.name, "failed", reason, message=message))
     return results
 
 
-def _unbind(name: str, path: Path) -> None:
+def _unbind(name: str, path: Path, verb: str) -> None:
     """Take the image's bind mount off the vault path, so no app writes during the copy; refused when
     files are open (the rotation is then undone)."""
     result = subprocess.run(["umount", str(path)], capture_output=True, text=True)
     if result.returncode != 0:
-        raise RotationRefused(f"files are open in the vault; close them (stop its apps) to rotate "
+        raise RotationRefused("vault-busy", f"files are open in the vault; close them (stop its apps) to {verb} "
                               f"({result.stderr.strip()})", vault=name)
+
+
+def _probe_cipher(name: str, directory: Path, encryption: str) -> None:
+    """A kernel built without a cipher accepts the policy but refuses every new file with ENOPKG:
+    find out before copying, so an empty vault is not swapped for one nothing can be written to."""
+    probe = directory / ".vp-probe"
+    try:
+        probe.touch(mode=0o600)
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno != errno.ENOPKG:
+            raise
+        raise RotationRefused("cipher-unsupported", f"this kernel cannot encrypt with {encryption} (it was built "
+                              "without that cipher); nothing was changed", vault=name,
+                              hint="choose another `encryption` for the vault, or a kernel with the cipher") from None
 
 
 def _exchange(a: Path, b: Path) -> None:
@@ -341,8 +400,8 @@ def _check_space(name: str, data: Path) -> None:
             needed += max(-(-size // block), 1) * block
     free = fs.f_bavail * fs.f_frsize
     if needed > free or inodes > fs.f_favail:
-        raise RotationRefused(f"rotating needs {needed} free bytes and {inodes} inodes on the vault's filesystem for "
-                              f"the re-encrypted copy; it has {free} bytes and {fs.f_favail} inodes free. "
+        raise RotationRefused("no-room", f"copying the vault needs {needed} free bytes and {inodes} inodes on its "
+                              f"filesystem; it has {free} bytes and {fs.f_favail} inodes free. "
                               "Nothing was changed", vault=name, hint="raise the vault's limit or remove files first")
 
 

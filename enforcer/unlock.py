@@ -23,7 +23,7 @@ from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer.apply import Applier, lock_key
 from enforcer.fscrypt import KeyStatus
 from enforcer.observe import Observed, PathState, layout, observe
-from enforcer.reconcile import Action, Reconciliation, reconcile
+from enforcer.reconcile import Action, Reconciliation, Step, reconcile
 from enforcer.state import Condition, StateDir
 from vaultpolicy.errors import DeviceError, PlanRejected
 
@@ -56,14 +56,18 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
     # No TPM for the observation: unlocking needs no PCR comparison up front (a refused unseal names
     # the changed PCRs itself), and skipping it keeps unlock within a few percent of bare unseals.
     observed = observe(plan, state, root, None)
-    steps = [s for s in reconcile(plan, observed).steps if s.action in (Action.MOUNT_STORAGE, Action.UNLOCK)]
+    rec = reconcile(plan, observed)
+    steps = [s for s in rec.steps if s.action in (Action.MOUNT_STORAGE, Action.UNLOCK)]
+    # a vault whose re-encryption waits for its key is still encrypted under it: unlock it like any other
+    steps += [Step(Action.UNLOCK, p.vault, "its re-encryption waits for its key") for p in rec.problems
+              if p.reason == "vault-locked"]
     outcomes = Applier(plan, state, root, tpm, now).run(steps)
     results = []
     for vault in plan.vaults:
         subject = f"vault/{vault.name}"
         seen = observed.vaults[vault.name]
         outcome = outcomes.get(vault.name)
-        if vault.encryption == "none":
+        if (observed.records.get(vault.name) or vault).encryption == "none":  # how its files are now
             results.append(VaultResult(vault.name, "unencrypted"))
         elif outcome is not None and outcome.error is not None:
             pcrs = tuple(getattr(outcome.error, "pcrs", ()))
@@ -156,7 +160,7 @@ def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
             vault_state = "missing"
         elif wanted is None:
             vault_state = "orphaned"
-        elif wanted.encryption == "none":
+        elif wanted.encryption == "none" and seen.policy is None:  # else its decryption is still to come
             vault_state = "unencrypted"
         elif seen.policy is None and seen.empty is False:  # what the kernel says, whatever the plan wants
             vault_state = "plaintext"

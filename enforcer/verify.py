@@ -119,9 +119,14 @@ def _time(header: dict, field: str) -> datetime:
 
 
 def record_for(plan: Plan, vault: Vault, previous: VaultRecord | None) -> VaultRecord:
-    """What the device records for a vault of `plan`; `protected` never goes back to false (S16)."""
+    """What the device records for a vault of `plan`; `protected` never goes back to false (S16).
+
+    Once recorded, `path` and `encryption` say where the vault's files are and how they are
+    encrypted, not what a plan asked: only a finished re-encryption (enforcer/rotate.py) changes
+    `encryption`, and a plan that moves a vault is a problem, never a new record (reconcile.py)."""
     protected = vault.protected or vault.name in plan.protected or (previous is not None and previous.protected)
-    return VaultRecord(vault.name, vault.path, vault.encryption, vault.on_remove, protected, vault.limit_bytes)
+    path, encryption = (vault.path, vault.encryption) if previous is None else (previous.path, previous.encryption)
+    return VaultRecord(vault.name, path, encryption, vault.on_remove, protected, vault.limit_bytes)
 
 
 def _check_protection(plan: Plan, managed: Mapping[str, VaultRecord]) -> None:

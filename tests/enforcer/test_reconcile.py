@@ -99,17 +99,43 @@ def test_removed_vaults_retain_and_destroy():
     assert actions(plan, converged(), records=[record(on_remove="destroy")]) == ([Action.DESTROY], [])
 
 
-def test_encryption_change_is_refused_not_replaced():
-    plan = make_plan([vault("config", encryption="none")])
-    assert actions(plan, converged(), records=[record()]) == ([], ["replace-unsupported"])
+def test_every_encryption_change_is_a_re_encryption():
+    for old, new in (("aes-256-xts", "adiantum"), ("aes-256-xts", "none"), ("adiantum", "aes-256-xts")):
+        plan = make_plan([vault("config", encryption=new)])
+        assert actions(plan, converged(), records=[record(encryption=old)]) == ([Action.RE_ENCRYPT], []), (old, new)
+    plaintext = seen(path_state=PathState.DIRECTORY, empty=False)
+    assert actions(make_plan([vault("config")]), plaintext, records=[record(encryption="none")]) == (
+        [Action.RE_ENCRYPT], [])
+
+
+def test_re_encryption_of_an_image_vault_mounts_and_grows_it_first():
+    rebooted_plain = seen(path_state=PathState.DIRECTORY, image_bytes=1 << 20, empty=True)
+    plan = make_plan([vault("config", limit=2 << 20)])
+    assert actions(plan, rebooted_plain, records=[record(encryption="none", limit_bytes=1 << 20)]) == (
+        [Action.MOUNT_STORAGE, Action.GROW_STORAGE, Action.RE_ENCRYPT], [])
+
+
+def test_re_encryption_of_a_locked_vault_waits_for_its_key():
+    locked = replace(converged(), key_status=KeyStatus.ABSENT)
+    plan = make_plan([vault("config", encryption="adiantum")])
+    assert actions(plan, locked, records=[record()]) == ([], ["vault-locked"])
+    assert actions(make_plan([vault("config", encryption="none")]), locked, records=[record()]) == ([], ["vault-locked"])
+
+
+def test_a_moved_vault_is_a_problem_and_stays_managed_where_its_files_are():
+    plan = make_plan([vault("config", path="/persist/elsewhere/config")])
+    assert actions(plan, converged(), records=[record()]) == ([], ["path-change-unsupported"])
+    locked = replace(converged(), key_status=KeyStatus.ABSENT)
+    assert actions(plan, locked, records=[record()]) == ([Action.UNLOCK], ["path-change-unsupported"])
 
 
 # --- properties over every observation ------------------------------------------------------------
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 ORDER = [Action.STAGE_PLAINTEXT, Action.CREATE_DIRECTORY, Action.CREATE_STORAGE, Action.MOUNT_STORAGE,
-         Action.GROW_STORAGE, Action.CREATE_KEY, Action.RESEAL, Action.UNLOCK, Action.SET_POLICY, Action.MIGRATE]
+         Action.GROW_STORAGE, Action.RE_ENCRYPT, Action.CREATE_KEY, Action.RESEAL, Action.UNLOCK, Action.SET_POLICY, Action.MIGRATE]
 
+ENCRYPTIONS = ["aes-256-xts", "adiantum", "none"]
 observations = st.builds(
     ObservedVault,
     name=st.just("config"),
@@ -126,11 +152,11 @@ observations = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(seen_vault=observations, limit=st.sampled_from([0, 16 << 20]), encryption=st.sampled_from(["aes-256-xts", "none"]),
-       recorded=st.booleans())
+@given(seen_vault=observations, limit=st.sampled_from([0, 16 << 20]), encryption=st.sampled_from(ENCRYPTIONS),
+       recorded=st.one_of(st.none(), st.sampled_from(ENCRYPTIONS)))
 def test_reconcile_never_destroys_and_orders_steps(seen_vault, limit, encryption, recorded):
     plan = make_plan([vault("config", limit=limit, encryption=encryption)])
-    records = [record(encryption=encryption)] if recorded else []
+    records = [record(encryption=recorded)] if recorded else []
     observed = Observed({"config": seen_vault}, {r.name: r for r in records})
     result = reconcile(plan, observed)
     assert result == reconcile(plan, observed)  # a function of its inputs only
@@ -144,5 +170,10 @@ def test_reconcile_never_destroys_and_orders_steps(seen_vault, limit, encryption
         assert Action.CREATE_KEY not in steps  # an existing sealed key is never replaced
     if encryption == "none":
         assert not {Action.CREATE_KEY, Action.SET_POLICY, Action.UNLOCK, Action.RESEAL} & set(steps)
+    if recorded not in (None, encryption):  # the files change encryption only by being copied, never in place
+        assert not {Action.CREATE_KEY, Action.SET_POLICY, Action.UNLOCK, Action.RESEAL, Action.STAGE_PLAINTEXT,
+                    Action.MIGRATE, Action.CREATE_DIRECTORY} & set(steps)
+    else:
+        assert Action.RE_ENCRYPT not in steps
     if result.problems:
         assert {p.vault for p in result.problems} == {"config"}

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
-import stat
 from datetime import timedelta
 
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from enforcer import fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.state import StateDir
-from vp_helpers import NOW, make_plan, vault
+from vp_helpers import NOW, fill, make_plan, tree, vault
 
 pytestmark = pytest.mark.device
 
@@ -29,37 +27,6 @@ def rotating(v, days: int | None):
 
 # one vault with its own image (bind-mounted), one plain directory on the persist filesystem
 PLAN = make_plan([rotating(vault("config", limit=16 * MiB), 90), rotating(vault("logs"), 30)])
-
-
-def fill(target) -> None:
-    (target / "nested" / "deeper").mkdir(parents=True)
-    (target / "a.txt").write_bytes(b"alpha" * 1000)
-    (target / "nested" / "b.bin").write_bytes(os.urandom(300_000))
-    (target / "nested" / "empty").write_bytes(b"")
-    os.symlink("../a.txt", target / "nested" / "link")
-    os.chmod(target / "a.txt", 0o640)
-    os.chown(target / "nested" / "b.bin", 1234, 4321)
-    os.chmod(target / "nested" / "deeper", 0o750)
-    os.utime(target / "a.txt", ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
-    os.lchown(target / "nested" / "link", 99, 98)
-    os.utime(target / "nested" / "deeper", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
-
-
-def tree(root) -> dict[str, tuple]:
-    """Every entry's content hash (or link target), mode, owner and mtime."""
-    out = {}
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(directory, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                content = hashlib.sha256(open(path, "rb").read()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                content = os.readlink(path)
-            else:
-                content = "dir"
-            out[os.path.relpath(path, root)] = (content, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
-    return out
 
 
 def identifiers(device) -> dict[str, str]:
@@ -188,7 +155,7 @@ def test_rotation_that_does_not_fit_is_refused_and_changes_nothing(device):
 
     result = device.cli("device", "rotate", "big")
     assert result.returncode == 1
-    assert "vault big: failed: rotating needs" in result.stdout and "free bytes" in result.stdout
+    assert "vault big: failed (no-room, VP1112): copying the vault needs" in result.stdout and "free bytes" in result.stdout
     assert tree(path) == expected and StateDir(device.state).sealed("big") == sealed
     assert [p for p in (device.state / "images").rglob("*.vp-rotate")] == []
     assert key_status(device, "big", sealed["key_identifier"]) is KeyStatus.PRESENT
@@ -199,7 +166,7 @@ def test_locked_or_unknown_vault_is_refused(rotated_device):
     before = identifiers(device)
     assert device.cli("device", "lock").returncode == 0
     locked = device.cli("device", "rotate", "logs")
-    assert locked.returncode == 1 and "vault logs: failed: is locked" in locked.stdout
+    assert locked.returncode == 1 and "vault logs: failed (vault-locked, VP1107): is locked" in locked.stdout
     unknown = device.cli("device", "rotate", "confg")
     assert unknown.returncode == 1 and "vault `confg` is not in the applied plan" in unknown.stderr
     assert "did you mean `config`?" in unknown.stderr and "Traceback" not in unknown.stderr
@@ -261,7 +228,7 @@ def test_open_file_in_an_image_vault_refuses_and_changes_nothing(device):
     before = StateDir(device.state).sealed("config")
     with open(path / "busy", "rb"):
         result = device.cli("device", "rotate", "config")
-    assert result.returncode == 1 and "vault config: failed: files are open in the vault" in result.stdout
+    assert result.returncode == 1 and "vault config: failed (vault-busy, VP1111): files are open in the vault" in result.stdout
     assert StateDir(device.state).sealed("config") == before
     assert (path / "busy").read_bytes() == b"in use" and leftovers(device) == []
     assert device.cli("device", "status").returncode == 0

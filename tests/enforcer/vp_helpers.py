@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -58,3 +61,34 @@ def mounts_under(*prefixes: Path) -> list[str]:
             if any(target == str(p) or target.startswith(f"{p}/") for p in prefixes):
                 found.append(target)
     return sorted(set(found), key=lambda t: t.count("/"), reverse=True)
+
+
+def fill(target) -> None:
+    (target / "nested" / "deeper").mkdir(parents=True)
+    (target / "a.txt").write_bytes(b"alpha" * 1000)
+    (target / "nested" / "b.bin").write_bytes(os.urandom(300_000))
+    (target / "nested" / "empty").write_bytes(b"")
+    os.symlink("../a.txt", target / "nested" / "link")
+    os.chmod(target / "a.txt", 0o640)
+    os.chown(target / "nested" / "b.bin", 1234, 4321)
+    os.chmod(target / "nested" / "deeper", 0o750)
+    os.utime(target / "a.txt", ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    os.lchown(target / "nested" / "link", 99, 98)
+    os.utime(target / "nested" / "deeper", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+
+
+def tree(root) -> dict[str, tuple]:
+    """Every entry's content hash (or link target), mode, owner and mtime."""
+    out = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                content = hashlib.sha256(open(path, "rb").read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            else:
+                content = "dir"
+            out[os.path.relpath(path, root)] = (content, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+    return out

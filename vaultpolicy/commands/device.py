@@ -216,7 +216,8 @@ def _apply(args, state, root) -> int:
     failed = [o for o in outcomes.values() if o.error is not None]
     done = {id(s) for o in outcomes.values() for s in o.done}
     for outcome in failed:
-        state.set_condition(f"vault/{outcome.vault}", False, outcome.failed.action.value, outcome.error.message, now)
+        state.set_condition(f"vault/{outcome.vault}", False, getattr(outcome.error, "reason", "step-failed"),
+                            f"{outcome.failed.action.value} failed: {outcome.error.message}", now)
     for outcome in outcomes.values():
         if outcome.error is None and outcome.done:
             state.clear_condition(f"vault/{outcome.vault}")
@@ -280,10 +281,13 @@ def _status(args, state, root) -> int:
 
 
 def _unlock(args, state, root) -> int:
+    from enforcer.rotate import Rotator
     from enforcer.unlock import VaultResult, unlock_all
 
     plan = _applied(args, state)
     now = datetime.now(timezone.utc)
+    with _tpm(args, state) as tpm:  # a rotation or re-encryption cut by power loss: finished or undone at boot
+        recovered = Rotator(plan, state, root, tpm, now).recover()
     if args.release:
         from enforcer.attest import resolve_device_id
         from enforcer.release import Release, unlock_released
@@ -296,7 +300,7 @@ def _unlock(args, state, root) -> int:
     else:
         with _tpm(args, state) as tpm:
             results = unlock_all(plan, state, root, tpm, now)
-    return _results(args, "unlock", results, ok=("unlocked", "already-unlocked", "unencrypted"))
+    return _results(args, "unlock", results, ok=("unlocked", "already-unlocked", "unencrypted"), recovered=recovered)
 
 
 def _lock(args, state, root) -> int:
@@ -305,12 +309,15 @@ def _lock(args, state, root) -> int:
     return _results(args, "lock", lock_all(state, root), ok=("locked",))
 
 
-def _results(args, verb: str, results, ok: tuple[str, ...]) -> int:
-    lines = []
+def _results(args, verb: str, results, ok: tuple[str, ...], recovered: list[str] | None = None) -> int:
+    lines = [f"  vault {name}: interrupted rotation or re-encryption completed or undone" for name in recovered or ()]
     for result in results:
         detail = f" ({_tag(result.reason)}): {result.message}" if result.message else ""
         lines.append(f"  vault {result.vault}: {result.outcome}{detail}")
-    _emit(args, {verb: [asdict(r) for r in results]}, lines)
+    data = {verb: [asdict(r) for r in results]}
+    if recovered is not None:
+        data["recovered"] = recovered
+    _emit(args, data, lines)
     return status_codes.SUCCESS if all(r.outcome in ok for r in results) else status_codes.ERROR
 
 

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         if result.outcome == "rotated":
             detail = f"key {result.old_key} -> {result.new_key} at {result.rotated_at}"
             lines.append(f"  vault {result.vault}: rotated, {detail}" + (f" ({result.message})" if result.message else ""))
+        elif result.outcome == "failed":
+            lines.append(f"  vault {result.vault}: failed ({device._tag(result.reason)}): {result.message}")
         else:
             lines.append(f"  vault {result.vault}: {result.outcome}: {result.message}")
     device._emit(args, {"resumed": interrupted, "recovered": recovered, "rotate": [asdict(r) for r in results]}, lines)

@@ -1,0 +1,150 @@
+"""Encryption changes a signed plan asks for, carried out on real fscrypt + swtpm: a cipher change, none ->
+encrypted and encrypted -> none, for a vault with its own image and a plain one; every file kept with its
+metadata, the old key erased, a locked vault refused untouched, a second apply doing nothing."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+
+import pytest
+
+from enforcer import fscrypt
+from enforcer.fscrypt import KeyStatus
+from enforcer.state import StateDir
+from vp_helpers import fill, make_plan, tree, vault
+
+pytestmark = pytest.mark.device
+
+MiB = 1 << 20
+NAMES = ("config", "logs")  # one vault with its own image, one plain directory on the persist filesystem
+
+
+def plans(old: str, new: str):
+    def plan(encryption: str, version: int):
+        return make_plan([vault("config", limit=16 * MiB, encryption=encryption), vault("logs", encryption=encryption)],
+                         version=version)
+    return plan(old, 1), plan(new, 2)
+
+
+def key_status(device, name: str, identifier: str) -> KeyStatus:
+    return fscrypt.key_status(fscrypt.mountpoint_of(str(device.path(f"/persist/vault/{name}"))), bytes.fromhex(identifier))
+
+
+def leftovers(device) -> list[str]:
+    return [str(p) for base in (device.path("/persist/vault"), device.state) for p in base.rglob("*.vp-*")] + \
+        [str(p) for p in (device.state / "rotating").glob("*")]
+
+
+def filled(device, plan) -> dict[str, dict]:
+    applied = device.apply(plan)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    for name in NAMES:
+        fill(device.path(f"/persist/vault/{name}"))
+    return {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES}
+
+
+def assert_applied_once(device, plan, expected: dict) -> dict:
+    """Apply `plan`, check every file, then that a second apply does nothing; the JSON of the first."""
+    result = device.apply(plan, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout)
+    assert [(s["vault"], s["action"], s["done"]) for s in out["steps"]] == [
+        ("config", "re-encrypt", True), ("logs", "re-encrypt", True)]
+    for name in NAMES:
+        assert tree(device.path(f"/persist/vault/{name}")) == expected[name], name
+    assert leftovers(device) == []
+    again = device.apply(plan, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["steps"] == [], again.stdout
+    status = device.cli("device", "status")
+    assert status.returncode == 0, status.stdout
+    return out
+
+
+def kernel_has_adiantum(device) -> bool:
+    """This kernel accepts an Adiantum policy but, built without the cipher, refuses new files (ENOPKG)."""
+    directory = device.path("/persist/adiantum-probe")
+    directory.mkdir()
+    fscrypt.set_policy(str(directory), fscrypt.add_key(str(directory.parent), bytearray(os.urandom(64))), "adiantum")
+    try:
+        (directory / "f").touch()
+    except OSError as exc:
+        assert exc.errno == errno.ENOPKG, exc
+        return False
+    finally:
+        shutil.rmtree(directory)
+    return True
+
+
+@pytest.mark.parametrize("old,new", [("aes-256-xts", "adiantum"), ("none", "aes-256-xts")])
+def test_cipher_change_and_encrypting_plain_files_re_encrypt_under_a_new_key(device, old, new):
+    old_plan, new_plan = plans(old, new)
+    expected = filled(device, old_plan)
+    state = StateDir(device.state)
+    before = {name: state.sealed(name) for name in NAMES}
+    if new == "adiantum" and not kernel_has_adiantum(device):
+        refused = device.apply(new_plan)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        for name in NAMES:
+            assert f"vault {name}: re-encrypt FAILED: vault `{name}`: this kernel cannot encrypt with adiantum" \
+                in refused.stdout
+            assert state.sealed(name) == before[name] and state.records()[name].encryption == old
+            assert tree(device.path(f"/persist/vault/{name}")) == expected[name]
+            assert key_status(device, name, before[name]["key_identifier"]) is KeyStatus.PRESENT
+        assert leftovers(device) == []
+        return
+
+    assert_applied_once(device, new_plan, expected)
+    for name in NAMES:
+        policy = fscrypt.get_policy(str(device.path(f"/persist/vault/{name}")))
+        sealed = state.sealed(name)
+        assert (policy.contents_mode, policy.key_identifier.hex()) == (new, sealed["key_identifier"])
+        assert key_status(device, name, sealed["key_identifier"]) is KeyStatus.PRESENT
+        assert state.records()[name].encryption == new
+        if before[name] is not None:
+            assert sealed["key_identifier"] != before[name]["key_identifier"]
+            assert key_status(device, name, before[name]["key_identifier"]) is KeyStatus.ABSENT
+
+    assert device.cli("device", "lock").returncode == 0
+    assert not (device.path("/persist/vault/logs") / "a.txt").exists()  # locked: only encrypted names
+    assert device.cli("device", "unlock").returncode == 0
+    assert {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES} == expected
+
+
+def test_decrypting_copies_the_files_out_and_erases_the_key(device):
+    old_plan, new_plan = plans("aes-256-xts", "none")
+    expected = filled(device, old_plan)
+    state = StateDir(device.state)
+    keys = {name: state.sealed(name)["key_identifier"] for name in NAMES}
+
+    assert_applied_once(device, new_plan, expected)
+    for name in NAMES:
+        assert fscrypt.get_policy(str(device.path(f"/persist/vault/{name}"))) is None
+        assert state.sealed(name) is None and state.records()[name].encryption == "none"
+        assert key_status(device, name, keys[name]) is KeyStatus.ABSENT
+    lock = device.cli("device", "lock", "--json")
+    assert lock.returncode == 0 and json.loads(lock.stdout)["lock"] == []  # nothing encrypted is left to lock
+    assert {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES} == expected
+
+
+def test_a_locked_vault_is_not_re_encrypted_until_unlocked(device):
+    old_plan, new_plan = plans("aes-256-xts", "none")
+    expected = filled(device, old_plan)
+    assert device.cli("device", "lock").returncode == 0
+    state = StateDir(device.state)
+    sealed = {name: state.sealed(name) for name in NAMES}
+
+    refused = device.apply(new_plan)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    for name in NAMES:
+        assert f"vault {name}: not changed (vault-locked, VP" in refused.stdout
+        assert "unlock it first" in refused.stdout
+        assert state.sealed(name) == sealed[name] and state.records()[name].encryption == "aes-256-xts"
+    assert leftovers(device) == []
+
+    unlocked = device.cli("device", "unlock")  # the boot service unlocks a vault whose change waits for its key
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES} == expected
+    assert_applied_once(device, new_plan, expected)
