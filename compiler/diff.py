@@ -26,9 +26,11 @@ class Action(StrEnum):
 
 MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.REMOVE: "-", Action.DESTROY: "-"}
 
-# What the device does where the action's name alone would mislead (docs/enforcer.md, "orphan", "migrate").
+# What the device does where the action's name alone would mislead (docs/enforcer.md: "orphan",
+# "migrate"; enforcer/codes.py: VP1108, the device never moves a vault's files).
 RETAINED = "retain: locked, key kept, reported orphaned"
 ENCRYPTED = "plain files migrate into the encrypted directory"
+NOT_MOVED = "path not moved: files stay at {path}, reported as VP1108"
 
 # A thing that leaves the plan is shown by what identifies it, not by a field diff of absent values.
 _IDENTIFYING = {
@@ -45,7 +47,7 @@ class Impact(StrEnum):
     NONE = "none"
     RESEAL = "reseal"  # the key is sealed again to other PCRs or another attestation
     REKEY = "rekey"  # the rotation schedule changes: a new key wraps the data
-    RE_ENCRYPT = "re-encrypt"  # the data migrates into a new encrypted directory (cipher, path, or none -> a cipher)
+    RE_ENCRYPT = "re-encrypt"  # the data migrates into a new encrypted directory (a cipher change, or none -> a cipher)
     DECRYPTS_DATA = "decrypts data"  # encryption becomes `none`: data will rest in plain text
     DESTROYS_DATA = "destroys data"
 
@@ -149,14 +151,14 @@ def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan
             impacts.append(Impact.RESEAL)
         if "rotate_seconds" in changed:
             impacts.append(Impact.REKEY)
-        if "encryption" in changed or "path" in changed:
+        if "encryption" in changed:
             impacts.append(Impact.DECRYPTS_DATA if new.encryption == "none" else Impact.RE_ENCRYPT)
-        if old.encryption == "none" and new.encryption != "none":
-            note = ENCRYPTED
-        if old.encryption == "none" and new.encryption == "none" and changed == {"path"}:
-            impacts = [Impact.NONE]  # moving plain files changes nothing about their protection
+        notes = [ENCRYPTED] if old.encryption == "none" and new.encryption != "none" else []
+        if "path" in changed:
+            notes.append(NOT_MOVED.format(path=old.path))
+        note = "; ".join(notes) or None
         impact = _worst(impacts)
-        action = Action.REPLACE if changed & {"encryption", "path"} else Action.UPDATE
+        action = Action.REPLACE if "encryption" in changed else Action.UPDATE
         if protected and "encryption" in changed:
             blocked = f"vault `{name}` is protected: the device refuses a plan that changes its encryption"
         elif protected and new.on_remove == "destroy" and old.on_remove != "destroy":

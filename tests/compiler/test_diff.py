@@ -128,6 +128,15 @@ def test_a_plain_vault_becoming_encrypted_says_its_files_migrate_into_the_encryp
     assert "-/+ vault data  (replace; data impact: re-encrypt)\n" in re_encrypt  # a cipher change: no plain files
 
 
+def test_a_path_change_says_the_device_keeps_the_files_where_they_are(cli, tmp_path, monkeypatch):
+    """The device never moves a vault's files (VP1108): no data migrates, nothing is re-created."""
+    moved = BASE.replace('"/persist/data"', '"/persist/moved"')
+    text = _diff(cli, tmp_path, monkeypatch, BASE, moved)[1]
+    assert "~   vault data  (update, path not moved: files stay at /persist/data, reported as VP1108; data impact: none)\n" in text
+    recrypted = _diff(cli, tmp_path, monkeypatch, BASE, moved.replace("limit 1GiB", "limit 1GiB  encryption adiantum"))[1]
+    assert "-/+ vault data  (replace, path not moved: files stay at /persist/data, reported as VP1108; data impact: re-encrypt)\n" in recrypted
+
+
 def test_removed_apps_and_components_are_removed_not_destroyed(cli, tmp_path, monkeypatch):
     old = BASE + 'component agent { stores "/persist/data/agent" sensitive }\n'
     text = _diff(cli, tmp_path, monkeypatch, old, BASE.replace("app camera { vault scratch }\n", ""))[1]
