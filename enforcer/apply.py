@@ -241,6 +241,7 @@ class Applier:
                                  f"plaintext at `{where.staging}` stays intact", vault=name) from None
         shutil.rmtree(where.staging)
         fsync_dir(where.staging.parent)
+        blockdev.discard_free(where.staging.parent)  # the plaintext's freed blocks
 
     def _re_encrypt(self, name: str) -> None:
         """Copy the files into a tree under the plan's encryption and swap it in (enforcer/rotate.py), as

@@ -27,6 +27,9 @@ directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
   little under the image size (journal and inode tables take the rest).
 - Images are mounted `nodev,nosuid` with `-m 0` (no root reserve): the limit is the same for root.
 - Unmounting frees the loop device: `mount -o loop` sets autoclear.
+- `discard_free` asks a filesystem to discard its free blocks (FITRIM). On a loop image that punches
+  them out of the image file, so plaintext a re-encryption or migration unlinked leaves no trace in
+  it; on flash it is a hint the device may honour. Best effort: a device without discard says no.
 - A mount pins its root directory, so the kernel cannot evict the vault directory's inode while
   the bind mount stands: removing the key then leaves it "incompletely removed". To lock such a
   vault fully, unmount the bind first, remove the key, and bind again (enforcer/apply.py does).
@@ -34,8 +37,10 @@ directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
+import struct
 import shutil
 import subprocess
 import tempfile
@@ -51,6 +56,7 @@ _EXT4_MAGIC = b"\x53\xef"
 _MOUNT_OPTIONS = "loop,nodev,nosuid"
 _VAULT_DIR = "vault"
 _CAP_SYS_RESOURCE = 24
+_FITRIM = 0xC0185879  # _IOWR('X', 121, struct fstrim_range {u64 start, len, minlen})
 
 
 class BlockdevError(DeviceError):
@@ -317,3 +323,15 @@ def quota_supported() -> bool:
             return False
         detach(mountpoint)
         return True
+
+
+def discard_free(path: str | os.PathLike) -> bool:
+    """Discard the free blocks of the filesystem holding `path`; False when its device cannot."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, _FITRIM, bytearray(struct.pack("QQQ", 0, 2**64 - 1, 0)))
+        return True
+    except OSError:  # EOPNOTSUPP and the like: nothing discards here; the blocks are only freed
+        return False
+    finally:
+        os.close(fd)

@@ -199,7 +199,8 @@ class Rotator:
     def _new_key(self, name: str, vault: Vault, where: _Where, old: bytes | None) -> None:
         """Write the pending record: the target encryption and, unless it is `none`, a fresh sealed key."""
         pending = {"blob": None, "key_identifier": None, "previous_key_identifier": old.hex() if old else None,
-                   "encryption": vault.encryption, "rotated_at": format_time(self.now)}
+                   "encryption": vault.encryption, "rotated_at": format_time(self.now),
+                   "plaintext_source": fscrypt.get_policy(str(where.data)) is None}
         if vault.encryption == "none":
             _write_pending(self.state, name, pending)
             return
@@ -252,6 +253,8 @@ class Rotator:
             if where.fresh.exists():  # after the swap it holds the old tree
                 shutil.rmtree(where.fresh)
                 fsync_dir(where.fresh.parent)
+            if pending.get("plaintext_source"):  # the old tree's freed blocks held plaintext
+                blockdev.discard_free(where.key_home)
             busy = False
             old = pending["previous_key_identifier"]
             if old is not None and fscrypt.key_status(where.key_home, bytes.fromhex(old)) is not KeyStatus.ABSENT:

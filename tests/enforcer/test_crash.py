@@ -1,5 +1,6 @@
 """Issue 5, must show 1: SIGKILL the enforcer at every journaled step of an apply that creates three
-vaults and migrates a plaintext directory; each time a rerun converges with every file intact."""
+vaults and migrates a plaintext directory, and of one that changes the encryption of four vaults; each
+time a rerun converges with every file intact, no copy left behind and no key bytes on disk."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subprocess
 import pytest
 
 from enforcer.state import StateDir
-from vp_helpers import make_plan, mounts_under, vault
+from vp_helpers import fill, make_plan, mounts_under, tree, vault
 
 pytestmark = pytest.mark.device
 
@@ -42,12 +43,12 @@ def reset(device) -> None:
     shutil.rmtree(device.path("/persist/vault"), ignore_errors=True)
 
 
-def unsealed_keys(device) -> list[bytes]:
+def current_keys(device, names=("config", "img", "logs")) -> list[bytes]:
     from enforcer.tpm import SealedBlob, Tpm
 
     state = StateDir(device.state)
     with Tpm(device.tcti) as tpm:
-        return [bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed(n)["blob"])))) for n in ("config", "img", "logs")]
+        return [bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed(n)["blob"])))) for n in names]
 
 
 def test_kill_at_every_step_then_rerun_converges(device):
@@ -71,8 +72,57 @@ def test_kill_at_every_step_then_rerun_converges(device):
         assert status.returncode == 0, f"step {step}: {status.stdout}"
         again = device.apply(PLAN, "--json")
         assert json.loads(again.stdout)["steps"] == [], f"step {step}: not converged"
-        for key in unsealed_keys(device):
+        for key in current_keys(device):
             for path in device.state.rglob("*"):
                 if path.is_file() and ".img.mnt" not in str(path):
                     assert key not in path.read_bytes(), f"step {step}: key bytes in {path}"
     assert len(crashed_at) >= 12  # 3 vaults x (storage or directory, key, policy) + staging, migration, commit
+
+
+# Every encryption change at once: none -> encrypted and encrypted -> none, for a vault with its own image and a
+# plain one. (A cipher change between encrypted modes is a rotation with another mode: test_rotate.py kills it.)
+BEFORE = make_plan([vault("config", limit=16 * MiB, encryption="none"), vault("img", limit=8 * MiB),
+                    vault("logs"), vault("scratch", encryption="none")])
+AFTER = make_plan([vault("config", limit=16 * MiB), vault("img", limit=8 * MiB, encryption="none"),
+                   vault("logs", encryption="none"), vault("scratch")], version=2)
+CHANGED = ("config", "img", "logs", "scratch")
+
+
+def test_kill_at_every_step_of_a_re_encryption_then_rerun_converges(device):
+    from enforcer import fscrypt
+
+    crashed_at, keys_seen = [], set()
+    for step in range(1, 60):
+        reset(device)
+        assert device.apply(BEFORE).returncode == 0
+        for name in CHANGED:
+            fill(device.path(f"/persist/vault/{name}"))
+        expected = {name: tree(device.path(f"/persist/vault/{name}")) for name in CHANGED}
+        keys_seen.update(current_keys(device, ("img", "logs")))
+        killed = device.apply(AFTER, env={"VAULTPOLICY_CRASH_AT": str(step)})
+        if killed.returncode == 0:
+            break  # past the last step: the whole apply ran
+        assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        crashed_at.append(step)
+
+        rerun = device.apply(AFTER)
+        assert rerun.returncode == 0, f"step {step}: {rerun.stdout!r}{rerun.stderr!r}"
+        assert "resumed after an interrupted apply" in rerun.stdout
+        for name in CHANGED:
+            path = device.path(f"/persist/vault/{name}")
+            assert tree(path) == expected[name], f"step {step}: files of {name} differ after the rerun"
+            policy = fscrypt.get_policy(str(path))
+            assert (policy is None) == (AFTER.vault(name).encryption == "none"), f"step {step}: {name}"
+        leftovers = [str(p) for base in (device.path("/persist/vault"), device.state) for p in base.rglob("*.vp-*")]
+        assert leftovers + list((device.state / "rotating").glob("*")) == [], f"step {step}: copies left"
+        assert StateDir(device.state).sealed("img") is None and StateDir(device.state).sealed("logs") is None
+        status = device.cli("device", "status")
+        assert status.returncode == 0, f"step {step}: {status.stdout}"
+        again = device.apply(AFTER, "--json")
+        assert json.loads(again.stdout)["steps"] == [], f"step {step}: not converged"
+        keys_seen.update(current_keys(device, ("config", "scratch")))
+        for path in device.state.rglob("*"):
+            if path.is_file() and ".img.mnt" not in str(path):
+                assert not any(key in path.read_bytes() for key in keys_seen), f"step {step}: key bytes in {path}"
+    # 4 vaults x (re-encrypt, its key, copy, swap, commit, erase) + the plan's commit
+    assert len(crashed_at) == 25, crashed_at

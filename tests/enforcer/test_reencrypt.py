@@ -19,7 +19,8 @@ from vp_helpers import fill, make_plan, tree, vault
 pytestmark = pytest.mark.device
 
 MiB = 1 << 20
-NAMES = ("config", "logs")  # one vault with its own image, one plain directory on the persist filesystem
+NAMES = ("config", "logs")
+PLAINTEXT = b"alpha" * 200  # in a.txt of vp_helpers.fill  # one vault with its own image, one plain directory on the persist filesystem
 
 
 def plans(old: str, new: str):
@@ -43,6 +44,7 @@ def filled(device, plan) -> dict[str, dict]:
     assert applied.returncode == 0, applied.stdout + applied.stderr
     for name in NAMES:
         fill(device.path(f"/persist/vault/{name}"))
+    os.sync()  # on disk, as files an app wrote long ago are
     return {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES}
 
 
@@ -106,6 +108,11 @@ def test_cipher_change_and_encrypting_plain_files_re_encrypt_under_a_new_key(dev
         if before[name] is not None:
             assert sealed["key_identifier"] != before[name]["key_identifier"]
             assert key_status(device, name, before[name]["key_identifier"]) is KeyStatus.ABSENT
+
+    if old == "none":  # the plaintext's blocks were freed and discarded: no copy of it is left in either image
+        os.sync()
+        for image in (device.state / "images" / "config.img", device.work / "persist.img"):
+            assert PLAINTEXT not in image.read_bytes(), image
 
     assert device.cli("device", "lock").returncode == 0
     assert not (device.path("/persist/vault/logs") / "a.txt").exists()  # locked: only encrypted names
