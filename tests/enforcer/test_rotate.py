@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from datetime import timedelta
 
 import pytest
 
-from enforcer import fscrypt
+from enforcer import blockdev, fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.state import StateDir
-from vp_helpers import NOW, fill, make_plan, tree, vault
+from vp_helpers import NOW, fill, make_plan, mounts_under, tree, vault
 
 pytestmark = pytest.mark.device
 
@@ -254,3 +255,28 @@ def test_crash_after_the_swap_then_keys_dropped_converges_on_apply(device):
     assert StateDir(device.state).sealed("logs")["key_identifier"] == new
     assert tree(path) == expected and leftovers(device) == []
     assert key_status(device, "logs", new) is KeyStatus.PRESENT
+
+
+@pytest.mark.parametrize("step", [2, 3, 4, 5])  # killed at: copy, swap, commit, erase of the first vault
+def test_power_loss_mid_rotation_is_finished_or_undone_by_the_boot_unlock(rotated_device, step):
+    device = rotated_device
+    expected = {n: tree(device.path(f"/persist/vault/{n}")) for n in ("config", "logs")}
+    before = identifiers(device)
+    killed = device.cli("device", "rotate", env={"VAULTPOLICY_CRASH_AT": str(step)})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    pending = json.loads((device.state / "rotating" / "config.json").read_bytes())["key_identifier"]
+    # power loss: every mount goes (the persist partition too, dropping every key), the TPM restarts
+    for mountpoint in mounts_under(device.root, device.state):
+        subprocess.run(["umount", mountpoint], check=True)
+    device.swtpm.restart()
+    device.swtpm.measure_boot()
+    blockdev.mount_image(device.work / "persist.img", device.path("/persist"))
+
+    unlocked = device.cli("device", "unlock", "--json")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    result = json.loads(unlocked.stdout)
+    assert result["recovered"] == ["config"]
+    assert {r["vault"]: r["outcome"] for r in result["unlock"]} == {"config": "unlocked", "logs": "unlocked"}
+    swapped = step >= 4
+    assert identifiers(device) == {**before, "config": pending if swapped else before["config"]}
+    assert_converged(device, expected, f"killed at step {step}, then unlocked")
