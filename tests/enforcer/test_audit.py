@@ -170,18 +170,18 @@ def _vaultpolicy(*args: str):
 def test_bad_state_dir_and_trust_file_are_named_not_internal_errors(device):
     regular = device.work / "not-a-dir"
     regular.write_text("x")
-    for command in ("status", "unlock", "lock", "gate"):
+    for command in ("status", "unlock", "lock", "gate", "rotate"):
         result = _vaultpolicy("device", command, *(["app"] if command == "gate" else []), "--state-dir", str(regular))
         assert result.returncode == 1, (command, result.stderr)
         assert f"--state-dir {regular}: not a directory" in result.stderr and "internal" not in result.stderr
 
     absent = device.work / "no-state"
-    for command in ("status", "unlock", "lock"):
+    for command in ("status", "unlock", "lock", "rotate"):
         result = _vaultpolicy("device", command, "--state-dir", str(absent))
         assert result.returncode == 1 and "no plan has been applied" in result.stderr, (command, result.stderr)
         assert not absent.exists(), f"{command} created the state dir"
     absent.mkdir()
-    for command in ("status", "unlock", "gate"):
+    for command in ("status", "unlock", "gate", "rotate"):
         result = _vaultpolicy("device", command, *(["app"] if command == "gate" else []), "--state-dir", str(absent))
         assert result.returncode == 1 and "no plan has been applied" in result.stderr, (command, result.stderr)
 

@@ -58,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from enforcer.state import StateDir
 
     state = StateDir(args.state_dir)
-    root = Path(args.root).resolve() if args.root else None
-    if root is not None and not root.is_dir():
-        raise InputError(f"--root {args.root}: not a directory")
+    root = host_root(args)
     command = args.command[1]
     check_state_dir(state, args, command)
     handler = {"apply": _apply, "status": _status, "unlock": _unlock, "lock": _lock, "gate": _gate}[command]
@@ -81,6 +79,14 @@ def _read(path: str, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {what} `{path}`: {exc.strerror or exc}") from None
+
+
+def host_root(args) -> Path | None:
+    """`--root`, resolved; it must be a directory."""
+    root = Path(args.root).resolve() if args.root else None
+    if root is not None and not root.is_dir():
+        raise InputError(f"--root {args.root}: not a directory")
+    return root
 
 
 def check_state_dir(state, args, command: str) -> None:

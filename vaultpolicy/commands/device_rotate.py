@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 
 from vaultpolicy import status_codes
 from vaultpolicy.commands import device
-from vaultpolicy.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None:
@@ -31,9 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from enforcer.state import StateDir
 
     state = StateDir(args.state_dir)
-    root = Path(args.root).resolve() if args.root else None
-    if root is not None and not root.is_dir():
-        raise InputError(f"--root {args.root}: not a directory")
+    root = device.host_root(args)
+    device.check_state_dir(state, args, "rotate")  # before the lock, which would create a missing state dir
     with state.exclusive():
         plan = device._applied(args, state)
         journal = Journal(state.journal_path)
@@ -49,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         lines.append(f"resumed after an interrupted run (stopped at {interrupted[-1]['action']} "
                      f"{interrupted[-1].get('vault', '')})")
-    lines += [f"  vault {name}: interrupted rotation completed or undone" for name in recovered]
+    lines += [f"  vault {name}: interrupted rotation or re-encryption completed or undone" for name in recovered]
     for result in results:
         if result.outcome == "rotated":
             detail = f"key {result.old_key} -> {result.new_key} at {result.rotated_at}"
