@@ -203,7 +203,8 @@ def unlock_released(
                     raise DeviceError("the applied plan has no sealed vault by this name", vault=name)
                 if recorded is None or not hmac.compare_digest(bytes.fromhex(recorded["key_identifier"]), key_identifier):
                     raise DeviceError("released key is not the key this vault was created with", vault=name)
-                mountpoint = fscrypt.mountpoint_of(str(host_path(root, vault.path)))
+                where = state.records().get(name) or vault  # the recorded path: a plan cannot move a vault
+                mountpoint = fscrypt.mountpoint_of(str(host_path(root, where.path)))
                 added = fscrypt.add_key(mountpoint, raw)
                 if not hmac.compare_digest(added, key_identifier):
                     fscrypt.remove_key(mountpoint, added)

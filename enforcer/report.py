@@ -130,10 +130,15 @@ def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool) ->
         return "Drifted", "path-not-directory", f"{seen.path} is a {seen.path_state.value}, not a plain directory"
     if encrypted and seen.policy is None and (seen.empty is False or seen.staged_plaintext):
         return "Disabled", "plaintext-directory", f"{seen.path} holds unencrypted files where an encrypted vault belongs"
+    if not encrypted and seen.policy is not None:
+        return "Drifted", "encryption-change-pending", "the plan decrypts this vault; its files are still encrypted"
     if not encrypted:
         return "Ready", "unencrypted-by-policy", "the plan keeps this directory unencrypted"
     if seen.policy is None:
         return "Drifted", "not-encrypted", f"{seen.path} has no encryption policy" + ("" if managed else " (not created yet)")
+    if seen.policy.contents_mode != wanted.encryption:
+        return "Drifted", "encryption-change-pending", (f"the files are encrypted with {seen.policy.contents_mode}, "
+                                                       f"the plan asks for {wanted.encryption}")
     if seen.seal is None:
         return "Drifted", "no-sealed-key", "no sealed key is recorded for this vault"
     if seen.policy.key_identifier != seen.seal.key_identifier:

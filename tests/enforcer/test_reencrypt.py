@@ -155,3 +155,32 @@ def test_a_locked_vault_is_not_re_encrypted_until_unlocked(device):
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
     assert {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES} == expected
     assert_applied_once(device, new_plan, expected)
+
+
+def test_a_plan_that_moves_a_vault_is_a_problem_and_the_vault_stays_managed_where_its_files_are(device):
+    old_plan, _ = plans("aes-256-xts", "aes-256-xts")
+    expected = filled(device, old_plan)
+    moved = make_plan([vault("config", limit=16 * MiB, path="/persist/moved/config"),
+                       vault("logs", path="/persist/moved/logs")], version=2)
+
+    for _ in range(2):  # a second apply of the same plan says the same and changes nothing
+        result = device.apply(moved, "--json")
+        assert result.returncode == 1, result.stdout + result.stderr
+        out = json.loads(result.stdout)
+        assert out["steps"] == []
+        assert {(p["vault"], p["reason"]) for p in out["problems"]} == {
+            ("config", "path-change-unsupported"), ("logs", "path-change-unsupported")}
+        assert "its files stay at `/persist/vault/logs`" in out["problems"][1]["message"]
+        assert not device.path("/persist/moved").exists()
+        assert {n: r.path for n, r in StateDir(device.state).records().items()} == {
+            "config": "/persist/vault/config", "logs": "/persist/vault/logs"}
+    text = device.apply(moved)
+    assert "vault logs: not changed (path-change-unsupported, VP1108): the plan moves the vault" in text.stdout
+    status = device.cli("device", "status")
+    assert status.returncode == 3 and "the device does not move vaults" in status.stdout
+
+    # the boot unlock still unlocks it where its files are
+    assert device.cli("device", "lock").returncode == 0
+    unlocked = device.cli("device", "unlock")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES} == expected
