@@ -1,4 +1,9 @@
 """Key rotation (`vaultpolicy device rotate`): a vault's files re-encrypted under a fresh key, the old key erased.
+The same machinery carries out an encryption change of a signed plan (apply's `re-encrypt` step,
+`Rotator.rekey(name, "re-encrypt")`): the new tree gets the plan's encryption, a fresh key, or no
+policy and no key for `none`; the source may be plaintext (a vault that had `none`). The steps are then
+named `re-encrypt-*`, commit also records the new encryption (and for `none` deletes the sealed blob),
+and erase discards the freed blocks of a plaintext source.
 
 fscrypt v2 cannot change the key of a directory in place, so a rotation builds a second directory
 and swaps it in. Per vault, each mutating step written ahead to the journal:
@@ -25,13 +30,14 @@ readable) and encrypted under its sealed key, and the copy must fit (S21): the r
 one block per other entry, and an inode each, against the filesystem's free space. A refusal names
 the vault and the bytes needed, and changes nothing.
 
-Crash recovery (`Rotator.recover`, run first by `device rotate` and `device apply`): a pending record
-means a rotation was interrupted. If the data directory is already encrypted under the pending key,
-the swap happened: commit and erase are finished (roll forward). Otherwise the rotation is undone:
+Crash recovery (`Rotator.recover`, run first by `device rotate`, `device apply` and `device unlock`):
+a pending record means a rotation was interrupted. If the data directory is already encrypted under
+the pending key (for a decryption: has no policy), the swap happened: commit and erase are finished (roll forward). Otherwise the rotation is undone:
 the partial copy removed (deleting files needs no key), the new key removed from the kernel (when
 its identifier was not recorded yet, the blob is unsealed once to learn it), the image bound again,
 the pending record deleted. Every step is idempotent, so a crash during recovery converges too. No
-raw key and no plaintext is written at any point: the copy is encrypted as it is written.
+raw key is written at any point, and no plaintext unless the plan decrypts the vault: the copy is
+encrypted as it is written.
 
 Limits: a rotation copies the whole vault, so it needs that much free space on the vault's own
 filesystem and time proportional to its size; files written by apps during the copy of a vault

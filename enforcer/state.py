@@ -9,11 +9,13 @@ Layout under STATE (`--state-dir`):
     sealed/<vault>.json      the sealed key blob (TPM public/private areas) + the kernel key identifier
                              + `rotated_at` (RFC 3339 UTC, when that key was created); the raw key never
                              touches disk. Records written before `rotated_at` existed lack it
-    vaults/<vault>.json      what the device manages for a vault: path, encryption, on_remove, protected,
+    vaults/<vault>.json      what the device manages for a vault: path and encryption (where its files
+                             are and how they are encrypted: verify.record_for), on_remove, protected,
                              orphaned. Kept after the vault leaves the plan, so `retain` and `destroy`
                              still know what to do and a protected vault stays protected (S16)
     images/<vault>.img       the vault's own ext4 image when it has a storage limit (see apply.py)
-    rotating/<vault>.json    a key rotation in progress: the new key's sealed blob (see rotate.py)
+    rotating/<vault>.json    a rotation or re-encryption in progress: the target encryption and the new
+                             key's sealed blob (see rotate.py)
     conditions.json          conditions with reasons: the last refusal, per-vault unlock failures
     lock                     flock'd by apply, unlock and lock: one mutating command at a time
     journal.jsonl            the write-ahead journal of the apply in progress (journal.py)
