@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from lark import Lark, Token, Tree
@@ -35,6 +35,7 @@ _TOKEN_RE = re.compile(
   | (?P<NUMBER>[0-9][A-Za-z0-9_]*)
   | (?P<NAME>[A-Za-z_][A-Za-z0-9_\-]*)
   | (?P<PUNCT>[{},;=|])
+  | (?P<BAD>[^ \t\r\n\f\#"0-9A-Za-z_{},;=|]+)  # a run of characters no other group can start with
     """,
     re.VERBOSE,
 )
@@ -114,6 +115,11 @@ def _keyword_terminals() -> dict[str, str]:
 
 
 @cache
+def _keyword_types() -> frozenset[str]:
+    return frozenset(_keyword_terminals().values())
+
+
+@cache
 def _terminal_words() -> dict[str, str]:
     words = {t.name: f"`{t.pattern.value}`" for t in _lark().terminals if isinstance(t.pattern, PatternStr)}
     words.update({"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "$END": "the end of the file"})
@@ -129,8 +135,8 @@ def _span(file: str, token: Token) -> Span:
 
 
 def _token(kind: str, value: str, pos: int, line: int, col: int) -> Token:
-    return Token(kind, value, start_pos=pos, line=line, column=col, end_line=line,
-                 end_column=col + len(value), end_pos=pos + len(value))
+    # Positional: lark's keyword-argument path costs a third of the tokenizer on large files.
+    return Token(kind, value, pos, line, col, line, col + len(value), pos + len(value))
 
 
 def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnostics]:
@@ -138,29 +144,11 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
     comments: list[Comment] = []
     diags = Diagnostics()
     kw = _keyword_terminals()
-    pos, line, line_start = 0, 1, 0
+    line, line_start = 1, 0
     line_has_code = False
-    bad_start = None  # start of a run of unexpected characters, reported once per run
-
-    def flush_bad(end: int):
-        nonlocal bad_start
-        if bad_start is not None:
-            bad = _token("BAD", text[bad_start:end], bad_start, line, bad_start - line_start + 1)
-            shown = text[bad_start:end]
-            what = f"`{shown}`" if shown.isprintable() and len(shown) <= 20 else "characters"
-            diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {what} in the policy", _span(file, bad),
-                               help="policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"))
-            bad_start = None
-
-    while pos < len(text):
-        m = _TOKEN_RE.match(text, pos)
-        if m is None:  # never a newline: WS matches those, so line counting stays right
-            if bad_start is None:
-                bad_start = pos
-            pos += 1
-            continue
-        flush_bad(pos)
-        kind, value = m.lastgroup, m.group()
+    # Every character starts some group (BAD takes the rest), so the matches cover the text end to end.
+    for m in _TOKEN_RE.finditer(text):
+        kind, value, pos = m.lastgroup, m.group(), m.start()
         col = pos - line_start + 1
         if kind == "WS":
             newlines = value.count("\n")
@@ -171,6 +159,11 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
         elif kind == "COMMENT":
             tok = _token("COMMENT", value, pos, line, col)
             comments.append(Comment(value, _span(file, tok), own_line=not line_has_code))
+        elif kind == "BAD":  # never a newline: WS matches those, so line counting stays right
+            what = f"`{value}`" if value.isprintable() and len(value) <= 20 else "characters"
+            diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {what} in the policy",
+                               _span(file, _token("BAD", value, pos, line, col)),
+                               help="policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"))
         elif kind == "BADSTRING":
             tok = _token("STRING", value, pos, line, col)
             diags.append(error(codes.UNTERMINATED_STRING, "unterminated string", _span(file, tok),
@@ -183,8 +176,6 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
                 kind = _PUNCT_TERMINALS[value]
             tokens.append(_token(kind, value, pos, line, col))
             line_has_code = True
-        pos = m.end()
-    flush_bad(pos)
     return tokens, comments, diags
 
 
@@ -192,7 +183,7 @@ _PUNCT_TERMINALS = {"{": "LBRACE", "}": "RBRACE", ",": "COMMA", ";": "SEMICOLON"
 
 
 def _is_keyword(token: Token) -> bool:
-    return token.type in _keyword_terminals().values()
+    return token.type in _keyword_types()
 
 
 def _starts_item_on_new_line(tokens: list[Token], i: int) -> bool:
@@ -297,7 +288,7 @@ def _join(words: list[str]) -> str:
 def _syntax_diagnostic(file: str, failure: _SyntaxFailure, previous: Token | None) -> Diagnostic:
     tok = failure.token
     words = _expected_words(failure.expected, previous)
-    keywords_here = [_terminal_words()[n].strip("`") for n in failure.expected if n in _keyword_terminals().values()]
+    keywords_here = [_terminal_words()[n].strip("`") for n in failure.expected if n in _keyword_types()]
     suggestion = did_you_mean(tok.value, keywords_here) if tok.type == "NAME" or _is_keyword(tok) else None
     expectation = f"expected {_join(words)}" if words else None
     if suggestion is not None or (keywords_here and "NAME" not in failure.expected and tok.type == "NAME"):
@@ -344,21 +335,28 @@ def _unclosed_brace(file: str, tokens: list[Token], kind: str) -> Diagnostic | N
                  help=f"add `}}` after line {last.end_line} to close this block")
 
 
+@lru_cache(maxsize=256)
+def _setting_keywords(header_types: tuple[str, ...]) -> frozenset[str]:
+    """The setting keywords the parser accepts right after a block header. They depend only on the
+    header's token types, so the few distinct headers (`vault NAME {`, `app NAME {`, ...) are probed once."""
+    probe = _lark().parse_interactive(start="item")
+    try:
+        for type_ in header_types:
+            probe.feed_token(_contextual(Token(type_, "", 0, 1, 1, 1, 1, 0), probe.choices()))
+    except UnexpectedToken:
+        return frozenset()
+    return frozenset(c for c in probe.choices() if c in _keyword_types())
+
+
 def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostics]:
     """Parse one top-level item; on an error, drop the failing setting and try again."""
     diags = Diagnostics()
     unclosed = _unclosed_brace(file, tokens, tokens[0].value)
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
-    setting_starts: set[str] = set()
+    setting_starts: frozenset[str] = frozenset()
     segments: list[list[int]] = []
     if header_end is not None:
-        try:
-            probe = _lark().parse_interactive(start="item")
-            for tok in tokens[:header_end + 1]:
-                probe.feed_token(_contextual(tok, probe.choices()))
-            setting_starts = {c for c in probe.choices() if c in _keyword_terminals().values()}
-        except UnexpectedToken:
-            setting_starts = set()
+        setting_starts = _setting_keywords(tuple(tok.type for tok in tokens[:header_end + 1]))
         body_end = len(tokens) - 1 if tokens[-1].type == "RBRACE" and unclosed is None else len(tokens)
         segments = _segments(tokens, header_end, body_end, setting_starts)
     dropped: set[int] = set()

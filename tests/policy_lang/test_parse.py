@@ -107,3 +107,25 @@ def test_unwritten_settings_stay_none(lang):
     vault = lang.parse_ok("vault v { }").items[0]
     assert vault.path is None and vault.limit is None and vault.settings.encryption is None
     assert vault.holds == () and vault.protected is None
+
+
+def test_a_run_of_bad_characters_is_one_error_at_its_start(lang):
+    # The tokenizer matches bad characters as runs; a run stops at whitespace or at a character
+    # that starts a token, and a vertical tab is not whitespace in the language.
+    errors = lang.errors('vault v { limit 1MiB }\n  x@@\x0b$ y\n\tapp a {@} ~\n')
+    assert [(lang.where(d), d.span.end_pos - d.span.start_pos, d.message) for d in errors] == [
+        (("VP0001", 2, 4), 4, "unexpected characters in the policy"),
+        (("VP0001", 3, 9), 1, "unexpected `@` in the policy"),
+        (("VP0001", 3, 12), 1, "unexpected `~` in the policy"),
+    ]
+
+
+def test_setting_keywords_follow_each_block_kind(lang):
+    # Which keywords start a setting is probed once per kind of header and reused: a misspelt
+    # setting in a later block of another kind still gets that kind's suggestion.
+    errors = lang.errors("vault v { limt 1MiB }\napp a { vaul v }\nvault w { limt 1MiB }\n")
+    assert [(lang.where(d), d.help) for d in errors] == [
+        (("VP0005", 1, 11), "did you mean `limit`?"),
+        (("VP0005", 2, 9), "did you mean `vault`?"),
+        (("VP0005", 3, 11), "did you mean `limit`?"),
+    ]
