@@ -13,7 +13,7 @@ from policy_lang import ast
 from policy_lang.diagnostics import Diagnostics
 from policy_lang import Block
 
-from .build import BuildOptions, FileReader, build
+from .build import BuildOptions, FileReader, build, read_named_files
 from .model import Model
 from .partial import independent
 from .plan import Plan
@@ -32,14 +32,18 @@ def analyze(policy: ast.Policy) -> tuple[Model, Diagnostics]:
     return model, Diagnostics(found).sorted()
 
 
-def check(policy: ast.Policy, broken: Iterable[Block] = ()) -> Diagnostics:
-    """Every independent error and warning in one run, sorted by position.
+def check(policy: ast.Policy, broken: Iterable[Block] = (), read: FileReader = Path.read_bytes) -> Diagnostics:
+    """Every independent error and warning in one run, sorted by position, including a named file
+    (escrow key, allowed PCR values) that compile could not use.
 
     `broken`: blocks that an error left out of `policy` or cut short (`LoadResult.broken_blocks`);
     diagnostics that could stem from what they would have said are left out.
     """
     model, diagnostics = analyze(policy)
-    return independent(diagnostics, model, policy, broken) if broken else diagnostics
+    if broken:
+        diagnostics = independent(diagnostics, model, policy, broken)
+    diagnostics.extend(read_named_files(model, read)[1])
+    return diagnostics.sorted()
 
 
 def compile_policy(policy: ast.Policy, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[Plan | None, Diagnostics]:

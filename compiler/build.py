@@ -88,11 +88,12 @@ def _reference_values(rule: m.AllowRule, file: str, read: FileReader, diagnostic
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
     else:
-        values = tuple(line.split("#", 1)[0].strip().lower() for line in text.splitlines())
-        values = tuple(v for v in values if v)
-        if values and all(re.fullmatch("[0-9a-f]+", v) for v in values):
-            return values
-        why = "it holds no digests, or a line that is not hexadecimal"
+        numbered = [(n, line.split("#", 1)[0].strip().lower()) for n, line in enumerate(text.splitlines(), 1)]
+        numbered = [(n, value) for n, value in numbered if value]
+        not_hex = [n for n, value in numbered if not re.fullmatch("[0-9a-f]+", value)]
+        if numbered and not not_hex:
+            return tuple(value for _, value in numbered)
+        why = f"line {not_hex[0]} is not a hexadecimal digest" if not_hex else "it holds no digests (only comments or blank lines)"
     diagnostics.append(
         error(codes.ALLOW_FILE_UNREADABLE, f"cannot read allowed values for PCR {rule.pcr.value} from `{path}`: {why}",
               rule.reference_file.span, "write one hexadecimal digest a line")
@@ -121,18 +122,12 @@ def _vault(vault: m.Vault) -> p.Vault:
     )
 
 
-def _attestation(att: m.Attestation, file: str, read: FileReader, diagnostics: Diagnostics) -> p.Attestation:
-    allowed: dict[str, set[str]] = {}
-    for rule in att.allow:
-        values = [v.value.lower() for v in rule.values]
-        if rule.reference_file is not None:
-            values.extend(_reference_values(rule, file, read, diagnostics))
-        allowed.setdefault(str(rule.pcr.value), set()).update(values)
+def _attestation(att: m.Attestation, allowed: dict[str, tuple[str, ...]]) -> p.Attestation:
     return p.Attestation(
         name=att.name.value,
         bank=att.bank.value,
         pcrs=tuple(sorted({x.value for x in att.pcrs})),
-        allowed={pcr: tuple(sorted(values)) for pcr, values in sorted(allowed.items(), key=lambda kv: int(kv[0]))},
+        allowed=allowed,
         nonce_bytes=att.nonce_bytes.value,
         nonce_lifetime_seconds=att.nonce_lifetime_seconds.value,
         escrow_required=att.escrow_required.value,
@@ -140,9 +135,41 @@ def _attestation(att: m.Attestation, file: str, read: FileReader, diagnostics: D
     )
 
 
+def _allowed_values(att: m.Attestation, file: str, read: FileReader, diagnostics: Diagnostics) -> dict[str, tuple[str, ...]]:
+    """PCR index -> sorted allowed digests, those written inline and those in the named files."""
+    allowed: dict[str, set[str]] = {}
+    for rule in att.allow:
+        values = [v.value.lower() for v in rule.values]
+        if rule.reference_file is not None:
+            values.extend(_reference_values(rule, file, read, diagnostics))
+        allowed.setdefault(str(rule.pcr.value), set()).update(values)
+    return {pcr: tuple(sorted(values)) for pcr, values in sorted(allowed.items(), key=lambda kv: int(kv[0]))}
+
+
+@dataclass(frozen=True)
+class NamedFiles:
+    """What the files a policy names say: the escrow public key (base64) and, per attestation, the
+    allowed PCR values."""
+
+    escrow_public_key: str | None
+    allowed: dict[str, dict[str, tuple[str, ...]]]
+
+
+def read_named_files(model: m.Model, read: FileReader = Path.read_bytes) -> tuple[NamedFiles, Diagnostics]:
+    """Read every file the policy names; a missing or unusable one is a diagnostic at its name.
+
+    `check` and `build` both call this, so check reports exactly what compile would refuse."""
+    diagnostics = Diagnostics()
+    escrow = _escrow_public_key(model.device, model.file, read, diagnostics)
+    allowed = {name: _allowed_values(att, model.file, read, diagnostics) for name, att in model.attestations.items()}
+    return NamedFiles(escrow, allowed), diagnostics
+
+
 def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[p.Plan | None, Diagnostics]:
     """The plan, or None with the diagnostics saying why (only the named files can fail here)."""
-    diagnostics = Diagnostics()
+    named, diagnostics = read_named_files(model, read)
+    if diagnostics.has_errors():
+        return None, diagnostics
     index = vault_path_index(model)
     device = model.device
     plan_device = p.Device(
@@ -152,13 +179,11 @@ def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_by
         tpm_required=device.tpm_required,
         bank=device.bank.value,
         allow_unmeasured_boot=device.allow_unmeasured_boot,
-        escrow_public_key=_escrow_public_key(device, model.file, read, diagnostics),
+        escrow_public_key=named.escrow_public_key,
     )
     attestations = tuple(
-        _attestation(model.attestations[name], model.file, read, diagnostics) for name in sorted(model.attestations)
+        _attestation(model.attestations[name], named.allowed[name]) for name in sorted(model.attestations)
     )
-    if diagnostics.has_errors():
-        return None, diagnostics
     vaults = tuple(_vault(model.vaults[name]) for name in sorted(model.vaults))
     plan = p.Plan(
         plan_version=options.plan_version,

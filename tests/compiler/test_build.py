@@ -146,3 +146,28 @@ def test_escrow_key_made_by_the_controller_is_accepted(cli, tmp_path):
     assert cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")[0] == 0
     plan = decode_plan((tmp_path / "plan.json").read_bytes())
     assert plan.device.escrow_public_key == (tmp_path / "escrow.pub").read_text().strip()
+
+
+def test_check_reports_the_named_files_compile_refuses(cli, tmp_path):
+    # check read none of the named files: it passed what compile then refused with VP0604/VP0605
+    (tmp_path / "comment.txt").write_text("# firmware 1.2, digest to follow\n")
+    (tmp_path / "letters.txt").write_text("ab" * 32 + "\nnot-a-digest\n")
+    policy = tmp_path / "p.vpol"
+    policy.write_text('device { escrow_key "missing.pub" }\nattestation boot {\n  pcrs 0, 4, 7\n'
+                      '  allow pcr 7 from "nope.txt"\n  allow pcr 4 from "comment.txt"\n  allow pcr 0 from "letters.txt"\n}\n')
+    code, _, checked = cli("check", policy)
+    assert code == 1 and "4 errors" in checked
+    compiled = cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")[2]
+    for where in (f"error[VP0604]: cannot use escrow key file `{tmp_path / 'missing.pub'}`", f"--> {policy}:1:21",
+                  f"--> {policy}:4:20", f"--> {policy}:5:20", f"--> {policy}:6:20",
+                  "only comments or blank lines", "line 2 is not a hexadecimal digest"):
+        assert where in checked and where in compiled, where
+
+
+def test_check_passes_a_policy_whose_named_files_are_usable(cli, tmp_path):
+    assert cli("controller", "escrow-keygen", tmp_path / "escrow")[0] == 0
+    (tmp_path / "pcr7.txt").write_text("# secure boot db\n" + "cd" * 32 + "\n")
+    policy = tmp_path / "p.vpol"
+    policy.write_text('device { escrow_key "escrow.pub" }\nattestation boot {\n  pcrs 0, 4, 7\n  allow pcr 7 from "pcr7.txt"\n}\n')
+    code, out, _ = cli("check", policy)
+    assert code == 0 and "0 errors" in out
