@@ -88,6 +88,10 @@ AFTER = make_plan([vault("config", limit=16 * MiB), vault("img", limit=8 * MiB, 
 CHANGED = ("config", "img", "logs", "scratch")
 
 
+def marker(name: str) -> bytes:
+    return f"plaintext of {name} ".encode() * 1000
+
+
 def test_kill_at_every_step_of_a_re_encryption_then_rerun_converges(device):
     from enforcer import fscrypt
 
@@ -97,6 +101,8 @@ def test_kill_at_every_step_of_a_re_encryption_then_rerun_converges(device):
         assert device.apply(BEFORE).returncode == 0
         for name in CHANGED:
             fill(device.path(f"/persist/vault/{name}"))
+            (device.path(f"/persist/vault/{name}") / "marker").write_bytes(marker(name))
+        os.sync()
         expected = {name: tree(device.path(f"/persist/vault/{name}")) for name in CHANGED}
         keys_seen.update(current_keys(device, ("img", "logs")))
         killed = device.apply(AFTER, env={"VAULTPOLICY_CRASH_AT": str(step)})
@@ -116,6 +122,9 @@ def test_kill_at_every_step_of_a_re_encryption_then_rerun_converges(device):
         leftovers = [str(p) for base in (device.path("/persist/vault"), device.state) for p in base.rglob("*.vp-*")]
         assert leftovers + list((device.state / "rotating").glob("*")) == [], f"step {step}: copies left"
         assert StateDir(device.state).sealed("img") is None and StateDir(device.state).sealed("logs") is None
+        os.sync()  # the vaults now encrypted left no plaintext in their filesystems' images
+        for name, image in (("config", device.state / "images" / "config.img"), ("scratch", device.work / "persist.img")):
+            assert marker(name)[:2000] not in image.read_bytes(), f"step {step}: plaintext of {name} in {image}"
         status = device.cli("device", "status")
         assert status.returncode == 0, f"step {step}: {status.stdout}"
         again = device.apply(AFTER, "--json")
