@@ -159,7 +159,3 @@ _code("VP1204", "lock-failed", "vault could not be locked",
       "Removing the key from the kernel failed (the vault's filesystem cannot be reached, an ioctl failed). "
       "Its files may still be readable.",
       "the vault's image unmounted behind the tool's back   # lock failed")
-_code("VP1205", "controller-release", "vault unlocked with a key the controller released",
-      "`device unlock --release` unlocked the vault with an escrowed key the controller released after a "
-      "verified quote, and re-sealed it to the current PCRs so the next boot unlocks locally.",
-      "vaultpolicy device unlock --release release.json   # config unlocked (controller-release)")

@@ -17,7 +17,7 @@ PATTERNS = [
     rf"PlanRejected\(\s*{REASON}",  # plan refusals
     rf"RotationRefused\(\s*{REASON}",  # rotation and re-encryption refusals
     rf"problem\(\s*{REASON}",  # reconcile problems
-    rf"VaultResult\([^,()]+,\s*\"[a-z-]+\",\s*{REASON}",  # unlock and lock outcomes
+    rf"VaultResult\([^,()]+,\s*\"(?!unlocked\")[a-z-]+\",\s*{REASON}",  # unlock and lock outcomes but success
     rf"set_condition\([^,]+,\s*False,\s*{REASON}",  # conditions
     rf'getattr\([^)]*"reason",\s*{REASON}\)',  # a condition's fallback reason
 ]
