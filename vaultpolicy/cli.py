@@ -8,6 +8,7 @@ and `check` never load the TPM stack.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import importlib.metadata
 import os
@@ -94,7 +95,17 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def tune_gc() -> None:
+    """Collect cycles far less often than CPython's default (700 new objects): the compiler builds
+    hundreds of thousands of live objects (tokens, trees, AST, model) and almost no cyclic garbage,
+    so default collections keep rescanning the growing heap: 30% of compile's CPU time on the
+    2,000-vault benchmark, for the same peak memory. A command lives seconds at most. mypy uses the
+    same thresholds; bench/compile.py measures with this setting."""
+    gc.set_threshold(200_000, 30, 30)
+
+
 def main(argv: list[str] | None = None) -> int:
+    tune_gc()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
