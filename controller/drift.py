@@ -3,13 +3,15 @@
 A report is accepted only when: its device is enrolled; the quote verifies with that device's
 attestation key and names it as signer; the quote's qualifying data binds the report's exact bytes
 (and the nonce it carries); the reported PCR values hash to the quoted digest; the report names the
-same device. A report that carries a nonce must use one we issued to that device, unused and unexpired
-(`require_nonce` makes a nonce mandatory). The fleet summary is rendered by jinja2 templates
+same device. A report that carries a nonce must use one we issued to that device, unused and unexpired,
+or be the very report that already used it and verified (rendering a report again is idempotent);
+`require_nonce` makes a nonce mandatory. The fleet summary is rendered by jinja2 templates
 (controller/templates/drift.{txt,md,html}.j2) from the same `FleetSummary` a JSON view would dump.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +44,17 @@ def verify_report(store: Store, signed: bytes, now: int, *, require_nonce: bool 
     parsed = check_signature(quote, device.ak_public_pem, device.ak_name)
     if not hmac.compare_digest(quote.bound_sha256, report_binding(report_bytes)):
         raise AttestationRejected("report-altered", f"{source}: the report was changed after the device signed it")
-    check_reported_values(quote, parsed)
-    report = load_report(report_bytes, source)
-    if report.device_id != quote.device_id:
-        raise AttestationRejected("report-altered", f"{source}: report names device `{report.device_id}`, its quote `{quote.device_id}`")
-    if quote.nonce:
-        nonces.consume(store, quote.nonce, quote.device_id, now)
-    elif require_nonce:
+    if not quote.nonce and require_nonce:
         raise AttestationRejected("nonce-missing", f"{source}: the report carries no controller nonce")
+    # The same verified report may be rendered again (same quote, same statement); another report
+    # with its nonce is a replay.
+    freshness = (nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest(), repeatable=True)
+                 if quote.nonce else contextlib.nullcontext())
+    with freshness:
+        check_reported_values(quote, parsed)
+        report = load_report(report_bytes, source)
+        if report.device_id != quote.device_id:
+            raise AttestationRejected("report-altered", f"{source}: report names device `{report.device_id}`, its quote `{quote.device_id}`")
     return VerifiedReport(report, bool(quote.nonce), dict(quote.pcrs), quote.bank)
 
 

@@ -6,10 +6,14 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 
-from compiler.plan import Attestation
+from compiler.plan import Attestation, format_time
 from controller.errors import AttestationRejected
-from controller.store import Store
+from controller.store import Nonce, Store
+from vaultpolicy.errors import VaultpolicyError
 
 
 def issue(store: Store, device_id: str, attestation: Attestation, now: int) -> bytes:
@@ -19,8 +23,17 @@ def issue(store: Store, device_id: str, attestation: Attestation, now: int) -> b
     return nonce
 
 
-def consume(store: Store, nonce: bytes, device_id: str, now: int) -> None:
-    """Use the nonce once for `device_id`, or raise naming why it is refused."""
+VERIFIED = "verified"  # the outcome recorded for a nonce whose verification succeeded
+
+
+@contextmanager
+def spend(store: Store, nonce: bytes, device_id: str, now: int, quote_sha256: str, *, repeatable: bool = False) -> Iterator[None]:
+    """Use the nonce once for `device_id`'s quote, or raise naming why it is refused; the checks run
+    inside the block, and how they end is recorded with the nonce, so a later refusal can say what
+    used it (an operator's mistake, such as the wrong plan, is then told apart from a replay).
+
+    `repeatable`: the quote that already used the nonce and verified may be verified again (a drift
+    report rendered twice is the same statement); any other quote with the nonce is still a replay."""
     if not 12 <= len(nonce) <= 32:
         raise AttestationRejected("nonce-unknown", f"nonce is {len(nonce)} bytes; nonces are 12 to 32 bytes")
     record = store.get_nonce(nonce)
@@ -30,11 +43,36 @@ def consume(store: Store, nonce: bytes, device_id: str, now: int) -> None:
         raise AttestationRejected(
             "nonce-wrong-device", f"nonce was issued to device `{record.device_id}`, not `{device_id}`"
         )
-    if record.used_at is not None:
-        raise AttestationRejected("nonce-used", "nonce was already used (a replayed quote?)")
-    if now >= record.expires_at:
+    if repeatable and (record.used_by, record.outcome) == (quote_sha256, VERIFIED):
+        yield
+        return
+    if record.used_at is None and now >= record.expires_at:
         raise AttestationRejected(
-            "nonce-expired", f"nonce expired {now - record.expires_at}s ago", hint="ask for a new nonce and quote again"
+            "nonce-expired", f"nonce expired {now - record.expires_at}s ago", hint=_NEW_NONCE.format(device_id)
         )
-    if not store.mark_nonce_used(nonce, now):
-        raise AttestationRejected("nonce-used", "nonce was already used (a replayed quote?)")
+    if record.used_at is not None or not store.mark_nonce_used(nonce, now, quote_sha256):
+        raise _used(store.get_nonce(nonce), quote_sha256)
+    try:
+        yield
+    except VaultpolicyError as exc:
+        reason = getattr(exc, "reason", None)
+        store.record_nonce_outcome(nonce, f"{reason}: {exc.message}" if reason else exc.message)
+        raise
+    store.record_nonce_outcome(nonce, VERIFIED)
+
+
+_NEW_NONCE = "a nonce is single-use: get a new one with `vaultpolicy controller nonce --device {}` and quote again"
+
+
+def _used(record: Nonce, quote_sha256: str) -> AttestationRejected:
+    when = format_time(datetime.fromtimestamp(record.used_at, timezone.utc))
+    which = "this same quote" if record.used_by == quote_sha256 else "another quote"
+    if record.outcome is None:
+        ended = "that did not finish"
+    elif record.outcome == VERIFIED:
+        ended = "that succeeded" + ("" if record.used_by == quote_sha256 else ": this one is a replay")
+    else:
+        ended = f"that failed ({record.outcome})"
+    return AttestationRejected(
+        "nonce-used", f"nonce was used at {when} by a verification of {which} {ended}", hint=_NEW_NONCE.format(record.device_id)
+    )

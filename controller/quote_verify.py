@@ -181,17 +181,17 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int)
     parsed = check_signature(quote, device.ak_public_pem, device.ak_name)
     if quote.purpose == "release" and quote.bound_sha256 != release_key_binding(device.release_public_pem):
         raise AttestationRejected("release-key-mismatch", "quote binds a release key other than the enrolled one")
-    nonces.consume(store, quote.nonce, quote.device_id, now)
-    check_pcr_digest(quote, parsed, attestation)
-    problems = disallowed_pcrs(quote.pcrs, attestation)
-    if problems:
-        raise AttestationRejected(
-            "pcr-not-allowed",
-            f"PCRs not allowed by attestation `{attestation.name}`: " + "; ".join(problems.values()),
-            hint="if this is a legitimate update, add the new values to the policy's `allow` list",
-            pcrs=sorted(problems),
-        )
-    check_counters(device, parsed)
+    with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest()):
+        check_pcr_digest(quote, parsed, attestation)
+        problems = disallowed_pcrs(quote.pcrs, attestation)
+        if problems:
+            raise AttestationRejected(
+                "pcr-not-allowed",
+                f"PCRs not allowed by attestation `{attestation.name}`: " + "; ".join(problems.values()),
+                hint="if this is a legitimate update, add the new values to the policy's `allow` list",
+                pcrs=sorted(problems),
+            )
+        check_counters(device, parsed)
     store.record_counters(quote.device_id, parsed.reset_count, parsed.restart_count, parsed.clock)
     store.add_verified_quote(quote.digest(), quote.device_id, now, now + attestation.nonce_lifetime_seconds)
     return VerifiedQuote(

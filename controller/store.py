@@ -22,7 +22,9 @@ CREATE TABLE IF NOT EXISTS nonces (
     device_id TEXT NOT NULL,
     issued_at INTEGER NOT NULL,       -- unix seconds
     expires_at INTEGER NOT NULL,
-    used_at INTEGER
+    used_at INTEGER,
+    used_by TEXT,                     -- sha256 of the quote whose verification used it
+    outcome TEXT                      -- how that verification ended: `verified` or `<reason>: <message>`
 );
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
@@ -71,6 +73,12 @@ class Nonce:
     issued_at: int
     expires_at: int
     used_at: int | None
+    used_by: str | None
+    outcome: str | None  # None while (or if) the verification that used it never finished
+
+
+# Columns added after the first release; a store made before them gains them when opened.
+_ADDED_COLUMNS = {"nonces": ("used_by TEXT", "outcome TEXT")}
 
 
 class Store:
@@ -80,6 +88,7 @@ class Store:
             self._db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
             self._db.execute("PRAGMA busy_timeout = 5000")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a usable controller store ({exc})") from None
 
@@ -91,6 +100,13 @@ class Store:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    def _add_missing_columns(self) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def _write(self, sql: str, params: tuple) -> int:
         with self._db:
@@ -107,13 +123,20 @@ class Store:
 
     def get_nonce(self, nonce: bytes) -> Nonce | None:
         row = self._db.execute(
-            "SELECT nonce, device_id, issued_at, expires_at, used_at FROM nonces WHERE nonce = ?", (nonce.hex(),)
+            "SELECT nonce, device_id, issued_at, expires_at, used_at, used_by, outcome FROM nonces WHERE nonce = ?",
+            (nonce.hex(),),
         ).fetchone()
         return Nonce(bytes.fromhex(row[0]), *row[1:]) if row else None
 
-    def mark_nonce_used(self, nonce: bytes, now: int) -> bool:
-        """True when this call used the nonce; False when it was already used."""
-        return self._write("UPDATE nonces SET used_at = ? WHERE nonce = ? AND used_at IS NULL", (now, nonce.hex())) == 1
+    def mark_nonce_used(self, nonce: bytes, now: int, used_by: str) -> bool:
+        """True when this call used the nonce (for the quote whose sha256 is `used_by`); False when it
+        was already used."""
+        return self._write(
+            "UPDATE nonces SET used_at = ?, used_by = ? WHERE nonce = ? AND used_at IS NULL", (now, used_by, nonce.hex())
+        ) == 1
+
+    def record_nonce_outcome(self, nonce: bytes, outcome: str) -> None:
+        self._write("UPDATE nonces SET outcome = ? WHERE nonce = ?", (outcome, nonce.hex()))
 
     # --- devices ---
 

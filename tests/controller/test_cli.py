@@ -124,9 +124,33 @@ def test_report_and_fleet_drift(world, capsys):
            status_codes.DRIFT)
     text = run_ok(capsys, ["controller", "drift", str(tmp / "report.json"), "--require-nonce", *store], status_codes.DRIFT)
     assert "gw-1: plan 1" in text and "config: Drifted (path-missing)" in text and "[escrow missing]" in text
-    data = json.loads(run_ok(capsys, ["controller", "drift", str(tmp / "report.json"), "--format", "json", *store],
-                             status_codes.ERROR))  # second use of the same nonce: the report is rejected
-    assert data["devices"] == [] and "already used" in data["rejected"][0][1]
+    # the docs' example: the same verified report rendered again, as markdown (the same statement)
+    markdown = run_ok(capsys, ["controller", "drift", str(tmp / "report.json"), "--format", "markdown", *store], status_codes.DRIFT)
+    assert "| gw-1 | 1 | config | Drifted | path-missing |" in markdown and "replayed" not in markdown
+    # a new report over the same nonce (a new quote, at a later TPM clock) is a replay
+    run_ok(capsys, ["device", "report", "--nonce", nonce, "--root", str(tmp / "root"), "-o", str(tmp / "again.json"), *common],
+           status_codes.DRIFT)
+    data = json.loads(run_ok(capsys, ["controller", "drift", str(tmp / "again.json"), "--format", "json", *store],
+                             status_codes.ERROR))
+    assert data["devices"] == [] and "this one is a replay" in data["rejected"][0][1]
+
+
+def test_verify_quote_with_the_wrong_plan_then_the_right_one(world, capsys):
+    tpm, tmp, state, common = world
+    store = ["--store", str(tmp / "controller.db")]
+    plan = ["--plan", str(tmp / "plan.json")]
+    (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
+    run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
+    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
+    wrong = make_plan({i: "00" * 32 for i in PCRS}, "")
+    (tmp / "wrong.json").write_bytes(encode_plan(wrong))
+    capsys.readouterr()
+    assert main(["controller", "verify-quote", str(tmp / "quote.json"), "--plan", str(tmp / "wrong.json"), *store]) == status_codes.ERROR
+    assert main(["controller", "verify-quote", str(tmp / "quote.json"), *plan, *store]) == status_codes.ERROR
+    retry = capsys.readouterr().err.splitlines()[-2:]
+    assert "by a verification of this same quote that failed (pcr-not-allowed: PCRs not allowed" in retry[0]
+    assert "replayed" not in retry[0] and "vaultpolicy controller nonce --device gw-1" in retry[1]
 
 
 def test_escrow_keygen_refuses_to_replace_a_key(tmp_path, capsys):

@@ -78,7 +78,24 @@ def test_fresh_quote_verifies_once(device, store):
     escrow_key = escrow.generate_escrow_key()
     accept_escrow(store, escrow.wrap_key(escrow_key.public_key(), "gw-1", "config", bytes(16), bytes(64)).to_bytes(), NOW)
     assert release_keys(store, made, ["config"], escrow_key, NOW + 2).keys  # the genuine release
-    refused(store, "nonce-used", made, policy, NOW + 3)  # the replayed quote gets nothing more
+    replay = refused(store, "nonce-used", made, policy, NOW + 3)  # the replayed quote gets nothing more
+    assert replay.message == "nonce was used at 2027-01-15T08:00:01Z by a verification of this same quote that succeeded"
+    assert "get a new one with `vaultpolicy controller nonce --device gw-1`" in replay.hint
+
+
+def test_a_failed_verification_uses_the_nonce_and_says_so(device, store, make_policy):
+    # an operator passes the wrong plan: the nonce is spent (single use), and the retry with the right
+    # plan says what spent it instead of suspecting a replay
+    tpm, identity, policy = device
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    wrong_plan = make_policy({7: ["00" * 32]})
+    refused(store, "pcr-not-allowed", made, wrong_plan, NOW + 1)
+    retry = refused(store, "nonce-used", made, policy, NOW + 2)
+    assert retry.message.startswith("nonce was used at 2027-01-15T08:00:01Z by a verification of this same quote that failed "
+                                    "(pcr-not-allowed: PCRs not allowed by attestation `boot`: the policy allows no value for PCR 0")
+    assert "vaultpolicy controller nonce --device gw-1" in retry.hint
+    other = quote(tpm, identity, made.nonce)  # a second quote over the spent nonce
+    assert "by a verification of another quote that failed" in refused(store, "nonce-used", other, policy, NOW + 3).message
 
 
 def test_nonce_from_another_device(device, store, make_tpm):

@@ -96,8 +96,11 @@ def test_signed_report_verifies_and_renders(enrolled, store, make_policy):
     signed = sign_report(enrolled.tcti, locked_report("gw-1"), nonce, "sha256", (0, 2, 4, 7))
     verified = verify_report(store, signed, NOW)
     assert verified.fresh and verified.report.vaults[0].mismatching_pcrs == [7]
-    with pytest.raises(AttestationRejected, match="already used"):
-        verify_report(store, signed, NOW)  # the nonce proved freshness once
+    assert verify_report(store, signed, NOW + 60) == verified  # the same statement, rendered again
+    other = sign_report(enrolled.tcti, locked_report("gw-1").model_copy(update={"generated_at": "2027-01-15T09:00:00Z"}),
+                        nonce, "sha256", (0, 2, 4, 7))
+    with pytest.raises(AttestationRejected, match="by a verification of another quote that succeeded: this one is a replay"):
+        verify_report(store, other, NOW)  # another report cannot borrow the nonce's freshness
 
     summary = summarise([verified], [("old.json", "the report was changed after the device signed it")])
     text = render(summary, "text")

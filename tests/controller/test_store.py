@@ -21,8 +21,9 @@ def test_enrolment_conflicts_are_refused(store):
 def test_nonce_and_release_are_single_use_across_connections(tmp_path):
     with Store(tmp_path / "c.db") as first, Store(tmp_path / "c.db") as second:
         first.add_nonce(bytes(16), "gw-1", 0, 60)
-        assert first.mark_nonce_used(bytes(16), 1) is True
-        assert second.mark_nonce_used(bytes(16), 2) is False
+        assert first.mark_nonce_used(bytes(16), 1, "ab" * 32) is True
+        assert second.mark_nonce_used(bytes(16), 2, "cd" * 32) is False
+        assert second.get_nonce(bytes(16)).used_by == "ab" * 32
         first.add_verified_quote("ab" * 32, "gw-1", 0, 60)
         assert second.mark_released("ab" * 32, 1) is True
         assert first.mark_released("ab" * 32, 2) is False
@@ -32,3 +33,16 @@ def test_not_a_database_is_an_input_error(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"not sqlite at all" * 100)
     with pytest.raises(InputError, match="not a usable controller store"):
         Store(tmp_path / "junk.db")
+
+
+def test_a_store_from_before_nonce_outcomes_gains_the_columns(tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "old.db") as old:
+        old.execute("CREATE TABLE nonces (nonce TEXT PRIMARY KEY, device_id TEXT NOT NULL, issued_at INTEGER NOT NULL,"
+                    " expires_at INTEGER NOT NULL, used_at INTEGER)")
+        old.execute("INSERT INTO nonces VALUES (?, 'gw-1', 0, 60, NULL)", (bytes(16).hex(),))
+    with Store(tmp_path / "old.db") as store:
+        assert store.mark_nonce_used(bytes(16), 1, "ab" * 32)
+        store.record_nonce_outcome(bytes(16), "verified")
+        assert (store.get_nonce(bytes(16)).used_by, store.get_nonce(bytes(16)).outcome) == ("ab" * 32, "verified")
