@@ -35,6 +35,11 @@ from enforcer.tpm import SealedBlob, Tpm  # noqa: E402
 from enforcer.unlock import lock_all, report, unlock_all  # noqa: E402
 
 BOOT_PCRS = (0, 2, 4, 7)
+UNLOCK_TARGET, STATUS_TARGET = 1.3, 1.2
+
+
+def verdict(ratio: float, target: float) -> str:
+    return f"(target <= {target}x: {'met' if ratio <= target else 'NOT met'})"
 
 
 def make_plan(count: int, prefix: str) -> Plan:
@@ -116,7 +121,7 @@ def run_unlock(tpm: Tpm, work: Path, root: Path, repeat: int) -> None:
             bare_times.append(bare_unseal(tpm, blobs))
         lock_all(state, root)
         ratio = min(enforcer_times) / min(bare_times)  # the least-disturbed run of each: other load only adds
-        print(f"  N={count:<3}  ratio {ratio:.2f}x  (target <= 1.3x)")
+        print(f"  N={count:<3}  ratio {ratio:.2f}x  {verdict(ratio, UNLOCK_TARGET)}")
 
 
 def run_status(tpm: Tpm, work: Path, root: Path, files: int, repeat: int) -> None:
@@ -145,7 +150,7 @@ def run_status(tpm: Tpm, work: Path, root: Path, files: int, repeat: int) -> Non
         lock_all(state, root)
     # status takes about a millisecond: the minimum is the stable figure, other load only adds to it
     empty, control, full = (min(samples[label]) for label in vaults)
-    print(f"status: vault with {files} files vs an empty vault: ratio {full / empty:.2f}x  (target <= 1.2x)")
+    print(f"status: vault with {files} files vs an empty vault: ratio {full / empty:.2f}x  {verdict(full / empty, STATUS_TARGET)}")
     print(f"        a second empty vault vs the first (the noise floor): {control / empty:.2f}x")
 
 
