@@ -215,6 +215,7 @@ class Applier:
         identifier = bytes.fromhex(self.state.sealed(name)["key_identifier"])
         existing = fscrypt.get_policy(path)
         if existing is None:
+            fscrypt.check_cipher(path, identifier, vault.encryption)
             fscrypt.set_policy(path, identifier, vault.encryption)
         elif (existing.key_identifier, existing.contents_mode) != (identifier, vault.encryption):
             raise DeviceError(f"`{path}` is already encrypted under another key or mode", vault=name)

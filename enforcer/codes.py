@@ -104,10 +104,10 @@ _code("VP1105", "policy-mismatch", "vault directory is encrypted differently",
 _code("VP1106", "staging-conflict", "plaintext found both in the vault path and staged beside it",
       "A migration was interrupted and new plaintext appeared at the vault path; resolve by hand.",
       "/persist/vault/.config.vp-plaintext and a non-empty /persist/vault/config   # reported")
-_code("VP1107", "vault-locked", "vault must be unlocked for its encryption change",
-      "Re-encrypting (a new cipher) or decrypting (`encryption none`) copies the vault's files, so they must be "
-      "readable: its key must be in the kernel. Nothing changes until `vaultpolicy device unlock` has unlocked "
-      "it (the boot unlock does so too); the next `device apply` then re-encrypts.",
+_code("VP1107", "vault-locked", "vault must be unlocked to copy its files",
+      "Rotating a key, re-encrypting (a new cipher) or decrypting (`encryption none`) copies the vault's files, "
+      "so they must be readable: its key must be in the kernel. Nothing changes until `vaultpolicy device "
+      "unlock` has unlocked it (the boot unlock does so too); the next `device apply` or `rotate` then runs.",
       "device lock; device apply plan-with-adiantum.signed   # config not changed (vault-locked)")
 _code("VP1108", "path-change-unsupported", "the plan moves a vault",
       "The device does not move a vault's files to a new path. The vault stays managed at its recorded path "
@@ -131,7 +131,8 @@ _code("VP1112", "no-room", "no room for the re-encrypted copy",
       "a 16 MiB vault holding 12 MiB   # rotation refused; raise the limit")
 _code("VP1113", "cipher-unsupported", "the kernel lacks the plan's cipher",
       "A kernel built without a cipher (often Adiantum) accepts the policy but refuses every new file (ENOPKG). "
-      "The enforcer tries one file first and changes nothing when the kernel refuses it.",
+      "The enforcer makes one file under the mode first, before setting a new vault's policy or re-encrypting, "
+      "and changes nothing when the kernel refuses it.",
       "encryption aes-256-xts -> adiantum on a kernel without CONFIG_CRYPTO_ADIANTUM   # refused")
 _code("VP1114", "step-failed", "an apply step failed",
       "A filesystem, TPM or kernel call of one step failed; the message names the step and the cause. That "

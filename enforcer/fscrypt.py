@@ -25,6 +25,7 @@ import ctypes
 import enum
 import errno
 import os
+import shutil
 from dataclasses import dataclass
 
 from enforcer.blockdev import mount_points
@@ -83,6 +84,12 @@ class KeyRequired(FscryptError):
 
 class UnsupportedPolicyVersion(FscryptError):
     """The directory has a v1 policy, which vaultpolicy never sets and does not manage."""
+
+
+class CipherUnavailable(FscryptError):
+    """The kernel takes a policy for the mode but was built without its cipher: new files fail (ENOPKG)."""
+
+    reason = "cipher-unsupported"
 
 
 class KeyStatus(enum.Enum):
@@ -277,6 +284,29 @@ def set_policy(directory: str, identifier: bytes, contents: str = "aes-256-xts")
         _ioctl(directory, FS_IOC_SET_ENCRYPTION_POLICY, policy)
     except OSError as exc:
         _raise_for(exc, directory, "set encryption policy")
+
+
+def check_cipher(directory: str, identifier: bytes, contents: str) -> None:
+    """Raise CipherUnavailable unless a file can be made under `contents` with the key `identifier`.
+
+    A kernel built without a cipher (often Adiantum) accepts the policy and then refuses every new
+    file with ENOPKG, so a vault set up that way looks encrypted and nothing can be written to it. The
+    probe is a scratch subdirectory of `directory` (same filesystem, same keyring), removed again.
+    """
+    probe = os.path.join(directory, ".vp-cipher-probe")
+    shutil.rmtree(probe, ignore_errors=True)  # left by a crash mid-probe
+    os.mkdir(probe, 0o700)
+    try:
+        set_policy(probe, identifier, contents)
+        os.close(os.open(os.path.join(probe, "file"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        if exc.errno != errno.ENOPKG:
+            raise
+        raise CipherUnavailable(f"this kernel cannot encrypt with {contents} (it was built without that cipher)",
+                                directory, exc.errno, hint="choose another `encryption` for the vault, or a "
+                                "kernel with the cipher") from None
+    finally:
+        shutil.rmtree(probe)
 
 
 def get_policy(path: str) -> EncryptionPolicy | None:

@@ -47,7 +47,6 @@ without its own image are not carried over (stop its apps first: `device gate` k
 from __future__ import annotations
 
 import ctypes
-import errno
 import json
 import os
 import shutil
@@ -228,8 +227,13 @@ class Rotator:
             shutil.rmtree(where.fresh)
         where.fresh.mkdir(mode=0o700)
         if pending["key_identifier"] is not None:
-            fscrypt.set_policy(str(where.fresh), bytes.fromhex(pending["key_identifier"]), pending["encryption"])
-            _probe_cipher(vault.name, where.fresh, pending["encryption"])
+            new = bytes.fromhex(pending["key_identifier"])
+            try:
+                fscrypt.check_cipher(str(where.fresh), new, pending["encryption"])
+            except fscrypt.CipherUnavailable as exc:
+                raise RotationRefused(exc.reason, f"the kernel cannot encrypt with {pending['encryption']}; nothing "
+                                      "was changed", vault=vault.name, hint=exc.hint) from None
+            fscrypt.set_policy(str(where.fresh), new, pending["encryption"])
         copy_tree(where.data, where.fresh, [])
         top = os.lstat(where.data)
         os.chmod(where.fresh, stat.S_IMODE(top.st_mode))
@@ -371,21 +375,6 @@ def _unbind(name: str, path: Path, verb: str) -> None:
     if result.returncode != 0:
         raise RotationRefused("vault-busy", f"files are open in the vault; close them (stop its apps) to {verb} "
                               f"({result.stderr.strip()})", vault=name)
-
-
-def _probe_cipher(name: str, directory: Path, encryption: str) -> None:
-    """A kernel built without a cipher accepts the policy but refuses every new file with ENOPKG:
-    find out before copying, so an empty vault is not swapped for one nothing can be written to."""
-    probe = directory / ".vp-probe"
-    try:
-        probe.touch(mode=0o600)
-        probe.unlink()
-    except OSError as exc:
-        if exc.errno != errno.ENOPKG:
-            raise
-        raise RotationRefused("cipher-unsupported", f"this kernel cannot encrypt with {encryption} (it was built "
-                              "without that cipher); nothing was changed", vault=name,
-                              hint="choose another `encryption` for the vault, or a kernel with the cipher") from None
 
 
 def _exchange(a: Path, b: Path) -> None:

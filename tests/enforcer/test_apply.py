@@ -14,7 +14,7 @@ import pytest
 
 from enforcer import fscrypt
 from enforcer.state import StateDir
-from vp_helpers import NOW, REPO, make_plan, signed, vault
+from vp_helpers import NOW, REPO, kernel_has_adiantum, make_plan, signed, vault
 
 pytestmark = pytest.mark.device
 
@@ -264,3 +264,20 @@ def test_escrow_blob_of_a_real_apply_is_accepted_by_the_controller(device):
     cli("controller", "escrow", str(device.state / "escrow" / "config.json"), "--ack-dir", str(acks), "--store", store)
     cli("device", "escrow-ack", str(acks / "gw-1.config.ack.json"), "--state-dir", str(device.state))
     assert escrow.escrow_state(device.state, "config") == "acknowledged"
+
+
+def test_a_new_vault_with_a_cipher_the_kernel_lacks_is_refused_not_left_unwritable(device):
+    plan = make_plan([vault("inspection", encryption="adiantum"), vault("config")])
+    path = device.path("/persist/vault/inspection")
+    result = device.apply(plan)
+    if kernel_has_adiantum(device):
+        assert result.returncode == 0, result.stdout + result.stderr
+        (path / "f").write_bytes(b"written")
+        assert fscrypt.get_policy(str(path)).contents_mode == "adiantum"
+        return
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "vault inspection: set-policy FAILED" in result.stdout and "cannot encrypt with adiantum" in result.stdout
+    assert fscrypt.get_policy(str(path)) is None and list(path.iterdir()) == []  # no policy, no probe left
+    condition = StateDir(device.state).conditions()["vault/inspection"]
+    assert condition.reason == "cipher-unsupported" and "set-policy failed" in condition.message
+    assert (device.path("/persist/vault/config") / "ok").write_bytes(b"x")  # the other vault went on

@@ -4,17 +4,15 @@ metadata, the old key erased, a locked vault refused untouched, a second apply d
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
 
 import pytest
 
 from enforcer import fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.state import StateDir
-from vp_helpers import fill, make_plan, tree, vault
+from vp_helpers import fill, kernel_has_adiantum, make_plan, tree, vault
 
 pytestmark = pytest.mark.device
 
@@ -65,21 +63,6 @@ def assert_applied_once(device, plan, expected: dict) -> dict:
     return out
 
 
-def kernel_has_adiantum(device) -> bool:
-    """This kernel accepts an Adiantum policy but, built without the cipher, refuses new files (ENOPKG)."""
-    directory = device.path("/persist/adiantum-probe")
-    directory.mkdir()
-    fscrypt.set_policy(str(directory), fscrypt.add_key(str(directory.parent), bytearray(os.urandom(64))), "adiantum")
-    try:
-        (directory / "f").touch()
-    except OSError as exc:
-        assert exc.errno == errno.ENOPKG, exc
-        return False
-    finally:
-        shutil.rmtree(directory)
-    return True
-
-
 @pytest.mark.parametrize("old,new", [("aes-256-xts", "adiantum"), ("none", "aes-256-xts")])
 def test_cipher_change_and_encrypting_plain_files_re_encrypt_under_a_new_key(device, old, new):
     old_plan, new_plan = plans(old, new)
@@ -90,7 +73,7 @@ def test_cipher_change_and_encrypting_plain_files_re_encrypt_under_a_new_key(dev
         refused = device.apply(new_plan)
         assert refused.returncode == 1, refused.stdout + refused.stderr
         for name in NAMES:
-            assert f"vault {name}: re-encrypt FAILED: vault `{name}`: this kernel cannot encrypt with adiantum" \
+            assert f"vault {name}: re-encrypt FAILED: vault `{name}`: the kernel cannot encrypt with adiantum" \
                 in refused.stdout
             assert state.sealed(name) == before[name] and state.records()[name].encryption == old
             assert tree(device.path(f"/persist/vault/{name}")) == expected[name]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -92,3 +94,21 @@ def tree(root) -> dict[str, tuple]:
                 content = "dir"
             out[os.path.relpath(path, root)] = (content, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
     return out
+
+
+def kernel_has_adiantum(device) -> bool:
+    """Whether this kernel encrypts files with Adiantum: one built without the cipher accepts the policy
+    but refuses every new file (ENOPKG). Probed on the device's persist filesystem."""
+    from enforcer import fscrypt
+
+    directory = device.path("/persist/adiantum-probe")
+    directory.mkdir()
+    fscrypt.set_policy(str(directory), fscrypt.add_key(str(directory.parent), bytearray(os.urandom(64))), "adiantum")
+    try:
+        (directory / "f").touch()
+    except OSError as exc:
+        assert exc.errno == errno.ENOPKG, exc
+        return False
+    finally:
+        shutil.rmtree(directory)
+    return True
