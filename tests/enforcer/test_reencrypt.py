@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 
 import pytest
 
-from enforcer import fscrypt
+from enforcer import blockdev, fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.state import StateDir
-from vp_helpers import fill, kernel_has_adiantum, make_plan, tree, vault
+from vp_helpers import fill, kernel_has_adiantum, make_plan, mounts_under, tree, vault
 
 pytestmark = pytest.mark.device
 
@@ -46,13 +48,14 @@ def filled(device, plan) -> dict[str, dict]:
     return {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES}
 
 
-def assert_applied_once(device, plan, expected: dict) -> dict:
-    """Apply `plan`, check every file, then that a second apply does nothing; the JSON of the first."""
+def assert_applied_once(device, plan, expected: dict, changing=NAMES) -> dict:
+    """Apply `plan`, which re-encrypts the `changing` vaults, check every file, then that a second apply
+    does nothing; the JSON of the first."""
     result = device.apply(plan, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     out = json.loads(result.stdout)
     assert [(s["vault"], s["action"], s["done"]) for s in out["steps"]] == [
-        ("config", "re-encrypt", True), ("logs", "re-encrypt", True)]
+        (name, "re-encrypt", True) for name in changing]
     for name in NAMES:
         assert tree(device.path(f"/persist/vault/{name}")) == expected[name], name
     assert leftovers(device) == []
@@ -167,3 +170,28 @@ def test_a_plan_that_moves_a_vault_is_a_problem_and_the_vault_stays_managed_wher
     unlocked = device.cli("device", "unlock")
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
     assert {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES} == expected
+
+
+def test_power_loss_mid_decryption_is_finished_by_the_boot_unlock(device):
+    old_plan, new_plan = plans("aes-256-xts", "none")
+    expected = filled(device, old_plan)
+    # steps of config: re-encrypt, its key record, copy, swap, commit: killed with the swap done, not committed
+    killed = device.apply(new_plan, env={"VAULTPOLICY_CRASH_AT": "5"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert (device.state / "rotating" / "config.json").exists() and StateDir(device.state).sealed("config")
+    assert fscrypt.get_policy(str(device.path("/persist/vault/config"))) is None  # swapped: the plain tree is in
+    for mountpoint in mounts_under(device.root, device.state):  # power loss: every key and mount gone
+        subprocess.run(["umount", mountpoint], check=True)
+    device.swtpm.restart()
+    device.swtpm.measure_boot()
+    blockdev.mount_image(device.work / "persist.img", device.path("/persist"))
+
+    unlocked = device.cli("device", "unlock", "--json")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    result = json.loads(unlocked.stdout)
+    assert result["recovered"] == ["config"]
+    # config is decrypted; logs, whose decryption had not started, is unlocked under its key
+    assert {r["vault"]: r["outcome"] for r in result["unlock"]} == {"config": "unencrypted", "logs": "unlocked"}
+    assert StateDir(device.state).sealed("config") is None
+    assert {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES} == expected
+    assert_applied_once(device, new_plan, expected, ["logs"])
