@@ -25,6 +25,7 @@ from . import model as m
 from . import plan as p
 from .pathutil import containing
 from .rules.coverage import vault_path_index
+from .signing import describe_key_file
 
 FileReader = Callable[[Path], bytes]
 
@@ -57,7 +58,7 @@ def _escrow_public_key(device: m.Device, file: str, read: FileReader, diagnostic
         raw = _x25519_raw(data)
         if raw is not None:
             return base64.b64encode(raw).decode()
-        why = "it holds neither a PEM X25519 public key nor 32 bytes in base64"
+        why = f"it is {describe_key_file(data)}, not an X25519 escrow public key"
     diagnostics.append(
         error(codes.ESCROW_KEY_UNREADABLE, f"cannot use escrow key file `{path}`: {why}", device.escrow_key.span,
               "create it with `vaultpolicy controller escrow-keygen`")

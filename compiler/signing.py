@@ -19,9 +19,10 @@ import json
 from dataclasses import dataclass
 
 import rfc8785
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from vaultpolicy.errors import PlanRejected
 
@@ -67,23 +68,73 @@ def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_private_key(pem: bytes, source: str) -> Ed25519PrivateKey:
+_KEY_KINDS = {
+    Ed25519PrivateKey: "an Ed25519 private key", Ed25519PublicKey: "an Ed25519 public key",
+    X25519PrivateKey: "an X25519 escrow private key", X25519PublicKey: "an X25519 escrow public key",
+}
+
+
+def describe_key_file(data: bytes) -> str:
+    """What a file given as a key holds, in words, so that the wrong file is named for what it is
+    (a public key given as a private one, a trust root given as a key, an escrow key, a plan)."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        for load in (lambda: serialization.load_pem_private_key(data, password=None), lambda: serialization.load_pem_public_key(data)):
+            try:
+                key = load()
+            except TypeError:  # a private key that needs a password
+                return "a password-protected private key"
+            except (ValueError, UnsupportedAlgorithm):
+                continue
+            kind = next((words for cls, words in _KEY_KINDS.items() if isinstance(key, cls)), None)
+            return kind or f"a {type(key).__name__.removeprefix('_')} key, of an algorithm vaultpolicy does not use"
+        return "a PEM file holding no key"
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "32 bytes in base64, like an X25519 escrow public key" if _is_base64_of_32_bytes(data) else "not a key file"
+    if isinstance(document, dict):
+        kind = {TRUST_ROOT_PAYLOAD_TYPE: "a trust root", PLAN_PAYLOAD_TYPE: "a signed plan"}.get(document.get("payload_type"))
+        if kind:
+            return kind
+        if _is_bare_plan(document):
+            return "an unsigned plan"
+    return "JSON, not a key"
+
+
+def _is_base64_of_32_bytes(data: bytes) -> bool:
+    try:
+        return len(base64.b64decode(data.strip(), validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _is_bare_plan(document: dict) -> bool:
+    """A plan as `compile` writes it, not wrapped in a signed envelope."""
+    return "payload_type" not in document and ("schema_version" in document or "plan_version" in document)
+
+
+def _wrong_key(data: bytes, source: str, option: str, wanted: str) -> PlanRejected:
+    return PlanRejected("malformed-key", f"`{source}` is {describe_key_file(data)}; {option} needs {wanted}")
+
+
+def load_private_key(pem: bytes, source: str, option: str = "--key") -> Ed25519PrivateKey:
+    """The Ed25519 signing key in `pem`; `option` names the argument that gave it, for the error."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise PlanRejected("malformed-key", f"{source}: not a PEM private key ({exc})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
     if not isinstance(key, Ed25519PrivateKey):
-        raise PlanRejected("malformed-key", f"{source}: not an Ed25519 private key")
+        raise _wrong_key(pem, source, option, "the private key written by `vaultpolicy keygen` (KEY, not KEY.pub)")
     return key
 
 
-def load_public_key(pem: bytes, source: str) -> Ed25519PublicKey:
+def load_public_key(pem: bytes, source: str, option: str = "--key") -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError) as exc:
-        raise PlanRejected("malformed-key", f"{source}: not a PEM public key ({exc})") from None
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
     if not isinstance(key, Ed25519PublicKey):
-        raise PlanRejected("malformed-key", f"{source}: not an Ed25519 public key")
+        raise _wrong_key(pem, source, option, "an Ed25519 public key (the KEY.pub written by `vaultpolicy keygen`)")
     return key
 
 
@@ -113,6 +164,8 @@ class Envelope:
             raise malformed(f"not JSON ({exc.__class__.__name__}: {exc})") from None
         if not isinstance(obj, dict):
             raise malformed("not a JSON object")
+        if _is_bare_plan(obj):
+            raise PlanRejected("unsigned", "an unsigned plan; sign it with `vaultpolicy sign`")
         if problem := _field_problem(obj, _ENVELOPE_FIELDS, "an envelope"):
             raise malformed(problem)
         if not isinstance(obj["payload_type"], str) or not isinstance(obj["payload"], str):
@@ -193,14 +246,15 @@ class TrustRoot:
     def distinct_keys(self) -> set[bytes]:
         return {raw_public_bytes(p) for _, p in self.keys}
 
-    def verify(self, envelope: Envelope, expected_type: str) -> bytes:
-        """Return the payload when a threshold of distinct keys signed it, else raise PlanRejected."""
+    def _check_type(self, envelope: Envelope, expected_type: str) -> None:
         if envelope.payload_type != expected_type:
             raise PlanRejected(
                 "wrong-payload-type", f"envelope holds `{envelope.payload_type}`, expected `{expected_type}`"
             )
-        if not envelope.signatures:
-            raise PlanRejected("unsigned", "envelope carries no signatures")
+
+    def _signers(self, envelope: Envelope) -> tuple[set[bytes], list[str], list[str]]:
+        """(distinct keys of this root whose signatures verify, key ids it does not list, key ids it
+        lists whose signatures do not verify)."""
         message = pae(envelope.payload_type, envelope.payload)
         by_id: dict[str, list[Ed25519PublicKey]] = {}
         for kid, public_key in self.keys:
@@ -221,34 +275,87 @@ class TrustRoot:
                 break
             else:
                 bad.append(kid)
+        return signers, unknown, bad
+
+    def _needs(self, signers: set[bytes]) -> str:
+        """What signing under this root takes and who signed: the keys are named so the user sees which could sign."""
+        ids = {kid: raw_public_bytes(public_key) for kid, public_key in self.keys}
+        signed = ", ".join(f"`{kid}`" for kid, raw in ids.items() if raw in signers) or "none of them"
+        return f"(version {self.version}) needs {self.threshold} of its keys {', '.join(f'`{kid}`' for kid in ids)} (signed by {signed})"
+
+    @staticmethod
+    def _bad_signature(kid: str) -> PlanRejected:
+        return PlanRejected("bad-signature", f"signature by key `{kid}` does not verify: the envelope was altered or signed with another key")
+
+    def verify(self, envelope: Envelope, expected_type: str) -> bytes:
+        """Return the payload when a threshold of distinct keys signed it, else raise PlanRejected."""
+        self._check_type(envelope, expected_type)
+        if not envelope.signatures:
+            raise PlanRejected("unsigned", "envelope carries no signatures")
+        signers, unknown, bad = self._signers(envelope)
         if len(signers) >= self.threshold:
             return envelope.payload
         if bad:
-            raise PlanRejected("bad-signature", f"signature by key `{bad[0]}` does not verify: the envelope was altered or signed with another key")
+            raise self._bad_signature(bad[0])
         if unknown and not signers:
-            raise PlanRejected("unknown-key", f"signed only by keys the trust root does not list: {', '.join(f'`{k}`' for k in unknown)}")
-        raise PlanRejected(
-            "threshold-not-met",
-            f"{len(signers)} distinct trusted key(s) signed, the trust root (version {self.version}) needs {self.threshold}",
-        )
+            raise PlanRejected(
+                "unknown-key",
+                f"signed only by keys the trust root does not list: {', '.join(f'`{k}`' for k in unknown)}; "
+                f"the trust root {self._needs(signers)}",
+            )
+        raise PlanRejected("threshold-not-met", f"{len(signers)} distinct trusted key(s) signed, the trust root {self._needs(signers)}")
 
     def rotate(self, new_root_envelope: Envelope) -> "TrustRoot":
-        """Accept the next root only when this root and the new root each sign it with their threshold."""
-        payload = self.verify(new_root_envelope, TRUST_ROOT_PAYLOAD_TYPE)
-        new_root = TrustRoot.from_payload(payload)
-        new_root.verify(new_root_envelope, TRUST_ROOT_PAYLOAD_TYPE)
+        """Accept the next root only when this root and the new root each sign it with their threshold;
+        a refusal names every root whose threshold is not met, with the keys that could sign for it."""
+        self._check_type(new_root_envelope, TRUST_ROOT_PAYLOAD_TYPE)
+        new_root = TrustRoot.from_payload(new_root_envelope.payload)
         if new_root.version != self.version + 1:
             raise PlanRejected(
                 "trust-root-version", f"new trust root has version {new_root.version}, expected {self.version + 1}"
+            )
+        unmet = []
+        for which, root in (("current", self), ("new", new_root)):
+            signers, _, bad = root._signers(new_root_envelope)
+            if len(signers) < root.threshold:
+                if bad:
+                    raise self._bad_signature(bad[0])
+                unmet.append(f"the {which} root {root._needs(signers)}")
+        if unmet:
+            raise PlanRejected(
+                "threshold-not-met",
+                f"rotating trust root version {self.version} to {new_root.version} needs a threshold of both roots: "
+                + "; ".join(unmet),
+                hint="sign with keys of both roots (repeat --sign-with)",
             )
         return new_root
 
 
 def load_trust(data: bytes, source: str) -> TrustRoot:
-    """A trust root envelope (self-signed by its own threshold), or a single PEM public key."""
+    """A trust root envelope (self-signed by its own threshold), or a single PEM public key.
+
+    Every refusal names `source`: beside a signed plan, the trust argument is the other file at fault."""
+    document = None
     if data.lstrip().startswith(b"-----BEGIN"):
-        return TrustRoot.single(load_public_key(data, source))
-    envelope = Envelope.from_bytes(data)
-    root = TrustRoot.from_payload(envelope.payload)
-    root.verify(envelope, TRUST_ROOT_PAYLOAD_TYPE)
+        try:
+            return TrustRoot.single(load_public_key(data, source))
+        except PlanRejected:
+            pass  # refused below, saying what the file is
+    else:
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    if not isinstance(document, dict) or document.get("payload_type") != TRUST_ROOT_PAYLOAD_TYPE:
+        raise PlanRejected(
+            "malformed-trust-root",
+            f"`{source}` is not a trust root or an Ed25519 public key (it is {describe_key_file(data)})",
+            hint="pass the ROOT written by `vaultpolicy trust init`, or a KEY.pub written by `vaultpolicy keygen`",
+        )
+    try:
+        envelope = Envelope.from_bytes(data)
+        root = TrustRoot.from_payload(envelope.payload)
+        root.verify(envelope, TRUST_ROOT_PAYLOAD_TYPE)
+    except PlanRejected as exc:
+        raise PlanRejected(exc.reason, f"trust root `{source}`: {exc.message}", exc.hint) from None
     return root

@@ -171,3 +171,13 @@ def test_check_passes_a_policy_whose_named_files_are_usable(cli, tmp_path):
     policy.write_text('device { escrow_key "escrow.pub" }\nattestation boot {\n  pcrs 0, 4, 7\n  allow pcr 7 from "pcr7.txt"\n}\n')
     code, out, _ = cli("check", policy)
     assert code == 0 and "0 errors" in out
+
+
+def test_an_escrow_key_of_the_wrong_kind_says_what_it_is(cli, tmp_path):
+    assert cli("keygen", "-o", tmp_path / "ctl.key")[0] == 0
+    assert cli("controller", "escrow-keygen", tmp_path / "escrow.key")[0] == 0
+    policy = tmp_path / "p.vpol"
+    for named, what in (("ctl.key.pub", "an Ed25519 public key"), ("escrow.key", "an X25519 escrow private key")):
+        policy.write_text(f'device {{ escrow_key "{named}" }}\n')
+        code, _, err = cli("check", policy)
+        assert code == 1 and f"`{tmp_path / named}`: it is {what}, not an X25519 escrow public key" in err

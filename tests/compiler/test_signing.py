@@ -88,7 +88,8 @@ def test_a_bad_trust_root_is_named_apart_from_the_signed_plan(cli, keys, plan_fi
     cli("sign", plan_file, "--key", keys / "a", "-o", keys / "signed")
     (keys / "root.json").write_text("vault data {}\n")
     code, _, err = cli("verify", keys / "signed", "--trust", keys / "root.json")
-    assert code == 1 and err.startswith(f"refused: malformed-envelope: trust root `{keys / 'root.json'}`: malformed envelope: not JSON")
+    assert code == 1 and err.startswith(f"refused: malformed-trust-root: `{keys / 'root.json'}` is not a trust root or an "
+                                        "Ed25519 public key (it is not a key file)")
     payload = base64.b64encode(json.dumps({"version": 1, "keys": []}).encode()).decode()
     envelope = {"payload_type": TRUST_ROOT_PAYLOAD_TYPE, "payload": payload, "signatures": []}
     (keys / "root.json").write_text(json.dumps(envelope))
@@ -160,8 +161,16 @@ def test_trust_rotation_needs_a_threshold_of_the_current_root(cli, keys, plan_fi
     cli("trust", "init", *init, "--sign-with", keys / "a", "--sign-with", keys / "b", "-o", keys / "root1")
     rotate = ["--current", keys / "root1", "--key", keys / "b.pub", "--key", keys / "c.pub", "--threshold", "2"]
     # signed only by the new keys: the current root's threshold (a and b) is not met
+    a, b, c = (key_id(load_private_key((keys / name).read_bytes(), name).public_key()) for name in "abc")
     code, _, err = cli("trust", "rotate", *rotate, "--sign-with", keys / "b", "--sign-with", keys / "c", "-o", keys / "root2")
-    assert code == 1 and "needs 2" in err and not (keys / "root2").exists()
+    assert code == 1 and not (keys / "root2").exists()
+    assert f"the current root (version 1) needs 2 of its keys `{a}`, `{b}` (signed by `{b}`)" in err
+    assert "the new root" not in err  # b and c meet the new root's own threshold
+    # signed only by c: neither root's threshold is met, and the message names both
+    err = cli("trust", "rotate", *rotate, "--sign-with", keys / "c", "-o", keys / "root2")[2]
+    assert (f"error: rotating trust root version 1 to 2 needs a threshold of both roots: the current root (version 1) needs "
+            f"2 of its keys `{a}`, `{b}` (signed by none of them); the new root (version 2) needs 2 of its keys `{b}`, `{c}` "
+            f"(signed by `{c}`)") in err and "repeat --sign-with" in err
     signers = ["--sign-with", keys / "a", "--sign-with", keys / "b", "--sign-with", keys / "c"]
     assert cli("trust", "rotate", *rotate, *signers, "-o", keys / "root2")[0] == 0
     old, new = load_trust((keys / "root1").read_bytes(), "root1"), (keys / "root2").read_bytes()
@@ -172,3 +181,47 @@ def test_trust_rotation_needs_a_threshold_of_the_current_root(cli, keys, plan_fi
     assert cli("verify", keys / "bc", "--trust", keys / "root2")[0] == 0
     code, _, err = cli("verify", keys / "ab", "--trust", keys / "root2")
     assert code == 1 and "threshold-not-met" in err
+
+
+def test_an_unsigned_plan_is_named_as_such(cli, keys, plan_file):
+    code, _, err = cli("verify", plan_file, "--trust", keys / "a.pub")
+    assert code == 1 and err == "refused: unsigned: an unsigned plan; sign it with `vaultpolicy sign`\n"
+
+
+@pytest.mark.parametrize(
+    "given, what",
+    [("escrow.key.pub", "32 bytes in base64, like an X25519 escrow public key"), ("escrow.key", "an X25519 escrow private key"),
+     ("a", "an Ed25519 private key"), ("signed", "a signed plan"), ("plan.json", "an unsigned plan")],
+)
+def test_a_wrong_trust_argument_is_blamed_not_the_plan(cli, keys, plan_file, given, what):
+    assert cli("controller", "escrow-keygen", keys / "escrow.key")[0] == 0
+    cli("sign", plan_file, "--key", keys / "a", "-o", keys / "signed")
+    code, _, err = cli("verify", keys / "signed", "--trust", keys / given)
+    assert code == 1 and err.startswith(
+        f"refused: malformed-trust-root: `{keys / given}` is not a trust root or an Ed25519 public key (it is {what})\n")
+    assert "envelope" not in err
+
+
+@pytest.mark.parametrize(
+    "given, what",
+    [("a.pub", "an Ed25519 public key"), ("root", "a trust root"), ("escrow.key", "an X25519 escrow private key"),
+     ("plan.json", "an unsigned plan"), ("notes.txt", "not a key file"), ("other.pem", "a PEM file holding no key")],
+)
+def test_a_wrong_signing_key_says_what_the_file_is(cli, keys, plan_file, given, what):
+    assert cli("controller", "escrow-keygen", keys / "escrow.key")[0] == 0
+    cli("trust", "init", "--key", keys / "a.pub", "--threshold", "1", "--sign-with", keys / "a", "-o", keys / "root")
+    (keys / "notes.txt").write_text("remember to rotate\n")
+    (keys / "other.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    for argv, option in ((["sign", plan_file, "--key", keys / given, "-o", keys / "out"], "--key"),
+                         (["trust", "init", "--key", keys / "a.pub", "--threshold", "1", "--sign-with", keys / given,
+                           "-o", keys / "out"], "--sign-with")):
+        code, _, err = cli(*argv)
+        assert code == 1 and not (keys / "out").exists()
+        assert err == (f"error: `{keys / given}` is {what}; {option} needs the private key written by `vaultpolicy keygen` "
+                       "(KEY, not KEY.pub)\n")  # one line of ours: no library text, no URL
+
+
+def test_a_wrong_public_key_for_a_trust_root_says_what_the_file_is(cli, keys):
+    code, _, err = cli("trust", "init", "--key", keys / "a", "--threshold", "1", "--sign-with", keys / "a", "-o", keys / "root")
+    assert code == 1 and err == (f"error: `{keys / 'a'}` is an Ed25519 private key; --key needs an Ed25519 public key "
+                                 "(the KEY.pub written by `vaultpolicy keygen`)\n")

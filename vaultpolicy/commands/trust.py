@@ -26,7 +26,7 @@ def add_arguments(parser, key) -> None:
 
 def _public_keys(paths: list[str]):
     try:
-        keys = [load_public_key(read_input(path, "public key"), path) for path in paths]
+        keys = [load_public_key(read_input(path, "public key"), path, "--key") for path in paths]
     except PlanRejected as exc:
         raise InputError(exc.message) from None
     return tuple((key_id(k), k) for k in keys)
@@ -34,7 +34,7 @@ def _public_keys(paths: list[str]):
 
 def _private_keys(paths: list[str]):
     try:
-        return [load_private_key(read_input(path, "signing key"), path) for path in paths]
+        return [load_private_key(read_input(path, "signing key"), path, "--sign-with") for path in paths]
     except PlanRejected as exc:
         raise InputError(exc.message) from None
 
@@ -48,9 +48,10 @@ def run(args) -> int:
         raise InputError(f"threshold {args.threshold} must be between 1 and the {len(root.distinct_keys())} distinct keys listed")
     envelope = sign(TRUST_ROOT_PAYLOAD_TYPE, root.payload(), _private_keys(args.sign_with))
     data = envelope.to_bytes()
-    load_trust(data, args.output)  # signed by its own threshold
-    if current is not None:
-        current.rotate(envelope)  # and by the current root's threshold
+    if current is None:
+        load_trust(data, args.output)  # signed by its own threshold
+    else:
+        current.rotate(envelope)  # by the current root's threshold and by its own
     write_output(args.output, data)
     print(f"wrote {args.output}: trust root version {root.version}, {args.threshold} of {len(root.distinct_keys())} keys")
     return status_codes.SUCCESS

@@ -18,10 +18,7 @@ def add_arguments(parser, key) -> None:
 
 def verify_signed_plan(data: bytes, trust_data: bytes, trust_source: str):
     """The verified plan and how many distinct trusted keys signed it; PlanRejected says why not."""
-    try:
-        root = load_trust(trust_data, trust_source)
-    except PlanRejected as exc:  # say which of the two files is at fault
-        raise PlanRejected(exc.reason, f"trust root `{trust_source}`: {exc.message}") from None
+    root = load_trust(trust_data, trust_source)  # its refusals name the trust file, apart from the plan's
     envelope = Envelope.from_bytes(data)
     payload = root.verify(envelope, PLAN_PAYLOAD_TYPE)
     try:
@@ -38,6 +35,8 @@ def run(args) -> int:
         plan, root = verify_signed_plan(data, trust_data, args.trust)
     except PlanRejected as exc:
         print(f"refused: {exc.reason}: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  = help: {exc.hint}", file=sys.stderr)
         return status_codes.ERROR
     print(
         f"verified: plan version {plan.plan_version} issued {plan.issued_at}, expires {plan.expires}; "
