@@ -33,7 +33,7 @@ from enforcer.release import Release, ReleasedKey, release_wrapping_key
 def accept_escrow(store: Store, blob_bytes: bytes, now: int, source: str = "escrow blob") -> bytes:
     """Store a device's escrow blob and return the acknowledgement the device records.
 
-    Only enrolled devices may deposit; the blob is kept as received (its digest is what the ack names).
+    Only enrolled devices may deposit; the blob is kept byte for byte as the device wrote it (its digest is what the ack names).
     """
     blob = EscrowBlob.from_bytes(blob_bytes, source)
     if store.device(blob.device_id) is None:

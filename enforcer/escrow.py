@@ -160,7 +160,7 @@ class EscrowBlob:
             key_identifier = bytes.fromhex(require_str(obj, "key_identifier", source))
         except ValueError:
             raise InputError(f"{source}: field `key_identifier` is not hex") from None
-        return cls(
+        blob = cls(
             device_id=require_str(obj, "device_id", source),
             vault=require_str(obj, "vault", source),
             key_identifier=key_identifier,
@@ -168,6 +168,11 @@ class EscrowBlob:
             nonce=unb64(obj.get("nonce"), "nonce", source),
             ciphertext=unb64(obj.get("ciphertext"), "ciphertext", source),
         )
+        # Only the canonical bytes are a blob: upper-case hex or a loose base64 tail decode to the same
+        # fields, and would let an altered file unwrap and be acknowledged under another digest.
+        if blob.to_bytes() != data:
+            raise InputError(f"{source}: not the exact bytes a device writes (edited or re-formatted?)")
+        return blob
 
 
 _ESCROW_INFO = b"vaultpolicy escrow v1"

@@ -30,6 +30,17 @@ def test_round_trip_and_fresh_ciphertext(controller_key):
     assert bytes(escrow.unwrap_key(controller_key, parsed)) == raw
 
 
+def test_every_altered_byte_of_the_blob_file_fails(controller_key):
+    data = escrow.wrap_key(controller_key.public_key(), "dev-1", "config", KEY_ID, secrets.token_bytes(64)).to_bytes()
+    for position in range(len(data)):
+        altered = bytearray(data)
+        altered[position] ^= 0x01  # also turns hex digits upper case and base64 tails loose
+        with pytest.raises((escrow.InputError, EscrowError)):
+            escrow.unwrap_key(controller_key, EscrowBlob.from_bytes(bytes(altered)))
+    with pytest.raises(escrow.InputError, match="not the exact bytes a device writes"):
+        EscrowBlob.from_bytes(data + b"\n")
+
+
 def test_every_altered_byte_fails(controller_key):
     blob = escrow.wrap_key(controller_key.public_key(), "dev-1", "config", KEY_ID, secrets.token_bytes(64))
     for field in ("ephemeral_public", "nonce", "ciphertext"):
