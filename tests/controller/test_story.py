@@ -15,7 +15,6 @@ import pytest
 from compiler.plan import Attestation, Device, Plan, Seal, Vault, encode_plan, format_time
 from compiler.signing import PLAN_PAYLOAD_TYPE, generate_key, public_key_pem, sign
 from enforcer.attest import AttestationTpm
-from enforcer.release import last_unlocks
 from enforcer.report import split_signed_report
 from enforcer.state import StateDir
 from vaultpolicy import status_codes
@@ -99,7 +98,7 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     with Tpm(swtpm.tcti) as tpm:
         tpm.extend_pcr(4, "sha256", UPDATED_BOOTLOADER)
     refused = cli("device", "unlock", "--root", str(root), *device, code=status_codes.ERROR)
-    assert "config" in refused and "4" in refused
+    assert "config" in refused and "PCR sha256:4 changed" in refused
     with pytest.raises(OSError):
         secret.read_text()
 
@@ -135,8 +134,8 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     released = cli("device", "unlock", "--release", str(tmp_path / "release.json"), "--root", str(root), *device)
     assert "vault config: unlocked (controller-release)" in released  # device id: the one `identity` recorded
     assert secret.read_text() == "password=hunter2"
-    assert last_unlocks(state)["config"]["method"] == "controller-release"
     cli("device", "status", "--root", str(root), *device)  # the refused unlock no longer shows as drift
+    assert report_vault(cli, root, device, tmp_path, status_codes.SUCCESS)["last_unlock"]["method"] == "controller-release"
 
     # reboot into the updated firmware: the re-sealed key unlocks locally, no controller involved
     cli("device", "lock", "--state-dir", str(state.root), "--root", str(root))
@@ -147,4 +146,4 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     assert pcr_values(swtpm.tcti) == after_update
     cli("device", "unlock", "--root", str(root), *device)
     assert secret.read_text() == "password=hunter2"
-    assert last_unlocks(state)["config"]["method"] == "tpm-sealed"
+    assert report_vault(cli, root, device, tmp_path, status_codes.SUCCESS)["last_unlock"]["method"] == "tpm-sealed"
