@@ -160,12 +160,14 @@ def disallowed_pcrs(values: dict[int, bytes], attestation: Attestation) -> dict[
 
 
 def check_counters(device, parsed: ParsedAttest) -> None:
-    """Step 5: a quote older than one already seen (counters or clock going back) is a replay."""
+    """Step 5: a quote older than one already seen is a replay. The reset count never goes back; within
+    one reset (one boot) neither the restart count nor the clock does, each on its own: a later resume
+    never runs the TPM's clock back. Across a reset the clock may (an unorderly shutdown loses its tail)."""
     if device.reset_count is None:
         return
     seen = (device.reset_count, device.restart_count, device.clock)
     now = (parsed.reset_count, parsed.restart_count, parsed.clock)
-    if now[0] < seen[0] or (now[0] == seen[0] and now[1:] < seen[1:]):
+    if now[0] < seen[0] or (now[0] == seen[0] and (now[1] < seen[1] or now[2] < seen[2])):
         raise AttestationRejected(
             "counters-backwards",
             f"TPM counters went backwards (reset/restart/clock {now} after {seen}): an old quote?",

@@ -196,6 +196,15 @@ def test_counters_going_backwards(device, store):
     refused(store, "counters-backwards", old, policy, NOW)
 
 
+def test_clock_going_back_within_one_boot_is_refused_even_with_a_later_restart_count(device, store):
+    tpm, identity, policy = device
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    parsed = verify_quote(store, made, policy, NOW)
+    # the controller saw this boot earlier with a later clock: a later restart count does not excuse it
+    store.record_counters("gw-1", parsed.reset_count, parsed.restart_count - 1, parsed.clock + 3_600_000)
+    refused(store, "counters-backwards", quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW)), policy, NOW)
+
+
 def test_tpm2_checkquote_accepts_our_quote(device, store, tmp_path):
     """Interop: tpm2-tools' verifier, which nobody here wrote, accepts a vaultpolicy quote."""
     tpm, identity, policy = device
