@@ -26,6 +26,7 @@ from . import plan as p
 from .pathutil import containing
 from .rules.coverage import vault_path_index
 from .signing import describe_key_file
+from vaultpolicy.encoding import b64decode_exact
 
 FileReader = Callable[[Path], bytes]
 
@@ -76,7 +77,7 @@ def _x25519_raw(data: bytes) -> bytes | None:
             return None
         return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
-        raw = base64.b64decode(data.strip(), validate=True)
+        raw = b64decode_exact(data.strip())
     except binascii.Error:
         return None
     return raw if len(raw) == 32 else None

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import PlanRejected
 
 PLAN_PAYLOAD_TYPE = "application/vnd.vaultpolicy.plan.v1+json"
@@ -103,7 +104,7 @@ def describe_key_file(data: bytes) -> str:
 
 def _is_base64_of_32_bytes(data: bytes) -> bool:
     try:
-        return len(base64.b64decode(data.strip(), validate=True)) == 32
+        return len(b64decode_exact(data.strip())) == 32
     except (binascii.Error, ValueError):
         return False
 
@@ -173,12 +174,12 @@ class Envelope:
         if not isinstance(obj["signatures"], list):
             raise malformed("signatures must be a list")
         try:
-            payload = base64.b64decode(obj["payload"], validate=True)
+            payload = b64decode_exact(obj["payload"])
             signatures = []
             for entry in obj["signatures"]:
                 if not isinstance(entry, dict) or set(entry) != {"keyid", "sig"} or not isinstance(entry["keyid"], str):
                     raise malformed("each signature needs exactly keyid and sig")
-                signatures.append((entry["keyid"], base64.b64decode(entry["sig"], validate=True)))
+                signatures.append((entry["keyid"], b64decode_exact(entry["sig"])))
         except (binascii.Error, TypeError):
             raise malformed("payload or a signature is not valid base64") from None
         return cls(obj["payload_type"], payload, tuple(signatures))
@@ -235,7 +236,7 @@ class TrustRoot:
         keys = []
         for entry in entries:
             try:
-                keys.append((entry["keyid"], Ed25519PublicKey.from_public_bytes(base64.b64decode(entry["public"], validate=True))))
+                keys.append((entry["keyid"], Ed25519PublicKey.from_public_bytes(b64decode_exact(entry["public"]))))
             except (KeyError, TypeError, ValueError, binascii.Error):
                 raise malformed("each key needs a keyid and a base64 raw Ed25519 public key") from None
         root = cls(version, threshold, tuple(keys))

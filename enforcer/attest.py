@@ -35,6 +35,7 @@ from pathlib import Path
 import rfc8785
 
 from enforcer.escrow import load_json_object
+from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError, InputError
 
 QUOTE_FORMAT = "vaultpolicy.quote.v1"
@@ -188,7 +189,7 @@ class Quote:
 
         def b64(name: str) -> bytes:
             try:
-                return base64.b64decode(text(name), validate=True)
+                return b64decode_exact(text(name))
             except ValueError:
                 raise InputError(f"{source}: field `{name}` is not valid base64") from None
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from enforcer.state import atomic_write
+from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import InputError, VaultpolicyError
 
 ESCROW_FORMAT = "vaultpolicy.escrow.v1"
@@ -68,7 +69,7 @@ def unb64(text: object, field: str, source: str) -> bytes:
     if not isinstance(text, str):
         raise InputError(f"{source}: field `{field}` must be a base64 string")
     try:
-        return base64.b64decode(text, validate=True)
+        return b64decode_exact(text)
     except binascii.Error:
         raise InputError(f"{source}: field `{field}` is not valid base64") from None
 

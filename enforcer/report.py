@@ -39,6 +39,7 @@ from enforcer.fscrypt import KeyStatus
 from enforcer.release import last_unlocks
 from enforcer.rotate import overdue as key_overdue
 from enforcer.state import StateDir
+from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import InputError
 
 REPORT_FORMAT = "vaultpolicy.report.v1"
@@ -110,7 +111,7 @@ def report_schema() -> dict:
 
 def load_report(data: bytes, source: str = "report") -> Report:
     try:
-        return Report.model_validate_json(data)
+        return Report.model_validate_json(data, strict=True)  # as the schema says: "1" is not a plan version
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "report"
@@ -233,7 +234,7 @@ def split_signed_report(data: bytes, source: str = "signed report") -> tuple[byt
     if not isinstance(obj.get("report"), str) or not isinstance(obj.get("quote"), dict):
         raise InputError(f"{source}: needs `report` (base64) and `quote` (object)")
     try:
-        report_bytes = base64.b64decode(obj["report"], validate=True)
+        report_bytes = b64decode_exact(obj["report"])
     except ValueError:
         raise InputError(f"{source}: field `report` is not valid base64") from None
     return report_bytes, Quote.from_obj(obj["quote"], f"{source}: quote")

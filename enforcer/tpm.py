@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError
 
 # TPM 2.0 part 2: the command code PolicyPCR folds into a policy digest.
@@ -128,8 +129,8 @@ class SealedBlob:
             blob = cls(
                 bank=str(record["bank"]),
                 pcrs=tuple(int(index) for index in record["pcrs"]),
-                public=base64.b64decode(record["public"], validate=True),
-                private=base64.b64decode(record["private"], validate=True),
+                public=b64decode_exact(record["public"]),
+                private=b64decode_exact(record["private"]),
                 policy_digest=bytes.fromhex(record["policy_digest"]),
                 pcr_values={int(index): bytes.fromhex(value) for index, value in record["pcr_values"].items()},
             )

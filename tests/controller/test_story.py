@@ -10,6 +10,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from compiler.plan import Attestation, Device, Plan, Seal, Vault, encode_plan, format_time
@@ -23,6 +24,7 @@ from vaultpolicy.cli import main
 pytestmark = pytest.mark.device
 PCRS = (0, 2, 4, 7)
 UPDATED_BOOTLOADER = b"bootloader v2"
+PUBLISHED_SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "report.schema.json").read_text())
 
 
 def plan_for(version: int, allowed: dict[int, list[str]], escrow_public: str, persist: str) -> Plan:
@@ -48,7 +50,9 @@ def report_vault(cli, root: Path, device: list[str], tmp_path: Path, code: int) 
     """Run `device report` and return the (only) vault's entry."""
     cli("device", "report", "--root", str(root), "-o", str(tmp_path / "report.json"), *device, code=code)
     report_bytes, _ = split_signed_report((tmp_path / "report.json").read_bytes())
-    return json.loads(report_bytes)["vaults"][0]
+    report = json.loads(report_bytes)
+    jsonschema.validate(report, PUBLISHED_SCHEMA)  # what a controller of another make would check
+    return report["vaults"][0]
 
 
 def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, capsys):
