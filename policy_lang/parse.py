@@ -186,14 +186,15 @@ def _is_keyword(token: Token) -> bool:
     return token.type in _keyword_types()
 
 
-def _starts_item_on_new_line(tokens: list[Token], i: int) -> bool:
-    """A top-level keyword at the start of a line followed by a block header: a missing `}` before it."""
+def _starts_item(tokens: list[Token], i: int) -> bool:
+    """Inside a block, the header of another (`vault b {`, anywhere), or an `include "…"` at the
+    start of a line: a missing `}` before it. No setting starts with a top-level keyword and `{`."""
     tok = tokens[i]
-    if tok.value not in TOP_LEVEL_KEYWORDS or (i > 0 and tokens[i - 1].line == tok.line):
+    if tok.value not in TOP_LEVEL_KEYWORDS:
         return False
     nxt = tokens[i + 1:i + 3]
     if tok.value == "include":
-        return bool(nxt) and nxt[0].type == "STRING"
+        return bool(nxt) and nxt[0].type == "STRING" and (i == 0 or tokens[i - 1].line < tok.line)
     if tok.value in ("device", "defaults"):
         return bool(nxt) and nxt[0].type == "LBRACE"
     return len(nxt) == 2 and (nxt[0].type == "NAME" or _is_keyword(nxt[0])) and nxt[1].type == "LBRACE"
@@ -209,7 +210,7 @@ def split_items(tokens: list[Token]) -> list[list[Token]]:
         if depth == 0:
             closed = bool(current) and current[-1].type == "RBRACE"
             new_chunk = tok.value in TOP_LEVEL_KEYWORDS or closed or tok.type == "SEMICOLON"
-        elif _starts_item_on_new_line(tokens, i):
+        elif _starts_item(tokens, i):
             new_chunk, depth = True, 0
         if new_chunk and current:
             chunks.append(current)

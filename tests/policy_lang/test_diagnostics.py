@@ -7,6 +7,7 @@ import pytest
 import compiler
 from policy_lang import parse_text
 from policy_lang.diagnostics import render_text
+from policy_lang.load import parse_partial
 
 GOLDEN = __import__("pathlib").Path(__file__).parent / "golden"
 
@@ -17,6 +18,8 @@ ONE_ERROR = [
     ("unknown top-level keyword", "vualt config { limit 16MiB }\n", "VP0005", 1, 1, 6, "did you mean `vault`?"),
     ("missing brace", "vault config {\n  limit 16MiB\n\nvault images { limit 64MiB }\n",
      "VP0006", 1, 14, 15, "add `}`"),
+    ("missing brace before a block on the same line",
+     'vault a { path "/persist/a" limit 16MiB vault b { path "/persist/b" }\n', "VP0006", 1, 9, 10, "add `}`"),
     ("bad size unit", "vault images {\n  limit 64Mib\n}\n", "VP0010", 2, 11, 14, "did you mean `MiB`?"),
     ("bad duration", "defaults {\n  rotate every 90days\n}\n", "VP0011", 2, 18, 22, "write `90d`"),
     ("PCR index 24", "vault config {\n  seal pcrs 0, 7, 24\n}\n", "VP0012", 2, 19, 21, "0 to 23"),
@@ -37,6 +40,14 @@ def test_one_precise_error(lang, name, source, code, line, column, end_column, h
     assert [lang.where(d) for d in errors] == [(code, line, column)]
     assert errors[0].span.end_column == end_column
     assert hint in (errors[0].help or "") + errors[0].message
+
+
+def test_a_block_after_a_missing_brace_on_the_same_line_still_parses(lang):
+    """`vault b {` ends the unclosed `vault a` block wherever it stands: it is not read as a second
+    `path` of `a` (VP0016) after a stray `vault` (VP0005)."""
+    policy, diags, _ = parse_partial('vault a { path "/persist/a" limit 16MiB vault b { path "/persist/b" }\n', "t.vpol")
+    assert [d.code for d in diags] == ["VP0006"]
+    assert [(v.name.value, v.path.value) for v in policy.items] == [("b", "/persist/b")]
 
 
 def _compile_errors(lang, source: str):
