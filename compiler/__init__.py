@@ -41,7 +41,7 @@ def check(policy: ast.Policy, broken: Iterable[Block] = (), read: FileReader = P
     """
     model, diagnostics = analyze(policy)
     if broken:
-        diagnostics = independent(diagnostics, model, policy, broken)
+        diagnostics = independent(diagnostics, policy, broken)
     diagnostics.extend(read_named_files(model, read)[1])
     return diagnostics.sorted()
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from lark import Tree
 
 from . import ast
 from . import syntax_codes as codes
 from .diagnostics import Diagnostics, Span, error
-from .parse import Block, parse
+from .parse import ANY_SETTING, Block, ParseResult, parse
 from .to_ast import to_policy, whole_file_span
 
 
@@ -88,10 +90,35 @@ def parse_partial(text: str, file: str) -> tuple[ast.Policy, Diagnostics, list[B
     result = parse(text, file)
     policy, literal_diags = to_policy(result)
     diags = Diagnostics(result.diagnostics + literal_diags).sorted()
-    error_positions = [d.span.start_pos for d in diags.errors() if d.span is not None and d.span.file == file]
-    broken = [b for b in result.blocks
-              if not b.parsed or any(b.start_pos <= pos < b.end_pos for pos in error_positions)]
-    return policy, diags, broken
+    return policy, diags, _broken_blocks(result, diags, literal_diags)
+
+
+def _broken_blocks(result: ParseResult, diags: Diagnostics, literal_diags: Diagnostics) -> list[Block]:
+    """The blocks an error left out (not parsed) or cut short, each parsed one with the settings
+    its errors damaged: those the parser dropped, and those holding a bad literal or a repeat."""
+    def positions(found: Diagnostics) -> list[int]:
+        return [d.span.start_pos for d in found.errors() if d.span is not None and d.span.file == result.file]
+
+    errors, literal_errors = positions(diags), positions(literal_diags)
+    trees = {tree.meta.start_pos: tree for tree in result.items}
+    broken = []
+    for block in result.blocks:
+        if block.parsed and not any(block.start_pos <= pos < block.end_pos for pos in errors):
+            continue
+        if block.parsed:
+            tree = trees[block.start_pos]
+            at = {_setting_at(tree, pos) for pos in literal_errors if block.start_pos <= pos < block.end_pos}
+            block = replace(block, damaged=block.damaged | at)
+        broken.append(block)
+    return broken
+
+
+def _setting_at(item: Tree, pos: int) -> str:
+    """The keyword of the setting of `item` that contains source position `pos`."""
+    for child in item.children:
+        if isinstance(child, Tree) and child.meta.start_pos <= pos < child.meta.end_pos:
+            return child.children[0].value
+    return ANY_SETTING
 
 
 def parse_text(text: str, file: str = "<input>") -> tuple[ast.Policy | None, Diagnostics]:

@@ -62,6 +62,10 @@ class Comment:
     own_line: bool  # nothing but whitespace precedes it on its line
 
 
+# In `Block.damaged`: an error dropped or cut short a setting whose keyword cannot be told.
+ANY_SETTING = "*"
+
+
 @dataclass(frozen=True)
 class Block:
     """One top-level item as the splitter cut it, whether or not it parsed.
@@ -76,6 +80,9 @@ class Block:
     start_pos: int
     end_pos: int  # where the next item starts: errors in between belong to this one
     parsed: bool
+    # Of a parsed block: the settings (by keyword, `seal` for both forms) that an error dropped or
+    # left incomplete, the keyword a misspelt one most likely meant, or ANY_SETTING.
+    damaged: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -349,8 +356,9 @@ def _setting_keywords(header_types: tuple[str, ...]) -> frozenset[str]:
     return frozenset(c for c in probe.choices() if c in _keyword_types())
 
 
-def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostics]:
-    """Parse one top-level item; on an error, drop the failing setting and try again."""
+def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostics, frozenset[str]]:
+    """Parse one top-level item; on an error, drop the failing setting and try again. Also returns
+    the settings dropped (see `Block.damaged`)."""
     diags = Diagnostics()
     unclosed = _unclosed_brace(file, tokens, tokens[0].value)
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
@@ -361,20 +369,21 @@ def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostic
         body_end = len(tokens) - 1 if tokens[-1].type == "RBRACE" and unclosed is None else len(tokens)
         segments = _segments(tokens, header_end, body_end, setting_starts)
     dropped: set[int] = set()
-    for _ in range(len(segments) + 1):
+    damaged: set[str] = set()
+    while True:  # each round drops at least one more token, so it ends
         kept = [i for i in range(len(tokens)) if i not in dropped]
         try:
-            return _feed(tokens, kept), diags
+            return _feed(tokens, kept), diags, frozenset(damaged)
         except _SyntaxFailure as failure:
             if failure.index is None and unclosed is not None:
                 diags.append(unclosed)
-                return None, diags
+                return None, diags, frozenset()
             diags.append(_syntax_diagnostic(file, failure, _token_before(tokens, kept, failure.index)))
-            blamed = _blamed_segment(failure.index, tokens, segments, dropped, setting_starts)
+            blamed = _blamed_segment(failure, tokens, segments, dropped, setting_starts)
             if blamed is None:
-                return None, diags
+                return None, diags, frozenset()
             dropped.update(blamed)
-    return None, diags
+            damaged.add(_setting_meant(tokens[blamed[0]], setting_starts))
 
 
 def _token_before(tokens: list[Token], kept: list[int], index: int | None) -> Token | None:
@@ -385,20 +394,41 @@ def _token_before(tokens: list[Token], kept: list[int], index: int | None) -> To
     return tokens[kept[position - 1]] if position > 0 else None
 
 
-def _blamed_segment(index: int | None, tokens, segments, dropped, setting_starts) -> list[int] | None:
-    live = [s for s in segments if not set(s) <= dropped]
+def _blamed_segment(failure: _SyntaxFailure, tokens, segments, dropped, setting_starts) -> list[int] | None:
+    """The setting to drop for `failure`. A word where a new setting could start ends the setting
+    before it (`seal bot limt 1MiB`): `segments` is split there, so `seal bot` is kept."""
+    index = failure.index
     if index is None:
         return None
+    live = [s for s in segments if not set(s) <= dropped]
     for n, seg in enumerate(live):
         if index in seg:
             starts_setting = seg[0] == index and tokens[index].type in setting_starts
             if starts_setting:
                 return live[n - 1] if n > 0 else None
+            k = seg.index(index)
+            if k > 0 and _is_word(tokens[index]) and failure.expected & setting_starts:
+                where = segments.index(seg)
+                segments[where:where + 1] = [seg[:k], seg[k:]]
+                return seg[k:]
             return seg
     # the error is at the closing brace or in the header
     if live and index > live[-1][-1]:
         return live[-1]
     return None
+
+
+def _is_word(token: Token) -> bool:
+    return token.type == "NAME" or _is_keyword(token)
+
+
+def _setting_meant(first: Token, setting_starts: frozenset[str]) -> str:
+    """The keyword of a dropped setting: its own, the one a misspelt word most likely meant, or ANY_SETTING."""
+    if first.type in setting_starts:
+        return first.value
+    words = sorted(_terminal_words()[t].strip("`") for t in setting_starts)
+    close = difflib.get_close_matches(first.value, words, n=1, cutoff=0.6) if _is_word(first) else []
+    return close[0] if close else ANY_SETTING
 
 
 def _header(tokens: list[Token]) -> tuple[str | None, str | None]:
@@ -423,11 +453,12 @@ def parse(text: str, file: str) -> ParseResult:
     lexical_errors = [d.span.start_pos for d in diags]
     chunks = split_items(tokens)
     for n, chunk in enumerate(chunks):
-        tree, chunk_diags = parse_chunk(file, chunk)
+        tree, chunk_diags, damaged = parse_chunk(file, chunk)
         end = chunks[n + 1][0].start_pos if n + 1 < len(chunks) else len(text)
         kind, name = _header(chunk)
         lexically_broken = any(chunk[0].start_pos <= pos < end for pos in lexical_errors)
-        result.blocks.append(Block(file, kind, name, chunk[0].start_pos, end, tree is not None and not lexically_broken))
+        result.blocks.append(Block(file, kind, name, chunk[0].start_pos, end, tree is not None and not lexically_broken,
+                                   damaged))
         if lexically_broken:
             continue  # a bad character or string already explains this item; its syntax errors would only echo it
         result.diagnostics.extend(chunk_diags)

@@ -214,19 +214,17 @@ class _Converter:
                 fields["on_remove"] = ast.OnRemoveSetting(action=action, span=self.span(t))
         return ast.VaultSettings(span=span, **{k: v for k, v in fields.items() if v is not None})
 
-    def seal(self, tree: Tree) -> ast.SealSetting | None:
+    def seal(self, tree: Tree) -> ast.SealSetting:
         if tree.data == "seal_attestation":
             return ast.SealSetting(attestation=self.name(tree.children[1]), span=self.span(tree))
-        pcrs = self.pcr_list(tree)
         names = self.tokens(tree, "NAME")
         bank = self.bank(names[0]) if names else None
-        if pcrs is None or (names and bank is None):
-            return None
-        return ast.SealSetting(pcrs=pcrs, bank=bank, span=self.span(tree))
+        return ast.SealSetting(pcrs=self.pcr_list(tree), bank=bank, span=self.span(tree))
 
-    def pcr_list(self, tree: Tree) -> tuple[ast.PcrIndex, ...] | None:
-        pcrs = [self.pcr(t) for t in self.tokens(tree, "NUMBER")]
-        return None if None in pcrs else tuple(pcrs)
+    def pcr_list(self, tree: Tree) -> tuple[ast.PcrIndex, ...]:
+        """The valid indexes; with an invalid one among them the policy has an error, but `check`
+        still judges the others (PCR 5 in `pcrs 0, 5, 24`)."""
+        return tuple(p for p in (self.pcr(t) for t in self.tokens(tree, "NUMBER")) if p is not None)
 
     def bank(self, token: Token) -> ast.Name | None:
         return self.name(token) if self.word(token, BANKS, "bank") else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from compiler import codes as rule
 from policy_lang import syntax_codes as syntax
 from vaultpolicy.cli import main
@@ -129,4 +131,73 @@ def test_a_broken_builtin_vault_is_not_checked_at_its_default_path(tmp_path, cap
         "app web { vault images protection end_to_end }\n"
         "app api { vault nothere }\n"
     ))
-    assert found == [(syntax.UNCLOSED_BRACE, 1, 14), (rule.UNKNOWN_VAULT, 4, 17)]
+    # `store` covers where the unbroken built-in `config` lives: that holds whatever `images` said
+    assert found == [(syntax.UNCLOSED_BRACE, 1, 14), (rule.DEFAULT_PATH_COLLISION, 2, 20), (rule.UNKNOWN_VAULT, 4, 17)]
+
+
+# Nested vaults (VP0204) and an end-to-end app on an `encryption none` vault (VP0302): two errors
+# that nothing below can change.
+_TWO_ERRORS = (
+    'vault outer { path "/persist/outer" limit 8MiB }\n'
+    'vault inner { path "/persist/outer/inner" limit 8MiB }\n'
+    'vault plain { path "/persist/plain" encryption none limit 8MiB }\n'
+    "app web { vault plain protection end_to_end }\n"
+)
+
+
+@pytest.mark.parametrize("broken,syntax_error", [
+    ("vault foo { limit 8MiB; limt 3 }", (syntax.UNKNOWN_KEYWORD, 5, 25)),
+    ("attestation foo { pcrs 0, 4, 77 }", (syntax.PCR_OUT_OF_RANGE, 5, 30)),
+    ('vault images { disabled "" }', (syntax.EMPTY_REASON, 5, 25)),
+], ids=["typo in another vault", "bad PCR in an attestation", "empty opt-out reason"])
+def test_a_broken_setting_hides_nothing_that_it_cannot_change(tmp_path, capsys, broken, syntax_error):
+    _, found = _check(tmp_path, capsys, _TWO_ERRORS + broken + "\n")
+    assert found == [(rule.PATHS_OVERLAP, 2, 20), (rule.END_TO_END_UNENCRYPTED, 4, 23), syntax_error]
+
+
+def test_a_misspelt_limit_does_not_hide_an_unencrypted_sensitive_directory(tmp_path, capsys):
+    _, found = _check(tmp_path, capsys, (
+        "vault bar { limt 4MiB }\n"
+        'component c { stores "/persist/secret" sensitive }\n'
+    ))
+    assert found == [(syntax.UNKNOWN_KEYWORD, 1, 13), (rule.SENSITIVE_NOT_ENCRYPTED, 2, 22)]
+
+
+def test_a_misspelt_word_that_could_be_the_path_hides_what_the_path_decides(tmp_path, capsys):
+    _, found = _check(tmp_path, capsys, (
+        'vault bar { pth "/persist/secret" }\n'
+        'component c { stores "/persist/secret" sensitive }\n'
+    ))
+    assert found == [(syntax.UNKNOWN_KEYWORD, 1, 13)]
+
+
+def test_a_typo_after_a_setting_on_its_line_keeps_that_setting(tmp_path, capsys):
+    """`seal bot limt 1MiB` lost the seal with the typo; `path "/var/x" limt 2MiB` the path."""
+    _, found = _check(tmp_path, capsys, (
+        "attestation boot { pcrs 0, 4, 7 }\n"
+        'vault data { path "/persist/data" seal bot limt 1MiB}\n'
+        'vault e {path "/var/x" limt 2MiB}\n'
+    ))
+    assert found == [(rule.UNKNOWN_ATTESTATION, 2, 40), (syntax.UNKNOWN_KEYWORD, 2, 44),
+                     (rule.PATH_OUTSIDE_PERSIST, 3, 15), (syntax.UNKNOWN_KEYWORD, 3, 24)]
+
+
+@pytest.mark.parametrize("text,pcr5", [
+    ("attestation boot { pcrs 0, 5, 24 }\n", (rule.PCR5_SEALED, 1, 28)),
+    ('vault v { path "/persist/v" seal pcrs 0, 5, 24 }\n', (rule.PCR5_SEALED, 1, 42)),
+    ('vault v { path "/persist/v" seal pcrs 0, 5, 7 bank sha257 }\n', (rule.PCR5_SEALED, 1, 42)),
+])
+def test_the_valid_pcrs_of_a_list_with_a_bad_one_are_still_checked(tmp_path, capsys, text, pcr5):
+    """What the bad index might have been (4, 7) is not reported missing; PCR 5 is there anyway."""
+    _, found = _check(tmp_path, capsys, text)
+    assert [f for f in found if f[0] not in (syntax.PCR_OUT_OF_RANGE, syntax.UNKNOWN_VALUE)] == [pcr5]
+    assert len(found) == 2
+
+
+def test_an_attestation_that_lost_a_pcr_hides_no_presence_only_binding_elsewhere(tmp_path, capsys):
+    _, found = _check(tmp_path, capsys, (
+        "attestation foo { pcrs 0, 4, 77 }\n"
+        "attestation empty { bank sha256 }\n"
+        'vault v { path "/persist/v" seal empty }\n'
+    ))
+    assert found == [(syntax.PCR_OUT_OF_RANGE, 1, 30), (rule.PRESENCE_ONLY, 3, 29)]
