@@ -5,19 +5,30 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import policy_lang
 from policy_lang import ast
 from policy_lang.diagnostics import Diagnostics, render_text, summary_line
+from policy_lang.fmt import layout
+from policy_lang.parse import ParseResult
 
 
-def source_sha256(sources: dict[str, str], main_file: str) -> str:
-    """SHA-256 over the formatted text of every source file, named relative to the main file's
-    directory, in name order: reformatting a policy does not change the digest its plans record."""
+class LoadedPolicy(NamedTuple):
+    policy: ast.Policy | None  # None when any file has an error
+    sources: dict[str, str]  # file -> text, for rendering diagnostics
+    diagnostics: Diagnostics
+    parses: dict[str, ParseResult]  # file -> its one parse, for `source_sha256`
+
+
+def source_sha256(parses: dict[str, ParseResult], main_file: str) -> str:
+    """SHA-256 over the canonical layout (what `vaultpolicy fmt` writes) of every source file, named
+    relative to the main file's directory, in name order: reformatting a policy does not change the
+    digest its plans record. Laid out from the parse `load_policy` made: no file is parsed again."""
     base = Path(main_file).resolve().parent
     digest = hashlib.sha256()
-    for file in sorted(sources, key=lambda f: _relative(f, base)):
-        for part in (_relative(file, base), policy_lang.format_text(sources[file], file)):
+    for file in sorted(parses, key=lambda f: _relative(f, base)):
+        for part in (_relative(file, base), layout(parses[file])):
             encoded = part.encode()
             digest.update(b"%d:" % len(encoded) + encoded)
     return digest.hexdigest()
@@ -34,6 +45,6 @@ def print_diagnostics(diagnostics: Diagnostics, sources: dict[str, str]) -> None
         print(summary_line(diagnostics), file=sys.stderr)
 
 
-def load_policy(path: str) -> tuple[ast.Policy | None, dict[str, str], Diagnostics]:
+def load_policy(path: str) -> LoadedPolicy:
     result = policy_lang.load(path)
-    return result.policy, result.sources, Diagnostics(result.diagnostics)
+    return LoadedPolicy(result.policy, result.sources, Diagnostics(result.diagnostics), result.parses)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from lark import Token, Tree
+from lark import Tree
 
 from . import syntax_codes as codes
 from .diagnostics import DiagnosticsError, error
-from .load import parse_text
+from .load import partial_of
 from .parse import Comment, ParseResult, parse
 
 INDENT = "  "
@@ -34,7 +34,7 @@ MAX_WIDTH = 100
 @dataclass
 class _Line:
     indent: int
-    tokens: list[Token]
+    text: str  # the line's tokens, joined
     closes_block: bool = False
     opens_block: bool = False
     leading: list[Comment] = field(default_factory=list)
@@ -46,17 +46,23 @@ class _Layout:
     def __init__(self, result: ParseResult):
         self.result = result
         self.tokens = result.tokens
-        self.by_pos = {t.start_pos: i for i, t in enumerate(self.tokens)}
-        self.lines: list[_Line] = []
+        self.starts = [t.start_pos for t in self.tokens]
+        self.types = [t.type for t in self.tokens]
+        # Indexes of the tokens written out (`;` is not) and their start positions, for slicing ranges.
+        self.kept = [i for i, kind in enumerate(self.types) if kind != "SEMICOLON"]
+        self.kept_starts = [self.starts[i] for i in self.kept]
+        # How each token is written after another on its line: `,` hugs the token before it.
+        self.spaced = [t.value if t.type == "COMMA" else " " + t.value for t in self.tokens]
         self.trailing: dict[int, Comment] = {}  # token index -> comment at the end of its line
         self.leading: dict[int, list[Comment]] = {}  # token index -> own-line comments before it
         self.final_comments: list[Comment] = []  # own-line comments after the last token
         self.blank_before: set[int] = set()  # token start positions / comment positions with a blank line before
         self._attach_comments()
         self._find_blank_lines()
+        self.leading_at, self.trailing_at = sorted(self.leading), sorted(self.trailing)
 
     def _attach_comments(self) -> None:
-        starts = [t.start_pos for t in self.tokens]
+        starts = self.starts
         for comment in self.result.comments:
             k = bisect.bisect_left(starts, comment.span.start_pos)  # index of the next token
             before = k - 1
@@ -85,26 +91,27 @@ class _Layout:
 
     def _range(self, start: int, end: int) -> list[int]:
         """Indexes of the tokens inside [start, end), `;` left out."""
-        i = self.by_pos[start]
-        out = []
-        while i < len(self.tokens) and self.tokens[i].start_pos < end:
-            if self.tokens[i].type != "SEMICOLON":
-                out.append(i)
-            i += 1
-        return out
+        first = bisect.bisect_left(self.kept_starts, start)
+        return self.kept[first:bisect.bisect_left(self.kept_starts, end, first)]
+
+    def _text(self, indexes: list[int]) -> str:
+        return self.tokens[indexes[0]].value + "".join([self.spaced[i] for i in indexes[1:]])
 
     def _has_comment_inside(self, first: int, last: int) -> bool:
-        inside = any(first <= k <= last for k in self.leading if k != first)
-        return inside or any(first <= k < last for k in self.trailing)
+        """A comment before a token after `first`, or after a token before `last`, up to `last`."""
+        leading = bisect.bisect_right(self.leading_at, first)
+        trailing = bisect.bisect_left(self.trailing_at, first)
+        return (leading < len(self.leading_at) and self.leading_at[leading] <= last) or (
+            trailing < len(self.trailing_at) and self.trailing_at[trailing] < last)
 
     def item(self, tree: Tree) -> list[_Line]:
         indexes = self._range(tree.meta.start_pos, tree.meta.end_pos)
         settings = [c for c in tree.children if isinstance(c, Tree)]
-        is_block = any(self.tokens[i].type == "LBRACE" for i in indexes)
-        fits = len(_join([self.tokens[i] for i in indexes])) <= MAX_WIDTH
-        if not is_block or (len(settings) <= 1 and fits and not self._has_comment_inside(indexes[0], indexes[-1])):
+        is_block = "LBRACE" in [self.types[i] for i in indexes]
+        if not is_block or (len(settings) <= 1 and len(self._text(indexes)) <= MAX_WIDTH
+                            and not self._has_comment_inside(indexes[0], indexes[-1])):
             return self._logical_line(0, indexes)
-        brace = next(n for n, i in enumerate(indexes) if self.tokens[i].type == "LBRACE")
+        brace = next(n for n, i in enumerate(indexes) if self.types[i] == "LBRACE")
         lines = self._logical_line(0, indexes[:brace + 1])
         lines[-1].opens_block = True
         for setting in settings:
@@ -115,40 +122,32 @@ class _Layout:
 
     def _logical_line(self, indent: int, indexes: list[int]) -> list[_Line]:
         """One logical line, broken where comments or the width demand it."""
+        text = self._text(indexes)
+        commented = self._has_comment_inside(indexes[0], indexes[-1])
+        too_wide = len(text) + len(INDENT) * indent > MAX_WIDTH
+        if not commented and not too_wide:  # most lines: written as they are
+            return [self._line(indent, indexes, text)]
         breaks = set()
-        for n, i in enumerate(indexes):
-            if n > 0 and i in self.leading:
-                breaks.add(n)
-            if n + 1 < len(indexes) and i in self.trailing:
-                breaks.add(n + 1)
-        if len(_join([self.tokens[i] for i in indexes])) + len(INDENT) * indent > MAX_WIDTH:
+        if commented:
             for n, i in enumerate(indexes):
-                if self.tokens[i].type == "VBAR":
+                if n > 0 and i in self.leading:
                     breaks.add(n)
-                elif self.tokens[i].type == "COMMA" and n + 1 < len(indexes):
+                if n + 1 < len(indexes) and i in self.trailing:
                     breaks.add(n + 1)
-        lines, current = [], []
-        for n, i in enumerate(indexes):
-            if n in breaks and current:
-                lines.append(current)
-                current = []
-            current.append(i)
-        lines.append(current)
-        out = []
-        for n, group in enumerate(lines):
-            line = _Line(indent if n == 0 else indent + 2, [self.tokens[i] for i in group])
-            line.leading = self.leading.get(group[0], [])
-            line.trailing = self.trailing.get(group[-1])
-            line.blank_before = self.tokens[group[0]].start_pos in self.blank_before
-            out.append(line)
-        return out
+        if too_wide:
+            for n, i in enumerate(indexes):
+                if self.types[i] == "VBAR":
+                    breaks.add(n)
+                elif self.types[i] == "COMMA" and n + 1 < len(indexes):
+                    breaks.add(n + 1)
+        breaks.discard(0)
+        cuts = sorted(breaks)
+        groups = [indexes[a:b] for a, b in zip([0, *cuts], [*cuts, len(indexes)])]
+        return [self._line(indent if n == 0 else indent + 2, group, self._text(group)) for n, group in enumerate(groups)]
 
-
-def _join(tokens: list[Token]) -> str:
-    text = ""
-    for t in tokens:
-        text += t.value if (not text or t.type == "COMMA") else " " + t.value
-    return text
+    def _line(self, indent: int, indexes: list[int], text: str) -> _Line:
+        return _Line(indent, text, leading=self.leading.get(indexes[0], []), trailing=self.trailing.get(indexes[-1]),
+                     blank_before=self.starts[indexes[0]] in self.blank_before)
 
 
 def layout(result: ParseResult) -> str:
@@ -171,7 +170,7 @@ def layout(result: ParseResult) -> str:
             blank = line.blank_before or (n == 0 and force_blank and not line.leading)
             if blank and out and out[-1] != "" and not line.closes_block and not (after_open and not line.leading):
                 out.append("")
-            text = INDENT * line.indent + _join(line.tokens)
+            text = INDENT * line.indent + line.text
             out.append(text + (f"  {line.trailing.text}" if line.trailing else ""))
     for comment in lay.final_comments:
         if comment.span.start_pos in lay.blank_before and out:
@@ -181,15 +180,19 @@ def layout(result: ParseResult) -> str:
 
 
 def format_text(text: str, file: str = "<input>") -> str:
-    """The canonical layout; DiagnosticsError when the text has errors or formatting would change it."""
-    before, diags = parse_text(text, file)
-    if before is None:
-        raise DiagnosticsError(diags.errors())
+    """The canonical layout; DiagnosticsError when the text has errors or formatting would change it.
+
+    Each text is parsed once: the input, then the output, to check that the items, settings and
+    comments are the same (the compiler's source digest lays out its one parse without this check)."""
     original = parse(text, file)
+    before, diags, _ = partial_of(original)
+    if diags.has_errors():
+        raise DiagnosticsError(diags.errors())
     formatted = layout(original)
-    after, _ = parse_text(formatted, file)
-    same_comments = [c.text for c in original.comments] == [c.text for c in parse(formatted, file).comments]
-    if after != before or not same_comments:
+    reparsed = parse(formatted, file)
+    after, after_diags, _ = partial_of(reparsed)
+    same_comments = [c.text for c in original.comments] == [c.text for c in reparsed.comments]
+    if after_diags.has_errors() or after != before or not same_comments:
         raise DiagnosticsError([error(codes.FORMAT_CHANGED_MEANING, f"formatting `{file}` would change its meaning",
                                       None, help="the file was left unchanged; please report this")])
     return formatted

@@ -29,6 +29,8 @@ class LoadResult:
     # and the blocks an error left out or cut short (in every file read).
     partial: ast.Policy | None = None
     broken_blocks: list[Block] = field(default_factory=list)
+    # file -> its parse, so the compiler lays out the canonical text for its digest without parsing again
+    parses: dict[str, ParseResult] = field(default_factory=dict)
 
 
 # Far above any real policy (the 2,000-vault benchmark policy is under 1 MiB), far below what would
@@ -87,7 +89,12 @@ def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
 def parse_partial(text: str, file: str) -> tuple[ast.Policy, Diagnostics, list[Block]]:
     """The items that parsed (even when others did not), every diagnostic, sorted, and the blocks
     that an error left out (not parsed) or cut short (a setting dropped)."""
-    result = parse(text, file)
+    return partial_of(parse(text, file))
+
+
+def partial_of(result: ParseResult) -> tuple[ast.Policy, Diagnostics, list[Block]]:
+    """`parse_partial` of a text already parsed."""
+    file = result.file
     policy, literal_diags = to_policy(result)
     diags = Diagnostics(result.diagnostics + literal_diags).sorted()
     return policy, diags, _broken_blocks(result, diags, literal_diags)
@@ -163,7 +170,8 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
         result.diagnostics.extend(diags)
         return None
     # Includes of a broken file are still followed, so their errors show up in the same run.
-    policy, parse_diags, broken = parse_partial(text, file)
+    result.parses[file] = parse(text, file)
+    policy, parse_diags, broken = partial_of(result.parses[file])
     result.diagnostics.extend(parse_diags)
     result.broken_blocks.extend(broken)
     items = []

@@ -84,6 +84,23 @@ def test_source_digest_ignores_formatting_but_not_content(cli, tmp_path):
     assert digests["same"] == digests["reformatted"] != digests["changed"]
 
 
+def test_compile_parses_each_file_once(cli, tmp_path, monkeypatch):
+    """The source digest lays out the parse `load` made: formatting the text for it parsed the
+    policy four more times, most of what compile cost (bench/compile.py)."""
+    import policy_lang.parse
+
+    tokenized = []
+    real = policy_lang.parse.tokenize
+    monkeypatch.setattr(policy_lang.parse, "tokenize", lambda text, file: tokenized.append(file) or real(text, file))
+    (tmp_path / "vaults.vpol").write_text('vault data { path "/persist/data" }\n')
+    (tmp_path / "p.vpol").write_text('include "vaults.vpol"\napp a { vault data }\n')
+    assert cli("compile", tmp_path / "p.vpol", "--plan-version", "1", "-o", tmp_path / "plan.json")[0] == 0
+    assert sorted(tokenized) == [str(tmp_path / "p.vpol"), str(tmp_path / "vaults.vpol")]
+    tokenized.clear()
+    assert cli("fmt", "--check", tmp_path / "vaults.vpol")[0] == 0
+    assert len(tokenized) == 2  # fmt alone re-parses what it wrote, to check that the meaning is kept
+
+
 def test_compile_prints_every_error_and_writes_no_plan(cli, tmp_path):
     policy = tmp_path / "bad.vpol"
     policy.write_text('vault a { path "/persist/a" }\nvault b { path "/persist/a/b" }\napp x { vault c }\n')

@@ -85,7 +85,7 @@ def run(args) -> int:
     issued_at = _issued_at(args.issued_at)
     valid_for = _valid_for(args.valid_for, issued_at)
     targets = _targets(args.target)
-    policy, sources, diagnostics = load_policy(args.file)
+    policy, sources, diagnostics, parses = load_policy(args.file)
     if policy is None or diagnostics.has_errors():
         print_diagnostics(diagnostics, sources)
         return status_codes.ERROR
@@ -93,7 +93,7 @@ def run(args) -> int:
         plan_version=version,
         issued_at=issued_at,
         valid_for_seconds=valid_for,
-        source_sha256=source_sha256(sources, args.file),
+        source_sha256=source_sha256(parses, args.file),
         prev_plan_sha256=prev_digest,
         targets=targets,
     )

@@ -32,7 +32,7 @@ def load_side(path: str) -> Plan:
     data = read_input(path, "input")
     if data.lstrip()[:1] in (b"{", b"["):  # JSON, even when broken: a policy never starts so
         return load_plan(plan_payload(data, path), path)
-    policy, sources, diagnostics = load_policy(path)
+    policy, sources, diagnostics, _ = load_policy(path)
     plan = None
     if policy is not None and not diagnostics.has_errors():
         plan, compile_diagnostics = compile_policy(policy, _POLICY_OPTIONS)
