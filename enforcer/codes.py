@@ -160,3 +160,15 @@ _code("VP1204", "lock-failed", "vault could not be locked",
       "Removing the key from the kernel failed (the vault's filesystem cannot be reached, an ioctl failed). "
       "Its files may still be readable.",
       "the vault's image unmounted behind the tool's back   # lock failed")
+_code("VP1205", "path-not-found", "vault path not found: key may still be in the kernel",
+      "`device lock` reaches a vault's key through its path. When the path is not there (a wrong or missing "
+      "`--root`, or the directory was removed) the key cannot be removed through it, so the vault is not "
+      "reported locked, unless it has its own image (mounted in the state dir) and the kernel says none of its "
+      "keys is in. Run it again with the --root and --state-dir that `device apply` used.",
+      "vaultpolicy device lock --state-dir /var/lib/vaultpolicy --root /wrong   # failed (path-not-found)")
+_code("VP1206", "state-damaged", "a state file of the vault is damaged",
+      "The vault's sealed key record (`STATE/sealed/<vault>.json`) or vault record (`STATE/vaults/<vault>.json`) "
+      "is not readable. `device unlock` and `device lock` go on with every other vault and report this one "
+      "failed, naming the file; `lock` still removes the key the vault's directory is encrypted under. Restore "
+      "the file from a backup, or have the controller release the escrowed key (`device unlock --release`).",
+      "echo '{' > /var/lib/vaultpolicy/sealed/notes.json; vaultpolicy device unlock   # notes failed")

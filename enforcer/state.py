@@ -51,6 +51,10 @@ class StateCorrupt(DeviceError):
     """A state file exists but cannot be read; never silently replaced."""
 
 
+SEALED_DAMAGED_HINT = ("restore it from a backup, or have the controller release the escrowed key "
+                       "(`vaultpolicy device unlock --release FILE`)")
+
+
 class StateBusy(DeviceError):
     """Another vaultpolicy command holds the state dir."""
 
@@ -93,13 +97,13 @@ def atomic_remove(path: Path) -> None:
         raise StateWriteError(f"cannot remove state file {path}: {exc.strerror or exc}") from None
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, what: str = "state file", hint: str | None = None):
     try:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise StateCorrupt(f"state file {path} is unreadable: {exc}") from None
+        raise StateCorrupt(f"{what} {path} is unreadable: {exc}", hint=hint) from None
 
 
 def _json_bytes(obj) -> bytes:
@@ -218,8 +222,14 @@ class StateDir:
 
     # --- sealed blobs --------------------------------------------------------------------------
     def sealed(self, vault: str) -> dict | None:
-        """{"blob": SealedBlob JSON, "key_identifier": hex}, or None when the vault has no sealed key."""
-        return _read_json(self.sealed_path(vault))
+        """{"blob": SealedBlob JSON, "key_identifier": hex}, or None when the vault has no sealed key.
+
+        A damaged record raises `StateCorrupt`: it is never taken for "no key yet" (S20)."""
+        path = self.sealed_path(vault)
+        data = _read_json(path, "the sealed key record", SEALED_DAMAGED_HINT)
+        if data is not None and not isinstance(data, dict):
+            raise StateCorrupt(f"the sealed key record {path} is unreadable: not a JSON object", hint=SEALED_DAMAGED_HINT)
+        return data
 
     def save_sealed(self, vault: str, blob_json: str, key_identifier: bytes, rotated_at: str | None = None) -> None:
         """`rotated_at` is given when the key is new; a re-seal of the same key keeps the recorded one."""
@@ -237,14 +247,33 @@ class StateDir:
 
     # --- vault records -------------------------------------------------------------------------
     def records(self) -> dict[str, VaultRecord]:
+        """Every vault record; a damaged one stops the caller with its file named."""
+        records, damaged = self.read_records()
+        if damaged:
+            raise next(iter(damaged.values()))
+        return records
+
+    def read_records(self) -> tuple[dict[str, VaultRecord], dict[str, StateCorrupt]]:
+        """(the readable vault records, file stem -> why a record is damaged): for commands that go on
+        with every other vault (`lock`)."""
         directory = self.root / "vaults"
         if not directory.is_dir():
-            return {}
-        out = {}
+            return {}, {}
+        out, damaged = {}, {}
         for path in sorted(directory.glob("*.json")):
-            data = _read_json(path)
-            out[data["name"]] = VaultRecord(**data)
-        return out
+            try:
+                data = _read_json(path)
+                if data is None:
+                    continue  # removed meanwhile (a destroy)
+                record = VaultRecord(**data)
+            except StateCorrupt as exc:
+                damaged[path.stem] = exc
+                continue
+            except TypeError as exc:  # not a JSON object, or other fields than a record has
+                damaged[path.stem] = StateCorrupt(f"state file {path} is not a vault record: {exc}")
+                continue
+            out[record.name] = record
+        return out, damaged
 
     def save_record(self, record: VaultRecord) -> None:
         path = self.record_path(record.name)

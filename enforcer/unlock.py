@@ -20,11 +20,12 @@ from pathlib import Path
 
 from compiler.plan import Plan, decode_plan, plan_digest
 from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
+from enforcer import blockdev, fscrypt
 from enforcer.apply import Applier, lock_key
 from enforcer.fscrypt import KeyStatus
-from enforcer.observe import Observed, PathState, layout, observe
+from enforcer.observe import Observed, PathState, layout, observe, observe_vault, path_state
 from enforcer.reconcile import Action, Reconciliation, Step, reconcile
-from enforcer.state import Condition, StateDir
+from enforcer.state import SEALED_DAMAGED_HINT, Condition, StateCorrupt, StateDir, VaultRecord
 from vaultpolicy.errors import DeviceError, PlanRejected
 
 
@@ -50,21 +51,28 @@ class VaultResult:
     reason: str = ""
     message: str = ""
     pcrs: tuple[int, ...] = ()
+    hint: str | None = None
 
 
 def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime) -> list[VaultResult]:
-    # No TPM for the observation: unlocking needs no PCR comparison up front (a refused unseal names
-    # the changed PCRs itself), and skipping it keeps unlock within a few percent of bare unseals.
-    observed = observe(plan, state, root, None)
-    rec = reconcile(plan, observed)
+    """Unlock every vault of the plan. A vault that stays locked or fails does not stop the others."""
+    observed, damaged = observe_each(plan, state, root)
+    usable = plan.model_copy(update={"vaults": tuple(v for v in plan.vaults if v.name not in damaged)})
+    rec = reconcile(usable, observed)
     steps = [s for s in rec.steps if s.action in (Action.MOUNT_STORAGE, Action.UNLOCK)]
     # a vault whose re-encryption waits for its key is still encrypted under it: unlock it like any other
     steps += [Step(Action.UNLOCK, p.vault, "its re-encryption waits for its key") for p in rec.problems
               if p.reason == "vault-locked"]
-    outcomes = Applier(plan, state, root, tpm, now).run(steps)
+    outcomes = Applier(usable, state, root, tpm, now).run(steps)
     results = []
     for vault in plan.vaults:
         subject = f"vault/{vault.name}"
+        if vault.name in damaged:
+            error = damaged[vault.name]
+            message = error.message.removeprefix(f"vault `{vault.name}`: ")
+            state.set_condition(subject, False, "state-damaged", f"unlock refused: {message}", now)
+            results.append(VaultResult(vault.name, "failed", "state-damaged", message, hint=error.hint))
+            continue
         seen = observed.vaults[vault.name]
         outcome = outcomes.get(vault.name)
         if (observed.records.get(vault.name) or vault).encryption == "none":  # how its files are now
@@ -74,7 +82,7 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
             reason = "pcr-mismatch" if pcrs else "unlock-failed"
             message = outcome.error.message.removeprefix(f"vault `{vault.name}`: ")
             state.set_condition(subject, False, reason, f"unlock refused: {message}", now)
-            results.append(VaultResult(vault.name, "locked", reason, message, pcrs))
+            results.append(VaultResult(vault.name, "locked", reason, message, pcrs, outcome.error.hint))
         elif seen.seal is None:
             results.append(VaultResult(vault.name, "not-created", "not-created", "no sealed key yet: run `device apply`"))
         else:
@@ -84,34 +92,84 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
     return results
 
 
+def observe_each(plan: Plan, state: StateDir, root: Path | None) -> tuple[Observed, dict[str, StateCorrupt]]:
+    """`observe(plan, state, root, None)` vault by vault, so that a damaged sealed record fails only its
+    own vault: (what was observed, vault -> why its record is damaged). No TPM: unlocking needs no PCR
+    comparison up front (a refused unseal names the changed PCRs itself), and skipping it keeps unlock
+    within a few percent of bare unseals."""
+    records = state.records()
+    wanted = {v.name: v.path for v in plan.vaults} | {r.name: r.path for r in records.values()}
+    vaults, damaged = {}, {}
+    for name, path in sorted(wanted.items()):
+        try:
+            vaults[name] = observe_vault(state, root, name, path, None)
+        except StateCorrupt as exc:
+            damaged[name] = exc
+    return Observed(vaults, {n: r for n, r in records.items() if n not in damaged}), damaged
+
+
 def lock_all(state: StateDir, root: Path | None) -> list[VaultResult]:
     """Lock every encrypted vault the device has a record of — in the applied plan, orphaned, or left
     by a plan that no longer verifies. Removing a key is always safe, so lock trusts no plan: a
-    tampered or unverifiable applied plan must not keep keys in the kernel (fail closed)."""
-    records = state.records()
-    if not records and state.applied_envelope() is None:
+    tampered or unverifiable applied plan must not keep keys in the kernel (fail closed). A damaged
+    record or a vault path that is not there fails that vault only: "locked" is said only when the
+    kernel says so (the shutdown unit relies on it)."""
+    records, damaged = state.read_records()
+    if not records and not damaged and state.applied_envelope() is None:
         raise NoAppliedPlan(f"no plan has been applied (state dir {state.root}): there is no vault to lock",
                             hint="run `vaultpolicy device apply` first")
-    results = []
-    for name, record in sorted(records.items()):
-        if record.encryption == "none":
-            continue
+    results = [VaultResult(name, "failed", "state-damaged", f"{exc.message}: its path is unknown, so it was not locked",
+                           hint="restore the record from a backup; until then lock the vault's filesystem by hand")
+               for name, exc in damaged.items()]
+    results += [_lock_vault(state, root, record) for record in records.values() if record.encryption != "none"]
+    return sorted(results, key=lambda result: result.vault)
+
+
+def _lock_vault(state: StateDir, root: Path | None, record: VaultRecord) -> VaultResult:
+    name, where = record.name, layout(state, root, record.name, record.path)
+    identifiers: list[bytes] = []  # every key the vault's files may be under
+    damaged = None
+    try:
         sealed = state.sealed(name)
-        where = layout(state, root, name, record.path)
-        if sealed is None or not where.path.is_dir():
-            results.append(VaultResult(name, "locked", "not-created"))
-            continue
-        try:
-            removal = lock_key(bytes.fromhex(sealed["key_identifier"]), where)
-        except DeviceError as exc:
-            results.append(VaultResult(name, "failed", "lock-failed", exc.message))
-            continue
-        if removal is not None and removal.files_busy:
-            results.append(VaultResult(name, "incompletely-locked", "files-busy",
-                                       "files in the vault are still open; the key is gone, their contents stay readable until they close"))
-        else:
-            results.append(VaultResult(name, "locked"))
-    return results
+        if sealed is not None:
+            identifiers.append(bytes.fromhex(sealed["key_identifier"]))
+    except StateCorrupt as exc:
+        damaged = exc
+    except (KeyError, TypeError, ValueError) as exc:
+        damaged = StateCorrupt(f"the sealed key record {state.sealed_path(name)} is damaged ({exc.__class__.__name__}: "
+                               f"{exc})", hint=SEALED_DAMAGED_HINT)
+    try:
+        kind = path_state(root, where.path)
+        if kind is not PathState.DIRECTORY:
+            return _lock_without_path(name, where, kind, identifiers, damaged)
+        policy = fscrypt.get_policy(str(where.path))
+        if policy is not None and policy.key_identifier not in identifiers:
+            identifiers.insert(0, policy.key_identifier)  # the key its files are under, whatever the record says (S6)
+        removals = [lock_key(identifier, where) for identifier in identifiers]
+    except DeviceError as exc:
+        return VaultResult(name, "failed", "lock-failed", exc.message)
+    busy = any(removal is not None and removal.files_busy for removal in removals)
+    if damaged is not None:
+        done = "its key is out of the kernel" if identifiers and not busy else "its key may still be in the kernel"
+        return VaultResult(name, "failed", "state-damaged", f"{damaged.message}; {done}, but `device unlock` "
+                           "cannot unseal it", hint=damaged.hint)
+    if busy:
+        return VaultResult(name, "incompletely-locked", "files-busy",
+                           "files in the vault are still open; the key is gone, their contents stay readable until they close")
+    return VaultResult(name, "locked", "" if identifiers else "not-created")
+
+
+def _lock_without_path(name: str, where, kind: PathState, identifiers: list[bytes],
+                       damaged: StateCorrupt | None) -> VaultResult:
+    """The vault path is not there (a wrong or missing --root, or it was removed): its key cannot be
+    reached through it. Only a vault with its own image has a filesystem to ask without its path (its
+    image is mounted in the state dir); there the kernel may confirm that none of its keys is in."""
+    if (identifiers and damaged is None and blockdev.is_mounted(where.store)
+            and all(fscrypt.key_status(str(where.store), i) is KeyStatus.ABSENT for i in identifiers)):
+        return VaultResult(name, "locked")
+    what = "not found" if kind is PathState.MISSING else f"not a directory ({kind.value})"
+    return VaultResult(name, "failed", "path-not-found", f"{where.path}: {what}, so its key may still be in the kernel",
+                       hint="pass the --root (and --state-dir) that `device apply` used")
 
 
 @dataclass(frozen=True)

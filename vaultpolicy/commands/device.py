@@ -318,8 +318,11 @@ def _lock(args, state, root) -> int:
 def _results(args, verb: str, results, ok: tuple[str, ...], recovered: list[str] | None = None) -> int:
     lines = [f"  vault {name}: interrupted rotation or re-encryption completed or undone" for name in recovered or ()]
     for result in results:
-        detail = f" ({_tag(result.reason)}): {result.message}" if result.message else ""
+        detail = f" ({_tag(result.reason)})" if result.reason else ""
+        detail += f": {result.message}" if result.message else ""
         lines.append(f"  vault {result.vault}: {result.outcome}{detail}")
+        if result.hint:
+            lines.append(f"    hint: {result.hint}")
     data = {verb: [asdict(r) for r in results]}
     if recovered is not None:
         data["recovered"] = recovered
