@@ -13,6 +13,8 @@ from policy_lang.diagnostics import Diagnostics, render_text, summary_line
 from policy_lang.fmt import layout
 from policy_lang.parse import ParseResult
 
+from .signing import describe_key_file
+
 
 class LoadedPolicy(NamedTuple):
     policy: ast.Policy | None  # None when any file has an error
@@ -46,5 +48,5 @@ def print_diagnostics(diagnostics: Diagnostics, sources: dict[str, str]) -> None
 
 
 def load_policy(path: str) -> LoadedPolicy:
-    result = policy_lang.load(path)
+    result = policy_lang.load(path, describe_key_file)  # a plan or key given as the policy says so
     return LoadedPolicy(result.policy, result.sources, Diagnostics(result.diagnostics), result.parses)

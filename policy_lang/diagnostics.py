@@ -134,19 +134,37 @@ def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -
                 source_lines = text.splitlines()
                 if 1 <= s.line <= len(source_lines):
                     src = source_lines[s.line - 1].expandtabs(1)
+                    end = s.end_column if s.end_line == s.line else len(src) + 1
+                    src, start, width = _excerpt(src, s.column - 1, max(1, end - s.column))
                     gutter = str(s.line)
                     pad = " " * len(gutter)
-                    end = s.end_column if s.end_line == s.line else len(src) + 1
-                    width = max(1, end - s.column)
                     lines.append(f"{pad} |")
                     lines.append(f"{gutter} | {src}")
-                    lines.append(f"{pad} | {' ' * (s.column - 1)}{'^' * width}")
+                    lines.append(f"{pad} | {' ' * start}{'^' * width}")
         if d.help:
             lines.append(f"  = help: {d.help}")
         for note in d.notes:
             lines.append(f"  = note: {note}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+# Columns of a source line that a diagnostic shows: a minified JSON file or a long generated line is
+# cut to this much around the span, with `…` where text was left out.
+MAX_SHOWN_COLUMNS = 120
+_CONTEXT_BEFORE = 30
+
+
+def _excerpt(line: str, start: int, width: int) -> tuple[str, int, int]:
+    """The part of `line` to show, and where the span (0-based `start`, `width`) falls in it."""
+    if len(line) <= MAX_SHOWN_COLUMNS:
+        return line, start, width
+    first = max(0, min(start - _CONTEXT_BEFORE, len(line) - MAX_SHOWN_COLUMNS))
+    last = first + MAX_SHOWN_COLUMNS
+    head = "…" if first > 0 else ""
+    tail = "…" if last < len(line) else ""
+    width = max(1, min(start + width, last) - start)
+    return head + line[first:last] + tail, start - first + len(head), width
 
 
 def to_json(diagnostics: Iterable[Diagnostic]) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from lark import Tree
@@ -61,9 +62,15 @@ def read_input_file(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> by
     return data
 
 
-def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
+# Says what a file that is not a policy holds ("an unsigned plan", "an Ed25519 public key"); the
+# compiler's commands pass `compiler.signing.describe_key_file`, which knows those formats.
+Describe = Callable[[bytes], str]
+
+
+def decode(data: bytes, file: str, describe: Describe | None = None) -> tuple[str, Diagnostics]:
     """UTF-8 text (a leading BOM dropped), or "" and one error at the first byte that is not text:
-    invalid UTF-8 or a NUL (a binary file would otherwise give an error at every stray token)."""
+    invalid UTF-8 or a NUL (a binary file would otherwise give an error at every stray token); or
+    the text and one error when it is JSON or PEM (a plan or a key gave an error per line)."""
     nul = data.find(b"\x00")
     try:
         text = data.decode("utf-8-sig")
@@ -71,7 +78,7 @@ def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
         bad, reason = exc.start, f"byte 0x{data[exc.start]:02x} is not valid UTF-8"
     else:
         if nul < 0:
-            return text, Diagnostics()
+            return text, _not_a_policy(data, text, file, describe)
         bad = len(data)
     if 0 <= nul < bad:
         bad, reason = nul, "a NUL byte (0x00) is not text"
@@ -84,6 +91,20 @@ def decode(data: bytes, file: str) -> tuple[str, Diagnostics]:
     return prefix + "\n", Diagnostics([error(codes.INVALID_UTF8, f"{reason}; this does not look like a policy file",
                                              span, help="policies are UTF-8 text; save the file as UTF-8 or "
                                                         "check that you named the right file")])
+
+
+def _not_a_policy(data: bytes, text: str, file: str, describe: Describe | None) -> Diagnostics:
+    """One error at the first character of a JSON document or PEM file: no policy starts so."""
+    start = len(text) - len(text.lstrip())
+    if not text.startswith(("{", "[", "-----BEGIN"), start):
+        return Diagnostics()
+    what = describe(data) if describe else ("a PEM file" if text.startswith("-", start) else "JSON")
+    line = text.count("\n", 0, start) + 1
+    column = start - (text.rfind("\n", 0, start) + 1) + 1
+    span = Span(file=file, line=line, column=column, end_line=line, end_column=column + 1, start_pos=start,
+                end_pos=start + 1)
+    return Diagnostics([error(codes.NOT_A_POLICY, f"`{file}` is not a policy: it is {what}", span,
+                              help="name the `.vpol` file here; plans and keys are inputs of other commands")])
 
 
 def parse_partial(text: str, file: str) -> tuple[ast.Policy, Diagnostics, list[Block]]:
@@ -134,10 +155,12 @@ def parse_text(text: str, file: str = "<input>") -> tuple[ast.Policy | None, Dia
     return (None if diags.has_errors() else policy), diags
 
 
-def load(path: str | os.PathLike) -> LoadResult:
+def load(path: str | os.PathLike, describe: Describe | None = None) -> LoadResult:
+    """The policy in `path` and every file it includes; `describe` says what a file that is not a
+    policy is (see `decode`)."""
     result = LoadResult(policy=None)
     root = os.fspath(path)
-    items = _load_file(root, None, (), set(), result)
+    items = _load_file(root, None, (), set(), result, describe)
     text = result.sources.get(root, "")
     result.partial = ast.Policy(file=root, items=tuple(items or ()), span=whole_file_span(root, text))
     if not result.diagnostics.has_errors() and items is not None:
@@ -146,7 +169,7 @@ def load(path: str | os.PathLike) -> LoadResult:
 
 
 def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done: set[str],
-               result: LoadResult) -> list | None:
+               result: LoadResult, describe: Describe | None) -> list | None:
     key = os.path.realpath(file)
     if key in stack:
         chain = " -> ".join([*(_display(result, k) for k in stack[stack.index(key):]), file])
@@ -164,9 +187,9 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
                                         help="paths in `include` are relative to the including file"
                                         if included_at else None))
         return None
-    text, diags = decode(data, file)
+    text, diags = decode(data, file, describe)
     result.sources[file] = text
-    if diags:  # not text: parsing it would only add an error per stray byte
+    if diags:  # not a policy: parsing it would only add an error per stray byte or line
         result.diagnostics.extend(diags)
         return None
     # Includes of a broken file are still followed, so their errors show up in the same run.
@@ -178,7 +201,7 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
     for item in policy.items:
         if isinstance(item, ast.IncludeDecl):
             target = os.path.normpath(os.path.join(os.path.dirname(file), item.path.value))
-            included = _load_file(target, item.path.span, (*stack, key), done, result)
+            included = _load_file(target, item.path.span, (*stack, key), done, result, describe)
             if included is None:  # unreadable or cyclic: what it declares is unknown
                 result.broken_blocks.append(Block(file, "include", item.path.value, item.span.start_pos,
                                                   item.span.end_pos, parsed=False))

@@ -125,3 +125,10 @@ INCLUDE_CYCLE = register(
     "`include`s in the cycle the note lists.",
     '# a.vpol\ninclude "b.vpol"\n# b.vpol\ninclude "a.vpol"',
 )
+NOT_A_POLICY = register(
+    "VP0022", "not a policy file",
+    "The file is JSON or PEM, not `.vpol` text: usually a plan, a signed plan, a trust root or a key "
+    "(what `compile`, `sign`, `trust` and `keygen` write) named where a policy belongs. No policy "
+    "starts with `{`, `[` or `-----BEGIN`; the file is not parsed further.",
+    "vaultpolicy check plan.json        # error: `plan.json` is not a policy: it is an unsigned plan",
+)

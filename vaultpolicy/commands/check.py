@@ -6,6 +6,7 @@ import json
 import sys
 
 from compiler import check as compile_check
+from compiler.signing import describe_key_file
 from policy_lang import load
 from policy_lang.diagnostics import Diagnostics, render_text, summary_line, to_json
 from vaultpolicy import status_codes
@@ -21,7 +22,7 @@ def run(args) -> int:
     found = Diagnostics()
     sources: dict[str, str] = {}
     for file in args.files:
-        result = load(file)
+        result = load(file, describe_key_file)
         sources.update(result.sources)
         diagnostics = Diagnostics(result.diagnostics)
         # The compiler's rules run on whatever parsed; what depends on a broken block is left out.

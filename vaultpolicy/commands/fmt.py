@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 
+from compiler.signing import describe_key_file
 from policy_lang import format_text
 from policy_lang.diagnostics import DiagnosticsError, render_text
 from policy_lang.load import UnreadableInput, decode, read_input_file
@@ -46,7 +47,7 @@ def run(args) -> int:
             raise InputError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
         except UnreadableInput as exc:
             raise InputError(f"cannot read `{path}`: it {exc}") from None
-        text, decode_errors = decode(data, path)
+        text, decode_errors = decode(data, path, describe_key_file)
         try:
             if decode_errors:
                 raise DiagnosticsError(decode_errors)

@@ -1,0 +1,86 @@
+"""A file of the wrong kind where a policy belongs: one error that says what the file is."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+
+import pytest
+
+from policy_lang import syntax_codes
+from policy_lang.diagnostics import Span, error, render_text
+from vaultpolicy import status_codes
+from vaultpolicy.cli import main
+
+
+def _run(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory) -> dict[str, tuple[object, str]]:
+    """A plan (with 300 vaults, so its one line is long), a signed plan and a key pair: file and what it is."""
+    d = tmp_path_factory.mktemp("artefacts")
+    policy = d / "p.vpol"
+    policy.write_text("".join(f'vault v{n} {{ path "/persist/v{n}" }}\n' for n in range(300)))
+    assert _run("compile", policy, "--plan-version", "1", "-o", d / "plan1.json")[0] == 0
+    assert _run("keygen", "-o", d / "KEY")[0] == 0
+    assert _run("sign", d / "plan1.json", "--key", d / "KEY", "-o", d / "signed.json")[0] == 0
+    return {"plan": (d / "plan1.json", "an unsigned plan"), "signed plan": (d / "signed.json", "a signed plan"),
+            "public key": (d / "KEY.pub", "an Ed25519 public key"), "private key": (d / "KEY", "an Ed25519 private key")}
+
+
+COMMANDS = {
+    "check": lambda f, tmp: ["check", f],
+    "check json": lambda f, tmp: ["check", "--format", "json", f],
+    "fmt": lambda f, tmp: ["fmt", f],
+    "fmt --check": lambda f, tmp: ["fmt", "--check", f],
+    "compile": lambda f, tmp: ["compile", f, "--plan-version", "2", "-o", tmp / "out.json"],
+}
+
+
+@pytest.mark.parametrize("kind", ["plan", "signed plan", "public key", "private key"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_plan_or_key_given_as_a_policy_is_one_error_saying_what_it_is(artefacts, tmp_path, command, kind):
+    """A plan gave 100 VP0001 errors (296 KB, each repeating the plan's one line); a KEY.pub four."""
+    file, what = artefacts[kind]
+    before = file.read_bytes()
+    code, out, err = _run(*COMMANDS[command](file, tmp_path))
+    assert code == status_codes.ERROR
+    if command == "check json":
+        [d] = json.loads(out)["diagnostics"]
+        assert (d["code"], d["message"]) == (syntax_codes.NOT_A_POLICY, f"`{file}` is not a policy: it is {what}")
+        return
+    assert err.count("error[") == 1, err
+    assert f"error[{syntax_codes.NOT_A_POLICY}]: `{file}` is not a policy: it is {what}\n  --> {file}:1:1\n" in err
+    assert len(err) < 1000
+    assert file.read_bytes() == before and not (tmp_path / "out.json").exists()
+
+
+def test_an_included_plan_is_named_at_the_include(artefacts, tmp_path):
+    plan, _ = artefacts["plan"]
+    policy = tmp_path / "p.vpol"
+    policy.write_text(f'include "{plan}"\napp a {{ vault images }}\n')
+    code, _, err = _run("check", policy)
+    assert code == 1 and err.count("error[") == 1
+    assert f"`{plan}` is not a policy: it is an unsigned plan" in err
+
+
+def test_json_that_is_not_ours_is_named_json(tmp_path):
+    other = tmp_path / "settings.json"
+    other.write_text('\n  ["not", "a", "policy"]\n')
+    code, _, err = _run("check", other)
+    assert code == 1 and f"`{other}` is not a policy: it is JSON" in err and f"--> {other}:2:3" in err
+
+
+def test_a_long_source_line_is_cut_around_the_span():
+    line = "x" * 5000 + "@" + "y" * 5000
+    span = Span(file="f", line=1, column=5001, end_line=1, end_column=5002, start_pos=5000, end_pos=5001)
+    shown = render_text([error("VP0001", "unexpected `@`", span)], {"f": line}).splitlines()
+    source, caret = shown[3], shown[4]
+    assert len(source) < 140 and source.startswith("1 | …x") and source.endswith("y…")
+    assert source[caret.index("^")] == "@" and caret.count("^") == 1
