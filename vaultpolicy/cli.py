@@ -8,6 +8,7 @@ and `check` never load the TPM stack.
 from __future__ import annotations
 
 import argparse
+import difflib
 import gc
 import importlib
 import importlib.metadata
@@ -58,11 +59,53 @@ COMMANDS: dict[tuple[str, ...], CommandInfo] = {
 }
 
 
+def _closest(word: str, candidates) -> str | None:
+    """The candidate a misspelt word most likely meant (the cutoff of `policy_lang`'s did-you-mean)."""
+    matches = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
 class _Parser(argparse.ArgumentParser):
+    """Every usage error of a command goes through `error`: its usage, the message, a did-you-mean
+    for a misspelt option (Python 3.11's argparse has no `suggest_on_error`), exit 64."""
+
+    _argv: tuple[str, ...] = ()
+
+    def parse_args(self, args=None, namespace=None):
+        self._argv = tuple(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, namespace)
+
     def error(self, message: str):  # argparse's default exit code 2 would collide with CHANGES
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
+        if (hint := self._misspelt_option()) is not None:
+            print(f"  = help: {hint}", file=sys.stderr)
         raise SystemExit(status_codes.USAGE)
+
+    def _misspelt_option(self) -> str | None:
+        """A did-you-mean for the first `--option` on the command line that this parser does not know."""
+        known = [option for option in self._option_string_actions if option.startswith("--")]
+        for arg in self._argv:
+            if arg == "--":
+                break
+            option = arg.split("=", 1)[0]
+            # argparse also takes an unambiguous prefix (`--plan` for `--plan-version`)
+            if option.startswith("--") and not any(k.startswith(option) for k in known):
+                meant = _closest(option, known)
+                return f"did you mean `{meant}`?" if meant else None
+        return None
+
+
+def _misspelt_command(argv: list[str]) -> str | None:
+    """The command meant by `device aply` (`device apply`), `devcie status` or `chek`."""
+    first, second = argv[0], argv[1] if len(argv) > 1 else None
+    if first in _groups():
+        meant = _closest(second, [k[1] for k in COMMANDS if k[0] == first]) if second else None
+        return f"{first} {meant}" if meant else None
+    meant = _closest(first, {k[0] for k in COMMANDS})
+    if meant in _groups() and (meant, second) in COMMANDS:
+        return f"{meant} {second}"
+    return meant
 
 
 def _usage(group: str | None = None) -> str:
@@ -118,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0] in _groups() and (len(argv) == 1 or argv[1] in ("-h", "--help")):
             print(_usage(argv[0]))
             return status_codes.SUCCESS if len(argv) > 1 else status_codes.USAGE
-        print(f"vaultpolicy: unknown command `{' '.join(argv[:2])}`\n\n{_usage()}", file=sys.stderr)
+        typed = " ".join(argv[:2] if argv[0] in _groups() else argv[:1])
+        meant = _misspelt_command(argv)
+        if meant is None:
+            print(f"vaultpolicy: unknown command `{typed}`\n\n{_usage()}", file=sys.stderr)
+        else:
+            print(f"vaultpolicy: unknown command `{typed}`\n  = help: did you mean `{meant}`? "
+                  "(`vaultpolicy --help` lists every command)", file=sys.stderr)
         return status_codes.USAGE
     key, rest = found
     info = COMMANDS[key]

@@ -63,3 +63,35 @@ def test_a_reader_that_leaves_early_is_not_an_internal_error():
         os.close(write_end)
     assert done.returncode == status_codes.OUTPUT_CLOSED
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("argv,meant", [
+    (["device", "aply", "signed.json"], "device apply"),
+    (["devcie", "status"], "device status"),
+    (["chek", "p.vpol"], "check"),
+    (["controller", "verify-qoute"], "controller verify-quote"),
+])
+def test_a_misspelt_command_gets_a_did_you_mean(capsys, argv, meant):
+    assert main(argv) == status_codes.USAGE
+    err = capsys.readouterr().err
+    assert f"= help: did you mean `{meant}`?" in err
+    assert "device escrow-ack" not in err  # not the whole command table under the suggestion
+
+
+@pytest.mark.parametrize("argv,meant", [
+    (["compile", "p.vpol", "--plan-verison", "1", "-o", "plan.json"], "--plan-version"),
+    (["compile", "p.vpol", "--plan-verison=1"], "--plan-version"),  # reported with the missing -o
+    (["check", "--formt", "json", "p.vpol"], "--format"),
+    (["device", "status", "--state-dri", "/tmp/x"], "--state-dir"),
+])
+def test_a_misspelt_option_gets_a_did_you_mean(capsys, argv, meant):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == status_codes.USAGE
+    assert capsys.readouterr().err.endswith(f"  = help: did you mean `{meant}`?\n")
+
+
+def test_an_abbreviated_option_is_not_taken_for_a_typo(capsys):
+    with pytest.raises(SystemExit):
+        main(["compile", "p.vpol", "--plan", "1"])  # -o is missing; `--plan` is --plan-version
+    assert "did you mean" not in capsys.readouterr().err
