@@ -144,19 +144,23 @@ def record_unlock(state: StateDir, vault: str, method: str, now: datetime) -> No
     One small file per vault, overwritten in place: no fsync, no rename and no truncation to zero (on
     ext4 each of those costs a flush, which made a boot unlock 3x the bare unseals in bench/unlock.py).
     This is history for the report, not state (the kernel says whether a key is in): a crash or a
-    concurrent reader can at worst find a torn record, which `last_unlocks` skips.
+    concurrent reader can at worst find a torn record, which `last_unlocks` skips. A failed write (a
+    read-only or full state dir) goes to `state.unsaved`: the vault is unlocked all the same.
     """
     if method not in UNLOCK_METHODS:
         raise ValueError(f"unknown unlock method `{method}`")
     path = _unlock_record_dir(state) / f"{vault}.json"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     record = json.dumps({"method": method, "at": format_time(now)}).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        os.pwrite(fd, record, 0)
-        os.ftruncate(fd, len(record))
-    finally:
-        os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(fd, record, 0)
+            os.ftruncate(fd, len(record))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        state.unsaved.append(f"cannot write state file {path}: {exc.strerror or exc}")
 
 
 def last_unlocks(state: StateDir) -> dict[str, dict]:

@@ -17,8 +17,9 @@ Layout under STATE (`--state-dir`):
     rotating/<vault>.json    a rotation or re-encryption in progress: the target encryption and the new
                              key's sealed blob (see rotate.py)
     conditions.json          conditions with reasons: the last refusal, per-vault unlock failures
-    lock                     flock'd by apply, unlock and lock: one mutating command at a time
     journal.jsonl            the write-ahead journal of the apply in progress (journal.py)
+
+`apply`, `unlock`, `lock` and `rotate` flock the state dir itself: one mutating command at a time.
 
 Every write goes through `atomic_write`: write a temp file, fsync it, rename over the target, fsync the
 directory (S19). A failed write raises `StateWriteError` naming the file; callers report it, never loop.
@@ -40,6 +41,9 @@ from pathlib import Path
 from compiler.plan import format_time
 from vaultpolicy.errors import DeviceError
 
+# what a mutating command needs free in the state dir before it starts: its records, conditions,
+# journal and sealed keys are a few KiB each
+_PROBE_BYTES = 64 * 1024
 _VAULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -137,6 +141,17 @@ class Condition:
 class StateDir:
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        self.unsaved: list[str] = []  # best-effort writes that failed, each naming its file (`best_effort`)
+
+    @contextmanager
+    def best_effort(self) -> Iterator[None]:
+        """A write whose failure must not undo what the command did (a boot unlock that unlocked the
+        vaults must not fail because a condition could not be recorded): a `StateWriteError` is kept in
+        `unsaved` for the command to report, never raised."""
+        try:
+            yield
+        except StateWriteError as exc:
+            self.unsaved.append(exc.message)
 
     # --- layout --------------------------------------------------------------------------------
     @property
@@ -170,9 +185,15 @@ class StateDir:
 
     @contextmanager
     def exclusive(self, timeout_s: float = 60.0) -> Iterator[None]:
-        """One mutating device command at a time (a boot unlock and a manual apply must not interleave)."""
+        """One mutating device command at a time (a boot unlock and a manual apply must not interleave).
+
+        The lock is the state dir itself, opened read-only: a read-only or full state dir can still be
+        locked, so a boot unlock works there (its failed writes are reported, `best_effort`)."""
         self.ensure()
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StateCorrupt(f"cannot open the state dir {self.root}: {exc.strerror or exc}") from None
         try:
             deadline = time.monotonic() + timeout_s
             while True:
@@ -182,11 +203,34 @@ class StateDir:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise StateBusy(f"another vaultpolicy command has held {self.root} for {timeout_s:.0f}s",
-                                        hint="wait for it to finish, or find it with `fuser` on the state dir's lock file") from None
+                                        hint=f"wait for it to finish, or find it with `fuser -v {self.root}`") from None
                     time.sleep(0.05)
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def check_writable(self) -> None:
+        """Refuse before a mutating command changes anything when the state dir cannot take writes
+        (read-only, or full): a probe of `_PROBE_BYTES` is written, fsynced and removed."""
+        probe = self.root / ".write-probe"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(bytes(_PROBE_BYTES))
+                while view:  # a nearly full filesystem takes part of a write, then refuses the rest
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StateWriteError(f"the state dir {self.root} cannot be written ({exc.strerror or exc}); nothing was "
+                                  "changed", hint="make it writable (remount it read-write, or free space on it) and "
+                                  "run the command again") from None
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only state dir: the probe was never made
 
     def ensure(self) -> None:
         try:

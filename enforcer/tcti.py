@@ -226,11 +226,15 @@ def resolve_tcti(option: str | None, state_dir: str | os.PathLike) -> str:
     if os.path.exists(TPMRM_DEVICE):
         return f"device:{TPMRM_DEVICE}"
     directory = _embedded_dir(state_dir)
-    with _DirectoryLock(directory):
-        instance = _recorded_instance(directory)
-        if instance is None:
-            instance = Swtpm.start(directory, detached=True)
-            _write_record(directory, instance)
+    try:
+        with _DirectoryLock(directory):
+            instance = _recorded_instance(directory)
+            if instance is None:
+                instance = Swtpm.start(directory, detached=True)
+                _write_record(directory, instance)
+    except OSError as exc:  # e.g. a read-only state dir: swtpm keeps its state there
+        raise BackendUnavailable(f"cannot run the embedded swtpm in {directory}: {exc.strerror or exc}",
+                                 hint="pass --tpm TCTI, or make the state dir writable") from None
     return instance.tcti
 
 

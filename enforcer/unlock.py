@@ -55,7 +55,9 @@ class VaultResult:
 
 
 def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime) -> list[VaultResult]:
-    """Unlock every vault of the plan. A vault that stays locked or fails does not stop the others."""
+    """Unlock every vault of the plan. A vault that stays locked or fails does not stop the others;
+    conditions are recorded best effort (`StateDir.unsaved`): a boot unlock that unlocked the vaults
+    must not fail because the state dir is read-only or full."""
     observed, damaged = observe_each(plan, state, root)
     usable = plan.model_copy(update={"vaults": tuple(v for v in plan.vaults if v.name not in damaged)})
     rec = reconcile(usable, observed)
@@ -70,7 +72,8 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
         if vault.name in damaged:
             error = damaged[vault.name]
             message = error.message.removeprefix(f"vault `{vault.name}`: ")
-            state.set_condition(subject, False, "state-damaged", f"unlock refused: {message}", now)
+            with state.best_effort():
+                state.set_condition(subject, False, "state-damaged", f"unlock refused: {message}", now)
             results.append(VaultResult(vault.name, "failed", "state-damaged", message, hint=error.hint))
             continue
         seen = observed.vaults[vault.name]
@@ -81,12 +84,14 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
             pcrs = tuple(getattr(outcome.error, "pcrs", ()))
             reason = "pcr-mismatch" if pcrs else "unlock-failed"
             message = outcome.error.message.removeprefix(f"vault `{vault.name}`: ")
-            state.set_condition(subject, False, reason, f"unlock refused: {message}", now)
+            with state.best_effort():
+                state.set_condition(subject, False, reason, f"unlock refused: {message}", now)
             results.append(VaultResult(vault.name, "locked", reason, message, pcrs, outcome.error.hint))
         elif seen.seal is None:
             results.append(VaultResult(vault.name, "not-created", "not-created", "no sealed key yet: run `device apply`"))
         else:
-            state.clear_condition(subject)
+            with state.best_effort():
+                state.clear_condition(subject)
             done = outcome is not None and any(s.action is Action.UNLOCK for s in outcome.done)
             results.append(VaultResult(vault.name, "unlocked" if done else "already-unlocked"))
     return results

@@ -1,6 +1,6 @@
 """What the boot and shutdown units rely on when something is wrong: `device lock` says "locked" only
 when the kernel says so, and one damaged vault or a read-only or full state dir never stops the others
-(real swtpm, loop-mounted ext4)."""
+(real swtpm, loop-mounted ext4, real read-only bind mounts and a full tmpfs)."""
 
 from __future__ import annotations
 
@@ -96,3 +96,148 @@ def test_a_damaged_sealed_record_fails_only_its_own_vault(device):
     assert readable(files["config"]) and readable(files["img"]) and not readable(files["notes"])
     assert damaged.read_text() == "{\n", "a damaged record is never replaced by unlock"
 
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write zeros into `directory` until its filesystem is full."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(bytes(64 * 1024))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    with open(filler, "ab", buffering=0) as handle:  # the last partial block too
+        try:
+            while True:
+                handle.write(b"x")
+        except OSError:
+            pass
+    return filler
+
+
+def unchanged_by_a_refused_apply(device, reason: str) -> None:
+    """A new plan adds a vault; the apply is refused before anything changes."""
+    from enforcer.tpm import Tpm
+
+    with Tpm(device.tcti) as tpm:
+        handles = tpm.loaded_handles()
+    before = sorted(p.relative_to(device.state) for p in device.state.rglob("*"))
+    applied = device.apply(make_plan([vault("config"), vault("notes"), vault("new")], version=2))
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    assert f"error: the state dir {device.state} cannot be written ({reason}); nothing was changed" in applied.stderr
+    assert "internal error" not in applied.stderr
+    assert not device.path("/persist/vault/new").exists()
+    assert sorted(p.relative_to(device.state) for p in device.state.rglob("*")) == before
+    with Tpm(device.tcti) as tpm:
+        assert tpm.loaded_handles() == handles
+
+
+def test_a_read_only_state_dir_still_unlocks_at_boot_and_apply_refuses_cleanly(device):
+    assert device.apply(make_plan([vault("config"), vault("notes")])).returncode == 0
+    for name in ("config", "notes"):
+        (device.path(f"/persist/vault/{name}") / "f").write_text(name)
+    assert device.cli("device", "lock").returncode == 0
+    mount("--bind", str(device.state), str(device.state))
+    try:
+        mount("-o", "remount,bind,ro", str(device.state))
+        with pytest.raises(OSError):
+            (device.state / "probe").write_text("x")  # really read-only
+        unlocked = device.cli("device", "unlock", "--json")
+        assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+        assert {name: r["outcome"] for name, r in by_vault(unlocked, "unlock").items()} == \
+            {"config": "unlocked", "notes": "unlocked"}
+        assert "internal error" not in unlocked.stderr
+        for name in ("config", "notes"):
+            warning = f"warning: cannot write state file {device.state}/attest/last-unlock/{name}.json: Read-only file system"
+            assert warning in unlocked.stderr
+            assert readable(device.path(f"/persist/vault/{name}") / "f")
+        assert device.cli("device", "status").returncode == 0
+        unchanged_by_a_refused_apply(device, "Read-only file system")
+        assert device.cli("device", "lock").returncode == 0
+    finally:
+        subprocess.run(["umount", str(device.state)], check=True)
+
+
+def test_a_full_state_dir_still_unlocks_at_boot_and_apply_refuses_cleanly(device):
+    mount("-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(device.state))
+    try:
+        assert device.apply(make_plan([vault("config"), vault("notes")])).returncode == 0
+        for name in ("config", "notes"):
+            (device.path(f"/persist/vault/{name}") / "f").write_text(name)
+        assert device.cli("device", "lock").returncode == 0
+        filler = fill(device.state)
+        unlocked = device.cli("device", "unlock", "--json")
+        assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+        assert {name: r["outcome"] for name, r in by_vault(unlocked, "unlock").items()} == \
+            {"config": "unlocked", "notes": "unlocked"}
+        assert "internal error" not in unlocked.stderr
+        assert f"warning: cannot write state file {device.state}/attest/last-unlock/config.json: No space left on device" \
+            in unlocked.stderr
+        assert all(readable(device.path(f"/persist/vault/{name}") / "f") for name in ("config", "notes"))
+        unchanged_by_a_refused_apply(device, "No space left on device")
+        filler.unlink()
+        assert device.apply(make_plan([vault("config"), vault("notes"), vault("new")], version=2)).returncode == 0
+    finally:
+        subprocess.run(["umount", "-l", str(device.state)], check=True)
+
+
+def leave_a_transient_object(tcti: str) -> None:
+    """What a killed client leaves in a TPM without a resource manager: a loaded primary."""
+    import tpm2_pytss
+
+    from enforcer.tpm import storage_primary_template
+
+    esys = tpm2_pytss.ESAPI(tcti)
+    try:
+        esys.create_primary(tpm2_pytss.TPM2B_SENSITIVE_CREATE(), storage_primary_template(), tpm2_pytss.ESYS_TR.OWNER)
+    finally:
+        esys.close()
+
+
+def transient_objects(tcti: str) -> int:
+    from enforcer.tpm import Tpm
+
+    with Tpm(tcti) as tpm:
+        return tpm.loaded_handles()["transient"]
+
+
+def test_a_refused_plan_touches_no_tpm_and_leaves_no_state_dir(device, tmp_path):
+    from compiler.signing import generate_key, public_key_pem
+    from enforcer.tcti import stop_embedded
+
+    other = device.work / "other.pub"
+    other.write_bytes(public_key_pem(generate_key().public_key()))
+    junk = device.work / "junk.pub"
+    junk.write_text("not a key\n")
+    signed = device.sign(make_plan([vault("config")]))
+    fresh = tmp_path / "fresh-state"
+    try:
+        for trust, says in ((other, "refused (unknown-key"), (junk, "not a trust root envelope or a PEM public key")):
+            # no --tpm: the embedded swtpm would be started under the state dir
+            result = vaultpolicy("device", "apply", str(signed), "--trust", str(trust), "--state-dir", str(fresh),
+                                 "--root", str(device.root))
+            assert result.returncode == 1 and says in result.stderr, result.stderr
+            assert not fresh.exists(), "a refused first plan leaves no state dir and starts no swtpm"
+        assert "no plan has been applied" in vaultpolicy("device", "apply", str(signed), "--trust", str(other),
+                                                         "--state-dir", str(fresh)).stderr
+    finally:
+        stop_embedded(fresh)
+
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    leave_a_transient_object(device.tcti)
+    refused = device.cli("device", "apply", str(signed), "--trust", str(other))
+    assert refused.returncode == 1 and "the applied plan stays in force" in refused.stderr, refused.stderr
+    stored = device.state / "applied" / "plan.signed"
+    good = stored.read_bytes()
+    tampered = bytearray(good)
+    tampered[tampered.index(b'"payload":"') + 40] ^= 1  # the stored plan no longer verifies
+    stored.write_bytes(bytes(tampered))
+    assert device.cli("device", "unlock").returncode == 1
+    assert transient_objects(device.tcti) == 1, "neither command touched the TPM: the leftover is still loaded"
+    stored.write_bytes(good)
+    assert device.cli("device", "unlock").returncode == 0
+    assert transient_objects(device.tcti) == 0, "the unlock flushed the leftover"

@@ -62,15 +62,14 @@ def run(args: argparse.Namespace) -> int:
     command = args.command[1]
     check_state_dir(state, args, command)
     handler = {"apply": _apply, "status": _status, "unlock": _unlock, "lock": _lock, "gate": _gate}[command]
-    if command in ("status", "gate"):  # read-only
-        return handler(args, state, root)
-    with state.exclusive():
-        if command != "lock":  # the only command that needs no TPM
-            # Holding the state lock, no live command is using the TPM: whatever a killed one left
-            # loaded in a TPM without a resource manager is flushed before it fills the few slots.
-            with _tpm(args, state) as tpm:
-                tpm.flush_leftovers()
-        return handler(args, state, root)
+    try:
+        if command in ("status", "gate", "apply"):  # read-only; apply verifies the plan before it takes the lock
+            return handler(args, state, root)
+        with state.exclusive():
+            return handler(args, state, root)
+    finally:
+        for message in state.unsaved:  # what the command did stands; the state dir could not record it
+            print(f"warning: {message}", file=sys.stderr)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -158,6 +157,9 @@ def _tcti(args, state) -> str:
 
 
 def _tpm(args, state):
+    """The TPM, opened only after the plan was verified: a refused plan touches no TPM. A mutating
+    command calls `flush_leftovers()` on it right away, while it holds the state lock (no live command
+    then uses the TPM: whatever a killed one left loaded in a TPM without a resource manager goes)."""
     from enforcer.tpm import Tpm
 
     return Tpm(_tcti(args, state))
@@ -184,49 +186,44 @@ def _apply(args, state, root) -> int:
     from enforcer.observe import observe
     from enforcer.reconcile import reconcile
     from enforcer.rotate import Rotator
-    from enforcer.verify import DeviceIdentity, record_for, verify_plan
+    from enforcer.verify import record_for
 
     envelope = _read(args.signed, "signed plan")
     now = datetime.now(timezone.utc)  # the one clock reading of this apply
-    state.ensure()
-    try:
-        trust_bytes, trust = _trust(args, state, rotate=True)
-        verified = verify_plan(envelope, trust, now=now, floor=state.floor(), device=DeviceIdentity(args.device_id),
-                               managed=state.records())
-    except PlanRejected as exc:
-        state.set_condition("plan", False, exc.reason, f"refused {args.signed}: {exc.message}", now)
-        raise PlanRejected(exc.reason, f"plan {args.signed} refused ({_tag(exc.reason)}): {exc.message}; "
-                           "the applied plan stays in force", exc.hint or f"see `vaultpolicy explain {code_for(exc.reason)}`"
-                           if code_for(exc.reason) else exc.hint) from None
-    plan = verified.plan
+    if not state.root.exists():  # a first plan: a refused one leaves no state dir behind
+        _verify_offered(args, state, envelope, now)
+    with state.exclusive():
+        trust_bytes, verified = _verify_offered(args, state, envelope, now)  # again, with the state dir held
+        state.check_writable()  # a read-only or full state dir: refused before anything changes
+        plan = verified.plan
+        journal = Journal(state.journal_path)
+        interrupted = journal.begin()
+        with _tpm(args, state) as tpm:
+            tpm.flush_leftovers()
+            Rotator(plan, state, root, tpm, now, args.device_id, journal).recover()  # a rotation a crash cut short
+            rec = reconcile(plan, observe(plan, state, root, tpm))
+            outcomes = Applier(plan, state, root, tpm, now, args.device_id, journal).run(rec.steps)
+        current = state.records()
+        records = {v.name: record_for(plan, v, current.get(v.name)) for v in plan.vaults}
+        if state.applied_envelope() != envelope or any(current.get(n) != r for n, r in records.items() if n in current):
+            with journal.step({"action": "commit", "plan_version": plan.plan_version}):
+                for name, record in records.items():
+                    if name in current:  # vaults never created get their record with their first step
+                        state.save_record(record)
+                state.commit_plan(envelope, plan.plan_version, verified.sha256)
+        # After the commit (or when the applied plan came again): the root that just verified the applied plan.
+        state.save_trust(trust_bytes)
+        state.set_condition("plan", True, "applied", f"plan version {plan.plan_version} applied", now)
+        journal.finish()
 
-    journal = Journal(state.journal_path)
-    interrupted = journal.begin()
-    with _tpm(args, state) as tpm:
-        Rotator(plan, state, root, tpm, now, args.device_id, journal).recover()  # a rotation a crash cut short
-        rec = reconcile(plan, observe(plan, state, root, tpm))
-        outcomes = Applier(plan, state, root, tpm, now, args.device_id, journal).run(rec.steps)
-    current = state.records()
-    records = {v.name: record_for(plan, v, current.get(v.name)) for v in plan.vaults}
-    if state.applied_envelope() != envelope or any(current.get(n) != r for n, r in records.items() if n in current):
-        with journal.step({"action": "commit", "plan_version": plan.plan_version}):
-            for name, record in records.items():
-                if name in current:  # vaults never created get their record with their first step
-                    state.save_record(record)
-            state.commit_plan(envelope, plan.plan_version, verified.sha256)
-    # After the commit (or when the applied plan came again): the root that just verified the applied plan.
-    state.save_trust(trust_bytes)
-    state.set_condition("plan", True, "applied", f"plan version {plan.plan_version} applied", now)
-    journal.finish()
-
-    failed = [o for o in outcomes.values() if o.error is not None]
-    done = {id(s) for o in outcomes.values() for s in o.done}
-    for outcome in failed:
-        state.set_condition(f"vault/{outcome.vault}", False, getattr(outcome.error, "reason", "step-failed"),
-                            f"{outcome.failed.action.value} failed: {outcome.error.message}", now)
-    for outcome in outcomes.values():
-        if outcome.error is None and outcome.done:
-            state.clear_condition(f"vault/{outcome.vault}")
+        failed = [o for o in outcomes.values() if o.error is not None]
+        done = {id(s) for o in outcomes.values() for s in o.done}
+        for outcome in failed:
+            state.set_condition(f"vault/{outcome.vault}", False, getattr(outcome.error, "reason", "step-failed"),
+                                f"{outcome.failed.action.value} failed: {outcome.error.message}", now)
+        for outcome in outcomes.values():
+            if outcome.error is None and outcome.done:
+                state.clear_condition(f"vault/{outcome.vault}")
     lines = [f"plan version {plan.plan_version} verified ({verified.sha256[:12]})"]
     if interrupted:
         lines.append(f"resumed after an interrupted apply (stopped at {interrupted[-1]['action']} "
@@ -248,6 +245,25 @@ def _apply(args, state, root) -> int:
         "problems": [asdict(p) for p in rec.problems],
     }, lines)
     return status_codes.ERROR if failed or rec.problems else status_codes.SUCCESS
+
+
+def _verify_offered(args, state, envelope: bytes, now: datetime):
+    """(trust root bytes, VerifiedPlan) of the offered plan, or the refusal, recorded as the `plan`
+    condition when the device has a state dir. Reads the state dir only; touches no TPM."""
+    from enforcer.verify import DeviceIdentity, verify_plan
+
+    try:
+        trust_bytes, trust = _trust(args, state, rotate=True)
+        return trust_bytes, verify_plan(envelope, trust, now=now, floor=state.floor(),
+                                        device=DeviceIdentity(args.device_id), managed=state.records())
+    except PlanRejected as exc:
+        if state.root.is_dir():
+            with state.best_effort():
+                state.set_condition("plan", False, exc.reason, f"refused {args.signed}: {exc.message}", now)
+        stays = "the applied plan stays in force" if state.applied_envelope() is not None else "no plan has been applied"
+        code = code_for(exc.reason)
+        raise PlanRejected(exc.reason, f"plan {args.signed} refused ({_tag(exc.reason)}): {exc.message}; {stays}",
+                           exc.hint or (f"see `vaultpolicy explain {code}`" if code else None)) from None
 
 
 def _status(args, state, root) -> int:
@@ -292,8 +308,9 @@ def _unlock(args, state, root) -> int:
 
     plan = _applied(args, state)
     now = datetime.now(timezone.utc)
-    with _tpm(args, state) as tpm:  # a rotation or re-encryption cut by power loss: finished or undone at boot
-        recovered = Rotator(plan, state, root, tpm, now).recover()
+    with _tpm(args, state) as tpm:
+        tpm.flush_leftovers()
+        recovered = Rotator(plan, state, root, tpm, now).recover()  # a rotation or re-encryption cut by power loss
     if args.release:
         from enforcer.attest import resolve_device_id
         from enforcer.release import Release, unlock_released
