@@ -8,6 +8,7 @@ everything else goes into `help` or `notes`.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
@@ -115,6 +116,20 @@ class DiagnosticsError(Exception):
         super().__init__("; ".join(d.message for d in self.diagnostics))
 
 
+# Line breaks as the tokenizer counts them, and as editors do (LSP): CRLF, LF and a lone CR.
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def source_lines(text: str) -> list[str]:
+    return LINE_BREAK.split(text)
+
+
+def line_and_column(text: str, pos: int) -> tuple[int, int]:
+    """The 1-based line and column of offset `pos` in `text`."""
+    breaks = list(LINE_BREAK.finditer(text, 0, pos))
+    return len(breaks) + 1, pos - (breaks[-1].end() if breaks else 0) + 1
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """A `help:` text suggesting the closest candidate, or None when nothing is close."""
     matches = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
@@ -131,9 +146,10 @@ def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -
             lines.append(f"  --> {s.file}:{s.line}:{s.column}")
             text = sources.get(s.file)
             if text is not None:
-                source_lines = text.splitlines()
-                if 1 <= s.line <= len(source_lines):
-                    src = source_lines[s.line - 1].expandtabs(1)
+                lines_of_text = source_lines(text)
+                if 1 <= s.line <= len(lines_of_text):
+                    # one column per character: a tab or another control character shows as a space
+                    src = "".join(c if c.isprintable() else " " for c in lines_of_text[s.line - 1])
                     end = s.end_column if s.end_line == s.line else len(src) + 1
                     src, start, width = _excerpt(src, s.column - 1, max(1, end - s.column))
                     gutter = str(s.line)

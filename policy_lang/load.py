@@ -16,7 +16,7 @@ from lark import Tree
 
 from . import ast
 from . import syntax_codes as codes
-from .diagnostics import Diagnostics, Span, error
+from .diagnostics import Diagnostic, Diagnostics, Span, error, line_and_column
 from .parse import ANY_SETTING, Block, ParseResult, parse
 from .to_ast import to_policy, whole_file_span
 
@@ -67,6 +67,13 @@ def read_input_file(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> by
 Describe = Callable[[bytes], str]
 
 
+def unreadable(file: str, exc: OSError | UnreadableInput, included_at: Span | None = None) -> Diagnostic:
+    """The error for a policy file that `read_input_file` refused (at the `include` naming it, if any)."""
+    reason = (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else str(exc)
+    return error(codes.INCLUDE_NOT_FOUND, f"cannot read `{file}`: {reason}", included_at,
+                 help="paths in `include` are relative to the including file" if included_at else None)
+
+
 def decode(data: bytes, file: str, describe: Describe | None = None) -> tuple[str, Diagnostics]:
     """UTF-8 text (a leading BOM dropped), or "" and one error at the first byte that is not text:
     invalid UTF-8 or a NUL (a binary file would otherwise give an error at every stray token); or
@@ -83,8 +90,7 @@ def decode(data: bytes, file: str, describe: Describe | None = None) -> tuple[st
     if 0 <= nul < bad:
         bad, reason = nul, "a NUL byte (0x00) is not text"
     prefix = data[:bad].decode("utf-8-sig", errors="replace")
-    line = prefix.count("\n") + 1
-    column = len(prefix) - (prefix.rfind("\n") + 1) + 1
+    line, column = line_and_column(prefix, len(prefix))
     span = Span(file=file, line=line, column=column, end_line=line, end_column=column + 1,
                 start_pos=len(prefix), end_pos=len(prefix) + 1)
     # The text up to the bad byte, so the error renders with its source line.
@@ -99,8 +105,7 @@ def _not_a_policy(data: bytes, text: str, file: str, describe: Describe | None) 
     if not text.startswith(("{", "[", "-----BEGIN"), start):
         return Diagnostics()
     what = describe(data) if describe else ("a PEM file" if text.startswith("-", start) else "JSON")
-    line = text.count("\n", 0, start) + 1
-    column = start - (text.rfind("\n", 0, start) + 1) + 1
+    line, column = line_and_column(text, start)
     span = Span(file=file, line=line, column=column, end_line=line, end_column=column + 1, start_pos=start,
                 end_pos=start + 1)
     return Diagnostics([error(codes.NOT_A_POLICY, f"`{file}` is not a policy: it is {what}", span,
@@ -182,10 +187,7 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
     try:
         data = read_input_file(file)
     except (OSError, UnreadableInput) as exc:
-        reason = (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else str(exc)
-        result.diagnostics.append(error(codes.INCLUDE_NOT_FOUND, f"cannot read `{file}`: {reason}", included_at,
-                                        help="paths in `include` are relative to the including file"
-                                        if included_at else None))
+        result.diagnostics.append(unreadable(file, exc, included_at))
         return None
     text, diags = decode(data, file, describe)
     result.sources[file] = text

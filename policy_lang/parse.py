@@ -29,9 +29,9 @@ TOP_LEVEL_KEYWORDS = ("device", "attestation", "defaults", "vault", "component",
 _TOKEN_RE = re.compile(
     r"""
     (?P<WS>[ \t\r\n\f]+)
-  | (?P<COMMENT>\#[^\n]*)
-  | (?P<STRING>"(?:\\[^\n]|[^"\\\n])*")
-  | (?P<BADSTRING>"(?:\\[^\n]|[^"\\\n])*\\?)
+  | (?P<COMMENT>\#[^\r\n]*)  # a CR ends a line too (CRLF files, LINE_BREAK)
+  | (?P<STRING>"(?:\\[^\r\n]|[^"\\\r\n])*")
+  | (?P<BADSTRING>"(?:\\[^\r\n]|[^"\\\r\n])*\\?)
   | (?P<NUMBER>[0-9][A-Za-z0-9_]*)
   | (?P<NAME>[A-Za-z_][A-Za-z0-9_\-]*)
   | (?P<PUNCT>[{},;=|])
@@ -158,10 +158,12 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
         kind, value, pos = m.lastgroup, m.group(), m.start()
         col = pos - line_start + 1
         if kind == "WS":
-            newlines = value.count("\n")
-            if newlines:
-                line += newlines
-                line_start = pos + value.rindex("\n") + 1
+            breaks = value.count("\n")
+            if "\r" in value:  # CRLF, or a lone CR that ends a line too (diagnostics.LINE_BREAK)
+                breaks += value.count("\r") - value.count("\r\n")
+            if breaks:
+                line += breaks
+                line_start = pos + max(value.rfind("\n"), value.rfind("\r")) + 1
                 line_has_code = False
         elif kind == "COMMENT":
             tok = _token("COMMENT", value, pos, line, col)

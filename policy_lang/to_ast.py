@@ -14,7 +14,7 @@ from lark import Token, Tree
 
 from . import ast
 from . import syntax_codes as codes
-from .diagnostics import Diagnostics, Span, did_you_mean, error
+from .diagnostics import Diagnostics, Span, did_you_mean, error, source_lines
 from .parse import ParseResult
 
 SIZE_UNITS = {
@@ -346,7 +346,7 @@ class _Converter:
 
 
 def whole_file_span(file: str, text: str) -> Span:
-    lines = text.split("\n")
+    lines = source_lines(text)
     return Span(file=file, line=1, column=1, end_line=len(lines), end_column=len(lines[-1]) + 1,
                 start_pos=0, end_pos=len(text))
 

@@ -111,3 +111,49 @@ def test_explain_suggestions_are_sane(lang, typed, help_text):
     code, _, err = lang.cli("explain", typed)
     assert code == 1 and f"= help: {help_text}" in err, err
     assert "VP1203" not in err or typed == "VP9999"  # `VP0` once suggested VP1203
+
+
+def test_fmt_reports_an_unreadable_file_and_formats_the_others(lang, tmp_path):
+    first, second = tmp_path / "a.vpol", tmp_path / "b.vpol"
+    first.write_text("app a{vault images}\n")
+    second.write_text("app b{vault images}\n")
+    code, out, err = lang.cli("fmt", first, tmp_path / "missing.vpol", tmp_path, second)
+    assert code == 1
+    assert f"error[VP0020]: cannot read `{tmp_path / 'missing.vpol'}`: no such file or directory" in err
+    assert f"error[VP0020]: cannot read `{tmp_path}`: is a directory" in err
+    assert out == f"formatted {first}\nformatted {second}\n"
+    assert (first.read_text(), second.read_text()) == ("app a { vault images }\n", "app b { vault images }\n")
+
+
+@pytest.mark.parametrize("bug", [
+    lambda text: text.replace("16MiB", "32MiB"),  # a size changed
+    lambda text: text.replace("  # keep me", ""),  # a comment dropped
+], ids=["changes a size", "drops a comment"])
+def test_fmt_refuses_to_write_what_changes_the_policy(lang, tmp_path, monkeypatch, bug):
+    """VP0019: fmt re-parses its own output; a layout bug (simulated here) leaves the file as it was."""
+    import policy_lang.fmt
+
+    layout = policy_lang.fmt.layout
+    monkeypatch.setattr(policy_lang.fmt, "layout", lambda result: bug(layout(result)))
+    messy = tmp_path / "messy.vpol"
+    messy.write_bytes(b'vault v{limit 16MiB;path "/persist/v"}  # keep me\n')
+    code, _, err = lang.cli("fmt", messy)
+    assert code == 1 and f"error[VP0019]: formatting `{messy}` would change its meaning" in err
+    assert messy.read_bytes() == b'vault v{limit 16MiB;path "/persist/v"}  # keep me\n'
+    assert lang.cli("fmt", "--check", messy)[0] == 1
+
+
+def test_fmt_check_finds_a_crlf_file(lang, tmp_path):
+    crlf = tmp_path / "crlf.vpol"
+    crlf.write_bytes(b"# one\r\napp a { vault images }  # two\r\n")
+    assert lang.cli("fmt", "--check", crlf)[:2] == (1, f"would reformat {crlf}\n")
+    assert lang.cli("fmt", crlf)[0] == 0
+    assert crlf.read_bytes() == b"# one\napp a { vault images }  # two\n"
+
+
+def test_a_lone_carriage_return_ends_a_line(lang, tmp_path):
+    """Editors (and LSP) break lines at a lone CR: the caret was placed past the end of the line shown."""
+    bad = tmp_path / "cr.vpol"
+    bad.write_bytes(b"vault a {\r  limt 1MiB\r}\r")
+    code, _, err = lang.cli("check", bad)
+    assert code == 1 and f"--> {bad}:2:3\n  |\n2 |   limt 1MiB\n  |   ^^^^\n" in err

@@ -9,9 +9,8 @@ import tempfile
 from compiler.signing import describe_key_file
 from policy_lang import format_text
 from policy_lang.diagnostics import DiagnosticsError, render_text
-from policy_lang.load import UnreadableInput, decode, read_input_file
+from policy_lang.load import UnreadableInput, decode, read_input_file, unreadable
 from vaultpolicy import status_codes
-from vaultpolicy.errors import InputError
 
 
 def add_arguments(parser, key) -> None:
@@ -43,10 +42,10 @@ def run(args) -> int:
     for path in args.files:
         try:
             data = read_input_file(path)
-        except OSError as exc:
-            raise InputError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
-        except UnreadableInput as exc:
-            raise InputError(f"cannot read `{path}`: it {exc}") from None
+        except (OSError, UnreadableInput) as exc:  # say so and go on with the other files
+            print(render_text([unreadable(path, exc)], {}) + "\n", file=sys.stderr)
+            failed = True
+            continue
         text, decode_errors = decode(data, path, describe_key_file)
         try:
             if decode_errors:
