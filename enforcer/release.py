@@ -187,28 +187,34 @@ def unlock_released(
     """
     from enforcer import fscrypt
     from enforcer.apply import Applier
-    from enforcer.observe import host_path, observe
+    from enforcer.observe import host_path
     from enforcer.reconcile import Action, reconcile
     from enforcer.tpm import Tpm
+    from enforcer.unlock import observe_each
 
     opened = open_release(tcti, release, device_id)
     unlocked = []
     try:
         with Tpm(tcti) as tpm:
-            steps = reconcile(plan, observe(plan, state, root, tpm)).steps
-            mounts = [s for s in steps if s.action is Action.MOUNT_STORAGE and s.vault in opened]
-            for outcome in Applier(plan, state, root, tpm, now, device_id).run(mounts).values():
+            observed, damaged = observe_each(plan, state, root)  # a damaged sealed record is what a release repairs
+            usable = plan.model_copy(update={"vaults": tuple(v for v in plan.vaults if v.name not in damaged)})
+            mounts = [s for s in reconcile(usable, observed).steps if s.action is Action.MOUNT_STORAGE and s.vault in opened]
+            for outcome in Applier(usable, state, root, tpm, now, device_id).run(mounts).values():
                 if outcome.error is not None:
                     raise outcome.error
             for name, (key_identifier, raw) in sorted(opened.items()):
                 vault = plan.vault(name)
-                recorded = state.sealed(name)
                 if vault is None or vault.seal is None:
                     raise DeviceError("the applied plan has no sealed vault by this name", vault=name)
-                if recorded is None or not hmac.compare_digest(bytes.fromhex(recorded["key_identifier"]), key_identifier):
-                    raise DeviceError("released key is not the key this vault was created with", vault=name)
                 where = state.records().get(name) or vault  # the recorded path: a plan cannot move a vault
-                mountpoint = fscrypt.mountpoint_of(str(host_path(root, where.path)))
+                path = host_path(root, where.path)
+                created_with = _created_with(state, name, path)
+                if created_with is None:
+                    raise DeviceError(f"nothing says which key this vault was created with: no readable sealed "
+                                      f"record, and {path} has no encryption policy", vault=name)
+                if not hmac.compare_digest(created_with, key_identifier):
+                    raise DeviceError("released key is not the key this vault was created with", vault=name)
+                mountpoint = fscrypt.mountpoint_of(str(path))
                 added = fscrypt.add_key(mountpoint, raw)
                 if not hmac.compare_digest(added, key_identifier):
                     fscrypt.remove_key(mountpoint, added)
@@ -222,3 +228,18 @@ def unlock_released(
         for _, raw in opened.values():
             raw[:] = bytes(len(raw))
     return unlocked
+
+
+def _created_with(state: StateDir, name: str, path: Path) -> bytes | None:
+    """The identifier of the key the vault was created with: its sealed record's, or, when that record
+    is damaged, the one the vault directory's fscrypt policy names (what the kernel says its files are
+    under)."""
+    from enforcer import fscrypt
+    from enforcer.state import StateCorrupt
+
+    try:
+        recorded = state.sealed(name)
+        return None if recorded is None else bytes.fromhex(recorded["key_identifier"])
+    except (StateCorrupt, KeyError, TypeError, ValueError):
+        policy = fscrypt.get_policy(str(path)) if path.is_dir() else None
+        return None if policy is None else policy.key_identifier

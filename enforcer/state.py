@@ -278,7 +278,10 @@ class StateDir:
     def save_sealed(self, vault: str, blob_json: str, key_identifier: bytes, rotated_at: str | None = None) -> None:
         """`rotated_at` is given when the key is new; a re-seal of the same key keeps the recorded one."""
         if rotated_at is None:
-            current = self.sealed(vault)
+            try:
+                current = self.sealed(vault)
+            except StateCorrupt:
+                current = None  # a damaged record being replaced (a release): when its key was made is lost
             if current is not None and current.get("key_identifier") == key_identifier.hex():
                 rotated_at = current.get("rotated_at")
         record = {"blob": json.loads(blob_json), "key_identifier": key_identifier.hex()}
