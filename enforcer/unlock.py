@@ -9,7 +9,8 @@
 - `lock_all`: per recorded vault `locked`, `incompletely-locked` (files still open, S7) or `failed`;
   it needs no verified plan (locking is always safe).
 - `report`: per vault whether it matches the plan and every reason it does not.
-- `gate`: an app may start only when its vault is unlocked and matches the plan.
+- `gate`: an app may start only when its vault is unlocked and matches the plan; an end-to-end app
+  only when its vault is encrypted too, whatever the plan says.
 """
 
 from __future__ import annotations
@@ -255,7 +256,10 @@ def gate(plan: Plan, state: StateDir, root: Path | None, tpm, app_name: str) -> 
         return True, ""
     observed = observe(plan, state, root, tpm)
     vault_report = next(v for v in report(plan, observed, state).vaults if v.vault == app.vault)
-    if vault_report.matches and vault_report.state in ("unlocked", "unencrypted"):
+    if app.end_to_end and vault_report.state == "unencrypted":  # a signed plan the compiler would have refused
+        return False, (f"app `{app_name}` needs end-to-end protection, but its vault `{app.vault}` is not encrypted "
+                       "(`encryption none` in the plan)")
+    if vault_report.matches and vault_report.state in ("unlocked",) + (() if app.end_to_end else ("unencrypted",)):
         return True, vault_report.path
     why = "; ".join(vault_report.reasons) or vault_report.state
     return False, f"vault `{app.vault}` of app `{app_name}` is {vault_report.state}: {why}"

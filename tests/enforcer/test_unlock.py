@@ -88,6 +88,18 @@ def test_gate_releases_an_app_only_with_its_vault_unlocked(device):
     assert unknown.returncode == 1 and "no app `nosuch`" in unknown.stderr
 
 
+def test_gate_never_releases_an_end_to_end_app_on_an_unencrypted_vault(device):
+    # the compiler refuses such a policy (VP0302); a plan made otherwise, and signed, must not pass either
+    plan = make_plan([vault("open", encryption="none")], apps=[app("historian", "open", end_to_end=True),
+                                                               app("viewer", "open")])
+    assert device.apply(plan).returncode == 0
+    closed = device.cli("device", "gate", "historian")
+    assert closed.returncode == 1 and closed.stdout == ""
+    assert "app `historian` needs end-to-end protection, but its vault `open` is not encrypted" in closed.stderr
+    opened = device.cli("device", "gate", "viewer")
+    assert opened.returncode == 0 and opened.stdout.strip() == str(device.path("/persist/vault/open"))
+
+
 def test_handles_are_flushed_over_100_cycles_including_failures(device):
     from enforcer.apply import Applier
     from enforcer.observe import observe
