@@ -35,6 +35,7 @@ from pathlib import Path
 import rfc8785
 
 from enforcer.escrow import load_json_object
+from enforcer.tcti import TCTI_HINT
 from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError, InputError
 
@@ -222,7 +223,7 @@ class AttestationTpm:
         try:
             self._esapi = ESAPI(tcti)
         except Exception as exc:  # noqa: BLE001 - TCTI loading raises many types; all mean "no TPM here"
-            raise BackendUnavailable(f"cannot open the TPM at `{tcti}`: {exc}") from None
+            raise BackendUnavailable(f"cannot open the TPM at `{tcti}`: {exc}", hint=TCTI_HINT) from None
 
     def __enter__(self) -> "AttestationTpm":
         return self

@@ -29,6 +29,8 @@ from pathlib import Path
 from vaultpolicy.errors import BackendUnavailable
 
 TPMRM_DEVICE = "/dev/tpmrm0"
+TCTI_HINT = ("`--tpm` takes a TCTI string: `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, "
+             "`mssim:host=127.0.0.1,port=2321` or `tabrmd:`; check that this TPM is there")
 _HOST = "127.0.0.1"
 _START_ATTEMPTS = 5
 _READY_TIMEOUT_S = 10.0

@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from enforcer.tcti import TCTI_HINT
 from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError
 
@@ -80,6 +81,11 @@ class TpmPolicyFailure(TpmError):
 
 class TpmFailure(TpmError):
     """Any other TPM or TSS failure (the TPM's own response code is in the message)."""
+
+
+class ForeignSealedBlob(TpmFailure):
+    """The TPM refuses to load a sealed object (integrity check failed): another TPM sealed it, this TPM
+    was cleared since (a new storage seed), or its private part was altered."""
 
 
 class BankNotAllocated(TpmError):
@@ -225,7 +231,7 @@ class Tpm:
         try:
             self._esys = self._tss.ESAPI(tcti)
         except Exception as exc:  # TSS raises its own types for "cannot connect"/"no such module"
-            raise BackendUnavailable(f"cannot open the TPM `{tcti}`: {exc}") from None
+            raise BackendUnavailable(f"cannot open the TPM `{tcti}`: {exc}", hint=TCTI_HINT) from None
         self._primary_handle = None
 
     def __enter__(self) -> "Tpm":
@@ -389,6 +395,12 @@ class Tpm:
         if code == rc.LOCKOUT:
             return TpmLockout("the TPM is in dictionary-attack lockout", int(exc.rc),
                               hint="wait for the lockout to expire or clear it with the lockout authorization")
+        if code == rc.INTEGRITY:
+            return ForeignSealedBlob(
+                f"unseal failed: this TPM cannot load the sealed key ({exc}): it was sealed by another TPM, or "
+                "this TPM was cleared since, or the sealed record was altered", int(exc.rc),
+                hint="use the same --tpm as `device apply` did; else recover the key with a controller release "
+                "(`vaultpolicy device unlock --release FILE`)")
         return TpmFailure(f"unseal failed: {exc}", int(getattr(exc, "rc", 0)) or None)
 
     # -- hygiene ----------------------------------------------------------------------------------

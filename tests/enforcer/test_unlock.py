@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pytest
 
 from enforcer.state import StateDir
-from vp_helpers import app, make_plan, mounts_under, vault
+from vp_helpers import REPO, app, make_plan, mounts_under, vault
 
 pytestmark = pytest.mark.device
 
@@ -73,6 +74,29 @@ def test_pcr_mismatch_locks_only_that_vault_and_names_the_pcr(device):
     assert records["img"]["outcome"] == "unlocked"
     assert (device.path("/persist/vault/img") / "f").read_text() == "img"
     assert StateDir(device.state).conditions()["vault/config"].reason == "pcr-mismatch"
+
+
+def test_unlock_through_another_tpm_or_a_bogus_tcti_says_what_to_do(device, tmp_path):
+    from enforcer.tcti import Swtpm
+
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    assert device.cli("device", "lock").returncode == 0
+    other = Swtpm.start(tmp_path / "another-tpm")
+    try:
+        options = ["--state-dir", str(device.state), "--root", str(device.root), "--tpm", other.tcti]
+        result = subprocess.run([sys.executable, "-m", "vaultpolicy", "device", "unlock", *options], capture_output=True,
+                                text=True, cwd=REPO)
+        assert result.returncode == 1
+        assert "vault config: locked (unlock-failed, VP1202): unseal failed: this TPM cannot load the sealed key" in result.stdout
+        assert "it was sealed by another TPM, or this TPM was cleared since" in result.stdout
+        assert "hint: use the same --tpm as `device apply` did; else recover the key with a controller release" \
+            in result.stdout
+    finally:
+        other.stop()
+    bogus = subprocess.run([sys.executable, "-m", "vaultpolicy", "device", "unlock", "--state-dir", str(device.state),
+                            "--root", str(device.root), "--tpm", "bogus"], capture_output=True, text=True, cwd=REPO)
+    assert bogus.returncode == 1 and "error: cannot open the TPM `bogus`" in bogus.stderr
+    assert "`--tpm` takes a TCTI string: `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`" in bogus.stderr
 
 
 def test_gate_releases_an_app_only_with_its_vault_unlocked(device):
