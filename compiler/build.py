@@ -85,10 +85,13 @@ def _x25519_raw(data: bytes) -> bytes | None:
 
 def _reference_values(rule: m.AllowRule, file: str, read: FileReader, diagnostics: Diagnostics) -> tuple[str, ...]:
     path = _relative_to_policy(rule.reference_file, file)
+    fix = "write one hexadecimal digest a line"
     try:
         text = read(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc)
+        why = (getattr(exc, "strerror", None) or str(exc)).lower()
+        if isinstance(exc, OSError):
+            fix = "check the file name: it is relative to the policy file that names it"
     else:
         numbered = [(n, line.split("#", 1)[0].strip().lower()) for n, line in enumerate(text.splitlines(), 1)]
         numbered = [(n, value) for n, value in numbered if value]
@@ -98,7 +101,7 @@ def _reference_values(rule: m.AllowRule, file: str, read: FileReader, diagnostic
         why = f"line {not_hex[0]} is not a hexadecimal digest" if not_hex else "it holds no digests (only comments or blank lines)"
     diagnostics.append(
         error(codes.ALLOW_FILE_UNREADABLE, f"cannot read allowed values for PCR {rule.pcr.value} from `{path}`: {why}",
-              rule.reference_file.span, "write one hexadecimal digest a line")
+              rule.reference_file.span, fix)
     )
     return ()
 

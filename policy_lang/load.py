@@ -71,7 +71,8 @@ def unreadable(file: str, exc: OSError | UnreadableInput, included_at: Span | No
     """The error for a policy file that `read_input_file` refused (at the `include` naming it, if any)."""
     reason = (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else str(exc)
     return error(codes.INCLUDE_NOT_FOUND, f"cannot read `{file}`: {reason}", included_at,
-                 help="paths in `include` are relative to the including file" if included_at else None)
+                 help="paths in `include` are relative to the including file" if included_at
+                 else "check the file name: a policy is a readable `.vpol` file")
 
 
 def decode(data: bytes, file: str, describe: Describe | None = None) -> tuple[str, Diagnostics]:

@@ -295,8 +295,22 @@ def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
+def _spaced_unit(unit: Token, number: Token | None) -> str | None:
+    """The code for a size or duration written with a space before its unit (`8 MiB`), else None."""
+    from .to_ast import DURATION_UNITS, SIZE_UNITS  # not at the top: to_ast imports this module
+
+    if number is None or number.type != "NUMBER" or not number.value.isdigit() or number.line != unit.line:
+        return None
+    return codes.BAD_SIZE if unit.value in SIZE_UNITS else codes.BAD_DURATION if unit.value in DURATION_UNITS else None
+
+
 def _syntax_diagnostic(file: str, failure: _SyntaxFailure, previous: Token | None) -> Diagnostic:
     tok = failure.token
+    if (code := _spaced_unit(tok, previous)) is not None:
+        both = Span(file=file, line=previous.line, column=previous.column, end_line=tok.end_line,
+                    end_column=tok.end_column, start_pos=previous.start_pos, end_pos=tok.end_pos)
+        return error(code, f"space between `{previous.value}` and its unit `{tok.value}`", both,
+                     help=f"write `{previous.value}{tok.value}`, without a space")
     words = _expected_words(failure.expected, previous)
     keywords_here = [_terminal_words()[n].strip("`") for n in failure.expected if n in _keyword_types()]
     suggestion = did_you_mean(tok.value, keywords_here) if tok.type == "NAME" or _is_keyword(tok) else None
@@ -309,8 +323,20 @@ def _syntax_diagnostic(file: str, failure: _SyntaxFailure, previous: Token | Non
                      help=expectation)
     code = codes.UNEXPECTED_END if tok.type == "$END" else codes.UNEXPECTED_TOKEN
     if words and len(words) <= 4:
-        return error(code, f"{expectation}, found {_describe(tok)}", _span(file, tok))
-    return error(code, f"unexpected {_describe(tok)}", _span(file, tok), help=expectation)
+        return error(code, f"{expectation}, found {_describe(tok)}", _span(file, tok),
+                     help=_fix(tok, failure.expected, words))
+    return error(code, f"unexpected {_describe(tok)}", _span(file, tok), help=expectation or "remove it")
+
+
+def _fix(tok: Token, expected: set[str], words: list[str]) -> str:
+    """Help for `expected …, found …`: what to write instead."""
+    if tok.type == "STRING" and "NUMBER" in expected and re.fullmatch(r"[0-9][A-Za-z0-9_]*", tok.value[1:-1]):
+        return f"remove the quotes: `{tok.value[1:-1]}`"
+    if (_is_word(tok) or tok.type == "NUMBER") and expected == {"STRING"}:
+        return f'put it in double quotes: `"{tok.value}"`'
+    if tok.type == "$END":
+        return f"the file ends too early: add {_join(words)}"
+    return f"write {_join(words)} before {_describe(tok)}"
 
 
 def _segments(tokens: list[Token], header_end: int, body_end: int, setting_starts: set[str]) -> list[list[int]]:
@@ -409,7 +435,8 @@ def _blamed_segment(failure: _SyntaxFailure, tokens, segments, dropped, setting_
             if starts_setting:
                 return live[n - 1] if n > 0 else None
             k = seg.index(index)
-            if k > 0 and _is_word(tokens[index]) and failure.expected & setting_starts:
+            spaced_unit = k > 0 and _spaced_unit(tokens[index], tokens[seg[k - 1]]) is not None  # `limit 8 MiB`: all of it
+            if k > 0 and _is_word(tokens[index]) and failure.expected & setting_starts and not spaced_unit:
                 where = segments.index(seg)
                 segments[where:where + 1] = [seg[:k], seg[k:]]
                 return seg[k:]

@@ -132,3 +132,11 @@ NOT_A_POLICY = register(
     "starts with `{`, `[` or `-----BEGIN`; the file is not parsed further.",
     "vaultpolicy check plan.json        # error: `plan.json` is not a policy: it is an unsigned plan",
 )
+EMPTY_PATH = register(
+    "VP0023", "empty path",
+    "A path or file name is the empty string: a vault `path`, a `holds` or `stores` directory, the "
+    "`persist` root, an `include`, an `escrow_key` or an `allow pcr N from` file. Write the path, or "
+    "leave the setting out where it has a default (a vault without `path` lives at "
+    "`<persist>/vault/<name>`).",
+    'vault scratch { path "" }          # write "/persist/scratch", or leave `path` out',
+)

@@ -42,6 +42,19 @@ _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 _NUMBER = re.compile(r"([0-9]+)([A-Za-z_0-9]*)")
 
 
+_SIZE_RANGE = "sizes must be above zero and below 8PiB"
+_DURATION_RANGE = "durations must be above zero and below 2^53 seconds (285 million years)"
+
+
+def _unit_for_bytes(number: int) -> str:
+    """Help for a size without a unit: the unit that states the same bytes, when one does."""
+    exact = sorted((number // factor, unit) for unit, factor in SIZE_UNITS.items()
+                   if factor > 1 and number >= factor and number % factor == 0)
+    if exact:
+        return f"sizes need a unit: {number} bytes is `{exact[0][0]}{exact[0][1]}`"
+    return f"sizes need a unit: write `{number}B` for bytes, or another unit such as `{number}MiB`"
+
+
 class _Converter:
     def __init__(self, file: str):
         self.file = file
@@ -103,22 +116,30 @@ class _Converter:
             i += length
         return ast.StringLit(value="".join(out), span=self.span(token)) if ok else None
 
+    def path(self, token: Token, what: str, help: str) -> ast.StringLit | None:
+        """A string naming a directory or file: the empty string is an error, not the current directory."""
+        path = self.string(token)
+        if path is not None and path.value == "":
+            self.fail(codes.EMPTY_PATH, f"empty {what}", path.span, help=help)
+            return None
+        return path
+
     def _bad_escape(self, token: Token, start: int, end: int, message: str) -> bool:
         # +1: the offsets are inside the quotes
         self.fail(codes.BAD_ESCAPE, message, self.sub_span(token, start + 1, end + 1),
                   help='valid escapes: `\\"`, `\\\\`, `\\n`, `\\t`, `\\u{1F512}`')
         return False
 
-    def _split_number(self, token: Token, code: str, what: str) -> tuple[int, str] | None:
+    def _split_number(self, token: Token, code: str, what: str, range_help: str) -> tuple[int, str] | None:
         m = _NUMBER.fullmatch(token.value)
         digits, unit = (m.group(1), m.group(2)) if m else (token.value, "")
         if len(digits) > 16 or int(digits) >= MAX_EXACT_INT:
-            self.fail(code, f"{what} `{token.value}` is too large", self.span(token))
+            self.fail(code, f"{what} `{token.value}` is too large", self.span(token), help=range_help)
             return None
         return int(digits), unit
 
     def size(self, token: Token) -> ast.SizeLit | None:
-        parts = self._split_number(token, codes.BAD_SIZE, "size")
+        parts = self._split_number(token, codes.BAD_SIZE, "size", _SIZE_RANGE)
         if parts is None:
             return None
         number, unit = parts
@@ -126,7 +147,7 @@ class _Converter:
             where = self.sub_span(token, len(str(number)) if unit else 0, len(token.value))
             if not unit:
                 self.fail(codes.BAD_SIZE, f"size `{token.value}` has no unit", self.span(token),
-                          help=f"write the unit, for example `{number}MiB`")
+                          help=_unit_for_bytes(number))
             else:
                 same_letters = [u for u in SIZE_UNITS if u.lower() == unit.lower()]
                 hint = f"did you mean `{same_letters[0]}`?" if same_letters else did_you_mean(unit, SIZE_UNITS)
@@ -136,12 +157,12 @@ class _Converter:
         value = number * SIZE_UNITS[unit]
         if value == 0 or value >= MAX_EXACT_INT:
             self.fail(codes.BAD_SIZE, f"size `{token.value}` is {'zero' if value == 0 else 'too large'}",
-                      self.span(token), help="sizes must be above zero and below 8PiB")
+                      self.span(token), help=_SIZE_RANGE)
             return None
         return ast.SizeLit(bytes=value, text=token.value, span=self.span(token))
 
     def duration(self, token: Token) -> ast.DurationLit | None:
-        parts = self._split_number(token, codes.BAD_DURATION, "duration")
+        parts = self._split_number(token, codes.BAD_DURATION, "duration", _DURATION_RANGE)
         if parts is None:
             return None
         number, unit = parts
@@ -159,7 +180,7 @@ class _Converter:
         seconds = number * DURATION_UNITS[unit]
         if seconds == 0 or seconds >= MAX_EXACT_INT:
             self.fail(codes.BAD_DURATION, f"duration `{token.value}` is {'zero' if seconds == 0 else 'too large'}",
-                      self.span(token))
+                      self.span(token), help=_DURATION_RANGE)
             return None
         return ast.DurationLit(seconds=seconds, text=token.value, span=self.span(token))
 
@@ -233,7 +254,7 @@ class _Converter:
         s = self.settings(tree)
         fields = {}
         if (t := s.get("persist")) is not None:
-            fields["persist"] = self.string(t.children[1])
+            fields["persist"] = self.path(t.children[1], "persist root", "write the partition's mount point, e.g. `/persist`")
         for key in ("capacity", "reserve"):
             if (t := s.get(key)) is not None:
                 fields[key] = self.size(t.children[1])
@@ -245,7 +266,8 @@ class _Converter:
         if (t := s.get("allow_unmeasured_boot")) is not None:
             fields["allow_unmeasured_boot"] = ast.Flag(span=self.span(t))
         if (t := s.get("escrow_key")) is not None:
-            fields["escrow_key"] = self.string(t.children[1])
+            fields["escrow_key"] = self.path(t.children[1], "escrow key file name",
+                                             "name the controller's escrow public key file, relative to this policy")
         return ast.DeviceDecl(span=self.span(tree), **{k: v for k, v in fields.items() if v is not None})
 
     def attestation(self, tree: Tree) -> ast.AttestationDecl:
@@ -285,11 +307,12 @@ class _Converter:
 
     def allow(self, tree: Tree) -> ast.AllowRule | None:
         pcr = self.pcr(tree.children[2])
+        if tree.data == "allow_from":
+            file = self.path(tree.children[4], "file name", "name the file of allowed values, relative to this policy")
+            return None if pcr is None or file is None else ast.AllowRule(pcr=pcr, reference_file=file, span=self.span(tree))
         strings = [self.string(t) for t in self.tokens(tree, "STRING")]
         if pcr is None or None in strings:
             return None
-        if tree.data == "allow_from":
-            return ast.AllowRule(pcr=pcr, reference_file=strings[0], span=self.span(tree))
         return ast.AllowRule(pcr=pcr, values=tuple(strings), span=self.span(tree))
 
     def defaults(self, tree: Tree) -> ast.DefaultsDecl:
@@ -300,8 +323,10 @@ class _Converter:
         s = self.settings(tree)
         span = self.span(tree)
         fields = {}
+        name = tree.children[1].value
         if (t := s.get("path")) is not None:
-            fields["path"] = self.string(t.children[1])
+            fields["path"] = self.path(t.children[1], "vault path",
+                                       f"write a directory such as `/persist/vault/{name}`, or leave `path` out for that default")
         if (t := s.get("limit")) is not None:
             fields["limit"] = self.size(t.children[1])
         if (t := s.get("protected")) is not None:
@@ -313,8 +338,8 @@ class _Converter:
                           help='say why, for example `disabled "no apps run on this device"`')
                 reason = None
             fields["opt_out_reason"] = reason
-        holds = [self.string(t) for c in tree.children if isinstance(c, Tree) and c.data == "holds"
-                 for t in self.tokens(c, "STRING")]
+        holds = [self.path(t, "`holds` directory", "write a directory inside the vault")
+                 for c in tree.children if isinstance(c, Tree) and c.data == "holds" for t in self.tokens(c, "STRING")]
         fields["holds"] = tuple(h for h in holds if h is not None)
         return ast.VaultDecl(name=self.name(tree.children[1]), settings=self.vault_settings(s, span), span=span,
                              **{k: v for k, v in fields.items() if v is not None})
@@ -325,7 +350,7 @@ class _Converter:
             if isinstance(child, Tree) and child.data == "stores":
                 sensitive = bool(self.tokens(child, "SENSITIVE"))
                 for t in self.tokens(child, "STRING"):
-                    path = self.string(t)
+                    path = self.path(t, "`stores` directory", "write the directory the component writes to")
                     if path is not None:
                         entries.append(ast.StoreEntry(path=path, sensitive=sensitive, span=path.span))
         return ast.ComponentDecl(name=self.name(tree.children[1]), stores=tuple(entries), span=self.span(tree))
@@ -341,7 +366,7 @@ class _Converter:
         return ast.AppDecl(name=self.name(tree.children[1]), span=self.span(tree), **fields)
 
     def include(self, tree: Tree) -> ast.IncludeDecl | None:
-        path = self.string(tree.children[1])
+        path = self.path(tree.children[1], "include path", "name a policy file, relative to this one")
         return None if path is None else ast.IncludeDecl(path=path, span=self.span(tree))
 
 

@@ -85,7 +85,7 @@ def test_explain_prints_title_paragraph_and_example(lang):
     assert "Example:\n    vault config { seal pcrs 0, 24 }" in out
 
 
-@pytest.mark.parametrize("code", [f"VP00{n:02d}" for n in (1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22)])
+@pytest.mark.parametrize("code", [f"VP00{n:02d}" for n in (1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23)])
 def test_every_syntax_code_is_explained(lang, code):
     status, out, _ = lang.cli("explain", code.lower())
     assert status == 0 and out.startswith(f"{code}: ") and "Example:" in out
@@ -101,10 +101,10 @@ def test_explain_unknown_code_suggests_a_close_one(lang):
     "typed,help_text",
     [
         ("VP05", f"codes starting with `VP05`: VP0501-{max(c for c in all_codes() if c.startswith('VP05'))}\n"),
-        ("vp0", "codes starting with `VP0`: VP0001-VP0007, VP0010-VP0022, VP0101-"),  # a prefix lists its codes
+        ("vp0", "codes starting with `VP0`: VP0001-VP0007, VP0010-VP0023, VP0101-"),  # a prefix lists its codes
         ("VP0305", "did you mean `VP0304` or `VP0303` or `VP0302`?"),  # ties: the same family, nearest number
         ("VP0O01", "did you mean `VP0001`"),  # letter O for zero
-        ("VP9999", "known codes: VP0001-VP0007, VP0010-VP0022, "),  # nothing close: what exists
+        ("VP9999", "known codes: VP0001-VP0007, VP0010-VP0023, "),  # nothing close: what exists
     ],
 )
 def test_explain_suggestions_are_sane(lang, typed, help_text):
@@ -157,3 +157,11 @@ def test_a_lone_carriage_return_ends_a_line(lang, tmp_path):
     bad.write_bytes(b"vault a {\r  limt 1MiB\r}\r")
     code, _, err = lang.cli("check", bad)
     assert code == 1 and f"--> {bad}:2:3\n  |\n2 |   limt 1MiB\n  |   ^^^^\n" in err
+
+
+def test_a_missing_allow_file_says_the_file_is_missing(lang, tmp_path):
+    policy = tmp_path / "p.vpol"
+    policy.write_text('attestation a { pcrs 0, 4, 7  allow pcr 0 from "nope.txt" }\n')
+    code, _, err = lang.cli("check", policy)
+    assert code == 1 and f"from `{tmp_path / 'nope.txt'}`: no such file or directory" in err
+    assert "= help: check the file name: it is relative to the policy file that names it" in err

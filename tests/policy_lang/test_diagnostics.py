@@ -21,6 +21,15 @@ ONE_ERROR = [
     ("missing brace before a block on the same line",
      'vault a { path "/persist/a" limit 16MiB vault b { path "/persist/b" }\n', "VP0006", 1, 9, 10, "add `}`"),
     ("bad size unit", "vault images {\n  limit 64Mib\n}\n", "VP0010", 2, 11, 14, "did you mean `MiB`?"),
+    ("size in bytes", "vault v { limit 16777216 }\n", "VP0010", 1, 17, 25, "16777216 bytes is `16MiB`"),
+    ("small size without a unit", "vault v { limit 512 }\n", "VP0010", 1, 17, 20, "write `512B` for bytes"),
+    ("space before a size unit", "vault v { limit 8 MiB }\n", "VP0010", 1, 17, 22, "write `8MiB`, without a space"),
+    ("space before a duration unit", "defaults { rotate every 90 d }\n", "VP0011", 1, 25, 29, "write `90d`"),
+    ("empty path", 'vault v { path "" }\n', "VP0023", 1, 16, 18, "or leave `path` out"),
+    ("quoted size", 'vault v { limit "16MiB" }\n', "VP0004", 1, 17, 24, "remove the quotes: `16MiB`"),
+    ("unquoted path", "vault v { path persist }\n", "VP0004", 1, 16, 23, 'put it in double quotes: `"persist"`'),
+    ("zero duration", "defaults { rotate every 0d }\n", "VP0011", 1, 25, 27, "above zero"),
+    ("huge number", "vault v { limit 99999999999999999MiB }\n", "VP0010", 1, 17, 37, "below 8PiB"),
     ("bad duration", "defaults {\n  rotate every 90days\n}\n", "VP0011", 2, 18, 22, "write `90d`"),
     ("PCR index 24", "vault config {\n  seal pcrs 0, 7, 24\n}\n", "VP0012", 2, 19, 21, "0 to 23"),
     ("nonce too small", "attestation boot { nonce 8 bytes }\n", "VP0013", 1, 26, 27, "between 12 and 32"),
@@ -40,6 +49,7 @@ def test_one_precise_error(lang, name, source, code, line, column, end_column, h
     assert [lang.where(d) for d in errors] == [(code, line, column)]
     assert errors[0].span.end_column == end_column
     assert hint in (errors[0].help or "") + errors[0].message
+    assert errors[0].help, "every error says what to do"
 
 
 def test_a_block_after_a_missing_brace_on_the_same_line_still_parses(lang):
@@ -132,4 +142,6 @@ LITERAL_ERRORS = [
 
 @pytest.mark.parametrize("source,code,column", LITERAL_ERRORS, ids=[c[0] for c in LITERAL_ERRORS])
 def test_literal_errors_point_at_the_literal(lang, source, code, column):
-    assert [lang.where(d) for d in lang.errors(source)] == [(code, 1, column)]
+    errors = lang.errors(source)
+    assert [lang.where(d) for d in errors] == [(code, 1, column)]
+    assert errors[0].help

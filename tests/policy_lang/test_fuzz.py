@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policy_lang import format_text, load, parse_text
-from policy_lang.diagnostics import DiagnosticsError, render_text
+from policy_lang.diagnostics import DiagnosticsError, render_text, source_lines
 
 EXAMPLE_TEXTS = [p.read_text() for p in sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.vpol"))]
 VOCABULARY = ["vault", "app", "{", "}", ";", ",", "=", "|", '"', "\\", "#", "\n", "limit", "seal", "pcrs",
@@ -25,8 +25,9 @@ def assert_well_formed(text: str, diagnostics) -> None:
         assert re.fullmatch(r"VP\d{4}", d.code), d
         assert d.span is not None, d
         assert 0 <= d.span.start_pos <= d.span.end_pos <= len(text), d
-        assert 1 <= d.span.line <= text.count("\n") + 1, d
+        assert 1 <= d.span.line <= len(source_lines(text)), d
         assert d.span.column >= 1 and (d.span.end_line, d.span.end_column) >= (d.span.line, d.span.column), d
+        assert d.help, d  # every diagnostic says what to do
     render_text(diagnostics, {"f.vpol": text})
 
 
@@ -134,5 +135,6 @@ def test_check_command_never_fails_internally(lang, tmp_path, text):
     assert (code == 1) == (report["errors"] > 0)
     for d in report["diagnostics"]:
         assert re.fullmatch(r"VP\d{4}", d["code"]), d
+        assert d["help"], d
         if d["severity"] == "error" or d["span"] is not None:
             assert d["span"]["file"] == str(path) and 0 <= d["span"]["start_pos"] <= d["span"]["end_pos"] <= len(text), d
