@@ -244,6 +244,8 @@ class StateDir:
             return self.plan_path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StateCorrupt(f"the stored applied plan {self.plan_path} is unreadable: {exc.strerror or exc}") from None
 
     def floor(self) -> tuple[int, str] | None:
         data = _read_json(self.floor_path)

@@ -34,14 +34,38 @@ class NoAppliedPlan(DeviceError):
     """The device has never applied a plan."""
 
 
+# a damaged or replaced stored plan: the controller's plan applied again replaces it (the same bytes are
+# no rollback), and locking needs no plan
+_STORED_PLAN_HINT = ("apply the controller's current signed plan again (`vaultpolicy device apply SIGNED`): it "
+                     "replaces the stored copy; `vaultpolicy device lock` works without it")
+
+
+def stored_envelope(state: StateDir) -> Envelope | None:
+    """The applied plan's envelope as stored, unverified; None when no plan was applied. A damaged one is
+    named as the stored applied plan, not taken for a plan someone offered."""
+    data = state.applied_envelope()
+    if data is None:
+        return None
+    try:
+        return Envelope.from_bytes(data)
+    except PlanRejected as exc:
+        raise PlanRejected(exc.reason, f"the stored applied plan {state.plan_path} is damaged: {exc.message}",
+                           hint=_STORED_PLAN_HINT) from None
+
+
 def load_applied(state: StateDir, trust: TrustRoot) -> Plan:
-    envelope = state.applied_envelope()
+    envelope = stored_envelope(state)
     if envelope is None:
         raise NoAppliedPlan(f"no plan has been applied (state dir {state.root})", hint="run `vaultpolicy device apply` first")
-    payload = trust.verify(Envelope.from_bytes(envelope), PLAN_PAYLOAD_TYPE)
+    try:
+        payload = trust.verify(envelope, PLAN_PAYLOAD_TYPE)
+    except PlanRejected as exc:
+        raise PlanRejected(exc.reason, f"the stored applied plan {state.plan_path} does not verify: {exc.message}",
+                           hint=_STORED_PLAN_HINT) from None
     floor = state.floor()
     if floor is not None and plan_digest(payload) != floor[1]:
-        raise PlanRejected("applied-plan-changed", f"the applied plan in {state.plan_path} is not the one that was applied")
+        raise PlanRejected("applied-plan-changed", f"the stored applied plan {state.plan_path} is not the one that "
+                           "was applied", hint=_STORED_PLAN_HINT)
     return decode_plan(payload)
 
 

@@ -241,3 +241,23 @@ def test_a_refused_plan_touches_no_tpm_and_leaves_no_state_dir(device, tmp_path)
     stored.write_bytes(good)
     assert device.cli("device", "unlock").returncode == 0
     assert transient_objects(device.tcti) == 0, "the unlock flushed the leftover"
+
+
+def test_a_damaged_stored_plan_is_named_and_applying_the_plan_again_repairs_it(device):
+    plan = make_plan([vault("config")], apps=[])
+    signed = device.sign(plan)
+    assert device.cli("device", "apply", str(signed), "--trust", str(device.trust)).returncode == 0
+    stored = device.state / "applied" / "plan.signed"
+    stored.write_bytes(stored.read_bytes() + b"x")  # JSON with extra data
+    quote = ["device", "quote", "--nonce", "00" * 16, "--state-dir", str(device.state), "--tpm", device.tcti]
+    for result in [device.cli("device", *command) for command in (["status"], ["unlock"], ["gate", "app"], ["report"])] \
+            + [vaultpolicy(*quote)]:
+        command = result.args[4]
+        assert result.returncode == 1, (command, result.stderr)
+        assert f"error: the stored applied plan {stored} is damaged: malformed envelope" in result.stderr, command
+        assert "apply the controller's current signed plan again" in result.stderr and "internal" not in result.stderr
+    assert device.cli("device", "lock").returncode == 0, "locking needs no plan"
+    again = device.cli("device", "apply", str(signed), "--trust", str(device.trust))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert stored.read_bytes() == signed.read_bytes()
+    assert device.cli("device", "unlock").returncode == 0 and device.cli("device", "status").returncode == 0

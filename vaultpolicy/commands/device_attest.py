@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vaultpolicy import status_codes
-from vaultpolicy.errors import InputError
+from vaultpolicy.errors import InputError, PlanRejected
 
 
 def add_arguments(parser, key) -> None:
@@ -63,14 +63,18 @@ def _emit(args, data: bytes) -> None:
 def _applied_plan(state):
     """(plan, sha256) of the applied plan, or (None, None). It was verified when applied; the controller
     checks what the quote shows against its own copy of the plan."""
-    from compiler.plan import decode_plan
-    from compiler.signing import Envelope
+    from compiler.plan import PlanFormatError, decode_plan
+    from enforcer.unlock import stored_envelope
 
-    envelope = state.applied_envelope()
+    envelope = stored_envelope(state)
     if envelope is None:
         return None, None
     floor = state.floor()
-    return decode_plan(Envelope.from_bytes(envelope).payload), floor[1] if floor else None
+    try:
+        plan = decode_plan(envelope.payload)
+    except PlanFormatError as exc:
+        raise PlanRejected("unknown-schema", f"the stored applied plan {state.plan_path} is damaged: {exc}") from None
+    return plan, floor[1] if floor else None
 
 
 def _attested_pcrs(plan, name: str | None) -> tuple[str, tuple[int, ...]]:
@@ -106,18 +110,20 @@ def run(args) -> int:
     from enforcer.attest import AttestationTpm, identity_file, release_key_binding, resolve_device_id
     from enforcer.tcti import resolve_tcti
 
-    state.ensure()
-    tcti = resolve_tcti(args.tpm, state.root)
-    device_id = resolve_device_id(args.device_id, state.root)
     if action == "identity":
+        state.ensure()
+        tcti = resolve_tcti(args.tpm, state.root)
+        device_id = resolve_device_id(args.device_id, state.root)
         with AttestationTpm(tcti) as tpm:
             identity = tpm.identity(device_id)
         atomic_write(identity_file(state.root), json.dumps({"device_id": device_id}).encode())
         _emit(args, identity.to_bytes())
         return status_codes.SUCCESS
 
-    plan, plan_sha256 = _applied_plan(state)
+    plan, plan_sha256 = _applied_plan(state)  # before the TPM: no plan, no quote, and no swtpm started
     bank, pcrs = _attested_pcrs(plan, args.attestation)
+    tcti = resolve_tcti(args.tpm, state.root)
+    device_id = resolve_device_id(args.device_id, state.root)
     if action == "quote":
         with AttestationTpm(tcti) as tpm:
             identity = tpm.identity(device_id)
