@@ -41,3 +41,9 @@ class DeviceError(VaultpolicyError):
 
 class BackendUnavailable(DeviceError):
     """A kernel or TPM facility is missing (no fscrypt, no TPM, no swtpm binary)."""
+
+
+class UsageError(VaultpolicyError):
+    """The command line itself is wrong (a missing or impossible option), as argparse's own errors."""
+
+    exit_code = 64  # status_codes.USAGE: this module imports nothing from the project

@@ -84,3 +84,41 @@ def test_a_long_source_line_is_cut_around_the_span():
     source, caret = shown[3], shown[4]
     assert len(source) < 140 and source.startswith("1 | …x") and source.endswith("y…")
     assert source[caret.index("^")] == "@" and caret.count("^") == 1
+
+
+@pytest.mark.parametrize("options,message", [
+    ([], "error: no plan version\n"),
+    (["--plan-version", "0"], "error: --plan-version: 0 must be between 1 and "),
+    (["--plan-version", "1", "--valid-for", "10"], "error: --valid-for: `10` is not a duration\n"),
+    (["--plan-version", "1", "--valid-for", "0s"], "error: --valid-for: `0s` would make the plan expire"),
+    (["--plan-version", "1", "--issued-at", "yesterday"], "error: --issued-at: "),
+])
+def test_compile_options_it_cannot_take_are_usage_errors(tmp_path, options, message):
+    """`--plan-version abc` was 64 (argparse) while `--plan-version 0` or no version at all was 1."""
+    policy = tmp_path / "p.vpol"
+    policy.write_text("app a { vault images }\n")
+    code, _, err = _run("compile", policy, "-o", tmp_path / "plan.json", *options)
+    assert code == status_codes.USAGE and err.startswith(message), err
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_compile_plan_version_that_is_not_a_number_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compile", str(tmp_path / "p.vpol"), "--plan-version", "abc", "-o", str(tmp_path / "plan.json")])
+    assert exit_info.value.code == status_codes.USAGE
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_keygen_into_a_directory_says_so_up_front(tmp_path, force):
+    """It said "`/tmp` or `/tmp.pub` already exists; pass --force", then with --force "is a directory"."""
+    code, _, err = _run("keygen", "-o", tmp_path, *force)
+    assert code == status_codes.ERROR and err.startswith(f"error: `{tmp_path}` is a directory\n"), err
+    assert "--force" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_names_the_files_that_exist(tmp_path):
+    (tmp_path / "k.pub").write_text("old")
+    code, _, err = _run("keygen", "-o", tmp_path / "k")
+    assert code == status_codes.ERROR and err.startswith(f"error: `{tmp_path / 'k.pub'}` already exists\n")
+    assert (tmp_path / "k.pub").read_text() == "old" and not (tmp_path / "k").exists()

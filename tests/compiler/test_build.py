@@ -149,9 +149,9 @@ def test_plan_show_renders_a_summary(cli, tmp_path):
 
 def test_bad_options_are_clear_errors(cli, tmp_path):
     code, _, err = cli("compile", EXAMPLE, "-o", tmp_path / "p.json")
-    assert code == 1 and "--plan-version" in err
+    assert code == 64 and "--plan-version" in err
     code, _, err = cli("compile", EXAMPLE, "--plan-version", "1", "--valid-for", "soon", "-o", tmp_path / "p.json")
-    assert code == 1 and "`soon` is not a duration" in err
+    assert code == 64 and "--valid-for: `soon` is not a duration" in err
     code, _, err = cli("compile", tmp_path / "missing.vpol", "--plan-version", "1", "-o", tmp_path / "p.json")
     assert code == 1 and "missing.vpol" in err and "Traceback" not in err
 

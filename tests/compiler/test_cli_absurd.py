@@ -90,5 +90,5 @@ def test_compile_names_the_option_it_refuses(cli, files, option, value):
     if option != "--plan-version":
         line += ["--plan-version", "1"]
     code, _, err = cli(*line)
-    assert code == status_codes.ERROR and err.startswith("error: --") and option.split("-")[-1] in err
+    assert code == status_codes.USAGE and err.startswith("error: --") and option.split("-")[-1] in err
     assert not files["out"].exists()

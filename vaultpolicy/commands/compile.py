@@ -13,7 +13,7 @@ from compiler.files import load_plan, parse_duration, plan_payload, read_input, 
 from compiler.plan import encode_plan, parse_time, plan_digest
 from compiler.source import load_policy, print_diagnostics, source_sha256
 from vaultpolicy import status_codes
-from vaultpolicy.errors import InputError
+from vaultpolicy.errors import InputError, UsageError
 
 
 def add_arguments(parser, key) -> None:
@@ -36,18 +36,21 @@ def _issued_at(text: str | None) -> datetime:
     try:
         return parse_time(text)
     except ValueError as exc:
-        raise InputError(f"--issued-at: {exc}") from None
+        raise UsageError(f"--issued-at: {exc}") from None
 
 
 def _valid_for(text: str, issued_at: datetime) -> int:
-    seconds = parse_duration(text)
+    try:
+        seconds = parse_duration(text)
+    except InputError as exc:
+        raise UsageError(f"--valid-for: {exc.message}", hint=exc.hint) from None
     if seconds <= 0:
-        raise InputError(f"--valid-for: `{text}` would make the plan expire as it is issued",
+        raise UsageError(f"--valid-for: `{text}` would make the plan expire as it is issued",
                          hint="give a positive duration, e.g. `30d`")
     try:
         issued_at + timedelta(seconds=seconds)
     except OverflowError:
-        raise InputError(f"--valid-for: `{text}` after --issued-at {issued_at:%Y-%m-%dT%H:%M:%SZ} ends after the year 9999",
+        raise UsageError(f"--valid-for: `{text}` after --issued-at {issued_at:%Y-%m-%dT%H:%M:%SZ} ends after the year 9999",
                          hint="give a shorter duration or an earlier --issued-at") from None
     return seconds
 
@@ -56,20 +59,27 @@ def _targets(values: list[str]) -> tuple[str, ...]:
     for target in values:
         name = target.removeprefix("class:")
         if not name.strip() or name != name.strip():
-            raise InputError(f"--target: `{target}` is not a device id or `class:NAME`",
+            raise UsageError(f"--target: `{target}` is not a device id or `class:NAME`",
                              hint="a target is a non-empty name without surrounding spaces")
     return tuple(values)
+
+
+def _check_plan_version(args) -> None:
+    if args.plan_version is None and args.prev is None:
+        raise UsageError("no plan version", hint="pass --plan-version N, or --prev PLAN to use one above it")
+    if args.plan_version is not None and not 1 <= args.plan_version <= _MAX_PLAN_VERSION:
+        raise UsageError(f"--plan-version: {args.plan_version} must be between 1 and {_MAX_PLAN_VERSION}")
 
 
 def _versions(args) -> tuple[int, str | None]:
     """The plan version and the previous plan's digest."""
     if args.prev is None:
-        if args.plan_version is None:
-            raise InputError("no plan version", hint="pass --plan-version N, or --prev PLAN to use one above it")
         return args.plan_version, None
     payload = plan_payload(read_input(args.prev, "previous plan"), args.prev)
     previous = load_plan(payload, args.prev)
     version = args.plan_version if args.plan_version is not None else previous.plan_version + 1
+    if version > _MAX_PLAN_VERSION:
+        raise InputError(f"the previous plan's version {previous.plan_version} is the largest a plan can have")
     if version <= previous.plan_version:
         raise InputError(
             f"plan version {version} is not above the previous plan's {previous.plan_version}",
@@ -79,12 +89,12 @@ def _versions(args) -> tuple[int, str | None]:
 
 
 def run(args) -> int:
-    version, prev_digest = _versions(args)
-    if not 1 <= version <= _MAX_PLAN_VERSION:
-        raise InputError(f"--plan-version: {version} must be between 1 and {_MAX_PLAN_VERSION}")
+    # The options first: a wrong command line is a usage error (64) before any file is read.
+    _check_plan_version(args)
     issued_at = _issued_at(args.issued_at)
     valid_for = _valid_for(args.valid_for, issued_at)
     targets = _targets(args.target)
+    version, prev_digest = _versions(args)
     policy, sources, diagnostics, parses = load_policy(args.file)
     if policy is None or diagnostics.has_errors():
         print_diagnostics(diagnostics, sources)

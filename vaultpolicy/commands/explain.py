@@ -23,6 +23,12 @@ def run(args) -> int:
     if code.isdigit():
         code = f"VP{code.zfill(4)}"
     info = codes.get(code)
+    starting = [c for c in codes.values() if c.code.startswith(code)] if re.fullmatch(r"VP\d{0,3}", code) else []
+    if info is None and starting:  # a part of a code (`VP05`) is a question too: list the codes it starts
+        print(f"codes starting with `{code}`:")
+        for each in starting:
+            print(f"  {each.code}  {each.title}")
+        return status_codes.SUCCESS
     if info is None:
         raise InputError(f"unknown diagnostic code `{args.code}`", _suggestion(code, sorted(codes)))
     example = textwrap.indent(info.example, "    ")
@@ -31,11 +37,7 @@ def run(args) -> int:
 
 
 def _suggestion(code: str, known: list[str]) -> str:
-    """A part of a code (`VP05`) lists the codes it starts; a whole one names the nearest codes."""
-    if re.fullmatch(r"VP\d{0,3}", code):
-        starting = [k for k in known if k.startswith(code)]
-        if starting:
-            return f"codes starting with `{code}`: {_as_ranges(starting)}"
+    """The nearest codes to a mistyped one, or the codes that exist."""
     edits = {k: _edit_distance(code, k) for k in known if len(k) == len(code)}
     fewest = min(edits.values(), default=_MAX_TYPO_EDITS + 1)
     if fewest <= _MAX_TYPO_EDITS:
