@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import compiler
@@ -89,10 +91,22 @@ app cam { vault images protection end_to_ned }
 """
 
 
+FIVE_AT = [("VP0005", 2, 3), ("VP0010", 4, 24), ("VP0011", 5, 27), ("VP0012", 7, 11), ("VP0014", 9, 35)]
+
+
 def test_five_independent_errors_are_all_reported(lang):
-    errors = lang.errors(FIVE_ERRORS)
-    assert [lang.where(d) for d in errors] == [
-        ("VP0005", 2, 3), ("VP0010", 4, 24), ("VP0011", 5, 27), ("VP0012", 7, 11), ("VP0014", 9, 35)]
+    assert [lang.where(d) for d in lang.errors(FIVE_ERRORS)] == FIVE_AT
+
+
+def test_check_reports_the_five_errors_and_nothing_else(lang, tmp_path):
+    """Through the command a user runs: the compiler's rules run on what parsed and must add nothing."""
+    policy = tmp_path / "five.vpol"
+    policy.write_text(FIVE_ERRORS)
+    code, out, _ = lang.cli("check", "--format", "json", policy)
+    found = [(d["code"], d["span"]["line"], d["span"]["column"]) for d in json.loads(out)["diagnostics"]]
+    assert (code, found) == (1, FIVE_AT)
+    code, _, err = lang.cli("check", policy)
+    assert code == 1 and err.count("error[") == 5 and err.endswith("check: 5 errors, 0 warnings in 1 file\n")
 
 
 def test_several_broken_settings_in_one_block_each_report_once(lang):

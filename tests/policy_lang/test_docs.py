@@ -1,4 +1,5 @@
-"""Issue 3, "Must show" 4: every ```vpol block of docs/language.md parses, so docs follow the grammar."""
+"""Issue 3, "Must show" 4: every ```vpol block of docs/language.md and of the README parses, so the
+docs follow the grammar."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ from pathlib import Path
 
 import pytest
 
+import compiler
+
 from policy_lang import format_text, parse_text
 from policy_lang.codes import all_codes
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "language.md"
-BLOCKS = re.findall(r"^```vpol\n(.*?)^```$", DOC.read_text(), flags=re.M | re.S)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def vpol_blocks(doc: Path) -> list[str]:
+    return re.findall(r"^```vpol\n(.*?)^```$", doc.read_text(), flags=re.M | re.S)
+
+
+BLOCKS = vpol_blocks(REPO / "docs" / "language.md")
+README_BLOCKS = vpol_blocks(REPO / "README.md")
 
 
 def test_the_reference_has_examples():
@@ -24,6 +34,15 @@ def test_doc_example_parses_cleanly_and_formats(block):
     assert not diagnostics, diagnostics
     assert policy.items
     assert parse_text(format_text(block), "docs/language.md")[0] == policy
+
+
+def test_the_readme_language_screen_parses_checks_cleanly_and_formats():
+    assert README_BLOCKS, "README.md's language in one screen is a ```vpol block"
+    for block in README_BLOCKS:
+        policy, diagnostics = parse_text(block, "README.md")
+        assert not diagnostics, diagnostics
+        assert not compiler.check(policy).errors()
+        assert parse_text(format_text(block), "README.md")[0] == policy
 
 
 def test_every_keyword_appears_in_a_doc_example():
