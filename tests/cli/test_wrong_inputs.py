@@ -116,9 +116,3 @@ def test_keygen_into_a_directory_says_so_up_front(tmp_path, force):
     assert "--force" not in err
     assert list(tmp_path.iterdir()) == []
 
-
-def test_keygen_names_the_files_that_exist(tmp_path):
-    (tmp_path / "k.pub").write_text("old")
-    code, _, err = _run("keygen", "-o", tmp_path / "k")
-    assert code == status_codes.ERROR and err.startswith(f"error: `{tmp_path / 'k.pub'}` already exists\n")
-    assert (tmp_path / "k.pub").read_text() == "old" and not (tmp_path / "k").exists()

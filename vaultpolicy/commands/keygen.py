@@ -22,10 +22,8 @@ def run(args) -> int:
     for path in (private_path, public_path):
         if os.path.isdir(path):  # --force cannot replace a directory with a key
             raise InputError(f"`{path}` is a directory", hint="name a file for the key; KEY.pub is written next to it")
-    existing = [path for path in (private_path, public_path) if os.path.exists(path)]
-    if existing and not args.force:
-        names = " and ".join(f"`{path}`" for path in existing)
-        raise InputError(f"{names} already exist{'s' if len(existing) == 1 else ''}", hint="pass --force to replace the key")
+    if not args.force and (private_path.exists() or public_path.exists()):
+        raise InputError(f"`{private_path}` or `{public_path}` already exists", hint="pass --force to replace the key")
     key = generate_key()
     write_output(private_path, private_key_pem(key), mode=0o600)
     write_output(public_path, public_key_pem(key.public_key()))
