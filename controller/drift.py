@@ -66,6 +66,7 @@ class DeviceSummary:
     fresh: bool
     drifting: list[VaultReport]
     ready: int
+    retained: list[VaultReport] = field(default_factory=list)  # Orphaned: left the plan with `retain`, not drift
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ def summarise(verified: list[VerifiedReport], rejected: list[tuple[str, str]]) -
             generated_at=v.report.generated_at,
             fresh=v.fresh,
             drifting=v.report.drifting,
-            ready=len(v.report.vaults) - len(v.report.drifting),
+            ready=len(v.report.vaults) - len(v.report.drifting) - len(v.report.retained),
+            retained=v.report.retained,
         )
         for v in sorted(verified, key=lambda v: v.report.device_id)
     ]

@@ -13,11 +13,13 @@ Signing: the report's canonical bytes (RFC 8785) are hashed into a TPM2_Quote's 
 The signed report ("vaultpolicy.signed-report.v1") holds the exact report bytes and the quote, so an
 edited report no longer matches the quote, and a report from another TPM fails the enrolled key.
 
-Condition precedence (the first that applies): Orphaned (managed but no longer in the plan) →
+Condition precedence (the first that applies): Orphaned (managed but no longer in the plan, kept
+locked as `retain` says; Drifted when its key is in the kernel or its record says `destroy`) →
 Disabled (an encrypted vault's path holds plaintext: S5, loudly) → Drifted (path, policy, seal or
 limit differ from the plan) → Locked (key not in the kernel; the reason names PCRs that changed) →
 Ready. A vault that would be Ready but whose attestation requires escrow the controller has not yet
-acknowledged is Drifted with reason `escrow-missing` (S9).
+acknowledged is Drifted with reason `escrow-missing` (S9). Ready and Orphaned are what the plan asked
+for; every other condition is drift (`Report.drifting`: `device report` exits 3).
 """
 
 from __future__ import annotations
@@ -101,7 +103,13 @@ class Report(ReportModel):
 
     @property
     def drifting(self) -> list[VaultReport]:
-        return [v for v in self.vaults if v.condition != "Ready"]
+        """Vaults not as the plan wants them. Orphaned is what a plan asks with `retain` (the vault left the
+        plan, its data kept, locked): it is listed as retained, never as drift (`device status` agrees)."""
+        return [v for v in self.vaults if v.condition not in ("Ready", "Orphaned")]
+
+    @property
+    def retained(self) -> list[VaultReport]:
+        return [v for v in self.vaults if v.condition == "Orphaned"]
 
 
 def report_schema() -> dict:
@@ -121,8 +129,15 @@ def load_report(data: bytes, source: str = "report") -> Report:
 # --- the pure part: one vault's condition -----------------------------------------------------------
 
 
-def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool) -> tuple[Condition, str, str]:
+def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool,
+                    on_remove: str = "retain") -> tuple[Condition, str, str]:
+    """`on_remove`: for a vault no longer in the plan, what its record says to do with it."""
     if wanted is None:
+        if on_remove == "destroy":
+            return "Drifted", "destroy-pending", "the plan destroys this vault; it is still there (`device apply` destroys it)"
+        if seen.key_status is KeyStatus.PRESENT:
+            return "Drifted", "retained-unlocked", ("the plan retains this vault locked, but its key is in the kernel "
+                                                    "(`device apply` or `device lock` removes it)")
         return "Orphaned", "removed-from-plan", "the plan no longer has this vault; its data is retained, locked"
     encrypted = wanted.encryption != "none"
     if seen.path_state is PathState.MISSING:
@@ -169,7 +184,9 @@ def build_report(
     vaults = []
     for name, seen in sorted(observed.vaults.items()):
         wanted = plan.vault(name) if plan else None
-        condition, reason, message = vault_condition(wanted, seen, name in observed.records)
+        record = observed.records.get(name)
+        condition, reason, message = vault_condition(wanted, seen, record is not None,
+                                                     record.on_remove if record else "retain")
         escrow_required = bool(wanted and wanted.seal and wanted.seal.attestation in requiring)
         escrow = escrow_state(state.root, name)
         if escrow_required and escrow != "acknowledged" and condition == "Ready":

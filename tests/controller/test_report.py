@@ -42,7 +42,8 @@ def seen(**changes) -> ObservedVault:
     "wanted, observed, expected",
     [
         (vault(), seen(), ("Ready", "ready")),
-        (None, seen(), ("Orphaned", "removed-from-plan")),
+        (None, seen(key_status=KeyStatus.ABSENT), ("Orphaned", "removed-from-plan")),
+        (None, seen(), ("Drifted", "retained-unlocked")),
         (vault(), seen(policy=None, empty=False, mounted=False), ("Disabled", "plaintext-directory")),
         (vault(), seen(path_state=PathState.MISSING), ("Drifted", "path-missing")),
         (vault(), seen(path_state=PathState.SYMLINK_IN_PATH), ("Drifted", "path-not-directory")),
@@ -59,6 +60,28 @@ def test_vault_condition(wanted, observed, expected):
     assert (condition, reason) == expected
     if reason == "pcr-mismatch":
         assert "sha256:7" in message
+
+
+def test_a_vault_left_with_destroy_and_still_there_is_drift():
+    assert vault_condition(None, seen(key_status=KeyStatus.ABSENT), True, "destroy")[:2] == ("Drifted", "destroy-pending")
+
+
+def test_retained_vaults_are_listed_but_are_not_drift():
+    from controller.drift import VerifiedReport
+
+    retained = locked_report("gw-1").vaults[0].model_copy(update={
+        "name": "old", "condition": "Orphaned", "reason": "removed-from-plan", "mismatching_pcrs": [],
+        "message": "the plan no longer has this vault; its data is retained, locked"})
+    ready = retained.model_copy(update={"name": "config", "condition": "Ready", "reason": "ready", "message": "ok"})
+    report = locked_report("gw-1").model_copy(update={"vaults": [ready, retained]})
+    assert report.drifting == [] and report.retained == [retained]
+    summary = summarise([VerifiedReport(report, False, {}, "sha256")], [])
+    assert summary.drifting_devices == [] and summary.devices[0].ready == 1
+    text = render(summary, "text")
+    assert "0 drifting" in text and "all 1 vault(s) Ready, 1 retained" in text
+    assert "old: retained, not drift (Orphaned, removed-from-plan)" in text
+    assert "| gw-1 | 3 | old | Orphaned (retained, not drift) | removed-from-plan |" in render(summary, "markdown")
+    assert "<td>Orphaned (retained, not drift)</td>" in render(summary, "html")
 
 
 def test_published_schema_is_the_models_schema():

@@ -1,0 +1,56 @@
+"""A vault that left the plan with `retain` is what the plan asked for: `device status`, `device report`
+and `controller drift` agree that the device does not drift, and list it as retained (real swtpm and
+loop-mounted ext4, through the CLI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from enforcer import fscrypt
+from enforcer.report import split_signed_report
+from enforcer.state import StateDir
+from enforcer.tpm import SealedBlob, Tpm
+from vp_helpers import REPO, make_plan, vault
+
+pytestmark = pytest.mark.device
+
+
+def vaultpolicy(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vaultpolicy", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_a_retained_vault_is_not_drift_in_status_report_or_the_fleet(device):
+    assert device.apply(make_plan([vault("config"), vault("old")])).returncode == 0
+    (device.path("/persist/vault/old") / "kept.txt").write_text("kept")
+    assert device.apply(make_plan([vault("config")], version=2)).returncode == 0
+
+    status = device.cli("device", "status", "--json")
+    assert status.returncode == 0, status.stdout
+    assert {v["vault"]: (v["state"], v["matches"]) for v in json.loads(status.stdout)["vaults"]} == \
+        {"config": ("unlocked", True), "old": ("orphaned", True)}
+
+    store = ["--store", str(device.work / "controller.db")]
+    attest = ["--state-dir", str(device.state), "--tpm", device.tcti, "--device-id", "gw-1"]
+    identity = vaultpolicy("device", "identity", *attest, "-o", str(device.work / "identity.json"))
+    assert identity.returncode == 0, identity.stderr
+    assert vaultpolicy("controller", "enroll", str(device.work / "identity.json"), *store).returncode == 0
+    report = vaultpolicy("device", "report", "--root", str(device.root), *attest, "-o", str(device.work / "report.json"))
+    assert report.returncode == 0, report.stderr
+    signed = (device.work / "report.json").read_bytes()
+    vaults = {v["name"]: v["condition"] for v in json.loads(split_signed_report(signed)[0])["vaults"]}
+    assert vaults == {"config": "Ready", "old": "Orphaned"}
+    fleet = vaultpolicy("controller", "drift", str(device.work / "report.json"), *store)
+    assert fleet.returncode == 0, fleet.stdout + fleet.stderr
+    assert "1 device(s) verified, 0 drifting" in fleet.stdout and "old: retained, not drift" in fleet.stdout
+
+    # its key back in the kernel is not what `retain` asked: both say drift
+    sealed = StateDir(device.state).sealed("old")
+    with Tpm(device.tcti) as tpm:
+        key = tpm.unseal(SealedBlob.from_json(json.dumps(sealed["blob"])))
+    fscrypt.add_key(str(device.path("/persist")), key)
+    assert device.cli("device", "status").returncode == 3
+    assert vaultpolicy("device", "report", "--root", str(device.root), *attest).returncode == 3
