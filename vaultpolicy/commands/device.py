@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     if command == "apply":
         parser.add_argument("--device-id", metavar="ID", help="this device's id, matched against the plan's targets")
+    if command == "lock":
+        parser.add_argument("--stop-tpm", action="store_true", help="then stop the embedded swtpm of the state dir "
+                            "if one runs (as a shutdown does: its PCRs reset when it starts again)")
     if command == "unlock":
         parser.add_argument("--release", metavar="FILE", help="unlock with the keys of a `vaultpolicy controller "
                             "release` file instead of the sealed ones, and re-seal them to the current PCRs")
@@ -327,9 +330,14 @@ def _unlock(args, state, root) -> int:
 
 
 def _lock(args, state, root) -> int:
+    from enforcer.tcti import stop_embedded
     from enforcer.unlock import lock_all
 
-    return _results(args, "lock", lock_all(state, root), ok=("locked",))
+    code = _results(args, "lock", lock_all(state, root), ok=("locked",))
+    if args.stop_tpm:  # after the keys are out: the embedded swtpm outlives every other command
+        stopped = stop_embedded(state.root)
+        print("embedded swtpm stopped" if stopped else "no embedded swtpm was running", file=sys.stderr)
+    return code
 
 
 def _results(args, verb: str, results, ok: tuple[str, ...], recovered: list[str] | None = None) -> int:

@@ -1,0 +1,54 @@
+"""The default TPM: with no --tpm and no /dev/tpmrm0, the device commands start one swtpm of their own
+under the state dir, keep it running between commands and stop it on `device lock --stop-tpm` (real
+swtpm and loop-mounted ext4, through the CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from enforcer import tcti
+from vp_helpers import REPO, make_plan, vault
+
+pytestmark = pytest.mark.device
+
+
+def test_apply_status_unlock_lock_on_the_embedded_swtpm(device):
+    if os.path.exists(tcti.TPMRM_DEVICE):
+        pytest.skip(f"{tcti.TPMRM_DEVICE} exists: without --tpm the device commands use it, not an embedded swtpm")
+    options = ["--state-dir", str(device.state), "--root", str(device.root)]  # no --tpm
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vaultpolicy", "device", *args, *options], capture_output=True,
+                              text=True, cwd=REPO)
+
+    try:
+        # nothing measures a boot into the embedded swtpm: its PCRs are zero, so sealing needs the allowance
+        refused = cli("apply", str(device.sign(make_plan([vault("config")]))), "--trust", str(device.trust))
+        assert refused.returncode == 1 and "is all zero: the boot was not measured" in refused.stdout
+        instance = json.loads((device.state / "swtpm" / "instance.json").read_text())
+        plan = make_plan([vault("config"), vault("img", limit=8 << 20)], version=2, allow_unmeasured_boot=True)
+        applied = cli("apply", str(device.sign(plan)), "--trust", str(device.trust))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert json.loads((device.state / "swtpm" / "instance.json").read_text()) == instance, "the same swtpm serves"
+        (device.path("/persist/vault/config") / "f").write_text("kept")
+        assert cli("status").returncode == 0
+        assert cli("lock").returncode == 0
+        assert not (device.path("/persist/vault/config") / "f").exists()
+        unlocked = cli("unlock", "--json")
+        assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+        assert {r["vault"]: r["outcome"] for r in json.loads(unlocked.stdout)["unlock"]} == \
+            {"config": "unlocked", "img": "unlocked"}
+        assert (device.path("/persist/vault/config") / "f").read_text() == "kept"
+        assert os.path.exists(f"/proc/{instance['pid']}"), "it keeps running after the command"
+        stopped = cli("lock", "--stop-tpm")
+        assert stopped.returncode == 0 and "embedded swtpm stopped" in stopped.stderr
+        assert not tcti._running(instance["pid"]) and not (device.state / "swtpm" / "instance.json").exists()
+        # a new instance is a reboot: PCRs reset, the sealing seed kept; the keys unseal again
+        assert cli("unlock").returncode == 0 and (device.path("/persist/vault/config") / "f").read_text() == "kept"
+    finally:
+        tcti.stop_embedded(device.state)
