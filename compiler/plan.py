@@ -2,8 +2,10 @@
 
 An import leaf (pydantic and rfc8785 only; no lark, no jinja2) so the device can load plans without
 the compiler. The in-memory `Plan` and its encoded form are kept apart: `encode_plan` gives the
-canonical RFC 8785 bytes that get signed and stored; `decode_plan` reads them back. No floats
-anywhere: sizes in bytes, durations in seconds, times as RFC 3339 UTC strings.
+canonical RFC 8785 bytes that get signed and stored; `decode_plan` reads them back, strictly (S12):
+every value has its JSON type (no `"16777216"` for a number, no `0` for false, no `3.0` for 3), no
+field is repeated, and the plan is consistent in what a device relies on (`inconsistencies`). No
+floats anywhere: sizes in bytes, durations in seconds, times as RFC 3339 UTC strings.
 
 Field use (terraform's rule for plan fields): `reason`-like text fields (`note`) are for people and
 must never drive a decision on the device.
@@ -13,11 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .pathutil import is_inside, is_normalized
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_MAJOR = 1
@@ -26,10 +32,16 @@ SCHEMA_MAJOR = 1
 # smaller one with a journal leaves almost no room. The compiler refuses smaller limits (VP0403)
 # so a plan never asks for what the device must refuse.
 MIN_VAULT_LIMIT_BYTES = 8 * 1024 * 1024
+# RFC 8785 numbers are IEEE doubles: integers are exact only up to 2**53 - 1.
+MAX_EXACT_INT = 2**53 - 1
+MAX_PCR = 23
+NEVER_SEALED_PCR = 5  # measures the GPT, which flips on every A/B update
+BANK_DIGEST_BYTES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 
 Encryption = Literal["aes-256-xts", "adiantum", "none"]
 OnRemove = Literal["retain", "destroy"]
 PcrBank = Literal["sha1", "sha256", "sha384", "sha512"]
+Count = Annotated[int, Field(ge=0, le=MAX_EXACT_INT)]
 
 
 class PlanModel(BaseModel):
@@ -48,8 +60,8 @@ class Vault(PlanModel):
     name: str
     path: str  # absolute, normalized, inside the device's persist root
     encryption: Encryption
-    limit_bytes: int = Field(ge=0)
-    rotate_seconds: int | None = None
+    limit_bytes: Count
+    rotate_seconds: Annotated[int, Field(ge=1, le=MAX_EXACT_INT)] | None = None
     seal: Seal | None = None  # None exactly when encryption is "none"
     on_remove: OnRemove
     protected: bool = False
@@ -87,8 +99,8 @@ class Attestation(PlanModel):
 
 class Device(PlanModel):
     persist: str
-    capacity_bytes: int | None = None
-    reserve_bytes: int = 0
+    capacity_bytes: Count | None = None
+    reserve_bytes: Count = 0
     tpm_required: bool = True
     bank: PcrBank = "sha256"
     allow_unmeasured_boot: bool = False  # simulators only: permit sealing while PCR 0 and 4 are zero
@@ -97,7 +109,7 @@ class Device(PlanModel):
 
 class Plan(PlanModel):
     schema_version: str = SCHEMA_VERSION
-    plan_version: int = Field(ge=1)
+    plan_version: int = Field(ge=1, le=MAX_EXACT_INT)
     issued_at: str
     expires: str
     source_sha256: str
@@ -140,28 +152,195 @@ def encode_plan(plan: Plan) -> bytes:
     return rfc8785.dumps(plan.model_dump(mode="json"))
 
 
+class PlanInconsistent(PlanFormatError):
+    """The plan has the schema's shape but contradicts itself where a device relies on it: a name
+    twice, a reference to nothing, an end-to-end app on a plain vault, PCR 5 sealed, ..."""
+
+
 def decode_plan(payload: bytes) -> Plan:
+    """The plan in `payload`, read strictly; PlanFormatError says what is wrong, naming the field."""
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, object_pairs_hook=_object_without_repeats)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PlanFormatError(f"plan is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise PlanFormatError("plan is not a JSON object")
     if data.get("schema_version") is None:
         raise PlanFormatError("not a vaultpolicy plan: it has no `schema_version`")
-    major = str(data["schema_version"]).split(".")[0]
-    if major != str(SCHEMA_MAJOR):
+    version = data["schema_version"]
+    if not isinstance(version, str) or version.split(".")[0] != str(SCHEMA_MAJOR):
         raise PlanFormatError(
-            f"plan schema version `{data['schema_version']}` is not supported (this device knows {SCHEMA_MAJOR}.x)"
+            f"plan schema version `{json.dumps(version)}` is not supported (this device knows {SCHEMA_MAJOR}.x)"
         )
     try:
-        return Plan.model_validate(data)
+        plan = Plan.model_validate_json(payload, strict=True)  # JSON types as they are: no coercion
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = _field_named(first["loc"], data)
         if first["type"] == "missing":
-            raise PlanFormatError(f"plan has no `{where}` field") from None
-        raise PlanFormatError(f"plan field `{where}`: {first['msg']}") from None
+            raise PlanFormatError(f"plan has no {where} field") from None
+        message = first["msg"][:1].lower() + first["msg"][1:]
+        got = json.dumps(first.get("input"))
+        shown = f", not `{got}`" if not isinstance(first.get("input"), (dict, list)) and len(got) <= 40 else ""
+        raise PlanFormatError(f"plan field {where}: {message}{shown}") from None
+    for problem in inconsistencies(plan):
+        raise PlanInconsistent(f"plan is inconsistent: {problem}")
+    return plan
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose every field is named once: with a repeat, readers disagree on its value."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise PlanFormatError(f"plan gives the field `{repeated}` twice in one object")
+    return obj
+
+
+def _field_named(loc: tuple, data: dict) -> str:
+    """`` `vaults.3.limit_bytes` (vault `data`) ``: the dotted path, and the thing's name where it has one."""
+    where = f"`{'.'.join(str(part) for part in loc)}`"
+    if len(loc) >= 2 and loc[0] in _NAMED and isinstance(loc[1], int):
+        try:
+            name = data[loc[0]][loc[1]]["name"]
+        except (KeyError, IndexError, TypeError):
+            name = None
+        if isinstance(name, str):
+            return f"{where} ({_NAMED[loc[0]]} `{name}`)"
+    return where
+
+
+_NAMED = {"vaults": "vault", "apps": "app", "components": "component", "attestations": "attestation"}
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def inconsistencies(plan: Plan) -> Iterator[str]:
+    """What in `plan` contradicts itself or the device's rules, in words (the compiler never writes
+    such a plan; a plan made or edited elsewhere may be one)."""
+    for kind, items in (("vault", plan.vaults), ("app", plan.apps), ("component", plan.components),
+                        ("attestation", plan.attestations)):
+        yield from _repeated_names(kind, [item.name for item in items])
+    yield from _repeated_names("protected vault", list(plan.protected))
+    yield from _repeated_names("target", list(plan.targets))
+    for target in plan.targets:
+        if not target.removeprefix("class:").strip() or _CONTROL.search(target):
+            yield f"target `{_shown(target)}` is not a device id or `class:NAME`"
+    if parse_time(plan.expires) <= parse_time(plan.issued_at):
+        yield f"it expires ({plan.expires}) no later than it is issued ({plan.issued_at})"
+    for field, digest in (("source_sha256", plan.source_sha256), ("prev_plan_sha256", plan.prev_plan_sha256)):
+        if digest is not None and not _SHA256_HEX.fullmatch(digest):
+            yield f"`{field}` is not a SHA-256 digest in lower-case hex"
+    yield from _device_problems(plan)
+    attestations = {a.name: a for a in plan.attestations}
+    for attestation in plan.attestations:
+        yield from _attestation_problems(attestation)
+    vaults = {v.name: v for v in plan.vaults}
+    for vault in plan.vaults:
+        yield from _vault_problems(vault, plan, attestations)
+    yield from _overlapping_vaults(plan.vaults)
+    for app in plan.apps:
+        vault = vaults.get(app.vault) if app.vault is not None else None
+        if app.vault is not None and vault is None:
+            yield f"app `{app.name}` uses vault `{app.vault}`, which the plan does not have"
+        elif app.end_to_end and (vault is None or vault.seal is None):
+            yield f"app `{app.name}` is end-to-end but its vault {f'`{vault.name}` is not encrypted' if vault else 'is none'}"
+    for component in plan.components:
+        for store in component.stores:
+            if _bad_path(store.path):
+                yield f"component `{component.name}` stores `{_shown(store.path)}`, which is not an absolute normalized path"
+            if store.vault is not None and store.vault not in vaults:
+                yield f"component `{component.name}` stores `{store.path}` in vault `{store.vault}`, which the plan does not have"
+
+
+def _repeated_names(kind: str, names: list[str]) -> Iterator[str]:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            yield f"it lists {kind} `{name}` twice"
+        seen.add(name)
+
+
+def _shown(path: str) -> str:
+    return json.dumps(path, ensure_ascii=False)[1:-1]  # control characters as escapes, on one line
+
+
+def _bad_path(path: str) -> bool:
+    return not path.startswith("/") or not is_normalized(path) or bool(_CONTROL.search(path))
+
+
+def _device_problems(plan: Plan) -> Iterator[str]:
+    device = plan.device
+    if _bad_path(device.persist) or device.persist == "/":
+        yield f"persist root `{_shown(device.persist)}` is not an absolute normalized directory below `/`"
+    if device.capacity_bytes is not None:
+        total = sum(v.limit_bytes for v in plan.vaults) + device.reserve_bytes
+        if total > device.capacity_bytes:
+            yield f"vault limits plus the reserve ({total} bytes) exceed the capacity ({device.capacity_bytes} bytes)"
+    # The key's own form is checked where it is used (enforcer.escrow.load_escrow_public).
+    required = next((a.name for a in plan.attestations if a.escrow_required), None)
+    if required is not None and device.escrow_public_key is None:
+        yield f"attestation `{required}` requires escrow but the device has no `escrow_public_key`"
+
+
+def _pcr_problems(owner: str, pcrs: tuple[int, ...]) -> Iterator[str]:
+    for pcr in pcrs:
+        if not 0 <= pcr <= MAX_PCR:
+            yield f"{owner} lists PCR {pcr}, which does not exist (PCRs are 0 to {MAX_PCR})"
+        elif pcr == NEVER_SEALED_PCR:
+            yield f"{owner} lists PCR 5, which flips on every A/B update"
+    if list(pcrs) != sorted(set(pcrs)):
+        yield f"{owner} lists PCRs {list(pcrs)}, not in ascending order without repeats"
+
+
+def _attestation_problems(attestation: Attestation) -> Iterator[str]:
+    owner = f"attestation `{attestation.name}`"
+    yield from _pcr_problems(owner, attestation.pcrs)
+    digest_hex = re.compile(f"[0-9a-f]{{{BANK_DIGEST_BYTES[attestation.bank] * 2}}}")
+    for pcr, values in attestation.allowed.items():
+        if not pcr.isdigit() or int(pcr) not in attestation.pcrs or str(int(pcr)) != pcr:
+            yield f"{owner} allows values for PCR `{pcr}`, which it does not list"
+        for value in values:
+            if not digest_hex.fullmatch(value):
+                yield f"{owner} allows `{_shown(value)[:80]}` for PCR {pcr}, which is not a lower-case {attestation.bank} digest"
+    yield from _repeated_names(f"{owner}'s `on_failure`", list(attestation.on_failure))
+
+
+def _vault_problems(vault: Vault, plan: Plan, attestations: dict[str, Attestation]) -> Iterator[str]:
+    owner = f"vault `{vault.name}`"
+    persist = plan.device.persist
+    if _bad_path(vault.path):
+        yield f"{owner} has path `{_shown(vault.path)}`, which is not an absolute normalized path"
+    elif not is_inside(vault.path, persist) or vault.path == persist:
+        yield f"{owner} at `{vault.path}` is not below the persist root `{persist}`"
+    for held in vault.holds:
+        if _bad_path(held) or not is_inside(held, vault.path):
+            yield f"{owner} holds `{_shown(held)}`, which is not a directory inside its path"
+    if (vault.encryption == "none") != (vault.seal is None):
+        yield f"{owner} has encryption `{vault.encryption}` and {'a seal' if vault.seal else 'no seal'}: a vault is sealed exactly when encrypted"
+    if vault.seal is not None:
+        yield from _pcr_problems(owner, vault.seal.pcrs)
+        if vault.seal.attestation is not None:
+            attestation = attestations.get(vault.seal.attestation)
+            if attestation is None:
+                yield f"{owner} is sealed to attestation `{vault.seal.attestation}`, which the plan does not have"
+            elif (attestation.bank, attestation.pcrs) != (vault.seal.bank, vault.seal.pcrs):
+                yield (f"{owner} is sealed to {vault.seal.bank} PCRs {list(vault.seal.pcrs)}, but its attestation "
+                       f"`{attestation.name}` lists {attestation.bank} PCRs {list(attestation.pcrs)}")
+
+
+def _overlapping_vaults(vaults: tuple[Vault, ...]) -> Iterator[str]:
+    """Sorted by path components, a nested path follows its ancestor: one pass with a stack."""
+    well_formed = sorted((v for v in vaults if not _bad_path(v.path)), key=lambda v: v.path.split("/"))
+    stack: list[Vault] = []
+    for vault in well_formed:
+        while stack and not is_inside(vault.path, stack[-1].path):
+            stack.pop()
+        if stack:
+            relation = "shares the directory of" if vault.path == stack[-1].path else "lies inside"
+            yield f"vault `{vault.name}` at `{vault.path}` {relation} vault `{stack[-1].name}` (`{stack[-1].path}`)"
+        stack.append(vault)
 
 
 def plan_digest(payload: bytes) -> str:

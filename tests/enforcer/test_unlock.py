@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from enforcer.state import StateDir
+from vaultpolicy.errors import DeviceError
 from vp_helpers import REPO, app, make_plan, mounts_under, vault
 
 pytestmark = pytest.mark.device
@@ -113,26 +114,83 @@ def test_gate_releases_an_app_only_with_its_vault_unlocked(device):
 
 
 def test_gate_never_releases_an_end_to_end_app_on_an_unencrypted_vault(device):
-    # the compiler refuses such a policy (VP0302); a plan made otherwise, and signed, must not pass either
+    # the compiler refuses such a policy (VP0302); a plan made otherwise, and signed, must not pass either:
+    # the device refuses to apply it (compiler.plan.decode_plan checks what the device relies on)
     plan = make_plan([vault("open", encryption="none")], apps=[app("historian", "open", end_to_end=True),
                                                                app("viewer", "open")])
-    assert device.apply(plan).returncode == 0
+    refused = device.apply(plan)
+    assert refused.returncode == 1, refused.stdout
+    assert "app `historian` is end-to-end but its vault `open` is not encrypted" in refused.stderr
     closed = device.cli("device", "gate", "historian")
     assert closed.returncode == 1 and closed.stdout == ""
-    assert "app `historian` needs end-to-end protection, but its vault `open` is not encrypted" in closed.stderr
-    opened = device.cli("device", "gate", "viewer")
-    assert opened.returncode == 0 and opened.stdout.strip() == str(device.path("/persist/vault/open"))
+
+
+def racing_measurement(tpm, pcr: int):
+    """Make every test-unseal of a blob sealed to `pcr` meet a measurement that landed after TPM2_Create
+    (the TPM then refuses it, as it would a real race); returns the counts of seals that passed and failed."""
+    counts = {"sealed": 0, "refused": 0}
+    unseal, seal = tpm.unseal, tpm.seal
+
+    def unseal_after_a_measurement(blob):
+        if pcr in blob.pcrs:
+            tpm.extend_pcr(pcr, "sha256", b"measured after the seal")
+        return unseal(blob)
+
+    def counted_seal(*args, **kwargs):
+        try:
+            blob = seal(*args, **kwargs)
+        except DeviceError:
+            counts["refused"] += 1
+            raise
+        counts["sealed"] += 1
+        return blob
+
+    tpm.unseal, tpm.seal = unseal_after_a_measurement, counted_seal
+    return counts
+
+
+def test_a_failed_test_unseal_commits_no_new_key_and_no_reseal(device):
+    from enforcer.apply import Applier
+    from enforcer.observe import observe
+    from enforcer.reconcile import Action, reconcile
+    from enforcer.tpm import Tpm
+
+    assert device.apply(make_plan([vault("config", pcrs=(0, 4))])).returncode == 0
+    state = StateDir(device.state)
+    record = state.sealed_path("config").read_bytes()
+    plan = make_plan([vault("config", pcrs=(4, 9)), vault("fresh", pcrs=(0, 9))], version=2)
+    root, now = device.root, datetime.now(timezone.utc)
+    with Tpm(device.tcti) as tpm:
+        before = tpm.loaded_handles()
+    with Tpm(device.tcti) as tpm:
+        counts = racing_measurement(tpm, 9)
+        steps = reconcile(plan, observe(plan, state, root, tpm)).steps
+        assert {(s.vault, s.action) for s in steps} >= {("config", Action.RESEAL), ("fresh", Action.CREATE_KEY)}
+        outcomes = Applier(plan, state, root, tpm, now).run(steps)
+        assert counts == {"sealed": 0, "refused": 2}
+        assert {name: o.failed.action for name, o in outcomes.items()} == \
+            {"config": Action.RESEAL, "fresh": Action.CREATE_KEY}
+    with Tpm(device.tcti) as tpm:
+        assert tpm.loaded_handles() == before
+    assert state.sealed_path("config").read_bytes() == record, "the old sealed key stays"
+    assert state.sealed("fresh") is None and not state.sealed_path("fresh").exists()
+    from enforcer import fscrypt
+
+    assert fscrypt.get_policy(str(device.path("/persist/vault/fresh"))) is None, "no key, so no policy either"
+    assert device.cli("device", "status").returncode == 0, "the applied plan still matches"
 
 
 def test_handles_are_flushed_over_100_cycles_including_failures(device):
+    """Unlock, apply and lock 100 times: unlocks that work and that fail (a moved PCR, a damaged
+    private area), key creation and destruction, reseals, and seals the TPM refuses at the test-unseal."""
     from enforcer.apply import Applier
     from enforcer.observe import observe
     from enforcer.reconcile import reconcile
     from enforcer.tpm import Tpm
     from enforcer.unlock import lock_all, unlock_all
 
-    plan = make_plan([vault("good", pcrs=(0, 4)), vault("moved", pcrs=(0, 7)), vault("corrupt", pcrs=(0, 4))])
-    assert device.apply(plan).returncode == 0
+    kept = [vault("good", pcrs=(0, 4)), vault("moved", pcrs=(0, 7)), vault("corrupt", pcrs=(0, 4))]
+    assert device.apply(make_plan([*kept, vault("flip", pcrs=(0, 4))])).returncode == 0
     assert device.cli("device", "lock").returncode == 0  # so every cycle's unlock meets the failures
     state = StateDir(device.state)
     sealed = state.sealed("corrupt")
@@ -143,18 +201,53 @@ def test_handles_are_flushed_over_100_cycles_including_failures(device):
     with Tpm(device.tcti) as tpm:
         tpm.extend_pcr(7, "sha256", b"changed firmware")
         before = tpm.loaded_handles()
+    # even cycles create `fresh` and reseal `flip` to 0,4; odd ones destroy `fresh` and reseal `flip` to 4;
+    # every cycle tries to create `racy`, whose test-unseal the TPM refuses
+    plans = [make_plan([*kept, vault("flip", pcrs=(0, 4)), vault("fresh", pcrs=(0, 4), on_remove="destroy"),
+                        vault("racy", pcrs=(0, 9))]),
+             make_plan([*kept, vault("flip", pcrs=(4,)), vault("racy", pcrs=(0, 9))])]
     root, now = device.root, datetime.now(timezone.utc)
     failures = 0
     with Tpm(device.tcti) as tpm:
-        for _ in range(100):
+        seals = racing_measurement(tpm, 9)
+        for cycle in range(100):
+            plan = plans[cycle % 2]
             results = {r.vault: r.outcome for r in unlock_all(plan, state, root, tpm, now)}
-            assert results["good"] in ("unlocked", "already-unlocked")
+            assert results["good"] in ("unlocked", "already-unlocked") and results["flip"] in ("unlocked", "already-unlocked")
             failures += (results["moved"] == "locked") + (results["corrupt"] == "locked")
-            Applier(plan, state, root, tpm, now).run(reconcile(plan, observe(plan, state, root, tpm)).steps)
+            outcomes = Applier(plan, state, root, tpm, now).run(reconcile(plan, observe(plan, state, root, tpm)).steps)
+            assert {name for name, o in outcomes.items() if o.error is not None} == {"moved", "corrupt", "racy"}
             assert {r.outcome for r in lock_all(state, root)} == {"locked"}
     assert failures == 200
+    assert seals == {"sealed": 50 + 99, "refused": 100}, "fresh created 50 times, flip resealed 99 times"
     with Tpm(device.tcti) as tpm:
         assert tpm.loaded_handles() == before
+
+
+def test_unlock_flushes_what_a_killed_command_left_in_the_tpm(device):
+    import tpm2_pytss
+
+    from enforcer.tpm import Tpm, storage_primary_template
+
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    assert device.cli("device", "lock").returncode == 0
+    with Tpm(device.tcti) as tpm:
+        baseline = tpm.loaded_handles()
+    tss, esys = tpm2_pytss, tpm2_pytss.ESAPI(device.tcti)
+    try:  # a command killed mid-unseal: its primary, a loaded sealed object's parent, and a policy session
+        esys.create_primary(tss.TPM2B_SENSITIVE_CREATE(), storage_primary_template(), tss.ESYS_TR.OWNER)
+        esys.create_primary(tss.TPM2B_SENSITIVE_CREATE(), storage_primary_template(), tss.ESYS_TR.OWNER)
+        esys.start_auth_session(tss.ESYS_TR.NONE, tss.ESYS_TR.NONE, tss.TPM2_SE.POLICY,
+                                tss.TPMT_SYM_DEF(algorithm=tss.TPM2_ALG.NULL), tss.TPM2_ALG.SHA256)
+    finally:
+        esys.close()
+    with Tpm(device.tcti) as tpm:
+        assert tpm.loaded_handles() == {**baseline, "transient": baseline["transient"] + 2,
+                                        "loaded_sessions": baseline["loaded_sessions"] + 1}
+    unlocked = device.cli("device", "unlock")  # swtpm has 3 object slots: without the flush, one is left
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    with Tpm(device.tcti) as tpm:
+        assert tpm.loaded_handles() == baseline
 
 
 def test_applied_plan_is_reverified_at_boot_and_lock_fails_closed(device):
