@@ -22,7 +22,7 @@ DEFAULT_BANK = "sha256"
 DEFAULT_PCRS = (0, 4, 7)  # firmware, boot loader, secure boot state
 DEFAULT_NONCE_BYTES = 32
 DEFAULT_NONCE_LIFETIME_SECONDS = 300
-DEFAULT_ON_FAILURE = ("keep_locked", "deny_release")
+DEFAULT_ON_FAILURE = ("keep_locked", "deny_release")  # every action, in the order plans list them
 # Built-in vaults exist even when undeclared: `config` holds the device configuration (protected),
 # `images` holds mutated app images. Both live at `<persist>/vault/<name>`.
 BUILTIN_VAULTS = {"config": True, "images": False}  # name -> protected by default
@@ -82,7 +82,8 @@ def _attestation(decl: ast.AttestationDecl, device: m.Device) -> m.Attestation:
         nonce_bytes=_loc(decl.nonce_bytes) or Located(DEFAULT_NONCE_BYTES),
         nonce_lifetime_seconds=_loc(decl.nonce_valid, "seconds") or Located(DEFAULT_NONCE_LIFETIME_SECONDS),
         escrow_required=Located(True, decl.escrow_required.span) if decl.escrow_required else Located(False),
-        on_failure=tuple(decl.on_failure) or DEFAULT_ON_FAILURE,
+        # In one order, each action once: `deny_release, keep_locked` is the same plan as the default.
+        on_failure=tuple(a for a in DEFAULT_ON_FAILURE if a in decl.on_failure) or DEFAULT_ON_FAILURE,
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from compiler.plan import encode_plan
 from compiler.render import field_label, field_value
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -181,6 +182,34 @@ def test_no_noise_for_equal_inputs(cli, tmp_path, monkeypatch):
     for old, new in [("a.json", "a.json"), ("a.vpol", "b.vpol"), ("a.json", "b.json"), ("a.json", "a.signed"), ("a.vpol", "a.signed")]:
         code, out, _ = cli("diff", old, new, "--exit-code")
         assert (code, out) == (0, f"diff {old} -> {new}\nno changes\n")
+
+
+@pytest.mark.parametrize("written", ["deny_release, keep_locked", "keep_locked, keep_locked, deny_release", "deny_release, deny_release"])
+def test_on_failure_in_any_order_or_repeated_is_the_same_plan(cli, tmp_path, monkeypatch, plan_of, written):
+    monkeypatch.chdir(tmp_path)
+    listed = BASE.replace("pcrs 0, 4, 7 }", "pcrs 0, 4, 7  on_failure keep_locked, deny_release }")
+    rewritten = listed.replace("keep_locked, deny_release", written)
+    same = written.count("keep_locked") and written.count("deny_release")
+    assert (encode_plan(plan_of(listed)) == encode_plan(plan_of(rewritten))) == bool(same)
+    _compile(cli, listed, "a")
+    Path("b.vpol").write_text(rewritten)
+    code, out, _ = cli("diff", "a.json", "b.vpol", "--exit-code")
+    if same:
+        assert (code, out) == (0, "diff a.json -> b.vpol\nno changes\n")
+    else:  # only one action: a real change, shown once
+        assert code == 2 and 'on_failure: ["keep_locked", "deny_release"] -> ["deny_release"]' in out
+
+
+def test_a_policy_diffed_with_its_plan_for_a_target_shows_no_change(cli, tmp_path, monkeypatch):
+    """A policy names no targets: beside a plan compiled with `--target`, it is compared for the same ones."""
+    monkeypatch.chdir(tmp_path)
+    Path("a.vpol").write_text(BASE)
+    assert cli("compile", "a.vpol", "--plan-version", "1", "--target", "gw-1", "--target", "class:edge", "-o", "a.json")[0] == 0
+    for old, new in (("a.vpol", "a.json"), ("a.json", "a.vpol")):
+        assert cli("diff", old, new, "--exit-code")[:2] == (0, f"diff {old} -> {new}\nno changes\n")
+    assert cli("compile", "a.vpol", "--plan-version", "2", "--target", "gw-2", "-o", "b.json")[0] == 0
+    code, out, _ = cli("diff", "a.json", "b.json")
+    assert '~   device device  (update; data impact: none)\n      targets: ["class:edge", "gw-1"] -> ["gw-2"]\n' in out
 
 
 def test_exit_code_one_on_a_policy_with_errors(cli, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ does to the data. `--exit-code`: 0 no change, 2 changes, 1 error."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from compiler import BuildOptions, compile_policy
@@ -28,14 +29,19 @@ def add_arguments(parser, key) -> None:
     parser.add_argument("--exit-code", action="store_true", help="exit 0 when nothing changes, 2 when something does")
 
 
-def load_side(path: str) -> Plan:
+def _plan_file(path: str) -> Plan | None:
+    """The plan of a plan or signed plan file; None for a policy."""
     data = read_input(path, "input")
     if data.lstrip()[:1] in (b"{", b"["):  # JSON, even when broken: a policy never starts so
         return load_plan(plan_payload(data, path), path)
+    return None
+
+
+def _compiled(path: str, targets: tuple[str, ...]) -> Plan:
     policy, sources, diagnostics, _ = load_policy(path)
     plan = None
     if policy is not None and not diagnostics.has_errors():
-        plan, compile_diagnostics = compile_policy(policy, _POLICY_OPTIONS)
+        plan, compile_diagnostics = compile_policy(policy, replace(_POLICY_OPTIONS, targets=targets))
         diagnostics.extend(compile_diagnostics)
     if plan is None:
         print_diagnostics(diagnostics, sources)
@@ -44,7 +50,12 @@ def load_side(path: str) -> Plan:
 
 
 def run(args) -> int:
-    changeset = diff_plans(load_side(args.old), load_side(args.new), args.old, args.new)
+    old, new = _plan_file(args.old), _plan_file(args.new)
+    # A policy names no targets (`compile --target` does): beside a plan it is compiled for the plan's.
+    targets = next((side.targets for side in (old, new) if side is not None), ())
+    old = old if old is not None else _compiled(args.old, targets)
+    new = new if new is not None else _compiled(args.new, targets)
+    changeset = diff_plans(old, new, args.old, args.new)
     if args.format == "json":
         print(to_json(changeset), end="")
     else:
