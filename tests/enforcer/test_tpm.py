@@ -215,6 +215,45 @@ def test_s11_loaded_handles_unchanged_after_many_cycles_including_failures(swtpm
         assert device.loaded_handles() == {"transient": 0, "loaded_sessions": 0, "saved_sessions": 0}
 
 
+def test_a_failed_test_unseal_refuses_the_seal_and_leaves_nothing_loaded(booted):
+    booted.seal(os.urandom(64), "sha256", BOUND)  # the cached primary is loaded from here on
+    before = booted.loaded_handles()
+    real_unseal = booted.unseal
+
+    def measured_meanwhile(blob):  # a bound PCR changes between TPM2_Create and the test-unseal
+        booted.extend_pcr(blob.pcrs[-1], "sha256", b"a measurement after the seal")
+        return real_unseal(blob)
+
+    booted.unseal = measured_meanwhile
+    with pytest.raises(PcrMismatch) as raised:
+        booted.seal(os.urandom(64), "sha256", BOUND)
+    assert raised.value.pcrs == [BOUND[-1]], "the TPM refused the test-unseal, so no blob was returned"
+    del booted.unseal
+    assert booted.loaded_handles() == before
+
+
+def test_the_tpms_own_policy_failure_with_matching_pcrs_is_a_policy_failure(booted, monkeypatch):
+    import tpm2_pytss
+
+    secret = os.urandom(64)
+    blob = booted.seal(secret, "sha256", BOUND)
+    before = booted.loaded_handles()
+    real_unseal = booted._esys.unseal
+
+    def another_policy(sealed, session1):  # the session's policy digest is no longer the object's authPolicy
+        booted._esys.policy_command_code(session1, tpm2_pytss.TPM2_CC.Unseal)
+        return real_unseal(sealed, session1=session1)
+
+    monkeypatch.setattr(booted._esys, "unseal", another_policy)
+    with pytest.raises(TpmPolicyFailure, match="refused the PCR policy although the PCRs match") as raised:
+        booted.unseal(blob)
+    assert not isinstance(raised.value, PcrMismatch) and raised.value.rc is not None
+    assert booted.read_pcrs("sha256", BOUND) == blob.pcr_values
+    monkeypatch.undo()
+    assert booted.loaded_handles() == before
+    assert booted.unseal(blob) == bytearray(secret)
+
+
 def test_read_pcrs_beyond_one_batch_and_extend_semantics(swtpm):
     with Tpm(swtpm.tcti) as device:
         values = device.read_pcrs("sha256", range(24))
