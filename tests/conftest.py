@@ -121,3 +121,10 @@ def ext4_image(needs_device, tmp_path_factory):
             if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(mountpoint)], check=True)
         (scratch / "fs.img").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def needs_swtpm():
+    """Only swtpm (no root, no loop devices): the attestation tests' own TPMs."""
+    if shutil.which("swtpm") is None:
+        skip_or_fail("needs swtpm (Debian packages `swtpm swtpm-tools`) for a real TPM")

@@ -6,7 +6,6 @@ here `make_tpm()` starts as many as a test needs, each stopped afterwards.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
 import subprocess
 import time
@@ -81,9 +80,7 @@ class SoftTpm:
 
 
 @pytest.fixture
-def make_tpm(tmp_path):
-    if shutil.which("swtpm") is None:
-        pytest.skip("swtpm is not installed (apt install swtpm)")
+def make_tpm(needs_swtpm, tmp_path):
     started: list[SoftTpm] = []
 
     def make() -> SoftTpm:
