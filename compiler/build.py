@@ -23,6 +23,7 @@ from policy_lang.diagnostics import Diagnostics, error
 from . import codes
 from . import model as m
 from . import plan as p
+from .model import first_span
 from .pathutil import containing
 from .rules.coverage import vault_path_index
 from .signing import describe_key_file
@@ -39,6 +40,9 @@ class BuildOptions:
     source_sha256: str
     prev_plan_sha256: str | None = None
     targets: tuple[str, ...] = ()
+    # Vaults the previous plan protected (`Plan.protected_vaults`): protection is sticky along the
+    # chain of plans, as on the device (S16).
+    kept_protected: frozenset[str] = frozenset()
 
 
 def _relative_to_policy(located: m.Located[str], fallback_file: str) -> Path:
@@ -170,9 +174,24 @@ def read_named_files(model: m.Model, read: FileReader = Path.read_bytes) -> tupl
     return NamedFiles(escrow, allowed), diagnostics
 
 
+def _destroys_kept_protection(model: m.Model, kept: frozenset[str]) -> Diagnostics:
+    """`on_remove destroy` on a vault the previous plan protected: the device keeps the protection and
+    refuses the plan (VP0602 covers a vault this policy protects)."""
+    return Diagnostics(
+        error(codes.DESTROY_PROTECTED,
+              f"vault `{vault.name.value}` was protected by the previous plan, and the device keeps that protection, "
+              "but says `on_remove destroy`",
+              first_span(vault.on_remove.span, vault.name.span),
+              "a protected vault's data is never destroyed: use `on_remove retain` (protection, once in a plan, stays)")
+        for vault in model.vaults.values()
+        if vault.name.value in kept and not vault.protected.value and vault.on_remove.value == "destroy"
+    )
+
+
 def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[p.Plan | None, Diagnostics]:
     """The plan, or None with the diagnostics saying why (only the named files can fail here)."""
     named, diagnostics = read_named_files(model, read)
+    diagnostics.extend(_destroys_kept_protection(model, options.kept_protected))
     if diagnostics.has_errors():
         return None, diagnostics
     index = vault_path_index(model)
@@ -214,6 +233,6 @@ def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_by
             for comp in (model.components[name] for name in sorted(model.components))
         ),
         attestations=attestations,
-        protected=tuple(v.name for v in vaults if v.protected),
+        protected=tuple(sorted({v.name for v in vaults if v.protected} | options.kept_protected)),
     )
     return plan, diagnostics

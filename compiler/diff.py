@@ -31,6 +31,7 @@ MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action
 RETAINED = "retain: locked, key kept, reported orphaned"
 ENCRYPTED = "plain files migrate into the encrypted directory"
 NOT_MOVED = "path not moved: files stay at {path}, reported as VP1108"
+KEPT_PROTECTED = "the device keeps it protected"  # protection is sticky (enforcer/verify.py: record_for)
 
 # A thing that leaves the plan is shown by what identifies it, not by a field diff of absent values.
 _IDENTIFYING = {
@@ -135,7 +136,7 @@ def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan
         return None
     name = (new or old).name
     blocked = note = None
-    protected = old is not None and (old.protected or name in old_plan.protected)
+    protected = old is not None and name in old_plan.protected_vaults()
     if old is None:
         action, impact = Action.CREATE, Impact.NONE
     elif new is None and old.on_remove == "destroy":
@@ -156,6 +157,8 @@ def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan
         notes = [ENCRYPTED] if old.encryption == "none" and new.encryption != "none" else []
         if "path" in changed:
             notes.append(NOT_MOVED.format(path=old.path))
+        if protected and "protected" in changed:
+            notes.append(KEPT_PROTECTED)
         note = "; ".join(notes) or None
         impact = _worst(impacts)
         action = Action.REPLACE if "encryption" in changed else Action.UPDATE

@@ -120,7 +120,7 @@ class Plan(PlanModel):
     apps: tuple[App, ...] = ()
     components: tuple[Component, ...] = ()
     attestations: tuple[Attestation, ...] = ()
-    protected: tuple[str, ...] = ()
+    protected: tuple[str, ...] = ()  # sorted; may name vaults a previous plan protected that have left the plan
 
     @field_validator("issued_at", "expires")
     @classmethod
@@ -130,6 +130,12 @@ class Plan(PlanModel):
 
     def vault(self, name: str) -> Vault | None:
         return next((v for v in self.vaults if v.name == name), None)
+
+    def protected_vaults(self) -> frozenset[str]:
+        """Every vault the plan protects, by its `protected` list or the vault's own flag. A device that
+        applies the plan keeps them protected from then on (enforcer.verify.record_for), so
+        `compile --prev` carries them into the next plan's list (S16)."""
+        return frozenset(self.protected) | {v.name for v in self.vaults if v.protected}
 
 
 class PlanFormatError(ValueError):

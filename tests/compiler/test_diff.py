@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.plan import encode_plan
+from compiler.plan import decode_plan, encode_plan
 from compiler.render import field_label, field_value
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -161,8 +161,42 @@ def test_switching_a_protected_vault_to_on_remove_destroy_is_blocked(cli, tmp_pa
     _compile(cli, BASE.replace("limit 1GiB", "limit 1GiB  protected"), "old")
     _compile(cli, BASE.replace("limit 1GiB", "limit 1GiB  on_remove destroy"), "new")
     code, text, _ = cli("diff", "old.json", "new.json")
-    assert code == 0 and "~   vault data  (update; data impact: none)  BLOCKED\n" in text
+    assert code == 0 and "~   vault data  (update, the device keeps it protected; data impact: none)  BLOCKED\n" in text
     assert "blocked: vault `data` is protected: the device refuses a plan that sets `on_remove destroy` on it\n" in text
+
+
+def test_protection_is_sticky_along_the_chain_of_plans(cli, tmp_path, monkeypatch):
+    """S16: protected in v1, `protected` dropped in v2, `on_remove destroy` in v3. The device keeps the
+    protection it recorded, so the chain does too: v2 (compiled with --prev v1) still lists the vault
+    as protected, v3 is refused at compile, and the diff from v2 shows the change BLOCKED."""
+    monkeypatch.chdir(tmp_path)
+    _compile(cli, BASE.replace("limit 1GiB", "limit 1GiB  protected"), "v1")
+    Path("v2.vpol").write_text(BASE)
+    assert cli("compile", "v2.vpol", "--prev", "v1.json", "--issued-at", "2026-01-02T00:00:00Z", "-o", "v2.json")[0] == 0
+    v2 = decode_plan(Path("v2.json").read_bytes())
+    assert v2.protected == ("config", "data") and not v2.vault("data").protected
+    from enforcer.verify import record_for
+
+    assert record_for(v2, v2.vault("data"), None).protected  # a device that first sees v2 protects it too
+
+    text = cli("diff", "v1.json", "v2.json")[1]
+    assert "~   vault data  (update, the device keeps it protected; data impact: none)\n      protected: true -> false\n" in text
+
+    Path("v3.vpol").write_text(BASE.replace("limit 1GiB", "limit 1GiB  on_remove destroy"))
+    code, _, err = cli("compile", "v3.vpol", "--prev", "v2.json", "-o", "v3.json")
+    assert code == 1 and not Path("v3.json").exists()
+    assert "error[VP0602]: vault `data` was protected by the previous plan, and the device keeps that protection, " \
+           "but says `on_remove destroy`" in err and "--> v3.vpol:2:48" in err
+    code, text, _ = cli("diff", "v2.json", "v3.vpol", "--exit-code")
+    assert code == 2 and "~   vault data  (update; data impact: none)  BLOCKED\n" in text
+    assert "blocked: vault `data` is protected: the device refuses a plan that sets `on_remove destroy` on it\n" in text
+
+    # it stays protected after it leaves the plan (the device keeps it, locked): back with destroy, refused
+    assert cli("compile", "v2.vpol", "--prev", "v2.json", "-o", "v4.json")[0] == 0
+    Path("v5.vpol").write_text(WITHOUT_DATA)
+    assert cli("compile", "v5.vpol", "--prev", "v4.json", "-o", "v5.json")[0] == 0
+    assert decode_plan(Path("v5.json").read_bytes()).protected == ("config", "data")
+    assert cli("compile", "v3.vpol", "--prev", "v5.json", "-o", "v6.json")[0] == 1
 
 
 def _compile(cli, text: str, stem: str) -> str:

@@ -71,10 +71,10 @@ def _check_plan_version(args) -> None:
         raise UsageError(f"--plan-version: {args.plan_version} must be between 1 and {_MAX_PLAN_VERSION}")
 
 
-def _versions(args) -> tuple[int, str | None]:
-    """The plan version and the previous plan's digest."""
+def _versions(args) -> tuple[int, str | None, frozenset[str]]:
+    """The plan version, the previous plan's digest and the vaults it protects (they stay protected)."""
     if args.prev is None:
-        return args.plan_version, None
+        return args.plan_version, None, frozenset()
     payload = plan_payload(read_input(args.prev, "previous plan"), args.prev)
     previous = load_plan(payload, args.prev)
     version = args.plan_version if args.plan_version is not None else previous.plan_version + 1
@@ -85,7 +85,7 @@ def _versions(args) -> tuple[int, str | None]:
             f"plan version {version} is not above the previous plan's {previous.plan_version}",
             hint="devices refuse plans whose version does not go up",
         )
-    return version, plan_digest(payload)
+    return version, plan_digest(payload), previous.protected_vaults()
 
 
 def run(args) -> int:
@@ -94,7 +94,7 @@ def run(args) -> int:
     issued_at = _issued_at(args.issued_at)
     valid_for = _valid_for(args.valid_for, issued_at)
     targets = _targets(args.target)
-    version, prev_digest = _versions(args)
+    version, prev_digest, kept_protected = _versions(args)
     policy, sources, diagnostics, parses = load_policy(args.file)
     if policy is None or diagnostics.has_errors():
         print_diagnostics(diagnostics, sources)
@@ -106,6 +106,7 @@ def run(args) -> int:
         source_sha256=source_sha256(parses, args.file),
         prev_plan_sha256=prev_digest,
         targets=targets,
+        kept_protected=kept_protected,
     )
     plan, compile_diagnostics = compile_policy(policy, options)
     diagnostics.extend(compile_diagnostics)
