@@ -66,8 +66,11 @@ class Rotation(ReportModel):
 
 
 class LastUnlock(ReportModel):
-    method: Literal["tpm-sealed", "controller-release", "none"]
-    at: str | None = None
+    method: Literal["tpm-sealed", "controller-release", "none"] = Field(
+        description="how the vault was last unlocked, whether or not it is unlocked now (`condition` says that): "
+        "`tpm-sealed` (its sealed key, by `device unlock` or `apply`), `controller-release` (a released key), "
+        "`none` (no unlock recorded: a key `apply` just created was added without one)")
+    at: str | None = Field(default=None, description="RFC 3339 UTC time of that unlock")
 
 
 class VaultReport(ReportModel):
@@ -199,7 +202,6 @@ def build_report(
         rotate_seconds = wanted.rotate_seconds if wanted else None
         last_rotated = sealed.get("rotated_at") if sealed else None
         unlock = unlocks.get(name)
-        key_in_kernel = seen.key_status is KeyStatus.PRESENT
         vaults.append(
             VaultReport(
                 name=name,
@@ -211,8 +213,8 @@ def build_report(
                 rotation=Rotation(last_rotated=last_rotated, rotate_seconds=rotate_seconds,
                                   overdue=key_overdue(sealed, rotate_seconds, now)),
                 escrow=escrow,
-                # the record says how the key got in; the kernel says whether it is in now
-                last_unlock=LastUnlock(**unlock) if unlock and key_in_kernel else LastUnlock(method="none"),
+                # history: how the key last got in; whether it is in now is the condition's (Locked)
+                last_unlock=LastUnlock(**unlock) if unlock else LastUnlock(method="none"),
             )
         )
     return Report(

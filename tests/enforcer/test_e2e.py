@@ -73,3 +73,25 @@ def test_gateway_example_compiled_signed_and_applied_through_the_cli(device):
     assert gate.returncode == 0 and gate.stdout.strip() == str(device.path("/persist/vault/img"))
     again = device.cli("device", "apply", str(signed), "--trust", f"{key}.pub", "--json")
     assert json.loads(again.stdout)["steps"] == []
+
+
+def test_the_report_says_how_a_vault_was_last_unlocked_also_once_it_is_locked(device):
+    from enforcer.report import split_signed_report
+
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    attest = ["--state-dir", str(device.state), "--tpm", device.tcti, "--device-id", "gw-1", "--root", str(device.root)]
+
+    def report_vault() -> dict:
+        result = subprocess.run([sys.executable, "-m", "vaultpolicy", "device", "report", *attest], capture_output=True,
+                                cwd=REPO)
+        (vault_report,) = json.loads(split_signed_report(result.stdout.strip())[0])["vaults"]
+        return vault_report
+
+    assert report_vault()["last_unlock"] == {"method": "none", "at": None}, "apply added its new key: no unlock"
+    assert device.cli("device", "lock").returncode == 0
+    assert device.cli("device", "unlock").returncode == 0
+    unlocked = report_vault()
+    assert unlocked["condition"] == "Ready" and unlocked["last_unlock"]["method"] == "tpm-sealed"
+    assert device.cli("device", "lock").returncode == 0
+    locked = report_vault()
+    assert locked["condition"] == "Locked" and locked["last_unlock"] == unlocked["last_unlock"]
