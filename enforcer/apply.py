@@ -6,13 +6,26 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
   immutable copy exists), sealed (the TPM test-unseals it), added to the kernel, and only the sealed
   blob is written (atomically). The bytearray is zeroed in `finally`.
 - Plaintext found where a vault belongs (S5) is moved aside (a rename on the same filesystem, after a
-  space check), the vault is made, and then every file is copied in, fsynced and verified by SHA-256
-  before the plaintext copy is removed. A crash anywhere leaves the original staged and intact, and
-  the next run copies again. Files whose kind cannot be carried (devices, sockets, FIFOs) stop the
-  migration before anything moves.
+  space check against the free blocks and inodes of the filesystem the vault will have: a vault with
+  a limit gets its image made first, to measure it), the vault is made, and then every file is
+  copied in, fsynced and verified by SHA-256 before the plaintext copy is removed. A crash anywhere
+  leaves the original staged and intact, and the next run copies again. Files whose kind cannot be
+  carried (devices, sockets, FIFOs) stop the migration before anything moves. The vault directory
+  takes the plaintext directory's mode, owner and mtime. The plaintext is then renamed to
+  `.<name>.vp-erase`, deleted, its freed blocks discarded, and that directory removed last: a crash
+  before the discard leaves it, so the next run finishes the erase.
+- A key is created only for a directory without an encryption policy: an encrypted directory whose
+  sealed key is gone is `key-lost` (reconcile finds it; `_create_key` refuses it again), never
+  re-keyed, and its escrow blob, the only copy of its key, is never overwritten (S20).
+- Unlocking computes the unsealed key's identifier before adding it (`fscrypt.key_identifier`): a
+  key that is not the vault's never reaches the keyring, where it could have joined another vault's
+  key and a removal would have locked that vault.
 - Nothing is destroyed as a fallback (S20): DESTROY runs only for a vault that left the signed plan
-  whose record says `destroy`. It removes the key from the kernel, deletes the sealed blob (from then
-  on the files are unreadable: crypto-erase), then the files and the image.
+  whose record says `destroy`. It removes the key from the kernel, deletes the sealed blob and the
+  escrow blob (the key wrapped for the controller) with its acknowledgement (from then on the files
+  are unreadable: crypto-erase), then the files and the image.
+- Vault records are read once per run: reading every record for every step made a run over N
+  vaults read N² files (a boot unlock of 100 vaults was 2x the bare unseals).
 """
 
 from __future__ import annotations
@@ -23,23 +36,23 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 from compiler.plan import Plan, Vault, format_time
+from compiler.units import format_size
 from enforcer import blockdev, fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, keyring_dir, layout
 from enforcer.reconcile import Action, Step
-from enforcer.state import StateDir, fsync_dir
+from enforcer.state import StateDir, VaultRecord, fsync_dir
 from enforcer.verify import record_for
 from vaultpolicy.errors import DeviceError
 
 _COPY_CHUNK = 1 << 20
-# ext4 keeps part of an image for its journal and inode tables; a migration must fit in the rest.
-_IMAGE_OVERHEAD_FRACTION = 0.1
 
 
 class MigrationError(DeviceError):
@@ -48,6 +61,12 @@ class MigrationError(DeviceError):
 
 class KeyMismatch(DeviceError):
     """The unsealed key is not the one the vault was encrypted with."""
+
+
+class KeyLost(DeviceError):
+    """The vault directory is encrypted but no sealed key is recorded: no new key is made (S20)."""
+
+    reason = "key-lost"
 
 
 @dataclass
@@ -65,6 +84,7 @@ class Applier:
                  device_id: str | None = None, journal: Journal | None = None):
         self.plan, self.state, self.root, self.tpm = plan, state, root, tpm
         self.now, self.device_id, self.journal = now, device_id, journal
+        self._records: dict[str, VaultRecord] = state.records()  # once per run; kept current below
         self._handlers = {
             Action.STAGE_PLAINTEXT: self._stage_plaintext,
             Action.CREATE_DIRECTORY: self._create_directory,
@@ -113,29 +133,44 @@ class Applier:
 
     def _layout(self, name: str) -> Layout:
         """Where the vault's files are: its recorded path (a plan cannot move a vault), else the plan's."""
-        record = self.state.records().get(name)
+        record = self._records.get(name)
         return layout(self.state, self.root, name, record.path if record else self._vault(name).path)
 
     def remember(self, vault: Vault) -> None:
         """Record the vault before its first mutation, so a later plan can still retain or destroy it."""
-        self.state.save_record(record_for(self.plan, vault, self.state.records().get(vault.name)))
+        record = record_for(self.plan, vault, self._records.get(vault.name))
+        self.state.save_record(record)
+        self._records[vault.name] = record
+
+    def _checkpoint(self, label: str) -> None:
+        """A crash point inside a step, for the crash test (journal.py)."""
+        if self.journal is not None:
+            self.journal.checkpoint(label)
 
     # --- handlers ------------------------------------------------------------------------------
     def _stage_plaintext(self, name: str) -> None:
+        """Check the copy fits where the vault's files will be, then move the plaintext aside."""
         vault = self._vault(name)
         where = self._layout(name)
-        needed = _tree_bytes(where.path)
-        if vault.limit_bytes:
-            room = int(vault.limit_bytes * (1 - _IMAGE_OVERHEAD_FRACTION))
-            if needed > room:
-                raise MigrationError(f"`{where.path}` holds {needed} bytes, more than fits the vault's limit "
-                                     f"({vault.limit_bytes} bytes); nothing was moved", vault=name,
-                                     hint="raise the vault's limit or remove files first")
+        needs = copy_needs(where.path, vault.encryption != "none")
+        made = False
+        if vault.limit_bytes:  # the vault's own filesystem, measured: made now when it does not exist yet
+            if not where.image.exists():
+                where.image.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                blockdev.make_image(where.image, vault.limit_bytes)
+                made = True
+            room = _image_room(where)
+            home = f"the vault's own {format_size(vault.limit_bytes)} filesystem"
         else:
             stats = os.statvfs(where.path)
-            if needed > stats.f_bavail * stats.f_frsize:
-                raise MigrationError(f"migrating `{where.path}` needs {needed} free bytes for the encrypted copy, "
-                                     f"the filesystem has {stats.f_bavail * stats.f_frsize}; nothing was moved", vault=name)
+            room = (stats.f_bavail * stats.f_frsize, stats.f_favail)
+            home = f"the filesystem of `{where.path}`"
+        if needs.bytes > room[0] or needs.inodes > room[1]:
+            if made:
+                where.image.unlink()
+            raise MigrationError(f"migrating `{where.path}` needs {_size(needs.bytes)} and {needs.inodes} inodes "
+                                 f"free on {home}, which has {_size(room[0])} and {room[1]} inodes free; nothing "
+                                 "was moved", vault=name, hint="raise the vault's limit or remove files first")
         self.remember(vault)
         os.rename(where.path, where.staging)
         fsync_dir(where.path.parent)
@@ -153,12 +188,14 @@ class Applier:
         self.remember(vault)
         where = self._layout(name)
         where.image.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._rekey_if_remounted(name, blockdev.attach_image(where.image, where.path, vault.limit_bytes), where)
+        remounted = blockdev.attach_image(where.image, where.path, vault.limit_bytes, self._checkpoint)
+        self._rekey_if_remounted(name, remounted, where)
 
     def _grow_storage(self, name: str) -> None:
         vault = self._vault(name)
         where = self._layout(name)
-        self._rekey_if_remounted(name, blockdev.grow(where.image, where.path, vault.limit_bytes), where)
+        self._rekey_if_remounted(name, blockdev.grow(where.image, where.path, vault.limit_bytes, self._checkpoint),
+                                 where)
 
     def _rekey_if_remounted(self, name: str, remounted: bool, where: Layout) -> None:
         """An offline resize unmounts the vault, which drops its key from the kernel: add it again."""
@@ -169,6 +206,10 @@ class Applier:
         vault = self._vault(name)
         self.remember(vault)
         path = self._layout(name).path
+        if fscrypt.get_policy(str(path)) is not None:  # reconcile says key-lost; this keeps the rule here too
+            raise KeyLost("the directory is encrypted but no sealed key is recorded for it; no new key was made "
+                          "(its data would be lost) and its escrow blob is kept", vault=name,
+                          hint="have the controller release the escrowed key (`vaultpolicy device unlock --release`)")
         key = bytearray(fscrypt.RAW_KEY_SIZE)
         try:
             blob = seal_new_key(self.tpm, self.plan, vault, key)
@@ -199,37 +240,60 @@ class Applier:
         identifier = bytes.fromhex(sealed["key_identifier"])
         key = self.tpm.unseal(SealedBlob.from_json(_json(sealed["blob"])))
         try:
+            if fscrypt.key_identifier(key) != identifier:  # never sealed anew, never added to the kernel
+                raise KeyMismatch("the unsealed key is not the vault's key; it is not resealed", vault=name)
             blob = self.tpm.seal(key, vault.seal.bank, vault.seal.pcrs,
                                  allow_unmeasured_boot=self.plan.device.allow_unmeasured_boot)
             self.state.save_sealed(name, blob.to_json(), identifier)
             mountpoint = keyring_dir(self._layout(name).path)
             if fscrypt.key_status(mountpoint, identifier) is not KeyStatus.PRESENT:
-                if fscrypt.add_key(mountpoint, key) != identifier:
-                    raise KeyMismatch("the resealed key is not the vault's key", vault=name)
+                fscrypt.add_key(mountpoint, key)
         finally:
             key[:] = bytes(len(key))
 
     def _set_policy(self, name: str) -> None:
         vault = self._vault(name)
-        path = str(self._layout(name).path)
+        where = self._layout(name)
+        path = str(where.path)
         identifier = bytes.fromhex(self.state.sealed(name)["key_identifier"])
         existing = fscrypt.get_policy(path)
         if existing is None:
-            fscrypt.check_cipher(path, identifier, vault.encryption)
+            fscrypt.check_cipher(str(where.cipher_probe), identifier, vault.encryption, self._checkpoint)
             fscrypt.set_policy(path, identifier, vault.encryption)
         elif (existing.key_identifier, existing.contents_mode) != (identifier, vault.encryption):
             raise DeviceError(f"`{path}` is already encrypted under another key or mode", vault=name)
 
     def _migrate(self, name: str) -> None:
+        """Copy the staged plaintext in, then erase it (`.vp-erase`: delete, discard, remove)."""
         where = self._layout(name)
-        needed = _tree_bytes(where.staging) - _tree_bytes(where.path)
+        if where.staging.is_dir():
+            self._copy_staged(name, where)
+            os.rename(where.staging, where.erasing)  # copied and verified: from here on it is only erased
+            fsync_dir(where.staging.parent)
+        if where.erasing.is_dir():  # also what a crash before the discard left
+            for entry in os.scandir(where.erasing):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            fsync_dir(where.erasing)
+            self._checkpoint("between-delete-and-discard")
+            blockdev.discard_free(where.erasing.parent)  # the plaintext's freed blocks
+            where.erasing.rmdir()
+            fsync_dir(where.erasing.parent)
+
+    def _copy_staged(self, name: str, where: Layout) -> None:
         stats = os.statvfs(where.path)
-        if needed > stats.f_bavail * stats.f_frsize:
-            raise MigrationError(f"the vault has {stats.f_bavail * stats.f_frsize} free bytes, the staged plaintext "
-                                 f"at `{where.staging}` needs {needed} more; it stays there, intact", vault=name)
+        encrypted = self._vault(name).encryption != "none"
+        needs = copy_needs(where.staging, encrypted).minus(copy_needs(where.path, encrypted))
+        room = (stats.f_bavail * stats.f_frsize, stats.f_favail)
+        if needs.bytes > room[0] or needs.inodes > room[1]:
+            raise MigrationError(f"the vault has {_size(room[0])} and {room[1]} inodes free, the staged plaintext at "
+                                 f"`{where.staging}` needs {_size(needs.bytes)} and {needs.inodes} inodes more; it "
+                                 "stays there, intact", vault=name)
         copied: list[Path] = []
         try:
-            copy_tree(where.staging, where.path, copied)
+            copy_tree(where.staging, where.path, copied, self._checkpoint)
         except (OSError, MigrationError) as exc:
             for path in reversed(copied):  # S21: a failed migration leaves no partial copy behind
                 if path.is_dir() and not path.is_symlink():
@@ -240,9 +304,8 @@ class Applier:
                 raise
             raise MigrationError(f"copying `{exc.filename}` into the vault failed ({exc.strerror}); the staged "
                                  f"plaintext at `{where.staging}` stays intact", vault=name) from None
-        shutil.rmtree(where.staging)
-        fsync_dir(where.staging.parent)
-        blockdev.discard_free(where.staging.parent)  # the plaintext's freed blocks
+        copy_metadata(os.lstat(where.staging), where.path)  # the directory as it was before it was staged
+        fsync_dir(where.path)
 
     def _re_encrypt(self, name: str) -> None:
         """Copy the files into a tree under the plan's encryption and swap it in (enforcer/rotate.py), as
@@ -254,17 +317,21 @@ class Applier:
             where.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         Rotator(self.plan, self.state, self.root, self.tpm, self.now, self.device_id, self.journal).rekey(
             name, "re-encrypt")
+        self._records = self.state.records()  # the re-encryption recorded the vault's new encryption
 
     def _orphan(self, name: str) -> None:
-        record = self.state.records()[name]
+        record = self._records[name]
         where = self._layout(name)
         sealed = self.state.sealed(name)
         if sealed is not None and where.path.is_dir():
             lock_key(bytes.fromhex(sealed["key_identifier"]), where)
         self.state.save_record(replace(record, orphaned=True))
+        self._records[name] = replace(record, orphaned=True)
 
     def _destroy(self, name: str) -> None:
-        record = self.state.records()[name]
+        from enforcer import escrow
+
+        record = self._records[name]
         if record.on_remove != "destroy":  # the record, written from a signed plan, is the only licence
             raise DeviceError("refusing to destroy a vault whose plan did not say `destroy`", vault=name)
         if record.protected:  # verify refuses such a plan; this keeps the rule where the data dies too (S16)
@@ -275,6 +342,7 @@ class Applier:
             fscrypt.remove_key(fscrypt.mountpoint_of(str(where.path)), bytes.fromhex(sealed["key_identifier"]),
                                all_users=True)
         self.state.remove_sealed(name)  # from here on the files are unreadable: crypto-erased
+        escrow.remove_escrow(self.state.root, name)  # the key wrapped for the controller, and its ack
         blockdev.detach(where.path)
         for leftover in (where.store, where.path):
             if leftover.is_dir() and not leftover.is_symlink():
@@ -282,6 +350,7 @@ class Applier:
         where.image.unlink(missing_ok=True)
         fsync_dir(where.path.parent)
         self.state.remove_record(name)
+        del self._records[name]
 
 
 def seal_new_key(tpm, plan: Plan, vault: Vault, key: bytearray):
@@ -309,13 +378,15 @@ def unlock_key(state: StateDir, tpm, name: str, path: Path, now: datetime) -> No
     except DeviceError as exc:
         raise _for_vault(exc, name) from None
     try:
-        identifier = fscrypt.add_key(mountpoint, key)
+        # checked before the key reaches the kernel: a wrong key added there could join a key another
+        # vault already has in, and taking it out again would lock that vault
+        identifier = fscrypt.key_identifier(key)
+        if identifier != recorded:
+            raise KeyMismatch(f"the unsealed key has identifier {identifier.hex()}, the vault records "
+                              f"{recorded.hex()}; it was not added to the kernel", vault=name)
+        fscrypt.add_key(mountpoint, key)
     finally:
         key[:] = bytes(len(key))
-    if identifier != recorded:
-        fscrypt.remove_key(mountpoint, identifier)
-        raise KeyMismatch(f"the unsealed key has identifier {identifier.hex()}, the vault records {recorded.hex()}",
-                          vault=name)
     status = fscrypt.key_status(mountpoint, recorded)
     if status is not KeyStatus.PRESENT:
         raise DeviceError(f"the kernel reports the key {status.name.lower()} right after adding it", vault=name)
@@ -365,30 +436,81 @@ def _mount(arguments: list[str]) -> None:
         raise DeviceError(f"mount {' '.join(arguments)} failed: {result.stderr.strip()}")
 
 
-def _tree_bytes(root: Path) -> int:
-    """Bytes of the regular files under `root` (lstat: symlinks are not followed).
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
-    Raises MigrationError for a file kind a migration cannot carry, so it is refused before anything moves.
-    """
-    total = 0
+
+def _image_room(where: Layout) -> tuple[int, int]:
+    """(free bytes, free inodes) of the vault's own filesystem, less its vault directory."""
+    if blockdev.is_mounted(where.store):
+        stats = os.statvfs(where.store)
+        free, inodes = stats.f_bavail * stats.f_frsize, stats.f_favail
+    else:  # an image just made: its superblock's counts are exact
+        block = blockdev.superblock(where.image)
+        free, inodes = block.free_bytes, block.free_inodes
+    return free - blockdev.BLOCK_SIZE, inodes - 1
+
+
+@dataclass(frozen=True)
+class CopyNeeds:
+    bytes: int
+    inodes: int
+
+    def minus(self, other: "CopyNeeds") -> "CopyNeeds":
+        return CopyNeeds(max(self.bytes - other.bytes, 0), max(self.inodes - other.inodes, 0))
+
+
+def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
+    """What a copy of the tree under `root` (the top directory included) takes on an ext4 filesystem
+    with 4 KiB blocks, counted from names and sizes (lstat: symlinks are not followed): per regular
+    file its blocks, and an extent block for a file above 1 MiB; per directory the blocks its
+    entries take, twice over for a directory past one block (hashed directories split half-full
+    blocks), under encryption with names padded to 32 bytes; a block per symlink too long to sit in
+    its inode; an inode per entry. Raises MigrationError for a file kind that cannot be copied, so a
+    copy is refused before anything moves. Shared by migration and rotation (S21)."""
+    block = blockdev.BLOCK_SIZE
+    inline_link = 59 - 2 if encrypted else 59  # an encrypted target carries its length
+
+    def blocks(size: int) -> int:
+        return -(-size // block)
+
+    total, inodes = 0, 0
     if not root.is_dir():
-        return 0
-    for directory, _, files in os.walk(root):
+        return CopyNeeds(0, 0)
+    for directory, dirs, files in os.walk(root):
+        names = dirs + files
+        entry_bytes = 24 + sum(8 + (-(-len(os.fsencode(n)) // 32) * 32 if encrypted else -(-len(os.fsencode(n)) // 4) * 4)
+                               for n in names)
+        total += (1 if entry_bytes <= block else 2 * blocks(entry_bytes)) * block
+        inodes += 1
         for entry in files:
             path = os.path.join(directory, entry)
             st = os.lstat(path)
+            inodes += 1
             if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-            elif not stat.S_ISLNK(st.st_mode):
+                total += (blocks(st.st_size) + (st.st_size > 2**20)) * block
+            elif stat.S_ISLNK(st.st_mode):
+                target = len(os.fsencode(os.readlink(path)))
+                total += block if (-(-target // 32) * 32 if encrypted else target) > inline_link else 0
+            else:
                 raise MigrationError(f"`{path}` is neither a file, a directory nor a symlink; it cannot be migrated")
-    return total
+    return CopyNeeds(total, inodes)
 
 
-def copy_tree(source: Path, target: Path, copied: list[Path]) -> None:
+def copy_metadata(st: os.stat_result, target: Path) -> None:
+    """Give `target` the owner, mode and times of `st` (the owner first: a chown clears setuid and
+    setgid bits; the mtime last: nothing is added after)."""
+    os.chown(target, st.st_uid, st.st_gid)
+    os.chmod(target, stat.S_IMODE(st.st_mode))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callable[[str], None] | None = None) -> None:
     """Copy regular files, directories and symlinks with their modes, owners and mtimes; fsync each
     file and verify it by SHA-256. Shared by migration and key rotation (enforcer/rotate.py).
     `copied` gets every entry this call creates, each directory before its entries, so a caller can
-    undo a failed copy in reverse order."""
+    undo a failed copy in reverse order. `checkpoint` (the crash test's hook) is called once, after
+    the first file."""
     for directory, dirs, files in os.walk(source):
         relative = Path(directory).relative_to(source)
         destination = target / relative
@@ -411,16 +533,15 @@ def copy_tree(source: Path, target: Path, copied: list[Path]) -> None:
             elif stat.S_ISREG(st.st_mode):
                 copied.append(dst)
                 _copy_file(src, dst, st)
+                if checkpoint is not None:
+                    checkpoint("mid-copy")
+                    checkpoint = None
             else:
                 raise MigrationError(f"`{src}` is neither a file, a directory nor a symlink; it cannot be migrated")
         fsync_dir(destination)
     for directory, dirs, _ in os.walk(source):
-        for entry in dirs:
-            st = os.lstat(Path(directory, entry))
-            copied_dir = target / Path(directory, entry).relative_to(source)
-            os.chmod(copied_dir, stat.S_IMODE(st.st_mode))
-            os.chown(copied_dir, st.st_uid, st.st_gid)
-            os.utime(copied_dir, ns=(st.st_atime_ns, st.st_mtime_ns))  # last: its entries are all in
+        for entry in dirs:  # last: their entries are all in
+            copy_metadata(os.lstat(Path(directory, entry)), target / Path(directory, entry).relative_to(source))
 
 
 def _copy_file(src: Path, dst: Path, st: os.stat_result) -> None:
@@ -431,9 +552,7 @@ def _copy_file(src: Path, dst: Path, st: os.stat_result) -> None:
             writer.write(chunk)
         writer.flush()
         os.fsync(writer.fileno())
-    os.chmod(dst, stat.S_IMODE(st.st_mode))
-    os.chown(dst, st.st_uid, st.st_gid)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    copy_metadata(st, dst)
     actual = hashlib.sha256()
     with open(dst, "rb") as reader:
         while chunk := reader.read(_COPY_CHUNK):

@@ -14,6 +14,21 @@ directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
 `fscrypt.add_key(vault_path, …)` work on it directly.
 
 - Images are sparse files; callers keep them under the state dir on the persist partition.
+- An image is made to give close to its limit (an 8 MiB limit writes ~7.8 MiB; the defaults gave
+  3.5 MiB): `-m 0` (no root reserve: the limit is the same for root), one inode per 16 KiB (`-i
+  16384`, ext4's ratio for ordinary filesystems; mkfs's "small" profile takes 4 KiB, 6% of a small
+  image), and no journal below `JOURNAL_FROM_BYTES` (128 MiB): with 4 KiB blocks the smallest
+  journal is 4 MiB, half an 8 MiB image. From 128 MiB on the image gets that 4 MiB journal (at
+  most 3%). A journal-less image is checked (`e2fsck -p`) before every mount, which repairs what a
+  power loss left; a filesystem e2fsck cannot repair on its own is not mounted. The journal is
+  chosen when the image is made: a small image grown past 128 MiB stays without one. mkfs writes
+  the inode tables itself (`lazy_itable_init=0`): no background zeroing writes to a mounted vault.
+- `image_bytes_for(limit)` is the exact size of the image and of its filesystem: the limit in
+  4 KiB blocks, less a last block group too small to hold its own metadata (mkfs and resize2fs
+  would drop it, and the filesystem would never reach the file's size). So the filesystem's size,
+  read from its superblock (`filesystem_bytes`), says whether a resize finished: `grow` writes
+  the larger file first and a crash before resize2fs leaves a filesystem smaller than it, which
+  the next run grows.
 - `attach_image` is idempotent: it formats a new image, mounts an existing one, and does nothing
   when the image's vault is already mounted there. It refuses to mount over a non-empty
   directory (that would hide plaintext files instead of migrating them).
@@ -24,9 +39,12 @@ directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
 - Lowering a limit is refused: below the current usage with `LimitBelowUsage`, otherwise with
   `ShrinkUnsupported` (ext4 cannot shrink while mounted).
 - `usage` reports statvfs figures: `limit_bytes` is the data capacity the filesystem offers, a
-  little under the image size (journal and inode tables take the rest).
-- Images are mounted `nodev,nosuid` with `-m 0` (no root reserve): the limit is the same for root.
+  little under the image size (inode tables and bitmaps take the rest).
+- Images are mounted `nodev,nosuid`.
 - Unmounting frees the loop device: `mount -o loop` sets autoclear.
+- `vault_encrypted_offline` reads from an unmounted image (debugfs) whether its vault directory
+  has an fscrypt policy: after a reboot the kernel cannot say so until the image is mounted, and a
+  vault that is encrypted but has lost its sealed key must never get a new one (S20).
 - `discard_free` asks a filesystem to discard its free blocks (FITRIM). On a loop image that punches
   them out of the image file, so plaintext a re-encryption or migration unlinked leaves no trace in
   it; on flash it is a hint the device may honour. Best effort: a device without discard says no.
@@ -40,10 +58,13 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import re
 import struct
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from compiler.plan import MIN_VAULT_LIMIT_BYTES
@@ -51,8 +72,18 @@ from vaultpolicy.errors import BackendUnavailable, DeviceError
 
 BLOCK_SIZE = 4096
 MIN_IMAGE_BYTES = MIN_VAULT_LIMIT_BYTES  # one constant with the compiler, which refuses smaller limits
-_EXT4_MAGIC_OFFSET = 1024 + 0x38
+JOURNAL_FROM_BYTES = 128 * 2**20  # smaller images have no journal: the smallest one is 4 MiB
+_JOURNAL_MIB = 4
+_BYTES_PER_INODE = 16384
+_BLOCKS_PER_GROUP = 8 * BLOCK_SIZE  # one block of bitmap per group
+# mkfs and resize2fs drop a last group with fewer blocks than its metadata + 50 (a few hundred
+# blocks with these settings); a last group below this many blocks is left out of the image instead
+_LAST_GROUP_MIN_BLOCKS = 4096
+_SUPERBLOCK_OFFSET = 1024
+_EXT4_MAGIC_OFFSET = _SUPERBLOCK_OFFSET + 0x38
 _EXT4_MAGIC = b"\x53\xef"
+_INCOMPAT_64BIT = 0x80
+_EXT4_ENCRYPT_FL = 0x800
 _MOUNT_OPTIONS = "loop,nodev,nosuid"
 _VAULT_DIR = "vault"
 _CAP_SYS_RESOURCE = 24
@@ -83,10 +114,10 @@ class ShrinkUnsupported(BlockdevError):
     """A new limit is smaller than the image (but above usage): ext4 cannot shrink online."""
 
 
-def _run(argv: list[str], path: str | os.PathLike, action: str) -> str:
+def _run(argv: list[str], path: str | os.PathLike, action: str, env: dict | None = None) -> str:
     if shutil.which(argv[0]) is None:
         raise BackendUnavailable(f"`{argv[0]}` is not installed", hint="install the Debian packages `e2fsprogs mount`")
-    result = subprocess.run(argv, capture_output=True, text=True)
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise BlockdevError(f"{action} failed: {detail[-1] if detail else f'exit {result.returncode}'}", path)
@@ -137,12 +168,54 @@ def _has_ext4(image: Path) -> bool:
         return handle.read(2) == _EXT4_MAGIC
 
 
-def _rounded(size_bytes: int) -> int:
-    return -(-size_bytes // BLOCK_SIZE) * BLOCK_SIZE
+def image_bytes_for(limit_bytes: int) -> int:
+    """The size of the image, and of its filesystem, for a vault limit (see the module docstring)."""
+    blocks = -(-limit_bytes // BLOCK_SIZE)
+    last_group = blocks % _BLOCKS_PER_GROUP
+    if blocks > _BLOCKS_PER_GROUP and last_group < _LAST_GROUP_MIN_BLOCKS:
+        blocks -= last_group
+    return blocks * BLOCK_SIZE
+
+
+@dataclass(frozen=True)
+class Superblock:
+    size_bytes: int  # the filesystem's size: what resize2fs last grew it to
+    free_bytes: int  # free counts are exact on an image that is not mounted (the kernel updates
+    free_inodes: int  # them on disk only now and then)
+
+
+def superblock(image: str | os.PathLike) -> Superblock:
+    """The image's ext4 superblock: from its loop device when mounted (the kernel's live copy: ext4
+    keeps its superblock in that device's page cache), else from the image file."""
+    image = Path(image)
+    source = _mounts().get(os.path.realpath(backing_mountpoint(image)), "")
+    with open(source if source.startswith("/dev/loop") else image, "rb") as handle:
+        handle.seek(_SUPERBLOCK_OFFSET)
+        raw = handle.read(1024)
+    if raw[0x38:0x3A] != _EXT4_MAGIC:
+        raise BlockdevError("the image is not an ext4 filesystem", image)
+    block_size = 1024 << struct.unpack_from("<I", raw, 0x18)[0]
+    wide = struct.unpack_from("<I", raw, 0x60)[0] & _INCOMPAT_64BIT
+
+    def count(lo: int, hi: int) -> int:
+        return struct.unpack_from("<I", raw, lo)[0] | (struct.unpack_from("<I", raw, hi)[0] << 32 if wide else 0)
+
+    return Superblock(count(0x04, 0x150) * block_size, count(0x0C, 0x158) * block_size,
+                      struct.unpack_from("<I", raw, 0x10)[0])
+
+
+def vault_encrypted_offline(image: str | os.PathLike) -> bool:
+    """Whether the vault directory of the unmounted `image` has an fscrypt policy (its inode carries
+    ext4's encrypt flag), read with debugfs in read-only catastrophic mode."""
+    out = _run(["debugfs", "-c", "-R", f"stat /{_VAULT_DIR}", str(image)], image, "debugfs",
+               env={**os.environ, "DEBUGFS_PAGER": "__none__"})
+    flags = re.search(r"Flags: 0x([0-9a-fA-F]+)", out)
+    return bool(flags and int(flags.group(1), 16) & _EXT4_ENCRYPT_FL)
 
 
 def make_image(image: str | os.PathLike, size_bytes: int, *, features: str = "encrypt") -> Path:
-    """Create a sparse ext4 image of `size_bytes` (rounded up to 4 KiB) with `features`.
+    """Create a sparse ext4 image of `image_bytes_for(size_bytes)` with `features`, laid out to give
+    close to its size (see the module docstring).
 
     Formatted under a temporary name and renamed into place, so a crash never leaves a
     half-made image at `image` that a later run would refuse to mount.
@@ -150,13 +223,16 @@ def make_image(image: str | os.PathLike, size_bytes: int, *, features: str = "en
     image = Path(image)
     if size_bytes < MIN_IMAGE_BYTES:
         raise BlockdevError(f"a vault image needs at least {MIN_IMAGE_BYTES // 2**20} MiB, got {size_bytes} bytes", image)
+    size = image_bytes_for(size_bytes)
+    journal = ["-J", f"size={_JOURNAL_MIB}"] if size >= JOURNAL_FROM_BYTES else []
     image.parent.mkdir(parents=True, exist_ok=True)
     partial = image.with_name(image.name + ".partial")
     try:
         with open(partial, "wb") as handle:
-            handle.truncate(_rounded(size_bytes))
-        _run(["mkfs.ext4", "-q", "-F", "-b", str(BLOCK_SIZE), "-m", "0", "-O", features,
-              "-E", "nodiscard", str(partial)], image, "mkfs.ext4")
+            handle.truncate(size)
+        _run(["mkfs.ext4", "-q", "-F", "-b", str(BLOCK_SIZE), "-m", "0", "-i", str(_BYTES_PER_INODE),
+              "-O", features if journal else f"{features},^has_journal", *journal,
+              "-E", "nodiscard,lazy_itable_init=0", str(partial)], image, "mkfs.ext4")
         with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, image)
@@ -172,22 +248,27 @@ def backing_mountpoint(image: str | os.PathLike) -> Path:
 
 
 def mount_image(image: str | os.PathLike, mountpoint: str | os.PathLike) -> None:
-    """Loop-mount the ext4 `image` on the existing `mountpoint` (nodev, nosuid)."""
+    """Check the ext4 `image` (`e2fsck -p`: what a power loss left on a journal-less image is
+    repaired) and loop-mount it on the existing `mountpoint` (nodev, nosuid)."""
     if not _has_ext4(Path(image)):
         raise BlockdevError("the image is not an ext4 filesystem; refusing to mount it", image)
+    _fsck(Path(image), "before mounting", force=False)
     _run(["mount", "-t", "ext4", "-o", _MOUNT_OPTIONS, str(image), str(mountpoint)], mountpoint, "mount")
 
 
-def attach_image(image: str | os.PathLike, mountpoint: str | os.PathLike, size_bytes: int) -> bool:
+def attach_image(image: str | os.PathLike, mountpoint: str | os.PathLike, size_bytes: int,
+                 checkpoint: Callable[[str], None] | None = None) -> bool:
     """Make sure the vault directory of `image` (created when missing) is mounted at `mountpoint`.
 
     ext4 refuses an encryption policy on a filesystem's root directory, so the image is mounted
     at `backing_mountpoint(image)` and its `vault` subdirectory is bind-mounted at `mountpoint`:
     the vault path is then an ordinary (empty, encryptable) directory on the image's filesystem.
-    The image grows to `size_bytes` when it is smaller: before mounting when it was not mounted,
-    else through `grow`. Returns True only when a mounted vault had to be remounted (see `grow`).
+    The filesystem grows to `image_bytes_for(size_bytes)` when it is smaller: before mounting when
+    it was not mounted, else through `grow`. Returns True only when a mounted vault had to be
+    remounted (see `grow`). `checkpoint` (the crash test's hook) is called inside a resize.
     """
     image, mountpoint = Path(image).resolve(), Path(mountpoint)
+    target = image_bytes_for(size_bytes)
     if is_mounted(mountpoint):
         if backing_image(mountpoint) != image:
             raise BlockdevError(f"another filesystem is mounted there, not `{image}`", mountpoint)
@@ -202,11 +283,11 @@ def attach_image(image: str | os.PathLike, mountpoint: str | os.PathLike, size_b
             make_image(image, size_bytes)
         elif not _has_ext4(image):
             raise BlockdevError("the image is not an ext4 filesystem; refusing to mount it", image)
-        elif image.stat().st_size < _rounded(size_bytes) and not is_mounted(backing_mountpoint(image)):
-            _resize_offline(image, _rounded(size_bytes))  # before mounting: no key to drop yet
+        elif superblock(image).size_bytes < target and not is_mounted(backing_mountpoint(image)):
+            _resize_offline(image, target, checkpoint)  # before mounting: no key to drop yet
         _mount_vault(image, mountpoint)
-    if image.stat().st_size < _rounded(size_bytes):
-        return grow(image, mountpoint, size_bytes)
+    if superblock(image).size_bytes < target:
+        return grow(image, mountpoint, size_bytes, checkpoint)
     return False
 
 
@@ -228,17 +309,20 @@ def can_resize_online() -> bool:
     return False
 
 
-def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int) -> bool:
-    """Grow the `image` attached at `mountpoint` to `new_size` bytes; refuse to make it smaller.
+def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int,
+         checkpoint: Callable[[str], None] | None = None) -> bool:
+    """Grow the filesystem of the `image` attached at `mountpoint` to `image_bytes_for(new_size)`;
+    refuse to make it smaller.
 
     Online (loop capacity, then resize2fs on the mounted filesystem) when the process has
     CAP_SYS_RESOURCE. Without it the vault is unmounted, resized offline and mounted again, which
     needs no file open in it (`MountpointBusy` otherwise, before anything changed) and drops the
     vault's fscrypt key from the kernel. Returns True when that happened: the caller must add the
-    key again. Returns False when nothing was remounted.
+    key again. Returns False when nothing was remounted. The filesystem's size, not the file's,
+    decides: a resize a crash cut short (the file grown, the filesystem not) is finished.
     """
-    image, mountpoint, new_size = Path(image).resolve(), Path(mountpoint), _rounded(new_size)
-    current = image.stat().st_size
+    image, mountpoint, new_size = Path(image).resolve(), Path(mountpoint), image_bytes_for(new_size)
+    current = superblock(image).size_bytes
     if new_size < current:
         used, _ = usage(mountpoint)
         if new_size < used:
@@ -252,32 +336,44 @@ def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int)
         raise BlockdevError(f"`{image}` is not mounted there; cannot grow it", mountpoint)
     if can_resize_online():
         source = _mounts()[os.path.realpath(mountpoint)]
-        _truncate(image, new_size)
+        _grow_file(image, new_size)
         _run(["losetup", "--set-capacity", source], source, "losetup --set-capacity")
-        _run(["resize2fs", source], source, "resize2fs")
+        if checkpoint is not None:
+            checkpoint("mid-resize")
+        _run(["resize2fs", source, f"{new_size // BLOCK_SIZE}"], source, "resize2fs")
         return False
     detach(mountpoint)
     try:
-        _resize_offline(image, new_size)
+        _resize_offline(image, new_size, checkpoint)
     finally:
         _mount_vault(image, mountpoint)  # never leave the vault detached, even when resizing failed
     return True
 
 
-def _resize_offline(image: Path, new_size: int) -> None:
-    """Grow an unmounted image file and its filesystem to `new_size` bytes."""
-    _truncate(image, new_size)
-    fsck = subprocess.run(["e2fsck", "-f", "-p", str(image)], capture_output=True, text=True)
-    if fsck.returncode not in (0, 1):  # 1: errors found and corrected
+def _resize_offline(image: Path, new_size: int, checkpoint: Callable[[str], None] | None = None) -> None:
+    """Grow an unmounted image file, then its filesystem, to `new_size` bytes."""
+    _grow_file(image, new_size)
+    if checkpoint is not None:
+        checkpoint("mid-resize")
+    _fsck(image, "before resizing", force=True)
+    _run(["resize2fs", str(image), f"{new_size // BLOCK_SIZE}"], image, "resize2fs")
+
+
+def _fsck(image: Path, when: str, *, force: bool) -> None:
+    """`e2fsck -p` (with `-f` even when the filesystem says it is clean); 1 and 2 mean it repaired
+    something, 4 and above that it needs a person."""
+    fsck = subprocess.run(["e2fsck", *(["-f"] if force else []), "-p", str(image)], capture_output=True, text=True)
+    if fsck.returncode not in (0, 1, 2):
         detail = (fsck.stderr or fsck.stdout).strip().splitlines()
-        raise BlockdevError(f"e2fsck before resizing failed: {detail[-1] if detail else f'exit {fsck.returncode}'}",
-                            image)
-    _run(["resize2fs", str(image)], image, "resize2fs")
+        raise BlockdevError(f"e2fsck {when} failed: {detail[-1] if detail else f'exit {fsck.returncode}'}", image,
+                            hint=f"repair it by hand (`e2fsck {image}`), then run the command again")
 
 
-def _truncate(image: Path, size: int) -> None:
+def _grow_file(image: Path, size: int) -> None:
+    """The image file at least `size` bytes (an interrupted resize may have grown it already)."""
     with open(image, "r+b") as handle:
-        handle.truncate(size)
+        if os.fstat(handle.fileno()).st_size < size:
+            handle.truncate(size)
         os.fsync(handle.fileno())
 
 

@@ -11,7 +11,8 @@ key wrapped twice gives different ciphertexts (never a fixed IV, unlike the sour
 
 Escrow state on the device (`STATE/escrow/<vault>.json` + `<vault>.ack.json`): `pending` until the
 controller's acknowledgement naming the blob's SHA-256 is recorded, then `acknowledged`; `missing`
-when no blob exists. `record_escrow` is the hook the enforcer calls right after creating a vault key.
+when no blob exists. `record_escrow` is the hook the enforcer calls right after creating a vault key;
+`remove_escrow` is part of destroying a vault.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from enforcer.state import atomic_write
+from enforcer.state import atomic_remove, atomic_write
 from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import InputError, VaultpolicyError
 
@@ -222,6 +223,14 @@ def record_escrow(state_dir: str | os.PathLike, blob: EscrowBlob) -> Path:
     stale_ack = path.with_name(f"{blob.vault}.ack.json")
     stale_ack.unlink(missing_ok=True)  # an ack for an earlier key does not cover this one
     return path
+
+
+def remove_escrow(state_dir: str | os.PathLike, vault: str) -> None:
+    """Part of a vault's crypto-erase (`on_remove destroy`): its escrow blob, the key wrapped for the
+    controller, and the acknowledgement of it are deleted."""
+    blob_path = escrow_dir(state_dir) / f"{vault}.json"
+    atomic_remove(blob_path.with_name(f"{vault}.ack.json"))
+    atomic_remove(blob_path)
 
 
 def record_ack(state_dir: str | os.PathLike, ack: bytes, source: str = "acknowledgement") -> str:

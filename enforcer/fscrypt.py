@@ -26,6 +26,7 @@ import enum
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from enforcer.blockdev import mount_points
@@ -217,6 +218,19 @@ def _copy_key(destination: ctypes.Array, raw_key: bytes | bytearray) -> None:
         ctypes.memmove(destination, raw_key, RAW_KEY_SIZE)
 
 
+def key_identifier(raw_key: bytes | bytearray) -> bytes:
+    """The identifier the kernel derives for a v2 master key, computed without adding it:
+    HKDF-SHA512(key, salt none, info "fscrypt\\0" + HKDF_CONTEXT_KEY_IDENTIFIER), 16 bytes
+    (fs/crypto/keyring.c). So a caller can tell a wrong key before it reaches the keyring, where
+    it might join (and a removal would take away) a key another vault already uses."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    if len(raw_key) != RAW_KEY_SIZE:
+        raise ValueError(f"an fscrypt master key has {RAW_KEY_SIZE} bytes, got {len(raw_key)}")
+    return HKDF(hashes.SHA512(), KEY_IDENTIFIER_SIZE, salt=None, info=b"fscrypt\0\x01").derive(raw_key)
+
+
 def add_key(mountpoint: str, raw_key: bytes | bytearray) -> bytes:
     """Add a raw 64-byte master key to the keyring of the filesystem at `mountpoint`.
 
@@ -286,25 +300,28 @@ def set_policy(directory: str, identifier: bytes, contents: str = "aes-256-xts")
         _raise_for(exc, directory, "set encryption policy")
 
 
-def check_cipher(directory: str, identifier: bytes, contents: str) -> None:
+def check_cipher(probe: str, identifier: bytes, contents: str, checkpoint: Callable[[str], None] | None = None) -> None:
     """Raise CipherUnavailable unless a file can be made under `contents` with the key `identifier`.
 
     A kernel built without a cipher (often Adiantum) accepts the policy and then refuses every new
-    file with ENOPKG, so a vault set up that way looks encrypted and nothing can be written to it. The
-    probe is a scratch subdirectory of `directory` (same filesystem, same keyring), removed again.
+    file with ENOPKG, so a vault set up that way looks encrypted and nothing can be written to it.
+    `probe` is a scratch directory to make on the vault's filesystem (same keyring) and remove again;
+    the caller picks it outside the vault's files, so a crash mid-probe leaves nothing that could be
+    taken for the user's data (it is removed by the next probe). `checkpoint` is the crash test's hook.
     """
-    probe = os.path.join(directory, ".vp-cipher-probe")
     shutil.rmtree(probe, ignore_errors=True)  # left by a crash mid-probe
     os.mkdir(probe, 0o700)
     try:
         set_policy(probe, identifier, contents)
         os.close(os.open(os.path.join(probe, "file"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        if checkpoint is not None:
+            checkpoint("cipher-probe")
     except OSError as exc:
         if exc.errno != errno.ENOPKG:
             raise
         raise CipherUnavailable(f"this kernel cannot encrypt with {contents} (it was built without that cipher)",
-                                directory, exc.errno, hint="choose another `encryption` for the vault, or a "
-                                "kernel with the cipher") from None
+                                os.path.dirname(probe), exc.errno, hint="choose another `encryption` for the vault, "
+                                "or a kernel with the cipher") from None
     finally:
         shutil.rmtree(probe)
 

@@ -11,8 +11,11 @@ directory, a committed key as its sealed blob, ...). The journal tells the next 
 one stopped mid-way and at which step (`interrupted()`), so it is reported, and it is where the
 crash test hooks in. A completed apply truncates the journal.
 
-Test hook: VAULTPOLICY_CRASH_AT=N makes the process SIGKILL itself right after writing the intent of
-its N-th step (1-based), the worst moment for a crash. Only for tests; documented in docs/enforcer.md.
+Test hook: VAULTPOLICY_CRASH_AT=N makes the process SIGKILL itself at its N-th crash point (1-based).
+Crash points are, in one count, right after writing each step's intent (the worst moment between
+steps) and the points inside steps a handler names with `checkpoint(label)`: inside a copy, between
+deleting plaintext and discarding its blocks, inside a resize, inside the cipher probe. Only for
+tests; documented in docs/enforcer.md.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Journal:
     def __init__(self, path: Path):
         self.path = path
         self._seq = 0
+        self._points = 0
         self._crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
 
     def interrupted(self) -> list[dict]:
@@ -69,10 +73,15 @@ class Journal:
         self._seq += 1
         seq = self._seq
         self._append({"seq": seq, "intent": intent})
-        if seq == self._crash_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        self.checkpoint(intent["action"])
         yield
         self._append({"seq": seq, "done": True})
+
+    def checkpoint(self, label: str) -> None:
+        """A crash point (the test hook); `label` says where, for people reading a handler."""
+        self._points += 1
+        if self._points == self._crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def begin(self) -> list[dict]:
         """Start a new run: return what the previous run left unfinished, then start an empty journal."""

@@ -7,8 +7,14 @@ For each vault the plan names (and each vault the device still manages after it 
 - its fscrypt policy (FS_IOC_GET_ENCRYPTION_POLICY_EX) and the status in the kernel
   (FS_IOC_GET_ENCRYPTION_KEY_STATUS) of the key that policy names (else of the sealed key)
 - the sealed blob: present, sealed to the plan's bank and PCRs, its policy digest recomputed by the
-  TPM from the recorded PCR values, and which of those PCRs now differ in the TPM
-- a staged plaintext copy waiting to migrate into the vault (S5)
+  TPM from the recorded PCR values, which of those PCRs now differ in the TPM, and whether the TPM
+  still loads it (TPM2_Load under the storage primary, flushed at once; nothing is unsealed): a
+  blob whose private part was damaged matches on every other count and fails the next unlock
+- the size of a vault image's filesystem, from its superblock (not the image file's size: a resize
+  cut short grew the file only), and for an image that is not mounted whose vault has no sealed
+  key, whether its vault directory is encrypted (read from the image: the kernel cannot say until
+  it is mounted, and such a vault has lost its key, S20)
+- a staged plaintext copy waiting to migrate into the vault (S5), or one migrated and not yet erased
 
 Storage layout of a vault with a limit (this kernel has no project quotas, see enforcer/blockdev.py):
 its image STATE/images/<vault>.img is mounted at STATE/images/<vault>.img.mnt and the image's `vault`
@@ -58,6 +64,19 @@ class Layout:
     def store_data(self) -> Path:
         return self.store / "vault"
 
+    @property
+    def erasing(self) -> Path:
+        """Migrated plaintext being deleted and its blocks discarded (the staging dir, renamed)."""
+        return self.staging.with_name(f".{self.path.name}.vp-erase")
+
+    @property
+    def cipher_probe(self) -> Path:
+        """A scratch directory on the vault's filesystem, outside the vault's files: a crash mid-probe
+        must leave nothing a later run could take for the user's data (fscrypt.check_cipher)."""
+        if self.image.exists():
+            return self.store / ".vp-cipher-probe"
+        return self.path.with_name(f".{self.path.name}.vp-cipher-probe")
+
 
 def host_path(root: Path | None, plan_path: str) -> Path:
     """The plan's absolute path on this host: under --root when given."""
@@ -96,11 +115,14 @@ class ObservedVault:
     path: str
     path_state: PathState
     mounted: bool = False
-    image_bytes: int | None = None  # size of the vault's own image, when it has one
+    image_bytes: int | None = None  # size of the filesystem of the vault's own image, when it has one
+    image_encrypted: bool | None = None  # an unmounted image's vault directory has a policy (only
+    # looked at when no sealed key is recorded)
     used_bytes: int | None = None
     capacity_bytes: int | None = None
     empty: bool | None = None  # only looked at for a directory without an encryption policy
     staged_plaintext: bool = False
+    erasing_plaintext: bool = False  # a migration copied its plaintext in but had not erased it yet
     policy: EncryptionPolicy | None = None
     key_status: KeyStatus | None = None
     seal: ObservedSeal | None = None
@@ -151,8 +173,9 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
     errors: list[str] = []
     values: dict = {"name": name, "path": str(where.path), "path_state": kind}
     values["staged_plaintext"] = where.staging.is_dir() and not where.staging.is_symlink()
+    values["erasing_plaintext"] = where.erasing.is_dir() and not where.erasing.is_symlink()
     if where.image.exists():
-        values["image_bytes"] = where.image.stat().st_size
+        values["image_bytes"] = blockdev.superblock(where.image).size_bytes
     if kind is PathState.DIRECTORY:
         mounted = os.path.ismount(where.path)
         values["mounted"] = mounted
@@ -168,6 +191,8 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
             values["empty"] = _is_empty(where.path)
 
     sealed = state.sealed(name)
+    if sealed is None and where.image.exists() and not blockdev.is_mounted(where.store):
+        values["image_encrypted"] = blockdev.vault_encrypted_offline(where.image)
     identifier = None
     if sealed is not None:
         values["seal"] = _observe_seal(state, name, sealed, tpm, errors, {} if pcr_cache is None else pcr_cache)
@@ -208,6 +233,10 @@ def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[st
             changed = tuple(i for i in blob.pcrs if current.get(i) != blob.pcr_values.get(i))
         except DeviceError as exc:
             errors.append(f"TPM: {exc.message}")
+        try:
+            tpm.check_loads(blob)
+        except DeviceError as exc:
+            errors.append(f"the TPM does not load the sealed key ({exc.message}): unlocking the vault will fail")
     return ObservedSeal(identifier, blob.bank, tuple(blob.pcrs), digest_ok, changed)
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from compiler.plan import Plan, Vault
+from compiler.units import format_size
+from enforcer.blockdev import BLOCK_SIZE, image_bytes_for
 from enforcer.fscrypt import KeyStatus
 from enforcer.observe import Observed, ObservedVault, PathState
 from enforcer.state import VaultRecord
@@ -119,7 +121,7 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
 
     if encrypted:
         if seen.seal is None:
-            if seen.policy is not None and not fresh:
+            if (seen.policy is not None or seen.image_encrypted) and not fresh:
                 problem("key-lost", "the directory is encrypted but no sealed key is recorded for it; "
                         "it is not re-created (its data would be lost)")
                 return
@@ -140,6 +142,8 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
 
     if staged:
         step(Action.MIGRATE, "plaintext files wait to move into the vault")
+    elif seen.erasing_plaintext:
+        step(Action.MIGRATE, "migrated plaintext waits to be deleted and its blocks discarded")
     out.steps.extend(steps)
 
 
@@ -148,15 +152,17 @@ def _storage_steps(vault: Vault, seen: ObservedVault, step, problem) -> None:
     if not vault.limit_bytes:
         return
     if seen.image_bytes is None:
-        step(Action.CREATE_STORAGE, f"the vault needs its own {vault.limit_bytes}-byte filesystem for its limit")
+        step(Action.CREATE_STORAGE, f"the vault needs its own {format_size(vault.limit_bytes)} filesystem for its limit")
         return
     if not seen.mounted:
         step(Action.MOUNT_STORAGE, "the vault's image is not mounted")
-    if seen.image_bytes < vault.limit_bytes:
-        step(Action.GROW_STORAGE, f"the limit rose from {seen.image_bytes} to {vault.limit_bytes} bytes")
-    elif seen.image_bytes > vault.limit_bytes:
-        problem("limit-below-size", f"the limit fell to {vault.limit_bytes} bytes but the vault's filesystem "
-                f"has {seen.image_bytes}; shrinking is not supported, the vault keeps its size")
+    # the filesystem's own size, not the image file's: a resize a crash cut short grew the file only
+    if seen.image_bytes < image_bytes_for(vault.limit_bytes):
+        step(Action.GROW_STORAGE, f"the vault's filesystem has {format_size(seen.image_bytes)}, its limit is "
+             f"{format_size(vault.limit_bytes)}")
+    elif seen.image_bytes > -(-vault.limit_bytes // BLOCK_SIZE) * BLOCK_SIZE:  # older images: the whole limit
+        problem("limit-below-size", f"the limit fell to {format_size(vault.limit_bytes)} but the vault's filesystem "
+                f"has {format_size(seen.image_bytes)}; shrinking is not supported, the vault keeps its size")
 
 
 def _removed_vault(record: VaultRecord, seen: ObservedVault, out: Reconciliation) -> None:

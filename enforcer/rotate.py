@@ -50,7 +50,6 @@ import ctypes
 import json
 import os
 import shutil
-import stat
 import subprocess
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -59,7 +58,7 @@ from pathlib import Path
 
 from compiler.plan import Plan, Vault, format_time, parse_time
 from enforcer import blockdev, fscrypt
-from enforcer.apply import Applier, copy_tree, seal_new_key
+from enforcer.apply import Applier, copy_metadata, copy_needs, copy_tree, seal_new_key
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, layout
@@ -177,7 +176,7 @@ class Rotator:
         elif not where.data.is_dir() or verb == "rotate":
             raise RotationRefused("not-encrypted", "is not encrypted under its sealed key; run "
                                   "`vaultpolicy device apply` first", vault=name)
-        _check_space(name, where.data)
+        _check_space(name, where.data, vault.encryption != "none")
         # the key the files leave: the directory's, or a sealed key whose files are gone (still erased)
         old = policy.key_identifier if policy is not None else bytes.fromhex(sealed["key_identifier"]) if sealed else None
 
@@ -229,16 +228,13 @@ class Rotator:
         if pending["key_identifier"] is not None:
             new = bytes.fromhex(pending["key_identifier"])
             try:
-                fscrypt.check_cipher(str(where.fresh), new, pending["encryption"])
+                fscrypt.check_cipher(str(where.fresh / ".vp-cipher-probe"), new, pending["encryption"])
             except fscrypt.CipherUnavailable as exc:
                 raise RotationRefused(exc.reason, f"the kernel cannot encrypt with {pending['encryption']}; nothing "
                                       "was changed", vault=vault.name, hint=exc.hint) from None
             fscrypt.set_policy(str(where.fresh), new, pending["encryption"])
         copy_tree(where.data, where.fresh, [])
-        top = os.lstat(where.data)
-        os.chmod(where.fresh, stat.S_IMODE(top.st_mode))
-        os.chown(where.fresh, top.st_uid, top.st_gid)
-        os.utime(where.fresh, ns=(top.st_atime_ns, top.st_mtime_ns))
+        copy_metadata(os.lstat(where.data), where.fresh)
         fsync_dir(where.fresh)
         fsync_dir(where.fresh.parent)
 
@@ -385,21 +381,17 @@ def _exchange(a: Path, b: Path) -> None:
     fsync_dir(a.parent)
 
 
-def _check_space(name: str, data: Path) -> None:
+def _check_space(name: str, data: Path, encrypted: bool) -> None:
     """S21: the re-encrypted copy must fit beside the data; refuse before changing anything."""
     fs = os.statvfs(data)
-    block = fs.f_frsize
-    needed, inodes = block, 1  # the new top directory
-    for directory, dirs, files in os.walk(data):
-        for entry in dirs + files:
-            st = os.lstat(os.path.join(directory, entry))
-            inodes += 1
-            size = st.st_size if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else 0
-            needed += max(-(-size // block), 1) * block
+    try:
+        needs = copy_needs(data, encrypted)
+    except DeviceError as exc:  # a file kind that cannot be copied
+        raise RotationRefused("rotate-failed", f"{exc.message}; nothing was changed", vault=name) from None
     free = fs.f_bavail * fs.f_frsize
-    if needed > free or inodes > fs.f_favail:
-        raise RotationRefused("no-room", f"copying the vault needs {needed} free bytes and {inodes} inodes on its "
-                              f"filesystem; it has {free} bytes and {fs.f_favail} inodes free. "
+    if needs.bytes > free or needs.inodes > fs.f_favail:
+        raise RotationRefused("no-room", f"copying the vault needs {needs.bytes} free bytes and {needs.inodes} inodes on "
+                              f"its filesystem; it has {free} bytes and {fs.f_favail} inodes free. "
                               "Nothing was changed", vault=name, hint="raise the vault's limit or remove files first")
 
 

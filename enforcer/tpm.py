@@ -483,6 +483,18 @@ class Tpm:
                 raise TpmLockout("the TPM is in dictionary-attack lockout", int(exc.rc)) from None
             raise TpmFailure(f"{method.__name__.replace('_', ' ')} failed: {exc}", int(exc.rc)) from None
 
+    def check_loads(self, blob: SealedBlob) -> None:
+        """Raise a TpmError unless the TPM loads the sealed object under the storage primary
+        (TPM2_Load checks the private part's integrity and its binding to the public part); the
+        object is flushed at once and nothing is unsealed. `device status` uses it (S6)."""
+        tss = self._tss
+        try:
+            public, _ = tss.TPM2B_PUBLIC.unmarshal(blob.public)
+            private, _ = tss.TPM2B_PRIVATE.unmarshal(blob.private)
+        except Exception as exc:
+            raise InvalidSealedBlob(f"sealed blob is not valid: {exc}") from None
+        self._flush(self._call(self._esys.load, self._primary(), private, public))
+
 
 def _selected(selection, index: int) -> bool:
     for bank in selection:

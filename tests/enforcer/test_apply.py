@@ -9,12 +9,13 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from enforcer import fscrypt
 from enforcer.state import StateDir
-from vp_helpers import NOW, REPO, kernel_has_adiantum, make_plan, signed, vault
+from vp_helpers import NOW, REPO, fill, kernel_has_adiantum, make_plan, signed, tree, vault
 
 pytestmark = pytest.mark.device
 
@@ -30,25 +31,59 @@ def tree_digests(root) -> dict[str, str]:
     return out
 
 
-def snapshot(directory) -> dict[str, tuple[bytes, int]]:
-    """Every state file's bytes and mtime (images by size and mtime only)."""
+def snapshot(directory, *, skip: tuple[str, ...] = ()) -> dict[str, tuple[bytes, int]]:
+    """Every state file's bytes and mtime, but the vault images (their writes are counted on their loop
+    devices: the kernel writes an image back when it pleases) and the files named in `skip`."""
     out = {}
     for path in sorted(directory.rglob("*")):
-        if path.is_file() and ".img.mnt" not in str(path):
-            st = path.stat()
-            out[str(path)] = (b"" if path.suffix == ".img" else path.read_bytes(), st.st_mtime_ns)
+        if path.is_file() and ".img" not in path.name and ".img.mnt" not in str(path) and path.name not in skip:
+            out[str(path)] = (path.read_bytes(), path.stat().st_mtime_ns)
     return out
 
 
-def test_second_apply_changes_nothing(device):
+def loop_writes(device) -> dict[str, str]:
+    """For the loop device of the persist image and of each vault image: the sectors written to it
+    (/sys/block/loopN/stat; a sync's flush counts as a write of no sectors), after a sync."""
+    os.sync()
+    images = {str(device.work / "persist.img"), *map(str, (device.state / "images").glob("*.img"))}
+    counters = {}
+    for loop in Path("/sys/block").glob("loop*"):
+        backing = loop / "loop" / "backing_file"
+        if backing.exists() and backing.read_text().strip() in images:
+            counters[backing.read_text().strip()] = (loop / "stat").read_text().split()[6]
+    assert len(counters) == len(images), counters
+    return counters
+
+
+def mounts(device) -> list[str]:
+    """Mount id, mount point and source of every mount under the device: a remount gets a new id."""
+    with open("/proc/self/mountinfo") as table:
+        return sorted(" ".join((f[0], f[4], f[f.index("-") + 2])) for f in map(str.split, table)
+                      if f[4].startswith((str(device.root), str(device.state))))
+
+
+def test_second_apply_changes_nothing(device, monkeypatch, capsys):
+    """No filesystem write (the loop devices' write counters after a sync), no state file rewritten, no
+    mount made and no key sealed or unsealed: the second apply runs in this process, so the calls to
+    the real TPM can be counted. (The image files' mtimes used to be compared: writeback from the
+    first apply changed them now and then.)"""
+    from enforcer.tpm import Tpm
+    from vaultpolicy import cli
+
     plan = make_plan([vault("config", limit=16 * MiB), vault("img")])
     first = device.apply(plan)
     assert first.returncode == 0, first.stdout + first.stderr
-    before = snapshot(device.state)
-    second = device.apply(plan, "--json")
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert json.loads(second.stdout)["steps"] == []
-    assert snapshot(device.state) == before  # no new key, no new seal, not even a rewritten file
+    before = (snapshot(device.state), loop_writes(device), mounts(device))
+    tpm_calls = []
+    for method in ("seal", "unseal"):
+        real = getattr(Tpm, method)
+        monkeypatch.setattr(Tpm, method, lambda self, *a, _real=real, _name=method, **k: tpm_calls.append(_name) or
+                            _real(self, *a, **k))
+    code = cli.main(["device", "apply", str(device.sign(plan)), "--json", "--state-dir", str(device.state),
+                     "--root", str(device.root), "--tpm", device.tcti])
+    assert code == 0 and json.loads(capsys.readouterr().out)["steps"] == []
+    assert tpm_calls == []
+    assert (snapshot(device.state), loop_writes(device), mounts(device)) == before
 
 
 def test_raw_key_never_reaches_disk(device):
@@ -72,24 +107,31 @@ def test_raw_key_never_reaches_disk(device):
             assert key not in data and key[:32] not in data, f"raw key bytes found in {path}"
 
 
-def test_plaintext_directory_migrates_into_the_vault(device):
+@pytest.mark.parametrize("limit", [16 * MiB, 0], ids=["own-image", "plain"])
+def test_plaintext_directory_migrates_into_the_vault(device, limit):
+    """Every file, directory and symlink keeps its contents, mode, owner and mtime, and so does the vault
+    directory itself (a 0755 directory used to come out 0700)."""
     target = device.path("/persist/vault/config")
-    (target / "sub").mkdir(parents=True)
-    (target / "a.txt").write_text("alpha")
-    (target / "sub" / "b.bin").write_bytes(os.urandom(300_000))
+    target.mkdir(parents=True)
+    fill(target)
+    (target / "sub").mkdir()
     (target / "sub" / "marked.txt").write_bytes(b"plaintext marker " * 1000)
-    os.symlink("a.txt", target / "link")
-    expected = tree_digests(target)
+    os.chmod(target, 0o755)
+    os.chown(target, 1234, 4321)
+    os.utime(target, ns=(1_200_000_000_000_000_000, 1_200_000_000_000_000_000))
+    expected, top = tree(target), os.stat(target)
     os.sync()
 
-    result = device.apply(make_plan([vault("config", limit=16 * MiB)]))
+    result = device.apply(make_plan([vault("config", limit=limit)]))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert tree_digests(target) == expected
+    assert tree(target) == expected
+    after = os.stat(target)
+    assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns) == \
+        (top.st_mode, top.st_uid, top.st_gid, top.st_mtime_ns)
     os.sync()  # the staged plaintext's freed blocks were discarded: the persist image holds no copy of it
     assert b"plaintext marker " * 100 not in (device.work / "persist.img").read_bytes()
-    assert os.readlink(target / "link") == "a.txt"
     assert fscrypt.get_policy(str(target)) is not None
-    assert not any(name.endswith(".vp-plaintext") for name in os.listdir(target.parent))
+    assert not any(".vp-" in name for name in os.listdir(target.parent))
     status = device.cli("device", "status")
     assert status.returncode == 0, status.stdout
 
@@ -153,40 +195,70 @@ def test_removed_vault_retain_keeps_key_locked_and_orphaned(device):
 
 
 def test_removed_vault_destroy_crypto_erases(device):
-    plan = make_plan([vault("config"), vault("scratch", limit=8 * MiB, on_remove="destroy")])
+    """Destroy erases every copy of the key: the kernel's, the sealed blob, and the escrow blob (the key
+    wrapped for the controller) with its acknowledgement; then the files and the image."""
+    from enforcer import escrow
+
+    controller = escrow.generate_escrow_key()
+    public = escrow.escrow_public_text(controller)
+    plan = make_plan([vault("config"), vault("scratch", limit=8 * MiB, on_remove="destroy"),
+                      vault("tmp", on_remove="destroy")], escrow_public_key=public)
     assert device.apply(plan).returncode == 0
-    (device.path("/persist/vault/scratch") / "f").write_text("gone")
-    result = device.apply(make_plan([vault("config")], version=2))
-    assert result.returncode == 0, result.stdout + result.stderr
     state = StateDir(device.state)
-    assert state.sealed("scratch") is None and "scratch" not in state.records()
-    assert not state.image_path("scratch").exists()
-    assert not device.path("/persist/vault/scratch").exists()
-    assert state.sealed("config") is not None
+    escrowed = device.state / "escrow"
+    for name in ("scratch", "tmp"):
+        (device.path(f"/persist/vault/{name}") / "f").write_text("gone")
+        escrow.record_ack(device.state, escrow.make_ack(escrow.EscrowBlob.from_bytes((escrowed / f"{name}.json").read_bytes())))
+        assert escrow.escrow_state(device.state, name) == "acknowledged"
+    tmp_key = bytes.fromhex(state.sealed("tmp")["key_identifier"])
+    scratch_image = state.image_path("scratch")
+    result = device.apply(make_plan([vault("config")], version=2, escrow_public_key=public))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("scratch", "tmp"):
+        assert state.sealed(name) is None and name not in state.records()
+        assert not (escrowed / f"{name}.json").exists() and not (escrowed / f"{name}.ack.json").exists()
+        assert not device.path(f"/persist/vault/{name}").exists()
+    assert fscrypt.key_status(str(device.path("/persist")), tmp_key) is fscrypt.KeyStatus.ABSENT
+    assert not scratch_image.exists() and subprocess.run(["losetup", "-j", str(scratch_image)], capture_output=True,
+                                                         text=True, check=True).stdout == ""  # its keyring went with it
+    assert state.sealed("config") is not None and (escrowed / "config.json").exists()
 
 
 def test_refused_plans_leave_the_applied_plan_in_force(device):
+    """Each refused plan adds a vault `evil`: nothing of it is made (no directory, no sealed key, no
+    record), and the state dir is as it was but for the recorded refusal."""
     good = make_plan([vault("config")], version=3)
     assert device.apply(good).returncode == 0
     state = StateDir(device.state)
     applied = state.applied_envelope()
-    tampered = bytearray(signed(make_plan([vault("config"), vault("evil")], version=4), device.key))
+    before = snapshot(device.state, skip=("conditions.json",))
+    evil = [vault("config"), vault("evil"), vault("evil-img", limit=8 * MiB)]
+    tampered = bytearray(signed(make_plan(evil, version=4), device.key))
     tampered[tampered.index(b'"payload":"') + 30] ^= 1
     bad = {
-        "rollback": make_plan([vault("config")], version=2),
-        "expired": make_plan([vault("config")], version=4, issued=NOW - timedelta(days=400)),
-        "future-dated": make_plan([vault("config")], version=4, issued=NOW + timedelta(days=400)),
-        "wrong-target": make_plan([vault("config")], version=4, targets=["other-device"]),
+        "rollback": make_plan(evil, version=2),
+        "expired": make_plan(evil, version=4, issued=NOW - timedelta(days=400)),
+        "future-dated": make_plan(evil, version=4, issued=NOW + timedelta(days=400)),
+        "wrong-target": make_plan(evil, version=4, targets=["other-device"]),
     }
+
+    def nothing_made() -> None:
+        for name in ("evil", "evil-img"):
+            assert not device.path(f"/persist/vault/{name}").exists()
+            assert state.sealed(name) is None and name not in state.records() and not state.image_path(name).exists()
+        assert state.applied_envelope() == applied
+        assert snapshot(device.state, skip=("conditions.json",)) == before
+
     for reason, plan in bad.items():
         result = device.apply(plan, "--device-id", "gw-1")
         assert result.returncode == 1 and reason in result.stderr, (reason, result.stderr)
-        assert state.applied_envelope() == applied
         assert state.conditions()["plan"].reason == reason
+        nothing_made()
     (device.work / "tampered.signed").write_bytes(bytes(tampered))
     result = device.cli("device", "apply", str(device.work / "tampered.signed"), "--trust", str(device.trust))
     assert result.returncode == 1 and "refused" in result.stderr
-    assert state.applied_envelope() == applied
+    assert state.conditions()["plan"].reason == "bad-signature"
+    nothing_made()
     assert device.cli("device", "status").returncode == 3  # the refusal is reported
 
 

@@ -218,29 +218,69 @@ def tree_digests(root) -> dict[str, str]:
     return out
 
 
-def test_migration_running_out_of_space_during_the_copy_keeps_the_original_and_cleans_up(device):
-    """S21: the bytes fit the limit (the space check passes) but 1900 small files need a 4 KiB block
-    each, more than the vault's 8 MiB filesystem has, so the copy itself hits ENOSPC halfway."""
+def test_migration_that_passes_a_byte_count_but_does_not_fit_is_refused_before_anything_moves(device):
+    """S21: 190 KB in 1900 small files is far under an 8 MiB limit, but each file takes a 4 KiB block
+    and an inode: the vault's filesystem, made and measured first, cannot hold them. Refused with
+    nothing changed: no image, no key, the plaintext where it was (the check used to count bytes only,
+    so the plaintext was staged and an empty vault made before the copy ran out of space)."""
     target = device.path("/persist/vault/config")
     (target / "many").mkdir(parents=True)
     for index in range(1900):
         (target / "many" / f"{index:05}").write_bytes(b"%05d" % index * 20)
     (target / "top.txt").write_text("top")
     expected = tree_digests(target)
+    assert sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(target) for f in fs) < 0.9 * (8 << 20)
 
     result = device.apply(make_plan([vault("config", limit=8 << 20)]))
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "vault config: migrate FAILED" in result.stdout and "No space left on device" in result.stdout
-    staging = target.with_name(".config.vp-plaintext")
-    assert tree_digests(staging) == expected
-    assert fscrypt.get_policy(str(target)) is not None and os.listdir(target) == [], "a partial copy was left"
+    assert "vault config: stage-plaintext FAILED" in result.stdout and "nothing was moved" in result.stdout
+    assert "inodes free on the vault's own 8MiB filesystem" in result.stdout
+    assert tree_digests(target) == expected and fscrypt.get_policy(str(target)) is None
+    state = StateDir(device.state)
+    assert not state.image_path("config").exists() and state.sealed("config") is None
+    assert not target.with_name(".config.vp-plaintext").exists() and mounts_under(target) == []
     rc, vaults = _states(device)
-    assert rc == 3 and "plaintext files wait to move into the vault" in vaults["config"]["reasons"]
+    assert rc == 3 and vaults["config"]["state"] == "plaintext"
 
     grown = device.apply(make_plan([vault("config", limit=32 << 20)], version=2))
     assert grown.returncode == 0, grown.stdout + grown.stderr
-    assert tree_digests(target) == expected and not staging.exists()
+    assert tree_digests(target) == expected
 
+
+def test_migration_failing_halfway_keeps_the_original_and_cleans_up(device):
+    """S21: a copy that fails after some files are in (here a file the vault already holds that even
+    root cannot replace) removes what it copied and leaves the staged plaintext intact; the next run,
+    once the obstacle is gone, migrates everything."""
+    target = device.path("/persist/vault/config")
+    (target / "many").mkdir(parents=True)
+    for index in range(50):
+        (target / "many" / f"{index:03}").write_bytes(b"%03d" % index * 100)
+    (target / "top.txt").write_text("top")
+    expected = tree_digests(target)
+    plan = make_plan([vault("config", limit=8 << 20)])
+    # stop the apply as the migration starts, the vault made; crash points: stage-plaintext, create-storage,
+    # create-key, set-policy, the cipher probe inside it, migrate
+    killed = device.apply(plan, env={"VAULTPOLICY_CRASH_AT": "6"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    staging = target.with_name(".config.vp-plaintext")
+    assert tree_digests(staging) == expected and os.listdir(target) == []
+    (target / "top.txt").write_text("an app wrote this")
+    subprocess.run(["chattr", "+i", str(target / "top.txt")], check=True)
+    try:
+        result = device.apply(plan)
+    finally:
+        subprocess.run(["chattr", "-i", str(target / "top.txt")], check=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "vault config: migrate FAILED" in result.stdout and "top.txt" in result.stdout
+    assert tree_digests(staging) == expected
+    assert os.listdir(target) == ["top.txt"], "a partial copy was left"
+    rc, vaults = _states(device)
+    assert rc == 3 and "plaintext files wait to move into the vault" in vaults["config"]["reasons"]
+
+    (target / "top.txt").unlink()
+    again = device.apply(plan)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert tree_digests(target) == expected and not staging.exists()
 
 
 def test_reboot_without_lock_drops_keys_and_unlock_restores_them(device):
@@ -331,3 +371,119 @@ def test_lock_reports_failed_when_the_key_cannot_be_reached(device):
     assert fscrypt.key_status(persist, identifier) is fscrypt.KeyStatus.PRESENT  # honestly not locked
     assert device.cli("device", "lock").returncode == 0
     assert fscrypt.key_status(persist, identifier) is fscrypt.KeyStatus.ABSENT
+
+
+def _power_loss(device) -> None:
+    """Every mount gone (the persist partition too, which drops every key from the kernel), the TPM
+    restarted, then the persist partition mounted again as a boot would."""
+    for mountpoint in mounts_under(device.root, device.state):
+        subprocess.run(["umount", mountpoint], check=True)
+    device.swtpm.restart()
+    device.swtpm.measure_boot()
+    blockdev.mount_image(device.work / "persist.img", device.path("/persist"))
+
+
+@pytest.mark.parametrize("reboot", [False, True], ids=["keys-in-kernel", "after-reboot"])
+def test_a_lost_sealed_key_is_key_lost_for_every_storage_kind_and_its_escrow_blob_is_kept(device, reboot):
+    """S20: the sealed key file of a plain vault and of one with its own image deleted (then, in the
+    second case, a reboot): apply makes no new key for either, keeps the escrow blob (the only way left
+    to recover the data), and says key-lost. The image vault after a reboot used to get a new key
+    and its escrow blob overwritten: unmounted, its directory showed no policy."""
+    from enforcer import escrow
+
+    controller = escrow.generate_escrow_key()
+    plan = make_plan([vault("plain"), vault("img", limit=8 << 20)], escrow_public_key=escrow.escrow_public_text(controller))
+    assert device.apply(plan).returncode == 0
+    state = StateDir(device.state)
+    blobs = {name: (device.state / "escrow" / f"{name}.json").read_bytes() for name in ("plain", "img")}
+    identifiers = {name: state.sealed(name)["key_identifier"] for name in ("plain", "img")}
+    for name in ("plain", "img"):
+        (device.path(f"/persist/vault/{name}") / "data").write_text(f"only the escrowed key opens {name}")
+        state.sealed_path(name).unlink()
+    if reboot:
+        _power_loss(device)
+
+    for _ in range(2):  # and again: nothing changes on a second try either
+        result = device.apply(plan, "--json")
+        assert result.returncode == 1, result.stdout + result.stderr
+        out = json.loads(result.stdout)
+        assert out["steps"] == [] and out["failed"] == [], out
+        assert {(p["vault"], p["reason"]) for p in out["problems"]} == {("plain", "key-lost"), ("img", "key-lost")}
+        for name in ("plain", "img"):
+            assert (device.state / "escrow" / f"{name}.json").read_bytes() == blobs[name], f"{name}: escrow blob replaced"
+            assert state.sealed(name) is None
+    assert fscrypt.get_policy(str(device.path("/persist/vault/plain"))).key_identifier.hex() == identifiers["plain"]
+    assert state.image_path("img").exists()
+    rc, vaults = _states(device)
+    assert rc == 3 and all("no sealed key is recorded for it" in " ".join(vaults[n]["reasons"]) for n in ("plain", "img"))
+
+    # the escrowed key still opens the data: the controller releases it and the device unlocks with it
+    blob = escrow.EscrowBlob.from_bytes(blobs["plain"])
+    key = escrow.unwrap_key(controller, blob)
+    assert fscrypt.key_identifier(key).hex() == identifiers["plain"]
+
+
+def test_a_wrong_key_for_one_vault_never_locks_another(device):
+    """Vault a's sealed blob replaced by vault b's (same filesystem): unlocking a unseals b's key, which
+    is not a's. It is refused before the key reaches the kernel, so b, whose key that is, stays as it
+    was, unlocked or locked, and the outcomes say what the kernel says (unlocking a used to add b's
+    key a second time and then remove it: b was locked, and reported already unlocked)."""
+    persist = str(device.path("/persist"))
+    assert device.apply(make_plan([vault("a"), vault("b")])).returncode == 0
+    state = StateDir(device.state)
+    key_a, key_b = (bytes.fromhex(state.sealed(n)["key_identifier"]) for n in ("a", "b"))
+    swapped = dict(state.sealed("a"), blob=state.sealed("b")["blob"])
+    state.sealed_path("a").write_text(json.dumps(swapped))
+
+    def unlock() -> dict[str, dict]:
+        result = device.cli("device", "unlock", "--json")
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+        return {r["vault"]: r for r in json.loads(result.stdout)["unlock"]}
+
+    fscrypt.remove_key(persist, key_a, all_users=True)  # a locked, b unlocked
+    outcomes = unlock()
+    assert outcomes["a"]["outcome"] == "locked" and "it was not added to the kernel" in outcomes["a"]["message"]
+    assert outcomes["b"]["outcome"] == "already-unlocked"
+    assert fscrypt.key_status(persist, key_b) is fscrypt.KeyStatus.PRESENT
+    assert fscrypt.key_status(persist, key_a) is fscrypt.KeyStatus.ABSENT
+
+    assert device.cli("device", "lock").returncode == 0  # both locked: b unlocks with its own blob only
+    outcomes = unlock()
+    assert outcomes["a"]["outcome"] == "locked" and outcomes["b"]["outcome"] == "unlocked"
+    assert fscrypt.key_status(persist, key_b) is fscrypt.KeyStatus.PRESENT
+    assert fscrypt.key_status(persist, key_a) is fscrypt.KeyStatus.ABSENT
+
+    applied = device.apply(make_plan([vault("a"), vault("b")]))  # apply's unlock step alike
+    assert applied.returncode == 1 and "vault a: unlock FAILED" in applied.stdout, applied.stdout + applied.stderr
+    assert fscrypt.key_status(persist, key_b) is fscrypt.KeyStatus.PRESENT
+    assert (device.path("/persist/vault/b") / "f").write_text("b is still open") and state.sealed("b") is not None
+
+
+def test_status_names_a_vault_whose_sealed_key_the_tpm_no_longer_loads(device):
+    """S6: a sealed blob whose private part is damaged still matches the plan's PCRs and policy digest,
+    so status said the device matched and the next unlock failed. Status loads each blob under the
+    storage primary (and flushes it; nothing is unsealed) and exits 3 naming the vault and why."""
+    import base64
+
+    from enforcer.tpm import Tpm
+
+    assert device.apply(make_plan([vault("a"), vault("b", limit=8 << 20)])).returncode == 0
+    state = StateDir(device.state)
+    sealed = state.sealed("a")
+    private = bytearray(base64.b64decode(sealed["blob"]["private"]))
+    private[len(private) // 2] ^= 0x01  # inside the encrypted sensitive area: the TPM's integrity check fails
+    sealed["blob"]["private"] = base64.b64encode(bytes(private)).decode()
+    state.sealed_path("a").write_text(json.dumps(sealed))
+    with Tpm(device.tcti) as tpm:
+        before = tpm.loaded_handles()
+
+    result = device.cli("device", "status")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "vault a: unlocked, DRIFT" in result.stdout and "the TPM does not load the sealed key" in result.stdout
+    assert "unlocking the vault will fail" in result.stdout and "vault b: unlocked, matches" in result.stdout
+    rc, vaults = _states(device)
+    assert rc == 3 and not vaults["a"]["matches"] and vaults["b"]["matches"]
+    with Tpm(device.tcti) as tpm:
+        assert tpm.loaded_handles() == before  # the loaded blobs were flushed
+    assert device.cli("device", "lock").returncode == 0
+    assert device.cli("device", "unlock").returncode == 1  # what status foretold

@@ -82,6 +82,41 @@ def test_writing_past_the_limit_fails_with_enospc(vault):
     assert used >= limit - MiB, "the filesystem is full when the write fails"
 
 
+@pytest.mark.parametrize("limit_mib", [8, 20, 160])
+def test_a_vault_image_holds_close_to_its_limit_and_not_more(needs_device, tmp_path, limit_mib):
+    """An encrypted vault takes at least 90% of its limit in file data (an 8 MiB limit held 3.5 MiB with
+    mkfs's defaults: a 4 MiB journal, 6% inode tables); writing on past the limit fails with ENOSPC.
+    160 MiB is past `JOURNAL_FROM_BYTES`: that image has a journal, of 4 MiB."""
+    limit = limit_mib * MiB
+    image, mountpoint = tmp_path / "images" / "v.img", tmp_path / "vault"
+    blockdev.attach_image(image, mountpoint, limit)
+    try:
+        identifier = fscrypt.add_key(str(mountpoint), os.urandom(64))
+        fscrypt.set_policy(str(mountpoint), identifier)
+        written = 0
+        with pytest.raises(OSError) as raised:
+            with open(mountpoint / "fill", "wb") as handle:
+                while True:
+                    written += handle.write(b"\x5a" * (64 << 10))
+                    handle.flush()  # the kernel reserves the blocks as each write lands: ENOSPC comes here
+        assert raised.value.errno == errno.ENOSPC
+        os.sync()
+        assert 0.9 * limit <= written <= limit, f"{written / MiB:.1f} MiB of a {limit_mib} MiB limit"
+        assert (limit >= blockdev.JOURNAL_FROM_BYTES) == ("has_journal" in subprocess.run(
+            ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True).stdout)
+    finally:
+        blockdev.detach(mountpoint)
+
+
+def test_image_size_leaves_out_a_last_group_mkfs_would_drop(needs_device, tmp_path):
+    """The filesystem is exactly as large as its image file, so its superblock says whether a resize
+    finished; a limit a little past a 128 MiB block group boundary gives the boundary."""
+    for limit_mib, expected_mib in ((8, 8), (129, 128), (150, 150), (257, 256)):
+        assert blockdev.image_bytes_for(limit_mib * MiB) == expected_mib * MiB
+    image = blockdev.make_image(tmp_path / "g.img", 129 * MiB)
+    assert image.stat().st_size == blockdev.superblock(image).size_bytes == 128 * MiB
+
+
 def test_raising_the_limit_keeps_encrypted_data_and_allows_more(vault):
     image, mountpoint = vault
     key = bytearray(os.urandom(64))

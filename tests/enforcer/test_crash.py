@@ -9,10 +9,13 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 
 import pytest
 
+from enforcer.observe import Observed, observe_vault
+from enforcer.reconcile import Action, reconcile
 from enforcer.state import StateDir
 from vp_helpers import fill, make_plan, mounts_under, tree, vault
 
@@ -22,11 +25,16 @@ MiB = 1 << 20
 PLAN = make_plan([vault("config", limit=16 * MiB), vault("img", limit=8 * MiB, pcrs=(0, 4)), vault("logs")])
 
 
+MARKER = b"plaintext marker of config " * 1000
+
+
 def plaintext_files(target) -> dict[str, str]:
     (target / "nested").mkdir(parents=True)
-    files = {"a.txt": b"alpha" * 1000, "nested/b.bin": bytes(range(256)) * 2000, "nested/empty": b""}
+    files = {"a.txt": b"alpha" * 1000, "nested/b.bin": bytes(range(256)) * 2000, "nested/empty": b"",
+             "marker": MARKER}
     for name, data in files.items():
         (target / name).write_bytes(data)
+    os.chmod(target, 0o755)
     return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
@@ -51,14 +59,27 @@ def current_keys(device, names=("config", "img", "logs")) -> list[bytes]:
         return [bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed(n)["blob"])))) for n in names]
 
 
+def images(device) -> list:
+    """The persist partition's image and every vault's own image."""
+    return [device.work / "persist.img", *sorted((device.state / "images").glob("*.img"))]
+
+
+def leftovers(device) -> list[str]:
+    """Scratch names the enforcer makes (`.x.vp-plaintext`, `.x.vp-erase`, `.vp-cipher-probe`, ...), beside
+    the vaults and at the top of each vault image's filesystem."""
+    places = [device.path("/persist/vault"), *(device.state / "images").glob("*.img.mnt")]
+    return [str(p) for place in places for p in place.glob("*.vp-*")]
+
+
 def test_kill_at_every_step_then_rerun_converges(device):
     crashed_at = []
     for step in range(1, 40):
         reset(device)
         expected = plaintext_files(device.path("/persist/vault/config"))
+        os.sync()
         killed = device.apply(PLAN, env={"VAULTPOLICY_CRASH_AT": str(step)})
         if killed.returncode == 0:
-            break  # past the last step: the whole apply ran
+            break  # past the last crash point: the whole apply ran
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         crashed_at.append(step)
 
@@ -67,16 +88,57 @@ def test_kill_at_every_step_then_rerun_converges(device):
         assert "resumed after an interrupted apply" in rerun.stdout
         config = device.path("/persist/vault/config")
         assert digests(config) == expected, f"step {step}: files differ after the rerun"
-        assert not [n for n in os.listdir(config.parent) if "vp-plaintext" in n], f"step {step}: plaintext left"
+        assert stat.S_IMODE(os.stat(config).st_mode) == 0o755, f"step {step}: the vault directory's mode changed"
+        for empty in ("img", "logs"):  # nothing but what apps put there, e.g. no cipher probe migrated in
+            assert os.listdir(device.path(f"/persist/vault/{empty}")) == [], f"step {step}: {empty} is not empty"
+        assert leftovers(device) == [], f"step {step}: scratch left"
         status = device.cli("device", "status")
         assert status.returncode == 0, f"step {step}: {status.stdout}"
         again = device.apply(PLAN, "--json")
         assert json.loads(again.stdout)["steps"] == [], f"step {step}: not converged"
-        for key in current_keys(device):
-            for path in device.state.rglob("*"):
-                if path.is_file() and ".img.mnt" not in str(path):
-                    assert key not in path.read_bytes(), f"step {step}: key bytes in {path}"
-    assert len(crashed_at) >= 12  # 3 vaults x (storage or directory, key, policy) + staging, migration, commit
+        os.sync()  # what is on disk: the state files, and every filesystem image with its freed blocks discarded
+        keys = current_keys(device)
+        for path in [p for p in device.state.rglob("*") if p.is_file() and ".img.mnt" not in str(p)] + images(device):
+            data = path.read_bytes()
+            assert not any(key in data for key in keys), f"step {step}: key bytes in {path}"
+            assert MARKER[:2000] not in data, f"step {step}: plaintext left in {path}"
+    # config: stage-plaintext, create-storage, create-key, set-policy, its cipher probe, migrate, mid-copy,
+    # between delete and discard; img and logs: storage or directory, key, policy, probe; the commit
+    assert crashed_at == list(range(1, 18)), crashed_at
+
+
+def test_kill_at_every_step_of_a_limit_rise_then_rerun_grows_the_filesystem(device):
+    """The offline resize grows the image file, then its filesystem: a kill between the two left a
+    filesystem smaller than its file, which the rerun took for grown (it compared the file's size)."""
+    from enforcer import blockdev
+
+    small = make_plan([vault("config", limit=8 * MiB)])
+    grown = make_plan([vault("config", limit=16 * MiB)], version=2)
+    config, image = device.path("/persist/vault/config"), device.state / "images" / "config.img"
+    crashed_at = []
+    for step in range(1, 10):
+        reset(device)
+        assert device.apply(small).returncode == 0
+        (config / "kept").write_bytes(MARKER)
+        killed = device.apply(grown, env={"VAULTPOLICY_CRASH_AT": str(step)})
+        if killed.returncode == 0:
+            break
+        assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        crashed_at.append(step)
+        if step == 2:  # between the two: what is observed is the filesystem's size, not the file's
+            seen = observe_vault(StateDir(device.state), device.root, "config", "/persist/vault/config", None)
+            assert (image.stat().st_size, seen.image_bytes) == (16 * MiB, 8 * MiB)
+            assert Action.GROW_STORAGE in [s.action for s in reconcile(grown, Observed({"config": seen})).steps]
+
+        rerun = device.apply(grown)
+        assert rerun.returncode == 0, f"step {step}: {rerun.stdout!r}{rerun.stderr!r}"
+        assert blockdev.superblock(image).size_bytes == 16 * MiB, f"step {step}: the filesystem was not grown"
+        assert (config / "kept").read_bytes() == MARKER
+        (config / "more").write_bytes(b"m" * (12 * MiB))  # more than the small filesystem could take
+        again = device.apply(grown, "--json")
+        assert json.loads(again.stdout)["steps"] == [], f"step {step}: not converged"
+        assert device.cli("device", "status").returncode == 0
+    assert crashed_at == [1, 2, 3], crashed_at  # grow-storage, between the file's and the filesystem's resize, commit
 
 
 # Every encryption change at once: none -> encrypted and encrypted -> none, for a vault with its own image and a

@@ -38,6 +38,14 @@ def test_add_key_returns_the_kernel_identifier_and_is_present(ext4_image):
     assert key != bytearray(fscrypt.RAW_KEY_SIZE), "the caller's buffer is the caller's to wipe"
 
 
+def test_key_identifier_is_the_one_the_kernel_derives_without_adding_the_key(ext4_image):
+    for _ in range(8):
+        key = _new_key()
+        identifier = fscrypt.key_identifier(key)
+        assert fscrypt.key_status(ext4_image, identifier) is KeyStatus.ABSENT  # computing it added nothing
+        assert fscrypt.add_key(ext4_image, key) == identifier
+
+
 def test_unknown_identifier_is_absent(ext4_image):
     assert fscrypt.key_status(ext4_image, os.urandom(16)) is KeyStatus.ABSENT
 
