@@ -5,7 +5,9 @@ attestation key and names it as signer; the quote's qualifying data binds the re
 (and the nonce it carries); the reported PCR values hash to the quoted digest; the report names the
 same device. A report that carries a nonce must use one we issued to that device, unused and unexpired,
 or be the very report that already used it and verified (rendering a report again is idempotent);
-`require_nonce` makes a nonce mandatory. The fleet summary is rendered by jinja2 templates
+`require_nonce` makes a nonce mandatory. A vault the device reports with escrow `acknowledged` while
+the store holds no escrow of it is drift in the fleet view (`escrow-unconfirmed`): acknowledgements
+are unsigned, so that claim is checked against the controller's own records. The fleet summary is rendered by jinja2 templates
 (controller/templates/drift.{txt,md,html}.j2) from the same `FleetSummary` a JSON view would dump.
 """
 
@@ -32,6 +34,9 @@ class VerifiedReport:
     fresh: bool  # carried a controller nonce that we checked and used
     pcrs: dict[int, bytes]
     bank: str
+    # vaults the device reports escrow `acknowledged` for while this controller holds no escrow of them:
+    # acknowledgements are unsigned and made from public data, so the device's word is not enough
+    escrow_unconfirmed: frozenset[str] = frozenset()
 
 
 def verify_report(store: Store, signed: bytes, now: int, *, require_nonce: bool = False, source: str = "report") -> VerifiedReport:
@@ -55,7 +60,9 @@ def verify_report(store: Store, signed: bytes, now: int, *, require_nonce: bool 
         report = load_report(report_bytes, source)
         if report.device_id != quote.device_id:
             raise AttestationRejected("report-altered", f"{source}: report names device `{report.device_id}`, its quote `{quote.device_id}`")
-    return VerifiedReport(report, bool(quote.nonce), dict(quote.pcrs), quote.bank)
+    escrowed = set(store.escrowed_vaults(report.device_id))
+    unconfirmed = frozenset(v.name for v in report.vaults if v.escrow == "acknowledged" and v.name not in escrowed)
+    return VerifiedReport(report, bool(quote.nonce), dict(quote.pcrs), quote.bank, unconfirmed)
 
 
 @dataclass(frozen=True)
@@ -80,19 +87,29 @@ class FleetSummary:
 
 
 def summarise(verified: list[VerifiedReport], rejected: list[tuple[str, str]]) -> FleetSummary:
-    devices = [
-        DeviceSummary(
-            device_id=v.report.device_id,
-            plan_version=v.report.plan.plan_version,
-            generated_at=v.report.generated_at,
+    devices = []
+    for v in sorted(verified, key=lambda v: v.report.device_id):
+        report = controller_view(v)
+        devices.append(DeviceSummary(
+            device_id=report.device_id,
+            plan_version=report.plan.plan_version,
+            generated_at=report.generated_at,
             fresh=v.fresh,
-            drifting=v.report.drifting,
-            ready=len(v.report.vaults) - len(v.report.drifting) - len(v.report.retained),
-            retained=v.report.retained,
-        )
-        for v in sorted(verified, key=lambda v: v.report.device_id)
-    ]
+            drifting=report.drifting,
+            ready=len(report.vaults) - len(report.drifting) - len(report.retained),
+            retained=report.retained,
+        ))
     return FleetSummary(devices, rejected)
+
+
+def controller_view(verified: VerifiedReport) -> Report:
+    """The device's report with what the controller knows better: a vault whose escrow it claims is
+    acknowledged, but of which the store holds no escrow, drifts (`escrow-unconfirmed`)."""
+    vaults = [vault.model_copy(update={
+        "condition": "Drifted", "reason": "escrow-unconfirmed",
+        "message": "the device reports its escrow acknowledged, but this controller holds no escrowed key for it"})
+        if vault.name in verified.escrow_unconfirmed else vault for vault in verified.report.vaults]
+    return verified.report.model_copy(update={"vaults": vaults})
 
 
 def render(summary: FleetSummary, fmt: str) -> str:

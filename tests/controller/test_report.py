@@ -132,6 +132,22 @@ def test_signed_report_verifies_and_renders(enrolled, store, make_policy):
     assert "<td>pcr-mismatch</td>" in render(summary, "html")
 
 
+def test_an_escrow_the_controller_never_received_is_drift_whatever_the_device_says(enrolled, store):
+    ready = locked_report("gw-1").vaults[0].model_copy(update={
+        "condition": "Ready", "reason": "ready", "message": "ok", "mismatching_pcrs": [], "escrow": "acknowledged"})
+    claim = locked_report("gw-1").model_copy(update={"vaults": [ready]})
+    verified = verify_report(store, sign_report(enrolled.tcti, claim, b"", "sha256", (0, 7)), NOW)
+    assert verified.escrow_unconfirmed == {"config"}
+    summary = summarise([verified], [])
+    assert [d.device_id for d in summary.drifting_devices] == ["gw-1"]
+    assert "config: Drifted (escrow-unconfirmed) the device reports its escrow acknowledged, but this controller " \
+        "holds no escrowed key for it" in render(summary, "text")
+
+    store.add_escrow("gw-1", "config", KEY, b"{}", "00" * 32, NOW)
+    verified = verify_report(store, sign_report(enrolled.tcti, claim, b"", "sha256", (0, 7)), NOW)
+    assert verified.escrow_unconfirmed == frozenset() and summarise([verified], []).drifting_devices == []
+
+
 def test_edited_report_fails(enrolled, store):
     signed = json.loads(sign_report(enrolled.tcti, locked_report("gw-1"), b"", "sha256", (0, 7)))
     report = json.loads(base64.b64decode(signed["report"]))
