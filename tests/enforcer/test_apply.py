@@ -159,6 +159,26 @@ def test_migration_that_cannot_fit_moves_nothing(device):
     assert device.cli("device", "status").returncode == 0
 
 
+def test_migration_of_a_vault_without_a_limit_is_space_checked_too(device):
+    """S21: a vault without a limit shares the persist filesystem with its staged plaintext, so the
+    copy needs as much free space again there: 40 MiB of files on the 64 MiB partition do not fit,
+    and nothing is moved. Once room is made they migrate."""
+    target = device.path("/persist/vault/config")
+    target.mkdir(parents=True)
+    (target / "big").write_bytes(b"\2" * (40 * MiB))
+    (target / "small").write_bytes(b"kept")
+    result = device.apply(make_plan([vault("config")]))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "vault config: stage-plaintext FAILED" in result.stdout and "nothing was moved" in result.stdout
+    assert f"free on the filesystem of `{target}`" in result.stdout
+    assert sorted(os.listdir(target)) == ["big", "small"] and fscrypt.get_policy(str(target)) is None
+    assert os.listdir(target.parent) == ["config"] and StateDir(device.state).sealed("config") is None
+    (target / "big").unlink()
+    migrated = device.apply(make_plan([vault("config")], version=2))
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert (target / "small").read_bytes() == b"kept" and fscrypt.get_policy(str(target)) is not None
+
+
 def test_writing_past_the_limit_fails_and_raising_it_helps(device):
     assert device.apply(make_plan([vault("config", limit=8 * MiB)])).returncode == 0
     target = device.path("/persist/vault/config")

@@ -143,6 +143,31 @@ def test_a_locked_vault_is_not_re_encrypted_until_unlocked(device):
     assert_applied_once(device, new_plan, expected)
 
 
+def test_a_re_encryption_that_does_not_fit_is_refused_with_nothing_changed(device):
+    """S21: a copy of config's files does not fit beside them on its 16 MiB filesystem: its
+    re-encryption is refused before anything changes (its key, record, files, no scratch left), and
+    the plain vault, which fits, is re-encrypted."""
+    old_plan, new_plan = plans("aes-256-xts", "none")
+    filled(device, old_plan)
+    (device.path("/persist/vault/config") / "big").write_bytes(b"\3" * (9 * MiB))
+    os.sync()
+    expected = {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES}
+    state = StateDir(device.state)
+    before = {name: (state.sealed_path(name).read_bytes(), state.record_path(name).read_bytes()) for name in ("config",)}
+
+    result = device.apply(new_plan, "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    (failed,) = json.loads(result.stdout)["failed"]
+    assert failed["vault"] == "config" and failed["action"] == "re-encrypt"
+    assert "copying the vault needs" in failed["error"] and "Nothing was changed" in failed["error"]
+    assert (state.sealed_path("config").read_bytes(), state.record_path("config").read_bytes()) == before["config"]
+    assert fscrypt.get_policy(str(device.path("/persist/vault/config"))).contents_mode == "aes-256-xts"
+    assert key_status(device, "config", state.sealed("config")["key_identifier"]) is KeyStatus.PRESENT
+    assert {name: tree(device.path(f"/persist/vault/{name}")) for name in NAMES} == expected
+    assert leftovers(device) == []
+    assert fscrypt.get_policy(str(device.path("/persist/vault/logs"))) is None and state.sealed("logs") is None
+
+
 def test_a_plan_that_moves_a_vault_is_a_problem_and_the_vault_stays_managed_where_its_files_are(device):
     old_plan, _ = plans("aes-256-xts", "aes-256-xts")
     expected = filled(device, old_plan)
