@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 import rfc8785
@@ -79,20 +80,11 @@ def describe_key_file(data: bytes) -> str:
     """What a file given as a key holds, in words, so that the wrong file is named for what it is
     (a public key given as a private one, a trust root given as a key, an escrow key, a plan)."""
     if data.lstrip().startswith(b"-----BEGIN"):
-        for load in (lambda: serialization.load_pem_private_key(data, password=None), lambda: serialization.load_pem_public_key(data)):
-            try:
-                key = load()
-            except TypeError:  # a private key that needs a password
-                return "a password-protected private key"
-            except (ValueError, UnsupportedAlgorithm):
-                continue
-            kind = next((words for cls, words in _KEY_KINDS.items() if isinstance(key, cls)), None)
-            return kind or f"a {type(key).__name__.removeprefix('_')} key, of an algorithm vaultpolicy does not use"
-        return "a PEM file holding no key"
+        return _pem_kind(data)
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return "32 bytes in base64, like an X25519 escrow public key" if _is_base64_of_32_bytes(data) else "not a key file"
+        return _text_kind(data) or "not a key file"
     if isinstance(document, dict):
         kind = {TRUST_ROOT_PAYLOAD_TYPE: "a trust root", PLAN_PAYLOAD_TYPE: "a signed plan"}.get(document.get("payload_type"))
         if kind:
@@ -100,6 +92,32 @@ def describe_key_file(data: bytes) -> str:
         if _is_bare_plan(document):
             return "an unsigned plan"
     return "JSON, not a key"
+
+
+def _pem_kind(data: bytes) -> str:
+    for load in (lambda: serialization.load_pem_private_key(data, password=None), lambda: serialization.load_pem_public_key(data)):
+        try:
+            key = load()
+        except TypeError:  # a private key that needs a password
+            return "a password-protected private key"
+        except (ValueError, UnsupportedAlgorithm):
+            continue
+        kind = next((words for cls, words in _KEY_KINDS.items() if isinstance(key, cls)), None)
+        return kind or f"a {type(key).__name__.removeprefix('_')} key, of an algorithm vaultpolicy does not use"
+    return "a PEM file holding no key"
+
+
+# A policy starts with comments or a top-level keyword (policy_lang/parse.py: TOP_LEVEL_KEYWORDS).
+_POLICY_START = re.compile(rb"\A(?:\s*#[^\n]*\n)*\s*(?:device|attestation|defaults|vault|component|app|include)\b")
+
+
+def _text_kind(data: bytes) -> str | None:
+    """What a file that is neither JSON nor PEM holds, when it is something vaultpolicy knows."""
+    if _is_base64_of_32_bytes(data):
+        return "32 bytes in base64, like an X25519 escrow public key"
+    if _POLICY_START.match(data):
+        return "a policy (.vpol)"
+    return None
 
 
 def _is_base64_of_32_bytes(data: bytes) -> bool:
@@ -155,18 +173,27 @@ class Envelope:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Envelope":
+    def from_bytes(cls, data: bytes, source: str | None = None) -> "Envelope":
+        """The envelope in `data`, parsed but not verified. `source` (the file name) goes into every
+        refusal, and a file that is something else altogether is named for what it is."""
+        named = f"`{source}`: " if source else ""
+
         def malformed(why: str) -> PlanRejected:
-            return PlanRejected("malformed-envelope", f"malformed envelope: {why}")
+            return PlanRejected("malformed-envelope", f"{named}malformed envelope: {why}")
 
         try:
             obj = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise malformed(f"not JSON ({exc.__class__.__name__}: {exc})") from None
+            kind = _pem_kind(data) if data.lstrip().startswith(b"-----BEGIN") else _text_kind(data)
+            if kind is None:
+                raise malformed(f"not JSON ({_json_problem(exc)})") from None
+            message = f"`{source}` is {kind}, not a signed envelope" if source else f"malformed envelope: it is {kind}"
+            raise PlanRejected("malformed-envelope", message, hint=_SIGNED_HINT) from None
         if not isinstance(obj, dict):
             raise malformed("not a JSON object")
         if _is_bare_plan(obj):
-            raise PlanRejected("unsigned", "an unsigned plan; sign it with `vaultpolicy sign`")
+            raise PlanRejected("unsigned", f"`{source}` is an unsigned plan; sign it with `vaultpolicy sign`" if source
+                               else "an unsigned plan; sign it with `vaultpolicy sign`")
         if problem := _field_problem(obj, _ENVELOPE_FIELDS, "an envelope"):
             raise malformed(problem)
         if not isinstance(obj["payload_type"], str) or not isinstance(obj["payload"], str):
@@ -183,6 +210,15 @@ class Envelope:
         except (binascii.Error, TypeError):
             raise malformed("payload or a signature is not valid base64") from None
         return cls(obj["payload_type"], payload, tuple(signatures))
+
+
+_SIGNED_HINT = "a signed plan is what `vaultpolicy sign PLAN --key KEY -o SIGNED` writes from a compiled plan"
+
+
+def _json_problem(exc: UnicodeDecodeError | json.JSONDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"byte {exc.start} is not UTF-8 text"
+    return f"{exc.msg[:1].lower()}{exc.msg[1:]} at line {exc.lineno} column {exc.colno}"
 
 
 def sign(payload_type: str, payload: bytes, keys: list[Ed25519PrivateKey]) -> Envelope:

@@ -134,4 +134,5 @@ def test_verify_refuses_a_signed_lax_plan_as_malformed(cli, tmp_path, plan_json)
     key = load_private_key((tmp_path / "k").read_bytes(), "k")
     (tmp_path / "lax.signed").write_bytes(sign(PLAN_PAYLOAD_TYPE, (tmp_path / "lax.json").read_bytes(), [key]).to_bytes())
     code, _, err = cli("verify", tmp_path / "lax.signed", "--trust", tmp_path / "k.pub")
-    assert code == 1 and err.startswith("refused: malformed-plan: signed payload is not a valid plan: plan field `plan_version`")
+    assert code == 1 and err.startswith(f"refused: malformed-plan: `{tmp_path / 'lax.signed'}`: signed payload is not a valid "
+                                        "plan: plan field `plan_version`")

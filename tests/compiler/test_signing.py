@@ -93,7 +93,7 @@ def test_a_bad_trust_root_is_named_apart_from_the_signed_plan(cli, keys, plan_fi
     (keys / "root.json").write_text("vault data {}\n")
     code, _, err = cli("verify", keys / "signed", "--trust", keys / "root.json")
     assert code == 1 and err.startswith(f"refused: malformed-trust-root: `{keys / 'root.json'}` is not a trust root or an "
-                                        "Ed25519 public key (it is not a key file)")
+                                        "Ed25519 public key (it is a policy (.vpol))")
     payload = base64.b64encode(json.dumps({"version": 1, "keys": []}).encode()).decode()
     envelope = {"payload_type": TRUST_ROOT_PAYLOAD_TYPE, "payload": payload, "signatures": []}
     (keys / "root.json").write_text(json.dumps(envelope))
@@ -189,7 +189,7 @@ def test_trust_rotation_needs_a_threshold_of_the_current_root(cli, keys, plan_fi
 
 def test_an_unsigned_plan_is_named_as_such(cli, keys, plan_file):
     code, _, err = cli("verify", plan_file, "--trust", keys / "a.pub")
-    assert code == 1 and err == "refused: unsigned: an unsigned plan; sign it with `vaultpolicy sign`\n"
+    assert code == 1 and err == f"refused: unsigned: `{plan_file}` is an unsigned plan; sign it with `vaultpolicy sign`\n"
 
 
 @pytest.mark.parametrize(
@@ -229,3 +229,86 @@ def test_a_wrong_public_key_for_a_trust_root_says_what_the_file_is(cli, keys):
     code, _, err = cli("trust", "init", "--key", keys / "a", "--threshold", "1", "--sign-with", keys / "a", "-o", keys / "root")
     assert code == 1 and err == (f"error: `{keys / 'a'}` is an Ed25519 private key; --key needs an Ed25519 public key "
                                  "(the KEY.pub written by `vaultpolicy keygen`)\n")
+
+
+@pytest.mark.parametrize(
+    "given, what",
+    [("policy.vpol", "a policy (.vpol)"), ("a.pub", "an Ed25519 public key"), ("a", "an Ed25519 private key"),
+     ("escrow.key", "an X25519 escrow private key")],
+)
+def test_a_file_given_as_the_signed_plan_is_named_for_what_it_is(cli, keys, given, what):
+    """`verify p1.vpol` said `malformed envelope: not JSON (JSONDecodeError: Expecting value: line 1 column 1 (char 0))`."""
+    (keys / "policy.vpol").write_text("# the gateway\nvault data { limit 16MiB }\n")
+    assert cli("controller", "escrow-keygen", keys / "escrow.key")[0] == 0
+    code, _, err = cli("verify", keys / given, "--trust", keys / "a.pub")
+    assert code == 1 and err == (f"refused: malformed-envelope: `{keys / given}` is {what}, not a signed envelope\n"
+                                 "  = help: a signed plan is what `vaultpolicy sign PLAN --key KEY -o SIGNED` writes from a "
+                                 "compiled plan\n")
+
+
+def test_a_broken_signed_plan_is_named_and_says_where_its_json_breaks(cli, keys, plan_file):
+    cli("sign", plan_file, "--key", keys / "a", "-o", keys / "signed")
+    (keys / "signed").write_bytes((keys / "signed").read_bytes()[:-1])
+    code, _, err = cli("verify", keys / "signed", "--trust", keys / "a.pub")
+    assert code == 1 and err.startswith(f"refused: malformed-envelope: `{keys / 'signed'}`: malformed envelope: not JSON ("
+                                        "expecting ',' delimiter at line 1 column ")
+    assert "JSONDecodeError" not in err and "char" not in err
+
+
+def test_envelope_refusals_name_the_source_they_are_given():
+    """The device names its stored applied plan this way (enforcer), so a damaged one is told apart."""
+    with pytest.raises(PlanRejected, match=r"^`state/plan.signed`: malformed envelope: not JSON \(extra data at line 1 column 3\)$"):
+        Envelope.from_bytes(b"{}x", "state/plan.signed")
+    with pytest.raises(PlanRejected, match=r"^malformed envelope: not JSON \(extra data at line 1 column 3\)$"):
+        Envelope.from_bytes(b"{}x")
+    with pytest.raises(PlanRejected, match=r"^`s.json`: malformed envelope: no `signatures` field"):
+        Envelope.from_bytes(b'{"payload_type": "x", "payload": ""}', "s.json")
+
+
+def test_a_trust_root_given_as_the_signed_plan_is_the_wrong_payload_type(cli, keys):
+    assert cli("trust", "init", "--key", keys / "a.pub", "--threshold", "1", "--sign-with", keys / "a", "-o", keys / "root")[0] == 0
+    code, _, err = cli("verify", keys / "root", "--trust", keys / "root")
+    assert code == 1 and err == f"refused: wrong-payload-type: `{keys / 'root'}` is a trust root, not a signed plan\n"
+    key = load_private_key((keys / "a").read_bytes(), "a")
+    other = sign("application/vnd.example+json", b"{}", [key])
+    with pytest.raises(PlanRejected, match="envelope holds `application/vnd.example.json`, expected `application/vnd.vaultpolicy.plan"):
+        TrustRoot.single(key.public_key()).verify(other, "application/vnd.vaultpolicy.plan.v1+json")
+    (keys / "other").write_bytes(other.to_bytes())
+    err = cli("verify", keys / "other", "--trust", keys / "a.pub")[2]
+    assert err == f"refused: wrong-payload-type: `{keys / 'other'}` holds `application/vnd.example+json`, not a signed plan\n"
+
+
+def test_a_signed_payload_that_is_not_a_plan_is_a_malformed_plan(cli, keys):
+    key = load_private_key((keys / "a").read_bytes(), "a")
+    for payload, why in ((b'{"schema_version": "1.0"}', "plan has no `plan_version` field"), (b"[1]", "plan is not a JSON object")):
+        (keys / "signed").write_bytes(sign("application/vnd.vaultpolicy.plan.v1+json", payload, [key]).to_bytes())
+        code, _, err = cli("verify", keys / "signed", "--trust", keys / "a.pub")
+        assert code == 1 and err == f"refused: malformed-plan: `{keys / 'signed'}`: signed payload is not a valid plan: {why}\n"
+
+
+def _rotated(keys: Path, version: int) -> Envelope:
+    """A root of `version` listing key b, signed by the current root's key a and by b."""
+    a = load_private_key((keys / "a").read_bytes(), "a")
+    b = load_private_key((keys / "b").read_bytes(), "b")
+    new = TrustRoot(version=version, threshold=1, keys=((key_id(b.public_key()), b.public_key()),))
+    return sign(TRUST_ROOT_PAYLOAD_TYPE, new.payload(), [a, b])
+
+
+@pytest.mark.parametrize("step", [0, 2, -1])
+def test_a_trust_root_rotates_only_to_the_next_version(keys, step):
+    """N -> N+1 only: the same version again (N -> N) or a skipped one (N -> N+2) is refused."""
+    a = load_private_key((keys / "a").read_bytes(), "a")
+    current = TrustRoot(version=3, threshold=1, keys=((key_id(a.public_key()), a.public_key()),))
+    assert current.rotate(_rotated(keys, 4)).version == 4
+    with pytest.raises(PlanRejected) as refused:
+        current.rotate(_rotated(keys, 3 + step))
+    assert (refused.value.reason, refused.value.message) == (
+        "trust-root-version", f"new trust root has version {3 + step}, expected 4")
+
+
+def test_trust_rotate_refuses_a_signed_plan_as_the_new_root(keys, plan_file):
+    a = load_private_key((keys / "a").read_bytes(), "a")
+    current = TrustRoot.single(a.public_key())
+    with pytest.raises(PlanRejected) as refused:
+        current.rotate(sign("application/vnd.vaultpolicy.plan.v1+json", plan_file.read_bytes(), [a]))
+    assert refused.value.reason == "wrong-payload-type"

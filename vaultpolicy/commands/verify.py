@@ -6,7 +6,7 @@ import sys
 
 from compiler.files import read_input
 from compiler.plan import PlanFormatError, decode_plan
-from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, load_trust
+from compiler.signing import PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, load_trust
 from vaultpolicy import status_codes
 from vaultpolicy.errors import PlanRejected
 
@@ -16,15 +16,19 @@ def add_arguments(parser, key) -> None:
     parser.add_argument("--trust", required=True, metavar="ROOT", help="a trust root, or a single public key (KEY.pub)")
 
 
-def verify_signed_plan(data: bytes, trust_data: bytes, trust_source: str):
-    """The verified plan and how many distinct trusted keys signed it; PlanRejected says why not."""
-    root = load_trust(trust_data, trust_source)  # its refusals name the trust file, apart from the plan's
-    envelope = Envelope.from_bytes(data)
+def verify_signed_plan(data: bytes, source: str, trust_data: bytes, trust_source: str):
+    """The verified plan and how many distinct trusted keys signed it; PlanRejected says why not,
+    naming the file at fault (the signed plan or the trust root)."""
+    root = load_trust(trust_data, trust_source)
+    envelope = Envelope.from_bytes(data, source)
+    if envelope.payload_type != PLAN_PAYLOAD_TYPE:
+        holds = "is a trust root" if envelope.payload_type == TRUST_ROOT_PAYLOAD_TYPE else f"holds `{envelope.payload_type}`"
+        raise PlanRejected("wrong-payload-type", f"`{source}` {holds}, not a signed plan")
     payload = root.verify(envelope, PLAN_PAYLOAD_TYPE)
     try:
         plan = decode_plan(payload)
     except PlanFormatError as exc:
-        raise PlanRejected("malformed-plan", f"signed payload is not a valid plan: {exc}") from None
+        raise PlanRejected("malformed-plan", f"`{source}`: signed payload is not a valid plan: {exc}") from None
     return plan, root
 
 
@@ -32,7 +36,7 @@ def run(args) -> int:
     data = read_input(args.signed, "signed plan")
     trust_data = read_input(args.trust, "trust root")
     try:
-        plan, root = verify_signed_plan(data, trust_data, args.trust)
+        plan, root = verify_signed_plan(data, args.signed, trust_data, args.trust)
     except PlanRejected as exc:
         print(f"refused: {exc.reason}: {exc.message}", file=sys.stderr)
         if exc.hint:
