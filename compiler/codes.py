@@ -163,19 +163,6 @@ LIMIT_TOO_SMALL = register(
 )
 
 # --- VP05xx PCRs and attestation ----------------------------------------------------------------
-PCR_OUT_OF_RANGE = register(
-    "VP0501",
-    "PCR index out of range",
-    "A TPM 2.0 PC client has PCRs 0 to 23; any other index cannot be sealed to.",
-    "vault data { seal pcrs 0, 24 }   # error",
-)
-UNSUPPORTED_BANK = register(
-    "VP0502",
-    "unsupported PCR bank",
-    "Supported banks are sha1, sha256, sha384 and sha512. Sealing to a bank the TPM does not have "
-    "would bind nothing; the device re-checks that its TPM has the bank.",
-    "attestation boot { bank md5  pcrs 0, 7 }   # error",
-)
 PCR5_SEALED = register(
     "VP0503",
     "PCR 5 is never sealed to",
@@ -218,13 +205,6 @@ MISSING_SECURE_BOOT_PCR = register(
     "change what the key is bound to.",
     "vault data { seal pcrs 0, 4 }   # warning: add 7",
 )
-NONCE_SIZE = register(
-    "VP0509",
-    "nonce size outside 12-32 bytes",
-    "Quote nonces are random, single use and 12 to 32 bytes: shorter ones can be guessed, longer "
-    "ones do not fit the TPM's qualifying data.",
-    "attestation boot { pcrs 0, 7  nonce 8 bytes, valid 5m }   # error",
-)
 ALLOW_UNSEALED_PCR = register(
     "VP0510",
     "allowed values for a PCR the attestation does not cover",
@@ -238,11 +218,13 @@ ALLOW_BAD_DIGEST = register(
     "Allowed values are hexadecimal digests as long as the bank's hash (64 hex digits for sha256).",
     'attestation boot { bank sha256  pcrs 0  allow pcr 0 = "abc" }   # error',
 )
-NONCE_LIFETIME = register(
-    "VP0512",
-    "nonce lifetime is zero",
-    "A nonce must stay valid long enough for the device to quote; a lifetime of zero refuses every quote.",
-    "attestation boot { pcrs 0, 7  nonce 32 bytes, valid 0s }   # error",
+PCR_REPEATED = register(
+    "VP0513",
+    "PCR listed twice",
+    "A PCR selection names the same PCR more than once. The plan seals to each PCR once, so the "
+    "repeat changes nothing; it is usually a typo for another index. Index ranges, banks and nonce "
+    "values are checked where they are written (VP0011-VP0014).",
+    "vault data { seal pcrs 0, 4, 7, 7 }   # warning: 7 is listed twice",
 )
 
 # --- VP06xx keys, rotation, data handling -------------------------------------------------------
@@ -257,7 +239,8 @@ DESTROY_PROTECTED = register(
     "VP0602",
     "`on_remove destroy` on a protected vault",
     "A protected vault's data may never be destroyed by a plan, so `destroy` contradicts `protected`. "
-    "The built-in `config` vault is protected.",
+    "The built-in `config` vault is protected. Protection is sticky, as on the device: a vault the "
+    "previous plan protected (`compile --prev`) stays protected when the policy drops `protected`.",
     "vault config { protected  on_remove destroy }   # error",
 )
 ESCROW_WITHOUT_KEY = register(

@@ -21,7 +21,7 @@ BAD_ESCAPE = register(
     "VP0003", "invalid escape in a string",
     "Inside a string, `\\` starts an escape. The valid escapes are `\\\"`, `\\\\`, `\\n`, `\\t` and "
     "`\\u{…}` with one to six hexadecimal digits naming a Unicode scalar value other than NUL.",
-    'vault config { path "C:\\temp" }    # write "C:\\\\temp"',
+    'vault config { path "C:\\data" }    # `\\d` is no escape: write "C:\\\\data"',
 )
 UNEXPECTED_TOKEN = register(
     "VP0004", "unexpected token",

@@ -1,5 +1,8 @@
-"""PCRs and attestation: indexes in range, a supported bank, no PCR 5, volatile PCRs warned, firmware
-anchors present, no presence-only binding, sane nonces and allowed values."""
+"""PCRs and attestation: no PCR 5, each PCR once, volatile PCRs warned, firmware anchors present, no
+presence-only binding, allowed values for covered PCRs and of the bank's digest size.
+
+PCR indexes (0-23), banks, nonce sizes and lifetimes are literals the language checks as it reads
+them (VP0012, VP0014, VP0013, VP0011): the model never holds another value."""
 
 from __future__ import annotations
 
@@ -10,9 +13,8 @@ from policy_lang.diagnostics import Diagnostic, Span, error, warning
 
 from .. import codes
 from ..model import Located, Model, first_span
+from ..plan import BANK_DIGEST_BYTES, NEVER_SEALED_PCR
 
-BANK_DIGEST_BYTES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
-MAX_PCR = 23
 _VOLATILE = {
     1: (codes.PCR1_VOLATILE, "PCR 1 changes when a bootable USB stick is plugged in or a firmware setting changes"),
     11: (codes.PCR_PHASE_VOLATILE, "PCR 11 is extended at each boot phase (systemd-stub, systemd-pcrphase)"),
@@ -20,22 +22,16 @@ _VOLATILE = {
 }
 
 
-def check_bank(bank: Located[str]) -> Iterator[Diagnostic]:
-    if bank.value not in BANK_DIGEST_BYTES:
-        yield error(
-            codes.UNSUPPORTED_BANK,
-            f"PCR bank `{bank.value}` is not supported",
-            bank.span,
-            f"use one of {', '.join(f'`{b}`' for b in BANK_DIGEST_BYTES)}",
-        )
-
-
 def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | None) -> Iterator[Diagnostic]:
     """The checks every PCR selection gets; `anchor` is where to point for what is missing."""
+    seen: set[int] = set()
     for pcr in pcrs:
-        if not 0 <= pcr.value <= MAX_PCR:
-            yield error(codes.PCR_OUT_OF_RANGE, f"PCR {pcr.value} does not exist", pcr.span, f"PCR indexes are 0 to {MAX_PCR}")
-        elif pcr.value == 5:
+        if pcr.value in seen:
+            yield warning(codes.PCR_REPEATED, f"{owner} lists PCR {pcr.value} twice", pcr.span,
+                          f"remove the second {pcr.value}: the plan seals to each PCR once")
+            continue
+        seen.add(pcr.value)
+        if pcr.value == NEVER_SEALED_PCR:
             yield error(
                 codes.PCR5_SEALED,
                 f"{owner} seals to PCR 5, which flips on every A/B update",
@@ -68,19 +64,7 @@ def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | No
 def attestations(model: Model) -> Iterator[Diagnostic]:
     for att in model.attestations.values():
         owner = f"attestation `{att.name.value}`"
-        yield from check_bank(att.bank)
         yield from check_pcr_list(owner, att.pcrs, att.name.span)
-        if not 12 <= att.nonce_bytes.value <= 32:
-            yield error(
-                codes.NONCE_SIZE,
-                f"{owner} asks for {att.nonce_bytes.value}-byte nonces",
-                att.nonce_bytes.span,
-                "nonces are 12 to 32 bytes; 32 is a good choice",
-            )
-        if att.nonce_lifetime_seconds.value <= 0:
-            yield error(
-                codes.NONCE_LIFETIME, f"{owner} gives nonces no lifetime", att.nonce_lifetime_seconds.span, "use e.g. `valid 5m`"
-            )
         yield from _allow_rules(att)
 
 
@@ -116,7 +100,6 @@ def vault_seals(model: Model) -> Iterator[Diagnostic]:
         owner = f"vault `{vault.name.value}`"
         if seal.attestation is None and seal.span is not None and seal.span not in checked:
             checked.add(seal.span)
-            yield from check_bank(seal.bank)
             yield from check_pcr_list(owner, seal.pcrs, seal.span)
         unknown_attestation = seal.attestation is not None and seal.attestation.value not in model.attestations
         if not seal.pcrs and not unknown_attestation:
@@ -129,8 +112,4 @@ def vault_seals(model: Model) -> Iterator[Diagnostic]:
             )
 
 
-def device_bank(model: Model) -> Iterator[Diagnostic]:
-    yield from check_bank(model.device.bank)
-
-
-RULES = (attestations, vault_seals, device_bank)
+RULES = (attestations, vault_seals)
