@@ -1,9 +1,11 @@
 """Unlock and status cost, as ratios measured in the same run (never absolute times).
 
-1. Unlocking N = 1, 10, 100 vaults with `enforcer.unlock.unlock_all` (what `vaultpolicy device
-   unlock` runs: observe, reconcile, unseal, add the key, check its identifier and status) against
-   bare tpm2-pytss unseals of the same N blobs (load, policy session, PolicyPCR, Unseal, flush).
-   Target: <= 1.3x.
+1. Unlocking N = 1, 10, 100 vaults with `vaultpolicy device unlock` run in process (`cli.main`:
+   the state lock, the applied plan's signature and digest checked again, `flush_leftovers`, the
+   recovery of interrupted rotations, then per vault observe, reconcile, unseal, the key's
+   identifier checked, add, status read back, the unlock recorded) against a bare tpm2-pytss
+   program unsealing the same N blobs (connect, create the storage primary, then per blob load,
+   policy session, PolicyPCR, Unseal, flush). Target: <= 1.3x.
 2. `device status` (observe + report, in process) of a vault holding 100,000 files against an
    empty one. Status reads statvfs and fscrypt ioctls, never walks files. Target: <= 1.2x.
 
@@ -14,6 +16,8 @@ Run: .venv/bin/python bench/unlock.py [--files 100000] [--repeat 5]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -25,14 +29,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compiler.plan import Device, Plan, Seal, Vault, format_time  # noqa: E402
+from compiler.plan import Device, Plan, Seal, Vault, encode_plan, format_time  # noqa: E402
+from compiler.signing import PLAN_PAYLOAD_TYPE, generate_key, public_key_pem, sign  # noqa: E402
 from enforcer.apply import Applier  # noqa: E402
 from enforcer.observe import observe  # noqa: E402
 from enforcer.reconcile import reconcile  # noqa: E402
 from enforcer.state import StateDir  # noqa: E402
 from enforcer.tcti import Swtpm  # noqa: E402
-from enforcer.tpm import SealedBlob, Tpm  # noqa: E402
-from enforcer.unlock import lock_all, report, unlock_all  # noqa: E402
+from enforcer.tpm import SealedBlob, Tpm, storage_primary_template  # noqa: E402
+from enforcer.unlock import lock_all, report  # noqa: E402
+from vaultpolicy import cli  # noqa: E402
 
 BOOT_PCRS = (0, 2, 4, 7)
 UNLOCK_TARGET, STATUS_TARGET = 1.3, 1.2
@@ -53,13 +59,14 @@ def make_plan(count: int, prefix: str) -> Plan:
                 source_sha256="0" * 64, device=Device(persist="/persist"), vaults=vaults)
 
 
-def bare_unseal(tcti_tpm: Tpm, blobs: list[SealedBlob]) -> float:
-    """The floor: raw ESAPI calls for each blob, nothing else."""
-    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPM2B_PRIVATE, TPM2B_PUBLIC, TPML_PCR_SELECTION, TPMT_SYM_DEF
+def bare_unseal(tcti: str, blobs: list[SealedBlob]) -> float:
+    """The floor: what any program that unseals these blobs must do, in raw ESAPI calls, nothing else."""
+    from tpm2_pytss import (ESAPI, ESYS_TR, TPM2_ALG, TPM2_SE, TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE,
+                            TPML_PCR_SELECTION, TPMT_SYM_DEF)
 
-    esys = tcti_tpm._esys  # the same connection the enforcer uses, so both sides pay the same transport
-    primary = tcti_tpm._primary()
     start = time.perf_counter()
+    esys = ESAPI(tcti)
+    primary, *_ = esys.create_primary(TPM2B_SENSITIVE_CREATE(), storage_primary_template(), ESYS_TR.OWNER)
     for blob in blobs:
         public, _ = TPM2B_PUBLIC.unmarshal(blob.public)
         private, _ = TPM2B_PRIVATE.unmarshal(blob.private)
@@ -70,7 +77,28 @@ def bare_unseal(tcti_tpm: Tpm, blobs: list[SealedBlob]) -> float:
         esys.unseal(obj, session1=session)
         esys.flush_context(session)
         esys.flush_context(obj)
+    esys.flush_context(primary)
+    esys.close()
     return time.perf_counter() - start
+
+
+def device(command: str, state: StateDir, root: Path, tcti: str, *extra: str) -> dict:
+    """`vaultpolicy device COMMAND --json` in this process, as the CLI runs it; its JSON output."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["device", command, *extra, "--json", "--state-dir", str(state.root), "--root", str(root),
+                         "--tpm", tcti])
+    assert code == 0, out.getvalue()
+    return json.loads(out.getvalue())
+
+
+def applied(work: Path, plan: Plan, state: StateDir, root: Path, tcti: str) -> None:
+    """The plan signed and applied with `device apply`, as a controller's plan would be."""
+    key = generate_key()
+    trust, signed = work / f"{state.root.name}.pub", work / f"{state.root.name}.signed"
+    trust.write_bytes(public_key_pem(key.public_key()))
+    signed.write_bytes(sign(PLAN_PAYLOAD_TYPE, encode_plan(plan), [key]).to_bytes())
+    device("apply", state, root, tcti, str(signed), "--trust", str(trust))
 
 
 def main() -> int:
@@ -95,30 +123,29 @@ def main() -> int:
             with Tpm(swtpm.tcti) as tpm:
                 for index in BOOT_PCRS:
                     tpm.extend_pcr(index, "sha256", f"bench firmware {index}".encode())
-                run_unlock(tpm, work, root, args.repeat)
                 run_status(tpm, work, root, args.files, args.repeat)
+            run_unlock(swtpm.tcti, work, root, args.repeat)
         finally:
             swtpm.stop()
             subprocess.run(["umount", str(persist)], check=False)
     return 0
 
 
-def run_unlock(tpm: Tpm, work: Path, root: Path, repeat: int) -> None:
-    now = datetime.now(timezone.utc)
-    print("unlock: enforcer unlock_all vs bare tpm2-pytss unseal, same N, same run")
+def run_unlock(tcti: str, work: Path, root: Path, repeat: int) -> None:
+    print("unlock: `device unlock` in process vs a bare tpm2-pytss unseal program, same N, same run")
     for count in (1, 10, 100):
         state = StateDir(work / f"state-unlock-{count}")
         plan = make_plan(count, f"u{count}-")
-        Applier(plan, state, root, tpm, now).run(reconcile(plan, observe(plan, state, root, tpm)).steps)
+        applied(work, plan, state, root, tcti)
         blobs = [SealedBlob.from_json(json.dumps(state.sealed(v.name)["blob"])) for v in plan.vaults]
         enforcer_times, bare_times = [], []
         for _ in range(repeat):
             lock_all(state, root)
             start = time.perf_counter()
-            results = unlock_all(plan, state, root, tpm, now)
+            results = device("unlock", state, root, tcti)["unlock"]
             enforcer_times.append(time.perf_counter() - start)
-            assert all(r.outcome == "unlocked" for r in results), results
-            bare_times.append(bare_unseal(tpm, blobs))
+            assert all(r["outcome"] == "unlocked" for r in results), results
+            bare_times.append(bare_unseal(tcti, blobs))
         lock_all(state, root)
         ratio = min(enforcer_times) / min(bare_times)  # the least-disturbed run of each: other load only adds
         print(f"  N={count:<3}  ratio {ratio:.2f}x  {verdict(ratio, UNLOCK_TARGET)}")
