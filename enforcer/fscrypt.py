@@ -17,6 +17,11 @@ Choices this module makes (callers rely on them):
   "incompletely removed" (`RemovalResult.files_busy`), which callers must report, not hide.
 - Raw keys are copied once into a ctypes buffer handed to the kernel and zeroed right after the
   ioctl; a `bytearray` argument is left to its owner to wipe, a `bytes` argument cannot be wiped.
+- `key_identifier` derives a key's identifier as the kernel does (HKDF-SHA512), without adding the
+  key: the caller can refuse a wrong key before it reaches the keyring (test_fscrypt checks it
+  against the kernel).
+- `check_cipher(probe, …)` makes and removes the scratch directory `probe`, which the caller places
+  outside the vault's files.
 """
 
 from __future__ import annotations

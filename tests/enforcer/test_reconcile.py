@@ -81,6 +81,26 @@ def test_encrypted_directory_without_sealed_key_is_never_recreated():
     assert actions(make_plan([vault("config")]), lost, records=[record()]) == ([], ["key-lost"])
 
 
+def test_an_unmounted_encrypted_image_without_sealed_key_is_key_lost_not_re_keyed():
+    """After a reboot an image vault's path is an empty mount point: whether its directory is encrypted
+    is read from the image (`image_encrypted`). One that is has lost its key (S20); one that is not is
+    a vault whose key was never made (a crash before create-key)."""
+    plan = make_plan([vault("config", limit=8 << 20)])
+    rebooted = seen(path_state=PathState.DIRECTORY, image_bytes=8 << 20, empty=True, image_encrypted=True)
+    assert actions(plan, rebooted, records=[record()]) == ([], ["key-lost"])
+    never_keyed = replace(rebooted, image_encrypted=False)
+    assert actions(plan, never_keyed, records=[record()]) == (
+        [Action.MOUNT_STORAGE, Action.CREATE_KEY, Action.SET_POLICY], [])
+
+
+def test_a_filesystem_smaller_than_its_limit_grows_and_a_migration_finishes_its_erase():
+    short = converged(limit=16 << 20)  # a resize cut short: the filesystem's own size is what is observed
+    assert actions(make_plan([vault("config", limit=16 << 20)]), replace(short, image_bytes=8 << 20),
+                   records=[record()]) == ([Action.GROW_STORAGE], [])
+    assert actions(make_plan([vault("config")]), replace(converged(), erasing_plaintext=True), records=[record()]) == (
+        [Action.MIGRATE], [])
+
+
 def test_symlinks_are_refused():
     for state in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH, PathState.NOT_DIRECTORY):
         assert actions(make_plan([vault("config")]), seen(path_state=state)) == ([], ["unsafe-path"])
