@@ -80,9 +80,10 @@ PATH_NOT_NORMALIZED = register(
 )
 PATH_OUTSIDE_PERSIST = register(
     "VP0203",
-    "vault path outside the persist root",
+    "vault path not below the persist root",
     "Every vault lies on the device's persist partition (`device { persist \"…\" }`, by default "
-    "`/persist`): that is the filesystem prepared for fscrypt and kept across updates.",
+    "`/persist`): that is the filesystem prepared for fscrypt and kept across updates. A vault is a "
+    "directory below the root, never the root itself, which would put every other vault inside it.",
     'device { persist "/persist" }\nvault logs { path "/var/log/app" }   # error',
 )
 PATHS_OVERLAP = register(
@@ -104,6 +105,15 @@ DEFAULT_PATH_COLLISION = register(
     "A built-in vault (`config`, `images`) or a vault without a `path` lives at "
     "`<persist>/vault/<name>`; another vault already uses or contains that directory.",
     'vault other { path "/persist/vault/config" }   # error: that is where the built-in `config` vault lives',
+)
+
+PATH_CONTROL_CHARACTER = register(
+    "VP0207",
+    "control character in a path",
+    "A path holds a control character (a newline, a tab, or another character below U+0020 written "
+    "as an escape). Directory names with them break the device's reports and logs, and are almost "
+    "always a mistake in an escape.",
+    'vault data { path "/persist/da\\nta" }   # error: `\\n` is a newline',
 )
 
 # --- VP03xx coverage ----------------------------------------------------------------------------

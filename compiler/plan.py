@@ -219,7 +219,7 @@ def _field_named(loc: tuple, data: dict) -> str:
 
 _NAMED = {"vaults": "vault", "apps": "app", "components": "component", "attestations": "attestation"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: no path or target holds one
 
 
 def inconsistencies(plan: Plan) -> Iterator[str]:
@@ -231,7 +231,7 @@ def inconsistencies(plan: Plan) -> Iterator[str]:
     yield from _repeated_names("protected vault", list(plan.protected))
     yield from _repeated_names("target", list(plan.targets))
     for target in plan.targets:
-        if not target.removeprefix("class:").strip() or _CONTROL.search(target):
+        if not target.removeprefix("class:").strip() or CONTROL_CHARACTER.search(target):
             yield f"target `{_shown(target)}` is not a device id or `class:NAME`"
     if parse_time(plan.expires) <= parse_time(plan.issued_at):
         yield f"it expires ({plan.expires}) no later than it is issued ({plan.issued_at})"
@@ -273,7 +273,7 @@ def _shown(path: str) -> str:
 
 
 def _bad_path(path: str) -> bool:
-    return not path.startswith("/") or not is_normalized(path) or bool(_CONTROL.search(path))
+    return not path.startswith("/") or not is_normalized(path) or bool(CONTROL_CHARACTER.search(path))
 
 
 def _device_problems(plan: Plan) -> Iterator[str]:

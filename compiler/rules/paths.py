@@ -1,4 +1,4 @@
-"""Paths: absolute, normalized, inside the persist root, and vaults neither nested nor shared."""
+"""Paths: absolute, normalized, printable, below the persist root, and vaults neither nested nor shared."""
 
 from __future__ import annotations
 
@@ -9,12 +9,22 @@ from policy_lang.diagnostics import Diagnostic, error
 from .. import codes
 from ..model import Located, Model, Vault
 from ..pathutil import is_inside, is_normalized
+from ..plan import CONTROL_CHARACTER
 from ..resolve import default_vault_path
 
 
 def shape_errors(what: str, path: Located[str]) -> list[Diagnostic]:
-    """Absolute and normalized, or the diagnostics saying why not (shared with the builder's checks)."""
+    """Absolute, normalized and printable, or the diagnostics saying why not."""
     found = []
+    if control := CONTROL_CHARACTER.search(path.value):
+        found.append(
+            error(
+                codes.PATH_CONTROL_CHARACTER,
+                f"{what} `{escaped(path.value)}` contains the control character U+{ord(control[0]):04X}",
+                path.span,
+                "a directory name on the device is printable: drop the `\\n`, `\\t` or `\\u{…}` escape",
+            )
+        )
     if not path.value.startswith("/"):
         found.append(
             error(codes.PATH_NOT_ABSOLUTE, f"{what} `{path.value}` is not absolute", path.span, f"write `/{path.value.lstrip('./')}`")
@@ -31,8 +41,17 @@ def shape_errors(what: str, path: Located[str]) -> list[Diagnostic]:
     return found
 
 
+_ESCAPES = {"\n": "\\n", "\t": "\\t"}
+
+
+def escaped(text: str) -> str:
+    """`text` with control characters written as the language escapes them, so a message stays on one line."""
+    return CONTROL_CHARACTER.sub(lambda m: _ESCAPES.get(m[0], f"\\u{{{ord(m[0]):x}}}"), text)
+
+
 def _well_formed(path: Located[str]) -> bool:
-    return path.value.startswith("/") and is_normalized(path.value)
+    """Absolute, normalized and without control characters: only such paths are compared with others."""
+    return path.value.startswith("/") and is_normalized(path.value) and not CONTROL_CHARACTER.search(path.value)
 
 
 def persist_root(model: Model) -> Iterator[Diagnostic]:
@@ -44,7 +63,16 @@ def vault_paths(model: Model) -> Iterator[Diagnostic]:
     for vault in model.vaults.values():
         if vault.path.value != default_vault_path(persist.value, vault.name.value):  # else the persist root's fault
             yield from shape_errors(f"path of vault `{vault.name.value}`", vault.path)
-        if _well_formed(vault.path) and _well_formed(persist) and not is_inside(vault.path.value, persist.value):
+        if not (_well_formed(vault.path) and _well_formed(persist)):
+            continue
+        if vault.path.value == persist.value:  # one key for the whole partition, every other vault inside it
+            yield error(
+                codes.PATH_OUTSIDE_PERSIST,
+                f"vault `{vault.name.value}` at `{vault.path.value}` is the persist root itself",
+                vault.path.span,
+                f"give it a directory below `{persist.value}`, e.g. `{default_vault_path(persist.value, vault.name.value)}`",
+            )
+        elif not is_inside(vault.path.value, persist.value):
             yield error(
                 codes.PATH_OUTSIDE_PERSIST,
                 f"vault `{vault.name.value}` at `{vault.path.value}` is outside the persist root `{persist.value}`",

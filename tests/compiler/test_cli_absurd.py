@@ -84,6 +84,8 @@ def test_no_option_value_gives_an_internal_error(cli, files, monkeypatch):
     ("--valid-for", "0s"),
     ("--issued-at", "9999-12-31T23:59:59Z"),
     ("--target", ""),
+    ("--target", "gw\x01"),
+    ("--target", "class:edge\n"),
 ])
 def test_compile_names_the_option_it_refuses(cli, files, option, value):
     line = ["compile", files["p.vpol"], "-o", files["out"], option, value]

@@ -30,6 +30,10 @@ CASES = {
     "VP0201 relative path": ('vault data { path "persist/data" }\n', [("VP0201", 1, 19)]),
     "VP0202 dot-dot": ('vault data { path "/persist/vault/../data" }\n', [("VP0202", 1, 19)]),
     "VP0203 outside persist": ('vault data { path "/var/data" }\n', [("VP0203", 1, 19)]),
+    "VP0203 the persist root itself": (
+        'vault config { disabled "none" }\nvault images { disabled "none" }\nvault all { path "/persist" }\n',
+        [("VP0203", 3, 18)],
+    ),
     "VP0204 nested vaults": (
         'vault a { path "/persist/a" }\nvault b { path "/persist/a/b" }\n',
         [("VP0204", 2, 16)],
@@ -39,6 +43,10 @@ CASES = {
         [("VP0204", 2, 16)],
     ),
     "VP0205 holds outside vault": ('vault a { path "/persist/a"  holds "/persist/b" }\n', [("VP0205", 1, 36)]),
+    "VP0207 a newline in a vault path": ('vault data { path "/persist/da\\nta" }\n', [("VP0207", 1, 19)]),
+    "VP0207 a control character in a stored directory": (
+        'component c { stores "/persist/a\\u{7}" }\n', [("VP0207", 1, 22)],
+    ),
     "VP0206 declared vault on a built-in path": ('vault a { path "/persist/vault/config" }\n', [("VP0206", 1, 16)]),
     "VP0206 declared vault covering a built-in": ('vault a { path "/persist/vault" }\n', [("VP0206", 1, 16), ("VP0206", 1, 16)]),
     # --- coverage

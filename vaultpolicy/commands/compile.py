@@ -58,9 +58,9 @@ def _valid_for(text: str, issued_at: datetime) -> int:
 def _targets(values: list[str]) -> tuple[str, ...]:
     for target in values:
         name = target.removeprefix("class:")
-        if not name.strip() or name != name.strip():
-            raise UsageError(f"--target: `{target}` is not a device id or `class:NAME`",
-                             hint="a target is a non-empty name without surrounding spaces")
+        if not name.strip() or name != name.strip() or not target.isprintable():
+            raise UsageError(f"--target: `{target.encode('unicode_escape').decode()}` is not a device id or `class:NAME`",
+                             hint="a target is a non-empty name of printable characters, without surrounding spaces")
     return tuple(values)
 
 
