@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compiler.plan import MIN_VAULT_LIMIT_BYTES
+from compiler.units import format_size
 from vaultpolicy.errors import BackendUnavailable, DeviceError
 
 BLOCK_SIZE = 4096
@@ -222,7 +223,8 @@ def make_image(image: str | os.PathLike, size_bytes: int, *, features: str = "en
     """
     image = Path(image)
     if size_bytes < MIN_IMAGE_BYTES:
-        raise BlockdevError(f"a vault image needs at least {MIN_IMAGE_BYTES // 2**20} MiB, got {size_bytes} bytes", image)
+        raise BlockdevError(f"a vault image needs at least {MIN_IMAGE_BYTES // 2**20} MiB, got {format_size(size_bytes)}",
+                            image)
     size = image_bytes_for(size_bytes)
     journal = ["-J", f"size={_JOURNAL_MIB}"] if size >= JOURNAL_FROM_BYTES else []
     image.parent.mkdir(parents=True, exist_ok=True)
@@ -326,10 +328,10 @@ def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int,
     if new_size < current:
         used, _ = usage(mountpoint)
         if new_size < used:
-            raise LimitBelowUsage(f"the new limit ({new_size} bytes) is below what the vault holds ({used} bytes)",
-                                  mountpoint, hint="remove data from the vault first or keep the limit")
-        raise ShrinkUnsupported(f"lowering the limit from {current} to {new_size} bytes is not supported "
-                                "(ext4 cannot shrink while mounted)", mountpoint)
+            raise LimitBelowUsage(f"the new limit ({format_size(new_size)}) is below what the vault holds "
+                                  f"({format_size(used)})", mountpoint, hint="remove data from the vault first or keep the limit")
+        raise ShrinkUnsupported(f"lowering the limit from {format_size(current)} to {format_size(new_size)} is not "
+                                "supported (ext4 cannot shrink while mounted)", mountpoint)
     if new_size == current:
         return False
     if backing_image(mountpoint) != image:

@@ -191,8 +191,11 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
             values["empty"] = _is_empty(where.path)
 
     sealed = state.sealed(name)
-    if sealed is None and where.image.exists() and not blockdev.is_mounted(where.store):
-        values["image_encrypted"] = blockdev.vault_encrypted_offline(where.image)
+    if sealed is None and where.image.exists() and not values.get("mounted"):  # is the image's vault encrypted?
+        if blockdev.is_mounted(where.store):  # mounted, its vault not bound at the path: the kernel says
+            values["image_encrypted"] = where.store_data.is_dir() and fscrypt.get_policy(str(where.store_data)) is not None
+        else:
+            values["image_encrypted"] = blockdev.vault_encrypted_offline(where.image)
     identifier = None
     if sealed is not None:
         values["seal"] = _observe_seal(state, name, sealed, tpm, errors, {} if pcr_cache is None else pcr_cache)

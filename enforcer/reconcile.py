@@ -121,7 +121,8 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
 
     if encrypted:
         if seen.seal is None:
-            if (seen.policy is not None or seen.image_encrypted) and not fresh:
+            # an image whose vault is encrypted holds the files wherever its mount point is
+            if seen.image_encrypted or (seen.policy is not None and not fresh):
                 problem("key-lost", "the directory is encrypted but no sealed key is recorded for it; "
                         "it is not re-created (its data would be lost)")
                 return
