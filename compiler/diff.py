@@ -8,12 +8,11 @@ the same policy is empty (S15).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
-from .plan import Plan, PlanModel, Vault
+from .plan import Plan, PlanModel, Vault, canonical_json
 
 
 class Action(StrEnum):
@@ -221,6 +220,8 @@ def diff_plans(old: Plan, new: Plan, old_label: str = "old", new_label: str = "n
 
 
 def to_json(changeset: ChangeSet) -> str:
+    """The ChangeSet as canonical JSON (RFC 8785), by the serializer plans are written with: JSON
+    keeps one serializer rather than a template that would have to re-implement its escaping."""
     data = asdict(changeset)
     data["has_changes"] = changeset.has_changes
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    return canonical_json(data).decode() + "\n"

@@ -153,9 +153,15 @@ def parse_time(text: str) -> datetime:
         raise ValueError(f"`{text}` is not an RFC 3339 UTC time like 2026-01-31T12:00:00Z") from None
 
 
+def canonical_json(value: object) -> bytes:
+    """RFC 8785 (JCS) bytes of a JSON value: the one serializer for what vaultpolicy signs, stores or
+    prints as JSON (plans, envelopes, trust roots, `diff --format json`)."""
+    return rfc8785.dumps(value)
+
+
 def encode_plan(plan: Plan) -> bytes:
     """The canonical bytes (RFC 8785). The same plan always gives the same bytes."""
-    return rfc8785.dumps(plan.model_dump(mode="json"))
+    return canonical_json(plan.model_dump(mode="json"))
 
 
 class PlanInconsistent(PlanFormatError):

@@ -19,7 +19,6 @@ import json
 import re
 from dataclasses import dataclass
 
-import rfc8785
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -27,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import PlanRejected
+
+from .plan import canonical_json
 
 PLAN_PAYLOAD_TYPE = "application/vnd.vaultpolicy.plan.v1+json"
 TRUST_ROOT_PAYLOAD_TYPE = "application/vnd.vaultpolicy.trust-root.v1+json"
@@ -164,7 +165,7 @@ class Envelope:
     signatures: tuple[tuple[str, bytes], ...]  # (keyid, signature)
 
     def to_bytes(self) -> bytes:
-        return rfc8785.dumps(
+        return canonical_json(
             {
                 "payload_type": self.payload_type,
                 "payload": base64.b64encode(self.payload).decode(),
@@ -238,7 +239,7 @@ class TrustRoot:
     keys: tuple[tuple[str, Ed25519PublicKey], ...]  # (keyid, key); ids are labels, keys are what count
 
     def payload(self) -> bytes:
-        return rfc8785.dumps(
+        return canonical_json(
             {
                 "version": self.version,
                 "threshold": self.threshold,

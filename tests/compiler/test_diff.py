@@ -100,6 +100,12 @@ def test_blocked_destroy_of_a_protected_vault_inside_a_full_diff(cli, tmp_path, 
     _golden("blocked-destroy.txt", text)
     assert "-   vault data  (destroy; data impact: destroys data)  BLOCKED" in text
     assert "~   app historian" in text  # the rest of the diff is still rendered
+    code, as_json, _ = cli("diff", "old.json", "new.json", "--format", "json")
+    assert code == 0
+    _golden("blocked-destroy.json", as_json)
+    [vault] = [c for c in json.loads(as_json)["changes"] if c["kind"] == "vault"]
+    assert (vault["action"], vault["impact"], vault["blocked"]) == (
+        "destroy", "destroys data", "vault `data` is protected: the device refuses a plan that destroys it")
 
 
 def test_a_vault_leaving_with_retain_is_removed_not_destroyed_in_every_format(cli, tmp_path, monkeypatch):
