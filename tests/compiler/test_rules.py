@@ -29,6 +29,10 @@ CASES = {
     "VP0201 relative persist root, reported once": ('device { persist "persist" }\n', [("VP0201", 1, 18)]),
     "VP0201 relative path": ('vault data { path "persist/data" }\n', [("VP0201", 1, 19)]),
     "VP0202 dot-dot": ('vault data { path "/persist/vault/../data" }\n', [("VP0202", 1, 19)]),
+    "VP0202 dot": ('vault data { path "/persist/./data" }\n', [("VP0202", 1, 19)]),
+    "VP0202 doubled slash": ('vault data { path "/persist//data" }\n', [("VP0202", 1, 19)]),
+    "VP0202 trailing slash": ('vault data { path "/persist/data/" }\n', [("VP0202", 1, 19)]),
+    "VP0202 in a stored directory": ('component c { stores "/persist/a/./b" }\n', [("VP0202", 1, 22)]),
     "VP0203 outside persist": ('vault data { path "/var/data" }\n', [("VP0203", 1, 19)]),
     "VP0203 the persist root itself": (
         'vault config { disabled "none" }\nvault images { disabled "none" }\nvault all { path "/persist" }\n',
@@ -119,9 +123,14 @@ CASES = {
 }
 
 
+# Every other compiler code is an error: a warning never stops `compile`, an error always does.
+WARNINGS = {"VP0402", "VP0504", "VP0505", "VP0507", "VP0508", "VP0513"}
+
+
 @pytest.mark.parametrize("text,expected", CASES.values(), ids=CASES.keys())
-def test_rule_reports_exact_code_and_position(diagnose, text, expected):
+def test_rule_reports_exact_code_severity_and_position(diagnose, check_text, text, expected):
     assert diagnose(text) == expected
+    assert [d.severity for d in check_text(text)] == ["warning" if code in WARNINGS else "error" for code, _, _ in expected]
 
 
 def test_every_compiler_code_has_a_case():
@@ -151,6 +160,34 @@ def test_every_independent_error_in_one_run(diagnose):
     )
     codes = {code for code, _, _ in diagnose(text)}
     assert {"VP0201", "VP0503", "VP0101", "VP0301", "VP0602"} <= codes
+
+
+def test_unknown_attestation_suggests_the_closest_name(check_text):
+    [diagnostic] = check_text("attestation boot { pcrs 0, 4, 7 }\nvault data { seal bot }\n")
+    assert (diagnostic.code, diagnostic.message, diagnostic.help) == ("VP0103", "unknown attestation `bot`", "did you mean `boot`?")
+    assert diagnostic.notes == ("sealing vault `data`",)
+
+
+COVERAGE_MESSAGES = {
+    "VP0301 outside any vault": (
+        'component zedagent { stores "/persist/secret" sensitive }\n',
+        "component `zedagent` keeps sensitive data at `/persist/secret` outside any vault"),
+    "VP0301 in a plain vault": (
+        'vault scratch { path "/persist/clear"  encryption none }\ncomponent zedagent { stores "/persist/clear/x" sensitive }\n',
+        "component `zedagent` keeps sensitive data at `/persist/clear/x` in vault `scratch`, which has `encryption none`"),
+    "VP0302": (
+        'vault scratch { path "/persist/clear"  encryption none }\napp camera { vault scratch  protection end_to_end }\n',
+        "app `camera` asks for end-to-end protection but is bound to vault `scratch`, which has `encryption none`"),
+    "VP0303": (
+        'vault data { path "/persist/d"  seal pcrs 0, 4, 7 }\napp camera { vault data  protection end_to_end }\n',
+        "app `camera` asks for end-to-end protection but vault `data` is not sealed to an attestation"),
+}
+
+
+@pytest.mark.parametrize("text,message", COVERAGE_MESSAGES.values(), ids=COVERAGE_MESSAGES.keys())
+def test_coverage_errors_name_the_component_or_app_and_the_vault(check_text, text, message):
+    [diagnostic] = check_text(text)
+    assert diagnostic.message == message
 
 
 def test_unknown_vault_suggests_the_closest_name(check_text):
