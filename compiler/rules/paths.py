@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 
 from policy_lang.diagnostics import Diagnostic, error
@@ -13,8 +14,9 @@ from ..plan import CONTROL_CHARACTER
 from ..resolve import default_vault_path
 
 
-def shape_errors(what: str, path: Located[str]) -> list[Diagnostic]:
-    """Absolute, normalized and printable, or the diagnostics saying why not."""
+def shape_errors(what: str, path: Located[str], under: str = "/") -> list[Diagnostic]:
+    """Absolute, normalized and printable, or the diagnostics saying why not; a relative path is
+    suggested as the normalized path below `under`, the directory it was most likely meant in."""
     found = []
     if control := CONTROL_CHARACTER.search(path.value):
         found.append(
@@ -25,11 +27,15 @@ def shape_errors(what: str, path: Located[str]) -> list[Diagnostic]:
                 "a directory name on the device is printable: drop the `\\n`, `\\t` or `\\u{…}` escape",
             )
         )
-    if not path.value.startswith("/"):
+    if not path.value.startswith("/"):  # its help gives the normalized form: one error, not two
+        meant = posixpath.normpath("/" + path.value)  # `persist/data`: only the leading `/` is missing
+        if not is_inside(meant, under):
+            meant = posixpath.normpath(posixpath.join(under, path.value))
         found.append(
-            error(codes.PATH_NOT_ABSOLUTE, f"{what} `{path.value}` is not absolute", path.span, f"write `/{path.value.lstrip('./')}`")
+            error(codes.PATH_NOT_ABSOLUTE, f"{what} `{path.value}` is not absolute", path.span,
+                  f"write `{meant}`" if meant != under else f"write an absolute path below `{under}`")
         )
-    if not is_normalized(path.value):
+    elif not is_normalized(path.value):
         found.append(
             error(
                 codes.PATH_NOT_NORMALIZED,
@@ -54,6 +60,10 @@ def _well_formed(path: Located[str]) -> bool:
     return path.value.startswith("/") and is_normalized(path.value) and not CONTROL_CHARACTER.search(path.value)
 
 
+def _under_persist(persist: Located[str]) -> str:
+    return persist.value if _well_formed(persist) else "/"
+
+
 def persist_root(model: Model) -> Iterator[Diagnostic]:
     yield from shape_errors("persist root", model.device.persist)
 
@@ -62,7 +72,7 @@ def vault_paths(model: Model) -> Iterator[Diagnostic]:
     persist = model.device.persist
     for vault in model.vaults.values():
         if vault.path.value != default_vault_path(persist.value, vault.name.value):  # else the persist root's fault
-            yield from shape_errors(f"path of vault `{vault.name.value}`", vault.path)
+            yield from shape_errors(f"path of vault `{vault.name.value}`", vault.path, _under_persist(persist))
         if not (_well_formed(vault.path) and _well_formed(persist)):
             continue
         if vault.path.value == persist.value:  # one key for the whole partition, every other vault inside it
@@ -108,7 +118,8 @@ def overlaps(model: Model) -> Iterator[Diagnostic]:
 def holds(model: Model) -> Iterator[Diagnostic]:
     for vault in model.vaults.values():
         for held in vault.holds:
-            found = shape_errors(f"directory `holds` of vault `{vault.name.value}`", held)
+            found = shape_errors(f"directory `holds` of vault `{vault.name.value}`", held,
+                                 vault.path.value if _well_formed(vault.path) else "/")
             yield from found
             if not found and _well_formed(vault.path) and not is_inside(held.value, vault.path.value):
                 yield error(
@@ -122,7 +133,8 @@ def holds(model: Model) -> Iterator[Diagnostic]:
 def stores(model: Model) -> Iterator[Diagnostic]:
     for component in model.components.values():
         for store in component.stores:
-            yield from shape_errors(f"directory of component `{component.name.value}`", store.path)
+            yield from shape_errors(f"directory of component `{component.name.value}`", store.path,
+                                    _under_persist(model.device.persist))
 
 
 RULES = (persist_root, vault_paths, overlaps, holds, stores)

@@ -28,6 +28,7 @@ CASES = {
     # --- paths
     "VP0201 relative persist root, reported once": ('device { persist "persist" }\n', [("VP0201", 1, 18)]),
     "VP0201 relative path": ('vault data { path "persist/data" }\n', [("VP0201", 1, 19)]),
+    "VP0201 relative and not normalized, reported once": ('vault data { path "./data/" }\n', [("VP0201", 1, 19)]),
     "VP0202 dot-dot": ('vault data { path "/persist/vault/../data" }\n', [("VP0202", 1, 19)]),
     "VP0202 dot": ('vault data { path "/persist/./data" }\n', [("VP0202", 1, 19)]),
     "VP0202 doubled slash": ('vault data { path "/persist//data" }\n', [("VP0202", 1, 19)]),
@@ -219,3 +220,13 @@ def test_the_compiler_and_the_device_share_one_minimum_limit():
     from enforcer import blockdev
 
     assert blockdev.MIN_IMAGE_BYTES == MIN_VAULT_LIMIT_BYTES
+
+
+@pytest.mark.parametrize(
+    "path, meant",
+    [("data", "write `/persist/data`"), ("./data/", "write `/persist/data`"), ("x/../y", "write `/persist/y`"),
+     (".", "write an absolute path below `/persist`"), ("persist/data", "write `/persist/data`")],
+)
+def test_a_relative_vault_path_is_suggested_below_the_persist_root(check_text, path, meant):
+    [found] = check_text(f'vault data {{ path "{path}" }}\n')
+    assert (found.code, found.help) == ("VP0201", meant)
