@@ -92,7 +92,7 @@ def describe_key_file(data: bytes) -> str:
             return kind
         if _is_bare_plan(document):
             return "an unsigned plan"
-    return "JSON, not a key"
+    return "JSON that is neither a key, a plan nor a trust root"
 
 
 def _pem_kind(data: bytes) -> str:

@@ -85,7 +85,7 @@ class _Layout:
                           + [(c.span.start_pos, c.span.end_pos) for c in self.result.comments])
         previous_end = None
         for start, end in elements:
-            if previous_end is not None and text.count("\n", previous_end, start) >= 2:
+            if previous_end is not None and _line_breaks(text, previous_end, start) >= 2:
                 self.blank_before.add(start)
             previous_end = end
 
@@ -196,3 +196,8 @@ def format_text(text: str, file: str = "<input>") -> str:
         raise DiagnosticsError([error(codes.FORMAT_CHANGED_MEANING, f"formatting `{file}` would change its meaning",
                                       None, help="the file was left unchanged; please report this")])
     return formatted
+
+
+def _line_breaks(text: str, start: int, end: int) -> int:
+    """Line breaks in text[start:end]: LF, CRLF and a lone CR each end a line, as for the tokenizer."""
+    return text.count("\n", start, end) + text.count("\r", start, end) - text.count("\r\n", start, end)

@@ -74,7 +74,8 @@ def test_json_that_is_not_ours_is_named_json(tmp_path):
     other = tmp_path / "settings.json"
     other.write_text('\n  ["not", "a", "policy"]\n')
     code, _, err = _run("check", other)
-    assert code == 1 and f"`{other}` is not a policy: it is JSON" in err and f"--> {other}:2:3" in err
+    assert code == 1 and f"--> {other}:2:3" in err
+    assert f"`{other}` is not a policy: it is JSON that is neither a key, a plan nor a trust root\n" in err
 
 
 def test_a_long_source_line_is_cut_around_the_span():

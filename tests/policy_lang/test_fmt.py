@@ -127,6 +127,13 @@ def test_a_crlf_file_is_formatted_with_lf_only(example):
     assert format_text(crlf, str(example)) == text
 
 
+def test_a_lone_cr_file_keeps_its_blank_lines(example):
+    """A lone CR ends a line for the tokenizer; the blank-line count saw only LF and dropped them."""
+    text = example.read_text()
+    assert "\n\n" in text
+    assert format_text(text.replace("\n", "\r"), str(example)) == text
+
+
 def test_long_allow_lists_break_before_each_alternative():
     digests = " | ".join(f'"{c * 64}"' for c in "abc")
     out = format_text(f"attestation boot {{ allow pcr 0 = {digests} }}")
