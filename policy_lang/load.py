@@ -121,7 +121,6 @@ def parse_partial(text: str, file: str) -> tuple[ast.Policy, Diagnostics, list[B
 
 def partial_of(result: ParseResult) -> tuple[ast.Policy, Diagnostics, list[Block]]:
     """`parse_partial` of a text already parsed."""
-    file = result.file
     policy, literal_diags = to_policy(result)
     diags = Diagnostics(result.diagnostics + literal_diags).sorted()
     return policy, diags, _broken_blocks(result, diags, literal_diags)

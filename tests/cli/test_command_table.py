@@ -1,6 +1,5 @@
 """The command table: every row imports and builds its parser; help and usage errors exit cleanly."""
 
-import importlib
 import os
 import subprocess
 import sys
