@@ -21,9 +21,10 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
   key that is not the vault's never reaches the keyring, where it could have joined another vault's
   key and a removal would have locked that vault.
 - Nothing is destroyed as a fallback (S20): DESTROY runs only for a vault that left the signed plan
-  whose record says `destroy`. It removes the key from the kernel, deletes the sealed blob and the
-  escrow blob (the key wrapped for the controller) with its acknowledgement (from then on the files
-  are unreadable: crypto-erase), then the files and the image.
+  whose record says `destroy`. It removes the key from the kernel (when it is there: a locked vault
+  is erased too), deletes the sealed blob and the escrow blob (the key wrapped for the controller)
+  with its acknowledgement (from then on the files are unreadable: crypto-erase), then the files and
+  the image.
 - Vault records are read once per run: reading every record for every step made a run over N
   vaults read N² files (a boot unlock of 100 vaults was 2x the bare unseals).
 """
@@ -339,11 +340,12 @@ class Applier:
         where = self._layout(name)
         sealed = self.state.sealed(name)
         if sealed is not None and where.path.is_dir():
-            fscrypt.remove_key(fscrypt.mountpoint_of(str(where.path)), bytes.fromhex(sealed["key_identifier"]),
-                               all_users=True)
+            # a key already out of the kernel (a locked vault, a reboot) is what destroy wants
+            lock_key(bytes.fromhex(sealed["key_identifier"]), where)
         self.state.remove_sealed(name)  # from here on the files are unreadable: crypto-erased
         escrow.remove_escrow(self.state.root, name)  # the key wrapped for the controller, and its ack
         blockdev.detach(where.path)
+        blockdev.detach(where.store)  # an image mounted but not bound at its path (a rotation cut short)
         for leftover in (where.store, where.path):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)

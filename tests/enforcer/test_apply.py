@@ -244,6 +244,39 @@ def test_removed_vault_destroy_crypto_erases(device):
     assert state.sealed("config") is not None and (escrowed / "config.json").exists()
 
 
+@pytest.mark.parametrize("unmounted", ["everything", "the vault paths"])
+def test_destroying_a_locked_vault_after_a_reboot_erases_it(device, unmounted):
+    """A key already out of the kernel is what destroy wants: the erase goes on (it failed at every apply
+    with `the key is not in the filesystem keyring`). With only the vault paths unmounted, the image's
+    filesystem stays mounted in the state dir, unbound (as a rotation cut short leaves it)."""
+    from enforcer import escrow
+    from vp_helpers import mounts_under
+
+    public = escrow.escrow_public_text(escrow.generate_escrow_key())
+    plan = make_plan([vault("config"), vault("scratch", limit=8 * MiB, on_remove="destroy"),
+                      vault("tmp", on_remove="destroy")], escrow_public_key=public)
+    assert device.apply(plan).returncode == 0
+    state = StateDir(device.state)
+    for name in ("scratch", "tmp"):
+        (device.path(f"/persist/vault/{name}") / "f").write_text("gone")
+    scratch_image = state.image_path("scratch")
+    # a reboot: keys out of the kernel, the vault images unmounted, the TPM restarted and measured again
+    assert device.cli("device", "lock").returncode == 0
+    for mountpoint in mounts_under(device.path("/persist/vault"), *([device.state] if unmounted == "everything" else [])):
+        subprocess.run(["umount", mountpoint], check=True)
+    device.swtpm.restart()
+    device.swtpm.measure_boot()
+
+    result = device.apply(make_plan([vault("config")], version=2, escrow_public_key=public))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("scratch", "tmp"):
+        assert state.sealed(name) is None and name not in state.records()
+        assert not (device.state / "escrow" / f"{name}.json").exists()
+        assert not device.path(f"/persist/vault/{name}").exists()
+    assert not scratch_image.exists() and not scratch_image.with_name("scratch.img.mnt").exists()
+    assert device.apply(make_plan([vault("config")], version=2, escrow_public_key=public)).returncode == 0
+
+
 def test_refused_plans_leave_the_applied_plan_in_force(device):
     """Each refused plan adds a vault `evil`: nothing of it is made (no directory, no sealed key, no
     record), and the state dir is as it was but for the recorded refusal."""
