@@ -82,7 +82,6 @@ _code("VP1016", "trust-root-version", "a new trust root must have the next versi
 _code("VP1017", "malformed-key", "a key file is not an Ed25519 PEM key",
       "Signing and trust need Ed25519 keys in PEM form (`vaultpolicy keygen`).",
       "--trust id_rsa.pub   # refused")
-
 # --- VP11xx: vault problems left for a person (never fixed by destroying data) -------------------
 _code("VP1101", "unsafe-path", "vault path is or passes through a symlink",
       "A symlink on the way to a vault could redirect its files elsewhere; the vault is not created there.",
@@ -99,7 +98,9 @@ _code("VP1104", "limit-below-size", "vault limit lowered below its filesystem si
       "A vault's own ext4 image cannot shrink while in use; the vault keeps its size.",
       "limit 64MiB -> 16MiB   # reported, unchanged")
 _code("VP1105", "policy-mismatch", "vault directory is encrypted differently",
-      "The directory's fscrypt policy names another key or cipher than the plan and the sealed key.",
+      "The directory's fscrypt policy names another key or cipher than the plan and the sealed key. `device "
+      "unlock` reports such a vault locked when the kernel lacks the key its directory names, even though the "
+      "sealed key unsealed and went in.",
       "the directory was encrypted by hand with another key   # reported")
 _code("VP1106", "staging-conflict", "plaintext found both in the vault path and staged beside it",
       "A migration was interrupted and new plaintext appeared at the vault path; resolve by hand.",
@@ -118,8 +119,9 @@ _code("VP1109", "not-created", "vault has no key yet",
       "The vault was never created by `device apply` (no sealed key): there is nothing to rotate, unlock or lock.",
       "vaultpolicy device rotate config   # before the first apply")
 _code("VP1110", "not-encrypted", "vault is not encrypted under its sealed key",
-      "A rotation needs the vault's directory encrypted under the key the state dir has sealed for it. Run "
-      "`device apply`, which creates or repairs it, or read `device status` for the reason.",
+      "A rotation needs the vault's directory encrypted under the key the state dir has sealed for it, and "
+      "`device unlock` reports a vault with a sealed key whose directory has no policy failed. Run `device "
+      "apply`, which creates or repairs it, or read `device status` for the reason.",
       "a vault directory whose policy names another key   # rotation refused")
 _code("VP1111", "vault-busy", "files are open in the vault",
       "A vault with its own image is unmounted from its path while its files are copied (rotation, "
@@ -160,11 +162,12 @@ _code("VP1204", "lock-failed", "vault could not be locked",
       "Removing the key from the kernel failed (the vault's filesystem cannot be reached, an ioctl failed). "
       "Its files may still be readable.",
       "the vault's image unmounted behind the tool's back   # lock failed")
-_code("VP1205", "path-not-found", "vault path not found: key may still be in the kernel",
+_code("VP1205", "path-not-found", "vault path not found",
       "`device lock` reaches a vault's key through its path. When the path is not there (a wrong or missing "
       "`--root`, or the directory was removed) the key cannot be removed through it, so the vault is not "
       "reported locked, unless it has its own image (mounted in the state dir) and the kernel says none of its "
-      "keys is in. Run it again with the --root and --state-dir that `device apply` used.",
+      "keys is in. `device unlock` reports such a vault failed: there are no files to unlock. Run it again "
+      "with the --root and --state-dir that `device apply` used.",
       "vaultpolicy device lock --state-dir /var/lib/vaultpolicy --root /wrong   # failed (path-not-found)")
 _code("VP1206", "state-damaged", "a state file of the vault is damaged",
       "The vault's sealed key record (`STATE/sealed/<vault>.json`) or vault record (`STATE/vaults/<vault>.json`) "

@@ -5,7 +5,8 @@
   again here: an applied plan that has since expired must still unlock the device at boot.
 - `unlock_all`: per vault, mount its storage when a reboot dropped it, unseal, add the key, check the
   kernel's key identifier is the recorded one, read the status back. A PCR mismatch leaves that vault
-  locked, names the PCRs, and the other vaults still unlock.
+  locked, names the PCRs, and the other vaults still unlock. Each outcome is what the kernel says of
+  the key the vault directory's policy names, read again after the work, not what the steps did.
 - `lock_all`: per recorded vault `locked`, `incompletely-locked` (files still open, S7) or `failed`;
   it needs no verified plan (locking is always safe).
 - `report`: per vault whether it matches the plan and every reason it does not.
@@ -19,12 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from compiler.plan import Plan, decode_plan, plan_digest
+from compiler.plan import Plan, Vault, decode_plan, plan_digest
 from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer import blockdev, fscrypt
 from enforcer.apply import Applier, lock_key
 from enforcer.fscrypt import KeyStatus
-from enforcer.observe import Observed, PathState, layout, observe, observe_vault, path_state
+from enforcer.observe import (Observed, ObservedSeal, PathState, keyring_dir, layout, observe, observe_vault,
+                              path_state)
 from enforcer.reconcile import Action, Reconciliation, Step, reconcile
 from enforcer.state import SEALED_DAMAGED_HINT, Condition, StateCorrupt, StateDir, VaultRecord
 from vaultpolicy.errors import DeviceError, PlanRejected
@@ -87,7 +89,10 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
     usable = plan.model_copy(update={"vaults": tuple(v for v in plan.vaults if v.name not in damaged)})
     rec = reconcile(usable, observed)
     steps = [s for s in rec.steps if s.action in (Action.MOUNT_STORAGE, Action.UNLOCK)]
-    # a vault whose re-encryption waits for its key is still encrypted under it: unlock it like any other
+    # a vault whose re-seal to new PCRs failed at apply is still sealed to its old ones: unlock it with
+    # that blob (the next apply re-seals it), and so is one whose re-encryption waits for its key
+    steps += [Step(Action.UNLOCK, s.vault, "its key waits to be sealed to the plan's PCRs") for s in rec.steps
+              if s.action is Action.RESEAL and observed.vaults[s.vault].key_status is not KeyStatus.PRESENT]
     steps += [Step(Action.UNLOCK, p.vault, "its re-encryption waits for its key") for p in rec.problems
               if p.reason == "vault-locked"]
     outcomes = Applier(usable, state, root, tpm, now).run(steps)
@@ -115,11 +120,44 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
         elif seen.seal is None:
             results.append(VaultResult(vault.name, "not-created", "not-created", "no sealed key yet: run `device apply`"))
         else:
-            with state.best_effort():
-                state.clear_condition(subject)
             done = outcome is not None and any(s.action is Action.UNLOCK for s in outcome.done)
-            results.append(VaultResult(vault.name, "unlocked" if done else "already-unlocked"))
+            result = _kernel_outcome(state, root, observed.records.get(vault.name) or vault, seen.seal, done)
+            with state.best_effort():
+                if result.outcome in ("unlocked", "already-unlocked"):
+                    state.clear_condition(subject)
+                else:
+                    state.set_condition(subject, False, result.reason, f"unlock refused: {result.message}", now)
+            results.append(result)
     return results
+
+
+def _kernel_outcome(state: StateDir, root: Path | None, vault: Vault | VaultRecord, seal: ObservedSeal,
+                    unlocked_now: bool) -> VaultResult:
+    """What the kernel says of the vault's files once the steps ran, read again: never what the steps
+    believe they did (a key that is not the one the directory is encrypted under unlocks nothing)."""
+    where = layout(state, root, vault.name, vault.path)
+    kind = path_state(root, where.path)
+    if kind is not PathState.DIRECTORY:
+        what = "not found" if kind is PathState.MISSING else f"not a directory ({kind.value})"
+        return VaultResult(vault.name, "failed", "path-not-found", f"{where.path}: {what}",
+                           hint="pass the --root (and --state-dir) that `device apply` used")
+    try:
+        policy = fscrypt.get_policy(str(where.path))
+        status = None if policy is None else fscrypt.key_status(keyring_dir(where.path), policy.key_identifier)
+    except DeviceError as exc:
+        return VaultResult(vault.name, "locked", "unlock-failed", exc.message)
+    if policy is None:
+        return VaultResult(vault.name, "failed", "not-encrypted", f"{where.path} has no encryption policy",
+                           hint="run `vaultpolicy device apply`, which encrypts it")
+    if status is KeyStatus.PRESENT:
+        return VaultResult(vault.name, "unlocked" if unlocked_now else "already-unlocked")
+    if policy.key_identifier != seal.key_identifier:
+        return VaultResult(vault.name, "locked", "policy-mismatch",
+                           f"its directory is encrypted under the key {policy.key_identifier.hex()}, not under its "
+                           f"sealed key {seal.key_identifier.hex()}, and the kernel does not have that key",
+                           hint="have the controller release the escrowed key (`vaultpolicy device unlock --release "
+                           "FILE`)")
+    return VaultResult(vault.name, "locked", "unlock-failed", f"the kernel reports its key {status.name.lower()}")
 
 
 def observe_each(plan: Plan, state: StateDir, root: Path | None) -> tuple[Observed, dict[str, StateCorrupt]]:

@@ -284,3 +284,72 @@ def test_applied_plan_is_reverified_at_boot_and_lock_fails_closed(device):
     for name, home in (("config", device.path("/persist")), ("img", blockdev.backing_mountpoint(state.image_path("img")))):
         identifier = bytes.fromhex(state.sealed(name)["key_identifier"])
         assert fscrypt.key_status(str(home), identifier) is fscrypt.KeyStatus.ABSENT, name
+
+
+def test_unlock_reports_what_the_kernel_says_not_what_its_steps_did(device):
+    """`config`'s sealed record is `img`'s: the TPM unseals it and the kernel takes it, but `config`'s
+    directory is encrypted under another key, which stays out. The outcome comes from reading the
+    kernel's key status again after the work: locked (it said `unlocked`), and `status` agrees."""
+    assert device.apply(make_plan([vault("config"), vault("img")])).returncode == 0
+    for name in ("config", "img"):
+        (device.path(f"/persist/vault/{name}") / "f").write_text(name)
+    assert device.cli("device", "lock").returncode == 0
+    state = StateDir(device.state)
+    state.sealed_path("config").write_bytes(state.sealed_path("img").read_bytes())
+
+    result = device.cli("device", "unlock", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    records = {r["vault"]: r for r in json.loads(result.stdout)["unlock"]}
+    assert records["img"]["outcome"] == "unlocked"
+    assert (records["config"]["outcome"], records["config"]["reason"]) == ("locked", "policy-mismatch")
+    assert "the kernel does not have that key" in records["config"]["message"]
+    assert state.conditions()["vault/config"].reason == "policy-mismatch"
+    assert (device.path("/persist/vault/img") / "f").read_text() == "img"
+    assert not (device.path("/persist/vault/config") / "f").exists(), "its names stay encrypted"
+    status = json.loads(device.cli("device", "status", "--json").stdout)
+    assert {v["vault"]: v["state"] for v in status["vaults"]} == {"config": "locked", "img": "unlocked"}
+    again = device.cli("device", "unlock", "--json")
+    assert outcomes(again) == {"config": "locked", "img": "already-unlocked"}
+
+
+def test_a_vault_whose_reseal_failed_at_apply_still_unlocks_at_boot(device):
+    """Plan 2 seals `config` to other PCRs; its apply came on a boot with PCR 7 changed, so the re-seal
+    failed and the key stays sealed to 0,7. The next, good boot unlocks it with that blob (it was left
+    locked and reported `already-unlocked`: its pending re-seal was not an unlock step)."""
+    from enforcer.tpm import Tpm
+
+    assert device.apply(make_plan([vault("config", pcrs=(0, 7))])).returncode == 0
+    (device.path("/persist/vault/config") / "f").write_text("kept")
+    assert device.cli("device", "lock").returncode == 0
+    with Tpm(device.tcti) as tpm:
+        tpm.extend_pcr(7, "sha256", b"a boot loader that was rolled back")
+    refused = device.apply(make_plan([vault("config", pcrs=(0, 4))], version=2))
+    assert refused.returncode == 1 and "reseal FAILED" in refused.stdout, refused.stdout + refused.stderr
+    device.swtpm.restart()
+    device.swtpm.measure_boot()
+
+    unlocked = device.cli("device", "unlock", "--json")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert outcomes(unlocked) == {"config": "unlocked"}
+    assert (device.path("/persist/vault/config") / "f").read_text() == "kept"
+    assert device.apply(make_plan([vault("config", pcrs=(0, 4))], version=2)).returncode == 0
+    assert StateDir(device.state).sealed("config")["blob"]["pcrs"] == [0, 4]
+
+
+def test_unlock_of_a_vault_whose_directory_is_gone_or_replaced_fails(device):
+    """The sealed keys unseal and go in, but `moved`'s directory is not at its path and `emptied`'s is an
+    empty one without a policy: neither has files to unlock (both said `unlocked`)."""
+    assert device.apply(make_plan([vault("config"), vault("moved"), vault("emptied")])).returncode == 0
+    assert device.cli("device", "lock").returncode == 0
+    moved, emptied = device.path("/persist/vault/moved"), device.path("/persist/vault/emptied")
+    moved.rename(moved.with_name("elsewhere"))
+    emptied.rename(emptied.with_name("emptied-before"))
+    emptied.mkdir()
+
+    result = device.cli("device", "unlock", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    records = {r["vault"]: r for r in json.loads(result.stdout)["unlock"]}
+    assert {name: (r["outcome"], r["reason"]) for name, r in records.items()} == {
+        "config": ("unlocked", ""), "moved": ("failed", "path-not-found"), "emptied": ("failed", "not-encrypted")}
+    assert f"{moved}: not found" == records["moved"]["message"]
+    assert records["emptied"]["message"] == f"{emptied} has no encryption policy"
