@@ -82,10 +82,12 @@ class Applier:
     """Runs steps for one plan; `tpm` is an open enforcer.tpm.Tpm; `now` is the run's one clock reading."""
 
     def __init__(self, plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime,
-                 device_id: str | None = None, journal: Journal | None = None):
+                 device_id: str | None = None, journal: Journal | None = None,
+                 records: dict[str, VaultRecord] | None = None):
+        """`records`: the vault records the caller read already (once per run); kept current below."""
         self.plan, self.state, self.root, self.tpm = plan, state, root, tpm
         self.now, self.device_id, self.journal = now, device_id, journal
-        self._records: dict[str, VaultRecord] = state.records()  # once per run; kept current below
+        self._records: dict[str, VaultRecord] = dict(state.records() if records is None else records)
         self._handlers = {
             Action.STAGE_PLAINTEXT: self._stage_plaintext,
             Action.CREATE_DIRECTORY: self._create_directory,

@@ -308,7 +308,7 @@ class Rotator:
         directory = self.state.root / ROTATING_DIR
         names = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
         for name in names:
-            record = self.state.records().get(name)
+            record = self.state.record(name)  # only its own record: a damaged other one is not this one's concern
             if record is None:
                 raise DeviceError("an interrupted rotation is recorded for a vault the device does not manage",
                                   vault=name)

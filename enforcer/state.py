@@ -57,6 +57,10 @@ class StateCorrupt(DeviceError):
 
 SEALED_DAMAGED_HINT = ("restore it from a backup, or have the controller release the escrowed key "
                        "(`vaultpolicy device unlock --release FILE`)")
+# a vault record says where the vault's files are, how they are encrypted and whether they are protected:
+# nothing on the device can rebuild it safely
+RECORD_DAMAGED_HINT = ("restore it from a backup; until then `device apply` and `device status` refuse, and "
+                       "`device unlock` and `device lock` go on with every other vault")
 
 
 class StateBusy(DeviceError):
@@ -311,18 +315,17 @@ class StateDir:
         out, damaged = {}, {}
         for path in sorted(directory.glob("*.json")):
             try:
-                data = _read_json(path)
-                if data is None:
-                    continue  # removed meanwhile (a destroy)
-                record = VaultRecord(**data)
+                record = _read_record(path)
             except StateCorrupt as exc:
                 damaged[path.stem] = exc
                 continue
-            except TypeError as exc:  # not a JSON object, or other fields than a record has
-                damaged[path.stem] = StateCorrupt(f"state file {path} is not a vault record: {exc}")
-                continue
-            out[record.name] = record
+            if record is not None:  # else removed meanwhile (a destroy)
+                out[record.name] = record
         return out, damaged
+
+    def record(self, vault: str) -> VaultRecord | None:
+        """One vault's record (None when the device has none); a damaged one raises `StateCorrupt`."""
+        return _read_record(self.record_path(vault))
 
     def save_record(self, record: VaultRecord) -> None:
         path = self.record_path(record.name)
@@ -355,6 +358,15 @@ class StateDir:
         if subject in conditions:
             del conditions[subject]
             atomic_write(self.conditions_path, _json_bytes({k: asdict(v) for k, v in sorted(conditions.items())}))
+
+
+def _read_record(path: Path) -> VaultRecord | None:
+    data = _read_json(path, "the vault record", RECORD_DAMAGED_HINT)
+    try:
+        return None if data is None else VaultRecord(**data)
+    except TypeError as exc:  # not a JSON object, or other fields than a record has
+        raise StateCorrupt(f"the vault record {path} is unreadable: not a vault record ({exc})",
+                           hint=RECORD_DAMAGED_HINT) from None
 
 
 def _checked(vault: str) -> str:

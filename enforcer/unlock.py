@@ -95,16 +95,12 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
               if s.action is Action.RESEAL and observed.vaults[s.vault].key_status is not KeyStatus.PRESENT]
     steps += [Step(Action.UNLOCK, p.vault, "its re-encryption waits for its key") for p in rec.problems
               if p.reason == "vault-locked"]
-    outcomes = Applier(usable, state, root, tpm, now).run(steps)
+    outcomes = Applier(usable, state, root, tpm, now, records=observed.records).run(steps)
     results = []
     for vault in plan.vaults:
         subject = f"vault/{vault.name}"
         if vault.name in damaged:
-            error = damaged[vault.name]
-            message = error.message.removeprefix(f"vault `{vault.name}`: ")
-            with state.best_effort():
-                state.set_condition(subject, False, "state-damaged", f"unlock refused: {message}", now)
-            results.append(VaultResult(vault.name, "failed", "state-damaged", message, hint=error.hint))
+            results.append(_damaged(state, vault.name, damaged[vault.name], now))
             continue
         seen = observed.vaults[vault.name]
         outcome = outcomes.get(vault.name)
@@ -128,7 +124,15 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
                 else:
                     state.set_condition(subject, False, result.reason, f"unlock refused: {result.message}", now)
             results.append(result)
-    return results
+    left = sorted(set(damaged) - {v.name for v in plan.vaults})  # vaults the plan no longer has, damaged too
+    return results + [_damaged(state, name, damaged[name], now) for name in left]
+
+
+def _damaged(state: StateDir, name: str, error: StateCorrupt, now: datetime) -> VaultResult:
+    message = error.message.removeprefix(f"vault `{name}`: ")
+    with state.best_effort():
+        state.set_condition(f"vault/{name}", False, "state-damaged", f"unlock refused: {message}", now)
+    return VaultResult(name, "failed", "state-damaged", message, hint=error.hint)
 
 
 def _kernel_outcome(state: StateDir, root: Path | None, vault: Vault | VaultRecord, seal: ObservedSeal,
@@ -161,13 +165,13 @@ def _kernel_outcome(state: StateDir, root: Path | None, vault: Vault | VaultReco
 
 
 def observe_each(plan: Plan, state: StateDir, root: Path | None) -> tuple[Observed, dict[str, StateCorrupt]]:
-    """`observe(plan, state, root, None)` vault by vault, so that a damaged sealed record fails only its
-    own vault: (what was observed, vault -> why its record is damaged). No TPM: unlocking needs no PCR
-    comparison up front (a refused unseal names the changed PCRs itself), and skipping it keeps unlock
-    within a few percent of bare unseals."""
-    records = state.records()
-    wanted = {v.name: v.path for v in plan.vaults} | {r.name: r.path for r in records.values()}
-    vaults, damaged = {}, {}
+    """`observe(plan, state, root, None)` vault by vault, so that a damaged vault or sealed record fails
+    only its own vault: (what was observed, vault -> why its state file is damaged). No TPM: unlocking
+    needs no PCR comparison up front (a refused unseal names the changed PCRs itself), and skipping it
+    keeps unlock within a few percent of bare unseals."""
+    records, damaged = state.read_records()
+    wanted = {v.name: v.path for v in plan.vaults if v.name not in damaged} | {r.name: r.path for r in records.values()}
+    vaults = {}
     for name, path in sorted(wanted.items()):
         try:
             vaults[name] = observe_vault(state, root, name, path, None)

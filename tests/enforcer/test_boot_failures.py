@@ -97,6 +97,47 @@ def test_a_damaged_sealed_record_fails_only_its_own_vault(device):
     assert damaged.read_text() == "{\n", "a damaged record is never replaced by unlock"
 
 
+def test_a_damaged_vault_record_fails_only_its_own_vault(device):
+    """`device unlock` read every vault record up front, so one damaged record stopped every vault.
+    apply and status refuse, naming the file; nothing changes and no traceback."""
+    assert device.apply(make_plan([vault("config"), vault("notes"), vault("img", limit=8 * MiB)])).returncode == 0
+    files = {name: device.path(f"/persist/vault/{name}") / "f" for name in ("config", "notes", "img")}
+    for name, path in files.items():
+        path.write_text(name)
+    assert device.cli("device", "lock").returncode == 0
+    state = StateDir(device.state)
+    damaged = state.record_path("notes")
+    damaged.write_text("{\n")
+
+    unlocked = device.cli("device", "unlock", "--json")
+    assert unlocked.returncode == 1, unlocked.stdout + unlocked.stderr
+    records = by_vault(unlocked, "unlock")
+    assert {name: r["outcome"] for name, r in records.items()} == \
+        {"config": "unlocked", "notes": "failed", "img": "unlocked"}
+    assert records["notes"]["reason"] == "state-damaged" and str(damaged) in records["notes"]["message"]
+    assert "restore it from a backup" in records["notes"]["hint"]
+    assert readable(files["config"]) and readable(files["img"]) and not readable(files["notes"])
+    assert state.conditions()["vault/notes"].reason == "state-damaged"
+    text = device.cli("device", "unlock")
+    assert f"vault notes: failed (state-damaged, VP1206): the vault record {damaged} is unreadable" in text.stdout
+
+    before = sorted((p, p.read_bytes()) for p in device.state.rglob("*.json") if p.is_file())
+    for command in (["apply", str(device.sign(make_plan([vault("config"), vault("notes"), vault("img", limit=8 * MiB)],
+                                                           version=2))), "--trust", str(device.trust)], ["status"]):
+        refused = device.cli("device", *command)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"the vault record {damaged} is unreadable" in refused.stderr.splitlines()[0], refused.stderr
+        assert "Traceback" not in refused.stderr and "= help: restore it from a backup" in refused.stderr
+    assert refused.stderr.startswith("error: the vault record")
+    assert "not applied, nothing was changed: the vault record" in device.apply(make_plan([vault("config")])).stderr
+    after = sorted((p, p.read_bytes()) for p in device.state.rglob("*.json") if p.is_file())
+    assert after == before, "a refused apply changed the state dir"
+    assert damaged.read_text() == "{\n"
+    locked = device.cli("device", "lock", "--json")
+    assert {name: r["outcome"] for name, r in by_vault(locked, "lock").items()} == \
+        {"config": "locked", "notes": "failed", "img": "locked"}
+
+
 def mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True)
 

@@ -253,12 +253,17 @@ def _apply(args, state, root) -> int:
 def _verify_offered(args, state, envelope: bytes, now: datetime):
     """(trust root bytes, VerifiedPlan) of the offered plan, or the refusal, recorded as the `plan`
     condition when the device has a state dir. Reads the state dir only; touches no TPM."""
+    from enforcer.state import StateCorrupt
     from enforcer.verify import DeviceIdentity, verify_plan
 
     try:
+        managed = state.records()  # what protection the device keeps (S16): a damaged record stops it
+    except StateCorrupt as exc:
+        raise StateCorrupt(f"plan {args.signed} not applied, nothing was changed: {exc.message}", hint=exc.hint) from None
+    try:
         trust_bytes, trust = _trust(args, state, rotate=True)
         return trust_bytes, verify_plan(envelope, trust, now=now, floor=state.floor(),
-                                        device=DeviceIdentity(args.device_id), managed=state.records())
+                                        device=DeviceIdentity(args.device_id), managed=managed)
     except PlanRejected as exc:
         if state.root.is_dir():
             with state.best_effort():
