@@ -82,6 +82,13 @@ _code("VP1016", "trust-root-version", "a new trust root must have the next versi
 _code("VP1017", "malformed-key", "a key file is not an Ed25519 PEM key",
       "Signing and trust need Ed25519 keys in PEM form (`vaultpolicy keygen`).",
       "--trust id_rsa.pub   # refused")
+_code("VP1018", "plan-inconsistent", "the plan contradicts itself",
+      "The signed plan has the schema's shape but breaks a rule the device relies on (`compiler.plan."
+      "inconsistencies`): a name given twice, an app or seal naming a vault or attestation the plan lacks, an "
+      "encrypted vault without a seal, PCR 5 sealed, a path outside the persist root. The compiler never writes "
+      "such a plan: it was made or edited elsewhere. Compile and sign it again from the policy.",
+      "a signed plan listing vault `config` twice   # refused (plan-inconsistent)")
+
 # --- VP11xx: vault problems left for a person (never fixed by destroying data) -------------------
 _code("VP1101", "unsafe-path", "vault path is or passes through a symlink",
       "A symlink on the way to a vault could redirect its files elsewhere; the vault is not created there.",

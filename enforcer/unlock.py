@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from compiler.plan import Plan, Vault, decode_plan, plan_digest
+from compiler.plan import Plan, Vault, plan_digest
 from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer import blockdev, fscrypt
 from enforcer.apply import Applier, lock_key
@@ -29,6 +29,7 @@ from enforcer.observe import (Observed, ObservedSeal, PathState, keyring_dir, la
                               path_state)
 from enforcer.reconcile import Action, Reconciliation, Step, reconcile
 from enforcer.state import SEALED_DAMAGED_HINT, Condition, StateCorrupt, StateDir, VaultRecord
+from enforcer.verify import decode_signed
 from vaultpolicy.errors import DeviceError, PlanRejected
 
 
@@ -49,9 +50,9 @@ def stored_envelope(state: StateDir) -> Envelope | None:
     if data is None:
         return None
     try:
-        return Envelope.from_bytes(data)
+        return Envelope.from_bytes(data, str(state.plan_path))
     except PlanRejected as exc:
-        raise PlanRejected(exc.reason, f"the stored applied plan {state.plan_path} is damaged: {exc.message}",
+        raise PlanRejected(exc.reason, f"the stored applied plan is damaged: {exc.message}",
                            hint=_STORED_PLAN_HINT) from None
 
 
@@ -68,7 +69,17 @@ def load_applied(state: StateDir, trust: TrustRoot) -> Plan:
     if floor is not None and plan_digest(payload) != floor[1]:
         raise PlanRejected("applied-plan-changed", f"the stored applied plan {state.plan_path} is not the one that "
                            "was applied", hint=_STORED_PLAN_HINT)
-    return decode_plan(payload)
+    return decode_stored(state, payload)
+
+
+def decode_stored(state: StateDir, payload: bytes) -> Plan:
+    """The stored applied plan's payload decoded; a plan this enforcer refuses (one applied by an older,
+    less strict enforcer) is named as the stored applied plan."""
+    try:
+        return decode_signed(payload)
+    except PlanRejected as exc:
+        raise PlanRejected(exc.reason, f"the stored applied plan {state.plan_path} cannot be enforced: {exc.message}",
+                           hint=_STORED_PLAN_HINT) from None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 2. `plan_version` above the last applied one; the applied plan's own bytes may come again (reconcile)
 3. not expired, and not issued in the future beyond `CLOCK_SLACK` (one clock reading, passed in)
 4. targets this device (empty targets: every device)
-5. a schema this device knows (`compiler.plan.decode_plan`)
+5. a schema this device knows (`compiler.plan.decode_plan`), and a plan that does not contradict itself
+   (`compiler.plan.inconsistencies`: refused as `plan-inconsistent`)
 6. no protected vault the device manages would be destroyed or put at risk (S16)
 
 Protection is sticky: once a vault's record on the device says `protected`, no plan lifts it
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from compiler.plan import Plan, PlanFormatError, Vault, decode_plan, parse_time, plan_digest
+from compiler.plan import Plan, PlanFormatError, PlanInconsistent, Vault, decode_plan, parse_time, plan_digest
 from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer.state import VaultRecord
 from vaultpolicy.errors import PlanRejected
@@ -60,8 +61,10 @@ def verify_plan(
     floor: tuple[int, str] | None,
     device: DeviceIdentity,
     managed: Mapping[str, VaultRecord] | None = None,
+    source: str | None = None,
 ) -> VerifiedPlan:
-    payload = trust.verify(Envelope.from_bytes(envelope_bytes), PLAN_PAYLOAD_TYPE)
+    """`source`: the file the envelope came from, named when it is not a signed plan at all."""
+    payload = trust.verify(Envelope.from_bytes(envelope_bytes, source), PLAN_PAYLOAD_TYPE)
     digest = plan_digest(payload)
     header = _header(payload)
 
@@ -92,13 +95,21 @@ def verify_plan(
         who = f"device `{device.device_id}`" if device.device_id else "this device (no --device-id given)"
         raise PlanRejected("wrong-target", f"plan targets {', '.join(f'`{t}`' for t in targets)}, not {who}")
 
-    try:
-        plan = decode_plan(payload)
-    except PlanFormatError as exc:
-        raise PlanRejected("unknown-schema", str(exc)) from None
-
+    plan = decode_signed(payload)
     _check_protection(plan, managed or {})
     return VerifiedPlan(plan, payload, envelope_bytes, digest)
+
+
+def decode_signed(payload: bytes) -> Plan:
+    """The plan in a verified payload, or the refusal: `plan-inconsistent` when it has the schema's shape
+    but contradicts itself (`compiler.plan.inconsistencies`: a newer enforcer would refuse it too),
+    else `unknown-schema`."""
+    try:
+        return decode_plan(payload)
+    except PlanInconsistent as exc:
+        raise PlanRejected("plan-inconsistent", str(exc)) from None
+    except PlanFormatError as exc:
+        raise PlanRejected("unknown-schema", str(exc)) from None
 
 
 def _header(payload: bytes) -> dict:

@@ -277,6 +277,40 @@ def test_destroying_a_locked_vault_after_a_reboot_erases_it(device, unmounted):
     assert device.apply(make_plan([vault("config")], version=2, escrow_public_key=public)).returncode == 0
 
 
+def test_a_policy_or_an_inconsistent_plan_offered_as_the_signed_plan_is_refused_for_what_it_is(device):
+    """`device apply p1.vpol` said `malformed envelope: not JSON`; a signed plan that contradicts itself
+    was refused as `unknown-schema` (VP1007, "update the enforcer"). Nothing is made but the recorded refusal."""
+    policy = REPO / "examples" / "gateway.vpol"
+    offered = device.cli("device", "apply", str(policy), "--trust", str(device.trust))
+    assert offered.returncode == 1 and "Traceback" not in offered.stderr
+    assert offered.stderr.splitlines()[0] == (f"error: plan {policy} refused (malformed-envelope, VP1011): `{policy}` "
+                                              "is a policy (.vpol), not a signed envelope; no plan has been applied")
+    twice = device.apply(make_plan([vault("config"), vault("config")]))
+    assert twice.returncode == 1
+    assert "refused (plan-inconsistent, VP1018): plan is inconsistent: " in twice.stderr and "`config`" in twice.stderr
+    assert not device.path("/persist/vault/config").exists()
+    assert [p.name for p in device.state.iterdir()] == ["conditions.json"], "only the refusal is recorded"
+    assert StateDir(device.state).conditions()["plan"].reason == "plan-inconsistent"
+
+
+def test_a_stored_plan_this_enforcer_refuses_is_named_not_an_internal_error(device):
+    """A plan an older, less strict enforcer applied that `inconsistencies()` now refuses: it verifies at
+    boot, and its decoding raised PlanInconsistent out of the command (exit 70)."""
+    from compiler.plan import plan_digest
+    from compiler.signing import Envelope
+
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    state = StateDir(device.state)
+    inconsistent = signed(make_plan([vault("config"), vault("config")], version=2), device.key)
+    state.commit_plan(inconsistent, 2, plan_digest(Envelope.from_bytes(inconsistent).payload))
+    for command in ("unlock", "status"):
+        result = device.cli("device", command)
+        assert result.returncode == 1, (command, result.stdout + result.stderr)
+        assert result.stderr.startswith(f"error: the stored applied plan {state.plan_path} cannot be enforced: plan is "
+                                        "inconsistent: "), result.stderr
+        assert "apply the controller's current signed plan again" in result.stderr
+
+
 def test_refused_plans_leave_the_applied_plan_in_force(device):
     """Each refused plan adds a vault `evil`: nothing of it is made (no directory, no sealed key, no
     record), and the state dir is as it was but for the recorded refusal."""

@@ -295,7 +295,7 @@ def test_a_damaged_stored_plan_is_named_and_applying_the_plan_again_repairs_it(d
             + [vaultpolicy(*quote)]:
         command = result.args[4]
         assert result.returncode == 1, (command, result.stderr)
-        assert f"error: the stored applied plan {stored} is damaged: malformed envelope" in result.stderr, command
+        assert f"error: the stored applied plan is damaged: `{stored}`: malformed envelope" in result.stderr, command
         assert "apply the controller's current signed plan again" in result.stderr and "internal" not in result.stderr
     assert device.cli("device", "lock").returncode == 0, "locking needs no plan"
     again = device.cli("device", "apply", str(signed), "--trust", str(device.trust))

@@ -263,7 +263,7 @@ def _verify_offered(args, state, envelope: bytes, now: datetime):
     try:
         trust_bytes, trust = _trust(args, state, rotate=True)
         return trust_bytes, verify_plan(envelope, trust, now=now, floor=state.floor(),
-                                        device=DeviceIdentity(args.device_id), managed=managed)
+                                        device=DeviceIdentity(args.device_id), managed=managed, source=args.signed)
     except PlanRejected as exc:
         if state.root.is_dir():
             with state.best_effort():

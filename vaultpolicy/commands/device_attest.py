@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vaultpolicy import status_codes
-from vaultpolicy.errors import InputError, PlanRejected
+from vaultpolicy.errors import InputError
 
 
 def add_arguments(parser, key) -> None:
@@ -63,18 +63,13 @@ def _emit(args, data: bytes) -> None:
 def _applied_plan(state):
     """(plan, sha256) of the applied plan, or (None, None). It was verified when applied; the controller
     checks what the quote shows against its own copy of the plan."""
-    from compiler.plan import PlanFormatError, decode_plan
-    from enforcer.unlock import stored_envelope
+    from enforcer.unlock import decode_stored, stored_envelope
 
     envelope = stored_envelope(state)
     if envelope is None:
         return None, None
     floor = state.floor()
-    try:
-        plan = decode_plan(envelope.payload)
-    except PlanFormatError as exc:
-        raise PlanRejected("unknown-schema", f"the stored applied plan {state.plan_path} is damaged: {exc}") from None
-    return plan, floor[1] if floor else None
+    return decode_stored(state, envelope.payload), floor[1] if floor else None
 
 
 def _attested_pcrs(plan, name: str | None) -> tuple[str, tuple[int, ...]]:
