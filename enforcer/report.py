@@ -15,8 +15,10 @@ edited report no longer matches the quote, and a report from another TPM fails t
 
 Condition precedence (the first that applies): Orphaned (managed but no longer in the plan, kept
 locked as `retain` says; Drifted when its key is in the kernel or its record says `destroy`) →
-Disabled (an encrypted vault's path holds plaintext: S5, loudly) → Drifted (path, policy, seal or
-limit differ from the plan) → Locked (key not in the kernel; the reason names PCRs that changed) →
+Disabled (an encrypted vault's path holds plaintext: S5, loudly) → Drifted with reason
+`plaintext-erase-pending` (a migration copied the plaintext in but its copy beside the vault, renamed
+`.<name>.vp-erase`, is not deleted and discarded yet) → Drifted (path, policy, seal or limit differ
+from the plan) → Locked (key not in the kernel; the reason names PCRs that changed) →
 Ready. A vault that would be Ready but whose attestation requires escrow the controller has not yet
 acknowledged is Drifted with reason `escrow-missing` (S9). Ready and Orphaned are what the plan asked
 for; every other condition is drift (`Report.drifting`: `device report` exits 3).
@@ -149,6 +151,9 @@ def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool,
         return "Drifted", "path-not-directory", f"{seen.path} is a {seen.path_state.value}, not a plain directory"
     if encrypted and seen.policy is None and (seen.empty is False or seen.staged_plaintext):
         return "Disabled", "plaintext-directory", f"{seen.path} holds unencrypted files where an encrypted vault belongs"
+    if seen.erasing_plaintext:  # the files are in the vault; their plaintext copy still is on disk beside it
+        return "Drifted", "plaintext-erase-pending", ("the plaintext the vault's files were migrated from is not "
+                                                      "erased yet (`device apply` deletes it and discards its blocks)")
     if not encrypted and seen.policy is not None:
         return "Drifted", "encryption-change-pending", "the plan decrypts this vault; its files are still encrypted"
     if not encrypted:

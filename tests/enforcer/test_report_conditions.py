@@ -1,7 +1,10 @@
-"""The drift report's condition while an encryption change waits (a locked vault, an unsupported cipher):
-the files as the kernel has them, never the plan's wish. vault_condition is pure: Observed is data."""
+"""The drift report's condition while an encryption change waits (a locked vault, an unsupported cipher)
+or a migration's plaintext waits to be erased: the files as the kernel has them, never the plan's wish.
+vault_condition is pure: Observed is data (the erase case is observed on swtpm + ext4)."""
 
 from __future__ import annotations
+
+import pytest
 
 from enforcer.fscrypt import EncryptionPolicy, KeyStatus
 from enforcer.observe import ObservedSeal, ObservedVault, PathState
@@ -24,3 +27,37 @@ def test_a_pending_encryption_change_is_drift_not_ready():
         condition, reason, message = vault_condition(wanted, encrypted(), managed=True)
         assert (condition, reason) == ("Drifted", "encryption-change-pending"), wanted.encryption
         assert "aes-256-xts" in message or "still encrypted" in message
+
+
+@pytest.mark.device
+def test_migrated_plaintext_not_yet_erased_is_drift_until_apply_erases_it(device):
+    """What a crash between a migration's copy and its erase leaves: the files are in the vault and their
+    plaintext, renamed `.config.vp-erase`, is still beside it. The report said Ready."""
+    import json
+    from datetime import datetime, timezone
+
+    from enforcer.observe import observe
+    from enforcer.report import build_report
+    from enforcer.state import StateDir
+    from enforcer.tpm import Tpm
+    from vp_helpers import make_plan
+
+    plan = make_plan([vault("config")])
+    assert device.apply(plan).returncode == 0
+    (device.path("/persist/vault/config") / "secret").write_text("copied in")
+    erasing = device.path("/persist/vault/.config.vp-erase")
+    erasing.mkdir()
+    (erasing / "secret").write_text("copied in")
+    state = StateDir(device.state)
+
+    def condition() -> tuple[str, str]:
+        with Tpm(device.tcti) as tpm:
+            observed = observe(plan, state, device.root, tpm)
+        (report,) = build_report("gw-1", plan, None, observed, state, datetime.now(timezone.utc)).vaults
+        return report.condition, report.reason
+
+    assert condition() == ("Drifted", "plaintext-erase-pending")
+    status = json.loads(device.cli("device", "status", "--json").stdout)
+    assert not status["matches"], "status agrees: the erase is still to do"
+    assert device.apply(plan).returncode == 0
+    assert not erasing.exists() and condition() == ("Ready", "ready")
