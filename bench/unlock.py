@@ -1,11 +1,12 @@
 """Unlock and status cost, as ratios measured in the same run (never absolute times).
 
 1. Unlocking N = 1, 10, 100 vaults with `vaultpolicy device unlock` run in process (`cli.main`:
-   the state lock, the applied plan's signature and digest checked again, `flush_leftovers`, the
-   recovery of interrupted rotations, then per vault observe, reconcile, unseal, the key's
-   identifier checked, add, status read back, the unlock recorded) against a bare tpm2-pytss
-   program unsealing the same N blobs (connect, create the storage primary, then per blob load,
-   policy session, PolicyPCR, Unseal, flush). Target: <= 1.3x.
+   the state lock, the applied plan's signature and digest checked again, one TPM connection,
+   `flush_leftovers`, the recovery of interrupted rotations, then per vault observe, reconcile,
+   unseal, the key's identifier checked, add, status read back, the unlock recorded, the kernel's
+   key status read again) against a bare tpm2-pytss program unsealing the same N blobs (connect,
+   create the storage primary, then per blob load, policy session, PolicyPCR, Unseal, flush), taking
+   turns, at least `--repeat` rounds and 100 unseals a side. Target: <= 1.3x.
 2. `device status` (observe + report, in process) of a vault holding 100,000 files against an
    empty one. Status reads statvfs and fscrypt ioctls, never walks files. Target: <= 1.2x.
 
@@ -139,7 +140,9 @@ def run_unlock(tcti: str, work: Path, root: Path, repeat: int) -> None:
         applied(work, plan, state, root, tcti)
         blobs = [SealedBlob.from_json(json.dumps(state.sealed(v.name)["blob"])) for v in plan.vaults]
         enforcer_times, bare_times = [], []
-        for _ in range(repeat):
+        # a run of N=1 takes ~10 ms, so a busy moment of the shared machine can spoil all of five: small
+        # N get more rounds (the same for both sides, taken in turn), at least 100 unseals each side
+        for _ in range(max(repeat, 100 // count)):
             lock_all(state, root)
             start = time.perf_counter()
             results = device("unlock", state, root, tcti)["unlock"]

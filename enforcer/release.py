@@ -199,14 +199,14 @@ def unlock_released(
             observed, damaged = observe_each(plan, state, root)  # a damaged sealed record is what a release repairs
             usable = plan.model_copy(update={"vaults": tuple(v for v in plan.vaults if v.name not in damaged)})
             mounts = [s for s in reconcile(usable, observed).steps if s.action is Action.MOUNT_STORAGE and s.vault in opened]
-            for outcome in Applier(usable, state, root, tpm, now, device_id).run(mounts).values():
+            for outcome in Applier(usable, state, root, tpm, now, device_id, records=observed.records).run(mounts).values():
                 if outcome.error is not None:
                     raise outcome.error
             for name, (key_identifier, raw) in sorted(opened.items()):
                 vault = plan.vault(name)
                 if vault is None or vault.seal is None:
                     raise DeviceError("the applied plan has no sealed vault by this name", vault=name)
-                where = state.records().get(name) or vault  # the recorded path: a plan cannot move a vault
+                where = observed.records.get(name) or vault  # the recorded path: a plan cannot move a vault
                 path = host_path(root, where.path)
                 created_with = _created_with(state, name, path)
                 if created_with is None:

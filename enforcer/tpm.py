@@ -427,8 +427,15 @@ class Tpm:
             return 0
         tss = self._tss
         own = None if self._primary_handle is None else self._esys.tr_get_tpm_handle(self._primary_handle)
+        # one read tells whether any session is loaded or saved (exact counts, unlike the TPM's estimate of
+        # free object slots): the session handles are listed only then, so a clean TPM costs two reads
+        _, counts = self._call(self._esys.get_capability, tss.TPM2_CAP.TPM_PROPERTIES, tss.TPM2_PT_HR.LOADED, 3)
+        count = {prop.property: prop.value for prop in counts.data.tpmProperties}
+        loaded, active = count.get(tss.TPM2_PT_HR.LOADED, 1), count.get(tss.TPM2_PT_HR.ACTIVE, 1)
+        kinds = [tss.TPM2_HT.TRANSIENT] + [tss.TPM2_HT.LOADED_SESSION] * (loaded > 0) + \
+            [tss.TPM2_HT.SAVED_SESSION] * (active > loaded)
         flushed = 0
-        for kind in (tss.TPM2_HT.TRANSIENT, tss.TPM2_HT.LOADED_SESSION, tss.TPM2_HT.SAVED_SESSION):
+        for kind in kinds:
             _, capability = self._call(self._esys.get_capability, tss.TPM2_CAP.HANDLES, int(kind) << 24, 256)
             for handle in capability.data.handles:
                 if handle == own:

@@ -312,19 +312,22 @@ def test_policy_digest_matches_the_tpm_for_any_selection(swtpm, pcrs, bank):
 
 def test_leftovers_of_a_killed_client_are_flushed_on_an_unmanaged_tpm(swtpm):
     tss, esys = _raw_esapi(swtpm.tcti)
-    try:  # a client that dies without flushing: a loaded primary and an open policy session
+    try:  # a client that dies without flushing: a loaded primary, an open policy session and a saved one
         esys.create_primary(tss.TPM2B_SENSITIVE_CREATE(), tpm_module.storage_primary_template(), tss.ESYS_TR.OWNER)
-        esys.start_auth_session(tss.ESYS_TR.NONE, tss.ESYS_TR.NONE, tss.TPM2_SE.POLICY,
-                                tss.TPMT_SYM_DEF(algorithm=tss.TPM2_ALG.NULL), tss.TPM2_ALG.SHA256)
+        for _ in range(2):
+            session = esys.start_auth_session(tss.ESYS_TR.NONE, tss.ESYS_TR.NONE, tss.TPM2_SE.POLICY,
+                                              tss.TPMT_SYM_DEF(algorithm=tss.TPM2_ALG.NULL), tss.TPM2_ALG.SHA256)
+        esys.context_save(session)
     finally:
         esys.close()
     assert not tpm_module.has_resource_manager(swtpm.tcti)
     assert tpm_module.has_resource_manager("device:/dev/tpmrm0")
     with Tpm(swtpm.tcti) as device:
         swtpm.measure_boot(device)
-        assert device.loaded_handles() == {"transient": 1, "loaded_sessions": 1, "saved_sessions": 0}
+        assert device.loaded_handles() == {"transient": 1, "loaded_sessions": 1, "saved_sessions": 1}
         blob = device.seal(os.urandom(64), "sha256", BOUND)  # our own primary is now loaded too
-        assert device.flush_leftovers() == 2
+        assert device.flush_leftovers() == 3  # the session handles are listed only when the TPM counts some
+        assert device.flush_leftovers() == 0
         assert device.loaded_handles() == {"transient": 1, "loaded_sessions": 0, "saved_sessions": 0}
         assert len(device.unseal(blob)) == 64, "our cached primary survived the clean-up"
 

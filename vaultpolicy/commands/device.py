@@ -316,10 +316,12 @@ def _unlock(args, state, root) -> int:
 
     plan = _applied(args, state)
     now = datetime.now(timezone.utc)
-    with _tpm(args, state) as tpm:
+    with _tpm(args, state) as tpm:  # one connection: a boot unlock's fixed cost is mostly TPM round trips
         tpm.flush_leftovers()
         recovered = Rotator(plan, state, root, tpm, now).recover()  # a rotation or re-encryption cut by power loss
-    if args.release:
+        if not args.release:
+            results = unlock_all(plan, state, root, tpm, now)
+    if args.release:  # its own connections (the attestation key's too), after this one closed
         from enforcer.attest import resolve_device_id
         from enforcer.release import Release, unlock_released
 
@@ -328,9 +330,6 @@ def _unlock(args, state, root) -> int:
                                    resolve_device_id(args.device_id, state.root), now)
         results = [VaultResult(name, "unlocked", "controller-release", "re-sealed to the current PCRs")
                    for name in unlocked]
-    else:
-        with _tpm(args, state) as tpm:
-            results = unlock_all(plan, state, root, tpm, now)
     return _results(args, "unlock", results, ok=("unlocked", "already-unlocked", "unencrypted"), recovered=recovered)
 
 
