@@ -136,3 +136,16 @@ def test_verify_refuses_a_signed_lax_plan_as_malformed(cli, tmp_path, plan_json)
     code, _, err = cli("verify", tmp_path / "lax.signed", "--trust", tmp_path / "k.pub")
     assert code == 1 and err.startswith(f"refused: malformed-plan: `{tmp_path / 'lax.signed'}`: signed payload is not a valid "
                                         "plan: plan field `plan_version`")
+
+
+def test_verify_refuses_a_signed_inconsistent_plan_with_the_devices_reason(cli, tmp_path, plan_json):
+    plan_json["vaults"].append(dict(_vault(plan_json, "data"), path="/persist/copy"))
+    (tmp_path / "dup.json").write_text(json.dumps(plan_json))
+    assert cli("keygen", "-o", tmp_path / "k")[0] == 0
+    from compiler.signing import PLAN_PAYLOAD_TYPE, load_private_key, sign
+
+    key = load_private_key((tmp_path / "k").read_bytes(), "k")
+    (tmp_path / "dup.signed").write_bytes(sign(PLAN_PAYLOAD_TYPE, (tmp_path / "dup.json").read_bytes(), [key]).to_bytes())
+    code, _, err = cli("verify", tmp_path / "dup.signed", "--trust", tmp_path / "k.pub")
+    assert (code, err) == (1, f"refused: plan-inconsistent: `{tmp_path / 'dup.signed'}`: plan is inconsistent: "
+                              "it lists vault `data` twice\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from compiler.files import read_input
-from compiler.plan import PlanFormatError, decode_plan
+from compiler.plan import PlanFormatError, PlanInconsistent, decode_plan
 from compiler.signing import PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, load_trust
 from vaultpolicy import status_codes
 from vaultpolicy.errors import PlanRejected
@@ -27,6 +27,8 @@ def verify_signed_plan(data: bytes, source: str, trust_data: bytes, trust_source
     payload = root.verify(envelope, PLAN_PAYLOAD_TYPE)
     try:
         plan = decode_plan(payload)
+    except PlanInconsistent as exc:  # the device's reason for the same refusal
+        raise PlanRejected("plan-inconsistent", f"`{source}`: {exc}") from None
     except PlanFormatError as exc:
         raise PlanRejected("malformed-plan", f"`{source}`: signed payload is not a valid plan: {exc}") from None
     return plan, root
