@@ -145,7 +145,7 @@ def record_unlock(state: StateDir, vault: str, method: str, now: datetime) -> No
     ext4 each of those costs a flush, which made a boot unlock 3x the bare unseals in bench/unlock.py).
     This is history for the report, not state (the kernel says whether a key is in): a crash or a
     concurrent reader can at worst find a torn record, which `last_unlocks` skips. A failed write (a
-    read-only or full state dir) goes to `state.unsaved`: the vault is unlocked all the same.
+    read-only or full state dir) goes to `state.warnings`: the vault is unlocked all the same.
     """
     if method not in UNLOCK_METHODS:
         raise ValueError(f"unknown unlock method `{method}`")
@@ -160,7 +160,7 @@ def record_unlock(state: StateDir, vault: str, method: str, now: datetime) -> No
         finally:
             os.close(fd)
     except OSError as exc:
-        state.unsaved.append(f"cannot write state file {path}: {exc.strerror or exc}")
+        state.warnings.append(f"cannot write state file {path}: {exc.strerror or exc}")
 
 
 def last_unlocks(state: StateDir) -> dict[str, dict]:

@@ -145,17 +145,19 @@ class Condition:
 class StateDir:
     def __init__(self, root: Path | str):
         self.root = Path(root)
-        self.unsaved: list[str] = []  # best-effort writes that failed, each naming its file (`best_effort`)
+        # what the command must report without failing, each naming its file: best-effort writes that
+        # failed (`best_effort`), a damaged conditions file read as empty (`conditions`)
+        self.warnings: list[str] = []
 
     @contextmanager
     def best_effort(self) -> Iterator[None]:
         """A write whose failure must not undo what the command did (a boot unlock that unlocked the
         vaults must not fail because a condition could not be recorded): a `StateWriteError` is kept in
-        `unsaved` for the command to report, never raised."""
+        `warnings` for the command to report, never raised."""
         try:
             yield
         except StateWriteError as exc:
-            self.unsaved.append(exc.message)
+            self.warnings.append(exc.message)
 
     # --- layout --------------------------------------------------------------------------------
     @property
@@ -342,8 +344,18 @@ class StateDir:
 
     # --- conditions ----------------------------------------------------------------------------
     def conditions(self) -> dict[str, Condition]:
-        data = _read_json(self.conditions_path) or {}
-        return {k: Condition(**v) for k, v in data.items()}
+        """The recorded conditions. They are the device's account of what went wrong, not something to
+        act on, so a damaged file must not stop a boot unlock (S19): it is reported in `warnings`, read
+        as empty, and the next condition recorded writes the file anew."""
+        try:
+            data = _read_json(self.conditions_path) or {}
+            return {k: Condition(**v) for k, v in data.items()}
+        except (StateCorrupt, AttributeError, TypeError) as exc:
+            why = exc.message if isinstance(exc, StateCorrupt) else f"state file {self.conditions_path} is not a conditions file"
+            warning = f"{why}; read as empty, earlier conditions are lost"
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+            return {}
 
     def set_condition(self, subject: str, ok: bool, reason: str, message: str, now: datetime) -> None:
         conditions = self.conditions()

@@ -94,7 +94,7 @@ class VaultResult:
 
 def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime) -> list[VaultResult]:
     """Unlock every vault of the plan. A vault that stays locked or fails does not stop the others;
-    conditions are recorded best effort (`StateDir.unsaved`): a boot unlock that unlocked the vaults
+    conditions are recorded best effort (`StateDir.warnings`): a boot unlock that unlocked the vaults
     must not fail because the state dir is read-only or full."""
     observed, damaged = observe_each(plan, state, root)
     usable = plan.model_copy(update={"vaults": tuple(v for v in plan.vaults if v.name not in damaged)})

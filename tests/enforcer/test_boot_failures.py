@@ -176,6 +176,31 @@ def unchanged_by_a_refused_apply(device, reason: str) -> None:
         assert tpm.loaded_handles() == handles
 
 
+def test_a_damaged_conditions_file_stops_nothing(device):
+    """Conditions are the device's account of what went wrong; a damaged conditions.json stopped
+    `device unlock` and `status` with an error before any vault was unlocked."""
+    assert device.apply(make_plan([vault("config"), vault("img", limit=8 * MiB)])).returncode == 0
+    files = {name: device.path(f"/persist/vault/{name}") / "f" for name in ("config", "img")}
+    for name, path in files.items():
+        path.write_text(name)
+    assert device.cli("device", "lock").returncode == 0
+    conditions = StateDir(device.state).conditions_path
+    conditions.write_text("{\n")
+
+    unlocked = device.cli("device", "unlock")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert all(readable(path) for path in files.values())
+    assert f"warning: state file {conditions} is unreadable" in unlocked.stderr
+    assert "read as empty, earlier conditions are lost" in unlocked.stderr
+    status = device.cli("device", "status")
+    assert status.returncode == 0 and "warning: state file" in status.stderr, status.stdout + status.stderr
+
+    conditions.write_text('["not", "conditions"]\n')  # JSON, but not a conditions file
+    assert device.cli("device", "lock").returncode == 0
+    unlocked = device.cli("device", "unlock")
+    assert unlocked.returncode == 0 and f"state file {conditions} is not a conditions file" in unlocked.stderr
+
+
 def test_a_read_only_state_dir_still_unlocks_at_boot_and_apply_refuses_cleanly(device):
     assert device.apply(make_plan([vault("config"), vault("notes")])).returncode == 0
     for name in ("config", "notes"):

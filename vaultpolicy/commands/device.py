@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         with state.exclusive():
             return handler(args, state, root)
     finally:
-        for message in state.unsaved:  # what the command did stands; the state dir could not record it
+        for message in state.warnings:  # what the command did stands; the state dir could not record or read this
             print(f"warning: {message}", file=sys.stderr)
 
 
