@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -40,9 +40,16 @@ class BuildOptions:
     source_sha256: str
     prev_plan_sha256: str | None = None
     targets: tuple[str, ...] = ()
-    # Vaults the previous plan protected (`Plan.protected_vaults`): protection is sticky along the
-    # chain of plans, as on the device (S16).
-    kept_protected: frozenset[str] = frozenset()
+    # Vaults the previous plan protected (`Plan.protected_vaults`) -> the encryption it gave each, None
+    # for one that has left it: protection is sticky along the chain of plans, as on the device (S16),
+    # which refuses a plan that destroys such a vault or changes its encryption.
+    kept_protected: Mapping[str, str | None] = field(default_factory=dict)
+
+
+def kept_protection(previous: p.Plan) -> dict[str, str | None]:
+    """`BuildOptions.kept_protected` for a plan compiled after `previous`."""
+    return {name: vault.encryption if (vault := previous.vault(name)) else None
+            for name in sorted(previous.protected_vaults())}
 
 
 def _relative_to_policy(located: m.Located[str], fallback_file: str) -> Path:
@@ -174,24 +181,37 @@ def read_named_files(model: m.Model, read: FileReader = Path.read_bytes) -> tupl
     return NamedFiles(escrow, allowed), diagnostics
 
 
-def _destroys_kept_protection(model: m.Model, kept: frozenset[str]) -> Diagnostics:
-    """`on_remove destroy` on a vault the previous plan protected: the device keeps the protection and
-    refuses the plan (VP0602 covers a vault this policy protects)."""
-    return Diagnostics(
-        error(codes.DESTROY_PROTECTED,
-              f"vault `{vault.name.value}` was protected by the previous plan, and the device keeps that protection, "
-              "but says `on_remove destroy`",
-              first_span(vault.on_remove.span, vault.name.span),
-              "a protected vault's data is never destroyed: use `on_remove retain` (protection, once in a plan, stays)")
-        for vault in model.vaults.values()
-        if vault.name.value in kept and not vault.protected.value and vault.on_remove.value == "destroy"
-    )
+def _breaks_kept_protection(model: m.Model, kept: Mapping[str, str | None]) -> Diagnostics:
+    """What the device refuses for a vault the previous plan protected, since it keeps the protection:
+    `on_remove destroy` (VP0602 covers a vault this policy protects) and another encryption, which
+    would migrate the data (VP0606)."""
+    diagnostics = Diagnostics()
+    for vault in model.vaults.values():
+        name = vault.name.value
+        if name not in kept:
+            continue
+        if not vault.protected.value and vault.on_remove.value == "destroy":
+            diagnostics.append(error(
+                codes.DESTROY_PROTECTED,
+                f"vault `{name}` was protected by the previous plan, and the device keeps that protection, "
+                "but says `on_remove destroy`",
+                first_span(vault.on_remove.span, vault.name.span),
+                "a protected vault's data is never destroyed: use `on_remove retain` (protection, once in a plan, stays)"))
+        before = kept[name]
+        if before is not None and vault.encryption.value != before:
+            diagnostics.append(error(
+                codes.PROTECTED_ENCRYPTION_CHANGED,
+                f"vault `{name}` was protected by the previous plan, and the device keeps that protection, "
+                f"but its encryption changes from `{before}` to `{vault.encryption.value}`",
+                first_span(vault.encryption.span, vault.name.span),
+                f"a protected vault's data never migrates: keep `encryption {before}` (protection, once in a plan, stays)"))
+    return diagnostics
 
 
 def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[p.Plan | None, Diagnostics]:
     """The plan, or None with the diagnostics saying why (only the named files can fail here)."""
     named, diagnostics = read_named_files(model, read)
-    diagnostics.extend(_destroys_kept_protection(model, options.kept_protected))
+    diagnostics.extend(_breaks_kept_protection(model, options.kept_protected))
     if diagnostics.has_errors():
         return None, diagnostics
     index = vault_path_index(model)
@@ -233,6 +253,6 @@ def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_by
             for comp in (model.components[name] for name in sorted(model.components))
         ),
         attestations=attestations,
-        protected=tuple(sorted({v.name for v in vaults if v.protected} | options.kept_protected)),
+        protected=tuple(sorted({v.name for v in vaults if v.protected} | set(options.kept_protected))),
     )
     return plan, diagnostics

@@ -274,3 +274,12 @@ ALLOW_FILE_UNREADABLE = register(
     "file relative to the policy file; the file must exist and hold at least one digest.",
     'attestation boot { pcrs 0  allow pcr 0 from "missing.txt" }   # error',
 )
+PROTECTED_ENCRYPTION_CHANGED = register(
+    "VP0606",
+    "encryption changed on a protected vault",
+    "Changing a vault's encryption migrates its data into a new encrypted directory, which puts a "
+    "protected vault's data at risk, so the device refuses a plan that does it. Protection is sticky, "
+    "as on the device: a vault the previous plan protected (`compile --prev`), such as the built-in "
+    "`config`, keeps the encryption that plan gave it, even when the policy drops `protected`.",
+    "(compile --prev PLAN, where PLAN's `config` is aes-256-xts)\nvault config { encryption adiantum }   # error",
+)

@@ -6,6 +6,8 @@ import base64
 import json
 from pathlib import Path
 
+import pytest
+
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -202,3 +204,26 @@ def test_an_escrow_key_of_the_wrong_kind_says_what_it_is(cli, tmp_path):
         policy.write_text(f'device {{ escrow_key "{named}" }}\n')
         code, _, err = cli("check", policy)
         assert code == 1 and f"`{tmp_path / named}`: it is {what}, not an X25519 escrow public key" in err
+
+
+PROTECTED_DATA = 'attestation boot { pcrs 0, 4, 7 }\nvault data { path "/persist/data"  limit 1GiB  protected }\n'
+
+
+@pytest.mark.parametrize("changed, where", [
+    (PROTECTED_DATA.replace("  protected", "  encryption adiantum"), ("data", "aes-256-xts", "adiantum", "2:48")),
+    (PROTECTED_DATA.replace("  protected", "  encryption none"), ("data", "aes-256-xts", "none", "2:48")),
+    (PROTECTED_DATA + "vault config { encryption adiantum }\n", ("config", "aes-256-xts", "adiantum", "3:16")),
+])
+def test_prev_refuses_a_new_encryption_for_a_vault_the_previous_plan_protects(cli, tmp_path, monkeypatch, changed, where):
+    """The device keeps a protected vault's protection and refuses a plan that changes its encryption
+    (enforcer/verify.py): `compile --prev` refuses it too, instead of writing a plan `sign` would sign."""
+    monkeypatch.chdir(tmp_path)
+    Path("v1.vpol").write_text(PROTECTED_DATA)
+    assert cli("compile", "v1.vpol", "--plan-version", "1", "-o", "v1.json")[0] == 0
+    Path("v2.vpol").write_text(changed)
+    code, _, err = cli("compile", "v2.vpol", "--prev", "v1.json", "-o", "v2.json")
+    name, before, after, at = where
+    assert code == 1 and not Path("v2.json").exists(), err
+    assert (f"error[VP0606]: vault `{name}` was protected by the previous plan, and the device keeps that protection, "
+            f"but its encryption changes from `{before}` to `{after}`") in err and f"--> v2.vpol:{at}" in err
+    assert cli("compile", "v2.vpol", "--plan-version", "2", "-o", "v2.json")[0] == 0  # only the chain forbids it

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 from compiler import BuildOptions, compile_policy
+from compiler.build import kept_protection
 from compiler.files import load_plan, parse_duration, plan_payload, read_input, write_output
 from compiler.plan import encode_plan, parse_time, plan_digest
 from compiler.source import load_policy, print_diagnostics, source_sha256
@@ -71,10 +72,10 @@ def _check_plan_version(args) -> None:
         raise UsageError(f"--plan-version: {args.plan_version} must be between 1 and {_MAX_PLAN_VERSION}")
 
 
-def _versions(args) -> tuple[int, str | None, frozenset[str]]:
+def _versions(args) -> tuple[int, str | None, dict[str, str | None]]:
     """The plan version, the previous plan's digest and the vaults it protects (they stay protected)."""
     if args.prev is None:
-        return args.plan_version, None, frozenset()
+        return args.plan_version, None, {}
     payload = plan_payload(read_input(args.prev, "previous plan"), args.prev)
     previous = load_plan(payload, args.prev)
     version = args.plan_version if args.plan_version is not None else previous.plan_version + 1
@@ -85,7 +86,7 @@ def _versions(args) -> tuple[int, str | None, frozenset[str]]:
             f"plan version {version} is not above the previous plan's {previous.plan_version}",
             hint="devices refuse plans whose version does not go up",
         )
-    return version, plan_digest(payload), previous.protected_vaults()
+    return version, plan_digest(payload), kept_protection(previous)
 
 
 def run(args) -> int:
