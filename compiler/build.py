@@ -94,9 +94,10 @@ def _x25519_raw(data: bytes) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
-def _reference_values(rule: m.AllowRule, file: str, read: FileReader, diagnostics: Diagnostics) -> tuple[str, ...]:
+def _reference_values(rule: m.AllowRule, bank: str, file: str, read: FileReader, diagnostics: Diagnostics) -> tuple[str, ...]:
     path = _relative_to_policy(rule.reference_file, file)
-    fix = "write one hexadecimal digest a line"
+    digits = p.BANK_DIGEST_BYTES[bank] * 2
+    fix = f"write one {bank} digest ({digits} hexadecimal digits) a line"
     try:
         text = read(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -106,10 +107,10 @@ def _reference_values(rule: m.AllowRule, file: str, read: FileReader, diagnostic
     else:
         numbered = [(n, line.split("#", 1)[0].strip().lower()) for n, line in enumerate(text.splitlines(), 1)]
         numbered = [(n, value) for n, value in numbered if value]
-        not_hex = [n for n, value in numbered if not re.fullmatch("[0-9a-f]+", value)]
-        if numbered and not not_hex:
+        not_digests = [n for n, value in numbered if not re.fullmatch(f"[0-9a-f]{{{digits}}}", value)]
+        if numbered and not not_digests:
             return tuple(value for _, value in numbered)
-        why = f"line {not_hex[0]} is not a hexadecimal digest" if not_hex else "it holds no digests (only comments or blank lines)"
+        why = f"line {not_digests[0]} is not a {bank} digest" if not_digests else "it holds no digests (only comments or blank lines)"
     diagnostics.append(
         error(codes.ALLOW_FILE_UNREADABLE, f"cannot read allowed values for PCR {rule.pcr.value} from `{path}`: {why}",
               rule.reference_file.span, fix)
@@ -157,7 +158,7 @@ def _allowed_values(att: m.Attestation, file: str, read: FileReader, diagnostics
     for rule in att.allow:
         values = [v.value.lower() for v in rule.values]
         if rule.reference_file is not None:
-            values.extend(_reference_values(rule, file, read, diagnostics))
+            values.extend(_reference_values(rule, att.bank.value, file, read, diagnostics))
         allowed.setdefault(str(rule.pcr.value), set()).update(values)
     return {pcr: tuple(sorted(values)) for pcr, values in sorted(allowed.items(), key=lambda kv: int(kv[0]))}
 
@@ -208,8 +209,15 @@ def _breaks_kept_protection(model: m.Model, kept: Mapping[str, str | None]) -> D
     return diagnostics
 
 
+class BuiltPlanInconsistent(RuntimeError):
+    """A bug of ours: the rules passed a policy whose plan `compiler.plan.inconsistencies` (what
+    decoding and the device check) finds fault with. Such a plan is never written."""
+
+
 def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[p.Plan | None, Diagnostics]:
-    """The plan, or None with the diagnostics saying why (only the named files can fail here)."""
+    """The plan, or None with the diagnostics saying why (only the named files can fail here).
+
+    Raises BuiltPlanInconsistent for a plan that decoding would refuse, so none is ever written."""
     named, diagnostics = read_named_files(model, read)
     diagnostics.extend(_breaks_kept_protection(model, options.kept_protected))
     if diagnostics.has_errors():
@@ -255,4 +263,6 @@ def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_by
         attestations=attestations,
         protected=tuple(sorted({v.name for v in vaults if v.protected} | set(options.kept_protected))),
     )
+    for problem in p.inconsistencies(plan):
+        raise BuiltPlanInconsistent(f"the compiler built a plan that decoding refuses: {problem}")
     return plan, diagnostics

@@ -271,7 +271,8 @@ ALLOW_FILE_UNREADABLE = register(
     "VP0605",
     "allowed PCR values file unreadable",
     "`allow pcr N from \"file\"` reads one hexadecimal digest a line (`#` comments allowed) from a "
-    "file relative to the policy file; the file must exist and hold at least one digest.",
+    "file relative to the policy file; the file must exist and hold at least one digest, and each "
+    "digest is as long as the attestation bank's hash (64 hexadecimal digits for sha256).",
     'attestation boot { pcrs 0  allow pcr 0 from "missing.txt" }   # error',
 )
 PROTECTED_ENCRYPTION_CHANGED = register(

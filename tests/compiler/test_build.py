@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from compiler.plan import decode_plan, encode_plan, plan_digest
+from compiler.plan import BANK_DIGEST_BYTES, decode_plan, encode_plan, plan_digest
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway.vpol"
 ISSUED = "2026-01-01T00:00:00Z"
@@ -183,7 +184,7 @@ def test_check_reports_the_named_files_compile_refuses(cli, tmp_path):
     compiled = cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")[2]
     for where in (f"error[VP0604]: cannot use escrow key file `{tmp_path / 'missing.pub'}`", f"--> {policy}:1:21",
                   f"--> {policy}:4:20", f"--> {policy}:5:20", f"--> {policy}:6:20",
-                  "only comments or blank lines", "line 2 is not a hexadecimal digest"):
+                  "only comments or blank lines", "line 2 is not a sha256 digest"):
         assert where in checked and where in compiled, where
 
 
@@ -227,3 +228,29 @@ def test_prev_refuses_a_new_encryption_for_a_vault_the_previous_plan_protects(cl
     assert (f"error[VP0606]: vault `{name}` was protected by the previous plan, and the device keeps that protection, "
             f"but its encryption changes from `{before}` to `{after}`") in err and f"--> v2.vpol:{at}" in err
     assert cli("compile", "v2.vpol", "--plan-version", "2", "-o", "v2.json")[0] == 0  # only the chain forbids it
+
+
+@pytest.mark.parametrize("bank, line", [("sha256", "abc"), ("sha256", "ab" * 20), ("sha1", "ab" * 32)])
+def test_an_allowed_value_of_the_wrong_length_for_its_bank_is_refused(cli, tmp_path, bank, line):
+    """`abc` passed check and compile (only hex digits were checked); then plan show and sign refused the plan."""
+    (tmp_path / "values.txt").write_text(f"# firmware\n{'cd' * BANK_DIGEST_BYTES[bank]}\n{line}\n")
+    policy = tmp_path / "p.vpol"
+    policy.write_text(f'attestation boot {{\n  bank {bank}\n  pcrs 0, 4, 7\n  allow pcr 0 from "values.txt"\n}}\n')
+    for command in (["check", policy], ["compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json"]):
+        code, _, err = cli(*command)
+        assert code == 1 and f"error[VP0605]: cannot read allowed values for PCR 0 from `{tmp_path / 'values.txt'}`: " \
+                             f"line 3 is not a {bank} digest" in err and f"--> {policy}:4:20" in err, err
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_compile_never_writes_a_plan_that_decoding_refuses(cli, tmp_path, monkeypatch):
+    """A plan the rules let through but `inconsistencies` refuses is our bug: an internal error, no plan."""
+    build_module = importlib.import_module("compiler.build")  # `compiler.build` is also the function's name
+    (tmp_path / "values.txt").write_text("cd" * 32 + "\n")
+    policy = tmp_path / "p.vpol"
+    policy.write_text('attestation boot {\n  pcrs 0, 4, 7\n  allow pcr 0 from "values.txt"\n}\n')
+    monkeypatch.setattr(build_module, "_reference_values", lambda *args: ("abc",))  # a rule that let it through
+    code, _, err = cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")
+    assert code == 70 and not (tmp_path / "plan.json").exists()
+    assert err.startswith("internal error: BuiltPlanInconsistent: the compiler built a plan that decoding refuses: "
+                          "attestation `boot` allows `abc` for PCR 0, which is not a lower-case sha256 digest\n"), err
