@@ -140,6 +140,7 @@ def test_every_compiler_code_has_a_case():
     registered = {value for name, value in vars(compiler.codes).items() if name.isupper() and isinstance(value, str)}
     tested = {code for _, expected in CASES.values() for code, _, _ in expected}
     tested |= {"VP0604", "VP0605"}  # files the policy names: tests/compiler/test_build.py
+    tested |= {"VP0606"}  # against a previous plan (`compile --prev`): tests/compiler/test_build.py
     assert registered == tested
 
 

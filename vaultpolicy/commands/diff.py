@@ -18,7 +18,7 @@ from vaultpolicy.errors import InputError
 _TEMPLATES = {"text": "diff.txt", "markdown": "diff.md", "html": "diff.html"}
 # Only the content of a policy is compared, never plan metadata, so these values never show.
 _POLICY_OPTIONS = BuildOptions(
-    plan_version=1, issued_at=datetime(2000, 1, 1, tzinfo=timezone.utc), valid_for_seconds=1, source_sha256=""
+    plan_version=1, issued_at=datetime(2000, 1, 1, tzinfo=timezone.utc), valid_for_seconds=1, source_sha256="0" * 64
 )
 
 
