@@ -1,6 +1,7 @@
 """Verify a device's TPM quote, in the order issue 6 fixes:
 
-1. the signature, with the enrolled attestation key (and the quote names that key as its signer);
+1. the signature, with the enrolled attestation key (and the quote names that key as its signer); the
+   signed qualifying data binds the quote's purpose, and only a `release` quote is verified here;
 2. the nonce: bound into the signed qualifying data, issued by us to this device, unused, not expired;
 3. the PCR digest recomputed from the reported values equals the quoted one (same bank and selection
    as the policy's attestation);
@@ -181,7 +182,12 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int)
             "device-unknown", f"device `{quote.device_id}` is not enrolled", hint="enrol it with `vaultpolicy controller enroll`"
         )
     parsed = check_signature(quote, device.ak_public_pem, device.ak_name)
-    if quote.purpose == "release" and quote.bound_sha256 != release_key_binding(device.release_public_pem):
+    if quote.purpose != "release":  # signed: check_signature recomputed the qualifying data from it
+        raise AttestationRejected(
+            "not-a-release-quote", f"the quote was made for a {quote.purpose}, not for key release",
+            hint="have the device quote with `vaultpolicy device quote --nonce N`",
+        )
+    if quote.bound_sha256 != release_key_binding(device.release_public_pem):
         raise AttestationRejected("release-key-mismatch", "quote binds a release key other than the enrolled one")
     with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest()):
         check_pcr_digest(quote, parsed, attestation)

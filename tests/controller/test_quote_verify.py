@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import subprocess
 
@@ -227,3 +228,17 @@ def test_tpm2_checkquote_accepts_our_quote(device, store, tmp_path):
     assert accepted.returncode == 0, accepted.stderr
     (tmp_path / "bad").write_bytes(bytes(32) + b"".join(made.pcrs[i] for i in ATTESTED_PCRS[1:]))
     assert checkquote(tmp_path / "bad").returncode != 0
+
+
+def test_a_quote_made_for_a_report_is_no_release_quote(device, store):
+    """The purpose is in the signed qualifying data: a report quote is refused for release, and calling
+    it `release` in its JSON breaks the signature's binding. Before, verify_quote accepted any purpose,
+    and release read `purpose` from the JSON: a verified report quote relabelled `release` released keys."""
+    tpm, identity, policy = device
+    nonce = nonces.issue(store, "gw-1", policy, NOW)
+    with AttestationTpm(tpm.tcti) as attesting:
+        report_quote = attesting.quote("gw-1", "report", nonce, hashlib.sha256(b"a report").digest(), "sha256", ATTESTED_PCRS)
+    error = refused(store, "not-a-release-quote", report_quote, policy, NOW)
+    assert error.message == "the quote was made for a report, not for key release"
+    refused(store, "nonce-mismatch", dataclasses.replace(report_quote, purpose="release"), policy, NOW)
+    assert store.get_nonce(nonce).used_at is None, "a refused purpose leaves the nonce to the report it was asked for"
