@@ -255,7 +255,7 @@ def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_by
                 name=comp.name.value,
                 stores=tuple(
                     p.Store(path=s.path.value, sensitive=s.sensitive, vault=containing(index, s.path.value))
-                    for s in sorted(comp.stores, key=lambda s: s.path.value)
+                    for s in sorted(comp.stores, key=lambda s: (s.path.value, s.sensitive))
                 ),
             )
             for comp in (model.components[name] for name in sorted(model.components))

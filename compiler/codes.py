@@ -115,6 +115,14 @@ PATH_CONTROL_CHARACTER = register(
     "always a mistake in an escape.",
     'vault data { path "/persist/da\\nta" }   # error: `\\n` is a newline',
 )
+STORED_TWICE = register(
+    "VP0208",
+    "directory stored twice by a component",
+    "A component lists the same directory in two `stores`. Each directory is stored once, sensitive "
+    "or not: with `sensitive` on one line only, a reader cannot tell which was meant, and the plan "
+    "would list the directory twice.",
+    'component agent {\n  stores "/persist/vault/config/agent" sensitive\n  stores "/persist/vault/config/agent"   # error\n}',
+)
 
 # --- VP03xx coverage ----------------------------------------------------------------------------
 SENSITIVE_NOT_ENCRYPTED = register(

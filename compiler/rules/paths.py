@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from policy_lang.diagnostics import Diagnostic, error
 
 from .. import codes
-from ..model import Located, Model, Vault
+from ..model import Located, Model, Store, Vault
 from ..pathutil import is_inside, is_normalized
 from ..plan import CONTROL_CHARACTER
 from ..resolve import default_vault_path
@@ -132,9 +132,19 @@ def holds(model: Model) -> Iterator[Diagnostic]:
 
 def stores(model: Model) -> Iterator[Diagnostic]:
     for component in model.components.values():
+        first: dict[str, Store] = {}
         for store in component.stores:
             yield from shape_errors(f"directory of component `{component.name.value}`", store.path,
                                     _under_persist(model.device.persist))
+            earlier = first.setdefault(store.path.value, store)
+            if earlier is not store:
+                yield error(
+                    codes.STORED_TWICE,
+                    f"component `{component.name.value}` stores `{escaped(store.path.value)}` twice",
+                    store.path.span,
+                    "list each directory once, marked `sensitive` if it holds data that must be encrypted at rest",
+                    notes=[f"first stored at line {earlier.path.span.line}"] if earlier.path.span else [],
+                )
 
 
 RULES = (persist_root, vault_paths, overlaps, holds, stores)

@@ -254,3 +254,24 @@ def test_compile_never_writes_a_plan_that_decoding_refuses(cli, tmp_path, monkey
     assert code == 70 and not (tmp_path / "plan.json").exists()
     assert err.startswith("internal error: BuiltPlanInconsistent: the compiler built a plan that decoding refuses: "
                           "attestation `boot` allows `abc` for PCR 0, which is not a lower-case sha256 digest\n"), err
+
+
+def test_a_component_s_stores_are_in_one_order_whatever_the_order_written():
+    """Sorted by path alone, two stores of one directory kept the order they were written in, so
+    swapping the lines gave a `~` diff. (The rules refuse the repeat, VP0208; build is ordered anyway.)"""
+    from datetime import datetime, timezone
+
+    import policy_lang
+    from compiler import BuildOptions
+    from compiler.build import build
+    from compiler.resolve import resolve
+
+    options = BuildOptions(plan_version=1, issued_at=datetime(2026, 1, 1, tzinfo=timezone.utc), valid_for_seconds=60,
+                           source_sha256="0" * 64)
+
+    def plan(text: str) -> bytes:
+        policy, _ = policy_lang.parse_text(text, "t.vpol")
+        return encode_plan(build(resolve(policy), options)[0])
+
+    sensitive_first = 'component c { stores "/persist/d/x" sensitive  stores "/persist/d/x" }\n'
+    assert plan(sensitive_first) == plan('component c { stores "/persist/d/x"  stores "/persist/d/x" sensitive }\n')

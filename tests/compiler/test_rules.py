@@ -52,6 +52,11 @@ CASES = {
     "VP0207 a control character in a stored directory": (
         'component c { stores "/persist/a\\u{7}" }\n', [("VP0207", 1, 22)],
     ),
+    "VP0208 a directory stored twice, sensitive once": (
+        'component c {\n  stores "/persist/vault/config/x"\n  stores "/persist/vault/config/x" sensitive\n}\n',
+        [("VP0208", 3, 10)],
+    ),
+    "VP0208 a directory stored twice in one list": ('component c { stores "/persist/x", "/persist/x" }\n', [("VP0208", 1, 36)]),
     "VP0206 declared vault on a built-in path": ('vault a { path "/persist/vault/config" }\n', [("VP0206", 1, 16)]),
     "VP0206 declared vault covering a built-in": ('vault a { path "/persist/vault" }\n', [("VP0206", 1, 16), ("VP0206", 1, 16)]),
     # --- coverage
