@@ -275,3 +275,17 @@ def test_a_component_s_stores_are_in_one_order_whatever_the_order_written():
 
     sensitive_first = 'component c { stores "/persist/d/x" sensitive  stores "/persist/d/x" }\n'
     assert plan(sensitive_first) == plan('component c { stores "/persist/d/x"  stores "/persist/d/x" sensitive }\n')
+
+
+def test_plan_show_lists_the_plan_s_protected_vaults(cli, tmp_path, monkeypatch):
+    """After `compile --prev`, `data` (flag dropped) is protected by the plan's list only, and `old`
+    left the plan still protected: plan show marked neither."""
+    monkeypatch.chdir(tmp_path)
+    Path("v1.vpol").write_text('vault data { path "/persist/data"  protected }\nvault old { path "/persist/old"  protected }\n')
+    Path("v2.vpol").write_text('vault data { path "/persist/data" }\n')
+    assert cli("compile", "v1.vpol", "--plan-version", "1", "-o", "v1.json")[0] == 0
+    assert cli("compile", "v2.vpol", "--prev", "v1.json", "-o", "v2.json")[0] == 0
+    code, out, _ = cli("plan", "show", "v2.json")
+    assert code == 0 and "\n  data [protected]\n" in out and "\n  images (built-in)\n" in out
+    assert "\nprotected (3): config, data, old  (no plan may destroy them or change their encryption)\n" \
+           "  not in this plan: old  (left an earlier plan: a device keeps it locked, keys kept)\n" in out
