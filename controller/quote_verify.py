@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from compiler.plan import Attestation
+from compiler.plan import Attestation, Plan
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
 from controller.store import Store
@@ -175,7 +175,15 @@ def check_counters(device, parsed: ParsedAttest) -> None:
         )
 
 
-def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int) -> VerifiedQuote:
+def sealed_to(plan: Plan) -> dict[str, str | None]:
+    """Each sealed vault of the plan and the attestation its key is sealed to (None: explicit PCRs)."""
+    return {vault.name: vault.seal.attestation for vault in plan.vaults if vault.seal is not None}
+
+
+def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int,
+                 sealed: dict[str, str | None] | None = None) -> VerifiedQuote:
+    """`sealed` is `sealed_to(plan)` of the plan `attestation` is from: it is recorded with the verified
+    quote, which releases only the keys of vaults sealed to `attestation` (none when not given)."""
     device = store.device(quote.device_id)
     if device is None:
         raise AttestationRejected(
@@ -201,7 +209,8 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int)
             )
         check_counters(device, parsed)
     store.record_counters(quote.device_id, parsed.reset_count, parsed.restart_count, parsed.clock)
-    store.add_verified_quote(quote.digest(), quote.device_id, now, now + attestation.nonce_lifetime_seconds)
+    store.add_verified_quote(quote.digest(), quote.device_id, now, now + attestation.nonce_lifetime_seconds,
+                             attestation.name, quote.bank, dict(quote.pcrs), dict(sealed or {}))
     return VerifiedQuote(
         quote.device_id, quote.digest(), quote.purpose, quote.bound_sha256, dict(quote.pcrs),
         parsed.reset_count, parsed.restart_count, parsed.clock,

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from controller.errors import AttestationRejected
-from controller.store import Store
+from controller.store import Store, VerifiedQuoteRecord
 from enforcer.attest import Quote
 from enforcer.escrow import EscrowBlob, EscrowError, aead_seal, make_ack, unwrap_key
 from enforcer.release import Release, ReleasedKey, release_wrapping_key
@@ -42,21 +42,32 @@ def accept_escrow(store: Store, blob_bytes: bytes, now: int, source: str = "escr
     return make_ack(blob)
 
 
-def release_keys(store: Store, quote: Quote, vaults: list[str], escrow_private: X25519PrivateKey, now: int) -> Release:
-    """Re-wrap the escrowed keys of `vaults` to the quoting device's TPM; refuses unless the quote was
-    verified (by `verify_quote`), is a release quote, is fresh, and has released nothing yet."""
+def release_keys(store: Store, quote: Quote, vaults: list[str] | None, escrow_private: X25519PrivateKey, now: int) -> Release:
+    """Re-wrap the escrowed keys of `vaults` (None: every escrowed vault sealed to the attestation the
+    quote satisfied) to the quoting device's TPM; refuses unless the quote was verified (by
+    `verify_quote`: only release quotes are), is fresh, has released nothing yet, and each vault's key
+    is sealed to the attestation the quote satisfied (a quote verified against a weaker requirement
+    must not open a vault sealed to a stronger one)."""
     record = store.verified_quote(quote.digest())
-    if record is None:
+    if record is None or record.device_id != quote.device_id:
         raise AttestationRejected("quote-not-verified", "this quote has not been verified; run `controller verify-quote` first")
-    device_id, _verified_at, expires_at, released_at = record
-    if device_id != quote.device_id or quote.purpose != "release":
-        raise AttestationRejected("quote-not-verified", "this quote was not verified as a release quote for this device")
-    if released_at is not None:
+    if record.attestation is None:
+        raise AttestationRejected("quote-not-verified", "this quote was verified by an earlier controller that did not "
+                                  "record which attestation it satisfied", hint=_QUOTE_AGAIN)
+    if record.released_at is not None:
         raise AttestationRejected("quote-used", "keys were already released for this quote (a replayed quote?)")
-    if now >= expires_at:
+    if now >= record.expires_at:
         raise AttestationRejected("quote-expired", "the quote's verification is too old; ask for a new nonce and quote")
+    device_id = record.device_id
+    if vaults is None:
+        vaults = [v for v in store.escrowed_vaults(device_id) if record.sealed_to.get(v) == record.attestation]
+        if not vaults:
+            raise AttestationRejected("no-escrow", f"device `{device_id}` has no escrowed key of a vault sealed to "
+                                      f"attestation `{record.attestation}`")
     if not vaults:
         raise AttestationRejected("no-escrow", "name at least one vault to release")
+    for vault in vaults:
+        _require_sealed_to_the_quoted_attestation(record, vault)
     device = store.device(device_id)
     release_public = serialization.load_pem_public_key(device.release_public_pem.encode())
     ephemeral = ec.generate_private_key(ec.SECP256R1())
@@ -81,3 +92,20 @@ def release_keys(store: Store, quote: Quote, vaults: list[str], escrow_private: 
     if not store.mark_released(quote.digest(), now):
         raise AttestationRejected("quote-used", "keys were already released for this quote (a replayed quote?)")
     return Release(device_id, quote.digest(), ephemeral_public, tuple(keys))
+
+
+_QUOTE_AGAIN = "get a new nonce with `vaultpolicy controller nonce`, quote and verify again"
+
+
+def _require_sealed_to_the_quoted_attestation(record: VerifiedQuoteRecord, vault: str) -> None:
+    if vault not in record.sealed_to:
+        raise AttestationRejected("wrong-attestation", f"vault `{vault}` is not a sealed vault of the plan the quote was verified against")
+    needed = record.sealed_to[vault]
+    if needed is None:
+        raise AttestationRejected(
+            "wrong-attestation", f"vault `{vault}` is sealed to PCRs of its own, not to an attestation, so no quote vouches for its seal",
+            hint="seal it to an attestation in the policy (`seal NAME`)")
+    if needed != record.attestation:
+        raise AttestationRejected(
+            "wrong-attestation", f"vault `{vault}` is sealed to attestation `{needed}`; this quote satisfied `{record.attestation}`",
+            hint=f"verify a new quote with `--attestation {needed}` (device and controller)")

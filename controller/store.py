@@ -8,6 +8,7 @@ so two controllers sharing the file cannot both use the same nonce.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,11 @@ CREATE TABLE IF NOT EXISTS verified_quotes (
     device_id TEXT NOT NULL,
     verified_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
-    released_at INTEGER
+    released_at INTEGER,
+    attestation TEXT,                 -- the attestation requirement the quote satisfied
+    bank TEXT,                        -- its bank and the quoted values, JSON {"<index>": hex}
+    pcrs TEXT,
+    sealed_to TEXT                    -- JSON {vault: attestation or null}: the plan's sealed vaults
 );
 """
 
@@ -77,8 +82,23 @@ class Nonce:
     outcome: str | None  # None while (or if) the verification that used it never finished
 
 
+@dataclass(frozen=True)
+class VerifiedQuoteRecord:
+    device_id: str
+    verified_at: int
+    expires_at: int
+    released_at: int | None
+    attestation: str | None  # None: verified by a controller that did not record it (verify again)
+    bank: str | None
+    pcrs: dict[int, bytes]
+    sealed_to: dict[str, str | None]  # vault -> the attestation its key is sealed to (None: explicit PCRs)
+
+
 # Columns added after the first release; a store made before them gains them when opened.
-_ADDED_COLUMNS = {"nonces": ("used_by TEXT", "outcome TEXT")}
+_ADDED_COLUMNS = {
+    "nonces": ("used_by TEXT", "outcome TEXT"),
+    "verified_quotes": ("attestation TEXT", "bank TEXT", "pcrs TEXT", "sealed_to TEXT"),
+}
 
 
 class Store:
@@ -195,17 +215,25 @@ class Store:
 
     # --- verified quotes ---
 
-    def add_verified_quote(self, quote_sha256: str, device_id: str, verified_at: int, expires_at: int) -> None:
+    def add_verified_quote(self, quote_sha256: str, device_id: str, verified_at: int, expires_at: int, attestation: str,
+                           bank: str, pcrs: dict[int, bytes], sealed_to: dict[str, str | None]) -> None:
         self._write(
-            "INSERT INTO verified_quotes (quote_sha256, device_id, verified_at, expires_at) VALUES (?, ?, ?, ?)",
-            (quote_sha256, device_id, verified_at, expires_at),
+            "INSERT INTO verified_quotes (quote_sha256, device_id, verified_at, expires_at, attestation, bank, pcrs, sealed_to)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (quote_sha256, device_id, verified_at, expires_at, attestation, bank,
+             json.dumps({str(i): v.hex() for i, v in sorted(pcrs.items())}), json.dumps(sealed_to, sort_keys=True)),
         )
 
-    def verified_quote(self, quote_sha256: str) -> tuple[str, int, int, int | None] | None:
-        return self._db.execute(
-            "SELECT device_id, verified_at, expires_at, released_at FROM verified_quotes WHERE quote_sha256 = ?",
+    def verified_quote(self, quote_sha256: str) -> VerifiedQuoteRecord | None:
+        row = self._db.execute(
+            "SELECT device_id, verified_at, expires_at, released_at, attestation, bank, pcrs, sealed_to"
+            " FROM verified_quotes WHERE quote_sha256 = ?",
             (quote_sha256,),
         ).fetchone()
+        if row is None:
+            return None
+        pcrs = {int(i): bytes.fromhex(v) for i, v in json.loads(row[6] or "{}").items()}
+        return VerifiedQuoteRecord(*row[:6], pcrs, json.loads(row[7] or "{}"))
 
     def mark_released(self, quote_sha256: str, now: int) -> bool:
         return (

@@ -98,7 +98,7 @@ def test_fresh_quote_verifies_once(device, store):
     nonce = nonces.issue(store, "gw-1", policy, NOW)
     assert len(nonce) == policy.nonce_bytes
     made = quote(tpm, identity, nonce)
-    verified = verify_quote(store, Quote.from_bytes(made.to_bytes()), policy, NOW + 1)
+    verified = verify_quote(store, Quote.from_bytes(made.to_bytes()), policy, NOW + 1, {"config": "boot"})
     assert verified.device_id == "gw-1" and sorted(verified.pcrs) == list(ATTESTED_PCRS)
     escrow_key = escrow.generate_escrow_key()
     accept_escrow(store, escrow.wrap_key(escrow_key.public_key(), "gw-1", "config", bytes(16), bytes(64)).to_bytes(), NOW)

@@ -20,6 +20,7 @@ from vaultpolicy.errors import DeviceError
 ATTESTED_PCRS = (0, 2, 4, 7)
 NOW = 1_800_000_000
 KEY_ID = bytes(range(16))
+SEALED = {"config": "boot", "images": "boot"}  # the plan's vaults and the attestation each key is sealed to
 
 
 @pytest.fixture
@@ -49,12 +50,13 @@ def refused(reason, call):
     with pytest.raises(AttestationRejected) as caught:
         call()
     assert caught.value.reason == reason, caught.value.message
+    return caught.value
 
 
 def test_released_key_opens_only_in_the_quoting_tpm(setup, store, make_tpm):
     tpm, identity, policy, controller_key, raw = setup
     quote = fresh_quote(store, tpm, identity, policy)
-    verify_quote(store, quote, policy, NOW)
+    verify_quote(store, quote, policy, NOW, SEALED)
     release = release_keys(store, quote, ["config"], controller_key, NOW + 1)
     assert raw not in release.to_bytes()
     opened = open_release(tpm.tcti, Release.from_bytes(release.to_bytes()), "gw-1")
@@ -70,7 +72,7 @@ def test_released_key_opens_only_in_the_quoting_tpm(setup, store, make_tpm):
 def test_tampered_release_fails(setup, store):
     tpm, identity, policy, controller_key, _ = setup
     quote = fresh_quote(store, tpm, identity, policy)
-    verify_quote(store, quote, policy, NOW)
+    verify_quote(store, quote, policy, NOW, SEALED)
     release = release_keys(store, quote, ["config"], controller_key, NOW)
     entry = release.keys[0]
     for change in ({"vault": "images"}, {"key_identifier": bytes(16)}, {"ciphertext": entry.ciphertext[:-1] + bytes([entry.ciphertext[-1] ^ 1])}):
@@ -87,7 +89,7 @@ def test_release_needs_a_verified_fresh_unused_quote(setup, store):
     refused("quote-not-verified", lambda: release_keys(store, unverified, ["config"], controller_key, NOW))
 
     quote = fresh_quote(store, tpm, identity, policy)
-    verify_quote(store, quote, policy, NOW)
+    verify_quote(store, quote, policy, NOW, SEALED)
     refused("no-escrow", lambda: release_keys(store, quote, ["images"], controller_key, NOW))
     refused("quote-expired", lambda: release_keys(store, quote, ["config"], controller_key, NOW + policy.nonce_lifetime_seconds))
     release_keys(store, quote, ["config"], controller_key, NOW)
@@ -147,3 +149,24 @@ def test_unlock_records_overwrite_in_place_and_a_torn_one_only_loses_history(tmp
     assert set(last_unlocks(state)) == {"config"}
     with pytest.raises(ValueError):
         record_unlock(state, "config", "guessed", now)
+
+
+def test_a_quote_releases_only_vaults_sealed_to_the_attestation_it_satisfied(setup, store, make_policy):
+    """A plan with two attestations: `weak` quotes PCR 7 only, `config` is sealed to `boot` (0, 2, 4, 7).
+    With PCR 4 unapproved, a quote verified against `weak` released `config` before; now it is refused
+    naming the vault and the attestation it needs, and the default release finds nothing to release."""
+    tpm, identity, policy, controller_key, _ = setup
+    tpm.extend(4, b"unapproved boot loader")
+    weak = policy.model_copy(update={"name": "weak", "pcrs": (7,), "allowed": {"7": policy.allowed["7"]}})
+    nonce = nonces.issue(store, "gw-1", weak, NOW)
+    with AttestationTpm(tpm.tcti) as device:
+        quote = device.quote("gw-1", "release", nonce, release_key_binding(identity.release_public_pem), "sha256", (7,))
+    verify_quote(store, quote, weak, NOW, {"config": "boot", "logs": "weak", "cache": None})
+    error = refused("wrong-attestation", lambda: release_keys(store, quote, ["config"], controller_key, NOW))
+    assert error.message == "vault `config` is sealed to attestation `boot`; this quote satisfied `weak`"
+    assert "--attestation boot" in error.hint
+    error = refused("no-escrow", lambda: release_keys(store, quote, None, controller_key, NOW))
+    assert error.message == "device `gw-1` has no escrowed key of a vault sealed to attestation `weak`"
+    assert "sealed to PCRs of its own" in refused("wrong-attestation", lambda: release_keys(store, quote, ["cache"], controller_key, NOW)).message
+    assert "not a sealed vault of the plan" in refused("wrong-attestation", lambda: release_keys(store, quote, ["other"], controller_key, NOW)).message
+    assert store.verified_quote(quote.digest()).released_at is None  # nothing was released

@@ -24,7 +24,7 @@ def test_nonce_and_release_are_single_use_across_connections(tmp_path):
         assert first.mark_nonce_used(bytes(16), 1, "ab" * 32) is True
         assert second.mark_nonce_used(bytes(16), 2, "cd" * 32) is False
         assert second.get_nonce(bytes(16)).used_by == "ab" * 32
-        first.add_verified_quote("ab" * 32, "gw-1", 0, 60)
+        first.add_verified_quote("ab" * 32, "gw-1", 0, 60, "boot", "sha256", {7: bytes(32)}, {"config": "boot"})
         assert second.mark_released("ab" * 32, 1) is True
         assert first.mark_released("ab" * 32, 2) is False
 

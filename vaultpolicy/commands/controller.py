@@ -48,7 +48,8 @@ def add_arguments(parser, key) -> None:
     elif action == "release":
         parser.add_argument("quote", metavar="QUOTE", help="a quote `controller verify-quote` accepted")
         parser.add_argument("--escrow-key", required=True, metavar="KEY", help="the escrow private key")
-        parser.add_argument("--vault", action="append", default=[], metavar="NAME", help="vault to release (repeat)")
+        parser.add_argument("--vault", action="append", default=[], metavar="NAME",
+                            help="vault to release (repeat; default: every escrowed vault sealed to the quote's attestation)")
         parser.add_argument("-o", "--output", required=True, metavar="OUT", help="release file for `device unlock --release`")
     elif action == "drift":
         parser.add_argument("reports", nargs="+", metavar="REPORT", help="signed reports from `vaultpolicy device report`")
@@ -62,6 +63,7 @@ def _plan_arguments(parser) -> None:
 
 
 def _attestation(args):
+    """(plan, the attestation requirement --attestation names, or its only one)."""
     from compiler.files import load_plan, plan_payload, read_input
 
     plan = load_plan(plan_payload(read_input(args.plan, "plan"), args.plan), args.plan)
@@ -71,10 +73,10 @@ def _attestation(args):
         if len(plan.attestations) > 1:
             names = ", ".join(a.name for a in plan.attestations)
             raise InputError(f"{args.plan}: several attestation requirements ({names}); choose one with --attestation")
-        return plan.attestations[0]
+        return plan, plan.attestations[0]
     for attestation in plan.attestations:
         if attestation.name == args.attestation:
-            return attestation
+            return plan, attestation
     raise InputError(f"{args.plan}: no attestation requirement `{args.attestation}`")
 
 
@@ -133,7 +135,7 @@ def _escrow(args, store, now) -> int:
 def _nonce(args, store, now) -> int:
     from controller import nonce
 
-    attestation = _attestation(args)
+    _, attestation = _attestation(args)
     if store.device(args.device) is None:
         raise InputError(f"device `{args.device}` is not enrolled", hint="enrol it with `vaultpolicy controller enroll`")
     print(nonce.issue(store, args.device, attestation, now).hex())
@@ -143,12 +145,13 @@ def _nonce(args, store, now) -> int:
 def _verify_quote(args, store, now) -> int:
     from compiler.files import read_input
     from controller.errors import AttestationRejected
-    from controller.quote_verify import verify_quote
+    from controller.quote_verify import sealed_to, verify_quote
     from enforcer.attest import Quote
 
     quote = Quote.from_bytes(read_input(args.quote, "quote"), args.quote)
+    plan, attestation = _attestation(args)
     try:
-        verified = verify_quote(store, quote, _attestation(args), now)
+        verified = verify_quote(store, quote, attestation, now, sealed_to(plan))
     except AttestationRejected as exc:
         if args.json:
             print(json.dumps({"verified": False, "reason": exc.reason, "message": exc.message, "pcrs": exc.pcrs}))
@@ -168,8 +171,7 @@ def _release(args, store, now) -> int:
 
     quote = Quote.from_bytes(read_input(args.quote, "quote"), args.quote)
     key = load_escrow_private(read_input(args.escrow_key, "escrow key"), args.escrow_key)
-    vaults = args.vault or store.escrowed_vaults(quote.device_id)
-    release = release_keys(store, quote, vaults, key, now)
+    release = release_keys(store, quote, args.vault or None, key, now)
     write_output(args.output, release.to_bytes(), 0o600)
     print(f"released {', '.join(k.vault for k in release.keys)} to `{release.device_id}`: {args.output}")
     return status_codes.SUCCESS
