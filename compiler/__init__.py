@@ -7,11 +7,11 @@ the ones the policy names (escrow key, allowed PCR values), through an injectabl
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from policy_lang import ast
 from policy_lang.diagnostics import Diagnostics
 from policy_lang import Block
+from policy_lang.load import read_input_file
 
 from .build import BuildOptions, FileReader, build, read_named_files
 from .model import Model
@@ -32,7 +32,7 @@ def analyze(policy: ast.Policy) -> tuple[Model, Diagnostics]:
     return model, Diagnostics(found).sorted()
 
 
-def check(policy: ast.Policy, broken: Iterable[Block] = (), read: FileReader = Path.read_bytes) -> Diagnostics:
+def check(policy: ast.Policy, broken: Iterable[Block] = (), read: FileReader = read_input_file) -> Diagnostics:
     """Every independent error and warning in one run, sorted by position, including a named file
     (escrow key, allowed PCR values) that compile could not use.
 
@@ -46,7 +46,7 @@ def check(policy: ast.Policy, broken: Iterable[Block] = (), read: FileReader = P
     return diagnostics.sorted()
 
 
-def compile_policy(policy: ast.Policy, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[Plan | None, Diagnostics]:
+def compile_policy(policy: ast.Policy, options: BuildOptions, read: FileReader = read_input_file) -> tuple[Plan | None, Diagnostics]:
     """The plan and every diagnostic; no plan when there is any error."""
     model, diagnostics = analyze(policy)
     if diagnostics.has_errors():

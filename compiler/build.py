@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from policy_lang.diagnostics import Diagnostics, error
+from policy_lang.load import UnreadableInput, read_input_file
 
 from . import codes
 from . import model as m
@@ -29,7 +30,7 @@ from .rules.coverage import vault_path_index
 from .signing import describe_key_file
 from vaultpolicy.encoding import b64decode_exact
 
-FileReader = Callable[[Path], bytes]
+FileReader = Callable[[Path], bytes]  # raises OSError or UnreadableInput, as read_input_file
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,19 @@ def _relative_to_policy(located: m.Located[str], fallback_file: str) -> Path:
     return named if named.is_absolute() else origin.parent / named
 
 
+def _unreadable(exc: OSError | UnreadableInput) -> str:
+    """Why `read_input_file` refused a file the policy names, as `policy_lang.load.unreadable` says it."""
+    return (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else str(exc)
+
+
 def _escrow_public_key(device: m.Device, file: str, read: FileReader, diagnostics: Diagnostics) -> str | None:
     if device.escrow_key is None:
         return None
     path = _relative_to_policy(device.escrow_key, file)
     try:
         data = read(path)
-    except OSError as exc:
-        why = exc.strerror or str(exc)
+    except (OSError, UnreadableInput) as exc:
+        why = _unreadable(exc)
     else:
         raw = _x25519_raw(data)
         if raw is not None:
@@ -100,10 +106,10 @@ def _reference_values(rule: m.AllowRule, bank: str, file: str, read: FileReader,
     fix = f"write one {bank} digest ({digits} hexadecimal digits) a line"
     try:
         text = read(path).decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        why = (getattr(exc, "strerror", None) or str(exc)).lower()
-        if isinstance(exc, OSError):
-            fix = "check the file name: it is relative to the policy file that names it"
+    except UnicodeDecodeError as exc:
+        why = f"byte {exc.start} is not UTF-8 text"
+    except (OSError, UnreadableInput) as exc:
+        why, fix = _unreadable(exc), "check the file name: it is relative to the policy file that names it"
     else:
         numbered = [(n, line.split("#", 1)[0].strip().lower()) for n, line in enumerate(text.splitlines(), 1)]
         numbered = [(n, value) for n, value in numbered if value]
@@ -172,7 +178,7 @@ class NamedFiles:
     allowed: dict[str, dict[str, tuple[str, ...]]]
 
 
-def read_named_files(model: m.Model, read: FileReader = Path.read_bytes) -> tuple[NamedFiles, Diagnostics]:
+def read_named_files(model: m.Model, read: FileReader = read_input_file) -> tuple[NamedFiles, Diagnostics]:
     """Read every file the policy names; a missing or unusable one is a diagnostic at its name.
 
     `check` and `build` both call this, so check reports exactly what compile would refuse."""
@@ -214,7 +220,7 @@ class BuiltPlanInconsistent(RuntimeError):
     decoding and the device check) finds fault with. Such a plan is never written."""
 
 
-def build(model: m.Model, options: BuildOptions, read: FileReader = Path.read_bytes) -> tuple[p.Plan | None, Diagnostics]:
+def build(model: m.Model, options: BuildOptions, read: FileReader = read_input_file) -> tuple[p.Plan | None, Diagnostics]:
     """The plan, or None with the diagnostics saying why (only the named files can fail here).
 
     Raises BuiltPlanInconsistent for a plan that decoding would refuse, so none is ever written."""

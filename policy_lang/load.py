@@ -43,9 +43,17 @@ class UnreadableInput(ValueError):
     """A file that is not a regular file or is too large to be a policy, plan or key; says which."""
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_input_file(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes. Raises OSError (cannot open) or
-    UnreadableInput. Opened non-blocking so a FIFO is refused instead of waited on."""
+    """The bytes of a regular file of at most `limit` bytes, without a leading UTF-8 BOM. Raises
+    OSError (cannot open) or UnreadableInput. Opened non-blocking so a FIFO is refused instead of
+    waited on.
+
+    Every file a command reads comes through here: policies, the files they name, plans, keys,
+    trust roots, quotes. Each is text (or JSON, or PEM), and a BOM that an editor put in front of
+    one means nothing, so it is dropped here, in one place, rather than refused by each format."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         mode = os.fstat(fd).st_mode
@@ -59,7 +67,7 @@ def read_input_file(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> by
         data = handle.read(limit + 1)  # the size may have changed since fstat
     if len(data) > limit:
         raise UnreadableInput(f"is larger than {limit // (1 << 20)} MiB, far more than any policy, plan or key")
-    return data
+    return data.removeprefix(UTF8_BOM)
 
 
 # Says what a file that is not a policy holds ("an unsigned plan", "an Ed25519 public key"); the

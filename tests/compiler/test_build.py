@@ -289,3 +289,13 @@ def test_plan_show_lists_the_plan_s_protected_vaults(cli, tmp_path, monkeypatch)
     assert code == 0 and "\n  data [protected]\n" in out and "\n  images (built-in)\n" in out
     assert "\nprotected (3): config, data, old  (no plan may destroy them or change their encryption)\n" \
            "  not in this plan: old  (left an earlier plan: a device keeps it locked, keys kept)\n" in out
+
+
+def test_a_named_file_that_is_a_device_is_refused_not_read(cli, tmp_path):
+    """The named files were read with Path.read_bytes: `from "/dev/zero"` read until memory ran out."""
+    policy = tmp_path / "p.vpol"
+    policy.write_text('attestation boot {\n  pcrs 0, 4, 7\n  allow pcr 0 from "/dev/zero"\n}\ndevice { escrow_key "/dev/zero" }\n')
+    code, _, err = cli("check", policy)
+    assert code == 1 and "error[VP0605]: cannot read allowed values for PCR 0 from `/dev/zero`: is a device, pipe " \
+                         "or socket, not a regular file" in err
+    assert "error[VP0604]: cannot use escrow key file `/dev/zero`: is a device, pipe or socket, not a regular file" in err
