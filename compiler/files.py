@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from policy_lang.load import UnreadableInput, read_input_file
+from vaultpolicy.encoding import load_json
 from vaultpolicy.errors import InputError, PlanRejected
 
 from .plan import Plan, PlanFormatError, decode_plan
@@ -73,7 +74,7 @@ def parse_duration(text: str) -> int:
 
 def is_envelope(data: bytes) -> bool:
     try:
-        obj = json.loads(data)
+        obj = load_json(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
     return _names_a_payload_type(obj)
@@ -101,7 +102,7 @@ def _plan_json(data: bytes, source: str) -> object:
     except UnicodeDecodeError as exc:
         raise InputError(f"{source}: not a plan: byte {exc.start} is not UTF-8 text") from None
     try:
-        return json.loads(text)
+        return load_json(text)
     except json.JSONDecodeError as exc:
         ends_early = not text[exc.pos :].strip()
         reason = "JSON ends early" if ends_early else f"invalid JSON: {exc.msg[:1].lower()}{exc.msg[1:]}"

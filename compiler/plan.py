@@ -23,6 +23,8 @@ from typing import Annotated, Literal
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vaultpolicy.encoding import load_json
+
 from .pathutil import is_inside, is_normalized
 
 SCHEMA_VERSION = "1.0"
@@ -172,7 +174,7 @@ class PlanInconsistent(PlanFormatError):
 def decode_plan(payload: bytes) -> Plan:
     """The plan in `payload`, read strictly; PlanFormatError says what is wrong, naming the field."""
     try:
-        data = json.loads(payload, object_pairs_hook=_object_without_repeats)
+        data = load_json(payload, object_pairs_hook=_object_without_repeats)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PlanFormatError(f"plan is not JSON: {exc}") from None
     if not isinstance(data, dict):

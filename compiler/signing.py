@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from vaultpolicy.encoding import b64decode_exact
+from vaultpolicy.encoding import b64decode_exact, load_json
 from vaultpolicy.errors import PlanRejected
 
 from .plan import canonical_json
@@ -83,7 +83,7 @@ def describe_key_file(data: bytes) -> str:
     if data.lstrip().startswith(b"-----BEGIN"):
         return _pem_kind(data)
     try:
-        document = json.loads(data)
+        document = load_json(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return _text_kind(data) or "not a key file"
     if isinstance(document, dict):
@@ -183,7 +183,7 @@ class Envelope:
             return PlanRejected("malformed-envelope", f"{named}malformed envelope: {why}")
 
         try:
-            obj = json.loads(data)
+            obj = load_json(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             kind = _pem_kind(data) if data.lstrip().startswith(b"-----BEGIN") else _text_kind(data)
             if kind is None:
@@ -258,7 +258,7 @@ class TrustRoot:
             return PlanRejected("malformed-trust-root", f"malformed trust root: {why}")
 
         try:
-            obj = json.loads(payload)
+            obj = load_json(payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise malformed("payload is not JSON") from None
         if not isinstance(obj, dict):
@@ -381,7 +381,7 @@ def load_trust(data: bytes, source: str) -> TrustRoot:
             pass  # refused below, saying what the file is
     else:
         try:
-            document = json.loads(data)
+            document = load_json(data)
         except (UnicodeDecodeError, json.JSONDecodeError):
             pass
     if not isinstance(document, dict) or document.get("payload_type") != TRUST_ROOT_PAYLOAD_TYPE:

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from enforcer.state import atomic_remove, atomic_write
-from vaultpolicy.encoding import b64decode_exact
+from vaultpolicy.encoding import b64decode_exact, load_json
 from vaultpolicy.errors import InputError, VaultpolicyError
 
 ESCROW_FORMAT = "vaultpolicy.escrow.v1"
@@ -77,7 +77,7 @@ def unb64(text: object, field: str, source: str) -> bytes:
 
 def load_json_object(data: bytes, source: str, expected_format: str) -> dict:
     try:
-        obj = json.loads(data)
+        obj = load_json(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{source}: not JSON ({exc})") from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:

@@ -19,7 +19,6 @@ condition and keeps the last good plan.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +26,7 @@ from datetime import datetime, timedelta
 from compiler.plan import Plan, PlanFormatError, PlanInconsistent, Vault, decode_plan, parse_time, plan_digest
 from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer.state import VaultRecord
+from vaultpolicy.encoding import load_json
 from vaultpolicy.errors import PlanRejected
 
 CLOCK_SLACK = timedelta(minutes=5)
@@ -114,7 +114,7 @@ def decode_signed(payload: bytes) -> Plan:
 
 def _header(payload: bytes) -> dict:
     try:
-        header = json.loads(payload)
+        header = load_json(payload)
     except (UnicodeDecodeError, ValueError):
         raise PlanRejected("unknown-schema", "signed payload is not a JSON plan") from None
     if not isinstance(header, dict):

@@ -181,9 +181,20 @@ def load(path: str | os.PathLike, describe: Describe | None = None) -> LoadResul
     return result
 
 
+# A file includes another at most this many levels below the main policy: far more than any policy
+# needs, far less than the interpreter's stack, which each level below takes a little of.
+MAX_INCLUDE_DEPTH = 64
+
+
 def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done: set[str],
                result: LoadResult, describe: Describe | None) -> list | None:
     key = os.path.realpath(file)
+    if len(stack) > MAX_INCLUDE_DEPTH:
+        result.diagnostics.append(error(codes.INCLUDE_TOO_DEEP,
+                                        f"`{file}` is included more than {MAX_INCLUDE_DEPTH} files deep; not read",
+                                        included_at, help="include the files from a shallower level, e.g. all "
+                                                          "from the main policy"))
+        return None
     if key in stack:
         chain = " -> ".join([*(_display(result, k) for k in stack[stack.index(key):]), file])
         result.diagnostics.append(error(codes.INCLUDE_CYCLE, f"`{file}` includes itself through {chain}",

@@ -1,9 +1,12 @@
-"""Decoding of the byte fields in signed and wrapped documents. A leaf module, like `errors`."""
+"""Decoding of input: JSON documents and the byte fields in signed and wrapped ones. A leaf module,
+like `errors`."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 
 
 def b64decode_exact(text: str | bytes) -> bytes:
@@ -17,3 +20,35 @@ def b64decode_exact(text: str | bytes) -> bytes:
     if base64.b64encode(decoded) != raw:
         raise binascii.Error("not the canonical base64 of its bytes")
     return decoded
+
+
+# Where a too deeply nested document is reported: the bracket that opens this level. No document
+# vaultpolicy reads nests more than a handful of levels.
+_DEPTH_SHOWN = 100
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def load_json(data: str | bytes, **options) -> object:
+    """`json.loads` for a document we did not write (a file a user named, a payload, a quote).
+
+    One nested deeper than the interpreter's stack raised RecursionError, which the CLI reports as a
+    bug; it is the JSONDecodeError of any other malformed JSON here ("nested too deeply"), at the
+    bracket that opens level 100."""
+    try:
+        return json.loads(data, **options)
+    except RecursionError:
+        text = data.decode("utf-8-sig", "replace") if isinstance(data, bytes) else data
+        raise json.JSONDecodeError("nested too deeply", text, _deep_position(text)) from None
+
+
+def _deep_position(text: str) -> int:
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth == _DEPTH_SHOWN:
+                return match.start()
+        elif token in "]}":
+            depth -= 1
+    return 0

@@ -16,6 +16,7 @@ CATALOGUE = all_codes()
 NOT_POLICY_TEXT = {
     "VP0017": "the file's bytes are not UTF-8, which an example in text cannot hold",
     "VP0019": "a formatter bug has no example",
+    "VP0024": "a chain of 65 files does not fit an example",
     "VP0606": "it compares with a previous plan (`compile --prev`), which `check` has not",
 }
 

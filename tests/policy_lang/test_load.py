@@ -91,3 +91,25 @@ def test_a_binary_file_is_one_error_at_the_first_bad_byte(tmp_path, data, line, 
     assert (d.code, d.span.line, d.span.column) == ("VP0017", line, column) and byte in d.message
     assert result.policy is None
     render_text(result.diagnostics, result.sources)
+
+
+def _chain(tmp_path, files: int) -> None:
+    """f0.vpol includes f1.vpol, which includes f2.vpol, …; each declares one vault."""
+    for n in range(files):
+        include = f'include "f{n + 1}.vpol"\n' if n + 1 < files else ""
+        (tmp_path / f"f{n}.vpol").write_text(f'{include}vault v{n} {{ path "/persist/v{n}" }}\n')
+
+
+def test_an_include_chain_too_deep_is_one_error_at_the_include(tmp_path):
+    """~1500 files, each including the next, ended in RecursionError (an internal error, exit 70)."""
+    from policy_lang.load import MAX_INCLUDE_DEPTH
+
+    _chain(tmp_path, 1500)
+    result = load(tmp_path / "f0.vpol")
+    [d] = result.diagnostics
+    deepest = MAX_INCLUDE_DEPTH + 1
+    assert (d.code, d.span.file, d.span.line, d.span.column) == ("VP0024", str(tmp_path / f"f{deepest - 1}.vpol"), 1, 9)
+    assert d.message == f"`{tmp_path / f'f{deepest}.vpol'}` is included more than {MAX_INCLUDE_DEPTH} files deep; not read"
+    assert len(result.sources) == deepest and result.policy is None
+    _chain(tmp_path, deepest)  # the limit itself is fine
+    assert not load(tmp_path / "f0.vpol").diagnostics

@@ -28,7 +28,8 @@ def run(args) -> int:
         # The compiler's rules run on whatever parsed; what depends on a broken block is left out.
         diagnostics.extend(compile_check(result.partial, result.broken_blocks))
         found.extend(diagnostics.sorted())
-    summary = f"{summary_line(found)} in {len(args.files)} file{'s' if len(args.files) != 1 else ''}"
+    read = len(sources)  # every file read, included ones too
+    summary = f"{summary_line(found)} in {read} file{'s' if read != 1 else ''}"
     if args.format == "json":
         report = {"files": args.files, "errors": len(found.errors()), "warnings": len(found.warnings()),
                   "diagnostics": to_json(found)}
