@@ -28,7 +28,7 @@ from compiler.plan import Attestation, Plan
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
 from controller.store import Store
-from enforcer.attest import Quote, pcr_digest, qualifying_data, release_key_binding
+from enforcer.attest import Quote, pcr_digest, qualifying_data, storage_parent_binding
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
@@ -195,8 +195,11 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int,
             "not-a-release-quote", f"the quote was made for a {quote.purpose}, not for key release",
             hint="have the device quote with `vaultpolicy device quote --nonce N`",
         )
-    if quote.bound_sha256 != release_key_binding(device.release_public_pem):
-        raise AttestationRejected("release-key-mismatch", "quote binds a release key other than the enrolled one")
+    if device.storage_public is None:
+        raise AttestationRejected("release-key-mismatch", f"device `{quote.device_id}` was enrolled before releases were "
+                                  "bound to its TPM's storage key", hint="enrol the output of a new `vaultpolicy device identity`")
+    if quote.bound_sha256 != storage_parent_binding(device.storage_public):
+        raise AttestationRejected("release-key-mismatch", "quote binds a storage key other than the enrolled one")
     with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest()):
         check_pcr_digest(quote, parsed, attestation)
         problems = disallowed_pcrs(quote.pcrs, attestation)

@@ -1,33 +1,34 @@
 """Release escrowed vault keys to a device that has just proved its state with a verified quote.
 
-Why this wrapping (the simplest sound option): every device has a TPM-resident ECDH key (the
-release key, `enforcer.attest`), enrolled together with its attestation key, and every release quote
-binds that key's digest into its signed qualifying data. The controller unwraps the escrowed key and
-re-wraps it ECIES-style to the release key: ephemeral P-256 key E, shared = ECDH(E, release key),
-HKDF-SHA256, AES-256-GCM with a random nonce. Only TPM2_ECDH_ZGen inside that TPM can recompute the
-shared secret, so the release file is useless anywhere else, and the raw key never travels in clear.
-TPM2_Import/duplication would give the same guarantee with more TPM-structure code on both sides.
-The AAD binds device id, quote digest, vault name and kernel key identifier, so a release cannot be
-replayed for another vault or presented as the answer to another quote.
+Why this wrapping: the key must be usable only by the quoting device's TPM, and only in the PCR state
+the controller verified, whoever holds the release file (root on the device included). So the
+controller makes it a TPM duplication blob (TPM 2.0 Part 1, "Duplication"; `tpm2_pytss.utils.wrap`)
+for the device's storage parent, whose public area is enrolled with the attestation key and bound into
+every release quote: a sealed KEYEDHASH object holding the key, with authPolicy = PolicyPCR over the
+verified quote's PCR values and without USERWITHAUTH (no password unseals it), its sensitive area
+encrypted and integrity-protected under a seed that only the storage parent's private key, inside that
+TPM, recovers (TPM2_Import). The device unseals it in a PolicyPCR session, so a release replayed in
+another PCR state, or opened with any other tool, is refused by the TPM itself. The object's name
+(hence its policy and its key) is covered by the wrapper's HMAC: a changed byte fails the import.
 
-Release file JSON (`format` = "vaultpolicy.release.v1", `enforcer.release.Release`): device_id,
-quote_sha256, ephemeral_public (base64 uncompressed P-256 point), keys [{vault, key_identifier (hex),
-nonce, ciphertext (base64)}].
+Release file JSON (`format` = "vaultpolicy.release.v2", `enforcer.release.Release`): device_id,
+quote_sha256, bank, pcrs {"<index>": hex} (the verified values), keys [{vault, key_identifier (hex),
+public, duplicate, seed (base64 TPM2B_PUBLIC, TPM2B_PRIVATE, TPM2B_ENCRYPTED_SECRET)}].
 
-A verified quote releases once, within the policy's nonce lifetime of its verification.
+A verified quote releases once, within the policy's nonce lifetime of its verification, and only the
+keys of vaults sealed to the attestation it satisfied.
 """
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from controller.errors import AttestationRejected
 from controller.store import Store, VerifiedQuoteRecord
-from enforcer.attest import Quote
-from enforcer.escrow import EscrowBlob, EscrowError, aead_seal, make_ack, unwrap_key
-from enforcer.release import Release, ReleasedKey, release_wrapping_key
+from enforcer.attest import Quote, require_storage_parent
+from enforcer.escrow import EscrowBlob, EscrowError, make_ack, unwrap_key
+from enforcer.release import Release, ReleasedKey
+from enforcer.tpm import _wipe, policy_digest
 
 
 def accept_escrow(store: Store, blob_bytes: bytes, now: int, source: str = "escrow blob") -> bytes:
@@ -69,11 +70,11 @@ def release_keys(store: Store, quote: Quote, vaults: list[str] | None, escrow_pr
     for vault in vaults:
         _require_sealed_to_the_quoted_attestation(record, vault)
     device = store.device(device_id)
-    release_public = serialization.load_pem_public_key(device.release_public_pem.encode())
-    ephemeral = ec.generate_private_key(ec.SECP256R1())
-    ephemeral_public = ephemeral.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    wrapping_key = release_wrapping_key(ephemeral.exchange(ec.ECDH(), release_public), ephemeral_public, device.release_public_pem)
-    header = Release(device_id, quote.digest(), ephemeral_public, ())
+    if device.storage_public is None:
+        raise AttestationRejected("release-key-mismatch", _ENROLLED_BEFORE_STORAGE_KEYS.format(device_id),
+                                  hint="enrol the output of a new `vaultpolicy device identity`")
+    parent = require_storage_parent(device.storage_public, f"the storage key enrolled for `{device_id}`")
+    policy = policy_digest(record.bank, tuple(record.pcrs), record.pcrs)
     keys = []
     for vault in vaults:
         blob_bytes = store.escrow_blob(device_id, vault)
@@ -85,14 +86,35 @@ def release_keys(store: Store, quote: Quote, vaults: list[str] | None, escrow_pr
         except EscrowError as exc:
             raise AttestationRejected("escrow-unreadable", exc.message) from None
         try:
-            nonce, ciphertext = aead_seal(wrapping_key, raw, header.aad(vault, blob.key_identifier))
+            keys.append(ReleasedKey(vault, blob.key_identifier, *_duplicate(parent, raw, policy)))
         finally:
             raw[:] = bytes(len(raw))
-        keys.append(ReleasedKey(vault, blob.key_identifier, nonce, ciphertext))
     if not store.mark_released(quote.digest(), now):
         raise AttestationRejected("quote-used", "keys were already released for this quote (a replayed quote?)")
-    return Release(device_id, quote.digest(), ephemeral_public, tuple(keys))
+    return Release(device_id, quote.digest(), record.bank, record.pcrs, tuple(keys))
 
+
+_ENROLLED_BEFORE_STORAGE_KEYS = ("device `{}` was enrolled before releases were bound to its TPM's storage key, "
+                                 "so nothing can be released to it")
+
+
+def _duplicate(parent, raw: bytearray, policy: bytes) -> tuple[bytes, bytes, bytes]:
+    """(TPM2B_PUBLIC, TPM2B_PRIVATE, TPM2B_ENCRYPTED_SECRET) of a sealed object holding `raw` that only
+    `parent`'s TPM imports and only a PolicyPCR session reaching `policy` unseals. Not fixedTPM or
+    fixedParent (an imported object cannot be), NODA as the enforcer's own sealed keys, never
+    USERWITHAUTH; no inner wrapper: the outer one (seed for the parent's key, AES-128-CFB + HMAC) is
+    what binds it to the TPM."""
+    from tpm2_pytss import TPM2B_SENSITIVE
+    from tpm2_pytss.constants import TPMA_OBJECT
+    from tpm2_pytss.utils import wrap
+
+    sensitive, public = TPM2B_SENSITIVE.keyedhash_from_secret(bytes(raw), objectAttributes=TPMA_OBJECT.NODA)
+    public.publicArea.authPolicy = policy
+    try:
+        _, duplicate, seed = wrap(parent.publicArea, public, sensitive)
+    finally:
+        _wipe(sensitive)
+    return public.marshal(), duplicate.marshal(), seed.marshal()
 
 _QUOTE_AGAIN = "get a new nonce with `vaultpolicy controller nonce`, quote and verify again"
 

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     ak_public_pem TEXT NOT NULL,
     ak_name TEXT NOT NULL UNIQUE,
-    release_public_pem TEXT NOT NULL,
+    storage_public BLOB,              -- TPM2B_PUBLIC releases are wrapped to; NULL: enrolled before it existed
     enrolled_at INTEGER NOT NULL,
     reset_count INTEGER,              -- last TPM counters seen in a verified quote
     restart_count INTEGER,
@@ -65,7 +65,7 @@ class Device:
     device_id: str
     ak_public_pem: str
     ak_name: str
-    release_public_pem: str
+    storage_public: bytes | None
     reset_count: int | None
     restart_count: int | None
     clock: int | None
@@ -97,8 +97,13 @@ class VerifiedQuoteRecord:
 # Columns added after the first release; a store made before them gains them when opened.
 _ADDED_COLUMNS = {
     "nonces": ("used_by TEXT", "outcome TEXT"),
+    "devices": ("storage_public BLOB",),
     "verified_quotes": ("attestation TEXT", "bank TEXT", "pcrs TEXT", "sealed_to TEXT"),
 }
+
+
+# The ECDH release key of the first releases; its devices must enrol again (storage_public is NULL).
+_DROPPED_COLUMNS = {"devices": ("release_public_pem",)}
 
 
 class Store:
@@ -127,6 +132,9 @@ class Store:
             for column in columns:
                 if column.split()[0] not in present:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            for column in _DROPPED_COLUMNS.get(table, ()):
+                if column in present:
+                    self._db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
 
     def _write(self, sql: str, params: tuple) -> int:
         with self._db:
@@ -160,10 +168,14 @@ class Store:
 
     # --- devices ---
 
-    def enroll(self, device_id: str, ak_public_pem: str, ak_name: str, release_public_pem: str, now: int) -> None:
+    def enroll(self, device_id: str, ak_public_pem: str, ak_name: str, storage_public: bytes, now: int) -> None:
         existing = self.device(device_id)
-        if existing and (existing.ak_name, existing.release_public_pem) == (ak_name, release_public_pem):
+        if existing and (existing.ak_name, existing.storage_public) == (ak_name, storage_public):
             return  # enrolling the same identity again changes nothing
+        if existing and existing.ak_name == ak_name and existing.storage_public is None:
+            # enrolled before releases were wrapped to the storage key: the same AK vouches for its TPM
+            self._write("UPDATE devices SET storage_public = ? WHERE device_id = ?", (storage_public, device_id))
+            return
         if existing:
             raise InputError(
                 f"device `{device_id}` is already enrolled with a different attestation key",
@@ -171,16 +183,16 @@ class Store:
             )
         try:
             self._write(
-                "INSERT INTO devices (device_id, ak_public_pem, ak_name, release_public_pem, enrolled_at)"
+                "INSERT INTO devices (device_id, ak_public_pem, ak_name, storage_public, enrolled_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (device_id, ak_public_pem, ak_name, release_public_pem, now),
+                (device_id, ak_public_pem, ak_name, storage_public, now),
             )
         except sqlite3.IntegrityError:
             raise InputError(f"attestation key `{ak_name}` is already enrolled for another device") from None
 
     def device(self, device_id: str) -> Device | None:
         row = self._db.execute(
-            "SELECT device_id, ak_public_pem, ak_name, release_public_pem, reset_count, restart_count, clock"
+            "SELECT device_id, ak_public_pem, ak_name, storage_public, reset_count, restart_count, clock"
             " FROM devices WHERE device_id = ?",
             (device_id,),
         ).fetchone()

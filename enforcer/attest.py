@@ -1,25 +1,25 @@
 """Device attestation: the TPM-resident keys that prove who is speaking, and TPM2_Quote.
 
-Two keys, both ECC P-256, both primaries derived from a TPM hierarchy seed (so they never leave the
-TPM and are the same every time they are derived), each made persistent once with EvictControl:
-
-- the attestation key (AK, handle 0x81010002): RESTRICTED|SIGN_ENCRYPT|FIXEDTPM|FIXEDPARENT|
-  SENSITIVEDATAORIGIN|USERWITHAUTH, ECDSA-SHA256, in the *endorsement* hierarchy. Restricted: the TPM
-  only signs data it produced itself (quotes), never an outside message dressed as one. Endorsement
-  hierarchy: the TPM obfuscates the reset/restart counters in quotes by keys of the owner hierarchy,
-  and the controller needs the real counters to see them go backwards.
-- the release key (handle 0x81010003): an ECDH key (DECRYPT, not restricted) in the owner hierarchy.
-  The controller wraps a released vault key to it; only TPM2_ECDH_ZGen inside this TPM can recover the
-  shared secret. Its public part is enrolled with the AK and bound into every quote (below).
+- the attestation key (AK, handle 0x81010002): an ECC P-256 primary, RESTRICTED|SIGN_ENCRYPT|FIXEDTPM|
+  FIXEDPARENT|SENSITIVEDATAORIGIN|USERWITHAUTH, ECDSA-SHA256, in the *endorsement* hierarchy, made
+  persistent once with EvictControl. Restricted: the TPM only signs data it produced itself (quotes),
+  never an outside message dressed as one. Endorsement hierarchy: the TPM obfuscates the reset/restart
+  counters in quotes by keys of the owner hierarchy, and the controller needs the real counters to see
+  them go backwards.
+- the storage parent: the enforcer's storage primary (`enforcer.tpm.storage_primary_template`, owner
+  hierarchy, restricted decrypt, derived again from the seed whenever it is needed). The controller
+  releases a vault key as a TPM duplication blob for it: a sealed object whose authPolicy is PolicyPCR
+  over the quoted values, which only this TPM can import (TPM2_Import) and which unseals only while the
+  PCRs hold those values. Its public area is enrolled with the AK and bound into every release quote.
 
 Quote JSON (`format` = "vaultpolicy.quote.v1"; binary fields base64, digests hex):
   device_id, purpose ("release" | "report"), nonce (hex, may be empty for an unsolicited report),
-  bound_sha256 (hex: SHA-256 of the release key's DER public key, or of the report's canonical bytes),
-  bank, pcrs {"<index>": hex value}, attest (TPMS_ATTEST as the TPM marshalled it),
-  signature (TPMT_SIGNATURE, TPM marshalling).
+  bound_sha256 (hex: the SHA-256 part of the storage parent's TPM name, or the SHA-256 of the report's
+  bytes), bank, pcrs {"<index>": hex value}, attest
+  (TPMS_ATTEST as the TPM marshalled it), signature (TPMT_SIGNATURE, TPM marshalling).
 The quote's qualifying data (extraData) is SHA-256("vaultpolicy-quote-v1" 0 purpose 0 nonce bound),
-so one signature covers the controller's nonce and what the quote vouches for. `tpm2_checkquote
--q <that digest>` verifies these quotes unchanged (see docs/attestation.md).
+so one signature covers the purpose, the controller's nonce and what the quote vouches for.
+`tpm2_checkquote -q <that digest>` verifies these quotes unchanged (see docs/attestation.md).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +41,8 @@ from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError, InputError
 
 QUOTE_FORMAT = "vaultpolicy.quote.v1"
-IDENTITY_FORMAT = "vaultpolicy.identity.v1"
+IDENTITY_FORMAT = "vaultpolicy.identity.v2"
 AK_HANDLE = 0x81010002
-RELEASE_KEY_HANDLE = 0x81010003
 PURPOSES = ("release", "report")
 
 
@@ -63,7 +63,7 @@ def resolve_device_id(option: str | None, state_dir: str | os.PathLike) -> str:
 
 
 class AttestationError(DeviceError):
-    """The TPM could not produce the attestation key, the release key or a quote."""
+    """The TPM could not produce the attestation key, the storage parent or a quote, or refused a release."""
 
 
 def qualifying_data(purpose: str, nonce: bytes, bound_sha256: bytes) -> bytes:
@@ -79,12 +79,12 @@ def pcr_digest(values: dict[int, bytes], pcrs: tuple[int, ...], hash_name: str =
 
 @dataclass(frozen=True)
 class Identity:
-    """What the controller enrols: the AK and release key public parts (PEM) and the AK's qualified name."""
+    """What the controller enrols: the AK (PEM and qualified name) and the storage parent's public area."""
 
     device_id: str
     ak_public_pem: str
     ak_name: str  # hex qualified name of the AK: what every quote names as its signer
-    release_public_pem: str
+    storage_public: bytes  # TPM2B_PUBLIC of the storage parent, as the TPM marshals it
 
     def to_bytes(self) -> bytes:
         return rfc8785.dumps(
@@ -93,22 +93,25 @@ class Identity:
                 "device_id": self.device_id,
                 "ak_public_pem": self.ak_public_pem,
                 "ak_name": self.ak_name,
-                "release_public_pem": self.release_public_pem,
+                "storage_public": base64.b64encode(self.storage_public).decode(),
             }
         )
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "identity") -> "Identity":
         obj = load_json_object(data, source, IDENTITY_FORMAT)
-        fields = ("device_id", "ak_public_pem", "ak_name", "release_public_pem")
-        for name in fields:
+        for name in ("device_id", "ak_public_pem", "ak_name", "storage_public"):
             if not isinstance(obj.get(name), str) or not obj[name]:
                 raise InputError(f"{source}: field `{name}` must be a non-empty string")
-        for name in ("ak_public_pem", "release_public_pem"):
-            _require_p256_public_key(obj[name], f"{source}: field `{name}`")
+        _require_p256_public_key(obj["ak_public_pem"], f"{source}: field `ak_public_pem`")
         if not _is_sha256_tpm_name(obj["ak_name"]):
             raise InputError(f"{source}: field `ak_name` must be a SHA-256 TPM name (68 hex digits starting 000b)")
-        return cls(*(obj[name] for name in fields))
+        try:
+            storage_public = b64decode_exact(obj["storage_public"])
+        except ValueError:
+            raise InputError(f"{source}: field `storage_public` is not valid base64") from None
+        require_storage_parent(storage_public, f"{source}: field `storage_public`")
+        return cls(obj["device_id"], obj["ak_public_pem"], obj["ak_name"], storage_public)
 
 
 def _require_p256_public_key(pem: str, what: str) -> None:
@@ -131,12 +134,33 @@ def _is_sha256_tpm_name(text: str) -> bool:
     return len(name) == 34 and name[:2] == b"\x00\x0b"  # TPM2_ALG_SHA256 || digest
 
 
-def release_key_binding(release_public_pem: str) -> bytes:
-    """SHA-256 of the release key's DER SubjectPublicKeyInfo: what a release quote binds."""
-    from cryptography.hazmat.primitives import serialization
+def require_storage_parent(storage_public: bytes, what: str):
+    """The TPM2B_PUBLIC, parsed, if it is the enforcer's storage primary template with a point on P-256:
+    exactly the key a release imports under (restricted decrypt, AES-128-CFB, fixed to its TPM)."""
+    from enforcer.tpm import storage_primary_template
 
-    key = serialization.load_pem_public_key(release_public_pem.encode())
-    return hashlib.sha256(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
+    expected = storage_primary_template()  # first: it loads tpm2-pytss or says why it cannot
+    from tpm2_pytss import TPM2B_PUBLIC
+
+    try:
+        public, used = TPM2B_PUBLIC.unmarshal(storage_public)
+    except Exception:  # noqa: BLE001 - the unmarshaller raises several types for bad bytes
+        raise InputError(f"{what} is not a TPM public area") from None
+    expected.publicArea.unique.ecc.x = bytes(public.publicArea.unique.ecc.x)
+    expected.publicArea.unique.ecc.y = bytes(public.publicArea.unique.ecc.y)
+    if used != len(storage_public) or expected.marshal() != storage_public:
+        raise InputError(f"{what} is not the public area of this project's storage primary")
+    try:
+        public.to_pem()
+    except ValueError:
+        raise InputError(f"{what} holds a point that is not on the P-256 curve") from None
+    return public
+
+
+def storage_parent_binding(storage_public: bytes) -> bytes:
+    """What a release quote binds: SHA-256 of the storage parent's TPMT_PUBLIC (the TPM2B without its
+    2-byte size), which is the digest part of its TPM name."""
+    return hashlib.sha256(storage_public[2:]).digest()
 
 
 @dataclass(frozen=True)
@@ -215,13 +239,12 @@ class AttestationTpm:
     """One ESAPI connection used for attestation (context manager; closes the connection on exit)."""
 
     def __init__(self, tcti: str):
+        from enforcer.tpm import _tss  # the one loader of tpm2-pytss: TSS logging off, BackendUnavailable if missing
+
+        tss = _tss()
+        self._tss_error = tss.TSS2_Exception
         try:
-            from tpm2_pytss import ESAPI, TSS2_Exception
-        except ImportError as exc:  # the device stack is optional for compile-only installs
-            raise BackendUnavailable(f"tpm2-pytss is not usable: {exc}") from None
-        self._tss_error = TSS2_Exception
-        try:
-            self._esapi = ESAPI(tcti)
+            self._esapi = tss.ESAPI(tcti)
         except Exception as exc:  # noqa: BLE001 - TCTI loading raises many types; all mean "no TPM here"
             raise BackendUnavailable(f"cannot open the TPM at `{tcti}`: {exc}", hint=TCTI_HINT) from None
 
@@ -233,14 +256,12 @@ class AttestationTpm:
 
     # --- keys ---
 
-    def _templates(self):
+    def _ak_template(self):
         from tpm2_pytss import TPM2B_PUBLIC
         from tpm2_pytss.constants import TPMA_OBJECT as A
 
-        common = A.FIXEDTPM | A.FIXEDPARENT | A.SENSITIVEDATAORIGIN | A.USERWITHAUTH
-        ak = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=common | A.RESTRICTED | A.SIGN_ENCRYPT)
-        release = TPM2B_PUBLIC.parse("ecc256:null:null", objectAttributes=common | A.DECRYPT)
-        return ak, release
+        return TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=A.FIXEDTPM | A.FIXEDPARENT
+                                  | A.SENSITIVEDATAORIGIN | A.USERWITHAUTH | A.RESTRICTED | A.SIGN_ENCRYPT)
 
     def _persistent(self, handle: int, hierarchy, template):
         """Load the persistent key at `handle`, creating and evicting it there the first time."""
@@ -276,26 +297,36 @@ class AttestationTpm:
     def attestation_key(self):
         from tpm2_pytss.constants import ESYS_TR
 
-        template, _ = self._templates()
+        template = self._ak_template()
         handle = self._persistent(AK_HANDLE, ESYS_TR.ENDORSEMENT, template)
         return handle, *self._check_attributes(handle, template, "attestation key")
 
-    def release_key(self):
+    @contextmanager
+    def _storage_parent(self):
+        """(handle, TPM2B_PUBLIC) of the storage primary the enforcer seals under, flushed on exit."""
+        from tpm2_pytss import TPM2B_SENSITIVE_CREATE
         from tpm2_pytss.constants import ESYS_TR
 
-        _, template = self._templates()
-        handle = self._persistent(RELEASE_KEY_HANDLE, ESYS_TR.OWNER, template)
-        return handle, *self._check_attributes(handle, template, "release key")
+        from enforcer.tpm import storage_primary_template
+
+        try:
+            handle, public, *_ = self._esapi.create_primary(TPM2B_SENSITIVE_CREATE(), storage_primary_template(), ESYS_TR.OWNER)
+        except self._tss_error as exc:
+            raise AttestationError(f"cannot derive the storage primary: {exc}") from None
+        try:
+            yield handle, public
+        finally:
+            self._esapi.flush_context(handle)
 
     def identity(self, device_id: str) -> Identity:
         _, ak_public, ak_qualified_name = self.attestation_key()
-        _, release_public, _ = self.release_key()
-        return Identity(
-            device_id=device_id,
-            ak_public_pem=ak_public.to_pem().decode(),
-            ak_name=bytes(ak_qualified_name).hex(),
-            release_public_pem=release_public.to_pem().decode(),
-        )
+        with self._storage_parent() as (_, storage_public):
+            return Identity(
+                device_id=device_id,
+                ak_public_pem=ak_public.to_pem().decode(),
+                ak_name=bytes(ak_qualified_name).hex(),
+                storage_public=storage_public.marshal(),
+            )
 
     # --- PCRs and quotes ---
 
@@ -335,17 +366,85 @@ class AttestationTpm:
                 return Quote(device_id, purpose, nonce, bound_sha256, bank, values, bytes(attest), signature.marshal())
         raise AttestationError("PCR values kept changing while quoting; try again")
 
-    def ecdh_zgen(self, peer_point_x: bytes, peer_point_y: bytes) -> bytearray:
-        """The release key's ECDH shared secret with the controller's ephemeral point (x coordinate)."""
-        from tpm2_pytss import TPM2B_ECC_POINT, TPMS_ECC_POINT
+    # --- released keys ---
 
-        handle, _, _ = self.release_key()
-        point = TPM2B_ECC_POINT(TPMS_ECC_POINT(x=peer_point_x, y=peer_point_y))
+    def unseal_released(self, objects: dict[str, tuple[bytes, bytes, bytes]], bank: str,
+                        values: dict[int, bytes]) -> dict[str, bytearray]:
+        """vault -> raw key, from each vault's (TPM2B_PUBLIC, TPM2B_PRIVATE duplicate, TPM2B_ENCRYPTED_SECRET
+        seed): imported under the storage parent (TPM2_Import checks the outer wrapper, which only this TPM
+        can open) and unsealed in a PolicyPCR session over `values`. The object's authPolicy is the PCR
+        state the controller verified, so the TPM refuses in any other state. Every object, session and
+        the parent are flushed; the caller zeroes the keys."""
+        from tpm2_pytss import (TPM2B_DATA, TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_PUBLIC, TPML_PCR_SELECTION,
+                                TPMT_SYM_DEF, TPMT_SYM_DEF_OBJECT)
+        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
+
+        from enforcer.tpm import _ffi, _wipe  # the enforcer's way to take a secret out of a TSS structure
+
+        selection = TPML_PCR_SELECTION.parse(f"{bank}:{','.join(map(str, sorted(values)))}")
+        expected_pcrs = pcr_digest(values, tuple(values), "sha256")  # the policy session's hash
+        opened: dict[str, bytearray] = {}
         try:
-            shared = self._esapi.ecdh_zgen(handle, point)
-        except self._tss_error as exc:
-            raise AttestationError(f"the release key cannot derive the shared secret: {exc}") from None
-        return bytearray(bytes(shared.point.x))
+            with self._storage_parent() as (parent, _):
+                for vault, (public_bytes, duplicate_bytes, seed_bytes) in objects.items():
+                    what = f"the released key of vault `{vault}`"
+                    try:
+                        public, duplicate, seed = (
+                            _unmarshal_exactly(kind, data) for kind, data in
+                            ((TPM2B_PUBLIC, public_bytes), (TPM2B_PRIVATE, duplicate_bytes), (TPM2B_ENCRYPTED_SECRET, seed_bytes)))
+                    except ValueError:
+                        raise InputError(f"release file: {what} is not a TPM duplication blob") from None
+                    try:
+                        private = self._esapi.import_(parent, TPM2B_DATA(), public, duplicate, seed,
+                                                      TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL))
+                    except self._tss_error as exc:
+                        raise AttestationError(f"{what} does not import into this TPM ({exc})",
+                                               hint="the release file was altered or made for another device's TPM") from None
+                    obj = session = None
+                    try:
+                        obj = self._esapi.load(parent, private, public)
+                        session = self._esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
+                                                                 TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256)
+                        try:
+                            self._esapi.policy_pcr(session, expected_pcrs, selection)
+                            sealed = self._esapi.unseal(obj, session1=session)
+                        except self._tss_error as exc:
+                            raise self._refused_state(what, bank, values, exc) from None
+                        try:
+                            opened[vault] = bytearray(_ffi().buffer(sealed._cdata.buffer, sealed.size))
+                        finally:
+                            _wipe(sealed)
+                    finally:
+                        for handle in (session, obj):
+                            if handle is not None:
+                                self._esapi.flush_context(handle)
+        except BaseException:
+            for raw in opened.values():
+                raw[:] = bytes(len(raw))
+            raise
+        return opened
+
+    def _refused_state(self, what: str, bank: str, values: dict[int, bytes], exc) -> AttestationError:
+        """The PolicyPCR session failed: name the PCRs that are not in the state the controller verified."""
+        _, current = self.read_pcrs(bank, tuple(values))
+        changed = [i for i in sorted(values) if current[i] != values[i]]
+        if changed:
+            return AttestationError(
+                f"{what} opens only in the boot state the controller verified: PCR {bank}:{','.join(map(str, changed))} "
+                "differs from it", hint="boot the approved software, or have the controller verify a new quote and release again")
+        return AttestationError(f"the TPM refused the PCR policy of {what} ({exc})",
+                                hint="the release file was altered: its PCR values are not the ones its keys are sealed to")
+
+
+def _unmarshal_exactly(kind, data: bytes):
+    """The structure `data` marshals, which must be exactly one `kind`, else ValueError."""
+    try:
+        structure, used = kind.unmarshal(data)
+    except Exception:  # noqa: BLE001 - the unmarshallers raise several types for bad bytes
+        raise ValueError(f"not a {kind.__name__}") from None
+    if used != len(data):
+        raise ValueError(f"trailing bytes after a {kind.__name__}")
+    return structure
 
 
 def _selected(selection, index: int) -> bool:

@@ -1,14 +1,18 @@
-"""Device side of key release: open a controller's release file with the TPM, then unlock and re-seal.
+"""Device side of key release: open a controller's release file in the TPM, then unlock and re-seal.
 
-`open_release` recomputes the ECDH secret inside the TPM (TPM2_ECDH_ZGen with the release key; see
-controller/release.py for why this wrapping) and opens each key with AES-256-GCM. `unlock_released`
-is the hook `device unlock --release FILE` calls: for each released vault it adds the key to the
-kernel, checks the kernel's key identifier is the one recorded for the vault (a wrong key never
-replaces a vault), re-seals the key to the *current* PCRs (so the next boot unlocks locally) and
-writes the new sealed blob atomically. It records how the vault was unlocked for the drift report
-and clears the vault's refused-unlock condition.
+A release carries each vault key as a TPM duplication blob for this device's storage parent (the
+storage primary the enforcer seals under; see controller/release.py for why): a sealed object whose
+authPolicy is PolicyPCR over the PCR values the controller verified in the device's quote.
+`open_release` imports it (TPM2_Import: only this TPM opens the outer wrapper) and unseals it in a
+PolicyPCR session, so the TPM itself refuses the release in any other PCR state, to this software and
+to anyone with root alike. `unlock_released` is the hook `device unlock --release FILE` calls: for
+each released vault it re-seals the key to the current PCRs, which must still be the verified values
+(so the next boot unlocks locally, and only in that state), adds it to the kernel, checks the kernel's
+key identifier is the one recorded for the vault (a wrong key never replaces a vault) and writes the new
+sealed blob atomically. It records how the vault was unlocked for the drift report and clears the
+vault's refused-unlock condition.
 
-Release file JSON: see `Release` (`format` = "vaultpolicy.release.v1").
+Release file JSON: see `Release` (`format` = "vaultpolicy.release.v2").
 """
 
 from __future__ import annotations
@@ -23,13 +27,12 @@ from pathlib import Path
 import rfc8785
 
 from compiler.plan import Plan, format_time
-from enforcer.attest import AttestationTpm, release_key_binding
-from enforcer.escrow import EscrowError, aead_open, b64, derive_key, load_json_object, require_str, unb64
+from enforcer.attest import AttestationTpm
+from enforcer.escrow import b64, load_json_object, require_str, unb64
 from enforcer.state import StateDir
 from vaultpolicy.errors import DeviceError, InputError
 
-RELEASE_FORMAT = "vaultpolicy.release.v1"
-RELEASE_INFO = b"vaultpolicy release v1"
+RELEASE_FORMAT = "vaultpolicy.release.v2"
 UNLOCK_METHODS = ("tpm-sealed", "controller-release", "none")
 
 
@@ -37,28 +40,18 @@ UNLOCK_METHODS = ("tpm-sealed", "controller-release", "none")
 class ReleasedKey:
     vault: str
     key_identifier: bytes
-    nonce: bytes
-    ciphertext: bytes
+    public: bytes  # TPM2B_PUBLIC of the sealed object (its authPolicy: PolicyPCR over the verified values)
+    duplicate: bytes  # TPM2B_PRIVATE, the outer-wrapped sensitive area
+    seed: bytes  # TPM2B_ENCRYPTED_SECRET: the wrapper's seed, for the storage parent's key
 
 
 @dataclass(frozen=True)
 class Release:
     device_id: str
     quote_sha256: str
-    ephemeral_public: bytes  # the controller's ephemeral P-256 point, uncompressed SEC1
+    bank: str
+    pcrs: dict[int, bytes]  # the values the controller verified: what the keys unseal under
     keys: tuple[ReleasedKey, ...]
-
-    def aad(self, vault: str, key_identifier: bytes) -> bytes:
-        return rfc8785.dumps(
-            {
-                "format": RELEASE_FORMAT,
-                "device_id": self.device_id,
-                "quote_sha256": self.quote_sha256,
-                "ephemeral_public": b64(self.ephemeral_public),
-                "vault": vault,
-                "key_identifier": key_identifier.hex(),
-            }
-        )
 
     def to_bytes(self) -> bytes:
         return rfc8785.dumps(
@@ -66,9 +59,11 @@ class Release:
                 "format": RELEASE_FORMAT,
                 "device_id": self.device_id,
                 "quote_sha256": self.quote_sha256,
-                "ephemeral_public": b64(self.ephemeral_public),
+                "bank": self.bank,
+                "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
                 "keys": [
-                    {"vault": k.vault, "key_identifier": k.key_identifier.hex(), "nonce": b64(k.nonce), "ciphertext": b64(k.ciphertext)}
+                    {"vault": k.vault, "key_identifier": k.key_identifier.hex(),
+                     "public": b64(k.public), "duplicate": b64(k.duplicate), "seed": b64(k.seed)}
                     for k in self.keys
                 ],
             }
@@ -80,55 +75,34 @@ class Release:
         entries = obj.get("keys")
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise InputError(f"{source}: field `keys` must be a list of objects")
+        pcrs = obj.get("pcrs")
+        if not isinstance(pcrs, dict) or not pcrs or not all(isinstance(k, str) and k.isdigit() for k in pcrs):
+            raise InputError(f"{source}: field `pcrs` must map PCR indexes to hex values")
+        try:
+            values = {int(k): bytes.fromhex(v) for k, v in pcrs.items()}
+        except (TypeError, ValueError):
+            raise InputError(f"{source}: a value of `pcrs` is not hex") from None
         keys = []
         for entry in entries:
             try:
                 key_identifier = bytes.fromhex(require_str(entry, "key_identifier", source))
             except ValueError:
                 raise InputError(f"{source}: a `key_identifier` is not hex") from None
-            keys.append(
-                ReleasedKey(
-                    require_str(entry, "vault", source), key_identifier,
-                    unb64(entry.get("nonce"), "nonce", source), unb64(entry.get("ciphertext"), "ciphertext", source),
-                )
-            )
-        return cls(
-            require_str(obj, "device_id", source),
-            require_str(obj, "quote_sha256", source),
-            unb64(obj.get("ephemeral_public"), "ephemeral_public", source),
-            tuple(keys),
-        )
-
-
-def release_wrapping_key(shared_x: bytes | bytearray, ephemeral_public: bytes, release_public_pem: str) -> bytes:
-    """Both sides: HKDF-SHA256 over the ECDH x coordinate, salted with both public keys."""
-    return derive_key(bytes(shared_x), ephemeral_public + release_key_binding(release_public_pem), RELEASE_INFO)
+            keys.append(ReleasedKey(require_str(entry, "vault", source), key_identifier,
+                                    *(unb64(entry.get(name), name, source) for name in ("public", "duplicate", "seed"))))
+        return cls(require_str(obj, "device_id", source), require_str(obj, "quote_sha256", source),
+                   require_str(obj, "bank", source), values, tuple(keys))
 
 
 def open_release(tcti: str, release: Release, device_id: str) -> dict[str, tuple[bytes, bytearray]]:
-    """vault -> (key identifier, raw key). Only this device's TPM can open it; any change fails."""
+    """vault -> (key identifier, raw key). Only this device's TPM, in the PCR state the controller
+    verified, can open it; any change to the file fails."""
     if release.device_id != device_id:
         raise DeviceError(f"release file is for device `{release.device_id}`, this is `{device_id}`")
-    point = release.ephemeral_public
-    if len(point) != 65 or point[0] != 4:
-        raise InputError("release file: `ephemeral_public` is not an uncompressed P-256 point")
     with AttestationTpm(tcti) as tpm:
-        _, public, _ = tpm.release_key()
-        shared = tpm.ecdh_zgen(point[1:33], point[33:])
-    try:
-        key = release_wrapping_key(shared, point, public.to_pem().decode())
-    finally:
-        shared[:] = bytes(len(shared))
-    opened: dict[str, tuple[bytes, bytearray]] = {}
-    try:
-        for entry in release.keys:
-            what = f"released key for vault `{entry.vault}`"
-            opened[entry.vault] = (entry.key_identifier, aead_open(key, entry.nonce, entry.ciphertext, release.aad(entry.vault, entry.key_identifier), what))
-    except EscrowError as exc:
-        for _, raw in opened.values():
-            raw[:] = bytes(len(raw))
-        raise DeviceError(exc.message, hint="the release file was altered or made for another device's TPM") from None
-    return opened
+        raws = tpm.unseal_released({k.vault: (k.public, k.duplicate, k.seed) for k in release.keys},
+                                   release.bank, release.pcrs)
+    return {k.vault: (k.key_identifier, raws[k.vault]) for k in release.keys}
 
 
 # --- how each vault was last unlocked (read by the drift report) -----------------------------------
@@ -206,6 +180,9 @@ def unlock_released(
                 vault = plan.vault(name)
                 if vault is None or vault.seal is None:
                     raise DeviceError("the applied plan has no sealed vault by this name", vault=name)
+                if vault.seal.bank != release.bank or not set(vault.seal.pcrs) <= set(release.pcrs):
+                    raise DeviceError(f"the vault is sealed to {_selection(vault.seal.bank, vault.seal.pcrs)}; the release "
+                                      f"vouches for {_selection(release.bank, release.pcrs)} only", vault=name)
                 where = observed.records.get(name) or vault  # the recorded path: a plan cannot move a vault
                 path = host_path(root, where.path)
                 created_with = _created_with(state, name, path)
@@ -214,12 +191,18 @@ def unlock_released(
                                       f"record, and {path} has no encryption policy", vault=name)
                 if not hmac.compare_digest(created_with, key_identifier):
                     raise DeviceError("released key is not the key this vault was created with", vault=name)
+                # sealed first: the next boot unlocks locally only in the verified state, so a PCR that
+                # moved since the release opened is refused before the key reaches the kernel
+                blob = tpm.seal(raw, vault.seal.bank, vault.seal.pcrs, allow_unmeasured_boot=plan.device.allow_unmeasured_boot)
+                moved = [i for i in blob.pcrs if blob.pcr_values[i] != release.pcrs[i]]
+                if moved:
+                    raise DeviceError(f"PCR {blob.bank}:{','.join(map(str, moved))} changed after the release opened; "
+                                      "the key is not re-sealed to an unverified state", vault=name)
                 mountpoint = fscrypt.mountpoint_of(str(path))
                 added = fscrypt.add_key(mountpoint, raw)
                 if not hmac.compare_digest(added, key_identifier):
                     fscrypt.remove_key(mountpoint, added)
                     raise DeviceError("the kernel derived another key identifier from the released key", vault=name)
-                blob = tpm.seal(raw, vault.seal.bank, vault.seal.pcrs, allow_unmeasured_boot=plan.device.allow_unmeasured_boot)
                 state.save_sealed(name, blob.to_json(), key_identifier)
                 record_unlock(state, name, "controller-release", now)
                 state.clear_condition(f"vault/{name}")  # the refused boot unlock is resolved
@@ -243,3 +226,7 @@ def _created_with(state: StateDir, name: str, path: Path) -> bytes | None:
     except (StateCorrupt, KeyError, TypeError, ValueError):
         policy = fscrypt.get_policy(str(path)) if path.is_dir() else None
         return None if policy is None else policy.key_identifier
+
+
+def _selection(bank: str, pcrs) -> str:
+    return f"PCRs {bank}:{','.join(map(str, sorted(pcrs)))}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -169,9 +170,13 @@ def test_escrow_keygen_refuses_to_replace_a_key(tmp_path, capsys):
     "field, value, reason",
     [
         ("ak_public_pem", "garbage", "is not a PEM public key"),
-        ("release_public_pem", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "is not a PEM public key"),
+        ("ak_public_pem", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "is not a PEM public key"),
         ("ak_name", "zz", "SHA-256 TPM name"),
         ("ak_name", "000b" + "00" * 8, "SHA-256 TPM name"),
+        ("storage_public", "!!", "is not valid base64"),
+        ("storage_public", "AAAA", "is not the public area of this project's storage primary"),
+        ("storage_public", lambda real: _flip_byte(real, 9), "is not the public area of this project's storage primary"),
+        ("storage_public", lambda real: _flip_byte(real, -1), "holds a point that is not on the P-256 curve"),
     ],
 )
 def test_enroll_refuses_a_malformed_identity(make_tpm, tmp_path, capsys, field, value, reason):
@@ -180,7 +185,7 @@ def test_enroll_refuses_a_malformed_identity(make_tpm, tmp_path, capsys, field, 
     assert main(["device", "identity", "--state-dir", str(state), "--tpm", tpm.tcti, "--device-id", "gw-1",
                  "-o", str(tmp_path / "identity.json")]) == 0
     identity = json.loads((tmp_path / "identity.json").read_text())
-    identity[field] = value
+    identity[field] = value(identity[field]) if callable(value) else value
     (tmp_path / "bad.json").write_text(json.dumps(identity))
     capsys.readouterr()
     db = str(tmp_path / "controller.db")
@@ -188,3 +193,10 @@ def test_enroll_refuses_a_malformed_identity(make_tpm, tmp_path, capsys, field, 
     assert reason in capsys.readouterr().err
     # The real identity still enrols afterwards: nothing was recorded for the bad one.
     assert main(["controller", "enroll", str(tmp_path / "identity.json"), "--store", db]) == 0
+
+
+def _flip_byte(b64_text: str, position: int) -> str:
+    """The base64 of the decoded bytes with one bit flipped at `position` (9: in the object attributes)."""
+    data = bytearray(base64.b64decode(b64_text))
+    data[position] ^= 1
+    return base64.b64encode(bytes(data)).decode()

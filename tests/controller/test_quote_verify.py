@@ -14,7 +14,7 @@ from controller.errors import AttestationRejected
 from controller.quote_verify import verify_quote
 from controller.release import accept_escrow, release_keys
 from enforcer import escrow
-from enforcer.attest import AK_HANDLE, RELEASE_KEY_HANDLE, AttestationTpm, Quote, qualifying_data, release_key_binding
+from enforcer.attest import AK_HANDLE, AttestationTpm, Quote, qualifying_data, storage_parent_binding
 
 ATTESTED_PCRS = (0, 2, 4, 7)  # as in conftest: what measure_boot() extends
 NOW = 1_800_000_000
@@ -23,13 +23,13 @@ NOW = 1_800_000_000
 def enroll(store, tpm, device_id):
     with AttestationTpm(tpm.tcti) as device:
         identity = device.identity(device_id)
-    store.enroll(identity.device_id, identity.ak_public_pem, identity.ak_name, identity.release_public_pem, NOW)
+    store.enroll(identity.device_id, identity.ak_public_pem, identity.ak_name, identity.storage_public, NOW)
     return identity
 
 
 def quote(tpm, identity, nonce, pcrs=ATTESTED_PCRS):
     with AttestationTpm(tpm.tcti) as device:
-        return device.quote(identity.device_id, "release", nonce, release_key_binding(identity.release_public_pem), "sha256", pcrs)
+        return device.quote(identity.device_id, "release", nonce, storage_parent_binding(identity.storage_public), "sha256", pcrs)
 
 
 def allowed_now(tpm):
@@ -70,27 +70,30 @@ def test_identity_is_persistent_and_stable(make_tpm):
     assert first.ak_public_pem.startswith("-----BEGIN PUBLIC KEY-----")
 
 
-def test_attestation_key_is_a_persistent_restricted_p256_signing_key(make_tpm):
+def test_attestation_key_is_a_persistent_restricted_p256_signing_key(make_tpm, tmp_path):
     """Read back by tpm2-tools, not by our code: a primary re-derived from the seed would give the same
-    identity after a restart, so only the TPM's handle list shows the keys were made persistent."""
+    identity after a restart, so only the TPM's handle list shows the AK was made persistent. The
+    storage key releases are wrapped to is the owner hierarchy's storage primary that tpm2-tools derives
+    from the same template (nothing else is made persistent)."""
     tpm = make_tpm()
     with AttestationTpm(tpm.tcti) as device:
-        device.identity("gw-1")
+        identity = device.identity("gw-1")
 
-    def read_public(handle):
-        """tpm2_readpublic's `field:` / `  value: v` pairs."""
-        done = subprocess.run(["tpm2_readpublic", "-c", f"{handle:#x}", "-T", tpm.tcti], capture_output=True, text=True)
+    def tool(*argv: str) -> str:
+        done = subprocess.run([*argv, "-T", tpm.tcti], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-        return dict(re.findall(r"^(\S[^:\n]*):\n  value: (.*)$", done.stdout, re.MULTILINE))
+        return done.stdout
 
-    persistent = subprocess.run(["tpm2_getcap", "handles-persistent", "-T", tpm.tcti], capture_output=True, text=True)
-    assert f"{AK_HANDLE:#x}" in persistent.stdout and f"{RELEASE_KEY_HANDLE:#x}" in persistent.stdout
-    ak, release = read_public(AK_HANDLE), read_public(RELEASE_KEY_HANDLE)
+    persistent = tool("tpm2_getcap", "handles-persistent")
+    assert re.findall(r"0x[0-9a-fA-F]+", persistent) == [f"{AK_HANDLE:#x}"]
+    ak = dict(re.findall(r"^(\S[^:\n]*):\n  value: (.*)$", tool("tpm2_readpublic", "-c", f"{AK_HANDLE:#x}"), re.MULTILINE))
     assert (set(ak["attributes"].split("|")), ak["type"], ak["curve-id"], ak["scheme"], ak["scheme-halg"]) == (
         {"fixedtpm", "fixedparent", "sensitivedataorigin", "userwithauth", "restricted", "sign"},
         "ecc", "NIST p256", "ecdsa", "sha256")
-    assert (set(release["attributes"].split("|")), release["type"], release["curve-id"]) == (
-        {"fixedtpm", "fixedparent", "sensitivedataorigin", "userwithauth", "decrypt"}, "ecc", "NIST p256")
+    tool("tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb", "-c", str(tmp_path / "primary.ctx"),
+         "-a", "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda")
+    tool("tpm2_readpublic", "-c", str(tmp_path / "primary.ctx"), "-o", str(tmp_path / "primary.pub"))
+    assert (tmp_path / "primary.pub").read_bytes() == identity.storage_public
 
 
 def test_fresh_quote_verifies_once(device, store):
@@ -166,7 +169,7 @@ def test_unenrolled_key(device, store, make_tpm):
     with AttestationTpm(stranger.tcti) as other:
         stranger_identity = other.identity("gw-1")  # claims to be gw-1 with its own key
     nonce = nonces.issue(store, "gw-1", policy, NOW)
-    forged = quote(stranger, dataclasses.replace(stranger_identity, release_public_pem=identity.release_public_pem), nonce)
+    forged = quote(stranger, dataclasses.replace(stranger_identity, storage_public=identity.storage_public), nonce)
     refused(store, "bad-signature", forged, policy, NOW)
     refused(store, "device-unknown", dataclasses.replace(forged, device_id="gw-9"), policy, NOW)
 

@@ -6,16 +6,15 @@ import dataclasses
 import secrets
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
 from controller.quote_verify import verify_quote
 from controller.release import accept_escrow, release_keys
 from enforcer import escrow
-from enforcer.attest import AttestationTpm, release_key_binding
+from enforcer.attest import AttestationError, AttestationTpm, storage_parent_binding
 from enforcer.release import Release, open_release
-from vaultpolicy.errors import DeviceError
+from vaultpolicy.errors import DeviceError, InputError
 
 ATTESTED_PCRS = (0, 2, 4, 7)
 NOW = 1_800_000_000
@@ -30,7 +29,7 @@ def setup(make_tpm, store, make_policy):
     with AttestationTpm(tpm.tcti) as device:
         identity = device.identity("gw-1")
         _, values = device.read_pcrs("sha256", ATTESTED_PCRS)
-    store.enroll("gw-1", identity.ak_public_pem, identity.ak_name, identity.release_public_pem, NOW)
+    store.enroll("gw-1", identity.ak_public_pem, identity.ak_name, identity.storage_public, NOW)
     controller_key = escrow.generate_escrow_key()
     raw = secrets.token_bytes(64)
     blob = escrow.wrap_key(controller_key.public_key(), "gw-1", "config", KEY_ID, raw)
@@ -43,7 +42,7 @@ def setup(make_tpm, store, make_policy):
 def fresh_quote(store, tpm, identity, policy):
     nonce = nonces.issue(store, "gw-1", policy, NOW)
     with AttestationTpm(tpm.tcti) as device:
-        return device.quote("gw-1", "release", nonce, release_key_binding(identity.release_public_pem), "sha256", ATTESTED_PCRS)
+        return device.quote("gw-1", "release", nonce, storage_parent_binding(identity.storage_public), "sha256", ATTESTED_PCRS)
 
 
 def refused(reason, call):
@@ -63,10 +62,64 @@ def test_released_key_opens_only_in_the_quoting_tpm(setup, store, make_tpm):
     assert opened["config"][0] == KEY_ID and bytes(opened["config"][1]) == raw
 
     other = make_tpm()
-    with pytest.raises(DeviceError, match="does not open"):
+    other.measure_boot()  # the same PCR values: only the TPM differs
+    with pytest.raises(DeviceError, match="does not import into this TPM"):
         open_release(other.tcti, release, "gw-1")
     with pytest.raises(DeviceError, match="for device `gw-1`"):
         open_release(tpm.tcti, release, "gw-2")
+
+
+def test_a_release_opens_only_in_the_pcr_state_the_controller_verified(setup, store):
+    """A release replayed after a reboot into an unapproved PCR 4 opened before (and re-sealed the key
+    to the bad state); the TPM refuses it now, to this software and to a bare ESAPI caller alike (root
+    on the device with the release file), and opens it again once the verified state is back."""
+    from tpm2_pytss import (ESAPI, TPM2B_DATA, TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE,
+                            TPML_PCR_SELECTION, TPMT_SYM_DEF, TPMT_SYM_DEF_OBJECT, TSS2_Exception)
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RC, TPM2_SE
+
+    from enforcer.tpm import storage_primary_template
+
+    tpm, identity, policy, controller_key, raw = setup
+    quote = fresh_quote(store, tpm, identity, policy)
+    verify_quote(store, quote, policy, NOW, SEALED)
+    release = release_keys(store, quote, ["config"], controller_key, NOW)
+    tpm.restart()  # reboot into a boot loader the policy does not allow
+    tpm.measure_boot()
+    tpm.extend(4, b"unapproved boot loader")
+    with pytest.raises(DeviceError, match=r"opens only in the boot state the controller verified: PCR sha256:4 differs"):
+        open_release(tpm.tcti, release, "gw-1")
+    lying = dataclasses.replace(release, pcrs={**release.pcrs, 4: _current(tpm, 4)})  # the file edited to today's PCR 4
+    with pytest.raises(DeviceError, match="the TPM refused the PCR policy") as caught:
+        open_release(tpm.tcti, lying, "gw-1")
+    assert "the release file was altered" in caught.value.hint
+
+    entry = release.keys[0]
+    with ESAPI(tpm.tcti) as esapi:  # what root can do with the file and the TPM, without this software
+        parent, *_ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), storage_primary_template(), ESYS_TR.OWNER)
+        public = TPM2B_PUBLIC.unmarshal(entry.public)[0]
+        private = esapi.import_(parent, TPM2B_DATA(), public, TPM2B_PRIVATE.unmarshal(entry.duplicate)[0],
+                                TPM2B_ENCRYPTED_SECRET.unmarshal(entry.seed)[0], TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL))
+        sealed = esapi.load(parent, private, public)
+        with pytest.raises(TSS2_Exception) as password:
+            esapi.unseal(sealed)  # no USERWITHAUTH: the empty password is no way in
+        assert password.value.error == TPM2_RC.AUTH_UNAVAILABLE
+        session = esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                                           TPM2_ALG.SHA256)
+        esapi.policy_pcr(session, b"", TPML_PCR_SELECTION.parse("sha256:0,2,4,7"))  # the PCRs as they are now
+        with pytest.raises(TSS2_Exception) as policy_refused:
+            esapi.unseal(sealed, session1=session)
+        assert policy_refused.value.error == TPM2_RC.POLICY_FAIL
+        for handle in (session, sealed, parent):
+            esapi.flush_context(handle)
+
+    tpm.restart()  # the approved boot again
+    tpm.measure_boot()
+    assert bytes(open_release(tpm.tcti, release, "gw-1")["config"][1]) == raw
+
+
+def _current(tpm, pcr: int) -> bytes:
+    with AttestationTpm(tpm.tcti) as device:
+        return device.read_pcrs("sha256", (pcr,))[1][pcr]
 
 
 def test_tampered_release_fails(setup, store):
@@ -75,12 +128,16 @@ def test_tampered_release_fails(setup, store):
     verify_quote(store, quote, policy, NOW, SEALED)
     release = release_keys(store, quote, ["config"], controller_key, NOW)
     entry = release.keys[0]
-    for change in ({"vault": "images"}, {"key_identifier": bytes(16)}, {"ciphertext": entry.ciphertext[:-1] + bytes([entry.ciphertext[-1] ^ 1])}):
+
+    def flipped(data: bytes) -> bytes:
+        return data[:-1] + bytes([data[-1] ^ 1])
+
+    for change in ({"public": flipped(entry.public)}, {"duplicate": flipped(entry.duplicate)}, {"seed": flipped(entry.seed)}):
         tampered = dataclasses.replace(release, keys=(dataclasses.replace(entry, **change),))
         with pytest.raises(DeviceError):
             open_release(tpm.tcti, tampered, "gw-1")
-    with pytest.raises(DeviceError):
-        open_release(tpm.tcti, dataclasses.replace(release, quote_sha256="00" * 32), "gw-1")
+    with pytest.raises(InputError, match="is not a TPM duplication blob"):
+        open_release(tpm.tcti, dataclasses.replace(release, keys=(dataclasses.replace(entry, seed=b"\x00"),)), "gw-1")
 
 
 def test_release_needs_a_verified_fresh_unused_quote(setup, store):
@@ -109,26 +166,38 @@ def test_escrow_only_from_enrolled_devices(store):
     refused("device-unknown", lambda: accept_escrow(store, blob.to_bytes(), NOW))
 
 
-def test_attestation_leaks_no_tpm_handles(make_tpm):
-    """S11: identity, quotes, ECDH and their failures leave no transient object or session behind."""
-    from enforcer.attest import AttestationError
+def test_attestation_leaks_no_tpm_handles(setup, store):
+    """S11: identity, quotes, opening releases and their failures leave no transient object or session."""
     from enforcer.tpm import Tpm
 
-    tpm = make_tpm()
-    with AttestationTpm(tpm.tcti) as device:
-        identity = device.identity("gw-1")
+    tpm, identity, policy, controller_key, raw = setup
+    quote = fresh_quote(store, tpm, identity, policy)
+    verify_quote(store, quote, policy, NOW, SEALED)
+    release = release_keys(store, quote, ["config"], controller_key, NOW)
+    entry = release.keys[0]
+    altered = {"config": (entry.public, entry.duplicate[:-1] + bytes([entry.duplicate[-1] ^ 1]), entry.seed)}
+    objects = {"config": (entry.public, entry.duplicate, entry.seed)}
+    wrong_state = {**release.pcrs, 4: bytes(32)}
     with Tpm(tpm.tcti) as counter:
         before = counter.loaded_handles()
-    peer = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
     with AttestationTpm(tpm.tcti) as device:
-        for _ in range(20):
+        for _ in range(10):
             device.identity("gw-1")
-            device.quote("gw-1", "release", bytes(16), release_key_binding(identity.release_public_pem), "sha256", ATTESTED_PCRS)
-            assert len(device.ecdh_zgen(peer.x.to_bytes(32, "big"), peer.y.to_bytes(32, "big"))) == 32
-            with pytest.raises(AttestationError, match="not on the required curve"):
-                device.ecdh_zgen(bytes(32), bytes(32))
+            device.quote("gw-1", "release", bytes(16), storage_parent_binding(identity.storage_public), "sha256", ATTESTED_PCRS)
+            assert bytes(device.unseal_released(objects, release.bank, release.pcrs)["config"]) == raw
+            with pytest.raises(AttestationError, match="does not import"):
+                device.unseal_released(altered, release.bank, release.pcrs)
+            with pytest.raises(AttestationError, match="PCR sha256:4 differs"):
+                device.unseal_released(objects, release.bank, wrong_state)
             with pytest.raises(AttestationError):
                 device.quote("gw-1", "report", bytes(16), bytes(32), "sha256", ())
+            with pytest.raises(InputError):
+                device.unseal_released({"config": (entry.public, entry.duplicate, b"")}, release.bank, release.pcrs)
+        tpm.extend(4, b"unapproved boot loader")
+        _, now_values = device.read_pcrs("sha256", ATTESTED_PCRS)
+        for _ in range(10):  # PolicyPCR passes over today's values, the unseal fails on the object's policy
+            with pytest.raises(AttestationError, match="refused the PCR policy"):
+                device.unseal_released(objects, release.bank, now_values)
     with Tpm(tpm.tcti) as counter:
         assert counter.loaded_handles() == before
 
@@ -160,7 +229,7 @@ def test_a_quote_releases_only_vaults_sealed_to_the_attestation_it_satisfied(set
     weak = policy.model_copy(update={"name": "weak", "pcrs": (7,), "allowed": {"7": policy.allowed["7"]}})
     nonce = nonces.issue(store, "gw-1", weak, NOW)
     with AttestationTpm(tpm.tcti) as device:
-        quote = device.quote("gw-1", "release", nonce, release_key_binding(identity.release_public_pem), "sha256", (7,))
+        quote = device.quote("gw-1", "release", nonce, storage_parent_binding(identity.storage_public), "sha256", (7,))
     verify_quote(store, quote, weak, NOW, {"config": "boot", "logs": "weak", "cache": None})
     error = refused("wrong-attestation", lambda: release_keys(store, quote, ["config"], controller_key, NOW))
     assert error.message == "vault `config` is sealed to attestation `boot`; this quote satisfied `weak`"

@@ -110,7 +110,7 @@ def enrolled(make_tpm, store):
     tpm.measure_boot()
     with AttestationTpm(tpm.tcti) as device:
         identity = device.identity("gw-1")
-    store.enroll("gw-1", identity.ak_public_pem, identity.ak_name, identity.release_public_pem, NOW)
+    store.enroll("gw-1", identity.ak_public_pem, identity.ak_name, identity.storage_public, NOW)
     return tpm
 
 

@@ -151,3 +151,19 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     cli("device", "unlock", "--root", str(root), *device)
     assert secret.read_text() == "password=hunter2"
     assert report_vault(cli, root, device, tmp_path, status_codes.SUCCESS)["last_unlock"]["method"] == "tpm-sealed"
+
+    # a reboot into a boot loader no policy allows: the old release file is refused by the TPM (it once
+    # unlocked the vault again and re-sealed the key to the bad PCRs, so later bad boots unlocked locally)
+    cli("device", "lock", "--state-dir", str(state.root), "--root", str(root))
+    swtpm.restart()
+    swtpm.measure_boot()
+    with Tpm(swtpm.tcti) as tpm:
+        tpm.extend_pcr(4, "sha256", b"bootloader v3, never approved")
+    sealed = state.sealed_path("config").read_bytes()
+    capsys.readouterr()
+    assert main(["device", "unlock", "--release", str(tmp_path / "release.json"), "--root", str(root), *device]) == status_codes.ERROR
+    assert "opens only in the boot state the controller verified: PCR sha256:4 differs" in capsys.readouterr().err
+    with pytest.raises(OSError):
+        secret.read_text()
+    assert state.sealed_path("config").read_bytes() == sealed, "not re-sealed to the unapproved state"
+    cli("device", "unlock", "--root", str(root), *device, code=status_codes.ERROR)  # nor unlocked locally

@@ -2,11 +2,12 @@
 
   escrow-keygen OUT            X25519 escrow key pair: OUT (private, 0600) and OUT.pub (base64, for the
                                policy's `device.escrow_public_key`)
-  enroll IDENTITY              record a device's attestation and release keys (`device identity`)
+  enroll IDENTITY              record a device's attestation key and storage key (`device identity`)
   escrow BLOB... --ack-dir D   store devices' escrow blobs, write one acknowledgement per blob into D
   nonce --device ID --plan P   issue a single-use nonce (size and lifetime from the plan's attestation)
   verify-quote QUOTE --plan P  verify in the order of controller/quote_verify.py; names refused PCRs
-  release QUOTE --escrow-key K -o OUT [--vault V]...   re-wrap escrowed keys to the verified device
+  release QUOTE --escrow-key K -o OUT [--vault V]...   escrowed keys as TPM duplication blobs for the
+                               verified device, unsealable only in the PCR state its quote showed
   drift REPORT... [--format text|markdown|html|json]   verify signed reports and summarise the fleet
 
 State lives in one SQLite file (`--store`, default ./controller.db). Refusals print the reason and
@@ -112,7 +113,7 @@ def _enroll(args, store, now) -> int:
     from enforcer.attest import Identity
 
     identity = Identity.from_bytes(read_input(args.identity, "identity"), args.identity)
-    store.enroll(identity.device_id, identity.ak_public_pem, identity.ak_name, identity.release_public_pem, now)
+    store.enroll(identity.device_id, identity.ak_public_pem, identity.ak_name, identity.storage_public, now)
     print(f"enrolled device `{identity.device_id}`")
     return status_codes.SUCCESS
 

@@ -1,8 +1,8 @@
 """`vaultpolicy device identity|quote|report|escrow-ack`: the device's half of attestation.
 
-  identity                 create (once) the TPM attestation and release keys; print them for enrolment
+  identity                 create (once) the TPM attestation key; print it and the storage key for enrolment
   quote --nonce HEX        TPM2_Quote over the applied plan's attestation PCRs, binding the nonce and
-                           the release key (docs/attestation.md has the JSON format)
+                           the storage key releases are wrapped to (docs/attestation.md has the JSON format)
   report [--nonce HEX]     observe every vault and print a drift report signed by the attestation key
   escrow-ack ACK...        record the controller's acknowledgements (escrow state pending -> acknowledged)
 
@@ -102,7 +102,7 @@ def run(args) -> int:
             print(f"escrow of vault `{vault}` acknowledged by the controller")
         return status_codes.SUCCESS
 
-    from enforcer.attest import AttestationTpm, identity_file, release_key_binding, resolve_device_id
+    from enforcer.attest import AttestationTpm, identity_file, resolve_device_id, storage_parent_binding
     from enforcer.tcti import resolve_tcti
 
     if action == "identity":
@@ -122,7 +122,7 @@ def run(args) -> int:
     if action == "quote":
         with AttestationTpm(tcti) as tpm:
             identity = tpm.identity(device_id)
-            quote = tpm.quote(device_id, "release", _nonce(args.nonce), release_key_binding(identity.release_public_pem), bank, pcrs)
+            quote = tpm.quote(device_id, "release", _nonce(args.nonce), storage_parent_binding(identity.storage_public), bank, pcrs)
         _emit(args, quote.to_bytes())
         return status_codes.SUCCESS
 
