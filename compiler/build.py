@@ -136,7 +136,7 @@ def _vault(vault: m.Vault) -> p.Vault:
         path=vault.path.value,
         encryption=vault.encryption.value,
         limit_bytes=vault.limit_bytes.value or 0,  # 0: no limit stated
-        rotate_seconds=vault.rotate_seconds.value,
+        rotate_seconds=vault.rotate_seconds.value if vault.encrypted else None,  # a plain vault has no key to rotate
         seal=_seal(vault.seal),
         on_remove=vault.on_remove.value,
         protected=vault.protected.value,

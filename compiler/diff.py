@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 from .plan import Plan, PlanModel, Vault, canonical_json
+from .units import format_size
 
 
 class Action(StrEnum):
@@ -30,6 +31,9 @@ MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action
 RETAINED = "retain: locked, key kept, reported orphaned"
 ENCRYPTED = "plain files migrate into the encrypted directory"
 NOT_MOVED = "path not moved: files stay at {path}, reported as VP1108"
+NOT_SHRUNK = "limit lowered: the device never shrinks a vault, it keeps {limit} and reports VP1104 (limit-below-size)"
+NOT_RENAMED = ("at the path of removed vault `{old}`, whose files stay there, locked: the device renames no vault "
+               "and reports VP1102 (key-lost) here")
 KEPT_PROTECTED = "the device keeps it protected"  # protection is sticky (enforcer/verify.py: record_for)
 
 # A thing that leaves the plan is shown by what identifies it, not by a field diff of absent values.
@@ -129,7 +133,9 @@ def _apps_using(vault: str, *plans: Plan) -> tuple[str, ...]:
     return tuple(sorted({a.name for plan in plans for a in plan.apps if a.vault == vault}))
 
 
-def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan: Plan) -> Change | None:
+def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan: Plan,
+                  retained_at: dict[str, str]) -> Change | None:
+    """`retained_at`: path -> the vault that leaves the plan from there with `on_remove retain`."""
     fields = _field_changes("vault", old, new)
     if old is not None and new is not None and not fields:
         return None
@@ -138,6 +144,8 @@ def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan
     protected = old is not None and name in old_plan.protected_vaults()
     if old is None:
         action, impact = Action.CREATE, Impact.NONE
+        if new.path in retained_at:  # a rename, as the device cannot read it
+            note = NOT_RENAMED.format(old=retained_at[new.path])
     elif new is None and old.on_remove == "destroy":
         action, impact = Action.DESTROY, Impact.DESTROYS_DATA
         if protected:
@@ -149,13 +157,15 @@ def _vault_change(old: Vault | None, new: Vault | None, old_plan: Plan, new_plan
         impacts = []
         if "seal" in changed:
             impacts.append(Impact.RESEAL)
-        if "rotate_seconds" in changed:
+        if "rotate_seconds" in changed and new.encryption != "none":  # a plain vault has no key
             impacts.append(Impact.REKEY)
         if "encryption" in changed:
             impacts.append(Impact.DECRYPTS_DATA if new.encryption == "none" else Impact.RE_ENCRYPT)
         notes = [ENCRYPTED] if old.encryption == "none" and new.encryption != "none" else []
         if "path" in changed:
             notes.append(NOT_MOVED.format(path=old.path))
+        if 0 < new.limit_bytes < old.limit_bytes:
+            notes.append(NOT_SHRUNK.format(limit=format_size(old.limit_bytes)))
         if protected and "protected" in changed:
             notes.append(KEPT_PROTECTED)
         note = "; ".join(notes) or None
@@ -210,8 +220,9 @@ def diff_plans(old: Plan, new: Plan, old_label: str = "old", new_label: str = "n
         changes.append(
             _simple_change("attestation", before, after, _apps_sealed_by(name, old, new), Impact.RESEAL if binding else Impact.NONE)
         )
+    retained_at = {v.path: v.name for v in old.vaults if new.vault(v.name) is None and v.on_remove != "destroy"}
     for before, after in _pairs(old.vaults, new.vaults):
-        changes.append(_vault_change(before, after, old, new))
+        changes.append(_vault_change(before, after, old, new, retained_at))
     for before, after in _pairs(old.apps, new.apps):
         changes.append(_simple_change("app", before, after, ((after or before).name,)))
     for before, after in _pairs(old.components, new.components):

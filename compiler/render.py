@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 
@@ -25,6 +26,8 @@ def environment() -> jinja2.Environment:
     env.filters["duration"] = format_duration
     env.filters["label"] = field_label
     env.filters["shown"] = field_value
+    env.filters["md"] = markdown_text
+    env.filters["md_code"] = markdown_code
     return env
 
 
@@ -45,14 +48,68 @@ def field_label(path: str) -> str:
     return f"{head}.{word}" if head else word
 
 
+# Plan fields whose strings the language writes as "strings" (paths); its other strings are words.
+_QUOTED = {"path", "persist", "holds"}
+_STRING_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
+
+
 def field_value(value, path: str) -> str:
-    """A plan value for people: sizes and durations in the language's units, the rest as JSON."""
-    if value is None:
+    """A plan value for people, spelt as the policy language writes it: sizes and durations in its
+    units, words bare (`none`, `retain`), paths quoted, lists as the language lists them (`0, 4, 7`;
+    allowed digests `"…" | "…"`), a component's directories as `stores` writes them."""
+    head, _, last = path.rpartition(".")
+    if value is None or value == []:
         return "(none)"
-    last = path.rpartition(".")[2]
     if last in _IN_UNITS:
         return _IN_UNITS[last][1](value)
-    return json.dumps(value, sort_keys=True, separators=(", ", ": "), ensure_ascii=False)
+    if head == "allowed":  # allowed.<PCR>: that PCR's digests
+        return " | ".join(_language_string(digest) for digest in value)
+    if last == "stores":
+        return ", ".join(_store(store) for store in value)
+    if isinstance(value, list):
+        return ", ".join(_word(item, last in _QUOTED) for item in value)
+    return _word(value, last in _QUOTED)
+
+
+def _word(value, quoted: bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _language_string(value) if quoted else value
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)  # no such plan field today
+
+
+def _store(store: dict) -> str:
+    where = f"in vault {store['vault']}" if store.get("vault") else "in no vault"
+    return f"{_language_string(store['path'])}{' sensitive' if store.get('sensitive') else ''} ({where})"
+
+
+def _language_string(text: str) -> str:
+    """`text` as a string literal of the language, escapes included (a control character is `\\u{…}`)."""
+    body = "".join(_STRING_ESCAPES.get(c, c if c.isprintable() else f"\\u{{{ord(c):x}}}") for c in text)
+    return f'"{body}"'
+
+
+# What Markdown would read as markup in running text (CommonMark escapes any ASCII punctuation).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|&#!~])")
+
+
+def markdown_text(text: str) -> str:
+    """Text a Markdown table cell or paragraph shows as it is: no `|` ends a cell, no `<i>` is HTML."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
+def markdown_code(text: str, in_table: bool = False) -> str:
+    """`text` as a Markdown code span: fenced by more backticks than any run inside it, padded when it
+    starts or ends with one, and with `|` escaped in a table cell (GFM ends a cell there, code or not)."""
+    text = str(text)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    if in_table:
+        text = text.replace("|", "\\|")
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def render(template: str, **context) -> str:

@@ -4,6 +4,7 @@ every format from one ChangeSet, and `--exit-code`."""
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_a_plain_vault_becoming_encrypted_says_its_files_migrate_into_the_encryp
     text = _diff(cli, tmp_path, monkeypatch, *CASES["encrypts-plain"])[1]
     assert (
         "-/+ vault scratch  (replace, plain files migrate into the encrypted directory; data impact: re-encrypt)\n"
-        '      encryption: "none" -> "aes-256-xts"\n'
+        '      encryption: none -> aes-256-xts\n'
     ) in text
     markdown = cli("diff", "old.vpol", "new.vpol", "--format", "markdown")[1]
     assert "| `-/+` | vault | `scratch` | replace (plain files migrate into the encrypted directory) | re-encrypt | camera |" in markdown
@@ -147,8 +148,8 @@ def test_a_path_change_says_the_device_keeps_the_files_where_they_are(cli, tmp_p
 def test_removed_apps_and_components_are_removed_not_destroyed(cli, tmp_path, monkeypatch):
     old = BASE + 'component agent { stores "/persist/data/agent" sensitive }\n'
     text = _diff(cli, tmp_path, monkeypatch, old, BASE.replace("app camera { vault scratch }\n", ""))[1]
-    assert "-   app camera  (remove; data impact: none)\n      vault: \"scratch\"\n" in text
-    assert "-   component agent  (remove; data impact: none)\n      stores: " in text
+    assert "-   app camera  (remove; data impact: none)\n      vault: scratch\n" in text
+    assert '-   component agent  (remove; data impact: none)\n      stores: "/persist/data/agent" sensitive (in vault data)\n' in text
     assert text.endswith("0 to create, 0 to update, 0 to replace, 2 to remove, 0 to destroy\n")
 
 
@@ -237,7 +238,7 @@ def test_on_failure_in_any_order_or_repeated_is_the_same_plan(cli, tmp_path, mon
     if same:
         assert (code, out) == (0, "diff a.json -> b.vpol\nno changes\n")
     else:  # only one action: a real change, shown once
-        assert code == 2 and 'on_failure: ["keep_locked", "deny_release"] -> ["deny_release"]' in out
+        assert code == 2 and "on_failure: keep_locked, deny_release -> deny_release" in out
 
 
 def test_a_policy_diffed_with_its_plan_for_a_target_shows_no_change(cli, tmp_path, monkeypatch):
@@ -249,7 +250,7 @@ def test_a_policy_diffed_with_its_plan_for_a_target_shows_no_change(cli, tmp_pat
         assert cli("diff", old, new, "--exit-code")[:2] == (0, f"diff {old} -> {new}\nno changes\n")
     assert cli("compile", "a.vpol", "--plan-version", "2", "--target", "gw-2", "-o", "b.json")[0] == 0
     code, out, _ = cli("diff", "a.json", "b.json")
-    assert '~   device device  (update; data impact: none)\n      targets: ["class:edge", "gw-1"] -> ["gw-2"]\n' in out
+    assert "~   device device  (update; data impact: none)\n      targets: class:edge, gw-1 -> gw-2\n" in out
 
 
 def test_exit_code_one_on_a_policy_with_errors(cli, tmp_path, monkeypatch):
@@ -272,10 +273,10 @@ def test_human_formats_show_units_and_only_the_nested_values_that_changed(cli, t
     text = _diff(cli, tmp_path, monkeypatch, BASE, new)[1]
     markdown = cli("diff", "old.vpol", "new.vpol", "--format", "markdown")[1]
     html = cli("diff", "old.vpol", "new.vpol", "--format", "html")[1]
-    for line in ("limit: 1GiB -> 2GiB", "rotate: 180d -> 90d", "seal.pcrs: [0, 4, 7] -> [0, 2, 4, 7]"):
+    for line in ("limit: 1GiB -> 2GiB", "rotate: 180d -> 90d", "seal.pcrs: 0, 4, 7 -> 0, 2, 4, 7"):
         assert f"      {line}\n" in text
     assert "seal.bank" not in text and "{" not in text  # unchanged nested values stay out; no JSON blobs
-    assert "- `limit`: `1GiB` → `2GiB`" in markdown and "- `seal.pcrs`: `[0, 4, 7]` → `[0, 2, 4, 7]`" in markdown
+    assert "- `limit`: `1GiB` → `2GiB`" in markdown and "- `seal.pcrs`: `0, 4, 7` → `0, 2, 4, 7`" in markdown
     assert "<code>rotate</code>: <code>180d</code> → <code>90d</code>" in html
     changes = json.loads(cli("diff", "old.vpol", "new.vpol", "--format", "json")[1])["changes"]
     [vault] = [c for c in changes if c["name"] == "data"]
@@ -305,3 +306,48 @@ def test_attestation_pcr_change_reseals_every_vault_sealed_to_it(cli, tmp_path, 
         ("vault", "data"): ("~", "reseal", ["historian"]),
         ("vault", "images"): ("~", "reseal", []),
     }
+
+
+ODD_PATH = "/persist/a|b`<i>x"
+
+
+def test_markdown_escapes_what_a_policy_may_write(cli, tmp_path, monkeypatch):
+    """A path with `|`, a backtick or `<i>` broke the table row (a `|` ends a cell) or made HTML."""
+    old = f'vault data {{ path "{ODD_PATH}"  limit 1GiB }}\n'
+    markdown = _diff(cli, tmp_path, monkeypatch, old, old.replace(ODD_PATH, "/persist/new"), "--format", "markdown")[1]
+    [row] = [line for line in markdown.splitlines() if line.startswith("| `~` |")]
+    assert row == ("| `~` | vault | `data` | update (path not moved: files stay at /persist/a\\|b\\`\\<i\\>x, reported as "
+                   "VP1108) | none | — |")
+    assert len(re.findall(r"(?<!\\)\|", row)) == 7  # six cells
+    assert '- `path`: ``"/persist/a|b`<i>x"`` → `"/persist/new"`\n' in markdown  # a code span: literal, HTML too
+
+
+def test_a_lowered_limit_is_noted_the_device_never_shrinks(cli, tmp_path, monkeypatch):
+    text = _diff(cli, tmp_path, monkeypatch, BASE, BASE.replace("limit 1GiB", "limit 512MiB"))[1]
+    assert ("~   vault data  (update, limit lowered: the device never shrinks a vault, it keeps 1GiB and reports VP1104 "
+            "(limit-below-size); data impact: none)\n      limit: 1GiB -> 512MiB\n") in text
+    raised = _diff(cli, tmp_path, monkeypatch, BASE, BASE.replace("limit 1GiB", "limit 2GiB"))[1]
+    assert "~   vault data  (update; data impact: none)\n" in raised
+
+
+def test_a_vault_renamed_at_its_path_is_noted_the_device_does_not_rename(cli, tmp_path, monkeypatch):
+    """Remove (retain) + create at the same path: the old files stay there, locked, and the device
+    finds an encrypted directory without the new vault's key (key-lost)."""
+    text = _diff(cli, tmp_path, monkeypatch, BASE, BASE.replace("vault data", "vault records"))[1]
+    assert ("+   vault records  (create, at the path of removed vault `data`, whose files stay there, locked: the device "
+            "renames no vault and reports VP1102 (key-lost) here; data impact: none)\n") in text
+    assert "-   vault data  (remove, retain: locked, key kept, reported orphaned; data impact: none)\n" in text
+
+
+def test_values_are_spelt_as_the_language_writes_them(cli, tmp_path, monkeypatch):
+    """`encryption: "none"` beside `limit: 8MiB`, and `rotate: 180d` on a vault with no key to rotate."""
+    new = BASE + 'vault logs { path "/persist/logs"  encryption none  holds "/persist/logs/a" }\n'
+    text = _diff(cli, tmp_path, monkeypatch, BASE, new)[1]
+    created = text.split("+   vault logs  (create; data impact: none)\n")[1].split("\n\n")[0]
+    assert created.splitlines() == [
+        "      builtin: false", "      encryption: none", '      holds: "/persist/logs/a"', "      limit: unlimited",
+        "      on_remove: retain", '      path: "/persist/logs"', "      protected: false"]
+    resealed = _diff(cli, tmp_path, monkeypatch, BASE, BASE.replace("pcrs 0, 4, 7 }", 'pcrs 0, 4, 7  allow pcr 0 = "'
+                                                                   + "ab" * 32 + '" }'))[1]
+    assert f'      allowed.0: (none) -> "{"ab" * 32}"\n' in resealed
+    assert field_value(["a\tb", '"q"'], "holds") == '"a\\tb", "\\"q\\""'
