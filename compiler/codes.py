@@ -245,6 +245,39 @@ PCR_REPEATED = register(
     "vault data { seal pcrs 0, 4, 7, 7 }   # warning: 7 is listed twice",
 )
 
+PCR_UPDATE_VOLATILE = register(
+    "VP0514",
+    "PCR 8 or 9 changes with boot loader and kernel updates",
+    "GRUB measures the commands it runs into PCR 8 and the files it loads (kernel, initrd) into PCR 9, "
+    "so every kernel or boot loader update changes them: a key sealed to them stays locked after the "
+    "next update until the plan is re-issued with the new values.",
+    "vault data { seal pcrs 0, 4, 7, 9 }   # warning",
+)
+PCR_RUNTIME_VOLATILE = register(
+    "VP0515",
+    "PCR 10 changes while the system runs",
+    "PCR 10 is the Linux IMA log: the kernel extends it with every file it measures after boot, so its "
+    "value depends on what has run and when. A key sealed to it may not unseal at the next boot.",
+    "vault data { seal pcrs 0, 4, 7, 10 }   # warning",
+)
+PCR_RESETTABLE = register(
+    "VP0516",
+    "PCR 16 or 23 is resettable",
+    "PCR 16 (debug) and PCR 23 (application support) can be reset by any program with access to the TPM "
+    "and extended to any value, so sealing to them, or quoting them, binds the key to nothing about the "
+    "boot. Use the boot PCRs 0, 2, 4 and 7.",
+    "vault data { seal pcrs 0, 4, 7, 16 }   # error",
+)
+NONCE_LIFETIME_LONG = register(
+    "VP0517",
+    "nonce valid for longer than a few minutes",
+    "The controller's nonce is a freshness proof: a quote over it shows the device's PCRs as they are "
+    "now, not as they were when someone recorded a quote. The longer a nonce stays valid, the longer a "
+    "quote captured in that window can be replayed after the device has changed. Minutes are enough for "
+    "a device to answer.",
+    "attestation boot { pcrs 0, 4, 7  nonce 32 bytes, valid 52w }   # warning",
+)
+
 # --- VP06xx keys, rotation, data handling -------------------------------------------------------
 ROTATION_TOO_SHORT = register(
     "VP0601",

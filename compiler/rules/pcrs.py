@@ -1,5 +1,6 @@
-"""PCRs and attestation: no PCR 5, each PCR once, volatile PCRs warned, firmware anchors present, no
-presence-only binding, allowed values for covered PCRs and of the bank's digest size.
+"""PCRs and attestation: no PCR 5 and no resettable PCR, each PCR once, volatile PCRs warned, firmware
+anchors present, no presence-only binding, allowed values for covered PCRs and of the bank's digest
+size, nonces valid for minutes.
 
 PCR indexes (0-23), banks, nonce sizes and lifetimes are literals the language checks as it reads
 them (VP0012, VP0014, VP0013, VP0011): the model never holds another value."""
@@ -14,12 +15,20 @@ from policy_lang.diagnostics import Diagnostic, Span, error, warning
 from .. import codes
 from ..model import Located, Model, first_span
 from ..plan import BANK_DIGEST_BYTES, NEVER_SEALED_PCR
+from ..units import format_duration
 
 _VOLATILE = {
     1: (codes.PCR1_VOLATILE, "PCR 1 changes when a bootable USB stick is plugged in or a firmware setting changes"),
+    8: (codes.PCR_UPDATE_VOLATILE, "PCR 8 measures the boot loader's commands, which change with kernel and GRUB updates"),
+    9: (codes.PCR_UPDATE_VOLATILE, "PCR 9 measures the kernel and initrd GRUB loads, which change with every update"),
+    10: (codes.PCR_RUNTIME_VOLATILE, "PCR 10 is the IMA log, extended at runtime with every file the kernel measures"),
     11: (codes.PCR_PHASE_VOLATILE, "PCR 11 is extended at each boot phase (systemd-stub, systemd-pcrphase)"),
     12: (codes.PCR_PHASE_VOLATILE, "PCR 12 measures the kernel command line and credentials, which vary per boot"),
 }
+# Any program with TPM access can reset these and extend them to any value: they bind nothing.
+_RESETTABLE = {16: "PCR 16 is the debug PCR", 23: "PCR 23 is the application support PCR"}
+# A nonce is a freshness proof: longer than this, a recorded quote can be replayed for too long.
+MAX_NONCE_LIFETIME_SECONDS = 10 * 60
 
 
 def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | None) -> Iterator[Diagnostic]:
@@ -37,6 +46,14 @@ def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | No
                 f"{owner} seals to PCR 5, which flips on every A/B update",
                 pcr.span,
                 "remove 5: PCR 5 measures the GPT, which changes with each update and would lock the device out",
+            )
+        elif pcr.value in _RESETTABLE:
+            yield error(
+                codes.PCR_RESETTABLE,
+                f"{owner} seals to PCR {pcr.value}, which any program can reset",
+                pcr.span,
+                f"remove {pcr.value}: {_RESETTABLE[pcr.value]}, resettable and extendable from software, so it "
+                "proves nothing about the boot",
             )
         elif pcr.value in _VOLATILE:
             code, why = _VOLATILE[pcr.value]
@@ -66,6 +83,15 @@ def attestations(model: Model) -> Iterator[Diagnostic]:
         owner = f"attestation `{att.name.value}`"
         yield from check_pcr_list(owner, att.pcrs, att.name.span)
         yield from _allow_rules(att)
+        lifetime = att.nonce_lifetime_seconds
+        if lifetime.value > MAX_NONCE_LIFETIME_SECONDS:
+            yield warning(
+                codes.NONCE_LIFETIME_LONG,
+                f"{owner}'s nonce stays valid for {format_duration(lifetime.value)}",
+                lifetime.span,
+                "a nonce proves the quote is fresh: a quote recorded while it is valid can be replayed until it "
+                f"expires; keep it to minutes (at most {format_duration(MAX_NONCE_LIFETIME_SECONDS)}), e.g. `valid 5m`",
+            )
 
 
 def _allow_rules(att) -> Iterator[Diagnostic]:

@@ -113,6 +113,12 @@ CASES = {
     ),
     "VP0513 a PCR listed twice, once": ("vault data { seal pcrs 0, 4, 7, 7, 7 }\n", [("VP0513", 1, 33), ("VP0513", 1, 36)]),
     "VP0513 in an attestation": ("attestation boot { pcrs 0, 0, 4, 7 }\n", [("VP0513", 1, 28)]),
+    "VP0514 PCR 8 and 9": ("vault data { seal pcrs 0, 4, 7, 8, 9 }\n", [("VP0514", 1, 33), ("VP0514", 1, 36)]),
+    "VP0515 PCR 10": ("attestation boot { pcrs 0, 4, 7, 10 }\n", [("VP0515", 1, 34)]),
+    "VP0516 PCR 16 and 23": ("vault data { seal pcrs 0, 4, 7, 16, 23 }\n", [("VP0516", 1, 33), ("VP0516", 1, 37)]),
+    "VP0516 in an attestation": ("attestation boot { pcrs 0, 4, 7, 16 }\n", [("VP0516", 1, 34)]),
+    "VP0517 a nonce valid for a year": ("attestation boot { pcrs 0, 4, 7  nonce 32 bytes, valid 52w }\n", [("VP0517", 1, 56)]),
+    "VP0517 not for 10 minutes": ("attestation boot { pcrs 0, 4, 7  nonce 32 bytes, valid 10m }\n", []),
     "VP0511 allow value not a digest": (
         'attestation boot { pcrs 0, 4, 7  allow pcr 0 = "abc" }\n',
         [("VP0511", 1, 48)],
@@ -130,7 +136,7 @@ CASES = {
 
 
 # Every other compiler code is an error: a warning never stops `compile`, an error always does.
-WARNINGS = {"VP0402", "VP0504", "VP0505", "VP0507", "VP0508", "VP0513"}
+WARNINGS = {"VP0402", "VP0504", "VP0505", "VP0507", "VP0508", "VP0513", "VP0514", "VP0515", "VP0517"}
 
 
 @pytest.mark.parametrize("text,expected", CASES.values(), ids=CASES.keys())
