@@ -209,6 +209,16 @@ def _starts_item(tokens: list[Token], i: int) -> bool:
     return len(nxt) == 2 and (nxt[0].type == "NAME" or _is_keyword(nxt[0])) and nxt[1].type == "LBRACE"
 
 
+# Top-level keywords that a name follows: after one of them, a top-level keyword and `{` are a name
+# and the block's brace (`vault app {`, `app vault {`), not the start of another item.
+_NAMED_ITEMS = frozenset({"attestation", "vault", "component", "app"})
+
+
+def _is_item_name(tokens: list[Token], i: int, current: list[Token]) -> bool:
+    return (len(current) == 1 and current[0].value in _NAMED_ITEMS and i + 1 < len(tokens)
+            and tokens[i + 1].type == "LBRACE")
+
+
 def split_items(tokens: list[Token]) -> list[list[Token]]:
     """Cut the stream into top-level chunks at balanced braces and top-level keywords."""
     chunks: list[list[Token]] = []
@@ -218,7 +228,8 @@ def split_items(tokens: list[Token]) -> list[list[Token]]:
         new_chunk = False
         if depth == 0:
             closed = bool(current) and current[-1].type == "RBRACE"
-            new_chunk = tok.value in TOP_LEVEL_KEYWORDS or closed or tok.type == "SEMICOLON"
+            starts = tok.value in TOP_LEVEL_KEYWORDS and not _is_item_name(tokens, i, current)
+            new_chunk = starts or closed or tok.type == "SEMICOLON"
         elif _starts_item(tokens, i):
             new_chunk, depth = True, 0
         if new_chunk and current:

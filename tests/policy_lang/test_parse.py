@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from policy_lang import ast
 
 FULL = '''
@@ -129,3 +131,20 @@ def test_setting_keywords_follow_each_block_kind(lang):
         (("VP0005", 2, 9), "did you mean `vault`?"),
         (("VP0005", 3, 11), "did you mean `limit`?"),
     ]
+
+
+@pytest.mark.parametrize("text", [
+    "app vault { vault protected }", "vault app { limit 16MiB }", "app device { }", 'component vault { stores "/persist/x" }',
+    "vault component { }", "app app { }", "vault vault { }", "attestation include { pcrs 0, 4, 7 }", "vault include { }",
+    "vault defaults { }", "vault attestation { }", "attestation attestation { pcrs 0, 4, 7 }",
+])
+def test_a_top_level_keyword_is_a_name_where_a_name_is_expected(lang, text):
+    """`app vault { vault protected }` gave `expected a name, found end of file` at 1:4, and more."""
+    [item] = lang.parse_ok(text + "\n").items
+    assert item.name.value == text.split()[1]
+
+
+def test_a_missing_name_before_the_next_item_is_still_one_error_there(lang):
+    """`vault` then `app x { }` on the next line: `app` is the next item, not the vault's name."""
+    [d] = lang.errors("vault\napp x { }\n")
+    assert lang.where(d) == ("VP0007", 1, 6)
