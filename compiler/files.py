@@ -13,7 +13,7 @@ from pathlib import Path
 
 from policy_lang.load import UnreadableInput, read_input_file
 from vaultpolicy.encoding import load_json
-from vaultpolicy.errors import InputError, PlanRejected
+from vaultpolicy.errors import InputError, PlanRejected, UsageError
 
 from .plan import Plan, PlanFormatError, decode_plan
 from .signing import PLAN_PAYLOAD_TYPE, Envelope
@@ -62,6 +62,24 @@ def write_output(path: str | Path, data: bytes, mode: int = 0o644) -> None:
             raise
     except OSError as exc:
         raise InputError(f"cannot write `{path}`: {exc.strerror or exc}") from None
+
+
+def refuse_overwriting_inputs(output: str | Path, inputs: dict[str, str]) -> None:
+    """UsageError when `output` is one of `inputs` (file -> what it is), by device and inode, so that
+    `-o` through another name, a symlink or a hard link is caught too: writing would destroy it."""
+    try:
+        written = os.stat(output)
+    except OSError:
+        return  # not there yet (or unreachable: writing will say so)
+    for path, what in inputs.items():
+        try:
+            read = os.stat(path)
+        except OSError:
+            continue
+        if (read.st_dev, read.st_ino) == (written.st_dev, written.st_ino):
+            same = "" if os.path.abspath(path) == os.path.abspath(output) else f" (`{path}`)"
+            raise UsageError(f"-o `{output}` is {what}{same}: writing it would destroy an input",
+                             hint="name another file for the output")
 
 
 def parse_duration(text: str) -> int:

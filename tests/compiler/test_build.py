@@ -299,3 +299,19 @@ def test_a_named_file_that_is_a_device_is_refused_not_read(cli, tmp_path):
     assert code == 1 and "error[VP0605]: cannot read allowed values for PCR 0 from `/dev/zero`: is a device, pipe " \
                          "or socket, not a regular file" in err
     assert "error[VP0604]: cannot use escrow key file `/dev/zero`: is a device, pipe or socket, not a regular file" in err
+
+
+def test_compile_refuses_to_write_over_its_own_inputs(cli, tmp_path, monkeypatch):
+    """`compile lab.vpol --plan-version 1 -o lab.vpol` replaced the policy with its plan."""
+    monkeypatch.chdir(tmp_path)
+    Path("apps.vpol").write_text("app a { vault images }\n")
+    Path("lab.vpol").write_text('include "apps.vpol"\n')
+    Path("link.vpol").symlink_to("apps.vpol")
+    assert cli("compile", "lab.vpol", "--plan-version", "1", "-o", "v1.json")[0] == 0
+    before = {name: Path(name).read_bytes() for name in ("lab.vpol", "apps.vpol", "v1.json")}
+    for output, said in (("lab.vpol", "-o `lab.vpol` is the policy: "),
+                         ("link.vpol", "-o `link.vpol` is a file the policy includes (`apps.vpol`): "),
+                         ("./v1.json", "-o `./v1.json` is the previous plan: ")):
+        code, _, err = cli("compile", "lab.vpol", "--prev", "v1.json", "-o", output)
+        assert code == 64 and err.startswith(f"error: {said}writing it would destroy an input\n"), err
+    assert {name: Path(name).read_bytes() for name in before} == before

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 from compiler import BuildOptions, compile_policy
 from compiler.build import kept_protection
-from compiler.files import load_plan, parse_duration, plan_payload, read_input, write_output
+from compiler.files import load_plan, parse_duration, plan_payload, read_input, refuse_overwriting_inputs, write_output
 from compiler.plan import encode_plan, parse_time, plan_digest
 from compiler.source import load_policy, print_diagnostics, source_sha256
 from vaultpolicy import status_codes
@@ -97,6 +97,8 @@ def run(args) -> int:
     targets = _targets(args.target)
     version, prev_digest, kept_protected = _versions(args)
     policy, sources, diagnostics, parses = load_policy(args.file)
+    inputs = {file: "the policy" if file == args.file else "a file the policy includes" for file in sources}
+    refuse_overwriting_inputs(args.output, inputs | ({args.prev: "the previous plan"} if args.prev else {}))
     if policy is None or diagnostics.has_errors():
         print_diagnostics(diagnostics, sources)
         return status_codes.ERROR
