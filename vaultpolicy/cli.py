@@ -48,6 +48,7 @@ COMMANDS: dict[tuple[str, ...], CommandInfo] = {
     ("device", "identity"): CommandInfo("device_attest", "print this device's attestation key for enrolment"),
     ("device", "quote"): CommandInfo("device_attest", "produce a TPM quote over the attestation PCRs"),
     ("device", "report"): CommandInfo("device_attest", "produce a signed drift report"),
+    ("device", "escrow-deposit"): CommandInfo("device_attest", "sign this device's escrow blobs for the controller"),
     ("device", "escrow-ack"): CommandInfo("device_attest", "record the controller's acknowledgement of an escrowed key"),
     ("controller", "nonce"): CommandInfo("controller", "issue a single-use attestation nonce"),
     ("controller", "enroll"): CommandInfo("controller", "enrol a device's attestation key"),
@@ -191,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  = help: {exc.hint}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        # Ctrl-C: one line, no traceback. Outputs are written whole or not at all (write_output renames
+        # a finished file) and the device keeps its journal, so the next run takes up where this stopped.
+        print("vaultpolicy: interrupted", file=sys.stderr)
+        return status_codes.INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into an exit code
         if os.environ.get("VAULTPOLICY_DEBUG"):
             traceback.print_exc()

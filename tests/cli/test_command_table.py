@@ -94,3 +94,24 @@ def test_an_abbreviated_option_is_not_taken_for_a_typo(capsys):
     with pytest.raises(SystemExit):
         main(["compile", "p.vpol", "--plan", "1"])  # -o is missing; `--plan` is --plan-version
     assert "did you mean" not in capsys.readouterr().err
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(capsys, monkeypatch):
+    """SIGINT exited 130 without a word."""
+    import signal
+
+    import vaultpolicy.commands.explain
+
+    monkeypatch.setattr(vaultpolicy.commands.explain, "run", lambda args: signal.raise_signal(signal.SIGINT))
+    assert main(["explain", "VP0101"]) == status_codes.INTERRUPTED == 130
+    assert capsys.readouterr().err == "vaultpolicy: interrupted\n"
+
+
+@pytest.mark.parametrize("threshold", ["0", "2"])
+def test_an_impossible_threshold_is_a_usage_error(capsys, tmp_path, threshold):
+    """`trust init --threshold 0` (or above the keys listed) exited 1; README says 64 for such a value."""
+    assert main(["keygen", "-o", str(tmp_path / "k")]) == 0
+    code = main(["trust", "init", "--key", str(tmp_path / "k.pub"), "--threshold", threshold, "--sign-with",
+                 str(tmp_path / "k"), "-o", str(tmp_path / "root.json")])
+    assert code == status_codes.USAGE and not (tmp_path / "root.json").exists()
+    assert f"error: --threshold: {threshold} must be between 1 and the 1 distinct keys listed" in capsys.readouterr().err

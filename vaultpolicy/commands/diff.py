@@ -1,5 +1,5 @@
 """`vaultpolicy diff OLD NEW`: what changes between two policies, plans or signed plans, and what it
-does to the data. `--exit-code`: 0 no change, 2 changes, 1 error."""
+does to the data. `--exit-code`: 0 no change, 2 changes, 1 error, 64 a usage error (as every command)."""
 
 from __future__ import annotations
 

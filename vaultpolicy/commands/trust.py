@@ -9,7 +9,7 @@ from __future__ import annotations
 from compiler.files import read_input, write_output
 from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, key_id, load_private_key, load_public_key, load_trust, sign
 from vaultpolicy import status_codes
-from vaultpolicy.errors import InputError, PlanRejected
+from vaultpolicy.errors import InputError, PlanRejected, UsageError
 
 
 def add_arguments(parser, key) -> None:
@@ -45,7 +45,8 @@ def run(args) -> int:
         current = load_trust(read_input(args.current, "trust root"), args.current)
     root = TrustRoot(version=current.version + 1 if current else 1, threshold=args.threshold, keys=_public_keys(args.key))
     if not 1 <= args.threshold <= len(root.distinct_keys()):
-        raise InputError(f"threshold {args.threshold} must be between 1 and the {len(root.distinct_keys())} distinct keys listed")
+        raise UsageError(f"--threshold: {args.threshold} must be between 1 and the {len(root.distinct_keys())} "
+                         "distinct keys listed")
     envelope = sign(TRUST_ROOT_PAYLOAD_TYPE, root.payload(), _private_keys(args.sign_with))
     data = envelope.to_bytes()
     if current is None:
