@@ -16,7 +16,7 @@ from vaultpolicy.encoding import load_json
 from vaultpolicy.errors import InputError, PlanRejected, UsageError
 
 from .plan import Plan, PlanFormatError, decode_plan
-from .signing import PLAN_PAYLOAD_TYPE, Envelope
+from .signing import PLAN_PAYLOAD_TYPE, Envelope, non_json_kind
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -122,6 +122,9 @@ def _plan_json(data: bytes, source: str) -> object:
     try:
         return load_json(text)
     except json.JSONDecodeError as exc:
+        if (kind := non_json_kind(data)) is not None:  # a policy or a key where the plan goes
+            raise InputError(f"`{source}` is {kind}, not a plan",
+                             hint="a plan is what `vaultpolicy compile POLICY -o PLAN` writes") from None
         ends_early = not text[exc.pos :].strip()
         reason = "JSON ends early" if ends_early else f"invalid JSON: {exc.msg[:1].lower()}{exc.msg[1:]}"
         raise InputError(

@@ -112,6 +112,12 @@ def _pem_kind(data: bytes) -> str:
 _POLICY_START = re.compile(rb"\A(?:\s*#[^\n]*\n)*\s*(?:device|attestation|defaults|vault|component|app|include)\b")
 
 
+def non_json_kind(data: bytes) -> str | None:
+    """What a file that is not JSON holds, when it is something vaultpolicy knows: a PEM key, an escrow
+    public key in base64, a policy (.vpol)."""
+    return _pem_kind(data) if data.lstrip().startswith(b"-----BEGIN") else _text_kind(data)
+
+
 def _text_kind(data: bytes) -> str | None:
     """What a file that is neither JSON nor PEM holds, when it is something vaultpolicy knows."""
     if _is_base64_of_32_bytes(data):
@@ -185,7 +191,7 @@ class Envelope:
         try:
             obj = load_json(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            kind = _pem_kind(data) if data.lstrip().startswith(b"-----BEGIN") else _text_kind(data)
+            kind = non_json_kind(data)
             if kind is None:
                 raise malformed(f"not JSON ({_json_problem(exc)})") from None
             message = f"`{source}` is {kind}, not a signed envelope" if source else f"malformed envelope: it is {kind}"

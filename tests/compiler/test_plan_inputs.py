@@ -64,3 +64,12 @@ def test_a_bad_plan_is_one_error_naming_the_file_and_what_is_wrong(cli, workdir,
     assert first.startswith(f"error: {expected}"), err
     assert "VP0001" not in err and "None" not in err and "Traceback" not in err
     assert not Path("out.json").exists() and not Path("out.signed").exists()  # nothing written halfway
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if not c.startswith("diff")] + ["controller nonce"])
+def test_a_policy_or_key_where_a_plan_goes_is_named_for_what_it_is(cli, workdir, command):
+    """`gateway.vpol:1:1: not a plan: invalid JSON: expecting value`; `verify` already said `is a policy (.vpol)`."""
+    argv = COMMANDS.get(command, ("controller", "nonce", "--device", "d", "--plan", "{plan}"))
+    for given, what in (("a.vpol", "a policy (.vpol)"), ("k.pub", "an Ed25519 public key")):
+        code, _, err = cli(*(arg.format(plan=given) for arg in argv))
+        assert code == 1 and err.startswith(f"error: `{given}` is {what}, not a plan\n"), err
