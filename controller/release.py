@@ -21,26 +21,53 @@ keys of vaults sealed to the attestation it satisfied.
 
 from __future__ import annotations
 
+import hmac
+from dataclasses import dataclass
+
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from controller.errors import AttestationRejected
-from controller.store import Store, VerifiedQuoteRecord
+from controller.quote_verify import check_reported_values, check_signature
+from controller.store import EscrowOutcome, Store, VerifiedQuoteRecord
+from enforcer import fscrypt
 from enforcer.attest import Quote, require_storage_parent
-from enforcer.escrow import EscrowBlob, EscrowError, make_ack, unwrap_key
+from enforcer.escrow import EscrowBlob, EscrowError, deposit_binding, make_ack, split_deposit, unwrap_key
 from enforcer.release import Release, ReleasedKey
 from enforcer.tpm import _wipe, policy_digest
 
 
-def accept_escrow(store: Store, blob_bytes: bytes, now: int, source: str = "escrow blob") -> bytes:
-    """Store a device's escrow blob and return the acknowledgement the device records.
+@dataclass(frozen=True)
+class Deposited:
+    blob: EscrowBlob
+    ack: bytes  # what the device records (`device escrow-ack`)
+    outcome: EscrowOutcome
 
-    Only enrolled devices may deposit; the blob is kept byte for byte as the device wrote it (its digest is what the ack names).
-    """
-    blob = EscrowBlob.from_bytes(blob_bytes, source)
-    if store.device(blob.device_id) is None:
-        raise AttestationRejected("device-unknown", f"{source}: device `{blob.device_id}` is not enrolled")
-    store.add_escrow(blob.device_id, blob.vault, blob.key_identifier, blob.to_bytes(), blob.sha256(), now)
-    return make_ack(blob)
+
+def accept_deposit(store: Store, deposit: bytes, now: int, source: str = "escrow deposit") -> list[Deposited]:
+    """Store the escrow blobs of a deposit the device signed, and return an acknowledgement for each.
+
+    Accepted only when the deposit's quote verifies with the enrolled attestation key of the device that
+    every blob names, was made for escrow, and binds these exact blobs: the key identifier a blob is for
+    is public, so anyone with the escrow public key can build one, and only the device's TPM vouches for
+    its own. Each blob is kept byte for byte (its digest is what the ack names) and never replaces one
+    already held (`Store.add_escrow`). Nothing is stored unless the whole deposit verifies."""
+    blobs, quote = split_deposit(deposit, source)
+    device = store.device(quote.device_id)
+    if device is None:
+        raise AttestationRejected("device-unknown", f"{source}: device `{quote.device_id}` is not enrolled")
+    parsed = check_signature(quote, device.ak_public_pem, device.ak_name)
+    if quote.purpose != "escrow":
+        raise AttestationRejected("not-a-deposit", f"{source}: the quote was made for a {quote.purpose}, not for escrow")
+    if not hmac.compare_digest(quote.bound_sha256, deposit_binding(blobs)):
+        raise AttestationRejected("deposit-altered", f"{source}: the escrow blobs were changed after the device signed them")
+    check_reported_values(quote, parsed)
+    parsed_blobs = [EscrowBlob.from_bytes(data, f"{source}: blob {n}") for n, data in enumerate(blobs, 1)]
+    for blob in parsed_blobs:
+        if blob.device_id != quote.device_id:
+            raise AttestationRejected("deposit-altered", f"{source}: a blob of device `{blob.device_id}` signed by `{quote.device_id}`")
+    return [Deposited(blob, make_ack(blob), store.add_escrow(blob.device_id, blob.vault, blob.key_identifier,
+                                                             blob.to_bytes(), blob.sha256(), now))
+            for blob in parsed_blobs]
 
 
 def release_keys(store: Store, quote: Quote, vaults: list[str] | None, escrow_private: X25519PrivateKey, now: int) -> Release:
@@ -77,14 +104,7 @@ def release_keys(store: Store, quote: Quote, vaults: list[str] | None, escrow_pr
     policy = policy_digest(record.bank, tuple(record.pcrs), record.pcrs)
     keys = []
     for vault in vaults:
-        blob_bytes = store.escrow_blob(device_id, vault)
-        if blob_bytes is None:
-            raise AttestationRejected("no-escrow", f"no escrowed key for vault `{vault}` of device `{device_id}`")
-        blob = EscrowBlob.from_bytes(blob_bytes, f"escrow record {device_id}/{vault}")
-        try:
-            raw = unwrap_key(escrow_private, blob)
-        except EscrowError as exc:
-            raise AttestationRejected("escrow-unreadable", exc.message) from None
+        blob, raw = _escrowed_key(store, device_id, vault, escrow_private)
         try:
             keys.append(ReleasedKey(vault, blob.key_identifier, *_duplicate(parent, raw, policy)))
         finally:
@@ -96,6 +116,29 @@ def release_keys(store: Store, quote: Quote, vaults: list[str] | None, escrow_pr
 
 _ENROLLED_BEFORE_STORAGE_KEYS = ("device `{}` was enrolled before releases were bound to its TPM's storage key, "
                                  "so nothing can be released to it")
+
+
+def _escrowed_key(store: Store, device_id: str, vault: str, escrow_private: X25519PrivateKey) -> tuple[EscrowBlob, bytearray]:
+    """The vault's escrowed key: from the first of its blobs (newest first) that opens with this escrow
+    key and holds the key its identifier names (a blob the device deposited beside another, say for a
+    new escrow key, or a bad one, is passed over)."""
+    blobs = store.escrow_blobs(device_id, vault)
+    if not blobs:
+        raise AttestationRejected("no-escrow", f"no escrowed key for vault `{vault}` of device `{device_id}`")
+    why = []
+    for data in blobs:
+        blob = EscrowBlob.from_bytes(data, f"escrow record {device_id}/{vault}")
+        try:
+            raw = unwrap_key(escrow_private, blob)
+        except EscrowError as exc:
+            why.append(exc.message)
+            continue
+        if hmac.compare_digest(fscrypt.key_identifier(raw), blob.key_identifier):
+            return blob, raw
+        raw[:] = bytes(len(raw))
+        why.append(f"escrow blob for vault `{vault}` holds a key other than `{blob.key_identifier.hex()}`")
+    raise AttestationRejected("escrow-unreadable", why[0] if len(why) == 1 else
+                              f"none of the {len(why)} escrow blobs of vault `{vault}` yields its key: " + "; ".join(why))
 
 
 def _duplicate(parent, raw: bytearray, policy: bytes) -> tuple[bytes, bytes, bytes]:

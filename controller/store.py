@@ -12,10 +12,22 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from vaultpolicy.errors import InputError
 
 DEFAULT_STORE = "controller.db"
+
+# A blob is never replaced: a second, different blob for the same key is kept beside the first.
+_ESCROW_TABLE = """CREATE TABLE IF NOT EXISTS escrow (
+    device_id TEXT NOT NULL,
+    vault TEXT NOT NULL,
+    key_identifier TEXT NOT NULL,     -- hex
+    blob BLOB NOT NULL,
+    blob_sha256 TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (device_id, vault, key_identifier, blob_sha256)
+);"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (
@@ -37,15 +49,7 @@ CREATE TABLE IF NOT EXISTS devices (
     restart_count INTEGER,
     clock INTEGER
 );
-CREATE TABLE IF NOT EXISTS escrow (
-    device_id TEXT NOT NULL,
-    vault TEXT NOT NULL,
-    key_identifier TEXT NOT NULL,     -- hex
-    blob BLOB NOT NULL,
-    blob_sha256 TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    PRIMARY KEY (device_id, vault, key_identifier)
-);
+""" + _ESCROW_TABLE + """
 CREATE TABLE IF NOT EXISTS verified_quotes (
     quote_sha256 TEXT PRIMARY KEY,
     device_id TEXT NOT NULL,
@@ -58,6 +62,9 @@ CREATE TABLE IF NOT EXISTS verified_quotes (
     sealed_to TEXT                    -- JSON {vault: attestation or null}: the plan's sealed vaults
 );
 """
+
+
+EscrowOutcome = Literal["stored", "held", "kept-beside"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class Store:
             self._db.execute("PRAGMA busy_timeout = 5000")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
+            self._keep_every_escrow_blob()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a usable controller store ({exc})") from None
 
@@ -135,6 +143,19 @@ class Store:
             for column in _DROPPED_COLUMNS.get(table, ()):
                 if column in present:
                     self._db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+
+    def _keep_every_escrow_blob(self) -> None:
+        """A store made when a deposit replaced the blob held for its key identifier (one row per key)
+        gets the escrow table keyed by the blob's digest too, rows kept."""
+        if any(row[1] == "blob_sha256" and row[5] for row in self._db.execute("PRAGMA table_info(escrow)")):
+            return
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ALTER TABLE escrow RENAME TO escrow_by_key")
+            self._db.execute(_ESCROW_TABLE)
+            self._db.execute("INSERT INTO escrow SELECT device_id, vault, key_identifier, blob, blob_sha256, received_at"
+                             " FROM escrow_by_key")
+            self._db.execute("DROP TABLE escrow_by_key")
 
     def _write(self, sql: str, params: tuple) -> int:
         with self._db:
@@ -206,20 +227,34 @@ class Store:
 
     # --- escrow ---
 
-    def add_escrow(self, device_id: str, vault: str, key_identifier: bytes, blob: bytes, blob_sha256: str, now: int) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO escrow (device_id, vault, key_identifier, blob, blob_sha256, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (device_id, vault, key_identifier.hex(), blob, blob_sha256, now),
-        )
+    def add_escrow(self, device_id: str, vault: str, key_identifier: bytes, blob: bytes, blob_sha256: str,
+                   now: int) -> EscrowOutcome:
+        """Keep a deposited blob. An existing one is never replaced: the same blob again is `held`; a
+        different blob for the same key identifier is `kept-beside` it (release opens whichever holds the
+        key); a blob for a key identifier not seen yet is `stored`."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            held = {row[0] for row in self._db.execute(
+                "SELECT blob_sha256 FROM escrow WHERE device_id = ? AND vault = ? AND key_identifier = ?",
+                (device_id, vault, key_identifier.hex()))}
+            if blob_sha256 in held:
+                return "held"
+            self._db.execute(
+                "INSERT INTO escrow (device_id, vault, key_identifier, blob, blob_sha256, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (device_id, vault, key_identifier.hex(), blob, blob_sha256, now),
+            )
+            return "kept-beside" if held else "stored"
 
-    def escrow_blob(self, device_id: str, vault: str) -> bytes | None:
-        """The most recently received blob for the vault (a rotated key replaces the older one)."""
-        row = self._db.execute(
-            "SELECT blob FROM escrow WHERE device_id = ? AND vault = ? ORDER BY received_at DESC, rowid DESC LIMIT 1",
-            (device_id, vault),
-        ).fetchone()
-        return row[0] if row else None
+    def escrow_blobs(self, device_id: str, vault: str) -> list[bytes]:
+        """The blobs of the vault's most recently received key identifier (a rotated key replaces the
+        older one), the most recent first."""
+        rows = self._db.execute(
+            "SELECT blob FROM escrow WHERE device_id = ? AND vault = ? AND key_identifier = (SELECT key_identifier"
+            " FROM escrow WHERE device_id = ? AND vault = ? ORDER BY received_at DESC, rowid DESC LIMIT 1)"
+            " ORDER BY received_at DESC, rowid DESC",
+            (device_id, vault, device_id, vault),
+        )
+        return [row[0] for row in rows]
 
     def escrowed_vaults(self, device_id: str) -> list[str]:
         rows = self._db.execute("SELECT DISTINCT vault FROM escrow WHERE device_id = ? ORDER BY vault", (device_id,))

@@ -13,9 +13,9 @@
   PCRs hold those values. Its public area is enrolled with the AK and bound into every release quote.
 
 Quote JSON (`format` = "vaultpolicy.quote.v1"; binary fields base64, digests hex):
-  device_id, purpose ("release" | "report"), nonce (hex, may be empty for an unsolicited report),
-  bound_sha256 (hex: the SHA-256 part of the storage parent's TPM name, or the SHA-256 of the report's
-  bytes), bank, pcrs {"<index>": hex value}, attest
+  device_id, purpose ("release" | "report" | "escrow"), nonce (hex, may be empty for an unsolicited
+  report and is for an escrow deposit), bound_sha256 (hex: the SHA-256 part of the storage parent's TPM
+  name, the SHA-256 of the report's bytes, or `escrow.deposit_binding` of the deposit's blobs), bank, pcrs {"<index>": hex value}, attest
   (TPMS_ATTEST as the TPM marshalled it), signature (TPMT_SIGNATURE, TPM marshalling).
 The quote's qualifying data (extraData) is SHA-256("vaultpolicy-quote-v1" 0 purpose 0 nonce bound),
 so one signature covers the purpose, the controller's nonce and what the quote vouches for.
@@ -43,7 +43,7 @@ from vaultpolicy.errors import BackendUnavailable, DeviceError, InputError
 QUOTE_FORMAT = "vaultpolicy.quote.v1"
 IDENTITY_FORMAT = "vaultpolicy.identity.v2"
 AK_HANDLE = 0x81010002
-PURPOSES = ("release", "report")
+PURPOSES = ("release", "report", "escrow")
 
 
 def identity_file(state_dir: str | os.PathLike) -> Path:

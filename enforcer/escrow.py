@@ -1,4 +1,4 @@
-"""Key escrow: a vault key wrapped for the controller, and the authenticated envelope shared with release.
+"""Key escrow: a vault key wrapped for the controller, and the signed deposit that carries it there.
 
 Wrapping (ECIES-style, `cryptography` only):
   ephemeral X25519 key E; shared = X25519(E, controller public key)
@@ -13,6 +13,11 @@ Escrow state on the device (`STATE/escrow/<vault>.json` + `<vault>.ack.json`): `
 controller's acknowledgement naming the blob's SHA-256 is recorded, then `acknowledged`; `missing`
 when no blob exists. `record_escrow` is the hook the enforcer calls right after creating a vault key;
 `remove_escrow` is part of destroying a vault.
+
+Anyone with the controller's public key can build a blob for a vault (its key identifier is public, in
+the directory's fscrypt policy), so the controller takes blobs only in a deposit the device signed
+(`vaultpolicy.escrow-deposit.v1`: the blobs' exact bytes, base64, and an `escrow` quote from the
+device's attestation key whose qualifying data binds `deposit_binding(blobs)`), as reports are signed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import rfc8785
 from cryptography.exceptions import InvalidTag
@@ -37,8 +43,12 @@ from enforcer.state import atomic_remove, atomic_write
 from vaultpolicy.encoding import b64decode_exact, load_json
 from vaultpolicy.errors import InputError, VaultpolicyError
 
+if TYPE_CHECKING:
+    from enforcer.attest import Quote  # attest imports this module
+
 ESCROW_FORMAT = "vaultpolicy.escrow.v1"
 ACK_FORMAT = "vaultpolicy.escrow-ack.v1"
+DEPOSIT_FORMAT = "vaultpolicy.escrow-deposit.v1"
 
 
 class EscrowError(VaultpolicyError):
@@ -261,3 +271,55 @@ def escrow_state(state_dir: str | os.PathLike, vault: str) -> str:
     except (ValueError, InputError):
         return "pending"
     return "acknowledged" if ack.get("blob_sha256") == blob.sha256() else "pending"
+
+
+# --- signed deposits --------------------------------------------------------------------------------
+
+
+def held_blobs(state_dir: str | os.PathLike, vaults: list[str] | None = None) -> list[bytes]:
+    """The exact bytes of the escrow blobs this device holds (those of `vaults` only, when given), by vault."""
+    directory = escrow_dir(state_dir)
+    held = {path.name.removesuffix(".json"): path for path in directory.glob("*.json") if not path.name.endswith(".ack.json")}
+    if vaults:
+        missing = sorted(set(vaults) - set(held))
+        if missing:
+            raise InputError(f"this device holds no escrow blob for vault `{missing[0]}`",
+                             hint="a blob is made when `device apply` creates the vault's key with an escrow key in the plan")
+        held = {vault: held[vault] for vault in vaults}
+    if not held:
+        raise InputError(f"this device holds no escrow blob (none in {directory})",
+                         hint="a blob is made when `device apply` creates a vault key and the plan has an escrow key")
+    return [held[vault].read_bytes() for vault in sorted(held)]
+
+
+def deposit_binding(blobs: list[bytes]) -> bytes:
+    """What a deposit's quote binds: SHA-256 of the canonical JSON list of the blobs' SHA-256 (hex), in order."""
+    return hashlib.sha256(rfc8785.dumps([hashlib.sha256(blob).hexdigest() for blob in blobs])).digest()
+
+
+def sign_deposit(tcti: str, device_id: str, blobs: list[bytes], bank: str, pcrs: tuple[int, ...]) -> bytes:
+    """The deposit of `blobs` for the controller, vouched for by this TPM's attestation key."""
+    from enforcer.attest import AttestationTpm
+
+    with AttestationTpm(tcti) as tpm:
+        quote = tpm.quote(device_id, "escrow", b"", deposit_binding(blobs), bank, pcrs)
+    return rfc8785.dumps({"format": DEPOSIT_FORMAT, "blobs": [b64(blob) for blob in blobs],
+                          "quote": json.loads(quote.to_bytes())})
+
+
+def split_deposit(data: bytes, source: str = "escrow deposit") -> tuple[list[bytes], Quote]:
+    """(exact blob bytes, quote); no check here: `controller.release.accept_deposit` does that."""
+    from enforcer.attest import Quote
+
+    try:
+        kind = load_json(data).get("format")
+    except (ValueError, AttributeError):
+        kind = None  # load_json_object says what is wrong with it
+    if kind == ESCROW_FORMAT:
+        raise InputError(f"{source}: an escrow blob as the device wrote it, not a deposit the device signed",
+                         hint="on the device, `vaultpolicy device escrow-deposit -o deposit.json` signs its blobs; give that file")
+    obj = load_json_object(data, source, DEPOSIT_FORMAT)
+    if not isinstance(obj.get("blobs"), list) or not obj["blobs"] or not isinstance(obj.get("quote"), dict):
+        raise InputError(f"{source}: needs `blobs` (a non-empty list of base64 blobs) and `quote` (object)")
+    blobs = [unb64(blob, "blobs", source) for blob in obj["blobs"]]
+    return blobs, Quote.from_obj(obj["quote"], f"{source}: quote")

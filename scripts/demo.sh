@@ -121,7 +121,8 @@ run vaultpolicy device status "${dev[@]}" "${tpm[@]}"
 step "provisioning: device identity, enrolment, escrow deposit and acknowledgement"
 run vaultpolicy device identity --device-id gw-1 --state-dir "$state" "${tpm[@]}" -o "$work/identity.json"
 run vaultpolicy controller enroll "$work/identity.json" "${ctl[@]}"
-run vaultpolicy controller escrow "$state"/escrow/*.json --ack-dir "$work/acks" "${ctl[@]}"
+run vaultpolicy device escrow-deposit --state-dir "$state" "${tpm[@]}" -o "$work/deposit.json"   # blobs signed by the TPM
+run vaultpolicy controller escrow "$work/deposit.json" --ack-dir "$work/acks" "${ctl[@]}"
 run vaultpolicy device escrow-ack "$work"/acks/gw-1.*.ack.json --state-dir "$state"
 
 config_dir="$root/persist/vault/config"

@@ -10,7 +10,7 @@ import pytest
 
 from compiler.plan import Attestation, Device, Plan, Seal, Vault, encode_plan, format_time, plan_digest
 from compiler.signing import PLAN_PAYLOAD_TYPE, generate_key, sign
-from enforcer import escrow
+from enforcer import escrow, fscrypt
 from enforcer.attest import AttestationTpm
 from enforcer.release import Release, open_release
 from enforcer.state import StateDir
@@ -62,11 +62,20 @@ def test_enrol_escrow_quote_verify_release(world, capsys):
     (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
     assert "enrolled device `gw-1`" in run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
 
-    # the device escrows a key (as the enforcer does when it creates one), the controller acknowledges
+    # the device escrows a key (as the enforcer does when it creates one) and signs the deposit; the
+    # controller stores it and acknowledges
     raw = bytes(range(64))
     controller_pub = escrow.load_escrow_public((tmp / "escrow.key.pub").read_text(), "escrow.key.pub")
-    blob_path = escrow.record_escrow(state.root, escrow.wrap_key(controller_pub, "gw-1", "config", bytes(16), raw))
-    run_ok(capsys, ["controller", "escrow", str(blob_path), "--ack-dir", str(tmp / "acks"), *store])
+    blob_path = escrow.record_escrow(state.root, escrow.wrap_key(controller_pub, "gw-1", "config", fscrypt.key_identifier(raw), raw))
+    capsys.readouterr()
+    assert main(["controller", "escrow", str(blob_path), "--ack-dir", str(tmp / "acks"), *store]) == status_codes.ERROR
+    assert "an escrow blob as the device wrote it, not a deposit the device signed" in capsys.readouterr().err
+    assert not list((tmp / "acks").glob("*"))  # a bare blob proves nothing: anyone can make one
+    run_ok(capsys, ["device", "escrow-deposit", "-o", str(tmp / "deposit.json"), *common])
+    stored = run_ok(capsys, ["controller", "escrow", str(tmp / "deposit.json"), "--ack-dir", str(tmp / "acks"), *store])
+    assert f"escrow of `gw-1` vault `config` stored; acknowledgement {tmp / 'acks' / 'gw-1.config.ack.json'}" in stored
+    again = run_ok(capsys, ["controller", "escrow", str(tmp / "deposit.json"), "--ack-dir", str(tmp / "acks"), *store])
+    assert "escrow of `gw-1` vault `config` already held" in again
     assert escrow.escrow_state(state.root, "config") == "pending"
     run_ok(capsys, ["device", "escrow-ack", str(tmp / "acks" / "gw-1.config.ack.json"), "--state-dir", str(state.root)])
     assert escrow.escrow_state(state.root, "config") == "acknowledged"

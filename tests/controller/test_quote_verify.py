@@ -12,8 +12,8 @@ import pytest
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
 from controller.quote_verify import verify_quote
-from controller.release import accept_escrow, release_keys
-from enforcer import escrow
+from controller.release import accept_deposit, release_keys
+from enforcer import escrow, fscrypt
 from enforcer.attest import AK_HANDLE, AttestationTpm, Quote, qualifying_data, storage_parent_binding
 
 ATTESTED_PCRS = (0, 2, 4, 7)  # as in conftest: what measure_boot() extends
@@ -50,12 +50,8 @@ def refused(store, reason, made, policy, now):
     with pytest.raises(AttestationRejected) as caught:
         verify_quote(store, made, policy, now)
     assert caught.value.reason == reason, caught.value.message
-    escrow_key = escrow.generate_escrow_key()
-    blob = escrow.wrap_key(escrow_key.public_key(), made.device_id, "config", bytes(16), bytes(64))
-    if store.device(made.device_id):
-        accept_escrow(store, blob.to_bytes(), now)
     with pytest.raises(AttestationRejected) as release_refused:
-        release_keys(store, made, ["config"], escrow_key, now)
+        release_keys(store, made, ["config"], escrow.generate_escrow_key(), now)
     assert release_refused.value.reason in ("quote-not-verified", "quote-used")
     return caught.value
 
@@ -103,8 +99,9 @@ def test_fresh_quote_verifies_once(device, store):
     made = quote(tpm, identity, nonce)
     verified = verify_quote(store, Quote.from_bytes(made.to_bytes()), policy, NOW + 1, {"config": "boot"})
     assert verified.device_id == "gw-1" and sorted(verified.pcrs) == list(ATTESTED_PCRS)
-    escrow_key = escrow.generate_escrow_key()
-    accept_escrow(store, escrow.wrap_key(escrow_key.public_key(), "gw-1", "config", bytes(16), bytes(64)).to_bytes(), NOW)
+    escrow_key, raw = escrow.generate_escrow_key(), bytes(64)
+    blob = escrow.wrap_key(escrow_key.public_key(), "gw-1", "config", fscrypt.key_identifier(raw), raw)
+    accept_deposit(store, escrow.sign_deposit(tpm.tcti, "gw-1", [blob.to_bytes()], "sha256", ATTESTED_PCRS), NOW)
     assert release_keys(store, made, ["config"], escrow_key, NOW + 2).keys  # the genuine release
     replay = refused(store, "nonce-used", made, policy, NOW + 3)  # the replayed quote gets nothing more
     assert replay.message == "nonce was used at 2027-01-15T08:00:01Z by a verification of this same quote that succeeded"

@@ -10,15 +10,16 @@ import pytest
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
 from controller.quote_verify import verify_quote
-from controller.release import accept_escrow, release_keys
-from enforcer import escrow
+from controller.release import accept_deposit, release_keys
+from enforcer import escrow, fscrypt
 from enforcer.attest import AttestationError, AttestationTpm, storage_parent_binding
 from enforcer.release import Release, open_release
 from vaultpolicy.errors import DeviceError, InputError
 
 ATTESTED_PCRS = (0, 2, 4, 7)
 NOW = 1_800_000_000
-KEY_ID = bytes(range(16))
+RAW = secrets.token_bytes(64)  # the vault key the device escrows
+KEY_ID = fscrypt.key_identifier(RAW)
 SEALED = {"config": "boot", "images": "boot"}  # the plan's vaults and the attestation each key is sealed to
 
 
@@ -31,12 +32,12 @@ def setup(make_tpm, store, make_policy):
         _, values = device.read_pcrs("sha256", ATTESTED_PCRS)
     store.enroll("gw-1", identity.ak_public_pem, identity.ak_name, identity.storage_public, NOW)
     controller_key = escrow.generate_escrow_key()
-    raw = secrets.token_bytes(64)
-    blob = escrow.wrap_key(controller_key.public_key(), "gw-1", "config", KEY_ID, raw)
-    ack = accept_escrow(store, blob.to_bytes(), NOW)
-    assert b'"vault":"config"' in ack
+    blob = escrow.wrap_key(controller_key.public_key(), "gw-1", "config", KEY_ID, RAW)
+    deposit = escrow.sign_deposit(tpm.tcti, "gw-1", [blob.to_bytes()], "sha256", ATTESTED_PCRS)
+    [deposited] = accept_deposit(store, deposit, NOW)
+    assert deposited.outcome == "stored" and b'"vault":"config"' in deposited.ack
     policy = make_policy({i: [v.hex()] for i, v in values.items()})
-    return tpm, identity, policy, controller_key, raw
+    return tpm, identity, policy, controller_key, RAW
 
 
 def fresh_quote(store, tpm, identity, policy):
@@ -159,11 +160,6 @@ def test_refused_quote_releases_nothing(setup, store):
     quote = fresh_quote(store, tpm, identity, policy)
     refused("pcr-not-allowed", lambda: verify_quote(store, quote, policy, NOW))
     refused("quote-not-verified", lambda: release_keys(store, quote, ["config"], controller_key, NOW))
-
-
-def test_escrow_only_from_enrolled_devices(store):
-    blob = escrow.wrap_key(escrow.generate_escrow_key().public_key(), "gw-9", "config", KEY_ID, bytes(64))
-    refused("device-unknown", lambda: accept_escrow(store, blob.to_bytes(), NOW))
 
 
 def test_attestation_leaks_no_tpm_handles(setup, store):

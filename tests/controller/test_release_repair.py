@@ -62,8 +62,8 @@ def test_a_release_repairs_a_damaged_sealed_record(swtpm, ext4_image, tmp_path, 
     secret.write_text("meeting at noon")
     (tmp_path / "identity.json").write_text(cli("device", "identity", "--device-id", "gw-1", *device))
     cli("controller", "enroll", str(tmp_path / "identity.json"), *store)
-    cli("controller", "escrow", *(str(state.root / "escrow" / f"{n}.json") for n in ("config", "notes")),
-        "--ack-dir", str(tmp_path / "acks"), *store)
+    cli("device", "escrow-deposit", "-o", str(tmp_path / "deposit.json"), *device)
+    cli("controller", "escrow", str(tmp_path / "deposit.json"), "--ack-dir", str(tmp_path / "acks"), *store)
 
     identifier = state.sealed("notes")["key_identifier"]
     cli("device", "lock", "--state-dir", str(state.root), "--root", str(root))

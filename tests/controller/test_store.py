@@ -46,3 +46,29 @@ def test_a_store_from_before_nonce_outcomes_gains_the_columns(tmp_path):
         assert store.mark_nonce_used(bytes(16), 1, "ab" * 32)
         store.record_nonce_outcome(bytes(16), "verified")
         assert (store.get_nonce(bytes(16)).used_by, store.get_nonce(bytes(16)).outcome) == ("ab" * 32, "verified")
+
+
+def test_a_store_from_before_storage_keys_and_kept_blobs_is_brought_up_to_date(tmp_path):
+    """Its escrow table kept one blob per key identifier (a deposit replaced it): rebuilt keyed by the
+    blob's digest too, rows kept. Its devices held the ECDH release key: that column goes, and the same
+    attestation key enrolling again gains the storage key."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "old.db") as old:
+        old.execute("CREATE TABLE devices (device_id TEXT PRIMARY KEY, ak_public_pem TEXT NOT NULL, ak_name TEXT NOT NULL"
+                    " UNIQUE, release_public_pem TEXT NOT NULL, enrolled_at INTEGER NOT NULL, reset_count INTEGER,"
+                    " restart_count INTEGER, clock INTEGER)")
+        old.execute("INSERT INTO devices VALUES ('gw-1', 'AK-PEM', 'name-1', 'REL-PEM', 0, NULL, NULL, NULL)")
+        old.execute("CREATE TABLE escrow (device_id TEXT NOT NULL, vault TEXT NOT NULL, key_identifier TEXT NOT NULL,"
+                    " blob BLOB NOT NULL, blob_sha256 TEXT NOT NULL, received_at INTEGER NOT NULL,"
+                    " PRIMARY KEY (device_id, vault, key_identifier))")
+        old.execute("INSERT INTO escrow VALUES ('gw-1', 'config', ?, X'01', 'aa', 5)", (bytes(16).hex(),))
+    with Store(tmp_path / "old.db") as store:
+        assert store.device("gw-1").storage_public is None
+        store.enroll("gw-1", "AK-PEM", "name-1", b"STORAGE", 1)
+        assert store.device("gw-1").storage_public == b"STORAGE"
+        assert store.add_escrow("gw-1", "config", bytes(16), b"\x02", "bb", 6) == "kept-beside"
+        assert store.add_escrow("gw-1", "config", bytes(16), b"\x01", "aa", 7) == "held"
+        assert store.escrow_blobs("gw-1", "config") == [b"\x02", b"\x01"]
+    with Store(tmp_path / "old.db") as store:  # opening it again changes nothing
+        assert store.escrow_blobs("gw-1", "config") == [b"\x02", b"\x01"]

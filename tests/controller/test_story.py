@@ -89,7 +89,8 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     (tmp_path / "identity.json").write_text(cli("device", "identity", "--device-id", "gw-1", *device))
     cli("controller", "enroll", str(tmp_path / "identity.json"), *store)
     assert report_vault(cli, root, device, tmp_path, status_codes.DRIFT)["reason"] == "escrow-missing"  # S9
-    cli("controller", "escrow", str(state.root / "escrow" / "config.json"), "--ack-dir", str(tmp_path / "acks"), *store)
+    cli("device", "escrow-deposit", "-o", str(tmp_path / "deposit.json"), *device)  # the blobs, signed by the TPM
+    cli("controller", "escrow", str(tmp_path / "deposit.json"), "--ack-dir", str(tmp_path / "acks"), *store)
     cli("device", "escrow-ack", str(tmp_path / "acks" / "gw-1.config.ack.json"), "--state-dir", str(state.root))
     assert report_vault(cli, root, device, tmp_path, status_codes.SUCCESS)["condition"] == "Ready"
 

@@ -420,7 +420,9 @@ def test_escrow_blob_of_a_real_apply_is_accepted_by_the_controller(device):
     cli("controller", "enroll", str(identity), "--store", store)
     plan = make_plan([vault("config")], escrow_public_key=escrow.escrow_public_text(controller))
     assert device.apply(plan).returncode == 0  # no --device-id
-    cli("controller", "escrow", str(device.state / "escrow" / "config.json"), "--ack-dir", str(acks), "--store", store)
+    cli("device", "escrow-deposit", "-o", str(device.work / "deposit.json"), "--state-dir", str(device.state),
+        "--tpm", device.tcti)
+    cli("controller", "escrow", str(device.work / "deposit.json"), "--ack-dir", str(acks), "--store", store)
     cli("device", "escrow-ack", str(acks / "gw-1.config.ack.json"), "--state-dir", str(device.state))
     assert escrow.escrow_state(device.state, "config") == "acknowledged"
 

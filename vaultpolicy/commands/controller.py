@@ -3,7 +3,8 @@
   escrow-keygen OUT            X25519 escrow key pair: OUT (private, 0600) and OUT.pub (base64, for the
                                policy's `device.escrow_public_key`)
   enroll IDENTITY              record a device's attestation key and storage key (`device identity`)
-  escrow BLOB... --ack-dir D   store devices' escrow blobs, write one acknowledgement per blob into D
+  escrow DEPOSIT... --ack-dir D   verify deposits the devices signed (`device escrow-deposit`), store
+                               their escrow blobs, write one acknowledgement per blob into D
   nonce --device ID --plan P   issue a single-use nonce (size and lifetime from the plan's attestation)
   verify-quote QUOTE --plan P  verify in the order of controller/quote_verify.py; names refused PCRs
   release QUOTE --escrow-key K -o OUT [--vault V]...   escrowed keys as TPM duplication blobs for the
@@ -37,7 +38,7 @@ def add_arguments(parser, key) -> None:
     if action == "enroll":
         parser.add_argument("identity", metavar="IDENTITY", help="output of `vaultpolicy device identity`")
     elif action == "escrow":
-        parser.add_argument("blobs", nargs="+", metavar="BLOB", help="escrow blobs from devices (STATE/escrow/<vault>.json)")
+        parser.add_argument("deposits", nargs="+", metavar="DEPOSIT", help="signed deposits from `vaultpolicy device escrow-deposit`")
         parser.add_argument("--ack-dir", required=True, metavar="DIR", help="where to write <device>.<vault>.ack.json")
     elif action == "nonce":
         parser.add_argument("--device", required=True, metavar="ID", help="the device the nonce is for")
@@ -120,16 +121,18 @@ def _enroll(args, store, now) -> int:
 
 def _escrow(args, store, now) -> int:
     from compiler.files import read_input, write_output
-    from controller.release import accept_escrow
+    from controller.release import accept_deposit
 
     ack_dir = Path(args.ack_dir)
     ack_dir.mkdir(parents=True, exist_ok=True)
-    for path in args.blobs:
-        ack = accept_escrow(store, read_input(path, "escrow blob"), now, path)
-        obj = json.loads(ack)
-        target = ack_dir / f"{obj['device_id']}.{obj['vault']}.ack.json"
-        write_output(target, ack)
-        print(f"stored escrow for `{obj['device_id']}` vault `{obj['vault']}`; acknowledgement {target}")
+    said = {"stored": "stored", "held": "already held",
+            "kept-beside": "stored beside the other blob held for this key (none is replaced)"}
+    for path in args.deposits:
+        for deposited in accept_deposit(store, read_input(path, "escrow deposit"), now, path):
+            blob = deposited.blob
+            target = ack_dir / f"{blob.device_id}.{blob.vault}.ack.json"
+            write_output(target, deposited.ack)
+            print(f"escrow of `{blob.device_id}` vault `{blob.vault}` {said[deposited.outcome]}; acknowledgement {target}")
     return status_codes.SUCCESS
 
 

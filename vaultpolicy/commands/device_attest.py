@@ -1,9 +1,11 @@
-"""`vaultpolicy device identity|quote|report|escrow-ack`: the device's half of attestation.
+"""`vaultpolicy device identity|quote|report|escrow-deposit|escrow-ack`: the device's half of attestation.
 
   identity                 create (once) the TPM attestation key; print it and the storage key for enrolment
   quote --nonce HEX        TPM2_Quote over the applied plan's attestation PCRs, binding the nonce and
                            the storage key releases are wrapped to (docs/attestation.md has the JSON format)
   report [--nonce HEX]     observe every vault and print a drift report signed by the attestation key
+  escrow-deposit [--vault NAME]...   the escrow blobs this device holds, signed by its attestation key
+                           (a quote binding their digests) for `vaultpolicy controller escrow`
   escrow-ack ACK...        record the controller's acknowledgements (escrow state pending -> acknowledged)
 
 The device id is `--device-id`, else the one `device identity` recorded in STATE/attest/, else the
@@ -34,6 +36,9 @@ def add_arguments(parser, key) -> None:
         parser.add_argument("--attestation", metavar="NAME", help="attestation requirement of the plan (default: the only one)")
     if action == "quote":
         parser.add_argument("--nonce", required=True, metavar="HEX", help="the nonce from `vaultpolicy controller nonce`")
+    if action == "escrow-deposit":
+        parser.add_argument("--vault", action="append", default=[], metavar="NAME",
+                            help="deposit this vault's blob (repeat; default: every blob the device holds)")
     if action == "report":
         parser.add_argument("--nonce", metavar="HEX", help="the controller's nonce, when it asked for a fresh report")
         parser.add_argument("--root", metavar="DIR", help="the plan's absolute paths live under DIR")
@@ -84,8 +89,12 @@ def _attested_pcrs(plan, name: str | None) -> tuple[str, tuple[int, ...]]:
         return plan.attestations[0].bank, tuple(plan.attestations[0].pcrs)
     if plan.attestations:
         raise InputError("the applied plan has several attestation requirements; choose one with --attestation")
+    return _sealed_pcrs(plan)  # no attestation: vouch for what the keys are sealed to
+
+
+def _sealed_pcrs(plan) -> tuple[str, tuple[int, ...]]:
     sealed = sorted({pcr for vault in plan.vaults if vault.seal for pcr in vault.seal.pcrs})
-    return plan.device.bank, tuple(sealed or (0,))  # no attestation: vouch for what the keys are sealed to
+    return plan.device.bank, tuple(sealed or (0,))
 
 
 def run(args) -> int:
@@ -116,6 +125,16 @@ def run(args) -> int:
         return status_codes.SUCCESS
 
     plan, plan_sha256 = _applied_plan(state)  # before the TPM: no plan, no quote, and no swtpm started
+    if action == "escrow-deposit":
+        from enforcer.escrow import held_blobs, sign_deposit
+
+        if plan is None:
+            raise InputError("no plan has been applied on this device, so it holds no escrow blob")
+        blobs = held_blobs(state.root, args.vault)
+        deposit = sign_deposit(resolve_tcti(args.tpm, state.root), resolve_device_id(args.device_id, state.root), blobs,
+                               *_sealed_pcrs(plan))  # the quote vouches for the blobs; any PCRs would do
+        _emit(args, deposit)
+        return status_codes.SUCCESS
     bank, pcrs = _attested_pcrs(plan, args.attestation)
     tcti = resolve_tcti(args.tpm, state.root)
     device_id = resolve_device_id(args.device_id, state.root)
