@@ -19,12 +19,15 @@ def shape_errors(what: str, path: Located[str], under: str = "/") -> list[Diagno
     suggested as the normalized path below `under`, the directory it was most likely meant in."""
     found = []
     if control := CONTROL_CHARACTER.search(path.value):
+        character = _CHARACTER_NAMES.get(control[0], f"U+{ord(control[0]):04X} character")
+        how = (f"the raw {character} in the string" if _written_raw(path)
+               else f"the `{escaped(control[0])}` escape")
         found.append(
             error(
                 codes.PATH_CONTROL_CHARACTER,
                 f"{what} `{escaped(path.value)}` contains the control character U+{ord(control[0]):04X}",
                 path.span,
-                "a directory name on the device is printable: drop the `\\n`, `\\t` or `\\u{…}` escape",
+                f"a directory name on the device is printable: remove {how}",
             )
         )
     if not path.value.startswith("/"):  # its help gives the normalized form: one error, not two
@@ -48,6 +51,18 @@ def shape_errors(what: str, path: Located[str], under: str = "/") -> list[Diagno
 
 
 _ESCAPES = {"\n": "\\n", "\t": "\\t"}
+_CHARACTER_NAMES = {"\t": "tab", "\n": "newline"}
+
+
+def _written_raw(path: Located[str]) -> bool:
+    """Whether a control character of `path` stands in the source as it is, not as an escape. Written
+    with every escape it needs, the string is as long as `"` + `escaped(value)` with `\\` and `"`
+    escaped + `"`; written shorter, some character was not escaped, and only a control character can
+    be (a `\\` or `"` must be)."""
+    if path.span is None:
+        return False
+    needed = 2 + len(escaped(path.value)) + path.value.count("\\") + path.value.count('"')
+    return path.span.end_pos - path.span.start_pos < needed
 
 
 def escaped(text: str) -> str:
