@@ -13,6 +13,7 @@ from policy_lang.diagnostics import Diagnostics, render_text, summary_line
 from policy_lang.fmt import layout
 from policy_lang.parse import ParseResult
 
+from . import check
 from .signing import describe_key_file
 
 
@@ -47,6 +48,17 @@ def print_diagnostics(diagnostics: Diagnostics, sources: dict[str, str]) -> None
         print(summary_line(diagnostics), file=sys.stderr)
 
 
+def checked(result: policy_lang.LoadResult) -> Diagnostics:
+    """Every diagnostic `check` reports for a loaded policy, sorted: the language's, and the compiler's
+    rules on whatever parsed (what depends on a broken block is left out)."""
+    found = Diagnostics(result.diagnostics)
+    found.extend(check(result.partial, result.broken_blocks))
+    return found.sorted()
+
+
 def load_policy(path: str) -> LoadedPolicy:
+    """The policy for `compile` and `diff`; when it has errors, the diagnostics are `check`'s, so the
+    commands report the same errors (without errors, compiling runs the same rules)."""
     result = policy_lang.load(path, describe_key_file)  # a plan or key given as the policy says so
-    return LoadedPolicy(result.policy, result.sources, Diagnostics(result.diagnostics), result.parses)
+    diagnostics = Diagnostics(result.diagnostics) if result.policy is not None else checked(result)
+    return LoadedPolicy(result.policy, result.sources, diagnostics, result.parses)

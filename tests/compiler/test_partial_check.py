@@ -201,3 +201,17 @@ def test_an_attestation_that_lost_a_pcr_hides_no_presence_only_binding_elsewhere
         'vault v { path "/persist/v" seal empty }\n'
     ))
     assert found == [(syntax.PCR_OUT_OF_RANGE, 1, 30), (rule.PRESENCE_ONLY, 3, 29)]
+
+
+def test_compile_and_diff_report_what_check_reports(tmp_path, capsys):
+    """`diff` on a broken policy reported 6 errors where `check` reported 9: it left out the rules."""
+    policy = tmp_path / "p.vpol"
+    policy.write_text('vault v {\n  limt 1MiB\n}\napp a { vault nowhere }\nvault w { limit 3XB }\n'
+                      'vault x { seal pcrs 0, 5 }\nvault y { path "rel" }\n')
+    reports = {}
+    for command in (["check"], ["compile", "--plan-version", "1", "-o", str(tmp_path / "plan.json")], ["diff", str(policy)]):
+        assert main([*command, str(policy)]) == 1
+        err = capsys.readouterr().err
+        reports[command[0]] = sorted(line for line in err.splitlines() if line.startswith(("error[", "warning[", "  -->")))
+    assert reports["check"] == reports["compile"] == reports["diff"]
+    assert sum(line.startswith("error[") for line in reports["check"]) == 5

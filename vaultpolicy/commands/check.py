@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from compiler import check as compile_check
 from compiler.signing import describe_key_file
+from compiler.source import checked
 from policy_lang import load
 from policy_lang.diagnostics import Diagnostics, render_text, summary_line, to_json
 from vaultpolicy import status_codes
@@ -24,10 +24,7 @@ def run(args) -> int:
     for file in args.files:
         result = load(file, describe_key_file)
         sources.update(result.sources)
-        diagnostics = Diagnostics(result.diagnostics)
-        # The compiler's rules run on whatever parsed; what depends on a broken block is left out.
-        diagnostics.extend(compile_check(result.partial, result.broken_blocks))
-        found.extend(diagnostics.sorted())
+        found.extend(checked(result))
     read = len(sources)  # every file read, included ones too
     summary = f"{summary_line(found)} in {read} file{'s' if read != 1 else ''}"
     if args.format == "json":
