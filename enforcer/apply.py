@@ -171,9 +171,10 @@ class Applier:
         if needs.bytes > room[0] or needs.inodes > room[1]:
             if made:
                 where.image.unlink()
-            raise MigrationError(f"migrating `{where.path}` needs {_size(needs.bytes)} and {needs.inodes} inodes "
-                                 f"free on {home}, which has {_size(room[0])} and {room[1]} inodes free; nothing "
-                                 "was moved", vault=name, hint="raise the vault's limit or remove files first")
+            raise MigrationError(f"migrating `{where.path}` needs {blockdev.mib(needs.bytes)} and {needs.inodes} "
+                                 f"inodes free on {home}, which has {blockdev.mib(room[0])} and {room[1]} inodes "
+                                 "free; nothing was moved", vault=name,
+                                 hint="raise the vault's limit or remove files first")
         self.remember(vault)
         os.rename(where.path, where.staging)
         fsync_dir(where.path.parent)
@@ -188,9 +189,11 @@ class Applier:
     def _mount_storage(self, name: str) -> None:
         """Create (when missing) and mount the vault's image; blockdev binds its `vault` dir at the vault path."""
         vault = self._vault(name)
-        self.remember(vault)
         where = self._layout(name)
         where.image.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not where.image.exists():  # a vault the state filesystem has no room for leaves nothing, not a record
+            blockdev.check_room(where.image, vault.limit_bytes)
+        self.remember(vault)
         remounted = blockdev.attach_image(where.image, where.path, vault.limit_bytes, self._checkpoint)
         self._rekey_if_remounted(name, remounted, where)
 
@@ -203,12 +206,27 @@ class Applier:
     def _rekey_if_remounted(self, name: str, remounted: bool, where: Layout) -> None:
         """An offline resize unmounts the vault, which drops its key from the kernel: add it again."""
         if remounted and self.state.sealed(name) is not None:
-            unlock_key(self.state, self.tpm, name, where.path, self.now)
+            unlock_key(self.state, self.tpm, name, self._key_home(name), self.now)
+
+    def _key_home(self, name: str) -> str:
+        """The directory whose filesystem's keyring gets the vault's key. A vault with its own image
+        whose image is not mounted at its path gets none: the key would go to the keyring of the
+        filesystem underneath, where it unlocks nothing and `lock` of the image would not find it."""
+        where = self._layout(name)
+        record, vault = self._records.get(name), self.plan.vault(name)
+        limited = bool((vault and vault.limit_bytes) or (record and record.limit_bytes))
+        # a lost image leaves its empty mount point; an encrypted directory there is a vault that never had one
+        has_image = where.image.exists() or (limited and fscrypt.get_policy(str(where.path)) is None)
+        if has_image and not os.path.ismount(where.path):
+            raise DeviceError(f"its image `{where.image}` is not mounted at `{where.path}`; its key was not added",
+                              vault=name)
+        return keyring_dir(where.path)
 
     def _create_key(self, name: str) -> None:
         vault = self._vault(name)
         self.remember(vault)
         path = self._layout(name).path
+        home = self._key_home(name)
         if fscrypt.get_policy(str(path)) is not None:  # reconcile says key-lost; this keeps the rule here too
             raise KeyLost("the directory is encrypted but no sealed key is recorded for it; no new key was made "
                           "(its data would be lost) and its escrow blob is kept", vault=name,
@@ -216,7 +234,7 @@ class Applier:
         key = bytearray(fscrypt.RAW_KEY_SIZE)
         try:
             blob = seal_new_key(self.tpm, self.plan, vault, key)
-            identifier = fscrypt.add_key(keyring_dir(path), key)
+            identifier = fscrypt.add_key(home, key)
             if self.plan.device.escrow_public_key:
                 self._escrow(name, identifier, key)
             self.state.save_sealed(name, blob.to_json(), identifier, rotated_at=format_time(self.now))
@@ -233,7 +251,7 @@ class Applier:
         escrow.record_escrow(self.state.root, escrow.wrap_key(public, device_id, name, identifier, bytes(key)))
 
     def _unlock(self, name: str) -> None:
-        unlock_key(self.state, self.tpm, name, self._layout(name).path, self.now)
+        unlock_key(self.state, self.tpm, name, self._key_home(name), self.now)
 
     def _reseal(self, name: str) -> None:
         from enforcer.tpm import SealedBlob
@@ -248,7 +266,7 @@ class Applier:
             blob = self.tpm.seal(key, vault.seal.bank, vault.seal.pcrs,
                                  allow_unmeasured_boot=self.plan.device.allow_unmeasured_boot)
             self.state.save_sealed(name, blob.to_json(), identifier)
-            mountpoint = keyring_dir(self._layout(name).path)
+            mountpoint = self._key_home(name)
             if fscrypt.key_status(mountpoint, identifier) is not KeyStatus.PRESENT:
                 fscrypt.add_key(mountpoint, key)
         finally:
@@ -291,9 +309,9 @@ class Applier:
         needs = copy_needs(where.staging, encrypted).minus(copy_needs(where.path, encrypted))
         room = (stats.f_bavail * stats.f_frsize, stats.f_favail)
         if needs.bytes > room[0] or needs.inodes > room[1]:
-            raise MigrationError(f"the vault has {_size(room[0])} and {room[1]} inodes free, the staged plaintext at "
-                                 f"`{where.staging}` needs {_size(needs.bytes)} and {needs.inodes} inodes more; it "
-                                 "stays there, intact", vault=name)
+            raise MigrationError(f"the vault has {blockdev.mib(room[0])} and {room[1]} inodes free, the staged "
+                                 f"plaintext at `{where.staging}` needs {blockdev.mib(needs.bytes)} and {needs.inodes} "
+                                 "inodes more; it stays there, intact", vault=name)
         copied: list[Path] = []
         try:
             copy_tree(where.staging, where.path, copied, self._checkpoint)
@@ -366,9 +384,10 @@ def seal_new_key(tpm, plan: Plan, vault: Vault, key: bytearray):
     return tpm.seal(key, vault.seal.bank, vault.seal.pcrs, allow_unmeasured_boot=plan.device.allow_unmeasured_boot)
 
 
-def unlock_key(state: StateDir, tpm, name: str, path: Path, now: datetime) -> None:
-    """Unseal the vault's key, add it to the kernel, check it is the recorded key and that it took;
-    record `tpm-sealed` as the vault's last unlock method (the drift report shows it)."""
+def unlock_key(state: StateDir, tpm, name: str, mountpoint: str, now: datetime) -> None:
+    """Unseal the vault's key, add it to the keyring of the filesystem holding `mountpoint`
+    (`Applier._key_home`), check it is the recorded key and that it took; record `tpm-sealed` as the
+    vault's last unlock method (the drift report shows it)."""
     from enforcer.release import record_unlock
     from enforcer.tpm import SealedBlob
 
@@ -376,7 +395,6 @@ def unlock_key(state: StateDir, tpm, name: str, path: Path, now: datetime) -> No
     if sealed is None:
         raise DeviceError("no sealed key is recorded", vault=name)
     recorded = bytes.fromhex(sealed["key_identifier"])
-    mountpoint = keyring_dir(path)
     try:
         key = tpm.unseal(SealedBlob.from_json(_json(sealed["blob"])))
     except DeviceError as exc:
@@ -397,8 +415,26 @@ def unlock_key(state: StateDir, tpm, name: str, path: Path, now: datetime) -> No
     record_unlock(state, name, "tpm-sealed", now)
 
 
+def key_homes(where: Layout) -> list[str]:
+    """A directory of each filesystem whose keyring may hold the vault's key: its image's, when it is
+    mounted, and the one its path is on (for a vault with an image, the one under its mount point too:
+    a key added while the image was not mounted went there). One per filesystem."""
+    candidates = [str(where.store)] if blockdev.is_mounted(where.store) else []
+    candidates += [fscrypt.mountpoint_of(str(where.path)), str(where.path.parent)]
+    homes: dict[int, str] = {}
+    for candidate in candidates:
+        homes.setdefault(os.stat(candidate).st_dev, candidate)
+    return list(homes.values())
+
+
+def key_in_kernel(identifier: bytes, where: Layout) -> bool:
+    """Whether any keyring the vault's key may be in (`key_homes`) has it, even incompletely removed."""
+    return any(fscrypt.key_status(home, identifier) is not KeyStatus.ABSENT for home in key_homes(where))
+
+
 def lock_key(identifier: bytes, where: Layout) -> fscrypt.RemovalResult | None:
-    """Remove the key from the kernel (every user's claim); None when it was not there.
+    """Remove the key from every keyring it is in (`key_homes`; every user's claim); None when it was in
+    none.
 
     A vault with its own image is the root of a bind mount, and a mount pins its root directory's
     inode: the kernel could never evict it and would leave the key "incompletely removed". So the
@@ -406,19 +442,20 @@ def lock_key(identifier: bytes, where: Layout) -> fscrypt.RemovalResult | None:
     the vault path shows the encrypted names. When the unmount is refused because files are open,
     the key is removed anyway and the kernel reports the vault busy (S7).
     """
-    storage = blockdev.is_mounted(where.store)
-    key_home = str(where.store if storage else fscrypt.mountpoint_of(str(where.path)))
-    if fscrypt.key_status(key_home, identifier) is KeyStatus.ABSENT:
+    homes = [home for home in key_homes(where) if fscrypt.key_status(home, identifier) is not KeyStatus.ABSENT]
+    if not homes:
         return None
     unbound = False
-    if storage and blockdev.is_mounted(where.path):
+    if str(where.store) in homes and blockdev.is_mounted(where.path):
         result = subprocess.run(["umount", str(where.path)], capture_output=True, text=True)
         unbound = result.returncode == 0  # refused when files are open: the kernel will say busy
     try:
-        return fscrypt.remove_key(key_home, identifier, all_users=True)
+        removals = [fscrypt.remove_key(home, identifier, all_users=True) for home in homes]
     finally:
         if unbound:
             _mount(["--bind", str(where.store_data), str(where.path)])
+    return fscrypt.RemovalResult(files_busy=any(r.files_busy for r in removals),
+                                 other_users=any(r.other_users for r in removals))
 
 
 def _for_vault(exc: DeviceError, name: str) -> DeviceError:
@@ -438,10 +475,6 @@ def _mount(arguments: list[str]) -> None:
     result = subprocess.run(["mount", *arguments], capture_output=True, text=True)
     if result.returncode != 0:
         raise DeviceError(f"mount {' '.join(arguments)} failed: {result.stderr.strip()}")
-
-
-def _size(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"
 
 
 def _image_room(where: Layout) -> tuple[int, int]:

@@ -13,7 +13,12 @@ subdirectory is bind-mounted at the vault path. The vault path is then an ordina
 directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
 `fscrypt.add_key(vault_path, …)` work on it directly.
 
-- Images are sparse files; callers keep them under the state dir on the persist partition.
+- Images are allocated in full (`posix_fallocate`) when made and when grown, and again after a
+  discard punched their free blocks out: a sparse image takes its blocks from the state filesystem
+  only as the vault is written, so a full state filesystem failed writes under the vault's limit,
+  and ext4 lost data converting its unwritten extents. Making or growing an image the state
+  filesystem has no room for is refused before anything changes (`NoRoomForImage`), keeping
+  `STATE_RESERVE_BYTES` free for the state files. Callers keep images under the state dir.
 - An image is made to give close to its limit (an 8 MiB limit writes ~7.8 MiB; the defaults gave
   3.5 MiB): `-m 0` (no root reserve: the limit is the same for root), one inode per 16 KiB (`-i
   16384`, ext4's ratio for ordinary filesystems; mkfs's "small" profile takes 4 KiB, 6% of a small
@@ -47,7 +52,8 @@ directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
   vault that is encrypted but has lost its sealed key must never get a new one (S20).
 - `discard_free` asks a filesystem to discard its free blocks (FITRIM). On a loop image that punches
   them out of the image file, so plaintext a re-encryption or migration unlinked leaves no trace in
-  it; on flash it is a hint the device may honour. Best effort: a device without discard says no.
+  it (the file is then allocated again: the new blocks read as zeroes); on flash it is a hint the
+  device may honour. Best effort: a device without discard says no.
 - A mount pins its root directory, so the kernel cannot evict the vault directory's inode while
   the bind mount stands: removing the key then leaves it "incompletely removed". To lock such a
   vault fully, unmount the bind first, remove the key, and bind again (enforcer/apply.py does).
@@ -55,6 +61,7 @@ directory of the image's filesystem: `fscrypt.set_policy(vault_path, …)` and
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import os
@@ -89,6 +96,10 @@ _MOUNT_OPTIONS = "loop,nodev,nosuid"
 _VAULT_DIR = "vault"
 _CAP_SYS_RESOURCE = 24
 _FITRIM = 0xC0185879  # _IOWR('X', 121, struct fstrim_range {u64 start, len, minlen})
+_LOOP_MAJOR = 7
+# kept free on the state filesystem beside the images: records, conditions, journal and sealed keys
+# (a few KiB each; `apply` probes for 64 KiB before it starts)
+STATE_RESERVE_BYTES = 2**20
 
 
 class BlockdevError(DeviceError):
@@ -113,6 +124,17 @@ class LimitBelowUsage(BlockdevError):
 
 class ShrinkUnsupported(BlockdevError):
     """A new limit is smaller than the image (but above usage): ext4 cannot shrink online."""
+
+
+class NoRoomForImage(BlockdevError):
+    """The state filesystem cannot allocate a vault's image (made or grown); nothing was changed."""
+
+    reason = "storage-no-room"
+
+
+def mib(size: int) -> str:
+    """A size for messages about free space: MiB with one decimal."""
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _run(argv: list[str], path: str | os.PathLike, action: str, env: dict | None = None) -> str:
@@ -207,7 +229,10 @@ def superblock(image: str | os.PathLike) -> Superblock:
 
 def vault_encrypted_offline(image: str | os.PathLike) -> bool:
     """Whether the vault directory of the unmounted `image` has an fscrypt policy (its inode carries
-    ext4's encrypt flag), read with debugfs in read-only catastrophic mode."""
+    ext4's encrypt flag), read with debugfs in read-only catastrophic mode (which exits 0 even when it
+    cannot open the filesystem: a damaged superblock is refused first)."""
+    if not _has_ext4(Path(image)):
+        raise BlockdevError("the image is not an ext4 filesystem", image)
     out = _run(["debugfs", "-c", "-R", f"stat /{_VAULT_DIR}", str(image)], image, "debugfs",
                env={**os.environ, "DEBUGFS_PAGER": "__none__"})
     flags = re.search(r"Flags: 0x([0-9a-fA-F]+)", out)
@@ -229,9 +254,11 @@ def make_image(image: str | os.PathLike, size_bytes: int, *, features: str = "en
     journal = ["-J", f"size={_JOURNAL_MIB}"] if size >= JOURNAL_FROM_BYTES else []
     image.parent.mkdir(parents=True, exist_ok=True)
     partial = image.with_name(image.name + ".partial")
+    partial.unlink(missing_ok=True)  # a crash's leftover takes room the check must count as free
+    check_room(image, size_bytes)
     try:
         with open(partial, "wb") as handle:
-            handle.truncate(size)
+            _allocate(handle, image, size)
         _run(["mkfs.ext4", "-q", "-F", "-b", str(BLOCK_SIZE), "-m", "0", "-i", str(_BYTES_PER_INODE),
               "-O", features if journal else f"{features},^has_journal", *journal,
               "-E", "nodiscard,lazy_itable_init=0", str(partial)], image, "mkfs.ext4")
@@ -265,7 +292,8 @@ def attach_image(image: str | os.PathLike, mountpoint: str | os.PathLike, size_b
     ext4 refuses an encryption policy on a filesystem's root directory, so the image is mounted
     at `backing_mountpoint(image)` and its `vault` subdirectory is bind-mounted at `mountpoint`:
     the vault path is then an ordinary (empty, encryptable) directory on the image's filesystem.
-    The filesystem grows to `image_bytes_for(size_bytes)` when it is smaller: before mounting when
+    The filesystem grows to `image_bytes_for(size_bytes)` when it is smaller and the state filesystem
+    has the room (else it is mounted at its size, and `grow` names the refusal): before mounting when
     it was not mounted, else through `grow`. Returns True only when a mounted vault had to be
     remounted (see `grow`). `checkpoint` (the crash test's hook) is called inside a resize.
     """
@@ -285,10 +313,12 @@ def attach_image(image: str | os.PathLike, mountpoint: str | os.PathLike, size_b
             make_image(image, size_bytes)
         elif not _has_ext4(image):
             raise BlockdevError("the image is not an ext4 filesystem; refusing to mount it", image)
-        elif superblock(image).size_bytes < target and not is_mounted(backing_mountpoint(image)):
+        elif (superblock(image).size_bytes < target and not is_mounted(backing_mountpoint(image))
+              and _room_short(image, target) is None):
             _resize_offline(image, target, checkpoint)  # before mounting: no key to drop yet
         _mount_vault(image, mountpoint)
-    if superblock(image).size_bytes < target:
+    # without the room the vault is mounted at its size: `grow` refuses then, and mounting must not
+    if superblock(image).size_bytes < target and _room_short(image, target) is None:
         return grow(image, mountpoint, size_bytes, checkpoint)
     return False
 
@@ -336,6 +366,7 @@ def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int,
         return False
     if backing_image(mountpoint) != image:
         raise BlockdevError(f"`{image}` is not mounted there; cannot grow it", mountpoint)
+    check_room(image, new_size)  # before the offline path unmounts the vault
     if can_resize_online():
         source = _mounts()[os.path.realpath(mountpoint)]
         _grow_file(image, new_size)
@@ -372,11 +403,54 @@ def _fsck(image: Path, when: str, *, force: bool) -> None:
 
 
 def _grow_file(image: Path, size: int) -> None:
-    """The image file at least `size` bytes (an interrupted resize may have grown it already)."""
+    """The image file at least `size` bytes, all allocated (an interrupted resize may have grown it
+    already); on failure the file keeps its size."""
     with open(image, "r+b") as handle:
-        if os.fstat(handle.fileno()).st_size < size:
-            handle.truncate(size)
+        before = os.fstat(handle.fileno()).st_size
+        try:
+            _allocate(handle, image, max(size, before))
+        except NoRoomForImage:
+            handle.truncate(before)  # frees what was allocated past the old end
+            raise
         os.fsync(handle.fileno())
+
+
+def _room_short(image: Path, size: int) -> tuple[int, int] | None:
+    """(bytes still to allocate, bytes free) when the filesystem holding `image` cannot allocate it up
+    to `image_bytes_for(size)` and keep `STATE_RESERVE_BYTES` free; None when it can."""
+    try:
+        allocated = image.stat().st_blocks * 512
+    except FileNotFoundError:
+        allocated = 0
+    needed = max(image_bytes_for(size) - allocated, 0)
+    stats = os.statvfs(image.parent)
+    free = stats.f_bavail * stats.f_frsize
+    return None if needed == 0 or needed + STATE_RESERVE_BYTES <= free else (needed, free)
+
+
+def check_room(image: str | os.PathLike, size_bytes: int) -> None:
+    """Refuse (`NoRoomForImage`, nothing changed) to make or grow `image` for a `size_bytes` limit when
+    the state filesystem cannot allocate it."""
+    short = _room_short(Path(image), size_bytes)
+    if short is not None:
+        needed, free = short
+        raise NoRoomForImage(
+            f"the state dir's filesystem has {mib(free)} free, the vault's image needs {mib(needed)} more and "
+            f"{mib(STATE_RESERVE_BYTES)} stays free for the state files; nothing was changed", image,
+            hint="free space on the state dir's filesystem (or move the state dir to a larger one), or lower the "
+            "vault's limit")
+
+
+def _allocate(handle, image: Path, size: int) -> None:
+    """Allocate every block of the open image file up to `size` (its new size when larger)."""
+    try:
+        os.posix_fallocate(handle.fileno(), 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise BlockdevError(f"allocating the image failed: {exc.strerror}", image) from None
+        raise NoRoomForImage(f"the state dir's filesystem has no room left for the vault's image "
+                             f"({exc.strerror}); nothing was changed", image,
+                             hint="free space on the state dir's filesystem, or lower the vault's limit") from None
 
 
 def _unmount(mountpoint: str | os.PathLike) -> None:
@@ -424,12 +498,23 @@ def quota_supported() -> bool:
 
 
 def discard_free(path: str | os.PathLike) -> bool:
-    """Discard the free blocks of the filesystem holding `path`; False when its device cannot."""
+    """Discard the free blocks of the filesystem holding `path`; False when its device cannot. A loop
+    image punched so is allocated again in full (`NoRoomForImage` when that fails): see the module
+    docstring."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.ioctl(fd, _FITRIM, bytearray(struct.pack("QQQ", 0, 2**64 - 1, 0)))
-        return True
+        device = os.fstat(fd).st_dev
     except OSError:  # EOPNOTSUPP and the like: nothing discards here; the blocks are only freed
         return False
     finally:
         os.close(fd)
+    if os.major(device) == _LOOP_MAJOR:
+        try:
+            backing = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/loop/backing_file").read_text()
+        except OSError:
+            return True
+        image = Path(backing.strip().removesuffix(" (deleted)"))
+        with open(image, "r+b") as handle:
+            _allocate(handle, image, os.fstat(handle.fileno()).st_size)
+    return True

@@ -182,3 +182,41 @@ _code("VP1206", "state-damaged", "a state file of the vault is damaged",
       "failed, naming the file; `lock` still removes the key the vault's directory is encrypted under. Restore "
       "the file from a backup, or have the controller release the escrowed key (`device unlock --release`).",
       "echo '{' > /var/lib/vaultpolicy/sealed/notes.json; vaultpolicy device unlock   # notes failed")
+
+# --- VP1019-VP1022: plans the host cannot carry out, refused before anything changes (enforcer/preflight.py)
+_code("VP1019", "persist-missing", "the persist partition is not there",
+      "`device apply` checks that the plan's persist directory exists under --root before it makes any vault, "
+      "so a missing mount or a wrong --root does not create vaults on the host's root filesystem.",
+      "vaultpolicy device apply plan.signed   # on a host without /persist: refused, nothing created")
+_code("VP1020", "no-fscrypt", "a vault's filesystem has no fscrypt",
+      "An encrypted vault without a limit is a directory on the persist filesystem, which must support fscrypt "
+      "(ext4 made with `-O encrypt`). Checked before anything changes; a vault with a limit gets its own image.",
+      "persist on an ext4 made without -O encrypt   # refused, nothing created")
+_code("VP1021", "unmeasured-boot", "PCR 0 or 4 is all zero",
+      "Nothing measured the boot into the TPM, so a key sealed to its PCRs would bind nothing. `device apply` "
+      "refuses before it changes anything unless the policy's device block says `allow_unmeasured_boot` "
+      "(simulators and development only).",
+      "vaultpolicy device apply plan.signed   # on a fresh swtpm: refused (unmeasured-boot)")
+_code("VP1022", "bank-not-allocated", "the TPM lacks the plan's PCR bank",
+      "A vault is sealed to a PCR bank the TPM has not allocated, or that does not cover its PCRs. Choose an "
+      "allocated bank in the policy or allocate it (tpm2_pcrallocate). Nothing changes.",
+      "bank sha384 on a TPM with only sha256 allocated   # refused")
+
+# --- VP1116-VP1118: a vault's own image (enforcer/blockdev.py), refused or left alone, never made anew
+_code("VP1116", "storage-no-room", "the state filesystem has no room for a vault's image",
+      "A vault with a limit lives on its own image under the state dir, allocated in full when it is made or "
+      "grown (a sparse image would take its blocks only as the vault is written, and a full state filesystem "
+      "then fails writes under the limit and loses data). An image the state filesystem cannot hold, keeping "
+      "1 MiB free for the state files, is refused before anything changes. Free space there, move the state "
+      "dir to a larger filesystem, or lower the limit.",
+      "two 16 MiB vaults with the state dir on a 24 MiB filesystem   # the second refused, nothing made")
+_code("VP1117", "storage-damaged", "a vault's image cannot be read",
+      "The vault's own image (`STATE/images/<vault>.img`) is not a readable ext4 filesystem. That vault is left "
+      "as it is: `apply` refuses it, `unlock` fails it, `status` names the image; every other vault goes on. "
+      "Repair the image by hand (`e2fsck`) or restore it from a backup.",
+      "the superblock of a.img overwritten   # vault a failed, b and c unlocked")
+_code("VP1118", "storage-lost", "a vault's image is missing",
+      "The device made the vault with its own image and sealed its key, but the image file is gone: its files "
+      "were in it. No empty filesystem is made in its place (that would hide the loss behind an empty vault), "
+      "and no key is added for it. Restore the image from a backup.",
+      "rm STATE/images/g.img; reboot   # vault g failed (storage-lost), never re-created")

@@ -9,13 +9,14 @@ Recovery does not replay the journal blindly. Every step is written so that re-o
 the TPM and the filesystem and reconciling again finishes it (a staged plaintext copy is visible as a
 directory, a committed key as its sealed blob, ...). The journal tells the next run that the previous
 one stopped mid-way and at which step (`interrupted()`), so it is reported, and it is where the
-crash test hooks in. A completed apply truncates the journal.
+crash test hooks in. A completed apply removes the journal, and so does the start of the next run.
 
 Test hook: VAULTPOLICY_CRASH_AT=N makes the process SIGKILL itself at its N-th crash point (1-based).
 Crash points are, in one count, right after writing each step's intent (the worst moment between
 steps) and the points inside steps a handler names with `checkpoint(label)`: inside a copy, between
-deleting plaintext and discarding its blocks, inside a resize, inside the cipher probe. Only for
-tests; documented in docs/enforcer.md.
+deleting plaintext and discarding its blocks, inside a resize, inside the cipher probe, and between
+staging the applied plan and swapping it in (`StateDir.commit_plan`). Only for tests; documented in
+docs/enforcer.md.
 """
 
 from __future__ import annotations
@@ -27,33 +28,42 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from enforcer.state import StateWriteError, atomic_remove, atomic_write
+from enforcer.state import StateCorrupt, StateWriteError, atomic_remove
 
 CRASH_ENV = "VAULTPOLICY_CRASH_AT"
 
 
 class Journal:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, warnings: list[str] | None = None):
+        """`warnings`: where `begin` reports a damaged journal (the command prints them, `StateDir.warnings`)."""
         self.path = path
+        self.warnings = [] if warnings is None else warnings
         self._seq = 0
         self._points = 0
         self._crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
 
     def interrupted(self) -> list[dict]:
-        """Intents of a previous run that never reached `done`, oldest first."""
+        """Intents of a previous run that never reached `done`, oldest first; `StateCorrupt` naming the
+        file and line for an entry that is not one this journal writes."""
         try:
             lines = self.path.read_text().splitlines()
         except FileNotFoundError:
             return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateCorrupt(f"the journal {self.path} is unreadable: {getattr(exc, 'strerror', None) or exc}") from None
         pending: dict[int, dict] = {}
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
             except ValueError:
-                continue  # a torn last line from a crash mid-write: that step never started
+                if number == len(lines):
+                    continue  # a torn last line from a crash mid-write: that step never started
+                raise StateCorrupt(f"the journal {self.path}:{number} is unreadable: not JSON") from None
+            if not _is_entry(entry):
+                raise StateCorrupt(f"the journal {self.path}:{number} is unreadable: not a journal entry")
             if "intent" in entry:
                 pending[entry["seq"]] = entry["intent"]
-            elif entry.get("done"):
+            else:
                 pending.pop(entry["seq"], None)
         return [pending[k] for k in sorted(pending)]
 
@@ -84,13 +94,29 @@ class Journal:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def begin(self) -> list[dict]:
-        """Start a new run: return what the previous run left unfinished, then start an empty journal."""
-        unfinished = self.interrupted()
+        """Start a new run: return what the previous run left unfinished, then start an empty journal.
+
+        The journal only says where a previous run stopped; recovery reads the kernel, the TPM and the
+        filesystem. So a damaged journal stops nothing: it is a warning, and the new run starts afresh."""
+        try:
+            unfinished = self.interrupted()
+        except StateCorrupt as exc:
+            self.warnings.append(f"{exc.message}; started anew: whether an earlier run was interrupted is not known")
+            unfinished = []
         if self.path.exists():
-            atomic_write(self.path, b"")
+            atomic_remove(self.path)
         return unfinished
 
     def finish(self) -> None:
         """The apply converged: nothing is pending any more."""
         if self.path.exists():
             atomic_remove(self.path)
+
+
+def _is_entry(entry) -> bool:
+    """`{"seq": N, "intent": {"action": ...}}` or `{"seq": N, "done": true}`."""
+    if not isinstance(entry, dict) or type(entry.get("seq")) is not int:
+        return False
+    if "intent" in entry:
+        return isinstance(entry["intent"], dict) and isinstance(entry["intent"].get("action"), str)
+    return entry.get("done") is True

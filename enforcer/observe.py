@@ -11,9 +11,10 @@ For each vault the plan names (and each vault the device still manages after it 
   still loads it (TPM2_Load under the storage primary, flushed at once; nothing is unsealed): a
   blob whose private part was damaged matches on every other count and fails the next unlock
 - the size of a vault image's filesystem, from its superblock (not the image file's size: a resize
-  cut short grew the file only), and for an image that is not mounted whose vault has no sealed
-  key, whether its vault directory is encrypted (read from the image: the kernel cannot say until
-  it is mounted, and such a vault has lost its key, S20)
+  cut short grew the file only), or why the image cannot be read (that fails its own vault only),
+  and for an image that is not mounted whose vault has no sealed key, whether its vault directory is
+  encrypted (read from the image: the kernel cannot say until it is mounted, and such a vault has
+  lost its key, S20)
 - a staged plaintext copy waiting to migrate into the vault (S5), or one migrated and not yet erased
 
 Storage layout of a vault with a limit (this kernel has no project quotas, see enforcer/blockdev.py):
@@ -97,7 +98,12 @@ def keyring_dir(vault_path: Path) -> str:
 
 def layout(state: StateDir, root: Path | None, name: str, plan_path: str) -> Layout:
     path = host_path(root, plan_path)
-    return Layout(path=path, image=state.image_path(name), staging=path.with_name(f".{path.name}.vp-plaintext"))
+    return Layout(path=path, image=state.image_path(name), staging=staging_path(path))
+
+
+def staging_path(vault_path: Path) -> Path:
+    """Where plaintext found at the vault path waits to migrate into the vault (beside it)."""
+    return vault_path.with_name(f".{vault_path.name}.vp-plaintext")
 
 
 @dataclass(frozen=True)
@@ -114,13 +120,15 @@ class ObservedVault:
     name: str
     path: str
     path_state: PathState
+    image: str = ""  # where the vault's own image is, when it has one
     mounted: bool = False
     image_bytes: int | None = None  # size of the filesystem of the vault's own image, when it has one
     image_encrypted: bool | None = None  # an unmounted image's vault directory has a policy (only
     # looked at when no sealed key is recorded)
+    storage_damaged: str | None = None  # why the vault's image cannot be read (its superblock, its vault dir)
     used_bytes: int | None = None
     capacity_bytes: int | None = None
-    empty: bool | None = None  # only looked at for a directory without an encryption policy
+    empty: bool | None = None  # looked at for a directory without an encryption policy, or with staged plaintext
     staged_plaintext: bool = False
     erasing_plaintext: bool = False  # a migration copied its plaintext in but had not erased it yet
     policy: EncryptionPolicy | None = None
@@ -133,6 +141,8 @@ class ObservedVault:
 class Observed:
     vaults: dict[str, ObservedVault]
     records: dict[str, VaultRecord] = field(default_factory=dict)
+    # an apply started and did not finish (its journal is there): it was interrupted, or it runs now
+    apply_unfinished: bool = False
 
 
 def path_state(root: Path | None, path: Path) -> PathState:
@@ -160,7 +170,7 @@ def path_state(root: Path | None, path: Path) -> PathState:
     return PathState.DIRECTORY
 
 
-def _is_empty(path: Path) -> bool:
+def is_empty(path: Path) -> bool:
     with os.scandir(path) as entries:
         return next(entries, None) is None
 
@@ -171,11 +181,14 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
     where = layout(state, root, name, plan_path)
     kind = path_state(root, where.path)
     errors: list[str] = []
-    values: dict = {"name": name, "path": str(where.path), "path_state": kind}
+    values: dict = {"name": name, "path": str(where.path), "path_state": kind, "image": str(where.image)}
     values["staged_plaintext"] = where.staging.is_dir() and not where.staging.is_symlink()
     values["erasing_plaintext"] = where.erasing.is_dir() and not where.erasing.is_symlink()
     if where.image.exists():
-        values["image_bytes"] = blockdev.superblock(where.image).size_bytes
+        try:
+            values["image_bytes"] = blockdev.superblock(where.image).size_bytes
+        except (blockdev.BlockdevError, OSError) as exc:  # this vault's storage only: the others go on
+            values["storage_damaged"] = _damage(where.image, exc)
     if kind is PathState.DIRECTORY:
         mounted = os.path.ismount(where.path)
         values["mounted"] = mounted
@@ -187,15 +200,19 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
             values["policy"] = fscrypt.get_policy(str(where.path))
         except DeviceError as exc:  # e.g. a filesystem without fscrypt: the files are in the clear
             errors.append(exc.message)
-        if values.get("policy") is None:
-            values["empty"] = _is_empty(where.path)
+        if values.get("policy") is None or values["staged_plaintext"]:  # a staged migration: is a copy in?
+            values["empty"] = is_empty(where.path)
 
     sealed = state.sealed(name)
-    if sealed is None and where.image.exists() and not values.get("mounted"):  # is the image's vault encrypted?
-        if blockdev.is_mounted(where.store):  # mounted, its vault not bound at the path: the kernel says
-            values["image_encrypted"] = where.store_data.is_dir() and fscrypt.get_policy(str(where.store_data)) is not None
-        else:
-            values["image_encrypted"] = blockdev.vault_encrypted_offline(where.image)
+    if sealed is None and "image_bytes" in values and not values.get("mounted"):  # is the image's vault encrypted?
+        try:
+            if blockdev.is_mounted(where.store):  # mounted, its vault not bound at the path: the kernel says
+                values["image_encrypted"] = (where.store_data.is_dir()
+                                             and fscrypt.get_policy(str(where.store_data)) is not None)
+            else:
+                values["image_encrypted"] = blockdev.vault_encrypted_offline(where.image)
+        except blockdev.BlockdevError as exc:
+            values["storage_damaged"] = _damage(where.image, exc)
     identifier = None
     if sealed is not None:
         values["seal"] = _observe_seal(state, name, sealed, tpm, errors, {} if pcr_cache is None else pcr_cache)
@@ -210,6 +227,11 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
         except DeviceError as exc:
             errors.append(exc.message)
     return ObservedVault(**values, errors=tuple(errors))
+
+
+def _damage(image: Path, exc: Exception) -> str:
+    detail = exc.message.removeprefix(f"{image}: ") if isinstance(exc, DeviceError) else (exc.strerror or str(exc))
+    return f"its image `{image}` cannot be read: {detail}"
 
 
 def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[str], pcr_cache: dict) -> ObservedSeal:
@@ -251,4 +273,4 @@ def observe(plan: Plan | None, state: StateDir, root: Path | None, tpm) -> Obser
     wanted.update({r.name: r.path for r in records.values()})
     pcr_cache: dict = {}
     vaults = {name: observe_vault(state, root, name, path, tpm, pcr_cache) for name, path in sorted(wanted.items())}
-    return Observed(vaults=vaults, records=records)
+    return Observed(vaults=vaults, records=records, apply_unfinished=state.journal_path.exists())

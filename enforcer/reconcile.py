@@ -84,6 +84,16 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
     if seen.path_state in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH, PathState.NOT_DIRECTORY):
         problem("unsafe-path", f"`{seen.path}` is a {seen.path_state.value}; the vault is not created there")
         return
+    if seen.storage_damaged is not None:
+        problem("storage-damaged", f"{seen.storage_damaged}; the vault is left as it is: repair the image by hand "
+                f"(`e2fsck {seen.image}`) or restore it from a backup")
+        return
+    if storage_lost(vault, record, seen):
+        still = (": it is still mounted from the deleted file, so copy the files out before it is unmounted"
+                 if seen.mounted else ": restore the image from a backup")
+        problem("storage-lost", f"its image `{seen.image}` is missing, and the vault's files were in it; no empty "
+                f"filesystem is made in its place{still}")
+        return
     if record is not None and record.path != vault.path:
         problem("path-change-unsupported", f"the plan moves the vault from `{record.path}` to `{vault.path}`; the "
                 f"device does not move vaults: its files stay at `{record.path}` and are managed there")
@@ -148,6 +158,16 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
     out.steps.extend(steps)
 
 
+def storage_lost(vault: Vault, record: VaultRecord | None, seen: ObservedVault) -> bool:
+    """A vault the device made with its own image (recorded, its key sealed) whose image file is gone:
+    making it again would hide the loss under an empty vault. Its path is then the empty mount point,
+    or still mounted from the deleted file; an encrypted directory there is a vault that never had an
+    image (a plan gave it a limit)."""
+    return (record is not None and bool(vault.limit_bytes or record.limit_bytes) and seen.seal is not None
+            and seen.image_bytes is None and seen.storage_damaged is None
+            and (seen.mounted or seen.policy is None))
+
+
 def _storage_steps(vault: Vault, seen: ObservedVault, step, problem) -> None:
     """A vault with a limit: its own image, made, mounted and grown to the limit."""
     if not vault.limit_bytes:
@@ -164,6 +184,14 @@ def _storage_steps(vault: Vault, seen: ObservedVault, step, problem) -> None:
     elif seen.image_bytes > -(-vault.limit_bytes // BLOCK_SIZE) * BLOCK_SIZE:  # older images: the whole limit
         problem("limit-below-size", f"the limit fell to {format_size(vault.limit_bytes)} but the vault's filesystem "
                 f"has {format_size(seen.image_bytes)}; shrinking is not supported, the vault keeps its size")
+
+
+def apply_interrupted(plan: Plan, observed: Observed, name: str) -> bool:
+    """The vault is one an unfinished apply (of a newer plan) began to make: recorded, never orphaned,
+    and not in the applied plan. Not a vault that left the plan: that one is orphaned by the apply
+    that drops it, and read-only commands must say it waits for that apply to run again."""
+    record = observed.records.get(name)
+    return observed.apply_unfinished and plan.vault(name) is None and record is not None and not record.orphaned
 
 
 def _removed_vault(record: VaultRecord, seen: ObservedVault, out: Reconciliation) -> None:

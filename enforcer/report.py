@@ -13,7 +13,10 @@ Signing: the report's canonical bytes (RFC 8785) are hashed into a TPM2_Quote's 
 The signed report ("vaultpolicy.signed-report.v1") holds the exact report bytes and the quote, so an
 edited report no longer matches the quote, and a report from another TPM fails the enrolled key.
 
-Condition precedence (the first that applies): Orphaned (managed but no longer in the plan, kept
+Condition precedence (the first that applies): Drifted with reason `storage-damaged` or
+`storage-lost` (the vault's own image cannot be read, or is gone) → Drifted, or Disabled when
+plaintext waits beside it, with reason `apply-interrupted` (a vault an unfinished apply of a newer
+plan began to make, which is not in the applied plan) → Orphaned (managed but no longer in the plan, kept
 locked as `retain` says; Drifted when its key is in the kernel or its record says `destroy`) →
 Disabled (an encrypted vault's path holds plaintext: S5, loudly) → Drifted with reason
 `plaintext-erase-pending` (a migration copied the plaintext in but its copy beside the vault, renamed
@@ -30,6 +33,7 @@ import base64
 import hashlib
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 import rfc8785
@@ -38,8 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from compiler.plan import Plan, Vault, format_time
 from enforcer.attest import Quote
 from enforcer.escrow import escrow_state, load_json_object
-from enforcer.observe import Observed, ObservedVault, PathState
 from enforcer.fscrypt import KeyStatus
+from enforcer.observe import Observed, ObservedVault, PathState, staging_path
+from enforcer.reconcile import apply_interrupted, storage_lost
 from enforcer.release import last_unlocks
 from enforcer.rotate import overdue as key_overdue
 from enforcer.state import StateDir
@@ -135,8 +140,22 @@ def load_report(data: bytes, source: str = "report") -> Report:
 
 
 def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool,
-                    on_remove: str = "retain") -> tuple[Condition, str, str]:
-    """`on_remove`: for a vault no longer in the plan, what its record says to do with it."""
+                    on_remove: str = "retain", interrupted: bool = False,
+                    storage_lost: bool = False) -> tuple[Condition, str, str]:
+    """`on_remove`: for a vault no longer in the plan, what its record says to do with it;
+    `interrupted`: an unfinished apply of a newer plan began to make it (`reconcile.apply_interrupted`);
+    `storage_lost`: its image is gone (`reconcile.storage_lost`)."""
+    if seen.storage_damaged is not None:
+        return "Drifted", "storage-damaged", seen.storage_damaged
+    if storage_lost:
+        return "Drifted", "storage-lost", f"its image `{seen.image}` is missing, and the vault's files were in it"
+    if interrupted:
+        if seen.staged_plaintext:
+            return "Disabled", "apply-interrupted", (f"an apply that adds this vault did not finish: its files wait, "
+                                                     f"unencrypted, in `{staging_path(Path(seen.path))}` to move "
+                                                     "into it (`device apply` with that plan again)")
+        return "Drifted", "apply-interrupted", ("an apply that adds this vault did not finish (`device apply` with "
+                                                "that plan again)")
     if wanted is None:
         if on_remove == "destroy":
             return "Drifted", "destroy-pending", "the plan destroys this vault; it is still there (`device apply` destroys it)"
@@ -193,8 +212,10 @@ def build_report(
     for name, seen in sorted(observed.vaults.items()):
         wanted = plan.vault(name) if plan else None
         record = observed.records.get(name)
-        condition, reason, message = vault_condition(wanted, seen, record is not None,
-                                                     record.on_remove if record else "retain")
+        condition, reason, message = vault_condition(
+            wanted, seen, record is not None, record.on_remove if record else "retain",
+            interrupted=plan is not None and apply_interrupted(plan, observed, name),
+            storage_lost=wanted is not None and storage_lost(wanted, record, seen))
         escrow_required = bool(wanted and wanted.seal and wanted.seal.attestation in requiring)
         escrow = escrow_state(state.root, name)
         if escrow_required and escrow != "acknowledged" and condition == "Ready":

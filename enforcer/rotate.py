@@ -46,7 +46,6 @@ without its own image are not carried over (stop its apps first: `device gate` k
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -62,15 +61,11 @@ from enforcer.apply import Applier, copy_metadata, copy_needs, copy_tree, seal_n
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, layout
-from enforcer.state import StateDir, atomic_remove, atomic_write, fsync_dir
+from enforcer.state import StateDir, atomic_remove, atomic_write, exchange, fsync_dir
 from vaultpolicy.errors import DeviceError, InputError
 
 ROTATING_DIR = "rotating"
 _NEW_SUFFIX = ".vp-rotate"
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class RotationRefused(DeviceError):
@@ -91,6 +86,20 @@ class Rotated:
     new_key: str = ""
     rotated_at: str = ""
     message: str = ""
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A rotation or re-encryption a crash interrupted, finished by `Rotator.recover`."""
+
+    vault: str
+    operation: str  # rotation | re-encryption
+    outcome: str  # completed: the swap had happened | undone: the vault keeps its previous key and files
+
+    def describe(self) -> str:
+        if self.outcome == "completed":
+            return f"interrupted {self.operation} completed (its files had been swapped in)"
+        return f"interrupted {self.operation} undone (its files had not been swapped in: the vault is as before)"
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,8 @@ class Rotator:
     def rotate(self, name: str) -> Rotated:
         """`device rotate`: a fresh key for the vault's files."""
         if self.state.sealed(name) is None:
-            raise RotationRefused("not-created", "has no key yet; run `vaultpolicy device apply` first", vault=name)
+            raise RotationRefused("not-created", "the vault has no key yet; run `vaultpolicy device apply` first",
+                                  vault=name)
         return self.rekey(name, "rotate")
 
     def rekey(self, name: str, verb: str) -> Rotated:
@@ -168,13 +178,13 @@ class Rotator:
         policy = fscrypt.get_policy(str(where.data)) if where.data.is_dir() else None
         if policy is not None:
             if sealed is None or policy.key_identifier.hex() != sealed["key_identifier"]:
-                raise RotationRefused("not-encrypted", "is not encrypted under its sealed key; run "
+                raise RotationRefused("not-encrypted", "the vault is not encrypted under its sealed key; run "
                                       "`vaultpolicy device apply` first", vault=name)
             if fscrypt.key_status(where.key_home, policy.key_identifier) is not KeyStatus.PRESENT:
-                raise RotationRefused("vault-locked", f"is locked: its files must be readable to {verb} them",
+                raise RotationRefused("vault-locked", f"the vault is locked: its files must be readable to {verb} them",
                                       vault=name, hint="run `vaultpolicy device unlock` first")
         elif not where.data.is_dir() or verb == "rotate":
-            raise RotationRefused("not-encrypted", "is not encrypted under its sealed key; run "
+            raise RotationRefused("not-encrypted", "the vault is not encrypted under its sealed key; run "
                                   "`vaultpolicy device apply` first", vault=name)
         _check_space(name, where.data, vault.encryption != "none")
         # the key the files leave: the directory's, or a sealed key whose files are gone (still erased)
@@ -194,7 +204,7 @@ class Rotator:
                               "the vault keeps its key", vault=name) from None
         pending = _read_pending(self.state, name)
         with self._step(f"{verb}-swap", name):
-            _exchange(where.data, where.fresh)
+            exchange(where.data, where.fresh)
         busy = self._finish(name, where, pending, verb)
         return Rotated(name, "rotated", "", old.hex() if old else "", pending["key_identifier"] or "",
                        pending["rotated_at"],
@@ -302,11 +312,11 @@ class Rotator:
             key[:] = bytes(len(key))
 
     # --- recovery --------------------------------------------------------------------------------
-    def recover(self) -> list[str]:
-        """Finish (swapped) or undo (not swapped) every rotation or re-encryption a crash interrupted;
-        their vaults."""
+    def recover(self) -> list[Recovered]:
+        """Finish (swapped) or undo (not swapped) every rotation or re-encryption a crash interrupted."""
         directory = self.state.root / ROTATING_DIR
         names = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
+        recovered = []
         for name in names:
             record = self.state.record(name)  # only its own record: a damaged other one is not this one's concern
             if record is None:
@@ -323,7 +333,9 @@ class Rotator:
                 self._finish(name, where, pending, verb)
             else:
                 self._undo(name, where, pending, verb)
-        return names
+            recovered.append(Recovered(name, "rotation" if verb == "rotate" else "re-encryption",
+                                       "completed" if swapped else "undone"))
+        return recovered
 
     # --- layout ----------------------------------------------------------------------------------
     def _where(self, name: str, plan_path: str) -> _Where:
@@ -371,14 +383,6 @@ def _unbind(name: str, path: Path, verb: str) -> None:
     if result.returncode != 0:
         raise RotationRefused("vault-busy", f"files are open in the vault; close them (stop its apps) to {verb} "
                               f"({result.stderr.strip()})", vault=name)
-
-
-def _exchange(a: Path, b: Path) -> None:
-    """Swap two directories of one filesystem atomically (renameat2 RENAME_EXCHANGE)."""
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(a))
-    fsync_dir(a.parent)
 
 
 def _check_space(name: str, data: Path, encrypted: bool) -> None:

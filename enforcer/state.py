@@ -5,7 +5,12 @@ Layout under STATE (`--state-dir`):
     applied/plan.signed      exact envelope bytes of the last applied plan (re-verified at boot, S12)
     applied/floor.json       {"plan_version", "plan_sha256"}: no plan at or below this version is taken
                              again, except the applied plan's own bytes (that reconciles, it is no rollback)
-    trust                    the trust root the applied plan was verified with (PEM key or root envelope)
+    applied/trust            the trust root the applied plan was verified with (PEM key or root envelope).
+                             The three are committed together (`commit_plan`): written to `applied.next/`,
+                             which is then swapped with `applied/` in one rename. Enforcers before that kept
+                             the trust root in STATE/trust, which is still read until the next commit
+    host.json                {"root", "tpm"}: the --root ("/" without one) and the TPM (a TCTI, or
+                             "embedded") `device apply` used; commands given another root are refused
     sealed/<vault>.json      the sealed key blob (TPM public/private areas) + the kernel key identifier
                              + `rotated_at` (RFC 3339 UTC, when that key was created); the raw key never
                              touches disk. Records written before `rotated_at` existed lack it
@@ -27,12 +32,15 @@ directory (S19). A failed write raises `StateWriteError` naming the file; caller
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import json
 import os
 import re
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -42,8 +50,12 @@ from compiler.plan import format_time
 from vaultpolicy.errors import DeviceError
 
 # what a mutating command needs free in the state dir before it starts: its records, conditions,
-# journal and sealed keys are a few KiB each
-_PROBE_BYTES = 64 * 1024
+# journal and sealed keys are a few KiB each, and each atomic write takes an inode for its temp file
+_MIN_FREE_BYTES = 64 * 1024
+_MIN_FREE_INODES = 32
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
 _VAULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -61,6 +73,11 @@ SEALED_DAMAGED_HINT = ("restore it from a backup, or have the controller release
 # nothing on the device can rebuild it safely
 RECORD_DAMAGED_HINT = ("restore it from a backup; until then `device apply` and `device status` refuse, and "
                        "`device unlock` and `device lock` go on with every other vault")
+
+
+FLOOR_DAMAGED_HINT = ("restore it from a backup; until then `device apply` refuses (it cannot tell a rollback), "
+                      "while `device unlock`, `status` and `gate` go on with a warning")
+HOST_DAMAGED_HINT = "remove it: the next `device apply` records its --root and --tpm again"
 
 
 class StateBusy(DeviceError):
@@ -93,6 +110,15 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StateWriteError(f"cannot write state file {path}: {exc.strerror or exc}") from None
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two directories of one filesystem in one step (renameat2 RENAME_EXCHANGE), then fsync their
+    parent: a crash leaves either both names as they were or both swapped."""
+    if _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
+    fsync_dir(a.parent)
 
 
 def atomic_remove(path: Path) -> None:
@@ -132,6 +158,14 @@ class VaultRecord:
 
 
 @dataclass(frozen=True)
+class HostRecord:
+    """Where this device's vaults and keys are: what `device apply` was given."""
+
+    root: str  # --root, resolved; "/" without one
+    tpm: str  # the TCTI keys were sealed through, or "embedded" (the state dir's own swtpm)
+
+
+@dataclass(frozen=True)
 class Condition:
     """Kubernetes-style: `ok` false means the subject is not as the plan wants; `reason` is a kebab word."""
 
@@ -161,16 +195,24 @@ class StateDir:
 
     # --- layout --------------------------------------------------------------------------------
     @property
+    def applied_dir(self) -> Path:
+        return self.root / "applied"
+
+    @property
     def plan_path(self) -> Path:
-        return self.root / "applied" / "plan.signed"
+        return self.applied_dir / "plan.signed"
 
     @property
     def floor_path(self) -> Path:
-        return self.root / "applied" / "floor.json"
+        return self.applied_dir / "floor.json"
 
     @property
     def trust_path(self) -> Path:
-        return self.root / "trust"
+        return self.applied_dir / "trust"
+
+    @property
+    def host_path(self) -> Path:
+        return self.root / "host.json"
 
     @property
     def journal_path(self) -> Path:
@@ -217,26 +259,25 @@ class StateDir:
 
     def check_writable(self) -> None:
         """Refuse before a mutating command changes anything when the state dir cannot take writes
-        (read-only, or full): a probe of `_PROBE_BYTES` is written, fsynced and removed."""
-        probe = self.root / ".write-probe"
+        (read-only, or full). Asked of the filesystem (`statvfs`), so the check itself writes nothing and
+        a repeated apply does no filesystem mutation."""
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(bytes(_PROBE_BYTES))
-                while view:  # a nearly full filesystem takes part of a write, then refuses the rest
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fs = os.statvfs(self.root)
         except OSError as exc:
-            raise StateWriteError(f"the state dir {self.root} cannot be written ({exc.strerror or exc}); nothing was "
-                                  "changed", hint="make it writable (remount it read-write, or free space on it) and "
-                                  "run the command again") from None
-        finally:
-            try:
-                probe.unlink(missing_ok=True)
-            except OSError:
-                pass  # a read-only state dir: the probe was never made
+            raise StateCorrupt(f"cannot read the state dir {self.root}: {exc.strerror or exc}") from None
+        # root may use the blocks and inodes a filesystem reserves for it, as every write here does
+        privileged = os.geteuid() == 0
+        free_bytes = (fs.f_bfree if privileged else fs.f_bavail) * fs.f_frsize
+        free_inodes = fs.f_ffree if privileged else fs.f_favail
+        why = None
+        if fs.f_flag & os.ST_RDONLY:
+            why = os.strerror(errno.EROFS)
+        elif free_bytes < _MIN_FREE_BYTES or (fs.f_files and free_inodes < _MIN_FREE_INODES):
+            why = os.strerror(errno.ENOSPC)  # f_files 0: a filesystem that does not count inodes
+        if why is not None:
+            raise StateWriteError(f"the state dir {self.root} cannot be written ({why}); nothing was changed",
+                                  hint="make it writable (remount it read-write, or free space on it) and run the "
+                                  "command again")
 
     def ensure(self) -> None:
         try:
@@ -253,24 +294,81 @@ class StateDir:
         except OSError as exc:
             raise StateCorrupt(f"the stored applied plan {self.plan_path} is unreadable: {exc.strerror or exc}") from None
 
+    def checked_floor(self) -> tuple[int, str] | None:
+        """(plan_version, plan_sha256) no offered plan may go below; a damaged floor raises `StateCorrupt`
+        naming the file: without it an apply cannot tell a rollback from a new plan."""
+        data = _read_json(self.floor_path, "the version floor", FLOOR_DAMAGED_HINT)
+        if data is None:
+            return None
+        if (not isinstance(data, dict) or type(data.get("plan_version")) is not int
+                or not isinstance(data.get("plan_sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", data["plan_sha256"])):
+            raise StateCorrupt(f"the version floor {self.floor_path} is unreadable: not an object with an integer "
+                               "`plan_version` and a SHA-256 `plan_sha256`", hint=FLOOR_DAMAGED_HINT)
+        return data["plan_version"], data["plan_sha256"]
+
     def floor(self) -> tuple[int, str] | None:
-        data = _read_json(self.floor_path)
-        return None if data is None else (int(data["plan_version"]), str(data["plan_sha256"]))
-
-    def commit_plan(self, envelope: bytes, plan_version: int, plan_sha256: str) -> None:
-        """The plan first, then the floor: a crash between them leaves a floor that is still correct."""
-        atomic_write(self.plan_path, envelope)
-        atomic_write(self.floor_path, _json_bytes({"plan_version": plan_version, "plan_sha256": plan_sha256}))
-
-    def trust_bytes(self) -> bytes | None:
+        """The floor as the boot commands read it, to check the stored plan is the one applied. A damaged
+        floor must not keep every vault locked: the stored plan's signature is still checked against the
+        trust root, so it is reported in `warnings` and read as absent (docs/enforcer.md)."""
         try:
-            return self.trust_path.read_bytes()
-        except FileNotFoundError:
+            return self.checked_floor()
+        except StateCorrupt as exc:
+            warning = f"{exc.message}; the stored applied plan was checked against the trust root only"
+            if warning not in self.warnings:
+                self.warnings.append(warning)
             return None
 
-    def save_trust(self, data: bytes) -> None:
-        if self.trust_bytes() != data:
-            atomic_write(self.trust_path, data, 0o644)
+    def commit_plan(self, envelope: bytes, plan_version: int, plan_sha256: str, trust: bytes | None = None,
+                    checkpoint: Callable[[str], None] | None = None) -> None:
+        """Record the applied plan, its floor and the trust root it verified under (`None`: the recorded
+        one) in one step. They are written to `applied.next/`, which is then swapped with `applied/`
+        (RENAME_EXCHANGE): a crash leaves the three old files or the three new ones, each set verifying
+        (a kill between two files left a plan the floor called not the applied one, and a rotated root
+        beside a plan signed by its successor). `checkpoint` is the crash-test hook (journal.py)."""
+        trust = self.trust_bytes() if trust is None else trust
+        staged = self.root / "applied.next"
+        _remove_tree(staged)  # what a crash left: an unfinished commit, or the plan a finished one replaced
+        atomic_write(staged / "plan.signed", envelope)
+        atomic_write(staged / "floor.json", _json_bytes({"plan_version": plan_version, "plan_sha256": plan_sha256}))
+        if trust is not None:
+            atomic_write(staged / "trust", trust, 0o644)
+        if checkpoint is not None:
+            checkpoint("commit-staged")
+        try:
+            if self.applied_dir.exists():
+                exchange(staged, self.applied_dir)
+            else:
+                os.rename(staged, self.applied_dir)
+                fsync_dir(self.root)
+        except OSError as exc:
+            raise StateWriteError(f"cannot write state file {self.applied_dir}: {exc.strerror or exc}") from None
+        _remove_tree(staged)
+        atomic_remove(self.root / "trust")  # where enforcers before the joint commit kept it
+
+    def trust_bytes(self) -> bytes | None:
+        for path in (self.trust_path, self.root / "trust"):  # STATE/trust: written by enforcers before the joint commit
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StateCorrupt(f"the recorded trust root {path} is unreadable: {exc.strerror or exc}") from None
+        return None
+
+    # --- where the vaults and keys are -----------------------------------------------------------
+    def host(self) -> HostRecord | None:
+        """The --root and TPM `device apply` used; None before the first apply (or before they were recorded)."""
+        data = _read_json(self.host_path, "the host record", HOST_DAMAGED_HINT)
+        if data is None:
+            return None
+        if not isinstance(data, dict) or set(data) != {"root", "tpm"} or not all(isinstance(v, str) for v in data.values()):
+            raise StateCorrupt(f"the host record {self.host_path} is unreadable: not an object with a `root` and a "
+                               "`tpm` string", hint=HOST_DAMAGED_HINT)
+        return HostRecord(data["root"], data["tpm"])
+
+    def save_host(self, record: HostRecord) -> None:
+        if self.host() != record:  # unchanged: no write, so a repeated apply does no filesystem mutation
+            atomic_write(self.host_path, _json_bytes(asdict(record)))
 
     # --- sealed blobs --------------------------------------------------------------------------
     def sealed(self, vault: str) -> dict | None:
@@ -379,6 +477,16 @@ def _read_record(path: Path) -> VaultRecord | None:
     except TypeError as exc:  # not a JSON object, or other fields than a record has
         raise StateCorrupt(f"the vault record {path} is unreadable: not a vault record ({exc})",
                            hint=RECORD_DAMAGED_HINT) from None
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateWriteError(f"cannot remove state file {path}: {exc.strerror or exc}") from None
+    fsync_dir(path.parent)
 
 
 def _checked(vault: str) -> str:

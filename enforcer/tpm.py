@@ -301,13 +301,10 @@ class Tpm:
     def seal(self, secret: bytes | bytearray, bank: str, pcrs: Sequence[int], *,
              allow_unmeasured_boot: bool = False) -> SealedBlob:
         """Seal `secret` to the current values of `pcrs`; test-unseal it before returning."""
-        _check_selection(bank, pcrs)
         if not 0 < len(secret) <= 128:
             raise ValueError(f"a sealed secret has 1..128 bytes, got {len(secret)}")
+        self.check_sealable(bank, pcrs, allow_unmeasured_boot=allow_unmeasured_boot)
         selection = tuple(sorted(set(pcrs)))
-        self._require_bank(bank, selection)
-        if not allow_unmeasured_boot:
-            self._require_measured_boot(bank)
         values = self.read_pcrs(bank, selection)
         digest = policy_digest(bank, selection, values)
         tss = self._tss
@@ -334,6 +331,15 @@ class Tpm:
         finally:
             recovered[:] = bytes(len(recovered))
         return blob
+
+    def check_sealable(self, bank: str, pcrs: Sequence[int], *, allow_unmeasured_boot: bool = False) -> None:
+        """What `seal` refuses, asked without sealing (`device apply` checks it before changing anything):
+        `BankNotAllocated` when the bank is missing or does not cover `pcrs`, `UnmeasuredBoot` when PCR 0
+        or 4 is all zero and the plan does not allow it."""
+        _check_selection(bank, pcrs)
+        self._require_bank(bank, tuple(sorted(set(pcrs))))
+        if not allow_unmeasured_boot:
+            self._require_measured_boot(bank)
 
     def unseal(self, blob: SealedBlob) -> bytearray:
         """The sealed secret, if the PCRs hold the values recorded at seal time.

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +24,12 @@ from pathlib import Path
 from compiler.plan import Plan, Vault, plan_digest
 from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer import blockdev, fscrypt
-from enforcer.apply import Applier, lock_key
+from enforcer.apply import Applier, key_in_kernel, lock_key
 from enforcer.fscrypt import KeyStatus
-from enforcer.observe import (Observed, ObservedSeal, PathState, keyring_dir, layout, observe, observe_vault,
-                              path_state)
-from enforcer.reconcile import Action, Reconciliation, Step, reconcile
+from enforcer.observe import (Layout, Observed, ObservedSeal, ObservedVault, PathState, is_empty, keyring_dir, layout,
+                              observe, observe_vault, path_state, staging_path)
+from enforcer.reconcile import Action, Problem, Reconciliation, Step, apply_interrupted, reconcile
+from enforcer.rotate import pending_path
 from enforcer.state import SEALED_DAMAGED_HINT, Condition, StateCorrupt, StateDir, VaultRecord
 from enforcer.verify import decode_signed
 from vaultpolicy.errors import DeviceError, PlanRejected
@@ -37,6 +39,9 @@ class NoAppliedPlan(DeviceError):
     """The device has never applied a plan."""
 
 
+# a vault whose sealed key is gone: the controller's escrowed copy is the only way back
+KEY_LOST_HINT = ("have the controller release its escrowed key (`vaultpolicy device unlock --release FILE`), "
+                 "which seals it again")
 # a damaged or replaced stored plan: the controller's plan applied again replaces it (the same bytes are
 # no rollback), and locking needs no plan
 _STORED_PLAN_HINT = ("apply the controller's current signed plan again (`vaultpolicy device apply SIGNED`): it "
@@ -107,6 +112,8 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
     steps += [Step(Action.UNLOCK, p.vault, "its re-encryption waits for its key") for p in rec.problems
               if p.reason == "vault-locked"]
     outcomes = Applier(usable, state, root, tpm, now, records=observed.records).run(steps)
+    # what apply refuses for these vaults, unlock cannot get past either, and says so in the same words
+    refused = {p.vault: p for p in rec.problems if p.reason in ("storage-damaged", "storage-lost", "key-lost")}
     results = []
     for vault in plan.vaults:
         subject = f"vault/{vault.name}"
@@ -115,7 +122,12 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
             continue
         seen = observed.vaults[vault.name]
         outcome = outcomes.get(vault.name)
-        if (observed.records.get(vault.name) or vault).encryption == "none":  # how its files are now
+        if vault.name in refused:
+            result = _refused(refused[vault.name], seen)
+            with state.best_effort():
+                state.set_condition(subject, False, result.reason, f"unlock refused: {result.message}", now)
+            results.append(result)
+        elif (observed.records.get(vault.name) or vault).encryption == "none":  # how its files are now
             results.append(VaultResult(vault.name, "unencrypted"))
         elif outcome is not None and outcome.error is not None:
             pcrs = tuple(getattr(outcome.error, "pcrs", ()))
@@ -137,6 +149,19 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
             results.append(result)
     left = sorted(set(damaged) - {v.name for v in plan.vaults})  # vaults the plan no longer has, damaged too
     return results + [_damaged(state, name, damaged[name], now) for name in left]
+
+
+def _refused(problem: Problem, seen: ObservedVault) -> VaultResult:
+    """A vault whose storage is damaged or lost (failed), or whose sealed key is lost: then it is as its
+    key is in the kernel, and nothing on the device can put the key back."""
+    if problem.reason != "key-lost":
+        return VaultResult(problem.vault, "failed", problem.reason, problem.message)
+    if seen.key_status is KeyStatus.PRESENT:
+        return VaultResult(problem.vault, "already-unlocked", "key-lost", "no sealed key is recorded for its encrypted "
+                           "directory: its files are readable now, but once its key leaves the kernel nothing on the "
+                           "device can unlock it", hint=KEY_LOST_HINT)
+    return VaultResult(problem.vault, "locked", "key-lost", "no sealed key is recorded for its encrypted directory: "
+                       "nothing on the device can unlock it", hint=KEY_LOST_HINT)
 
 
 def _damaged(state: StateDir, name: str, error: StateCorrupt, now: datetime) -> VaultResult:
@@ -191,12 +216,13 @@ def observe_each(plan: Plan, state: StateDir, root: Path | None) -> tuple[Observ
     return Observed(vaults, {n: r for n, r in records.items() if n not in damaged}), damaged
 
 
-def lock_all(state: StateDir, root: Path | None) -> list[VaultResult]:
+def lock_all(state: StateDir, root: Path | None, force: bool = False) -> list[VaultResult]:
     """Lock every encrypted vault the device has a record of — in the applied plan, orphaned, or left
     by a plan that no longer verifies. Removing a key is always safe, so lock trusts no plan: a
     tampered or unverifiable applied plan must not keep keys in the kernel (fail closed). A damaged
     record or a vault path that is not there fails that vault only: "locked" is said only when the
-    kernel says so (the shutdown unit relies on it)."""
+    kernel says so (the shutdown unit relies on it). The one key lock keeps is the last copy of a
+    vault's key (no sealed key on disk): it fails that vault (`key-lost`) unless `force`."""
     records, damaged = state.read_records()
     if not records and not damaged and state.applied_envelope() is None:
         raise NoAppliedPlan(f"no plan has been applied (state dir {state.root}): there is no vault to lock",
@@ -204,14 +230,14 @@ def lock_all(state: StateDir, root: Path | None) -> list[VaultResult]:
     results = [VaultResult(name, "failed", "state-damaged", f"{exc.message}: its path is unknown, so it was not locked",
                            hint="restore the record from a backup; until then lock the vault's filesystem by hand")
                for name, exc in damaged.items()]
-    results += [_lock_vault(state, root, record) for record in records.values() if record.encryption != "none"]
+    results += [_lock_vault(state, root, record, force) for record in records.values() if record.encryption != "none"]
     return sorted(results, key=lambda result: result.vault)
 
 
-def _lock_vault(state: StateDir, root: Path | None, record: VaultRecord) -> VaultResult:
+def _lock_vault(state: StateDir, root: Path | None, record: VaultRecord, force: bool) -> VaultResult:
     name, where = record.name, layout(state, root, record.name, record.path)
     identifiers: list[bytes] = []  # every key the vault's files may be under
-    damaged = None
+    damaged, sealed = None, None
     try:
         sealed = state.sealed(name)
         if sealed is not None:
@@ -225,10 +251,16 @@ def _lock_vault(state: StateDir, root: Path | None, record: VaultRecord) -> Vaul
         kind = path_state(root, where.path)
         if kind is not PathState.DIRECTORY:
             return _lock_without_path(name, where, kind, identifiers, damaged)
-        policy = fscrypt.get_policy(str(where.path))
+        policy = _files_policy(where)
         if policy is not None and policy.key_identifier not in identifiers:
+            if sealed is None and damaged is None and not force and key_in_kernel(policy.key_identifier, where):
+                return VaultResult(name, "failed", "key-lost", "no sealed key is recorded for it, so the kernel holds "
+                                   "the only copy of its key; it was not removed: once it is, nothing can unlock the "
+                                   "vault", hint=f"copy its files out, or {KEY_LOST_HINT}; `vaultpolicy device lock "
+                                   "--force` removes the key anyway")
             identifiers.insert(0, policy.key_identifier)  # the key its files are under, whatever the record says (S6)
         removals = [lock_key(identifier, where) for identifier in identifiers]
+        encrypted = policy is not None or _encrypted_offline(where)
     except DeviceError as exc:
         return VaultResult(name, "failed", "lock-failed", exc.message)
     busy = any(removal is not None and removal.files_busy for removal in removals)
@@ -239,7 +271,37 @@ def _lock_vault(state: StateDir, root: Path | None, record: VaultRecord) -> Vaul
     if busy:
         return VaultResult(name, "incompletely-locked", "files-busy",
                            "files in the vault are still open; the key is gone, their contents stay readable until they close")
-    return VaultResult(name, "locked", "" if identifiers else "not-created")
+    if not encrypted and record.limit_bytes and sealed is not None and not where.image.exists():
+        return VaultResult(name, "locked", "storage-lost", f"its image `{where.image}` is missing, and the vault's "
+                           "files were in it; no key of it is in the kernel", hint="restore the image from a backup")
+    if not encrypted:  # an apply stopped before it encrypted the directory: there is nothing locked
+        clear = "" if is_empty(where.path) else ", and the files in it are in the clear"
+        return VaultResult(name, "not-encrypted", "not-encrypted", f"{where.path} is not encrypted yet{clear}",
+                           hint="run `vaultpolicy device apply`, which encrypts it")
+    if sealed is None:
+        return VaultResult(name, "locked", "key-lost", "no sealed key is recorded for it: nothing on the device can "
+                           "unlock it again", hint=KEY_LOST_HINT)
+    return VaultResult(name, "locked")
+
+
+def _files_policy(where: Layout) -> fscrypt.EncryptionPolicy | None:
+    """The policy the vault's files are under: its path's, or, for a vault with an image that is not
+    bound at its path, that of the image's vault directory when the image is mounted in the state dir."""
+    policy = fscrypt.get_policy(str(where.path))
+    if policy is None and where.image.exists() and not os.path.ismount(where.path) and where.store_data.is_dir():
+        policy = fscrypt.get_policy(str(where.store_data))
+    return policy
+
+
+def _encrypted_offline(where: Layout) -> bool:
+    """Whether the vault directory of an image that is not mounted is encrypted; an image that cannot be
+    read counts as encrypted (nothing is in the clear that lock could say)."""
+    if not where.image.exists() or blockdev.is_mounted(where.store):
+        return False
+    try:
+        return blockdev.vault_encrypted_offline(where.image)
+    except blockdev.BlockdevError:
+        return True
 
 
 def _lock_without_path(name: str, where, kind: PathState, identifiers: list[bytes],
@@ -260,7 +322,9 @@ class VaultReport:
     vault: str
     path: str
     # unlocked | locked | incompletely-locked | missing | unencrypted (as planned) | orphaned |
-    # plaintext (files in the clear where an encrypted vault belongs) | not-encrypted (empty, no policy)
+    # plaintext (files in the clear where an encrypted vault belongs) | not-encrypted (empty, no policy) |
+    # storage-damaged, storage-lost (its image cannot be read, is gone) | apply-interrupted (a vault an
+    # unfinished apply of a newer plan began to make)
     state: str
     matches: bool
     reasons: tuple[str, ...] = ()
@@ -286,9 +350,23 @@ def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
     vaults = []
     for name, seen in sorted(observed.vaults.items()):
         wanted = plan.vault(name)
-        reasons = [s.reason for s in rec.steps if s.vault == name]
-        reasons += [p.message for p in rec.problems if p.vault == name]
+        problems = {p.reason: p.message for p in rec.problems if p.vault == name}
+        interrupted = apply_interrupted(plan, observed, name)
+        if interrupted:  # not a vault that left the plan (the steps would say so): one a newer plan adds
+            reasons = [f"an apply that adds this vault did not finish (it was interrupted, or it is running now): "
+                       f"the applied plan (version {plan.plan_version}) does not have it yet; run `vaultpolicy "
+                       "device apply` with the plan that adds it again"]
+            if seen.staged_plaintext:
+                copy = "" if seen.empty is not False else "; the vault holds a partial copy"
+                reasons.insert(0, f"PLAINTEXT: its files wait, unencrypted, in `{staging_path(Path(seen.path))}` "
+                               f"to move into the vault{copy}; that apply copies them in, verifies and erases them")
+        else:
+            reasons = [s.reason for s in rec.steps if s.vault == name]
+        reasons += list(problems.values())
         reasons += list(seen.errors)
+        if pending_path(state, name).exists():
+            reasons.append("a key rotation or re-encryption of this vault is under way or was interrupted: "
+                           "`vaultpolicy device apply`, `device rotate` or `device unlock` finishes or undoes it")
         condition = conditions.get(f"vault/{name}")
         if condition is not None and not condition.ok:
             reasons.append(condition.message)
@@ -297,7 +375,11 @@ def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
             reasons.append(f"PCR {seen.seal.bank}:{pcrs} differs from the value the key was sealed to: unlock will be refused")
         if seen.seal is not None and not seen.seal.digest_ok:
             reasons.append("the sealed blob's policy digest is not the PolicyPCR digest of its PCR selection")
-        if seen.path_state is not PathState.DIRECTORY:
+        if "storage-damaged" in problems or "storage-lost" in problems:
+            vault_state = "storage-damaged" if "storage-damaged" in problems else "storage-lost"
+        elif interrupted:
+            vault_state = "apply-interrupted"
+        elif seen.path_state is not PathState.DIRECTORY:
             vault_state = "missing"
         elif wanted is None:
             vault_state = "orphaned"
@@ -316,7 +398,7 @@ def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
                 reasons.insert(0, "no sealed key on disk: the files are readable now, but once the key leaves the "
                                "kernel nothing can unlock the vault again")
         limit = wanted.limit_bytes if wanted is not None and wanted.limit_bytes else None
-        matches = not reasons and (wanted is None or vault_state in ("unlocked", "unencrypted"))
+        matches = not reasons and (wanted is None or vault_state in ("unlocked", "unencrypted")) and not interrupted
         vaults.append(VaultReport(name, seen.path, vault_state, matches, tuple(dict.fromkeys(reasons)),
                                   seen.used_bytes, limit, seen.seal.changed_pcrs if seen.seal else ()))
     return StatusReport(plan.plan_version, vaults, conditions.get("plan"))

@@ -32,6 +32,10 @@ def _fill(path: Path, chunk: bytes = b"\xa5" * MiB) -> int:
     return written
 
 
+def _allocated(image: Path) -> int:
+    return image.stat().st_blocks * 512
+
+
 @pytest.fixture
 def vault(needs_device, tmp_path):
     """A 16 MiB vault image under a state dir, attached at a vault path; detached afterwards."""
@@ -70,6 +74,19 @@ def test_attach_makes_an_encryptable_vault_and_is_idempotent(vault):
     blockdev.attach_image(image, mountpoint, 16 * MiB)
     assert (mountpoint / "kept").read_text() == "data"
     assert _loop_devices_of(image).count("\n") == 1, "attaching again adds no loop device"
+
+
+def test_an_image_is_allocated_in_full_and_again_after_a_discard(vault):
+    """A sparse image takes blocks from the state filesystem only as the vault is written: a full state
+    filesystem then fails writes under the limit and loses data (see test_storage_faults.py)."""
+    image, mountpoint = vault
+    assert _allocated(image) >= image.stat().st_size
+    (mountpoint / "gone").write_bytes(os.urandom(4 * MiB))
+    os.sync()
+    (mountpoint / "gone").unlink()
+    os.sync()
+    assert blockdev.discard_free(mountpoint)  # a loop device punches the freed blocks out of the image file
+    assert _allocated(image) >= image.stat().st_size
 
 
 def test_writing_past_the_limit_fails_with_enospc(vault):
@@ -141,6 +158,7 @@ def test_raising_the_limit_keeps_encrypted_data_and_allows_more(vault):
         fscrypt.add_key(str(mountpoint), key)
 
     assert image.stat().st_size == 48 * MiB
+    assert _allocated(image) >= 48 * MiB, "a grown image is allocated too"
     _, new_limit = blockdev.usage(mountpoint)
     assert new_limit >= old_limit + 30 * MiB
     (mountpoint / "second").write_bytes(b"\x5a" * (16 * MiB))

@@ -103,8 +103,9 @@ def test_kill_at_every_step_then_rerun_converges(device):
             assert not any(key in data for key in keys), f"step {step}: key bytes in {path}"
             assert MARKER[:2000] not in data, f"step {step}: plaintext left in {path}"
     # config: stage-plaintext, create-storage, create-key, set-policy, its cipher probe, migrate, mid-copy,
-    # between delete and discard; img and logs: storage or directory, key, policy, probe; the commit
-    assert crashed_at == list(range(1, 18)), crashed_at
+    # between delete and discard; img and logs: storage or directory, key, policy, probe; the commit, and
+    # inside it between staging the applied plan and swapping it in
+    assert crashed_at == list(range(1, 19)), crashed_at
 
 
 def test_kill_at_every_step_of_a_limit_rise_then_rerun_grows_the_filesystem(device):
@@ -138,7 +139,8 @@ def test_kill_at_every_step_of_a_limit_rise_then_rerun_grows_the_filesystem(devi
         again = device.apply(grown, "--json")
         assert json.loads(again.stdout)["steps"] == [], f"step {step}: not converged"
         assert device.cli("device", "status").returncode == 0
-    assert crashed_at == [1, 2, 3], crashed_at  # grow-storage, between the file's and the filesystem's resize, commit
+    # grow-storage, between the file's and the filesystem's resize, commit, inside the commit
+    assert crashed_at == [1, 2, 3, 4], crashed_at
 
 
 # Every encryption change at once: none -> encrypted and encrypted -> none, for a vault with its own image and a
@@ -195,5 +197,5 @@ def test_kill_at_every_step_of_a_re_encryption_then_rerun_converges(device):
         for path in [p for p in device.state.rglob("*") if p.is_file() and ".img.mnt" not in str(p)] + images(device):
             data = path.read_bytes()
             assert not any(key in data for key in keys_seen), f"step {step}: key bytes in {path}"
-    # 4 vaults x (re-encrypt, its key, copy, swap, commit, erase) + the plan's commit
-    assert len(crashed_at) == 25, crashed_at
+    # 4 vaults x (re-encrypt, its key, copy, swap, commit, erase) + the plan's commit and the point inside it
+    assert len(crashed_at) == 26, crashed_at

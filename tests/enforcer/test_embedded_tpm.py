@@ -27,9 +27,14 @@ def test_apply_status_unlock_lock_on_the_embedded_swtpm(device):
                               text=True, cwd=REPO)
 
     try:
-        # nothing measures a boot into the embedded swtpm: its PCRs are zero, so sealing needs the allowance
-        refused = cli("apply", str(device.sign(make_plan([vault("config")]))), "--trust", str(device.trust))
-        assert refused.returncode == 1 and "is all zero: the boot was not measured" in refused.stdout
+        # nothing measures a boot into the embedded swtpm: its PCRs are zero, so sealing needs the allowance,
+        # and without it nothing is made (it made and mounted both vaults, then failed at create-key)
+        refused = cli("apply", str(device.sign(make_plan([vault("config"), vault("img", limit=8 << 20)]))),
+                      "--trust", str(device.trust))
+        assert refused.returncode == 1 and "(unmeasured-boot, VP1021), nothing was changed" in refused.stderr
+        assert "is all zero: the boot was not measured" in refused.stderr and "allow_unmeasured_boot" in refused.stderr
+        assert not device.path("/persist/vault").exists() and not (device.state / "images").exists()
+        assert not (device.state / "applied").exists(), "the plan was not recorded as applied"
         instance = json.loads((device.state / "swtpm" / "instance.json").read_text())
         plan = make_plan([vault("config"), vault("img", limit=8 << 20)], version=2, allow_unmeasured_boot=True)
         applied = cli("apply", str(device.sign(plan)), "--trust", str(device.trust))

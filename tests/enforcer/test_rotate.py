@@ -167,7 +167,9 @@ def test_locked_or_unknown_vault_is_refused(rotated_device):
     before = identifiers(device)
     assert device.cli("device", "lock").returncode == 0
     locked = device.cli("device", "rotate", "logs")
-    assert locked.returncode == 1 and "vault logs: failed (vault-locked, VP1107): is locked" in locked.stdout
+    assert locked.returncode == 1, locked.stdout + locked.stderr
+    assert "vault logs: failed (vault-locked, VP1107): the vault is locked: its files must be readable to rotate them; " \
+        "run `vaultpolicy device unlock` first" in locked.stdout
     unknown = device.cli("device", "rotate", "confg")
     assert unknown.returncode == 1 and "vault `confg` is not in the applied plan" in unknown.stderr
     assert "did you mean `config`?" in unknown.stderr and "Traceback" not in unknown.stderr
@@ -188,6 +190,9 @@ def test_kill_at_every_step_then_apply_or_rotate_converges(rotated_device):
             rerun = device.apply(PLAN) if finish_with == "apply" else device.cli("device", "rotate")
             assert rerun.returncode == 0, f"step {step}, {finish_with}: {rerun.stdout}{rerun.stderr}"
             assert "resumed after an interrupted" in rerun.stdout
+            if step % 5 != 1:  # past the intent of its key step, the vault has a pending rotation: which way it went
+                outcome = "completed" if step % 5 in (4, 0) else "undone"  # killed at commit or erase: swapped
+                assert f"vault {'config' if step <= 5 else 'logs'}: interrupted rotation {outcome}" in rerun.stdout
             assert_converged(device, expected, f"step {step}, {finish_with}")
             keys_seen.update(current_keys(device))
         else:
@@ -278,5 +283,7 @@ def test_power_loss_mid_rotation_is_finished_or_undone_by_the_boot_unlock(rotate
     assert result["recovered"] == ["config"]
     assert {r["vault"]: r["outcome"] for r in result["unlock"]} == {"config": "unlocked", "logs": "unlocked"}
     swapped = step >= 4
+    assert result["recovery"] == [{"vault": "config", "operation": "rotation",
+                                   "outcome": "completed" if swapped else "undone"}], "it says which"
     assert identifiers(device) == {**before, "config": pending if swapped else before["config"]}
     assert_converged(device, expected, f"killed at step {step}, then unlocked")

@@ -91,3 +91,61 @@ def test_one_mutating_command_at_a_time(tmp_path):
                 pass
     with StateDir(tmp_path).exclusive(timeout_s=0.1):
         pass  # released when the holder finished
+
+
+def test_the_plan_its_floor_and_trust_root_are_committed_as_one(tmp_path):
+    state = StateDir(tmp_path)
+    (tmp_path / "trust").write_bytes(b"root 1")  # where enforcers before the joint commit kept it
+    assert state.trust_bytes() == b"root 1"
+    state.commit_plan(b"plan 1", 1, "1" * 64)
+    assert (state.applied_envelope(), state.floor(), state.trust_bytes()) == (b"plan 1", (1, "1" * 64), b"root 1")
+    assert not (tmp_path / "trust").exists() and sorted(os.listdir(tmp_path)) == ["applied"]
+
+    def killed(label: str) -> None:
+        raise KeyboardInterrupt(label)  # stands in for the SIGKILL at this crash point (test_commit.py kills)
+
+    with pytest.raises(KeyboardInterrupt):
+        state.commit_plan(b"plan 2", 2, "2" * 64, b"root 2", killed)
+    assert (state.applied_envelope(), state.floor(), state.trust_bytes()) == (b"plan 1", (1, "1" * 64), b"root 1")
+    state.commit_plan(b"plan 2", 2, "2" * 64, b"root 2")  # the unfinished commit's leftover is replaced
+    assert (state.applied_envelope(), state.floor(), state.trust_bytes()) == (b"plan 2", (2, "2" * 64), b"root 2")
+    assert sorted(os.listdir(tmp_path)) == ["applied"]
+
+
+@pytest.mark.parametrize("content", [b"{}", b"[]", b"7", b'{"plan_version": "1", "plan_sha256": "' + b"a" * 64 + b'"}',
+                                     b'{"plan_version": true, "plan_sha256": "' + b"a" * 64 + b'"}',
+                                     b'{"plan_version": 1, "plan_sha256": "abc"}', b"{"])
+def test_a_damaged_floor_is_named_by_apply_and_a_warning_at_boot(tmp_path, content):
+    from enforcer.state import StateCorrupt
+
+    state = StateDir(tmp_path)
+    state.commit_plan(b"plan", 1, "a" * 64, b"root")
+    state.floor_path.write_bytes(content)
+    with pytest.raises(StateCorrupt) as caught:
+        state.checked_floor()
+    assert caught.value.message.startswith(f"the version floor {state.floor_path} is unreadable")
+    assert state.floor() is None and state.warnings == [
+        f"{caught.value.message}; the stored applied plan was checked against the trust root only"]
+
+
+@pytest.mark.parametrize("content", ["1\n", "null\n", "[1]\n", '{"intent": {"action": "x"}}\n', '{"seq": 1}\n',
+                                     '{"seq": 1, "intent": {}}\n', 'torn\n{"seq": 1, "done": true}\n'])
+def test_a_damaged_journal_is_named_and_begin_starts_anew(tmp_path, content):
+    from enforcer.state import StateCorrupt
+
+    path = tmp_path / "journal.jsonl"
+    path.write_text(content)
+    with pytest.raises(StateCorrupt) as caught:
+        Journal(path).interrupted()
+    assert caught.value.message == f"the journal {path}:1 is unreadable: " + (
+        "not JSON" if content.startswith("torn") else "not a journal entry")
+    warnings: list[str] = []
+    assert Journal(path, warnings).begin() == [] and not path.exists()
+    assert warnings == [f"{caught.value.message}; started anew: whether an earlier run was interrupted is not known"]
+
+
+def test_the_writable_check_writes_nothing(tmp_path):
+    state = StateDir(tmp_path)
+    before = os.stat(tmp_path).st_mtime_ns, os.stat(tmp_path).st_ctime_ns
+    state.check_writable()
+    assert (os.stat(tmp_path).st_mtime_ns, os.stat(tmp_path).st_ctime_ns) == before

@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
     if command == "lock":
         parser.add_argument("--stop-tpm", action="store_true", help="then stop the embedded swtpm of the state dir "
                             "if one runs (as a shutdown does: its PCRs reset when it starts again)")
+        parser.add_argument("--force", action="store_true", help="also remove a key the kernel holds the only copy "
+                            "of (a vault whose sealed key is lost): nothing can unlock that vault afterwards")
     if command == "unlock":
         parser.add_argument("--release", metavar="FILE", help="unlock with the keys of a `vaultpolicy controller "
                             "release` file instead of the sealed ones, and re-seal them to the current PCRs")
@@ -61,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     from enforcer.state import StateDir
 
     state = StateDir(args.state_dir)
-    root = host_root(args)
     command = args.command[1]
     check_state_dir(state, args, command)
+    root = host_root(args, state)
     handler = {"apply": _apply, "status": _status, "unlock": _unlock, "lock": _lock, "gate": _gate}[command]
     try:
         if command in ("status", "gate", "apply"):  # read-only; apply verifies the plan before it takes the lock
@@ -83,11 +85,20 @@ def _read(path: str, what: str) -> bytes:
         raise InputError(f"cannot read {what} `{path}`: {exc.strerror or exc}") from None
 
 
-def host_root(args) -> Path | None:
-    """`--root`, resolved; it must be a directory."""
+def host_root(args, state) -> Path | None:
+    """`--root`, resolved; it must be a directory, and the one the first `device apply` recorded
+    (`STATE/host.json`; "/" without --root): under another root every vault path is wrong, and a
+    command would make vaults or mount images where none belong."""
     root = Path(args.root).resolve() if args.root else None
     if root is not None and not root.is_dir():
         raise InputError(f"--root {args.root}: not a directory")
+    recorded = state.host() if state.root.is_dir() else None
+    given = str(root or "/")
+    if recorded is not None and recorded.root != given:
+        which = f"--root `{args.root}` ({given})" if args.root else "no --root (`/`)"
+        raise InputError(f"{which} is not the root this device's vaults were applied under: `{recorded.root}` "
+                         f"(recorded in {state.host_path})",
+                         hint="omit --root" if recorded.root == "/" else f"pass --root {recorded.root}")
     return root
 
 
@@ -107,7 +118,7 @@ def check_state_dir(state, args, command: str) -> None:
 
 
 def _trust(args, state, rotate: bool = False):
-    """(bytes, TrustRoot) to verify plans with.
+    """(bytes, TrustRoot, the recorded TrustRoot it replaces or None) to verify plans with.
 
     The first apply records the trust root it is given (trust on first use). From then on the recorded
     root is the default, and a different `--trust` is refused, except by `apply` (`rotate`) when it is
@@ -126,14 +137,14 @@ def _trust(args, state, rotate: bool = False):
     if not args.trust:
         if recorded is None:
             raise InputError("no trust root: pass --trust ROOT|KEY.pub (the first `device apply` records it)")
-        return stored, recorded
+        return stored, recorded, None
     data = _read(args.trust, "trust root")
     try:
         given = load_trust(data, args.trust)
     except PlanRejected as exc:
         raise InputError(f"--trust {args.trust}: not a trust root envelope or a PEM public key: {exc.message}") from None
     if recorded is None or _same_root(given, recorded):
-        return data, given
+        return data, given, None
     refused = f"--trust {args.trust} is not the device's trust root (recorded in {state.trust_path})"
     if not rotate:
         raise PlanRejected("trust-root-changed", refused, hint="omit --trust: the recorded root is the default")
@@ -141,7 +152,7 @@ def _trust(args, state, rotate: bool = False):
         raise PlanRejected("trust-root-changed", f"{refused}; a PEM key cannot replace it, only a trust root envelope "
                            "signed by a threshold of the recorded root (`vaultpolicy trust rotate`)")
     try:
-        return data, recorded.rotate(Envelope.from_bytes(data))
+        return data, recorded.rotate(Envelope.from_bytes(data)), recorded
     except PlanRejected as exc:
         raise PlanRejected("trust-root-changed", f"{refused} and not a valid rotation of it: {exc.message}",
                            hint="a new root must be signed by a threshold of the recorded root, with version + 1 "
@@ -153,10 +164,30 @@ def _same_root(a, b) -> bool:
 
 
 def _tcti(args, state) -> str:
+    """The TPM of this command: `--tpm`, else the default (/dev/tpmrm0, else the embedded swtpm). The
+    default is refused, before any swtpm is started, when `device apply` sealed the keys through
+    another TPM (`STATE/host.json`): they would not load, and a read-only command would start a daemon."""
     from enforcer.tcti import resolve_tcti
 
+    recorded = state.host() if state.root.is_dir() else None
+    default = _tpm_name(None)
+    if args.tpm is None and recorded is not None and recorded.tpm != default and recorded.tpm != "embedded" \
+            and not (recorded.tpm.startswith("device:") and default.startswith("device:")):  # /dev/tpm0, tpmrm0: one TPM
+        instead = "the embedded swtpm of the state dir" if default == "embedded" else f"`{default}`"
+        raise InputError(f"this device's keys are sealed in the TPM `{recorded.tpm}` (recorded by `device apply` in "
+                         f"{state.host_path}); without --tpm this command would use {instead}",
+                         hint=f"use the same --tpm as `device apply` did: --tpm {recorded.tpm}")
     state.ensure()
     return resolve_tcti(args.tpm, state.root)
+
+
+def _tpm_name(option: str | None) -> str:
+    """What `STATE/host.json` records of the TPM: the --tpm TCTI, else the default it resolves to."""
+    from enforcer.tcti import TPMRM_DEVICE
+
+    if option is not None:
+        return option
+    return f"device:{TPMRM_DEVICE}" if Path(TPMRM_DEVICE).exists() else "embedded"
 
 
 def _tpm(args, state):
@@ -187,8 +218,10 @@ def _apply(args, state, root) -> int:
     from enforcer.apply import Applier
     from enforcer.journal import Journal
     from enforcer.observe import observe
+    from enforcer.preflight import ApplyRefused, check_host, check_sealing
     from enforcer.reconcile import reconcile
     from enforcer.rotate import Rotator
+    from enforcer.state import HostRecord
     from enforcer.verify import record_for
 
     envelope = _read(args.signed, "signed plan")
@@ -196,26 +229,40 @@ def _apply(args, state, root) -> int:
     if not state.root.exists():  # a first plan: a refused one leaves no state dir behind
         _verify_offered(args, state, envelope, now)
     with state.exclusive():
-        trust_bytes, verified = _verify_offered(args, state, envelope, now)  # again, with the state dir held
+        trust_bytes, trust, replaced, verified = _verify_offered(args, state, envelope, now)  # again, held
         state.check_writable()  # a read-only or full state dir: refused before anything changes
         plan = verified.plan
-        journal = Journal(state.journal_path)
+        current = state.records()
+        journal = Journal(state.journal_path, state.warnings)
         interrupted = journal.begin()
-        with _tpm(args, state) as tpm:
-            tpm.flush_leftovers()
-            Rotator(plan, state, root, tpm, now, args.device_id, journal).recover()  # a rotation a crash cut short
-            rec = reconcile(plan, observe(plan, state, root, tpm))
-            outcomes = Applier(plan, state, root, tpm, now, args.device_id, journal).run(rec.steps)
+        try:
+            check_host(plan, current, root)  # before the TPM: a missing persist partition starts no swtpm
+            with _tpm(args, state) as tpm:
+                tpm.flush_leftovers()
+                rotator = Rotator(plan, state, root, tpm, now, args.device_id, journal)
+                recovered = rotator.recover()  # a rotation a crash cut short
+                rec = reconcile(plan, observe(plan, state, root, tpm))
+                check_sealing(plan, rec.steps, tpm)
+                # where the vaults and keys are, before the first change: later commands must use the same
+                state.save_host(HostRecord(str(root or "/"), _tpm_name(args.tpm)))
+                outcomes = Applier(plan, state, root, tpm, now, args.device_id, journal).run(rec.steps)
+        except ApplyRefused as exc:
+            with state.best_effort():
+                state.set_condition("plan", False, exc.reason, f"refused {args.signed}: {exc.message}", now)
+            stays = "the applied plan stays in force" if state.applied_envelope() is not None else "no plan has been applied"
+            raise ApplyRefused(exc.reason, f"plan {args.signed} not applied ({_tag(exc.reason)}), nothing was changed: "
+                               f"{exc.message}; {stays}", hint=exc.hint) from None
         current = state.records()
         records = {v.name: record_for(plan, v, current.get(v.name)) for v in plan.vaults}
-        if state.applied_envelope() != envelope or any(current.get(n) != r for n, r in records.items() if n in current):
+        committed = (state.applied_envelope(), state.floor(), state.trust_bytes())
+        # a commit an older enforcer left half done (the plan written, not its floor) is finished here
+        if committed != (envelope, (plan.plan_version, verified.sha256), trust_bytes) \
+                or any(current.get(n) != r for n, r in records.items() if n in current):
             with journal.step({"action": "commit", "plan_version": plan.plan_version}):
                 for name, record in records.items():
                     if name in current:  # vaults never created get their record with their first step
                         state.save_record(record)
-                state.commit_plan(envelope, plan.plan_version, verified.sha256)
-        # After the commit (or when the applied plan came again): the root that just verified the applied plan.
-        state.save_trust(trust_bytes)
+                state.commit_plan(envelope, plan.plan_version, verified.sha256, trust_bytes, journal.checkpoint)
         state.set_condition("plan", True, "applied", f"plan version {plan.plan_version} applied", now)
         journal.finish()
 
@@ -228,9 +275,13 @@ def _apply(args, state, root) -> int:
             if outcome.error is None and outcome.done:
                 state.clear_condition(f"vault/{outcome.vault}")
     lines = [f"plan version {plan.plan_version} verified ({verified.sha256[:12]})"]
+    if replaced is not None:
+        lines.append(f"  trust root: the recorded root changed from version {replaced.version} to {trust.version} "
+                     f"({state.trust_path})")
     if interrupted:
         lines.append(f"resumed after an interrupted apply (stopped at {interrupted[-1]['action']} "
                      f"{interrupted[-1].get('vault', '')})")
+    lines += [f"  vault {r.vault}: {r.describe()}" for r in recovered]
     for outcome in outcomes.values():
         lines += [f"  vault {s.vault}: {s.action.value} ({s.reason})" for s in outcome.done]
         if outcome.error is not None:
@@ -241,7 +292,11 @@ def _apply(args, state, root) -> int:
     _emit(args, {
         "plan_version": plan.plan_version,
         "plan_sha256": verified.sha256,
+        "trust_root_version": trust.version,
+        "trust_root_replaced": replaced.version if replaced is not None else None,
         "resumed": interrupted,
+        "recovered": [r.vault for r in recovered],
+        "recovery": [asdict(r) for r in recovered],
         "steps": [{"vault": s.vault, "action": s.action.value, "reason": s.reason, "done": id(s) in done}
                   for s in rec.steps],
         "failed": [{"vault": o.vault, "action": o.failed.action.value, "error": o.error.message} for o in failed],
@@ -251,19 +306,22 @@ def _apply(args, state, root) -> int:
 
 
 def _verify_offered(args, state, envelope: bytes, now: datetime):
-    """(trust root bytes, VerifiedPlan) of the offered plan, or the refusal, recorded as the `plan`
-    condition when the device has a state dir. Reads the state dir only; touches no TPM."""
+    """(trust root bytes, TrustRoot, the recorded root it replaces or None, VerifiedPlan) of the offered
+    plan, or the refusal, recorded as the `plan` condition when the device has a state dir. Reads the
+    state dir only; touches no TPM."""
     from enforcer.state import StateCorrupt
     from enforcer.verify import DeviceIdentity, verify_plan
 
     try:
         managed = state.records()  # what protection the device keeps (S16): a damaged record stops it
+        floor = state.checked_floor()  # and what no plan may go below: a damaged floor stops it too
     except StateCorrupt as exc:
         raise StateCorrupt(f"plan {args.signed} not applied, nothing was changed: {exc.message}", hint=exc.hint) from None
     try:
-        trust_bytes, trust = _trust(args, state, rotate=True)
-        return trust_bytes, verify_plan(envelope, trust, now=now, floor=state.floor(),
-                                        device=DeviceIdentity(args.device_id), managed=managed, source=args.signed)
+        trust_bytes, trust, replaced = _trust(args, state, rotate=True)
+        return trust_bytes, trust, replaced, verify_plan(envelope, trust, now=now, floor=floor,
+                                                         device=DeviceIdentity(args.device_id), managed=managed,
+                                                         source=args.signed)
     except PlanRejected as exc:
         if state.root.is_dir():
             with state.best_effort():
@@ -276,10 +334,12 @@ def _verify_offered(args, state, envelope: bytes, now: datetime):
 
 def _status(args, state, root) -> int:
     from enforcer.observe import observe
+    from enforcer.tpm import Tpm
     from enforcer.unlock import report
 
     plan = _applied(args, state)
-    with _tpm(args, state) as tpm:
+    tcti = _tcti(args, state)
+    with Tpm(tcti) as tpm:
         status = report(plan, observe(plan, state, root, tpm), state)
     # A refused plan alone also exits 3 (DRIFT): the device still enforces the older plan, not the one
     # its controller sent, and someone may be feeding it bad plans. The header says which it is.
@@ -300,6 +360,10 @@ def _status(args, state, root) -> int:
             usage = f"  {_mib(vault.used_bytes)} of {_mib(vault.limit_bytes)} used"
         lines.append(f"  vault {vault.vault}: {vault.state}, {'matches' if vault.matches else 'DRIFT'}  {vault.path}{usage}")
         lines += [f"    - {reason}" for reason in vault.reasons]
+    recorded = state.host()
+    if not vaults_match and recorded is not None and args.tpm is not None and args.tpm != recorded.tpm:
+        # another TPM loads none of the sealed keys and reads other PCR values: every vault looks wrong
+        lines.append(f"  hint: use the same --tpm as `device apply` did: --tpm {recorded.tpm}")
     _emit(args, {
         "plan_version": status.plan_version,
         "matches": status.matches,
@@ -337,15 +401,16 @@ def _lock(args, state, root) -> int:
     from enforcer.tcti import stop_embedded
     from enforcer.unlock import lock_all
 
-    code = _results(args, "lock", lock_all(state, root), ok=("locked",))
+    code = _results(args, "lock", lock_all(state, root, force=args.force), ok=("locked",))
     if args.stop_tpm:  # after the keys are out: the embedded swtpm outlives every other command
         stopped = stop_embedded(state.root)
         print("embedded swtpm stopped" if stopped else "no embedded swtpm was running", file=sys.stderr)
     return code
 
 
-def _results(args, verb: str, results, ok: tuple[str, ...], recovered: list[str] | None = None) -> int:
-    lines = [f"  vault {name}: interrupted rotation or re-encryption completed or undone" for name in recovered or ()]
+def _results(args, verb: str, results, ok: tuple[str, ...], recovered: list | None = None) -> int:
+    """`recovered`: the `rotate.Recovered` of the rotations and re-encryptions a crash interrupted."""
+    lines = [f"  vault {r.vault}: {r.describe()}" for r in recovered or ()]
     for result in results:
         detail = f" ({_tag(result.reason)})" if result.reason else ""
         detail += f": {result.message}" if result.message else ""
@@ -354,7 +419,8 @@ def _results(args, verb: str, results, ok: tuple[str, ...], recovered: list[str]
             lines.append(f"    hint: {result.hint}")
     data = {verb: [asdict(r) for r in results]}
     if recovered is not None:
-        data["recovered"] = recovered
+        data["recovered"] = [r.vault for r in recovered]
+        data["recovery"] = [asdict(r) for r in recovered]
     _emit(args, data, lines)
     return status_codes.SUCCESS if all(r.outcome in ok for r in results) else status_codes.ERROR
 

@@ -9,6 +9,7 @@ rotated, 1 when one was refused or failed (the others still rotate).
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
 
@@ -24,16 +25,25 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from enforcer.journal import Journal
-    from enforcer.rotate import Rotator, rotate_vaults
     from enforcer.state import StateDir
 
     state = StateDir(args.state_dir)
-    root = device.host_root(args)
+    try:
+        return _rotate(args, state)
+    finally:
+        for message in state.warnings:  # what could not be read or recorded (a damaged journal or floor)
+            print(f"warning: {message}", file=sys.stderr)
+
+
+def _rotate(args: argparse.Namespace, state) -> int:
+    from enforcer.journal import Journal
+    from enforcer.rotate import Rotator, rotate_vaults
+
     device.check_state_dir(state, args, "rotate")  # before the lock, which would create a missing state dir
+    root = device.host_root(args, state)
     with state.exclusive():
         plan = device._applied(args, state)
-        journal = Journal(state.journal_path)
+        journal = Journal(state.journal_path, state.warnings)
         interrupted = journal.begin()
         with device._tpm(args, state) as tpm:
             tpm.flush_leftovers()  # what a killed command left loaded (we hold the state lock)
@@ -46,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         lines.append(f"resumed after an interrupted run (stopped at {interrupted[-1]['action']} "
                      f"{interrupted[-1].get('vault', '')})")
-    lines += [f"  vault {name}: interrupted rotation or re-encryption completed or undone" for name in recovered]
+    lines += [f"  vault {r.vault}: {r.describe()}" for r in recovered]
     for result in results:
         if result.outcome == "rotated":
             detail = f"key {result.old_key} -> {result.new_key} at {result.rotated_at}"
@@ -55,5 +65,6 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"  vault {result.vault}: failed ({device._tag(result.reason)}): {result.message}")
         else:
             lines.append(f"  vault {result.vault}: {result.outcome}: {result.message}")
-    device._emit(args, {"resumed": interrupted, "recovered": recovered, "rotate": [asdict(r) for r in results]}, lines)
+    device._emit(args, {"resumed": interrupted, "recovered": [r.vault for r in recovered],
+                        "recovery": [asdict(r) for r in recovered], "rotate": [asdict(r) for r in results]}, lines)
     return status_codes.ERROR if any(r.outcome == "failed" for r in results) else status_codes.SUCCESS

@@ -1,0 +1,88 @@
+"""What `device apply` checks before it changes anything: a plan this host cannot carry out is refused
+whole, with the reason and what to do, instead of being half applied (an image made and mounted, then
+a key that cannot be made or sealed, and the plan recorded as applied).
+
+- `check_host` (before the TPM is opened): the persist partition is there, a directory reached
+  without a symlink, and every encrypted vault without its own image is on a filesystem with fscrypt
+  (asked of the nearest existing directory on its path with FS_IOC_GET_ENCRYPTION_POLICY_EX, which
+  changes nothing). A vault with a limit gets its own `-O encrypt` image, so its filesystem is ours.
+- `check_sealing` (after reconcile, for the vaults whose steps seal a key): the TPM has the bank and
+  the PCRs, and PCR 0 and 4 are not all zero unless the plan allows an unmeasured boot
+  (`Tpm.check_sealable`: what `Tpm.seal` would refuse, asked without sealing).
+
+Each refusal is an `ApplyRefused` with a stable `reason` (enforcer/codes.py); the caller records it as
+the `plan` condition, and nothing else has changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from compiler.plan import Plan
+from enforcer import fscrypt
+from enforcer.observe import PathState, host_path, path_state
+from enforcer.reconcile import Action, Step
+from enforcer.state import VaultRecord
+from vaultpolicy.errors import DeviceError
+
+# the steps that seal a new key (a re-encryption to `none` seals nothing: checked per vault below)
+_SEALING = (Action.CREATE_KEY, Action.RESEAL, Action.RE_ENCRYPT)
+_UNMEASURED_HINT = ("on a simulator or a development board, allow it in the policy's `device` block "
+                    "(`allow_unmeasured_boot`; never in production); on a device, have its firmware measure the boot")
+
+
+class ApplyRefused(DeviceError):
+    """The host cannot carry out the plan; nothing was changed. `reason` has a `vaultpolicy explain` code."""
+
+    def __init__(self, reason: str, message: str, **kwargs):
+        super().__init__(message, **kwargs)
+        self.reason = reason
+
+
+def check_host(plan: Plan, records: Mapping[str, VaultRecord], root: Path | None) -> None:
+    persist = host_path(root, plan.device.persist)
+    kind = path_state(root, persist)
+    if kind is not PathState.DIRECTORY:
+        what = {PathState.MISSING: "does not exist", PathState.NOT_DIRECTORY: "is not a directory"}.get(
+            kind, "is or passes through a symlink")
+        raise ApplyRefused("persist-missing", f"the persist partition `{plan.device.persist}` is not there: `{persist}` "
+                           f"{what}", hint="mount the persist partition there, or pass the --root that holds it")
+    for vault in plan.vaults:
+        if vault.encryption == "none" or vault.limit_bytes:
+            continue
+        record = records.get(vault.name)  # a vault's files stay at its recorded path (reconcile.py)
+        existing = host_path(root, record.path if record else vault.path)
+        if path_state(root, existing) in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH):
+            continue  # never made there: reconcile reports it (`unsafe-path`)
+        while not existing.is_dir():  # what the vault's directory will be made in
+            existing = existing.parent
+        try:
+            fscrypt.get_policy(str(existing))
+        except fscrypt.FscryptUnsupported as exc:
+            raise ApplyRefused("no-fscrypt", f"vault `{vault.name}` cannot be encrypted at `{vault.path}`: {exc.message}",
+                               hint="make that filesystem with `mkfs.ext4 -O encrypt` (or `tune2fs -O encrypt`), or "
+                               "give the vault a limit: it then gets its own encrypted image") from None
+
+
+def check_sealing(plan: Plan, steps: list[Step], tpm) -> None:
+    from enforcer.tpm import BankNotAllocated, UnmeasuredBoot
+
+    checked = set()
+    for step in steps:
+        vault = plan.vault(step.vault)
+        if step.action not in _SEALING or vault is None or vault.seal is None:
+            continue
+        selection = (vault.seal.bank, tuple(vault.seal.pcrs))
+        if selection in checked:
+            continue
+        checked.add(selection)
+        try:
+            tpm.check_sealable(*selection, allow_unmeasured_boot=plan.device.allow_unmeasured_boot)
+        except UnmeasuredBoot as exc:
+            raise ApplyRefused("unmeasured-boot", f"the key of vault `{vault.name}` cannot be sealed: {exc.message}",
+                               hint=_UNMEASURED_HINT) from None
+        except BankNotAllocated as exc:
+            raise ApplyRefused("bank-not-allocated", f"the key of vault `{vault.name}` cannot be sealed: {exc.message}",
+                               hint=exc.hint or "choose an allocated bank in the policy, or allocate it "
+                               "(tpm2_pcrallocate)") from None
