@@ -64,6 +64,15 @@ def test_compile_twice_gives_identical_bytes(cli, tmp_path):
     json.loads(outputs[0], parse_float=no_float, parse_constant=no_float)  # anywhere in the plan, not only in vaults
 
 
+def test_compile_says_what_it_wrote_in_words(cli, tmp_path):
+    """It said `1 apps`."""
+    policy = tmp_path / "one.vpol"
+    policy.write_text('vault data { path "/persist/data" }\napp logger { vault data }\n')
+    code, out, err = cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")
+    assert code == 0, err
+    assert out.strip() == f"wrote {tmp_path / 'plan.json'}: plan version 1, 3 vaults, 1 app"  # config and images too
+
+
 def test_prev_gives_the_next_version_and_its_digest(cli, tmp_path):
     first, second = tmp_path / "1.json", tmp_path / "2.json"
     assert cli("compile", EXAMPLE, "--plan-version", "7", "--issued-at", ISSUED, "-o", first)[0] == 0

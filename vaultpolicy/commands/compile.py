@@ -118,5 +118,10 @@ def run(args) -> int:
         print(f"no plan written to {args.output}: fix the errors above", file=sys.stderr)
         return status_codes.ERROR
     write_output(args.output, encode_plan(plan))
-    print(f"wrote {args.output}: plan version {plan.plan_version}, {len(plan.vaults)} vaults, {len(plan.apps)} apps")
+    print(f"wrote {args.output}: plan version {plan.plan_version}, {_count(len(plan.vaults), 'vault')}, "
+          f"{_count(len(plan.apps), 'app')}")
     return status_codes.SUCCESS
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
