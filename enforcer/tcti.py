@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +235,9 @@ def resolve_tcti(option: str | None, state_dir: str | os.PathLike) -> str:
             if instance is None:
                 instance = Swtpm.start(directory, detached=True)
                 _write_record(directory, instance)
+                # it outlives this command (docs/enforcer.md): say so once, where it starts
+                print(f"started the embedded swtpm ({instance.tcti}, state in {directory}); it keeps running until "
+                      "`vaultpolicy device lock --stop-tpm`", file=sys.stderr)
     except OSError as exc:  # e.g. a read-only state dir: swtpm keeps its state there
         raise BackendUnavailable(f"cannot run the embedded swtpm in {directory}: {exc.strerror or exc}",
                                  hint="pass --tpm TCTI, or make the state dir writable") from None

@@ -404,21 +404,35 @@ def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
     return StatusReport(plan.plan_version, vaults, conditions.get("plan"))
 
 
-def gate(plan: Plan, state: StateDir, root: Path | None, tpm, app_name: str) -> tuple[bool, str]:
-    """(may start, vault path or the reason it may not)."""
+@dataclass(frozen=True)
+class GateDecision:
+    allowed: bool
+    detail: str  # the vault path when allowed, else why not
+    hint: str | None = None  # what to do about a refusal
+
+
+def gate(plan: Plan, state: StateDir, root: Path | None, tpm, app_name: str) -> GateDecision:
+    """Whether the app may start: its vault unlocked and as the plan says (for an end-to-end app,
+    encrypted too)."""
+    from policy_lang.diagnostics import did_you_mean
+
     app = next((a for a in plan.apps if a.name == app_name), None)
     if app is None:
-        raise DeviceError(f"the applied plan (version {plan.plan_version}) has no app `{app_name}`")
+        names = [a.name for a in plan.apps]
+        raise DeviceError(f"the applied plan (version {plan.plan_version}) has no app `{app_name}`; its apps: "
+                          f"{', '.join(f'`{n}`' for n in names) or 'none'}", hint=did_you_mean(app_name, names))
     if app.vault is None:
         if app.end_to_end:
-            return False, f"app `{app_name}` needs end-to-end protection but has no vault"
-        return True, ""
+            return GateDecision(False, f"app `{app_name}` needs end-to-end protection but has no vault")
+        return GateDecision(True, "")
     observed = observe(plan, state, root, tpm)
     vault_report = next(v for v in report(plan, observed, state).vaults if v.vault == app.vault)
     if app.end_to_end and vault_report.state == "unencrypted":  # a signed plan the compiler would have refused
-        return False, (f"app `{app_name}` needs end-to-end protection, but its vault `{app.vault}` is not encrypted "
-                       "(`encryption none` in the plan)")
+        return GateDecision(False, f"app `{app_name}` needs end-to-end protection, but its vault `{app.vault}` is not "
+                            "encrypted (`encryption none` in the plan)")
     if vault_report.matches and vault_report.state in ("unlocked",) + (() if app.end_to_end else ("unencrypted",)):
-        return True, vault_report.path
+        return GateDecision(True, vault_report.path)
     why = "; ".join(vault_report.reasons) or vault_report.state
-    return False, f"vault `{app.vault}` of app `{app_name}` is {vault_report.state}: {why}"
+    hint = ("run `vaultpolicy device unlock` (the boot unit does); `vaultpolicy device status` says why it stays locked"
+            if vault_report.state == "locked" else "`vaultpolicy device status` says what the vault needs")
+    return GateDecision(False, f"vault `{app.vault}` of app `{app_name}` is {vault_report.state}: {why}", hint)

@@ -57,3 +57,33 @@ def test_apply_status_unlock_lock_on_the_embedded_swtpm(device):
         assert cli("unlock").returncode == 0 and (device.path("/persist/vault/config") / "f").read_text() == "kept"
     finally:
         tcti.stop_embedded(device.state)
+
+
+def test_a_refused_first_apply_says_why_and_its_embedded_swtpm_can_be_stopped(device):
+    """The refused apply left a swtpm running; `lock --stop-tpm` refused to stop it ('no plan has been
+    applied'), and `status` said the state dir holds no plan without a word of the refusal."""
+    if os.path.exists(tcti.TPMRM_DEVICE):
+        pytest.skip(f"{tcti.TPMRM_DEVICE} exists: without --tpm the device commands use it, not an embedded swtpm")
+    options = ["--state-dir", str(device.state), "--root", str(device.root)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vaultpolicy", "device", *args, *options], capture_output=True,
+                              text=True, cwd=REPO)
+
+    try:
+        refused = cli("apply", str(device.sign(make_plan([vault("config")]))), "--trust", str(device.trust))
+        assert refused.returncode == 1 and "(unmeasured-boot, VP1021)" in refused.stderr
+        assert "started the embedded swtpm (swtpm:host=127.0.0.1,port=" in refused.stderr
+        assert "it keeps running until `vaultpolicy device lock --stop-tpm`" in refused.stderr
+        instance = json.loads((device.state / "swtpm" / "instance.json").read_text())
+        status = cli("status")
+        assert status.returncode == 1, status.stdout + status.stderr
+        assert f"the state dir {device.state} holds none; the last apply refused " in status.stderr
+        assert "(unmeasured-boot, VP1021)" in status.stderr
+        assert cli("lock").returncode == 1, "without --stop-tpm there is nothing to do"
+        stopped = cli("lock", "--stop-tpm")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "nothing to lock" in stopped.stderr and "embedded swtpm stopped" in stopped.stderr
+        assert not tcti._running(instance["pid"])
+    finally:
+        tcti.stop_embedded(device.state)

@@ -45,8 +45,8 @@ def test_a_command_under_another_root_is_refused_naming_both(device):
         assert f"= help: pass --root {device.root}" in wrong.stderr
     assert list(elsewhere.rglob("*")) == [elsewhere / "persist"] and mounts_under(elsewhere) == []
     missing = vaultpolicy("device", "status", *state, *tpm)  # no --root: the host's own paths
-    assert missing.returncode == 1 and f"error: no --root (`/`) is not the root this device's vaults were applied " \
-        f"under: {recorded}" in missing.stderr, missing.stderr
+    assert missing.returncode == 1 and f"error: without --root the root is `/`, not the root this device's vaults " \
+        f"were applied under: {recorded}" in missing.stderr, missing.stderr
 
     unlocked = device.cli("device", "unlock")  # the recorded root itself
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr

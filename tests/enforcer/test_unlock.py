@@ -109,8 +109,10 @@ def test_gate_releases_an_app_only_with_its_vault_unlocked(device):
     assert device.cli("device", "lock").returncode == 0
     closed = device.cli("device", "gate", "historian")
     assert closed.returncode == 1 and closed.stdout == "" and "locked" in closed.stderr
-    unknown = device.cli("device", "gate", "nosuch")
-    assert unknown.returncode == 1 and "no app `nosuch`" in unknown.stderr
+    assert "= help: run `vaultpolicy device unlock`" in closed.stderr, "a refusal says what to do"
+    unknown = device.cli("device", "gate", "historain")
+    assert unknown.returncode == 1 and "no app `historain`; its apps: `historian`, `plain`" in unknown.stderr
+    assert "did you mean `historian`?" in unknown.stderr
 
 
 def test_gate_never_releases_an_end_to_end_app_on_an_unencrypted_vault(device):
@@ -134,10 +136,10 @@ def test_the_gate_itself_refuses_an_end_to_end_app_on_an_unencrypted_vault(devic
     plan = make_plan([vault("open", encryption="none")], apps=[app("historian", "open", end_to_end=True),
                                                                app("viewer", "open")])
     with Tpm(device.tcti) as tpm:
-        allowed, why = gate(plan, StateDir(device.state), device.root, tpm, "historian")
-        assert not allowed and "needs end-to-end protection, but its vault `open` is not encrypted" in why
-        assert gate(plan, StateDir(device.state), device.root, tpm, "viewer") == \
-            (True, str(device.path("/persist/vault/open")))
+        refused = gate(plan, StateDir(device.state), device.root, tpm, "historian")
+        assert not refused.allowed and "needs end-to-end protection, but its vault `open` is not encrypted" in refused.detail
+        allowed = gate(plan, StateDir(device.state), device.root, tpm, "viewer")
+        assert (allowed.allowed, allowed.detail) == (True, str(device.path("/persist/vault/open")))
 
 
 def racing_measurement(tpm, pcr: int):

@@ -95,8 +95,8 @@ def host_root(args, state) -> Path | None:
     recorded = state.host() if state.root.is_dir() else None
     given = str(root or "/")
     if recorded is not None and recorded.root != given:
-        which = f"--root `{args.root}` ({given})" if args.root else "no --root (`/`)"
-        raise InputError(f"{which} is not the root this device's vaults were applied under: `{recorded.root}` "
+        which = f"--root `{args.root}` ({given}) is not" if args.root else "without --root the root is `/`, not"
+        raise InputError(f"{which} the root this device's vaults were applied under: `{recorded.root}` "
                          f"(recorded in {state.host_path})",
                          hint="omit --root" if recorded.root == "/" else f"pass --root {recorded.root}")
     return root
@@ -113,6 +113,9 @@ def check_state_dir(state, args, command: str) -> None:
         return
     if not state.root.exists() or (command != "lock" and state.applied_envelope() is None):
         where = "does not exist" if not state.root.exists() else "holds none"
+        refused = state.conditions().get("plan") if state.root.exists() else None
+        if refused is not None and not refused.ok:  # what the last apply said, so nobody has to dig for it
+            where += f"; the last apply {refused.message} ({_tag(refused.reason)})"
         raise NoAppliedPlan(f"no plan has been applied: the state dir {state.root} {where}",
                             hint="run `vaultpolicy device apply` first, or pass the --state-dir it used")
 
@@ -401,7 +404,16 @@ def _lock(args, state, root) -> int:
     from enforcer.tcti import stop_embedded
     from enforcer.unlock import lock_all
 
-    code = _results(args, "lock", lock_all(state, root, force=args.force), ok=("locked",))
+    from enforcer.unlock import NoAppliedPlan
+
+    try:
+        code = _results(args, "lock", lock_all(state, root, force=args.force), ok=("locked",))
+    except NoAppliedPlan as exc:
+        if not args.stop_tpm:
+            raise
+        # a refused first apply may have started the embedded swtpm: stopping it needs no vault
+        print(f"{exc.message}; nothing to lock", file=sys.stderr)
+        code = status_codes.SUCCESS
     if args.stop_tpm:  # after the keys are out: the embedded swtpm outlives every other command
         stopped = stop_embedded(state.root)
         print("embedded swtpm stopped" if stopped else "no embedded swtpm was running", file=sys.stderr)
@@ -430,14 +442,18 @@ def _gate(args, state, root) -> int:
 
     plan = _applied(args, state)
     with _tpm(args, state) as tpm:
-        allowed, detail = gate(plan, state, root, tpm, args.app)
+        decision = gate(plan, state, root, tpm, args.app)
     if args.json:
-        _emit(args, {"app": args.app, "allowed": allowed, "path" if allowed else "reason": detail}, [])
-    elif allowed:
-        print(detail)
+        _emit(args, {"app": args.app, "allowed": decision.allowed,
+                     "path" if decision.allowed else "reason": decision.detail,
+                     **({} if decision.allowed else {"hint": decision.hint})}, [])
+    elif decision.allowed:
+        print(decision.detail)
     else:
-        print(f"gate: app `{args.app}` may not start: {detail}", file=sys.stderr)
-    return status_codes.SUCCESS if allowed else status_codes.ERROR
+        print(f"gate: app `{args.app}` may not start: {decision.detail}", file=sys.stderr)
+        if decision.hint:
+            print(f"  = help: {decision.hint}", file=sys.stderr)
+    return status_codes.SUCCESS if decision.allowed else status_codes.ERROR
 
 
 def _tag(reason: str) -> str:
