@@ -65,16 +65,18 @@ stop_swtpm() {
   rm -f "$swtpm_state/pid"
 }
 
+measure() {  # measure PCR TEXT: extend PCR $1 with the SHA-256 of $2, as firmware would
+  run env TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend "$1:sha256=$(printf '%s' "$2" | sha256sum | cut -d' ' -f1)"
+}
+
 boot_measurements() {
   # What firmware and the boot loader would measure: fixed blobs into PCRs 0, 2, 4 and 7.
-  for pcr in 0 2 4 7; do
-    TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend "$pcr:sha256=$(printf 'demo firmware component %s' "$pcr" | sha256sum | cut -d' ' -f1)"
-  done
+  for pcr in 0 2 4 7; do measure "$pcr" "demo firmware component $pcr"; done
 }
 
 new_firmware_measurement() {
   # The updated firmware measures something else into PCR 7 (secure boot state).
-  TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend "7:sha256=$(printf 'new firmware' | sha256sum | cut -d' ' -f1)"
+  measure 7 "new firmware"
 }
 
 pcr_value() {  # the current sha256 value of PCR $1, lower-case hex
@@ -92,7 +94,7 @@ port=$(free_port_pair)
 start_swtpm
 tcti="swtpm:host=127.0.0.1,port=$port"
 boot_measurements
-TPM2TOOLS_TCTI="$tcti" tpm2_pcrread sha256:0,4,7
+run env TPM2TOOLS_TCTI="$tcti" tpm2_pcrread sha256:0,2,4,7
 
 step "controller: an escrow key, and examples/gateway.vpol requiring escrow and allowing this boot"
 ctl=(--store "$work/controller.db")
@@ -112,7 +114,7 @@ run vaultpolicy compile "$work/gateway.vpol" --plan-version 1 -o "$work/plan.jso
 run vaultpolicy sign "$work/plan.json" --key "$work/controller.key" -o "$work/plan.signed"
 run vaultpolicy plan show "$work/plan.json"
 
-step "device: verify and apply the signed plan (creates, seals and escrows the keys)"
+step "device: verify and apply the signed plan (creates and seals the keys, wraps a copy of each for escrow)"
 dev=(--state-dir "$state" --root "$root")
 tpm=(--tpm "$tcti")
 run vaultpolicy device apply "$work/plan.signed" --trust "$work/controller.key.pub" --device-id gw-1 "${dev[@]}" "${tpm[@]}"
@@ -127,6 +129,7 @@ run vaultpolicy device escrow-ack "$work"/acks/gw-1.*.ack.json --state-dir "$sta
 
 config_dir="$root/persist/vault/config"
 step "an app writes a secret into the config vault"
+echo "\$ echo 's3 credentials: AKIA-DEMO-SECRET' > $config_dir/credentials.txt"
 echo "s3 credentials: AKIA-DEMO-SECRET" > "$config_dir/credentials.txt"
 run cat "$config_dir/credentials.txt"
 
@@ -149,6 +152,7 @@ echo "unlock refused, as it must be"
 run_expecting 3 vaultpolicy device status "${dev[@]}" "${tpm[@]}"
 
 step "device report: the drift, signed with the TPM's attestation key, names PCR 7"
+echo "\$ vaultpolicy controller nonce --device gw-1 --plan $work/plan.json ${ctl[*]}"
 nonce=$(vaultpolicy controller nonce --device gw-1 --plan "$work/plan.json" "${ctl[@]}")
 echo "controller nonce for gw-1, so the report is fresh: $nonce"
 run_expecting 3 vaultpolicy device report --nonce "$nonce" "${dev[@]}" "${tpm[@]}" -o "$work/report.json"
@@ -162,6 +166,7 @@ run vaultpolicy sign "$work/plan2.json" --key "$work/controller.key" -o "$work/p
 run_expecting 2 vaultpolicy diff --exit-code "$work/plan.json" "$work/plan2.json"
 
 step "controller: challenge the device, verify its quote, release the escrowed keys"
+echo "\$ vaultpolicy controller nonce --device gw-1 --plan $work/plan2.json ${ctl[*]}"
 nonce=$(vaultpolicy controller nonce --device gw-1 --plan "$work/plan2.json" "${ctl[@]}")
 echo "controller nonce for gw-1 (single use, valid 5 minutes): $nonce"
 run vaultpolicy device quote --nonce "$nonce" --state-dir "$state" "${tpm[@]}" -o "$work/quote.json"
@@ -175,10 +180,13 @@ run cat "$config_dir/credentials.txt"
 step "reboot into the new firmware: swtpm restarts (PCRs reset), the boot measurements replay"
 run vaultpolicy device lock "${dev[@]}"
 stop_swtpm
+echo "swtpm stopped (power off)"
 start_swtpm
+echo "swtpm started: every PCR is zero again"
+run env TPM2TOOLS_TCTI="$tcti" tpm2_pcrread sha256:7
 boot_measurements
 new_firmware_measurement
-TPM2TOOLS_TCTI="$tcti" tpm2_pcrread sha256:7
+run env TPM2TOOLS_TCTI="$tcti" tpm2_pcrread sha256:0,2,4,7
 
 step "boot service: the re-sealed keys unlock locally, no controller involved"
 run vaultpolicy device unlock "${dev[@]}" "${tpm[@]}"

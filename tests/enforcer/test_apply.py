@@ -223,7 +223,10 @@ def test_removed_vault_destroy_crypto_erases(device):
     public = escrow.escrow_public_text(controller)
     plan = make_plan([vault("config"), vault("scratch", limit=8 * MiB, on_remove="destroy"),
                       vault("tmp", on_remove="destroy")], escrow_public_key=public)
-    assert device.apply(plan).returncode == 0
+    applied = device.apply(plan)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    for name in ("config", "scratch", "tmp"):  # apply says what it did with each key
+        assert f"vault {name}: key escrowed: wrapped for the controller's escrow key, pending" in applied.stdout
     state = StateDir(device.state)
     escrowed = device.state / "escrow"
     for name in ("scratch", "tmp"):
@@ -255,7 +258,10 @@ def test_destroying_a_locked_vault_after_a_reboot_erases_it(device, unmounted):
     public = escrow.escrow_public_text(escrow.generate_escrow_key())
     plan = make_plan([vault("config"), vault("scratch", limit=8 * MiB, on_remove="destroy"),
                       vault("tmp", on_remove="destroy")], escrow_public_key=public)
-    assert device.apply(plan).returncode == 0
+    applied = device.apply(plan)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    for name in ("config", "scratch", "tmp"):  # apply says what it did with each key
+        assert f"vault {name}: key escrowed: wrapped for the controller's escrow key, pending" in applied.stdout
     state = StateDir(device.state)
     for name in ("scratch", "tmp"):
         (device.path(f"/persist/vault/{name}") / "f").write_text("gone")

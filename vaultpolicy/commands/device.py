@@ -222,7 +222,7 @@ def _apply(args, state, root) -> int:
     from enforcer.journal import Journal
     from enforcer.observe import observe
     from enforcer.preflight import ApplyRefused, check_host, check_sealing
-    from enforcer.reconcile import reconcile
+    from enforcer.reconcile import Action, reconcile
     from enforcer.rotate import Rotator
     from enforcer.state import HostRecord
     from enforcer.verify import record_for
@@ -285,8 +285,13 @@ def _apply(args, state, root) -> int:
         lines.append(f"resumed after an interrupted apply (stopped at {interrupted[-1]['action']} "
                      f"{interrupted[-1].get('vault', '')})")
     lines += [f"  vault {r.vault}: {r.describe()}" for r in recovered]
+    escrowing = plan.device.escrow_public_key is not None
     for outcome in outcomes.values():
-        lines += [f"  vault {s.vault}: {s.action.value} ({s.reason})" for s in outcome.done]
+        for step in outcome.done:
+            lines.append(f"  vault {step.vault}: {step.action.value} ({step.reason})")
+            if escrowing and step.action is Action.CREATE_KEY:  # apply.Applier._create_key wraps it
+                lines.append(f"  vault {step.vault}: key escrowed: wrapped for the controller's escrow key, pending "
+                             "until the controller acknowledges it (`device escrow-deposit`)")
         if outcome.error is not None:
             lines.append(f"  vault {outcome.vault}: {outcome.failed.action.value} FAILED: {outcome.error.message}")
     lines += [f"  vault {p.vault}: not changed ({_tag(p.reason)}): {p.message}" for p in rec.problems]
