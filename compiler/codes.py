@@ -168,7 +168,8 @@ NO_LIMIT = register(
     "VP0402",
     "vault without a limit on a device with a capacity",
     "The device states a capacity but this vault has no `limit`, so the capacity check cannot "
-    "account for it. Give it a limit.",
+    "account for it. Give it a limit. The built-in `config` and `images` vaults count too: when the "
+    "policy does not declare them, the warning points at the capacity.",
     'device { capacity 64GiB }\nvault logs { path "/persist/logs" }   # warning: no limit',
 )
 LIMIT_TOO_SMALL = register(

@@ -31,16 +31,19 @@ def total_limits(model: Model) -> Iterator[Diagnostic]:
 
 
 def unlimited_vaults(model: Model) -> Iterator[Diagnostic]:
-    if model.device.capacity_bytes.value is None:
+    capacity = model.device.capacity_bytes
+    if capacity.value is None:
         return
     for vault in model.vaults.values():
-        if vault.limit_bytes.value is None and vault.name.span is not None:
-            yield warning(
-                codes.NO_LIMIT,
-                f"vault `{vault.name.value}` has no limit, so the capacity check cannot account for it",
-                vault.name.span,
-                "add `limit SIZE` to the vault",
-            )
+        if vault.limit_bytes.value is not None:
+            continue
+        name = vault.name.value
+        if vault.name.span is not None:
+            yield warning(codes.NO_LIMIT, f"vault `{name}` has no limit, so the capacity check cannot account for it",
+                          vault.name.span, "add `limit SIZE` to the vault")
+        else:  # a built-in vault the policy does not write: the capacity it escapes is where to point
+            yield warning(codes.NO_LIMIT, f"built-in vault `{name}` has no limit, so the capacity check cannot "
+                          "account for it", capacity.span, f"declare it with a limit: `vault {name} {{ limit SIZE }}`")
 
 
 def limits_too_small(model: Model) -> Iterator[Diagnostic]:

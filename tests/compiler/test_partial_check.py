@@ -30,6 +30,8 @@ def test_a_syntax_error_no_longer_hides_independent_compiler_errors(tmp_path, ca
     ))
     assert code == 1
     assert found == [
+        (rule.NO_LIMIT, 1, 38),  # no limit on the built-in `config` (warning, at the capacity)
+        (rule.NO_LIMIT, 1, 38),  # nor on `images`
         (rule.NO_LIMIT, 2, 7),  # no limit on `data` (warning)
         (rule.MISSING_FIRMWARE_ANCHOR, 2, 35),  # no firmware PCR 4 (warning)
         (rule.MISSING_SECURE_BOOT_PCR, 2, 35),  # no PCR 7 (warning)

@@ -91,6 +91,10 @@ CASES = {
         'device { capacity 8GiB }\nvault config { limit 1GiB }\nvault images { limit 1GiB }\nvault logs { path "/persist/logs" }\n',
         [("VP0402", 4, 7)],
     ),
+    "VP0402 a built-in vault without limit, at the capacity": (
+        'device { capacity 8GiB }\nvault config { limit 1GiB }\n',
+        [("VP0402", 1, 19)],
+    ),
     "VP0403 limit below the device minimum": (
         'vault scratch { path "/persist/clear/s"  encryption none  limit 4MiB }\n',
         [("VP0403", 1, 65)],
