@@ -36,7 +36,7 @@ from pathlib import Path
 import rfc8785
 
 from enforcer.escrow import load_json_object
-from enforcer.tcti import TCTI_HINT
+from enforcer.tcti import TCTI_HINT, TpmUsers
 from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError, InputError
 
@@ -243,16 +243,21 @@ class AttestationTpm:
 
         tss = _tss()
         self._tss_error = tss.TSS2_Exception
+        self._users = TpmUsers(tcti)  # a flush by another command leaves this connection's handles alone
         try:
             self._esapi = tss.ESAPI(tcti)
         except Exception as exc:  # noqa: BLE001 - TCTI loading raises many types; all mean "no TPM here"
+            self._users.release()
             raise BackendUnavailable(f"cannot open the TPM at `{tcti}`: {exc}", hint=TCTI_HINT) from None
 
     def __enter__(self) -> "AttestationTpm":
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._esapi.close()
+        try:
+            self._esapi.close()
+        finally:
+            self._users.release()
 
     # --- keys ---
 

@@ -11,11 +11,17 @@ does to a real TPM: PCRs reset, the sealing seed in the state directory stays.
 connections to one swtpm work at once, but swtpm has no resource manager: all clients share its
 few transient-object slots (three), and nothing flushes what a killed client left loaded (the
 kernel's /dev/tpmrm0 does; `Tpm.flush_leftovers()` does it for unmanaged TPMs).
+
+`TpmUsers`: on such a TPM every open connection of ours holds a shared flock on a lock file named
+after the TCTI (under /run/lock), and `flush_leftovers` flushes only when it can take that lock
+alone. A live command's handles (a `status` or `quote` that takes no state-dir lock) are then never
+flushed from under it; what a killed command left is, since the kernel drops a dead process's flock.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -30,12 +36,60 @@ from pathlib import Path
 from vaultpolicy.errors import BackendUnavailable
 
 TPMRM_DEVICE = "/dev/tpmrm0"
+_LOCK_DIR = Path("/run/lock") if Path("/run/lock").is_dir() else Path("/tmp")
+_SHARE_TIMEOUT_S = 30.0  # a flush holds the lock alone for a few TPM round trips
 TCTI_HINT = ("`--tpm` takes a TCTI string: `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, "
              "`mssim:host=127.0.0.1,port=2321` or `tabrmd:`; check that this TPM is there")
 _HOST = "127.0.0.1"
 _START_ATTEMPTS = 5
 _READY_TIMEOUT_S = 10.0
 _ALIVE_TIMEOUT_S = 5.0
+
+
+def has_resource_manager(tcti: str) -> bool:
+    """Whether the TPM behind `tcti` flushes a client's handles when it disconnects."""
+    return tcti.startswith(("device:/dev/tpmrm", "tabrmd"))
+
+
+class TpmUsers:
+    """This process's share of a TPM without a resource manager, held while a connection is open
+    (see the module docstring); on a managed TPM it holds nothing."""
+
+    def __init__(self, tcti: str):
+        self._fd = None
+        if has_resource_manager(tcti):
+            return
+        path = _LOCK_DIR / f"vaultpolicy-tpm-{hashlib.sha256(tcti.encode()).hexdigest()[:16]}.lock"
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot open the TPM's lock file {path}: {exc.strerror or exc}") from None
+        deadline = time.monotonic() + _SHARE_TIMEOUT_S
+        while not self._take(fcntl.LOCK_SH):
+            if time.monotonic() >= deadline:
+                self.release()
+                raise BackendUnavailable(f"another command has held the TPM `{tcti}` alone for "
+                                         f"{_SHARE_TIMEOUT_S:.0f}s ({path})", hint=f"find it with `fuser -v {path}`")
+            time.sleep(0.01)
+
+    def alone(self) -> bool:
+        """Take the lock alone if no other connection holds it (never waits); `share` gives it back."""
+        return self._fd is not None and self._take(fcntl.LOCK_EX)
+
+    def share(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_SH)  # from alone: only waits for nobody (we held it alone)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _take(self, mode: int) -> bool:
+        try:
+            fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
 
 
 @dataclass

@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from enforcer.tcti import TCTI_HINT
+from enforcer.tcti import TCTI_HINT, TpmUsers
 from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError
 
@@ -211,11 +211,6 @@ def storage_primary_template() -> Any:
     )
 
 
-def has_resource_manager(tcti: str) -> bool:
-    """Whether the TPM behind `tcti` flushes a client's handles when it disconnects."""
-    return tcti.startswith(("device:/dev/tpmrm", "tabrmd"))
-
-
 def _response_code(exc: Exception) -> int:
     """The TPM response code without the handle/session/parameter index bits of format-one codes."""
     rc = int(getattr(exc, "rc", 0))
@@ -228,9 +223,11 @@ class Tpm:
     def __init__(self, tcti: str):
         self._tss = _tss()
         self.tcti = tcti
+        self._users = TpmUsers(tcti)
         try:
             self._esys = self._tss.ESAPI(tcti)
         except Exception as exc:  # TSS raises its own types for "cannot connect"/"no such module"
+            self._users.release()
             raise BackendUnavailable(f"cannot open the TPM `{tcti}`: {exc}", hint=TCTI_HINT) from None
         self._primary_handle = None
 
@@ -251,6 +248,7 @@ class Tpm:
         finally:
             self._esys.close()
             self._esys = None
+            self._users.release()
 
     # -- PCRs -------------------------------------------------------------------------------------
 
@@ -426,11 +424,18 @@ class Tpm:
 
         /dev/tpmrm0 flushes a client's handles when it disconnects; a bare TPM (swtpm, /dev/tpm0)
         keeps what a killed command left loaded until its few slots run out. Call this at the start
-        of a command that holds the device's state lock (so no other command is using the TPM);
-        the cached primary of this `Tpm` is kept. Returns how many handles were flushed.
+        of a mutating command; the cached primary of this `Tpm` is kept. It flushes only when no
+        other live connection of ours uses the TPM (`TpmUsers.alone`), else it leaves the flush to the
+        next command: handles of a live `status` are not leftovers. Returns how many were flushed.
         """
-        if has_resource_manager(self.tcti):
+        if not self._users.alone():  # a managed TPM, or live users: nothing of theirs may go
             return 0
+        try:
+            return self._flush_unowned()
+        finally:
+            self._users.share()
+
+    def _flush_unowned(self) -> int:
         tss = self._tss
         own = None if self._primary_handle is None else self._esys.tr_get_tpm_handle(self._primary_handle)
         # one read tells whether any session is loaded or saved (exact counts, unlike the TPM's estimate of

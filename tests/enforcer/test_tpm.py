@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from enforcer import tcti as tcti_module
 from enforcer import tpm as tpm_module
 from enforcer.tpm import (
     BankNotAllocated, InvalidSealedBlob, PcrMismatch, SealedBlob, Tpm, TpmFailure, TpmPolicyFailure,
@@ -320,8 +322,8 @@ def test_leftovers_of_a_killed_client_are_flushed_on_an_unmanaged_tpm(swtpm):
         esys.context_save(session)
     finally:
         esys.close()
-    assert not tpm_module.has_resource_manager(swtpm.tcti)
-    assert tpm_module.has_resource_manager("device:/dev/tpmrm0")
+    assert not tcti_module.has_resource_manager(swtpm.tcti)
+    assert tcti_module.has_resource_manager("device:/dev/tpmrm0")
     with Tpm(swtpm.tcti) as device:
         swtpm.measure_boot(device)
         assert device.loaded_handles() == {"transient": 1, "loaded_sessions": 1, "saved_sessions": 1}
@@ -330,6 +332,26 @@ def test_leftovers_of_a_killed_client_are_flushed_on_an_unmanaged_tpm(swtpm):
         assert device.flush_leftovers() == 0
         assert device.loaded_handles() == {"transient": 1, "loaded_sessions": 0, "saved_sessions": 0}
         assert len(device.unseal(blob)) == 64, "our cached primary survived the clean-up"
+
+
+def test_a_flush_leaves_the_handles_of_a_live_connection_alone(swtpm):
+    """A `status` or `quote` takes no state-dir lock: a `device unlock` starting meanwhile flushed its
+    primary from under it. Now the flush is left to a later command while a connection of ours is live;
+    what a killed one left is still flushed (the kernel drops a dead process's lock)."""
+    def run(script: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "import os, signal, sys\nfrom enforcer.tpm import Tpm\n" + script,
+                               swtpm.tcti], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+
+    flush = "with Tpm(sys.argv[1]) as tpm:\n    print(tpm.flush_leftovers())\n"
+    with Tpm(swtpm.tcti) as reader:
+        swtpm.measure_boot(reader)
+        blob = reader.seal(os.urandom(64), "sha256", BOUND)  # its primary stays loaded
+        assert run(flush).stdout.strip() == "0", "a live connection's handles are not leftovers"
+        assert len(reader.unseal(blob)) == 64, "the reader's primary is still loaded"
+    killed = run("tpm = Tpm(sys.argv[1])\ntpm.read_pcrs('sha256', [0])\ntpm._primary()\n"
+                 "os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert killed.returncode == -signal.SIGKILL
+    assert run(flush).stdout.strip() == "1", "the killed command's primary is flushed"
 
 
 def test_missing_tpm_library_is_backend_unavailable_not_an_import_error():
