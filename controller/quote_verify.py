@@ -16,6 +16,7 @@ policy must say which measurements it trusts (fail closed).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from compiler.plan import Attestation, Plan
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
 from controller.store import Store
-from enforcer.attest import Quote, pcr_digest, qualifying_data, storage_parent_binding
+from enforcer.attest import Quote, qualifying_data, storage_parent_binding
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
@@ -145,8 +146,14 @@ def check_reported_values(quote: Quote, parsed: ParsedAttest) -> None:
     quoted = parsed.selection.get(quote.bank)
     if len(parsed.selection) != 1 or quoted is None or sorted(quote.pcrs) != list(quoted):
         raise AttestationRejected("pcr-digest", "reported PCR values do not match the quoted selection")
-    if pcr_digest(quote.pcrs, quoted, parsed.signing_hash) != parsed.pcr_digest:
+    if quoted_pcr_digest(quote.pcrs, quoted, parsed.signing_hash) != parsed.pcr_digest:
         raise AttestationRejected("pcr-digest", "reported PCR values do not hash to the quoted PCR digest (altered values?)")
+
+
+def quoted_pcr_digest(values: dict[int, bytes], pcrs: tuple[int, ...], signing_hash: str) -> bytes:
+    """TPM2_Quote's pcrDigest: the selected PCR values in index order, hashed with the signing scheme's
+    hash. Not PolicyPCR's digest (`enforcer.tpm.policy_pcr_digest`), which the session's hash makes."""
+    return hashlib.new(signing_hash, b"".join(values[i] for i in sorted(pcrs))).digest()
 
 
 def disallowed_pcrs(values: dict[int, bytes], attestation: Attestation) -> dict[int, str]:
