@@ -4,7 +4,8 @@
    signed qualifying data binds the quote's purpose, and only a `release` quote is verified here;
 2. the nonce: bound into the signed qualifying data, issued by us to this device, unused, not expired;
 3. the PCR digest recomputed from the reported values equals the quoted one (same bank and selection
-   as the policy's attestation);
+   as the policy's attestation). TPM2_Quote digests the bank's values with the signing scheme's hash
+   (the one the signature names: SHA-256 for our AK), not with the bank's (TPM 2.0 Part 3, TPM2_Quote);
 4. every value is allowed by the policy — all PCRs that are not are named, not just the first;
 5. the TPM's reset/restart counters and clock do not go backwards.
 
@@ -15,6 +16,7 @@ policy must say which measurements it trusts (fail closed).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from compiler.plan import Attestation, Plan
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
 from controller.store import Store
-from enforcer.attest import Quote, pcr_digest, qualifying_data, storage_parent_binding
+from enforcer.attest import Quote, qualifying_data, storage_parent_binding
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
@@ -45,6 +47,7 @@ class ParsedAttest:
     restart_count: int
     selection: dict[str, tuple[int, ...]]  # bank -> PCR indexes
     pcr_digest: bytes
+    signing_hash: str  # the signature's hash: what the TPM digested the PCR values with, whatever the bank
 
 
 class _Reader:
@@ -65,7 +68,7 @@ class _Reader:
         return self.take(self.uint("H"))
 
 
-def parse_attest(data: bytes) -> ParsedAttest:
+def parse_attest(data: bytes, signing_hash: str) -> ParsedAttest:
     reader = _Reader(data)
     if reader.uint("I") != TPM_GENERATED_VALUE or reader.uint("H") != TPM_ST_ATTEST_QUOTE:
         raise AttestationRejected("malformed-quote", "not a TPM-generated quote structure")
@@ -81,7 +84,7 @@ def parse_attest(data: bytes) -> ParsedAttest:
     digest = reader.sized()
     if reader.pos != len(data):
         raise AttestationRejected("malformed-quote", "quote structure has trailing bytes")
-    return ParsedAttest(signer_name, extra_data, clock, reset_count, restart_count, selection, digest)
+    return ParsedAttest(signer_name, extra_data, clock, reset_count, restart_count, selection, digest, signing_hash)
 
 
 def _der_signature(signature: bytes) -> tuple[bytes, hashes.HashAlgorithm]:
@@ -117,7 +120,7 @@ def check_signature(quote: Quote, ak_public_pem: str, ak_name: str) -> ParsedAtt
         raise AttestationRejected(
             "bad-signature", f"quote signature does not verify with the attestation key enrolled for `{quote.device_id}`"
         ) from None
-    parsed = parse_attest(quote.attest)
+    parsed = parse_attest(quote.attest, algorithm.name)
     if parsed.signer_name.hex() != ak_name:
         raise AttestationRejected("bad-signature", "quote names a different signing key than the enrolled one")
     expected = qualifying_data(quote.purpose, quote.nonce, quote.bound_sha256)
@@ -143,8 +146,14 @@ def check_reported_values(quote: Quote, parsed: ParsedAttest) -> None:
     quoted = parsed.selection.get(quote.bank)
     if len(parsed.selection) != 1 or quoted is None or sorted(quote.pcrs) != list(quoted):
         raise AttestationRejected("pcr-digest", "reported PCR values do not match the quoted selection")
-    if pcr_digest(quote.pcrs, quoted, quote.bank) != parsed.pcr_digest:
+    if quoted_pcr_digest(quote.pcrs, quoted, parsed.signing_hash) != parsed.pcr_digest:
         raise AttestationRejected("pcr-digest", "reported PCR values do not hash to the quoted PCR digest (altered values?)")
+
+
+def quoted_pcr_digest(values: dict[int, bytes], pcrs: tuple[int, ...], signing_hash: str) -> bytes:
+    """TPM2_Quote's pcrDigest: the selected PCR values in index order, hashed with the signing scheme's
+    hash. Not PolicyPCR's digest (`enforcer.tpm.policy_pcr_digest`), which the session's hash makes."""
+    return hashlib.new(signing_hash, b"".join(values[i] for i in sorted(pcrs))).digest()
 
 
 def disallowed_pcrs(values: dict[int, bytes], attestation: Attestation) -> dict[int, str]:

@@ -72,11 +72,6 @@ def qualifying_data(purpose: str, nonce: bytes, bound_sha256: bytes) -> bytes:
     return hashlib.sha256(b"vaultpolicy-quote-v1\0" + purpose.encode() + b"\0" + nonce + bound_sha256).digest()
 
 
-def pcr_digest(values: dict[int, bytes], pcrs: tuple[int, ...], hash_name: str = "sha256") -> bytes:
-    """TPM2_Quote's pcrDigest: the hash of the selected PCR values concatenated in index order."""
-    return hashlib.new(hash_name, b"".join(values[i] for i in sorted(pcrs))).digest()
-
-
 @dataclass(frozen=True)
 class Identity:
     """What the controller enrols: the AK (PEM and qualified name) and the storage parent's public area."""
@@ -385,9 +380,10 @@ class AttestationTpm:
         from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
 
         from enforcer.tpm import _ffi, _wipe  # the enforcer's way to take a secret out of a TSS structure
+        from enforcer.tpm import policy_pcr_digest
 
         selection = TPML_PCR_SELECTION.parse(f"{bank}:{','.join(map(str, sorted(values)))}")
-        expected_pcrs = pcr_digest(values, tuple(values), "sha256")  # the policy session's hash
+        expected_pcrs = policy_pcr_digest(tuple(values), values)
         opened: dict[str, bytearray] = {}
         try:
             with self._storage_parent() as (parent, _):

@@ -184,6 +184,13 @@ def _selection_bytes(bank: str, pcrs: Sequence[int]) -> bytes:
     return (1).to_bytes(4, "big") + algorithm.to_bytes(2, "big") + bytes([3]) + bytes(bitmap)
 
 
+def policy_pcr_digest(pcrs: Sequence[int], values: dict[int, bytes]) -> bytes:
+    """PolicyPCR's pcrDigest: the values of `pcrs` in index order hashed with the policy session's hash,
+    whatever their bank. Not a quote's pcrDigest, which the signing scheme's hash makes
+    (controller/quote_verify.py): both are SHA-256 here, by two separate choices."""
+    return hashlib.new(_POLICY_HASH, b"".join(values[index] for index in sorted(set(pcrs)))).digest()
+
+
 def policy_digest(bank: str, pcrs: Sequence[int], values: dict[int, bytes]) -> bytes:
     """The PolicyPCR digest a fresh policy session reaches when `pcrs` hold `values`.
 
@@ -192,11 +199,10 @@ def policy_digest(bank: str, pcrs: Sequence[int], values: dict[int, bytes]) -> b
     """
     _check_selection(bank, pcrs)
     ordered = sorted(set(pcrs))
-    pcr_digest = hashlib.new(_POLICY_HASH, b"".join(values[index] for index in ordered)).digest()
     start = bytes(hashlib.new(_POLICY_HASH).digest_size)
     return hashlib.new(
         _POLICY_HASH,
-        start + _TPM_CC_POLICY_PCR.to_bytes(4, "big") + _selection_bytes(bank, ordered) + pcr_digest,
+        start + _TPM_CC_POLICY_PCR.to_bytes(4, "big") + _selection_bytes(bank, ordered) + policy_pcr_digest(ordered, values),
     ).digest()
 
 

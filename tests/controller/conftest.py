@@ -5,7 +5,6 @@ here `make_tpm()` starts as many as a test needs, each stopped afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import subprocess
 import time
@@ -35,7 +34,8 @@ def _free_port_pair() -> tuple[int, int]:
 
 
 class SoftTpm:
-    """A running swtpm: `.tcti`, `.extend(pcr, data)`, `.restart()` (a reboot: PCRs back to zero)."""
+    """A running swtpm: `.tcti`, `.extend(pcr, data)`, `.restart()` (a reboot: PCRs back to zero),
+    `.allocate(*banks)` (has those PCR banks allocated, and restarts for them to take effect)."""
 
     def __init__(self, state: Path):
         self.state = state
@@ -66,13 +66,24 @@ class SoftTpm:
         self._start()
 
     def extend(self, pcr: int, data: bytes) -> None:
-        from tpm2_pytss import ESAPI, TPML_DIGEST_VALUES, TPMT_HA
-        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+        """Measure `data` into every allocated bank (TPM2_PCR_Event), as firmware does: a quote over any
+        bank then sees the boot."""
+        from tpm2_pytss import ESAPI
+        from tpm2_pytss.constants import ESYS_TR
 
-        digest = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
-        digest.digest.sha256 = hashlib.sha256(data).digest()
         with ESAPI(self.tcti) as esapi:
-            esapi.pcr_extend(getattr(ESYS_TR, f"PCR{pcr}"), TPML_DIGEST_VALUES([digest]))
+            esapi.pcr_event(getattr(ESYS_TR, f"PCR{pcr}"), data)
+
+    def allocate(self, *banks: str) -> None:
+        """Allocate every PCR of `banks` (TPM2_PCR_Allocate; other banks keep theirs), whatever libtpms
+        allocates by default. The allocation takes effect at the next reset, so this restarts the TPM."""
+        from tpm2_pytss import ESAPI
+
+        with ESAPI(self.tcti) as esapi:
+            allocated, *_ = esapi.pcr_allocate("+".join(f"{bank}:all" for bank in banks))
+        if not allocated:
+            raise RuntimeError(f"swtpm refused to allocate the PCR banks {', '.join(banks)}")
+        self.restart()
 
     def measure_boot(self) -> None:
         for pcr in ATTESTED_PCRS:
@@ -107,14 +118,14 @@ def attested_pcrs() -> tuple[int, ...]:
 
 @pytest.fixture
 def make_policy():
-    """`make_policy({pcr: [hex, ...]})` -> the plan's attestation requirement allowing those values."""
+    """`make_policy({pcr: [hex, ...]}, bank=...)` -> the plan's attestation requirement allowing those values."""
     return _attestation
 
 
-def _attestation(allowed: dict[int, list[str]] | None = None, lifetime: int = 300) -> Attestation:
+def _attestation(allowed: dict[int, list[str]] | None = None, lifetime: int = 300, bank: str = "sha256") -> Attestation:
     return Attestation(
         name="boot",
-        bank="sha256",
+        bank=bank,
         pcrs=ATTESTED_PCRS,
         allowed={str(k): tuple(v) for k, v in (allowed or {}).items()},
         nonce_bytes=32,

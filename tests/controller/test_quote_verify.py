@@ -27,14 +27,14 @@ def enroll(store, tpm, device_id):
     return identity
 
 
-def quote(tpm, identity, nonce, pcrs=ATTESTED_PCRS):
+def quote(tpm, identity, nonce, pcrs=ATTESTED_PCRS, bank="sha256"):
     with AttestationTpm(tpm.tcti) as device:
-        return device.quote(identity.device_id, "release", nonce, storage_parent_binding(identity.storage_public), "sha256", pcrs)
+        return device.quote(identity.device_id, "release", nonce, storage_parent_binding(identity.storage_public), bank, pcrs)
 
 
-def allowed_now(tpm):
+def allowed_now(tpm, bank="sha256"):
     with AttestationTpm(tpm.tcti) as device:
-        _, values = device.read_pcrs("sha256", ATTESTED_PCRS)
+        _, values = device.read_pcrs(bank, ATTESTED_PCRS)
     return {i: [v.hex()] for i, v in values.items()}
 
 
@@ -206,28 +206,57 @@ def test_clock_going_back_within_one_boot_is_refused_even_with_a_later_restart_c
     refused(store, "counters-backwards", quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW)), policy, NOW)
 
 
+def tpm2_checkquote(identity, made, pcr_values: bytes, folder):
+    """tpm2-tools' verifier, which nobody here wrote, on `made` with `pcr_values` as the values file.
+    `-g sha256` is the AK's signing hash, which is also what TPM2_Quote digests the PCRs with."""
+    (folder / "ak.pem").write_text(identity.ak_public_pem)
+    (folder / "msg").write_bytes(made.attest)
+    (folder / "sig").write_bytes(made.signature)
+    (folder / "pcrs").write_bytes(pcr_values)
+    qualification = qualifying_data(made.purpose, made.nonce, made.bound_sha256).hex()
+    return subprocess.run(
+        ["tpm2_checkquote", "-u", folder / "ak.pem", "-m", folder / "msg", "-s", folder / "sig", "-f", folder / "pcrs",
+         "-l", f"{made.bank}:" + ",".join(map(str, sorted(made.pcrs))), "-g", "sha256", "-q", qualification],
+        capture_output=True, text=True,
+    )
+
+
 def test_tpm2_checkquote_accepts_our_quote(device, store, tmp_path):
-    """Interop: tpm2-tools' verifier, which nobody here wrote, accepts a vaultpolicy quote."""
     tpm, identity, policy = device
-    nonce = nonces.issue(store, "gw-1", policy, NOW)
-    made = quote(tpm, identity, nonce)
-    (tmp_path / "ak.pem").write_text(identity.ak_public_pem)
-    (tmp_path / "msg").write_bytes(made.attest)
-    (tmp_path / "sig").write_bytes(made.signature)
-    (tmp_path / "pcrs").write_bytes(b"".join(made.pcrs[i] for i in ATTESTED_PCRS))
-    qualification = qualifying_data("release", nonce, made.bound_sha256).hex()
-
-    def checkquote(pcr_file):
-        return subprocess.run(
-            ["tpm2_checkquote", "-u", tmp_path / "ak.pem", "-m", tmp_path / "msg", "-s", tmp_path / "sig",
-             "-f", pcr_file, "-l", "sha256:" + ",".join(map(str, ATTESTED_PCRS)), "-g", "sha256", "-q", qualification],
-            capture_output=True, text=True,
-        )
-
-    accepted = checkquote(tmp_path / "pcrs")
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    accepted = tpm2_checkquote(identity, made, b"".join(made.pcrs[i] for i in ATTESTED_PCRS), tmp_path)
     assert accepted.returncode == 0, accepted.stderr
-    (tmp_path / "bad").write_bytes(bytes(32) + b"".join(made.pcrs[i] for i in ATTESTED_PCRS[1:]))
-    assert checkquote(tmp_path / "bad").returncode != 0
+    altered = bytes(32) + b"".join(made.pcrs[i] for i in ATTESTED_PCRS[1:])
+    assert tpm2_checkquote(identity, made, altered, tmp_path).returncode != 0
+
+
+@pytest.mark.parametrize("bank", ["sha1", "sha384"])
+def test_a_quote_over_another_bank_verifies_and_its_altered_values_do_not(make_tpm, store, make_policy, bank, tmp_path):
+    """TPM2_Quote digests the selected PCRs with the signing scheme's hash (SHA-256 for our AK), not
+    the bank's: the verifier hashed them with the bank's, so a sha1 or sha384 attestation, which the
+    plan schema accepts, never verified ("altered values?"). Both verifiers accept it now, and
+    still refuse a changed value: one the TPM measured (named) and one edited into the quote."""
+    tpm = make_tpm()
+    tpm.allocate("sha256", bank)
+    tpm.measure_boot()
+    identity = enroll(store, tpm, "gw-1")
+    policy = make_policy(allowed_now(tpm, bank), bank=bank)
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW), bank=bank)
+    assert {len(v) for v in made.pcrs.values()} == {hashlib.new(bank).digest_size}
+
+    assert verify_quote(store, made, policy, NOW).pcrs == made.pcrs
+    accepted = tpm2_checkquote(identity, made, b"".join(made.pcrs[i] for i in ATTESTED_PCRS), tmp_path)
+    assert accepted.returncode == 0, accepted.stderr
+
+    tpm.extend(7, b"new secure boot db")
+    measured = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW), bank=bank)
+    error = refused(store, "pcr-not-allowed", measured, policy, NOW)
+    assert error.pcrs == [7] and f"PCR 7 = {measured.pcrs[7].hex()} is not an allowed value" in error.message
+
+    fresh = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW), bank=bank)
+    edited = dataclasses.replace(fresh, pcrs={**fresh.pcrs, 7: made.pcrs[7]})  # claims the allowed value
+    assert "altered" in refused(store, "pcr-digest", edited, policy, NOW).message
+    assert tpm2_checkquote(identity, edited, b"".join(edited.pcrs[i] for i in ATTESTED_PCRS), tmp_path).returncode != 0
 
 
 def test_a_quote_made_for_a_report_is_no_release_quote(device, store):

@@ -25,25 +25,30 @@ SEALED = {"config": "boot", "images": "boot"}  # the plan's vaults and the attes
 
 @pytest.fixture
 def setup(make_tpm, store, make_policy):
-    tpm = make_tpm()
+    return escrowed_device(make_tpm(), store, make_policy, "sha256")
+
+
+def escrowed_device(tpm, store, make_policy, bank: str):
+    """`tpm` booted, enrolled as gw-1, its key of vault `config` deposited (the deposit quoted over
+    `bank`), and a policy of attestation `boot` over `bank` allowing this boot."""
     tpm.measure_boot()
     with AttestationTpm(tpm.tcti) as device:
         identity = device.identity("gw-1")
-        _, values = device.read_pcrs("sha256", ATTESTED_PCRS)
+        _, values = device.read_pcrs(bank, ATTESTED_PCRS)
     store.enroll("gw-1", identity.ak_public_pem, identity.ak_name, identity.storage_public, NOW)
     controller_key = escrow.generate_escrow_key()
     blob = escrow.wrap_key(controller_key.public_key(), "gw-1", "config", KEY_ID, RAW)
-    deposit = escrow.sign_deposit(tpm.tcti, "gw-1", [blob.to_bytes()], "sha256", ATTESTED_PCRS)
+    deposit = escrow.sign_deposit(tpm.tcti, "gw-1", [blob.to_bytes()], bank, ATTESTED_PCRS)
     [deposited] = accept_deposit(store, deposit, NOW)
     assert deposited.outcome == "stored" and b'"vault":"config"' in deposited.ack
-    policy = make_policy({i: [v.hex()] for i, v in values.items()})
+    policy = make_policy({i: [v.hex()] for i, v in values.items()}, bank=bank)
     return tpm, identity, policy, controller_key, RAW
 
 
 def fresh_quote(store, tpm, identity, policy):
     nonce = nonces.issue(store, "gw-1", policy, NOW)
     with AttestationTpm(tpm.tcti) as device:
-        return device.quote("gw-1", "release", nonce, storage_parent_binding(identity.storage_public), "sha256", ATTESTED_PCRS)
+        return device.quote("gw-1", "release", nonce, storage_parent_binding(identity.storage_public), policy.bank, ATTESTED_PCRS)
 
 
 def refused(reason, call):
@@ -68,6 +73,22 @@ def test_released_key_opens_only_in_the_quoting_tpm(setup, store, make_tpm):
         open_release(other.tcti, release, "gw-1")
     with pytest.raises(DeviceError, match="for device `gw-1`"):
         open_release(tpm.tcti, release, "gw-2")
+
+
+def test_a_release_over_a_sha384_attestation_opens_in_the_verified_state_only(make_tpm, store, make_policy):
+    """The deposit and the release quote are over sha384 (they were refused before: the verifier hashed
+    the quoted values with the bank's hash). The released object's PolicyPCR digest is the session's
+    SHA-256 over the sha384 values, on the controller and on the device alike."""
+    tpm = make_tpm()
+    tpm.allocate("sha384")
+    tpm, identity, policy, controller_key, raw = escrowed_device(tpm, store, make_policy, "sha384")
+    quote = fresh_quote(store, tpm, identity, policy)
+    verify_quote(store, quote, policy, NOW, SEALED)
+    release = release_keys(store, quote, ["config"], controller_key, NOW)
+    assert release.bank == "sha384" and bytes(open_release(tpm.tcti, release, "gw-1")["config"][1]) == raw
+    tpm.extend(4, b"unapproved boot loader")
+    with pytest.raises(DeviceError, match=r"opens only in the boot state the controller verified: PCR sha384:4 differs"):
+        open_release(tpm.tcti, release, "gw-1")
 
 
 def test_a_release_opens_only_in_the_pcr_state_the_controller_verified(setup, store):
