@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from vaultpolicy import status_codes
 from vaultpolicy.errors import VaultpolicyError
+from vaultpolicy.process import keep_memory_off_disk
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def tune_gc() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_memory_off_disk()
     tune_gc()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
