@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import os
@@ -112,3 +113,14 @@ def kernel_has_adiantum(device) -> bool:
     finally:
         shutil.rmtree(directory)
     return True
+
+
+def key_leaks(key: bytes, data: bytes) -> list[str]:
+    """How `key` (or either half of it) appears in `data`: raw, hex or base64, the ways a careless
+    write of a key into a JSON state file or a log would show it."""
+    found = []
+    for part in (key, key[:32], key[32:]):
+        spellings = {"raw": part, "hex": part.hex().encode(), "HEX": part.hex().upper().encode(),
+                     "base64": base64.b64encode(part).rstrip(b"="), "base64url": base64.urlsafe_b64encode(part).rstrip(b"=")}
+        found += [name for name, spelling in spellings.items() if spelling in data]
+    return found
