@@ -35,6 +35,7 @@ from pathlib import Path
 
 import rfc8785
 
+from compiler.plan import BANK_DIGEST_BYTES
 from enforcer.escrow import load_json_object
 from enforcer.tcti import TCTI_HINT, TpmUsers
 from vaultpolicy.encoding import b64decode_exact
@@ -214,17 +215,26 @@ class Quote:
                 raise InputError(f"{source}: field `{name}` is not valid base64") from None
 
         pcrs = obj.get("pcrs")
-        if not isinstance(pcrs, dict) or not all(isinstance(k, str) and k.isdigit() for k in pcrs):
-            raise InputError(f"{source}: field `pcrs` must map PCR indexes to hex values")
+        if not isinstance(pcrs, dict) or not all(isinstance(k, str) and k.isdigit() and int(k) < 24 for k in pcrs):
+            raise InputError(f"{source}: field `pcrs` must map PCR indexes (0-23) to hex values")
         if text("purpose") not in PURPOSES:
             raise InputError(f"{source}: field `purpose` must be one of {', '.join(PURPOSES)}")
+        bank = text("bank")
+        if bank not in BANK_DIGEST_BYTES:
+            raise InputError(f"{source}: field `bank` must be one of {', '.join(BANK_DIGEST_BYTES)}")
+        values = {int(k): hexbytes(f"pcrs.{k}", v) for k, v in pcrs.items()}
+        # each value is one digest of the bank: shifting bytes between neighbours would keep their hash
+        for index, value in values.items():
+            if len(value) != BANK_DIGEST_BYTES[bank]:
+                raise InputError(f"{source}: field `pcrs.{index}` has {len(value)} bytes, a {bank} value has "
+                                 f"{BANK_DIGEST_BYTES[bank]}")
         return cls(
             device_id=text("device_id"),
             purpose=text("purpose"),
             nonce=hexbytes("nonce"),
             bound_sha256=hexbytes("bound_sha256"),
-            bank=text("bank"),
-            pcrs={int(k): hexbytes(f"pcrs.{k}", v) for k, v in pcrs.items()},
+            bank=bank,
+            pcrs=values,
             attest=b64("attest"),
             signature=b64("signature"),
         )

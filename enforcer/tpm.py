@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from compiler.plan import BANK_DIGEST_BYTES
 from enforcer.tcti import TCTI_HINT, TpmUsers
 from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError
@@ -39,7 +40,6 @@ from vaultpolicy.errors import BackendUnavailable, DeviceError
 # TPM 2.0 part 2: the command code PolicyPCR folds into a policy digest.
 _TPM_CC_POLICY_PCR = 0x0000017F
 _POLICY_HASH = "sha256"  # the policy session's and the sealed object's name algorithm
-_BANK_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 _PCR_COUNT = 24
 _BOOT_PCRS = (0, 4)  # firmware code and boot loader: all zero means nothing was measured
 _PCR_READ_BATCH = 8  # a TPM returns at most 8 digests per PCR_Read
@@ -149,8 +149,8 @@ class SealedBlob:
 
 
 def _check_selection(bank: str, pcrs: Sequence[int]) -> None:
-    if bank not in _BANK_SIZES:
-        raise BankNotAllocated(f"unknown PCR bank `{bank}` (expected one of {', '.join(_BANK_SIZES)})")
+    if bank not in BANK_DIGEST_BYTES:
+        raise BankNotAllocated(f"unknown PCR bank `{bank}` (expected one of {', '.join(BANK_DIGEST_BYTES)})")
     if not pcrs:
         raise TpmPolicyFailure("a PCR policy needs at least one PCR (an empty selection binds nothing)")
     bad = [index for index in pcrs if not 0 <= index < _PCR_COUNT]
@@ -484,7 +484,7 @@ class Tpm:
             raise BankNotAllocated(f"the TPM's `{bank}` bank does not cover PCR {missing}; refusing to seal")
 
     def _require_measured_boot(self, bank: str) -> None:
-        zero = bytes(_BANK_SIZES[bank])
+        zero = bytes(BANK_DIGEST_BYTES[bank])
         unmeasured = [index for index, value in self.read_pcrs(bank, _BOOT_PCRS).items() if value == zero]
         if unmeasured:
             raise UnmeasuredBoot(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 import subprocess
 
@@ -145,6 +146,24 @@ def test_altered_pcr_value(device, store):
     altered = dataclasses.replace(made, pcrs={**made.pcrs, 7: bytes(32)})
     error = refused(store, "pcr-digest", altered, policy, NOW)
     assert "altered" in error.message
+
+
+def test_pcr_values_shifted_between_neighbours_are_refused_at_reading(device, store):
+    """Moving a byte from one value to the next keeps their concatenation, so the quoted digest still
+    matched: each value must be one digest of the bank. A bank or index no TPM has is refused too."""
+    from vaultpolicy.errors import InputError
+
+    tpm, identity, policy = device
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    first, second = sorted(made.pcrs)[:2]
+    shifted = {**made.pcrs, first: made.pcrs[first] + made.pcrs[second][:1], second: made.pcrs[second][1:]}
+    with pytest.raises(InputError, match=rf"field `pcrs.{first}` has 33 bytes, a sha256 value has 32"):
+        Quote.from_bytes(dataclasses.replace(made, pcrs=shifted).to_bytes(), "q.json")
+    for field, value, message in (("bank", "md5", "field `bank` must be one of sha1, sha256, sha384, sha512"),
+                                  ("pcrs", {"99": "00" * 32}, r"field `pcrs` must map PCR indexes \(0-23\)")):
+        obj = {**json.loads(made.to_bytes()), field: value}
+        with pytest.raises(InputError, match=message):
+            Quote.from_obj(obj, "q.json")
 
 
 def test_altered_signature_and_attest(device, store):
