@@ -72,7 +72,9 @@ class PcrChangedDuringOperation(TpmError):
 
 
 class TpmLockout(TpmError):
-    """The TPM is in dictionary-attack lockout."""
+    """The TPM is in dictionary-attack lockout. Lockout refuses authorizations by a DA-protected
+    authValue; vault keys are authorized by their PCR policy alone, so it does not keep them sealed
+    (tests/enforcer/test_tpm.py shows it on swtpm): this names a lockout met on any other command."""
 
 
 class TpmPolicyFailure(TpmError):

@@ -312,6 +312,36 @@ def test_policy_digest_matches_the_tpm_for_any_selection(swtpm, pcrs, bank):
     assert tpm_module.policy_digest(bank, sorted(pcrs), values) == _trial_digest(swtpm.tcti, bank, sorted(pcrs))
 
 
+def test_a_tpm_in_dictionary_attack_lockout_still_unseals_the_vault_keys(booted, swtpm):
+    """Anyone may hammer a password object until the TPM locks out (one allowed failure here). Lockout
+    refuses authorizations that use a DA-protected authValue; our sealed keys are authorized by their
+    PCR policy alone (no USERWITHAUTH, no PolicyAuthValue), so a lockout must not lock the vaults too."""
+    blob = booted.seal(os.urandom(64), "sha256", BOUND)
+    tss, esys = _raw_esapi(swtpm.tcti)
+    try:
+        esys.dictionary_attack_parameters(1, 1000, 1000)  # one failure allowed, no recovery during the test
+        primary, *_ = esys.create_primary(tss.TPM2B_SENSITIVE_CREATE(), tpm_module.storage_primary_template(),
+                                          tss.ESYS_TR.OWNER)
+        guarded = tss.TPM2B_PUBLIC(tss.TPMT_PUBLIC(
+            type=tss.TPM2_ALG.KEYEDHASH, nameAlg=tss.TPM2_ALG.SHA256,
+            objectAttributes=tss.TPMA_OBJECT.FIXEDTPM | tss.TPMA_OBJECT.FIXEDPARENT | tss.TPMA_OBJECT.USERWITHAUTH))
+        guarded.publicArea.parameters.keyedHashDetail.scheme.scheme = tss.TPM2_ALG.NULL
+        secret = tss.TPM2B_SENSITIVE_CREATE(tss.TPMS_SENSITIVE_CREATE(userAuth=tss.TPM2B_AUTH(b"right"),
+                                                                      data=tss.TPM2B_SENSITIVE_DATA(b"x")))
+        private, public, *_ = esys.create(primary, secret, guarded)
+        target = esys.load(primary, private, public)
+        for password, code in ((b"wrong", tss.TPM2_RC.AUTH_FAIL), (b"right", tss.TPM2_RC.LOCKOUT)):
+            esys.tr_set_auth(target, password)
+            with pytest.raises(tss.TSS2_Exception) as refused:
+                esys.unseal(target)
+            assert tpm_module._response_code(refused.value) == code, "the TPM is in lockout now"
+        for handle in (target, primary):
+            esys.flush_context(handle)
+    finally:
+        esys.close()
+    assert len(booted.unseal(blob)) == 64
+
+
 def test_leftovers_of_a_killed_client_are_flushed_on_an_unmanaged_tpm(swtpm):
     tss, esys = _raw_esapi(swtpm.tcti)
     try:  # a client that dies without flushing: a loaded primary, an open policy session and a saved one
