@@ -78,6 +78,23 @@ def test_unknown_schema_is_refused_after_the_other_checks():
     assert reason_of(sign(PLAN_PAYLOAD_TYPE, data, [KEY]).to_bytes(), now=NOW + timedelta(days=365)) == "expired"
 
 
+def test_each_check_comes_in_the_issue_s_order():
+    """signature -> version floor -> expiry -> target -> schema: a plan failing several checks is refused
+    for the first of them, so the reason a device records never depends on which check ran first."""
+    floor = (5, "0" * 64)
+    later = NOW + timedelta(days=365)
+    elsewhere = DeviceIdentity("gw-2")
+    unknown_schema = encode_plan(make_plan(version=4, targets=["gw-1"])).replace(b'"schema_version":"1.0"',
+                                                                                 b'"schema_version":"2.0"')
+    everything_wrong = sign(PLAN_PAYLOAD_TYPE, unknown_schema, [generate_key()]).to_bytes()
+    assert reason_of(everything_wrong, floor=floor, now=later, device=elsewhere) == "unknown-key"
+    signed_well = sign(PLAN_PAYLOAD_TYPE, unknown_schema, [KEY]).to_bytes()
+    assert reason_of(signed_well, floor=floor, now=later, device=elsewhere) == "rollback"
+    assert reason_of(signed_well, now=later, device=elsewhere) == "expired"
+    assert reason_of(signed_well, device=elsewhere) == "wrong-target"
+    assert reason_of(signed_well, device=DeviceIdentity("gw-1")) == "unknown-schema"
+
+
 def test_threshold_counts_distinct_keys():
     second = generate_key()
     root = TrustRoot(1, 2, ((key_id(KEY.public_key()), KEY.public_key()), (key_id(second.public_key()), second.public_key())))
