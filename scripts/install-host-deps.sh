@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vaultpolicy needs (swtpm, TSS2 headers for tpm2-pytss, tpm2-tools for
-# interop tests, e2fsprogs for ext4 images, systemd-analyze to check the example units). Only missing packages are installed, so a prepared
-# machine does no network access.
+# interop tests, e2fsprogs for ext4 images, systemd for systemd-analyze, which checks the example
+# units). Only missing packages are installed, so a prepared machine does no network access.
 set -euo pipefail
 packages=(swtpm swtpm-tools libtss2-dev tpm2-tools e2fsprogs util-linux systemd pkg-config gcc python3-venv python3-dev)
 missing=()
