@@ -5,7 +5,9 @@ The envelope keeps the plan's exact bytes; signing never re-serializes them (S12
 
 from __future__ import annotations
 
-from compiler.files import is_envelope, load_plan, load_plan_envelope, plan_payload, read_input, write_output
+from compiler.files import (
+    is_envelope, load_plan, load_plan_envelope, plan_payload, read_input, refuse_overwriting_inputs, write_output,
+)
 from compiler.signing import PLAN_PAYLOAD_TYPE, add_signature, key_id, load_private_key, sign
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected
@@ -28,6 +30,7 @@ def _load_keys(paths: list[str]):
 
 
 def run(args) -> int:
+    refuse_overwriting_inputs(args.output, {args.plan: "the plan"} | {key: "a signing key (--key)" for key in args.key})
     data = read_input(args.plan, "plan")
     keys = _load_keys(args.key)
     if is_envelope(data):

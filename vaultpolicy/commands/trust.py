@@ -6,7 +6,7 @@ a threshold of the current one. Both are checked before anything is written.
 
 from __future__ import annotations
 
-from compiler.files import read_input, write_output
+from compiler.files import read_input, refuse_overwriting_inputs, write_output
 from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, key_id, load_private_key, load_public_key, load_trust, sign
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected, UsageError
@@ -40,8 +40,12 @@ def _private_keys(paths: list[str]):
 
 
 def run(args) -> int:
+    rotating = args.command == ("trust", "rotate")
+    refuse_overwriting_inputs(args.output, {key: "a public key (--key)" for key in args.key}
+                              | {key: "a signing key (--sign-with)" for key in args.sign_with}
+                              | ({args.current: "the current trust root"} if rotating else {}))
     current = None
-    if args.command == ("trust", "rotate"):
+    if rotating:
         current = load_trust(read_input(args.current, "trust root"), args.current)
     root = TrustRoot(version=current.version + 1 if current else 1, threshold=args.threshold, keys=_public_keys(args.key))
     if not 1 <= args.threshold <= len(root.distinct_keys()):
