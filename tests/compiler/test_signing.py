@@ -154,6 +154,26 @@ def test_trust_init_and_adding_a_signature_reaches_the_threshold(cli, keys, plan
     assert cli("verify", keys / "two", "--trust", keys / "root")[0] == 0
 
 
+@pytest.mark.parametrize("command", ["init", "rotate"])
+def test_a_key_listed_twice_is_a_usage_error_naming_both_files(cli, keys, command):
+    """`trust init --key k1.pub --key k1copy.pub --key k3.pub --threshold 2` wrote "2 of 2 keys": the
+    copy was dropped without a word, and the author's 2-of-3 was a 2-of-2."""
+    (keys / "a-copy.pub").write_bytes((keys / "a.pub").read_bytes())
+    current = []
+    if command == "rotate":
+        init = ["--key", keys / "c.pub", "--threshold", "1", "--sign-with", keys / "c", "-o", keys / "r1"]
+        assert cli("trust", "init", *init)[0] == 0
+        current = ["--current", keys / "r1"]
+    signers = ["--sign-with", keys / "a", "--sign-with", keys / "b", "--sign-with", keys / "c"]
+    copy_said = f"--key `{keys / 'a-copy.pub'}` is the same public key as --key `{keys / 'a.pub'}`"
+    for listed, said in ((["a.pub", "a-copy.pub", "b.pub"], copy_said),
+                         (["a.pub", "b.pub", "a.pub"], f"--key `{keys / 'a.pub'}` is given twice")):
+        given = [arg for name in listed for arg in ("--key", keys / name)]
+        code, _, err = cli("trust", command, *current, *given, "--threshold", "2", *signers, "-o", keys / "root")
+        assert code == 64 and err == f"error: {said}\n  = help: a threshold counts distinct keys: list each key once\n"
+        assert not (keys / "root").exists()
+
+
 def test_trust_init_refuses_a_root_its_signers_cannot_meet(cli, keys):
     args = ["--key", keys / "a.pub", "--key", keys / "b.pub", "--threshold", "2", "--sign-with", keys / "a"]
     code, _, err = cli("trust", "init", *args, "-o", keys / "root")
