@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from compiler.files import write_output
-from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, Envelope, TrustRoot, key_id, load_private_key, load_trust, sign
+from compiler.signing import PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, TrustRoot, key_id, load_private_key, load_trust, sign
 from vaultpolicy.errors import PlanRejected
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway.vpol"
@@ -47,6 +47,26 @@ def test_sign_keeps_the_plan_bytes_and_verify_accepts(cli, keys, plan_file):
     assert Envelope.from_bytes(signed.read_bytes()).payload == plan_file.read_bytes()
     code, out, _ = cli("verify", signed, "--trust", keys / "a.pub")
     assert code == 0 and out.startswith("verified: plan version 1")
+
+
+@pytest.mark.parametrize("rewrite", [
+    lambda plan: json.dumps(json.loads(plan), indent=2).encode(),
+    lambda plan: json.dumps(json.loads(plan), sort_keys=False, separators=(", ", ": ")).encode(),
+    lambda plan: plan + b"\n",
+], ids=["indented", "spaced", "newline"])
+def test_sign_refuses_a_plan_that_is_not_in_its_canonical_encoding(cli, keys, plan_file, rewrite):
+    """A plan rewritten with indent=2 was signed and verified: the signed payload was not the plan's
+    one canonical encoding (S12), and its digest not the one `compile --prev` records."""
+    edited = keys / "edited.json"
+    edited.write_bytes(rewrite(plan_file.read_bytes()))
+    signed_edit = sign(PLAN_PAYLOAD_TYPE, edited.read_bytes(), [load_private_key((keys / "a").read_bytes(), "a")])
+    (keys / "edited.signed").write_bytes(signed_edit.to_bytes())
+    for given in (edited, keys / "edited.signed"):  # a plan to sign, or a signed plan to add a signature to
+        code, _, err = cli("sign", given, "--key", keys / "b", "-o", keys / "out")
+        assert code == 1 and err == (f"error: {given}: the plan is not in the canonical form `vaultpolicy compile` writes "
+                                     "(RFC 8785 JSON on one line)\n"
+                                     "  = help: re-run `vaultpolicy compile` to write the plan, and sign that file\n")
+        assert not (keys / "out").exists()
 
 
 def test_flipping_any_byte_of_a_signed_envelope_fails_verification(keys):
