@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from compiler.files import write_output
+from compiler.plan import format_time
 from compiler.signing import PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, TrustRoot, key_id, load_private_key, load_trust, sign
+from enforcer.verify import CLOCK_SLACK
 from vaultpolicy.errors import PlanRejected
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway.vpol"
@@ -27,7 +30,7 @@ def keys(cli, tmp_path):
 @pytest.fixture
 def plan_file(cli, tmp_path):
     path = tmp_path / "plan.json"
-    assert cli("compile", EXAMPLE, "--plan-version", "1", "--issued-at", "2026-01-01T00:00:00Z", "-o", path)[0] == 0
+    assert cli("compile", EXAMPLE, "--plan-version", "1", "-o", path)[0] == 0  # issued now: `verify` refuses an expired plan
     return path
 
 
@@ -67,6 +70,23 @@ def test_sign_refuses_a_plan_that_is_not_in_its_canonical_encoding(cli, keys, pl
                                      "(RFC 8785 JSON on one line)\n"
                                      "  = help: re-run `vaultpolicy compile` to write the plan, and sign that file\n")
         assert not (keys / "out").exists()
+
+
+@pytest.mark.parametrize("issued_at,reason,said", [
+    ("2020-01-01T00:00:00Z", "expired", "plan expired at 2020-01-31T00:00:00Z"),  # valid 30 days by default
+    ("FUTURE", "future-dated", "plan is issued at FUTURE, in the future beyond the 300s clock slack"),
+])
+def test_verify_refuses_a_plan_the_device_would_refuse_for_its_dates(cli, keys, issued_at, reason, said):
+    """A plan issued 2020-01-01 verified ("verified … expires 2020-01-31", exit 0) while every device
+    refuses it as expired: `verify` runs the device's own date check (enforcer/verify.py)."""
+    if issued_at == "FUTURE":  # beyond the device's 5 minutes of clock slack
+        issued_at = format_time(datetime.now(timezone.utc) + CLOCK_SLACK + timedelta(minutes=10))
+        said = said.replace("FUTURE", issued_at)
+    plan, signed = keys / "dated.json", keys / "dated.signed"
+    assert cli("compile", EXAMPLE, "--plan-version", "1", "--issued-at", issued_at, "-o", plan)[0] == 0
+    assert cli("sign", plan, "--key", keys / "a", "-o", signed)[0] == 0
+    code, out, err = cli("verify", signed, "--trust", keys / "a.pub")
+    assert (code, out) == (1, "") and err.startswith(f"refused: {reason}: `{signed}`: {said}\n"), err
 
 
 def test_flipping_any_byte_of_a_signed_envelope_fails_verification(keys):
