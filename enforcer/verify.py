@@ -121,7 +121,7 @@ def decode_signed(payload: bytes) -> Plan:
 def _header(payload: bytes) -> dict:
     try:
         header = load_json(payload)
-    except (UnicodeDecodeError, ValueError):
+    except ValueError:
         raise PlanRejected("unknown-schema", "signed payload is not a JSON plan") from None
     if not isinstance(header, dict):
         raise PlanRejected("unknown-schema", "signed payload is not a JSON object")
