@@ -28,7 +28,7 @@ from .model import first_span
 from .pathutil import containing
 from .rules.coverage import vault_path_index
 from .signing import describe_key_file
-from vaultpolicy.encoding import b64decode_exact
+from vaultpolicy.encoding import b64decode_exact, json_problem, not_utf8
 
 FileReader = Callable[[Path], bytes]  # raises OSError or UnreadableInput, as read_input_file
 
@@ -107,7 +107,7 @@ def _reference_values(rule: m.AllowRule, bank: str, file: str, read: FileReader,
     try:
         text = read(path).decode("utf-8")
     except UnicodeDecodeError as exc:
-        why = f"byte {exc.start} is not UTF-8 text"
+        why = json_problem(not_utf8(exc))
     except (OSError, UnreadableInput) as exc:
         why, fix = _unreadable(exc), "check the file name: it is relative to the policy file that names it"
     else:

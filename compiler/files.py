@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from policy_lang.load import UnreadableInput, read_input_file
-from vaultpolicy.encoding import load_json
+from vaultpolicy.encoding import json_message, load_json
 from vaultpolicy.errors import InputError, PlanRejected, UsageError
 
 from .plan import Plan, PlanFormatError, decode_plan
@@ -93,7 +93,7 @@ def parse_duration(text: str) -> int:
 def is_envelope(data: bytes) -> bool:
     try:
         obj = load_json(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except json.JSONDecodeError:
         return False
     return _names_a_payload_type(obj)
 
@@ -116,17 +116,13 @@ def load_plan_envelope(data: bytes, source: str) -> Envelope:
 def _plan_json(data: bytes, source: str) -> object:
     """The JSON of a file that must be a plan or a signed plan; one error at the place it goes wrong."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{source}: not a plan: byte {exc.start} is not UTF-8 text") from None
-    try:
-        return load_json(text)
+        return load_json(data)
     except json.JSONDecodeError as exc:
         if (kind := non_json_kind(data)) is not None:  # a policy or a key where the plan goes
             raise InputError(f"`{source}` is {kind}, not a plan",
                              hint="a plan is what `vaultpolicy compile POLICY -o PLAN` writes") from None
-        ends_early = not text[exc.pos :].strip()
-        reason = "JSON ends early" if ends_early else f"invalid JSON: {exc.msg[:1].lower()}{exc.msg[1:]}"
+        ends_early = not exc.doc[exc.pos :].strip()
+        reason = "JSON ends early" if ends_early else f"invalid JSON: {json_message(exc)}"
         raise InputError(
             f"{source}:{exc.lineno}:{exc.colno}: not a plan: {reason}",
             hint="a plan is the JSON `vaultpolicy compile` writes; a signed plan, what `vaultpolicy sign` writes",

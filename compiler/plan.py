@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vaultpolicy.encoding import load_json
+from vaultpolicy.encoding import json_problem, load_json
 
 from .pathutil import is_inside, is_normalized
 
@@ -175,8 +175,8 @@ def decode_plan(payload: bytes) -> Plan:
     """The plan in `payload`, read strictly; PlanFormatError says what is wrong, naming the field."""
     try:
         data = load_json(payload, object_pairs_hook=_object_without_repeats)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanFormatError(f"plan is not JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise PlanFormatError(f"plan is not JSON: {json_problem(exc)}") from None
     if not isinstance(data, dict):
         raise PlanFormatError("plan is not a JSON object")
     if data.get("schema_version") is None:

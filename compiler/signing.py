@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from vaultpolicy.encoding import b64decode_exact, load_json
+from vaultpolicy.encoding import b64decode_exact, json_problem, load_json
 from vaultpolicy.errors import PlanRejected
 
 from .plan import canonical_json
@@ -84,7 +84,7 @@ def describe_key_file(data: bytes) -> str:
         return _pem_kind(data)
     try:
         document = load_json(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except json.JSONDecodeError:
         return _text_kind(data) or "not a key file"
     if isinstance(document, dict):
         kind = {TRUST_ROOT_PAYLOAD_TYPE: "a trust root", PLAN_PAYLOAD_TYPE: "a signed plan"}.get(document.get("payload_type"))
@@ -190,10 +190,10 @@ class Envelope:
 
         try:
             obj = load_json(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
             kind = non_json_kind(data)
             if kind is None:
-                raise malformed(f"not JSON ({_json_problem(exc)})") from None
+                raise malformed(f"not JSON ({json_problem(exc)})") from None
             message = f"`{source}` is {kind}, not a signed envelope" if source else f"malformed envelope: it is {kind}"
             raise PlanRejected("malformed-envelope", message, hint=_SIGNED_HINT) from None
         if not isinstance(obj, dict):
@@ -220,12 +220,6 @@ class Envelope:
 
 
 _SIGNED_HINT = "a signed plan is what `vaultpolicy sign PLAN --key KEY -o SIGNED` writes from a compiled plan"
-
-
-def _json_problem(exc: UnicodeDecodeError | json.JSONDecodeError) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return f"byte {exc.start} is not UTF-8 text"
-    return f"{exc.msg[:1].lower()}{exc.msg[1:]} at line {exc.lineno} column {exc.colno}"
 
 
 def sign(payload_type: str, payload: bytes, keys: list[Ed25519PrivateKey]) -> Envelope:
@@ -265,7 +259,7 @@ class TrustRoot:
 
         try:
             obj = load_json(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except json.JSONDecodeError:
             raise malformed("payload is not JSON") from None
         if not isinstance(obj, dict):
             raise malformed("payload is not a JSON object")
@@ -388,7 +382,7 @@ def load_trust(data: bytes, source: str) -> TrustRoot:
     else:
         try:
             document = load_json(data)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except json.JSONDecodeError:
             pass
     if not isinstance(document, dict) or document.get("payload_type") != TRUST_ROOT_PAYLOAD_TYPE:
         raise PlanRejected(

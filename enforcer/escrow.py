@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from enforcer.state import atomic_remove, atomic_write
-from vaultpolicy.encoding import b64decode_exact, load_json
+from vaultpolicy.encoding import b64decode_exact, json_problem, load_json
 from vaultpolicy.errors import InputError, VaultpolicyError
 
 if TYPE_CHECKING:
@@ -88,8 +88,8 @@ def unb64(text: object, field: str, source: str) -> bytes:
 def load_json_object(data: bytes, source: str, expected_format: str) -> dict:
     try:
         obj = load_json(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{source}: not JSON ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source}: not JSON ({json_problem(exc)})") from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         raise InputError(f"{source}: not a `{expected_format}` document")
     return obj

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from enforcer.state import StateCorrupt, StateWriteError, atomic_remove
+from vaultpolicy.encoding import json_problem, not_utf8
 
 CRASH_ENV = "VAULTPOLICY_CRASH_AT"
 
@@ -46,11 +47,13 @@ class Journal:
         """Intents of a previous run that never reached `done`, oldest first; `StateCorrupt` naming the
         file and line for an entry that is not one this journal writes."""
         try:
-            lines = self.path.read_text().splitlines()
+            lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StateCorrupt(f"the journal {self.path} is unreadable: {getattr(exc, 'strerror', None) or exc}") from None
+        except OSError as exc:
+            raise StateCorrupt(f"the journal {self.path} is unreadable: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise StateCorrupt(f"the journal {self.path} is unreadable: {json_problem(not_utf8(exc))}") from None
         pending: dict[int, dict] = {}
         for number, line in enumerate(lines, 1):
             try:

@@ -80,15 +80,7 @@ def verify_plan(
                 hint="the controller must issue a plan with a higher plan_version",
             )
 
-    issued_at, expires = _time(header, "issued_at"), _time(header, "expires")
-    if expires <= now:
-        raise PlanRejected("expired", f"plan expired at {header['expires']}")
-    if issued_at > now + CLOCK_SLACK:
-        raise PlanRejected(
-            "future-dated",
-            f"plan is issued at {header['issued_at']}, in the future beyond the {int(CLOCK_SLACK.total_seconds())}s clock slack",
-            hint="check the device clock",
-        )
+    check_validity(header, now)
 
     targets = header.get("targets", [])
     if not isinstance(targets, list) or not device.matches(tuple(str(t) for t in targets)):
@@ -98,6 +90,20 @@ def verify_plan(
     plan = decode_signed(payload)
     _check_protection(plan, managed or {})
     return VerifiedPlan(plan, payload, envelope_bytes, digest)
+
+
+def check_validity(header: Mapping[str, object], now: datetime) -> None:
+    """Step 3 on the plan's `issued_at` and `expires`: refused as `expired`, or `future-dated` when issued
+    further ahead of `now` than CLOCK_SLACK. `vaultpolicy verify` runs it too, to refuse what a device would."""
+    issued_at, expires = _time(header, "issued_at"), _time(header, "expires")
+    if expires <= now:
+        raise PlanRejected("expired", f"plan expired at {header['expires']}")
+    if issued_at > now + CLOCK_SLACK:
+        raise PlanRejected(
+            "future-dated",
+            f"plan is issued at {header['issued_at']}, in the future beyond the {int(CLOCK_SLACK.total_seconds())}s clock slack",
+            hint="check the device clock",
+        )
 
 
 def decode_signed(payload: bytes) -> Plan:
@@ -115,14 +121,14 @@ def decode_signed(payload: bytes) -> Plan:
 def _header(payload: bytes) -> dict:
     try:
         header = load_json(payload)
-    except (UnicodeDecodeError, ValueError):
+    except ValueError:
         raise PlanRejected("unknown-schema", "signed payload is not a JSON plan") from None
     if not isinstance(header, dict):
         raise PlanRejected("unknown-schema", "signed payload is not a JSON object")
     return header
 
 
-def _time(header: dict, field: str) -> datetime:
+def _time(header: Mapping[str, object], field: str) -> datetime:
     try:
         return parse_time(str(header[field]))
     except (KeyError, ValueError) as exc:

@@ -12,6 +12,7 @@ import difflib
 import gc
 import importlib
 import importlib.metadata
+import io
 import os
 import sys
 import traceback
@@ -149,9 +150,21 @@ def tune_gc() -> None:
     gc.set_threshold(200_000, 30, 30)
 
 
+def complete_stdout_writes() -> None:
+    """Put a buffer back under sys.stdout when PYTHONUNBUFFERED=1 (usual in containers and service
+    units) has left its text layer on the raw file. That layer ignores a short write: when the reader
+    of a pipe leaves mid-write, write(2) returns what the pipe took, the rest is dropped without an
+    error, and the command exits 0 with its output cut short. A BufferedWriter writes everything or
+    raises BrokenPipeError (exit 141); line buffering keeps the output as prompt for a reader."""
+    if isinstance(getattr(sys.stdout, "buffer", None), io.RawIOBase):
+        sys.stdout = open(sys.stdout.fileno(), "w", buffering=1, encoding=sys.stdout.encoding,  # 1: by line
+                          errors=sys.stdout.errors, closefd=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_memory_off_disk()
     tune_gc()
+    complete_stdout_writes()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -31,14 +31,38 @@ _STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 def load_json(data: str | bytes, **options) -> object:
     """`json.loads` for a document we did not write (a file a user named, a payload, a quote).
 
-    One nested deeper than the interpreter's stack raised RecursionError, which the CLI reports as a
-    bug; it is the JSONDecodeError of any other malformed JSON here ("nested too deeply"), at the
-    bracket that opens level 100."""
+    Bytes are UTF-8 (RFC 8259; a leading BOM is dropped): json.loads would take NUL bytes for UTF-16
+    or UTF-32 and report a byte of that guess as "not UTF-8". A byte that is not UTF-8 is a
+    JSONDecodeError like any other malformed JSON (`not_utf8`). One nested deeper than the interpreter's
+    stack raised RecursionError, which the CLI reports as a bug; it is a JSONDecodeError too ("nested
+    too deeply"), at the bracket that opens level 100."""
     try:
-        return json.loads(data, **options)
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise not_utf8(exc) from None
+    try:
+        return json.loads(text, **options)
     except RecursionError:
-        text = data.decode("utf-8-sig", "replace") if isinstance(data, bytes) else data
         raise json.JSONDecodeError("nested too deeply", text, _deep_position(text)) from None
+
+
+def not_utf8(exc: UnicodeDecodeError) -> json.JSONDecodeError:
+    """The first byte that is not UTF-8, as an error at its line and column (1-based, as an editor and
+    every other message count; the 0-based offset of `exc.start` named the byte before it)."""
+    before = exc.object[: exc.start].decode("utf-8")
+    text = before + exc.object[exc.start :].decode("utf-8", "replace")
+    return json.JSONDecodeError(f"byte 0x{exc.object[exc.start]:02x} is not valid UTF-8", text, len(before))
+
+
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """What is wrong and where: `expecting ',' delimiter at line 1 column 812`."""
+    return f"{json_message(exc)} at line {exc.lineno} column {exc.colno}"
+
+
+def json_message(exc: json.JSONDecodeError) -> str:
+    """json's message without the position, lower-cased to follow a colon."""
+    message = exc.msg.removesuffix(" at")  # "Invalid control character at", which json follows with a position
+    return message[:1].lower() + message[1:]
 
 
 def _deep_position(text: str) -> int:

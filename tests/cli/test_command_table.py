@@ -64,6 +64,27 @@ def test_a_reader_that_leaves_early_is_not_an_internal_error():
     assert done.stderr == ""
 
 
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_reader_that_leaves_mid_output_gives_141_not_0(tmp_path, unbuffered):
+    """`plan show many.json | (sleep 1; head -c 10)` exited 0 with its output cut short: under
+    PYTHONUNBUFFERED=1 stdout's text layer dropped what a short write(2) left and raised nothing. The
+    reader here takes 10 bytes while the command is inside its one large write, then goes away."""
+    policy = tmp_path / "many.vpol"
+    policy.write_text("".join(f'vault v{n} {{ path "/persist/v{n}" }}\n' for n in range(2000)))
+    assert main(["compile", str(policy), "--plan-version", "1", "-o", str(tmp_path / "many.json")]) == 0
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    command = subprocess.Popen([sys.executable, "-m", "vaultpolicy", "plan", "show", str(tmp_path / "many.json")],
+                               stdout=write_end, stderr=subprocess.PIPE, text=True, env=env)
+    os.close(write_end)
+    try:
+        assert len(os.read(read_end, 10)) == 10  # far less than the output, which is several pipe buffers
+    finally:
+        os.close(read_end)
+    _, err = command.communicate(timeout=60)
+    assert (command.returncode, err) == (status_codes.OUTPUT_CLOSED, "")
+
+
 @pytest.mark.parametrize("argv,meant", [
     (["device", "aply", "signed.json"], "device apply"),
     (["devcie", "status"], "device status"),

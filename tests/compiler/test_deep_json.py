@@ -41,7 +41,7 @@ def inputs(cli, tmp_path, monkeypatch):
     (["verify", "deep.json", "--trust", "k.pub"], "malformed envelope: not JSON (nested too deeply at line 1 column 100)"),
     (["verify", "signed.json", "--trust", "deep.json"], "`deep.json` is not a trust root or an Ed25519 public key"),
     (["check", "deep.json"], "error[VP0022]: `deep.json` is not a policy"),
-    (["controller", "enroll", "deep.json"], "error: deep.json: not JSON (nested too deeply: line 1 column 100"),
+    (["controller", "enroll", "deep.json"], "error: deep.json: not JSON (nested too deeply at line 1 column 100)"),
     (["controller", "verify-quote", "deep.json", "--plan", "plan.json"], "deep.json: not JSON (nested too deeply"),
     (["device", "escrow-ack", "deep.json", "--state-dir", "state"], "deep.json: not JSON (nested too deeply"),
 ])

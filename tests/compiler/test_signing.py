@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from compiler.files import write_output
-from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, Envelope, TrustRoot, key_id, load_private_key, load_trust, sign
+from compiler.plan import format_time
+from compiler.signing import PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, TrustRoot, key_id, load_private_key, load_trust, sign
+from enforcer.verify import CLOCK_SLACK
 from vaultpolicy.errors import PlanRejected
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway.vpol"
@@ -27,7 +30,7 @@ def keys(cli, tmp_path):
 @pytest.fixture
 def plan_file(cli, tmp_path):
     path = tmp_path / "plan.json"
-    assert cli("compile", EXAMPLE, "--plan-version", "1", "--issued-at", "2026-01-01T00:00:00Z", "-o", path)[0] == 0
+    assert cli("compile", EXAMPLE, "--plan-version", "1", "-o", path)[0] == 0  # issued now: `verify` refuses an expired plan
     return path
 
 
@@ -47,6 +50,43 @@ def test_sign_keeps_the_plan_bytes_and_verify_accepts(cli, keys, plan_file):
     assert Envelope.from_bytes(signed.read_bytes()).payload == plan_file.read_bytes()
     code, out, _ = cli("verify", signed, "--trust", keys / "a.pub")
     assert code == 0 and out.startswith("verified: plan version 1")
+
+
+@pytest.mark.parametrize("rewrite", [
+    lambda plan: json.dumps(json.loads(plan), indent=2).encode(),
+    lambda plan: json.dumps(json.loads(plan), sort_keys=False, separators=(", ", ": ")).encode(),
+    lambda plan: plan + b"\n",
+], ids=["indented", "spaced", "newline"])
+def test_sign_refuses_a_plan_that_is_not_in_its_canonical_encoding(cli, keys, plan_file, rewrite):
+    """A plan rewritten with indent=2 was signed and verified: the signed payload was not the plan's
+    one canonical encoding (S12), and its digest not the one `compile --prev` records."""
+    edited = keys / "edited.json"
+    edited.write_bytes(rewrite(plan_file.read_bytes()))
+    signed_edit = sign(PLAN_PAYLOAD_TYPE, edited.read_bytes(), [load_private_key((keys / "a").read_bytes(), "a")])
+    (keys / "edited.signed").write_bytes(signed_edit.to_bytes())
+    for given in (edited, keys / "edited.signed"):  # a plan to sign, or a signed plan to add a signature to
+        code, _, err = cli("sign", given, "--key", keys / "b", "-o", keys / "out")
+        assert code == 1 and err == (f"error: {given}: the plan is not in the canonical form `vaultpolicy compile` writes "
+                                     "(RFC 8785 JSON on one line)\n"
+                                     "  = help: re-run `vaultpolicy compile` to write the plan, and sign that file\n")
+        assert not (keys / "out").exists()
+
+
+@pytest.mark.parametrize("issued_at,reason,said", [
+    ("2020-01-01T00:00:00Z", "expired", "plan expired at 2020-01-31T00:00:00Z"),  # valid 30 days by default
+    ("FUTURE", "future-dated", "plan is issued at FUTURE, in the future beyond the 300s clock slack"),
+])
+def test_verify_refuses_a_plan_the_device_would_refuse_for_its_dates(cli, keys, issued_at, reason, said):
+    """A plan issued 2020-01-01 verified ("verified … expires 2020-01-31", exit 0) while every device
+    refuses it as expired: `verify` runs the device's own date check (enforcer/verify.py)."""
+    if issued_at == "FUTURE":  # beyond the device's 5 minutes of clock slack
+        issued_at = format_time(datetime.now(timezone.utc) + CLOCK_SLACK + timedelta(minutes=10))
+        said = said.replace("FUTURE", issued_at)
+    plan, signed = keys / "dated.json", keys / "dated.signed"
+    assert cli("compile", EXAMPLE, "--plan-version", "1", "--issued-at", issued_at, "-o", plan)[0] == 0
+    assert cli("sign", plan, "--key", keys / "a", "-o", signed)[0] == 0
+    code, out, err = cli("verify", signed, "--trust", keys / "a.pub")
+    assert (code, out) == (1, "") and err.startswith(f"refused: {reason}: `{signed}`: {said}\n"), err
 
 
 def test_flipping_any_byte_of_a_signed_envelope_fails_verification(keys):
@@ -152,6 +192,26 @@ def test_trust_init_and_adding_a_signature_reaches_the_threshold(cli, keys, plan
     assert code == 1 and "threshold-not-met" in err
     cli("sign", keys / "one", "--key", keys / "c", "-o", keys / "two")  # adds to the existing envelope
     assert cli("verify", keys / "two", "--trust", keys / "root")[0] == 0
+
+
+@pytest.mark.parametrize("command", ["init", "rotate"])
+def test_a_key_listed_twice_is_a_usage_error_naming_both_files(cli, keys, command):
+    """`trust init --key k1.pub --key k1copy.pub --key k3.pub --threshold 2` wrote "2 of 2 keys": the
+    copy was dropped without a word, and the author's 2-of-3 was a 2-of-2."""
+    (keys / "a-copy.pub").write_bytes((keys / "a.pub").read_bytes())
+    current = []
+    if command == "rotate":
+        init = ["--key", keys / "c.pub", "--threshold", "1", "--sign-with", keys / "c", "-o", keys / "r1"]
+        assert cli("trust", "init", *init)[0] == 0
+        current = ["--current", keys / "r1"]
+    signers = ["--sign-with", keys / "a", "--sign-with", keys / "b", "--sign-with", keys / "c"]
+    copy_said = f"--key `{keys / 'a-copy.pub'}` is the same public key as --key `{keys / 'a.pub'}`"
+    for listed, said in ((["a.pub", "a-copy.pub", "b.pub"], copy_said),
+                         (["a.pub", "b.pub", "a.pub"], f"--key `{keys / 'a.pub'}` is given twice")):
+        given = [arg for name in listed for arg in ("--key", keys / name)]
+        code, _, err = cli("trust", command, *current, *given, "--threshold", "2", *signers, "-o", keys / "root")
+        assert code == 64 and err == f"error: {said}\n  = help: a threshold counts distinct keys: list each key once\n"
+        assert not (keys / "root").exists()
 
 
 def test_trust_init_refuses_a_root_its_signers_cannot_meet(cli, keys):

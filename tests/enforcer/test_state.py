@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 from enforcer.journal import CRASH_ENV, Journal
-from enforcer.state import StateDir, StateWriteError, VaultRecord, atomic_write
+from enforcer.state import StateCorrupt, StateDir, StateWriteError, VaultRecord, atomic_write
 from vaultpolicy.errors import DeviceError
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -64,6 +64,13 @@ def test_journal_reports_intents_without_done_and_tolerates_a_torn_line(tmp_path
     assert journal.interrupted() == [{"action": "set-policy"}]
     assert Journal(tmp_path / "journal.jsonl").begin() == [{"action": "set-policy"}]
     assert Journal(tmp_path / "journal.jsonl").interrupted() == []
+
+
+def test_a_journal_that_is_not_utf8_is_named_at_the_bad_bytes_line_and_column(tmp_path):
+    """Said Python's "can't decode byte 0xff in position 4", counting from 0."""
+    (tmp_path / "journal.jsonl").write_bytes(b'{"seq": 1}\n{"s\xff')
+    with pytest.raises(StateCorrupt, match=r"is unreadable: byte 0xff is not valid UTF-8 at line 2 column 4$"):
+        Journal(tmp_path / "journal.jsonl").interrupted()
 
 
 def test_crash_hook_kills_right_after_the_intent(tmp_path):

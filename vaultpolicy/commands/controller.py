@@ -88,6 +88,11 @@ def run(args) -> int:
     now = int(time.time())
     if args.command[1] == "escrow-keygen":
         return _escrow_keygen(args)
+    if args.command[1] == "release":  # a usage error before the store is opened (or created)
+        from compiler.files import refuse_overwriting_inputs
+
+        refuse_overwriting_inputs(args.output, {args.quote: "the quote", args.escrow_key: "the escrow key",
+                                                args.store: "the controller store (--store)"})
     with Store(args.store) as store:
         return _ACTIONS[args.command[1]](args, store, now)
 

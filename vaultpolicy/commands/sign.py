@@ -5,7 +5,10 @@ The envelope keeps the plan's exact bytes; signing never re-serializes them (S12
 
 from __future__ import annotations
 
-from compiler.files import is_envelope, load_plan, load_plan_envelope, plan_payload, read_input, write_output
+from compiler.files import (
+    is_envelope, load_plan, load_plan_envelope, plan_payload, read_input, refuse_overwriting_inputs, write_output,
+)
+from compiler.plan import encode_plan
 from compiler.signing import PLAN_PAYLOAD_TYPE, add_signature, key_id, load_private_key, sign
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected
@@ -27,12 +30,22 @@ def _load_keys(paths: list[str]):
     return keys
 
 
+def _check_canonical(payload: bytes, source: str) -> None:
+    """A plan is signed in its one canonical encoding (S12), the bytes `compile` writes: the same plan
+    reformatted (indented, keys reordered) would otherwise be signed as other bytes, with another digest."""
+    if encode_plan(load_plan(payload, source)) != payload:
+        raise InputError(f"{source}: the plan is not in the canonical form `vaultpolicy compile` writes "
+                         "(RFC 8785 JSON on one line)",
+                         hint="re-run `vaultpolicy compile` to write the plan, and sign that file")
+
+
 def run(args) -> int:
+    refuse_overwriting_inputs(args.output, {args.plan: "the plan"} | {key: "a signing key (--key)" for key in args.key})
     data = read_input(args.plan, "plan")
     keys = _load_keys(args.key)
     if is_envelope(data):
         envelope = load_plan_envelope(data, args.plan)
-        load_plan(envelope.payload, args.plan)
+        _check_canonical(envelope.payload, args.plan)
         already = {kid for kid, _ in envelope.signatures}
         for private_key in keys:
             if key_id(private_key.public_key()) in already:
@@ -41,7 +54,7 @@ def run(args) -> int:
             envelope = add_signature(envelope, private_key)
             already.add(key_id(private_key.public_key()))
     else:
-        load_plan(plan_payload(data, args.plan), args.plan)  # refuse to sign something that is not a plan
+        _check_canonical(plan_payload(data, args.plan), args.plan)  # also refuses something that is not a plan
         envelope = sign(PLAN_PAYLOAD_TYPE, data, keys)
     write_output(args.output, envelope.to_bytes())
     signers = ", ".join(kid for kid, _ in envelope.signatures)

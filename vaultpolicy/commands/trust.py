@@ -6,8 +6,10 @@ a threshold of the current one. Both are checked before anything is written.
 
 from __future__ import annotations
 
-from compiler.files import read_input, write_output
-from compiler.signing import TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, key_id, load_private_key, load_public_key, load_trust, sign
+from compiler.files import read_input, refuse_overwriting_inputs, write_output
+from compiler.signing import (
+    TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, key_id, load_private_key, load_public_key, load_trust, raw_public_bytes, sign,
+)
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected, UsageError
 
@@ -25,10 +27,18 @@ def add_arguments(parser, key) -> None:
 
 
 def _public_keys(paths: list[str]):
+    """The keys of the new root, each once: a threshold counts distinct keys (S13), so a key listed
+    twice would silently make `2 of 3` a `2 of 2`."""
     try:
         keys = [load_public_key(read_input(path, "public key"), path, "--key") for path in paths]
     except PlanRejected as exc:
         raise InputError(exc.message) from None
+    given_by: dict[bytes, str] = {}
+    for path, key in zip(paths, keys):
+        if (first := given_by.get(raw_public_bytes(key))) is not None:
+            said = f"--key `{path}` is given twice" if first == path else f"--key `{path}` is the same public key as --key `{first}`"
+            raise UsageError(said, hint="a threshold counts distinct keys: list each key once")
+        given_by[raw_public_bytes(key)] = path
     return tuple((key_id(k), k) for k in keys)
 
 
@@ -40,8 +50,12 @@ def _private_keys(paths: list[str]):
 
 
 def run(args) -> int:
+    rotating = args.command == ("trust", "rotate")
+    refuse_overwriting_inputs(args.output, {key: "a public key (--key)" for key in args.key}
+                              | {key: "a signing key (--sign-with)" for key in args.sign_with}
+                              | ({args.current: "the current trust root"} if rotating else {}))
     current = None
-    if args.command == ("trust", "rotate"):
+    if rotating:
         current = load_trust(read_input(args.current, "trust root"), args.current)
     root = TrustRoot(version=current.version + 1 if current else 1, threshold=args.threshold, keys=_public_keys(args.key))
     if not 1 <= args.threshold <= len(root.distinct_keys()):

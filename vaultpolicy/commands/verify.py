@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 
 from compiler.files import read_input
 from compiler.plan import PlanFormatError, PlanInconsistent, decode_plan
 from compiler.signing import PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, load_trust
+from enforcer.verify import check_validity
 from vaultpolicy import status_codes
 from vaultpolicy.errors import PlanRejected
 
@@ -18,7 +20,8 @@ def add_arguments(parser, key) -> None:
 
 def verify_signed_plan(data: bytes, source: str, trust_data: bytes, trust_source: str):
     """The verified plan and how many distinct trusted keys signed it; PlanRejected says why not,
-    naming the file at fault (the signed plan or the trust root)."""
+    naming the file at fault (the signed plan or the trust root). The plan must be valid now, by this
+    machine's clock, with the device's clock slack."""
     root = load_trust(trust_data, trust_source)
     envelope = Envelope.from_bytes(data, source)
     if envelope.payload_type != PLAN_PAYLOAD_TYPE:
@@ -31,6 +34,10 @@ def verify_signed_plan(data: bytes, source: str, trust_data: bytes, trust_source
         raise PlanRejected("plan-inconsistent", f"`{source}`: {exc}") from None
     except PlanFormatError as exc:
         raise PlanRejected("malformed-plan", f"`{source}`: signed payload is not a valid plan: {exc}") from None
+    try:  # a plan a device would refuse as expired or future-dated is not verified here either
+        check_validity({"issued_at": plan.issued_at, "expires": plan.expires}, datetime.now(timezone.utc))
+    except PlanRejected as exc:
+        raise PlanRejected(exc.reason, f"`{source}`: {exc.message}", exc.hint) from None
     return plan, root
 
 
