@@ -171,6 +171,21 @@ class PlanInconsistent(PlanFormatError):
     twice, a reference to nothing, an end-to-end app on a plain vault, PCR 5 sealed, ..."""
 
 
+class PlanNotCanonical(PlanFormatError):
+    """A plan to sign, or a signed one, whose bytes are not its one canonical encoding (S12)."""
+
+
+def decode_canonical_plan(payload: bytes) -> Plan:
+    """The plan in `payload`, which must be exactly the bytes `encode_plan` makes of it: a signed plan
+    has one encoding, so the same plan cannot be signed (and digested, for `prev_plan_sha256` and the
+    device's version floor) as other bytes."""
+    plan = decode_plan(payload)
+    if encode_plan(plan) != payload:
+        raise PlanNotCanonical("the plan is not in the canonical form `vaultpolicy compile` writes (RFC 8785 JSON "
+                               "on one line)")
+    return plan
+
+
 def decode_plan(payload: bytes) -> Plan:
     """The plan in `payload`, read strictly; PlanFormatError says what is wrong, naming the field."""
     try:

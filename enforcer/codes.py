@@ -88,6 +88,12 @@ _code("VP1018", "plan-inconsistent", "the plan contradicts itself",
       "encrypted vault without a seal, PCR 5 sealed, a path outside the persist root. The compiler never writes "
       "such a plan: it was made or edited elsewhere. Compile and sign it again from the policy.",
       "a signed plan listing vault `config` twice   # refused (plan-inconsistent)")
+_code("VP1023", "not-canonical", "the signed plan is not in its canonical encoding",
+      "A plan is signed as the exact bytes `vaultpolicy compile` writes (RFC 8785 JSON on one line), so one plan "
+      "has one encoding and one digest (the version floor and `prev_plan_sha256` compare digests). A plan "
+      "reformatted after compile (indented, keys reordered) and then signed is refused, though its signature is "
+      "good. `vaultpolicy sign` refuses to sign one. Compile and sign it again.",
+      "jq . plan.json > pretty.json; (signed by other tooling)   # refused (not-canonical)")
 
 # --- VP11xx: vault problems left for a person (never fixed by destroying data) -------------------
 _code("VP1101", "unsafe-path", "vault path is or passes through a symlink",

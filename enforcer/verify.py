@@ -4,8 +4,9 @@
 2. `plan_version` above the last applied one; the applied plan's own bytes may come again (reconcile)
 3. not expired, and not issued in the future beyond `CLOCK_SLACK` (one clock reading, passed in)
 4. targets this device (empty targets: every device)
-5. a schema this device knows (`compiler.plan.decode_plan`), and a plan that does not contradict itself
-   (`compiler.plan.inconsistencies`: refused as `plan-inconsistent`)
+5. a schema this device knows (`compiler.plan.decode_canonical_plan`), in its one canonical encoding
+   (`not-canonical`), and a plan that does not contradict itself (`compiler.plan.inconsistencies`:
+   refused as `plan-inconsistent`)
 6. no protected vault the device manages would be destroyed or put at risk (S16)
 
 Protection is sticky: once a vault's record on the device says `protected`, no plan lifts it
@@ -23,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from compiler.plan import Plan, PlanFormatError, PlanInconsistent, Vault, decode_plan, parse_time, plan_digest
+from compiler.plan import (Plan, PlanFormatError, PlanInconsistent, PlanNotCanonical, Vault, decode_canonical_plan, parse_time,
+                           plan_digest)
 from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer.state import VaultRecord
 from vaultpolicy.encoding import load_json
@@ -109,11 +111,13 @@ def check_validity(header: Mapping[str, object], now: datetime) -> None:
 def decode_signed(payload: bytes) -> Plan:
     """The plan in a verified payload, or the refusal: `plan-inconsistent` when it has the schema's shape
     but contradicts itself (`compiler.plan.inconsistencies`: a newer enforcer would refuse it too),
-    else `unknown-schema`."""
+    `not-canonical` when its bytes are not the plan's one encoding (S12), else `unknown-schema`."""
     try:
-        return decode_plan(payload)
+        return decode_canonical_plan(payload)
     except PlanInconsistent as exc:
         raise PlanRejected("plan-inconsistent", str(exc)) from None
+    except PlanNotCanonical as exc:
+        raise PlanRejected("not-canonical", f"signed payload: {exc}") from None
     except PlanFormatError as exc:
         raise PlanRejected("unknown-schema", str(exc)) from None
 

@@ -12,8 +12,10 @@ import pytest
 
 from compiler.files import write_output
 from compiler.plan import format_time
-from compiler.signing import PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, TrustRoot, key_id, load_private_key, load_trust, sign
-from enforcer.verify import CLOCK_SLACK
+from compiler.signing import (
+    PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, TrustRoot, key_id, load_private_key, load_public_key, load_trust, sign,
+)
+from enforcer.verify import CLOCK_SLACK, DeviceIdentity, verify_plan
 from vaultpolicy.errors import PlanRejected
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway.vpol"
@@ -70,6 +72,14 @@ def test_sign_refuses_a_plan_that_is_not_in_its_canonical_encoding(cli, keys, pl
                                      "(RFC 8785 JSON on one line)\n"
                                      "  = help: re-run `vaultpolicy compile` to write the plan, and sign that file\n")
         assert not (keys / "out").exists()
+    # signed by other tooling all the same: `verify` and the device refuse it for the same reason
+    code, _, err = cli("verify", keys / "edited.signed", "--trust", keys / "a.pub")
+    assert code == 1 and err.startswith(f"refused: not-canonical: `{keys / 'edited.signed'}`: signed payload: the "
+                                        "plan is not in the canonical form `vaultpolicy compile` writes"), err
+    with pytest.raises(PlanRejected) as refused:
+        verify_plan(signed_edit.to_bytes(), TrustRoot.single(load_public_key((keys / "a.pub").read_bytes(), "a.pub")),
+                    now=datetime.now(timezone.utc), floor=None, device=DeviceIdentity())
+    assert refused.value.reason == "not-canonical"
 
 
 @pytest.mark.parametrize("issued_at,reason,said", [

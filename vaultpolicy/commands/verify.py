@@ -6,7 +6,7 @@ import sys
 from datetime import datetime, timezone
 
 from compiler.files import read_input
-from compiler.plan import PlanFormatError, PlanInconsistent, decode_plan
+from compiler.plan import PlanFormatError, PlanInconsistent, PlanNotCanonical, decode_canonical_plan
 from compiler.signing import PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, load_trust
 from enforcer.verify import check_validity
 from vaultpolicy import status_codes
@@ -29,9 +29,11 @@ def verify_signed_plan(data: bytes, source: str, trust_data: bytes, trust_source
         raise PlanRejected("wrong-payload-type", f"`{source}` {holds}, not a signed plan")
     payload = root.verify(envelope, PLAN_PAYLOAD_TYPE)
     try:
-        plan = decode_plan(payload)
+        plan = decode_canonical_plan(payload)
     except PlanInconsistent as exc:  # the device's reason for the same refusal
         raise PlanRejected("plan-inconsistent", f"`{source}`: {exc}") from None
+    except PlanNotCanonical as exc:
+        raise PlanRejected("not-canonical", f"`{source}`: signed payload: {exc}") from None
     except PlanFormatError as exc:
         raise PlanRejected("malformed-plan", f"`{source}`: signed payload is not a valid plan: {exc}") from None
     try:  # a plan a device would refuse as expired or future-dated is not verified here either
