@@ -520,9 +520,11 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
                                for n in names)
         total += (1 if entry_bytes <= block else 2 * blocks(entry_bytes)) * block
         inodes += 1
-        for entry in files:
+        for entry in names:  # os.walk lists a link to a directory with the directories, and does not enter it
             path = os.path.join(directory, entry)
             st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                continue  # counted when the walk enters it
             inodes += 1
             if stat.S_ISREG(st.st_mode):
                 total += (blocks(st.st_size) + (st.st_size > 2**20)) * block
