@@ -31,6 +31,7 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -48,7 +49,7 @@ from compiler.units import format_size
 from enforcer import blockdev, fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
-from enforcer.observe import Layout, keyring_dir, layout
+from enforcer.observe import Layout, keyring_dir, layout, open_parent, path_state
 from enforcer.reconcile import Action, Step
 from enforcer.state import StateDir, VaultRecord, fsync_dir
 from enforcer.verify import record_for
@@ -69,6 +70,13 @@ class KeyLost(DeviceError):
     """The vault directory is encrypted but no sealed key is recorded: no new key is made (S20)."""
 
     reason = "key-lost"
+
+
+class UnsafePath(DeviceError):
+    """A symlink is, or is on the way to, the path of a vault to destroy: removing there would delete
+    what the link leads to, which no plan named (S20)."""
+
+    reason = "unsafe-path"
 
 
 @dataclass
@@ -357,6 +365,10 @@ class Applier:
         if record.protected:  # verify refuses such a plan; this keeps the rule where the data dies too (S16)
             raise DeviceError("refusing to destroy a protected vault", vault=name)
         where = self._layout(name)
+        kind = path_state(self.root, where.path)  # again where the data dies: reconcile looked before earlier steps
+        if kind.through_symlink:
+            raise UnsafePath(f"`{where.path}` is a {kind.value}; nothing was destroyed", vault=name,
+                             hint="remove the symlink or put the vault's directory back at its path, then apply again")
         sealed = self.state.sealed(name)
         if sealed is not None and where.path.is_dir():
             # a key already out of the kernel (a locked vault, a reboot) is what destroy wants
@@ -365,13 +377,45 @@ class Applier:
         escrow.remove_escrow(self.state.root, name)  # the key wrapped for the controller, and its ack
         blockdev.detach(where.path)
         blockdev.detach(where.store)  # an image mounted but not bound at its path (a rotation cut short)
-        for leftover in (where.store, where.path):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover)
+        _remove_directory(self.state.root, where.store, name)
+        _remove_directory(self.root, where.path, name)
         where.image.unlink(missing_ok=True)
-        fsync_dir(where.path.parent)
         self.state.remove_record(name)
         del self._records[name]
+
+
+def _remove_directory(root: Path | None, path: Path, vault: str) -> None:
+    """Remove the directory `path` (reached from `root`, trusted) and everything in it; nothing when it
+    is not there or is not a directory.
+
+    `path_state` looked a moment ago, but a symlink can be put on the way since. So the parent is opened
+    one component at a time with O_NOFOLLOW (`open_parent`) and shutil.rmtree removes `path` by name
+    relative to that descriptor: it lstat's the name, opens it, refuses it unless both are the same
+    directory (no link swapped in), and walks by descriptor below. A path-based rmtree would follow any
+    symlink on the way: its own guard covers only the last component."""
+    refusal = UnsafePath(f"a symlink was put at or on the way to `{path}` while the vault was destroyed; its "
+                         "key is erased, its files were not removed", vault=vault,
+                         hint="remove the symlink: the next apply removes the files")
+    try:
+        parent_fd = open_parent(root, path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise
+        if path_state(root, path).through_symlink:  # only to tell a symlink from a file: nothing is followed
+            raise refusal from None
+        return  # a directory on the way is not there, so neither is `path`
+    try:
+        try:
+            kind = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(kind):
+            raise refusal
+        if stat.S_ISDIR(kind):
+            shutil.rmtree(path.name, dir_fd=parent_fd)
+            os.fsync(parent_fd)
+    finally:
+        os.close(parent_fd)
 
 
 def seal_new_key(tpm, plan: Plan, vault: Vault, key: bytearray):
