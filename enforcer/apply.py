@@ -31,13 +31,15 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +49,7 @@ from compiler.units import format_size
 from enforcer import blockdev, fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
-from enforcer.observe import Layout, keyring_dir, layout
+from enforcer.observe import Layout, keyring_dir, layout, open_parent, path_state
 from enforcer.reconcile import Action, Step
 from enforcer.state import StateDir, VaultRecord, fsync_dir
 from enforcer.verify import record_for
@@ -68,6 +70,13 @@ class KeyLost(DeviceError):
     """The vault directory is encrypted but no sealed key is recorded: no new key is made (S20)."""
 
     reason = "key-lost"
+
+
+class UnsafePath(DeviceError):
+    """A symlink is, or is on the way to, the path of a vault to destroy: removing there would delete
+    what the link leads to, which no plan named (S20)."""
+
+    reason = "unsafe-path"
 
 
 @dataclass
@@ -325,8 +334,6 @@ class Applier:
                 raise
             raise MigrationError(f"copying `{exc.filename}` into the vault failed ({exc.strerror}); the staged "
                                  f"plaintext at `{where.staging}` stays intact", vault=name) from None
-        copy_metadata(os.lstat(where.staging), where.path)  # the directory as it was before it was staged
-        fsync_dir(where.path)
 
     def _re_encrypt(self, name: str) -> None:
         """Copy the files into a tree under the plan's encryption and swap it in (enforcer/rotate.py), as
@@ -358,6 +365,10 @@ class Applier:
         if record.protected:  # verify refuses such a plan; this keeps the rule where the data dies too (S16)
             raise DeviceError("refusing to destroy a protected vault", vault=name)
         where = self._layout(name)
+        kind = path_state(self.root, where.path)  # again where the data dies: reconcile looked before earlier steps
+        if kind.through_symlink:
+            raise UnsafePath(f"`{where.path}` is a {kind.value}; nothing was destroyed", vault=name,
+                             hint="remove the symlink or put the vault's directory back at its path, then apply again")
         sealed = self.state.sealed(name)
         if sealed is not None and where.path.is_dir():
             # a key already out of the kernel (a locked vault, a reboot) is what destroy wants
@@ -366,13 +377,45 @@ class Applier:
         escrow.remove_escrow(self.state.root, name)  # the key wrapped for the controller, and its ack
         blockdev.detach(where.path)
         blockdev.detach(where.store)  # an image mounted but not bound at its path (a rotation cut short)
-        for leftover in (where.store, where.path):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover)
+        _remove_directory(self.state.root, where.store, name)
+        _remove_directory(self.root, where.path, name)
         where.image.unlink(missing_ok=True)
-        fsync_dir(where.path.parent)
         self.state.remove_record(name)
         del self._records[name]
+
+
+def _remove_directory(root: Path | None, path: Path, vault: str) -> None:
+    """Remove the directory `path` (reached from `root`, trusted) and everything in it; nothing when it
+    is not there or is not a directory.
+
+    `path_state` looked a moment ago, but a symlink can be put on the way since. So the parent is opened
+    one component at a time with O_NOFOLLOW (`open_parent`) and shutil.rmtree removes `path` by name
+    relative to that descriptor: it lstat's the name, opens it, refuses it unless both are the same
+    directory (no link swapped in), and walks by descriptor below. A path-based rmtree would follow any
+    symlink on the way: its own guard covers only the last component."""
+    refusal = UnsafePath(f"a symlink was put at or on the way to `{path}` while the vault was destroyed; its "
+                         "key is erased, its files were not removed", vault=vault,
+                         hint="remove the symlink: the next apply removes the files")
+    try:
+        parent_fd = open_parent(root, path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise
+        if path_state(root, path).through_symlink:  # only to tell a symlink from a file: nothing is followed
+            raise refusal from None
+        return  # a directory on the way is not there, so neither is `path`
+    try:
+        try:
+            kind = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(kind):
+            raise refusal
+        if stat.S_ISDIR(kind):
+            shutil.rmtree(path.name, dir_fd=parent_fd)
+            os.fsync(parent_fd)
+    finally:
+        os.close(parent_fd)
 
 
 def seal_new_key(tpm, plan: Plan, vault: Vault, key: bytearray):
@@ -520,9 +563,11 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
                                for n in names)
         total += (1 if entry_bytes <= block else 2 * blocks(entry_bytes)) * block
         inodes += 1
-        for entry in files:
+        for entry in names:  # os.walk lists a link to a directory with the directories, and does not enter it
             path = os.path.join(directory, entry)
             st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                continue  # counted when the walk enters it
             inodes += 1
             if stat.S_ISREG(st.st_mode):
                 total += (blocks(st.st_size) + (st.st_size > 2**20)) * block
@@ -534,65 +579,112 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
     return CopyNeeds(total, inodes)
 
 
-def copy_metadata(st: os.stat_result, target: Path) -> None:
-    """Give `target` the owner, mode and times of `st` (the owner first: a chown clears setuid and
-    setgid bits; the mtime last: nothing is added after)."""
-    os.chown(target, st.st_uid, st.st_gid)
-    os.chmod(target, stat.S_IMODE(st.st_mode))
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+def copy_metadata(st: os.stat_result, target_fd: int) -> None:
+    """Give the open file or directory `target_fd` the owner, mode and times of `st` (the owner first: a
+    chown clears setuid and setgid bits; the mtime last: nothing is added after). Through the
+    descriptor: a path could lead through a symlink to something outside the vault."""
+    os.fchown(target_fd, st.st_uid, st.st_gid)
+    os.fchmod(target_fd, stat.S_IMODE(st.st_mode))
+    os.utime(target_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callable[[str], None] | None = None) -> None:
-    """Copy regular files, directories and symlinks with their modes, owners and mtimes; fsync each
-    file and verify it by SHA-256. Shared by migration and key rotation (enforcer/rotate.py).
-    `copied` gets every entry this call creates, each directory before its entries, so a caller can
-    undo a failed copy in reverse order. `checkpoint` (the crash test's hook) is called once, after
-    the first file."""
-    for directory, dirs, files in os.walk(source):
-        relative = Path(directory).relative_to(source)
-        destination = target / relative
-        if not destination.is_dir():
-            destination.mkdir(mode=0o700)
-            copied.append(destination)
-        for entry in sorted(dirs + files):
-            src = Path(directory, entry)
-            st = os.lstat(src)
-            if stat.S_ISDIR(st.st_mode):
-                continue
-            dst = destination / entry
-            if stat.S_ISLNK(st.st_mode):
-                if dst.is_symlink() or dst.exists():
-                    dst.unlink()
-                os.symlink(os.readlink(src), dst)
-                os.lchown(dst, st.st_uid, st.st_gid)
-                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-                copied.append(dst)
-            elif stat.S_ISREG(st.st_mode):
-                copied.append(dst)
-                _copy_file(src, dst, st)
-                if checkpoint is not None:
-                    checkpoint("mid-copy")
-                    checkpoint = None
-            else:
-                raise MigrationError(f"`{src}` is neither a file, a directory nor a symlink; it cannot be migrated")
-        fsync_dir(destination)
-    for directory, dirs, _ in os.walk(source):
-        for entry in dirs:  # last: their entries are all in
-            copy_metadata(os.lstat(Path(directory, entry)), target / Path(directory, entry).relative_to(source))
+    """Copy the regular files, directories and symlinks under the directory `source` into the existing
+    directory `target` with their modes, owners and mtimes, `target` taking those of `source` last;
+    fsync each file and verify it by SHA-256. Shared by migration and key rotation (enforcer/rotate.py).
+
+    No symlink is ever followed: an app writes its vault's links, and the copy runs as root. Each
+    directory is opened with O_NOFOLLOW relative to its parent's descriptor and every entry is read,
+    made and changed relative to that descriptor, so a link is copied as a link with its own owner and
+    times (Linux keeps no mode for a link), and what it points to is never read, written or changed,
+    even when an app swaps a link in during the copy. `copied` gets every entry this call creates, each
+    directory before its entries, so a caller can undo a failed copy in reverse order. `checkpoint`
+    (the crash test's hook) is called once, after the first file."""
+
+    def copy_directory(source_fd: int, target_fd: int, relative: Path) -> None:
+        nonlocal checkpoint
+        with os.scandir(source_fd) as listing:
+            names = sorted(entry.name for entry in listing)
+        for name in names:
+            path = target / relative / name
+            try:
+                st = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    try:
+                        os.mkdir(name, 0o700, dir_fd=target_fd)
+                        copied.append(path)
+                    except FileExistsError:  # a copy a crash cut short: carried on into it
+                        pass
+                    with _directory(name, source_fd) as inner_source, _directory(name, target_fd) as inner_target:
+                        copy_directory(inner_source, inner_target, relative / name)
+                        copy_metadata(st, inner_target)  # last: its entries are all in
+                elif stat.S_ISLNK(st.st_mode):
+                    _remove_leftover(name, target_fd)
+                    os.symlink(os.readlink(name, dir_fd=source_fd), name, dir_fd=target_fd)
+                    copied.append(path)
+                    os.chown(name, st.st_uid, st.st_gid, dir_fd=target_fd, follow_symlinks=False)
+                    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=target_fd, follow_symlinks=False)
+                elif stat.S_ISREG(st.st_mode):
+                    _remove_leftover(name, target_fd)
+                    copied.append(path)
+                    _copy_file(name, source_fd, target_fd, st, path)
+                    if checkpoint is not None:
+                        checkpoint("mid-copy")
+                        checkpoint = None
+                else:
+                    raise MigrationError(f"`{source / relative / name}` is neither a file, a directory nor a "
+                                         "symlink; it cannot be migrated")
+            except OSError as exc:  # named relative to a descriptor: say where
+                if not os.path.isabs(exc.filename or ""):
+                    exc.filename = str(path)
+                raise
+        os.fsync(target_fd)
+
+    with _directory(source) as source_fd, _directory(target) as target_fd:
+        copy_directory(source_fd, target_fd, Path())
+        copy_metadata(os.fstat(source_fd), target_fd)
+        os.fsync(target_fd)
 
 
-def _copy_file(src: Path, dst: Path, st: os.stat_result) -> None:
-    expected = hashlib.sha256()
-    with open(src, "rb") as reader, open(dst, "wb") as writer:
-        while chunk := reader.read(_COPY_CHUNK):
-            expected.update(chunk)
-            writer.write(chunk)
-        writer.flush()
-        os.fsync(writer.fileno())
-    copy_metadata(st, dst)
-    actual = hashlib.sha256()
-    with open(dst, "rb") as reader:
-        while chunk := reader.read(_COPY_CHUNK):
-            actual.update(chunk)
+@contextmanager
+def _directory(path: str | Path, parent_fd: int | None = None) -> Iterator[int]:
+    """A descriptor of the directory `path` (relative to `parent_fd` when given); ELOOP when it is a symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _remove_leftover(name: str, directory_fd: int) -> None:
+    """What a copy a crash cut short left where a file or a link goes (unlink never follows a link)."""
+    try:
+        os.unlink(name, dir_fd=directory_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _copy_file(name: str, source_fd: int, target_fd: int, st: os.stat_result, path: Path) -> None:
+    """Copy the regular file `name` of the directory `source_fd` into `target_fd`, where it must not exist.
+    O_NOFOLLOW: a link an app swapped in since `st` was taken is neither read nor written through;
+    O_NONBLOCK: a FIFO swapped in does not hang the copy. Either is then not the file `st` describes."""
+    reader_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=source_fd)
+    with open(reader_fd, "rb") as reader:
+        if not os.path.samestat(st, os.fstat(reader_fd)):
+            raise MigrationError(f"`{path}` changed while it was copied; the original stays where it was")
+        writer_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                            dir_fd=target_fd)
+        with open(writer_fd, "w+b") as writer:
+            expected = hashlib.sha256()
+            while chunk := reader.read(_COPY_CHUNK):
+                expected.update(chunk)
+                writer.write(chunk)
+            writer.flush()
+            os.fsync(writer_fd)
+            copy_metadata(st, writer_fd)
+            writer.seek(0)
+            actual = hashlib.sha256()
+            while chunk := writer.read(_COPY_CHUNK):
+                actual.update(chunk)
     if actual.digest() != expected.digest():
-        raise MigrationError(f"`{dst}` does not read back as written (SHA-256 differs); the original stays staged")
+        raise MigrationError(f"`{path}` does not read back as written (SHA-256 differs); the original stays staged")

@@ -97,8 +97,10 @@ _code("VP1023", "not-canonical", "the signed plan is not in its canonical encodi
 
 # --- VP11xx: vault problems left for a person (never fixed by destroying data) -------------------
 _code("VP1101", "unsafe-path", "vault path is or passes through a symlink",
-      "A symlink on the way to a vault could redirect its files elsewhere; the vault is not created there.",
-      "/persist/vault -> /tmp   # the vault under it is not created")
+      "A symlink on the way to a vault could redirect its files elsewhere; the vault is not created there. A "
+      "vault that left the plan with `destroy` is not destroyed through one either (removing there would delete "
+      "what the link leads to): its key and files are kept until the symlink is gone, and the next apply destroys it.",
+      "/persist/vault -> /tmp   # the vault under it is not created, or not destroyed")
 _code("VP1102", "key-lost", "encrypted directory without a sealed key",
       "The directory carries an fscrypt policy but the state dir has no sealed key for it. The enforcer never "
       "re-creates such a vault (its data would be lost, S20); restore the sealed blob or release an escrowed key.",

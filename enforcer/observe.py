@@ -47,6 +47,11 @@ class PathState(StrEnum):
     SYMLINK_IN_PATH = "symlink-in-path"  # a directory on the way to it is a symlink
     NOT_DIRECTORY = "not-directory"
 
+    @property
+    def through_symlink(self) -> bool:
+        """What is done at the path would land wherever a symlink points, not in the vault."""
+        return self in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -145,17 +150,20 @@ class Observed:
     apply_unfinished: bool = False
 
 
-def path_state(root: Path | None, path: Path) -> PathState:
-    """lstat every component below --root: a symlink anywhere could redirect the vault (TOCTOU-safe enough
-    for a directory only root can change)."""
+def _below_root(root: Path | None, path: Path) -> tuple[Path, tuple[str, ...]]:
+    """The directory `path` is reached from (--root, else `/`; trusted) and the components below it."""
     base = Path(root) if root else Path("/")
     try:
-        relative = path.relative_to(base)
+        return base, path.relative_to(base).parts
     except ValueError:
-        relative = path.relative_to("/")
-        base = Path("/")
+        return Path("/"), path.relative_to("/").parts
+
+
+def path_state(root: Path | None, path: Path) -> PathState:
+    """lstat every component below --root: a symlink anywhere could redirect the vault. What removes
+    data does not rely on this alone: it reaches the path through `open_parent`."""
+    base, parts = _below_root(root, path)
     current = base
-    parts = relative.parts
     for index, part in enumerate(parts):
         current = current / part
         try:
@@ -168,6 +176,24 @@ def path_state(root: Path | None, path: Path) -> PathState:
         if not stat.S_ISDIR(mode):
             return PathState.NOT_DIRECTORY
     return PathState.DIRECTORY
+
+
+def open_parent(root: Path | None, path: Path) -> int:
+    """A descriptor of `path`'s parent (the caller closes it), opened one component at a time below
+    --root with O_NOFOLLOW: a symlink on the way fails (ENOTDIR, as O_DIRECTORY is checked first), even
+    one put there after `path_state` looked, and what is named relative to the descriptor stays in that
+    very directory whatever is renamed meanwhile."""
+    base, parts = _below_root(root, path)
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def is_empty(path: Path) -> bool:

@@ -57,7 +57,7 @@ from pathlib import Path
 
 from compiler.plan import Plan, Vault, format_time, parse_time
 from enforcer import blockdev, fscrypt
-from enforcer.apply import Applier, copy_metadata, copy_needs, copy_tree, seal_new_key
+from enforcer.apply import Applier, copy_needs, copy_tree, seal_new_key
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, layout
@@ -244,8 +244,6 @@ class Rotator:
                                       "was changed", vault=vault.name, hint=exc.hint) from None
             fscrypt.set_policy(str(where.fresh), new, pending["encryption"])
         copy_tree(where.data, where.fresh, [])
-        copy_metadata(os.lstat(where.data), where.fresh)
-        fsync_dir(where.fresh)
         fsync_dir(where.fresh.parent)
 
     def _finish(self, name: str, where: _Where, pending: dict, verb: str) -> bool:

@@ -119,6 +119,15 @@ def test_removed_vaults_retain_and_destroy():
     assert actions(plan, converged(), records=[record(on_remove="destroy")]) == ([Action.DESTROY], [])
 
 
+def test_a_vault_to_destroy_at_or_behind_a_symlink_is_a_problem_not_a_destroy():
+    """Removing there would delete whatever the link leads to and leave the vault's own files."""
+    to_destroy = [record(on_remove="destroy")]
+    for state in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH):
+        assert actions(make_plan([]), seen(path_state=state), records=to_destroy) == ([], ["unsafe-path"])
+    for state in (PathState.MISSING, PathState.NOT_DIRECTORY):  # nothing is followed: its key is erased all the same
+        assert actions(make_plan([]), seen(path_state=state), records=to_destroy) == ([Action.DESTROY], [])
+
+
 def test_every_encryption_change_is_a_re_encryption():
     for old, new in (("aes-256-xts", "adiantum"), ("aes-256-xts", "none"), ("adiantum", "aes-256-xts")):
         plan = make_plan([vault("config", encryption=new)])
