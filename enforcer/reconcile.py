@@ -195,10 +195,11 @@ def apply_interrupted(plan: Plan, observed: Observed, name: str) -> bool:
 
 
 def _removed_vault(record: VaultRecord, seen: ObservedVault, out: Reconciliation) -> None:
-    if record.on_remove == "destroy" and seen.path_state.through_symlink:
-        # removing there would delete whatever the link leads to, and leave the vault's own files
+    if seen.path_state.through_symlink:
+        # destroying there would delete whatever the link leads to; retaining would unmount and lock there
+        what = "destroyed" if record.on_remove == "destroy" else "locked and retained"
         out.problems.append(Problem(record.name, "unsafe-path", f"`{seen.path}` is a {seen.path_state.value}; "
-                                    "the vault is not destroyed through it (its key and files are kept): remove "
+                                    f"the vault is not {what} through it (its key and files are kept): remove "
                                     "the symlink or put the vault's directory back at its path"))
     elif record.on_remove == "destroy":
         out.steps.append(Step(Action.DESTROY, record.name, "the vault left the plan with on_remove destroy"))

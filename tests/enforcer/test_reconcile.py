@@ -119,11 +119,13 @@ def test_removed_vaults_retain_and_destroy():
     assert actions(plan, converged(), records=[record(on_remove="destroy")]) == ([Action.DESTROY], [])
 
 
-def test_a_vault_to_destroy_at_or_behind_a_symlink_is_a_problem_not_a_destroy():
-    """Removing there would delete whatever the link leads to and leave the vault's own files."""
+def test_a_vault_leaving_the_plan_at_or_behind_a_symlink_is_a_problem_not_a_destroy_or_orphan():
+    """Removing there would delete whatever the link leads to and leave the vault's own files; retaining
+    would unmount and lock through the link (orphan had no check)."""
     to_destroy = [record(on_remove="destroy")]
     for state in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH):
         assert actions(make_plan([]), seen(path_state=state), records=to_destroy) == ([], ["unsafe-path"])
+        assert actions(make_plan([]), seen(path_state=state), records=[record()]) == ([], ["unsafe-path"])
     for state in (PathState.MISSING, PathState.NOT_DIRECTORY):  # nothing is followed: its key is erased all the same
         assert actions(make_plan([]), seen(path_state=state), records=to_destroy) == ([Action.DESTROY], [])
 
