@@ -57,6 +57,7 @@ CASES = {
         [("VP0208", 3, 10)],
     ),
     "VP0208 a directory stored twice in one list": ('component c { stores "/persist/x", "/persist/x" }\n', [("VP0208", 1, 36)]),
+    "VP0209 a persist root of `/`": ('device { persist "/" }\n', [("VP0209", 1, 18)]),
     "VP0206 declared vault on a built-in path": ('vault a { path "/persist/vault/config" }\n', [("VP0206", 1, 16)]),
     "VP0206 declared vault covering a built-in": ('vault a { path "/persist/vault" }\n', [("VP0206", 1, 16), ("VP0206", 1, 16)]),
     # --- coverage
