@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 
 from lark import Tree
 
+from vaultpolicy.encoding import is_json_document
+
 from . import ast
 from . import syntax_codes as codes
 from .diagnostics import Diagnostic, Diagnostics, Span, error, line_and_column
@@ -109,9 +111,11 @@ def decode(data: bytes, file: str, describe: Describe | None = None) -> tuple[st
 
 
 def _not_a_policy(data: bytes, text: str, file: str, describe: Describe | None) -> Diagnostics:
-    """One error at the first character of a JSON document or PEM file: no policy starts so."""
+    """One error at the first character of a JSON document or PEM file: no policy is one. Text that
+    only starts with `{` or `[` is parsed as a policy (a stray brace is an error like any other)."""
     start = len(text) - len(text.lstrip())
-    if not text.startswith(("{", "[", "-----BEGIN"), start):
+    json_document = text.startswith(("{", "["), start) and is_json_document(text)
+    if not json_document and not text.startswith("-----BEGIN", start):
         return Diagnostics()
     what = describe(data) if describe else ("a PEM file" if text.startswith("-", start) else "JSON")
     line, column = line_and_column(text, start)

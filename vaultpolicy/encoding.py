@@ -25,6 +25,7 @@ def b64decode_exact(text: str | bytes) -> bytes:
 # Where a too deeply nested document is reported: the bracket that opens this level. No document
 # vaultpolicy reads nests more than a handful of levels.
 _DEPTH_SHOWN = 100
+_TOO_DEEP = "nested too deeply"
 _STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
@@ -38,7 +39,20 @@ def load_json(data: str | bytes, **options) -> object:
         return json.loads(data, **options)
     except RecursionError:
         text = data.decode("utf-8-sig", "replace") if isinstance(data, bytes) else data
-        raise json.JSONDecodeError("nested too deeply", text, _deep_position(text)) from None
+        raise json.JSONDecodeError(_TOO_DEEP, text, _deep_position(text)) from None
+
+
+def is_json_document(data: str | bytes) -> bool:
+    """Whether `data` is a JSON document (one nested too deeply to read counts): what tells a plan, a
+    signed plan or a trust root from a policy, which never is one. A leading `{` proves nothing: a
+    policy with a stray brace starts so."""
+    try:
+        load_json(data)
+    except json.JSONDecodeError as exc:
+        return exc.msg == _TOO_DEEP
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _deep_position(text: str) -> int:
