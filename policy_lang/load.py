@@ -203,7 +203,7 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
         chain = " -> ".join([*(_display(result, k) for k in stack[stack.index(key):]), file])
         result.diagnostics.append(error(codes.INCLUDE_CYCLE, f"`{file}` includes itself through {chain}",
                                         included_at, help="remove one `include` in the cycle"))
-        return None
+        return []  # it is being read already: its items are known, and checked, where it was first included
     if key in done:
         return []
     done.add(key)
@@ -227,7 +227,7 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
         if isinstance(item, ast.IncludeDecl):
             target = os.path.normpath(os.path.join(os.path.dirname(file), item.path.value))
             included = _load_file(target, item.path.span, (*stack, key), done, result, describe)
-            if included is None:  # unreadable or cyclic: what it declares is unknown
+            if included is None:  # unreadable or too deep: what it declares is unknown
                 result.broken_blocks.append(Block(file, "include", item.path.value, item.span.start_pos,
                                                   item.span.end_pos, parsed=False))
             items.extend(included or [])
