@@ -195,18 +195,27 @@ def _is_keyword(token: Token) -> bool:
     return token.type in _keyword_types()
 
 
+def _item_keyword(tok: Token) -> str | None:
+    """The top-level keyword `tok` is, or the one a plain name most likely misspells (`ap` -> `app`)."""
+    if tok.value in TOP_LEVEL_KEYWORDS:
+        return tok.value
+    close = difflib.get_close_matches(tok.value, TOP_LEVEL_KEYWORDS, n=1, cutoff=0.6) if tok.type == "NAME" else []
+    return close[0] if close else None
+
+
 def _starts_item(tokens: list[Token], i: int) -> bool:
-    """Inside a block, the header of another (`vault b {`, anywhere), or an `include "…"` at the
-    start of a line: a missing `}` before it. No setting starts with a top-level keyword and `{`."""
+    """The header of a block (`vault b {`, or a misspelt `ap b {`, anywhere), or an `include "…"` at
+    the start of a line. Inside a block, a missing `}` before it: no setting has a `{`."""
     tok = tokens[i]
-    if tok.value not in TOP_LEVEL_KEYWORDS:
+    if tok.type != "NAME" and tok.value not in TOP_LEVEL_KEYWORDS:
         return False
     nxt = tokens[i + 1:i + 3]
     if tok.value == "include":
         return bool(nxt) and nxt[0].type == "STRING" and (i == 0 or tokens[i - 1].line < tok.line)
-    if tok.value in ("device", "defaults"):
-        return bool(nxt) and nxt[0].type == "LBRACE"
-    return len(nxt) == 2 and (nxt[0].type == "NAME" or _is_keyword(nxt[0])) and nxt[1].type == "LBRACE"
+    if nxt and nxt[0].type == "LBRACE":
+        return _item_keyword(tok) in ("device", "defaults")
+    named = len(nxt) == 2 and _is_word(nxt[0]) and nxt[1].type == "LBRACE"
+    return named and _item_keyword(tok) in _NAMED_ITEMS
 
 
 # Top-level keywords that a name follows: after one of them, a top-level keyword and `{` are a name
@@ -228,7 +237,7 @@ def split_items(tokens: list[Token]) -> list[list[Token]]:
         new_chunk = False
         if depth == 0:
             closed = bool(current) and current[-1].type == "RBRACE"
-            starts = tok.value in TOP_LEVEL_KEYWORDS and not _is_item_name(tokens, i, current)
+            starts = (tok.value in TOP_LEVEL_KEYWORDS or _starts_item(tokens, i)) and not _is_item_name(tokens, i, current)
             new_chunk = starts or closed or tok.type == "SEMICOLON"
         elif _starts_item(tokens, i):
             new_chunk, depth = True, 0
@@ -474,10 +483,7 @@ def _setting_meant(first: Token, setting_starts: frozenset[str]) -> str:
 def _header(tokens: list[Token]) -> tuple[str | None, str | None]:
     """The kind and name a chunk declares, read from `KIND NAME {` (or `include "…"`) alone."""
     first = tokens[0]
-    kind = first.value if first.value in TOP_LEVEL_KEYWORDS else None
-    if kind is None and first.type == "NAME":
-        close = difflib.get_close_matches(first.value, TOP_LEVEL_KEYWORDS, n=1, cutoff=0.6)
-        kind = close[0] if close else None
+    kind = _item_keyword(first)
     following = tokens[1:3]
     if kind == "include":
         return kind, following[0].value[1:-1] if following and following[0].type == "STRING" else None

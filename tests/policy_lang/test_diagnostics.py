@@ -62,6 +62,30 @@ def test_a_block_after_a_missing_brace_on_the_same_line_still_parses(lang):
     assert [(v.name.value, v.path.value) for v in policy.items] == [("b", "/persist/b")]
 
 
+MISSPELT_AFTER_AN_UNCLOSED_BLOCK = {
+    "after a missing `}`": ("vault a {\n  limit 16MiB\nap b { vault a }\n",
+                            [("VP0006", 1, 9, "add `}` after line 2 to close this block"),
+                             ("VP0005", 3, 1, "did you mean `app`?")]),
+    "after an include": ('include "x.vpol"\nap b { vault a }\n', [("VP0005", 2, 1, "did you mean `app`?")]),
+    "a misspelt unnamed block": ("vault a {\n  limit 16MiB\ndefautls { rotate every 90d }\n",
+                                 [("VP0006", 1, 9, "add `}` after line 2 to close this block"),
+                                  ("VP0005", 3, 1, "did you mean `defaults`?")]),
+}
+
+
+@pytest.mark.parametrize("source,expected", MISSPELT_AFTER_AN_UNCLOSED_BLOCK.values(),
+                         ids=MISSPELT_AFTER_AN_UNCLOSED_BLOCK.keys())
+def test_a_misspelt_block_keyword_starts_a_block_of_its_own(lang, source, expected):
+    """`ap b {` was read as a setting of the block before it: VP0006 said to close that block after
+    `ap b`'s line, and VP0005 listed the vault's settings. A header, misspelt or not, starts an item."""
+    assert [(*lang.where(d), d.help) for d in lang.errors(source)] == expected
+
+
+def test_a_vault_named_like_a_misspelt_keyword_is_still_a_vault(lang):
+    policy = lang.parse_ok("vault devce { limit 16MiB }\napp ap { vault devce }\n")
+    assert [item.name.value for item in policy.items] == ["devce", "ap"]
+
+
 def _compile_errors(lang, source: str):
     policy = lang.parse_ok(source)
     return compiler.check(policy).errors()
