@@ -195,4 +195,5 @@ def resolve(policy: ast.Policy) -> m.Model:
         duplicates=tuple(duplicates),
         misplaced_opt_outs=tuple(misplaced),
         unknown_seals=tuple(resolver.unknown_seals),
+        defaults=defaults_decl.span if defaults_decl else None,
     )
