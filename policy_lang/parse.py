@@ -172,7 +172,7 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
             what = f"`{value}`" if value.isprintable() and len(value) <= 20 else "characters"
             diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {what} in the policy",
                                _span(file, _token("BAD", value, pos, line, col)),
-                               help="policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"))
+                               help=_NAME_HELP if any(c.isalnum() for c in value) else _CHARACTERS_HELP))
         elif kind == "BADSTRING":
             tok = _token("STRING", value, pos, line, col)
             diags.append(error(codes.UNTERMINATED_STRING, "unterminated string", _span(file, tok),
@@ -188,6 +188,9 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
     return tokens, comments, diags
 
 
+_CHARACTERS_HELP = "policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"
+# A letter or digit no group takes is not ASCII: it was meant as part of a name (grammar.lark NAME).
+_NAME_HELP = "names are ASCII: letters `a`-`z` and `A`-`Z`, digits, `_` and `-`, starting with a letter or `_`"
 _PUNCT_TERMINALS = {"{": "LBRACE", "}": "RBRACE", ",": "COMMA", ";": "SEMICOLON", "=": "EQUAL", "|": "VBAR"}
 
 

@@ -8,7 +8,8 @@ UNEXPECTED_CHARACTER = register(
     "VP0001", "unexpected character",
     "The policy contains a character that no part of the language uses: only names, numbers, "
     "double-quoted strings, `#` comments and the punctuation `{ } , ; = |` may appear. Characters "
-    "outside a string or comment are usually a stray paste or a typo.",
+    "outside a string or comment are usually a stray paste or a typo. Names are ASCII: a letter such as "
+    "`é` or `应` may appear in a string or a comment, not in a name.",
     'vault config { limit 16MiB! }      # `!` is not part of the language',
 )
 UNTERMINATED_STRING = register(

@@ -40,6 +40,9 @@ ONE_ERROR = [
     ("unterminated string", "vault v { path \"/persist }\n", "VP0002", 1, 16, 27, "close the string"),
     ("bad escape", "vault v { path \"/a\\qb\" }\n", "VP0003", 1, 19, 21, "valid escapes"),
     ("stray character", "vault v { limit 1MiB }\n@\n", "VP0001", 2, 1, 2, "policies contain"),
+    ("a letter that is not ASCII", "vault données { limit 16MiB }\n", "VP0001", 1, 11, 12,
+     "names are ASCII: letters `a`-`z` and `A`-`Z`, digits, `_` and `-`, starting with a letter or `_`"),
+    ("a name in another script", "app 应用 { }\n", "VP0001", 1, 5, 7, "names are ASCII"),
     ("end of file", "vault v { }\ninclude", "VP0007", 2, 8, 9, "expected a string"),
     ("setting given twice", "vault v {\n  limit 1MiB\n  limit 2MiB\n}\n", "VP0016", 3, 3, 13, "keep one"),
 ]
