@@ -153,6 +153,22 @@ def test_messages_never_name_internal_tokens(lang):
             assert internal not in text, text
 
 
+def test_carets_line_up_after_wide_characters(lang):
+    """After `应用应用` (two columns each in a terminal) the caret landed four columns left of `limt`.
+    The caret line is padded by display width; the reported column stays the character's."""
+    source = 'vault a { path "/persist/应用应用"; limt 16MiB }\n'
+    [d] = lang.errors(source)
+    assert lang.where(d) == ("VP0005", 1, 33)
+    shown, carets = render_text([d], {"t.vpol": source}).splitlines()[3:5]
+    assert shown == '1 | vault a { path "/persist/应用应用"; limt 16MiB }'
+    assert carets == "  | " + " " * 36 + "^^^^"
+
+
+def test_a_wide_character_gets_two_carets(lang):
+    [d] = lang.errors("app 应 { }\n")
+    assert render_text([d], {"t.vpol": "app 应 { }\n"}).splitlines()[4] == "  |     ^^"
+
+
 @pytest.mark.parametrize("case", ["unknown_keyword", "missing_brace", "bad_size"])
 def test_golden_rendering(case):
     source = (GOLDEN / f"{case}.vpol").read_text()
