@@ -124,7 +124,8 @@ class Model:
     components: dict[str, Component]
     attestations: dict[str, Attestation]
     duplicates: tuple[Duplicate, ...] = ()
-    misplaced_opt_outs: tuple[Located[str], ...] = ()  # opt-outs on vaults that are not built in
+    # opt-outs on vaults that are not built in: (vault name, the reason given)
+    misplaced_opt_outs: tuple[tuple[str, Located[str]], ...] = ()
     # seal settings that name an attestation nobody declared: (vault name, attestation name)
     unknown_seals: tuple[tuple[str, Located[str]], ...] = field(default=())
     defaults: Span | None = None  # the `defaults` block that counts, if any

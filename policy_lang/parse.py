@@ -379,7 +379,7 @@ def _misspelt_setting(tokens: list[Token], i: int) -> bool:
     return tok.type == "NAME" and prev.line < tok.line and prev.type not in ("COMMA", "VBAR", "EQUAL")
 
 
-def _unclosed_brace(file: str, tokens: list[Token], kind: str) -> Diagnostic | None:
+def _unclosed_brace(file: str, tokens: list[Token]) -> Diagnostic | None:
     depth, opener = 0, None
     for tok in tokens:
         if tok.type == "LBRACE":
@@ -390,7 +390,9 @@ def _unclosed_brace(file: str, tokens: list[Token], kind: str) -> Diagnostic | N
     if depth <= 0 or opener is None:
         return None
     last = tokens[-1]
-    return error(codes.UNCLOSED_BRACE, f"unclosed `{{` in `{kind}` block", _span(file, opener),
+    _, name = _header(tokens)
+    block = tokens[0].value if name is None else f"{tokens[0].value} {name}"  # as written: `vault a`, `device`
+    return error(codes.UNCLOSED_BRACE, f"unclosed `{{` in `{block}`", _span(file, opener),
                  help=f"add `}}` after line {last.end_line} to close this block")
 
 
@@ -411,7 +413,7 @@ def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostic
     """Parse one top-level item; on an error, drop the failing setting and try again. Also returns
     the settings dropped (see `Block.damaged`)."""
     diags = Diagnostics()
-    unclosed = _unclosed_brace(file, tokens, tokens[0].value)
+    unclosed = _unclosed_brace(file, tokens)
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
     setting_starts: frozenset[str] = frozenset()
     segments: list[list[int]] = []

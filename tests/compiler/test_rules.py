@@ -244,6 +244,11 @@ def test_encryption_none_in_defaults_says_so(check_text):
                                                      "and `images` unencrypted")
 
 
+def test_an_opt_out_of_a_vault_that_is_not_built_in_names_the_vault(check_text):
+    [found] = check_text('vault data { disabled "not needed" }\n')
+    assert (found.code, found.message) == ("VP0107", "vault `data` is not built in, so it cannot be opted out of")
+
+
 def test_unknown_vault_suggests_the_closest_name(check_text):
     [diagnostic] = check_text('vault historian { path "/persist/h" }\napp a { vault histrian }\n')
     assert diagnostic.help == "did you mean `historian`?"

@@ -141,6 +141,41 @@ def test_several_broken_settings_in_one_block_each_report_once(lang):
     assert [lang.where(d) for d in errors] == [("VP0005", 2, 3), ("VP0004", 3, 8), ("VP0005", 4, 3)]
 
 
+NAMED_MESSAGES = [
+    ("vault config {\n  limit 16MiB\n", "VP0006", 1, 14, "unclosed `{` in `vault config`"),
+    ("device {\n  persist \"/persist\"\n", "VP0006", 1, 8, "unclosed `{` in `device`"),
+    ("vault v {\n  limit 1MiB\n  limit 2MiB\n}\n", "VP0016", 3, 3, "`limit` is set twice in `vault v`"),
+    ("defaults { rotate every 1d rotate every 2d }\n", "VP0016", 1, 28, "`rotate` is set twice in `defaults`"),
+    ("vault images {\n  limit 64Mib\n}\n", "VP0010", 2, 11, "unknown size unit `Mib` of `limit` in `vault images`"),
+    ("vault v { limit 16777216 }\n", "VP0010", 1, 17, "size `16777216` of `limit` in `vault v` has no unit"),
+    ("device { capacity 0B }\n", "VP0010", 1, 19, "size `0B` of `capacity` in `device` is zero"),
+    ("device { reserve 99999999999999999MiB }\n", "VP0010", 1, 18,
+     "size `99999999999999999MiB` of `reserve` in `device` is too large"),
+    ("vault config {\n  seal pcrs 0, 7, 24\n}\n", "VP0012", 2, 19,
+     "PCR index `24` of `seal pcrs` in `vault config` is out of range"),
+    ("attestation boot { pcrs 0, 24 }\n", "VP0012", 1, 28, "PCR index `24` of `pcrs` in `attestation boot` is out of range"),
+    ('attestation boot { pcrs 0  allow pcr 99 = "ab" }\n', "VP0012", 1, 38,
+     "PCR index `99` of `allow pcr` in `attestation boot` is out of range"),
+    ("defaults { rotate every 90days }\n", "VP0011", 1, 27, "unknown duration unit `days` of `rotate every` in `defaults`"),
+    ("attestation boot { nonce 32 bytes, valid 0m }\n", "VP0011", 1, 42, "duration `0m` of `valid` in `attestation boot` is zero"),
+    ("attestation boot { nonce 8 bytes }\n", "VP0013", 1, 26, "nonce size 8 bytes in `attestation boot` is outside 12–32"),
+    ("attestation boot { nonce 32KiB bytes }\n", "VP0015", 1, 26,
+     "nonce size `32KiB` in `attestation boot` is not a number of bytes"),
+    ("vault v { encryption aes-256-xtz }\n", "VP0014", 1, 22, "unknown value `aes-256-xtz` of `encryption` in `vault v`"),
+    ('vault images { disabled "  " }\n', "VP0018", 1, 25, "the reason for disabling `vault images` is empty"),
+    ('vault v { path "" }\n', "VP0023", 1, 16, "empty path in `vault v`"),
+    ('include ""\n', "VP0023", 1, 9, "empty path in `include`"),
+]
+
+
+@pytest.mark.parametrize("source,code,line,column,message", NAMED_MESSAGES, ids=[c[4] for c in NAMED_MESSAGES])
+def test_messages_name_the_setting_and_the_block(lang, source, code, line, column, message):
+    """`unclosed `{` in `vault` block`, `` `limit` is set twice in this block ``, `unknown size unit `Mib``:
+    which vault, which block, which setting was left to the source line."""
+    [d] = lang.errors(source)
+    assert (*lang.where(d), d.message) == (code, line, column, message)
+
+
 def test_a_broken_block_does_not_hide_the_next_one(lang):
     errors = lang.errors("vault a { limit }\nvault b { limit 5 }\napp c { vault }\n")
     assert [d.span.line for d in errors] == [1, 2, 3]
