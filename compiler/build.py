@@ -191,28 +191,37 @@ def read_named_files(model: m.Model, read: FileReader = read_input_file) -> tupl
 def _breaks_kept_protection(model: m.Model, kept: Mapping[str, str | None]) -> Diagnostics:
     """What the device refuses for a vault the previous plan protected, since it keeps the protection:
     `on_remove destroy` (VP0602 covers a vault this policy protects) and another encryption, which
-    would migrate the data (VP0606)."""
+    would migrate the data (VP0606). A setting of `defaults` is reported once, for every such vault."""
     diagnostics = Diagnostics()
-    for vault in model.vaults.values():
-        name = vault.name.value
-        if name not in kept:
-            continue
-        if not vault.protected.value and vault.on_remove.value == "destroy":
-            diagnostics.append(error(
-                codes.DESTROY_PROTECTED,
-                f"vault `{name}` was protected by the previous plan, and the device keeps that protection, "
-                "but says `on_remove destroy`",
-                first_span(vault.on_remove.span, vault.name.span),
-                "a protected vault's data is never destroyed: use `on_remove retain` (protection, once in a plan, stays)"))
-        before = kept[name]
-        if before is not None and vault.encryption.value != before:
-            diagnostics.append(error(
-                codes.PROTECTED_ENCRYPTION_CHANGED,
-                f"vault `{name}` was protected by the previous plan, and the device keeps that protection, "
-                f"but its encryption changes from `{before}` to `{vault.encryption.value}`",
-                first_span(vault.encryption.span, vault.name.span),
-                f"a protected vault's data never migrates: keep `encryption {before}` (protection, once in a plan, stays)"))
+    stays = "(protection, once in a plan, stays)"
+    destroyed = [v for v in model.vaults.values()
+                 if v.name.value in kept and not v.protected.value and v.on_remove.value == "destroy"]
+    for setting in model.settings(lambda vault: first_span(vault.on_remove.span, vault.name.span), destroyed):
+        diagnostics.append(error(
+            codes.DESTROY_PROTECTED, _kept_protection_broken(setting, "on_remove destroy", "says `on_remove destroy`"),
+            setting.span, f"a protected vault's data is never destroyed: use `on_remove retain` {stays}",
+            notes=setting.notes))
+    changed = [v for v in model.vaults.values() if kept.get(v.name.value) not in (None, v.encryption.value)]
+    for setting in model.settings(lambda vault: first_span(vault.encryption.span, vault.name.span), changed):
+        first, after = setting.vaults[0].name.value, setting.vaults[0].encryption.value
+        keep = ", ".join(f"`encryption {kept[v.name.value]}`" + (f" in vault `{v.name.value}`" if setting.in_defaults else "")
+                         for v in setting.vaults)
+        diagnostics.append(error(
+            codes.PROTECTED_ENCRYPTION_CHANGED,
+            _kept_protection_broken(setting, f"encryption {after}", f"its encryption changes from `{kept[first]}` to `{after}`"),
+            setting.span, f"a protected vault's data never migrates: keep {keep} {stays}", notes=setting.notes))
     return diagnostics
+
+
+def _kept_protection_broken(setting: m.Setting, written: str, change: str) -> str:
+    """The message for a vault the previous plan protected whose setting the device refuses: the
+    vault's own `change`, or the `written` setting of `defaults` that such vaults inherit."""
+    if setting.in_defaults:
+        which = ("vaults the previous plan protected inherit" if len(setting.vaults) > 1
+                 else "a vault the previous plan protected inherits")
+        return f"`defaults` says `{written}`, which {which}, and the device keeps that protection"
+    return (f"vault `{setting.vaults[0].name.value}` was protected by the previous plan, and the device keeps that "
+            f"protection, but {change}")
 
 
 class BuiltPlanInconsistent(RuntimeError):

@@ -123,6 +123,15 @@ STORED_TWICE = register(
     "would list the directory twice.",
     'component agent {\n  stores "/persist/vault/config/agent" sensitive\n  stores "/persist/vault/config/agent"   # error\n}',
 )
+PERSIST_IS_ROOT = register(
+    "VP0209",
+    "persist root is `/`",
+    "The persist root (`device { persist \"…\" }`) is the mount point of the partition that vaults "
+    "live on and that is kept across updates, a directory below `/` such as `/persist`. `/` itself is "
+    "the whole filesystem: the vaults would lie among the system's own files, and the device refuses "
+    "a plan whose persist root is `/`.",
+    'device { persist "/" }   # error: write the mount point, e.g. "/persist"',
+)
 
 # --- VP03xx coverage ----------------------------------------------------------------------------
 SENSITIVE_NOT_ENCRYPTED = register(

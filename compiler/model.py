@@ -7,6 +7,7 @@ None for a built-in default), so a diagnostic points at the line the author must
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -123,6 +124,47 @@ class Model:
     components: dict[str, Component]
     attestations: dict[str, Attestation]
     duplicates: tuple[Duplicate, ...] = ()
-    misplaced_opt_outs: tuple[Located[str], ...] = ()  # opt-outs on vaults that are not built in
+    # opt-outs on vaults that are not built in: (vault name, the reason given)
+    misplaced_opt_outs: tuple[tuple[str, Located[str]], ...] = ()
     # seal settings that name an attestation nobody declared: (vault name, attestation name)
     unknown_seals: tuple[tuple[str, Located[str]], ...] = field(default=())
+    defaults: Span | None = None  # the `defaults` block that counts, if any
+
+    def settings(self, span_of: Callable[[Vault], Span | None], vaults: Iterable[Vault] | None = None) -> list[Setting]:
+        """`vaults` (all by default) grouped by the setting that decided something for them (`span_of`):
+        one group for a setting of `defaults`, which every vault that does not state its own inherits,
+        so that a rule reports it once, as the defaults' setting; one vault a group otherwise."""
+        groups: dict[object, list[Vault]] = {}
+        for vault in self.vaults.values() if vaults is None else vaults:
+            span = span_of(vault)
+            groups.setdefault(span if self._in_defaults(span) else (span, vault.name.value), []).append(vault)
+        return [Setting(span_of(group[0]), self._in_defaults(span_of(group[0])), tuple(group)) for group in groups.values()]
+
+    def _in_defaults(self, span: Span | None) -> bool:
+        d = self.defaults
+        return span is not None and d is not None and span.file == d.file and d.start_pos <= span.start_pos < d.end_pos
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting and the vaults it decided something for (`Model.settings`): a vault's own, or one of
+    `defaults`, which names the block in messages and the vaults that inherit it in a note."""
+
+    span: Span | None
+    in_defaults: bool
+    vaults: tuple[Vault, ...]
+
+    @property
+    def owner(self) -> str:
+        return "`defaults`" if self.in_defaults else f"vault `{self.vaults[0].name.value}`"
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        if not self.in_defaults:
+            return ()
+        names = ", ".join(f"`{vault.name.value}`" for vault in self.vaults[:_NAMED_INHERITORS])
+        more = len(self.vaults) - _NAMED_INHERITORS
+        return (f"inherited by vault{'s' if len(self.vaults) > 1 else ''} {names}{f' and {more} more' if more > 0 else ''}",)
+
+
+_NAMED_INHERITORS = 6  # a note lists this many vaults that inherit a setting, and counts the others

@@ -156,7 +156,7 @@ def resolve(policy: ast.Policy) -> m.Model:
 
     vault_decls = _unique_by_name(policy.of_type(ast.VaultDecl), "vault", duplicates)
     misplaced = [
-        _loc(d.opt_out_reason) for n, d in vault_decls.items() if d.opt_out_reason is not None and n not in BUILTIN_VAULTS
+        (n, _loc(d.opt_out_reason)) for n, d in vault_decls.items() if d.opt_out_reason is not None and n not in BUILTIN_VAULTS
     ]
     resolver = _VaultResolver(device, defaults_decl.settings if defaults_decl else None, attestations)
     vaults: dict[str, m.Vault] = {}
@@ -195,4 +195,5 @@ def resolve(policy: ast.Policy) -> m.Model:
         duplicates=tuple(duplicates),
         misplaced_opt_outs=tuple(misplaced),
         unknown_seals=tuple(resolver.unknown_seals),
+        defaults=defaults_decl.span if defaults_decl else None,
     )

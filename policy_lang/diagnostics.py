@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
@@ -154,15 +155,22 @@ def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -
                     src, start, width = _excerpt(src, s.column - 1, max(1, end - s.column))
                     gutter = str(s.line)
                     pad = " " * len(gutter)
+                    carets = max(1, display_width(src[start:start + width]))
                     lines.append(f"{pad} |")
                     lines.append(f"{gutter} | {src}")
-                    lines.append(f"{pad} | {' ' * start}{'^' * width}")
+                    lines.append(f"{pad} | {' ' * display_width(src[:start])}{'^' * carets}")
         if d.help:
             lines.append(f"  = help: {d.help}")
         for note in d.notes:
             lines.append(f"  = note: {note}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def display_width(text: str) -> int:
+    """The terminal columns `text` takes: two for a wide or fullwidth character (CJK), one for any
+    other, as rustc lines its carets up. A span's column stays a count of characters."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 # Columns of a source line that a diagnostic shows: a minified JSON file or a long generated line is

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 
 from lark import Tree
 
+from vaultpolicy.encoding import is_json_document
+
 from . import ast
 from . import syntax_codes as codes
 from .diagnostics import Diagnostic, Diagnostics, Span, error, line_and_column
@@ -109,9 +111,11 @@ def decode(data: bytes, file: str, describe: Describe | None = None) -> tuple[st
 
 
 def _not_a_policy(data: bytes, text: str, file: str, describe: Describe | None) -> Diagnostics:
-    """One error at the first character of a JSON document or PEM file: no policy starts so."""
+    """One error at the first character of a JSON document or PEM file: no policy is one. Text that
+    only starts with `{` or `[` is parsed as a policy (a stray brace is an error like any other)."""
     start = len(text) - len(text.lstrip())
-    if not text.startswith(("{", "[", "-----BEGIN"), start):
+    json_document = text.startswith(("{", "["), start) and is_json_document(text)
+    if not json_document and not text.startswith("-----BEGIN", start):
         return Diagnostics()
     what = describe(data) if describe else ("a PEM file" if text.startswith("-", start) else "JSON")
     line, column = line_and_column(text, start)
@@ -199,7 +203,7 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
         chain = " -> ".join([*(_display(result, k) for k in stack[stack.index(key):]), file])
         result.diagnostics.append(error(codes.INCLUDE_CYCLE, f"`{file}` includes itself through {chain}",
                                         included_at, help="remove one `include` in the cycle"))
-        return None
+        return []  # it is being read already: its items are known, and checked, where it was first included
     if key in done:
         return []
     done.add(key)
@@ -223,7 +227,7 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
         if isinstance(item, ast.IncludeDecl):
             target = os.path.normpath(os.path.join(os.path.dirname(file), item.path.value))
             included = _load_file(target, item.path.span, (*stack, key), done, result, describe)
-            if included is None:  # unreadable or cyclic: what it declares is unknown
+            if included is None:  # unreadable or too deep: what it declares is unknown
                 result.broken_blocks.append(Block(file, "include", item.path.value, item.span.start_pos,
                                                   item.span.end_pos, parsed=False))
             items.extend(included or [])

@@ -172,7 +172,7 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
             what = f"`{value}`" if value.isprintable() and len(value) <= 20 else "characters"
             diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {what} in the policy",
                                _span(file, _token("BAD", value, pos, line, col)),
-                               help="policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"))
+                               help=_NAME_HELP if any(c.isalnum() for c in value) else _CHARACTERS_HELP))
         elif kind == "BADSTRING":
             tok = _token("STRING", value, pos, line, col)
             diags.append(error(codes.UNTERMINATED_STRING, "unterminated string", _span(file, tok),
@@ -188,6 +188,9 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
     return tokens, comments, diags
 
 
+_CHARACTERS_HELP = "policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"
+# A letter or digit no group takes is not ASCII: it was meant as part of a name (grammar.lark NAME).
+_NAME_HELP = "names are ASCII: letters `a`-`z` and `A`-`Z`, digits, `_` and `-`, starting with a letter or `_`"
 _PUNCT_TERMINALS = {"{": "LBRACE", "}": "RBRACE", ",": "COMMA", ";": "SEMICOLON", "=": "EQUAL", "|": "VBAR"}
 
 
@@ -195,18 +198,27 @@ def _is_keyword(token: Token) -> bool:
     return token.type in _keyword_types()
 
 
+def _item_keyword(tok: Token) -> str | None:
+    """The top-level keyword `tok` is, or the one a plain name most likely misspells (`ap` -> `app`)."""
+    if tok.value in TOP_LEVEL_KEYWORDS:
+        return tok.value
+    close = difflib.get_close_matches(tok.value, TOP_LEVEL_KEYWORDS, n=1, cutoff=0.6) if tok.type == "NAME" else []
+    return close[0] if close else None
+
+
 def _starts_item(tokens: list[Token], i: int) -> bool:
-    """Inside a block, the header of another (`vault b {`, anywhere), or an `include "…"` at the
-    start of a line: a missing `}` before it. No setting starts with a top-level keyword and `{`."""
+    """The header of a block (`vault b {`, or a misspelt `ap b {`, anywhere), or an `include "…"` at
+    the start of a line. Inside a block, a missing `}` before it: no setting has a `{`."""
     tok = tokens[i]
-    if tok.value not in TOP_LEVEL_KEYWORDS:
+    if tok.type != "NAME" and tok.value not in TOP_LEVEL_KEYWORDS:
         return False
     nxt = tokens[i + 1:i + 3]
     if tok.value == "include":
         return bool(nxt) and nxt[0].type == "STRING" and (i == 0 or tokens[i - 1].line < tok.line)
-    if tok.value in ("device", "defaults"):
-        return bool(nxt) and nxt[0].type == "LBRACE"
-    return len(nxt) == 2 and (nxt[0].type == "NAME" or _is_keyword(nxt[0])) and nxt[1].type == "LBRACE"
+    if nxt and nxt[0].type == "LBRACE":
+        return _item_keyword(tok) in ("device", "defaults")
+    named = len(nxt) == 2 and _is_word(nxt[0]) and nxt[1].type == "LBRACE"
+    return named and _item_keyword(tok) in _NAMED_ITEMS
 
 
 # Top-level keywords that a name follows: after one of them, a top-level keyword and `{` are a name
@@ -228,7 +240,7 @@ def split_items(tokens: list[Token]) -> list[list[Token]]:
         new_chunk = False
         if depth == 0:
             closed = bool(current) and current[-1].type == "RBRACE"
-            starts = tok.value in TOP_LEVEL_KEYWORDS and not _is_item_name(tokens, i, current)
+            starts = (tok.value in TOP_LEVEL_KEYWORDS or _starts_item(tokens, i)) and not _is_item_name(tokens, i, current)
             new_chunk = starts or closed or tok.type == "SEMICOLON"
         elif _starts_item(tokens, i):
             new_chunk, depth = True, 0
@@ -367,7 +379,7 @@ def _misspelt_setting(tokens: list[Token], i: int) -> bool:
     return tok.type == "NAME" and prev.line < tok.line and prev.type not in ("COMMA", "VBAR", "EQUAL")
 
 
-def _unclosed_brace(file: str, tokens: list[Token], kind: str) -> Diagnostic | None:
+def _unclosed_brace(file: str, tokens: list[Token]) -> Diagnostic | None:
     depth, opener = 0, None
     for tok in tokens:
         if tok.type == "LBRACE":
@@ -378,7 +390,9 @@ def _unclosed_brace(file: str, tokens: list[Token], kind: str) -> Diagnostic | N
     if depth <= 0 or opener is None:
         return None
     last = tokens[-1]
-    return error(codes.UNCLOSED_BRACE, f"unclosed `{{` in `{kind}` block", _span(file, opener),
+    _, name = _header(tokens)
+    block = tokens[0].value if name is None else f"{tokens[0].value} {name}"  # as written: `vault a`, `device`
+    return error(codes.UNCLOSED_BRACE, f"unclosed `{{` in `{block}`", _span(file, opener),
                  help=f"add `}}` after line {last.end_line} to close this block")
 
 
@@ -399,7 +413,7 @@ def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostic
     """Parse one top-level item; on an error, drop the failing setting and try again. Also returns
     the settings dropped (see `Block.damaged`)."""
     diags = Diagnostics()
-    unclosed = _unclosed_brace(file, tokens, tokens[0].value)
+    unclosed = _unclosed_brace(file, tokens)
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
     setting_starts: frozenset[str] = frozenset()
     segments: list[list[int]] = []
@@ -474,10 +488,7 @@ def _setting_meant(first: Token, setting_starts: frozenset[str]) -> str:
 def _header(tokens: list[Token]) -> tuple[str | None, str | None]:
     """The kind and name a chunk declares, read from `KIND NAME {` (or `include "…"`) alone."""
     first = tokens[0]
-    kind = first.value if first.value in TOP_LEVEL_KEYWORDS else None
-    if kind is None and first.type == "NAME":
-        close = difflib.get_close_matches(first.value, TOP_LEVEL_KEYWORDS, n=1, cutoff=0.6)
-        kind = close[0] if close else None
+    kind = _item_keyword(first)
     following = tokens[1:3]
     if kind == "include":
         return kind, following[0].value[1:-1] if following and following[0].type == "STRING" else None

@@ -8,7 +8,8 @@ UNEXPECTED_CHARACTER = register(
     "VP0001", "unexpected character",
     "The policy contains a character that no part of the language uses: only names, numbers, "
     "double-quoted strings, `#` comments and the punctuation `{ } , ; = |` may appear. Characters "
-    "outside a string or comment are usually a stray paste or a typo.",
+    "outside a string or comment are usually a stray paste or a typo. Names are ASCII: a letter such as "
+    "`é` or `应` may appear in a string or a comment, not in a name.",
     'vault config { limit 16MiB! }      # `!` is not part of the language',
 )
 UNTERMINATED_STRING = register(
@@ -129,7 +130,8 @@ NOT_A_POLICY = register(
     "VP0022", "not a policy file",
     "The file is JSON or PEM, not `.vpol` text: usually a plan, a signed plan, a trust root or a key "
     "(what `compile`, `sign`, `trust` and `keygen` write) named where a policy belongs. No policy "
-    "starts with `{`, `[` or `-----BEGIN`; the file is not parsed further.",
+    "is a JSON document or starts with `-----BEGIN`; the file is not parsed further. Text that only "
+    "starts with `{` or `[` and is not JSON is read as a policy, and the stray brace is an error (VP0004).",
     "vaultpolicy check plan.json        # error: `plan.json` is not a policy: it is an unsigned plan",
 )
 EMPTY_PATH = register(

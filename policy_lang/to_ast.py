@@ -59,6 +59,7 @@ class _Converter:
     def __init__(self, file: str):
         self.file = file
         self.diags = Diagnostics()
+        self.block = ""  # the item being converted, as messages name it: `vault a`, `device`
 
     # ---- spans and small helpers -------------------------------------------------------------
 
@@ -75,6 +76,10 @@ class _Converter:
 
     def fail(self, code: str, message: str, where: Span, help: str | None = None, notes=()) -> None:
         self.diags.append(error(code, message, where, help=help, notes=notes))
+
+    def of(self, setting: str) -> str:
+        """Where a literal stands, for its messages: `` of `limit` in `vault a` ``."""
+        return f"of `{setting}` in `{self.block}`"
 
     @staticmethod
     def tokens(tree: Tree, kind: str) -> list[Token]:
@@ -120,7 +125,7 @@ class _Converter:
         """A string naming a directory or file: the empty string is an error, not the current directory."""
         path = self.string(token)
         if path is not None and path.value == "":
-            self.fail(codes.EMPTY_PATH, f"empty {what}", path.span, help=help)
+            self.fail(codes.EMPTY_PATH, f"empty {what} in `{self.block}`", path.span, help=help)
             return None
         return path
 
@@ -134,60 +139,61 @@ class _Converter:
         m = _NUMBER.fullmatch(token.value)
         digits, unit = (m.group(1), m.group(2)) if m else (token.value, "")
         if len(digits) > 16 or int(digits) >= MAX_EXACT_INT:
-            self.fail(code, f"{what} `{token.value}` is too large", self.span(token), help=range_help)
+            self.fail(code, f"{what} is too large", self.span(token), help=range_help)
             return None
         return int(digits), unit
 
-    def size(self, token: Token) -> ast.SizeLit | None:
-        parts = self._split_number(token, codes.BAD_SIZE, "size", _SIZE_RANGE)
+    def size(self, token: Token, setting: str) -> ast.SizeLit | None:
+        what = f"size `{token.value}` {self.of(setting)}"
+        parts = self._split_number(token, codes.BAD_SIZE, what, _SIZE_RANGE)
         if parts is None:
             return None
         number, unit = parts
         if unit not in SIZE_UNITS:
             where = self.sub_span(token, len(str(number)) if unit else 0, len(token.value))
             if not unit:
-                self.fail(codes.BAD_SIZE, f"size `{token.value}` has no unit", self.span(token),
-                          help=_unit_for_bytes(number))
+                self.fail(codes.BAD_SIZE, f"{what} has no unit", self.span(token), help=_unit_for_bytes(number))
             else:
                 same_letters = [u for u in SIZE_UNITS if u.lower() == unit.lower()]
                 hint = f"did you mean `{same_letters[0]}`?" if same_letters else did_you_mean(unit, SIZE_UNITS)
-                self.fail(codes.BAD_SIZE, f"unknown size unit `{unit}`", where,
+                self.fail(codes.BAD_SIZE, f"unknown size unit `{unit}` {self.of(setting)}", where,
                           help=hint or "units: B, KiB, MiB, GiB, TiB (1024) or KB, MB, GB, TB (1000)")
             return None
         value = number * SIZE_UNITS[unit]
         if value == 0 or value >= MAX_EXACT_INT:
-            self.fail(codes.BAD_SIZE, f"size `{token.value}` is {'zero' if value == 0 else 'too large'}",
-                      self.span(token), help=_SIZE_RANGE)
+            self.fail(codes.BAD_SIZE, f"{what} is {'zero' if value == 0 else 'too large'}", self.span(token),
+                      help=_SIZE_RANGE)
             return None
         return ast.SizeLit(bytes=value, text=token.value, span=self.span(token))
 
-    def duration(self, token: Token) -> ast.DurationLit | None:
-        parts = self._split_number(token, codes.BAD_DURATION, "duration", _DURATION_RANGE)
+    def duration(self, token: Token, setting: str) -> ast.DurationLit | None:
+        what = f"duration `{token.value}` {self.of(setting)}"
+        parts = self._split_number(token, codes.BAD_DURATION, what, _DURATION_RANGE)
         if parts is None:
             return None
         number, unit = parts
         if unit not in DURATION_UNITS:
             if not unit:
-                self.fail(codes.BAD_DURATION, f"duration `{token.value}` has no unit", self.span(token),
+                self.fail(codes.BAD_DURATION, f"{what} has no unit", self.span(token),
                           help=f"write the unit, for example `{number}d` (s, m, h, d, w)")
             else:
                 short = _DURATION_WORDS.get(unit.lower())
                 hint = f"write `{number}{short}`" if short else did_you_mean(unit, DURATION_UNITS)
-                self.fail(codes.BAD_DURATION, f"unknown duration unit `{unit}`",
+                self.fail(codes.BAD_DURATION, f"unknown duration unit `{unit}` {self.of(setting)}",
                           self.sub_span(token, len(str(number)), len(token.value)),
                           help=hint or "units: s (seconds), m (minutes), h (hours), d (days), w (weeks)")
             return None
         seconds = number * DURATION_UNITS[unit]
         if seconds == 0 or seconds >= MAX_EXACT_INT:
-            self.fail(codes.BAD_DURATION, f"duration `{token.value}` is {'zero' if seconds == 0 else 'too large'}",
-                      self.span(token), help=_DURATION_RANGE)
+            self.fail(codes.BAD_DURATION, f"{what} is {'zero' if seconds == 0 else 'too large'}", self.span(token),
+                      help=_DURATION_RANGE)
             return None
         return ast.DurationLit(seconds=seconds, text=token.value, span=self.span(token))
 
-    def pcr(self, token: Token) -> ast.PcrIndex | None:
+    def pcr(self, token: Token, setting: str) -> ast.PcrIndex | None:
         if not token.value.isdigit() or len(token.value) > 3 or int(token.value) > MAX_PCR:
-            self.fail(codes.PCR_OUT_OF_RANGE, f"PCR index `{token.value}` is out of range", self.span(token),
-                      help=f"PCR indexes are whole numbers from 0 to {MAX_PCR}")
+            self.fail(codes.PCR_OUT_OF_RANGE, f"PCR index `{token.value}` {self.of(setting)} is out of range",
+                      self.span(token), help=f"PCR indexes are whole numbers from 0 to {MAX_PCR}")
             return None
         return ast.PcrIndex(index=int(token.value), span=self.span(token))
 
@@ -195,7 +201,7 @@ class _Converter:
         if token.value in allowed:
             return token.value
         choices = ", ".join(f"`{a}`" for a in allowed)
-        self.fail(codes.UNKNOWN_VALUE, f"unknown value `{token.value}` for `{setting}`", self.span(token),
+        self.fail(codes.UNKNOWN_VALUE, f"unknown value `{token.value}` {self.of(setting)}", self.span(token),
                   help=did_you_mean(token.value, allowed) or f"`{setting}` takes {choices}")
         return None
 
@@ -210,7 +216,7 @@ class _Converter:
             key = "seal" if child.data.startswith("seal_") else child.data
             if key in seen:
                 first = seen[key]
-                self.fail(codes.REPEATED_SETTING, f"`{child.children[0].value}` is set twice in this block",
+                self.fail(codes.REPEATED_SETTING, f"`{child.children[0].value}` is set twice in `{self.block}`",
                           self.span(child), help="keep one of them",
                           notes=[f"first set at {self.span(first)}"])
                 continue
@@ -226,7 +232,7 @@ class _Converter:
         if (t := settings.get("seal")) is not None:
             fields["seal"] = self.seal(t)
         if (t := settings.get("rotate")) is not None:
-            every = self.duration(t.children[2])
+            every = self.duration(t.children[2], "rotate every")
             if every is not None:
                 fields["rotate"] = ast.RotateSetting(every=every, span=self.span(t))
         if (t := settings.get("on_remove")) is not None:
@@ -240,12 +246,12 @@ class _Converter:
             return ast.SealSetting(attestation=self.name(tree.children[1]), span=self.span(tree))
         names = self.tokens(tree, "NAME")
         bank = self.bank(names[0]) if names else None
-        return ast.SealSetting(pcrs=self.pcr_list(tree), bank=bank, span=self.span(tree))
+        return ast.SealSetting(pcrs=self.pcr_list(tree, "seal pcrs"), bank=bank, span=self.span(tree))
 
-    def pcr_list(self, tree: Tree) -> tuple[ast.PcrIndex, ...]:
+    def pcr_list(self, tree: Tree, setting: str) -> tuple[ast.PcrIndex, ...]:
         """The valid indexes; with an invalid one among them the policy has an error, but `check`
         still judges the others (PCR 5 in `pcrs 0, 5, 24`)."""
-        return tuple(p for p in (self.pcr(t) for t in self.tokens(tree, "NUMBER")) if p is not None)
+        return tuple(p for p in (self.pcr(t, setting) for t in self.tokens(tree, "NUMBER")) if p is not None)
 
     def bank(self, token: Token) -> ast.Name | None:
         return self.name(token) if self.word(token, BANKS, "bank") else None
@@ -257,7 +263,7 @@ class _Converter:
             fields["persist"] = self.path(t.children[1], "persist root", "write the partition's mount point, e.g. `/persist`")
         for key in ("capacity", "reserve"):
             if (t := s.get(key)) is not None:
-                fields[key] = self.size(t.children[1])
+                fields[key] = self.size(t.children[1], key)
         if (t := s.get("tpm")) is not None:
             mode = self.word(t.children[1].children[0], TPM_MODES, "tpm")
             fields["tpm_required"] = None if mode is None else mode == "required"
@@ -276,12 +282,12 @@ class _Converter:
         if (t := s.get("bank")) is not None:
             fields["bank"] = self.bank(t.children[1])
         if (t := s.get("pcrs")) is not None:
-            fields["pcrs"] = self.pcr_list(t)
+            fields["pcrs"] = self.pcr_list(t, "pcrs")
         if (t := s.get("nonce")) is not None:
             numbers = self.tokens(t, "NUMBER")
             fields["nonce_bytes"] = self.nonce_size(numbers[0])
             if len(numbers) > 1:
-                fields["nonce_valid"] = self.duration(numbers[1])
+                fields["nonce_valid"] = self.duration(numbers[1], "valid")
         if (t := s.get("escrow")) is not None:
             fields["escrow_required"] = ast.Flag(span=self.span(t))
         if (t := s.get("on_failure")) is not None:
@@ -294,19 +300,19 @@ class _Converter:
 
     def nonce_size(self, token: Token) -> ast.IntLit | None:
         if not token.value.isdigit() or len(token.value) > 6:
-            self.fail(codes.BAD_NUMBER, f"`{token.value}` is not a number of bytes", self.span(token),
+            self.fail(codes.BAD_NUMBER, f"nonce size `{token.value}` in `{self.block}` is not a number of bytes", self.span(token),
                       help="write the nonce size as a plain number, for example `nonce 32 bytes`")
             return None
         value = int(token.value)
         low, high = NONCE_BYTES
         if not low <= value <= high:
-            self.fail(codes.BAD_NONCE_SIZE, f"nonce size {value} bytes is outside {low}–{high}", self.span(token),
+            self.fail(codes.BAD_NONCE_SIZE, f"nonce size {value} bytes in `{self.block}` is outside {low}–{high}", self.span(token),
                       help=f"use between {low} and {high} bytes; 32 is a good choice")
             return None
         return ast.IntLit(value=value, span=self.span(token))
 
     def allow(self, tree: Tree) -> ast.AllowRule | None:
-        pcr = self.pcr(tree.children[2])
+        pcr = self.pcr(tree.children[2], "allow pcr")
         if tree.data == "allow_from":
             file = self.path(tree.children[4], "file name", "name the file of allowed values, relative to this policy")
             return None if pcr is None or file is None else ast.AllowRule(pcr=pcr, reference_file=file, span=self.span(tree))
@@ -325,16 +331,16 @@ class _Converter:
         fields = {}
         name = tree.children[1].value
         if (t := s.get("path")) is not None:
-            fields["path"] = self.path(t.children[1], "vault path",
+            fields["path"] = self.path(t.children[1], "path",
                                        f"write a directory such as `/persist/vault/{name}`, or leave `path` out for that default")
         if (t := s.get("limit")) is not None:
-            fields["limit"] = self.size(t.children[1])
+            fields["limit"] = self.size(t.children[1], "limit")
         if (t := s.get("protected")) is not None:
             fields["protected"] = ast.Flag(span=self.span(t))
         if (t := s.get("disabled")) is not None:
             reason = self.string(t.children[1])
             if reason is not None and not reason.value.strip():
-                self.fail(codes.EMPTY_REASON, "the reason for disabling a vault is empty", reason.span,
+                self.fail(codes.EMPTY_REASON, f"the reason for disabling `{self.block}` is empty", reason.span,
                           help='say why, for example `disabled "no apps run on this device"`')
                 reason = None
             fields["opt_out_reason"] = reason
@@ -366,7 +372,7 @@ class _Converter:
         return ast.AppDecl(name=self.name(tree.children[1]), span=self.span(tree), **fields)
 
     def include(self, tree: Tree) -> ast.IncludeDecl | None:
-        path = self.path(tree.children[1], "include path", "name a policy file, relative to this one")
+        path = self.path(tree.children[1], "path", "name a policy file, relative to this one")
         return None if path is None else ast.IncludeDecl(path=path, span=self.span(tree))
 
 
@@ -381,6 +387,7 @@ def to_policy(result: ParseResult) -> tuple[ast.Policy, Diagnostics]:
     conv = _Converter(result.file)
     items = []
     for tree in result.items:
+        conv.block = tree.data if tree.data in ("device", "defaults", "include") else f"{tree.data} {tree.children[1].value}"
         item = getattr(conv, tree.data)(tree)
         if item is not None:
             items.append(item)

@@ -25,6 +25,7 @@ def b64decode_exact(text: str | bytes) -> bytes:
 # Where a too deeply nested document is reported: the bracket that opens this level. No document
 # vaultpolicy reads nests more than a handful of levels.
 _DEPTH_SHOWN = 100
+_TOO_DEEP = "nested too deeply"
 _STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
@@ -43,7 +44,18 @@ def load_json(data: str | bytes, **options) -> object:
     try:
         return json.loads(text, **options)
     except RecursionError:
-        raise json.JSONDecodeError("nested too deeply", text, _deep_position(text)) from None
+        raise json.JSONDecodeError(_TOO_DEEP, text, _deep_position(text)) from None
+
+
+def is_json_document(data: str | bytes) -> bool:
+    """Whether `data` is a JSON document (one nested too deeply to read counts): what tells a plan, a
+    signed plan or a trust root from a policy, which never is one. A leading `{` proves nothing: a
+    policy with a stray brace starts so."""
+    try:
+        load_json(data)
+    except json.JSONDecodeError as exc:
+        return exc.msg == _TOO_DEEP
+    return True
 
 
 def not_utf8(exc: UnicodeDecodeError) -> json.JSONDecodeError:

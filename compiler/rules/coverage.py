@@ -62,16 +62,15 @@ def end_to_end_apps(model: Model) -> Iterator[Diagnostic]:
 def builtin_vaults_encrypted(model: Model) -> Iterator[Diagnostic]:
     """`encryption none` on `config` or `images` (in its block or from `defaults`) is an opt-out
     without a reason: one error per `encryption none` setting, at its `none`."""
-    unencrypted: dict[Span, list[str]] = {}
-    for vault in model.vaults.values():
-        if vault.builtin and not vault.encrypted and vault.encryption.span is not None:
-            unencrypted.setdefault(vault.encryption.span, []).append(vault.name.value)
-    for setting, names in unencrypted.items():
+    unencrypted = [v for v in model.vaults.values() if v.builtin and not v.encrypted and v.encryption.span is not None]
+    for setting in model.settings(lambda vault: vault.encryption.span, unencrypted):
+        names = [vault.name.value for vault in setting.vaults]
         vaults = " and ".join(f"`{name}`" for name in names)
+        where = " in `defaults`" if setting.in_defaults else ""
         yield error(
             codes.BUILTIN_UNENCRYPTED,
-            f"`encryption none` leaves built-in vault{'s' if len(names) > 1 else ''} {vaults} unencrypted",
-            _last_word(setting, "none"),
+            f"`encryption none`{where} leaves built-in vault{'s' if len(names) > 1 else ''} {vaults} unencrypted",
+            _last_word(setting.span, "none"),
             f'opt out of a built-in vault with a reason, `vault {names[0]} {{ disabled "reason" }}`, '
             "or give it an encryption such as `aes-256-xts`",
         )

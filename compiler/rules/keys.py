@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from policy_lang.diagnostics import Diagnostic, Span, error
+from policy_lang.diagnostics import Diagnostic, error
 
 from .. import codes
 from ..model import Model, first_span
@@ -14,30 +14,38 @@ ONE_DAY = 86400
 
 
 def rotation(model: Model) -> Iterator[Diagnostic]:
-    reported: set[Span] = set()  # a `rotate` in `defaults` serves many vaults: report it once
-    for vault in model.vaults.values():
-        rotate = vault.rotate_seconds
-        if rotate.value is None or rotate.value >= ONE_DAY or rotate.span in reported:
+    for setting in model.settings(lambda vault: vault.rotate_seconds.span):
+        seconds = setting.vaults[0].rotate_seconds.value
+        if seconds is None or seconds >= ONE_DAY:
             continue
-        reported.add(rotate.span)
+        keys = "keys" if setting.in_defaults else "its key"
         yield error(
             codes.ROTATION_TOO_SHORT,
-            f"vault `{vault.name.value}` rotates its key every {format_duration(rotate.value)}, more often than once a day",
-            rotate.span,
+            f"{setting.owner} rotates {keys} every {format_duration(seconds)}, more often than once a day",
+            setting.span,
             "rotate every 1d or longer",
+            notes=setting.notes,
         )
 
 
 def destroy_protected(model: Model) -> Iterator[Diagnostic]:
-    for vault in model.vaults.values():
-        if vault.protected.value and vault.on_remove.value == "destroy":
+    destroyed = [v for v in model.vaults.values() if v.protected.value and v.on_remove.value == "destroy"]
+    for setting in model.settings(lambda vault: vault.on_remove.span, destroyed):
+        vault = setting.vaults[0]
+        if setting.in_defaults:
+            message = f"`defaults` says `on_remove destroy`, which {'protected vaults inherit' if len(setting.vaults) > 1 else 'a protected vault inherits'}"
+            fix = "use `on_remove retain`, in `defaults` or in each protected vault"
+        else:
             why = "is protected" if vault.protected.span else "is a protected built-in vault"
-            yield error(
-                codes.DESTROY_PROTECTED,
-                f"vault `{vault.name.value}` {why} but says `on_remove destroy`",
-                first_span(vault.on_remove.span, vault.protected.span, vault.name.span),
-                "a protected vault's data is never destroyed: use `on_remove retain`",
-            )
+            message = f"vault `{vault.name.value}` {why} but says `on_remove destroy`"
+            fix = "use `on_remove retain`"
+        yield error(
+            codes.DESTROY_PROTECTED,
+            message,
+            first_span(setting.span, vault.protected.span, vault.name.span),
+            f"a protected vault's data is never destroyed: {fix}",
+            notes=setting.notes,
+        )
 
 
 def escrow_key(model: Model) -> Iterator[Diagnostic]:

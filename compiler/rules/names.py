@@ -61,12 +61,13 @@ def unknown_attestations(model: Model) -> Iterator[Diagnostic]:
 
 
 def misplaced_opt_outs(model: Model) -> Iterator[Diagnostic]:
-    for reason in model.misplaced_opt_outs:
+    for vault, reason in model.misplaced_opt_outs:
         yield error(
             codes.OPT_OUT_NOT_BUILTIN,
-            "only the built-in vaults `config` and `images` can be opted out of",
+            f"vault `{vault}` is not built in, so it cannot be opted out of",
             reason.span,
-            "delete the vault's block instead: a vault that is not built in exists only when declared",
+            "delete the vault's block instead: a vault that is not built in exists only when declared; "
+            "only the built-in vaults `config` and `images` are opted out of",
         )
 
 

@@ -80,7 +80,15 @@ def _under_persist(persist: Located[str]) -> str:
 
 
 def persist_root(model: Model) -> Iterator[Diagnostic]:
-    yield from shape_errors("persist root", model.device.persist)
+    persist = model.device.persist
+    yield from shape_errors("persist root", persist)
+    if persist.value == "/":  # every vault would lie beside the system's own files, and the device refuses it
+        yield error(
+            codes.PERSIST_IS_ROOT,
+            "the persist root is `/`, the whole filesystem",
+            persist.span,
+            "write the persist partition's mount point, a directory below `/` such as `/persist`",
+        )
 
 
 def vault_paths(model: Model) -> Iterator[Diagnostic]:

@@ -31,13 +31,14 @@ _RESETTABLE = {16: "PCR 16 is the debug PCR", 23: "PCR 23 is the application sup
 MAX_NONCE_LIFETIME_SECONDS = 10 * 60
 
 
-def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | None) -> Iterator[Diagnostic]:
+def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | None,
+                   notes: tuple[str, ...] = ()) -> Iterator[Diagnostic]:
     """The checks every PCR selection gets; `anchor` is where to point for what is missing."""
     seen: set[int] = set()
     for pcr in pcrs:
         if pcr.value in seen:
             yield warning(codes.PCR_REPEATED, f"{owner} lists PCR {pcr.value} twice", pcr.span,
-                          f"remove the second {pcr.value}: the plan seals to each PCR once")
+                          f"remove the second {pcr.value}: the plan seals to each PCR once", notes)
             continue
         seen.add(pcr.value)
         if pcr.value == NEVER_SEALED_PCR:
@@ -46,6 +47,7 @@ def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | No
                 f"{owner} seals to PCR 5, which flips on every A/B update",
                 pcr.span,
                 "remove 5: PCR 5 measures the GPT, which changes with each update and would lock the device out",
+                notes,
             )
         elif pcr.value in _RESETTABLE:
             yield error(
@@ -54,10 +56,11 @@ def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | No
                 pcr.span,
                 f"remove {pcr.value}: {_RESETTABLE[pcr.value]}, resettable and extendable from software, so it "
                 "proves nothing about the boot",
+                notes,
             )
         elif pcr.value in _VOLATILE:
             code, why = _VOLATILE[pcr.value]
-            yield warning(code, f"{owner} seals to volatile PCR {pcr.value}", pcr.span, f"{why}; consider removing it")
+            yield warning(code, f"{owner} seals to volatile PCR {pcr.value}", pcr.span, f"{why}; consider removing it", notes)
     if not pcrs:
         return
     present = {p.value for p in pcrs}
@@ -68,6 +71,7 @@ def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | No
             f"{owner} does not seal to firmware PCR{'s' if len(missing_firmware) > 1 else ''} {' and '.join(map(str, missing_firmware))}",
             anchor,
             "add PCR 0 (firmware) and PCR 4 (boot loader): without them a modified boot chain can unseal the key",
+            notes,
         )
     if 7 not in present:
         yield warning(
@@ -75,6 +79,7 @@ def check_pcr_list(owner: str, pcrs: tuple[Located[int], ...], anchor: Span | No
             f"{owner} does not seal to PCR 7 (secure boot state)",
             anchor,
             "add PCR 7 so that disabling secure boot or changing its keys keeps the vault locked",
+            notes,
         )
 
 
@@ -116,25 +121,23 @@ def _allow_rules(att) -> Iterator[Diagnostic]:
 
 
 def vault_seals(model: Model) -> Iterator[Diagnostic]:
-    """Explicit `seal pcrs …` settings (checked once per setting: `defaults` serves many vaults), and
+    """Explicit `seal pcrs …` settings (once per setting: one in `defaults` serves many vaults), and
     presence-only bindings wherever they come from."""
-    checked: set[Span] = set()
-    for vault in model.vaults.values():
-        seal = vault.seal
-        if seal is None:
-            continue
-        owner = f"vault `{vault.name.value}`"
-        if seal.attestation is None and seal.span is not None and seal.span not in checked:
-            checked.add(seal.span)
-            yield from check_pcr_list(owner, seal.pcrs, seal.span)
+    sealed = [vault for vault in model.vaults.values() if vault.seal is not None]
+    for setting in model.settings(lambda vault: vault.seal.span, sealed):
+        vault, seal = setting.vaults[0], setting.vaults[0].seal
+        if seal.attestation is None and seal.span is not None:
+            yield from check_pcr_list(setting.owner, seal.pcrs, seal.span, setting.notes)
         unknown_attestation = seal.attestation is not None and seal.attestation.value not in model.attestations
         if not seal.pcrs and not unknown_attestation:
             via = f" through attestation `{seal.attestation.value}`" if seal.attestation else ""
+            sealed_how = f"`defaults` seals{via}" if setting.in_defaults else f"vault `{vault.name.value}` is sealed{via}"
             yield error(
                 codes.PRESENCE_ONLY,
-                f"{owner} is sealed{via} to no PCRs: presence-only binding",
+                f"{sealed_how} to no PCRs: presence-only binding",
                 first_span(seal.span, vault.name.span, model.attestations[seal.attestation.value].name.span if seal.attestation else None),
                 "any boot of this TPM could unseal the key; list PCRs such as 0, 4, 7",
+                notes=setting.notes,
             )
 
 

@@ -78,6 +78,37 @@ def test_json_that_is_not_ours_is_named_json(tmp_path):
     assert f"`{other}` is not a policy: it is JSON that is neither a key, a plan nor a trust root\n" in err
 
 
+STRAY_BRACE = "{\nvault a { limit 16MiB }\napp b { vault nosuch }\n"
+
+
+@pytest.mark.parametrize("name", ["t.vpol", "policy.txt"])
+def test_a_policy_with_a_stray_leading_brace_is_checked_as_a_policy(tmp_path, name):
+    """It was "`t.vpol` is not a policy: it is not a key file" (VP0022), and nothing else was checked:
+    a leading `{` was taken for JSON. Only a JSON document is; the brace is an error like any other."""
+    policy = tmp_path / name
+    policy.write_text(STRAY_BRACE)
+    code, out, _ = _run("check", "--format", "json", policy)
+    found = [(d["code"], d["span"]["line"], d["span"]["column"]) for d in json.loads(out)["diagnostics"]]
+    assert (code, found) == (status_codes.ERROR, [(syntax_codes.UNEXPECTED_TOKEN, 1, 1), ("VP0101", 3, 15)])
+
+
+def test_diff_reads_a_vpol_with_a_stray_leading_brace_as_a_policy(tmp_path):
+    policy = tmp_path / "t.vpol"
+    policy.write_text(STRAY_BRACE)
+    code, _, err = _run("diff", policy, policy)
+    assert code == status_codes.ERROR and "not a plan" not in err
+    assert f"error[{syntax_codes.UNEXPECTED_TOKEN}]: unexpected `{{`\n  --> {policy}:1:1\n" in err
+
+
+def test_a_json_document_named_vpol_is_still_named_for_what_it_is(artefacts, tmp_path):
+    plan, _ = artefacts["plan"]
+    named = tmp_path / "plan.vpol"
+    named.write_bytes(plan.read_bytes())
+    code, _, err = _run("check", named)
+    assert code == status_codes.ERROR and err.count("error[") == 1
+    assert f"`{named}` is not a policy: it is an unsigned plan" in err
+
+
 def test_a_long_source_line_is_cut_around_the_span():
     line = "x" * 5000 + "@" + "y" * 5000
     span = Span(file="f", line=1, column=5001, end_line=1, end_column=5002, start_pos=5000, end_pos=5001)

@@ -239,6 +239,26 @@ def test_prev_refuses_a_new_encryption_for_a_vault_the_previous_plan_protects(cl
     assert cli("compile", "v2.vpol", "--plan-version", "2", "-o", "v2.json")[0] == 0  # only the chain forbids it
 
 
+def test_prev_reports_a_setting_of_defaults_once_for_every_protected_vault(cli, tmp_path, monkeypatch):
+    """`defaults { encryption adiantum }` gave one VP0606 per vault the previous plan protected, each
+    saying the vault changes what only `defaults` says."""
+    monkeypatch.chdir(tmp_path)
+    Path("v1.vpol").write_text(PROTECTED_DATA)
+    assert cli("compile", "v1.vpol", "--plan-version", "1", "-o", "v1.json")[0] == 0
+    Path("v2.vpol").write_text('defaults { encryption adiantum  on_remove destroy }\nvault config { on_remove retain }\n'
+                               'attestation boot { pcrs 0, 4, 7 }\nvault data { path "/persist/data"  limit 1GiB }\n')
+    code, _, err = cli("compile", "v2.vpol", "--prev", "v1.json", "-o", "v2.json")
+    assert code == 1 and err.count("error[") == 2, err
+    assert ("error[VP0602]: `defaults` says `on_remove destroy`, which a vault the previous plan protected inherits, "
+            "and the device keeps that protection\n  --> v2.vpol:1:33\n") in err
+    assert "  = note: inherited by vault `data`\n" in err
+    assert ("error[VP0606]: `defaults` says `encryption adiantum`, which vaults the previous plan protected inherit, "
+            "and the device keeps that protection\n  --> v2.vpol:1:12\n") in err
+    assert ("= help: a protected vault's data never migrates: keep `encryption aes-256-xts` in vault `config`, "
+            "`encryption aes-256-xts` in vault `data` (protection, once in a plan, stays)\n"
+            "  = note: inherited by vaults `config`, `data`\n") in err
+
+
 @pytest.mark.parametrize("bank, line", [("sha256", "abc"), ("sha256", "ab" * 20), ("sha1", "ab" * 32)])
 def test_an_allowed_value_of_the_wrong_length_for_its_bank_is_refused(cli, tmp_path, bank, line):
     """`abc` passed check and compile (only hex digits were checked); then plan show and sign refused the plan."""

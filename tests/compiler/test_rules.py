@@ -57,6 +57,7 @@ CASES = {
         [("VP0208", 3, 10)],
     ),
     "VP0208 a directory stored twice in one list": ('component c { stores "/persist/x", "/persist/x" }\n', [("VP0208", 1, 36)]),
+    "VP0209 a persist root of `/`": ('device { persist "/" }\n', [("VP0209", 1, 18)]),
     "VP0206 declared vault on a built-in path": ('vault a { path "/persist/vault/config" }\n', [("VP0206", 1, 16)]),
     "VP0206 declared vault covering a built-in": ('vault a { path "/persist/vault" }\n', [("VP0206", 1, 16), ("VP0206", 1, 16)]),
     # --- coverage
@@ -205,6 +206,47 @@ COVERAGE_MESSAGES = {
 def test_coverage_errors_name_the_component_or_app_and_the_vault(check_text, text, message):
     [diagnostic] = check_text(text)
     assert diagnostic.message == message
+
+
+IN_DEFAULTS = {
+    "VP0601": ('defaults { rotate every 1h }\nvault a { path "/persist/a" }\nvault b { path "/persist/b"  rotate every 2d }\n',
+               ("VP0601", 1, 12, "`defaults` rotates keys every 1h, more often than once a day"), "`config`, `images`, `a`"),
+    "VP0503": ("defaults { seal pcrs 0, 4, 5, 7 }\n",
+               ("VP0503", 1, 28, "`defaults` seals to PCR 5, which flips on every A/B update"), "`config`, `images`"),
+    "VP0507": ("defaults { seal pcrs 0, 7 }\n",
+               ("VP0507", 1, 12, "`defaults` does not seal to firmware PCR 4"), "`config`, `images`"),
+    "VP0506": ("attestation boot { bank sha256 }\nattestation other { pcrs 0, 4, 7 }\ndefaults { seal boot }\n",
+               ("VP0506", 3, 12, "`defaults` seals through attestation `boot` to no PCRs: presence-only binding"),
+               "`config`, `images`"),
+    "VP0602": ('defaults { on_remove destroy }\nvault d { path "/persist/d"  protected }\n',
+               ("VP0602", 1, 12, "`defaults` says `on_remove destroy`, which protected vaults inherit"), "`config`, `d`"),
+}
+
+
+@pytest.mark.parametrize("text,expected,vaults", IN_DEFAULTS.values(), ids=IN_DEFAULTS.keys())
+def test_a_setting_of_defaults_is_reported_once_as_the_defaults_setting(check_text, text, expected, vaults):
+    """`defaults { rotate every 1h }` was "vault `config` rotates its key every 1h", though every vault
+    that inherits it does; the PCR checks named `config` too. A vault stating its own is not listed."""
+    found = [d for d in check_text(text) if d.code == expected[0]]
+    assert [(d.code, d.span.line, d.span.column, d.message) for d in found] == [expected]
+    assert found[0].notes == (f"inherited by vaults {vaults}",)
+
+
+def test_the_note_on_a_setting_of_defaults_counts_what_it_does_not_name(check_text):
+    vaults = "".join(f'vault v{n} {{ path "/persist/v{n}" }}\n' for n in range(9))
+    [found] = check_text("defaults { rotate every 1h }\n" + vaults)
+    assert found.notes == ("inherited by vaults `config`, `images`, `v0`, `v1`, `v2`, `v3` and 5 more",)
+
+
+def test_encryption_none_in_defaults_says_so(check_text):
+    [found] = check_text("defaults { encryption none }\n")
+    assert (found.code, found.message) == ("VP0304", "`encryption none` in `defaults` leaves built-in vaults `config` "
+                                                     "and `images` unencrypted")
+
+
+def test_an_opt_out_of_a_vault_that_is_not_built_in_names_the_vault(check_text):
+    [found] = check_text('vault data { disabled "not needed" }\n')
+    assert (found.code, found.message) == ("VP0107", "vault `data` is not built in, so it cannot be opted out of")
 
 
 def test_unknown_vault_suggests_the_closest_name(check_text):

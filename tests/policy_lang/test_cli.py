@@ -175,6 +175,35 @@ def test_a_missing_allow_file_says_the_file_is_missing(lang, tmp_path):
     assert "= help: check the file name: it is relative to the policy file that names it" in err
 
 
+def test_a_file_named_twice_is_checked_once(lang, tmp_path, monkeypatch):
+    """`check kw.vpol kw.vpol` printed the error twice and ended "2 errors, 0 warnings in 1 file"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kw.vpol").write_text("vault a { limt 16MiB }\n")
+    code, _, err = lang.cli("check", "kw.vpol", "kw.vpol", "./kw.vpol", tmp_path / "kw.vpol")
+    assert code == 1 and err.count("error[VP0005]") == 1
+    assert err.endswith("check: 1 error, 0 warnings in 1 file\n")
+    code, out, _ = lang.cli("check", "--format", "json", "kw.vpol", "./kw.vpol")
+    report = json.loads(out)
+    assert (report["files"], report["errors"], len(report["diagnostics"])) == (["kw.vpol"], 1, 1)
+
+
+def test_an_error_in_a_file_two_named_files_include_is_reported_once(lang, tmp_path):
+    (tmp_path / "apps.vpol").write_text("app a { vault nosuch }\n")
+    (tmp_path / "main.vpol").write_text('include "apps.vpol"\n')
+    (tmp_path / "other.vpol").write_text('include "apps.vpol"\n')
+    code, _, err = lang.cli("check", tmp_path / "main.vpol", tmp_path / "other.vpol")
+    assert code == 1 and err.count("error[VP0101]") == 1 and err.endswith("check: 1 error, 0 warnings in 3 files\n")
+
+
+def test_check_counts_an_unreadable_file_it_names_as_in_its_json(lang, tmp_path, monkeypatch):
+    """The text summary said "in 0 files" where the JSON listed the file."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = lang.cli("check", "nonexist.vpol")
+    assert code == 1 and err.endswith("check: 1 error, 0 warnings in 1 file\n")
+    code, out, _ = lang.cli("check", "--format", "json", "nonexist.vpol")
+    assert (code, json.loads(out)["files"]) == (1, ["nonexist.vpol"])
+
+
 def test_check_counts_the_files_it_read(lang, tmp_path):
     """An 800-file include chain was checked "in 1 file"."""
     (tmp_path / "apps.vpol").write_text("app a { vault images }\n")
@@ -182,3 +211,5 @@ def test_check_counts_the_files_it_read(lang, tmp_path):
     (tmp_path / "other.vpol").write_text('include "apps.vpol"\n')
     code, out, _ = lang.cli("check", tmp_path / "main.vpol", tmp_path / "other.vpol")
     assert code == 0 and out == "check: 0 errors, 0 warnings in 3 files\n"
+    code, out, _ = lang.cli("check", "--format", "json", tmp_path / "main.vpol", tmp_path / "other.vpol")
+    assert json.loads(out)["files"] == [str(tmp_path / name) for name in ("main.vpol", "other.vpol", "apps.vpol")]

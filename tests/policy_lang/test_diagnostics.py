@@ -40,6 +40,9 @@ ONE_ERROR = [
     ("unterminated string", "vault v { path \"/persist }\n", "VP0002", 1, 16, 27, "close the string"),
     ("bad escape", "vault v { path \"/a\\qb\" }\n", "VP0003", 1, 19, 21, "valid escapes"),
     ("stray character", "vault v { limit 1MiB }\n@\n", "VP0001", 2, 1, 2, "policies contain"),
+    ("a letter that is not ASCII", "vault données { limit 16MiB }\n", "VP0001", 1, 11, 12,
+     "names are ASCII: letters `a`-`z` and `A`-`Z`, digits, `_` and `-`, starting with a letter or `_`"),
+    ("a name in another script", "app 应用 { }\n", "VP0001", 1, 5, 7, "names are ASCII"),
     ("end of file", "vault v { }\ninclude", "VP0007", 2, 8, 9, "expected a string"),
     ("setting given twice", "vault v {\n  limit 1MiB\n  limit 2MiB\n}\n", "VP0016", 3, 3, 13, "keep one"),
 ]
@@ -60,6 +63,30 @@ def test_a_block_after_a_missing_brace_on_the_same_line_still_parses(lang):
     policy, diags, _ = parse_partial('vault a { path "/persist/a" limit 16MiB vault b { path "/persist/b" }\n', "t.vpol")
     assert [d.code for d in diags] == ["VP0006"]
     assert [(v.name.value, v.path.value) for v in policy.items] == [("b", "/persist/b")]
+
+
+MISSPELT_AFTER_AN_UNCLOSED_BLOCK = {
+    "after a missing `}`": ("vault a {\n  limit 16MiB\nap b { vault a }\n",
+                            [("VP0006", 1, 9, "add `}` after line 2 to close this block"),
+                             ("VP0005", 3, 1, "did you mean `app`?")]),
+    "after an include": ('include "x.vpol"\nap b { vault a }\n', [("VP0005", 2, 1, "did you mean `app`?")]),
+    "a misspelt unnamed block": ("vault a {\n  limit 16MiB\ndefautls { rotate every 90d }\n",
+                                 [("VP0006", 1, 9, "add `}` after line 2 to close this block"),
+                                  ("VP0005", 3, 1, "did you mean `defaults`?")]),
+}
+
+
+@pytest.mark.parametrize("source,expected", MISSPELT_AFTER_AN_UNCLOSED_BLOCK.values(),
+                         ids=MISSPELT_AFTER_AN_UNCLOSED_BLOCK.keys())
+def test_a_misspelt_block_keyword_starts_a_block_of_its_own(lang, source, expected):
+    """`ap b {` was read as a setting of the block before it: VP0006 said to close that block after
+    `ap b`'s line, and VP0005 listed the vault's settings. A header, misspelt or not, starts an item."""
+    assert [(*lang.where(d), d.help) for d in lang.errors(source)] == expected
+
+
+def test_a_vault_named_like_a_misspelt_keyword_is_still_a_vault(lang):
+    policy = lang.parse_ok("vault devce { limit 16MiB }\napp ap { vault devce }\n")
+    assert [item.name.value for item in policy.items] == ["devce", "ap"]
 
 
 def _compile_errors(lang, source: str):
@@ -114,6 +141,41 @@ def test_several_broken_settings_in_one_block_each_report_once(lang):
     assert [lang.where(d) for d in errors] == [("VP0005", 2, 3), ("VP0004", 3, 8), ("VP0005", 4, 3)]
 
 
+NAMED_MESSAGES = [
+    ("vault config {\n  limit 16MiB\n", "VP0006", 1, 14, "unclosed `{` in `vault config`"),
+    ("device {\n  persist \"/persist\"\n", "VP0006", 1, 8, "unclosed `{` in `device`"),
+    ("vault v {\n  limit 1MiB\n  limit 2MiB\n}\n", "VP0016", 3, 3, "`limit` is set twice in `vault v`"),
+    ("defaults { rotate every 1d rotate every 2d }\n", "VP0016", 1, 28, "`rotate` is set twice in `defaults`"),
+    ("vault images {\n  limit 64Mib\n}\n", "VP0010", 2, 11, "unknown size unit `Mib` of `limit` in `vault images`"),
+    ("vault v { limit 16777216 }\n", "VP0010", 1, 17, "size `16777216` of `limit` in `vault v` has no unit"),
+    ("device { capacity 0B }\n", "VP0010", 1, 19, "size `0B` of `capacity` in `device` is zero"),
+    ("device { reserve 99999999999999999MiB }\n", "VP0010", 1, 18,
+     "size `99999999999999999MiB` of `reserve` in `device` is too large"),
+    ("vault config {\n  seal pcrs 0, 7, 24\n}\n", "VP0012", 2, 19,
+     "PCR index `24` of `seal pcrs` in `vault config` is out of range"),
+    ("attestation boot { pcrs 0, 24 }\n", "VP0012", 1, 28, "PCR index `24` of `pcrs` in `attestation boot` is out of range"),
+    ('attestation boot { pcrs 0  allow pcr 99 = "ab" }\n', "VP0012", 1, 38,
+     "PCR index `99` of `allow pcr` in `attestation boot` is out of range"),
+    ("defaults { rotate every 90days }\n", "VP0011", 1, 27, "unknown duration unit `days` of `rotate every` in `defaults`"),
+    ("attestation boot { nonce 32 bytes, valid 0m }\n", "VP0011", 1, 42, "duration `0m` of `valid` in `attestation boot` is zero"),
+    ("attestation boot { nonce 8 bytes }\n", "VP0013", 1, 26, "nonce size 8 bytes in `attestation boot` is outside 12–32"),
+    ("attestation boot { nonce 32KiB bytes }\n", "VP0015", 1, 26,
+     "nonce size `32KiB` in `attestation boot` is not a number of bytes"),
+    ("vault v { encryption aes-256-xtz }\n", "VP0014", 1, 22, "unknown value `aes-256-xtz` of `encryption` in `vault v`"),
+    ('vault images { disabled "  " }\n', "VP0018", 1, 25, "the reason for disabling `vault images` is empty"),
+    ('vault v { path "" }\n', "VP0023", 1, 16, "empty path in `vault v`"),
+    ('include ""\n', "VP0023", 1, 9, "empty path in `include`"),
+]
+
+
+@pytest.mark.parametrize("source,code,line,column,message", NAMED_MESSAGES, ids=[c[4] for c in NAMED_MESSAGES])
+def test_messages_name_the_setting_and_the_block(lang, source, code, line, column, message):
+    """`unclosed `{` in `vault` block`, `` `limit` is set twice in this block ``, `unknown size unit `Mib``:
+    which vault, which block, which setting was left to the source line."""
+    [d] = lang.errors(source)
+    assert (*lang.where(d), d.message) == (code, line, column, message)
+
+
 def test_a_broken_block_does_not_hide_the_next_one(lang):
     errors = lang.errors("vault a { limit }\nvault b { limit 5 }\napp c { vault }\n")
     assert [d.span.line for d in errors] == [1, 2, 3]
@@ -124,6 +186,22 @@ def test_messages_never_name_internal_tokens(lang):
     for text in texts:
         for internal in ("NAME", "STRING", "NUMBER", "LBRACE", "RBRACE", "$END", "Token"):
             assert internal not in text, text
+
+
+def test_carets_line_up_after_wide_characters(lang):
+    """After `应用应用` (two columns each in a terminal) the caret landed four columns left of `limt`.
+    The caret line is padded by display width; the reported column stays the character's."""
+    source = 'vault a { path "/persist/应用应用"; limt 16MiB }\n'
+    [d] = lang.errors(source)
+    assert lang.where(d) == ("VP0005", 1, 33)
+    shown, carets = render_text([d], {"t.vpol": source}).splitlines()[3:5]
+    assert shown == '1 | vault a { path "/persist/应用应用"; limt 16MiB }'
+    assert carets == "  | " + " " * 36 + "^^^^"
+
+
+def test_a_wide_character_gets_two_carets(lang):
+    [d] = lang.errors("app 应 { }\n")
+    assert render_text([d], {"t.vpol": "app 应 { }\n"}).splitlines()[4] == "  |     ^^"
 
 
 @pytest.mark.parametrize("case", ["unknown_keyword", "missing_brace", "bad_size"])

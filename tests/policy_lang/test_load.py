@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -34,6 +35,16 @@ def test_include_cycle_is_an_error_at_the_closing_include(tmp_path):
     [d] = result.diagnostics
     assert (d.code, d.span.file, d.span.line, d.span.column) == ("VP0021", str(tmp_path / "b.vpol"), 2, 9)
     assert "a.vpol -> " in d.message and "b.vpol" in d.message
+
+
+def test_an_include_cycle_hides_no_other_error(lang, tmp_path):
+    """Every file of a cycle is read, so what they declare is known: `nosuch` was left unreported, as
+    if the include that closes the cycle could have declared it."""
+    (tmp_path / "a.vpol").write_text('include "b.vpol"\n')
+    (tmp_path / "b.vpol").write_text('include "a.vpol"\napp x { vault nosuch }\n')
+    code, out, _ = lang.cli("check", "--format", "json", tmp_path / "a.vpol")
+    found = [(d["code"], d["span"]["line"], d["span"]["column"]) for d in json.loads(out)["diagnostics"]]
+    assert (code, found) == (1, [("VP0021", 1, 9), ("VP0101", 2, 15)])
 
 
 def test_missing_include_names_the_include(tmp_path):

@@ -13,6 +13,7 @@ from compiler.plan import Plan
 from compiler.render import render
 from compiler.source import load_policy, print_diagnostics
 from vaultpolicy import status_codes
+from vaultpolicy.encoding import is_json_document
 from vaultpolicy.errors import InputError
 
 _TEMPLATES = {"text": "diff.txt", "markdown": "diff.md", "html": "diff.html"}
@@ -32,7 +33,9 @@ def add_arguments(parser, key) -> None:
 def _plan_file(path: str) -> Plan | None:
     """The plan of a plan or signed plan file; None for a policy."""
     data = read_input(path, "input")
-    if data.lstrip()[:1] in (b"{", b"["):  # JSON, even when broken: a policy never starts so
+    # A JSON document is a plan; so is broken JSON (its error says where it breaks), unless it is a
+    # `.vpol` file: that is a policy whose first character is a stray `{` or `[`.
+    if data.lstrip()[:1] in (b"{", b"[") and (not path.endswith(".vpol") or is_json_document(data)):
         return load_plan(plan_payload(data, path), path)
     return None
 
