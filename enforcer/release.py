@@ -5,12 +5,15 @@ storage primary the enforcer seals under; see controller/release.py for why): a 
 authPolicy is PolicyPCR over the PCR values the controller verified in the device's quote.
 `open_release` imports it (TPM2_Import: only this TPM opens the outer wrapper) and unseals it in a
 PolicyPCR session, so the TPM itself refuses the release in any other PCR state, to this software and
-to anyone with root alike. `unlock_released` is the hook `device unlock --release FILE` calls: for
-each released vault it re-seals the key to the current PCRs, which must still be the verified values
-(so the next boot unlocks locally, and only in that state), adds it to the kernel, checks the kernel's
-key identifier is the one recorded for the vault (a wrong key never replaces a vault) and writes the new
-sealed blob atomically. It records how the vault was unlocked for the drift report and clears the
-vault's refused-unlock condition.
+to anyone with root alike. The wrapper covers the key, not the entry's `vault` and `key_identifier`
+labels, so `open_release` also computes each key's identifier and refuses a file in which one is not
+the identifier its entry names, before any key reaches the kernel (where another vault's key would
+join the claim that vault has, and a removal would lock it). `unlock_released` is the hook `device
+unlock --release FILE` calls: for each released vault it checks the key is the one the vault was
+created with, re-seals it to the current PCRs, which must still be the verified values (so the next
+boot unlocks locally, and only in that state), adds it to the kernel and writes the new sealed blob
+atomically. It records how the vault was unlocked for the drift report and clears the vault's
+refused-unlock condition.
 
 Release file JSON: see `Release` (`format` = "vaultpolicy.release.v2").
 """
@@ -20,13 +23,14 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import rfc8785
 
 from compiler.plan import Plan, format_time
+from enforcer import fscrypt
 from enforcer.attest import AttestationTpm
 from enforcer.escrow import b64, load_json_object, require_str, unb64
 from enforcer.state import StateDir
@@ -52,6 +56,7 @@ class Release:
     bank: str
     pcrs: dict[int, bytes]  # the values the controller verified: what the keys unseal under
     keys: tuple[ReleasedKey, ...]
+    source: str = field(default="release file", compare=False)  # the file it was read from, for messages
 
     def to_bytes(self) -> bytes:
         return rfc8785.dumps(
@@ -91,17 +96,29 @@ class Release:
             keys.append(ReleasedKey(require_str(entry, "vault", source), key_identifier,
                                     *(unb64(entry.get(name), name, source) for name in ("public", "duplicate", "seed"))))
         return cls(require_str(obj, "device_id", source), require_str(obj, "quote_sha256", source),
-                   require_str(obj, "bank", source), values, tuple(keys))
+                   require_str(obj, "bank", source), values, tuple(keys), source)
 
 
 def open_release(tcti: str, release: Release, device_id: str) -> dict[str, tuple[bytes, bytearray]]:
     """vault -> (key identifier, raw key). Only this device's TPM, in the PCR state the controller
-    verified, can open it; any change to the file fails."""
+    verified, can open it; any change to the file fails: to what the TPM wraps in the TPM, to an
+    entry's labels here."""
     if release.device_id != device_id:
         raise DeviceError(f"release file is for device `{release.device_id}`, this is `{device_id}`")
     with AttestationTpm(tcti) as tpm:
         raws = tpm.unseal_released({k.vault: (k.public, k.duplicate, k.seed) for k in release.keys},
                                    release.bank, release.pcrs)
+    try:
+        for entry in release.keys:
+            identifier = fscrypt.key_identifier(raws[entry.vault])
+            if not hmac.compare_digest(identifier, entry.key_identifier):
+                raise InputError(f"{release.source}: the key released for vault `{entry.vault}` is not the key its "
+                                 f"entry names ({entry.key_identifier.hex()}) but {identifier.hex()}; nothing was "
+                                 "unlocked", hint="the release file was altered: ask the controller for a new one")
+    except BaseException:
+        for raw in raws.values():
+            raw[:] = bytes(len(raw))
+        raise
     return {k.vault: (k.key_identifier, raws[k.vault]) for k in release.keys}
 
 
@@ -159,7 +176,6 @@ def unlock_released(
     A reboot may have left a vault's image unmounted: the enforcer's own MOUNT_STORAGE steps run first,
     so the key goes into the vault's filesystem, not the one underneath.
     """
-    from enforcer import fscrypt
     from enforcer.apply import Applier
     from enforcer.observe import host_path
     from enforcer.reconcile import Action, reconcile
@@ -198,11 +214,7 @@ def unlock_released(
                 if moved:
                     raise DeviceError(f"PCR {blob.bank}:{','.join(map(str, moved))} changed after the release opened; "
                                       "the key is not re-sealed to an unverified state", vault=name)
-                mountpoint = fscrypt.mountpoint_of(str(path))
-                added = fscrypt.add_key(mountpoint, raw)
-                if not hmac.compare_digest(added, key_identifier):
-                    fscrypt.remove_key(mountpoint, added)
-                    raise DeviceError("the kernel derived another key identifier from the released key", vault=name)
+                fscrypt.add_key(fscrypt.mountpoint_of(str(path)), raw)  # `open_release` checked its identifier
                 state.save_sealed(name, blob.to_json(), key_identifier)
                 record_unlock(state, name, "controller-release", now)
                 state.clear_condition(f"vault/{name}")  # the refused boot unlock is resolved
@@ -217,7 +229,6 @@ def _created_with(state: StateDir, name: str, path: Path) -> bytes | None:
     """The identifier of the key the vault was created with: its sealed record's, or, when that record
     is damaged, the one the vault directory's fscrypt policy names (what the kernel says its files are
     under)."""
-    from enforcer import fscrypt
     from enforcer.state import StateCorrupt
 
     try:
