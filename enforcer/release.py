@@ -23,13 +23,14 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import rfc8785
 
-from compiler.plan import Plan, format_time
+from compiler.plan import BANK_DIGEST_BYTES, MAX_PCR, Plan, format_time
 from enforcer import fscrypt
 from enforcer.attest import AttestationTpm
 from enforcer.escrow import b64, load_json_object, require_str, unb64
@@ -75,49 +76,75 @@ class Release:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "release") -> "Release":
+    def from_bytes(cls, data: bytes, source: str = "release file") -> "Release":
+        """Every field checked here, so a bad file is refused, naming the field, before anything opens
+        the TPM or changes the device."""
         obj = load_json_object(data, source, RELEASE_FORMAT)
-        entries = obj.get("keys")
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise InputError(f"{source}: field `keys` must be a list of objects")
+        bank = require_str(obj, "bank", source)
+        if bank not in BANK_DIGEST_BYTES:
+            raise InputError(f"{source}: field `bank` is `{bank}`, not a PCR bank ({', '.join(BANK_DIGEST_BYTES)})")
         pcrs = obj.get("pcrs")
-        if not isinstance(pcrs, dict) or not pcrs or not all(isinstance(k, str) and k.isdigit() for k in pcrs):
+        if not isinstance(pcrs, dict) or not pcrs:
             raise InputError(f"{source}: field `pcrs` must map PCR indexes to hex values")
-        try:
-            values = {int(k): bytes.fromhex(v) for k, v in pcrs.items()}
-        except (TypeError, ValueError):
-            raise InputError(f"{source}: a value of `pcrs` is not hex") from None
-        keys = []
+        values = {}
+        for index, value in pcrs.items():
+            # canonical decimal only: "07" beside "7" would name one PCR twice
+            if not re.fullmatch(r"0|[1-9][0-9]?", index) or int(index) > MAX_PCR:
+                raise InputError(f"{source}: field `pcrs` names PCR `{index}`; PCRs are 0 to {MAX_PCR}")
+            try:
+                values[int(index)] = bytes.fromhex(value)
+            except (TypeError, ValueError):
+                raise InputError(f"{source}: PCR {index} of field `pcrs` is not hex") from None
+            if len(values[int(index)]) != BANK_DIGEST_BYTES[bank]:
+                raise InputError(f"{source}: PCR {index} of field `pcrs` has {len(values[int(index)])} bytes; a {bank} "
+                                 f"value has {BANK_DIGEST_BYTES[bank]}")
+        entries = obj.get("keys")
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise InputError(f"{source}: field `keys` must be a non-empty list of objects")
+        keys: list[ReleasedKey] = []
         for entry in entries:
+            vault = require_str(entry, "vault", source)
+            if any(k.vault == vault for k in keys):
+                raise InputError(f"{source}: vault `{vault}` is released twice")
             try:
                 key_identifier = bytes.fromhex(require_str(entry, "key_identifier", source))
             except ValueError:
-                raise InputError(f"{source}: a `key_identifier` is not hex") from None
-            keys.append(ReleasedKey(require_str(entry, "vault", source), key_identifier,
+                raise InputError(f"{source}: the `key_identifier` of vault `{vault}` is not hex") from None
+            if len(key_identifier) != fscrypt.KEY_IDENTIFIER_SIZE:
+                raise InputError(f"{source}: the `key_identifier` of vault `{vault}` has {len(key_identifier)} bytes; "
+                                 f"a key identifier has {fscrypt.KEY_IDENTIFIER_SIZE}")
+            keys.append(ReleasedKey(vault, key_identifier,
                                     *(unb64(entry.get(name), name, source) for name in ("public", "duplicate", "seed"))))
-        return cls(require_str(obj, "device_id", source), require_str(obj, "quote_sha256", source),
-                   require_str(obj, "bank", source), values, tuple(keys), source)
+        return cls(require_str(obj, "device_id", source), require_str(obj, "quote_sha256", source), bank, values,
+                   tuple(keys), source)
+
+    def require_device(self, device_id: str) -> None:
+        if self.device_id != device_id:
+            raise DeviceError(f"{self.source} is for device `{self.device_id}`, this is `{device_id}`")
 
 
 def open_release(tcti: str, release: Release, device_id: str) -> dict[str, tuple[bytes, bytearray]]:
     """vault -> (key identifier, raw key). Only this device's TPM, in the PCR state the controller
     verified, can open it; any change to the file fails: to what the TPM wraps in the TPM, to an
     entry's labels here."""
-    if release.device_id != device_id:
-        raise DeviceError(f"release file is for device `{release.device_id}`, this is `{device_id}`")
+    release.require_device(device_id)
     with AttestationTpm(tcti) as tpm:
         raws = tpm.unseal_released({k.vault: (k.public, k.duplicate, k.seed) for k in release.keys},
                                    release.bank, release.pcrs)
     try:
         for entry in release.keys:
-            identifier = fscrypt.key_identifier(raws[entry.vault])
+            raw = raws[entry.vault]
+            if len(raw) != fscrypt.RAW_KEY_SIZE:  # what the wrapper holds is only known once unsealed
+                raise InputError(f"{release.source}: the key released for vault `{entry.vault}` has {len(raw)} bytes, "
+                                 f"an fscrypt key has {fscrypt.RAW_KEY_SIZE}: nothing was unlocked")
+            identifier = fscrypt.key_identifier(raw)
             if not hmac.compare_digest(identifier, entry.key_identifier):
                 raise InputError(f"{release.source}: the key released for vault `{entry.vault}` is not the key its "
                                  f"entry names ({entry.key_identifier.hex()}) but {identifier.hex()}; nothing was "
                                  "unlocked", hint="the release file was altered: ask the controller for a new one")
     except BaseException:
-        for raw in raws.values():
-            raw[:] = bytes(len(raw))
+        for key in raws.values():
+            key[:] = bytes(len(key))
         raise
     return {k.vault: (k.key_identifier, raws[k.vault]) for k in release.keys}
 

@@ -378,23 +378,25 @@ def _status(args, state, root) -> int:
 
 
 def _unlock(args, state, root) -> int:
+    from enforcer.attest import resolve_device_id
+    from enforcer.release import Release, unlock_released
     from enforcer.rotate import Rotator
     from enforcer.unlock import VaultResult, unlock_all
 
+    release = device_id = None
+    if args.release:  # read and checked before anything: a bad file changes nothing and opens no TPM
+        release = Release.from_bytes(_read(args.release, "release file"), args.release)
+        device_id = resolve_device_id(args.device_id, state.root)
+        release.require_device(device_id)
     plan = _applied(args, state)
     now = datetime.now(timezone.utc)
     with _tpm(args, state) as tpm:  # one connection: a boot unlock's fixed cost is mostly TPM round trips
         tpm.flush_leftovers()
         recovered = Rotator(plan, state, root, tpm, now).recover()  # a rotation or re-encryption cut by power loss
-        if not args.release:
+        if release is None:
             results = unlock_all(plan, state, root, tpm, now)
-    if args.release:  # its own connections (the attestation key's too), after this one closed
-        from enforcer.attest import resolve_device_id
-        from enforcer.release import Release, unlock_released
-
-        release = Release.from_bytes(_read(args.release, "release file"), args.release)
-        unlocked = unlock_released(state, plan, root, _tcti(args, state), release,
-                                   resolve_device_id(args.device_id, state.root), now)
+    if release is not None:  # its own connections (the attestation key's too), after this one closed
+        unlocked = unlock_released(state, plan, root, _tcti(args, state), release, device_id, now)
         results = [VaultResult(name, "unlocked", "controller-release", "re-sealed to the current PCRs")
                    for name in unlocked]
     return _results(args, "unlock", results, ok=("unlocked", "already-unlocked", "unencrypted"), recovered=recovered)
