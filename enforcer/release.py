@@ -30,7 +30,7 @@ from pathlib import Path
 
 import rfc8785
 
-from compiler.plan import BANK_DIGEST_BYTES, MAX_PCR, Plan, format_time
+from compiler.plan import BANK_DIGEST_BYTES, MAX_PCR, Plan, format_time, parse_time
 from enforcer import fscrypt
 from enforcer.attest import AttestationTpm
 from enforcer.escrow import b64, load_json_object, require_str, unb64
@@ -182,14 +182,33 @@ def record_unlock(state: StateDir, vault: str, method: str, now: datetime) -> No
 
 
 def last_unlocks(state: StateDir) -> dict[str, dict]:
-    """vault -> {"method", "at"}; a missing or unreadable record only loses history."""
+    """vault -> {"method", "at"}; a missing or unreadable record only loses history. A torn one (a crash,
+    or a write beside this read) is skipped; one that reads but is not a record was written by someone
+    else, so it is a warning naming the file (`state.warnings`), and skipped too."""
     records = {}
     for path in sorted(_unlock_record_dir(state).glob("*.json")):
         try:
-            records[path.stem] = json.loads(path.read_bytes())
+            record = json.loads(path.read_bytes())
         except (OSError, ValueError):
             continue
+        if _is_unlock_record(record):
+            records[path.stem] = record
+        else:
+            state.warnings.append(f"state file {path} is not a record of how the vault was last unlocked (an object "
+                                  f"with a `method` of {', '.join(UNLOCK_METHODS)} and an RFC 3339 `at`); "
+                                  "read as no record")
     return records
+
+
+def _is_unlock_record(record: object) -> bool:
+    """What `record_unlock` writes."""
+    if not isinstance(record, dict) or set(record) != {"method", "at"} or record["method"] not in UNLOCK_METHODS:
+        return False
+    try:
+        parse_time(record["at"])
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 # --- unlock with released keys -----------------------------------------------------------------------
