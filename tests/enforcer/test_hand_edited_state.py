@@ -1,6 +1,7 @@
-"""History in the state dir edited by hand: a last-unlock record of the wrong shape was an internal
-error (exit 70) in `device report`. It only loses history, so the command goes on with a warning naming
-the file (real swtpm, loop-mounted ext4, the real CLI)."""
+"""History in the state dir edited by hand: a last-unlock record of the wrong shape and a sealed
+record's `rotated_at` that is no time were internal errors (exit 70) in `device report` and `device
+rotate --due-only`. Each only loses history, so the command goes on with a warning naming the file
+(real swtpm, loop-mounted ext4, the real CLI)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import pytest
 
 from enforcer.report import split_signed_report
+from enforcer.state import StateDir
 from vp_helpers import make_plan, vault
 
 pytestmark = pytest.mark.device
@@ -36,3 +38,21 @@ def test_a_last_unlock_record_of_another_shape_is_a_warning(device):
         assert vaults["config"]["last_unlock"] == {"method": "none", "at": None}
         assert vaults["notes"]["last_unlock"]["method"] == "tpm-sealed", "the other record is read"
 
+
+def test_a_rotated_at_that_is_no_time_is_a_warning_and_the_key_counts_as_due(device):
+    assert device.apply(PLAN).returncode == 0
+    state = StateDir(device.state)
+    path = state.sealed_path("config")
+    sealed = json.loads(path.read_bytes())
+    warning = f"warning: the sealed key record {path} has a `rotated_at` that is not an RFC 3339 UTC time"
+    for rotated_at in ("yesterday", 5):
+        path.write_text(json.dumps({**sealed, "rotated_at": rotated_at}))
+        vaults, err = report(device)
+        assert warning in err, err
+        assert vaults["config"]["rotation"] == {"last_rotated": None, "rotate_seconds": 90 * 86400, "overdue": None}
+
+    rotated = device.cli("device", "rotate", "--due-only")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert warning in rotated.stderr and "vault config: rotated" in rotated.stdout, rotated.stdout
+    assert "vault notes: not-due" in rotated.stdout
+    assert "rotated_at" in state.sealed("config") and not state.warnings, "the new key's time is recorded"
