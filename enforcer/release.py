@@ -92,12 +92,13 @@ class Release:
             if not re.fullmatch(r"0|[1-9][0-9]?", index) or int(index) > MAX_PCR:
                 raise InputError(f"{source}: field `pcrs` names PCR `{index}`; PCRs are 0 to {MAX_PCR}")
             try:
-                values[int(index)] = bytes.fromhex(value)
+                digest = bytes.fromhex(value)
             except (TypeError, ValueError):
                 raise InputError(f"{source}: PCR {index} of field `pcrs` is not hex") from None
-            if len(values[int(index)]) != BANK_DIGEST_BYTES[bank]:
-                raise InputError(f"{source}: PCR {index} of field `pcrs` has {len(values[int(index)])} bytes; a {bank} "
-                                 f"value has {BANK_DIGEST_BYTES[bank]}")
+            if len(digest) != BANK_DIGEST_BYTES[bank]:
+                raise InputError(f"{source}: PCR {index} of field `pcrs` has {len(digest)} bytes; a {bank} value has "
+                                 f"{BANK_DIGEST_BYTES[bank]}")
+            values[int(index)] = digest
         entries = obj.get("keys")
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             raise InputError(f"{source}: field `keys` must be a non-empty list of objects")
@@ -183,8 +184,8 @@ def record_unlock(state: StateDir, vault: str, method: str, now: datetime) -> No
 
 def last_unlocks(state: StateDir) -> dict[str, dict]:
     """vault -> {"method", "at"}; a missing or unreadable record only loses history. A torn one (a crash,
-    or a write beside this read) is skipped; one that reads but is not a record was written by someone
-    else, so it is a warning naming the file (`state.warnings`), and skipped too."""
+    or a read while it is written) is skipped; one that reads but is not what `record_unlock` writes was
+    written by someone else, so it is skipped with a warning naming the file (`state.warnings`)."""
     records = {}
     for path in sorted(_unlock_record_dir(state).glob("*.json")):
         try:
