@@ -133,7 +133,8 @@ def _escrowed_key(store: Store, device_id: str, vault: str, escrow_private: X255
         except EscrowError as exc:
             why.append(exc.message)
             continue
-        if hmac.compare_digest(fscrypt.key_identifier(raw), blob.key_identifier):
+        # a key of another length is no fscrypt key (and has no identifier): passed over like a wrong one
+        if len(raw) == fscrypt.RAW_KEY_SIZE and hmac.compare_digest(fscrypt.key_identifier(raw), blob.key_identifier):
             return blob, raw
         raw[:] = bytes(len(raw))
         why.append(f"escrow blob for vault `{vault}` holds a key other than `{blob.key_identifier.hex()}`")

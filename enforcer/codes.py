@@ -188,8 +188,17 @@ _code("VP1206", "state-damaged", "a state file of the vault is damaged",
       "The vault's sealed key record (`STATE/sealed/<vault>.json`) or vault record (`STATE/vaults/<vault>.json`) "
       "is not readable. `device unlock` and `device lock` go on with every other vault and report this one "
       "failed, naming the file; `lock` still removes the key the vault's directory is encrypted under. Restore "
-      "the file from a backup, or have the controller release the escrowed key (`device unlock --release`).",
+      "the file from a backup, or have the controller release the escrowed key (`device unlock --release`). "
+      "So is the record of an interrupted rotation (`STATE/rotating/<vault>.json`): `unlock`, `apply` and "
+      "`rotate` leave that vault, its partial copy and the record as they are and go on with every other vault.",
       "echo '{' > /var/lib/vaultpolicy/sealed/notes.json; vaultpolicy device unlock   # notes failed")
+_code("VP1207", "recovery-failed", "an interrupted rotation could be neither finished nor undone",
+      "`device unlock`, `apply` and `rotate` first finish or undo a rotation or re-encryption a crash cut "
+      "short. When that fails for a vault (its new key no longer unseals: a PCR changed since the crash), the "
+      "vault is left as it is, with its pending record (`STATE/rotating/<vault>.json`) and partial copy, and "
+      "reported failed; every other vault goes on. Boot the state the new key was sealed in, or recover by "
+      "hand, and run the command again.",
+      "device rotate killed, then a firmware update changes PCR 7; device unlock   # the vault failed, others unlocked")
 
 # --- VP1019-VP1022: plans the host cannot carry out, refused before anything changes (enforcer/preflight.py)
 _code("VP1019", "persist-missing", "the persist partition is not there",

@@ -5,12 +5,15 @@ storage primary the enforcer seals under; see controller/release.py for why): a 
 authPolicy is PolicyPCR over the PCR values the controller verified in the device's quote.
 `open_release` imports it (TPM2_Import: only this TPM opens the outer wrapper) and unseals it in a
 PolicyPCR session, so the TPM itself refuses the release in any other PCR state, to this software and
-to anyone with root alike. `unlock_released` is the hook `device unlock --release FILE` calls: for
-each released vault it re-seals the key to the current PCRs, which must still be the verified values
-(so the next boot unlocks locally, and only in that state), adds it to the kernel, checks the kernel's
-key identifier is the one recorded for the vault (a wrong key never replaces a vault) and writes the new
-sealed blob atomically. It records how the vault was unlocked for the drift report and clears the
-vault's refused-unlock condition.
+to anyone with root alike. The wrapper covers the key, not the entry's `vault` and `key_identifier`
+labels, so `open_release` also computes each key's identifier and refuses a file in which one is not
+the identifier its entry names, before any key reaches the kernel (where another vault's key would
+join the claim that vault has, and a removal would lock it). `unlock_released` is the hook `device
+unlock --release FILE` calls: for each released vault it checks the key is the one the vault was
+created with, re-seals it to the current PCRs, which must still be the verified values (so the next
+boot unlocks locally, and only in that state), adds it to the kernel and writes the new sealed blob
+atomically. It records how the vault was unlocked for the drift report and clears the vault's
+refused-unlock condition.
 
 Release file JSON: see `Release` (`format` = "vaultpolicy.release.v2").
 """
@@ -20,13 +23,15 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import rfc8785
 
-from compiler.plan import Plan, format_time
+from compiler.plan import BANK_DIGEST_BYTES, MAX_PCR, Plan, format_time, parse_time
+from enforcer import fscrypt
 from enforcer.attest import AttestationTpm
 from enforcer.escrow import b64, load_json_object, require_str, unb64
 from enforcer.state import StateDir
@@ -52,6 +57,7 @@ class Release:
     bank: str
     pcrs: dict[int, bytes]  # the values the controller verified: what the keys unseal under
     keys: tuple[ReleasedKey, ...]
+    source: str = field(default="release file", compare=False)  # the file it was read from, for messages
 
     def to_bytes(self) -> bytes:
         return rfc8785.dumps(
@@ -70,38 +76,77 @@ class Release:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "release") -> "Release":
+    def from_bytes(cls, data: bytes, source: str = "release file") -> "Release":
+        """Every field checked here, so a bad file is refused, naming the field, before anything opens
+        the TPM or changes the device."""
         obj = load_json_object(data, source, RELEASE_FORMAT)
-        entries = obj.get("keys")
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise InputError(f"{source}: field `keys` must be a list of objects")
+        bank = require_str(obj, "bank", source)
+        if bank not in BANK_DIGEST_BYTES:
+            raise InputError(f"{source}: field `bank` is `{bank}`, not a PCR bank ({', '.join(BANK_DIGEST_BYTES)})")
         pcrs = obj.get("pcrs")
-        if not isinstance(pcrs, dict) or not pcrs or not all(isinstance(k, str) and k.isdigit() for k in pcrs):
+        if not isinstance(pcrs, dict) or not pcrs:
             raise InputError(f"{source}: field `pcrs` must map PCR indexes to hex values")
-        try:
-            values = {int(k): bytes.fromhex(v) for k, v in pcrs.items()}
-        except (TypeError, ValueError):
-            raise InputError(f"{source}: a value of `pcrs` is not hex") from None
-        keys = []
+        values = {}
+        for index, value in pcrs.items():
+            # canonical decimal only: "07" beside "7" would name one PCR twice
+            if not re.fullmatch(r"0|[1-9][0-9]?", index) or int(index) > MAX_PCR:
+                raise InputError(f"{source}: field `pcrs` names PCR `{index}`; PCRs are 0 to {MAX_PCR}")
+            try:
+                digest = bytes.fromhex(value)
+            except (TypeError, ValueError):
+                raise InputError(f"{source}: PCR {index} of field `pcrs` is not hex") from None
+            if len(digest) != BANK_DIGEST_BYTES[bank]:
+                raise InputError(f"{source}: PCR {index} of field `pcrs` has {len(digest)} bytes; a {bank} value has "
+                                 f"{BANK_DIGEST_BYTES[bank]}")
+            values[int(index)] = digest
+        entries = obj.get("keys")
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise InputError(f"{source}: field `keys` must be a non-empty list of objects")
+        keys: list[ReleasedKey] = []
         for entry in entries:
+            vault = require_str(entry, "vault", source)
+            if any(k.vault == vault for k in keys):
+                raise InputError(f"{source}: vault `{vault}` is released twice")
             try:
                 key_identifier = bytes.fromhex(require_str(entry, "key_identifier", source))
             except ValueError:
-                raise InputError(f"{source}: a `key_identifier` is not hex") from None
-            keys.append(ReleasedKey(require_str(entry, "vault", source), key_identifier,
+                raise InputError(f"{source}: the `key_identifier` of vault `{vault}` is not hex") from None
+            if len(key_identifier) != fscrypt.KEY_IDENTIFIER_SIZE:
+                raise InputError(f"{source}: the `key_identifier` of vault `{vault}` has {len(key_identifier)} bytes; "
+                                 f"a key identifier has {fscrypt.KEY_IDENTIFIER_SIZE}")
+            keys.append(ReleasedKey(vault, key_identifier,
                                     *(unb64(entry.get(name), name, source) for name in ("public", "duplicate", "seed"))))
-        return cls(require_str(obj, "device_id", source), require_str(obj, "quote_sha256", source),
-                   require_str(obj, "bank", source), values, tuple(keys))
+        return cls(require_str(obj, "device_id", source), require_str(obj, "quote_sha256", source), bank, values,
+                   tuple(keys), source)
+
+    def require_device(self, device_id: str) -> None:
+        if self.device_id != device_id:
+            raise DeviceError(f"{self.source} is for device `{self.device_id}`, this is `{device_id}`")
 
 
 def open_release(tcti: str, release: Release, device_id: str) -> dict[str, tuple[bytes, bytearray]]:
     """vault -> (key identifier, raw key). Only this device's TPM, in the PCR state the controller
-    verified, can open it; any change to the file fails."""
-    if release.device_id != device_id:
-        raise DeviceError(f"release file is for device `{release.device_id}`, this is `{device_id}`")
+    verified, can open it; any change to the file fails: to what the TPM wraps in the TPM, to an
+    entry's labels here."""
+    release.require_device(device_id)
     with AttestationTpm(tcti) as tpm:
         raws = tpm.unseal_released({k.vault: (k.public, k.duplicate, k.seed) for k in release.keys},
                                    release.bank, release.pcrs)
+    try:
+        for entry in release.keys:
+            raw = raws[entry.vault]
+            if len(raw) != fscrypt.RAW_KEY_SIZE:  # what the wrapper holds is only known once unsealed
+                raise InputError(f"{release.source}: the key released for vault `{entry.vault}` has {len(raw)} bytes, "
+                                 f"an fscrypt key has {fscrypt.RAW_KEY_SIZE}: nothing was unlocked")
+            identifier = fscrypt.key_identifier(raw)
+            if not hmac.compare_digest(identifier, entry.key_identifier):
+                raise InputError(f"{release.source}: the key released for vault `{entry.vault}` is not the key its "
+                                 f"entry names ({entry.key_identifier.hex()}) but {identifier.hex()}; nothing was "
+                                 "unlocked", hint="the release file was altered: ask the controller for a new one")
+    except BaseException:
+        for key in raws.values():
+            key[:] = bytes(len(key))
+        raise
     return {k.vault: (k.key_identifier, raws[k.vault]) for k in release.keys}
 
 
@@ -138,14 +183,33 @@ def record_unlock(state: StateDir, vault: str, method: str, now: datetime) -> No
 
 
 def last_unlocks(state: StateDir) -> dict[str, dict]:
-    """vault -> {"method", "at"}; a missing or unreadable record only loses history."""
+    """vault -> {"method", "at"}; a missing or unreadable record only loses history. A torn one (a crash,
+    or a read while it is written) is skipped; one that reads but is not what `record_unlock` writes was
+    written by someone else, so it is skipped with a warning naming the file (`state.warnings`)."""
     records = {}
     for path in sorted(_unlock_record_dir(state).glob("*.json")):
         try:
-            records[path.stem] = json.loads(path.read_bytes())
+            record = json.loads(path.read_bytes())
         except (OSError, ValueError):
             continue
+        if _is_unlock_record(record):
+            records[path.stem] = record
+        else:
+            state.warnings.append(f"state file {path} is not a record of how the vault was last unlocked (an object "
+                                  f"with a `method` of {', '.join(UNLOCK_METHODS)} and an RFC 3339 `at`); "
+                                  "read as no record")
     return records
+
+
+def _is_unlock_record(record: object) -> bool:
+    """What `record_unlock` writes."""
+    if not isinstance(record, dict) or set(record) != {"method", "at"} or record["method"] not in UNLOCK_METHODS:
+        return False
+    try:
+        parse_time(record["at"])
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 # --- unlock with released keys -----------------------------------------------------------------------
@@ -159,7 +223,6 @@ def unlock_released(
     A reboot may have left a vault's image unmounted: the enforcer's own MOUNT_STORAGE steps run first,
     so the key goes into the vault's filesystem, not the one underneath.
     """
-    from enforcer import fscrypt
     from enforcer.apply import Applier
     from enforcer.observe import host_path
     from enforcer.reconcile import Action, reconcile
@@ -198,11 +261,7 @@ def unlock_released(
                 if moved:
                     raise DeviceError(f"PCR {blob.bank}:{','.join(map(str, moved))} changed after the release opened; "
                                       "the key is not re-sealed to an unverified state", vault=name)
-                mountpoint = fscrypt.mountpoint_of(str(path))
-                added = fscrypt.add_key(mountpoint, raw)
-                if not hmac.compare_digest(added, key_identifier):
-                    fscrypt.remove_key(mountpoint, added)
-                    raise DeviceError("the kernel derived another key identifier from the released key", vault=name)
+                fscrypt.add_key(fscrypt.mountpoint_of(str(path)), raw)  # `open_release` checked its identifier
                 state.save_sealed(name, blob.to_json(), key_identifier)
                 record_unlock(state, name, "controller-release", now)
                 state.clear_condition(f"vault/{name}")  # the refused boot unlock is resolved
@@ -217,7 +276,6 @@ def _created_with(state: StateDir, name: str, path: Path) -> bytes | None:
     """The identifier of the key the vault was created with: its sealed record's, or, when that record
     is damaged, the one the vault directory's fscrypt policy names (what the kernel says its files are
     under)."""
-    from enforcer import fscrypt
     from enforcer.state import StateCorrupt
 
     try:

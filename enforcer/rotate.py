@@ -34,10 +34,12 @@ Crash recovery (`Rotator.recover`, run first by `device rotate`, `device apply` 
 a pending record means a rotation was interrupted. If the data directory is already encrypted under
 the pending key (for a decryption: has no policy), the swap happened: commit and erase are finished (roll forward). Otherwise the rotation is undone:
 the partial copy removed (deleting files needs no key), the new key removed from the kernel (when
-its identifier was not recorded yet, the blob is unsealed once to learn it), the image bound again,
+its identifier was not recorded yet, the blob is unsealed first to compute it), the image bound again,
 the pending record deleted. Every step is idempotent, so a crash during recovery converges too. No
 raw key is written at any point, and no plaintext unless the plan decrypts the vault: the copy is
-encrypted as it is written.
+encrypted as it is written. A recovery that can be neither (a damaged pending record, a new key that no
+longer unseals) fails its own vault only (`RecoveryFailed`): the record and the files it names are
+left for a person, and the commands go on with every other vault.
 
 Limits: a rotation copies the whole vault, so it needs that much free space on the vault's own
 filesystem and time proportional to its size; files written by apps during the copy of a vault
@@ -48,24 +50,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import get_args
 
-from compiler.plan import Plan, Vault, format_time, parse_time
+from compiler.plan import Encryption, Plan, Vault, format_time, parse_time
 from enforcer import blockdev, fscrypt
 from enforcer.apply import Applier, copy_needs, copy_tree, seal_new_key
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, layout
-from enforcer.state import StateDir, atomic_remove, atomic_write, exchange, fsync_dir
+from enforcer.reconcile import Problem, Reconciliation
+from enforcer.state import StateCorrupt, StateDir, atomic_remove, atomic_write, exchange, fsync_dir
 from vaultpolicy.errors import DeviceError, InputError
 
 ROTATING_DIR = "rotating"
 _NEW_SUFFIX = ".vp-rotate"
+_KEY_IDENTIFIER = re.compile(r"[0-9a-f]{32}")
+PENDING_DAMAGED_HINT = ("restore it from a backup: the vault's files and its partial copy (`*.vp-rotate`) are kept; "
+                        "until then this vault is left as it is and every other vault goes on")
+RECOVERY_FAILED_HINT = ("fix what stops it (a changed PCR: boot the state the new key was sealed in) and run the command "
+                        "again; until then this vault is left as it is and every other vault goes on")
 
 
 class RotationRefused(DeviceError):
@@ -75,6 +85,21 @@ class RotationRefused(DeviceError):
     def __init__(self, reason: str, message: str, **kwargs):
         super().__init__(message, **kwargs)
         self.reason = reason
+
+
+class RecoveryFailed(DeviceError):
+    """An interrupted rotation or re-encryption of the vault could be neither finished nor undone; its
+    pending record and the files it names are left as they are, for a person. `reason`: `state-damaged`
+    (the record cannot be read) or `recovery-failed` (reading or acting on it failed)."""
+
+    def __init__(self, reason: str, message: str, vault: str, hint: str):
+        super().__init__(message, vault=vault, hint=hint)
+        self.reason = reason
+
+    @property
+    def detail(self) -> str:
+        """The message without the vault's name, for a line that names it already."""
+        return self.message.removeprefix(f"vault `{self.vault}`: ")
 
 
 @dataclass(frozen=True)
@@ -286,54 +311,61 @@ class Rotator:
             key[:] = bytes(len(key))
 
     def _undo(self, name: str, where: _Where, pending: dict, verb: str) -> None:
+        new = pending["key_identifier"]
+        if new is None and pending["blob"] is not None:
+            # the key may have reached the kernel before its identifier was recorded; learnt before anything
+            # is removed, so a key that no longer unseals leaves the partial copy and the record as they were
+            new = self._identifier_of(pending)
         with self._step(f"{verb}-undo", name):
             if where.fresh.exists():  # the partial copy: unlinking needs no key
                 shutil.rmtree(where.fresh)
                 fsync_dir(where.fresh.parent)
-            new = pending.get("key_identifier")
-            if new is None and pending.get("blob") is not None:
-                # the key may have reached the kernel before its identifier was recorded
-                new = self._identifier_of(pending, where.key_home)
             if new is not None and fscrypt.key_status(where.key_home, bytes.fromhex(new)) is not KeyStatus.ABSENT:
                 fscrypt.remove_key(where.key_home, bytes.fromhex(new), all_users=True)
             self._bind(where)
             atomic_remove(pending_path(self.state, name))
 
-    def _identifier_of(self, pending: dict, key_home: str) -> str:
-        """The kernel's identifier for the pending key: add it (one more claim if already there), read it."""
+    def _identifier_of(self, pending: dict) -> str:
+        """The kernel's identifier for the pending key, computed from the unsealed key: nothing is added."""
         from enforcer.tpm import SealedBlob
 
         key = self.tpm.unseal(SealedBlob.from_json(json.dumps(pending["blob"])))
         try:
-            return fscrypt.add_key(key_home, key).hex()
+            return fscrypt.key_identifier(key).hex()
         finally:
             key[:] = bytes(len(key))
 
     # --- recovery --------------------------------------------------------------------------------
-    def recover(self) -> list[Recovered]:
-        """Finish (swapped) or undo (not swapped) every rotation or re-encryption a crash interrupted."""
+    def recover(self) -> tuple[list[Recovered], dict[str, RecoveryFailed]]:
+        """Finish (swapped) or undo (not swapped) every rotation or re-encryption a crash interrupted:
+        (what was recovered, vault -> why its recovery failed). A failure is its own vault's only, so a
+        damaged record or a key that no longer unseals does not stop every vault at boot."""
         directory = self.state.root / ROTATING_DIR
         names = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
-        recovered = []
+        recovered, failed = [], {}
         for name in names:
-            record = self.state.record(name)  # only its own record: a damaged other one is not this one's concern
-            if record is None:
-                raise DeviceError("an interrupted rotation is recorded for a vault the device does not manage",
-                                  vault=name)
-            where = self._where(name, record.path)
-            pending = _read_pending(self.state, name)
-            verb = "rotate" if pending.get("encryption", record.encryption) == record.encryption else "re-encrypt"
-            policy = fscrypt.get_policy(str(where.data)) if where.data.is_dir() else None
-            # swapped: the data directory is already what the new tree was made as
-            swapped = policy is None if pending["key_identifier"] is None else (
-                policy is not None and pending["key_identifier"] == policy.key_identifier.hex())
-            if swapped:
-                self._finish(name, where, pending, verb)
-            else:
-                self._undo(name, where, pending, verb)
-            recovered.append(Recovered(name, "rotation" if verb == "rotate" else "re-encryption",
-                                       "completed" if swapped else "undone"))
-        return recovered
+            try:
+                recovered.append(self._recover(name))
+            except (DeviceError, OSError) as exc:
+                failed[name] = _failed(name, directory / f"{name}.json", exc)
+        return recovered, failed
+
+    def _recover(self, name: str) -> Recovered:
+        record = self.state.record(name)  # only its own record: a damaged other one is not this one's concern
+        if record is None:
+            raise DeviceError("an interrupted rotation is recorded for a vault the device does not manage", vault=name)
+        pending = _read_pending(self.state, name)  # checked before anything is touched
+        where = self._where(name, record.path)
+        verb = "rotate" if pending.get("encryption", record.encryption) == record.encryption else "re-encrypt"
+        policy = fscrypt.get_policy(str(where.data)) if where.data.is_dir() else None
+        # swapped: the data directory is already what the new tree was made as
+        swapped = policy is None if pending["key_identifier"] is None else (
+            policy is not None and pending["key_identifier"] == policy.key_identifier.hex())
+        if swapped:
+            self._finish(name, where, pending, verb)
+        else:
+            self._undo(name, where, pending, verb)
+        return Recovered(name, "rotation" if verb == "rotate" else "re-encryption", "completed" if swapped else "undone")
 
     # --- layout ----------------------------------------------------------------------------------
     def _where(self, name: str, plan_path: str) -> _Where:
@@ -354,12 +386,17 @@ class Rotator:
             blockdev.attach_image(where.layout.image, where.layout.path, where.layout.image.stat().st_size)
 
 
-def rotate_vaults(rotator: Rotator, names: list[str], due_only: bool) -> list[Rotated]:
-    """Rotate each chosen vault; one vault's failure is reported and the others still rotate."""
+def rotate_vaults(rotator: Rotator, names: list[str], due_only: bool,
+                  unrecovered: dict[str, RecoveryFailed] | None = None) -> list[Rotated]:
+    """Rotate each chosen vault; one vault's failure is reported and the others still rotate. A vault
+    whose interrupted rotation could not be recovered (`Rotator.recover`) is reported failed, chosen or
+    not, and never rotated: a new rotation would overwrite its pending record."""
+    unrecovered = unrecovered or {}
     chosen = rotator.select(names, due_only)
-    results = []
+    results = [Rotated(name, "failed", failure.reason, message=failure.detail)
+               for name, failure in sorted(unrecovered.items())]
     for vault in rotator.plan.vaults:
-        if vault.encryption == "none" or (names and vault.name not in names):
+        if vault.name in unrecovered or vault.encryption == "none" or (names and vault.name not in names):
             continue
         if vault.name not in chosen:
             why = "its key is younger than the rotation period" if vault.rotate_seconds else "the plan sets no rotation period"
@@ -397,12 +434,67 @@ def _check_space(name: str, data: Path, encrypted: bool) -> None:
                               "Nothing was changed", vault=name, hint="raise the vault's limit or remove files first")
 
 
+def leave_unrecovered(rec: Reconciliation, unrecovered: dict[str, RecoveryFailed]) -> Reconciliation:
+    """`rec` without a step for a vault whose interrupted rotation could not be recovered, and that as
+    its one problem: nothing of it changes (not even a `destroy`) until a person has looked."""
+    return Reconciliation([s for s in rec.steps if s.vault not in unrecovered],
+                          [p for p in rec.problems if p.vault not in unrecovered]
+                          + [Problem(name, failure.reason, failure.detail) for name, failure in sorted(unrecovered.items())])
+
+
+def _failed(name: str, path: Path, exc: DeviceError | OSError) -> RecoveryFailed:
+    kept = "the interrupted rotation and the vault's files are left as they are"
+    if isinstance(exc, DeviceError):
+        why = exc.message.removeprefix(f"vault `{name}`: ")
+    else:
+        why = f"`{exc.filename}`: {exc.strerror or exc}"
+    reason = "state-damaged" if isinstance(exc, StateCorrupt) else "recovery-failed"
+    if reason == "state-damaged":
+        return RecoveryFailed(reason, f"{why}; {kept}", name, exc.hint or PENDING_DAMAGED_HINT)
+    return RecoveryFailed(reason, f"the interrupted rotation recorded in {path} could be neither finished nor undone: "
+                          f"{why}; {kept}", name, RECOVERY_FAILED_HINT)
+
+
 def _read_pending(state: StateDir, vault: str) -> dict:
+    """The pending record; `StateCorrupt` naming the file and what is wrong with it."""
+    path = pending_path(state, vault)
     try:
-        return json.loads(pending_path(state, vault).read_bytes())
+        pending = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
-        raise DeviceError(f"the interrupted rotation's record {pending_path(state, vault)} is unreadable: {exc}",
-                          vault=vault) from None
+        raise StateCorrupt(f"the interrupted rotation's record {path} is unreadable: {exc}", vault=vault,
+                           hint=PENDING_DAMAGED_HINT) from None
+    wrong = _wrong_in_pending(pending)
+    if wrong is not None:
+        raise StateCorrupt(f"the interrupted rotation's record {path} is damaged: {wrong}", vault=vault,
+                           hint=PENDING_DAMAGED_HINT)
+    return pending
+
+
+def _wrong_in_pending(pending: object) -> str | None:
+    """What in a pending record is not as `_new_key` writes it, or None. `encryption` and
+    `plaintext_source` came with re-encryption: older records lack them."""
+    from enforcer.tpm import SealedBlob
+
+    if not isinstance(pending, dict):
+        return "not a JSON object"
+    wrong = [name for name in ("key_identifier", "previous_key_identifier") if name not in pending or not (
+        pending[name] is None or isinstance(pending[name], str) and _KEY_IDENTIFIER.fullmatch(pending[name]))]
+    if "blob" not in pending or (pending["blob"] is None and pending.get("key_identifier") is not None):
+        wrong.append("blob")  # a new key in the kernel needs its sealed blob
+    elif pending["blob"] is not None:
+        try:
+            SealedBlob.from_json(json.dumps(pending["blob"]))
+        except DeviceError:
+            wrong.append("blob")
+    try:
+        parse_time(pending.get("rotated_at"))
+    except (TypeError, ValueError):
+        wrong.append("rotated_at")
+    if pending.get("encryption", "aes-256-xts") not in get_args(Encryption):
+        wrong.append("encryption")
+    if not isinstance(pending.get("plaintext_source", False), bool):
+        wrong.append("plaintext_source")
+    return f"field {', '.join(f'`{name}`' for name in wrong)} missing or not what a rotation writes" if wrong else None
 
 
 def _write_pending(state: StateDir, vault: str, pending: dict) -> None:

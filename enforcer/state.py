@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from compiler.plan import format_time
+from compiler.plan import format_time, parse_time
 from vaultpolicy.errors import DeviceError
 
 # what a mutating command needs free in the state dir before it starts: its records, conditions,
@@ -372,13 +372,25 @@ class StateDir:
 
     # --- sealed blobs --------------------------------------------------------------------------
     def sealed(self, vault: str) -> dict | None:
-        """{"blob": SealedBlob JSON, "key_identifier": hex}, or None when the vault has no sealed key.
+        """{"blob": SealedBlob JSON, "key_identifier": hex, "rotated_at"}, or None when the vault has no
+        sealed key.
 
-        A damaged record raises `StateCorrupt`: it is never taken for "no key yet" (S20)."""
+        A damaged record raises `StateCorrupt`: it is never taken for "no key yet" (S20). A `rotated_at`
+        that is not an RFC 3339 time only loses the key's age: it is left out, as in a record written
+        before it existed (rotation takes such a key as due), with a warning naming the file."""
         path = self.sealed_path(vault)
         data = _read_json(path, "the sealed key record", SEALED_DAMAGED_HINT)
         if data is not None and not isinstance(data, dict):
             raise StateCorrupt(f"the sealed key record {path} is unreadable: not a JSON object", hint=SEALED_DAMAGED_HINT)
+        if data is not None and "rotated_at" in data:
+            try:
+                parse_time(data["rotated_at"])
+            except (TypeError, ValueError):
+                warning = (f"the sealed key record {path} has a `rotated_at` that is not an RFC 3339 UTC time; the "
+                           "key's age is unknown, so rotation takes it as due")
+                if warning not in self.warnings:
+                    self.warnings.append(warning)
+                data = {k: v for k, v in data.items() if k != "rotated_at"}
         return data
 
     def save_sealed(self, vault: str, blob_json: str, key_identifier: bytes, rotated_at: str | None = None) -> None:

@@ -29,7 +29,7 @@ from enforcer.fscrypt import KeyStatus
 from enforcer.observe import (Layout, Observed, ObservedSeal, ObservedVault, PathState, is_empty, keyring_dir, layout,
                               observe, observe_vault, path_state, staging_path)
 from enforcer.reconcile import Action, Problem, Reconciliation, Step, apply_interrupted, reconcile
-from enforcer.rotate import pending_path
+from enforcer.rotate import RecoveryFailed, pending_path
 from enforcer.state import SEALED_DAMAGED_HINT, Condition, StateCorrupt, StateDir, VaultRecord
 from enforcer.verify import decode_signed
 from vaultpolicy.errors import DeviceError, PlanRejected
@@ -97,11 +97,13 @@ class VaultResult:
     hint: str | None = None
 
 
-def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime) -> list[VaultResult]:
-    """Unlock every vault of the plan. A vault that stays locked or fails does not stop the others;
+def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetime,
+               unrecovered: dict[str, RecoveryFailed] | None = None) -> list[VaultResult]:
+    """Unlock every vault of the plan but those whose interrupted rotation could not be recovered
+    (`Rotator.recover`: they fail). A vault that stays locked or fails does not stop the others;
     conditions are recorded best effort (`StateDir.warnings`): a boot unlock that unlocked the vaults
     must not fail because the state dir is read-only or full."""
-    observed, damaged = observe_each(plan, state, root)
+    observed, damaged = observe_each(plan, state, root, unrecovered)
     usable = plan.model_copy(update={"vaults": tuple(v for v in plan.vaults if v.name not in damaged)})
     rec = reconcile(usable, observed)
     steps = [s for s in rec.steps if s.action in (Action.MOUNT_STORAGE, Action.UNLOCK)]
@@ -118,7 +120,7 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
     for vault in plan.vaults:
         subject = f"vault/{vault.name}"
         if vault.name in damaged:
-            results.append(_damaged(state, vault.name, damaged[vault.name], now))
+            results.append(failed_unlock(state, vault.name, damaged[vault.name], now))
             continue
         seen = observed.vaults[vault.name]
         outcome = outcomes.get(vault.name)
@@ -148,7 +150,7 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
                     state.set_condition(subject, False, result.reason, f"unlock refused: {result.message}", now)
             results.append(result)
     left = sorted(set(damaged) - {v.name for v in plan.vaults})  # vaults the plan no longer has, damaged too
-    return results + [_damaged(state, name, damaged[name], now) for name in left]
+    return results + [failed_unlock(state, name, damaged[name], now) for name in left]
 
 
 def _refused(problem: Problem, seen: ObservedVault) -> VaultResult:
@@ -164,11 +166,14 @@ def _refused(problem: Problem, seen: ObservedVault) -> VaultResult:
                        "nothing on the device can unlock it", hint=KEY_LOST_HINT)
 
 
-def _damaged(state: StateDir, name: str, error: StateCorrupt, now: datetime) -> VaultResult:
+def failed_unlock(state: StateDir, name: str, error: DeviceError, now: datetime) -> VaultResult:
+    """A vault left as it is: a state file of it is damaged, or its interrupted rotation could not be
+    recovered."""
+    reason = error.reason if isinstance(error, RecoveryFailed) else "state-damaged"
     message = error.message.removeprefix(f"vault `{name}`: ")
     with state.best_effort():
-        state.set_condition(f"vault/{name}", False, "state-damaged", f"unlock refused: {message}", now)
-    return VaultResult(name, "failed", "state-damaged", message, hint=error.hint)
+        state.set_condition(f"vault/{name}", False, reason, f"unlock refused: {message}", now)
+    return VaultResult(name, "failed", reason, message, hint=error.hint)
 
 
 def _kernel_outcome(state: StateDir, root: Path | None, vault: Vault | VaultRecord, seal: ObservedSeal,
@@ -200,13 +205,17 @@ def _kernel_outcome(state: StateDir, root: Path | None, vault: Vault | VaultReco
     return VaultResult(vault.name, "locked", "unlock-failed", f"the kernel reports its key {status.name.lower()}")
 
 
-def observe_each(plan: Plan, state: StateDir, root: Path | None) -> tuple[Observed, dict[str, StateCorrupt]]:
+def observe_each(plan: Plan, state: StateDir, root: Path | None,
+                 left_alone: dict[str, DeviceError] | None = None) -> tuple[Observed, dict[str, DeviceError]]:
     """`observe(plan, state, root, None)` vault by vault, so that a damaged vault or sealed record fails
-    only its own vault: (what was observed, vault -> why its state file is damaged). No TPM: unlocking
-    needs no PCR comparison up front (a refused unseal names the changed PCRs itself), and skipping it
-    keeps unlock within a few percent of bare unseals."""
+    only its own vault: (what was observed, vault -> why its state file is damaged, or why it is in
+    `left_alone`, which is not observed). No TPM: unlocking needs no PCR comparison up front (a refused
+    unseal names the changed PCRs itself), and skipping it keeps unlock within a few percent of bare
+    unseals."""
     records, damaged = state.read_records()
-    wanted = {v.name: v.path for v in plan.vaults if v.name not in damaged} | {r.name: r.path for r in records.values()}
+    damaged = {**damaged, **(left_alone or {})}
+    wanted = {v.name: v.path for v in plan.vaults if v.name not in damaged} | \
+        {r.name: r.path for r in records.values() if r.name not in damaged}
     vaults = {}
     for name, path in sorted(wanted.items()):
         try:

@@ -1,6 +1,7 @@
-"""Fixtures for attestation tests: independent swtpm instances (two devices need two TPMs) and a
-controller store. The shared `swtpm` fixture in tests/conftest.py serves the single-TPM enforcer tests;
-here `make_tpm()` starts as many as a test needs, each stopped afterwards.
+"""Fixtures for attestation tests: independent swtpm instances (two devices need two TPMs), a
+controller store, and `escrowed_device`: a device whose vault keys an enrolled controller holds in escrow.
+The shared `swtpm` fixture in tests/conftest.py serves the single-TPM enforcer tests; here `make_tpm()`
+starts as many as a test needs, each stopped afterwards.
 """
 
 from __future__ import annotations
@@ -8,12 +9,18 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from compiler.plan import Attestation
+from compiler.plan import Attestation, Device, Plan, Seal, Vault, encode_plan, format_time
+from compiler.signing import PLAN_PAYLOAD_TYPE, generate_key, public_key_pem, sign
 from controller.store import Store
+from enforcer.attest import AttestationTpm
+from enforcer.state import StateDir
+from vaultpolicy.cli import main
 
 ATTESTED_PCRS = (0, 2, 4, 7)  # what the simulated boot measures and the test policy attests
 
@@ -132,3 +139,83 @@ def _attestation(allowed: dict[int, list[str]] | None = None, lifetime: int = 30
         nonce_lifetime_seconds=lifetime,
         escrow_required=True,
     )
+
+
+ESCROWED_PCRS = (0, 2, 4, 7)
+
+
+def escrowed_plan(allowed: dict[int, str], escrow_public: str, persist: str) -> Plan:
+    """Vaults `config` and `notes`, sealed to the attestation `boot` (which allows `allowed`) and escrowed."""
+    now = datetime.now(timezone.utc)
+    return Plan(
+        plan_version=1, issued_at=format_time(now - timedelta(minutes=1)), expires=format_time(now + timedelta(days=1)),
+        source_sha256="00" * 32, device=Device(persist=persist, escrow_public_key=escrow_public),
+        vaults=tuple(Vault(name=name, path=f"{persist}/vault/{name}", encryption="aes-256-xts", limit_bytes=0,
+                           seal=Seal(bank="sha256", pcrs=ESCROWED_PCRS, attestation="boot"), on_remove="retain")
+                     for name in ("config", "notes")),
+        attestations=(Attestation(name="boot", bank="sha256", pcrs=ESCROWED_PCRS,
+                                  allowed={str(i): (v,) for i, v in allowed.items()},
+                                  nonce_bytes=32, nonce_lifetime_seconds=300, escrow_required=True),),
+    )
+
+
+@dataclass
+class EscrowedDevice:
+    """Device `gw-1` (a real swtpm, a loop-mounted ext4 under `root`) that applied `escrowed_plan`, both
+    vaults unlocked, enrolled with a controller that holds both keys in escrow. `cli` runs the real CLI
+    in-process and returns (stdout, stderr); `device` are the device commands' --state-dir and --tpm."""
+
+    root: Path
+    persist: str
+    state: StateDir
+    work: Path
+    device: list[str]
+    store: list[str]
+    capsys: object
+
+    def cli(self, *argv: str, code: int = 0) -> tuple[str, str]:
+        self.capsys.readouterr()
+        result = main(list(argv))
+        out, err = self.capsys.readouterr()
+        assert result == code, f"{argv[:2]} -> {result}\n{out}\n{err}"
+        return out, err
+
+    def vault_path(self, name: str) -> Path:
+        return self.root / self.persist.lstrip("/") / "vault" / name
+
+    def release(self, *vaults: str, name: str = "release.json") -> Path:
+        """A release file for `vaults`, after a fresh nonce, quote and verification."""
+        plan = str(self.work / "plan.json")
+        nonce = self.cli("controller", "nonce", "--device", "gw-1", "--plan", plan, *self.store)[0].strip()
+        self.cli("device", "quote", "--nonce", nonce, "-o", str(self.work / "quote.json"), *self.device)
+        self.cli("controller", "verify-quote", str(self.work / "quote.json"), "--plan", plan, *self.store)
+        chosen = [option for vault in vaults for option in ("--vault", vault)]
+        self.cli("controller", "release", str(self.work / "quote.json"), *chosen, "--escrow-key",
+                 str(self.work / "escrow.key"), "-o", str(self.work / name), *self.store)
+        return self.work / name
+
+
+@pytest.fixture
+def escrowed_device(swtpm, ext4_image, tmp_path, capsys) -> EscrowedDevice:
+    root = Path(ext4_image).parent
+    state = StateDir(tmp_path / "state")
+    made = EscrowedDevice(root, "/" + Path(ext4_image).name, state, tmp_path,
+                          ["--state-dir", str(state.root), "--tpm", swtpm.tcti],
+                          ["--store", str(tmp_path / "controller.db")], capsys)
+    key = generate_key()
+    (tmp_path / "plan.pub").write_bytes(public_key_pem(key.public_key()))
+    made.cli("controller", "escrow-keygen", str(tmp_path / "escrow.key"))
+    swtpm.measure_boot()
+    with AttestationTpm(swtpm.tcti) as tpm:
+        values = {i: v.hex() for i, v in tpm.read_pcrs("sha256", ESCROWED_PCRS)[1].items()}
+    payload = encode_plan(escrowed_plan(values, (tmp_path / "escrow.key.pub").read_text().strip(), made.persist))
+    (tmp_path / "plan.json").write_bytes(payload)
+    (tmp_path / "plan.signed").write_bytes(sign(PLAN_PAYLOAD_TYPE, payload, [key]).to_bytes())
+    made.cli("device", "apply", str(tmp_path / "plan.signed"), "--trust", str(tmp_path / "plan.pub"), "--root", str(root),
+             "--device-id", "gw-1", *made.device)
+    identity, _ = made.cli("device", "identity", "--device-id", "gw-1", *made.device)
+    (tmp_path / "identity.json").write_text(identity)
+    made.cli("controller", "enroll", str(tmp_path / "identity.json"), *made.store)
+    made.cli("device", "escrow-deposit", "-o", str(tmp_path / "deposit.json"), *made.device)
+    made.cli("controller", "escrow", str(tmp_path / "deposit.json"), "--ack-dir", str(tmp_path / "acks"), *made.store)
+    return made

@@ -114,6 +114,16 @@ def test_a_held_blob_is_never_replaced(device, store):
     assert caught.value.reason == "escrow-unreadable"
 
 
+def test_a_blob_holding_no_fscrypt_key_is_passed_over(device, store):
+    """A deposited blob wrapping a 32-byte key made `controller release` an internal error (ValueError
+    from `fscrypt.key_identifier`, exit 70) before it reached the genuine blob beside it."""
+    tpm, identity, escrow_key, genuine, policy = device
+    short = escrow.wrap_key(escrow_key.public_key(), "gw-1", "config", KEY_ID, secrets.token_bytes(32)).to_bytes()
+    [deposited] = accept_deposit(store, escrow.sign_deposit(tpm.tcti, "gw-1", [short], "sha256", PCRS), NOW + 1)
+    assert deposited.outcome == "kept-beside" and store.escrow_blobs("gw-1", "config") == [short, genuine]
+    assert released_key(store, tpm, identity, policy, escrow_key) == RAW
+
+
 def _pcr(tpm, index: int) -> bytes:
     with AttestationTpm(tpm.tcti) as attesting:
         return attesting.read_pcrs("sha256", (index,))[1][index]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -223,7 +223,7 @@ def _apply(args, state, root) -> int:
     from enforcer.observe import observe
     from enforcer.preflight import ApplyRefused, check_host, check_sealing
     from enforcer.reconcile import Action, reconcile
-    from enforcer.rotate import Rotator
+    from enforcer.rotate import Rotator, leave_unrecovered
     from enforcer.state import HostRecord
     from enforcer.verify import record_for
 
@@ -243,8 +243,8 @@ def _apply(args, state, root) -> int:
             with _tpm(args, state) as tpm:
                 tpm.flush_leftovers()
                 rotator = Rotator(plan, state, root, tpm, now, args.device_id, journal)
-                recovered = rotator.recover()  # a rotation a crash cut short
-                rec = reconcile(plan, observe(plan, state, root, tpm))
+                recovered, unrecovered = rotator.recover()  # a rotation a crash cut short
+                rec = leave_unrecovered(reconcile(plan, observe(plan, state, root, tpm)), unrecovered)
                 check_sealing(plan, rec.steps, tpm)
                 # where the vaults and keys are, before the first change: later commands must use the same
                 state.save_host(HostRecord(str(root or "/"), _tpm_name(args.tpm)))
@@ -383,25 +383,30 @@ def _status(args, state, root) -> int:
 
 
 def _unlock(args, state, root) -> int:
+    from enforcer.attest import resolve_device_id
+    from enforcer.release import Release, unlock_released
     from enforcer.rotate import Rotator
-    from enforcer.unlock import VaultResult, unlock_all
+    from enforcer.unlock import VaultResult, failed_unlock, unlock_all
 
+    release = device_id = None
+    if args.release:  # read and checked before anything: a bad file changes nothing and opens no TPM
+        release = Release.from_bytes(_read(args.release, "release file"), args.release)
+        device_id = resolve_device_id(args.device_id, state.root)
+        release.require_device(device_id)
     plan = _applied(args, state)
     now = datetime.now(timezone.utc)
     with _tpm(args, state) as tpm:  # one connection: a boot unlock's fixed cost is mostly TPM round trips
         tpm.flush_leftovers()
-        recovered = Rotator(plan, state, root, tpm, now).recover()  # a rotation or re-encryption cut by power loss
-        if not args.release:
-            results = unlock_all(plan, state, root, tpm, now)
-    if args.release:  # its own connections (the attestation key's too), after this one closed
-        from enforcer.attest import resolve_device_id
-        from enforcer.release import Release, unlock_released
-
-        release = Release.from_bytes(_read(args.release, "release file"), args.release)
-        unlocked = unlock_released(state, plan, root, _tcti(args, state), release,
-                                   resolve_device_id(args.device_id, state.root), now)
-        results = [VaultResult(name, "unlocked", "controller-release", "re-sealed to the current PCRs")
-                   for name in unlocked]
+        # a rotation or re-encryption cut by power loss; one that cannot be recovered fails its vault only
+        recovered, unrecovered = Rotator(plan, state, root, tpm, now).recover()
+        if release is None:
+            results = unlock_all(plan, state, root, tpm, now, unrecovered)
+    if release is not None:  # its own connections (the attestation key's too), after this one closed
+        usable = replace(release, keys=tuple(k for k in release.keys if k.vault not in unrecovered))
+        unlocked = unlock_released(state, plan, root, _tcti(args, state), usable, device_id, now)
+        results = [failed_unlock(state, name, failure, now) for name, failure in sorted(unrecovered.items())]
+        results += [VaultResult(name, "unlocked", "controller-release", "re-sealed to the current PCRs")
+                    for name in unlocked]
     return _results(args, "unlock", results, ok=("unlocked", "already-unlocked", "unencrypted"), recovered=recovered)
 
 

@@ -98,9 +98,19 @@ def _sealed_pcrs(plan) -> tuple[str, tuple[int, ...]]:
 
 
 def run(args) -> int:
-    from enforcer.state import StateDir, atomic_write
+    from enforcer.state import StateDir
 
     state = StateDir(args.state_dir)
+    try:
+        return _run(args, state)
+    finally:
+        for message in state.warnings:  # what could not be read (a damaged record: the report goes on without it)
+            print(f"warning: {message}", file=sys.stderr)
+
+
+def _run(args, state) -> int:
+    from enforcer.state import atomic_write
+
     action = args.command[1]
     if action == "escrow-ack":
         from compiler.files import read_input

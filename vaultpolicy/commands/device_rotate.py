@@ -48,8 +48,8 @@ def _rotate(args: argparse.Namespace, state) -> int:
         with device._tpm(args, state) as tpm:
             tpm.flush_leftovers()  # what a killed command left loaded (we hold the state lock)
             rotator = Rotator(plan, state, root, tpm, datetime.now(timezone.utc), None, journal)
-            recovered = rotator.recover()
-            results = rotate_vaults(rotator, args.vaults, args.due_only)
+            recovered, unrecovered = rotator.recover()
+            results = rotate_vaults(rotator, args.vaults, args.due_only, unrecovered)
         journal.finish()
 
     lines = []
