@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from vaultpolicy.encoding import b64decode_exact, json_problem, load_json
+from vaultpolicy.encoding import b64decode_exact, is_json_document, json_problem, load_json
 from vaultpolicy.errors import PlanRejected
 
 from .plan import canonical_json
@@ -84,7 +84,9 @@ def describe_key_file(data: bytes) -> str:
         return _pem_kind(data)
     try:
         document = load_json(data)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as exc:
+        if is_json_document(data):  # it begins as JSON: a document cut short or broken, not a key
+            return f"broken JSON ({json_problem(exc)})"
         return _text_kind(data) or "not a key file"
     if isinstance(document, dict):
         kind = {TRUST_ROOT_PAYLOAD_TYPE: "a trust root", PLAN_PAYLOAD_TYPE: "a signed plan"}.get(document.get("payload_type"))

@@ -47,14 +47,20 @@ def load_json(data: str | bytes, **options) -> object:
         raise json.JSONDecodeError(_TOO_DEEP, text, _deep_position(text)) from None
 
 
+# where JSON begins and a policy never does: an array, or an object's first key. A lone leading `{`
+# proves nothing: a policy with a stray brace starts so.
+_JSON_START = re.compile(r'\A\ufeff?\s*(\[|\{\s*")')
+
+
 def is_json_document(data: str | bytes) -> bool:
-    """Whether `data` is a JSON document (one nested too deeply to read counts): what tells a plan, a
-    signed plan or a trust root from a policy, which never is one. A leading `{` proves nothing: a
-    policy with a stray brace starts so."""
+    """Whether `data` is JSON: a document (one nested too deeply to read counts), or one that begins
+    as only JSON does and breaks further on (a plan cut short in a copy). What tells a plan, a signed
+    plan or a trust root from a policy, which never is one."""
     try:
         load_json(data)
     except json.JSONDecodeError as exc:
-        return exc.msg == _TOO_DEEP
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        return exc.msg == _TOO_DEEP or _JSON_START.match(text) is not None
     return True
 
 

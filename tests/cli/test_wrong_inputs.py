@@ -78,6 +78,18 @@ def test_json_that_is_not_ours_is_named_json(tmp_path):
     assert f"`{other}` is not a policy: it is JSON that is neither a key, a plan nor a trust root\n" in err
 
 
+def test_a_plan_cut_short_is_one_error_naming_it_broken_json(artefacts, tmp_path):
+    """Once a stray `{` no longer made a policy "not a policy", a truncated plan was parsed as a policy:
+    one VP0001 per `:` and `[`, thousands for a large plan. JSON begins with `[` or `{"`, a policy never."""
+    plan, _ = artefacts["plan"]
+    cut = plan.read_bytes()[:150]
+    for name in ("cut.json", "cut.vpol"):
+        (tmp_path / name).write_bytes(cut)
+        code, _, err = _run("check", tmp_path / name)
+        assert code == 1 and err.count("error[") == 1, err
+        assert f"`{tmp_path / name}` is not a policy: it is broken JSON (" in err and " at line 1 column " in err
+
+
 STRAY_BRACE = "{\nvault a { limit 16MiB }\napp b { vault nosuch }\n"
 
 
