@@ -50,7 +50,8 @@ def accept_deposit(store: Store, deposit: bytes, now: int, source: str = "escrow
     every blob names, was made for escrow, and binds these exact blobs: the key identifier a blob is for
     is public, so anyone with the escrow public key can build one, and only the device's TPM vouches for
     its own. Each blob is kept byte for byte (its digest is what the ack names) and never replaces one
-    already held (`Store.add_escrow`). Nothing is stored unless the whole deposit verifies."""
+    already held (`Store.add_escrow`). Nothing is stored unless the whole deposit verifies, and then
+    all of it in one transaction."""
     blobs, quote = split_deposit(deposit, source)
     device = store.device(quote.device_id)
     if device is None:
@@ -65,9 +66,10 @@ def accept_deposit(store: Store, deposit: bytes, now: int, source: str = "escrow
     for blob in parsed_blobs:
         if blob.device_id != quote.device_id:
             raise AttestationRejected("deposit-altered", f"{source}: a blob of device `{blob.device_id}` signed by `{quote.device_id}`")
-    return [Deposited(blob, make_ack(blob), store.add_escrow(blob.device_id, blob.vault, blob.key_identifier,
-                                                             blob.to_bytes(), blob.sha256(), now))
-            for blob in parsed_blobs]
+    with store.transaction():  # all of the deposit or none of it (a full disk mid-way stores nothing)
+        return [Deposited(blob, make_ack(blob), store.add_escrow(blob.device_id, blob.vault, blob.key_identifier,
+                                                                 blob.to_bytes(), blob.sha256(), now))
+                for blob in parsed_blobs]
 
 
 def release_keys(store: Store, quote: Quote, vaults: list[str] | None, escrow_private: X25519PrivateKey, now: int) -> Release:

@@ -189,13 +189,13 @@ def _release(args, store, now) -> int:
 def _drift(args, store, now) -> int:
     from compiler.files import read_input
     from controller.drift import render, summarise, verify_report
-    from vaultpolicy.errors import VaultpolicyError
+    from controller.errors import AttestationRejected
 
     verified, rejected = [], []
     for path in args.reports:
         try:
             verified.append(verify_report(store, read_input(path, "report"), now, require_nonce=args.require_nonce, source=path))
-        except VaultpolicyError as exc:
+        except (AttestationRejected, InputError) as exc:  # that report's fault; a store error ends the run
             rejected.append((path, exc.message))
     summary = summarise(verified, rejected)
     if args.format == "json":
