@@ -209,7 +209,7 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int,
                                   "bound to its TPM's storage key", hint="enrol the output of a new `vaultpolicy device identity`")
     if quote.bound_sha256 != storage_parent_binding(device.storage_public):
         raise AttestationRejected("release-key-mismatch", "quote binds a storage key other than the enrolled one")
-    with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest()):
+    with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest()):  # one store transaction
         check_pcr_digest(quote, parsed, attestation)
         problems = disallowed_pcrs(quote.pcrs, attestation)
         if problems:
@@ -219,10 +219,11 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int,
                 hint="if this is a legitimate update, add the new values to the policy's `allow` list",
                 pcrs=sorted(problems),
             )
-        check_counters(device, parsed)
-    store.record_counters(quote.device_id, parsed.reset_count, parsed.restart_count, parsed.clock)
-    store.add_verified_quote(quote.digest(), quote.device_id, now, now + attestation.nonce_lifetime_seconds,
-                             attestation.name, quote.bank, dict(quote.pcrs), dict(sealed or {}))
+        # read again inside the transaction: another process may have verified a later quote meanwhile
+        check_counters(store.device(quote.device_id), parsed)
+        store.record_counters(quote.device_id, parsed.reset_count, parsed.restart_count, parsed.clock)
+        store.add_verified_quote(quote.digest(), quote.device_id, now, now + attestation.nonce_lifetime_seconds,
+                                 attestation.name, quote.bank, dict(quote.pcrs), dict(sealed or {}))
     return VerifiedQuote(
         quote.device_id, quote.digest(), quote.purpose, quote.bound_sha256, dict(quote.pcrs),
         parsed.reset_count, parsed.restart_count, parsed.clock,
