@@ -2,7 +2,8 @@
 
 1. the signature, with the enrolled attestation key (and the quote names that key as its signer); the
    signed qualifying data binds the quote's purpose, and only a `release` quote is verified here;
-2. the nonce: bound into the signed qualifying data, issued by us to this device, unused, not expired;
+2. the nonce: bound into the signed qualifying data, issued by us to this device for this attestation
+   requirement, unused, not expired;
 3. the PCR digest recomputed from the reported values equals the quoted one (same bank and selection
    as the policy's attestation). TPM2_Quote digests the bank's values with the signing scheme's hash
    (the one the signature names: SHA-256 for our AK), not with the bank's (TPM 2.0 Part 3, TPM2_Quote);
@@ -209,7 +210,7 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int,
                                   "bound to its TPM's storage key", hint="enrol the output of a new `vaultpolicy device identity`")
     if quote.bound_sha256 != storage_parent_binding(device.storage_public):
         raise AttestationRejected("release-key-mismatch", "quote binds a storage key other than the enrolled one")
-    with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest()):  # one store transaction
+    with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest(), attestation):  # one store transaction
         check_pcr_digest(quote, parsed, attestation)
         problems = disallowed_pcrs(quote.pcrs, attestation)
         if problems:

@@ -26,7 +26,7 @@ DEFAULT_STORE = "controller.db"
 
 # PRAGMA user_version. 0: a store from before versioning (brought up to date when opened); a store of
 # a later version is refused: this code cannot know what its tables mean.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: nonces name the attestation requirement they were issued for
 
 BUSY_TIMEOUT_SECONDS = 10
 
@@ -45,6 +45,7 @@ _TABLES = (
     """CREATE TABLE IF NOT EXISTS nonces (
     nonce TEXT PRIMARY KEY,           -- hex
     device_id TEXT NOT NULL,
+    attestation TEXT,                 -- the attestation requirement it was issued for
     issued_at INTEGER NOT NULL,       -- unix seconds
     expires_at INTEGER NOT NULL,
     used_at INTEGER,
@@ -94,6 +95,7 @@ class Device:
 class Nonce:
     nonce: bytes
     device_id: str
+    attestation: str | None  # the attestation requirement it was issued for (None: by an earlier controller)
     issued_at: int
     expires_at: int
     used_at: int | None
@@ -115,7 +117,7 @@ class VerifiedQuoteRecord:
 
 # Columns added after the first release; a store made before them gains them when opened.
 _ADDED_COLUMNS = {
-    "nonces": ("used_by TEXT", "outcome TEXT"),
+    "nonces": ("used_by TEXT", "outcome TEXT", "attestation TEXT"),
     "devices": ("storage_public BLOB",),
     "verified_quotes": ("attestation TEXT", "bank TEXT", "pcrs TEXT", "sealed_to TEXT"),
 }
@@ -248,16 +250,16 @@ class Store:
     # --- nonces ---
 
     @_sqlite_errors
-    def add_nonce(self, nonce: bytes, device_id: str, issued_at: int, expires_at: int) -> None:
+    def add_nonce(self, nonce: bytes, device_id: str, attestation: str, issued_at: int, expires_at: int) -> None:
         self._write(
-            "INSERT INTO nonces (nonce, device_id, issued_at, expires_at) VALUES (?, ?, ?, ?)",
-            (nonce.hex(), device_id, issued_at, expires_at),
+            "INSERT INTO nonces (nonce, device_id, attestation, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            (nonce.hex(), device_id, attestation, issued_at, expires_at),
         )
 
     @_sqlite_errors
     def get_nonce(self, nonce: bytes) -> Nonce | None:
         row = self._db.execute(
-            "SELECT nonce, device_id, issued_at, expires_at, used_at, used_by, outcome FROM nonces WHERE nonce = ?",
+            "SELECT nonce, device_id, attestation, issued_at, expires_at, used_at, used_by, outcome FROM nonces WHERE nonce = ?",
             (nonce.hex(),),
         ).fetchone()
         return Nonce(bytes.fromhex(row[0]), *row[1:]) if row else None

@@ -30,7 +30,7 @@ def test_enrolment_conflicts_are_refused(store):
 
 def test_nonce_and_release_are_single_use_across_connections(tmp_path):
     with Store(tmp_path / "c.db") as first, Store(tmp_path / "c.db") as second:
-        first.add_nonce(bytes(16), "gw-1", 0, 60)
+        first.add_nonce(bytes(16), "gw-1", "boot", 0, 60)
         assert first.mark_nonce_used(bytes(16), 1, "ab" * 32) is True
         assert second.mark_nonce_used(bytes(16), 2, "cd" * 32) is False
         assert second.get_nonce(bytes(16)).used_by == "ab" * 32
@@ -102,7 +102,7 @@ def test_a_full_disk_stores_nothing_of_a_deposit_and_loses_no_blob(make_tpm, sma
 
 def _open_and_issue(path, index: int) -> str:
     with Store(path) as store:
-        store.add_nonce(index.to_bytes(16, "big"), "gw-1", 0, 60)
+        store.add_nonce(index.to_bytes(16, "big"), "gw-1", "boot", 0, 60)
     return "issued"
 
 
