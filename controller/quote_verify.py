@@ -50,6 +50,11 @@ class ParsedAttest:
     pcr_digest: bytes
     signing_hash: str  # the signature's hash: what the TPM digested the PCR values with, whatever the bank
 
+    @property
+    def counters(self) -> tuple[int, int, int]:
+        """When the TPM signed: (reset count, restart count, clock)."""
+        return self.reset_count, self.restart_count, self.clock
+
 
 class _Reader:
     def __init__(self, data: bytes):
@@ -177,12 +182,17 @@ def check_counters(device, parsed: ParsedAttest) -> None:
     if device.reset_count is None:
         return
     seen = (device.reset_count, device.restart_count, device.clock)
-    now = (parsed.reset_count, parsed.restart_count, parsed.clock)
-    if now[0] < seen[0] or (now[0] == seen[0] and (now[1] < seen[1] or now[2] < seen[2])):
+    now = parsed.counters
+    if went_backwards(now, seen):
         raise AttestationRejected(
             "counters-backwards",
             f"TPM counters went backwards (reset/restart/clock {now} after {seen}): an old quote?",
         )
+
+
+def went_backwards(counters: tuple[int, int, int], seen: tuple[int, int, int]) -> bool:
+    """TPM (reset count, restart count, clock) `counters` are older than `seen` (`check_counters`' rule)."""
+    return counters[0] < seen[0] or (counters[0] == seen[0] and (counters[1] < seen[1] or counters[2] < seen[2]))
 
 
 def sealed_to(plan: Plan) -> dict[str, str | None]:

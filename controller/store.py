@@ -1,5 +1,5 @@
 """Controller state in one embedded SQLite file: issued nonces, enrolled devices, escrow records,
-verified quotes.
+verified quotes, the newest drift report accepted from each device.
 
 Every check-then-write runs in one write transaction (`Store.transaction`, BEGIN IMMEDIATE): a second
 controller process sharing the file waits for it (up to `BUSY_TIMEOUT_SECONDS`) instead of reading
@@ -26,7 +26,7 @@ DEFAULT_STORE = "controller.db"
 
 # PRAGMA user_version. 0: a store from before versioning (brought up to date when opened); a store of
 # a later version is refused: this code cannot know what its tables mean.
-SCHEMA_VERSION = 2  # 2: nonces name the attestation requirement they were issued for
+SCHEMA_VERSION = 3  # 2: nonces name their attestation requirement; 3: table `reports`
 
 BUSY_TIMEOUT_SECONDS = 10
 
@@ -74,6 +74,14 @@ _TABLES = (
     pcrs TEXT,
     sealed_to TEXT                    -- JSON {vault: attestation or null}: the plan's sealed vaults
 )""",
+    """CREATE TABLE IF NOT EXISTS reports (
+    device_id TEXT PRIMARY KEY,       -- the newest drift report accepted from the device:
+    quote_sha256 TEXT NOT NULL,       -- its quote,
+    reset_count INTEGER NOT NULL,     -- and the TPM counters when it was signed
+    restart_count INTEGER NOT NULL,
+    clock INTEGER NOT NULL,
+    accepted_at INTEGER NOT NULL
+)""",
 )
 
 
@@ -113,6 +121,13 @@ class VerifiedQuoteRecord:
     bank: str | None
     pcrs: dict[int, bytes]
     sealed_to: dict[str, str | None]  # vault -> the attestation its key is sealed to (None: explicit PCRs)
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    quote_sha256: str
+    counters: tuple[int, int, int]  # reset count, restart count, clock
+    accepted_at: int
 
 
 # Columns added after the first release; a store made before them gains them when opened.
@@ -387,4 +402,22 @@ class Store:
                 (now, quote_sha256),
             )
             == 1
+        )
+
+    # --- drift reports ---
+
+    @_sqlite_errors
+    def newest_report(self, device_id: str) -> ReportRecord | None:
+        row = self._db.execute(
+            "SELECT quote_sha256, reset_count, restart_count, clock, accepted_at FROM reports WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        return ReportRecord(row[0], tuple(row[1:4]), row[4]) if row else None
+
+    @_sqlite_errors
+    def record_newest_report(self, device_id: str, quote_sha256: str, counters: tuple[int, int, int], now: int) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO reports (device_id, quote_sha256, reset_count, restart_count, clock, accepted_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (device_id, quote_sha256, *counters, now),
         )

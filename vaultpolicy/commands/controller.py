@@ -10,6 +10,7 @@
   release QUOTE --escrow-key K -o OUT [--vault V]...   escrowed keys as TPM duplication blobs for the
                                verified device, unsealable only in the PCR state its quote showed
   drift REPORT... [--format text|markdown|html|json]   verify signed reports and summarise the fleet
+                               (each device's newest report; an older one is rejected)
 
 State lives in one SQLite file (`--store`, default ./controller.db). Refusals print the reason and
 exit 1; `drift` exits 3 (DRIFT) when a verified device drifts.
@@ -188,7 +189,7 @@ def _release(args, store, now) -> int:
 
 def _drift(args, store, now) -> int:
     from compiler.files import read_input
-    from controller.drift import render, summarise, verify_report
+    from controller.drift import keep_newest, render, summarise, verify_report
     from controller.errors import AttestationRejected
 
     verified, rejected = [], []
@@ -197,12 +198,13 @@ def _drift(args, store, now) -> int:
             verified.append(verify_report(store, read_input(path, "report"), now, require_nonce=args.require_nonce, source=path))
         except (AttestationRejected, InputError) as exc:  # that report's fault; a store error ends the run
             rejected.append((path, exc.message))
-    summary = summarise(verified, rejected)
+    newest, older = keep_newest(store, verified, now)
+    summary = summarise(newest, rejected + older)
     if args.format == "json":
         print(json.dumps(asdict(summary), indent=2, default=lambda model: model.model_dump(mode="json")))
     else:
         sys.stdout.write(render(summary, args.format))
-    if rejected:
+    if summary.rejected:
         return status_codes.ERROR
     return status_codes.DRIFT if summary.drifting_devices else status_codes.SUCCESS
 
