@@ -98,6 +98,36 @@ def test_enrol_escrow_quote_verify_release(world, capsys):
     assert "already released" in capsys.readouterr().err and not (tmp / "again.json").exists()
 
 
+def test_release_refuses_an_escrow_key_others_can_read(world, capsys):
+    """As ssh refuses such a private key: the mode is a mistake to fix, not to go on with. Nothing is
+    released (the quote is not spent), and with the mode fixed the same quote releases."""
+    tpm, tmp, _, common = world
+    store = ["--store", str(tmp / "controller.db")]
+    plan = ["--plan", str(tmp / "plan.json")]
+    (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
+    run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
+    raw = bytes(range(64))
+    public = escrow.load_escrow_public((tmp / "escrow.key.pub").read_text(), "escrow.key.pub")
+    escrow.record_escrow(tmp / "state", escrow.wrap_key(public, "gw-1", "config", fscrypt.key_identifier(raw), raw))
+    run_ok(capsys, ["device", "escrow-deposit", "-o", str(tmp / "deposit.json"), *common])
+    run_ok(capsys, ["controller", "escrow", str(tmp / "deposit.json"), "--ack-dir", str(tmp / "acks"), *store])
+    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
+    run_ok(capsys, ["controller", "verify-quote", str(tmp / "quote.json"), *plan, *store])
+    release = ["controller", "release", str(tmp / "quote.json"), "--escrow-key", str(tmp / "escrow.key"),
+               "-o", str(tmp / "release.json"), *store]
+    for mode in (0o644, 0o640, 0o620):
+        (tmp / "escrow.key").chmod(mode)
+        capsys.readouterr()
+        assert main(release) == status_codes.ERROR
+        assert capsys.readouterr().err == (f"error: escrow key `{tmp / 'escrow.key'}` is open to others (mode {mode:04o}): a "
+                                           f"private key must be its owner's alone\n  = help: chmod 600 {tmp / 'escrow.key'}\n")
+        assert not (tmp / "release.json").exists()
+    (tmp / "escrow.key").chmod(0o600)
+    run_ok(capsys, release)
+    assert Release.from_bytes((tmp / "release.json").read_bytes()).keys[0].vault == "config"
+
+
 def test_refused_pcr_is_named_on_stderr(world, capsys):
     tpm, tmp, state, common = world
     store = ["--store", str(tmp / "controller.db")]

@@ -174,13 +174,13 @@ def _verify_quote(args, store, now) -> int:
 
 
 def _release(args, store, now) -> int:
-    from compiler.files import read_input, write_output
+    from compiler.files import read_input, read_private_key, write_output
     from controller.release import release_keys
     from enforcer.attest import Quote
     from enforcer.escrow import load_escrow_private
 
     quote = Quote.from_bytes(read_input(args.quote, "quote"), args.quote)
-    key = load_escrow_private(read_input(args.escrow_key, "escrow key"), args.escrow_key)
+    key = load_escrow_private(read_private_key(args.escrow_key, "escrow key"), args.escrow_key)
     release = release_keys(store, quote, args.vault or None, key, now)
     write_output(args.output, release.to_bytes(), 0o600)
     print(f"released {', '.join(k.vault for k in release.keys)} to `{release.device_id}`: {args.output}")
