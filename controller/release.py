@@ -33,6 +33,7 @@ from enforcer import fscrypt
 from enforcer.attest import Quote, require_storage_parent
 from enforcer.escrow import EscrowBlob, EscrowError, deposit_binding, make_ack, split_deposit, unwrap_key
 from enforcer.release import Release, ReleasedKey
+from enforcer.state import PLAIN_NAME
 from enforcer.tpm import _wipe, policy_digest
 
 
@@ -41,6 +42,10 @@ class Deposited:
     blob: EscrowBlob
     ack: bytes  # what the device records (`device escrow-ack`)
     outcome: EscrowOutcome
+
+    @property
+    def ack_file_name(self) -> str:
+        return f"{self.blob.device_id}.{self.blob.vault}.ack.json"
 
 
 def accept_deposit(store: Store, deposit: bytes, now: int, source: str = "escrow deposit") -> list[Deposited]:
@@ -66,6 +71,11 @@ def accept_deposit(store: Store, deposit: bytes, now: int, source: str = "escrow
     for blob in parsed_blobs:
         if blob.device_id != quote.device_id:
             raise AttestationRejected("deposit-altered", f"{source}: a blob of device `{blob.device_id}` signed by `{quote.device_id}`")
+        # the device chose these names, and its acknowledgement's file name is made of them
+        for what, name in (("device", blob.device_id), ("vault", blob.vault)):
+            if not PLAIN_NAME.fullmatch(name):
+                raise AttestationRejected("deposit-malformed", f"{source}: a blob names {what} `{name}`, which no device "
+                                          "has: a name is letters, digits, `_`, `.` and `-`, and does not start with `.`")
     with store.transaction():  # all of the deposit or none of it (a full disk mid-way stores nothing)
         return [Deposited(blob, make_ack(blob), store.add_escrow(blob.device_id, blob.vault, blob.key_identifier,
                                                                  blob.to_bytes(), blob.sha256(), now))

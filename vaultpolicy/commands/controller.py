@@ -136,7 +136,7 @@ def _escrow(args, store, now) -> int:
     for path in args.deposits:
         for deposited in accept_deposit(store, read_input(path, "escrow deposit"), now, path):
             blob = deposited.blob
-            target = ack_dir / f"{blob.device_id}.{blob.vault}.ack.json"
+            target = ack_dir / deposited.ack_file_name
             write_output(target, deposited.ack)
             print(f"escrow of `{blob.device_id}` vault `{blob.vault}` {said[deposited.outcome]}; acknowledgement {target}")
     return status_codes.SUCCESS
