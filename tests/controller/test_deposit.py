@@ -110,6 +110,18 @@ def test_a_blob_whose_vault_is_no_file_name_is_refused_before_its_ack_is_written
     assert store.escrowed_vaults("gw-1") == ["config"]
 
 
+def test_an_ack_dir_that_cannot_be_made_is_named_and_nothing_is_stored(device, store, tmp_path):
+    tpm, _, escrow_key, _, _ = device
+    blob = escrow.wrap_key(escrow_key.public_key(), "gw-1", "notes", KEY_ID, RAW).to_bytes()
+    (tmp_path / "deposit.json").write_bytes(escrow.sign_deposit(tpm.tcti, "gw-1", [blob], "sha256", PCRS))
+    (tmp_path / "a-file").write_text("")
+    for ack_dir, why in (("a-file", "File exists"), ("a-file/acks", "Not a directory")):
+        code, out, err = run_cli(["controller", "escrow", str(tmp_path / "deposit.json"), "--ack-dir", str(tmp_path / ack_dir),
+                                  "--store", str(store.path)])
+        assert (code, out, err) == (1, "", f"error: cannot create the acknowledgement directory `{tmp_path / ack_dir}`: {why}\n")
+    assert store.escrowed_vaults("gw-1") == ["config"]
+
+
 def test_a_held_blob_is_never_replaced(device, store):
     """Even a deposit the device signed (root on the device) cannot replace a held blob: a second blob for
     the same key identifier is kept beside it, and release takes the blob that holds the key its

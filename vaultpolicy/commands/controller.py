@@ -130,7 +130,10 @@ def _escrow(args, store, now) -> int:
     from controller.release import accept_deposit
 
     ack_dir = Path(args.ack_dir)
-    ack_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ack_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the acknowledgement directory `{ack_dir}`: {exc.strerror or exc}") from None
     said = {"stored": "stored", "held": "already held",
             "kept-beside": "stored beside the other blob held for this key (none is replaced)"}
     for path in args.deposits:
