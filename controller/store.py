@@ -165,8 +165,13 @@ def _sqlite_errors(method):
 
 class Store:
     @_sqlite_errors
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, create: bool = True):
+        """`create=False`: a missing file is an error, not a new empty store (a mistyped --store would
+        otherwise answer that no device is enrolled, and leave a stray store behind)."""
         self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"controller store `{self.path}` does not exist",
+                             hint="`vaultpolicy controller enroll` creates it; check --store (default ./controller.db)")
         self._db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
         try:

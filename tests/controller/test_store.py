@@ -49,6 +49,17 @@ def test_a_file_that_is_no_store_is_named(tmp_path):
         Store(tmp_path / "nowhere" / "c.db")
 
 
+def test_only_enroll_creates_a_store(tmp_path):
+    """Any other command with a mistyped --store answered "device `gw-1` is not enrolled" from a new empty
+    store, left behind."""
+    (tmp_path / "plan.json").write_bytes(encode_plan(escrowed_plan({i: "00" * 32 for i in ESCROWED_PCRS}, "", "/persist")))
+    typo = tmp_path / "controler.db"
+    code, out, err = run_cli(["controller", "nonce", "--device", "gw-1", "--plan", str(tmp_path / "plan.json"), "--store", str(typo)])
+    assert (code, out) == (1, "") and not typo.exists()
+    assert err == (f"error: controller store `{typo}` does not exist\n"
+                   "  = help: `vaultpolicy controller enroll` creates it; check --store (default ./controller.db)\n")
+
+
 def test_a_store_of_a_later_schema_is_refused_and_left_alone(tmp_path):
     Store(tmp_path / "c.db").close()
     with sqlite3.connect(tmp_path / "c.db") as later:

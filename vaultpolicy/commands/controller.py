@@ -12,7 +12,7 @@
   drift REPORT... [--format text|markdown|html|json]   verify signed reports and summarise the fleet
                                (each device's newest report; an older one is rejected)
 
-State lives in one SQLite file (`--store`, default ./controller.db). Refusals print the reason and
+State lives in one SQLite file (`--store`, default ./controller.db), which only `enroll` creates. Refusals print the reason and
 exit 1; `drift` exits 3 (DRIFT) when a verified device drifts.
 """
 
@@ -94,7 +94,7 @@ def run(args) -> int:
 
         refuse_overwriting_inputs(args.output, {args.quote: "the quote", args.escrow_key: "the escrow key",
                                                 args.store: "the controller store (--store)"})
-    with Store(args.store) as store:
+    with Store(args.store, create=args.command[1] == "enroll") as store:
         return _ACTIONS[args.command[1]](args, store, now)
 
 
