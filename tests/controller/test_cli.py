@@ -98,10 +98,9 @@ def test_enrol_escrow_quote_verify_release(world, capsys):
     assert "already released" in capsys.readouterr().err and not (tmp / "again.json").exists()
 
 
-def test_release_refuses_an_escrow_key_others_can_read(world, capsys):
-    """As ssh refuses such a private key: the mode is a mistake to fix, not to go on with. Nothing is
-    released (the quote is not spent), and with the mode fixed the same quote releases."""
-    tpm, tmp, _, common = world
+def verified_release_quote(world, capsys) -> list[str]:
+    """Enrol, escrow `config`, quote and verify: the `controller release` command for that quote, without -o."""
+    _, tmp, _, common = world
     store = ["--store", str(tmp / "controller.db")]
     plan = ["--plan", str(tmp / "plan.json")]
     (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
@@ -114,8 +113,14 @@ def test_release_refuses_an_escrow_key_others_can_read(world, capsys):
     nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     run_ok(capsys, ["controller", "verify-quote", str(tmp / "quote.json"), *plan, *store])
-    release = ["controller", "release", str(tmp / "quote.json"), "--escrow-key", str(tmp / "escrow.key"),
-               "-o", str(tmp / "release.json"), *store]
+    return ["controller", "release", str(tmp / "quote.json"), "--escrow-key", str(tmp / "escrow.key"), *store]
+
+
+def test_release_refuses_an_escrow_key_others_can_read(world, capsys):
+    """As ssh refuses such a private key: the mode is a mistake to fix, not to go on with. Nothing is
+    released (the quote is not spent), and with the mode fixed the same quote releases."""
+    tmp = world[1]
+    release = [*verified_release_quote(world, capsys), "-o", str(tmp / "release.json")]
     for mode in (0o644, 0o640, 0o620):
         (tmp / "escrow.key").chmod(mode)
         capsys.readouterr()
@@ -126,6 +131,22 @@ def test_release_refuses_an_escrow_key_others_can_read(world, capsys):
     (tmp / "escrow.key").chmod(0o600)
     run_ok(capsys, release)
     assert Release.from_bytes((tmp / "release.json").read_bytes()).keys[0].vault == "config"
+
+
+def test_a_release_file_that_cannot_be_written_spends_no_quote(world, capsys, small_disk):
+    """The quote was marked released before the file was written: on a full disk the release was lost
+    and the device had to quote again."""
+    tpm, tmp, _, _ = world
+    release = [*verified_release_quote(world, capsys), "-o", str(small_disk.path / "release.json")]
+    small_disk.fill()
+    capsys.readouterr()
+    assert main(release) == status_codes.ERROR
+    assert capsys.readouterr().err == f"error: cannot write `{small_disk.path / 'release.json'}`: No space left on device\n"
+    assert sorted(p.name for p in small_disk.path.iterdir()) == [".filler"]  # no temporary file left either
+    small_disk.free()
+    run_ok(capsys, release)
+    released = Release.from_bytes((small_disk.path / "release.json").read_bytes())
+    assert bytes(open_release(tpm.tcti, released, "gw-1")["config"][1]) == bytes(range(64))
 
 
 def test_refused_pcr_is_named_on_stderr(world, capsys):

@@ -184,8 +184,11 @@ def _release(args, store, now) -> int:
 
     quote = Quote.from_bytes(read_input(args.quote, "quote"), args.quote)
     key = load_escrow_private(read_private_key(args.escrow_key, "escrow key"), args.escrow_key)
-    release = release_keys(store, quote, args.vault or None, key, now)
-    write_output(args.output, release.to_bytes(), 0o600)
+    # marked released and written as one: a file that cannot be written rolls the mark back, so the
+    # quote can still release (a second process waits, then finds it released)
+    with store.transaction():
+        release = release_keys(store, quote, args.vault or None, key, now)
+        write_output(args.output, release.to_bytes(), 0o600)
     print(f"released {', '.join(k.vault for k in release.keys)} to `{release.device_id}`: {args.output}")
     return status_codes.SUCCESS
 
