@@ -68,7 +68,8 @@ def spend(store: Store, nonce: bytes, device_id: str, now: int, quote_sha256: st
                 issued_for = f"attestation `{record.attestation}`" if record.attestation else "no named attestation"
                 raise AttestationRejected(
                     "nonce-wrong-attestation", f"nonce was issued for {issued_for}, not `{attestation.name}`",
-                    hint=_NEW_NONCE.format(device_id) + f" (with `--attestation {attestation.name}`)")
+                    hint=f"get one for it with `vaultpolicy controller nonce --device {device_id} --attestation "
+                         f"{attestation.name}` and quote again")
             expires_at = min(expires_at, record.issued_at + attestation.nonce_lifetime_seconds)
         if now >= expires_at:
             raise AttestationRejected(
