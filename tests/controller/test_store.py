@@ -4,6 +4,7 @@ each an error naming the file, never an internal error, and nothing half written
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import pytest
@@ -109,6 +110,26 @@ def test_a_full_disk_stores_nothing_of_a_deposit_and_loses_no_blob(make_tpm, sma
     small_disk.free()
     code, out, _ = run_cli([*escrow_command, str(tmp_path / "both.json")])
     assert code == 0 and "vault `config` already held" in out and "vault `notes` stored" in out
+
+
+def test_an_old_store_that_cannot_be_brought_up_to_date_on_a_full_disk_keeps_its_blobs(small_disk):
+    """Rebuilding the escrow table (rename, create, copy, drop) is one transaction: on a full disk the
+    store is refused as it was, byte for byte, and opens once there is room, every blob kept."""
+    path = small_disk.path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as old, old:
+        old.execute("CREATE TABLE escrow (device_id TEXT NOT NULL, vault TEXT NOT NULL, key_identifier TEXT NOT NULL,"
+                    " blob BLOB NOT NULL, blob_sha256 TEXT NOT NULL, received_at INTEGER NOT NULL,"
+                    " PRIMARY KEY (device_id, vault, key_identifier))")
+        old.executemany("INSERT INTO escrow VALUES ('gw-1', ?, ?, ?, ?, 5)",
+                        [(f"vault{i}", bytes([i] * 16).hex(), bytes([i]) * 4000, f"{i:064x}") for i in range(20)])
+    before = path.read_bytes()
+    small_disk.fill()
+    with pytest.raises(StoreError, match=f"controller store `{path}`: the disk is full; nothing was written"):
+        Store(path)
+    assert path.read_bytes() == before
+    small_disk.free()
+    with Store(path) as store:
+        assert [store.escrow_blobs("gw-1", f"vault{i}") for i in range(20)] == [[bytes([i]) * 4000] for i in range(20)]
 
 
 def _open_and_issue(path, index: int) -> str:
