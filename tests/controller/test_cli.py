@@ -133,6 +133,19 @@ def test_release_refuses_an_escrow_key_others_can_read(world, capsys):
     assert Release.from_bytes((tmp / "release.json").read_bytes()).keys[0].vault == "config"
 
 
+def test_no_file_the_controller_writes_holds_a_raw_vault_key(world, capsys):
+    """The store keeps escrow blobs wrapped for the escrow key, the release file a duplicate wrapped for
+    the device's TPM, the acknowledgement a digest: the key appears in none of them, in any encoding,
+    and no temporary file is left beside them."""
+    tmp = world[1]
+    run_ok(capsys, [*verified_release_quote(world, capsys), "-o", str(tmp / "release.json")])
+    raw = bytes(range(64))
+    encodings = [raw, raw.hex().encode(), raw.hex().upper().encode(), base64.b64encode(raw), base64.b64encode(raw)[:-4]]
+    written = [tmp / "controller.db", tmp / "release.json", *(tmp / "acks").iterdir()]
+    assert [path for path in written if any(form in path.read_bytes() for form in encodings)] == []
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".") or p.name.endswith("-journal")) == []
+
+
 def test_a_release_file_that_cannot_be_written_spends_no_quote(world, capsys, small_disk):
     """The quote was marked released before the file was written: on a full disk the release was lost
     and the device had to quote again."""
