@@ -12,8 +12,8 @@
   drift REPORT... [--format text|markdown|html|json]   verify signed reports and summarise the fleet
                                (each device's newest report; an older one is rejected)
 
-State lives in one SQLite file (`--store`, default ./controller.db), which only `enroll` creates. Refusals print the reason and
-exit 1; `drift` exits 3 (DRIFT) when a verified device drifts.
+State lives in one SQLite file (`--store`, default ./controller.db), which only `enroll` creates.
+Refusals print the reason and exit 1; `drift` exits 3 (DRIFT) when a verified device drifts.
 """
 
 from __future__ import annotations
