@@ -9,6 +9,10 @@ or be the very report that already used it and verified (rendering a report agai
 the store holds no escrow of it is drift in the fleet view (`escrow-unconfirmed`): acknowledgements
 are unsigned, so that claim is checked against the controller's own records. The fleet summary is rendered by jinja2 templates
 (controller/templates/drift.{txt,md,html}.j2) from the same `FleetSummary` a JSON view would dump.
+
+The fleet shows each device's newest report by its TPM's counters (`keep_newest`): an older report is
+refused, whether given beside a newer one or after a newer one was accepted (the store records the
+newest accepted report of each device), so a replayed clean report cannot hide drift reported since.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import hmac
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+from compiler.plan import format_time
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
-from controller.quote_verify import check_reported_values, check_signature
+from controller.quote_verify import check_reported_values, check_signature, went_backwards
 from controller.store import Store
 from enforcer.report import Report, VaultReport, load_report, report_binding, split_signed_report
 
@@ -34,6 +40,9 @@ class VerifiedReport:
     fresh: bool  # carried a controller nonce that we checked and used
     pcrs: dict[int, bytes]
     bank: str
+    source: str  # where the report was read from
+    quote_sha256: str  # the signed statement: the same report given twice is one
+    counters: tuple[int, int, int]  # the TPM's reset count, restart count and clock when it signed
     # vaults the device reports escrow `acknowledged` for while this controller holds no escrow of them:
     # acknowledgements are unsigned and made from public data, so the device's word is not enough
     escrow_unconfirmed: frozenset[str] = frozenset()
@@ -62,7 +71,37 @@ def verify_report(store: Store, signed: bytes, now: int, *, require_nonce: bool 
             raise AttestationRejected("report-altered", f"{source}: report names device `{report.device_id}`, its quote `{quote.device_id}`")
     escrowed = set(store.escrowed_vaults(report.device_id))
     unconfirmed = frozenset(v.name for v in report.vaults if v.escrow == "acknowledged" and v.name not in escrowed)
-    return VerifiedReport(report, bool(quote.nonce), dict(quote.pcrs), quote.bank, unconfirmed)
+    return VerifiedReport(report, bool(quote.nonce), dict(quote.pcrs), quote.bank, source, quote.digest(), parsed.counters,
+                          unconfirmed)
+
+
+def keep_newest(store: Store, verified: list[VerifiedReport], now: int) -> tuple[list[VerifiedReport], list[tuple[str, str]]]:
+    """(each device's newest report by its TPM's counters, the (source, why) of every other one).
+
+    Refused: a report given beside a newer one of its device, and one older than the newest report of
+    its device accepted before. The same report given twice is one statement, kept once. The newest
+    report kept of each device is recorded as its newest, checked and recorded in one transaction."""
+    newest: dict[str, VerifiedReport] = {}
+    refused = []
+    for candidate in sorted(verified, key=lambda v: v.counters, reverse=True):
+        kept = newest.setdefault(candidate.report.device_id, candidate)
+        if kept.quote_sha256 != candidate.quote_sha256:
+            refused.append((candidate.source, f"older than `{kept.source}` from the same device (TPM reset/restart/clock "
+                                              f"{candidate.counters}, that one {kept.counters})"))
+    accepted = []
+    for report in newest.values():
+        device_id = report.report.device_id
+        with store.transaction():
+            seen = store.newest_report(device_id)
+            if seen and seen.quote_sha256 != report.quote_sha256 and went_backwards(report.counters, seen.counters):
+                accepted_at = format_time(datetime.fromtimestamp(seen.accepted_at, timezone.utc))
+                refused.append((report.source, f"older than the report of `{device_id}` accepted at {accepted_at} (TPM "
+                                               f"reset/restart/clock {report.counters}, that one {seen.counters}): a replayed "
+                                               "old report?"))
+                continue
+            store.record_newest_report(device_id, report.quote_sha256, report.counters, now)
+        accepted.append(report)
+    return accepted, refused
 
 
 @dataclass(frozen=True)

@@ -15,3 +15,7 @@ class AttestationRejected(VaultpolicyError):
         super().__init__(message, hint)
         self.reason = reason
         self.pcrs = pcrs or []
+
+
+class StoreError(VaultpolicyError):
+    """The controller store cannot be opened, read or written; the message names the file and why."""

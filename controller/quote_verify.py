@@ -2,7 +2,8 @@
 
 1. the signature, with the enrolled attestation key (and the quote names that key as its signer); the
    signed qualifying data binds the quote's purpose, and only a `release` quote is verified here;
-2. the nonce: bound into the signed qualifying data, issued by us to this device, unused, not expired;
+2. the nonce: bound into the signed qualifying data, issued by us to this device for this attestation
+   requirement, unused, not expired;
 3. the PCR digest recomputed from the reported values equals the quoted one (same bank and selection
    as the policy's attestation). TPM2_Quote digests the bank's values with the signing scheme's hash
    (the one the signature names: SHA-256 for our AK), not with the bank's (TPM 2.0 Part 3, TPM2_Quote);
@@ -48,6 +49,11 @@ class ParsedAttest:
     selection: dict[str, tuple[int, ...]]  # bank -> PCR indexes
     pcr_digest: bytes
     signing_hash: str  # the signature's hash: what the TPM digested the PCR values with, whatever the bank
+
+    @property
+    def counters(self) -> tuple[int, int, int]:
+        """When the TPM signed: (reset count, restart count, clock)."""
+        return self.reset_count, self.restart_count, self.clock
 
 
 class _Reader:
@@ -176,12 +182,17 @@ def check_counters(device, parsed: ParsedAttest) -> None:
     if device.reset_count is None:
         return
     seen = (device.reset_count, device.restart_count, device.clock)
-    now = (parsed.reset_count, parsed.restart_count, parsed.clock)
-    if now[0] < seen[0] or (now[0] == seen[0] and (now[1] < seen[1] or now[2] < seen[2])):
+    now = parsed.counters
+    if went_backwards(now, seen):
         raise AttestationRejected(
             "counters-backwards",
             f"TPM counters went backwards (reset/restart/clock {now} after {seen}): an old quote?",
         )
+
+
+def went_backwards(counters: tuple[int, int, int], seen: tuple[int, int, int]) -> bool:
+    """TPM (reset count, restart count, clock) `counters` are older than `seen` (`check_counters`' rule)."""
+    return counters[0] < seen[0] or (counters[0] == seen[0] and (counters[1] < seen[1] or counters[2] < seen[2]))
 
 
 def sealed_to(plan: Plan) -> dict[str, str | None]:
@@ -209,7 +220,7 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int,
                                   "bound to its TPM's storage key", hint="enrol the output of a new `vaultpolicy device identity`")
     if quote.bound_sha256 != storage_parent_binding(device.storage_public):
         raise AttestationRejected("release-key-mismatch", "quote binds a storage key other than the enrolled one")
-    with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest()):
+    with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest(), attestation):  # one store transaction
         check_pcr_digest(quote, parsed, attestation)
         problems = disallowed_pcrs(quote.pcrs, attestation)
         if problems:
@@ -219,10 +230,11 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int,
                 hint="if this is a legitimate update, add the new values to the policy's `allow` list",
                 pcrs=sorted(problems),
             )
-        check_counters(device, parsed)
-    store.record_counters(quote.device_id, parsed.reset_count, parsed.restart_count, parsed.clock)
-    store.add_verified_quote(quote.digest(), quote.device_id, now, now + attestation.nonce_lifetime_seconds,
-                             attestation.name, quote.bank, dict(quote.pcrs), dict(sealed or {}))
+        # read again inside the transaction: another process may have verified a later quote meanwhile
+        check_counters(store.device(quote.device_id), parsed)
+        store.record_counters(quote.device_id, parsed.reset_count, parsed.restart_count, parsed.clock)
+        store.add_verified_quote(quote.digest(), quote.device_id, now, now + attestation.nonce_lifetime_seconds,
+                                 attestation.name, quote.bank, dict(quote.pcrs), dict(sealed or {}))
     return VerifiedQuote(
         quote.device_id, quote.digest(), quote.purpose, quote.bound_sha256, dict(quote.pcrs),
         parsed.reset_count, parsed.restart_count, parsed.clock,

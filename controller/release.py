@@ -33,6 +33,7 @@ from enforcer import fscrypt
 from enforcer.attest import Quote, require_storage_parent
 from enforcer.escrow import EscrowBlob, EscrowError, deposit_binding, make_ack, split_deposit, unwrap_key
 from enforcer.release import Release, ReleasedKey
+from enforcer.state import PLAIN_NAME
 from enforcer.tpm import _wipe, policy_digest
 
 
@@ -42,6 +43,10 @@ class Deposited:
     ack: bytes  # what the device records (`device escrow-ack`)
     outcome: EscrowOutcome
 
+    @property
+    def ack_file_name(self) -> str:
+        return f"{self.blob.device_id}.{self.blob.vault}.ack.json"
+
 
 def accept_deposit(store: Store, deposit: bytes, now: int, source: str = "escrow deposit") -> list[Deposited]:
     """Store the escrow blobs of a deposit the device signed, and return an acknowledgement for each.
@@ -50,7 +55,8 @@ def accept_deposit(store: Store, deposit: bytes, now: int, source: str = "escrow
     every blob names, was made for escrow, and binds these exact blobs: the key identifier a blob is for
     is public, so anyone with the escrow public key can build one, and only the device's TPM vouches for
     its own. Each blob is kept byte for byte (its digest is what the ack names) and never replaces one
-    already held (`Store.add_escrow`). Nothing is stored unless the whole deposit verifies."""
+    already held (`Store.add_escrow`). Nothing is stored unless the whole deposit verifies, and then
+    all of it in one transaction."""
     blobs, quote = split_deposit(deposit, source)
     device = store.device(quote.device_id)
     if device is None:
@@ -65,9 +71,15 @@ def accept_deposit(store: Store, deposit: bytes, now: int, source: str = "escrow
     for blob in parsed_blobs:
         if blob.device_id != quote.device_id:
             raise AttestationRejected("deposit-altered", f"{source}: a blob of device `{blob.device_id}` signed by `{quote.device_id}`")
-    return [Deposited(blob, make_ack(blob), store.add_escrow(blob.device_id, blob.vault, blob.key_identifier,
-                                                             blob.to_bytes(), blob.sha256(), now))
-            for blob in parsed_blobs]
+        # the device chose these names, and its acknowledgement's file name is made of them
+        for what, name in (("device", blob.device_id), ("vault", blob.vault)):
+            if not PLAIN_NAME.fullmatch(name):
+                raise AttestationRejected("deposit-malformed", f"{source}: a blob names {what} `{name}`, which no device "
+                                          "has: a name is letters, digits, `_`, `.` and `-`, and does not start with `.`")
+    with store.transaction():  # all of the deposit or none of it (a full disk mid-way stores nothing)
+        return [Deposited(blob, make_ack(blob), store.add_escrow(blob.device_id, blob.vault, blob.key_identifier,
+                                                                 blob.to_bytes(), blob.sha256(), now))
+                for blob in parsed_blobs]
 
 
 def release_keys(store: Store, quote: Quote, vaults: list[str] | None, escrow_private: X25519PrivateKey, now: int) -> Release:

@@ -56,7 +56,9 @@ _MIN_FREE_INODES = 32
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
-_VAULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# a vault name or device id that becomes part of a file name as it is (fullmatch: `$` would let a
+# trailing newline through): no separator, no leading dot, so never `..`
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class StateWriteError(DeviceError):
@@ -503,6 +505,6 @@ def _remove_tree(path: Path) -> None:
 
 def _checked(vault: str) -> str:
     """Vault names become file names: refuse anything that could escape the state dir."""
-    if not _VAULT_NAME.match(vault):
+    if not PLAIN_NAME.fullmatch(vault):
         raise DeviceError(f"vault name `{vault}` cannot be used as a state file name")
     return vault

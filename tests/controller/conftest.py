@@ -2,10 +2,17 @@
 controller store, and `escrowed_device`: a device whose vault keys an enrolled controller holds in escrow.
 The shared `swtpm` fixture in tests/conftest.py serves the single-TPM enforcer tests; here `make_tpm()`
 starts as many as a test needs, each stopped afterwards.
+
+For the store's failures and races: `at_once(function, calls)` runs each call in its own process,
+all released together by a barrier; `cli_at_once(argvs)` does so with the real CLI; `read_only_dir`
+and `small_disk` are real mounts (a read-only bind mount, a 1 MiB tmpfs a test can fill).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import multiprocessing
 import socket
 import subprocess
 import time
@@ -110,6 +117,88 @@ def make_tpm(needs_swtpm, tmp_path):
     yield make
     for tpm in started:
         tpm.stop()
+
+
+def at_once(function, calls: list[tuple]) -> list:
+    """`function(*call)` for every call, each in its own process, all started at one barrier; their
+    results in the order of `calls` (an exception comes back as `"<type>: <message>"`)."""
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(len(calls)), context.Queue()
+
+    def run(index: int, call: tuple) -> None:
+        barrier.wait()
+        try:
+            results.put((index, function(*call)))
+        except Exception as exc:  # noqa: BLE001 - the test reads what went wrong
+            results.put((index, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"))
+
+    processes = [context.Process(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for process in processes:
+        process.start()
+    collected = dict(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join()
+    return [collected[i] for i in range(len(calls))]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the real CLI in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def cli_at_once(argvs: list[list[str]]) -> list[tuple[int, str, str]]:
+    return at_once(run_cli, [(argv,) for argv in argvs])
+
+
+@pytest.fixture
+def read_only_dir(needs_device, tmp_path):
+    """(writable, read_only): the same directory, and a read-only bind mount of it (a file there is
+    read-only even to root, as on a read-only file system)."""
+    writable, read_only = tmp_path / "rw", tmp_path / "ro"
+    writable.mkdir()
+    read_only.mkdir()
+    subprocess.run(["mount", "--bind", str(writable), str(read_only)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(read_only)], check=True)
+        yield writable, read_only
+    finally:
+        _unmount(read_only)
+
+
+class SmallDisk:
+    """A 1 MiB tmpfs at `.path`: `.fill()` takes every free byte, `.free()` gives them back."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._filler = path / ".filler"
+
+    def fill(self) -> None:
+        with open(self._filler, "ab", buffering=0) as out, contextlib.suppress(OSError):  # until ENOSPC
+            while True:
+                out.write(b"\0" * 512)
+
+    def free(self) -> None:
+        self._filler.unlink()
+
+
+@pytest.fixture
+def small_disk(needs_device, tmp_path):
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield SmallDisk(mountpoint)
+    finally:
+        _unmount(mountpoint)
+
+
+def _unmount(mountpoint: Path) -> None:
+    """Lazily when busy: a failed test may have left a store open there."""
+    if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from enforcer.attest import AttestationTpm, storage_parent_binding
 from enforcer.release import open_release
 from vaultpolicy.errors import InputError
 
+from .conftest import run_cli
+
 PCRS = (0, 2, 4, 7)
 NOW = 1_800_000_000
 RAW = secrets.token_bytes(64)
@@ -88,6 +90,36 @@ def test_a_forged_blob_is_refused_however_it_is_presented(device, store, make_tp
     tpm.extend(4, b"firmware update")  # the release after an update recovers the real key
     updated = policy.model_copy(update={"allowed": {**policy.allowed, "4": (_pcr(tpm, 4).hex(),)}})
     assert released_key(store, tpm, identity, updated, escrow_key) == RAW
+
+
+@pytest.mark.parametrize("vault", ["/../../escaped", "../gw-2.config", ".hidden", "a/b", "config\n"])
+def test_a_blob_whose_vault_is_no_file_name_is_refused_before_its_ack_is_written(device, store, tmp_path, vault):
+    """The controller writes `<ack-dir>/<device>.<vault>.ack.json`, and the device names the vault: a deposit
+    of `/../../escaped`, signed by the device's own TPM, was stored and its acknowledgement written outside
+    the ack dir (over another device's, with `../gw-2.config`)."""
+    tpm, _, escrow_key, _, _ = device
+    raw = secrets.token_bytes(64)
+    blob = escrow.wrap_key(escrow_key.public_key(), "gw-1", vault, fscrypt.key_identifier(raw), raw).to_bytes()
+    (tmp_path / "deposit.json").write_bytes(escrow.sign_deposit(tpm.tcti, "gw-1", [blob], "sha256", PCRS))
+    ack_dir = tmp_path / "acks" / "inner"
+    code, out, err = run_cli(["controller", "escrow", str(tmp_path / "deposit.json"), "--ack-dir", str(ack_dir),
+                              "--store", str(store.path)])
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: {tmp_path / 'deposit.json'}: a blob names vault `{vault}`, which no device has")
+    assert [p for p in tmp_path.rglob("*") if p.name.endswith(".ack.json")] == []
+    assert store.escrowed_vaults("gw-1") == ["config"]
+
+
+def test_an_ack_dir_that_cannot_be_made_is_named_and_nothing_is_stored(device, store, tmp_path):
+    tpm, _, escrow_key, _, _ = device
+    blob = escrow.wrap_key(escrow_key.public_key(), "gw-1", "notes", KEY_ID, RAW).to_bytes()
+    (tmp_path / "deposit.json").write_bytes(escrow.sign_deposit(tpm.tcti, "gw-1", [blob], "sha256", PCRS))
+    (tmp_path / "a-file").write_text("")
+    for ack_dir, why in (("a-file", "File exists"), ("a-file/acks", "Not a directory")):
+        code, out, err = run_cli(["controller", "escrow", str(tmp_path / "deposit.json"), "--ack-dir", str(tmp_path / ack_dir),
+                                  "--store", str(store.path)])
+        assert (code, out, err) == (1, "", f"error: cannot create the acknowledgement directory `{tmp_path / ack_dir}`: {why}\n")
+    assert store.escrowed_vaults("gw-1") == ["config"]
 
 
 def test_a_held_blob_is_never_replaced(device, store):

@@ -140,6 +140,19 @@ def test_expired_and_unknown_nonce(device, store):
     refused(store, "nonce-unknown", quote(tpm, identity, bytes(32)), policy, NOW)
 
 
+def test_a_nonce_serves_only_the_attestation_it_was_issued_for_and_its_lifetime(device, store):
+    """A nonce issued for a lax requirement (a day to live) does not pass for a strict one, and a nonce
+    verified against a requirement whose lifetime is now shorter expires by the shorter one."""
+    tpm, identity, policy = device
+    lax = policy.model_copy(update={"name": "lax", "nonce_lifetime_seconds": 86_400})
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", lax, NOW))
+    error = refused(store, "nonce-wrong-attestation", made, policy, NOW + 1)
+    assert error.message == "nonce was issued for attestation `lax`, not `boot`" and "--attestation boot" in error.hint
+    shortened = policy.model_copy(update={"nonce_lifetime_seconds": 60})
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))  # lives 300 s as issued
+    assert refused(store, "nonce-expired", made, shortened, NOW + 120).message == "nonce expired 60s ago"
+
+
 def test_altered_pcr_value(device, store):
     tpm, identity, policy = device
     made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))

@@ -75,7 +75,7 @@ def test_retained_vaults_are_listed_but_are_not_drift():
     ready = retained.model_copy(update={"name": "config", "condition": "Ready", "reason": "ready", "message": "ok"})
     report = locked_report("gw-1").model_copy(update={"vaults": [ready, retained]})
     assert report.drifting == [] and report.retained == [retained]
-    summary = summarise([VerifiedReport(report, False, {}, "sha256")], [])
+    summary = summarise([VerifiedReport(report, False, {}, "sha256", "r.json", "ab" * 32, (1, 0, 5))], [])
     assert summary.drifting_devices == [] and summary.devices[0].ready == 1
     text = render(summary, "text")
     assert "0 drifting" in text and "all 1 vault(s) Ready, 1 retained" in text
@@ -173,10 +173,49 @@ def test_unsolicited_report_is_refused_when_a_nonce_is_required(enrolled, store)
         verify_report(store, signed, NOW, require_nonce=True)
 
 
+def test_the_fleet_shows_each_devices_newest_report_and_refuses_an_older_one(enrolled, store, make_tpm, tmp_path, capsys):
+    """A clean report signed before a drifted one is refused beside it and when replayed alone later (it
+    used to be shown as well, or instead: the drift disappeared); the same report given twice is shown
+    once, and the newest one renders again. An edited report and an unenrolled device's are rejected."""
+    from vaultpolicy.cli import main
+
+    ready = locked_report("gw-1").vaults[0].model_copy(update={
+        "condition": "Ready", "reason": "ready", "message": "ok", "mismatching_pcrs": []})
+    reports = {
+        "clean.json": sign_report(enrolled.tcti, locked_report("gw-1").model_copy(update={"vaults": [ready]}), b"", "sha256", (0, 7)),
+        "drifted.json": sign_report(enrolled.tcti, locked_report("gw-1"), b"", "sha256", (0, 7)),
+        "stranger.json": sign_report(make_tpm().tcti, locked_report("gw-9"), b"", "sha256", (0, 7)),
+    }
+    reports["drifted-again.json"] = reports["drifted.json"]
+    edited = json.loads(reports["drifted.json"])
+    edited["report"] = base64.b64encode(base64.b64decode(edited["report"]).replace(b"Locked", b"Ready")).decode()
+    reports["edited.json"] = json.dumps(edited).encode()
+    for name, data in reports.items():
+        (tmp_path / name).write_bytes(data)
+
+    def drift(*names: str, code: int) -> dict:
+        capsys.readouterr()
+        assert main(["controller", "drift", *(str(tmp_path / n) for n in names), "--format", "json",
+                     "--store", str(store.path)]) == code
+        return json.loads(capsys.readouterr().out)
+
+    fleet = drift("clean.json", "drifted.json", "drifted-again.json", "edited.json", "stranger.json", code=1)
+    assert [(d["device_id"], [v["condition"] for v in d["drifting"]]) for d in fleet["devices"]] == [("gw-1", ["Locked"])]
+    why = {Path(source).name: text for source, text in fleet["rejected"]}
+    assert sorted(why) == ["clean.json", "edited.json", "stranger.json"]
+    assert why["clean.json"].startswith(f"older than `{tmp_path}/drifted.json` from the same device (TPM reset/restart/clock")
+    assert "changed after the device signed it" in why["edited.json"] and "`gw-9` is not enrolled" in why["stranger.json"]
+
+    replay = drift("clean.json", code=1)
+    assert replay["devices"] == [] and "older than the report of `gw-1` accepted at " in replay["rejected"][0][1]
+    assert replay["rejected"][0][1].endswith("a replayed old report?")
+    assert [d["device_id"] for d in drift("drifted-again.json", code=3)["devices"]] == ["gw-1"]
+
+
 def test_html_view_escapes_device_text():
     from controller.drift import VerifiedReport
 
     hostile = locked_report("<script>alert(1)</script>")
-    html = render(summarise([VerifiedReport(hostile, False, {}, "sha256")], []), "html")
+    html = render(summarise([VerifiedReport(hostile, False, {}, "sha256", "r.json", "ab" * 32, (1, 0, 5))], []), "html")
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "<script>" in render(summarise([VerifiedReport(hostile, False, {}, "sha256")], []), "text")
+    assert "<script>" in render(summarise([VerifiedReport(hostile, False, {}, "sha256", "r.json", "ab" * 32, (1, 0, 5))], []), "text")

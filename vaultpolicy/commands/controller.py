@@ -10,9 +10,10 @@
   release QUOTE --escrow-key K -o OUT [--vault V]...   escrowed keys as TPM duplication blobs for the
                                verified device, unsealable only in the PCR state its quote showed
   drift REPORT... [--format text|markdown|html|json]   verify signed reports and summarise the fleet
+                               (each device's newest report; an older one is rejected)
 
-State lives in one SQLite file (`--store`, default ./controller.db). Refusals print the reason and
-exit 1; `drift` exits 3 (DRIFT) when a verified device drifts.
+State lives in one SQLite file (`--store`, default ./controller.db), which only `enroll` creates.
+Refusals print the reason and exit 1; `drift` exits 3 (DRIFT) when a verified device drifts.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run(args) -> int:
 
         refuse_overwriting_inputs(args.output, {args.quote: "the quote", args.escrow_key: "the escrow key",
                                                 args.store: "the controller store (--store)"})
-    with Store(args.store) as store:
+    with Store(args.store, create=args.command[1] == "enroll") as store:
         return _ACTIONS[args.command[1]](args, store, now)
 
 
@@ -129,13 +130,16 @@ def _escrow(args, store, now) -> int:
     from controller.release import accept_deposit
 
     ack_dir = Path(args.ack_dir)
-    ack_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ack_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the acknowledgement directory `{ack_dir}`: {exc.strerror or exc}") from None
     said = {"stored": "stored", "held": "already held",
             "kept-beside": "stored beside the other blob held for this key (none is replaced)"}
     for path in args.deposits:
         for deposited in accept_deposit(store, read_input(path, "escrow deposit"), now, path):
             blob = deposited.blob
-            target = ack_dir / f"{blob.device_id}.{blob.vault}.ack.json"
+            target = ack_dir / deposited.ack_file_name
             write_output(target, deposited.ack)
             print(f"escrow of `{blob.device_id}` vault `{blob.vault}` {said[deposited.outcome]}; acknowledgement {target}")
     return status_codes.SUCCESS
@@ -173,36 +177,40 @@ def _verify_quote(args, store, now) -> int:
 
 
 def _release(args, store, now) -> int:
-    from compiler.files import read_input, write_output
+    from compiler.files import read_input, read_private_key, write_output
     from controller.release import release_keys
     from enforcer.attest import Quote
     from enforcer.escrow import load_escrow_private
 
     quote = Quote.from_bytes(read_input(args.quote, "quote"), args.quote)
-    key = load_escrow_private(read_input(args.escrow_key, "escrow key"), args.escrow_key)
-    release = release_keys(store, quote, args.vault or None, key, now)
-    write_output(args.output, release.to_bytes(), 0o600)
+    key = load_escrow_private(read_private_key(args.escrow_key, "escrow key"), args.escrow_key)
+    # marked released and written as one: a file that cannot be written rolls the mark back, so the
+    # quote can still release (a second process waits, then finds it released)
+    with store.transaction():
+        release = release_keys(store, quote, args.vault or None, key, now)
+        write_output(args.output, release.to_bytes(), 0o600)
     print(f"released {', '.join(k.vault for k in release.keys)} to `{release.device_id}`: {args.output}")
     return status_codes.SUCCESS
 
 
 def _drift(args, store, now) -> int:
     from compiler.files import read_input
-    from controller.drift import render, summarise, verify_report
-    from vaultpolicy.errors import VaultpolicyError
+    from controller.drift import keep_newest, render, summarise, verify_report
+    from controller.errors import AttestationRejected
 
     verified, rejected = [], []
     for path in args.reports:
         try:
             verified.append(verify_report(store, read_input(path, "report"), now, require_nonce=args.require_nonce, source=path))
-        except VaultpolicyError as exc:
+        except (AttestationRejected, InputError) as exc:  # that report's fault; a store error ends the run
             rejected.append((path, exc.message))
-    summary = summarise(verified, rejected)
+    newest, older = keep_newest(store, verified, now)
+    summary = summarise(newest, rejected + older)
     if args.format == "json":
         print(json.dumps(asdict(summary), indent=2, default=lambda model: model.model_dump(mode="json")))
     else:
         sys.stdout.write(render(summary, args.format))
-    if rejected:
+    if summary.rejected:
         return status_codes.ERROR
     return status_codes.DRIFT if summary.drifting_devices else status_codes.SUCCESS
 
