@@ -30,15 +30,14 @@ def read_input(path: str | Path, what: str) -> bytes:
         raise InputError(f"cannot read {what} `{path}`: it {exc}") from None
 
 
-def read_private_key(path: str | Path, what: str) -> bytes:
-    """`read_input` for a private key, refused (as ssh refuses one) when its mode lets the group or
-    others read or write it: whoever can read it holds the key, and whoever can write it can swap it."""
-    data = read_input(path, what)
+def check_private_mode(path: str | Path, what: str) -> None:
+    """Refuse (as ssh refuses one) a private key file whose mode lets the group or others read or write
+    it: whoever can read it holds the key, and whoever can write it can swap it. Asked once the file
+    has loaded as the private key it should be, so a wrong file is named for what it is first."""
     mode = os.stat(path).st_mode & 0o777
     if mode & 0o077:
         raise InputError(f"{what} `{path}` is open to others (mode {mode:04o}): a private key must be its owner's alone",
                          hint=f"chmod 600 {path}")
-    return data
 
 
 def write_output(path: str | Path, data: bytes, mode: int = 0o644) -> None:

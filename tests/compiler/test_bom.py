@@ -3,6 +3,7 @@ put it there. Policies always took one; allowed values, keys, trust roots and pl
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ BOM = b"\xef\xbb\xbf"
 def _with_bom(path: Path) -> Path:
     marked = path.with_name(f"bom-{path.name}")
     marked.write_bytes(BOM + path.read_bytes())
+    shutil.copymode(path, marked)  # a private key stays its owner's alone
     return marked
 
 

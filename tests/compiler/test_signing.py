@@ -295,6 +295,18 @@ def test_a_wrong_signing_key_says_what_the_file_is(cli, keys, plan_file, given, 
                        "(KEY, not KEY.pub)\n")  # one line of ours: no library text, no URL
 
 
+def test_a_signing_key_others_can_read_is_refused(cli, keys, plan_file):
+    """The escrow key was refused open to others; the controller's signing keys, which every device
+    trusts, were read whatever their mode."""
+    (keys / "a").chmod(0o640)
+    for argv in (["sign", plan_file, "--key", keys / "a", "-o", keys / "out"],
+                 ["trust", "init", "--key", keys / "a.pub", "--threshold", "1", "--sign-with", keys / "a", "-o", keys / "out"]):
+        code, _, err = cli(*argv)
+        assert code == 1 and not (keys / "out").exists()
+        assert err == (f"error: signing key `{keys / 'a'}` is open to others (mode 0640): a private key must be its "
+                       f"owner's alone\n  = help: chmod 600 {keys / 'a'}\n")
+
+
 def test_a_wrong_public_key_for_a_trust_root_says_what_the_file_is(cli, keys):
     code, _, err = cli("trust", "init", "--key", keys / "a", "--threshold", "1", "--sign-with", keys / "a", "-o", keys / "root")
     assert code == 1 and err == (f"error: `{keys / 'a'}` is an Ed25519 private key; --key needs an Ed25519 public key "

@@ -6,7 +6,8 @@ The envelope keeps the plan's exact bytes; signing never re-serializes them (S12
 from __future__ import annotations
 
 from compiler.files import (
-    is_envelope, load_plan, load_plan_envelope, plan_payload, read_input, refuse_overwriting_inputs, write_output,
+    check_private_mode, is_envelope, load_plan, load_plan_envelope, plan_payload, read_input, refuse_overwriting_inputs,
+    write_output,
 )
 from compiler.plan import PlanNotCanonical, decode_canonical_plan
 from compiler.signing import PLAN_PAYLOAD_TYPE, add_signature, key_id, load_private_key, sign
@@ -25,6 +26,7 @@ def _load_keys(paths: list[str]):
     for path in paths:
         try:
             keys.append(load_private_key(read_input(path, "signing key"), path))
+            check_private_mode(path, "signing key")
         except PlanRejected as exc:
             raise InputError(exc.message) from None
     return keys

@@ -6,7 +6,7 @@ a threshold of the current one. Both are checked before anything is written.
 
 from __future__ import annotations
 
-from compiler.files import read_input, refuse_overwriting_inputs, write_output
+from compiler.files import check_private_mode, read_input, refuse_overwriting_inputs, write_output
 from compiler.signing import (
     TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, key_id, load_private_key, load_public_key, load_trust, raw_public_bytes, sign,
 )
@@ -44,7 +44,10 @@ def _public_keys(paths: list[str]):
 
 def _private_keys(paths: list[str]):
     try:
-        return [load_private_key(read_input(path, "signing key"), path, "--sign-with") for path in paths]
+        keys = [load_private_key(read_input(path, "signing key"), path, "--sign-with") for path in paths]
+        for path in paths:
+            check_private_mode(path, "signing key")
+        return keys
     except PlanRejected as exc:
         raise InputError(exc.message) from None
 
