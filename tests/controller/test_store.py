@@ -61,6 +61,19 @@ def test_only_enroll_creates_a_store(tmp_path):
                    "  = help: `vaultpolicy controller enroll` creates it; check --store (default ./controller.db)\n")
 
 
+def test_the_files_a_command_names_are_read_before_its_store_is_opened(tmp_path):
+    """`enroll` of a bad identity file created an empty store, and `nonce` with a broken plan said the
+    store did not exist: the file at fault is named first, and nothing is created."""
+    (tmp_path / "identity.json").write_text("{")
+    store = tmp_path / "c.db"
+    code, _, err = run_cli(["controller", "enroll", str(tmp_path / "identity.json"), "--store", str(store)])
+    assert code == 1 and f"{tmp_path / 'identity.json'}" in err and not store.exists(), err
+    (tmp_path / "plan.json").write_text("{")
+    code, _, err = run_cli(["controller", "nonce", "--device", "gw-1", "--plan", str(tmp_path / "plan.json"),
+                            "--store", str(store)])
+    assert code == 1 and f"{tmp_path / 'plan.json'}" in err and "controller store" not in err, err
+
+
 def test_a_store_of_a_later_schema_is_refused_and_left_alone(tmp_path):
     Store(tmp_path / "c.db").close()
     with sqlite3.connect(tmp_path / "c.db") as later:

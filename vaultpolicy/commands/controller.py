@@ -87,15 +87,13 @@ def run(args) -> int:
     from controller.store import Store
 
     now = int(time.time())
-    if args.command[1] == "escrow-keygen":
+    command = args.command[1]
+    if command == "escrow-keygen":
         return _escrow_keygen(args)
-    if args.command[1] == "release":  # a usage error before the store is opened (or created)
-        from compiler.files import refuse_overwriting_inputs
-
-        refuse_overwriting_inputs(args.output, {args.quote: "the quote", args.escrow_key: "the escrow key",
-                                                args.store: "the controller store (--store)"})
-    with Store(args.store, create=args.command[1] == "enroll") as store:
-        return _ACTIONS[args.command[1]](args, store, now)
+    read, act = _ACTIONS[command]
+    inputs = read(args)  # the files it names, read and checked before the store is opened (or created)
+    with Store(args.store, create=command == "enroll") as store:
+        return act(args, inputs, store, now)
 
 
 def _escrow_keygen(args) -> int:
@@ -115,54 +113,67 @@ def _escrow_keygen(args) -> int:
     return status_codes.SUCCESS
 
 
-def _enroll(args, store, now) -> int:
+def _read_identity(args):
     from compiler.files import read_input
     from enforcer.attest import Identity
 
-    identity = Identity.from_bytes(read_input(args.identity, "identity"), args.identity)
+    return Identity.from_bytes(read_input(args.identity, "identity"), args.identity)
+
+
+def _enroll(args, identity, store, now) -> int:
     store.enroll(identity.device_id, identity.ak_public_pem, identity.ak_name, identity.storage_public, now)
     print(f"enrolled device `{identity.device_id}`")
     return status_codes.SUCCESS
 
 
-def _escrow(args, store, now) -> int:
-    from compiler.files import read_input, write_output
-    from controller.release import accept_deposit
+def _read_deposits(args) -> list[tuple[str, bytes]]:
+    from compiler.files import read_input
 
     ack_dir = Path(args.ack_dir)
     try:
         ack_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the acknowledgement directory `{ack_dir}`: {exc.strerror or exc}") from None
+    return [(path, read_input(path, "escrow deposit")) for path in args.deposits]
+
+
+def _escrow(args, deposits, store, now) -> int:
+    from compiler.files import write_output
+    from controller.release import accept_deposit
+
     said = {"stored": "stored", "held": "already held",
             "kept-beside": "stored beside the other blob held for this key (none is replaced)"}
-    for path in args.deposits:
-        for deposited in accept_deposit(store, read_input(path, "escrow deposit"), now, path):
+    for path, data in deposits:
+        for deposited in accept_deposit(store, data, now, path):
             blob = deposited.blob
-            target = ack_dir / deposited.ack_file_name
+            target = Path(args.ack_dir) / deposited.ack_file_name
             write_output(target, deposited.ack)
             print(f"escrow of `{blob.device_id}` vault `{blob.vault}` {said[deposited.outcome]}; acknowledgement {target}")
     return status_codes.SUCCESS
 
 
-def _nonce(args, store, now) -> int:
+def _nonce(args, requirement, store, now) -> int:
     from controller import nonce
 
-    _, attestation = _attestation(args)
+    _, attestation = requirement
     if store.device(args.device) is None:
         raise InputError(f"device `{args.device}` is not enrolled", hint="enrol it with `vaultpolicy controller enroll`")
     print(nonce.issue(store, args.device, attestation, now).hex())
     return status_codes.SUCCESS
 
 
-def _verify_quote(args, store, now) -> int:
+def _read_quote_and_requirement(args):
     from compiler.files import read_input
-    from controller.errors import AttestationRejected
-    from controller.quote_verify import sealed_to, verify_quote
     from enforcer.attest import Quote
 
-    quote = Quote.from_bytes(read_input(args.quote, "quote"), args.quote)
-    plan, attestation = _attestation(args)
+    return Quote.from_bytes(read_input(args.quote, "quote"), args.quote), *_attestation(args)
+
+
+def _verify_quote(args, inputs, store, now) -> int:
+    from controller.errors import AttestationRejected
+    from controller.quote_verify import sealed_to, verify_quote
+
+    quote, plan, attestation = inputs
     try:
         verified = verify_quote(store, quote, attestation, now, sealed_to(plan))
     except AttestationRejected as exc:
@@ -176,14 +187,24 @@ def _verify_quote(args, store, now) -> int:
     return status_codes.SUCCESS
 
 
-def _release(args, store, now) -> int:
-    from compiler.files import read_input, read_private_key, write_output
-    from controller.release import release_keys
+def _read_release_inputs(args):
+    from compiler.files import check_private_mode, read_input, refuse_overwriting_inputs
     from enforcer.attest import Quote
     from enforcer.escrow import load_escrow_private
 
+    refuse_overwriting_inputs(args.output, {args.quote: "the quote", args.escrow_key: "the escrow key",
+                                            args.store: "the controller store (--store)"})
     quote = Quote.from_bytes(read_input(args.quote, "quote"), args.quote)
-    key = load_escrow_private(read_private_key(args.escrow_key, "escrow key"), args.escrow_key)
+    key = load_escrow_private(read_input(args.escrow_key, "escrow key"), args.escrow_key)
+    check_private_mode(args.escrow_key, "escrow key")
+    return quote, key
+
+
+def _release(args, inputs, store, now) -> int:
+    from compiler.files import write_output
+    from controller.release import release_keys
+
+    quote, key = inputs
     # marked released and written as one: a file that cannot be written rolls the mark back, so the
     # quote can still release (a second process waits, then finds it released)
     with store.transaction():
@@ -193,7 +214,8 @@ def _release(args, store, now) -> int:
     return status_codes.SUCCESS
 
 
-def _drift(args, store, now) -> int:
+def _drift(args, _inputs, store, now) -> int:
+    """Each report is read in turn: one that is unreadable is rejected, the others are summarised."""
     from compiler.files import read_input
     from controller.drift import keep_newest, render, summarise, verify_report
     from controller.errors import AttestationRejected
@@ -215,11 +237,12 @@ def _drift(args, store, now) -> int:
     return status_codes.DRIFT if summary.drifting_devices else status_codes.SUCCESS
 
 
+# command -> (read and check the files it names, without the store; act on the store)
 _ACTIONS = {
-    "enroll": _enroll,
-    "escrow": _escrow,
-    "nonce": _nonce,
-    "verify-quote": _verify_quote,
-    "release": _release,
-    "drift": _drift,
+    "enroll": (_read_identity, _enroll),
+    "escrow": (_read_deposits, _escrow),
+    "nonce": (_attestation, _nonce),
+    "verify-quote": (_read_quote_and_requirement, _verify_quote),
+    "release": (_read_release_inputs, _release),
+    "drift": (lambda args: None, _drift),
 }
