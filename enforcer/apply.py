@@ -62,6 +62,13 @@ class MigrationError(DeviceError):
     """Plaintext files could not be moved into the vault; the originals are untouched."""
 
 
+class UncopyableFile(MigrationError):
+    """A file under a tree to copy (a migration's plaintext, a vault to rotate or re-encrypt) cannot be
+    carried into the vault as it is; found before anything moved, and nothing did."""
+
+    reason = "uncopyable-file"
+
+
 class KeyMismatch(DeviceError):
     """The unsealed key is not the one the vault was encrypted with."""
 
@@ -164,6 +171,7 @@ class Applier:
         """Check the copy fits where the vault's files will be, then move the plaintext aside."""
         vault = self._vault(name)
         where = self._layout(name)
+        refuse_uncopyable(where.path, name)
         needs = copy_needs(where.path, vault.encryption != "none")
         made = False
         if vault.limit_bytes:  # the vault's own filesystem, measured: made now when it does not exist yet
@@ -315,6 +323,7 @@ class Applier:
     def _copy_staged(self, name: str, where: Layout) -> None:
         stats = os.statvfs(where.path)
         encrypted = self._vault(name).encryption != "none"
+        refuse_uncopyable(where.staging, name)
         needs = copy_needs(where.staging, encrypted).minus(copy_needs(where.path, encrypted))
         room = (stats.f_bavail * stats.f_frsize, stats.f_favail)
         if needs.bytes > room[0] or needs.inodes > room[1]:
@@ -546,8 +555,8 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
     file its blocks, and an extent block for a file above 1 MiB; per directory the blocks its
     entries take, twice over for a directory past one block (hashed directories split half-full
     blocks), under encryption with names padded to 32 bytes; a block per symlink too long to sit in
-    its inode; an inode per entry. Raises MigrationError for a file kind that cannot be copied, so a
-    copy is refused before anything moves. Shared by migration and rotation (S21)."""
+    its inode; an inode per file. A file with several names (hard links) is one inode and its blocks
+    once, as `copy_tree` copies it. Shared by migration and rotation (S21)."""
     block = blockdev.BLOCK_SIZE
     inline_link = 59 - 2 if encrypted else 59  # an encrypted target carries its length
 
@@ -557,6 +566,7 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
     total, inodes = 0, 0
     if not root.is_dir():
         return CopyNeeds(0, 0)
+    counted: set[tuple[int, int]] = set()  # (device, inode) of the files with several names met so far
     for directory, dirs, files in os.walk(root):
         names = dirs + files
         entry_bytes = 24 + sum(8 + (-(-len(os.fsencode(n)) // 32) * 32 if encrypted else -(-len(os.fsencode(n)) // 4) * 4)
@@ -568,15 +578,43 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):
                 continue  # counted when the walk enters it
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in counted:
+                    continue  # another name of a file counted already: its directory entry is all it adds
+                counted.add((st.st_dev, st.st_ino))
             inodes += 1
             if stat.S_ISREG(st.st_mode):
                 total += (blocks(st.st_size) + (st.st_size > 2**20)) * block
             elif stat.S_ISLNK(st.st_mode):
                 target = len(os.fsencode(os.readlink(path)))
                 total += block if (-(-target // 32) * 32 if encrypted else target) > inline_link else 0
-            else:
-                raise MigrationError(f"`{path}` is neither a file, a directory nor a symlink; it cannot be migrated")
     return CopyNeeds(total, inodes)
+
+
+def refuse_uncopyable(root: Path, vault: str) -> None:
+    """Raise UncopyableFile, naming the vault, the file and why, for the first file under `root` that a
+    copy cannot carry, so the copy is refused before anything moves: a kind other than a file, a
+    directory or a symlink, or a file with names outside `root` (hard links: the copy would be another
+    file than the one those names show, and the plaintext would stay readable there)."""
+    names_in_tree: dict[tuple[int, int], list] = {}  # (device, inode) -> [a path, its names met, its link count]
+    for directory, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            path = os.path.join(directory, entry)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                raise UncopyableFile(f"`{path}` is neither a file, a directory nor a symlink; it cannot be copied "
+                                     "into the vault; nothing was changed", vault=vault)
+            if st.st_nlink > 1:
+                names_in_tree.setdefault((st.st_dev, st.st_ino), [path, 0, st.st_nlink])[1] += 1
+    for path, found, count in names_in_tree.values():
+        if found < count:
+            raise UncopyableFile(
+                f"`{path}` has {count - found} more name{'s' if count - found > 1 else ''} outside `{root}` (hard "
+                "links): its copy in the vault would be another file than those names show, and its plaintext would "
+                "stay readable there; nothing was changed", vault=vault,
+                hint="remove the other names, or replace them with copies (`cp`), and run the command again")
 
 
 def copy_metadata(st: os.stat_result, target_fd: int) -> None:
@@ -591,7 +629,8 @@ def copy_metadata(st: os.stat_result, target_fd: int) -> None:
 def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callable[[str], None] | None = None) -> None:
     """Copy the regular files, directories and symlinks under the directory `source` into the existing
     directory `target` with their modes, owners and mtimes, `target` taking those of `source` last;
-    fsync each file and verify it by SHA-256. Shared by migration and key rotation (enforcer/rotate.py).
+    fsync each file and verify it by SHA-256. A file's other names become hard links to its copy, so
+    they stay one file. Shared by migration and key rotation (enforcer/rotate.py).
 
     No symlink is ever followed: an app writes its vault's links, and the copy runs as root. Each
     directory is opened with O_NOFOLLOW relative to its parent's descriptor and every entry is read,
@@ -600,6 +639,7 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
     even when an app swaps a link in during the copy. `copied` gets every entry this call creates, each
     directory before its entries, so a caller can undo a failed copy in reverse order. `checkpoint`
     (the crash test's hook) is called once, after the first file."""
+    first_copies: dict[tuple[int, int], Path] = {}  # (device, inode) of a file with several names -> its copy
 
     def copy_directory(source_fd: int, target_fd: int, relative: Path) -> None:
         nonlocal checkpoint
@@ -618,6 +658,10 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
                     with _directory(name, source_fd) as inner_source, _directory(name, target_fd) as inner_target:
                         copy_directory(inner_source, inner_target, relative / name)
                         copy_metadata(st, inner_target)  # last: its entries are all in
+                elif (st.st_dev, st.st_ino) in first_copies:
+                    _remove_leftover(name, target_fd)
+                    copied.append(path)
+                    link_to_first_copy(first_copies[st.st_dev, st.st_ino], name, target_fd)
                 elif stat.S_ISLNK(st.st_mode):
                     _remove_leftover(name, target_fd)
                     os.symlink(os.readlink(name, dir_fd=source_fd), name, dir_fd=target_fd)
@@ -634,16 +678,24 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
                 else:
                     raise MigrationError(f"`{source / relative / name}` is neither a file, a directory nor a "
                                          "symlink; it cannot be migrated")
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                    first_copies.setdefault((st.st_dev, st.st_ino), path)
             except OSError as exc:  # named relative to a descriptor: say where
                 if not os.path.isabs(exc.filename or ""):
                     exc.filename = str(path)
                 raise
         os.fsync(target_fd)
 
-    with _directory(source) as source_fd, _directory(target) as target_fd:
-        copy_directory(source_fd, target_fd, Path())
-        copy_metadata(os.fstat(source_fd), target_fd)
-        os.fsync(target_fd)
+    def link_to_first_copy(first: Path, name: str, target_fd: int) -> None:
+        """Name the copy `first` (a path under `target`) `name` in `target_fd` too; each directory on the
+        way to it is opened with O_NOFOLLOW from `target`'s descriptor, as the copy made them."""
+        with _directory_below(top_target_fd, first.parent.relative_to(target)) as parent_fd:
+            os.link(first.name, name, src_dir_fd=parent_fd, dst_dir_fd=target_fd, follow_symlinks=False)
+
+    with _directory(source) as source_fd, _directory(target) as top_target_fd:
+        copy_directory(source_fd, top_target_fd, Path())
+        copy_metadata(os.fstat(source_fd), top_target_fd)
+        os.fsync(top_target_fd)
 
 
 @contextmanager
@@ -651,6 +703,21 @@ def _directory(path: str | Path, parent_fd: int | None = None) -> Iterator[int]:
     """A descriptor of the directory `path` (relative to `parent_fd` when given); ELOOP when it is a symlink."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
     try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _directory_below(top_fd: int, relative: Path) -> Iterator[int]:
+    """A descriptor of the directory `relative` below `top_fd`, opened one component at a time with
+    O_NOFOLLOW: a symlink put on the way fails it instead of leading elsewhere."""
+    fd = os.dup(top_fd)
+    try:
+        for part in relative.parts:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
         yield fd
     finally:
         os.close(fd)

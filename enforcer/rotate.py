@@ -61,7 +61,7 @@ from typing import get_args
 
 from compiler.plan import Encryption, Plan, Vault, format_time, parse_time
 from enforcer import blockdev, fscrypt
-from enforcer.apply import Applier, copy_needs, copy_tree, seal_new_key
+from enforcer.apply import Applier, copy_needs, copy_tree, refuse_uncopyable, seal_new_key
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, layout
@@ -211,7 +211,7 @@ class Rotator:
         elif not where.data.is_dir() or verb == "rotate":
             raise RotationRefused("not-encrypted", "the vault is not encrypted under its sealed key; run "
                                   "`vaultpolicy device apply` first", vault=name)
-        _check_space(name, where.data, vault.encryption != "none")
+        _check_copy(name, where.data, vault.encryption != "none")
         # the key the files leave: the directory's, or a sealed key whose files are gone (still erased)
         old = policy.key_identifier if policy is not None else bytes.fromhex(sealed["key_identifier"]) if sealed else None
 
@@ -406,8 +406,8 @@ def rotate_vaults(rotator: Rotator, names: list[str], due_only: bool,
             results.append(rotator.rotate(vault.name))
         except DeviceError as exc:
             message = exc.message.removeprefix(f"vault `{vault.name}`: ") + (f"; {exc.hint}" if exc.hint else "")
-            reason = exc.reason if isinstance(exc, RotationRefused) else "rotate-failed"
-            results.append(Rotated(vault.name, "failed", reason, message=message))
+            # the reason of a refusal (RotationRefused) or of a file the copy cannot carry (UncopyableFile)
+            results.append(Rotated(vault.name, "failed", getattr(exc, "reason", "rotate-failed"), message=message))
     return results
 
 
@@ -420,13 +420,12 @@ def _unbind(name: str, path: Path, verb: str) -> None:
                               f"({result.stderr.strip()})", vault=name)
 
 
-def _check_space(name: str, data: Path, encrypted: bool) -> None:
-    """S21: the re-encrypted copy must fit beside the data; refuse before changing anything."""
+def _check_copy(name: str, data: Path, encrypted: bool) -> None:
+    """S21: every file must be one a copy carries, and the re-encrypted copy must fit beside the data;
+    refuse before changing anything."""
     fs = os.statvfs(data)
-    try:
-        needs = copy_needs(data, encrypted)
-    except DeviceError as exc:  # a file kind that cannot be copied
-        raise RotationRefused("rotate-failed", f"{exc.message}; nothing was changed", vault=name) from None
+    refuse_uncopyable(data, name)
+    needs = copy_needs(data, encrypted)
     free = fs.f_bavail * fs.f_frsize
     if needs.bytes > free or needs.inodes > fs.f_favail:
         raise RotationRefused("no-room", f"copying the vault needs {needs.bytes} free bytes and {needs.inodes} inodes on "

@@ -1,0 +1,126 @@
+"""What the copy of a vault's files carries over, on real fscrypt + swtpm through the CLI. Migration (into a
+vault with its own image and into a plain one), rotation and re-encryption all copy with `apply.copy_tree`,
+so each case is carried all four ways; what a copy cannot carry is refused before anything changes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+import pytest
+
+from enforcer import fscrypt
+from enforcer.state import StateDir
+from vp_helpers import make_plan, vault
+
+pytestmark = pytest.mark.device
+
+MiB = 1 << 20
+WAYS = ["migrate-own-image", "migrate-plain", "rotate", "re-encrypt"]
+
+
+def carry(device, way: str, make):
+    """Have `make(directory)` put files where the vault `v` is, then carry them `way`: migrate the plaintext
+    directory into the vault, rotate the vault's key, or re-encrypt it from `encryption none`; the
+    command's result. A way ending in `-plain` is a vault without a limit, on the persist filesystem; the
+    others have their own 16 MiB image."""
+    path = device.path("/persist/vault/v")
+    limit = 0 if way.endswith("-plain") else 16 * MiB
+    if way.startswith("migrate"):
+        path.mkdir(parents=True)
+        make(path)
+        return device.apply(make_plan([vault("v", limit=limit)]))
+    made = device.apply(make_plan([vault("v", limit=limit, encryption="none" if way.startswith("re-encrypt")
+                                         else "aes-256-xts")]))
+    assert made.returncode == 0, made.stdout + made.stderr
+    make(path)
+    os.sync()
+    if way.startswith("rotate"):
+        return device.cli("device", "rotate")
+    return device.apply(make_plan([vault("v", limit=limit)], version=2))
+
+
+def carried(device, result) -> os.PathLike:
+    """The vault's path, once `result` says its files were carried into the encrypted vault."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    path = device.path("/persist/vault/v")
+    assert fscrypt.get_policy(str(path)) is not None
+    assert not [name for name in os.listdir(path.parent) if ".vp-" in name], "scratch left beside the vault"
+    return path
+
+
+def refused(device, way: str, result, *said: str) -> None:
+    """`result` failed for the vault `v` saying each of `said`, and changed nothing: the vault's key,
+    encryption and scratch are as before the command (the caller checks the files)."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    for text in said:
+        assert text in result.stdout, result.stdout
+    path = device.path("/persist/vault/v")
+    policy = fscrypt.get_policy(str(path))
+    if way.startswith("migrate"):
+        assert policy is None and StateDir(device.state).sealed("v") is None
+        assert not StateDir(device.state).image_path("v").exists(), "the image made to measure the vault is left"
+    elif way.startswith("rotate"):
+        assert policy.key_identifier.hex() == StateDir(device.state).sealed("v")["key_identifier"]
+    else:
+        assert policy is None and StateDir(device.state).records()["v"].encryption == "none"
+    assert not [name for name in os.listdir(path.parent) if ".vp-" in name], "scratch left beside the vault"
+    rotating = device.state / "rotating"
+    assert not rotating.exists() or not list(rotating.iterdir()), "a pending rotation is left"
+
+
+def digest(path) -> str:
+    with open(path, "rb") as data:
+        return hashlib.file_digest(data, "sha256").hexdigest()
+
+
+def inodes(root) -> list[list[str]]:
+    """The names under `root` grouped by the file they are (hard links share a group)."""
+    groups: dict[int, list[str]] = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            groups.setdefault(os.lstat(path).st_ino, []).append(os.path.relpath(path, root))
+    return sorted(sorted(names) for names in groups.values())
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_hard_links_stay_one_file_and_are_counted_once(device, way):
+    """Three names of one 6 MiB file became three files, 18 MiB: a 16 MiB vault refused them as too
+    big (`needs 18.0 MiB`) though they fit, and where they were copied, writing through one name no
+    longer changed what the others show."""
+    data = os.urandom(6 * MiB)
+
+    def linked(path):
+        (path / "sub").mkdir()
+        (path / "data").write_bytes(data)
+        os.link(path / "data", path / "sub" / "same")
+        os.link(path / "data", path / "also")
+        (path / "alone").write_bytes(b"one name")
+
+    path = carried(device, carry(device, way, linked))
+    assert inodes(path) == [["alone"], ["also", "data", "sub/same"]]
+    assert os.lstat(path / "data").st_nlink == 3 and (path / "sub" / "same").read_bytes() == data
+
+
+@pytest.mark.parametrize("way", ["migrate-own-image", "migrate-plain", "re-encrypt-plain"])
+def test_a_file_with_a_name_outside_the_directory_is_refused(device, way):
+    """A migrated file with another name outside the directory left its plaintext readable there, and
+    the vault held another file than that name showed. Now nothing changes until the other name is gone."""
+    outside = device.path("/persist/elsewhere")
+
+    def linked_from_outside(path):
+        outside.mkdir(exist_ok=True)
+        (path / "shared").write_bytes(b"plaintext the vault should hold")
+        os.link(path / "shared", outside / "shared")
+
+    path = device.path("/persist/vault/v")
+    refused(device, way, carry(device, way, linked_from_outside),
+            f"`{path / 'shared'}` has 1 more name outside `", "its plaintext would stay readable there")
+    assert (path / "shared").read_bytes() == b"plaintext the vault should hold" and os.lstat(path / "shared").st_nlink == 2
+
+    (outside / "shared").unlink()
+    again = device.apply(make_plan([vault("v", limit=0 if way.endswith("-plain") else 16 * MiB)], version=3))
+    assert carried(device, again) and (path / "shared").read_bytes() == b"plaintext the vault should hold"
