@@ -108,7 +108,8 @@ def test_hard_links_stay_one_file_and_are_counted_once(device, way):
 @pytest.mark.parametrize("way", ["migrate-own-image", "migrate-plain", "re-encrypt-plain"])
 def test_a_file_with_a_name_outside_the_directory_is_refused(device, way):
     """A migrated file with another name outside the directory left its plaintext readable there, and
-    the vault held another file than that name showed. Now nothing changes until the other name is gone."""
+    the vault held another file than that name showed. Now nothing changes until the other name is gone,
+    and apply says what to do (its failed steps left out the hint of their error)."""
     outside = device.path("/persist/elsewhere")
 
     def linked_from_outside(path):
@@ -118,7 +119,8 @@ def test_a_file_with_a_name_outside_the_directory_is_refused(device, way):
 
     path = device.path("/persist/vault/v")
     refused(device, way, carry(device, way, linked_from_outside),
-            f"`{path / 'shared'}` has 1 more name outside `", "its plaintext would stay readable there")
+            f"`{path / 'shared'}` has 1 more name outside `", "its plaintext would stay readable there",
+            "; remove the other names, or replace them with copies (`cp`), and run the command again")
     assert (path / "shared").read_bytes() == b"plaintext the vault should hold" and os.lstat(path / "shared").st_nlink == 2
 
     (outside / "shared").unlink()
