@@ -551,8 +551,9 @@ class CopyNeeds:
 
 def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
     """What a copy of the tree under `root` (the top directory included) takes on an ext4 filesystem
-    with 4 KiB blocks, counted from names and sizes (lstat: symlinks are not followed): per regular
-    file its blocks, and an extent block for a file above 1 MiB; per directory the blocks its
+    with 4 KiB blocks, counted from names, sizes and allocated blocks (lstat: symlinks are not
+    followed): per regular file the blocks it has (a sparse file's holes take none in the copy either),
+    and an extent block for a file above 1 MiB; per directory the blocks its
     entries take, twice over for a directory past one block (hashed directories split half-full
     blocks), under encryption with names padded to 32 bytes; a block per symlink too long to sit in
     its inode; an inode per file. A file with several names (hard links) is one inode and its blocks
@@ -583,8 +584,8 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
                     continue  # another name of a file counted already: its directory entry is all it adds
                 counted.add((st.st_dev, st.st_ino))
             inodes += 1
-            if stat.S_ISREG(st.st_mode):
-                total += (blocks(st.st_size) + (st.st_size > 2**20)) * block
+            if stat.S_ISREG(st.st_mode):  # its allocated blocks: a sparse file's holes stay holes
+                total += (blocks(min(st.st_size, st.st_blocks * 512)) + (st.st_size > 2**20)) * block
             elif stat.S_ISLNK(st.st_mode):
                 target = len(os.fsencode(os.readlink(path)))
                 total += block if (-(-target // 32) * 32 if encrypted else target) > inline_link else 0
@@ -734,24 +735,62 @@ def _remove_leftover(name: str, directory_fd: int) -> None:
 def _copy_file(name: str, source_fd: int, target_fd: int, st: os.stat_result, path: Path) -> None:
     """Copy the regular file `name` of the directory `source_fd` into `target_fd`, where it must not exist.
     O_NOFOLLOW: a link an app swapped in since `st` was taken is neither read nor written through;
-    O_NONBLOCK: a FIFO swapped in does not hang the copy. Either is then not the file `st` describes."""
+    O_NONBLOCK: a FIFO swapped in does not hang the copy. Either is then not the file `st` describes.
+    Only the ranges that hold data are copied, so a sparse file's holes stay holes (a 1 GiB disk image
+    holding 12 KiB takes 12 KiB in the vault, not 1 GiB of encrypted zeros); each range is verified by
+    SHA-256 as read back from the copy."""
     reader_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=source_fd)
-    with open(reader_fd, "rb") as reader:
+    try:
         if not os.path.samestat(st, os.fstat(reader_fd)):
             raise MigrationError(f"`{path}` changed while it was copied; the original stays where it was")
         writer_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                             dir_fd=target_fd)
-        with open(writer_fd, "w+b") as writer:
-            expected = hashlib.sha256()
-            while chunk := reader.read(_COPY_CHUNK):
-                expected.update(chunk)
-                writer.write(chunk)
-            writer.flush()
+        try:
+            ranges = _data_ranges(reader_fd, st.st_size)
+            expected = _digest(reader_fd, ranges, copy_to=writer_fd)
+            os.ftruncate(writer_fd, st.st_size)  # a hole at the end has no range to write
             os.fsync(writer_fd)
             copy_metadata(st, writer_fd)
-            writer.seek(0)
-            actual = hashlib.sha256()
-            while chunk := writer.read(_COPY_CHUNK):
-                actual.update(chunk)
-    if actual.digest() != expected.digest():
+            actual = _digest(writer_fd, ranges)
+        finally:
+            os.close(writer_fd)
+    finally:
+        os.close(reader_fd)
+    if actual != expected:
         raise MigrationError(f"`{path}` does not read back as written (SHA-256 differs); the original stays staged")
+
+
+def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """(start, end) of each range of the open file `fd` that holds data (SEEK_DATA, SEEK_HOLE), up to `size`."""
+    ranges, offset = [], 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole from `offset` on
+                break
+            raise
+        offset = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start < offset:
+            ranges.append((start, offset))
+    return ranges
+
+
+def _digest(fd: int, ranges: list[tuple[int, int]], copy_to: int | None = None) -> bytes:
+    """SHA-256 over each range of `fd` and where it starts; with `copy_to`, each range written there too."""
+    digest = hashlib.sha256()
+    for start, end in ranges:
+        digest.update(start.to_bytes(8, "little"))
+        for offset in range(start, end, _COPY_CHUNK):
+            chunk = os.pread(fd, min(_COPY_CHUNK, end - offset), offset)
+            if copy_to is not None:
+                _write_all(copy_to, chunk, offset)
+            digest.update(chunk)
+    return digest.digest()
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
