@@ -38,6 +38,7 @@ import os
 import shutil
 import stat
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,7 @@ from enforcer.verify import record_for
 from vaultpolicy.errors import DeviceError
 
 _COPY_CHUNK = 1 << 20
+_XATTR_BLOCK_SHARERS = 1024  # ext4's most inodes sharing one block of identical extended attributes
 
 
 class MigrationError(DeviceError):
@@ -557,23 +559,31 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
     entries take, twice over for a directory past one block (hashed directories split half-full
     blocks), under encryption with names padded to 32 bytes; a block per symlink too long to sit in
     its inode; an inode per file. A file with several names (hard links) is one inode and its blocks
-    once, as `copy_tree` copies it. Shared by migration and rotation (S21)."""
+    once, as `copy_tree` copies it. Extended attributes take a block per set of them (an encrypted
+    inode's spare room holds its encryption context, so a 1 KiB attribute does not fit there), which
+    ext4 shares among up to 1024 inodes with the very same set. Shared by migration and rotation (S21)."""
     block = blockdev.BLOCK_SIZE
     inline_link = 59 - 2 if encrypted else 59  # an encrypted target carries its length
 
     def blocks(size: int) -> int:
         return -(-size // block)
 
+    def attributes(path: str) -> tuple:
+        return tuple(sorted((name, os.getxattr(path, name, follow_symlinks=False))
+                            for name in os.listxattr(path, follow_symlinks=False)))
+
     total, inodes = 0, 0
     if not root.is_dir():
         return CopyNeeds(0, 0)
     counted: set[tuple[int, int]] = set()  # (device, inode) of the files with several names met so far
+    attribute_sets: Counter[tuple] = Counter()  # how many inodes have each set of extended attributes
     for directory, dirs, files in os.walk(root):
         names = dirs + files
         entry_bytes = 24 + sum(8 + (-(-len(os.fsencode(n)) // 32) * 32 if encrypted else -(-len(os.fsencode(n)) // 4) * 4)
                                for n in names)
         total += (1 if entry_bytes <= block else 2 * blocks(entry_bytes)) * block
         inodes += 1
+        attribute_sets[attributes(directory)] += 1
         for entry in names:  # os.walk lists a link to a directory with the directories, and does not enter it
             path = os.path.join(directory, entry)
             st = os.lstat(path)
@@ -584,11 +594,13 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
                     continue  # another name of a file counted already: its directory entry is all it adds
                 counted.add((st.st_dev, st.st_ino))
             inodes += 1
+            attribute_sets[attributes(path)] += 1
             if stat.S_ISREG(st.st_mode):  # its allocated blocks: a sparse file's holes stay holes
                 total += (blocks(min(st.st_size, st.st_blocks * 512)) + (st.st_size > 2**20)) * block
             elif stat.S_ISLNK(st.st_mode):
                 target = len(os.fsencode(os.readlink(path)))
                 total += block if (-(-target // 32) * 32 if encrypted else target) > inline_link else 0
+    total += sum(-(-count // _XATTR_BLOCK_SHARERS) for found, count in attribute_sets.items() if found) * block
     return CopyNeeds(total, inodes)
 
 
@@ -618,13 +630,25 @@ def refuse_uncopyable(root: Path, vault: str) -> None:
                 hint="remove the other names, or replace them with copies (`cp`), and run the command again")
 
 
-def copy_metadata(st: os.stat_result, target_fd: int) -> None:
-    """Give the open file or directory `target_fd` the owner, mode and times of `st` (the owner first: a
-    chown clears setuid and setgid bits; the mtime last: nothing is added after). Through the
-    descriptor: a path could lead through a symlink to something outside the vault."""
-    os.fchown(target_fd, st.st_uid, st.st_gid)
-    os.fchmod(target_fd, stat.S_IMODE(st.st_mode))
-    os.utime(target_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+def copy_metadata(st: os.stat_result, source: int | str, target: int | str) -> None:
+    """Give `target` the owner, extended attributes, mode and times of `source`, whose lstat is `st`. Each
+    is an open descriptor of a file or directory, or, for a symlink, its path in an open directory
+    (`_in_directory`), never followed: a path of its own could lead through a symlink to something
+    outside the vault. The owner first: a chown clears setuid and setgid bits and file capabilities.
+    The extended attributes then, exactly the source's: `user.*`, POSIX ACLs (`system.posix_acl_*`),
+    file capabilities (`security.capability`), ...; one the target has and the source has not (an ACL
+    inherited from a default ACL) goes. The mode after them (an ACL sets the mode's group bits; they are
+    one), the mtime last: nothing is added after."""
+    by_path = {} if isinstance(target, int) else {"follow_symlinks": False}
+    os.chown(target, st.st_uid, st.st_gid, **by_path)
+    wanted = {name: os.getxattr(source, name, **by_path) for name in os.listxattr(source, **by_path)}
+    for name in set(os.listxattr(target, **by_path)) - set(wanted):
+        os.removexattr(target, name, **by_path)
+    for name, value in wanted.items():
+        os.setxattr(target, name, value, **by_path)
+    if not stat.S_ISLNK(st.st_mode):  # Linux keeps no mode for a link
+        os.chmod(target, stat.S_IMODE(st.st_mode), **by_path)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), **by_path)
 
 
 def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callable[[str], None] | None = None) -> None:
@@ -658,7 +682,7 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
                         pass
                     with _directory(name, source_fd) as inner_source, _directory(name, target_fd) as inner_target:
                         copy_directory(inner_source, inner_target, relative / name)
-                        copy_metadata(st, inner_target)  # last: its entries are all in
+                        copy_metadata(st, inner_source, inner_target)  # last: its entries are all in
                 elif (st.st_dev, st.st_ino) in first_copies:
                     _remove_leftover(name, target_fd)
                     copied.append(path)
@@ -667,8 +691,7 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
                     _remove_leftover(name, target_fd)
                     os.symlink(os.readlink(name, dir_fd=source_fd), name, dir_fd=target_fd)
                     copied.append(path)
-                    os.chown(name, st.st_uid, st.st_gid, dir_fd=target_fd, follow_symlinks=False)
-                    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=target_fd, follow_symlinks=False)
+                    copy_metadata(st, _in_directory(source_fd, name), _in_directory(target_fd, name))
                 elif stat.S_ISREG(st.st_mode):
                     _remove_leftover(name, target_fd)
                     copied.append(path)
@@ -695,7 +718,7 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
 
     with _directory(source) as source_fd, _directory(target) as top_target_fd:
         copy_directory(source_fd, top_target_fd, Path())
-        copy_metadata(os.fstat(source_fd), top_target_fd)
+        copy_metadata(os.fstat(source_fd), source_fd, top_target_fd)
         os.fsync(top_target_fd)
 
 
@@ -707,6 +730,12 @@ def _directory(path: str | Path, parent_fd: int | None = None) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _in_directory(directory_fd: int, name: str) -> str:
+    """A path to the entry `name` of the open directory `directory_fd`, for calls that take no descriptor
+    of the directory: the directory is the one open, whatever is renamed meanwhile."""
+    return f"/proc/self/fd/{directory_fd}/{name}"
 
 
 @contextmanager
@@ -750,7 +779,7 @@ def _copy_file(name: str, source_fd: int, target_fd: int, st: os.stat_result, pa
             expected = _digest(reader_fd, ranges, copy_to=writer_fd)
             os.ftruncate(writer_fd, st.st_size)  # a hole at the end has no range to write
             os.fsync(writer_fd)
-            copy_metadata(st, writer_fd)
+            copy_metadata(st, reader_fd, writer_fd)
             actual = _digest(writer_fd, ranges)
         finally:
             os.close(writer_fd)
