@@ -9,9 +9,9 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
   space check against the free blocks and inodes of the filesystem the vault will have: a vault with
   a limit gets its image made first, to measure it), the vault is made, and then every file is
   copied in, fsynced and verified by SHA-256 before the plaintext copy is removed. A crash anywhere
-  leaves the original staged and intact, and the next run copies again. Files whose kind cannot be
-  carried (devices, sockets, FIFOs) stop the migration before anything moves. The vault directory
-  takes the plaintext directory's mode, owner and mtime. The plaintext is then renamed to
+  leaves the original staged and intact, and the next run copies again. Files that cannot be carried
+  (device nodes, files with names outside the directory) stop the migration before anything moves. The
+  vault directory takes the plaintext directory's mode, owner and mtime. The plaintext is then renamed to
   `.<name>.vp-erase`, deleted, its freed blocks discarded, and that directory removed last: a crash
   before the discard leaves it, so the next run finishes the erase.
 - A key is created only for a directory without an encryption policy: an encrypted directory whose
@@ -334,7 +334,7 @@ class Applier:
                                  "inodes more; it stays there, intact", vault=name)
         copied: list[Path] = []
         try:
-            copy_tree(where.staging, where.path, copied, self._checkpoint)
+            copy_tree(where.staging, where.path, copied, name, self._checkpoint)
         except (OSError, MigrationError) as exc:
             for path in reversed(copied):  # S21: a failed migration leaves no partial copy behind
                 if path.is_dir() and not path.is_symlink():
@@ -554,14 +554,14 @@ class CopyNeeds:
 def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
     """What a copy of the tree under `root` (the top directory included) takes on an ext4 filesystem
     with 4 KiB blocks, counted from names, sizes and allocated blocks (lstat: symlinks are not
-    followed): per regular file the blocks it has (a sparse file's holes take none in the copy either),
-    and an extent block for a file above 1 MiB; per directory the blocks its
-    entries take, twice over for a directory past one block (hashed directories split half-full
-    blocks), under encryption with names padded to 32 bytes; a block per symlink too long to sit in
-    its inode; an inode per file. A file with several names (hard links) is one inode and its blocks
-    once, as `copy_tree` copies it. Extended attributes take a block per set of them (an encrypted
-    inode's spare room holds its encryption context, so a 1 KiB attribute does not fit there), which
-    ext4 shares among up to 1024 inodes with the very same set. Shared by migration and rotation (S21)."""
+    followed): per regular file the blocks it has (a sparse file's holes take none in the copy
+    either), and an extent block for a file above 1 MiB; per directory the blocks its entries take,
+    twice over for a directory past one block (hashed directories split half-full blocks), under
+    encryption with names padded to 32 bytes; a block per symlink too long to sit in its inode; an
+    inode per file. A file with several names (hard links) is one inode and its blocks once, as
+    `copy_tree` copies it. Extended attributes take a block per set of them (an encrypted inode's
+    spare room holds its encryption context, so a 1 KiB attribute does not fit there), which ext4
+    shares among up to 1024 inodes with the very same set. Shared by migration and rotation (S21)."""
     block = blockdev.BLOCK_SIZE
     inline_link = 59 - 2 if encrypted else 59  # an encrypted target carries its length
 
@@ -604,11 +604,15 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
     return CopyNeeds(total, inodes)
 
 
-def refuse_uncopyable(root: Path, vault: str) -> None:
-    """Raise UncopyableFile, naming the vault, the file and why, for the first file under `root` that a
-    copy cannot carry, so the copy is refused before anything moves: a kind other than a file, a
-    directory or a symlink, or a file with names outside `root` (hard links: the copy would be another
-    file than the one those names show, and the plaintext would stay readable there)."""
+def refuse_uncopyable(root: Path, vault: str, known_as: Path | None = None) -> None:
+    """Raise UncopyableFile, naming the vault, the file (under `known_as`, where people see `root`: an
+    image vault's files are at its path through a bind mount) and why, for the first file under `root`
+    that a copy cannot carry, so the copy is refused before anything moves: a device node, or a file
+    with names outside `root` (hard links: the copy would be another file than the one those names
+    show, and the plaintext would stay readable there)."""
+    def shown(path: str) -> Path:
+        return (known_as or root) / os.path.relpath(path, root)
+
     names_in_tree: dict[tuple[int, int], list] = {}  # (device, inode) -> [a path, its names met, its link count]
     for directory, dirs, files in os.walk(root):
         for entry in dirs + files:
@@ -616,29 +620,35 @@ def refuse_uncopyable(root: Path, vault: str) -> None:
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):
                 continue
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                raise UncopyableFile(f"`{path}` is neither a file, a directory nor a symlink; it cannot be copied "
-                                     "into the vault; nothing was changed", vault=vault)
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                raise _device_node(shown(path), st, vault)
             if st.st_nlink > 1:
                 names_in_tree.setdefault((st.st_dev, st.st_ino), [path, 0, st.st_nlink])[1] += 1
     for path, found, count in names_in_tree.values():
         if found < count:
             raise UncopyableFile(
-                f"`{path}` has {count - found} more name{'s' if count - found > 1 else ''} outside `{root}` (hard "
-                "links): its copy in the vault would be another file than those names show, and its plaintext would "
-                "stay readable there; nothing was changed", vault=vault,
+                f"`{shown(path)}` has {count - found} more name{'s' if count - found > 1 else ''} outside "
+                f"`{known_as or root}` (hard links): its copy in the vault would be another file than those names "
+                "show, and its plaintext would stay readable there; nothing was changed", vault=vault,
                 hint="remove the other names, or replace them with copies (`cp`), and run the command again")
 
 
+def _device_node(path: Path, st: os.stat_result, vault: str) -> UncopyableFile:
+    kind = "character" if stat.S_ISCHR(st.st_mode) else "block"
+    return UncopyableFile(f"`{path}` is a {kind} device: a vault holds no device nodes (what is written through "
+                          "one goes to the device, never encrypted); nothing was changed", vault=vault,
+                          hint="move it out of the directory and run the command again")
+
+
 def copy_metadata(st: os.stat_result, source: int | str, target: int | str) -> None:
-    """Give `target` the owner, extended attributes, mode and times of `source`, whose lstat is `st`. Each
-    is an open descriptor of a file or directory, or, for a symlink, its path in an open directory
-    (`_in_directory`), never followed: a path of its own could lead through a symlink to something
-    outside the vault. The owner first: a chown clears setuid and setgid bits and file capabilities.
-    The extended attributes then, exactly the source's: `user.*`, POSIX ACLs (`system.posix_acl_*`),
-    file capabilities (`security.capability`), ...; one the target has and the source has not (an ACL
-    inherited from a default ACL) goes. The mode after them (an ACL sets the mode's group bits; they are
-    one), the mtime last: nothing is added after."""
+    """Give `target` the owner, extended attributes, mode and times of `source`, whose lstat is `st`.
+    Each is an open descriptor of a file or directory, or, for a symlink, FIFO or socket, its path in
+    an open directory (`_in_directory`), never followed: a path of its own could lead through a
+    symlink to something outside the vault. The owner first: a chown clears setuid and setgid bits
+    and file capabilities. The extended attributes then, exactly the source's: `user.*`, POSIX ACLs
+    (`system.posix_acl_*`), file capabilities (`security.capability`), ...; one the target has and
+    the source has not (an ACL inherited from a default ACL) goes. The mode after them (an ACL sets
+    the mode's group bits; they are one), the mtime last: nothing is added after."""
     by_path = {} if isinstance(target, int) else {"follow_symlinks": False}
     os.chown(target, st.st_uid, st.st_gid, **by_path)
     wanted = {name: os.getxattr(source, name, **by_path) for name in os.listxattr(source, **by_path)}
@@ -651,10 +661,12 @@ def copy_metadata(st: os.stat_result, source: int | str, target: int | str) -> N
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), **by_path)
 
 
-def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callable[[str], None] | None = None) -> None:
-    """Copy the regular files, directories and symlinks under the directory `source` into the existing
-    directory `target` with their modes, owners and mtimes, `target` taking those of `source` last;
-    fsync each file and verify it by SHA-256. A file's other names become hard links to its copy, so
+def copy_tree(source: Path, target: Path, copied: list[Path], vault: str,
+              checkpoint: Callable[[str], None] | None = None) -> None:
+    """Copy the regular files, directories, symlinks, FIFOs and sockets under the directory `source` into
+    the existing directory `target` with their modes, owners and mtimes, `target` taking those of
+    `source` last; fsync each file and verify it by SHA-256. A device node raises UncopyableFile
+    (`refuse_uncopyable` refuses it before anything moves). A file's other names become hard links to its copy, so
     they stay one file. Shared by migration and key rotation (enforcer/rotate.py).
 
     No symlink is ever followed: an app writes its vault's links, and the copy runs as root. Each
@@ -699,9 +711,13 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
                     if checkpoint is not None:
                         checkpoint("mid-copy")
                         checkpoint = None
+                elif stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):  # a name: nothing is in them
+                    _remove_leftover(name, target_fd)
+                    os.mknod(name, stat.S_IFMT(st.st_mode) | 0o600, dir_fd=target_fd)
+                    copied.append(path)
+                    copy_metadata(st, _in_directory(source_fd, name), _in_directory(target_fd, name))
                 else:
-                    raise MigrationError(f"`{source / relative / name}` is neither a file, a directory nor a "
-                                         "symlink; it cannot be migrated")
+                    raise _device_node(source / relative / name, st, vault)
                 if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                     first_copies.setdefault((st.st_dev, st.st_ino), path)
             except OSError as exc:  # named relative to a descriptor: say where

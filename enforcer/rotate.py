@@ -14,9 +14,9 @@ and swaps it in. Per vault, each mutating step written ahead to the journal:
     rotate-copy    a vault with its own image is unbound from its path (refused when files are open:
                    nothing changed); a new directory beside the data on the same filesystem
                    (`<image>.mnt/vault.vp-rotate`, or `.<name>.vp-rotate` beside a plain vault) gets a
-                   v2 policy under the new key; every file, directory and symlink is copied with its
-                   mode, owner and mtime, fsynced and verified by SHA-256 (apply.copy_tree, the
-                   migration's copy)
+                   v2 policy under the new key; every file, directory, symlink, FIFO and socket is
+                   copied with its owner, mode, extended attributes and times, fsynced and verified
+                   by SHA-256 (apply.copy_tree, the migration's copy)
     rotate-swap    renameat2(RENAME_EXCHANGE): the new tree takes the data's name in one atomic step.
                    This is the commit point
     rotate-commit  the sealed record becomes the new key's (with `rotated_at`); the new key is escrowed
@@ -211,7 +211,7 @@ class Rotator:
         elif not where.data.is_dir() or verb == "rotate":
             raise RotationRefused("not-encrypted", "the vault is not encrypted under its sealed key; run "
                                   "`vaultpolicy device apply` first", vault=name)
-        _check_copy(name, where.data, vault.encryption != "none")
+        _check_copy(name, where, vault.encryption != "none")
         # the key the files leave: the directory's, or a sealed key whose files are gone (still erased)
         old = policy.key_identifier if policy is not None else bytes.fromhex(sealed["key_identifier"]) if sealed else None
 
@@ -268,7 +268,7 @@ class Rotator:
                 raise RotationRefused(exc.reason, f"the kernel cannot encrypt with {pending['encryption']}; nothing "
                                       "was changed", vault=vault.name, hint=exc.hint) from None
             fscrypt.set_policy(str(where.fresh), new, pending["encryption"])
-        copy_tree(where.data, where.fresh, [])
+        copy_tree(where.data, where.fresh, [], vault.name)
         fsync_dir(where.fresh.parent)
 
     def _finish(self, name: str, where: _Where, pending: dict, verb: str) -> bool:
@@ -420,12 +420,12 @@ def _unbind(name: str, path: Path, verb: str) -> None:
                               f"({result.stderr.strip()})", vault=name)
 
 
-def _check_copy(name: str, data: Path, encrypted: bool) -> None:
+def _check_copy(name: str, where: _Where, encrypted: bool) -> None:
     """S21: every file must be one a copy carries, and the re-encrypted copy must fit beside the data;
     refuse before changing anything."""
-    fs = os.statvfs(data)
-    refuse_uncopyable(data, name)
-    needs = copy_needs(data, encrypted)
+    fs = os.statvfs(where.data)
+    refuse_uncopyable(where.data, name, where.layout.path)
+    needs = copy_needs(where.data, encrypted)
     free = fs.f_bavail * fs.f_frsize
     if needs.bytes > free or needs.inodes > fs.f_favail:
         raise RotationRefused("no-room", f"copying the vault needs {needs.bytes} free bytes and {needs.inodes} inodes on "

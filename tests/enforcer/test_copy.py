@@ -235,9 +235,48 @@ def test_the_space_check_counts_the_blocks_of_extended_attributes(ext4_image, va
         (source / f"{index:03}").write_bytes(b"1")
         os.setxattr(source / f"{index:03}", "user.tag", os.urandom(1000) if values == "distinct" else shared)
     expected, needs = attributes(source), copy_needs(source, encrypted=True)
-    copy_tree(source, vault_directory, [])
+    copy_tree(source, vault_directory, [], "v")
     shutil.rmtree(source)
     os.sync()
     used = (free - os.statvfs(mount).f_bfree) * 4096
     assert attributes(vault_directory) == expected
     assert used <= needs.bytes <= used + 8 * 4096, (used, needs)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_fifos_and_sockets_are_carried(device, way):
+    """A FIFO or a socket refused the whole migration, rotation or re-encryption, for good: an app's
+    named pipe or a socket it left behind kept its vault unencrypted until someone deleted it."""
+
+    def special(path):
+        (path / "run").mkdir()
+        os.mkfifo(path / "run" / "queue", 0o620)
+        os.mknod(path / "run" / "control.sock", 0o600 | stat.S_IFSOCK)  # what bind() leaves behind
+        os.chown(path / "run" / "queue", 1234, 4321)
+        os.utime(path / "run" / "control.sock", ns=(1_300_000_000_123_456_789,) * 2)
+        expected.update(tree(path))
+
+    expected = {}
+    path = carried(device, carry(device, way, special))
+    assert tree(path) == expected
+    assert stat.S_ISFIFO(os.lstat(path / "run" / "queue").st_mode)
+    assert stat.S_ISSOCK(os.lstat(path / "run" / "control.sock").st_mode)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_device_node_is_refused_before_anything_moves(device, way):
+    """What is written through a device node goes to the device, never encrypted: it has no place in a
+    vault, and the refusal says so (it said only `neither a file, a directory nor a symlink`)."""
+
+    def with_a_device(path):
+        (path / "kept").write_bytes(b"kept")
+        os.mknod(path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        expected.update(tree(path))
+
+    expected = {}
+    result = carry(device, way, with_a_device)
+    path = device.path("/persist/vault/v")
+    refused(device, way, result, f"`{path}/null` is a character device: a vault holds no device nodes (what is "
+            "written through one goes to the device, never encrypted); nothing was changed; move it out of the "
+            "directory and run the command again")
+    assert tree(path) == expected
