@@ -10,8 +10,8 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
   a limit gets its image made first, to measure it), the vault is made, and then every file is
   copied in, fsynced and verified by SHA-256 before the plaintext copy is removed. A crash anywhere
   leaves the original staged and intact, and the next run copies again. Files that cannot be carried
-  (device nodes, files with names outside the directory) stop the migration before anything moves. The
-  vault directory takes the plaintext directory's mode, owner and mtime. The plaintext is then renamed to
+  (device nodes, files with names outside the directory, immutable or append-only entries) stop the
+  migration before anything moves. The vault directory takes the plaintext directory's mode, owner and mtime. The plaintext is then renamed to
   `.<name>.vp-erase`, deleted, its freed blocks discarded, and that directory removed last: a crash
   before the discard leaves it, so the next run finishes the erase.
 - A key is created only for a directory without an encryption policy: an encrypted directory whose
@@ -31,6 +31,7 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -58,6 +59,10 @@ from vaultpolicy.errors import DeviceError
 
 _COPY_CHUNK = 1 << 20
 _XATTR_BLOCK_SHARERS = 1024  # ext4's most inodes sharing one block of identical extended attributes
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD, _AT_SYMLINK_NOFOLLOW = -100, 0x100
+_STATX_SIZE, _STATX_ATTRIBUTES = 256, slice(8, 16)  # struct statx and its stx_attributes (linux/stat.h)
+_UNDELETABLE = {0x10: ("immutable", "i"), 0x20: ("append-only", "a")}  # STATX_ATTR_IMMUTABLE, _APPEND
 
 
 class MigrationError(DeviceError):
@@ -607,19 +612,23 @@ def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
 def refuse_uncopyable(root: Path, vault: str, known_as: Path | None = None) -> None:
     """Raise UncopyableFile, naming the vault, the file (under `known_as`, where people see `root`: an
     image vault's files are at its path through a bind mount) and why, for the first file under `root`
-    that a copy cannot carry, so the copy is refused before anything moves: a device node, or a file
+    that a copy cannot carry, so the copy is refused before anything moves: a device node; a file
     with names outside `root` (hard links: the copy would be another file than the one those names
-    show, and the plaintext would stay readable there)."""
+    show, and the plaintext would stay readable there); an immutable or append-only entry, which could
+    not be removed once copied (a migration would leave its plaintext behind, a rotation its old tree
+    and key)."""
     def shown(path: str) -> Path:
         return (known_as or root) / os.path.relpath(path, root)
 
     names_in_tree: dict[tuple[int, int], list] = {}  # (device, inode) -> [a path, its names met, its link count]
     for directory, dirs, files in os.walk(root):
+        _refuse_undeletable(directory, shown(directory), vault)
         for entry in dirs + files:
             path = os.path.join(directory, entry)
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):
                 continue
+            _refuse_undeletable(path, shown(path), vault)
             if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                 raise _device_node(shown(path), st, vault)
             if st.st_nlink > 1:
@@ -631,6 +640,22 @@ def refuse_uncopyable(root: Path, vault: str, known_as: Path | None = None) -> N
                 f"`{known_as or root}` (hard links): its copy in the vault would be another file than those names "
                 "show, and its plaintext would stay readable there; nothing was changed", vault=vault,
                 hint="remove the other names, or replace them with copies (`cp`), and run the command again")
+
+
+def _refuse_undeletable(path: str, shown: Path, vault: str) -> None:
+    """Raise UncopyableFile when `path` is immutable or append-only (`chattr +i`, `+a`), asked with statx,
+    which opens nothing (opening a device or a FIFO can act on it)."""
+    buffer = ctypes.create_string_buffer(_STATX_SIZE)
+    if _libc.statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, 0, buffer) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error), path)
+    attributes = int.from_bytes(buffer.raw[_STATX_ATTRIBUTES], "little")
+    for flag, (name, letter) in _UNDELETABLE.items():
+        if attributes & flag:
+            raise UncopyableFile(f"`{shown}` is {name} (chattr +{letter}): once copied, it could not be removed; "
+                                 "nothing was changed", vault=vault,
+                                 hint=f"clear the flag (`chattr -{letter}`), run the command again, and set it again "
+                                      "on the copy if it is still wanted")
 
 
 def _device_node(path: Path, st: os.stat_result, vault: str) -> UncopyableFile:

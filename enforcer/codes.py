@@ -163,8 +163,9 @@ _code("VP1119", "uncopyable-file", "a file the copy cannot carry",
       "Migration, rotation and re-encryption copy every file of a vault. One that a copy cannot carry as it is "
       "refuses the whole copy before anything changes, naming the file and why: a device node (what is written "
       "through it goes to the device, never encrypted), a file with another name outside the directory (a hard "
-      "link: that name would keep the plaintext, and no longer show the vault's file). Remove or replace what "
-      "the message names and run the command again.",
+      "link: that name would keep the plaintext, and no longer show the vault's file), an immutable or "
+      "append-only entry (`chattr +i`, `+a`: once copied, the original could not be removed). Remove or "
+      "change what the message names and run the command again.",
       "ln /persist/vault/config/db /persist/db-link; vaultpolicy device apply plan.signed   # config refused")
 
 # --- VP12xx: unlock and lock outcomes ------------------------------------------------------------

@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,39 @@ def test_a_device_node_is_refused_before_anything_moves(device, way):
             "written through one goes to the device, never encrypted); nothing was changed; move it out of the "
             "directory and run the command again")
     assert tree(path) == expected
+
+
+@pytest.fixture
+def unfreeze(device):
+    """Clears every immutable and append-only flag under the device after the test: pytest removes it."""
+    yield
+    for top in (device.root, device.state):
+        subprocess.run(["chattr", "-R", "-f", "-i", "-a", str(top)], capture_output=True)
+
+
+@pytest.mark.parametrize("flag,what", [("+i", "data.db"), ("+a", "logs")], ids=["immutable-file", "append-only-dir"])
+@pytest.mark.parametrize("way", WAYS)
+def test_an_immutable_or_append_only_entry_is_refused_before_anything_moves(device, unfreeze, way, flag, what):
+    """The copy dropped the flag and went on; then the original could not be removed: a migration left the
+    plaintext in `.v.vp-erase` and failed at every apply after, a rotation stopped after its swap with an
+    internal error, the old key still in the kernel. Now nothing changes until the flag is cleared."""
+
+    def frozen(path):
+        (path / "data.db").write_bytes(b"records")
+        (path / "logs").mkdir()
+        (path / "logs" / "1.log").write_bytes(b"line")
+        subprocess.run(["chattr", flag, str(path / what)], check=True)
+        expected.update(tree(path))
+
+    expected = {}
+    result = carry(device, way, frozen)
+    path = device.path("/persist/vault/v")
+    name = "immutable (chattr +i)" if flag == "+i" else "append-only (chattr +a)"
+    refused(device, way, result, f"`{path / what}` is {name}: once copied, it could not be removed; nothing was "
+            f"changed; clear the flag (`chattr -{flag[1]}`), run the command again, and set it again", )
+    assert tree(path) == expected
+
+    subprocess.run(["chattr", f"-{flag[1]}", str(path / what)], check=True)
+    again = device.cli("device", "rotate") if way == "rotate" else device.apply(
+        make_plan([vault("v", limit=0 if way.endswith("-plain") else 16 * MiB)], version=3))
+    assert carried(device, again) and tree(path) == expected
