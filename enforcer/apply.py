@@ -76,6 +76,13 @@ class UncopyableFile(MigrationError):
     reason = "uncopyable-file"
 
 
+class SourceChanged(MigrationError):
+    """Files changed, appeared or went away while they were copied (an app still writing): the copy is not
+    used, and the originals are as the app left them."""
+
+    reason = "changed-during-copy"
+
+
 class KeyMismatch(DeviceError):
     """The unsealed key is not the one the vault was encrypted with."""
 
@@ -688,11 +695,16 @@ def copy_metadata(st: os.stat_result, source: int | str, target: int | str) -> N
 
 def copy_tree(source: Path, target: Path, copied: list[Path], vault: str,
               checkpoint: Callable[[str], None] | None = None) -> None:
-    """Copy the regular files, directories, symlinks, FIFOs and sockets under the directory `source` into
-    the existing directory `target` with their modes, owners and mtimes, `target` taking those of
-    `source` last; fsync each file and verify it by SHA-256. A device node raises UncopyableFile
-    (`refuse_uncopyable` refuses it before anything moves). A file's other names become hard links to its copy, so
-    they stay one file. Shared by migration and key rotation (enforcer/rotate.py).
+    """Copy everything under the directory `source` into the existing directory `target`, which takes
+    `source`'s own metadata last: regular files (their data ranges: holes stay holes), directories,
+    symlinks, FIFOs and sockets, each with its owner, mode, extended attributes and times
+    (`copy_metadata`); a file's other names become hard links to its copy, so they stay one file. Each
+    file is fsynced and verified by SHA-256. A device node raises UncopyableFile (`refuse_uncopyable`
+    refuses it before anything moves). Shared by migration, rotation and re-encryption (enforcer/rotate.py).
+
+    Then `source` is looked at again, and SourceChanged is raised for an entry that changed, appeared or
+    went away while the copy ran (an app still writing): the copy is not what is there, and the caller
+    would otherwise erase or swap out what the app wrote.
 
     No symlink is ever followed: an app writes its vault's links, and the copy runs as root. Each
     directory is opened with O_NOFOLLOW relative to its parent's descriptor and every entry is read,
@@ -702,6 +714,7 @@ def copy_tree(source: Path, target: Path, copied: list[Path], vault: str,
     directory before its entries, so a caller can undo a failed copy in reverse order. `checkpoint`
     (the crash test's hook) is called once, after the first file."""
     first_copies: dict[tuple[int, int], Path] = {}  # (device, inode) of a file with several names -> its copy
+    as_copied: dict[Path, tuple] = {}  # each entry (relative to `source`) as it was when it was copied
 
     def copy_directory(source_fd: int, target_fd: int, relative: Path) -> None:
         nonlocal checkpoint
@@ -711,6 +724,7 @@ def copy_tree(source: Path, target: Path, copied: list[Path], vault: str,
             path = target / relative / name
             try:
                 st = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
+                as_copied[relative / name] = _what_changes(st)
                 if stat.S_ISDIR(st.st_mode):
                     try:
                         os.mkdir(name, 0o700, dir_fd=target_fd)
@@ -724,21 +738,19 @@ def copy_tree(source: Path, target: Path, copied: list[Path], vault: str,
                     _remove_leftover(name, target_fd)
                     copied.append(path)
                     link_to_first_copy(first_copies[st.st_dev, st.st_ino], name, target_fd)
-                elif stat.S_ISLNK(st.st_mode):
-                    _remove_leftover(name, target_fd)
-                    os.symlink(os.readlink(name, dir_fd=source_fd), name, dir_fd=target_fd)
-                    copied.append(path)
-                    copy_metadata(st, _in_directory(source_fd, name), _in_directory(target_fd, name))
                 elif stat.S_ISREG(st.st_mode):
                     _remove_leftover(name, target_fd)
                     copied.append(path)
-                    _copy_file(name, source_fd, target_fd, st, path)
+                    _copy_file(name, source_fd, target_fd, st, path, vault)
                     if checkpoint is not None:
                         checkpoint("mid-copy")
                         checkpoint = None
-                elif stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):  # a name: nothing is in them
+                elif stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
                     _remove_leftover(name, target_fd)
-                    os.mknod(name, stat.S_IFMT(st.st_mode) | 0o600, dir_fd=target_fd)
+                    if stat.S_ISLNK(st.st_mode):
+                        os.symlink(os.readlink(name, dir_fd=source_fd), name, dir_fd=target_fd)
+                    else:  # a FIFO or a socket is only its name: nothing is in it
+                        os.mknod(name, stat.S_IFMT(st.st_mode) | 0o600, dir_fd=target_fd)
                     copied.append(path)
                     copy_metadata(st, _in_directory(source_fd, name), _in_directory(target_fd, name))
                 else:
@@ -758,9 +770,48 @@ def copy_tree(source: Path, target: Path, copied: list[Path], vault: str,
             os.link(first.name, name, src_dir_fd=parent_fd, dst_dir_fd=target_fd, follow_symlinks=False)
 
     with _directory(source) as source_fd, _directory(target) as top_target_fd:
+        top = os.fstat(source_fd)
+        as_copied[Path()] = _what_changes(top)
         copy_directory(source_fd, top_target_fd, Path())
-        copy_metadata(os.fstat(source_fd), source_fd, top_target_fd)
+        copy_metadata(top, source_fd, top_target_fd)
         os.fsync(top_target_fd)
+        changed = _first_change(source_fd, as_copied)
+    if changed is not None:
+        relative, what = changed
+        raise SourceChanged(f"`{source / relative}` {what} while the vault's files were copied (an app still "
+                            "writing?): the copy is not used, and the original stays as the app left it", vault=vault,
+                            hint="stop the apps that write there (`vaultpolicy device gate` keeps them stopped) and "
+                                 "run the command again")
+
+
+def _what_changes(st: os.stat_result) -> tuple:
+    """What of an entry's lstat differs once it is written to, renamed over, or (a directory) gains or loses
+    an entry: ctime changes with any change of the inode, mtime with its data."""
+    return st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _first_change(top_fd: int, as_copied: dict[Path, tuple]) -> tuple[Path, str] | None:
+    """An entry under the open directory `top_fd` (relative to it) that is not as `as_copied` has it, and
+    what happened to it (changed, appeared, went away); None when every entry is as it was copied. A
+    directory changes with what is added to or removed from it, so the deepest entry is named."""
+    now = {Path(): _what_changes(os.fstat(top_fd))}
+
+    def look(directory_fd: int, relative: Path) -> None:
+        with os.scandir(directory_fd) as listing:
+            names = sorted(entry.name for entry in listing)
+        for name in names:
+            st = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+            now[relative / name] = _what_changes(st)
+            if stat.S_ISDIR(st.st_mode):
+                with _directory(name, directory_fd) as inner:
+                    look(inner, relative / name)
+
+    look(top_fd, Path())
+    differing = [path for path in as_copied.keys() | now.keys() if as_copied.get(path) != now.get(path)]
+    if not differing:
+        return None
+    path = max(differing, key=lambda p: (len(p.parts), str(p)))
+    return path, "appeared" if path not in as_copied else "went away" if path not in now else "changed"
 
 
 @contextmanager
@@ -802,7 +853,7 @@ def _remove_leftover(name: str, directory_fd: int) -> None:
         pass
 
 
-def _copy_file(name: str, source_fd: int, target_fd: int, st: os.stat_result, path: Path) -> None:
+def _copy_file(name: str, source_fd: int, target_fd: int, st: os.stat_result, path: Path, vault: str) -> None:
     """Copy the regular file `name` of the directory `source_fd` into `target_fd`, where it must not exist.
     O_NOFOLLOW: a link an app swapped in since `st` was taken is neither read nor written through;
     O_NONBLOCK: a FIFO swapped in does not hang the copy. Either is then not the file `st` describes.
@@ -812,7 +863,8 @@ def _copy_file(name: str, source_fd: int, target_fd: int, st: os.stat_result, pa
     reader_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=source_fd)
     try:
         if not os.path.samestat(st, os.fstat(reader_fd)):
-            raise MigrationError(f"`{path}` changed while it was copied; the original stays where it was")
+            raise SourceChanged(f"`{path}` was replaced while it was copied; the original stays where it was",
+                                vault=vault)
         writer_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                             dir_fd=target_fd)
         try:
@@ -827,7 +879,8 @@ def _copy_file(name: str, source_fd: int, target_fd: int, st: os.stat_result, pa
     finally:
         os.close(reader_fd)
     if actual != expected:
-        raise MigrationError(f"`{path}` does not read back as written (SHA-256 differs); the original stays staged")
+        raise MigrationError(f"`{path}` does not read back as written (SHA-256 differs); the original stays as it "
+                             "was", vault=vault)
 
 
 def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:

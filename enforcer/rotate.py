@@ -42,8 +42,9 @@ longer unseals) fails its own vault only (`RecoveryFailed`): the record and the 
 left for a person, and the commands go on with every other vault.
 
 Limits: a rotation copies the whole vault, so it needs that much free space on the vault's own
-filesystem and time proportional to its size; files written by apps during the copy of a vault
-without its own image are not carried over (stop its apps first: `device gate` keeps them stopped).
+filesystem and time proportional to its size; a file apps write during the copy of a vault without
+its own image fails it (apply.SourceChanged), and one written between the copy's last look and the
+swap is not carried over (stop its apps first: `device gate` keeps them stopped).
 """
 
 from __future__ import annotations

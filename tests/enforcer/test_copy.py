@@ -317,3 +317,60 @@ def test_an_immutable_or_append_only_entry_is_refused_before_anything_moves(devi
     again = device.cli("device", "rotate") if way == "rotate" else device.apply(
         make_plan([vault("v", limit=0 if way.endswith("-plain") else 16 * MiB)], version=3))
     assert carried(device, again) and tree(path) == expected
+
+
+def cli_in_this_process(device, capsys):
+    """`device.cli` run by `cli.main` in this process, so a test can patch what the command calls."""
+    from vaultpolicy import cli
+
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        code = cli.main([*args, "--state-dir", str(device.state), "--root", str(device.root), "--tpm", device.tcti])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+    return run
+
+
+@pytest.mark.parametrize("change", ["a file appears", "a copied file grows"])
+@pytest.mark.parametrize("way", ["migrate-own-image", "migrate-plain", "rotate-plain", "re-encrypt-plain"])
+def test_a_change_during_the_copy_fails_it_and_loses_nothing(device, monkeypatch, capsys, way, change):
+    """What an app wrote while the files were copied was lost: a file made after its directory was
+    listed, or a write to a file already copied, was not in the copy, and the original was then erased
+    (migration) or swapped out and removed (rotation and re-encryption of a vault without its own image,
+    which apps can still reach). Now the copy fails, is removed, and the next run carries everything."""
+    from enforcer import apply
+
+    copy_file = apply._copy_file
+
+    def an_app_writes_after_the_first_file(name, source_fd, *rest):
+        copy_file(name, source_fd, *rest)
+        monkeypatch.setattr(apply, "_copy_file", copy_file)
+        written = os.open("late.txt" if change == "a file appears" else name, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                          0o600, dir_fd=source_fd)
+        os.write(written, b"written during the copy")
+        os.close(written)
+
+    def files(path):
+        (path / "a.txt").write_bytes(b"first")
+        (path / "sub").mkdir()
+        (path / "sub" / "b.txt").write_bytes(b"second")
+        monkeypatch.setattr(apply, "_copy_file", an_app_writes_after_the_first_file)
+
+    monkeypatch.setattr(device, "cli", cli_in_this_process(device, capsys))
+    result = carry(device, way, files)
+    path = device.path("/persist/vault/v")
+    source = path.with_name(".v.vp-plaintext") if way.startswith("migrate") else path
+    what = "late.txt` appeared" if change == "a file appears" else "a.txt` changed"
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"`{source}/{what} while the vault's files were copied" in result.stdout, result.stdout
+    assert (source / ("late.txt" if change == "a file appears" else "a.txt")).read_bytes().endswith(
+        b"written during the copy")
+    if way.startswith("migrate"):
+        assert os.listdir(path) == [], "the copy was left in the vault"
+    else:
+        assert not [name for name in os.listdir(path.parent) if ".vp-" in name], "the copy was left beside the vault"
+        assert not list((device.state / "rotating").iterdir())
+    expected = tree(source)
+
+    again = device.apply(make_plan([vault("v", limit=0 if way.endswith("-plain") else 16 * MiB)], version=3)) \
+        if not way.startswith("rotate") else device.cli("device", "rotate")
+    assert tree(carried(device, again)) == expected
