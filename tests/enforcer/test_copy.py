@@ -129,6 +129,37 @@ def inodes(root) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("way", WAYS)
+def test_names_modes_and_times_are_carried_exactly(device, way):
+    """What every copy already carried, kept so: a name of 255 bytes (the most an encrypted name may
+    have), a name that is not UTF-8, an empty directory, setuid, setgid and sticky bits, times to the
+    nanosecond, each directory's mtime set after its entries are in."""
+    long_name, latin1_name = "n" * 255, os.fsdecode(b"caf\xe9.txt")
+
+    def named(path):
+        (path / long_name).write_bytes(b"long")
+        (path / latin1_name).write_bytes(b"latin-1")
+        (path / "empty").mkdir()
+        (path / "setuid").write_bytes(b"#!/bin/sh")
+        os.chown(path / "setuid", 1234, 4321)
+        os.chmod(path / "setuid", 0o4755)
+        (path / "shared").mkdir()
+        os.chown(path / "shared", 0, 4321)
+        os.chmod(path / "shared", 0o2775)
+        (path / "shared" / "tmp").mkdir()
+        os.chmod(path / "shared" / "tmp", 0o1777)
+        for entry, mtime in (("empty", 1_111_111_111_000_000_001), (latin1_name, 1_234_567_891_987_654_321),
+                             ("shared", 1_300_000_000_000_000_007), (".", 1_400_000_000_000_000_009)):
+            os.utime(path / entry, ns=(mtime, mtime))
+        expected.update(tree=tree(path), top=os.stat(path))
+
+    expected = {}
+    path = carried(device, carry(device, way, named))
+    assert tree(path) == expected["tree"]
+    top = os.stat(path)
+    assert (top.st_mode, top.st_mtime_ns) == (expected["top"].st_mode, expected["top"].st_mtime_ns)
+
+
+@pytest.mark.parametrize("way", WAYS)
 def test_hard_links_stay_one_file_and_are_counted_once(device, way):
     """Three names of one 6 MiB file became three files, 18 MiB: a 16 MiB vault refused them as too
     big (`needs 18.0 MiB`) though they fit, and where they were copied, writing through one name no
