@@ -9,9 +9,9 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
   space check against the free blocks and inodes of the filesystem the vault will have: a vault with
   a limit gets its image made first, to measure it), the vault is made, and then every file is
   copied in, fsynced and verified by SHA-256 before the plaintext copy is removed. A crash anywhere
-  leaves the original staged and intact, and the next run copies again. Files whose kind cannot be
-  carried (devices, sockets, FIFOs) stop the migration before anything moves. The vault directory
-  takes the plaintext directory's mode, owner and mtime. The plaintext is then renamed to
+  leaves the original staged and intact, and the next run copies again. Files that cannot be carried
+  (device nodes, files with names outside the directory, immutable or append-only entries) stop the
+  migration before anything moves. The vault directory takes the plaintext directory's mode, owner and mtime. The plaintext is then renamed to
   `.<name>.vp-erase`, deleted, its freed blocks discarded, and that directory removed last: a crash
   before the discard leaves it, so the next run finishes the erase.
 - A key is created only for a directory without an encryption policy: an encrypted directory whose
@@ -31,6 +31,7 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -38,6 +39,7 @@ import os
 import shutil
 import stat
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -56,10 +58,29 @@ from enforcer.verify import record_for
 from vaultpolicy.errors import DeviceError
 
 _COPY_CHUNK = 1 << 20
+_XATTR_BLOCK_SHARERS = 1024  # ext4's most inodes sharing one block of identical extended attributes
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD, _AT_SYMLINK_NOFOLLOW = -100, 0x100
+_STATX_SIZE, _STATX_ATTRIBUTES = 256, slice(8, 16)  # struct statx and its stx_attributes (linux/stat.h)
+_UNDELETABLE = {0x10: ("immutable", "i"), 0x20: ("append-only", "a")}  # STATX_ATTR_IMMUTABLE, _APPEND
 
 
 class MigrationError(DeviceError):
     """Plaintext files could not be moved into the vault; the originals are untouched."""
+
+
+class UncopyableFile(MigrationError):
+    """A file under a tree to copy (a migration's plaintext, a vault to rotate or re-encrypt) cannot be
+    carried into the vault as it is; found before anything moved, and nothing did."""
+
+    reason = "uncopyable-file"
+
+
+class SourceChanged(MigrationError):
+    """Files changed, appeared or went away while they were copied (an app still writing): the copy is not
+    used, and the originals are as the app left them."""
+
+    reason = "changed-during-copy"
 
 
 class KeyMismatch(DeviceError):
@@ -164,6 +185,7 @@ class Applier:
         """Check the copy fits where the vault's files will be, then move the plaintext aside."""
         vault = self._vault(name)
         where = self._layout(name)
+        refuse_uncopyable(where.path, name)
         needs = copy_needs(where.path, vault.encryption != "none")
         made = False
         if vault.limit_bytes:  # the vault's own filesystem, measured: made now when it does not exist yet
@@ -315,6 +337,7 @@ class Applier:
     def _copy_staged(self, name: str, where: Layout) -> None:
         stats = os.statvfs(where.path)
         encrypted = self._vault(name).encryption != "none"
+        refuse_uncopyable(where.staging, name)
         needs = copy_needs(where.staging, encrypted).minus(copy_needs(where.path, encrypted))
         room = (stats.f_bavail * stats.f_frsize, stats.f_favail)
         if needs.bytes > room[0] or needs.inodes > room[1]:
@@ -323,7 +346,7 @@ class Applier:
                                  "inodes more; it stays there, intact", vault=name)
         copied: list[Path] = []
         try:
-            copy_tree(where.staging, where.path, copied, self._checkpoint)
+            copy_tree(where.staging, where.path, copied, name, self._checkpoint)
         except (OSError, MigrationError) as exc:
             for path in reversed(copied):  # S21: a failed migration leaves no partial copy behind
                 if path.is_dir() and not path.is_symlink():
@@ -542,56 +565,146 @@ class CopyNeeds:
 
 def copy_needs(root: Path, encrypted: bool) -> CopyNeeds:
     """What a copy of the tree under `root` (the top directory included) takes on an ext4 filesystem
-    with 4 KiB blocks, counted from names and sizes (lstat: symlinks are not followed): per regular
-    file its blocks, and an extent block for a file above 1 MiB; per directory the blocks its
-    entries take, twice over for a directory past one block (hashed directories split half-full
-    blocks), under encryption with names padded to 32 bytes; a block per symlink too long to sit in
-    its inode; an inode per entry. Raises MigrationError for a file kind that cannot be copied, so a
-    copy is refused before anything moves. Shared by migration and rotation (S21)."""
+    with 4 KiB blocks, counted from names, sizes and allocated blocks (lstat: symlinks are not
+    followed): per regular file the blocks it has (a sparse file's holes take none in the copy
+    either), and an extent block for a file above 1 MiB; per directory the blocks its entries take,
+    twice over for a directory past one block (hashed directories split half-full blocks), under
+    encryption with names padded to 32 bytes; a block per symlink too long to sit in its inode; an
+    inode per file. A file with several names (hard links) is one inode and its blocks once, as
+    `copy_tree` copies it. Extended attributes take a block per set of them (an encrypted inode's
+    spare room holds its encryption context, so a 1 KiB attribute does not fit there), which ext4
+    shares among up to 1024 inodes with the very same set. Shared by migration and rotation (S21)."""
     block = blockdev.BLOCK_SIZE
     inline_link = 59 - 2 if encrypted else 59  # an encrypted target carries its length
 
     def blocks(size: int) -> int:
         return -(-size // block)
 
+    def attributes(path: str) -> tuple:
+        return tuple(sorted((name, os.getxattr(path, name, follow_symlinks=False))
+                            for name in os.listxattr(path, follow_symlinks=False)))
+
     total, inodes = 0, 0
     if not root.is_dir():
         return CopyNeeds(0, 0)
+    counted: set[tuple[int, int]] = set()  # (device, inode) of the files with several names met so far
+    attribute_sets: Counter[tuple] = Counter()  # how many inodes have each set of extended attributes
     for directory, dirs, files in os.walk(root):
         names = dirs + files
         entry_bytes = 24 + sum(8 + (-(-len(os.fsencode(n)) // 32) * 32 if encrypted else -(-len(os.fsencode(n)) // 4) * 4)
                                for n in names)
         total += (1 if entry_bytes <= block else 2 * blocks(entry_bytes)) * block
         inodes += 1
+        attribute_sets[attributes(directory)] += 1
         for entry in names:  # os.walk lists a link to a directory with the directories, and does not enter it
             path = os.path.join(directory, entry)
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):
                 continue  # counted when the walk enters it
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in counted:
+                    continue  # another name of a file counted already: its directory entry is all it adds
+                counted.add((st.st_dev, st.st_ino))
             inodes += 1
-            if stat.S_ISREG(st.st_mode):
-                total += (blocks(st.st_size) + (st.st_size > 2**20)) * block
+            attribute_sets[attributes(path)] += 1
+            if stat.S_ISREG(st.st_mode):  # its allocated blocks: a sparse file's holes stay holes
+                total += (blocks(min(st.st_size, st.st_blocks * 512)) + (st.st_size > 2**20)) * block
             elif stat.S_ISLNK(st.st_mode):
                 target = len(os.fsencode(os.readlink(path)))
                 total += block if (-(-target // 32) * 32 if encrypted else target) > inline_link else 0
-            else:
-                raise MigrationError(f"`{path}` is neither a file, a directory nor a symlink; it cannot be migrated")
+    total += sum(-(-count // _XATTR_BLOCK_SHARERS) for found, count in attribute_sets.items() if found) * block
     return CopyNeeds(total, inodes)
 
 
-def copy_metadata(st: os.stat_result, target_fd: int) -> None:
-    """Give the open file or directory `target_fd` the owner, mode and times of `st` (the owner first: a
-    chown clears setuid and setgid bits; the mtime last: nothing is added after). Through the
-    descriptor: a path could lead through a symlink to something outside the vault."""
-    os.fchown(target_fd, st.st_uid, st.st_gid)
-    os.fchmod(target_fd, stat.S_IMODE(st.st_mode))
-    os.utime(target_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+def refuse_uncopyable(root: Path, vault: str, known_as: Path | None = None) -> None:
+    """Raise UncopyableFile, naming the vault, the file (under `known_as`, where people see `root`: an
+    image vault's files are at its path through a bind mount) and why, for the first file under `root`
+    that a copy cannot carry, so the copy is refused before anything moves: a device node; a file
+    with names outside `root` (hard links: the copy would be another file than the one those names
+    show, and the plaintext would stay readable there); an immutable or append-only entry, which could
+    not be removed once copied (a migration would leave its plaintext behind, a rotation its old tree
+    and key)."""
+    def shown(path: str) -> Path:
+        return (known_as or root) / os.path.relpath(path, root)
+
+    names_in_tree: dict[tuple[int, int], list] = {}  # (device, inode) -> [a path, its names met, its link count]
+    for directory, dirs, files in os.walk(root):
+        _refuse_undeletable(directory, shown(directory), vault)
+        for entry in dirs + files:
+            path = os.path.join(directory, entry)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            _refuse_undeletable(path, shown(path), vault)
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                raise _device_node(shown(path), st, vault)
+            if st.st_nlink > 1:
+                names_in_tree.setdefault((st.st_dev, st.st_ino), [path, 0, st.st_nlink])[1] += 1
+    for path, found, count in names_in_tree.values():
+        if found < count:
+            raise UncopyableFile(
+                f"`{shown(path)}` has {count - found} more name{'s' if count - found > 1 else ''} outside "
+                f"`{known_as or root}` (hard links): its copy in the vault would be another file than those names "
+                "show, and its plaintext would stay readable there; nothing was changed", vault=vault,
+                hint="remove the other names, or replace them with copies (`cp`), and run the command again")
 
 
-def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callable[[str], None] | None = None) -> None:
-    """Copy the regular files, directories and symlinks under the directory `source` into the existing
-    directory `target` with their modes, owners and mtimes, `target` taking those of `source` last;
-    fsync each file and verify it by SHA-256. Shared by migration and key rotation (enforcer/rotate.py).
+def _refuse_undeletable(path: str, shown: Path, vault: str) -> None:
+    """Raise UncopyableFile when `path` is immutable or append-only (`chattr +i`, `+a`), asked with statx,
+    which opens nothing (opening a device or a FIFO can act on it)."""
+    buffer = ctypes.create_string_buffer(_STATX_SIZE)
+    if _libc.statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, 0, buffer) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error), path)
+    attributes = int.from_bytes(buffer.raw[_STATX_ATTRIBUTES], "little")
+    for flag, (name, letter) in _UNDELETABLE.items():
+        if attributes & flag:
+            raise UncopyableFile(f"`{shown}` is {name} (chattr +{letter}): once copied, it could not be removed; "
+                                 "nothing was changed", vault=vault,
+                                 hint=f"clear the flag (`chattr -{letter}`), run the command again, and set it again "
+                                      "on the copy if it is still wanted")
+
+
+def _device_node(path: Path, st: os.stat_result, vault: str) -> UncopyableFile:
+    kind = "character" if stat.S_ISCHR(st.st_mode) else "block"
+    return UncopyableFile(f"`{path}` is a {kind} device: a vault holds no device nodes (what is written through "
+                          "one goes to the device, never encrypted); nothing was changed", vault=vault,
+                          hint="move it out of the directory and run the command again")
+
+
+def copy_metadata(st: os.stat_result, source: int | str, target: int | str) -> None:
+    """Give `target` the owner, extended attributes, mode and times of `source`, whose lstat is `st`.
+    Each is an open descriptor of a file or directory, or, for a symlink, FIFO or socket, its path in
+    an open directory (`_in_directory`), never followed: a path of its own could lead through a
+    symlink to something outside the vault. The owner first: a chown clears setuid and setgid bits
+    and file capabilities. The extended attributes then, exactly the source's: `user.*`, POSIX ACLs
+    (`system.posix_acl_*`), file capabilities (`security.capability`), ...; one the target has and
+    the source has not (an ACL inherited from a default ACL) goes. The mode after them (an ACL sets
+    the mode's group bits; they are one), the mtime last: nothing is added after."""
+    by_path = {} if isinstance(target, int) else {"follow_symlinks": False}
+    os.chown(target, st.st_uid, st.st_gid, **by_path)
+    wanted = {name: os.getxattr(source, name, **by_path) for name in os.listxattr(source, **by_path)}
+    for name in set(os.listxattr(target, **by_path)) - set(wanted):
+        os.removexattr(target, name, **by_path)
+    for name, value in wanted.items():
+        os.setxattr(target, name, value, **by_path)
+    if not stat.S_ISLNK(st.st_mode):  # Linux keeps no mode for a link
+        os.chmod(target, stat.S_IMODE(st.st_mode), **by_path)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), **by_path)
+
+
+def copy_tree(source: Path, target: Path, copied: list[Path], vault: str,
+              checkpoint: Callable[[str], None] | None = None) -> None:
+    """Copy everything under the directory `source` into the existing directory `target`, which takes
+    `source`'s own metadata last: regular files (their data ranges: holes stay holes), directories,
+    symlinks, FIFOs and sockets, each with its owner, mode, extended attributes and times
+    (`copy_metadata`); a file's other names become hard links to its copy, so they stay one file. Each
+    file is fsynced and verified by SHA-256. A device node raises UncopyableFile (`refuse_uncopyable`
+    refuses it before anything moves). Shared by migration, rotation and re-encryption (enforcer/rotate.py).
+
+    Then `source` is looked at again, and SourceChanged is raised for an entry that changed, appeared or
+    went away while the copy ran (an app still writing): the copy is not what is there, and the caller
+    would otherwise erase or swap out what the app wrote.
 
     No symlink is ever followed: an app writes its vault's links, and the copy runs as root. Each
     directory is opened with O_NOFOLLOW relative to its parent's descriptor and every entry is read,
@@ -600,6 +713,8 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
     even when an app swaps a link in during the copy. `copied` gets every entry this call creates, each
     directory before its entries, so a caller can undo a failed copy in reverse order. `checkpoint`
     (the crash test's hook) is called once, after the first file."""
+    first_copies: dict[tuple[int, int], Path] = {}  # (device, inode) of a file with several names -> its copy
+    as_copied: dict[Path, tuple] = {}  # each entry (relative to `source`) as it was when it was copied
 
     def copy_directory(source_fd: int, target_fd: int, relative: Path) -> None:
         nonlocal checkpoint
@@ -609,6 +724,7 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
             path = target / relative / name
             try:
                 st = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
+                as_copied[relative / name] = _what_changes(st)
                 if stat.S_ISDIR(st.st_mode):
                     try:
                         os.mkdir(name, 0o700, dir_fd=target_fd)
@@ -617,33 +733,85 @@ def copy_tree(source: Path, target: Path, copied: list[Path], checkpoint: Callab
                         pass
                     with _directory(name, source_fd) as inner_source, _directory(name, target_fd) as inner_target:
                         copy_directory(inner_source, inner_target, relative / name)
-                        copy_metadata(st, inner_target)  # last: its entries are all in
-                elif stat.S_ISLNK(st.st_mode):
+                        copy_metadata(st, inner_source, inner_target)  # last: its entries are all in
+                elif (st.st_dev, st.st_ino) in first_copies:
                     _remove_leftover(name, target_fd)
-                    os.symlink(os.readlink(name, dir_fd=source_fd), name, dir_fd=target_fd)
                     copied.append(path)
-                    os.chown(name, st.st_uid, st.st_gid, dir_fd=target_fd, follow_symlinks=False)
-                    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=target_fd, follow_symlinks=False)
+                    link_to_first_copy(first_copies[st.st_dev, st.st_ino], name, target_fd)
                 elif stat.S_ISREG(st.st_mode):
                     _remove_leftover(name, target_fd)
                     copied.append(path)
-                    _copy_file(name, source_fd, target_fd, st, path)
+                    _copy_file(name, source_fd, target_fd, st, path, vault)
                     if checkpoint is not None:
                         checkpoint("mid-copy")
                         checkpoint = None
+                elif stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+                    _remove_leftover(name, target_fd)
+                    if stat.S_ISLNK(st.st_mode):
+                        os.symlink(os.readlink(name, dir_fd=source_fd), name, dir_fd=target_fd)
+                    else:  # a FIFO or a socket is only its name: nothing is in it
+                        os.mknod(name, stat.S_IFMT(st.st_mode) | 0o600, dir_fd=target_fd)
+                    copied.append(path)
+                    copy_metadata(st, _in_directory(source_fd, name), _in_directory(target_fd, name))
                 else:
-                    raise MigrationError(f"`{source / relative / name}` is neither a file, a directory nor a "
-                                         "symlink; it cannot be migrated")
+                    raise _device_node(source / relative / name, st, vault)
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                    first_copies.setdefault((st.st_dev, st.st_ino), path)
             except OSError as exc:  # named relative to a descriptor: say where
                 if not os.path.isabs(exc.filename or ""):
                     exc.filename = str(path)
                 raise
         os.fsync(target_fd)
 
-    with _directory(source) as source_fd, _directory(target) as target_fd:
-        copy_directory(source_fd, target_fd, Path())
-        copy_metadata(os.fstat(source_fd), target_fd)
-        os.fsync(target_fd)
+    def link_to_first_copy(first: Path, name: str, target_fd: int) -> None:
+        """Name the copy `first` (a path under `target`) `name` in `target_fd` too; each directory on the
+        way to it is opened with O_NOFOLLOW from `target`'s descriptor, as the copy made them."""
+        with _directory_below(top_target_fd, first.parent.relative_to(target)) as parent_fd:
+            os.link(first.name, name, src_dir_fd=parent_fd, dst_dir_fd=target_fd, follow_symlinks=False)
+
+    with _directory(source) as source_fd, _directory(target) as top_target_fd:
+        top = os.fstat(source_fd)
+        as_copied[Path()] = _what_changes(top)
+        copy_directory(source_fd, top_target_fd, Path())
+        copy_metadata(top, source_fd, top_target_fd)
+        os.fsync(top_target_fd)
+        changed = _first_change(source_fd, as_copied)
+    if changed is not None:
+        relative, what = changed
+        raise SourceChanged(f"`{source / relative}` {what} while the vault's files were copied (an app still "
+                            "writing?): the copy is not used, and the original stays as the app left it", vault=vault,
+                            hint="stop the apps that write there (`vaultpolicy device gate` keeps them stopped) and "
+                                 "run the command again")
+
+
+def _what_changes(st: os.stat_result) -> tuple:
+    """What of an entry's lstat differs once it is written to, renamed over, or (a directory) gains or loses
+    an entry: ctime changes with any change of the inode, mtime with its data."""
+    return st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _first_change(top_fd: int, as_copied: dict[Path, tuple]) -> tuple[Path, str] | None:
+    """An entry under the open directory `top_fd` (relative to it) that is not as `as_copied` has it, and
+    what happened to it (changed, appeared, went away); None when every entry is as it was copied. A
+    directory changes with what is added to or removed from it, so the deepest entry is named."""
+    now = {Path(): _what_changes(os.fstat(top_fd))}
+
+    def look(directory_fd: int, relative: Path) -> None:
+        with os.scandir(directory_fd) as listing:
+            names = sorted(entry.name for entry in listing)
+        for name in names:
+            st = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+            now[relative / name] = _what_changes(st)
+            if stat.S_ISDIR(st.st_mode):
+                with _directory(name, directory_fd) as inner:
+                    look(inner, relative / name)
+
+    look(top_fd, Path())
+    differing = [path for path in as_copied.keys() | now.keys() if as_copied.get(path) != now.get(path)]
+    if not differing:
+        return None
+    path = max(differing, key=lambda p: (len(p.parts), str(p)))
+    return path, "appeared" if path not in as_copied else "went away" if path not in now else "changed"
 
 
 @contextmanager
@@ -651,6 +819,27 @@ def _directory(path: str | Path, parent_fd: int | None = None) -> Iterator[int]:
     """A descriptor of the directory `path` (relative to `parent_fd` when given); ELOOP when it is a symlink."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
     try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _in_directory(directory_fd: int, name: str) -> str:
+    """A path to the entry `name` of the open directory `directory_fd`, for calls that take no descriptor
+    of the directory: the directory is the one open, whatever is renamed meanwhile."""
+    return f"/proc/self/fd/{directory_fd}/{name}"
+
+
+@contextmanager
+def _directory_below(top_fd: int, relative: Path) -> Iterator[int]:
+    """A descriptor of the directory `relative` below `top_fd`, opened one component at a time with
+    O_NOFOLLOW: a symlink put on the way fails it instead of leading elsewhere."""
+    fd = os.dup(top_fd)
+    try:
+        for part in relative.parts:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
         yield fd
     finally:
         os.close(fd)
@@ -664,27 +853,67 @@ def _remove_leftover(name: str, directory_fd: int) -> None:
         pass
 
 
-def _copy_file(name: str, source_fd: int, target_fd: int, st: os.stat_result, path: Path) -> None:
+def _copy_file(name: str, source_fd: int, target_fd: int, st: os.stat_result, path: Path, vault: str) -> None:
     """Copy the regular file `name` of the directory `source_fd` into `target_fd`, where it must not exist.
     O_NOFOLLOW: a link an app swapped in since `st` was taken is neither read nor written through;
-    O_NONBLOCK: a FIFO swapped in does not hang the copy. Either is then not the file `st` describes."""
+    O_NONBLOCK: a FIFO swapped in does not hang the copy. Either is then not the file `st` describes.
+    Only the ranges that hold data are copied, so a sparse file's holes stay holes (a 1 GiB disk image
+    holding 12 KiB takes 12 KiB in the vault, not 1 GiB of encrypted zeros); each range is verified by
+    SHA-256 as read back from the copy."""
     reader_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=source_fd)
-    with open(reader_fd, "rb") as reader:
+    try:
         if not os.path.samestat(st, os.fstat(reader_fd)):
-            raise MigrationError(f"`{path}` changed while it was copied; the original stays where it was")
+            raise SourceChanged(f"`{path}` was replaced while it was copied; the original stays where it was",
+                                vault=vault)
         writer_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                             dir_fd=target_fd)
-        with open(writer_fd, "w+b") as writer:
-            expected = hashlib.sha256()
-            while chunk := reader.read(_COPY_CHUNK):
-                expected.update(chunk)
-                writer.write(chunk)
-            writer.flush()
+        try:
+            ranges = _data_ranges(reader_fd, st.st_size)
+            expected = _digest(reader_fd, ranges, copy_to=writer_fd)
+            os.ftruncate(writer_fd, st.st_size)  # a hole at the end has no range to write
             os.fsync(writer_fd)
-            copy_metadata(st, writer_fd)
-            writer.seek(0)
-            actual = hashlib.sha256()
-            while chunk := writer.read(_COPY_CHUNK):
-                actual.update(chunk)
-    if actual.digest() != expected.digest():
-        raise MigrationError(f"`{path}` does not read back as written (SHA-256 differs); the original stays staged")
+            copy_metadata(st, reader_fd, writer_fd)
+            actual = _digest(writer_fd, ranges)
+        finally:
+            os.close(writer_fd)
+    finally:
+        os.close(reader_fd)
+    if actual != expected:
+        raise MigrationError(f"`{path}` does not read back as written (SHA-256 differs); the original stays as it "
+                             "was", vault=vault)
+
+
+def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """(start, end) of each range of the open file `fd` that holds data (SEEK_DATA, SEEK_HOLE), up to `size`."""
+    ranges, offset = [], 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole from `offset` on
+                break
+            raise
+        offset = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start < offset:
+            ranges.append((start, offset))
+    return ranges
+
+
+def _digest(fd: int, ranges: list[tuple[int, int]], copy_to: int | None = None) -> bytes:
+    """SHA-256 over each range of `fd` and where it starts; with `copy_to`, each range written there too."""
+    digest = hashlib.sha256()
+    for start, end in ranges:
+        digest.update(start.to_bytes(8, "little"))
+        for offset in range(start, end, _COPY_CHUNK):
+            chunk = os.pread(fd, min(_COPY_CHUNK, end - offset), offset)
+            if copy_to is not None:
+                _write_all(copy_to, chunk, offset)
+            digest.update(chunk)
+    return digest.digest()
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

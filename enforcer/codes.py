@@ -159,6 +159,20 @@ _code("VP1115", "rotate-failed", "a rotation failed",
       "A rotation failed for another reason than a refusal (a filesystem or TPM error); it was undone and the "
       "vault keeps its key.",
       "an I/O error while copying   # rotation undone")
+_code("VP1119", "uncopyable-file", "a file the copy cannot carry",
+      "Migration, rotation and re-encryption copy every file of a vault. One that a copy cannot carry as it is "
+      "refuses the whole copy before anything changes, naming the file and why: a device node (what is written "
+      "through it goes to the device, never encrypted), a file with another name outside the directory (a hard "
+      "link: that name would keep the plaintext, and no longer show the vault's file), an immutable or "
+      "append-only entry (`chattr +i`, `+a`: once copied, the original could not be removed). Remove or "
+      "change what the message names and run the command again.",
+      "ln /persist/vault/config/db /persist/db-link; vaultpolicy device apply plan.signed   # config refused")
+_code("VP1120", "changed-during-copy", "files changed while they were copied",
+      "After migration, rotation or re-encryption copies a vault's files it looks at the originals again. One "
+      "that changed, appeared or went away meanwhile means an app is still writing: the copy is not used (a "
+      "migration would have erased, a rotation swapped out, what the app wrote), and the originals stay as the "
+      "app left them. Stop the vault's apps (`device gate` keeps them stopped) and run the command again.",
+      "an app appends to its log during `vaultpolicy device rotate`   # refused, nothing lost")
 
 # --- VP12xx: unlock and lock outcomes ------------------------------------------------------------
 _code("VP1201", "pcr-mismatch", "vault stays locked: bound PCRs changed",

@@ -14,9 +14,9 @@ and swaps it in. Per vault, each mutating step written ahead to the journal:
     rotate-copy    a vault with its own image is unbound from its path (refused when files are open:
                    nothing changed); a new directory beside the data on the same filesystem
                    (`<image>.mnt/vault.vp-rotate`, or `.<name>.vp-rotate` beside a plain vault) gets a
-                   v2 policy under the new key; every file, directory and symlink is copied with its
-                   mode, owner and mtime, fsynced and verified by SHA-256 (apply.copy_tree, the
-                   migration's copy)
+                   v2 policy under the new key; every file, directory, symlink, FIFO and socket is
+                   copied with its owner, mode, extended attributes and times, fsynced and verified
+                   by SHA-256 (apply.copy_tree, the migration's copy)
     rotate-swap    renameat2(RENAME_EXCHANGE): the new tree takes the data's name in one atomic step.
                    This is the commit point
     rotate-commit  the sealed record becomes the new key's (with `rotated_at`); the new key is escrowed
@@ -42,8 +42,9 @@ longer unseals) fails its own vault only (`RecoveryFailed`): the record and the 
 left for a person, and the commands go on with every other vault.
 
 Limits: a rotation copies the whole vault, so it needs that much free space on the vault's own
-filesystem and time proportional to its size; files written by apps during the copy of a vault
-without its own image are not carried over (stop its apps first: `device gate` keeps them stopped).
+filesystem and time proportional to its size; a file apps write during the copy of a vault without
+its own image fails it (apply.SourceChanged), and one written between the copy's last look and the
+swap is not carried over (stop its apps first: `device gate` keeps them stopped).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from typing import get_args
 
 from compiler.plan import Encryption, Plan, Vault, format_time, parse_time
 from enforcer import blockdev, fscrypt
-from enforcer.apply import Applier, copy_needs, copy_tree, seal_new_key
+from enforcer.apply import Applier, copy_needs, copy_tree, refuse_uncopyable, seal_new_key
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, layout
@@ -211,7 +212,7 @@ class Rotator:
         elif not where.data.is_dir() or verb == "rotate":
             raise RotationRefused("not-encrypted", "the vault is not encrypted under its sealed key; run "
                                   "`vaultpolicy device apply` first", vault=name)
-        _check_space(name, where.data, vault.encryption != "none")
+        _check_copy(name, where, vault.encryption != "none")
         # the key the files leave: the directory's, or a sealed key whose files are gone (still erased)
         old = policy.key_identifier if policy is not None else bytes.fromhex(sealed["key_identifier"]) if sealed else None
 
@@ -268,7 +269,7 @@ class Rotator:
                 raise RotationRefused(exc.reason, f"the kernel cannot encrypt with {pending['encryption']}; nothing "
                                       "was changed", vault=vault.name, hint=exc.hint) from None
             fscrypt.set_policy(str(where.fresh), new, pending["encryption"])
-        copy_tree(where.data, where.fresh, [])
+        copy_tree(where.data, where.fresh, [], vault.name)
         fsync_dir(where.fresh.parent)
 
     def _finish(self, name: str, where: _Where, pending: dict, verb: str) -> bool:
@@ -406,8 +407,8 @@ def rotate_vaults(rotator: Rotator, names: list[str], due_only: bool,
             results.append(rotator.rotate(vault.name))
         except DeviceError as exc:
             message = exc.message.removeprefix(f"vault `{vault.name}`: ") + (f"; {exc.hint}" if exc.hint else "")
-            reason = exc.reason if isinstance(exc, RotationRefused) else "rotate-failed"
-            results.append(Rotated(vault.name, "failed", reason, message=message))
+            # the reason of a refusal (RotationRefused) or of a file the copy cannot carry (UncopyableFile)
+            results.append(Rotated(vault.name, "failed", getattr(exc, "reason", "rotate-failed"), message=message))
     return results
 
 
@@ -420,13 +421,12 @@ def _unbind(name: str, path: Path, verb: str) -> None:
                               f"({result.stderr.strip()})", vault=name)
 
 
-def _check_space(name: str, data: Path, encrypted: bool) -> None:
-    """S21: the re-encrypted copy must fit beside the data; refuse before changing anything."""
-    fs = os.statvfs(data)
-    try:
-        needs = copy_needs(data, encrypted)
-    except DeviceError as exc:  # a file kind that cannot be copied
-        raise RotationRefused("rotate-failed", f"{exc.message}; nothing was changed", vault=name) from None
+def _check_copy(name: str, where: _Where, encrypted: bool) -> None:
+    """S21: every file must be one a copy carries, and the re-encrypted copy must fit beside the data;
+    refuse before changing anything."""
+    fs = os.statvfs(where.data)
+    refuse_uncopyable(where.data, name, where.layout.path)
+    needs = copy_needs(where.data, encrypted)
     free = fs.f_bavail * fs.f_frsize
     if needs.bytes > free or needs.inodes > fs.f_favail:
         raise RotationRefused("no-room", f"copying the vault needs {needs.bytes} free bytes and {needs.inodes} inodes on "

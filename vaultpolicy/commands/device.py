@@ -293,7 +293,8 @@ def _apply(args, state, root) -> int:
                 lines.append(f"  vault {step.vault}: key escrowed: wrapped for the controller's escrow key, pending "
                              "until the controller acknowledges it (`device escrow-deposit`)")
         if outcome.error is not None:
-            lines.append(f"  vault {outcome.vault}: {outcome.failed.action.value} FAILED: {outcome.error.message}")
+            hint = f"; {outcome.error.hint}" if outcome.error.hint else ""  # what to do, as `rotate` says it
+            lines.append(f"  vault {outcome.vault}: {outcome.failed.action.value} FAILED: {outcome.error.message}{hint}")
     lines += [f"  vault {p.vault}: not changed ({_tag(p.reason)}): {p.message}" for p in rec.problems]
     if not rec.steps and not rec.problems:
         lines.append("  nothing to do: the device matches the plan")
