@@ -409,6 +409,10 @@ def rotate_vaults(rotator: Rotator, names: list[str], due_only: bool,
             message = exc.message.removeprefix(f"vault `{vault.name}`: ") + (f"; {exc.hint}" if exc.hint else "")
             # the reason of a refusal (RotationRefused) or of a file the copy cannot carry (UncopyableFile)
             results.append(Rotated(vault.name, "failed", getattr(exc, "reason", "rotate-failed"), message=message))
+        except OSError as exc:  # the filesystem refused a step (e.g. EBUSY: a mount inside the old tree)
+            results.append(Rotated(vault.name, "failed", "rotate-failed", message=(
+                f"{exc.strerror or exc}: `{exc.filename}`; once that is resolved, the next `device rotate`, `apply` "
+                "or `unlock` finishes or undoes the rotation (its pending record is kept)")))
     return results
 
 

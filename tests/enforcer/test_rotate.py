@@ -287,3 +287,32 @@ def test_power_loss_mid_rotation_is_finished_or_undone_by_the_boot_unlock(rotate
                                    "outcome": "completed" if swapped else "undone"}], "it says which"
     assert identifiers(device) == {**before, "config": pending if swapped else before["config"]}
     assert_converged(device, expected, f"killed at step {step}, then unlocked")
+
+
+def test_a_step_the_filesystem_refuses_fails_that_vault_only_and_is_finished_later(rotated_device):
+    """A mount inside a vault's tree made the erase after the swap fail with EBUSY: an internal error
+    (exit 70) that also stopped every vault after it. Now that vault fails naming the path; once the
+    mount is gone the next rotate finishes its rotation."""
+    device = rotated_device
+    expected = {n: tree(device.path(f"/persist/vault/{n}")) for n in ("config", "logs")}
+    sub = device.path("/persist/vault/logs/sub")
+    sub.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(sub)], check=True)
+    moved = None
+    try:
+        result = device.cli("device", "rotate", "--json")
+        assert result.returncode == 1, result.stdout + result.stderr
+        outcomes = {r["vault"]: r for r in json.loads(result.stdout)["rotate"]}
+        assert outcomes["config"]["outcome"] == "rotated", "the other vault still rotates"
+        assert (outcomes["logs"]["outcome"], outcomes["logs"]["reason"]) == ("failed", "rotate-failed")
+        assert outcomes["logs"]["message"].startswith("Device or resource busy: ")
+        assert "finishes or undoes the rotation" in outcomes["logs"]["message"]
+        moved = [m for m in mounts_under(device.root) if m.endswith("/sub")]  # it went with the old tree
+    finally:
+        for mount in moved or [str(sub)]:
+            subprocess.run(["umount", mount], check=False)
+    again = device.cli("device", "rotate", "logs")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "vault logs: interrupted rotation completed" in again.stdout
+    expected["logs"] = {**expected["logs"], "sub": tree(device.path("/persist/vault/logs"))["sub"]}
+    assert_converged(device, expected, "after the mount is gone")
