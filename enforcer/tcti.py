@@ -13,7 +13,7 @@ few transient-object slots (three), and nothing flushes what a killed client lef
 kernel's /dev/tpmrm0 does; `Tpm.flush_leftovers()` does it for unmanaged TPMs).
 
 `TpmUsers`: on such a TPM every open connection of ours holds a shared flock on a lock file named
-after the TCTI (under /run/lock), and `flush_leftovers` flushes only when it can take that lock
+after the TCTI (in /run/vaultpolicy, root's alone), and `flush_leftovers` flushes only when it can take that lock
 alone. A live command's handles (a `status` or `quote` that takes no state-dir lock) are then never
 flushed from under it; what a killed command left is, since the kernel drops a dead process's flock.
 """
@@ -27,8 +27,10 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,6 @@ from pathlib import Path
 from vaultpolicy.errors import BackendUnavailable
 
 TPMRM_DEVICE = "/dev/tpmrm0"
-_LOCK_DIR = Path("/run/lock") if Path("/run/lock").is_dir() else Path("/tmp")
 _SHARE_TIMEOUT_S = 30.0  # a flush holds the lock alone for a few TPM round trips
 TCTI_HINT = ("`--tpm` takes a TCTI string: `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, "
              "`mssim:host=127.0.0.1,port=2321` or `tabrmd:`; check that this TPM is there")
@@ -59,9 +60,9 @@ class TpmUsers:
         self._fd = None
         if has_resource_manager(tcti):
             return
-        path = _LOCK_DIR / f"vaultpolicy-tpm-{hashlib.sha256(tcti.encode()).hexdigest()[:16]}.lock"
+        path = _own_lock_dir() / f"tpm-{hashlib.sha256(tcti.encode()).hexdigest()[:16]}.lock"
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise BackendUnavailable(f"cannot open the TPM's lock file {path}: {exc.strerror or exc}") from None
         deadline = time.monotonic() + _SHARE_TIMEOUT_S
@@ -90,6 +91,29 @@ class TpmUsers:
             return True
         except BlockingIOError:
             return False
+
+
+def _own_lock_dir() -> Path:
+    """A directory only this user can write (/run/vaultpolicy for root): in a world-writable one such as
+    /run/lock, any local user could hold a TPM's lock and stall every device command, boot unlock
+    included, or plant a symlink where the lock file goes."""
+    euid = os.geteuid()
+    return private_directory(Path("/run/vaultpolicy") if euid == 0 else
+                             Path(tempfile.gettempdir()) / f"vaultpolicy-{euid}")
+
+
+def private_directory(directory: Path) -> Path:
+    """`directory`, made 0700 when missing; refused unless it is a real directory (no symlink) of this
+    user that nobody else can write."""
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        found = os.lstat(directory)
+    except OSError as exc:
+        raise BackendUnavailable(f"cannot make the lock directory {directory}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o022:
+        raise BackendUnavailable(f"the lock directory {directory} is not a directory of this user's alone",
+                                 hint="remove it: vaultpolicy makes it again (mode 0700)")
+    return directory
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,19 @@ def test_relative_and_absolute_state_paths_find_the_same_instance(state_dir, mon
     monkeypatch.chdir(state_dir.parent)
     assert tcti.resolve_tcti(None, state_dir.name) == absolute
     assert tcti.stop_embedded(state_dir.name) is True
+
+
+def test_the_tpm_lock_lives_where_only_this_user_writes(tmp_path):
+    """In /run/lock (mode 1777) any local user could hold a TPM's lock and stall every device command,
+    or plant a symlink where the lock file goes."""
+    made = tcti.private_directory(tmp_path / "locks")
+    assert stat.S_IMODE(os.lstat(made).st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (tmp_path / "link").symlink_to(made)
+    for refused in (shared, tmp_path / "link"):
+        with pytest.raises(tcti.BackendUnavailable, match="is not a directory of this user's alone"):
+            tcti.private_directory(refused)
+    directory = tcti._own_lock_dir()  # /run/vaultpolicy for root
+    assert directory.name.startswith("vaultpolicy") and stat.S_IMODE(os.lstat(directory).st_mode) & 0o077 == 0
