@@ -28,6 +28,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import rfc8785
 
-from compiler.plan import BANK_DIGEST_BYTES
+from compiler.plan import BANK_DIGEST_BYTES, MAX_PCR
 from enforcer.escrow import load_json_object
 from enforcer.tcti import TCTI_HINT, TpmUsers
 from vaultpolicy.encoding import b64decode_exact
@@ -159,6 +160,31 @@ def storage_parent_binding(storage_public: bytes) -> bytes:
     return hashlib.sha256(storage_public[2:]).digest()
 
 
+def read_pcr_values(obj: dict, source: str) -> tuple[str, dict[int, bytes]]:
+    """The `bank` and `pcrs` fields of a quote or a release, each checked: a bank we know, PCR indexes
+    0-23 in plain decimal ("07" beside "7" would name one PCR twice), and each value one digest of the
+    bank (shifting bytes between neighbours would keep their concatenation, and so a quote's digest)."""
+    bank = obj.get("bank")
+    if bank not in BANK_DIGEST_BYTES:
+        raise InputError(f"{source}: field `bank` is `{bank}`, not a PCR bank ({', '.join(BANK_DIGEST_BYTES)})")
+    pcrs = obj.get("pcrs")
+    if not isinstance(pcrs, dict) or not pcrs:
+        raise InputError(f"{source}: field `pcrs` must map PCR indexes to hex values")
+    size = BANK_DIGEST_BYTES[bank]
+    values = {}
+    for index, value in pcrs.items():
+        if not re.fullmatch(r"0|[1-9][0-9]?", index) or int(index) > MAX_PCR:
+            raise InputError(f"{source}: field `pcrs` names PCR `{index}`; PCRs are 0 to {MAX_PCR}")
+        try:
+            digest = bytes.fromhex(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{source}: PCR {index} of field `pcrs` is not hex") from None
+        if len(digest) != size:
+            raise InputError(f"{source}: PCR {index} of field `pcrs` has {len(digest)} bytes; a {bank} value has {size}")
+        values[int(index)] = digest
+    return bank, values
+
+
 @dataclass(frozen=True)
 class Quote:
     device_id: str
@@ -214,20 +240,9 @@ class Quote:
             except ValueError:
                 raise InputError(f"{source}: field `{name}` is not valid base64") from None
 
-        pcrs = obj.get("pcrs")
-        if not isinstance(pcrs, dict) or not all(isinstance(k, str) and k.isdigit() and int(k) < 24 for k in pcrs):
-            raise InputError(f"{source}: field `pcrs` must map PCR indexes (0-23) to hex values")
         if text("purpose") not in PURPOSES:
             raise InputError(f"{source}: field `purpose` must be one of {', '.join(PURPOSES)}")
-        bank = text("bank")
-        if bank not in BANK_DIGEST_BYTES:
-            raise InputError(f"{source}: field `bank` must be one of {', '.join(BANK_DIGEST_BYTES)}")
-        values = {int(k): hexbytes(f"pcrs.{k}", v) for k, v in pcrs.items()}
-        # each value is one digest of the bank: shifting bytes between neighbours would keep their hash
-        for index, value in values.items():
-            if len(value) != BANK_DIGEST_BYTES[bank]:
-                raise InputError(f"{source}: field `pcrs.{index}` has {len(value)} bytes, a {bank} value has "
-                                 f"{BANK_DIGEST_BYTES[bank]}")
+        bank, values = read_pcr_values(obj, source)
         return cls(
             device_id=text("device_id"),
             purpose=text("purpose"),

@@ -23,16 +23,15 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import rfc8785
 
-from compiler.plan import BANK_DIGEST_BYTES, MAX_PCR, Plan, format_time, parse_time
+from compiler.plan import Plan, format_time, parse_time
 from enforcer import fscrypt
-from enforcer.attest import AttestationTpm
+from enforcer.attest import AttestationTpm, read_pcr_values
 from enforcer.escrow import b64, load_json_object, require_str, unb64
 from enforcer.state import StateDir
 from vaultpolicy.errors import DeviceError, InputError
@@ -80,25 +79,7 @@ class Release:
         """Every field checked here, so a bad file is refused, naming the field, before anything opens
         the TPM or changes the device."""
         obj = load_json_object(data, source, RELEASE_FORMAT)
-        bank = require_str(obj, "bank", source)
-        if bank not in BANK_DIGEST_BYTES:
-            raise InputError(f"{source}: field `bank` is `{bank}`, not a PCR bank ({', '.join(BANK_DIGEST_BYTES)})")
-        pcrs = obj.get("pcrs")
-        if not isinstance(pcrs, dict) or not pcrs:
-            raise InputError(f"{source}: field `pcrs` must map PCR indexes to hex values")
-        values = {}
-        for index, value in pcrs.items():
-            # canonical decimal only: "07" beside "7" would name one PCR twice
-            if not re.fullmatch(r"0|[1-9][0-9]?", index) or int(index) > MAX_PCR:
-                raise InputError(f"{source}: field `pcrs` names PCR `{index}`; PCRs are 0 to {MAX_PCR}")
-            try:
-                digest = bytes.fromhex(value)
-            except (TypeError, ValueError):
-                raise InputError(f"{source}: PCR {index} of field `pcrs` is not hex") from None
-            if len(digest) != BANK_DIGEST_BYTES[bank]:
-                raise InputError(f"{source}: PCR {index} of field `pcrs` has {len(digest)} bytes; a {bank} value has "
-                                 f"{BANK_DIGEST_BYTES[bank]}")
-            values[int(index)] = digest
+        bank, values = read_pcr_values(obj, source)
         entries = obj.get("keys")
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             raise InputError(f"{source}: field `keys` must be a non-empty list of objects")
