@@ -104,8 +104,10 @@ def test_a_policy_with_a_stray_leading_brace_is_checked_as_a_policy(tmp_path, na
     assert (code, found) == (status_codes.ERROR, [(syntax_codes.UNEXPECTED_TOKEN, 1, 1), ("VP0101", 3, 15)])
 
 
-def test_diff_reads_a_vpol_with_a_stray_leading_brace_as_a_policy(tmp_path):
-    policy = tmp_path / "t.vpol"
+@pytest.mark.parametrize("name", ["t.vpol", "p.txt"])
+def test_diff_reads_a_policy_with_a_stray_leading_brace_as_a_policy(tmp_path, name):
+    """As `check` does, whatever the file is called: `diff p.txt` said 'not a plan: invalid JSON'."""
+    policy = tmp_path / name
     policy.write_text(STRAY_BRACE)
     code, _, err = _run("diff", policy, policy)
     assert code == status_codes.ERROR and "not a plan" not in err

@@ -33,11 +33,9 @@ def add_arguments(parser, key) -> None:
 def _plan_file(path: str) -> Plan | None:
     """The plan of a plan or signed plan file; None for a policy."""
     data = read_input(path, "input")
-    # A JSON document is a plan; so is broken JSON (its error says where it breaks), unless it is a
-    # `.vpol` file: that is a policy whose first character is a stray `{` or `[`.
-    if data.lstrip()[:1] in (b"{", b"[") and (not path.endswith(".vpol") or is_json_document(data)):
-        return load_plan(plan_payload(data, path), path)
-    return None
+    # JSON, whole or broken (its error says where it breaks), is a plan; anything else a policy, whose
+    # stray leading `{` is a policy error like any other, as `check` says
+    return load_plan(plan_payload(data, path), path) if is_json_document(data) else None
 
 
 def _compiled(path: str, targets: tuple[str, ...]) -> Plan:
