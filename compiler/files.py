@@ -34,7 +34,10 @@ def check_private_mode(path: str | Path, what: str) -> None:
     """Refuse (as ssh refuses one) a private key file whose mode lets the group or others read or write
     it: whoever can read it holds the key, and whoever can write it can swap it. Asked once the file
     has loaded as the private key it should be, so a wrong file is named for what it is first."""
-    mode = os.stat(path).st_mode & 0o777
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError as exc:  # removed or replaced since it was read
+        raise InputError(f"cannot read {what} `{path}`: {exc.strerror or exc}") from None
     if mode & 0o077:
         raise InputError(f"{what} `{path}` is open to others (mode {mode:04o}): a private key must be its owner's alone",
                          hint=f"chmod 600 {path}")
