@@ -174,7 +174,7 @@ class Rotator:
         encrypted = [v.name for v in self.plan.vaults if v.encryption != "none"]
         for name in names:
             if name not in encrypted:
-                from policy_lang.diagnostics import did_you_mean
+                from vaultpolicy.suggest import did_you_mean
 
                 what = "is not encrypted" if self.plan.vault(name) else "is not in the applied plan"
                 raise InputError(f"vault `{name}` {what}: nothing to rotate", hint=did_you_mean(name, encrypted))

@@ -423,7 +423,7 @@ class GateDecision:
 def gate(plan: Plan, state: StateDir, root: Path | None, tpm, app_name: str) -> GateDecision:
     """Whether the app may start: its vault unlocked and as the plan says (for an end-to-end app,
     encrypted too)."""
-    from policy_lang.diagnostics import did_you_mean
+    from vaultpolicy.suggest import did_you_mean
 
     app = next((a for a in plan.apps if a.name == app_name), None)
     if app is None:

@@ -7,13 +7,13 @@ everything else goes into `help` or `notes`.
 
 from __future__ import annotations
 
-import difflib
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
+
 
 
 class Severity(StrEnum):
@@ -129,12 +129,6 @@ def line_and_column(text: str, pos: int) -> tuple[int, int]:
     """The 1-based line and column of offset `pos` in `text`."""
     breaks = list(LINE_BREAK.finditer(text, 0, pos))
     return len(breaks) + 1, pos - (breaks[-1].end() if breaks else 0) + 1
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A `help:` text suggesting the closest candidate, or None when nothing is close."""
-    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean `{matches[0]}`?" if matches else None
 
 
 def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -> str:

@@ -21,8 +21,10 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedToken
 from lark.lexer import PatternStr
 
+from vaultpolicy.suggest import did_you_mean
+
 from . import syntax_codes as codes
-from .diagnostics import Diagnostic, Diagnostics, Span, did_you_mean, error
+from .diagnostics import Diagnostic, Diagnostics, Span, error
 
 TOP_LEVEL_KEYWORDS = ("device", "attestation", "defaults", "vault", "component", "app", "include")
 

@@ -12,9 +12,11 @@ import re
 
 from lark import Token, Tree
 
+from vaultpolicy.suggest import did_you_mean
+
 from . import ast
 from . import syntax_codes as codes
-from .diagnostics import Diagnostics, Span, did_you_mean, error, source_lines
+from .diagnostics import Diagnostics, Span, error, source_lines
 from .parse import ParseResult
 
 SIZE_UNITS = {

@@ -8,7 +8,6 @@ and `check` never load the TPM stack.
 from __future__ import annotations
 
 import argparse
-import difflib
 import gc
 import importlib
 import importlib.metadata
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from vaultpolicy import status_codes
 from vaultpolicy.errors import VaultpolicyError
 from vaultpolicy.process import keep_memory_off_disk
+from vaultpolicy.suggest import closest
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,6 @@ COMMANDS: dict[tuple[str, ...], CommandInfo] = {
 }
 
 
-def _closest(word: str, candidates) -> str | None:
-    """The candidate a misspelt word most likely meant (the cutoff of `policy_lang`'s did-you-mean)."""
-    matches = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
 class _Parser(argparse.ArgumentParser):
     """Every usage error of a command goes through `error`: its usage, the message, a did-you-mean
     for a misspelt option (Python 3.11's argparse has no `suggest_on_error`), exit 64."""
@@ -94,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
             option = arg.split("=", 1)[0]
             # argparse also takes an unambiguous prefix (`--plan` for `--plan-version`)
             if option.startswith("--") and not any(k.startswith(option) for k in known):
-                meant = _closest(option, known)
+                meant = closest(option, known)
                 return f"did you mean `{meant}`?" if meant else None
         return None
 
@@ -103,9 +97,9 @@ def _misspelt_command(argv: list[str]) -> str | None:
     """The command meant by `device aply` (`device apply`), `devcie status` or `chek`."""
     first, second = argv[0], argv[1] if len(argv) > 1 else None
     if first in _groups():
-        meant = _closest(second, [k[1] for k in COMMANDS if k[0] == first]) if second else None
+        meant = closest(second, [k[1] for k in COMMANDS if k[0] == first]) if second else None
         return f"{first} {meant}" if meant else None
-    meant = _closest(first, {k[0] for k in COMMANDS})
+    meant = closest(first, {k[0] for k in COMMANDS})
     if meant in _groups() and (meant, second) in COMMANDS:
         return f"{meant} {second}"
     return meant

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from policy_lang.diagnostics import Diagnostic, did_you_mean, error
+from policy_lang.diagnostics import Diagnostic, error
+from vaultpolicy.suggest import did_you_mean
 
 from .. import codes
 from ..model import Model
