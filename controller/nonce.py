@@ -75,7 +75,8 @@ def spend(store: Store, nonce: bytes, device_id: str, now: int, quote_sha256: st
             raise AttestationRejected(
                 "nonce-expired", f"nonce expired {now - expires_at}s ago", hint=_NEW_NONCE.format(device_id)
             )
-        store.mark_nonce_used(nonce, now, quote_sha256)
+        if not store.mark_nonce_used(nonce, now, quote_sha256):  # checked above in this transaction: never
+            raise _used(store.get_nonce(nonce), quote_sha256)
         try:
             yield
         except StoreError:
