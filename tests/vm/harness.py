@@ -13,7 +13,8 @@ Nothing is installed into the host system:
   modules needed to reach the host: virtio, 9p, overlay), and boots the kernel with KVM when
   /dev/kvm opens, else with TCG. A KVM guest that prints nothing within 15 s (a nested KVM that
   hangs, as on the development machine) is killed and booted again with TCG, and a marker in the
-  cache makes later boots on that host kernel go to TCG at once. The guest mounts the host's root filesystem read-only over virtio
+  cache makes later boots on that host kernel go to TCG at once. `VAULTPOLICY_VM_ACCEL=tcg` (or `kvm`)
+  chooses for every boot. The guest mounts the host's root filesystem read-only over virtio
   9p, puts a tmpfs over it with overlayfs (writes stay in the guest), loads the modules the tests need
   (ext4, loop, the quota format, the fscrypt ciphers) from the unpacked package, and runs `script`
   with /bin/sh in that root. The host's /work, the repository and its virtualenv are where they are on
