@@ -6,8 +6,9 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
   immutable copy exists), sealed (the TPM test-unseals it), added to the kernel, and only the sealed
   blob is written (atomically). The bytearray is zeroed in `finally`.
 - Plaintext found where a vault belongs (S5) is moved aside (a rename on the same filesystem, after a
-  space check against the free blocks and inodes of the filesystem the vault will have: a vault with
-  a limit gets its image made first, to measure it), the vault is made, and then every file is
+  space check against the free blocks and inodes of the filesystem the vault will have: a vault whose
+  limit is an image gets its image made first, to measure it; one whose limit is a project quota is
+  measured against that limit and the persist filesystem's free space), the vault is made, and then every file is
   copied in, fsynced and verified by SHA-256 before the plaintext copy is removed. A crash anywhere
   leaves the original staged and intact, and the next run copies again. Files that cannot be carried
   (device nodes, files with names outside the directory, immutable or append-only entries) stop the
@@ -25,6 +26,10 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
   is erased too), deletes the sealed blob and the escrow blob (the key wrapped for the controller)
   with its acknowledgement (from then on the files are unreadable: crypto-erase), then the files and
   the image.
+- A vault's limit is enforced by its image or by a project quota (`Backing`, recorded at its first
+  mutation and kept for life). A quota vault's project id is allocated and recorded before its
+  directory gets it; the kernel exempts root from quota limits, so the enforcer's own copies are
+  checked against the quota's room first (`free_room`). Destroy sets its project's limits to zero.
 - Vault records are read once per run: reading every record for every step made a run over N
   vaults read N² files (a boot unlock of 100 vaults was 2x the bare unseals).
 """
@@ -48,11 +53,11 @@ from pathlib import Path
 
 from compiler.plan import Plan, Vault, format_time
 from compiler.units import format_size
-from enforcer import blockdev, fscrypt
+from enforcer import blockdev, fscrypt, quota
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
-from enforcer.observe import Layout, keyring_dir, layout, open_parent, path_state
-from enforcer.reconcile import Action, Step
+from enforcer.observe import Layout, keyring_dir, layout, nearest_directory, open_parent, path_state
+from enforcer.reconcile import Action, Backing, Step, choose_backing
 from enforcer.state import StateDir, VaultRecord, fsync_dir
 from enforcer.verify import record_for
 from vaultpolicy.errors import DeviceError
@@ -124,6 +129,8 @@ class Applier:
             Action.CREATE_STORAGE: self._mount_storage,
             Action.MOUNT_STORAGE: self._mount_storage,
             Action.GROW_STORAGE: self._grow_storage,
+            Action.CREATE_PROJECT: self._set_quota,
+            Action.SET_QUOTA: self._set_quota,
             Action.CREATE_KEY: self._create_key,
             Action.UNLOCK: self._unlock,
             Action.RESEAL: self._reseal,
@@ -170,10 +177,19 @@ class Applier:
         return layout(self.state, self.root, name, record.path if record else self._vault(name).path)
 
     def remember(self, vault: Vault) -> None:
-        """Record the vault before its first mutation, so a later plan can still retain or destroy it."""
+        """Record the vault before its first mutation, so a later plan can still retain or destroy it; a
+        vault with a limit gets its backing recorded then too, so a crash cannot change it."""
         record = record_for(self.plan, vault, self._records.get(vault.name))
+        if vault.limit_bytes and record.backing is None:
+            record = replace(record, backing=self._backing(vault.name).value)
         self.state.save_record(record)
         self._records[vault.name] = record
+
+    def _backing(self, name: str) -> Backing:
+        """What `reconcile.backing_of` decided from the observation, decided again from the same facts."""
+        where = self._layout(name)
+        return choose_backing(self._records.get(name), where.image.exists(),
+                              quota.enforced(nearest_directory(where.path.parent)))
 
     def _checkpoint(self, label: str) -> None:
         """A crash point inside a step, for the crash test (journal.py)."""
@@ -188,7 +204,14 @@ class Applier:
         refuse_uncopyable(where.path, name)
         needs = copy_needs(where.path, vault.encryption != "none")
         made = False
-        if vault.limit_bytes:  # the vault's own filesystem, measured: made now when it does not exist yet
+        if vault.limit_bytes and self._backing(name) is Backing.PROJECT_QUOTA:
+            # the copy lands beside the staged files, in a project that will be the vault's alone
+            stats = os.statvfs(where.path)
+            limit_bytes, limit_inodes = quota.limits_for(vault.limit_bytes)
+            room = (min(stats.f_bavail * stats.f_frsize, limit_bytes - blockdev.BLOCK_SIZE),
+                    min(stats.f_favail, limit_inodes - 1))  # less the vault directory itself
+            home = f"the vault's {format_size(vault.limit_bytes)} project quota on the filesystem of `{where.path}`"
+        elif vault.limit_bytes:  # the vault's own filesystem, measured: made now when it does not exist yet
             if not where.image.exists():
                 where.image.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 blockdev.make_image(where.image, vault.limit_bytes)
@@ -228,6 +251,26 @@ class Applier:
         remounted = blockdev.attach_image(where.image, where.path, vault.limit_bytes, self._checkpoint)
         self._rekey_if_remounted(name, remounted, where)
 
+    def _set_quota(self, name: str) -> None:
+        """The vault's directory (made when missing) carries its project with PROJINHERIT, and the
+        project's hard limits are the vault's limit: one quotactl, nothing unmounted. The project id is
+        allocated and recorded before the directory gets it, so a crash never leaves an id no record names."""
+        vault = self._vault(name)
+        where = self._layout(name)
+        self.remember(vault)
+        record = self._records[name]
+        where.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if record.project_id is None:
+            taken = {r.project_id for r in self._records.values() if r.project_id is not None}
+            record = replace(record, project_id=quota.free_project(where.path.parent, taken))
+            self.state.save_record(record)
+            self._records[name] = record
+        if not where.path.is_dir():
+            where.path.mkdir(mode=0o700)
+            fsync_dir(where.path.parent)
+        quota.set_limit(where.path.parent, record.project_id, vault.limit_bytes)
+        quota.assign(where.path, record.project_id)
+
     def _grow_storage(self, name: str) -> None:
         vault = self._vault(name)
         where = self._layout(name)
@@ -247,7 +290,8 @@ class Applier:
         record, vault = self._records.get(name), self.plan.vault(name)
         limited = bool((vault and vault.limit_bytes) or (record and record.limit_bytes))
         # a lost image leaves its empty mount point; an encrypted directory there is a vault that never had one
-        has_image = where.image.exists() or (limited and fscrypt.get_policy(str(where.path)) is None)
+        has_image = where.image.exists() or (limited and self._backing(name) is Backing.IMAGE
+                                             and fscrypt.get_policy(str(where.path)) is None)
         if has_image and not os.path.ismount(where.path):
             raise DeviceError(f"its image `{where.image}` is not mounted at `{where.path}`; its key was not added",
                               vault=name)
@@ -335,11 +379,10 @@ class Applier:
             fsync_dir(where.erasing.parent)
 
     def _copy_staged(self, name: str, where: Layout) -> None:
-        stats = os.statvfs(where.path)
         encrypted = self._vault(name).encryption != "none"
         refuse_uncopyable(where.staging, name)
         needs = copy_needs(where.staging, encrypted).minus(copy_needs(where.path, encrypted))
-        room = (stats.f_bavail * stats.f_frsize, stats.f_favail)
+        room = free_room(where.path)
         if needs.bytes > room[0] or needs.inodes > room[1]:
             raise MigrationError(f"the vault has {blockdev.mib(room[0])} and {room[1]} inodes free, the staged "
                                  f"plaintext at `{where.staging}` needs {blockdev.mib(needs.bytes)} and {needs.inodes} "
@@ -403,6 +446,10 @@ class Applier:
         _remove_directory(self.state.root, where.store, name)
         _remove_directory(self.root, where.path, name)
         where.image.unlink(missing_ok=True)
+        if record.project_id is not None:  # its files are gone: its project's limit goes too
+            home = nearest_directory(where.path.parent)
+            if quota.enforced(home):
+                quota.set_limit(home, record.project_id, 0)
         self.state.remove_record(name)
         del self._records[name]
 
@@ -541,6 +588,23 @@ def _mount(arguments: list[str]) -> None:
     result = subprocess.run(["mount", *arguments], capture_output=True, text=True)
     if result.returncode != 0:
         raise DeviceError(f"mount {' '.join(arguments)} failed: {result.stderr.strip()}")
+
+
+def free_room(path: Path) -> tuple[int, int]:
+    """(free bytes, free inodes) for a copy into the directory `path`: its filesystem's, and no more than
+    its project's quota leaves when it carries a project under an enforced quota. The enforcer runs as
+    root, which the kernel exempts from quota limits, so this check is what keeps its copies within the
+    vault's limit (S21)."""
+    stats = os.statvfs(path)
+    room = (stats.f_bavail * stats.f_frsize, stats.f_favail)
+    project = quota.project_of(path)
+    if project is not None and project[0] != 0 and quota.enforced(path):
+        counted = quota.get(path, project[0])
+        if counted.limit_bytes or counted.inode_limit:
+            left = counted.room()
+            room = (min(room[0], left[0]) if counted.limit_bytes else room[0],
+                    min(room[1], left[1]) if counted.inode_limit else room[1])
+    return room
 
 
 def _image_room(where: Layout) -> tuple[int, int]:

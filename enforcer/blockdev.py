@@ -1,11 +1,10 @@
 """Storage limits enforced by the kernel: a per-vault ext4 image where there are no project quotas.
 
-`quota_supported()` asks the running kernel (once per process) whether an ext4 filesystem made
-with `-O quota,project` mounts. Where it does not (the development and CI kernels have no quota
-support), a vault with a limit lives on its own fscrypt-capable ext4 image (`mkfs.ext4 -O encrypt`)
-whose size is the limit, mounted at the vault path: writing past the limit fails with ENOSPC in
-the kernel, whoever writes. The project-quota alternative is not implemented: no kernel here can
-test it, so images are used everywhere for now and `quota_supported` only reports the capability.
+Where the persist filesystem does not enforce project quotas (`quota.enforced`, enforcer/quota.py:
+the development and CI kernels have no quota support at all), a vault with a limit lives on its own
+fscrypt-capable ext4 image (`mkfs.ext4 -O encrypt`) whose size is the limit, mounted at the vault
+path: writing past the limit fails with ENOSPC in the kernel, whoever writes. Where it does, new
+vaults get a project quota instead; a vault keeps its image for life (enforcer/reconcile.py).
 
 Layout: ext4 refuses an encryption policy on a filesystem's root directory (EPERM), so the image
 is loop-mounted at `<image>.mnt` (next to the image, under the state dir) and its `vault`
@@ -63,13 +62,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import os
 import re
 import struct
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -478,23 +475,6 @@ def usage(path: str | os.PathLike) -> tuple[int, int]:
     """(used_bytes, limit_bytes) of the filesystem holding `path`, from statvfs."""
     stats = os.statvfs(path)
     return (stats.f_blocks - stats.f_bfree) * stats.f_frsize, stats.f_blocks * stats.f_frsize
-
-
-@functools.cache
-def quota_supported() -> bool:
-    """Whether this kernel mounts ext4 with project quotas (tried once on a tiny image)."""
-    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
-        return False
-    with tempfile.TemporaryDirectory(prefix="vaultpolicy-quota-probe-") as scratch:
-        image, mountpoint = Path(scratch, "probe.img"), Path(scratch, "mnt")
-        mountpoint.mkdir()
-        try:
-            make_image(image, MIN_IMAGE_BYTES, features="quota,project")
-            _run(["mount", "-t", "ext4", "-o", "loop,prjquota", str(image), str(mountpoint)], mountpoint, "mount")
-        except DeviceError:
-            return False
-        detach(mountpoint)
-        return True
 
 
 def discard_free(path: str | os.PathLike) -> bool:

@@ -251,3 +251,15 @@ _code("VP1118", "storage-lost", "a vault's image is missing",
       "were in it. No empty filesystem is made in its place (that would hide the loss behind an empty vault), "
       "and no key is added for it. Restore the image from a backup.",
       "rm STATE/images/g.img; reboot   # vault g failed (storage-lost), never re-created")
+_code("VP1121", "limit-below-usage", "vault limit lowered below what the vault holds",
+      "A vault whose limit is a project quota can have its limit lowered, but not below the bytes or files it "
+      "holds now (the kernel would keep the files and refuse every write). Its quota stays as it is until files "
+      "are removed or the limit is raised again. A vault with its own image cannot shrink at all "
+      "(`limit-below-size`).",
+      "limit 64MiB -> 16MiB with 20 MiB in the vault   # reported, quota unchanged")
+_code("VP1122", "quota-not-enforced", "the persist filesystem no longer enforces a vault's project quota",
+      "The vault's limit is a project quota, and the filesystem it is on accounts or enforces project quotas no "
+      "more (mounted without `prjquota`, or quotas turned off): nothing stops writes past the limit. A vault "
+      "keeps its backing for life, so it is not moved to an image; mount the filesystem with `prjquota` (or "
+      "`quotaon -P`) again.",
+      "mount /dev/sda3 /persist   # without prjquota: vault logs reported, its limit not applied")

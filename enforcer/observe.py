@@ -4,6 +4,9 @@ For each vault the plan names (and each vault the device still manages after it 
 - the path: exists, is a directory, is not a symlink and has no symlink on its way from --root
 - whether it is its own mount (the per-vault image) and usage against the limit (`statvfs`: O(1),
   never a walk of the files, so status costs the same for 100,000 files as for none)
+- whether the filesystem the vault is (or would be) made on enforces project quotas, and for a
+  directory that carries a project id, that id, its PROJINHERIT flag, and the project's usage and
+  limits as the kernel counts them (quotactl Q_GETQUOTA: O(1) too)
 - its fscrypt policy (FS_IOC_GET_ENCRYPTION_POLICY_EX) and the status in the kernel
   (FS_IOC_GET_ENCRYPTION_KEY_STATUS) of the key that policy names (else of the sealed key)
 - the sealed blob: present, sealed to the plan's bank and PCRs, its policy digest recomputed by the
@@ -17,10 +20,14 @@ For each vault the plan names (and each vault the device still manages after it 
   lost its key, S20)
 - a staged plaintext copy waiting to migrate into the vault (S5), or one migrated and not yet erased
 
-Storage layout of a vault with a limit (this kernel has no project quotas, see enforcer/blockdev.py):
-its image STATE/images/<vault>.img is mounted at STATE/images/<vault>.img.mnt and the image's `vault`
-subdirectory — the one with the fscrypt policy; ext4 refuses a policy on a filesystem's root — is
-bind-mounted at the vault path, so the vault path itself is the encrypted directory apps use.
+Storage layout of a vault with a limit, by its backing (`VaultRecord.backing`):
+- project quota (the persist filesystem enforces project quotas, enforcer/quota.py): the vault path
+  is a plain directory there with a project id of its own and PROJINHERIT, and the fscrypt policy
+  is on that directory itself; the project's hard limit is the vault's limit.
+- image (no project quotas, enforcer/blockdev.py): its image STATE/images/<vault>.img is mounted at
+  STATE/images/<vault>.img.mnt and the image's `vault` subdirectory — the one with the fscrypt
+  policy; ext4 refuses a policy on a filesystem's root — is bind-mounted at the vault path, so the
+  vault path itself is the encrypted directory apps use.
 A vault without a limit is a plain directory on the persist filesystem.
 """
 
@@ -34,8 +41,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from compiler.plan import Plan
-from enforcer import blockdev, fscrypt
+from enforcer import blockdev, fscrypt, quota
 from enforcer.fscrypt import EncryptionPolicy, KeyStatus
+from enforcer.quota import ProjectQuota
 from enforcer.state import StateDir, VaultRecord
 from vaultpolicy.errors import DeviceError, InputError
 
@@ -131,7 +139,11 @@ class ObservedVault:
     image_encrypted: bool | None = None  # an unmounted image's vault directory has a policy (only
     # looked at when no sealed key is recorded)
     storage_damaged: str | None = None  # why the vault's image cannot be read (its superblock, its vault dir)
-    used_bytes: int | None = None
+    quota_enforced: bool = False  # the filesystem the vault's directory is (or would be) on enforces project quotas
+    project_id: int | None = None  # the vault directory's project id, when it has one (not 0)
+    project_inherit: bool = False  # ... and PROJINHERIT: what is made in it gets that id
+    quota: ProjectQuota | None = None  # that project's usage and limits, where quotas are enforced
+    used_bytes: int | None = None  # of its image, or its project
     capacity_bytes: int | None = None
     empty: bool | None = None  # looked at for a directory without an encryption policy, or with staged plaintext
     staged_plaintext: bool = False
@@ -196,6 +208,13 @@ def open_parent(root: Path | None, path: Path) -> int:
     return fd
 
 
+def nearest_directory(path: Path) -> Path:
+    """`path`, or its closest ancestor that exists: where a vault's directory will be made."""
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def is_empty(path: Path) -> bool:
     with os.scandir(path) as entries:
         return next(entries, None) is None
@@ -215,6 +234,8 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
             values["image_bytes"] = blockdev.superblock(where.image).size_bytes
         except (blockdev.BlockdevError, OSError) as exc:  # this vault's storage only: the others go on
             values["storage_damaged"] = _damage(where.image, exc)
+    if not kind.through_symlink:
+        values["quota_enforced"] = quota.enforced(nearest_directory(where.path.parent))
     if kind is PathState.DIRECTORY:
         mounted = os.path.ismount(where.path)
         values["mounted"] = mounted
@@ -222,6 +243,11 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
             st = os.statvfs(where.path)
             values["used_bytes"] = (st.f_blocks - st.f_bfree) * st.f_frsize
             values["capacity_bytes"] = st.f_blocks * st.f_frsize
+        else:
+            try:
+                _observe_project(where.path, values)
+            except DeviceError as exc:
+                errors.append(exc.message)
         try:
             values["policy"] = fscrypt.get_policy(str(where.path))
         except DeviceError as exc:  # e.g. a filesystem without fscrypt: the files are in the clear
@@ -253,6 +279,19 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
         except DeviceError as exc:
             errors.append(exc.message)
     return ObservedVault(**values, errors=tuple(errors))
+
+
+def _observe_project(path: Path, values: dict) -> None:
+    """The project the directory carries and, where its filesystem enforces project quotas, that
+    project's usage and limits, as the kernel counts them."""
+    project = quota.project_of(path)
+    if project is None or project[0] == 0:  # 0: ext4's default project, no vault's
+        return
+    values["project_id"], values["project_inherit"] = project
+    if values["quota_enforced"]:  # not a mount: the directory is on its parent's filesystem
+        counted = quota.get(path, project[0])
+        values["quota"] = counted
+        values["used_bytes"], values["capacity_bytes"] = counted.used_bytes, counted.limit_bytes
 
 
 def _damage(image: Path, exc: Exception) -> str:

@@ -5,7 +5,9 @@ a key that cannot be made or sealed, and the plan recorded as applied).
 - `check_host` (before the TPM is opened): the persist partition is there, a directory reached
   without a symlink, and every encrypted vault without its own image is on a filesystem with fscrypt
   (asked of the nearest existing directory on its path with FS_IOC_GET_ENCRYPTION_POLICY_EX, which
-  changes nothing). A vault with a limit gets its own `-O encrypt` image, so its filesystem is ours.
+  changes nothing). A vault whose limit is an image gets its own `-O encrypt` image, so its
+  filesystem is ours; one whose limit is a project quota is a directory on the persist filesystem,
+  which needs fscrypt like a vault without a limit.
 - `check_sealing` (after reconcile, for the vaults whose steps seal a key): the TPM has the bank and
   the PCRs, and PCR 0 and 4 are not all zero unless the plan allows an unmeasured boot
   (`Tpm.check_sealable`: what `Tpm.seal` would refuse, asked without sealing).
@@ -20,10 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from compiler.plan import Plan
-from enforcer import fscrypt
-from enforcer.observe import PathState, host_path, path_state
-from enforcer.reconcile import Action, Step
-from enforcer.state import VaultRecord
+from enforcer import fscrypt, quota
+from enforcer.observe import PathState, host_path, nearest_directory, path_state
+from enforcer.reconcile import Action, Backing, Step, choose_backing
+from enforcer.state import StateDir, VaultRecord
 from vaultpolicy.errors import DeviceError
 
 # the steps that seal a new key (a re-encryption to `none` seals nothing: checked per vault below)
@@ -40,7 +42,7 @@ class ApplyRefused(DeviceError):
         self.reason = reason
 
 
-def check_host(plan: Plan, records: Mapping[str, VaultRecord], root: Path | None) -> None:
+def check_host(plan: Plan, records: Mapping[str, VaultRecord], root: Path | None, state: StateDir) -> None:
     persist = host_path(root, plan.device.persist)
     kind = path_state(root, persist)
     if kind is not PathState.DIRECTORY:
@@ -49,20 +51,23 @@ def check_host(plan: Plan, records: Mapping[str, VaultRecord], root: Path | None
         raise ApplyRefused("persist-missing", f"the persist partition `{plan.device.persist}` is not there: `{persist}` "
                            f"{what}", hint="mount the persist partition there, or pass the --root that holds it")
     for vault in plan.vaults:
-        if vault.encryption == "none" or vault.limit_bytes:
+        if vault.encryption == "none":
             continue
         record = records.get(vault.name)  # a vault's files stay at its recorded path (reconcile.py)
         existing = host_path(root, record.path if record else vault.path)
         if path_state(root, existing) in (PathState.SYMLINK, PathState.SYMLINK_IN_PATH):
             continue  # never made there: reconcile reports it (`unsafe-path`)
-        while not existing.is_dir():  # what the vault's directory will be made in
-            existing = existing.parent
+        if vault.limit_bytes and choose_backing(record, state.image_path(vault.name).exists(), quota.enforced(
+                nearest_directory(existing.parent))) is Backing.IMAGE:
+            continue  # its own `-O encrypt` image: its filesystem is ours
+        existing = nearest_directory(existing)  # what the vault's directory will be made in
         try:
             fscrypt.get_policy(str(existing))
         except fscrypt.FscryptUnsupported as exc:
             raise ApplyRefused("no-fscrypt", f"vault `{vault.name}` cannot be encrypted at `{vault.path}`: {exc.message}",
                                hint="make that filesystem with `mkfs.ext4 -O encrypt` (or `tune2fs -O encrypt`), or "
-                               "give the vault a limit: it then gets its own encrypted image") from None
+                               "give the vault a limit: on a filesystem without project quotas it then gets its own "
+                               "encrypted image") from None
 
 
 def check_sealing(plan: Plan, steps: list[Step], tpm) -> None:

@@ -19,6 +19,7 @@ from compiler.plan import Plan, Vault
 from compiler.units import format_size
 from enforcer.blockdev import BLOCK_SIZE, image_bytes_for
 from enforcer.fscrypt import KeyStatus
+from enforcer.quota import limits_for
 from enforcer.observe import Observed, ObservedVault, PathState
 from enforcer.state import VaultRecord
 
@@ -31,6 +32,8 @@ class Action(StrEnum):
     CREATE_STORAGE = "create-storage"  # a vault with a limit: its own ext4 image, mounted at the path
     MOUNT_STORAGE = "mount-storage"  # the image exists but is not mounted (after a reboot)
     GROW_STORAGE = "grow-storage"  # the limit rose: grow the image online
+    CREATE_PROJECT = "create-project"  # a vault with a limit where quotas are enforced: its directory, project, limit
+    SET_QUOTA = "set-quota"  # its directory's project id, or the project's limit, is not what it must be
     CREATE_KEY = "create-key"  # generate, seal (test-unseal), write the sealed blob, add to the kernel
     UNLOCK = "unlock"  # unseal the recorded blob and add the key to the kernel
     RESEAL = "reseal"  # the plan seals to other PCRs: unseal with the old blob, seal anew
@@ -39,6 +42,28 @@ class Action(StrEnum):
     RE_ENCRYPT = "re-encrypt"  # the plan changes the encryption: copy into a new tree, swap, erase the old key
     ORPHAN = "orphan"  # left the plan with `retain`: lock it, keep the sealed key, report it
     DESTROY = "destroy"  # left the plan with `destroy`: crypto-erase (key, sealed blob, files)
+
+
+class Backing(StrEnum):
+    """How the kernel enforces a vault's limit."""
+
+    IMAGE = "image"  # its own ext4 image of the limit's size, mounted at the path (enforcer/blockdev.py)
+    PROJECT_QUOTA = "project-quota"  # a project of its own on the persist filesystem (enforcer/quota.py)
+
+
+def choose_backing(record: VaultRecord | None, has_image: bool, quota_enforced: bool) -> Backing:
+    """A vault keeps the backing its record names for life (a kernel that gains quota support does not
+    move an image vault); a vault recorded with a limit before backings were recorded, or whose image
+    is there, has an image; a new one gets a project quota where its filesystem enforces them."""
+    if record is not None and record.backing:
+        return Backing(record.backing)
+    if has_image or (record is not None and record.limit_bytes):
+        return Backing.IMAGE
+    return Backing.PROJECT_QUOTA if quota_enforced else Backing.IMAGE
+
+
+def backing_of(record: VaultRecord | None, seen: ObservedVault) -> Backing:
+    return choose_backing(record, seen.image_bytes is not None or seen.storage_damaged is not None, seen.quota_enforced)
 
 
 @dataclass(frozen=True)
@@ -98,7 +123,7 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
         problem("path-change-unsupported", f"the plan moves the vault from `{record.path}` to `{vault.path}`; the "
                 f"device does not move vaults: its files stay at `{record.path}` and are managed there")
     if record is not None and record.encryption != vault.encryption:
-        _storage_steps(vault, seen, step, problem)
+        _limit_steps(vault, seen, record, False, step, problem)
         locked = seen.path_state is PathState.DIRECTORY and seen.key_status is not KeyStatus.PRESENT
         if record.encryption != "none" and seen.seal is not None and locked:
             problem("vault-locked", f"the vault is locked: unlock it first (`vaultpolicy device unlock`); its "
@@ -111,8 +136,11 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
 
     encrypted = vault.encryption != "none"
     has_storage = vault.limit_bytes > 0
+    # the directory already is the vault's storage: its image mounted there, or it carries the vault's project
+    its_storage = seen.mounted or (record is not None and record.project_id is not None
+                                   and seen.project_id == record.project_id)
     plaintext_here = (
-        seen.path_state is PathState.DIRECTORY and not seen.mounted and seen.policy is None and seen.empty is False
+        seen.path_state is PathState.DIRECTORY and not its_storage and seen.policy is None and seen.empty is False
     )
     staged = seen.staged_plaintext
     moved_aside = False
@@ -125,7 +153,7 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
     fresh = moved_aside or seen.path_state is PathState.MISSING
 
     if has_storage:
-        _storage_steps(vault, seen, step, problem)
+        _limit_steps(vault, seen, record, fresh, step, problem)
     elif fresh:
         step(Action.CREATE_DIRECTORY, "the vault directory does not exist")
 
@@ -164,14 +192,49 @@ def storage_lost(vault: Vault, record: VaultRecord | None, seen: ObservedVault) 
     or still mounted from the deleted file; an encrypted directory there is a vault that never had an
     image (a plan gave it a limit)."""
     return (record is not None and bool(vault.limit_bytes or record.limit_bytes) and seen.seal is not None
+            and record.backing != Backing.PROJECT_QUOTA
             and seen.image_bytes is None and seen.storage_damaged is None
             and (seen.mounted or seen.policy is None))
 
 
-def _storage_steps(vault: Vault, seen: ObservedVault, step, problem) -> None:
-    """A vault with a limit: its own image, made, mounted and grown to the limit."""
+def _limit_steps(vault: Vault, seen: ObservedVault, record: VaultRecord | None, fresh: bool, step, problem) -> None:
+    """A vault with a limit: by its backing, its image or its project quota."""
     if not vault.limit_bytes:
         return
+    if backing_of(record, seen) is Backing.PROJECT_QUOTA:
+        _quota_steps(vault, seen, record, fresh, step, problem)
+    else:
+        _storage_steps(vault, seen, step, problem)
+
+
+def _quota_steps(vault: Vault, seen: ObservedVault, record: VaultRecord | None, fresh: bool, step, problem) -> None:
+    """A vault with a project quota: its directory carries its project (with PROJINHERIT), whose hard
+    limits are the vault's. A limit may rise or fall, but not below what the vault holds."""
+    if fresh:
+        step(Action.CREATE_PROJECT, f"the vault needs its directory with a project quota of "
+             f"{format_size(vault.limit_bytes)} for its limit")
+        return
+    if record is None or record.project_id is None or seen.project_id != record.project_id or not seen.project_inherit:
+        step(Action.SET_QUOTA, "the vault directory does not carry the vault's project (id and PROJINHERIT)")
+        return
+    if seen.quota is None:
+        problem("quota-not-enforced", f"the filesystem of `{seen.path}` no longer enforces project quotas, so the "
+                f"vault's {format_size(vault.limit_bytes)} limit is not applied: mount it with `prjquota` again")
+        return
+    wanted = limits_for(vault.limit_bytes)
+    if (seen.quota.limit_bytes, seen.quota.inode_limit) == wanted:
+        return
+    if wanted[0] < seen.quota.used_bytes or wanted[1] < seen.quota.used_inodes:
+        problem("limit-below-usage", f"the limit fell to {format_size(vault.limit_bytes)} ({wanted[1]} files) but "
+                f"the vault holds {format_size(seen.quota.used_bytes)} in {seen.quota.used_inodes} files; its quota "
+                f"stays at {format_size(seen.quota.limit_bytes)}: remove data from the vault first")
+        return
+    step(Action.SET_QUOTA, f"the vault's project quota is {format_size(seen.quota.limit_bytes)}, its limit is "
+         f"{format_size(vault.limit_bytes)}")
+
+
+def _storage_steps(vault: Vault, seen: ObservedVault, step, problem) -> None:
+    """A vault with a limit and an image: its own image, made, mounted and grown to the limit."""
     if seen.image_bytes is None:
         step(Action.CREATE_STORAGE, f"the vault needs its own {format_size(vault.limit_bytes)} filesystem for its limit")
         return

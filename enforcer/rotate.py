@@ -61,13 +61,13 @@ from pathlib import Path
 from typing import get_args
 
 from compiler.plan import Encryption, Plan, Vault, format_time, parse_time
-from enforcer import blockdev, fscrypt
-from enforcer.apply import Applier, copy_needs, copy_tree, refuse_uncopyable, seal_new_key
+from enforcer import blockdev, fscrypt, quota
+from enforcer.apply import Applier, copy_needs, copy_tree, free_room, refuse_uncopyable, seal_new_key
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, layout
 from enforcer.reconcile import Problem, Reconciliation
-from enforcer.state import StateCorrupt, StateDir, atomic_remove, atomic_write, exchange, fsync_dir
+from enforcer.state import StateCorrupt, StateDir, VaultRecord, atomic_remove, atomic_write, exchange, fsync_dir
 from vaultpolicy.errors import DeviceError, InputError
 
 ROTATING_DIR = "rotating"
@@ -137,6 +137,7 @@ class _Where:
     fresh: Path  # the new directory beside it, on the same filesystem
     key_home: str  # a directory of that filesystem: the key ioctls go there
     bound: bool  # the vault path is a bind mount of `data` (a vault with its own image)
+    project: int | None = None  # the vault's project (a project-quota vault): the new tree gets it too
 
 
 def overdue(sealed: dict | None, rotate_seconds: int | None, now: datetime) -> bool | None:
@@ -200,7 +201,7 @@ class Rotator:
         (a vault that had `encryption none`, or an empty directory apply just made)."""
         vault = self.plan.vault(name)
         sealed = self.state.sealed(name)
-        where = self._where(name, self.state.records()[name].path)
+        where = self._where(name, self.state.records()[name])
         policy = fscrypt.get_policy(str(where.data)) if where.data.is_dir() else None
         if policy is not None:
             if sealed is None or policy.key_identifier.hex() != sealed["key_identifier"]:
@@ -261,6 +262,8 @@ class Rotator:
         if where.fresh.exists():
             shutil.rmtree(where.fresh)
         where.fresh.mkdir(mode=0o700)
+        if where.project is not None:  # the copy counts against the vault's quota, and keeps its project after the swap
+            quota.assign(where.fresh, where.project)
         if pending["key_identifier"] is not None:
             new = bytes.fromhex(pending["key_identifier"])
             try:
@@ -356,7 +359,7 @@ class Rotator:
         if record is None:
             raise DeviceError("an interrupted rotation is recorded for a vault the device does not manage", vault=name)
         pending = _read_pending(self.state, name)  # checked before anything is touched
-        where = self._where(name, record.path)
+        where = self._where(name, record)
         verb = "rotate" if pending.get("encryption", record.encryption) == record.encryption else "re-encrypt"
         policy = fscrypt.get_policy(str(where.data)) if where.data.is_dir() else None
         # swapped: the data directory is already what the new tree was made as
@@ -369,13 +372,14 @@ class Rotator:
         return Recovered(name, "rotation" if verb == "rotate" else "re-encryption", "completed" if swapped else "undone")
 
     # --- layout ----------------------------------------------------------------------------------
-    def _where(self, name: str, plan_path: str) -> _Where:
+    def _where(self, name: str, record: VaultRecord) -> _Where:
         """The vault's data directory; a vault with its own image gets its image mounted when a
         reboot (or a crash mid-rotation) left it unmounted."""
-        where = layout(self.state, self.root, name, plan_path)
+        where = layout(self.state, self.root, name, record.path)
         if not where.image.exists():
             path = where.path
-            return _Where(where, path, path.with_name(f".{path.name}{_NEW_SUFFIX}"), str(path.parent), False)
+            return _Where(where, path, path.with_name(f".{path.name}{_NEW_SUFFIX}"), str(path.parent), False,
+                          record.project_id)
         if not blockdev.is_mounted(where.store):
             where.store.mkdir(mode=0o700, exist_ok=True)
             blockdev.mount_image(where.image, where.store)
@@ -426,15 +430,15 @@ def _unbind(name: str, path: Path, verb: str) -> None:
 
 
 def _check_copy(name: str, where: _Where, encrypted: bool) -> None:
-    """S21: every file must be one a copy carries, and the re-encrypted copy must fit beside the data;
-    refuse before changing anything."""
-    fs = os.statvfs(where.data)
+    """S21: every file must be one a copy carries, and the re-encrypted copy must fit beside the data,
+    within the vault's quota when it has one (the copy gets the vault's project); refuse before
+    changing anything."""
     refuse_uncopyable(where.data, name, where.layout.path)
+    free, inodes = free_room(where.data)
     needs = copy_needs(where.data, encrypted)
-    free = fs.f_bavail * fs.f_frsize
-    if needs.bytes > free or needs.inodes > fs.f_favail:
+    if needs.bytes > free or needs.inodes > inodes:
         raise RotationRefused("no-room", f"copying the vault needs {needs.bytes} free bytes and {needs.inodes} inodes on "
-                              f"its filesystem; it has {free} bytes and {fs.f_favail} inodes free. "
+                              f"its filesystem (and within its quota); it has {free} bytes and {inodes} inodes free. "
                               "Nothing was changed", vault=name, hint="raise the vault's limit or remove files first")
 
 

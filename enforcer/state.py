@@ -16,9 +16,10 @@ Layout under STATE (`--state-dir`):
                              touches disk. Records written before `rotated_at` existed lack it
     vaults/<vault>.json      what the device manages for a vault: path and encryption (where its files
                              are and how they are encrypted: verify.record_for), on_remove, protected,
-                             orphaned. Kept after the vault leaves the plan, so `retain` and `destroy`
+                             orphaned, and how its limit is enforced (`backing`: its image, or a project
+                             quota with its `project_id`). Kept after the vault leaves the plan, so `retain` and `destroy`
                              still know what to do and a protected vault stays protected (S16)
-    images/<vault>.img       the vault's own ext4 image when it has a storage limit (see apply.py)
+    images/<vault>.img       the vault's own ext4 image when its limit is enforced by an image (see apply.py)
     rotating/<vault>.json    a rotation or re-encryption in progress: the target encryption and the new
                              key's sealed blob (see rotate.py)
     conditions.json          conditions with reasons: the last refusal, per-vault unlock failures
@@ -157,6 +158,11 @@ class VaultRecord:
     protected: bool
     limit_bytes: int
     orphaned: bool = False
+    # how the kernel enforces its limit, chosen when the vault first needs one and kept for life:
+    # "image" (its own ext4 image) or "project-quota" (a project of its own on the persist filesystem);
+    # None for a vault that never had a limit, or one recorded before backings were (an image, then)
+    backing: str | None = None
+    project_id: int | None = None  # its project, for "project-quota": never another vault's
 
 
 @dataclass(frozen=True)

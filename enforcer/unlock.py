@@ -280,7 +280,8 @@ def _lock_vault(state: StateDir, root: Path | None, record: VaultRecord, force: 
     if busy:
         return VaultResult(name, "incompletely-locked", "files-busy",
                            "files in the vault are still open; the key is gone, their contents stay readable until they close")
-    if not encrypted and record.limit_bytes and sealed is not None and not where.image.exists():
+    if (not encrypted and record.limit_bytes and record.backing != "project-quota" and sealed is not None
+            and not where.image.exists()):
         return VaultResult(name, "locked", "storage-lost", f"its image `{where.image}` is missing, and the vault's "
                            "files were in it; no key of it is in the kernel", hint="restore the image from a backup")
     if not encrypted:  # an apply stopped before it encrypted the directory: there is nothing locked

@@ -144,10 +144,13 @@ def record_for(plan: Plan, vault: Vault, previous: VaultRecord | None) -> VaultR
 
     Once recorded, `path` and `encryption` say where the vault's files are and how they are
     encrypted, not what a plan asked: only a finished re-encryption (enforcer/rotate.py) changes
-    `encryption`, and a plan that moves a vault is a problem, never a new record (reconcile.py)."""
+    `encryption`, and a plan that moves a vault is a problem, never a new record (reconcile.py). Its
+    `backing` and `project_id` are the applier's to set (a vault keeps its backing for life)."""
     protected = vault.protected or vault.name in plan.protected or (previous is not None and previous.protected)
     path, encryption = (vault.path, vault.encryption) if previous is None else (previous.path, previous.encryption)
-    return VaultRecord(vault.name, path, encryption, vault.on_remove, protected, vault.limit_bytes)
+    backing, project = (None, None) if previous is None else (previous.backing, previous.project_id)
+    return VaultRecord(vault.name, path, encryption, vault.on_remove, protected, vault.limit_bytes,
+                       backing=backing, project_id=project)
 
 
 def _check_protection(plan: Plan, managed: Mapping[str, VaultRecord]) -> None:

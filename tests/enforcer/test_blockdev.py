@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from enforcer import blockdev, fscrypt
+from enforcer import blockdev, fscrypt, quota
 
 MiB = 2**20
 
@@ -49,15 +49,28 @@ def vault(needs_device, tmp_path):
     assert _loop_devices_of(image) == "", "detach frees the loop device"
 
 
-def test_quota_probe_answers_what_a_quota_mount_does(needs_device, tmp_path):
+def test_project_quotas_are_asked_of_the_kernel_per_filesystem(needs_device, tmp_path):
+    """`quota.enforced` says yes exactly where the kernel mounts a `-O quota,project` image with
+    `prjquota` (this host's kernel has no quota support: there it says no, and vaults get images), and
+    no for an image without quotas; it mounts nothing itself."""
     image, mountpoint = tmp_path / "q.img", tmp_path / "q"
     mountpoint.mkdir()
-    blockdev.make_image(image, 16 * MiB, features="quota,project")
-    mounted = subprocess.run(["mount", "-o", "loop,prjquota", str(image), str(mountpoint)]).returncode == 0
-    if mounted:
-        blockdev.detach(mountpoint)
-    assert blockdev.quota_supported() is mounted
-    assert blockdev.quota_supported.cache_info().hits >= 1 or blockdev.quota_supported() is mounted
+    blockdev.make_image(image, 16 * MiB, features="encrypt,quota,project")
+    mounted = subprocess.run(["mount", "-o", "loop,prjquota", str(image), str(mountpoint)],
+                             capture_output=True).returncode == 0
+    try:
+        assert quota.enforced(mountpoint) is mounted
+        assert quota.enforced(tmp_path) is False or mounted
+    finally:
+        if mounted:
+            blockdev.detach(mountpoint)
+    plain = blockdev.make_image(tmp_path / "plain.img", 16 * MiB)
+    (tmp_path / "p").mkdir()
+    blockdev.mount_image(plain, tmp_path / "p")
+    try:
+        assert quota.enforced(tmp_path / "p") is False
+    finally:
+        blockdev.detach(tmp_path / "p")
     assert _loop_devices_of(image) == ""
 
 

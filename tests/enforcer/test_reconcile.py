@@ -208,3 +208,68 @@ def test_reconcile_never_destroys_and_orders_steps(seen_vault, limit, encryption
         assert Action.RE_ENCRYPT not in steps
     if result.problems:
         assert {p.vault for p in result.problems} == {"config"}
+
+
+# --- project quotas: which backing, and the steps of a quota vault ---------------------------------
+MiB = 1 << 20
+PROJECT = 0x7650_0000
+
+
+def quota_vault(limit=8 * MiB, used=MiB, **values) -> ObservedVault:
+    from enforcer.quota import ProjectQuota, limits_for
+
+    counted = ProjectQuota(PROJECT, used, 10, *limits_for(limit))
+    return seen(**({"path_state": PathState.DIRECTORY, "quota_enforced": True, "project_id": PROJECT,
+                    "project_inherit": True, "quota": counted, "used_bytes": used, "capacity_bytes": limit,
+                    "policy": POLICY, "key_status": KeyStatus.PRESENT, "seal": SEAL} | values))
+
+
+def quota_record(limit=8 * MiB) -> VaultRecord:
+    return record(limit_bytes=limit, backing="project-quota", project_id=PROJECT)
+
+
+def test_a_new_vault_with_a_limit_gets_a_project_quota_where_the_filesystem_enforces_them():
+    plan = make_plan([vault("config", limit=8 * MiB)])
+    assert actions(plan, seen(quota_enforced=True)) == ([Action.CREATE_PROJECT, Action.CREATE_KEY, Action.SET_POLICY], [])
+    plaintext = seen(path_state=PathState.DIRECTORY, empty=False, quota_enforced=True)
+    assert actions(plan, plaintext)[0] == [Action.STAGE_PLAINTEXT, Action.CREATE_PROJECT, Action.CREATE_KEY,
+                                           Action.SET_POLICY, Action.MIGRATE]
+    assert actions(plan, quota_vault(), records=[quota_record()]) == ([], [])
+
+
+def test_a_vault_keeps_its_backing_for_life():
+    """An image vault stays on its image when quotas appear (its record says so, or an older record with a
+    limit, or its image is there); a quota vault stays a quota vault when they go (reported, not moved)."""
+    plan = make_plan([vault("config", limit=MiB)])
+    image_vault = replace(converged(limit=MiB), quota_enforced=True)
+    assert actions(plan, image_vault, records=[record(limit_bytes=MiB, backing="image")]) == ([], [])
+    assert actions(plan, image_vault, records=[record(limit_bytes=MiB)]) == ([], [])
+    assert actions(plan, replace(seen(quota_enforced=True), image_bytes=MiB), records=[]) [0][0] is Action.MOUNT_STORAGE
+    gone = quota_vault(quota_enforced=False, quota=None)
+    assert actions(make_plan([vault("config", limit=8 * MiB)]), gone, records=[quota_record()]) == (
+        [], ["quota-not-enforced"])
+
+
+def test_a_quota_limit_rises_and_falls_but_not_below_usage():
+    rise = make_plan([vault("config", limit=32 * MiB)])
+    assert actions(rise, quota_vault(), records=[quota_record()]) == ([Action.SET_QUOTA], [])
+    fall = make_plan([vault("config", limit=4 * MiB)])
+    assert actions(fall, quota_vault(used=MiB), records=[quota_record()]) == ([Action.SET_QUOTA], [])
+    assert actions(fall, quota_vault(used=5 * MiB), records=[quota_record()]) == ([], ["limit-below-usage"])
+
+
+def test_a_directory_without_the_vaults_project_gets_it_again_and_is_no_plaintext():
+    plan = make_plan([vault("config", limit=8 * MiB)])
+    for lost in (quota_vault(project_id=None, quota=None), quota_vault(project_inherit=False),
+                 quota_vault(project_id=PROJECT + 1)):
+        assert actions(plan, lost, records=[quota_record()]) == ([Action.SET_QUOTA], [])
+    unencrypted = make_plan([vault("config", limit=8 * MiB, encryption="none")])
+    files = quota_vault(policy=None, seal=None, key_status=None, empty=False)
+    assert actions(unencrypted, files, records=[replace(quota_record(), encryption="none")]) == ([], [])
+
+
+def test_a_quota_vault_without_its_image_is_not_storage_lost():
+    plan = make_plan([vault("config", limit=8 * MiB)])
+    empty = quota_vault(policy=None, key_status=KeyStatus.ABSENT, empty=True)
+    steps, problems = actions(plan, empty, records=[quota_record()])
+    assert "storage-lost" not in problems and Action.SET_POLICY in steps

@@ -239,7 +239,7 @@ def _apply(args, state, root) -> int:
         journal = Journal(state.journal_path, state.warnings)
         interrupted = journal.begin()
         try:
-            check_host(plan, current, root)  # before the TPM: a missing persist partition starts no swtpm
+            check_host(plan, current, root, state)  # before the TPM: a missing persist partition starts no swtpm
             with _tpm(args, state) as tpm:
                 tpm.flush_leftovers()
                 rotator = Rotator(plan, state, root, tpm, now, args.device_id, journal)
