@@ -68,6 +68,7 @@ class Journal:
                 pending[entry["seq"]] = entry["intent"]
             else:
                 pending.pop(entry["seq"], None)
+            self._seq = max(self._seq, entry["seq"])  # steps written before `restart` follow the old ones
         return [pending[k] for k in sorted(pending)]
 
     def _append(self, entry: dict) -> None:
@@ -96,18 +97,26 @@ class Journal:
         if self._points == self._crash_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def begin(self) -> list[dict]:
-        """Start a new run: return what the previous run left unfinished, then start an empty journal.
+    def unfinished(self) -> list[dict]:
+        """What a previous run left unfinished; the journal stays as it is until `restart`.
 
         The journal only says where a previous run stopped; recovery reads the kernel, the TPM and the
-        filesystem. So a damaged journal stops nothing: it is a warning, and the new run starts afresh."""
+        filesystem. So a damaged journal stops nothing: it is a warning, and the run goes on."""
         try:
-            unfinished = self.interrupted()
+            return self.interrupted()
         except StateCorrupt as exc:
             self.warnings.append(f"{exc.message}; started anew: whether an earlier run was interrupted is not known")
-            unfinished = []
+            return []
+
+    def restart(self) -> None:
+        """The run is going ahead (its checks passed): the previous run's entries are accounted for."""
         if self.path.exists():
             atomic_remove(self.path)
+
+    def begin(self) -> list[dict]:
+        """`unfinished`, then `restart`: for a run that checks nothing before it changes things."""
+        unfinished = self.unfinished()
+        self.restart()
         return unfinished
 
     def finish(self) -> None:

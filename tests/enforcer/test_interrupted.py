@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from compiler.plan import Seal
 from enforcer.state import StateDir
 from vp_helpers import make_plan, tree, vault
 
@@ -65,6 +66,13 @@ def test_a_vault_of_an_interrupted_apply_is_described_as_such_with_its_staged_pl
            "adds it again" in seen["reasons"][1]
     condition, reason, message = drift_condition(device, first, "bulk4")
     assert (condition, reason) == ("Disabled", "apply-interrupted") and str(staging) in message
+
+    # a plan refused before it changes anything leaves the interrupted apply as it was: it removed the
+    # journal first, so status then called bulk4 orphaned again and the next apply did not say it resumed
+    unmeasured = vault("new").model_copy(update={"seal": Seal(bank="sha384", pcrs=(0, 7))})  # sha384: all zero
+    refused = device.apply(make_plan([vault("config"), vault("bulk4"), unmeasured], version=3))
+    assert refused.returncode == 1 and "(unmeasured-boot, VP1021), nothing was changed" in refused.stderr, refused.stderr
+    assert status(device)[1]["bulk4"]["state"] == "apply-interrupted"
 
     finished = device.apply(second)
     assert finished.returncode == 0, finished.stdout + finished.stderr

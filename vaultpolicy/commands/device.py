@@ -237,7 +237,10 @@ def _apply(args, state, root) -> int:
         plan = verified.plan
         current = state.records()
         journal = Journal(state.journal_path, state.warnings)
-        interrupted = journal.begin()
+        # kept until the checks below pass: a refused plan leaves an interrupted apply's journal as it was
+        # (status and report go on calling its half-made vaults so; the next apply resumes it)
+        interrupted = journal.unfinished()
+        recovered = []
         try:
             check_host(plan, current, root, state)  # before the TPM: a missing persist partition starts no swtpm
             with _tpm(args, state) as tpm:
@@ -246,6 +249,7 @@ def _apply(args, state, root) -> int:
                 recovered, unrecovered = rotator.recover()  # a rotation a crash cut short
                 rec = leave_unrecovered(reconcile(plan, observe(plan, state, root, tpm)), unrecovered)
                 check_sealing(plan, rec.steps, tpm)
+                journal.restart()
                 # where the vaults and keys are, before the first change: later commands must use the same
                 state.save_host(HostRecord(str(root or "/"), _tpm_name(args.tpm)))
                 outcomes = Applier(plan, state, root, tpm, now, args.device_id, journal).run(rec.steps)
@@ -253,7 +257,10 @@ def _apply(args, state, root) -> int:
             with state.best_effort():
                 state.set_condition("plan", False, exc.reason, f"refused {args.signed}: {exc.message}", now)
             stays = "the applied plan stays in force" if state.applied_envelope() is not None else "no plan has been applied"
-            raise ApplyRefused(exc.reason, f"plan {args.signed} not applied ({_tag(exc.reason)}), nothing was changed: "
+            # recovery finishes what an interrupted rotation began whatever the plan: it is no part of this one
+            changed = "nothing else was changed (" + "; ".join(f"vault {r.vault}: {r.describe()}" for r in recovered) \
+                + ")" if recovered else "nothing was changed"
+            raise ApplyRefused(exc.reason, f"plan {args.signed} not applied ({_tag(exc.reason)}), {changed}: "
                                f"{exc.message}; {stays}", hint=exc.hint) from None
         current = state.records()
         records = {v.name: record_for(plan, v, current.get(v.name)) for v in plan.vaults}
