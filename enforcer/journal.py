@@ -9,7 +9,8 @@ Recovery does not replay the journal blindly. Every step is written so that re-o
 the TPM and the filesystem and reconciling again finishes it (a staged plaintext copy is visible as a
 directory, a committed key as its sealed blob, ...). The journal tells the next run that the previous
 one stopped mid-way and at which step (`interrupted()`), so it is reported, and it is where the
-crash test hooks in. A completed apply removes the journal, and so does the next run once its checks pass (`restart`).
+crash test hooks in. A completed apply removes the journal, and so does the next run once its checks
+pass (`restart`).
 
 Test hook: VAULTPOLICY_CRASH_AT=N makes the process SIGKILL itself at its N-th crash point (1-based).
 Crash points are, in one count, right after writing each step's intent (the worst moment between
