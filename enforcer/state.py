@@ -48,6 +48,7 @@ from datetime import datetime
 from pathlib import Path
 
 from compiler.plan import format_time, parse_time
+from vaultpolicy.encoding import json_problem, load_json
 from vaultpolicy.errors import DeviceError
 
 # what a mutating command needs free in the state dir before it starts: its records, conditions,
@@ -136,11 +137,13 @@ def atomic_remove(path: Path) -> None:
 
 def _read_json(path: Path, what: str = "state file", hint: str | None = None):
     try:
-        return json.loads(path.read_bytes())
+        return load_json(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise StateCorrupt(f"{what} {path} is unreadable: {exc}", hint=hint) from None
+    except OSError as exc:
+        raise StateCorrupt(f"{what} {path} is unreadable: {exc.strerror or exc}", hint=hint) from None
+    except json.JSONDecodeError as exc:
+        raise StateCorrupt(f"{what} {path} is unreadable: {json_problem(exc)}", hint=hint) from None
 
 
 def _json_bytes(obj) -> bytes:
@@ -365,7 +368,20 @@ class StateDir:
 
     # --- where the vaults and keys are -----------------------------------------------------------
     def host(self) -> HostRecord | None:
-        """The --root and TPM `device apply` used; None before the first apply (or before they were recorded)."""
+        """`checked_host` as every command but apply reads it: a damaged host record must not keep a boot
+        unlock or a lock from running, so it is reported in `warnings` and read as absent (the vaults are
+        then looked for under the given --root only)."""
+        try:
+            return self.checked_host()
+        except StateCorrupt as exc:
+            warning = f"{exc.message}; --root and --tpm were not checked against it ({exc.hint})"
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+            return None
+
+    def checked_host(self) -> HostRecord | None:
+        """The --root and TPM `device apply` used; None before the first apply (or before they were
+        recorded). A damaged record raises `StateCorrupt` naming the file: `apply` refuses on it."""
         data = _read_json(self.host_path, "the host record", HOST_DAMAGED_HINT)
         if data is None:
             return None
@@ -375,7 +391,7 @@ class StateDir:
         return HostRecord(data["root"], data["tpm"])
 
     def save_host(self, record: HostRecord) -> None:
-        if self.host() != record:  # unchanged: no write, so a repeated apply does no filesystem mutation
+        if self.checked_host() != record:  # unchanged: no write, so a repeated apply does no filesystem mutation
             atomic_write(self.host_path, _json_bytes(asdict(record)))
 
     # --- sealed blobs --------------------------------------------------------------------------

@@ -69,6 +69,25 @@ def test_a_first_apply_without_root_records_the_hosts_root(device):
     assert vaultpolicy("device", "status", *options).returncode == 0
 
 
+def test_a_damaged_host_record_stops_no_boot_command_and_apply_refuses_on_it(device):
+    """A torn host.json made every device command fail (`device lock` exit 1) with json's own text; the
+    boot commands now go on with a warning naming it, as for a damaged version floor."""
+    assert device.apply(PLAN).returncode == 0
+    (device.state / "host.json").write_text("{\n")
+    damaged = f"the host record {device.state}/host.json is unreadable: expecting property name enclosed in " \
+              "double quotes at line 2 column 1"
+    for command in (["lock"], ["unlock"], ["status"], ["gate", "app"]):
+        result = device.cli("device", *command)
+        assert f"warning: {damaged}; --root and --tpm were not checked against it" in result.stderr, (command, result.stderr)
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert device.cli("device", "unlock").returncode == 0 and device.cli("device", "status").returncode == 0
+    refused = device.apply(PLAN)
+    assert refused.returncode == 1 and f"error: {damaged}" in refused.stderr, refused.stderr
+    assert "= help: remove it: the next `device apply` records its --root and --tpm again" in refused.stderr
+    (device.state / "host.json").unlink()
+    assert device.apply(PLAN).returncode == 0 and StateDir(device.state).host() is not None
+
+
 def assert_nothing_changed(state: Path, context: str) -> None:
     assert not (state / "applied").exists(), f"{context}: the plan was recorded as applied"
     assert not (state / "images").exists() and not (state / "sealed").exists(), context

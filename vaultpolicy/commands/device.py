@@ -92,7 +92,10 @@ def host_root(args, state) -> Path | None:
     root = Path(args.root).resolve() if args.root else None
     if root is not None and not root.is_dir():
         raise InputError(f"--root {args.root}: not a directory")
-    recorded = state.host() if state.root.is_dir() else None
+    if not state.root.is_dir():
+        recorded = None
+    else:  # apply refuses on a damaged record (it would record a root it cannot check); the rest warn
+        recorded = state.checked_host() if args.command[-1] == "apply" else state.host()
     given = str(root or "/")
     if recorded is not None and recorded.root != given:
         which = f"--root `{args.root}` ({given}) is not" if args.root else "without --root the root is `/`, not"
