@@ -42,6 +42,11 @@ def test_apply_status_unlock_lock_on_the_embedded_swtpm(device):
         assert json.loads((device.state / "swtpm" / "instance.json").read_text()) == instance, "the same swtpm serves"
         (device.path("/persist/vault/config") / "f").write_text("kept")
         assert cli("status").returncode == 0
+        # status through another TPM: the hint named `--tpm embedded`, which no TCTI parser takes
+        elsewhere = cli("status", "--tpm", device.tcti)
+        assert elsewhere.returncode == 3, elsewhere.stdout + elsewhere.stderr
+        assert "  hint: use the same TPM as `device apply` did: omit --tpm (the state dir's embedded swtpm)" \
+            in elsewhere.stdout
         assert cli("lock").returncode == 0
         assert not (device.path("/persist/vault/config") / "f").exists()
         unlocked = cli("unlock", "--json")

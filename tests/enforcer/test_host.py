@@ -176,7 +176,7 @@ def test_status_without_the_tpm_apply_used_says_so_and_starts_no_swtpm(device, t
     try:
         status = vaultpolicy("device", "status", *options, "--tpm", other.tcti)
         assert status.returncode == 3, status.stdout + status.stderr
-        assert f"  hint: use the same --tpm as `device apply` did: --tpm {device.tcti}" in status.stdout
+        assert f"  hint: use the same TPM as `device apply` did: --tpm {device.tcti}" in status.stdout
     finally:
         other.stop()
     assert "hint" not in device.cli("device", "status").stdout

@@ -382,7 +382,8 @@ def _status(args, state, root) -> int:
     recorded = state.host()
     if not vaults_match and recorded is not None and args.tpm is not None and args.tpm != recorded.tpm:
         # another TPM loads none of the sealed keys and reads other PCR values: every vault looks wrong
-        lines.append(f"  hint: use the same --tpm as `device apply` did: --tpm {recorded.tpm}")
+        same = "omit --tpm (the state dir's embedded swtpm)" if recorded.tpm == "embedded" else f"--tpm {recorded.tpm}"
+        lines.append(f"  hint: use the same TPM as `device apply` did: {same}")
     _emit(args, {
         "plan_version": status.plan_version,
         "matches": status.matches,
