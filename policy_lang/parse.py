@@ -242,7 +242,8 @@ def split_items(tokens: list[Token]) -> list[list[Token]]:
         new_chunk = False
         if depth == 0:
             closed = bool(current) and current[-1].type == "RBRACE"
-            starts = (tok.value in TOP_LEVEL_KEYWORDS or _starts_item(tokens, i)) and not _is_item_name(tokens, i, current)
+            # The item's name first: it is cheap and spares `_starts_item` a did-you-mean on every header.
+            starts = not _is_item_name(tokens, i, current) and (tok.value in TOP_LEVEL_KEYWORDS or _starts_item(tokens, i))
             new_chunk = starts or closed or tok.type == "SEMICOLON"
         elif _starts_item(tokens, i):
             new_chunk, depth = True, 0
