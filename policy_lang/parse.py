@@ -7,6 +7,7 @@ become diagnostics instead of aborting the run.
 Error recovery collects every independent error in one run (S18): the token stream is cut into
 top-level items at balanced braces, each item is parsed on its own, and inside a block the
 setting that failed is dropped and the block re-parsed, so each broken setting reports once.
+An item is parsed in one call of lark's parser; only one that fails is fed again token by token.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedToken
-from lark.lexer import PatternStr
+from lark.lexer import Lexer, PatternStr
 
 from vaultpolicy.suggest import did_you_mean
 
@@ -107,10 +108,27 @@ class _SyntaxFailure(Exception):
         self.expected = expected
 
 
+class _ContextualTokens(Lexer):
+    """Hands lark's parser the tokens of one item (a list given to `Lark.parse`), each keyword made a
+    name where the parser's state cannot take it (`_contextual`), so an item without errors parses in
+    one call, without the interactive parser that recovery needs."""
+
+    __future_interface__ = 2  # lex(lexer_state, parser_state)
+
+    def __init__(self, lexer_conf):
+        pass
+
+    def lex(self, lexer_state, parser_state):
+        states = parser_state.parse_conf.parse_table.states
+        for tok in lexer_state.text:
+            yield _contextual(tok, states[parser_state.position])
+
+
 @cache
 def _lark() -> Lark:
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
-    return Lark(grammar, parser="lalr", start="item", propagate_positions=True, keep_all_tokens=True)
+    return Lark(grammar, parser="lalr", start="item", propagate_positions=True, keep_all_tokens=True,
+                lexer=_ContextualTokens)
 
 
 @cache
@@ -415,6 +433,10 @@ def _setting_keywords(header_types: tuple[str, ...]) -> frozenset[str]:
 def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostics, frozenset[str]]:
     """Parse one top-level item; on an error, drop the failing setting and try again. Also returns
     the settings dropped (see `Block.damaged`)."""
+    try:
+        return _lark().parse(tokens), Diagnostics(), frozenset()  # most items: no recovery set up
+    except UnexpectedToken:
+        pass  # parsed again below, token by token, to tell what to drop
     diags = Diagnostics()
     unclosed = _unclosed_brace(file, tokens)
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
