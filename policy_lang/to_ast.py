@@ -393,5 +393,5 @@ def to_policy(result: ParseResult) -> tuple[ast.Policy, Diagnostics]:
         item = getattr(conv, tree.data)(tree)
         if item is not None:
             items.append(item)
-    policy = ast.Policy(file=result.file, items=tuple(items), span=whole_file_span(result.file, result.text))
+    policy = ast.Policy.of_items(result.file, tuple(items), whole_file_span(result.file, result.text))
     return policy, conv.diags
