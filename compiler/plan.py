@@ -217,10 +217,15 @@ def decode_canonical_plan(payload: bytes) -> Plan:
     has one encoding, so the same plan cannot be signed (and digested, for `prev_plan_sha256` and the
     device's version floor) as other bytes."""
     plan = decode_plan(payload)
+    check_canonical(plan, payload)
+    return plan
+
+
+def check_canonical(plan: Plan, payload: bytes) -> None:
+    """PlanNotCanonical unless `payload`, which decoded to `plan`, is the bytes `encode_plan` makes of it."""
     if encode_plan(plan) != payload:
         raise PlanNotCanonical("the plan is not in the canonical form `vaultpolicy compile` writes (RFC 8785 JSON "
                                "on one line)")
-    return plan
 
 
 def decode_plan(payload: bytes) -> Plan:
