@@ -120,8 +120,9 @@ class _ContextualTokens(Lexer):
 
     def lex(self, lexer_state, parser_state):
         states = parser_state.parse_conf.parse_table.states
+        keyword_types = _keyword_types()
         for tok in lexer_state.text:
-            yield _contextual(tok, states[parser_state.position])
+            yield _contextual(tok, states[parser_state.position]) if tok.type in keyword_types else tok
 
 
 @cache
