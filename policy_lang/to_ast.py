@@ -41,6 +41,9 @@ BANKS = ("sha1", "sha256", "sha384", "sha512")
 PROTECTIONS = ("end_to_end",)
 
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
+# Sets, not tuples: a tree's rule name is a lark Token, whose `==` is a Python call per member tried.
+_LIST_SETTINGS = frozenset({"holds", "stores", "allow_values", "allow_from"})
+_UNNAMED_ITEMS = frozenset({"device", "defaults", "include"})
 _NUMBER = re.compile(r"([0-9]+)([A-Za-z_0-9]*)")
 
 
@@ -213,7 +216,7 @@ class _Converter:
         """The block's single-valued settings by rule name; list settings are read separately."""
         seen: dict[str, Tree] = {}
         for child in tree.children:
-            if not isinstance(child, Tree) or child.data in ("holds", "stores", "allow_values", "allow_from"):
+            if not isinstance(child, Tree) or child.data in _LIST_SETTINGS:
                 continue
             key = "seal" if child.data.startswith("seal_") else child.data
             if key in seen:
@@ -389,7 +392,7 @@ def to_policy(result: ParseResult) -> tuple[ast.Policy, Diagnostics]:
     conv = _Converter(result.file)
     items = []
     for tree in result.items:
-        conv.block = tree.data if tree.data in ("device", "defaults", "include") else f"{tree.data} {tree.children[1].value}"
+        conv.block = tree.data if tree.data in _UNNAMED_ITEMS else f"{tree.data} {tree.children[1].value}"
         item = getattr(conv, tree.data)(tree)
         if item is not None:
             items.append(item)
