@@ -11,7 +11,9 @@ setting that failed is dropped and the block re-parsed, so each broken setting r
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -28,16 +30,20 @@ from .diagnostics import Diagnostic, Diagnostics, Span, error
 
 TOP_LEVEL_KEYWORDS = ("device", "attestation", "defaults", "vault", "component", "app", "include")
 
+# A letter of another script or a combining accent: part of a word, though no name may hold it.
+_NOT_ASCII_LETTER = r"[^\W\x00-\x7f]|[\u0300-\u036f]"
+
 _TOKEN_RE = re.compile(
-    r"""
+    rf"""
     (?P<WS>[ \t\r\n\f]+)
   | (?P<COMMENT>\#[^\r\n]*)  # a CR ends a line too (CRLF files, LINE_BREAK)
   | (?P<STRING>"(?:\\[^\r\n]|[^"\\\r\n])*")
   | (?P<BADSTRING>"(?:\\[^\r\n]|[^"\\\r\n])*\\?)
+  | (?P<BADWORD>[A-Za-z0-9_\-]*+(?:{_NOT_ASCII_LETTER})[\w\-\u0300-\u036f]*)
   | (?P<NUMBER>[0-9][A-Za-z0-9_]*)
   | (?P<NAME>[A-Za-z_][A-Za-z0-9_\-]*)
-  | (?P<PUNCT>[{},;=|])
-  | (?P<BAD>[^ \t\r\n\f\#"0-9A-Za-z_{},;=|]+)  # a run of characters no other group can start with
+  | (?P<PUNCT>[{{}},;=|])
+  | (?P<BAD>[^\w \t\r\n\f\#"{{}},;=|\u0300-\u036f]+)  # a run of characters no other group can start with
     """,
     re.VERBOSE,
 )
@@ -98,6 +104,13 @@ class ParseResult:
     tokens: list[Token] = field(default_factory=list)
     comments: list[Comment] = field(default_factory=list)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    stand_ins: list[tuple[int, int]] = field(default_factory=list)  # `Lexed.stand_ins`
+
+    def holds_lexical_error(self, pos: int) -> bool:
+        """Whether `pos` lies in a token that stands in for text with a lexical error: any other
+        error there (a bad unit in `16Mié`) only echoes it."""
+        at = bisect.bisect_right(self.stand_ins, (pos, math.inf)) - 1
+        return at >= 0 and self.stand_ins[at][0] <= pos < self.stand_ins[at][1]
 
 
 class _SyntaxFailure(Exception):
@@ -148,13 +161,35 @@ def _token(kind: str, value: str, pos: int, line: int, col: int) -> Token:
     return Token(kind, value, pos, line, col, line, col + len(value), pos + len(value))
 
 
-def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnostics]:
-    tokens: list[Token] = []
-    comments: list[Comment] = []
-    diags = Diagnostics()
+@dataclass
+class Lexed:
+    """The tokens of a text and what its lexical errors cost. A bad character or an unterminated string
+    costs only its token, so the rest of its block is still parsed and checked (S18): a run of
+    characters no token takes is skipped, a word holding a letter no name may hold and an unterminated
+    string stand as a name (or number) and a string. Errors at such a token, or at the one right after
+    a skipped run, would only echo the lexical error: `echoes` holds where they start."""
+
+    tokens: list[Token] = field(default_factory=list)
+    comments: list[Comment] = field(default_factory=list)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    stand_ins: list[tuple[int, int]] = field(default_factory=list)  # start and end of each such token
+    echoes: set[int] = field(default_factory=set)
+
+
+def tokenize(text: str, file: str) -> Lexed:
+    lexed = Lexed()
+    tokens, comments, diags = lexed.tokens, lexed.comments, lexed.diagnostics
     kw = _keyword_terminals()
     line, line_start = 1, 0
     line_has_code = False
+    after_skipped = False
+
+    def stand_in(kind: str, value: str, pos: int, end: int) -> None:
+        tok = Token(kind, value, pos, line, pos - line_start + 1, line, end - line_start + 1, end)
+        tokens.append(tok)
+        lexed.stand_ins.append((pos, end))
+        lexed.echoes.add(pos)
+
     # Every character starts some group (BAD takes the rest), so the matches cover the text end to end.
     for m in _TOKEN_RE.finditer(text):
         kind, value, pos = m.lastgroup, m.group(), m.start()
@@ -167,32 +202,51 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
                 line += breaks
                 line_start = pos + max(value.rfind("\n"), value.rfind("\r")) + 1
                 line_has_code = False
-        elif kind == "COMMENT":
+            continue
+        if kind == "COMMENT":
             tok = _token("COMMENT", value, pos, line, col)
             comments.append(Comment(value, _span(file, tok), own_line=not line_has_code))
-        elif kind == "BAD":  # never a newline: WS matches those, so line counting stays right
+            continue
+        if after_skipped:
+            lexed.echoes.add(pos)
+            after_skipped = False
+        if kind == "BAD":  # never a newline: WS matches those, so line counting stays right
             what = f"`{value}`" if value.isprintable() and len(value) <= 20 else "characters"
             diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {what} in the policy",
-                               _span(file, _token("BAD", value, pos, line, col)),
-                               help=_NAME_HELP if any(c.isalnum() for c in value) else _CHARACTERS_HELP))
+                               _span(file, _token("BAD", value, pos, line, col)), help=_CHARACTERS_HELP))
+            after_skipped = True
+        elif kind == "BADWORD":
+            bad = re.search(f"(?:{_NOT_ASCII_LETTER})+", value)
+            diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected `{bad.group()}` in the policy",
+                               _span(file, _token("BAD", bad.group(), pos + bad.start(), line, col + bad.start())),
+                               help=_DIGITS_HELP if bad.group().isnumeric() else _NAME_HELP))
+            stand_in("NUMBER" if value[0] in "0123456789" else "NAME", value, pos, m.end())
         elif kind == "BADSTRING":
-            tok = _token("STRING", value, pos, line, col)
-            diags.append(error(codes.UNTERMINATED_STRING, "unterminated string", _span(file, tok),
+            # A `}` or `;` that ends the line ends the block or setting, not the string: `path "/a }`.
+            body = value.rstrip(" \t\f};")
+            end = pos + len(body)
+            diags.append(error(codes.UNTERMINATED_STRING, "unterminated string",
+                               _span(file, _token("STRING", body, pos, line, col)),
                                help="close the string with `\"` on the same line; write a newline as `\\n`"))
-            line_has_code = True
+            escapes_quote = (len(body) - len(body.rstrip("\\"))) % 2 == 1  # `"a\` would read as `"a\"`
+            stand_in("STRING", (body[:-1] if escapes_quote else body) + '"', pos, end)
+            for offset, ch in enumerate(value[len(body):]):
+                if ch in "};":
+                    tokens.append(_token(_PUNCT_TERMINALS[ch], ch, end + offset, line, end + offset - line_start + 1))
         else:
             if kind == "NAME" and value in kw:
                 kind = kw[value]
             elif kind == "PUNCT":
                 kind = _PUNCT_TERMINALS[value]
             tokens.append(_token(kind, value, pos, line, col))
-            line_has_code = True
-    return tokens, comments, diags
+        line_has_code = True
+    return lexed
 
 
 _CHARACTERS_HELP = "policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"
 # A letter or digit no group takes is not ASCII: it was meant as part of a name (grammar.lark NAME).
 _NAME_HELP = "names are ASCII: letters `a`-`z` and `A`-`Z`, digits, `_` and `-`, starting with a letter or `_`"
+_DIGITS_HELP = "numbers are written with the ASCII digits `0`-`9`"
 _PUNCT_TERMINALS = {"{": "LBRACE", "}": "RBRACE", ",": "COMMA", ";": "SEMICOLON", "=": "EQUAL", "|": "VBAR"}
 
 
@@ -411,9 +465,11 @@ def _setting_keywords(header_types: tuple[str, ...]) -> frozenset[str]:
     return frozenset(c for c in probe.choices() if c in _keyword_types())
 
 
-def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostics, frozenset[str]]:
+def parse_chunk(file: str, tokens: list[Token], echoes: set[int] = frozenset()
+                ) -> tuple[Tree | None, Diagnostics, frozenset[str]]:
     """Parse one top-level item; on an error, drop the failing setting and try again. Also returns
-    the settings dropped (see `Block.damaged`)."""
+    the settings dropped (see `Block.damaged`). An error at a token whose start is in `echoes` is
+    not reported: a lexical error there explains it (`Lexed.echoes`)."""
     diags = Diagnostics()
     unclosed = _unclosed_brace(file, tokens)
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
@@ -433,7 +489,8 @@ def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostic
             if failure.index is None and unclosed is not None:
                 diags.append(unclosed)
                 return None, diags, frozenset()
-            diags.append(_syntax_diagnostic(file, failure, _token_before(tokens, kept, failure.index)))
+            if failure.token.start_pos not in echoes:
+                diags.append(_syntax_diagnostic(file, failure, _token_before(tokens, kept, failure.index)))
             blamed = _blamed_segment(failure, tokens, segments, dropped, setting_starts)
             if blamed is None:
                 return None, diags, frozenset()
@@ -501,19 +558,15 @@ def _header(tokens: list[Token]) -> tuple[str | None, str | None]:
 
 
 def parse(text: str, file: str) -> ParseResult:
-    tokens, comments, diags = tokenize(text, file)
-    result = ParseResult(file=file, text=text, tokens=tokens, comments=comments, diagnostics=diags)
-    lexical_errors = [d.span.start_pos for d in diags]
-    chunks = split_items(tokens)
+    lexed = tokenize(text, file)
+    result = ParseResult(file=file, text=text, tokens=lexed.tokens, comments=lexed.comments,
+                         diagnostics=lexed.diagnostics, stand_ins=lexed.stand_ins)
+    chunks = split_items(lexed.tokens)
     for n, chunk in enumerate(chunks):
-        tree, chunk_diags, damaged = parse_chunk(file, chunk)
+        tree, chunk_diags, damaged = parse_chunk(file, chunk, lexed.echoes)
         end = chunks[n + 1][0].start_pos if n + 1 < len(chunks) else len(text)
         kind, name = _header(chunk)
-        lexically_broken = any(chunk[0].start_pos <= pos < end for pos in lexical_errors)
-        result.blocks.append(Block(file, kind, name, chunk[0].start_pos, end, tree is not None and not lexically_broken,
-                                   damaged))
-        if lexically_broken:
-            continue  # a bad character or string already explains this item; its syntax errors would only echo it
+        result.blocks.append(Block(file, kind, name, chunk[0].start_pos, end, tree is not None, damaged))
         result.diagnostics.extend(chunk_diags)
         if tree is not None:
             result.items.append(tree)

@@ -41,7 +41,11 @@ BANKS = ("sha1", "sha256", "sha384", "sha512")
 PROTECTIONS = ("end_to_end",)
 
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
-_NUMBER = re.compile(r"([0-9]+)([A-Za-z_0-9]*)")
+_NUMBER = re.compile(r"([0-9]+)(.*)", re.S)  # a NUMBER token starts with an ASCII digit
+
+
+def _is_whole_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # `str.isdigit` alone takes `²`, which `int` refuses
 
 
 _SIZE_RANGE = "sizes must be above zero and below 8PiB"
@@ -138,8 +142,7 @@ class _Converter:
         return False
 
     def _split_number(self, token: Token, code: str, what: str, range_help: str) -> tuple[int, str] | None:
-        m = _NUMBER.fullmatch(token.value)
-        digits, unit = (m.group(1), m.group(2)) if m else (token.value, "")
+        digits, unit = _NUMBER.fullmatch(token.value).groups()
         if len(digits) > 16 or int(digits) >= MAX_EXACT_INT:
             self.fail(code, f"{what} is too large", self.span(token), help=range_help)
             return None
@@ -193,7 +196,7 @@ class _Converter:
         return ast.DurationLit(seconds=seconds, text=token.value, span=self.span(token))
 
     def pcr(self, token: Token, setting: str) -> ast.PcrIndex | None:
-        if not token.value.isdigit() or len(token.value) > 3 or int(token.value) > MAX_PCR:
+        if not _is_whole_number(token.value) or len(token.value) > 3 or int(token.value) > MAX_PCR:
             self.fail(codes.PCR_OUT_OF_RANGE, f"PCR index `{token.value}` {self.of(setting)} is out of range",
                       self.span(token), help=f"PCR indexes are whole numbers from 0 to {MAX_PCR}")
             return None
@@ -301,7 +304,7 @@ class _Converter:
                                    **{k: v for k, v in fields.items() if v is not None})
 
     def nonce_size(self, token: Token) -> ast.IntLit | None:
-        if not token.value.isdigit() or len(token.value) > 6:
+        if not _is_whole_number(token.value) or len(token.value) > 6:
             self.fail(codes.BAD_NUMBER, f"nonce size `{token.value}` in `{self.block}` is not a number of bytes", self.span(token),
                       help="write the nonce size as a plain number, for example `nonce 32 bytes`")
             return None
@@ -394,4 +397,4 @@ def to_policy(result: ParseResult) -> tuple[ast.Policy, Diagnostics]:
         if item is not None:
             items.append(item)
     policy = ast.Policy(file=result.file, items=tuple(items), span=whole_file_span(result.file, result.text))
-    return policy, conv.diags
+    return policy, Diagnostics(d for d in conv.diags if not result.holds_lexical_error(d.span.start_pos))

@@ -37,7 +37,7 @@ ONE_ERROR = [
     ("nonce too small", "attestation boot { nonce 8 bytes }\n", "VP0013", 1, 26, 27, "between 12 and 32"),
     ("unknown encryption", "vault v { encryption aes-256-xtz }\n", "VP0014", 1, 22, 33, "did you mean `aes-256-xts`?"),
     ("value of the wrong kind", "vault v { limit \"16MiB\" }\n", "VP0004", 1, 17, 24, "expected a size"),
-    ("unterminated string", "vault v { path \"/persist }\n", "VP0002", 1, 16, 27, "close the string"),
+    ("unterminated string", "vault v { path \"/persist }\n", "VP0002", 1, 16, 25, "close the string"),
     ("bad escape", "vault v { path \"/a\\qb\" }\n", "VP0003", 1, 19, 21, "valid escapes"),
     ("stray character", "vault v { limit 1MiB }\n@\n", "VP0001", 2, 1, 2, "policies contain"),
     ("a letter that is not ASCII", "vault données { limit 16MiB }\n", "VP0001", 1, 11, 12,
@@ -237,3 +237,45 @@ def test_literal_errors_point_at_the_literal(lang, source, code, column):
     errors = lang.errors(source)
     assert [lang.where(d) for d in errors] == [(code, 1, column)]
     assert errors[0].help
+
+
+def test_a_lexical_error_hides_nothing_else_in_its_block(lang):
+    """A block holding a bad character was skipped whole: of these four errors only the `@` was
+    reported. A bad character costs only itself, so the unit, the duration and PCR 24 are found too."""
+    source = 'vault v {\n  path "/persist/v" @\n  limit 64Mib\n  rotate every 90days\n  seal pcrs 0, 24\n}\n'
+    assert [(*lang.where(d), d.message) for d in lang.errors(source)] == [
+        ("VP0001", 2, 21, "unexpected `@` in the policy"),
+        ("VP0010", 3, 11, "unknown size unit `Mib` of `limit` in `vault v`"),
+        ("VP0011", 4, 18, "unknown duration unit `days` of `rotate every` in `vault v`"),
+        ("VP0012", 5, 16, "PCR index `24` of `seal pcrs` in `vault v` is out of range"),
+    ]
+
+
+LEXICAL_ERROR_COSTS_ONLY_ITS_TOKEN = {
+    # a name holding a letter that no name may hold is still the vault's name
+    "a letter in a name": ("vault données { limit 64Mib }\n", [("VP0001", 1, 11), ("VP0010", 1, 25)]),
+    # and the literal holding it gets no second error (no "unknown unit `Mié`")
+    "a letter in a size": ("vault v { limit 16Mié }\n", [("VP0001", 1, 21)]),
+    "a superscript in a PCR index": ("vault v { seal pcrs 1², 7 }\n", [("VP0001", 1, 22)]),
+    # an unterminated string ends at the line's end, before a closing `}`: no unclosed block
+    "an unterminated string": ('vault v {\n  path "/persist/v\n  limit 64Mib\n}\n', [("VP0002", 2, 8), ("VP0010", 3, 11)]),
+    "an unterminated string before `}`": ('vault v { path "/persist/v }\nvault w { limit 1Mib }\n',
+                                           [("VP0002", 1, 16), ("VP0010", 2, 18)]),
+    # what a skipped character stood for is unknown: the error it leaves after it is not reported
+    "a bad character for a value": ('vault v { path @ }\n', [("VP0001", 1, 16)]),
+}
+
+
+@pytest.mark.parametrize("source,expected", LEXICAL_ERROR_COSTS_ONLY_ITS_TOKEN.values(),
+                         ids=LEXICAL_ERROR_COSTS_ONLY_ITS_TOKEN.keys())
+def test_a_lexical_error_costs_only_its_token(lang, source, expected):
+    assert [lang.where(d) for d in lang.errors(source)] == expected
+
+
+def test_check_runs_the_compiler_on_a_block_with_a_bad_character(lang, tmp_path):
+    """The block was left out of the compiler's checks too: its 1MiB limit went unreported."""
+    policy = tmp_path / "t.vpol"
+    policy.write_text('vault v { path "/persist/v" @ limit 1MiB }\n')
+    code, out, _ = lang.cli("check", "--format", "json", policy)
+    found = [(d["code"], d["span"]["line"], d["span"]["column"]) for d in json.loads(out)["diagnostics"]]
+    assert (code, found) == (1, [("VP0001", 1, 29), ("VP0403", 1, 37)])
