@@ -26,8 +26,10 @@ BAD_ESCAPE = register(
 )
 UNEXPECTED_TOKEN = register(
     "VP0004", "unexpected token",
-    "The parser found something it cannot use at this point, such as a string where a size belongs "
-    "or a missing name after `vault`. The message says what was expected.",
+    "The parser found something it cannot use at this point, such as a string where a size belongs, "
+    "a missing name after `vault`, a missing `,` between two items of a list, or a `}` that closes "
+    "no block. The message says what was expected; a value missing after a keyword is reported at "
+    "the keyword (`limit` at the end of its line).",
     "vault { limit 16MiB }              # the vault needs a name: vault config { … }",
 )
 UNKNOWN_KEYWORD = register(
@@ -45,7 +47,9 @@ UNCLOSED_BRACE = register(
 )
 UNEXPECTED_END = register(
     "VP0007", "unexpected end of file",
-    "The file ends in the middle of a declaration, for instance after `include` or `vault NAME`.",
+    "A declaration stops before it is complete: the file ends, or the next item starts, right after "
+    "`include` or `vault` (whose name is missing) or `vault NAME`. The error points at the last word "
+    "of the unfinished declaration.",
     "include",
 )
 BAD_SIZE = register(

@@ -43,7 +43,7 @@ ONE_ERROR = [
     ("a letter that is not ASCII", "vault données { limit 16MiB }\n", "VP0001", 1, 11, 12,
      "names are ASCII: letters `a`-`z` and `A`-`Z`, digits, `_` and `-`, starting with a letter or `_`"),
     ("a name in another script", "app 应用 { }\n", "VP0001", 1, 5, 7, "names are ASCII"),
-    ("end of file", "vault v { }\ninclude", "VP0007", 2, 8, 9, "expected a string"),
+    ("end of file", "vault v { }\ninclude", "VP0007", 2, 1, 8, "missing a string after `include`"),
     ("setting given twice", "vault v {\n  limit 1MiB\n  limit 2MiB\n}\n", "VP0016", 3, 3, 13, "keep one"),
 ]
 
@@ -279,3 +279,65 @@ def test_check_runs_the_compiler_on_a_block_with_a_bad_character(lang, tmp_path)
     code, out, _ = lang.cli("check", "--format", "json", policy)
     found = [(d["code"], d["span"]["line"], d["span"]["column"]) for d in json.loads(out)["diagnostics"]]
     assert (code, found) == (1, [("VP0001", 1, 29), ("VP0403", 1, 37)])
+
+
+SYNTAX_MESSAGES = {
+    # LALR merges the states after a PCR list of `seal pcrs` and of `pcrs`: the help listed
+    # `nonce`, `allow` and `escrow` in a vault, `holds` and `limit` in an attestation
+    "a missing `,` between PCRs in a vault": (
+        "vault v { seal pcrs 0 4 7 }", "VP0004", 1, 23, "missing `,` between PCR indexes `0` and `4`", "write `0, 4`"),
+    "a missing `,` between PCRs in an attestation": (
+        "attestation a { pcrs 0 4 }", "VP0004", 1, 24, "missing `,` between PCR indexes `0` and `4`", "write `0, 4`"),
+    "a missing `,` between words": (
+        "attestation a { on_failure keep_locked deny_release }", "VP0004", 1, 40,
+        "missing `,` between `keep_locked` and `deny_release`", "write `keep_locked, deny_release`"),
+    # the help said "write the end of the file before `}`", and the inner `}` was a second error
+    "a block in a block": ("vault v { { limit 8MiB } }", "VP0004", 1, 11, "unexpected `{` inside `vault v`",
+                           "remove it and its `}`: blocks do not nest"),
+    "a `}` that closes nothing": ("vault v { } }", "VP0004", 1, 13, "unexpected `}`: no block is open here", "remove it"),
+    "a quoted name": ('vault "v" { limit 8MiB }', "VP0004", 1, 7, 'expected a vault name, found string `"v"`',
+                      "remove the quotes: `v`"),
+    "a quoted choice": ('device { tpm "required" }', "VP0004", 1, 14,
+                        'expected `required` or `optional`, found string `"required"`', "remove the quotes: `required`"),
+    "an `=` before a value": ("vault v { limit = 8MiB }", "VP0004", 1, 17, "expected a size such as `512MiB`, found `=`",
+                              "remove the `=`: `limit 8MiB`"),
+    "a trailing `,` before a keyword": (
+        "vault v { seal pcrs 0, 4, 7, bank sha256 }", "VP0004", 1, 30,
+        "expected a PCR index such as `7`, found keyword `bank`",
+        "remove the `,` before keyword `bank`: a list does not end with one"),
+    "a trailing `,` before `}`": ('vault v { holds "/persist/v/a",\n}', "VP0004", 2, 1, "expected a string, found `}`",
+                                  "remove the `,` before `}`: a list does not end with one"),
+    # a missing value was reported at the token after it, on the next line
+    "a size missing at the end of a line": (
+        'vault v {\n  path "/persist/v"\n  limit\n}', "VP0004", 3, 3, "missing a size such as `512MiB` after `limit`",
+        "for example `limit 512MiB`"),
+    "a size missing before the next setting": (
+        'vault v { limit path "/persist/v" }', "VP0004", 1, 11, "missing a size such as `512MiB` after `limit`",
+        "for example `limit 512MiB`"),
+    # and the choices were "`required` or a name"
+    "a choice missing": ("device {\n tpm\n}", "VP0004", 2, 2, "missing `required` or `optional` after `tpm`",
+                         "for example `tpm required`"),
+    "an attestation missing": ("vault v { seal }", "VP0004", 1, 11,
+                               "missing `pcrs` or the name of an attestation such as `boot` after `seal`",
+                               "for example `seal boot`"),
+    # a number, a space and a unit word gave "has no unit" and "unknown keyword `days`"
+    "a duration with a space and a word": ("vault v { rotate every 90 days }", "VP0011", 1, 24,
+                                           "`90 days` is not a duration",
+                                           "write `90d`: the number and its unit, without a space"),
+    "a size with a space and its unit in lower case": ("vault v { limit 8 gib }", "VP0010", 1, 17, "`8 gib` is not a size",
+                                                      "write `8GiB`: the number and its unit, without a space"),
+    "a nonce lifetime with a space": ("attestation a { nonce 32 bytes, valid 5 min }", "VP0011", 1, 39,
+                                      "`5 min` is not a duration", "write `5m`: the number and its unit, without a space"),
+}
+
+
+@pytest.mark.parametrize("source,code,line,column,message,help", SYNTAX_MESSAGES.values(), ids=SYNTAX_MESSAGES.keys())
+def test_syntax_errors_say_what_is_wrong_and_the_fix(lang, source, code, line, column, message, help):
+    [d] = lang.errors(source + "\n")
+    assert (*lang.where(d), d.message, d.help) == (code, line, column, message, help)
+
+
+def test_the_help_lists_only_what_the_block_takes(lang):
+    """After `seal pcrs 0` in a vault, the help listed the attestation's settings too."""
+    [d] = lang.errors("vault v { seal pcrs 0 nonce }\n")
+    assert d.help.startswith("expected `,`, `bank`, ") and "`nonce`" not in d.help and "`allow`" not in d.help

@@ -147,6 +147,7 @@ def test_a_top_level_keyword_is_a_name_where_a_name_is_expected(lang, text):
 
 
 def test_a_missing_name_before_the_next_item_is_still_one_error_there(lang):
-    """`vault` then `app x { }` on the next line: `app` is the next item, not the vault's name."""
+    """`vault` then `app x { }` on the next line: `app` is the next item, not the vault's name. The
+    error is at the `vault` that lacks its name."""
     [d] = lang.errors("vault\napp x { }\n")
-    assert lang.where(d) == ("VP0007", 1, 6)
+    assert (*lang.where(d), d.message) == ("VP0007", 1, 1, "missing a vault name after `vault`")
