@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import itertools
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
@@ -31,6 +33,8 @@ from .vocabulary import CHOICES, DURATION_KEYWORDS, SIZE_KEYWORDS, duration_unit
 
 TOP_LEVEL_KEYWORDS = ("device", "attestation", "defaults", "vault", "component", "app", "include")
 
+# Quotes a word processor or a web page puts in place of `"`.
+_CURLY_QUOTES = "\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f"
 # A letter of another script or a combining accent: part of a word, though no name may hold it.
 _NOT_ASCII_LETTER = r"[^\W\x00-\x7f]|[\u0300-\u036f]"
 
@@ -40,6 +44,7 @@ _TOKEN_RE = re.compile(
   | (?P<COMMENT>\#[^\r\n]*)  # a CR ends a line too (CRLF files, LINE_BREAK)
   | (?P<STRING>"(?:\\[^\r\n]|[^"\\\r\n])*")
   | (?P<BADSTRING>"(?:\\[^\r\n]|[^"\\\r\n])*\\?)
+  | (?P<CURLYSTRING>[{_CURLY_QUOTES}](?:\\[^\r\n]|[^"\\\r\n{_CURLY_QUOTES}])*["{_CURLY_QUOTES}]?)
   | (?P<BADWORD>[A-Za-z0-9_\-]*+(?:{_NOT_ASCII_LETTER})[\w\-\u0300-\u036f]*)
   | (?P<NUMBER>[0-9][A-Za-z0-9_]*)
   | (?P<NAME>[A-Za-z_][A-Za-z0-9_\-]*)
@@ -212,25 +217,35 @@ def tokenize(text: str, file: str) -> Lexed:
             lexed.echoes.add(pos)
             after_skipped = False
         if kind == "BAD":  # never a newline: WS matches those, so line counting stays right
-            what = f"`{value}`" if value.isprintable() and len(value) <= 20 else "characters"
-            diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {what} in the policy",
-                               _span(file, _token("BAD", value, pos, line, col)), help=_CHARACTERS_HELP))
+            diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {_characters(value)} in the policy",
+                               _span(file, _token("BAD", value, pos, line, col)), help=_characters_help(value)))
             after_skipped = True
+        elif kind == "CURLYSTRING" and len(value) > 1 and value[-1] in _CURLY_QUOTES + '"':
+            # Its meaning is plain: a string, with one error instead of one per quote and word.
+            straight = f'"{value[1:-1]}"'
+            tok = _token("STRING", straight, pos, line, col)
+            diags.append(error(codes.UNEXPECTED_CHARACTER, f"string in curly quotes `{value}`", _span(file, tok),
+                               help=f"write it in straight double quotes: `{straight}`"))
+            tokens.append(tok)
         elif kind == "BADWORD":
             bad = re.search(f"(?:{_NOT_ASCII_LETTER})+", value)
             diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected `{bad.group()}` in the policy",
                                _span(file, _token("BAD", bad.group(), pos + bad.start(), line, col + bad.start())),
                                help=_DIGITS_HELP if bad.group().isnumeric() else _NAME_HELP))
             stand_in("NUMBER" if value[0] in "0123456789" else "NAME", value, pos, m.end())
-        elif kind == "BADSTRING":
+        elif kind in ("BADSTRING", "CURLYSTRING"):  # unterminated
             # A `}` or `;` that ends the line ends the block or setting, not the string: `path "/a }`.
             body = value.rstrip(" \t\f};")
             end = pos + len(body)
-            diags.append(error(codes.UNTERMINATED_STRING, "unterminated string",
-                               _span(file, _token("STRING", body, pos, line, col)),
-                               help="close the string with `\"` on the same line; write a newline as `\\n`"))
             escapes_quote = (len(body) - len(body.rstrip("\\"))) % 2 == 1  # `"a\` would read as `"a\"`
-            stand_in("STRING", (body[:-1] if escapes_quote else body) + '"', pos, end)
+            straight = '"' + (body[1:-1] if escapes_quote else body[1:]) + '"'
+            span = _span(file, _token("STRING", body, pos, line, col))
+            diags.append(error(codes.UNTERMINATED_STRING, "unterminated string", span,
+                               help="close the string with `\"` on the same line; write a newline as `\\n`")
+                         if kind == "BADSTRING" else
+                         error(codes.UNEXPECTED_CHARACTER, f"unterminated string in curly quotes `{body}`", span,
+                               help=f"write it in straight double quotes: `{straight}`"))
+            stand_in("STRING", straight, pos, end)
             for offset, ch in enumerate(value[len(body):]):
                 if ch in "};":
                     tokens.append(_token(_PUNCT_TERMINALS[ch], ch, end + offset, line, end + offset - line_start + 1))
@@ -245,6 +260,33 @@ def tokenize(text: str, file: str) -> Lexed:
 
 
 _CHARACTERS_HELP = "policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"
+
+
+def _characters(run: str) -> str:
+    """A run of bad characters as a message shows it: in backticks when it can be seen, each invisible
+    one by its code point and name (`U+200B ZERO WIDTH SPACE`), where a caret would point at a blank."""
+    if run.isprintable():
+        return f"`{run}`" if len(run) <= 20 else "characters"
+    pieces = [f"`{''.join(group)}`" if visible else _code_point(char)
+              for (visible, char), group in itertools.groupby(run, key=lambda c: (c.isprintable(), c.isprintable() or c))]
+    if len(pieces) > 3:
+        return f"{', '.join(pieces[:2])} and more characters"
+    return pieces[0] if len(pieces) == 1 else ", ".join(pieces[:-1]) + " and " + pieces[-1]
+
+
+def _code_point(char: str) -> str:
+    name = unicodedata.name(char, "")  # a control character has none
+    return f"U+{ord(char):04X} {name}" if name else f"the control character U+{ord(char):04X}"
+
+
+def _characters_help(run: str) -> str:
+    if any(c in _CURLY_QUOTES for c in run):
+        return 'strings are written in straight double quotes `"`'
+    if any(unicodedata.category(c) == "Zs" for c in run):
+        return "replace it with a plain space"
+    if not any(c.isprintable() for c in run):
+        return "remove it: it does not show in most editors, and no policy needs it"
+    return _CHARACTERS_HELP
 # A letter or digit no group takes is not ASCII: it was meant as part of a name (grammar.lark NAME).
 _NAME_HELP = "names are ASCII: letters `a`-`z` and `A`-`Z`, digits, `_` and `-`, starting with a letter or `_`"
 _DIGITS_HELP = "numbers are written with the ASCII digits `0`-`9`"

@@ -9,7 +9,10 @@ UNEXPECTED_CHARACTER = register(
     "The policy contains a character that no part of the language uses: only names, numbers, "
     "double-quoted strings, `#` comments and the punctuation `{ } , ; = |` may appear. Characters "
     "outside a string or comment are usually a stray paste or a typo. Names are ASCII: a letter such as "
-    "`é` or `应` may appear in a string or a comment, not in a name.",
+    "`é` or `应` may appear in a string or a comment, not in a name. A character that does not show "
+    "(a no-break or zero-width space, a right-to-left override) is named by its code point, such as "
+    "`U+200B ZERO WIDTH SPACE`; a string in curly quotes (`“…”`, as word processors write them) is one "
+    "error, and is read as the string it means.",
     'vault config { limit 16MiB! }      # `!` is not part of the language',
 )
 UNTERMINATED_STRING = register(

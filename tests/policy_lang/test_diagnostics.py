@@ -341,3 +341,37 @@ def test_the_help_lists_only_what_the_block_takes(lang):
     """After `seal pcrs 0` in a vault, the help listed the attestation's settings too."""
     [d] = lang.errors("vault v { seal pcrs 0 nonce }\n")
     assert d.help.startswith("expected `,`, `bank`, ") and "`nonce`" not in d.help and "`allow`" not in d.help
+
+
+INVISIBLE_AND_LOOK_ALIKE_CHARACTERS = {
+    # each gave "unexpected characters in the policy" with a caret under a blank
+    "a no-break space": ("vault v {\u00a0limit 8MiB }", 1, 10, "unexpected U+00A0 NO-BREAK SPACE in the policy",
+                         "replace it with a plain space"),
+    "a thin space": ("vault v { limit\u2009 8MiB }", 1, 16, "unexpected U+2009 THIN SPACE in the policy",
+                     "replace it with a plain space"),
+    "a zero width space": ("vault v { limit 8MiB\u200b }", 1, 21, "unexpected U+200B ZERO WIDTH SPACE in the policy",
+                           "remove it: it does not show in most editors, and no policy needs it"),
+    "a right-to-left override": ('vault v { path "/persist/v" \u202e}', 1, 29,
+                                 "unexpected U+202E RIGHT-TO-LEFT OVERRIDE in the policy",
+                                 "remove it: it does not show in most editors, and no policy needs it"),
+    # gave three errors: `“/`, `/` and `”`
+    "a string in curly quotes": ("vault v { path \u201c/persist/v\u201d }", 1, 16,
+                                 "string in curly quotes `\u201c/persist/v\u201d`",
+                                 'write it in straight double quotes: `"/persist/v"`'),
+    "an unterminated string in curly quotes": ("vault v { path \u2018/persist/v }", 1, 16,
+                                               "unterminated string in curly quotes `\u2018/persist/v`",
+                                               'write it in straight double quotes: `"/persist/v"`'),
+}
+
+
+@pytest.mark.parametrize("source,line,column,message,help", INVISIBLE_AND_LOOK_ALIKE_CHARACTERS.values(),
+                         ids=INVISIBLE_AND_LOOK_ALIKE_CHARACTERS.keys())
+def test_invisible_and_look_alike_characters_are_named(lang, source, line, column, message, help):
+    [d] = lang.errors(source + "\n")
+    assert (*lang.where(d), d.message, d.help) == ("VP0001", line, column, message, help)
+
+
+def test_a_string_in_curly_quotes_is_still_checked_as_the_string_it_means(lang):
+    """Its meaning is plain, so the compiler and the literal checks judge it as written straight."""
+    errors = lang.errors("vault v { path \u201c\u201d }\n")
+    assert [d.code for d in errors] == ["VP0001", "VP0023"]

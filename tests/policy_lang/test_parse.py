@@ -118,7 +118,7 @@ def test_a_run_of_bad_characters_is_one_error_at_its_start(lang):
     errors = lang.errors('vault v { limit 8MiB }\n  x@@\x0b$ y\n\tapp a {@} ~\n')
     assert [(lang.where(d), d.span.end_pos - d.span.start_pos, d.message) for d in errors] == [
         (("VP0005", 2, 3), 1, "unknown keyword `x`"),
-        (("VP0001", 2, 4), 4, "unexpected characters in the policy"),
+        (("VP0001", 2, 4), 4, "unexpected `@@`, the control character U+000B and `$` in the policy"),
         (("VP0001", 3, 9), 1, "unexpected `@` in the policy"),
         (("VP0001", 3, 12), 1, "unexpected `~` in the policy"),
     ]
