@@ -12,8 +12,9 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from vaultpolicy.printable import escaped
 
 
 class Severity(StrEnum):
@@ -73,6 +74,18 @@ class Diagnostic(BaseModel):
     span: Span | None = None
     help: str | None = None
     notes: tuple[str, ...] = ()
+
+    @field_validator("message", "help")
+    @classmethod
+    def _one_line(cls, text: str | None) -> str | None:
+        """Messages quote paths and strings the user wrote: a control character in one shows as its
+        escape, so no message breaks over lines or sends a terminal escape (`include "x\\u{1b}[31m"`)."""
+        return None if text is None else escaped(text)
+
+    @field_validator("notes")
+    @classmethod
+    def _notes_one_line(cls, notes: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(escaped(note) for note in notes)
 
     @property
     def is_error(self) -> bool:
@@ -138,7 +151,7 @@ def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -
         lines = [f"{d.severity.value}[{d.code}]: {d.message}"]
         if d.span is not None:
             s = d.span
-            lines.append(f"  --> {s.file}:{s.line}:{s.column}")
+            lines.append(f"  --> {escaped(s.file)}:{s.line}:{s.column}")
             text = sources.get(s.file)
             if text is not None:
                 lines_of_text = source_lines(text)
