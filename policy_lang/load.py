@@ -220,9 +220,11 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
         result.diagnostics.extend(diags)
         return None
     # Includes of a broken file are still followed, so their errors show up in the same run.
-    result.parses[file] = parse(text, file)
-    policy, parse_diags, broken = partial_of(result.parses[file])
+    parsed = result.parses[file] = parse(text, file)
+    policy, parse_diags, broken = partial_of(parsed)
     result.diagnostics.extend(parse_diags)
+    if not parsed.looks_like_a_policy:  # like a file that is not text: what it declares is unknown
+        return None
     result.broken_blocks.extend(broken)
     items = []
     for item in policy.items:

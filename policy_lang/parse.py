@@ -111,6 +111,7 @@ class ParseResult:
     comments: list[Comment] = field(default_factory=list)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
     stand_ins: list[tuple[int, int]] = field(default_factory=list)  # `Lexed.stand_ins`
+    looks_like_a_policy: bool = True  # else its one diagnostic says so, and it has no items (`_not_a_policy`)
 
     def holds_lexical_error(self, pos: int) -> bool:
         """Whether `pos` lies in a token that stands in for text with a lexical error: any other
@@ -735,4 +736,27 @@ def parse(text: str, file: str) -> ParseResult:
         result.diagnostics.extend(chunk_diags)
         if tree is not None:
             result.items.append(tree)
+    if (verdict := _not_a_policy(result)) is not None:
+        result.diagnostics, result.items, result.blocks = Diagnostics([verdict]), [], []
+        result.looks_like_a_policy = False
     return result
+
+
+# A text with errors on its first lines and no item among them is not a policy with mistakes but
+# another file named by mistake (`include "/etc/passwd"`): one error says so, instead of an error for
+# every stray word and character, each echoing a line of it. (VP0017 and VP0022 do the same for
+# binary files, JSON and PEM.)
+_NOT_A_POLICY_ERRORS = 5
+_NOT_A_POLICY_LINES = 3
+
+
+def _not_a_policy(result: ParseResult) -> Diagnostic | None:
+    first_item = min((block.start_pos for block in result.blocks if block.kind is not None), default=len(result.text))
+    before = sorted((d for d in result.diagnostics.errors() if d.span.start_pos < first_item),
+                    key=lambda d: d.span.start_pos)
+    if len(before) < _NOT_A_POLICY_ERRORS or len({d.span.line for d in before}) < _NOT_A_POLICY_LINES:
+        return None
+    return error(codes.NOT_A_POLICY, f"`{result.file}` does not look like a policy: its first lines hold only errors",
+                 before[0].span, help="name the `.vpol` file here; a policy is made of items such as "
+                                      "`vault config { … }` and `include \"other.vpol\"`",
+                 notes=[f"the first of {len(before)} errors before any item: {before[0].message}"])

@@ -138,7 +138,11 @@ NOT_A_POLICY = register(
     "The file is JSON or PEM, not `.vpol` text: usually a plan, a signed plan, a trust root or a key "
     "(what `compile`, `sign`, `trust` and `keygen` write) named where a policy belongs. No policy "
     "is a JSON document or starts with `-----BEGIN`; the file is not parsed further. Text that only "
-    "starts with `{` or `[` and is not JSON is read as a policy, and the stray brace is an error (VP0004).",
+    "starts with `{` or `[` and is not JSON is read as a policy, and the stray brace is an error (VP0004). "
+    "Other text whose first lines hold only errors (five or more, over three lines or more, before any "
+    "item), such as `/etc/passwd` or a YAML file named by mistake, is reported once the same way "
+    "instead of with an error for every line; what such a file declares is unknown, as for a file "
+    "that cannot be read.",
     "vaultpolicy check plan.json        # error: `plan.json` is not a policy: it is an unsigned plan",
 )
 EMPTY_PATH = register(

@@ -231,3 +231,27 @@ def test_messages_show_control_characters_as_escapes(lang, tmp_path):
     code, out, _ = lang.cli("check", "--format", "json", main)
     for d in json.loads(out)["diagnostics"]:
         assert all(text.isprintable() for text in (d["message"], d["help"], *d["notes"])), d
+
+
+def test_an_included_text_file_that_is_no_policy_is_one_error(lang, tmp_path):
+    """`include "/etc/passwd"` gave an error for every stray word and character, echoing every line
+    of the file. A text whose first lines hold only errors is named once as no policy, and what it
+    declares is unknown, so the app using a vault it might declare is not reported."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("".join(f"user{n}:x:{1000 + n}:{1000 + n}:User {n}:/home/user{n}:/bin/sh\n" for n in range(20)))
+    main = tmp_path / "main.vpol"
+    main.write_text(f'include "{passwd}"\napp a {{ vault data }}\n')
+    code, out, _ = lang.cli("check", "--format", "json", main)
+    assert code == 1
+    [d] = json.loads(out)["diagnostics"]
+    assert (d["code"], d["span"]["file"], d["span"]["line"], d["span"]["column"]) == ("VP0022", str(passwd), 1, 1)
+    assert d["message"] == f"`{passwd}` does not look like a policy: its first lines hold only errors"
+    assert "user1" not in d["message"] + d["help"] + "".join(d["notes"])
+
+
+def test_a_policy_with_a_few_stray_lines_is_still_a_policy(lang, tmp_path):
+    policy = tmp_path / "p.vpol"
+    policy.write_text("notes: keep\nowner: ops\nvault v { limit 8Mib }\n")
+    code, out, _ = lang.cli("check", "--format", "json", policy)
+    assert code == 1
+    assert [d["code"] for d in json.loads(out)["diagnostics"]] == ["VP0005", "VP0001", "VP0001", "VP0010"]
