@@ -255,3 +255,24 @@ def test_a_policy_with_a_few_stray_lines_is_still_a_policy(lang, tmp_path):
     code, out, _ = lang.cli("check", "--format", "json", policy)
     assert code == 1
     assert [d["code"] for d in json.loads(out)["diagnostics"]] == ["VP0005", "VP0001", "VP0001", "VP0010"]
+
+
+def test_check_renders_a_warning_and_exits_zero_on_warnings_alone(lang, tmp_path):
+    policy = tmp_path / "w.vpol"
+    policy.write_text("vault v {\n  seal pcrs 0, 4, 7, 7\n}\n")
+    code, out, err = lang.cli("check", policy)
+    assert code == 0
+    assert err == (
+        "warning[VP0513]: vault `v` lists PCR 7 twice\n"
+        f"  --> {policy}:2:22\n"
+        "  |\n"
+        "2 |   seal pcrs 0, 4, 7, 7\n"
+        "  |                      ^\n"
+        "  = help: remove the second 7: the plan seals to each PCR once\n\n"
+    )
+    assert out == "check: 0 errors, 1 warning in 1 file\n"
+    code, out, _ = lang.cli("check", "--format", "json", policy)
+    report = json.loads(out)
+    assert (code, report["errors"], report["warnings"]) == (0, 0, 1)
+    [d] = report["diagnostics"]
+    assert (d["severity"], d["code"], d["span"]["line"], d["span"]["column"]) == ("warning", "VP0513", 2, 22)
