@@ -650,7 +650,7 @@ def parse_chunk(file: str, tokens: list[Token], echoes: set[int] = frozenset()
                                    _span(file, failure.token), help="remove it and its `}`: blocks do not nest")
                              if nested else _syntax_diagnostic(file, _At(tokens, kept, failure, setting_starts)))
             if nested:  # the settings inside a stray `{ … }` are still the block's
-                dropped.update(_matching_braces(tokens, failure.index, dropped))
+                dropped.update(_stray_braces(tokens, failure.index, dropped))
                 continue
             blamed = _blamed_segment(failure, tokens, segments, dropped, setting_starts)
             if blamed is None:
@@ -659,15 +659,17 @@ def parse_chunk(file: str, tokens: list[Token], echoes: set[int] = frozenset()
             damaged.add(_setting_meant(tokens[blamed[0]], setting_starts))
 
 
-def _matching_braces(tokens: list[Token], opening: int, dropped: set[int]) -> list[int]:
-    """The index of the `{` at `opening` and of the `}` that closes it, if one does."""
-    depth = 0
+def _stray_braces(tokens: list[Token], opening: int, dropped: set[int]) -> list[int]:
+    """The indexes of the stray `{` at `opening`, of the `}` that closes it, and of every brace
+    between them: one error covers a stray block, however deep."""
+    braces, depth = [], 0
     for i in range(opening, len(tokens)):
-        if i in dropped:
+        if i in dropped or tokens[i].type not in ("LBRACE", "RBRACE"):
             continue
-        depth += {"LBRACE": 1, "RBRACE": -1}.get(tokens[i].type, 0)
+        braces.append(i)
+        depth += 1 if tokens[i].type == "LBRACE" else -1
         if depth == 0:
-            return [opening, i]
+            return braces
     return [opening]
 
 

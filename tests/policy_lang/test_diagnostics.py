@@ -294,6 +294,8 @@ SYNTAX_MESSAGES = {
     # the help said "write the end of the file before `}`", and the inner `}` was a second error
     "a block in a block": ("vault v { { limit 8MiB } }", "VP0004", 1, 11, "unexpected `{` inside `vault v`",
                            "remove it and its `}`: blocks do not nest"),
+    "blocks in a block": ("vault v { {{ limit 8MiB }} }", "VP0004", 1, 11, "unexpected `{` inside `vault v`",
+                          "remove it and its `}`: blocks do not nest"),
     "a `}` that closes nothing": ("vault v { } }", "VP0004", 1, 13, "unexpected `}`: no block is open here", "remove it"),
     "a quoted name": ('vault "v" { limit 8MiB }', "VP0004", 1, 7, 'expected a vault name, found string `"v"`',
                       "remove the quotes: `v`"),
