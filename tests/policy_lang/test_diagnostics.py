@@ -377,3 +377,16 @@ def test_a_string_in_curly_quotes_is_still_checked_as_the_string_it_means(lang):
     """Its meaning is plain, so the compiler and the literal checks judge it as written straight."""
     errors = lang.errors("vault v { path \u201c\u201d }\n")
     assert [d.code for d in errors] == ["VP0001", "VP0023"]
+
+
+def test_the_help_lines_up_after_a_two_digit_line_number(lang):
+    """`= help` stayed two columns in while the `|` moved right for line 10 and beyond."""
+    source = "\n" * 10 + "vault v {\n  limt 8MiB\n}\n"
+    [d] = lang.errors(source)
+    assert render_text([d], {"t.vpol": source}).splitlines()[1:] == [
+        "   --> t.vpol:12:3",
+        "   |",
+        "12 |   limt 8MiB",
+        "   |   ^^^^",
+        "   = help: did you mean `limit`?",
+    ]
