@@ -6,7 +6,8 @@ become diagnostics instead of aborting the run.
 
 Error recovery collects every independent error in one run (S18): the token stream is cut into
 top-level items at balanced braces, each item is parsed on its own, and inside a block the
-setting that failed is dropped and the block re-parsed, so each broken setting reports once.
+setting that failed is dropped and the block re-parsed, so each broken setting reports once. A
+lexical error costs only its token (`Lexed`), so it hides nothing else in its block.
 """
 
 from __future__ import annotations
@@ -619,7 +620,7 @@ def _setting_keywords(header_types: tuple[str, ...]) -> frozenset[str]:
     return frozenset(c for c in probe.choices() if c in _keyword_types())
 
 
-def parse_chunk(file: str, tokens: list[Token], echoes: set[int] = frozenset()
+def parse_chunk(file: str, tokens: list[Token], echoes: set[int] | frozenset[int] = frozenset()
                 ) -> tuple[Tree | None, Diagnostics, frozenset[str]]:
     """Parse one top-level item; on an error, drop the failing setting and try again. Also returns
     the settings dropped (see `Block.damaged`). An error at a token whose start is in `echoes` is
