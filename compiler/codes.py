@@ -21,7 +21,7 @@ DUPLICATE_VAULT = register(
     "duplicate vault",
     "Two `vault` blocks share a name. Names identify vaults on the device and in diffs, so each "
     "must be unique across the policy and every file it includes.",
-    'vault scratch { limit 1GiB }\nvault scratch { limit 2GiB }   # error: declared twice',
+    'vault scratch { limit 1GiB }\nvault scratch { limit 2GiB }   # error: already declared',
 )
 UNKNOWN_ATTESTATION = register(
     "VP0103",

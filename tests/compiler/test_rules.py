@@ -265,6 +265,17 @@ def test_an_opt_out_of_a_vault_that_is_not_built_in_names_the_vault(check_text):
     assert (found.code, found.message) == ("VP0107", "vault `data` is not built in, so it cannot be opted out of")
 
 
+def test_a_name_declared_three_times_is_never_said_to_be_declared_twice(check_text):
+    """The third `vault a` said "is declared twice", the third `device` "second `device` block"."""
+    found = check_text("vault a { }\nvault a { }\nvault a { }\ndevice { }\ndevice { }\ndevice { }\n")
+    assert [(d.code, d.span.line, d.message, d.notes) for d in found] == [
+        ("VP0102", 2, "vault `a` is already declared", ("first declared at t.vpol:1:7",)),
+        ("VP0102", 3, "vault `a` is already declared", ("first declared at t.vpol:1:7",)),
+        ("VP0108", 5, "another `device` block", ("first declared at t.vpol:4:1",)),
+        ("VP0108", 6, "another `device` block", ("first declared at t.vpol:4:1",)),
+    ]
+
+
 def test_unknown_vault_suggests_the_closest_name(check_text):
     [diagnostic] = check_text('vault historian { path "/persist/h" }\napp a { vault histrian }\n')
     assert diagnostic.help == "did you mean `historian`?"
