@@ -24,6 +24,7 @@ import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vaultpolicy.encoding import json_problem, load_json
+from vaultpolicy.printable import CONTROL_CHARACTER
 
 from .pathutil import is_inside, is_normalized
 
@@ -284,7 +285,6 @@ def _field_named(loc: tuple, data: dict) -> str:
 
 _NAMED = {"vaults": "vault", "apps": "app", "components": "component", "attestations": "attestation"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: no path or target holds one
 
 
 def inconsistencies(plan: Plan) -> Iterator[str]:

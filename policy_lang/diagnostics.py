@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from vaultpolicy.printable import escaped
 
 
 class Severity(StrEnum):
@@ -62,6 +63,18 @@ class Diagnostic(BaseModel):
     span: Span | None = None
     help: str | None = None
     notes: tuple[str, ...] = ()
+
+    @field_validator("message", "help")
+    @classmethod
+    def _one_line(cls, text: str | None) -> str | None:
+        """Messages quote paths and strings the user wrote: a control character in one shows as its
+        escape, so no message breaks over lines or sends a terminal escape (`include "x\\u{1b}[31m"`)."""
+        return None if text is None else escaped(text)
+
+    @field_validator("notes")
+    @classmethod
+    def _notes_one_line(cls, notes: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(escaped(note) for note in notes)
 
     @property
     def is_error(self) -> bool:
@@ -125,9 +138,11 @@ def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -
     blocks = []
     for d in diagnostics:
         lines = [f"{d.severity.value}[{d.code}]: {d.message}"]
+        # `-->`, `|` and `=` stand one column past the line number, however wide, so they line up.
+        pad = " " * len(str(d.span.line)) if d.span is not None else " "
         if d.span is not None:
             s = d.span
-            lines.append(f"  --> {s.file}:{s.line}:{s.column}")
+            lines.append(f"{pad} --> {escaped(s.file)}:{s.line}:{s.column}")
             text = sources.get(s.file)
             if text is not None:
                 lines_of_text = source_lines(text)
@@ -137,15 +152,14 @@ def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -
                     end = s.end_column if s.end_line == s.line else len(src) + 1
                     src, start, width = _excerpt(src, s.column - 1, max(1, end - s.column))
                     gutter = str(s.line)
-                    pad = " " * len(gutter)
                     carets = max(1, display_width(src[start:start + width]))
                     lines.append(f"{pad} |")
                     lines.append(f"{gutter} | {src}")
                     lines.append(f"{pad} | {' ' * display_width(src[:start])}{'^' * carets}")
         if d.help:
-            lines.append(f"  = help: {d.help}")
+            lines.append(f"{pad} = help: {d.help}")
         for note in d.notes:
-            lines.append(f"  = note: {note}")
+            lines.append(f"{pad} = note: {note}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
