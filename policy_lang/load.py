@@ -181,7 +181,7 @@ def load(path: str | os.PathLike, describe: Describe | None = None) -> LoadResul
     root = os.fspath(path)
     items = _load_file(root, None, (), set(), result, describe)
     text = result.sources.get(root, "")
-    result.partial = ast.Policy(file=root, items=tuple(items or ()), span=whole_file_span(root, text))
+    result.partial = ast.Policy.of_items(root, tuple(items or ()), whole_file_span(root, text))
     if not result.diagnostics.has_errors() and items is not None:
         result.policy = result.partial
     return result

@@ -8,6 +8,7 @@ Error recovery collects every independent error in one run (S18): the token stre
 top-level items at balanced braces, each item is parsed on its own, and inside a block the
 setting that failed is dropped and the block re-parsed, so each broken setting reports once. A
 lexical error costs only its token (`Lexed`), so it hides nothing else in its block.
+An item is parsed in one call of lark's parser; only one that fails is fed again token by token.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput, UnexpectedToken
-from lark.lexer import PatternStr
+from lark.lexer import Lexer, PatternStr
 
 from vaultpolicy.suggest import did_you_mean
 
@@ -128,10 +129,28 @@ class _SyntaxFailure(Exception):
         self.expected = expected
 
 
+class _ContextualTokens(Lexer):
+    """Hands lark's parser the tokens of one item (a list given to `Lark.parse`), each keyword made a
+    name where the parser's state cannot take it (`_contextual`), so an item without errors parses in
+    one call, without the interactive parser that recovery needs."""
+
+    __future_interface__ = 2  # lex(lexer_state, parser_state)
+
+    def __init__(self, lexer_conf):
+        pass
+
+    def lex(self, lexer_state, parser_state):
+        states = parser_state.parse_conf.parse_table.states
+        keyword_types = _keyword_types()
+        for tok in lexer_state.text:
+            yield _contextual(tok, states[parser_state.position]) if tok.type in keyword_types else tok
+
+
 @cache
 def _lark() -> Lark:
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
-    return Lark(grammar, parser="lalr", start="item", propagate_positions=True, keep_all_tokens=True)
+    return Lark(grammar, parser="lalr", start="item", propagate_positions=True, keep_all_tokens=True,
+                lexer=_ContextualTokens)
 
 
 @cache
@@ -341,7 +360,8 @@ def split_items(tokens: list[Token]) -> list[list[Token]]:
         new_chunk = False
         if depth == 0:
             closed = bool(current) and current[-1].type == "RBRACE"
-            starts = (tok.value in TOP_LEVEL_KEYWORDS or _starts_item(tokens, i)) and not _is_item_name(tokens, i, current)
+            # The item's name first: it is cheap and spares `_starts_item` a did-you-mean on every header.
+            starts = not _is_item_name(tokens, i, current) and (tok.value in TOP_LEVEL_KEYWORDS or _starts_item(tokens, i))
             new_chunk = starts or closed or tok.type == "SEMICOLON"
         elif _starts_item(tokens, i):
             new_chunk, depth = True, 0
@@ -625,6 +645,10 @@ def parse_chunk(file: str, tokens: list[Token], echoes: set[int] | frozenset[int
     """Parse one top-level item; on an error, drop the failing setting and try again. Also returns
     the settings dropped (see `Block.damaged`). An error at a token whose start is in `echoes` is
     not reported: a lexical error there explains it (`Lexed.echoes`)."""
+    try:
+        return _lark().parse(tokens), Diagnostics(), frozenset()  # most items: no recovery set up
+    except UnexpectedToken:
+        pass  # parsed again below, token by token, to tell what to drop
     diags = Diagnostics()
     unclosed = _unclosed_brace(file, tokens)
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)

@@ -27,6 +27,9 @@ MAX_PCR = 23
 NONCE_BYTES = (12, 32)
 
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
+# Sets, not tuples: a tree's rule name is a lark Token, whose `==` is a Python call per member tried.
+_LIST_SETTINGS = frozenset({"holds", "stores", "allow_values", "allow_from"})
+_UNNAMED_ITEMS = frozenset({"device", "defaults", "include"})
 _NUMBER = re.compile(r"([0-9]+)(.*)", re.S)  # a NUMBER token starts with an ASCII digit
 
 
@@ -202,7 +205,7 @@ class _Converter:
         """The block's single-valued settings by rule name; list settings are read separately."""
         seen: dict[str, Tree] = {}
         for child in tree.children:
-            if not isinstance(child, Tree) or child.data in ("holds", "stores", "allow_values", "allow_from"):
+            if not isinstance(child, Tree) or child.data in _LIST_SETTINGS:
                 continue
             key = "seal" if child.data.startswith("seal_") else child.data
             if key in seen:
@@ -378,9 +381,9 @@ def to_policy(result: ParseResult) -> tuple[ast.Policy, Diagnostics]:
     conv = _Converter(result.file)
     items = []
     for tree in result.items:
-        conv.block = tree.data if tree.data in ("device", "defaults", "include") else f"{tree.data} {tree.children[1].value}"
+        conv.block = tree.data if tree.data in _UNNAMED_ITEMS else f"{tree.data} {tree.children[1].value}"
         item = getattr(conv, tree.data)(tree)
         if item is not None:
             items.append(item)
-    policy = ast.Policy(file=result.file, items=tuple(items), span=whole_file_span(result.file, result.text))
+    policy = ast.Policy.of_items(result.file, tuple(items), whole_file_span(result.file, result.text))
     return policy, Diagnostics(d for d in conv.diags if not result.holds_lexical_error(d.span.start_pos))
