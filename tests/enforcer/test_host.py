@@ -37,16 +37,20 @@ def test_a_command_under_another_root_is_refused_naming_both(device):
     state, tpm = ["--state-dir", str(device.state)], ["--tpm", device.tcti]
     recorded = f"`{device.root}` (recorded in {device.state}/host.json)"
     for command in (["unlock", *tpm], ["lock"], ["status", *tpm], ["gate", "app", *tpm], ["rotate", *tpm],
-                    ["apply", str(device.sign(PLAN)), *tpm]):
+                    ["report", *tpm], ["apply", str(device.sign(PLAN)), *tpm]):
         wrong = vaultpolicy("device", *command, *state, "--root", str(elsewhere))
         assert wrong.returncode == 1, (command, wrong.stdout + wrong.stderr)
         assert wrong.stderr.startswith(f"error: --root `{elsewhere}` ({elsewhere}) is not the root this device's "
                                        f"vaults were applied under: {recorded}"), (command, wrong.stderr)
         assert f"= help: pass --root {device.root}" in wrong.stderr
     assert list(elsewhere.rglob("*")) == [elsewhere / "persist"] and mounts_under(elsewhere) == []
-    missing = vaultpolicy("device", "status", *state, *tpm)  # no --root: the host's own paths
-    assert missing.returncode == 1 and f"error: without --root the root is `/`, not the root this device's vaults " \
-        f"were applied under: {recorded}" in missing.stderr, missing.stderr
+    for command in ("status", "report"):  # no --root: the host's own paths
+        missing = vaultpolicy("device", command, *state, *tpm, *(["-o", str(device.work / "r.json")]
+                                                                  if command == "report" else []))
+        assert missing.returncode == 1 and f"error: without --root the root is `/`, not the root this device's " \
+            f"vaults were applied under: {recorded}" in missing.stderr, (command, missing.stderr)
+    # report signed every vault `Drifted (path-missing)` there, and the controller took it
+    assert not (device.work / "r.json").exists()
 
     unlocked = device.cli("device", "unlock")  # the recorded root itself
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
@@ -162,8 +166,10 @@ def test_status_without_the_tpm_apply_used_says_so_and_starts_no_swtpm(device, t
     assert device.apply(PLAN).returncode == 0
     options = ["--state-dir", str(device.state), "--root", str(device.root)]
     try:
-        for command in (["status"], ["unlock"], ["gate", "app"], ["rotate"], ["apply", str(device.sign(PLAN))]):
-            result = vaultpolicy("device", *command, *options)
+        for command in (["status"], ["unlock"], ["gate", "app"], ["rotate"], ["apply", str(device.sign(PLAN))],
+                        ["report"], ["quote", "--nonce", "00" * 16], ["identity"]):
+            rooted = command[0] not in ("quote", "identity")  # they read no vault
+            result = vaultpolicy("device", *command, *(options if rooted else options[:2]))
             assert result.returncode == 1, (command, result.stdout + result.stderr)
             assert f"error: this device's keys are sealed in the TPM `{device.tcti}` (recorded by `device apply` in " \
                 f"{device.state}/host.json); without --tpm this command would use" in result.stderr, result.stderr

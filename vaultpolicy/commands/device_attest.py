@@ -9,7 +9,9 @@
   escrow-ack ACK...        record the controller's acknowledgements (escrow state pending -> acknowledged)
 
 The device id is `--device-id`, else the one `device identity` recorded in STATE/attest/, else the
-host name. The TPM is `--tpm TCTI`, else /dev/tpmrm0, else the embedded swtpm of the state dir.
+host name. The TPM is `--tpm TCTI`, else /dev/tpmrm0, else the embedded swtpm of the state dir; as for
+every device command, a default other than the TPM `device apply` recorded is refused, and so is a
+`report` under another --root than the recorded one (`device._tcti`, `device.host_root`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 from vaultpolicy import status_codes
+from vaultpolicy.commands import device
 from vaultpolicy.errors import InputError
 
 
@@ -41,7 +43,8 @@ def add_arguments(parser, key) -> None:
                             help="deposit this vault's blob (repeat; default: every blob the device holds)")
     if action == "report":
         parser.add_argument("--nonce", metavar="HEX", help="the controller's nonce, when it asked for a fresh report")
-        parser.add_argument("--root", metavar="DIR", help="the plan's absolute paths live under DIR")
+        parser.add_argument("--root", metavar="DIR", help="the plan's absolute paths live under DIR: the --root "
+                            "`device apply` used (recorded; another one, or none when it used one, is refused)")
 
 
 def _nonce(text: str | None) -> bytes:
@@ -122,11 +125,9 @@ def _run(args, state) -> int:
         return status_codes.SUCCESS
 
     from enforcer.attest import AttestationTpm, identity_file, resolve_device_id, storage_parent_binding
-    from enforcer.tcti import resolve_tcti
 
     if action == "identity":
-        state.ensure()
-        tcti = resolve_tcti(args.tpm, state.root)
+        tcti = device._tcti(args, state)
         device_id = resolve_device_id(args.device_id, state.root)
         with AttestationTpm(tcti) as tpm:
             identity = tpm.identity(device_id)
@@ -141,12 +142,14 @@ def _run(args, state) -> int:
         if plan is None:
             raise InputError("no plan has been applied on this device, so it holds no escrow blob")
         blobs = held_blobs(state.root, args.vault)
-        deposit = sign_deposit(resolve_tcti(args.tpm, state.root), resolve_device_id(args.device_id, state.root), blobs,
+        deposit = sign_deposit(device._tcti(args, state), resolve_device_id(args.device_id, state.root), blobs,
                                *_sealed_pcrs(plan))  # the quote vouches for the blobs; any PCRs would do
         _emit(args, deposit)
         return status_codes.SUCCESS
     bank, pcrs = _attested_pcrs(plan, args.attestation)
-    tcti = resolve_tcti(args.tpm, state.root)
+    # the vaults are observed under the recorded root: elsewhere each would be signed as path-missing
+    root = device.host_root(args, state) if action == "report" else None
+    tcti = device._tcti(args, state)
     device_id = resolve_device_id(args.device_id, state.root)
     if action == "quote":
         with AttestationTpm(tcti) as tpm:
@@ -159,7 +162,6 @@ def _run(args, state) -> int:
     from enforcer.report import build_report, sign_report
     from enforcer.tpm import Tpm
 
-    root = Path(args.root) if args.root else None
     with Tpm(tcti) as tpm:
         observed = observe(plan, state, root, tpm)
     report = build_report(device_id, plan, plan_sha256, observed, state, datetime.now(timezone.utc))
