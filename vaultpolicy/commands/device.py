@@ -1,7 +1,8 @@
 """`vaultpolicy device apply|status|unlock|lock|gate`: the thin shell over enforcer/.
 
 `unlock --release FILE` unlocks with keys the controller released after a verified quote
-(docs/attestation.md) and re-seals them to the current PCRs, so the next boot unlocks locally.
+(docs/attestation.md) and re-seals them to the current PCRs, so the next boot unlocks locally; the
+vaults the file does not hold unlock with their sealed keys, as in a plain `unlock`.
 
 Every command reads the kernel and the TPM; none trusts a message of its own from an earlier run.
 Exit codes: 0 success, 1 refused plan, a vault that failed or bad input, 3 (DRIFT) when `status` finds
@@ -53,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
         parser.add_argument("--force", action="store_true", help="also remove a key the kernel holds the only copy "
                             "of (a vault whose sealed key is lost): nothing can unlock that vault afterwards")
     if command == "unlock":
-        parser.add_argument("--release", metavar="FILE", help="unlock with the keys of a `vaultpolicy controller "
-                            "release` file instead of the sealed ones, and re-seal them to the current PCRs")
+        parser.add_argument("--release", metavar="FILE", help="unlock the vaults a `vaultpolicy controller release` "
+                            "file holds with its keys and re-seal them to the current PCRs; every other vault unlocks "
+                            "with its sealed key, as without --release (exit 1 if a vault stays locked)")
         parser.add_argument("--device-id", metavar="ID", help="this device's id (default: recorded by `device "
                             "identity`, else the host name); a release file opens only for its own device")
 
@@ -403,7 +405,7 @@ def _unlock(args, state, root) -> int:
     from enforcer.attest import resolve_device_id
     from enforcer.release import Release, unlock_released
     from enforcer.rotate import Rotator
-    from enforcer.unlock import VaultResult, failed_unlock, unlock_all
+    from enforcer.unlock import VaultResult, unlock_all
 
     release = device_id = None
     if args.release:  # read and checked before anything: a bad file changes nothing and opens no TPM
@@ -420,10 +422,12 @@ def _unlock(args, state, root) -> int:
             results = unlock_all(plan, state, root, tpm, now, unrecovered)
     if release is not None:  # its own connections (the attestation key's too), after this one closed
         usable = replace(release, keys=tuple(k for k in release.keys if k.vault not in unrecovered))
-        unlocked = unlock_released(state, plan, root, _tcti(args, state), usable, device_id, now)
-        results = [failed_unlock(state, name, failure, now) for name, failure in sorted(unrecovered.items())]
-        results += [VaultResult(name, "unlocked", "controller-release", "re-sealed to the current PCRs")
-                    for name in unlocked]
+        released = set(unlock_released(state, plan, root, _tcti(args, state), usable, device_id, now))
+        # then every other vault unlocks as a boot unlock does (those released are in already), so each
+        # vault of the plan is accounted for and one left locked fails the command as it does there
+        with _tpm(args, state) as tpm:
+            results = [VaultResult(r.vault, "unlocked", "controller-release", "re-sealed to the current PCRs")
+                       if r.vault in released else r for r in unlock_all(plan, state, root, tpm, now, unrecovered)]
     return _results(args, "unlock", results, ok=("unlocked", "already-unlocked", "unencrypted"), recovered=recovered)
 
 
