@@ -226,7 +226,7 @@ def _apply(args, state, root) -> int:
     from enforcer.apply import Applier
     from enforcer.journal import Journal
     from enforcer.observe import observe
-    from enforcer.preflight import ApplyRefused, check_host, check_sealing
+    from enforcer.preflight import ApplyRefused, check_host, check_image_room, check_sealing
     from enforcer.reconcile import Action, Reconciliation, escrow_steps, reconcile
     from enforcer.rotate import Rotator, leave_unrecovered
     from enforcer.state import HostRecord
@@ -257,6 +257,7 @@ def _apply(args, state, root) -> int:
                 rec = leave_unrecovered(Reconciliation(rec.steps + escrow_steps(plan, observed), rec.problems),
                                         unrecovered)
                 check_sealing(plan, rec.steps, tpm)
+                check_image_room(plan, rec.steps, state)
                 journal.restart()
                 # where the vaults and keys are, before the first change: later commands must use the same
                 state.save_host(HostRecord(str(root or "/"), _tpm_name(args.tpm)))
