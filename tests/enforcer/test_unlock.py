@@ -428,3 +428,18 @@ def test_lock_says_a_directory_an_apply_never_encrypted_is_not_encrypted(device)
                "are in the clear" in result.stdout, result.stdout
         assert "hint: run `vaultpolicy device apply`, which encrypts it" in result.stdout
         assert "vault ad: locked" not in result.stdout and "vault cfg: locked" in result.stdout
+
+
+def test_boot_unlock_loads_neither_the_policy_language_nor_the_compiler(device):
+    """The boot unit's `device unlock` imports the plan model and the signature check, not lark, the
+    policy AST, the compiler's rules or its templates: compiler.plan and enforcer.codes (through
+    policy_lang.codes) ran their packages' __init__, which loaded all of that (40 ms of each start)."""
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    assert device.cli("device", "lock").returncode == 0
+    unlocked = device.cli("device", "unlock", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    imported = {line.split("|")[-1].strip() for line in unlocked.stderr.splitlines() if line.startswith("import time:")}
+    assert {"compiler.plan", "compiler.signing", "tpm2_pytss"} <= imported, "the import log is read"
+    unneeded = {"lark", "jinja2", "policy_lang.parse", "policy_lang.ast", "compiler.facade", "compiler.rules",
+                "compiler.build"}
+    assert imported & unneeded == set()
