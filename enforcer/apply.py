@@ -39,7 +39,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -56,7 +55,7 @@ from compiler.units import format_size
 from enforcer import blockdev, fscrypt, quota
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
-from enforcer.observe import Layout, keyring_dir, layout, nearest_directory, open_parent, path_state
+from enforcer.observe import Layout, is_mount, keyring_dir, layout, nearest_directory, open_parent, path_state
 from enforcer.reconcile import Action, Backing, Step, choose_backing
 from enforcer.state import StateDir, VaultRecord, fsync_dir
 from enforcer.verify import record_for
@@ -292,7 +291,7 @@ class Applier:
         # a lost image leaves its empty mount point; an encrypted directory there is a vault that never had one
         has_image = where.image.exists() or (limited and self._backing(name) is Backing.IMAGE
                                              and fscrypt.get_policy(str(where.path)) is None)
-        if has_image and not os.path.ismount(where.path):
+        if has_image and not is_mount(where.path):
             raise DeviceError(f"its image `{where.image}` is not mounted at `{where.path}`; its key was not added",
                               vault=name)
         return keyring_dir(where.path)
@@ -334,7 +333,7 @@ class Applier:
         vault = self._vault(name)
         sealed = self.state.sealed(name)
         identifier = bytes.fromhex(sealed["key_identifier"])
-        key = self.tpm.unseal(SealedBlob.from_json(_json(sealed["blob"])))
+        key = self.tpm.unseal(SealedBlob.from_record(sealed["blob"]))
         try:
             if fscrypt.key_identifier(key) != identifier:  # never sealed anew, never added to the kernel
                 raise KeyMismatch("the unsealed key is not the vault's key; it is not resealed", vault=name)
@@ -509,7 +508,7 @@ def unlock_key(state: StateDir, tpm, name: str, mountpoint: str, now: datetime) 
         raise DeviceError("no sealed key is recorded", vault=name)
     recorded = bytes.fromhex(sealed["key_identifier"])
     try:
-        key = tpm.unseal(SealedBlob.from_json(_json(sealed["blob"])))
+        key = tpm.unseal(SealedBlob.from_record(sealed["blob"]))
     except DeviceError as exc:
         raise _for_vault(exc, name) from None
     try:
@@ -578,10 +577,6 @@ def _for_vault(exc: DeviceError, name: str) -> DeviceError:
         exc.message = f"vault `{name}`: {exc.message}"
         exc.args = (exc.message,)
     return exc
-
-
-def _json(obj) -> str:
-    return json.dumps(obj)
 
 
 def _mount(arguments: list[str]) -> None:

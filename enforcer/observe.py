@@ -33,7 +33,6 @@ A vault without a limit is a plain directory on the persist filesystem.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -106,7 +105,21 @@ def keyring_dir(vault_path: Path) -> str:
     mount, so it is its own filesystem; otherwise its parent is on the same filesystem. This avoids
     reading the whole mount table for every vault (unlock stays within a few percent of bare unseals).
     """
-    return str(vault_path if os.path.ismount(vault_path) else vault_path.parent)
+    return str(vault_path if is_mount(vault_path) else vault_path.parent)
+
+
+def is_mount(path: Path | str) -> bool:
+    """`os.path.ismount` without its `realpath` of the parent, which lstat's every component of the path
+    again in Python (five times per vault in a boot unlock): the kernel resolves `path/..` itself, to
+    the same directory. A mount is on another device than its parent, or is its own parent (`/`)."""
+    try:
+        own = os.lstat(path)
+        if stat.S_ISLNK(own.st_mode):
+            return False
+        parent = os.lstat(os.path.join(path, ".."))
+    except (OSError, ValueError):
+        return False
+    return own.st_dev != parent.st_dev or own.st_ino == parent.st_ino
 
 
 def layout(state: StateDir, root: Path | None, name: str, plan_path: str) -> Layout:
@@ -221,8 +234,10 @@ def is_empty(path: Path) -> bool:
 
 
 def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str, tpm,
-                  pcr_cache: dict | None = None) -> ObservedVault:
-    """`pcr_cache` shares PCR reads between the vaults of one observation (one reading per selection)."""
+                  shared: dict | None = None) -> ObservedVault:
+    """`shared` holds the reads the vaults of one observation have in common: the PCRs of each selection,
+    and whether the filesystem of each directory vaults are made in enforces project quotas."""
+    shared = {} if shared is None else shared
     where = layout(state, root, name, plan_path)
     kind = path_state(root, where.path)
     errors: list[str] = []
@@ -235,9 +250,12 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
         except (blockdev.BlockdevError, OSError) as exc:  # this vault's storage only: the others go on
             values["storage_damaged"] = _damage(where.image, exc)
     if not kind.through_symlink:
-        values["quota_enforced"] = quota.enforced(nearest_directory(where.path.parent))
+        home = nearest_directory(where.path.parent)
+        if ("quota", home) not in shared:
+            shared["quota", home] = quota.enforced(home)
+        values["quota_enforced"] = shared["quota", home]
     if kind is PathState.DIRECTORY:
-        mounted = os.path.ismount(where.path)
+        mounted = is_mount(where.path)
         values["mounted"] = mounted
         if mounted:  # a vault with a limit: usage of its own image
             st = os.statvfs(where.path)
@@ -267,7 +285,7 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
             values["storage_damaged"] = _damage(where.image, exc)
     identifier = None
     if sealed is not None:
-        values["seal"] = _observe_seal(state, name, sealed, tpm, errors, {} if pcr_cache is None else pcr_cache)
+        values["seal"] = _observe_seal(state, name, sealed, tpm, errors, shared)
         identifier = values["seal"].key_identifier
     # The key the directory is encrypted under decides whether its files are readable, sealed blob or
     # not (S6): a key added or left in the kernel behind the tool's back shows as unlocked.
@@ -299,14 +317,14 @@ def _damage(image: Path, exc: Exception) -> str:
     return f"its image `{image}` cannot be read: {detail}"
 
 
-def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[str], pcr_cache: dict) -> ObservedSeal:
+def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[str], shared: dict) -> ObservedSeal:
     from enforcer.state import StateCorrupt
     from enforcer.tpm import InvalidSealedBlob, SealedBlob  # lazily: tpm2-pytss loads only when a vault is sealed
 
     # A damaged record stops the run with its file named: never taken for "no key yet" (S20)
     try:
         identifier = bytes.fromhex(sealed["key_identifier"])
-        blob = SealedBlob.from_json(json.dumps(sealed["blob"]))
+        blob = SealedBlob.from_record(sealed["blob"])
     except (InvalidSealedBlob, KeyError, TypeError, ValueError) as exc:
         message = exc.message if isinstance(exc, InvalidSealedBlob) else f"{exc.__class__.__name__}: {exc}"
         raise StateCorrupt(f"the sealed key record {state.sealed_path(name)} is damaged ({message}); nothing "
@@ -316,10 +334,10 @@ def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[st
     if tpm is not None:
         try:
             digest_ok = tpm.policy_digest(blob.bank, blob.pcrs, blob.pcr_values) == blob.policy_digest
-            selection = (blob.bank, tuple(blob.pcrs))
-            if selection not in pcr_cache:
-                pcr_cache[selection] = tpm.read_pcrs(blob.bank, blob.pcrs)
-            current = pcr_cache[selection]
+            selection = ("pcrs", blob.bank, tuple(blob.pcrs))
+            if selection not in shared:
+                shared[selection] = tpm.read_pcrs(blob.bank, blob.pcrs)
+            current = shared[selection]
             changed = tuple(i for i in blob.pcrs if current.get(i) != blob.pcr_values.get(i))
         except DeviceError as exc:
             errors.append(f"TPM: {exc.message}")
@@ -336,6 +354,6 @@ def observe(plan: Plan | None, state: StateDir, root: Path | None, tpm) -> Obser
     records = state.records()
     wanted: dict[str, str] = {v.name: v.path for v in plan.vaults} if plan is not None else {}
     wanted.update({r.name: r.path for r in records.values()})
-    pcr_cache: dict = {}
-    vaults = {name: observe_vault(state, root, name, path, tpm, pcr_cache) for name, path in sorted(wanted.items())}
+    shared: dict = {}
+    vaults = {name: observe_vault(state, root, name, path, tpm, shared) for name, path in sorted(wanted.items())}
     return Observed(vaults=vaults, records=records, apply_unfinished=state.journal_path.exists())

@@ -308,7 +308,7 @@ class Rotator:
     def _escrow(self, name: str, identifier: bytes, pending: dict) -> None:
         from enforcer.tpm import SealedBlob
 
-        key = self.tpm.unseal(SealedBlob.from_json(json.dumps(pending["blob"])))
+        key = self.tpm.unseal(SealedBlob.from_record(pending["blob"]))
         try:
             Applier(self.plan, self.state, self.root, self.tpm, self.now, self.device_id)._escrow(name, identifier, key)
         finally:
@@ -333,7 +333,7 @@ class Rotator:
         """The kernel's identifier for the pending key, computed from the unsealed key: nothing is added."""
         from enforcer.tpm import SealedBlob
 
-        key = self.tpm.unseal(SealedBlob.from_json(json.dumps(pending["blob"])))
+        key = self.tpm.unseal(SealedBlob.from_record(pending["blob"]))
         try:
             return fscrypt.key_identifier(key).hex()
         finally:
@@ -491,7 +491,7 @@ def _wrong_in_pending(pending: object) -> str | None:
         wrong.append("blob")  # a new key in the kernel needs its sealed blob
     elif pending["blob"] is not None:
         try:
-            SealedBlob.from_json(json.dumps(pending["blob"]))
+            SealedBlob.from_record(pending["blob"])
         except DeviceError:
             wrong.append("blob")
     try:
