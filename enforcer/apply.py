@@ -215,6 +215,7 @@ class Applier:
                 where.image.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 blockdev.make_image(where.image, vault.limit_bytes)
                 made = True
+                self._checkpoint("image-made-plaintext-in-place")
             room = _image_room(where)
             home = f"the vault's own {format_size(vault.limit_bytes)} filesystem"
         else:
@@ -311,6 +312,7 @@ class Applier:
             identifier = fscrypt.add_key(home, key)
             if self.plan.device.escrow_public_key:
                 self._escrow(name, identifier, key)
+            self._checkpoint("sealed-and-added-not-saved")
             self.state.save_sealed(name, blob.to_json(), identifier, rotated_at=format_time(self.now))
         finally:
             key[:] = bytes(len(key))
@@ -365,6 +367,7 @@ class Applier:
             self._copy_staged(name, where)
             os.rename(where.staging, where.erasing)  # copied and verified: from here on it is only erased
             fsync_dir(where.staging.parent)
+            self._checkpoint("copied-not-erased")
         if where.erasing.is_dir():  # also what a crash before the discard left
             for entry in os.scandir(where.erasing):
                 if entry.is_dir(follow_symlinks=False):

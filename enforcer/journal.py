@@ -14,9 +14,11 @@ pass (`restart`).
 
 Test hook: VAULTPOLICY_CRASH_AT=N makes the process SIGKILL itself at its N-th crash point (1-based).
 Crash points are, in one count, right after writing each step's intent (the worst moment between
-steps) and the points inside steps a handler names with `checkpoint(label)`: inside a copy, between
-deleting plaintext and discarding its blocks, inside a resize, inside the cipher probe, and between
-staging the applied plan and swapping it in (`StateDir.commit_plan`). Only for tests; documented in
+steps) and the points inside steps a handler names with `checkpoint(label)`: between making a vault's
+image and moving its plaintext aside, between sealing a new key (and adding it) and saving its sealed
+blob, inside a copy, between renaming copied plaintext for erasure and deleting it, between deleting
+plaintext and discarding its blocks, inside a resize, inside the cipher probe, and between staging the
+applied plan and swapping it in (`StateDir.commit_plan`). Only for tests; documented in
 docs/enforcer.md.
 """
 
