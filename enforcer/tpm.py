@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from compiler.plan import BANK_DIGEST_BYTES
+from enforcer.journal import crash_point
 from enforcer.tcti import TCTI_HINT, TpmUsers
 from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError
@@ -395,6 +396,7 @@ class Tpm:
             self._esys.trsess_set_attributes(session, 0, tss.TPMA_SESSION.CONTINUESESSION)
             self._esys.policy_pcr(session, b"", tss.TPML_PCR_SELECTION.parse(
                 f"{blob.bank}:{','.join(map(str, blob.pcrs))}"))
+            crash_point("unseal-loaded")  # the test hook: a kill leaves both loaded in a TPM without a manager
             sealed = self._esys.unseal(obj, session1=session)
             self._esys.tr_close(session)  # gone from the TPM: only ESAPI's record of it is left
             session = None
