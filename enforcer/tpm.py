@@ -75,7 +75,20 @@ class PcrChangedDuringOperation(TpmError):
 class TpmLockout(TpmError):
     """The TPM is in dictionary-attack lockout. Lockout refuses authorizations by a DA-protected
     authValue; vault keys are authorized by their PCR policy alone, so it does not keep them sealed
-    (tests/enforcer/test_tpm.py shows it on swtpm): this names a lockout met on any other command."""
+    (tests/enforcer/test_tpm.py shows it on swtpm): this names a lockout met on any other command, such
+    as a quote, which the attestation key (USERWITHAUTH, not NODA) signs (`lockout_error`)."""
+
+
+_LOCKOUT_HINT = ("wait for the TPM's lockout recovery time to pass, or clear the lockout with the lockout "
+                 "authorization (`tpm2_dictionarylockout --clear-lockout`)")
+
+
+def lockout_error(exc: Exception, refused: str) -> TpmLockout | None:
+    """A `TpmLockout` saying what the TPM refused (`refused`), when `exc` (a TSS2_Exception) is a lockout."""
+    if _response_code(exc) != _tss().TPM2_RC.LOCKOUT:
+        return None
+    return TpmLockout(f"the TPM is in dictionary-attack lockout (too many wrong authorization values were tried): "
+                      f"{refused}", int(exc.rc), hint=_LOCKOUT_HINT)
 
 
 class TpmPolicyFailure(TpmError):
@@ -420,8 +433,7 @@ class Tpm:
         if code == rc.PCR_CHANGED:
             return PcrChangedDuringOperation("PCRs kept changing during unseal (tried twice)", int(exc.rc))
         if code == rc.LOCKOUT:
-            return TpmLockout("the TPM is in dictionary-attack lockout", int(exc.rc),
-                              hint="wait for the lockout to expire or clear it with the lockout authorization")
+            return lockout_error(exc, "it refused the unseal")
         if code == rc.INTEGRITY:
             return ForeignSealedBlob(
                 f"unseal failed: this TPM cannot load the sealed key ({exc}): it was sealed by another TPM, or "
@@ -520,8 +532,9 @@ class Tpm:
         try:
             return method(*args, **kwargs)
         except self._tss.TSS2_Exception as exc:
-            if _response_code(exc) == self._tss.TPM2_RC.LOCKOUT:
-                raise TpmLockout("the TPM is in dictionary-attack lockout", int(exc.rc)) from None
+            refused = lockout_error(exc, f"it refused {method.__name__.replace('_', ' ')}")
+            if refused is not None:
+                raise refused from None
             raise TpmFailure(f"{method.__name__.replace('_', ' ')} failed: {exc}", int(exc.rc)) from None
 
     def check_loads(self, blob: SealedBlob) -> None:
