@@ -357,8 +357,9 @@ class Applier:
         if existing is None:
             fscrypt.check_cipher(str(where.cipher_probe), identifier, vault.encryption, self._checkpoint)
             fscrypt.set_policy(path, identifier, vault.encryption)
-        elif (existing.key_identifier, existing.contents_mode) != (identifier, vault.encryption):
-            raise DeviceError(f"`{path}` is already encrypted under another key or mode", vault=name)
+        elif existing != fscrypt.policy_for(identifier, vault.encryption):
+            raise DeviceError(f"`{path}` is already encrypted under another key or policy ({fscrypt.describe(existing)})",
+                              vault=name)
 
     def _migrate(self, name: str) -> None:
         """Copy the staged plaintext in, then erase it (`.vp-erase`: delete, discard, remove)."""
