@@ -9,10 +9,12 @@ For each vault the plan names (and each vault the device still manages after it 
   limits as the kernel counts them (quotactl Q_GETQUOTA: O(1) too)
 - its fscrypt policy (FS_IOC_GET_ENCRYPTION_POLICY_EX) and the status in the kernel
   (FS_IOC_GET_ENCRYPTION_KEY_STATUS) of the key that policy names (else of the sealed key)
-- the sealed blob: present, sealed to the plan's bank and PCRs, its policy digest recomputed by the
-  TPM from the recorded PCR values, which of those PCRs now differ in the TPM, and whether the TPM
-  still loads it (TPM2_Load under the storage primary, flushed at once; nothing is unsealed): a
-  blob whose private part was damaged matches on every other count and fails the next unlock
+- the sealed blob: present, sealed to the plan's bank and PCRs, its policy digest recomputed in
+  software from the recorded PCR values (`tpm.policy_digest`: the PolicyPCR digest a policy session
+  would reach, which tests/enforcer/test_tpm.py checks against the TPM's own), which of those PCRs now
+  differ in the TPM, and whether the TPM still loads it (TPM2_Load under the storage primary, flushed
+  at once; nothing is unsealed): a blob whose private part was damaged matches on every other count
+  and fails the next unlock
 - the size of a vault image's filesystem, from its superblock (not the image file's size: a resize
   cut short grew the file only), or why the image cannot be read (that fails its own vault only),
   and for an image that is not mounted whose vault has no sealed key, whether its vault directory is
@@ -137,7 +139,7 @@ class ObservedSeal:
     key_identifier: bytes
     bank: str
     pcrs: tuple[int, ...]
-    digest_ok: bool  # the blob's policy digest is the TPM's PolicyPCR digest over its recorded values
+    digest_ok: bool  # the blob's policy digest is the PolicyPCR digest of its recorded values, computed here
     changed_pcrs: tuple[int, ...]  # PCRs whose current value differs from the value at seal time
 
 

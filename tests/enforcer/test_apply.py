@@ -341,6 +341,8 @@ def test_refused_plans_leave_the_applied_plan_in_force(device):
     state = StateDir(device.state)
     applied = state.applied_envelope()
     before = snapshot(device.state, skip=("conditions.json",))
+    identifier = bytes.fromhex(state.sealed("config")["key_identifier"])
+    (device.path("/persist/vault/config") / "kept").write_text("kept")
     evil = [vault("config"), vault("evil"), vault("evil-img", limit=8 * MiB)]
     tampered = bytearray(signed(make_plan(evil, version=4), device.key))
     tampered[tampered.index(b'"payload":"') + 30] ^= 1
@@ -357,6 +359,9 @@ def test_refused_plans_leave_the_applied_plan_in_force(device):
             assert state.sealed(name) is None and name not in state.records() and not state.image_path(name).exists()
         assert state.applied_envelope() == applied
         assert snapshot(device.state, skip=("conditions.json",)) == before
+        # the applied plan stays enforced: its vault's key is still in the kernel, its files readable
+        assert fscrypt.key_status(str(device.path("/persist/vault")), identifier) is fscrypt.KeyStatus.PRESENT
+        assert (device.path("/persist/vault/config") / "kept").read_text() == "kept"
 
     for reason, plan in bad.items():
         result = device.apply(plan, "--device-id", "gw-1")
