@@ -21,7 +21,7 @@ DUPLICATE_VAULT = register(
     "duplicate vault",
     "Two `vault` blocks share a name. Names identify vaults on the device and in diffs, so each "
     "must be unique across the policy and every file it includes.",
-    'vault scratch { limit 1GiB }\nvault scratch { limit 2GiB }   # error: declared twice',
+    'vault scratch { limit 1GiB }\nvault scratch { limit 2GiB }   # error: already declared',
 )
 UNKNOWN_ATTESTATION = register(
     "VP0103",
@@ -286,6 +286,24 @@ NONCE_LIFETIME_LONG = register(
     "quote captured in that window can be replayed after the device has changed. Minutes are enough for "
     "a device to answer.",
     "attestation boot { pcrs 0, 4, 7  nonce 32 bytes, valid 52w }   # warning",
+)
+
+BANK_NOT_MEASURED = register(
+    "VP0518",
+    "PCR bank other than the device's",
+    "The device's `bank` says which PCR bank its firmware extends. An attestation or a `seal … bank` "
+    "over another bank reads PCRs that may never be extended on that device: they read as zero or as "
+    "nothing, so the binding says nothing about the boot. The device refuses to seal when PCRs 0 and 4 "
+    "of the bank read zero; state the bank once, in `device`, unless the firmware extends both.",
+    "device { bank sha256 }\nattestation boot { bank sha384  pcrs 0, 4, 7 }   # warning",
+)
+BANK_SHA1 = register(
+    "VP0519",
+    "SHA-1 PCR bank",
+    "SHA-1 has practical collision attacks, and firmware vendors are dropping the SHA-1 bank (TCG "
+    "recommends SHA-256). A measurement that collides under SHA-1 gives a changed boot the PCR values "
+    "of a trusted one. Use `bank sha256` where the TPM has it.",
+    "device { bank sha1 }   # warning",
 )
 
 # --- VP06xx keys, rotation, data handling -------------------------------------------------------

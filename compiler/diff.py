@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
-from .plan import Plan, PlanModel, Vault, canonical_json
+from .plan import Plan, PlanModel, Vault
 from .units import format_size
 
 
@@ -230,9 +230,8 @@ def diff_plans(old: Plan, new: Plan, old_label: str = "old", new_label: str = "n
     return ChangeSet(old_label, new_label, tuple(c for c in changes if c is not None))
 
 
-def to_json(changeset: ChangeSet) -> str:
-    """The ChangeSet as canonical JSON (RFC 8785), by the serializer plans are written with: JSON
-    keeps one serializer rather than a template that would have to re-implement its escaping."""
+def json_data(changeset: ChangeSet) -> dict:
+    """What `diff.json` writes: the ChangeSet as it is, plus whether anything changes."""
     data = asdict(changeset)
     data["has_changes"] = changeset.has_changes
-    return canonical_json(data).decode() + "\n"
+    return data

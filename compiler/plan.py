@@ -24,6 +24,7 @@ import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vaultpolicy.encoding import json_problem, load_json
+from vaultpolicy.printable import CONTROL_CHARACTER
 
 from .pathutil import is_inside, is_normalized
 
@@ -166,8 +167,45 @@ def parse_time(text: str) -> datetime:
 
 def canonical_json(value: object) -> bytes:
     """RFC 8785 (JCS) bytes of a JSON value: the one serializer for what vaultpolicy signs, stores or
-    prints as JSON (plans, envelopes, trust roots, `diff --format json`)."""
+    prints as JSON (plans, envelopes, trust roots, `diff --format json`).
+
+    rfc8785 writes in Python, value by value. For what vaultpolicy writes (strings, integers within
+    2^53, booleans, null, lists, objects with string keys) the stdlib's C encoder writes the same
+    bytes once the keys are sorted: it escapes what RFC 8785 escapes, the same way (the quote, the
+    backslash and control characters, the short forms where JSON has them, lowercase hex for the
+    rest), and code point order is UTF-16 order while no character is at or above U+D800. Anything
+    else (a float, an unsafe integer, such a character, a lone surrogate) goes to rfc8785, for its
+    bytes and its errors."""
+    try:
+        text = json.dumps(_keys_sorted(value), ensure_ascii=False, separators=(",", ":"), check_circular=False)
+    except _LeftToRfc8785:
+        return rfc8785.dumps(value)
+    if text.isascii() or max(text) < "\ud800":
+        return text.encode()
     return rfc8785.dumps(value)
+
+
+class _LeftToRfc8785(Exception):
+    """A value `_keys_sorted` does not take: one whose RFC 8785 form json.dumps would not write."""
+
+
+def _keys_sorted(value: object) -> object:
+    """`value` with the keys of every object in code point order; _LeftToRfc8785 for a float, an
+    integer outside RFC 8785's exact range, a key that is not a string or any other type."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+            return value
+        raise _LeftToRfc8785
+    if kind is dict:
+        if not all(type(key) is str for key in value):
+            raise _LeftToRfc8785
+        return {key: _keys_sorted(value[key]) for key in sorted(value)}
+    if kind is list or kind is tuple:
+        return [_keys_sorted(item) for item in value]
+    raise _LeftToRfc8785
 
 
 def encode_plan(plan: Plan) -> bytes:
@@ -189,10 +227,15 @@ def decode_canonical_plan(payload: bytes) -> Plan:
     has one encoding, so the same plan cannot be signed (and digested, for `prev_plan_sha256` and the
     device's version floor) as other bytes."""
     plan = decode_plan(payload)
+    check_canonical(plan, payload)
+    return plan
+
+
+def check_canonical(plan: Plan, payload: bytes) -> None:
+    """PlanNotCanonical unless `payload`, which decoded to `plan`, is the bytes `encode_plan` makes of it."""
     if encode_plan(plan) != payload:
         raise PlanNotCanonical("the plan is not in the canonical form `vaultpolicy compile` writes (RFC 8785 JSON "
                                "on one line)")
-    return plan
 
 
 def decode_plan(payload: bytes) -> Plan:
@@ -251,7 +294,6 @@ def _field_named(loc: tuple, data: dict) -> str:
 
 _NAMED = {"vaults": "vault", "apps": "app", "components": "component", "attestations": "attestation"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: no path or target holds one
 
 
 def inconsistencies(plan: Plan) -> Iterator[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jinja2
 
+from .plan import canonical_json
 from .units import format_duration, format_size
 
 
@@ -28,6 +29,8 @@ def environment() -> jinja2.Environment:
     env.filters["shown"] = field_value
     env.filters["md"] = markdown_text
     env.filters["md_code"] = markdown_code
+    # JSON is written by the one serializer plans are written with, never spelt out by a template
+    env.filters["canonical_json"] = lambda data: canonical_json(data).decode()
     return env
 
 

@@ -18,6 +18,10 @@ its vault only (recorded as the vault's condition); the other vaults go on. Data
 - A key is created only for a directory without an encryption policy: an encrypted directory whose
   sealed key is gone is `key-lost` (reconcile finds it; `_create_key` refuses it again), never
   re-keyed, and its escrow blob, the only copy of its key, is never overwritten (S20).
+- A key is escrowed (wrapped for the plan's escrow key, `_escrow`) when it is created, rotated, or, for
+  a vault that has one already, by ESCROW_KEY (`reconcile.escrow_steps`): unsealed into a bytearray,
+  checked against the recorded identifier, wrapped, zeroed; only while the vault's files are under
+  that key, so a blob that may be the only copy of another key is never replaced (S20).
 - Unlocking computes the unsealed key's identifier before adding it (`fscrypt.key_identifier`): a
   key that is not the vault's never reaches the keyring, where it could have joined another vault's
   key and a removal would have locked that vault.
@@ -97,6 +101,13 @@ class KeyLost(DeviceError):
     reason = "key-lost"
 
 
+class EscrowPostponed(DeviceError):
+    """The vault's existing key cannot be escrowed now: the TPM does not unseal it, its PCRs changed
+    since it was sealed. Its escrow stays as it was (the drift report says `escrow-missing`)."""
+
+    reason = "escrow-unsealable"
+
+
 class UnsafePath(DeviceError):
     """A symlink is, or is on the way to, the path of a vault to destroy: removing there would delete
     what the link leads to, which no plan named (S20)."""
@@ -131,6 +142,7 @@ class Applier:
             Action.CREATE_PROJECT: self._set_quota,
             Action.SET_QUOTA: self._set_quota,
             Action.CREATE_KEY: self._create_key,
+            Action.ESCROW_KEY: self._escrow_key,
             Action.UNLOCK: self._unlock,
             Action.RESEAL: self._reseal,
             Action.SET_POLICY: self._set_policy,
@@ -314,6 +326,47 @@ class Applier:
                 self._escrow(name, identifier, key)
             self._checkpoint("sealed-and-added-not-saved")
             self.state.save_sealed(name, blob.to_json(), identifier, rotated_at=format_time(self.now))
+        finally:
+            key[:] = bytes(len(key))
+
+    def _escrow_key(self, name: str) -> None:
+        """Escrow the vault's existing key for the plan's escrow key (a plan that adds escrow, or changes
+        the escrow key): unsealed by the TPM, so only while the PCRs are those it is sealed to."""
+        sealed = self.state.sealed(name)
+        if sealed is None:
+            raise DeviceError("no sealed key is recorded", vault=name)
+        identifier = bytes.fromhex(sealed["key_identifier"])
+        policy = fscrypt.get_policy(str(self._layout(name).path))
+        if policy is None or policy.key_identifier != identifier:  # reconcile's rule, again where the blob is replaced
+            raise DeviceError("its files are not under its sealed key, so its key was not escrowed and its escrow "
+                              "blob is kept (it may be the only copy of their key)", vault=name)
+        self.escrow_sealed(name, identifier, sealed["blob"])
+
+    def escrow_sealed(self, name: str, identifier: bytes, blob: object) -> None:
+        """Escrow the key sealed in `blob` (a sealed record's blob object), the vault's key `identifier`,
+        for the plan's escrow key, unless the device holds its blob for that escrow key already
+        (`escrow.escrow_gap`): unsealed, checked to be that key, wrapped (`_escrow`), zeroed. Existing keys (ESCROW_KEY) and rotated ones
+        (enforcer/rotate.py, at commit) are escrowed through here."""
+        from enforcer import escrow
+        from enforcer.tpm import PcrMismatch, SealedBlob
+
+        wanted = escrow.escrow_public_raw(self.plan.device.escrow_public_key, "plan device.escrow_public_key")
+        if escrow.escrow_gap(escrow.held_blob(self.state.root, name), identifier, wanted) is None:
+            return  # a re-encryption earlier in this run, or a rotation's commit before a crash, escrowed it
+        try:
+            key = self.tpm.unseal(SealedBlob.from_record(blob))
+        except PcrMismatch as exc:
+            raise EscrowPostponed(
+                f"its key cannot be escrowed now: PCR {exc.bank}:{','.join(map(str, exc.pcrs))} changed since it was "
+                "sealed, so the TPM does not unseal it; its escrow stays as it was", vault=name,
+                hint="apply the plan again once the device runs in the state the key is sealed to; if this state is "
+                     f"legitimate (a firmware update) and the vault is unlocked, `vaultpolicy device rotate {name}` "
+                     "gives it a new key, sealed to the PCRs as they are now, and escrows that") from None
+        try:
+            if fscrypt.key_identifier(key) != identifier:
+                raise KeyMismatch("the unsealed key is not the vault's key; it was not escrowed", vault=name)
+            self._checkpoint("escrow-unsealed")  # the key is in memory only: a kill here leaves nothing of it
+            self._escrow(name, identifier, key)
         finally:
             key[:] = bytes(len(key))
 

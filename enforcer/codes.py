@@ -266,3 +266,11 @@ _code("VP1122", "quota-not-enforced", "the persist filesystem no longer enforces
       "keeps its backing for life, so it is not moved to an image; mount the filesystem with `prjquota` (or "
       "`quotaon -P`) again.",
       "mount /dev/sda3 /persist   # without prjquota: vault logs reported, its limit not applied")
+_code("VP1123", "escrow-unsealable", "a vault's existing key cannot be escrowed now",
+      "A plan with an escrow key escrows the keys of existing vaults too (a plan that adds escrow, or a new "
+      "escrow key): `device apply` unseals each key and wraps it for the controller. The TPM unseals a key only "
+      "while the PCRs it is sealed to hold the values it was sealed with; one that changed (a firmware update) "
+      "leaves that key unescrowed, and its escrow as it was (the drift report says `escrow-missing`). Apply "
+      "again once the device runs in the state the key is sealed to; if the new state is legitimate and the "
+      "vault is unlocked, `device rotate` gives it a new key sealed to the PCRs as they are now, and escrows it.",
+      "escrow_key added; PCR 7 extended since the key was sealed   # vault config: escrow-key FAILED")

@@ -5,14 +5,18 @@ Wrapping (ECIES-style, `cryptography` only):
   key = HKDF-SHA256(shared, salt = E.public || recipient public, info = "vaultpolicy escrow v1")
   ciphertext = AES-256-GCM(key, random 96-bit nonce, raw vault key, AAD)
 The AAD is the canonical JSON (RFC 8785) of every header field: format, device id, vault name, the
-kernel's key identifier and the ephemeral public key. A blob moved to another device or vault, or any
-byte changed, fails to unwrap (InvalidTag). A fresh ephemeral key and nonce per wrap means the same
-key wrapped twice gives different ciphertexts (never a fixed IV, unlike the source system's AES-CFB).
+kernel's key identifier, the ephemeral public key and the recipient (the escrow public key wrapped
+for). A blob moved to another device or vault, or any byte changed, fails to unwrap (InvalidTag). A
+fresh ephemeral key and nonce per wrap means the same key wrapped twice gives different ciphertexts
+(never a fixed IV, unlike the source system's AES-CFB). Blobs made before blobs named their recipient
+have no `recipient` field; they unwrap as before.
 
 Escrow state on the device (`STATE/escrow/<vault>.json` + `<vault>.ack.json`): `pending` until the
 controller's acknowledgement naming the blob's SHA-256 is recorded, then `acknowledged`; `missing`
-when no blob exists. `record_escrow` is the hook the enforcer calls right after creating a vault key;
-`remove_escrow` is part of destroying a vault.
+when no blob exists, or the blob is of another key or for another escrow key than the ones asked
+about. The device holds one blob per vault, of its current key for the plan's escrow key:
+`record_escrow` writes it when the enforcer creates or rotates a vault key, or escrows an existing one
+(`escrow_gap` says when); `remove_escrow` is part of destroying a vault.
 
 Anyone with the controller's public key can build a blob for a vault (its key identifier is public, in
 the directory's fscrypt policy), so the controller takes blobs only in a deposit the device signed
@@ -114,11 +118,16 @@ def escrow_public_text(key: X25519PrivateKey) -> str:
     return b64(key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
-def load_escrow_public(text: str, source: str) -> X25519PublicKey:
+def escrow_public_raw(text: str, source: str) -> bytes:
+    """The 32 raw bytes of the escrow public key `text` (a plan's `device.escrow_public_key`)."""
     raw = unb64(text.strip(), "escrow public key", source)
     if len(raw) != 32:
         raise InputError(f"{source}: an X25519 escrow public key is 32 bytes, got {len(raw)}")
-    return X25519PublicKey.from_public_bytes(raw)
+    return raw
+
+
+def load_escrow_public(text: str, source: str) -> X25519PublicKey:
+    return X25519PublicKey.from_public_bytes(escrow_public_raw(text, source))
 
 
 def escrow_private_pem(key: X25519PrivateKey) -> bytes:
@@ -146,15 +155,19 @@ class EscrowBlob:
     ephemeral_public: bytes
     nonce: bytes
     ciphertext: bytes
+    recipient: bytes | None = None  # the escrow public key (raw) it is wrapped for; None: made before blobs said
 
     def header(self) -> dict:
-        return {
+        header = {
             "format": ESCROW_FORMAT,
             "device_id": self.device_id,
             "vault": self.vault,
             "key_identifier": self.key_identifier.hex(),
             "ephemeral_public": b64(self.ephemeral_public),
         }
+        if self.recipient is not None:
+            header["recipient"] = b64(self.recipient)
+        return header
 
     def aad(self) -> bytes:
         return rfc8785.dumps(self.header())
@@ -179,6 +192,7 @@ class EscrowBlob:
             ephemeral_public=unb64(obj.get("ephemeral_public"), "ephemeral_public", source),
             nonce=unb64(obj.get("nonce"), "nonce", source),
             ciphertext=unb64(obj.get("ciphertext"), "ciphertext", source),
+            recipient=unb64(obj["recipient"], "recipient", source) if "recipient" in obj else None,
         )
         # Only the canonical bytes are a blob: upper-case hex or a loose base64 tail decode to the same
         # fields, and would let an altered file unwrap and be acknowledged under another digest.
@@ -196,11 +210,11 @@ def _raw(public_key: X25519PublicKey) -> bytes:
 
 def wrap_key(controller_public: X25519PublicKey, device_id: str, vault: str, key_identifier: bytes, raw_key: bytes) -> EscrowBlob:
     ephemeral = X25519PrivateKey.generate()
-    ephemeral_public = _raw(ephemeral.public_key())
-    key = derive_key(ephemeral.exchange(controller_public), ephemeral_public + _raw(controller_public), _ESCROW_INFO)
-    header_only = EscrowBlob(device_id, vault, key_identifier, ephemeral_public, b"", b"")
+    ephemeral_public, recipient = _raw(ephemeral.public_key()), _raw(controller_public)
+    key = derive_key(ephemeral.exchange(controller_public), ephemeral_public + recipient, _ESCROW_INFO)
+    header_only = EscrowBlob(device_id, vault, key_identifier, ephemeral_public, b"", b"", recipient)
     nonce, ciphertext = aead_seal(key, raw_key, header_only.aad())
-    return EscrowBlob(device_id, vault, key_identifier, ephemeral_public, nonce, ciphertext)
+    return EscrowBlob(device_id, vault, key_identifier, ephemeral_public, nonce, ciphertext, recipient)
 
 
 def unwrap_key(controller_private: X25519PrivateKey, blob: EscrowBlob) -> bytearray:
@@ -208,6 +222,8 @@ def unwrap_key(controller_private: X25519PrivateKey, blob: EscrowBlob) -> bytear
         raise EscrowError(f"escrow blob for vault `{blob.vault}` is malformed (ephemeral key or nonce length)")
     ephemeral_public = X25519PublicKey.from_public_bytes(blob.ephemeral_public)
     recipient = _raw(controller_private.public_key())
+    if blob.recipient is not None and blob.recipient != recipient:
+        raise EscrowError(f"escrow blob for vault `{blob.vault}` is wrapped for another escrow key")
     key = derive_key(controller_private.exchange(ephemeral_public), blob.ephemeral_public + recipient, _ESCROW_INFO)
     return aead_open(key, blob.nonce, blob.ciphertext, blob.aad(), f"escrow blob for vault `{blob.vault}`")
 
@@ -227,12 +243,39 @@ def escrow_dir(state_dir: str | os.PathLike) -> Path:
 
 
 def record_escrow(state_dir: str | os.PathLike, blob: EscrowBlob) -> Path:
-    """Hook for key creation: keep the blob (state `pending`) until the controller acknowledges it."""
+    """Keep the blob (state `pending`) until the controller acknowledges it; it replaces the vault's
+    earlier blob. A crash between the two writes leaves the earlier blob's ack, which names another
+    digest: `escrow_state` says `pending` all the same."""
     path = escrow_dir(state_dir) / f"{blob.vault}.json"
     atomic_write(path, blob.to_bytes())
     stale_ack = path.with_name(f"{blob.vault}.ack.json")
-    stale_ack.unlink(missing_ok=True)  # an ack for an earlier key does not cover this one
+    stale_ack.unlink(missing_ok=True)  # an ack for an earlier blob does not cover this one
     return path
+
+
+def held_blob(state_dir: str | os.PathLike, vault: str) -> EscrowBlob | None:
+    """The blob the device holds for the vault; None when it holds none, or a file that is no blob
+    (damaged: it escrows nothing)."""
+    path = escrow_dir(state_dir) / f"{vault}.json"
+    try:
+        return EscrowBlob.from_bytes(path.read_bytes(), str(path))
+    except (OSError, InputError):
+        return None
+
+
+def escrow_gap(blob: EscrowBlob | None, key_identifier: bytes, escrow_public: bytes) -> str | None:
+    """Why the held `blob` does not escrow the key `key_identifier` for the escrow key `escrow_public`
+    (raw), for people; None when it does. A blob that does not name its escrow key (made before blobs
+    did) is not taken on trust: the plan's key may have changed since it was made."""
+    if blob is None:
+        return "the key is not escrowed"
+    if blob.key_identifier != key_identifier:
+        return "its escrow blob is of an earlier key"
+    if blob.recipient is None:
+        return "its escrow blob does not name the escrow key it is wrapped for (made by an earlier version)"
+    if blob.recipient != escrow_public:
+        return "the key is escrowed for another escrow key than the plan's"
+    return None
 
 
 def remove_escrow(state_dir: str | os.PathLike, vault: str) -> None:
@@ -257,20 +300,24 @@ def record_ack(state_dir: str | os.PathLike, ack: bytes, source: str = "acknowle
     return vault
 
 
-def escrow_state(state_dir: str | os.PathLike, vault: str) -> str:
-    """`missing`, `pending` or `acknowledged` (S9: escrow is observable state)."""
-    blob_path = escrow_dir(state_dir) / f"{vault}.json"
-    if not blob_path.is_file():
+def escrow_state(state_dir: str | os.PathLike, vault: str, key_identifier: bytes | None = None,
+                 escrow_public: bytes | None = None) -> str:
+    """`missing`, `pending` or `acknowledged` (S9: escrow is observable state). Given the vault's key
+    and the plan's escrow key (raw), a blob known to be of another key, or wrapped for another escrow
+    key, is `missing`: the controller cannot release this key with that escrow key from it. A blob that
+    does not name its escrow key is taken at its word here (`device apply` wraps its key again)."""
+    blob = held_blob(state_dir, vault)
+    if blob is None:
         return "missing"
-    ack_path = blob_path.with_name(f"{vault}.ack.json")
-    if not ack_path.is_file():
-        return "pending"
+    if (key_identifier is not None and blob.key_identifier != key_identifier) or \
+            (escrow_public is not None and blob.recipient not in (None, escrow_public)):
+        return "missing"
+    ack_path = escrow_dir(state_dir) / f"{vault}.ack.json"
     try:
         ack = json.loads(ack_path.read_bytes())
-        blob = EscrowBlob.from_bytes(blob_path.read_bytes(), str(blob_path))
-    except (ValueError, InputError):
+    except (OSError, ValueError):
         return "pending"
-    return "acknowledged" if ack.get("blob_sha256") == blob.sha256() else "pending"
+    return "acknowledged" if isinstance(ack, dict) and ack.get("blob_sha256") == blob.sha256() else "pending"
 
 
 # --- signed deposits --------------------------------------------------------------------------------
@@ -284,11 +331,11 @@ def held_blobs(state_dir: str | os.PathLike, vaults: list[str] | None = None) ->
         missing = sorted(set(vaults) - set(held))
         if missing:
             raise InputError(f"this device holds no escrow blob for vault `{missing[0]}`",
-                             hint="a blob is made when `device apply` creates the vault's key with an escrow key in the plan")
+                             hint="`device apply` of a plan with an escrow key makes one, while the vault's key unseals")
         held = {vault: held[vault] for vault in vaults}
     if not held:
         raise InputError(f"this device holds no escrow blob (none in {directory})",
-                         hint="a blob is made when `device apply` creates a vault key and the plan has an escrow key")
+                         hint="`device apply` of a plan with an escrow key makes one per vault key, while the key unseals")
     return [held[vault].read_bytes() for vault in sorted(held)]
 
 

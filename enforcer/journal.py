@@ -13,15 +13,16 @@ crash test hooks in. A completed apply removes the journal, and so does the next
 pass (`restart`).
 
 Test hook: VAULTPOLICY_CRASH_AT=N makes the process SIGKILL itself at its N-th crash point (1-based).
-Crash points are, in one count, right after writing each step's intent (the worst moment between
-steps) and the points inside steps a handler names with `checkpoint(label)`: between making a vault's
-image and moving its plaintext aside, between sealing a new key (and adding it) and saving its sealed
-blob, inside a copy, between renaming copied plaintext for erasure and deleting it, between deleting
-plaintext and discarding its blocks, inside a resize, inside the cipher probe, and between staging the
-applied plan and swapping it in (`StateDir.commit_plan`). VAULTPOLICY_CRASH_AT=LABEL kills at the first
-`crash_point(LABEL)` instead, a point outside that count and outside any journal: `unseal-loaded`, inside
-every unseal with the sealed object and its policy session loaded (enforcer/tpm.py), so `device unlock`
-can be killed mid-operation too. Only for tests; documented in docs/enforcer.md.
+Crash points are, in one count, right after writing each step's intent (the worst moment between steps)
+and the points inside steps a handler names with `checkpoint(label)`: between making a vault's image and
+moving its plaintext aside, between sealing a new key (and adding it) and saving its sealed blob, inside
+a copy, between renaming copied plaintext for erasure and deleting it, between deleting plaintext and
+discarding its blocks, inside a resize, inside the cipher probe, with a key unsealed to be escrowed, and
+between staging the applied plan and swapping it in (`StateDir.commit_plan`). VAULTPOLICY_CRASH_AT=LABEL
+kills at the first `crash_point(LABEL)` instead, a point outside that count and outside any journal:
+`unseal-loaded`, inside every unseal with the sealed object and its policy session loaded
+(enforcer/tpm.py), so `device unlock` can be killed mid-operation too. Only for tests; documented in
+docs/enforcer.md.
 """
 
 from __future__ import annotations

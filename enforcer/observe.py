@@ -21,6 +21,8 @@ For each vault the plan names (and each vault the device still manages after it 
   encrypted (read from the image: the kernel cannot say until it is mounted, and such a vault has
   lost its key, S20)
 - a staged plaintext copy waiting to migrate into the vault (S5), or one migrated and not yet erased
+- the escrow blob the device holds for the vault (the key wrapped for the controller): which key, and
+  for which escrow key
 
 Storage layout of a vault with a limit, by its backing (`VaultRecord.backing`):
 - project quota (the persist filesystem enforces project quotas, enforcer/quota.py): the vault path
@@ -43,6 +45,7 @@ from pathlib import Path
 
 from compiler.plan import Plan
 from enforcer import blockdev, fscrypt, quota
+from enforcer.escrow import EscrowBlob, held_blob
 from enforcer.fscrypt import EncryptionPolicy, KeyStatus
 from enforcer.quota import ProjectQuota
 from enforcer.state import StateDir, VaultRecord
@@ -166,6 +169,7 @@ class ObservedVault:
     policy: EncryptionPolicy | None = None
     key_status: KeyStatus | None = None
     seal: ObservedSeal | None = None
+    escrow: EscrowBlob | None = None  # the blob held for it (None: none, or a damaged file)
     errors: tuple[str, ...] = ()  # what could not be read, and why
 
 
@@ -289,6 +293,7 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
     if sealed is not None:
         values["seal"] = _observe_seal(state, name, sealed, tpm, errors, shared)
         identifier = values["seal"].key_identifier
+        values["escrow"] = held_blob(state.root, name)
     # The key the directory is encrypted under decides whether its files are readable, sealed blob or
     # not (S6): a key added or left in the kernel behind the tool's back shows as unlocked.
     if values.get("policy") is not None:

@@ -7,7 +7,8 @@ when a signed plan says `destroy` for that vault, never as a fallback (S20).
 
 Steps come out in dependency order per vault (plaintext moved aside before the vault is made, the
 key before the policy, the policy before files migrate in), so a fresh observation after a crash at
-any step yields exactly the remaining steps.
+any step yields exactly the remaining steps. `escrow_steps` are apart: escrow is the controller's
+copy of a key, not the vault's state (see there).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from enum import StrEnum
 from compiler.plan import Plan, Vault
 from compiler.units import format_size
 from enforcer.blockdev import BLOCK_SIZE, image_bytes_for
+from enforcer.escrow import escrow_gap, escrow_public_raw
 from enforcer.fscrypt import KeyStatus, policy_difference
 from enforcer.quota import limits_for
 from enforcer.observe import Observed, ObservedVault, PathState
@@ -33,6 +35,7 @@ class Action(StrEnum):
     CREATE_PROJECT = "create-project"  # a vault with a limit where quotas are enforced: its directory, project, limit
     SET_QUOTA = "set-quota"  # its directory's project id, or the project's limit, is not what it must be
     CREATE_KEY = "create-key"  # generate, seal (test-unseal), write the sealed blob, add to the kernel
+    ESCROW_KEY = "escrow-key"  # unseal an existing key and wrap it for the plan's escrow key (S9)
     UNLOCK = "unlock"  # unseal the recorded blob and add the key to the kernel
     RESEAL = "reseal"  # the plan seals to other PCRs: unseal with the old blob, seal anew
     SET_POLICY = "set-policy"  # the fscrypt v2 policy on the empty vault directory
@@ -182,6 +185,34 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
     elif seen.erasing_plaintext:
         step(Action.MIGRATE, "migrated plaintext waits to be deleted and its blocks discarded")
     out.steps.extend(steps)
+
+
+def escrow_steps(plan: Plan, observed: Observed) -> list[Step]:
+    """When the plan has an escrow key: an ESCROW_KEY step for each sealed vault of the plan whose files
+    are under its sealed key and whose key the device holds no blob of for that escrow key (`escrow_gap`:
+    none yet, as when a plan adds escrow to existing vaults; an earlier key's; another escrow key's).
+    A new key is escrowed as it is made (CREATE_KEY, rotation, re-encryption). Never for a vault whose
+    files are under another key: its blob may be the only copy of that key (S20); an image not mounted
+    yet (after a reboot) shows no policy, so the step checks that again once MOUNT_STORAGE ran.
+
+    Apart from `reconcile`, which `status` and `gate` read: apps need not wait for the controller's
+    copy of a key, and a key that cannot be escrowed now is no reason to keep them from their data; the
+    drift report says `escrow-missing` (S9). `InputError` when the plan's escrow key is not one."""
+    if plan.device.escrow_public_key is None:
+        return []
+    escrow_public = escrow_public_raw(plan.device.escrow_public_key, "the plan's device.escrow_public_key")
+    steps = []
+    for vault in plan.vaults:
+        seen = observed.vaults[vault.name]
+        if vault.encryption == "none" or seen.seal is None or seen.path_state is not PathState.DIRECTORY:
+            continue
+        awaiting_mount = seen.policy is None and seen.image_bytes is not None and not seen.mounted
+        if not awaiting_mount and (seen.policy is None or seen.policy.key_identifier != seen.seal.key_identifier):
+            continue
+        gap = escrow_gap(seen.escrow, seen.seal.key_identifier, escrow_public)
+        if gap is not None:
+            steps.append(Step(Action.ESCROW_KEY, vault.name, f"{gap}: it is wrapped for the plan's escrow key"))
+    return steps
 
 
 def storage_lost(vault: Vault, record: VaultRecord | None, seen: ObservedVault) -> bool:

@@ -23,8 +23,10 @@ Disabled (an encrypted vault's path holds plaintext: S5, loudly) → Drifted wit
 `.<name>.vp-erase`, is not deleted and discarded yet) → Drifted (path, policy, seal or limit differ
 from the plan) → Locked (key not in the kernel; the reason names PCRs that changed) →
 Ready. A vault that would be Ready but whose attestation requires escrow the controller has not yet
-acknowledged is Drifted with reason `escrow-missing` (S9). Ready and Orphaned are what the plan asked
-for; every other condition is drift (`Report.drifting`: `device report` exits 3).
+acknowledged is Drifted with reason `escrow-missing` (S9); its escrow is `missing` too when the blob
+the device holds is of another key, or wrapped for another escrow key, than its key and the plan's.
+Ready and Orphaned are what the plan asked for; every other condition is drift (`Report.drifting`:
+`device report` exits 3).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compiler.plan import Plan, Vault, format_time
 from enforcer.attest import Quote
-from enforcer.escrow import escrow_state, load_json_object
+from enforcer.escrow import escrow_public_raw, escrow_state, load_json_object
 from enforcer.fscrypt import KeyStatus, policy_difference
 from enforcer.observe import Observed, ObservedVault, PathState, staging_path
 from enforcer.reconcile import apply_interrupted, storage_lost
@@ -210,6 +212,8 @@ def build_report(
 ) -> Report:
     unlocks = last_unlocks(state)
     requiring = {a.name for a in plan.attestations if a.escrow_required} if plan else set()
+    escrow_public = (escrow_public_raw(plan.device.escrow_public_key, "the applied plan's device.escrow_public_key")
+                     if plan and plan.device.escrow_public_key else None)
     vaults = []
     for name, seen in sorted(observed.vaults.items()):
         wanted = plan.vault(name) if plan else None
@@ -219,11 +223,13 @@ def build_report(
             interrupted=plan is not None and apply_interrupted(plan, observed, name),
             storage_lost=wanted is not None and storage_lost(wanted, record, seen))
         escrow_required = bool(wanted and wanted.seal and wanted.seal.attestation in requiring)
-        escrow = escrow_state(state.root, name)
+        escrow = escrow_state(state.root, name, seen.seal.key_identifier if seen.seal else None, escrow_public)
         if escrow_required and escrow != "acknowledged" and condition == "Ready":
             # S9: a policy that requires escrow is not satisfied until the controller holds the key
             condition, reason = "Drifted", "escrow-missing"
-            message = f"escrow is {escrow}: the controller has not acknowledged this vault's key"
+            message = f"escrow is {escrow}: the controller has not acknowledged this vault's key" + (
+                " for the plan's escrow key (`device apply` wraps it while it unseals, then `device escrow-deposit`)"
+                if escrow == "missing" else " (`device escrow-deposit`, then `device escrow-ack`)")
         elif escrow == "missing" and not escrow_required:
             escrow = "not-required"
         sealed = state.sealed(name)

@@ -50,7 +50,6 @@ swap is not carried over (stop its apps first: `device gate` keeps them stopped)
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -286,8 +285,9 @@ class Rotator:
             elif sealed is None or sealed["key_identifier"] != new:
                 self.state.save_sealed(name, json.dumps(pending["blob"]), bytes.fromhex(new),
                                        rotated_at=pending["rotated_at"])
-            if new is not None and self.plan.device.escrow_public_key and not _escrowed(self.state, name, bytes.fromhex(new)):
-                self._escrow(name, bytes.fromhex(new), pending)
+            if new is not None and self.plan.device.escrow_public_key:
+                Applier(self.plan, self.state, self.root, self.tpm, self.now, self.device_id).escrow_sealed(
+                    name, bytes.fromhex(new), pending["blob"])
             record = self.state.records()[name]
             # pending records of rotations written before re-encryption existed carry no `encryption`
             self.state.save_record(replace(record, encryption=pending.get("encryption", record.encryption)))
@@ -304,15 +304,6 @@ class Rotator:
                 busy = fscrypt.remove_key(where.key_home, bytes.fromhex(old), all_users=True).files_busy
             atomic_remove(pending_path(self.state, name))
         return busy
-
-    def _escrow(self, name: str, identifier: bytes, pending: dict) -> None:
-        from enforcer.tpm import SealedBlob
-
-        key = self.tpm.unseal(SealedBlob.from_record(pending["blob"]))
-        try:
-            Applier(self.plan, self.state, self.root, self.tpm, self.now, self.device_id)._escrow(name, identifier, key)
-        finally:
-            key[:] = bytes(len(key))
 
     def _undo(self, name: str, where: _Where, pending: dict, verb: str) -> None:
         new = pending["key_identifier"]
@@ -507,14 +498,3 @@ def _wrong_in_pending(pending: object) -> str | None:
 
 def _write_pending(state: StateDir, vault: str, pending: dict) -> None:
     atomic_write(pending_path(state, vault), json.dumps(pending, indent=2, sort_keys=True).encode() + b"\n")
-
-
-def _escrowed(state: StateDir, vault: str, identifier: bytes) -> bool:
-    """The device already holds an escrow blob for this very key."""
-    from enforcer import escrow
-
-    path = escrow.escrow_dir(state.root) / f"{vault}.json"
-    try:
-        return escrow.EscrowBlob.from_bytes(path.read_bytes(), str(path)).key_identifier == identifier
-    except (OSError, InputError):
-        return False

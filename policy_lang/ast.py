@@ -167,5 +167,12 @@ class Policy(Node):
     file: str
     items: tuple[Item, ...] = ()
 
+    @classmethod
+    def of_items(cls, file: str, items: tuple[Item, ...], span: Span) -> "Policy":
+        """A policy of nodes already validated when they were built: validating the tuple again
+        matches each item against every member of `Item`, which on a 12,500-item policy cost 4% of
+        a lark parse of it, each time."""
+        return cls.model_construct(file=file, items=items, span=span)
+
     def of_type(self, kind: type) -> list:
         return [item for item in self.items if isinstance(item, kind)]

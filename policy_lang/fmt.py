@@ -85,7 +85,8 @@ class _Layout:
                           + [(c.span.start_pos, c.span.end_pos) for c in self.result.comments])
         previous_end = None
         for start, end in elements:
-            if previous_end is not None and _line_breaks(text, previous_end, start) >= 2:
+            # Two line breaks take two characters at least: most gaps (one space, one newline) are not counted.
+            if previous_end is not None and start - previous_end >= 2 and _line_breaks(text, previous_end, start) >= 2:
                 self.blank_before.add(start)
             previous_end = end
 

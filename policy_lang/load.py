@@ -140,7 +140,8 @@ def partial_of(result: ParseResult) -> tuple[ast.Policy, Diagnostics, list[Block
 
 def _broken_blocks(result: ParseResult, diags: Diagnostics, literal_diags: Diagnostics) -> list[Block]:
     """The blocks an error left out (not parsed) or cut short, each parsed one with the settings
-    its errors damaged: those the parser dropped, and those holding a bad literal or a repeat."""
+    its errors damaged: those the parser dropped, and those holding a bad literal, a repeat or a
+    token that stands in for a lexical error (a name it holds, as written, is still its name)."""
     def positions(found: Diagnostics) -> list[int]:
         return [d.span.start_pos for d in found.errors() if d.span is not None and d.span.file == result.file]
 
@@ -153,7 +154,8 @@ def _broken_blocks(result: ParseResult, diags: Diagnostics, literal_diags: Diagn
         if block.parsed:
             tree = trees[block.start_pos]
             at = {_setting_at(tree, pos) for pos in literal_errors if block.start_pos <= pos < block.end_pos}
-            block = replace(block, damaged=block.damaged | at)
+            stood_in = {_setting_at(tree, pos) for pos, _ in result.stand_ins if block.start_pos <= pos < block.end_pos}
+            block = replace(block, damaged=block.damaged | at | (stood_in - {ANY_SETTING}))
         broken.append(block)
     return broken
 
@@ -179,7 +181,7 @@ def load(path: str | os.PathLike, describe: Describe | None = None) -> LoadResul
     root = os.fspath(path)
     items = _load_file(root, None, (), set(), result, describe)
     text = result.sources.get(root, "")
-    result.partial = ast.Policy(file=root, items=tuple(items or ()), span=whole_file_span(root, text))
+    result.partial = ast.Policy.of_items(root, tuple(items or ()), whole_file_span(root, text))
     if not result.diagnostics.has_errors() and items is not None:
         result.policy = result.partial
     return result
@@ -218,9 +220,11 @@ def _load_file(file: str, included_at: Span | None, stack: tuple[str, ...], done
         result.diagnostics.extend(diags)
         return None
     # Includes of a broken file are still followed, so their errors show up in the same run.
-    result.parses[file] = parse(text, file)
-    policy, parse_diags, broken = partial_of(result.parses[file])
+    parsed = result.parses[file] = parse(text, file)
+    policy, parse_diags, broken = partial_of(parsed)
     result.diagnostics.extend(parse_diags)
+    if not parsed.looks_like_a_policy:  # like a file that is not text: what it declares is unknown
+        return None
     result.broken_blocks.extend(broken)
     items = []
     for item in policy.items:

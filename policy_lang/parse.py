@@ -6,38 +6,52 @@ become diagnostics instead of aborting the run.
 
 Error recovery collects every independent error in one run (S18): the token stream is cut into
 top-level items at balanced braces, each item is parsed on its own, and inside a block the
-setting that failed is dropped and the block re-parsed, so each broken setting reports once.
+setting that failed is dropped and the block re-parsed, so each broken setting reports once. A
+lexical error costs only its token (`Lexed`), so it hides nothing else in its block.
+An item is parsed in one call of lark's parser; only one that fails is fed again token by token.
 """
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import itertools
+import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
 from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedToken
-from lark.lexer import PatternStr
+from lark.exceptions import UnexpectedInput, UnexpectedToken
+from lark.lexer import Lexer, PatternStr
 
 from vaultpolicy.suggest import did_you_mean
 
 from . import syntax_codes as codes
 from .diagnostics import Diagnostic, Diagnostics, Span, error
+from .vocabulary import CHOICES, DURATION_KEYWORDS, SIZE_KEYWORDS, duration_unit_meant, size_unit_meant
 
 TOP_LEVEL_KEYWORDS = ("device", "attestation", "defaults", "vault", "component", "app", "include")
 
+# Quotes a word processor or a web page puts in place of `"`.
+_CURLY_QUOTES = "\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f"
+# A letter of another script or a combining accent: part of a word, though no name may hold it.
+_NOT_ASCII_LETTER = r"[^\W\x00-\x7f]|[\u0300-\u036f]"
+
 _TOKEN_RE = re.compile(
-    r"""
+    rf"""
     (?P<WS>[ \t\r\n\f]+)
   | (?P<COMMENT>\#[^\r\n]*)  # a CR ends a line too (CRLF files, LINE_BREAK)
   | (?P<STRING>"(?:\\[^\r\n]|[^"\\\r\n])*")
   | (?P<BADSTRING>"(?:\\[^\r\n]|[^"\\\r\n])*\\?)
+  | (?P<CURLYSTRING>[{_CURLY_QUOTES}](?:\\[^\r\n]|[^"\\\r\n{_CURLY_QUOTES}])*["{_CURLY_QUOTES}]?)
+  | (?P<BADWORD>[A-Za-z0-9_\-]*+(?:{_NOT_ASCII_LETTER})[\w\-\u0300-\u036f]*)
   | (?P<NUMBER>[0-9][A-Za-z0-9_]*)
   | (?P<NAME>[A-Za-z_][A-Za-z0-9_\-]*)
-  | (?P<PUNCT>[{},;=|])
-  | (?P<BAD>[^ \t\r\n\f\#"0-9A-Za-z_{},;=|]+)  # a run of characters no other group can start with
+  | (?P<PUNCT>[{{}},;=|])
+  | (?P<BAD>[^\w \t\r\n\f\#"{{}},;=|\u0300-\u036f]+)  # a run of characters no other group can start with
     """,
     re.VERBOSE,
 )
@@ -98,6 +112,14 @@ class ParseResult:
     tokens: list[Token] = field(default_factory=list)
     comments: list[Comment] = field(default_factory=list)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    stand_ins: list[tuple[int, int]] = field(default_factory=list)  # `Lexed.stand_ins`
+    looks_like_a_policy: bool = True  # else its one diagnostic says so, and it has no items (`_not_a_policy`)
+
+    def holds_lexical_error(self, pos: int) -> bool:
+        """Whether `pos` lies in a token that stands in for text with a lexical error: any other
+        error there (a bad unit in `16Mié`) only echoes it."""
+        at = bisect.bisect_right(self.stand_ins, (pos, math.inf)) - 1
+        return at >= 0 and self.stand_ins[at][0] <= pos < self.stand_ins[at][1]
 
 
 class _SyntaxFailure(Exception):
@@ -107,10 +129,28 @@ class _SyntaxFailure(Exception):
         self.expected = expected
 
 
+class _ContextualTokens(Lexer):
+    """Hands lark's parser the tokens of one item (a list given to `Lark.parse`), each keyword made a
+    name where the parser's state cannot take it (`_contextual`), so an item without errors parses in
+    one call, without the interactive parser that recovery needs."""
+
+    __future_interface__ = 2  # lex(lexer_state, parser_state)
+
+    def __init__(self, lexer_conf):
+        pass
+
+    def lex(self, lexer_state, parser_state):
+        states = parser_state.parse_conf.parse_table.states
+        keyword_types = _keyword_types()
+        for tok in lexer_state.text:
+            yield _contextual(tok, states[parser_state.position]) if tok.type in keyword_types else tok
+
+
 @cache
 def _lark() -> Lark:
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
-    return Lark(grammar, parser="lalr", start="item", propagate_positions=True, keep_all_tokens=True)
+    return Lark(grammar, parser="lalr", start="item", propagate_positions=True, keep_all_tokens=True,
+                lexer=_ContextualTokens)
 
 
 @cache
@@ -131,7 +171,7 @@ def _keyword_types() -> frozenset[str]:
 @cache
 def _terminal_words() -> dict[str, str]:
     words = {t.name: f"`{t.pattern.value}`" for t in _lark().terminals if isinstance(t.pattern, PatternStr)}
-    words.update({"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "$END": "the end of the file"})
+    words.update({"NAME": "a name", "NUMBER": "a number", "STRING": "a string"})
     return words
 
 
@@ -148,13 +188,35 @@ def _token(kind: str, value: str, pos: int, line: int, col: int) -> Token:
     return Token(kind, value, pos, line, col, line, col + len(value), pos + len(value))
 
 
-def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnostics]:
-    tokens: list[Token] = []
-    comments: list[Comment] = []
-    diags = Diagnostics()
+@dataclass
+class Lexed:
+    """The tokens of a text and what its lexical errors cost. A bad character or an unterminated string
+    costs only its token, so the rest of its block is still parsed and checked (S18): a run of
+    characters no token takes is skipped, a word holding a letter no name may hold and an unterminated
+    string stand as a name (or number) and a string. Errors at such a token, or at the one right after
+    a skipped run, would only echo the lexical error: `echoes` holds where they start."""
+
+    tokens: list[Token] = field(default_factory=list)
+    comments: list[Comment] = field(default_factory=list)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    stand_ins: list[tuple[int, int]] = field(default_factory=list)  # start and end of each such token
+    echoes: set[int] = field(default_factory=set)
+
+
+def tokenize(text: str, file: str) -> Lexed:
+    lexed = Lexed()
+    tokens, comments, diags = lexed.tokens, lexed.comments, lexed.diagnostics
     kw = _keyword_terminals()
     line, line_start = 1, 0
     line_has_code = False
+    after_skipped = False
+
+    def stand_in(kind: str, value: str, pos: int, end: int) -> None:
+        tok = Token(kind, value, pos, line, pos - line_start + 1, line, end - line_start + 1, end)
+        tokens.append(tok)
+        lexed.stand_ins.append((pos, end))
+        lexed.echoes.add(pos)
+
     # Every character starts some group (BAD takes the rest), so the matches cover the text end to end.
     for m in _TOKEN_RE.finditer(text):
         kind, value, pos = m.lastgroup, m.group(), m.start()
@@ -167,32 +229,88 @@ def tokenize(text: str, file: str) -> tuple[list[Token], list[Comment], Diagnost
                 line += breaks
                 line_start = pos + max(value.rfind("\n"), value.rfind("\r")) + 1
                 line_has_code = False
-        elif kind == "COMMENT":
+            continue
+        if kind == "COMMENT":
             tok = _token("COMMENT", value, pos, line, col)
             comments.append(Comment(value, _span(file, tok), own_line=not line_has_code))
-        elif kind == "BAD":  # never a newline: WS matches those, so line counting stays right
-            what = f"`{value}`" if value.isprintable() and len(value) <= 20 else "characters"
-            diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {what} in the policy",
-                               _span(file, _token("BAD", value, pos, line, col)),
-                               help=_NAME_HELP if any(c.isalnum() for c in value) else _CHARACTERS_HELP))
-        elif kind == "BADSTRING":
-            tok = _token("STRING", value, pos, line, col)
-            diags.append(error(codes.UNTERMINATED_STRING, "unterminated string", _span(file, tok),
-                               help="close the string with `\"` on the same line; write a newline as `\\n`"))
-            line_has_code = True
+            continue
+        if after_skipped:
+            lexed.echoes.add(pos)
+            after_skipped = False
+        if kind == "BAD":  # never a newline: WS matches those, so line counting stays right
+            diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected {_characters(value)} in the policy",
+                               _span(file, _token("BAD", value, pos, line, col)), help=_characters_help(value)))
+            after_skipped = True
+        elif kind == "CURLYSTRING" and len(value) > 1 and value[-1] in _CURLY_QUOTES + '"':
+            # Its meaning is plain: a string, with one error instead of one per quote and word.
+            straight = f'"{value[1:-1]}"'
+            tok = _token("STRING", straight, pos, line, col)
+            diags.append(error(codes.UNEXPECTED_CHARACTER, f"string in curly quotes `{value}`", _span(file, tok),
+                               help=f"write it in straight double quotes: `{straight}`"))
+            tokens.append(tok)
+        elif kind == "BADWORD":
+            bad = re.search(f"(?:{_NOT_ASCII_LETTER})+", value)
+            diags.append(error(codes.UNEXPECTED_CHARACTER, f"unexpected `{bad.group()}` in the policy",
+                               _span(file, _token("BAD", bad.group(), pos + bad.start(), line, col + bad.start())),
+                               help=_DIGITS_HELP if bad.group().isnumeric() else _NAME_HELP))
+            stand_in("NUMBER" if value[0] in "0123456789" else "NAME", value, pos, m.end())
+        elif kind in ("BADSTRING", "CURLYSTRING"):  # unterminated
+            # A `}` or `;` that ends the line ends the block or setting, not the string: `path "/a }`.
+            body = value.rstrip(" \t\f};")
+            end = pos + len(body)
+            escapes_quote = (len(body) - len(body.rstrip("\\"))) % 2 == 1  # `"a\` would read as `"a\"`
+            straight = '"' + (body[1:-1] if escapes_quote else body[1:]) + '"'
+            span = _span(file, _token("STRING", body, pos, line, col))
+            diags.append(error(codes.UNTERMINATED_STRING, "unterminated string", span,
+                               help="close the string with `\"` on the same line; write a newline as `\\n`")
+                         if kind == "BADSTRING" else
+                         error(codes.UNEXPECTED_CHARACTER, f"unterminated string in curly quotes `{body}`", span,
+                               help=f"write it in straight double quotes: `{straight}`"))
+            stand_in("STRING", straight, pos, end)
+            for offset, ch in enumerate(value[len(body):]):
+                if ch in "};":
+                    tokens.append(_token(_PUNCT_TERMINALS[ch], ch, end + offset, line, end + offset - line_start + 1))
         else:
             if kind == "NAME" and value in kw:
                 kind = kw[value]
             elif kind == "PUNCT":
                 kind = _PUNCT_TERMINALS[value]
             tokens.append(_token(kind, value, pos, line, col))
-            line_has_code = True
-    return tokens, comments, diags
+        line_has_code = True
+    return lexed
 
 
 _CHARACTERS_HELP = "policies contain names, numbers, \"strings\", `#` comments and `{ } , ; = |`"
+
+
+def _characters(run: str) -> str:
+    """A run of bad characters as a message shows it: in backticks when it can be seen, each invisible
+    one by its code point and name (`U+200B ZERO WIDTH SPACE`), where a caret would point at a blank."""
+    if run.isprintable():
+        return f"`{run}`" if len(run) <= 20 else "characters"
+    pieces = [f"`{''.join(group)}`" if visible else _code_point(char)
+              for (visible, char), group in itertools.groupby(run, key=lambda c: (c.isprintable(), c.isprintable() or c))]
+    if len(pieces) > 3:
+        return f"{', '.join(pieces[:2])} and more characters"
+    return pieces[0] if len(pieces) == 1 else ", ".join(pieces[:-1]) + " and " + pieces[-1]
+
+
+def _code_point(char: str) -> str:
+    name = unicodedata.name(char, "")  # a control character has none
+    return f"U+{ord(char):04X} {name}" if name else f"the control character U+{ord(char):04X}"
+
+
+def _characters_help(run: str) -> str:
+    if any(c in _CURLY_QUOTES for c in run):
+        return 'strings are written in straight double quotes `"`'
+    if any(unicodedata.category(c) == "Zs" for c in run):
+        return "replace it with a plain space"
+    if not any(c.isprintable() for c in run):
+        return "remove it: it does not show in most editors, and no policy needs it"
+    return _CHARACTERS_HELP
 # A letter or digit no group takes is not ASCII: it was meant as part of a name (grammar.lark NAME).
 _NAME_HELP = "names are ASCII: letters `a`-`z` and `A`-`Z`, digits, `_` and `-`, starting with a letter or `_`"
+_DIGITS_HELP = "numbers are written with the ASCII digits `0`-`9`"
 _PUNCT_TERMINALS = {"{": "LBRACE", "}": "RBRACE", ",": "COMMA", ";": "SEMICOLON", "=": "EQUAL", "|": "VBAR"}
 
 
@@ -242,7 +360,8 @@ def split_items(tokens: list[Token]) -> list[list[Token]]:
         new_chunk = False
         if depth == 0:
             closed = bool(current) and current[-1].type == "RBRACE"
-            starts = (tok.value in TOP_LEVEL_KEYWORDS or _starts_item(tokens, i)) and not _is_item_name(tokens, i, current)
+            # The item's name first: it is cheap and spares `_starts_item` a did-you-mean on every header.
+            starts = not _is_item_name(tokens, i, current) and (tok.value in TOP_LEVEL_KEYWORDS or _starts_item(tokens, i))
             new_chunk = starts or closed or tok.type == "SEMICOLON"
         elif _starts_item(tokens, i):
             new_chunk, depth = True, 0
@@ -268,29 +387,73 @@ def _contextual(tok: Token, choices) -> Token:
     return tok
 
 
-def _feed(tokens: list[Token], indexes: list[int]) -> Tree:
+def _parser_after(tokens: list[Token], indexes: list[int]):
+    """The interactive parser after `indexes` of `tokens`; raises UnexpectedInput if they do not parse."""
     parser = _lark().parse_interactive(start="item")
     for i in indexes:
+        parser.feed_token(_contextual(tokens[i], parser.choices()))
+    return parser
+
+
+def _feed(tokens: list[Token], indexes: list[int]) -> Tree:
+    parser = _lark().parse_interactive(start="item")
+    for n, i in enumerate(indexes):
         choices = parser.choices()
         tok = _contextual(tokens[i], choices)
         if tok.type not in choices:
-            raise _SyntaxFailure(i, tok, {c for c in choices if c.isupper()})
+            raise _SyntaxFailure(i, tok, parser.accepts())
         try:
             parser.feed_token(tok)
-        except UnexpectedToken as exc:
-            raise _SyntaxFailure(i, tok, set(exc.expected)) from None
+        except UnexpectedToken:
+            # The LALR tables merge states, so a token may be taken as the lookahead of a reduction
+            # that then fails: what the parser really accepts is asked of it before that token.
+            raise _SyntaxFailure(i, tok, _parser_after(tokens, indexes[:n]).accepts()) from None
     try:
         return parser.feed_eof(tokens[indexes[-1]])
-    except UnexpectedToken as exc:
+    except UnexpectedToken:
         last = tokens[indexes[-1]]
         eof = Token("$END", "", start_pos=last.end_pos, line=last.end_line, column=last.end_column,
                     end_line=last.end_line, end_column=last.end_column + 1, end_pos=last.end_pos)
-        raise _SyntaxFailure(None, eof, set(exc.expected)) from None
+        raise _SyntaxFailure(None, eof, _parser_after(tokens, indexes).accepts()) from None
+
+
+@dataclass(frozen=True)
+class _At:
+    """Where a chunk failed to parse: its tokens, the indexes fed to the parser, and the failure."""
+
+    tokens: list[Token]
+    kept: list[int]
+    failure: _SyntaxFailure
+    setting_starts: frozenset[str]
+
+    @property
+    def position(self) -> int:
+        """The failing token's place in `kept` (len(kept) at the end of the chunk)."""
+        return len(self.kept) if self.failure.index is None else self.kept.index(self.failure.index)
+
+    def before(self, n: int = 1) -> Token | None:
+        """The n-th token the parser took before the failing one."""
+        at = self.position - n
+        return self.tokens[self.kept[at]] if at >= 0 else None
+
+    def after(self) -> Token | None:
+        at = self.position + 1
+        return self.tokens[self.kept[at]] if at < len(self.kept) else None
+
+    def accepts(self, tok: Token, skipping: int = 0) -> bool:
+        """Whether the parser would take `tok` where the failing token is, with the `skipping`
+        tokens before that left out."""
+        try:
+            parser = _parser_after(self.tokens, self.kept[:self.position - skipping])
+            parser.feed_token(_contextual(tok, parser.choices()))
+        except UnexpectedInput:
+            return False
+        return True
 
 
 def _describe(token: Token) -> str:
-    if token.type == "$END":
-        return "end of file"
+    if token.type == "$END":  # of the chunk: the end of the file, or the start of the next item
+        return "the end of the item"
     if token.type == "STRING":
         shown = token.value if len(token.value) <= 30 else token.value[:29] + '…"'
         return f"string `{shown}`"
@@ -305,62 +468,125 @@ def _describe(token: Token) -> str:
 
 def _expected_words(expected: set[str], previous: Token | None) -> list[str]:
     words = _terminal_words()
-    out = []
-    for name in sorted(expected - {"SEMICOLON"}, key=lambda n: (n == "RBRACE", words.get(n, n))):
-        if name == "NUMBER" and previous is not None and previous.value in _NUMBER_AFTER:
-            out.append(_NUMBER_AFTER[previous.value])
+    after = previous.value if previous is not None else None
+    if after in CHOICES and "NAME" in expected:  # `tpm` takes `required` (a keyword) or a name: it means these
+        expected = expected - {"NAME"} - {n for n in expected if words.get(n, "").strip("`") in CHOICES[after]}
+        out = [f"`{choice}`" for choice in CHOICES[after]]
+    else:
+        out = []
+    for name in sorted(expected - {"SEMICOLON", "$END"}, key=lambda n: (n == "RBRACE", words.get(n, n))):
+        if name == "NUMBER" and after in _NUMBER_AFTER:
+            out.append(_NUMBER_AFTER[after])
         elif name == "NUMBER" and previous is not None and previous.type == "COMMA":
             out.append("a PCR index such as `7`")
+        elif name == "NAME" and after in _NAME_AFTER:
+            out.append(_NAME_AFTER[after])
         else:
             out.append(words.get(name, "a setting"))
     return out
+
+
+# What a name means after a given keyword, for "expected ..." messages.
+_NAME_AFTER = {
+    "seal": "the name of an attestation such as `boot`", "vault": "a vault name", "app": "an app name",
+    "component": "a component name", "attestation": "an attestation name",
+}
 
 
 def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _spaced_unit(unit: Token, number: Token | None) -> str | None:
-    """The code for a size or duration written with a space before its unit (`8 MiB`), else None."""
-    from .to_ast import DURATION_UNITS, SIZE_UNITS  # not at the top: to_ast imports this module
-
-    if number is None or number.type != "NUMBER" or not number.value.isdigit() or number.line != unit.line:
+def _spaced_unit(keyword: Token | None, number: Token | None, unit: Token) -> tuple[str, str] | None:
+    """For a size or duration written with a space before its unit (`8 MiB`, `90 days`, `8 gib`):
+    its code and the unit meant. Else None."""
+    if (keyword is None or number is None or number.type != "NUMBER" or not number.value.isdigit()
+            or number.line != unit.line or not _is_word(unit)):
         return None
-    return codes.BAD_SIZE if unit.value in SIZE_UNITS else codes.BAD_DURATION if unit.value in DURATION_UNITS else None
+    if keyword.value in SIZE_KEYWORDS and (meant := size_unit_meant(unit.value)):
+        return codes.BAD_SIZE, meant
+    if keyword.value in DURATION_KEYWORDS and (meant := duration_unit_meant(unit.value)):
+        return codes.BAD_DURATION, meant
+    return None
 
 
-def _syntax_diagnostic(file: str, failure: _SyntaxFailure, previous: Token | None) -> Diagnostic:
-    tok = failure.token
-    if (code := _spaced_unit(tok, previous)) is not None:
+def _syntax_diagnostic(file: str, at: _At) -> Diagnostic:
+    tok, expected = at.failure.token, at.failure.expected
+    previous = at.before()
+    if (spaced := _spaced_unit(at.before(2), previous, tok)) is not None:
+        code, meant = spaced
         both = Span(file=file, line=previous.line, column=previous.column, end_line=tok.end_line,
                     end_column=tok.end_column, start_pos=previous.start_pos, end_pos=tok.end_pos)
-        return error(code, f"space between `{previous.value}` and its unit `{tok.value}`", both,
-                     help=f"write `{previous.value}{tok.value}`, without a space")
-    words = _expected_words(failure.expected, previous)
-    keywords_here = [_terminal_words()[n].strip("`") for n in failure.expected if n in _keyword_types()]
+        if meant == tok.value:
+            return error(code, f"space between `{previous.value}` and its unit `{tok.value}`", both,
+                         help=f"write `{previous.value}{tok.value}`, without a space")
+        what = "size" if code == codes.BAD_SIZE else "duration"
+        return error(code, f"`{previous.value} {tok.value}` is not a {what}", both,
+                     help=f"write `{previous.value}{meant}`: the number and its unit, without a space")
+    if tok.type == "RBRACE" and (expected == {"$END"} or at.position == 0):  # after an item, or before any
+        return error(codes.UNEXPECTED_TOKEN, "unexpected `}`: no block is open here", _span(file, tok), help="remove it")
+    if expected == {"$END"}:  # the item is complete
+        return error(codes.UNEXPECTED_TOKEN, f"unexpected {_describe(tok)} after a complete item", _span(file, tok),
+                     help="remove it, or start a new item there")
+    words = _expected_words(expected, previous)
+    keywords_here = [_terminal_words()[n].strip("`") for n in expected if n in _keyword_types()]
     suggestion = did_you_mean(tok.value, keywords_here) if tok.type == "NAME" or _is_keyword(tok) else None
+    if (previous is not None and tok.type == previous.type in ("NUMBER", "STRING", "NAME") and "COMMA" in expected
+            and (suggestion is None or tok.line == previous.line)):  # `keep_locked` / `escrw required`: a misspelling
+        what = "PCR indexes " if tok.type == "NUMBER" else ""
+        return error(codes.UNEXPECTED_TOKEN, f"missing `,` between {what}`{previous.value}` and `{tok.value}`",
+                     _span(file, tok), help=f"write `{previous.value}, {tok.value}`")
     expectation = f"expected {_join(words)}" if words else None
-    if suggestion is not None or (keywords_here and "NAME" not in failure.expected and tok.type == "NAME"):
+    if suggestion is not None or (keywords_here and "NAME" not in expected and tok.type == "NAME"):
         message = f"unknown keyword `{tok.value}`" if tok.type == "NAME" else f"keyword `{tok.value}` is not allowed here"
         return error(codes.UNKNOWN_KEYWORD, message, _span(file, tok), help=suggestion or expectation)
     if _is_keyword(tok) and keywords_here:
         return error(codes.UNKNOWN_KEYWORD, f"keyword `{tok.value}` is not allowed here", _span(file, tok),
                      help=expectation)
     code = codes.UNEXPECTED_END if tok.type == "$END" else codes.UNEXPECTED_TOKEN
+    if previous is not None and previous.type in ("COMMA", "VBAR") and at.accepts(tok, skipping=1):
+        fix = (f"remove one of the two {_describe(tok)}" if tok.type == previous.type
+               else f"remove the {_describe(previous)} before {_describe(tok)}: a list does not end with one")
+        return error(code, f"{expectation}, found {_describe(tok)}", _span(file, tok), help=fix)
+    if previous is not None and _value_missing(at, tok, previous):
+        after = f"`{previous.value}`"
+        return error(code, f"missing {_join(words)} after {after}", _span(file, previous),
+                     help=_example(previous, words) or f"write {_join(words)} after {after}")
     if words and len(words) <= 4:
-        return error(code, f"{expectation}, found {_describe(tok)}", _span(file, tok),
-                     help=_fix(tok, failure.expected, words))
+        return error(code, f"{expectation}, found {_describe(tok)}", _span(file, tok), help=_fix(at, tok, expected, words))
     return error(code, f"unexpected {_describe(tok)}", _span(file, tok), help=expectation or "remove it")
 
 
-def _fix(tok: Token, expected: set[str], words: list[str]) -> str:
+def _value_missing(at: _At, tok: Token, previous: Token) -> bool:
+    """Whether, in the middle of a declaration (where no `}` may stand), `tok` comes after something
+    missing rather than in place of it: it ends the block or the setting, starts the next setting,
+    or stands on a later line (`limit` / `}`)."""
+    if "RBRACE" in at.failure.expected:
+        return False
+    return (tok.type in ("RBRACE", "SEMICOLON", "$END") or tok.line > previous.end_line
+            or (tok.type in at.setting_starts and tok.type not in at.failure.expected))
+
+
+def _example(keyword: Token, words: list[str]) -> str | None:
+    """`for example `limit 512MiB``, when the words expected give one."""
+    examples = [m.group(1) for w in words if (m := re.search(r"such as `([^`]+)`", w))]
+    examples += [w.strip("`") for w in words if re.fullmatch(r"`[^`]+`", w)]  # a keyword or a choice: `required`
+    return f"for example `{keyword.value} {examples[0]}`" if examples and _is_word(keyword) else None
+
+
+def _fix(at: _At, tok: Token, expected: set[str], words: list[str]) -> str:
     """Help for `expected …, found …`: what to write instead."""
-    if tok.type == "STRING" and "NUMBER" in expected and re.fullmatch(r"[0-9][A-Za-z0-9_]*", tok.value[1:-1]):
-        return f"remove the quotes: `{tok.value[1:-1]}`"
+    if tok.type == "STRING":
+        inner = tok.value[1:-1]
+        as_word = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", inner) and ("NAME" in expected or f"`{inner}`" in words)
+        if as_word or ("NUMBER" in expected and re.fullmatch(r"[0-9][A-Za-z0-9_]*", inner)):
+            return f"remove the quotes: `{inner}`"
     if (_is_word(tok) or tok.type == "NUMBER") and expected == {"STRING"}:
         return f'put it in double quotes: `"{tok.value}"`'
-    if tok.type == "$END":
-        return f"the file ends too early: add {_join(words)}"
+    following, previous = at.after(), at.before()
+    if tok.type in ("EQUAL", "COMMA", "VBAR") and following is not None and at.accepts(following):
+        instead = f": `{previous.value} {following.value}`" if previous is not None else ""
+        return f"remove the {_describe(tok)}{instead}"
     return f"write {_join(words)} before {_describe(tok)}"
 
 
@@ -391,11 +617,14 @@ def _unclosed_brace(file: str, tokens: list[Token]) -> Diagnostic | None:
             depth -= 1
     if depth <= 0 or opener is None:
         return None
-    last = tokens[-1]
+    return error(codes.UNCLOSED_BRACE, f"unclosed `{{` in `{_block_name(tokens)}`", _span(file, opener),
+                 help=f"add `}}` after line {tokens[-1].end_line} to close this block")
+
+
+def _block_name(tokens: list[Token]) -> str:
+    """The block a chunk declares as written, for messages: `vault a`, `device`."""
     _, name = _header(tokens)
-    block = tokens[0].value if name is None else f"{tokens[0].value} {name}"  # as written: `vault a`, `device`
-    return error(codes.UNCLOSED_BRACE, f"unclosed `{{` in `{block}`", _span(file, opener),
-                 help=f"add `}}` after line {last.end_line} to close this block")
+    return tokens[0].value if name is None else f"{tokens[0].value} {name}"
 
 
 @lru_cache(maxsize=256)
@@ -411,9 +640,15 @@ def _setting_keywords(header_types: tuple[str, ...]) -> frozenset[str]:
     return frozenset(c for c in probe.choices() if c in _keyword_types())
 
 
-def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostics, frozenset[str]]:
+def parse_chunk(file: str, tokens: list[Token], echoes: set[int] | frozenset[int] = frozenset()
+                ) -> tuple[Tree | None, Diagnostics, frozenset[str]]:
     """Parse one top-level item; on an error, drop the failing setting and try again. Also returns
-    the settings dropped (see `Block.damaged`)."""
+    the settings dropped (see `Block.damaged`). An error at a token whose start is in `echoes` is
+    not reported: a lexical error there explains it (`Lexed.echoes`)."""
+    try:
+        return _lark().parse(tokens), Diagnostics(), frozenset()  # most items: no recovery set up
+    except UnexpectedToken:
+        pass  # parsed again below, token by token, to tell what to drop
     diags = Diagnostics()
     unclosed = _unclosed_brace(file, tokens)
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
@@ -433,7 +668,15 @@ def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostic
             if failure.index is None and unclosed is not None:
                 diags.append(unclosed)
                 return None, diags, frozenset()
-            diags.append(_syntax_diagnostic(file, failure, _token_before(tokens, kept, failure.index)))
+            nested = failure.index is not None and header_end is not None and failure.index > header_end \
+                and failure.token.type == "LBRACE"
+            if failure.token.start_pos not in echoes:
+                diags.append(error(codes.UNEXPECTED_TOKEN, f"unexpected `{{` inside `{_block_name(tokens)}`",
+                                   _span(file, failure.token), help="remove it and its `}`: blocks do not nest")
+                             if nested else _syntax_diagnostic(file, _At(tokens, kept, failure, setting_starts)))
+            if nested:  # the settings inside a stray `{ … }` are still the block's
+                dropped.update(_stray_braces(tokens, failure.index, dropped))
+                continue
             blamed = _blamed_segment(failure, tokens, segments, dropped, setting_starts)
             if blamed is None:
                 return None, diags, frozenset()
@@ -441,12 +684,18 @@ def parse_chunk(file: str, tokens: list[Token]) -> tuple[Tree | None, Diagnostic
             damaged.add(_setting_meant(tokens[blamed[0]], setting_starts))
 
 
-def _token_before(tokens: list[Token], kept: list[int], index: int | None) -> Token | None:
-    """The token the parser saw last before the failure (the last one at end of input)."""
-    if index is None:
-        return tokens[kept[-1]]
-    position = kept.index(index)
-    return tokens[kept[position - 1]] if position > 0 else None
+def _stray_braces(tokens: list[Token], opening: int, dropped: set[int]) -> list[int]:
+    """The indexes of the stray `{` at `opening`, of the `}` that closes it, and of every brace
+    between them: one error covers a stray block, however deep."""
+    braces, depth = [], 0
+    for i in range(opening, len(tokens)):
+        if i in dropped or tokens[i].type not in ("LBRACE", "RBRACE"):
+            continue
+        braces.append(i)
+        depth += 1 if tokens[i].type == "LBRACE" else -1
+        if depth == 0:
+            return braces
+    return [opening]
 
 
 def _blamed_segment(failure: _SyntaxFailure, tokens, segments, dropped, setting_starts) -> list[int] | None:
@@ -462,7 +711,8 @@ def _blamed_segment(failure: _SyntaxFailure, tokens, segments, dropped, setting_
             if starts_setting:
                 return live[n - 1] if n > 0 else None
             k = seg.index(index)
-            spaced_unit = k > 0 and _spaced_unit(tokens[index], tokens[seg[k - 1]]) is not None  # `limit 8 MiB`: all of it
+            keyword = tokens[seg[k - 2]] if k > 1 else None
+            spaced_unit = k > 0 and _spaced_unit(keyword, tokens[seg[k - 1]], tokens[index]) is not None  # `limit 8 MiB`: all of it
             if k > 0 and _is_word(tokens[index]) and failure.expected & setting_starts and not spaced_unit:
                 where = segments.index(seg)
                 segments[where:where + 1] = [seg[:k], seg[k:]]
@@ -501,20 +751,39 @@ def _header(tokens: list[Token]) -> tuple[str | None, str | None]:
 
 
 def parse(text: str, file: str) -> ParseResult:
-    tokens, comments, diags = tokenize(text, file)
-    result = ParseResult(file=file, text=text, tokens=tokens, comments=comments, diagnostics=diags)
-    lexical_errors = [d.span.start_pos for d in diags]
-    chunks = split_items(tokens)
+    lexed = tokenize(text, file)
+    result = ParseResult(file=file, text=text, tokens=lexed.tokens, comments=lexed.comments,
+                         diagnostics=lexed.diagnostics, stand_ins=lexed.stand_ins)
+    chunks = split_items(lexed.tokens)
     for n, chunk in enumerate(chunks):
-        tree, chunk_diags, damaged = parse_chunk(file, chunk)
+        tree, chunk_diags, damaged = parse_chunk(file, chunk, lexed.echoes)
         end = chunks[n + 1][0].start_pos if n + 1 < len(chunks) else len(text)
         kind, name = _header(chunk)
-        lexically_broken = any(chunk[0].start_pos <= pos < end for pos in lexical_errors)
-        result.blocks.append(Block(file, kind, name, chunk[0].start_pos, end, tree is not None and not lexically_broken,
-                                   damaged))
-        if lexically_broken:
-            continue  # a bad character or string already explains this item; its syntax errors would only echo it
+        result.blocks.append(Block(file, kind, name, chunk[0].start_pos, end, tree is not None, damaged))
         result.diagnostics.extend(chunk_diags)
         if tree is not None:
             result.items.append(tree)
+    if (verdict := _not_a_policy(result)) is not None:
+        result.diagnostics, result.items, result.blocks = Diagnostics([verdict]), [], []
+        result.looks_like_a_policy = False
     return result
+
+
+# A text with errors on its first lines and no item among them is not a policy with mistakes but
+# another file named by mistake (`include "/etc/passwd"`): one error says so, instead of an error for
+# every stray word and character, each echoing a line of it. (VP0017 and VP0022 do the same for
+# binary files, JSON and PEM.)
+_NOT_A_POLICY_ERRORS = 5
+_NOT_A_POLICY_LINES = 3
+
+
+def _not_a_policy(result: ParseResult) -> Diagnostic | None:
+    first_item = min((block.start_pos for block in result.blocks if block.kind is not None), default=len(result.text))
+    before = sorted((d for d in result.diagnostics.errors() if d.span.start_pos < first_item),
+                    key=lambda d: d.span.start_pos)
+    if len(before) < _NOT_A_POLICY_ERRORS or len({d.span.line for d in before}) < _NOT_A_POLICY_LINES:
+        return None
+    return error(codes.NOT_A_POLICY, f"`{result.file}` does not look like a policy: its first lines hold only errors",
+                 before[0].span, help="name the `.vpol` file here; a policy is made of items such as "
+                                      "`vault config { … }` and `include \"other.vpol\"`",
+                 notes=[f"the first of {len(before)} errors before any item: {before[0].message}"])

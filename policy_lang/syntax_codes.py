@@ -9,7 +9,10 @@ UNEXPECTED_CHARACTER = register(
     "The policy contains a character that no part of the language uses: only names, numbers, "
     "double-quoted strings, `#` comments and the punctuation `{ } , ; = |` may appear. Characters "
     "outside a string or comment are usually a stray paste or a typo. Names are ASCII: a letter such as "
-    "`é` or `应` may appear in a string or a comment, not in a name.",
+    "`é` or `应` may appear in a string or a comment, not in a name. A character that does not show "
+    "(a no-break or zero-width space, a right-to-left override) is named by its code point, such as "
+    "`U+200B ZERO WIDTH SPACE`; a string in curly quotes (`“…”`, as word processors write them) is one "
+    "error, and is read as the string it means.",
     'vault config { limit 16MiB! }      # `!` is not part of the language',
 )
 UNTERMINATED_STRING = register(
@@ -26,8 +29,10 @@ BAD_ESCAPE = register(
 )
 UNEXPECTED_TOKEN = register(
     "VP0004", "unexpected token",
-    "The parser found something it cannot use at this point, such as a string where a size belongs "
-    "or a missing name after `vault`. The message says what was expected.",
+    "The parser found something it cannot use at this point, such as a string where a size belongs, "
+    "a missing name after `vault`, a missing `,` between two items of a list, or a `}` that closes "
+    "no block. The message says what was expected; a value missing after a keyword is reported at "
+    "the keyword (`limit` at the end of its line).",
     "vault { limit 16MiB }              # the vault needs a name: vault config { … }",
 )
 UNKNOWN_KEYWORD = register(
@@ -45,7 +50,9 @@ UNCLOSED_BRACE = register(
 )
 UNEXPECTED_END = register(
     "VP0007", "unexpected end of file",
-    "The file ends in the middle of a declaration, for instance after `include` or `vault NAME`.",
+    "A declaration stops before it is complete: the file ends, or the next item starts, right after "
+    "`include` or `vault` (whose name is missing) or `vault NAME`. The error points at the last word "
+    "of the unfinished declaration.",
     "include",
 )
 BAD_SIZE = register(
@@ -131,7 +138,11 @@ NOT_A_POLICY = register(
     "The file is JSON or PEM, not `.vpol` text: usually a plan, a signed plan, a trust root or a key "
     "(what `compile`, `sign`, `trust` and `keygen` write) named where a policy belongs. No policy "
     "is a JSON document or starts with `-----BEGIN`; the file is not parsed further. Text that only "
-    "starts with `{` or `[` and is not JSON is read as a policy, and the stray brace is an error (VP0004).",
+    "starts with `{` or `[` and is not JSON is read as a policy, and the stray brace is an error (VP0004). "
+    "Other text whose first lines hold only errors (five or more, over three lines or more, before any "
+    "item), such as `/etc/passwd` or a YAML file named by mistake, is reported once the same way "
+    "instead of with an error for every line; what such a file declares is unknown, as for a file "
+    "that cannot be read.",
     "vaultpolicy check plan.json        # error: `plan.json` is not a policy: it is an unsigned plan",
 )
 EMPTY_PATH = register(

@@ -18,30 +18,23 @@ from . import ast
 from . import syntax_codes as codes
 from .diagnostics import Diagnostics, Span, error, source_lines
 from .parse import ParseResult
+from .vocabulary import (BANKS, DURATION_UNITS, ENCRYPTIONS, ON_FAILURE, ON_REMOVE, PROTECTIONS, SIZE_UNITS,
+                         TPM_MODES, duration_unit_meant, size_unit_meant)
 
-SIZE_UNITS = {
-    "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
-    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-}
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION_WORDS = {
-    "sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m", "mins": "m", "minute": "m",
-    "minutes": "m", "hr": "h", "hrs": "h", "hour": "h", "hours": "h", "day": "d", "days": "d",
-    "week": "w", "weeks": "w",
-}
 # Plans are canonical JSON, whose integers are exact only below 2**53 (RFC 8785, S12).
 MAX_EXACT_INT = 2**53
 MAX_PCR = 23
 NONCE_BYTES = (12, 32)
-ENCRYPTIONS = ("aes-256-xts", "adiantum", "none")
-ON_REMOVE = ("retain", "destroy")
-ON_FAILURE = ("keep_locked", "deny_release")
-TPM_MODES = ("required", "optional")
-BANKS = ("sha1", "sha256", "sha384", "sha512")
-PROTECTIONS = ("end_to_end",)
 
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
-_NUMBER = re.compile(r"([0-9]+)([A-Za-z_0-9]*)")
+# Sets, not tuples: a tree's rule name is a lark Token, whose `==` is a Python call per member tried.
+_LIST_SETTINGS = frozenset({"holds", "stores", "allow_values", "allow_from"})
+_UNNAMED_ITEMS = frozenset({"device", "defaults", "include"})
+_NUMBER = re.compile(r"([0-9]+)(.*)", re.S)  # a NUMBER token starts with an ASCII digit
+
+
+def _is_whole_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # `str.isdigit` alone takes `²`, which `int` refuses
 
 
 _SIZE_RANGE = "sizes must be above zero and below 8PiB"
@@ -138,8 +131,7 @@ class _Converter:
         return False
 
     def _split_number(self, token: Token, code: str, what: str, range_help: str) -> tuple[int, str] | None:
-        m = _NUMBER.fullmatch(token.value)
-        digits, unit = (m.group(1), m.group(2)) if m else (token.value, "")
+        digits, unit = _NUMBER.fullmatch(token.value).groups()
         if len(digits) > 16 or int(digits) >= MAX_EXACT_INT:
             self.fail(code, f"{what} is too large", self.span(token), help=range_help)
             return None
@@ -156,8 +148,8 @@ class _Converter:
             if not unit:
                 self.fail(codes.BAD_SIZE, f"{what} has no unit", self.span(token), help=_unit_for_bytes(number))
             else:
-                same_letters = [u for u in SIZE_UNITS if u.lower() == unit.lower()]
-                hint = f"did you mean `{same_letters[0]}`?" if same_letters else did_you_mean(unit, SIZE_UNITS)
+                meant = size_unit_meant(unit)
+                hint = f"did you mean `{meant}`?" if meant else did_you_mean(unit, SIZE_UNITS)
                 self.fail(codes.BAD_SIZE, f"unknown size unit `{unit}` {self.of(setting)}", where,
                           help=hint or "units: B, KiB, MiB, GiB, TiB (1024) or KB, MB, GB, TB (1000)")
             return None
@@ -179,7 +171,7 @@ class _Converter:
                 self.fail(codes.BAD_DURATION, f"{what} has no unit", self.span(token),
                           help=f"write the unit, for example `{number}d` (s, m, h, d, w)")
             else:
-                short = _DURATION_WORDS.get(unit.lower())
+                short = duration_unit_meant(unit)
                 hint = f"write `{number}{short}`" if short else did_you_mean(unit, DURATION_UNITS)
                 self.fail(codes.BAD_DURATION, f"unknown duration unit `{unit}` {self.of(setting)}",
                           self.sub_span(token, len(str(number)), len(token.value)),
@@ -193,7 +185,7 @@ class _Converter:
         return ast.DurationLit(seconds=seconds, text=token.value, span=self.span(token))
 
     def pcr(self, token: Token, setting: str) -> ast.PcrIndex | None:
-        if not token.value.isdigit() or len(token.value) > 3 or int(token.value) > MAX_PCR:
+        if not _is_whole_number(token.value) or len(token.value) > 3 or int(token.value) > MAX_PCR:
             self.fail(codes.PCR_OUT_OF_RANGE, f"PCR index `{token.value}` {self.of(setting)} is out of range",
                       self.span(token), help=f"PCR indexes are whole numbers from 0 to {MAX_PCR}")
             return None
@@ -213,7 +205,7 @@ class _Converter:
         """The block's single-valued settings by rule name; list settings are read separately."""
         seen: dict[str, Tree] = {}
         for child in tree.children:
-            if not isinstance(child, Tree) or child.data in ("holds", "stores", "allow_values", "allow_from"):
+            if not isinstance(child, Tree) or child.data in _LIST_SETTINGS:
                 continue
             key = "seal" if child.data.startswith("seal_") else child.data
             if key in seen:
@@ -301,7 +293,7 @@ class _Converter:
                                    **{k: v for k, v in fields.items() if v is not None})
 
     def nonce_size(self, token: Token) -> ast.IntLit | None:
-        if not token.value.isdigit() or len(token.value) > 6:
+        if not _is_whole_number(token.value) or len(token.value) > 6:
             self.fail(codes.BAD_NUMBER, f"nonce size `{token.value}` in `{self.block}` is not a number of bytes", self.span(token),
                       help="write the nonce size as a plain number, for example `nonce 32 bytes`")
             return None
@@ -389,9 +381,9 @@ def to_policy(result: ParseResult) -> tuple[ast.Policy, Diagnostics]:
     conv = _Converter(result.file)
     items = []
     for tree in result.items:
-        conv.block = tree.data if tree.data in ("device", "defaults", "include") else f"{tree.data} {tree.children[1].value}"
+        conv.block = tree.data if tree.data in _UNNAMED_ITEMS else f"{tree.data} {tree.children[1].value}"
         item = getattr(conv, tree.data)(tree)
         if item is not None:
             items.append(item)
-    policy = ast.Policy(file=result.file, items=tuple(items), span=whole_file_span(result.file, result.text))
-    return policy, conv.diags
+    policy = ast.Policy.of_items(result.file, tuple(items), whole_file_span(result.file, result.text))
+    return policy, Diagnostics(d for d in conv.diags if not result.holds_lexical_error(d.span.start_pos))

@@ -4,6 +4,7 @@ built-in vaults stay encrypted unless opted out with a reason."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 from policy_lang.diagnostics import Diagnostic, Span, error
 
@@ -78,9 +79,7 @@ def builtin_vaults_encrypted(model: Model) -> Iterator[Diagnostic]:
 
 def _last_word(setting: Span, word: str) -> Span:
     """The span of the word a setting ends with (`encryption none` -> `none`); a word never spans lines."""
-    return setting.model_copy(
-        update={"line": setting.end_line, "column": setting.end_column - len(word), "start_pos": setting.end_pos - len(word)}
-    )
+    return replace(setting, line=setting.end_line, column=setting.end_column - len(word), start_pos=setting.end_pos - len(word))
 
 
 RULES = (sensitive_stores, end_to_end_apps, builtin_vaults_encrypted)

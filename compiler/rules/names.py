@@ -24,10 +24,10 @@ _DUPLICATE_CODES = {
 def duplicates(model: Model) -> Iterator[Diagnostic]:
     for dup in model.duplicates:
         if dup.kind in ("device", "defaults"):
-            message = f"second `{dup.kind}` block"
+            message = f"another `{dup.kind}` block"  # at each after the first: the third is no "second"
             help_text = f"merge it into the first `{dup.kind}` block"
         else:
-            message = f"{dup.kind} `{dup.name}` is declared twice"
+            message = f"{dup.kind} `{dup.name}` is already declared"
             help_text = f"rename one of them or merge their settings; names of {dup.kind}s are unique"
         yield error(_DUPLICATE_CODES[dup.kind], message, dup.span, help_text, notes=[f"first declared at {dup.first}"])
 

@@ -6,11 +6,11 @@ import posixpath
 from collections.abc import Iterator
 
 from policy_lang.diagnostics import Diagnostic, error
+from vaultpolicy.printable import CONTROL_CHARACTER, escaped
 
 from .. import codes
 from ..model import Located, Model, Store, Vault
 from ..pathutil import is_inside, is_normalized
-from ..plan import CONTROL_CHARACTER
 from ..resolve import default_vault_path
 
 
@@ -50,7 +50,6 @@ def shape_errors(what: str, path: Located[str], under: str = "/") -> list[Diagno
     return found
 
 
-_ESCAPES = {"\n": "\\n", "\t": "\\t"}
 _CHARACTER_NAMES = {"\t": "tab", "\n": "newline"}
 
 
@@ -63,11 +62,6 @@ def _written_raw(path: Located[str]) -> bool:
         return False
     needed = 2 + len(escaped(path.value)) + path.value.count("\\") + path.value.count('"')
     return path.span.end_pos - path.span.start_pos < needed
-
-
-def escaped(text: str) -> str:
-    """`text` with control characters written as the language escapes them, so a message stays on one line."""
-    return CONTROL_CHARACTER.sub(lambda m: _ESCAPES.get(m[0], f"\\u{{{ord(m[0]):x}}}"), text)
 
 
 def _well_formed(path: Located[str]) -> bool:

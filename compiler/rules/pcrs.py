@@ -141,4 +141,29 @@ def vault_seals(model: Model) -> Iterator[Diagnostic]:
             )
 
 
-RULES = (attestations, vault_seals)
+def banks(model: Model) -> Iterator[Diagnostic]:
+    """Each bank written in the policy: SHA-1 warned, and one other than the device's warned where it
+    is used (an attestation, a `seal pcrs … bank`), since the firmware may extend only the device's."""
+    device_bank = model.device.bank
+    written = [("`device`", device_bank)] if device_bank.span is not None else []
+    written += [(f"attestation `{att.name.value}`", att.bank) for att in model.attestations.values()
+                if att.bank.span is not None]
+    # a seal that names no bank of its own holds the device's (the same object): reported once, as `device`
+    sealed = [vault for vault in model.vaults.values() if vault.seal is not None and vault.seal.attestation is None
+              and vault.seal.bank is not device_bank and vault.seal.bank.span is not None]
+    written += [(setting.owner, setting.vaults[0].seal.bank) for setting in model.settings(lambda v: v.seal.bank.span, sealed)]
+    for owner, bank in written:
+        if bank.value == "sha1":
+            yield warning(codes.BANK_SHA1, f"{owner} uses the SHA-1 PCR bank", bank.span,
+                          "SHA-1 collides in practice: write `bank sha256` where the TPM has that bank")
+        if bank is not device_bank and bank.value != device_bank.value:
+            yield warning(
+                codes.BANK_NOT_MEASURED,
+                f"{owner} reads PCR bank {bank.value}, but the device's bank is {device_bank.value}",
+                bank.span,
+                f"the firmware may extend only {device_bank.value}: a bank it never extends binds nothing; "
+                f"write `bank {device_bank.value}`, or change `device {{ bank }}` if the firmware extends {bank.value}",
+            )
+
+
+RULES = (attestations, vault_seals, banks)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import struct
 
 import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compiler.plan import Attestation, Device, Plan, canonical_json, encode_plan
 
@@ -77,3 +80,43 @@ def test_a_plan_is_written_exactly_as_rfc_8785_says():
         '"targets":["\u20ac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"],"vaults":[]}'
     ).encode()
     assert encode_plan(plan) == expected
+
+
+# What canonical_json must write exactly as rfc8785 does, fast path or not: every kind of JSON value,
+# integers on both sides of 2^53, floats, keys in either order, and characters from every range that
+# matters (controls, DEL, U+D800 and above, lone surrogates, beyond the BMP).
+_TEXT = st.text(st.one_of(st.characters(max_codepoint=0x7F), st.characters(min_codepoint=0xD700, max_codepoint=0xFFFF),
+                          st.characters(min_codepoint=0x10000), st.characters()))
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | _TEXT | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**54), max_value=2**54) | st.sampled_from([2**53 - 1, 2**53, -(2**53 - 1), -(2**53)]),
+    lambda inner: st.lists(inner) | st.lists(inner).map(tuple) | st.dictionaries(_TEXT, inner),
+    max_leaves=30,
+)
+
+
+def _rfc8785_outcome(value):
+    try:
+        return rfc8785.dumps(value)
+    except ValueError as exc:  # CanonicalizationError, or UnicodeEncodeError for a lone surrogate in a key
+        return type(exc)
+
+
+def _outcome(value):
+    try:
+        return canonical_json(value)
+    except ValueError as exc:  # CanonicalizationError, or UnicodeEncodeError for a lone surrogate in a key
+        return type(exc)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_JSON_VALUES)
+def test_the_same_bytes_and_errors_as_rfc8785(value):
+    assert _outcome(value) == _rfc8785_outcome(value)
+
+
+@pytest.mark.parametrize("code_point", [*range(0x80), 0x2028, 0xD7FF, 0xD800, 0xDFFF, 0xE000, 0xFB33, 0xFFFF, 0x10000, 0x1F600])
+def test_each_character_as_rfc8785_writes_it_in_a_value_and_a_key(code_point):
+    char = chr(code_point)
+    value = {f"k{char}": [char, f"a{char}b"], "k": 1, "\ufb33": True}
+    assert _outcome(value) == _rfc8785_outcome(value)

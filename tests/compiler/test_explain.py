@@ -74,7 +74,7 @@ def test_explain_lists_the_compiler_codes_of_a_family(cli):
     code, out, _ = cli("explain", "VP05")
     assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == [
         "VP0503", "VP0504", "VP0505", "VP0506", "VP0507", "VP0508", "VP0510", "VP0511", "VP0513", "VP0514", "VP0515",
-        "VP0516", "VP0517"]
+        "VP0516", "VP0517", "VP0518", "VP0519"]
     assert "  VP0513  PCR listed twice\n" in out
 
 

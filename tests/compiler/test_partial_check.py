@@ -48,7 +48,7 @@ def test_a_vault_block_with_a_broken_body_still_declares_its_name(tmp_path, caps
         'app api { vault nothere }\n'
     ))
     assert code == 1
-    assert found == [(syntax.UNEXPECTED_TOKEN, 1, 41), (rule.UNKNOWN_VAULT, 3, 17)]
+    assert found == [(syntax.UNEXPECTED_TOKEN, 1, 35), (rule.UNKNOWN_VAULT, 3, 17)]  # at the `limit` missing its size
 
 
 def test_a_broken_attestation_hides_unknown_seals_to_it_but_not_to_others(tmp_path, capsys):

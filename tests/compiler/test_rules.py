@@ -124,6 +124,21 @@ CASES = {
     "VP0516 in an attestation": ("attestation boot { pcrs 0, 4, 7, 16 }\n", [("VP0516", 1, 34)]),
     "VP0517 a nonce valid for a year": ("attestation boot { pcrs 0, 4, 7  nonce 32 bytes, valid 52w }\n", [("VP0517", 1, 56)]),
     "VP0517 not for 10 minutes": ("attestation boot { pcrs 0, 4, 7  nonce 32 bytes, valid 10m }\n", []),
+    "VP0518 an attestation over another bank than the device's": (
+        "device { bank sha256 }\nattestation boot { bank sha384  pcrs 0, 4, 7 }\n", [("VP0518", 2, 25)],
+    ),
+    "VP0518 a seal in defaults over another bank, once": (
+        "defaults { seal pcrs 0, 4, 7 bank sha384 }\nvault d { path \"/persist/d\" }\n", [("VP0518", 1, 35)],
+    ),
+    "VP0518 not for the device's own bank written again": (
+        "device { bank sha384 }\nvault d { path \"/persist/d\"  seal pcrs 0, 4, 7 bank sha384 }\n", [],
+    ),
+    "VP0519 the SHA-1 bank, once for the device and every vault that takes it": (
+        "device { bank sha1 }\n", [("VP0519", 1, 15)],
+    ),
+    "VP0518 and VP0519 an attestation over SHA-1": (
+        "attestation old { bank sha1  pcrs 0, 4, 7 }\n", [("VP0518", 1, 24), ("VP0519", 1, 24)],
+    ),
     "VP0511 allow value not a digest": (
         'attestation boot { pcrs 0, 4, 7  allow pcr 0 = "abc" }\n',
         [("VP0511", 1, 48)],
@@ -141,7 +156,8 @@ CASES = {
 
 
 # Every other compiler code is an error: a warning never stops `compile`, an error always does.
-WARNINGS = {"VP0402", "VP0504", "VP0505", "VP0507", "VP0508", "VP0513", "VP0514", "VP0515", "VP0517"}
+WARNINGS = {"VP0402", "VP0504", "VP0505", "VP0507", "VP0508", "VP0513", "VP0514", "VP0515", "VP0517", "VP0518",
+            "VP0519"}
 
 
 @pytest.mark.parametrize("text,expected", CASES.values(), ids=CASES.keys())
@@ -249,6 +265,17 @@ def test_an_opt_out_of_a_vault_that_is_not_built_in_names_the_vault(check_text):
     assert (found.code, found.message) == ("VP0107", "vault `data` is not built in, so it cannot be opted out of")
 
 
+def test_a_name_declared_three_times_is_never_said_to_be_declared_twice(check_text):
+    """The third `vault a` said "is declared twice", the third `device` "second `device` block"."""
+    found = check_text("vault a { }\nvault a { }\nvault a { }\ndevice { }\ndevice { }\ndevice { }\n")
+    assert [(d.code, d.span.line, d.message, d.notes) for d in found] == [
+        ("VP0102", 2, "vault `a` is already declared", ("first declared at t.vpol:1:7",)),
+        ("VP0102", 3, "vault `a` is already declared", ("first declared at t.vpol:1:7",)),
+        ("VP0108", 5, "another `device` block", ("first declared at t.vpol:4:1",)),
+        ("VP0108", 6, "another `device` block", ("first declared at t.vpol:4:1",)),
+    ]
+
+
 def test_unknown_vault_suggests_the_closest_name(check_text):
     [diagnostic] = check_text('vault historian { path "/persist/h" }\napp a { vault histrian }\n')
     assert diagnostic.help == "did you mean `historian`?"
@@ -300,3 +327,15 @@ def test_a_control_character_s_help_says_how_it_was_written(check_text, written,
     """A raw tab got help about dropping "the `\\t` escape", which the file does not have."""
     [d] = check_text(f'vault data {{ path "{written}" }}\n')
     assert (d.code, d.help) == ("VP0207", f"a directory name on the device is printable: {help}")
+
+
+@pytest.mark.parametrize("pcr, code, why", [
+    (1, "VP0504", "PCR 1 changes when a bootable USB stick is plugged in or a firmware setting changes"),
+    (11, "VP0505", "PCR 11 is extended at each boot phase (systemd-stub, systemd-pcrphase)"),
+    (12, "VP0505", "PCR 12 measures the kernel command line and credentials, which vary per boot"),
+])
+def test_a_volatile_pcr_s_warning_says_why_it_changes(check_text, pcr, code, why):
+    """S4: the warning names what moves the PCR, so the author can judge whether it moves on this device."""
+    [found] = check_text(f"vault data {{ seal pcrs 0, 4, 7, {pcr} }}\n")
+    assert (found.code, found.severity, found.message) == (code, "warning", f"vault `data` seals to volatile PCR {pcr}")
+    assert found.help == f"{why}; consider removing it"

@@ -162,19 +162,22 @@ def test_a_release_file_that_cannot_be_written_spends_no_quote(world, capsys, sm
     assert bytes(open_release(tpm.tcti, released, "gw-1")["config"][1]) == bytes(range(64))
 
 
-def test_refused_pcr_is_named_on_stderr(world, capsys):
+def test_every_refused_pcr_is_named_on_stderr_and_in_the_json_answer(world, capsys):
     tpm, tmp, state, common = world
     store = ["--store", str(tmp / "controller.db")]
     plan = ["--plan", str(tmp / "plan.json")]
     (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
     run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
     tpm.extend(4, b"firmware update")
+    tpm.extend(7, b"new secure boot db")
     nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     capsys.readouterr()
-    assert main(["controller", "verify-quote", str(tmp / "quote.json"), *plan, *store]) == status_codes.ERROR
-    err = capsys.readouterr().err
-    assert "error: PCRs not allowed by attestation `boot`: PCR 4 = " in err and "Traceback" not in err
+    assert main(["controller", "verify-quote", str(tmp / "quote.json"), *plan, "--json", *store]) == status_codes.ERROR
+    out, err = capsys.readouterr()
+    assert "error: PCRs not allowed by attestation `boot`: PCR 4 = " in err and "; PCR 7 = " in err and "Traceback" not in err
+    answer = json.loads(out)
+    assert (answer["verified"], answer["reason"], answer["pcrs"]) == (False, "pcr-not-allowed", [4, 7])
 
 
 def test_bad_inputs_are_clear_errors(world, capsys, tmp_path):

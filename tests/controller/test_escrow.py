@@ -95,3 +95,41 @@ def test_malformed_blob_is_an_input_error():
                         "ephemeral_public": "", "nonce": "!!", "ciphertext": ""}).encode(),
             "blob.json",
         )
+
+
+def test_a_blob_names_the_escrow_key_it_is_wrapped_for_and_that_name_is_bound(controller_key):
+    blob = escrow.wrap_key(controller_key.public_key(), "dev-1", "config", KEY_ID, secrets.token_bytes(64))
+    assert blob.recipient == escrow.escrow_public_raw(escrow.escrow_public_text(controller_key), "key")
+    assert EscrowBlob.from_bytes(blob.to_bytes()) == blob
+    with pytest.raises(EscrowError, match="wrapped for another escrow key"):
+        escrow.unwrap_key(escrow.generate_escrow_key(), blob)
+    renamed = EscrowBlob(**{**blob.__dict__, "recipient": escrow.escrow_public_raw(
+        escrow.escrow_public_text(escrow.generate_escrow_key()), "key")})
+    with pytest.raises(EscrowError):  # the recipient is in the AAD: naming another one breaks the blob
+        escrow.unwrap_key(controller_key, renamed)
+
+
+def test_a_blob_made_before_blobs_named_their_escrow_key_still_reads_and_unwraps(controller_key):
+    raw = secrets.token_bytes(64)
+    ephemeral = escrow.generate_escrow_key()  # the earlier wrapping, by hand: the same, without `recipient`
+    ephemeral_public = escrow.escrow_public_raw(escrow.escrow_public_text(ephemeral), "key")
+    recipient = escrow.escrow_public_raw(escrow.escrow_public_text(controller_key), "key")
+    key = escrow.derive_key(ephemeral.exchange(controller_key.public_key()), ephemeral_public + recipient,
+                            b"vaultpolicy escrow v1")
+    header = EscrowBlob("dev-1", "config", KEY_ID, ephemeral_public, b"", b"")
+    nonce, ciphertext = escrow.aead_seal(key, raw, header.aad())
+    old = EscrowBlob("dev-1", "config", KEY_ID, ephemeral_public, nonce, ciphertext)
+    assert b"recipient" not in old.to_bytes() and EscrowBlob.from_bytes(old.to_bytes()) == old
+    assert bytes(escrow.unwrap_key(controller_key, old)) == raw
+    assert escrow.escrow_gap(old, KEY_ID, recipient).startswith("its escrow blob does not name the escrow key")
+
+
+def test_escrow_state_of_a_blob_of_another_key_or_for_another_escrow_key_is_missing(tmp_path, controller_key):
+    blob = escrow.wrap_key(controller_key.public_key(), "dev-1", "config", KEY_ID, secrets.token_bytes(64))
+    escrow.record_escrow(tmp_path, blob)
+    escrow.record_ack(tmp_path, escrow.make_ack(blob))
+    assert escrow.escrow_state(tmp_path, "config", KEY_ID, blob.recipient) == "acknowledged"
+    assert escrow.escrow_state(tmp_path, "config", bytes(16), blob.recipient) == "missing"
+    assert escrow.escrow_state(tmp_path, "config", KEY_ID, bytes(32)) == "missing"
+    (tmp_path / "escrow" / "config.json").write_text("{damaged")
+    assert escrow.escrow_state(tmp_path, "config") == "missing"  # a file that is no blob escrows nothing

@@ -12,7 +12,7 @@ import pytest
 
 from controller import nonce as nonces
 from controller.errors import AttestationRejected
-from controller.quote_verify import verify_quote
+from controller.quote_verify import parse_attest, verify_quote, went_backwards
 from controller.release import accept_deposit, release_keys
 from enforcer import escrow, fscrypt
 from enforcer.attest import AK_HANDLE, AttestationTpm, Quote, qualifying_data, storage_parent_binding
@@ -304,3 +304,68 @@ def test_a_quote_made_for_a_report_is_no_release_quote(device, store):
     assert error.message == "the quote was made for a report, not for key release"
     refused(store, "nonce-mismatch", dataclasses.replace(report_quote, purpose="release"), policy, NOW)
     assert store.get_nonce(nonce).used_at is None, "a refused purpose leaves the nonce to the report it was asked for"
+
+
+def test_a_lower_restart_count_within_one_boot_is_refused_whatever_the_clock(device, store):
+    """Within one reset the restart count never goes back: a quote whose restart count is lower than the
+    one seen is an old quote, even when its clock is later (the clock alone would let it pass)."""
+    tpm, identity, policy = device
+    seen = verify_quote(store, quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW)), policy, NOW)
+    # the controller saw this boot after a resume (TPM2_Startup(STATE): restart count + 1), at this clock
+    store.record_counters("gw-1", seen.reset_count, seen.restart_count + 1, seen.clock)
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    counters = parse_attest(made.attest, "sha256").counters
+    assert counters[0] == seen.reset_count and counters[1] < seen.restart_count + 1 and counters[2] > seen.clock
+    error = refused(store, "counters-backwards", made, policy, NOW)
+    assert f"after {(seen.reset_count, seen.restart_count + 1, seen.clock)}" in error.message
+
+
+def test_the_clock_may_go_back_across_a_reset(device, store):
+    """A reboot may lose the TPM clock's tail (an unorderly shutdown): a quote of a later reset whose
+    clock is earlier than the one seen in the previous boot is accepted, as check_counters documents."""
+    tpm, identity, policy = device
+    before = verify_quote(store, quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW)), policy, NOW)
+    tpm.restart()
+    tpm.measure_boot()
+    made = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    reset_count, _, clock = parse_attest(made.attest, "sha256").counters
+    assert reset_count > before.reset_count
+    # the previous boot was seen an hour later than this boot's clock
+    store.record_counters("gw-1", before.reset_count, before.restart_count, clock + 3_600_000)
+    after = verify_quote(store, made, policy, NOW)
+    assert (after.reset_count, after.clock) == (reset_count, clock)
+    assert (store.device("gw-1").reset_count, store.device("gw-1").clock) == (reset_count, clock)
+
+
+def test_went_backwards_compares_as_documented():
+    seen = (3, 2, 5_000)
+    assert went_backwards((3, 1, 9_000), seen)  # a lower restart count alone, in the same reset
+    assert went_backwards((3, 3, 4_999), seen)  # the clock back in the same reset, restart count up
+    assert went_backwards((2, 9, 9_000), seen)  # an earlier reset
+    assert not went_backwards((4, 0, 1), seen)  # a later reset: restart count and clock start again
+    assert not went_backwards(seen, seen) and not went_backwards((3, 2, 5_001), seen)
+
+
+def test_a_disallowed_quote_whose_counters_also_went_back_is_refused_as_not_allowed(device, store):
+    """Issue 6's order: "each value is allowed by the policy" (step 4) before "the counters do not go
+    backwards" (step 5), so the answer names the PCRs."""
+    tpm, identity, policy = device
+    tpm.extend(7, b"unapproved boot")
+    old = quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW))
+    tpm.restart()
+    tpm.measure_boot()
+    verify_quote(store, quote(tpm, identity, nonces.issue(store, "gw-1", policy, NOW)), policy, NOW)
+    recorded = store.device("gw-1")
+    assert went_backwards(parse_attest(old.attest, "sha256").counters,
+                          (recorded.reset_count, recorded.restart_count, recorded.clock))
+    error = refused(store, "pcr-not-allowed", old, policy, NOW)
+    assert error.pcrs == [7]
+
+
+def test_two_nonces_issued_at_once_differ_and_each_serves_its_own_quote(device, store):
+    tpm, identity, policy = device
+    first, second = nonces.issue(store, "gw-1", policy, NOW), nonces.issue(store, "gw-1", policy, NOW)
+    assert first != second and len(first) == len(second) == policy.nonce_bytes
+    verify_quote(store, quote(tpm, identity, first), policy, NOW)
+    assert store.get_nonce(second).used_at is None  # using one leaves the other
+    verify_quote(store, quote(tpm, identity, second), policy, NOW)

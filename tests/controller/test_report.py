@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from controller.errors import AttestationRejected
 from enforcer.attest import AttestationTpm
 from enforcer.fscrypt import KeyStatus, policy_for
 from enforcer.observe import ObservedSeal, ObservedVault, PathState
-from enforcer.report import LastUnlock, PlanRef, Report, Rotation, Usage, VaultReport, report_schema, sign_report, vault_condition
+from enforcer.report import (SIGNED_REPORT_FORMAT, LastUnlock, PlanRef, Report, Rotation, Usage, VaultReport, report_binding,
+                             report_schema, sign_report, vault_condition)
 
 NOW = 1_800_000_000
 KEY = bytes(range(16))
@@ -219,3 +221,29 @@ def test_html_view_escapes_device_text():
     html = render(summarise([VerifiedReport(hostile, False, {}, "sha256", "r.json", "ab" * 32, (1, 0, 5))], []), "html")
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<script>" in render(summarise([VerifiedReport(hostile, False, {}, "sha256", "r.json", "ab" * 32, (1, 0, 5))], []), "text")
+
+
+@pytest.mark.parametrize("purpose", ["release", "escrow"])
+def test_a_release_or_escrow_quote_passed_off_as_a_report_is_refused(enrolled, store, make_policy, purpose):
+    """The strongest forgery: a genuine quote of the enrolled TPM over this very report's binding, made
+    for another purpose. Its JSON saying `report` breaks the signed qualifying data instead."""
+    report_bytes = locked_report("gw-1").to_bytes()
+    nonce = nonces.issue(store, "gw-1", make_policy(), NOW) if purpose == "release" else b""
+    with AttestationTpm(enrolled.tcti) as attesting:
+        made = attesting.quote("gw-1", purpose, nonce, report_binding(report_bytes), "sha256", (0, 2, 4, 7))
+
+    def signed(quote) -> bytes:
+        return json.dumps({"format": SIGNED_REPORT_FORMAT, "report": base64.b64encode(report_bytes).decode(),
+                           "quote": json.loads(quote.to_bytes())}).encode()
+
+    with pytest.raises(AttestationRejected) as caught:
+        verify_report(store, signed(made), NOW)
+    assert (caught.value.reason, caught.value.message) == ("not-a-report", "report: the quote does not vouch for a report")
+    with pytest.raises(AttestationRejected) as relabelled:
+        verify_report(store, signed(dataclasses.replace(made, purpose="report")), NOW)
+    assert relabelled.value.reason == "nonce-mismatch"
+    if nonce:
+        assert store.get_nonce(nonce).used_at is None  # left to the release it was issued for
+    with AttestationTpm(enrolled.tcti) as attesting:  # the same report under a report quote verifies
+        genuine = attesting.quote("gw-1", "report", b"", report_binding(report_bytes), "sha256", (0, 2, 4, 7))
+    assert verify_report(store, signed(genuine), NOW).report == locked_report("gw-1")

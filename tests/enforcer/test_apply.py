@@ -15,7 +15,7 @@ import pytest
 
 from enforcer import fscrypt
 from enforcer.state import StateDir
-from vp_helpers import NOW, REPO, fill, kernel_has_adiantum, key_leaks, make_plan, signed, tree, vault
+from vp_helpers import NOW, REPO, fill, kernel_has_adiantum, key_leaks, make_plan, reboot, signed, tree, vault
 
 pytestmark = pytest.mark.device
 
@@ -406,6 +406,31 @@ def test_new_key_is_escrowed_when_the_plan_names_an_escrow_key(device):
         sealed_key = bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed("config")["blob"]))))
     assert bytes(escrow.unwrap_key(controller, blob)) == sealed_key
     assert blob.key_identifier.hex() == state.sealed("config")["key_identifier"]
+
+
+def test_a_plan_that_adds_an_escrow_key_after_a_reboot_escrows_every_existing_key_in_one_apply(device):
+    """After a reboot a vault's image is not mounted, so its path shows no encryption policy: its key is
+    escrowed in the same apply, once mount-storage has mounted it and the step has seen its files under
+    that key; the next apply has nothing to do."""
+    from enforcer import escrow
+
+    names = ("config", "img")
+    vaults = [vault("config"), vault("img", limit=8 * MiB)]
+    assert device.apply(make_plan(vaults)).returncode == 0
+    reboot(device)
+    controller = escrow.generate_escrow_key()
+    escrowing = make_plan(vaults, version=2, escrow_public_key=escrow.escrow_public_text(controller))
+    result = device.apply(escrowing, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = [(s["vault"], s["action"]) for s in json.loads(result.stdout)["steps"] if s["done"]]
+    assert steps == [("config", "unlock"), ("img", "mount-storage"), ("img", "unlock"), ("img", "set-policy"),
+                     ("config", "escrow-key"), ("img", "escrow-key")]
+    state = StateDir(device.state)
+    for name in names:
+        blob = escrow.EscrowBlob.from_bytes((device.state / "escrow" / f"{name}.json").read_bytes())
+        assert blob.key_identifier.hex() == state.sealed(name)["key_identifier"]
+        assert fscrypt.key_identifier(bytes(escrow.unwrap_key(controller, blob))) == blob.key_identifier
+    assert json.loads(device.apply(escrowing, "--json").stdout)["steps"] == []
 
 
 def test_new_pcr_selection_reseals_the_same_key(device):

@@ -237,3 +237,42 @@ def test_kill_at_every_step_of_a_re_encryption_then_rerun_converges(device):
             assert not any(key in data for key in keys_seen), f"step {step}: key bytes in {path}"
     # 4 vaults x (re-encrypt, its key, copy, swap, commit, erase) + the plan's commit and the point inside it
     assert len(crashed_at) == 26, crashed_at
+
+
+def test_kill_at_every_step_of_an_apply_that_escrows_existing_keys_then_rerun_converges(device):
+    """A plan that adds an escrow key to two existing vaults, killed at each crash point (each escrow-key
+    step, inside it with the key unsealed, the commit): the rerun escrows each key once, wrapped for the
+    plan's escrow key and pending, no key bytes are on disk, and the next apply has nothing to do."""
+    from enforcer import escrow
+
+    controller = escrow.generate_escrow_key()
+    names = ("config", "logs")
+    without = make_plan([vault(name) for name in names])
+    escrowing = make_plan([vault(name) for name in names], version=2,
+                          escrow_public_key=escrow.escrow_public_text(controller))
+    crashed_at = []
+    for step in range(1, 20):
+        reset(device)
+        assert device.apply(without).returncode == 0
+        killed = device.apply(escrowing, env={"VAULTPOLICY_CRASH_AT": str(step)})
+        if killed.returncode == 0:
+            break
+        assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        crashed_at.append(step)
+
+        rerun = device.apply(escrowing)
+        assert rerun.returncode == 0, f"step {step}: {rerun.stdout!r}{rerun.stderr!r}"
+        assert "resumed after an interrupted apply" in rerun.stdout
+        keys = current_keys(device, names)
+        for name, key in zip(names, keys):
+            blob = escrow.EscrowBlob.from_bytes((device.state / "escrow" / f"{name}.json").read_bytes())
+            assert bytes(escrow.unwrap_key(controller, blob)) == key, f"step {step}: {name}"
+            assert escrow.escrow_state(device.state, name) == "pending", f"step {step}: {name}"
+        again = device.apply(escrowing, "--json")
+        assert json.loads(again.stdout)["steps"] == [], f"step {step}: not converged"
+        os.sync()
+        for path in [p for p in device.state.rglob("*") if p.is_file()] + images(device):
+            data = path.read_bytes()
+            assert not [leak for key in keys for leak in key_leaks(key, data)], f"step {step}: key bytes in {path}"
+    # per vault the escrow-key step and the point inside it where its key is unsealed; the commit, inside it
+    assert crashed_at == list(range(1, 7)), crashed_at

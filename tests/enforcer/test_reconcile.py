@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from enforcer.fscrypt import EncryptionPolicy, KeyStatus
 from enforcer.observe import Observed, ObservedSeal, ObservedVault, PathState
-from enforcer.reconcile import Action, reconcile
+from enforcer.reconcile import Action, escrow_steps, reconcile
 from enforcer.state import VaultRecord
 from vp_helpers import make_plan, vault
 
@@ -273,3 +273,36 @@ def test_a_quota_vault_without_its_image_is_not_storage_lost():
     empty = quota_vault(policy=None, key_status=KeyStatus.ABSENT, empty=True)
     steps, problems = actions(plan, empty, records=[quota_record()])
     assert "storage-lost" not in problems and Action.SET_POLICY in steps
+
+
+def test_escrow_steps_escrow_each_sealed_key_the_device_holds_no_blob_of_for_the_plans_escrow_key():
+    from enforcer import escrow
+
+    controller, other = escrow.generate_escrow_key(), escrow.generate_escrow_key()
+    plan = make_plan([vault("config")], escrow_public_key=escrow.escrow_public_text(controller))
+
+    def blob(key=controller, identifier=KEY_ID, named=True):
+        made = escrow.wrap_key(key.public_key(), "gw-1", "config", identifier, bytes(64))
+        return made if named else replace(made, recipient=None)  # as blobs were before they named their escrow key
+
+    def steps(observed, for_plan=plan):
+        return [(s.action, s.reason) for s in escrow_steps(for_plan, Observed({"config": observed}))]
+
+    assert steps(converged(), make_plan([vault("config")])) == []  # no escrow key: nothing to escrow
+    assert steps(replace(converged(), escrow=blob())) == []  # escrowed for the plan's key: nothing to do
+    for held, why in ((None, "the key is not escrowed"),
+                      (blob(identifier=bytes(16)), "its escrow blob is of an earlier key"),
+                      (blob(named=False), "its escrow blob does not name the escrow key it is wrapped for"),
+                      (blob(other), "the key is escrowed for another escrow key than the plan's")):
+        [(action, reason)] = steps(replace(converged(), escrow=held))
+        assert action is Action.ESCROW_KEY and reason.startswith(why) and "wrapped for the plan's escrow key" in reason
+    # an image not mounted yet (a reboot) shows no policy: the step checks it once the image is mounted
+    assert [a for a, _ in steps(replace(converged(limit=1 << 20), mounted=False, policy=None))] == [Action.ESCROW_KEY]
+    # never: no key yet (create-key escrows it), files under another key (its blob may be its only copy, S20),
+    # a plan that decrypts the vault, a path that is no directory
+    assert steps(replace(converged(), seal=None)) == []
+    assert steps(replace(converged(), policy=replace(POLICY, key_identifier=bytes(16)))) == []
+    assert steps(replace(converged(), policy=None)) == []
+    assert steps(converged(), make_plan([vault("config", encryption="none")],
+                                        escrow_public_key=escrow.escrow_public_text(controller))) == []
+    assert steps(replace(converged(), path_state=PathState.SYMLINK, policy=None)) == []

@@ -12,7 +12,7 @@ import pytest
 from enforcer import blockdev, fscrypt
 from enforcer.fscrypt import KeyStatus
 from enforcer.state import StateDir
-from vp_helpers import make_plan, mounts_under, vault
+from vp_helpers import make_plan, mounts_under, reboot, vault
 
 pytestmark = pytest.mark.device
 
@@ -25,15 +25,6 @@ def by_vault(result, verb: str) -> dict[str, dict]:
 
 def statuses(device) -> dict[str, dict]:
     return {v["vault"]: v for v in json.loads(device.cli("device", "status", "--json").stdout)["vaults"]}
-
-
-def reboot(device) -> None:
-    """Keys gone from the kernel, every vault image unmounted, the TPM restarted and measured again."""
-    assert device.cli("device", "lock").returncode in (0, 1)
-    for mountpoint in mounts_under(device.path("/persist/vault"), device.state):
-        subprocess.run(["umount", mountpoint], check=True)
-    device.swtpm.restart()
-    device.swtpm.measure_boot()
 
 
 def write(path, size: int) -> None:

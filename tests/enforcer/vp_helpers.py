@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import stat
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -64,6 +65,15 @@ def mounts_under(*prefixes: Path) -> list[str]:
             if any(target == str(p) or target.startswith(f"{p}/") for p in prefixes):
                 found.append(target)
     return sorted(set(found), key=lambda t: t.count("/"), reverse=True)
+
+
+def reboot(device) -> None:
+    """Keys gone from the kernel, every vault image unmounted, the TPM restarted and measured again."""
+    assert device.cli("device", "lock").returncode in (0, 1)
+    for mountpoint in mounts_under(device.path("/persist/vault"), device.state):
+        subprocess.run(["umount", mountpoint], check=True)
+    device.swtpm.restart()
+    device.swtpm.measure_boot()
 
 
 def fill(target) -> None:

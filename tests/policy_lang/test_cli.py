@@ -213,3 +213,66 @@ def test_check_counts_the_files_it_read(lang, tmp_path):
     assert code == 0 and out == "check: 0 errors, 0 warnings in 3 files\n"
     code, out, _ = lang.cli("check", "--format", "json", tmp_path / "main.vpol", tmp_path / "other.vpol")
     assert json.loads(out)["files"] == [str(tmp_path / name) for name in ("main.vpol", "other.vpol", "apps.vpol")]
+
+
+def test_messages_show_control_characters_as_escapes(lang, tmp_path):
+    """`include "a\\nb"` split its message over two lines, and `include "x\\u{1b}[31mred"` put a raw
+    ESC on stderr. Every message shows a control character as the language's escape, and so does
+    the `-->` line of a file whose name holds one."""
+    odd = tmp_path / "odd\nname.vpol"
+    odd.write_text('vault v { limit "a\x1bb" }\n')
+    main = tmp_path / "main.vpol"
+    main.write_text('include "a\\nb"\ninclude "x\\u{1b}[31mred"\ninclude "odd\\nname.vpol"\n')
+    code, _, err = lang.cli("check", main)
+    assert code == 1 and "\x1b" not in err
+    assert f"error[VP0020]: cannot read `{tmp_path}/a\\nb`: no such file or directory\n" in err
+    assert f"error[VP0020]: cannot read `{tmp_path}/x\\u{{1b}}[31mred`: no such file or directory\n" in err
+    assert f'found string `"a\\u{{1b}}b"`\n  --> {tmp_path}/odd\\nname.vpol:1:17\n' in err
+    code, out, _ = lang.cli("check", "--format", "json", main)
+    for d in json.loads(out)["diagnostics"]:
+        assert all(text.isprintable() for text in (d["message"], d["help"], *d["notes"])), d
+
+
+def test_an_included_text_file_that_is_no_policy_is_one_error(lang, tmp_path):
+    """`include "/etc/passwd"` gave an error for every stray word and character, echoing every line
+    of the file. A text whose first lines hold only errors is named once as no policy, and what it
+    declares is unknown, so the app using a vault it might declare is not reported."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("".join(f"user{n}:x:{1000 + n}:{1000 + n}:User {n}:/home/user{n}:/bin/sh\n" for n in range(20)))
+    main = tmp_path / "main.vpol"
+    main.write_text(f'include "{passwd}"\napp a {{ vault data }}\n')
+    code, out, _ = lang.cli("check", "--format", "json", main)
+    assert code == 1
+    [d] = json.loads(out)["diagnostics"]
+    assert (d["code"], d["span"]["file"], d["span"]["line"], d["span"]["column"]) == ("VP0022", str(passwd), 1, 1)
+    assert d["message"] == f"`{passwd}` does not look like a policy: its first lines hold only errors"
+    assert "user1" not in d["message"] + d["help"] + "".join(d["notes"])
+
+
+def test_a_policy_with_a_few_stray_lines_is_still_a_policy(lang, tmp_path):
+    policy = tmp_path / "p.vpol"
+    policy.write_text("notes: keep\nowner: ops\nvault v { limit 8Mib }\n")
+    code, out, _ = lang.cli("check", "--format", "json", policy)
+    assert code == 1
+    assert [d["code"] for d in json.loads(out)["diagnostics"]] == ["VP0005", "VP0001", "VP0001", "VP0010"]
+
+
+def test_check_renders_a_warning_and_exits_zero_on_warnings_alone(lang, tmp_path):
+    policy = tmp_path / "w.vpol"
+    policy.write_text("vault v {\n  seal pcrs 0, 4, 7, 7\n}\n")
+    code, out, err = lang.cli("check", policy)
+    assert code == 0
+    assert err == (
+        "warning[VP0513]: vault `v` lists PCR 7 twice\n"
+        f"  --> {policy}:2:22\n"
+        "  |\n"
+        "2 |   seal pcrs 0, 4, 7, 7\n"
+        "  |                      ^\n"
+        "  = help: remove the second 7: the plan seals to each PCR once\n\n"
+    )
+    assert out == "check: 0 errors, 1 warning in 1 file\n"
+    code, out, _ = lang.cli("check", "--format", "json", policy)
+    report = json.loads(out)
+    assert (code, report["errors"], report["warnings"]) == (0, 0, 1)
+    [d] = report["diagnostics"]
+    assert (d["severity"], d["code"], d["span"]["line"], d["span"]["column"]) == ("warning", "VP0513", 2, 22)

@@ -37,13 +37,13 @@ ONE_ERROR = [
     ("nonce too small", "attestation boot { nonce 8 bytes }\n", "VP0013", 1, 26, 27, "between 12 and 32"),
     ("unknown encryption", "vault v { encryption aes-256-xtz }\n", "VP0014", 1, 22, 33, "did you mean `aes-256-xts`?"),
     ("value of the wrong kind", "vault v { limit \"16MiB\" }\n", "VP0004", 1, 17, 24, "expected a size"),
-    ("unterminated string", "vault v { path \"/persist }\n", "VP0002", 1, 16, 27, "close the string"),
+    ("unterminated string", "vault v { path \"/persist }\n", "VP0002", 1, 16, 25, "close the string"),
     ("bad escape", "vault v { path \"/a\\qb\" }\n", "VP0003", 1, 19, 21, "valid escapes"),
     ("stray character", "vault v { limit 1MiB }\n@\n", "VP0001", 2, 1, 2, "policies contain"),
     ("a letter that is not ASCII", "vault données { limit 16MiB }\n", "VP0001", 1, 11, 12,
      "names are ASCII: letters `a`-`z` and `A`-`Z`, digits, `_` and `-`, starting with a letter or `_`"),
     ("a name in another script", "app 应用 { }\n", "VP0001", 1, 5, 7, "names are ASCII"),
-    ("end of file", "vault v { }\ninclude", "VP0007", 2, 8, 9, "expected a string"),
+    ("end of file", "vault v { }\ninclude", "VP0007", 2, 1, 8, "missing a string after `include`"),
     ("setting given twice", "vault v {\n  limit 1MiB\n  limit 2MiB\n}\n", "VP0016", 3, 3, 13, "keep one"),
 ]
 
@@ -237,3 +237,156 @@ def test_literal_errors_point_at_the_literal(lang, source, code, column):
     errors = lang.errors(source)
     assert [lang.where(d) for d in errors] == [(code, 1, column)]
     assert errors[0].help
+
+
+def test_a_lexical_error_hides_nothing_else_in_its_block(lang):
+    """A block holding a bad character was skipped whole: of these four errors only the `@` was
+    reported. A bad character costs only itself, so the unit, the duration and PCR 24 are found too."""
+    source = 'vault v {\n  path "/persist/v" @\n  limit 64Mib\n  rotate every 90days\n  seal pcrs 0, 24\n}\n'
+    assert [(*lang.where(d), d.message) for d in lang.errors(source)] == [
+        ("VP0001", 2, 21, "unexpected `@` in the policy"),
+        ("VP0010", 3, 11, "unknown size unit `Mib` of `limit` in `vault v`"),
+        ("VP0011", 4, 18, "unknown duration unit `days` of `rotate every` in `vault v`"),
+        ("VP0012", 5, 16, "PCR index `24` of `seal pcrs` in `vault v` is out of range"),
+    ]
+
+
+LEXICAL_ERROR_COSTS_ONLY_ITS_TOKEN = {
+    # a name holding a letter that no name may hold is still the vault's name
+    "a letter in a name": ("vault données { limit 64Mib }\n", [("VP0001", 1, 11), ("VP0010", 1, 25)]),
+    # and the literal holding it gets no second error (no "unknown unit `Mié`")
+    "a letter in a size": ("vault v { limit 16Mié }\n", [("VP0001", 1, 21)]),
+    "a superscript in a PCR index": ("vault v { seal pcrs 1², 7 }\n", [("VP0001", 1, 22)]),
+    # an unterminated string ends at the line's end, before a closing `}`: no unclosed block
+    "an unterminated string": ('vault v {\n  path "/persist/v\n  limit 64Mib\n}\n', [("VP0002", 2, 8), ("VP0010", 3, 11)]),
+    "an unterminated string before `}`": ('vault v { path "/persist/v }\nvault w { limit 1Mib }\n',
+                                           [("VP0002", 1, 16), ("VP0010", 2, 18)]),
+    # what a skipped character stood for is unknown: the error it leaves after it is not reported
+    "a bad character for a value": ('vault v { path @ }\n', [("VP0001", 1, 16)]),
+}
+
+
+@pytest.mark.parametrize("source,expected", LEXICAL_ERROR_COSTS_ONLY_ITS_TOKEN.values(),
+                         ids=LEXICAL_ERROR_COSTS_ONLY_ITS_TOKEN.keys())
+def test_a_lexical_error_costs_only_its_token(lang, source, expected):
+    assert [lang.where(d) for d in lang.errors(source)] == expected
+
+
+def test_check_runs_the_compiler_on_a_block_with_a_bad_character(lang, tmp_path):
+    """The block was left out of the compiler's checks too: its 1MiB limit went unreported."""
+    policy = tmp_path / "t.vpol"
+    policy.write_text('vault v { path "/persist/v" @ limit 1MiB }\n')
+    code, out, _ = lang.cli("check", "--format", "json", policy)
+    found = [(d["code"], d["span"]["line"], d["span"]["column"]) for d in json.loads(out)["diagnostics"]]
+    assert (code, found) == (1, [("VP0001", 1, 29), ("VP0403", 1, 37)])
+
+
+SYNTAX_MESSAGES = {
+    # LALR merges the states after a PCR list of `seal pcrs` and of `pcrs`: the help listed
+    # `nonce`, `allow` and `escrow` in a vault, `holds` and `limit` in an attestation
+    "a missing `,` between PCRs in a vault": (
+        "vault v { seal pcrs 0 4 7 }", "VP0004", 1, 23, "missing `,` between PCR indexes `0` and `4`", "write `0, 4`"),
+    "a missing `,` between PCRs in an attestation": (
+        "attestation a { pcrs 0 4 }", "VP0004", 1, 24, "missing `,` between PCR indexes `0` and `4`", "write `0, 4`"),
+    "a missing `,` between words": (
+        "attestation a { on_failure keep_locked deny_release }", "VP0004", 1, 40,
+        "missing `,` between `keep_locked` and `deny_release`", "write `keep_locked, deny_release`"),
+    # the help said "write the end of the file before `}`", and the inner `}` was a second error
+    "a block in a block": ("vault v { { limit 8MiB } }", "VP0004", 1, 11, "unexpected `{` inside `vault v`",
+                           "remove it and its `}`: blocks do not nest"),
+    "blocks in a block": ("vault v { {{ limit 8MiB }} }", "VP0004", 1, 11, "unexpected `{` inside `vault v`",
+                          "remove it and its `}`: blocks do not nest"),
+    "a `}` that closes nothing": ("vault v { } }", "VP0004", 1, 13, "unexpected `}`: no block is open here", "remove it"),
+    "a quoted name": ('vault "v" { limit 8MiB }', "VP0004", 1, 7, 'expected a vault name, found string `"v"`',
+                      "remove the quotes: `v`"),
+    "a quoted choice": ('device { tpm "required" }', "VP0004", 1, 14,
+                        'expected `required` or `optional`, found string `"required"`', "remove the quotes: `required`"),
+    "an `=` before a value": ("vault v { limit = 8MiB }", "VP0004", 1, 17, "expected a size such as `512MiB`, found `=`",
+                              "remove the `=`: `limit 8MiB`"),
+    "a trailing `,` before a keyword": (
+        "vault v { seal pcrs 0, 4, 7, bank sha256 }", "VP0004", 1, 30,
+        "expected a PCR index such as `7`, found keyword `bank`",
+        "remove the `,` before keyword `bank`: a list does not end with one"),
+    "a trailing `,` before `}`": ('vault v { holds "/persist/v/a",\n}', "VP0004", 2, 1, "expected a string, found `}`",
+                                  "remove the `,` before `}`: a list does not end with one"),
+    # a missing value was reported at the token after it, on the next line
+    "a size missing at the end of a line": (
+        'vault v {\n  path "/persist/v"\n  limit\n}', "VP0004", 3, 3, "missing a size such as `512MiB` after `limit`",
+        "for example `limit 512MiB`"),
+    "a size missing before the next setting": (
+        'vault v { limit path "/persist/v" }', "VP0004", 1, 11, "missing a size such as `512MiB` after `limit`",
+        "for example `limit 512MiB`"),
+    # and the choices were "`required` or a name"
+    "a choice missing": ("device {\n tpm\n}", "VP0004", 2, 2, "missing `required` or `optional` after `tpm`",
+                         "for example `tpm required`"),
+    "an attestation missing": ("vault v { seal }", "VP0004", 1, 11,
+                               "missing `pcrs` or the name of an attestation such as `boot` after `seal`",
+                               "for example `seal boot`"),
+    # a number, a space and a unit word gave "has no unit" and "unknown keyword `days`"
+    "a duration with a space and a word": ("vault v { rotate every 90 days }", "VP0011", 1, 24,
+                                           "`90 days` is not a duration",
+                                           "write `90d`: the number and its unit, without a space"),
+    "a size with a space and its unit in lower case": ("vault v { limit 8 gib }", "VP0010", 1, 17, "`8 gib` is not a size",
+                                                      "write `8GiB`: the number and its unit, without a space"),
+    "a nonce lifetime with a space": ("attestation a { nonce 32 bytes, valid 5 min }", "VP0011", 1, 39,
+                                      "`5 min` is not a duration", "write `5m`: the number and its unit, without a space"),
+}
+
+
+@pytest.mark.parametrize("source,code,line,column,message,help", SYNTAX_MESSAGES.values(), ids=SYNTAX_MESSAGES.keys())
+def test_syntax_errors_say_what_is_wrong_and_the_fix(lang, source, code, line, column, message, help):
+    [d] = lang.errors(source + "\n")
+    assert (*lang.where(d), d.message, d.help) == (code, line, column, message, help)
+
+
+def test_the_help_lists_only_what_the_block_takes(lang):
+    """After `seal pcrs 0` in a vault, the help listed the attestation's settings too."""
+    [d] = lang.errors("vault v { seal pcrs 0 nonce }\n")
+    assert d.help.startswith("expected `,`, `bank`, ") and "`nonce`" not in d.help and "`allow`" not in d.help
+
+
+INVISIBLE_AND_LOOK_ALIKE_CHARACTERS = {
+    # each gave "unexpected characters in the policy" with a caret under a blank
+    "a no-break space": ("vault v {\u00a0limit 8MiB }", 1, 10, "unexpected U+00A0 NO-BREAK SPACE in the policy",
+                         "replace it with a plain space"),
+    "a thin space": ("vault v { limit\u2009 8MiB }", 1, 16, "unexpected U+2009 THIN SPACE in the policy",
+                     "replace it with a plain space"),
+    "a zero width space": ("vault v { limit 8MiB\u200b }", 1, 21, "unexpected U+200B ZERO WIDTH SPACE in the policy",
+                           "remove it: it does not show in most editors, and no policy needs it"),
+    "a right-to-left override": ('vault v { path "/persist/v" \u202e}', 1, 29,
+                                 "unexpected U+202E RIGHT-TO-LEFT OVERRIDE in the policy",
+                                 "remove it: it does not show in most editors, and no policy needs it"),
+    # gave three errors: `“/`, `/` and `”`
+    "a string in curly quotes": ("vault v { path \u201c/persist/v\u201d }", 1, 16,
+                                 "string in curly quotes `\u201c/persist/v\u201d`",
+                                 'write it in straight double quotes: `"/persist/v"`'),
+    "an unterminated string in curly quotes": ("vault v { path \u2018/persist/v }", 1, 16,
+                                               "unterminated string in curly quotes `\u2018/persist/v`",
+                                               'write it in straight double quotes: `"/persist/v"`'),
+}
+
+
+@pytest.mark.parametrize("source,line,column,message,help", INVISIBLE_AND_LOOK_ALIKE_CHARACTERS.values(),
+                         ids=INVISIBLE_AND_LOOK_ALIKE_CHARACTERS.keys())
+def test_invisible_and_look_alike_characters_are_named(lang, source, line, column, message, help):
+    [d] = lang.errors(source + "\n")
+    assert (*lang.where(d), d.message, d.help) == ("VP0001", line, column, message, help)
+
+
+def test_a_string_in_curly_quotes_is_still_checked_as_the_string_it_means(lang):
+    """Its meaning is plain, so the compiler and the literal checks judge it as written straight."""
+    errors = lang.errors("vault v { path \u201c\u201d }\n")
+    assert [d.code for d in errors] == ["VP0001", "VP0023"]
+
+
+def test_the_help_lines_up_after_a_two_digit_line_number(lang):
+    """`= help` stayed two columns in while the `|` moved right for line 10 and beyond."""
+    source = "\n" * 10 + "vault v {\n  limt 8MiB\n}\n"
+    [d] = lang.errors(source)
+    assert render_text([d], {"t.vpol": source}).splitlines()[1:] == [
+        "   --> t.vpol:12:3",
+        "   |",
+        "12 |   limt 8MiB",
+        "   |   ^^^^",
+        "   = help: did you mean `limit`?",
+    ]

@@ -113,10 +113,12 @@ def test_unwritten_settings_stay_none(lang):
 
 def test_a_run_of_bad_characters_is_one_error_at_its_start(lang):
     # The tokenizer matches bad characters as runs; a run stops at whitespace or at a character
-    # that starts a token, and a vertical tab is not whitespace in the language.
-    errors = lang.errors('vault v { limit 1MiB }\n  x@@\x0b$ y\n\tapp a {@} ~\n')
+    # that starts a token, and a vertical tab is not whitespace in the language. The run costs only
+    # itself: the stray `x` before it is an error of its own.
+    errors = lang.errors('vault v { limit 8MiB }\n  x@@\x0b$ y\n\tapp a {@} ~\n')
     assert [(lang.where(d), d.span.end_pos - d.span.start_pos, d.message) for d in errors] == [
-        (("VP0001", 2, 4), 4, "unexpected characters in the policy"),
+        (("VP0005", 2, 3), 1, "unknown keyword `x`"),
+        (("VP0001", 2, 4), 4, "unexpected `@@`, the control character U+000B and `$` in the policy"),
         (("VP0001", 3, 9), 1, "unexpected `@` in the policy"),
         (("VP0001", 3, 12), 1, "unexpected `~` in the policy"),
     ]
@@ -145,6 +147,7 @@ def test_a_top_level_keyword_is_a_name_where_a_name_is_expected(lang, text):
 
 
 def test_a_missing_name_before_the_next_item_is_still_one_error_there(lang):
-    """`vault` then `app x { }` on the next line: `app` is the next item, not the vault's name."""
+    """`vault` then `app x { }` on the next line: `app` is the next item, not the vault's name. The
+    error is at the `vault` that lacks its name."""
     [d] = lang.errors("vault\napp x { }\n")
-    assert lang.where(d) == ("VP0007", 1, 6)
+    assert (*lang.where(d), d.message) == ("VP0007", 1, 1, "missing a vault name after `vault`")

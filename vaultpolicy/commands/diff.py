@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 from compiler import BuildOptions, compile_policy
-from compiler.diff import diff_plans, to_json
+from compiler.diff import diff_plans, json_data
 from compiler.files import load_plan, plan_payload, read_input
 from compiler.plan import Plan
 from compiler.render import render
@@ -16,7 +16,7 @@ from vaultpolicy import status_codes
 from vaultpolicy.encoding import is_json_document
 from vaultpolicy.errors import InputError
 
-_TEMPLATES = {"text": "diff.txt", "markdown": "diff.md", "html": "diff.html"}
+_TEMPLATES = {"text": "diff.txt", "markdown": "diff.md", "html": "diff.html", "json": "diff.json"}
 # Only the content of a policy is compared, never plan metadata, so these values never show.
 _POLICY_OPTIONS = BuildOptions(
     plan_version=1, issued_at=datetime(2000, 1, 1, tzinfo=timezone.utc), valid_for_seconds=1, source_sha256="0" * 64
@@ -57,10 +57,7 @@ def run(args) -> int:
     old = old if old is not None else _compiled(args.old, targets)
     new = new if new is not None else _compiled(args.new, targets)
     changeset = diff_plans(old, new, args.old, args.new)
-    if args.format == "json":
-        print(to_json(changeset), end="")
-    else:
-        print(render(_TEMPLATES[args.format], cs=changeset), end="")
+    print(render(_TEMPLATES[args.format], cs=changeset, data=json_data(changeset)), end="")
     if args.exit_code and changeset.has_changes:
         return status_codes.CHANGES
     return status_codes.SUCCESS

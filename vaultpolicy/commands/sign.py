@@ -9,7 +9,7 @@ from compiler.files import (
     check_private_mode, is_envelope, load_plan, load_plan_envelope, plan_payload, read_input, refuse_overwriting_inputs,
     write_output,
 )
-from compiler.plan import PlanNotCanonical, decode_canonical_plan
+from compiler.plan import PlanNotCanonical, check_canonical
 from compiler.signing import PLAN_PAYLOAD_TYPE, add_signature, key_id, load_private_key, sign
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected
@@ -35,9 +35,9 @@ def _load_keys(paths: list[str]):
 def _check_canonical(payload: bytes, source: str) -> None:
     """A plan is signed in its one canonical encoding (S12), the bytes `compile` writes: the same plan
     reformatted (indented, keys reordered) would otherwise be signed as other bytes, with another digest."""
-    load_plan(payload, source)  # names what is wrong with something that is no plan at all
+    plan = load_plan(payload, source)  # names what is wrong with something that is no plan at all
     try:
-        decode_canonical_plan(payload)
+        check_canonical(plan, payload)
     except PlanNotCanonical as exc:
         raise InputError(f"{source}: {exc}", hint="re-run `vaultpolicy compile` to write the plan, and sign that "
                          "file") from None
