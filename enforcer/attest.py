@@ -385,7 +385,12 @@ class AttestationTpm:
             try:
                 attest, signature = self._esapi.quote(ak, selection, extra, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
             except self._tss_error as exc:
-                raise AttestationError(f"TPM2_Quote failed: {exc}") from None
+                from enforcer.tpm import lockout_error
+
+                # the attestation key is DA-protected (USERWITHAUTH, not NODA): a lockout stops every quote
+                lockout = lockout_error(exc, "it refuses the attestation key until the lockout ends, so no quote "
+                                             "can be signed; vault keys are not DA-protected and still unlock")
+                raise lockout or AttestationError(f"TPM2_Quote failed: {exc}") from None
             after, _ = self.read_pcrs(bank, pcrs)
             if before == after:
                 return Quote(device_id, purpose, nonce, bound_sha256, bank, values, bytes(attest), signature.marshal())

@@ -52,6 +52,9 @@ LAX = {
     "a number for the schema version": (lambda p: p.update(schema_version=1), "plan schema version `1` is not supported"),
     "a limit beyond exact JSON integers": (lambda p: _vault(p, "data").update(limit_bytes=2**60),
                                            "plan field `vaults.1.limit_bytes` (vault `data`): input should be less than or equal to 9007199254740991"),
+    # RFC 3339 has two digits for each; strptime took one too
+    "a month of one digit": (lambda p: p.update(issued_at="2026-1-05T00:00:00Z"),
+                             "plan field `issued_at`: value error, `2026-1-05T00:00:00Z` is not an RFC 3339 UTC time"),
 }
 
 

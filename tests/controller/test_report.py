@@ -15,7 +15,7 @@ from controller import nonce as nonces
 from controller.drift import render, summarise, verify_report
 from controller.errors import AttestationRejected
 from enforcer.attest import AttestationTpm
-from enforcer.fscrypt import EncryptionPolicy, KeyStatus
+from enforcer.fscrypt import KeyStatus, policy_for
 from enforcer.observe import ObservedSeal, ObservedVault, PathState
 from enforcer.report import (SIGNED_REPORT_FORMAT, LastUnlock, PlanRef, Report, Rotation, Usage, VaultReport, report_binding,
                              report_schema, sign_report, vault_condition)
@@ -34,7 +34,7 @@ def vault(**changes) -> Vault:
 def seen(**changes) -> ObservedVault:
     base = dict(
         name="config", path="/r/persist/vault/config", path_state=PathState.DIRECTORY, mounted=True, used_bytes=4096,
-        policy=EncryptionPolicy(2, "aes-256-xts", "aes-256-cts", 2, KEY), key_status=KeyStatus.PRESENT,
+        policy=policy_for(KEY, "aes-256-xts"), key_status=KeyStatus.PRESENT,
         seal=ObservedSeal(KEY, "sha256", (0, 7), True, ()),
     )
     return ObservedVault(**{**base, **changes})
@@ -49,7 +49,7 @@ def seen(**changes) -> ObservedVault:
         (vault(), seen(policy=None, empty=False, mounted=False), ("Disabled", "plaintext-directory")),
         (vault(), seen(path_state=PathState.MISSING), ("Drifted", "path-missing")),
         (vault(), seen(path_state=PathState.SYMLINK_IN_PATH), ("Drifted", "path-not-directory")),
-        (vault(), seen(policy=EncryptionPolicy(2, "aes-256-xts", "aes-256-cts", 2, bytes(16))), ("Drifted", "key-mismatch")),
+        (vault(), seen(policy=policy_for(bytes(16), "aes-256-xts")), ("Drifted", "key-mismatch")),
         (vault(seal=Seal(bank="sha256", pcrs=(0, 4, 7))), seen(), ("Drifted", "seal-selection")),
         (vault(), seen(used_bytes=2 << 20), ("Drifted", "over-limit")),
         (vault(), seen(key_status=KeyStatus.ABSENT), ("Locked", "key-absent")),
