@@ -51,17 +51,33 @@ def test_console_script_runs_without_traceback():
     assert "Traceback" not in result.stderr
 
 
-def test_a_reader_that_leaves_early_is_not_an_internal_error():
-    """`vaultpolicy explain VP0101 | head -1` exited 70 with "internal error: BrokenPipeError"."""
+def _into_closed_pipe(argv: list[str], unbuffered: str = "") -> subprocess.CompletedProcess:
+    """The console command with stdout a pipe whose reader is gone before the first write: every write is EPIPE."""
     read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first write: every write is EPIPE
+    os.close(read_end)
     try:
-        done = subprocess.run([sys.executable, "-m", "vaultpolicy", "explain", "VP0101"], stdout=write_end,
-                              stderr=subprocess.PIPE, text=True, timeout=60)
+        return subprocess.run([sys.executable, "-m", "vaultpolicy", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
     finally:
         os.close(write_end)
-    assert done.returncode == status_codes.OUTPUT_CLOSED
-    assert done.stderr == ""
+
+
+def test_a_reader_that_leaves_early_is_not_an_internal_error():
+    """`vaultpolicy explain VP0101 | head -1` exited 70 with "internal error: BrokenPipeError"."""
+    done = _into_closed_pipe(["explain", "VP0101"])
+    assert (done.returncode, done.stderr) == (status_codes.OUTPUT_CLOSED, "")
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"], ["device"], ["device", "--help"], ["compile", "--help"],
+                                  ["controller", "verify-quote", "--help"]], ids=" ".join)
+def test_the_command_table_help_and_version_into_a_closed_pipe_exit_141(argv, unbuffered):
+    """`vaultpolicy | true`, `vaultpolicy device | true` and `vaultpolicy --version | true` printed a
+    BrokenPipeError traceback and exited 120; `vaultpolicy compile --help | true` exited 120 with
+    "Exception ignored": their output was printed outside the handler every command's output goes
+    through, or flushed only at interpreter exit."""
+    done = _into_closed_pipe(argv, unbuffered)
+    assert (done.returncode, done.stderr) == (status_codes.OUTPUT_CLOSED, "")
 
 
 @pytest.mark.parametrize("unbuffered", ["1", ""])
