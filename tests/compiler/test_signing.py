@@ -215,13 +215,35 @@ def test_a_key_listed_twice_is_a_usage_error_naming_both_files(cli, keys, comman
         assert cli("trust", "init", *init)[0] == 0
         current = ["--current", keys / "r1"]
     signers = ["--sign-with", keys / "a", "--sign-with", keys / "b", "--sign-with", keys / "c"]
-    copy_said = f"--key `{keys / 'a-copy.pub'}` is the same public key as --key `{keys / 'a.pub'}`"
+    copy_said = f"--key `{keys / 'a-copy.pub'}` holds the same key as --key `{keys / 'a.pub'}`"
     for listed, said in ((["a.pub", "a-copy.pub", "b.pub"], copy_said),
                          (["a.pub", "b.pub", "a.pub"], f"--key `{keys / 'a.pub'}` is given twice")):
         given = [arg for name in listed for arg in ("--key", keys / name)]
         code, _, err = cli("trust", command, *current, *given, "--threshold", "2", *signers, "-o", keys / "root")
         assert code == 64 and err == f"error: {said}\n  = help: a threshold counts distinct keys: list each key once\n"
         assert not (keys / "root").exists()
+
+
+@pytest.mark.parametrize("command", ["sign", "trust"])
+def test_a_signing_key_listed_twice_is_a_usage_error_naming_both_files(cli, keys, plan_file, command):
+    """`sign --key a.key --key a.key` wrote two signatures by the same key and exited 0, where `trust
+    init` refused a repeated --key (README: a `--key` listed twice is a usage error, 64). A copy of a
+    key under another name is the same signer. Trust's --sign-with is checked the same way."""
+    (keys / "a-copy").write_bytes((keys / "a").read_bytes())
+    (keys / "a-copy").chmod(0o600)
+    option = "--key" if command == "sign" else "--sign-with"
+    copy_said = f"{option} `{keys / 'a-copy'}` holds the same key as {option} `{keys / 'a'}`"
+    for listed, said in ((["a", "a-copy"], copy_said), (["a", "b", "a"], f"{option} `{keys / 'a'}` is given twice")):
+        given = [arg for name in listed for arg in (option, keys / name)]
+        if command == "sign":
+            code, _, err = cli("sign", plan_file, *given, "-o", keys / "out")
+            hint = "a key signs a plan once: list each signing key once"
+        else:
+            code, _, err = cli("trust", "init", "--key", keys / "a.pub", "--key", keys / "b.pub", "--threshold", "1", *given,
+                               "-o", keys / "out")
+            hint = "a key signs once: list each signing key once"
+        assert code == 64 and err == f"error: {said}\n  = help: {hint}\n"
+        assert not (keys / "out").exists()
 
 
 def test_trust_init_refuses_a_root_its_signers_cannot_meet(cli, keys):
