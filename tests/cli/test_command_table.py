@@ -152,3 +152,22 @@ def test_an_impossible_threshold_is_a_usage_error(capsys, tmp_path, threshold):
                  str(tmp_path / "k"), "-o", str(tmp_path / "root.json")])
     assert code == status_codes.USAGE and not (tmp_path / "root.json").exists()
     assert f"error: --threshold: {threshold} must be between 1 and the 1 distinct keys listed" in capsys.readouterr().err
+
+
+def _options(key: tuple[str, ...]) -> set[str]:
+    """The option strings of a command's parser, built as main builds it."""
+    import importlib
+
+    from vaultpolicy.cli import _Parser
+
+    parser = _Parser(prog=f"vaultpolicy {' '.join(key)}")
+    importlib.import_module(f"vaultpolicy.commands.{COMMANDS[key].module}").add_arguments(parser, key)
+    return set(parser._option_string_actions)
+
+
+def test_a_device_id_is_given_as_device_id_by_every_command():
+    """`controller nonce --device ID` where `device apply`, `unlock` and `identity` say `--device-id ID`."""
+    takes_device = {key for key in COMMANDS if {"--device", "--device-id"} & _options(key)}
+    assert ("controller", "nonce") in takes_device and ("device", "apply") in takes_device
+    assert {key for key in takes_device if "--device-id" not in _options(key)} == set()
+    assert {key for key in takes_device if "--device" in _options(key)} == set()

@@ -275,7 +275,7 @@ class EscrowedDevice:
     def release(self, *vaults: str, name: str = "release.json") -> Path:
         """A release file for `vaults`, after a fresh nonce, quote and verification."""
         plan = str(self.work / "plan.json")
-        nonce = self.cli("controller", "nonce", "--device", "gw-1", "--plan", plan, *self.store)[0].strip()
+        nonce = self.cli("controller", "nonce", "--device-id", "gw-1", "--plan", plan, *self.store)[0].strip()
         self.cli("device", "quote", "--nonce", nonce, "-o", str(self.work / "quote.json"), *self.device)
         self.cli("controller", "verify-quote", str(self.work / "quote.json"), "--plan", plan, *self.store)
         chosen = [option for vault in vaults for option in ("--vault", vault)]

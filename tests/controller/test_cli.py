@@ -80,7 +80,7 @@ def test_enrol_escrow_quote_verify_release(world, capsys):
     run_ok(capsys, ["device", "escrow-ack", str(tmp / "acks" / "gw-1.config.ack.json"), "--state-dir", str(state.root)])
     assert escrow.escrow_state(state.root, "config") == "acknowledged"
 
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", *plan, *store]).strip()
     assert len(bytes.fromhex(nonce)) == 16
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     verified = json.loads(run_ok(capsys, ["controller", "verify-quote", str(tmp / "quote.json"), "--json", *plan, *store]))
@@ -110,7 +110,7 @@ def verified_release_quote(world, capsys) -> list[str]:
     escrow.record_escrow(tmp / "state", escrow.wrap_key(public, "gw-1", "config", fscrypt.key_identifier(raw), raw))
     run_ok(capsys, ["device", "escrow-deposit", "-o", str(tmp / "deposit.json"), *common])
     run_ok(capsys, ["controller", "escrow", str(tmp / "deposit.json"), "--ack-dir", str(tmp / "acks"), *store])
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", *plan, *store]).strip()
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     run_ok(capsys, ["controller", "verify-quote", str(tmp / "quote.json"), *plan, *store])
     return ["controller", "release", str(tmp / "quote.json"), "--escrow-key", str(tmp / "escrow.key"), *store]
@@ -170,7 +170,7 @@ def test_every_refused_pcr_is_named_on_stderr_and_in_the_json_answer(world, caps
     run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
     tpm.extend(4, b"firmware update")
     tpm.extend(7, b"new secure boot db")
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", *plan, *store]).strip()
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     capsys.readouterr()
     assert main(["controller", "verify-quote", str(tmp / "quote.json"), *plan, "--json", *store]) == status_codes.ERROR
@@ -195,7 +195,7 @@ def test_report_and_fleet_drift(world, capsys):
     store = ["--store", str(tmp / "controller.db")]
     (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
     run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", "--plan", str(tmp / "plan.json"), *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", "--plan", str(tmp / "plan.json"), *store]).strip()
     (tmp / "root").mkdir()
     run_ok(capsys, ["device", "report", "--nonce", nonce, "--root", str(tmp / "root"), "-o", str(tmp / "report.json"), *common],
            status_codes.DRIFT)
@@ -218,7 +218,7 @@ def test_verify_quote_with_the_wrong_plan_then_the_right_one(world, capsys):
     plan = ["--plan", str(tmp / "plan.json")]
     (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
     run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", *plan, *store]).strip()
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     wrong = make_plan({i: "00" * 32 for i in PCRS}, "")
     (tmp / "wrong.json").write_bytes(encode_plan(wrong))
@@ -227,7 +227,7 @@ def test_verify_quote_with_the_wrong_plan_then_the_right_one(world, capsys):
     assert main(["controller", "verify-quote", str(tmp / "quote.json"), *plan, *store]) == status_codes.ERROR
     retry = capsys.readouterr().err.splitlines()[-2:]
     assert "by a verification of this same quote that failed (pcr-not-allowed: PCRs not allowed" in retry[0]
-    assert "replayed" not in retry[0] and "vaultpolicy controller nonce --device gw-1" in retry[1]
+    assert "replayed" not in retry[0] and "vaultpolicy controller nonce --device-id gw-1" in retry[1]
 
 
 def test_escrow_keygen_refuses_to_replace_a_key(tmp_path, capsys):

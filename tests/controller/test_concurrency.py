@@ -35,7 +35,7 @@ class Controller:
 
     def quote(self, name: str) -> str:
         """A release quote over a fresh nonce, written to `name`."""
-        code, nonce, err = run_cli(["controller", "nonce", "--device", "gw-1", "--plan", str(self.work / "plan.json"), *self.store])
+        code, nonce, err = run_cli(["controller", "nonce", "--device-id", "gw-1", "--plan", str(self.work / "plan.json"), *self.store])
         assert code == 0, err
         with AttestationTpm(self.tpm.tcti) as device:
             made = device.quote("gw-1", "release", bytes.fromhex(nonce), storage_parent_binding(self.identity.storage_public),

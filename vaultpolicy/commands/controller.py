@@ -5,7 +5,7 @@
   enroll IDENTITY              record a device's attestation key and storage key (`device identity`)
   escrow DEPOSIT... --ack-dir D   verify deposits the devices signed (`device escrow-deposit`), store
                                their escrow blobs, write one acknowledgement per blob into D
-  nonce --device ID --plan P   issue a single-use nonce (size and lifetime from the plan's attestation)
+  nonce --device-id ID --plan P   issue a single-use nonce (size and lifetime from the plan's attestation)
   verify-quote QUOTE --plan P  verify in the order of controller/quote_verify.py; names refused PCRs
   release QUOTE --escrow-key K -o OUT [--vault V]...   escrowed keys as TPM duplication blobs for the
                                verified device, unsealable only in the PCR state its quote showed
@@ -42,7 +42,7 @@ def add_arguments(parser, key) -> None:
         parser.add_argument("deposits", nargs="+", metavar="DEPOSIT", help="signed deposits from `vaultpolicy device escrow-deposit`")
         parser.add_argument("--ack-dir", required=True, metavar="DIR", help="where to write <device>.<vault>.ack.json")
     elif action == "nonce":
-        parser.add_argument("--device", required=True, metavar="ID", help="the device the nonce is for")
+        parser.add_argument("--device-id", required=True, metavar="ID", help="the device the nonce is for")
         _plan_arguments(parser)
     elif action == "verify-quote":
         parser.add_argument("quote", metavar="QUOTE", help="output of `vaultpolicy device quote`")
@@ -156,9 +156,9 @@ def _nonce(args, requirement, store, now) -> int:
     from controller import nonce
 
     _, attestation = requirement
-    if store.device(args.device) is None:
-        raise InputError(f"device `{args.device}` is not enrolled", hint="enrol it with `vaultpolicy controller enroll`")
-    print(nonce.issue(store, args.device, attestation, now).hex())
+    if store.device(args.device_id) is None:
+        raise InputError(f"device `{args.device_id}` is not enrolled", hint="enrol it with `vaultpolicy controller enroll`")
+    print(nonce.issue(store, args.device_id, attestation, now).hex())
     return status_codes.SUCCESS
 
 
