@@ -97,6 +97,22 @@ def refuse_overwriting_inputs(output: str | Path, inputs: dict[str, str]) -> Non
                              hint="name another file for the output")
 
 
+def refuse_replacing_key(private_path: str | Path, force: bool, hint: str) -> Path:
+    """The public key's path (`KEY.pub`) for a key pair about to be written to `private_path`, once
+    neither is a directory nor, unless `force`, exists (named, whichever it is): a lost private key
+    cannot be had back. `hint` says what --force would cost."""
+    public_path = Path(f"{private_path}.pub")
+    for path in (Path(private_path), public_path):
+        if os.path.isdir(path):  # --force cannot replace a directory with a key
+            raise InputError(f"`{path}` is a directory",
+                             hint="name a file for the private key; its public key is written next to it as KEY.pub")
+    existing = [path for path in (Path(private_path), public_path) if os.path.exists(path)]
+    if existing and not force:
+        named = " and ".join(f"`{path}`" for path in existing)
+        raise InputError(f"{named} already exist{'s' if len(existing) == 1 else ''}", hint=hint)
+    return public_path
+
+
 def refuse_repeated_keys(option: str, keys: list[tuple[str, Ed25519PublicKey]], hint: str) -> None:
     """UsageError when two of the `(file, public key)` given with `option` are one key: the same file
     twice, or the same key in two files (a copy is the same signer, whatever its name)."""

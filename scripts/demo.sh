@@ -98,7 +98,7 @@ run env TPM2TOOLS_TCTI="$tcti" tpm2_pcrread sha256:0,2,4,7
 
 step "controller: an escrow key, and examples/gateway.vpol requiring escrow and allowing this boot"
 ctl=(--store "$work/controller.db")
-run vaultpolicy controller escrow-keygen "$work/escrow.key"
+run vaultpolicy controller escrow-keygen -o "$work/escrow.key"
 for pcr in 0 4 7; do pcr_value "$pcr" > "$work/pcr$pcr.allowed"; done
 # The policy's file references (escrow key, allowed values) are relative to the policy: work on a copy.
 sed -e '/^  tpm required$/a\  escrow_key "escrow.key.pub"' \

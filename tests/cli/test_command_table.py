@@ -171,3 +171,34 @@ def test_a_device_id_is_given_as_device_id_by_every_command():
     assert ("controller", "nonce") in takes_device and ("device", "apply") in takes_device
     assert {key for key in takes_device if "--device-id" not in _options(key)} == set()
     assert {key for key in takes_device if "--device" in _options(key)} == set()
+
+
+def _readme_paragraph(starting: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    start = text.index(starting)
+    return text[start:text.index("\n\n", start)]
+
+
+def _commands_named(text: str) -> set[tuple[str, ...]]:
+    """The commands a README sentence names: `device apply|status` is `device apply` and `device status`."""
+    import re
+
+    named = set()
+    for words in re.findall(r"`([a-z][a-z |-]*)`", text):
+        *group, last = words.split()
+        named |= {(*group, choice) for choice in last.split("|") if (*group, choice) in COMMANDS}
+    return named
+
+
+@pytest.mark.parametrize("option,sentence", [("--format", "takes `--format`"), ("--json", "takes `--json`"),
+                                             ("-o", "takes it as `-o FILE`")])
+def test_readme_says_which_commands_take_format_json_and_o(option, sentence):
+    """`--json` and `--format json` both exist (a result vs a report in several formats): README names
+    exactly the commands that take each, and those that write a file with -o (escrow-keygen took a
+    positional OUT)."""
+    paragraph = _readme_paragraph("Output formats and files")
+    start = paragraph.index(sentence)
+    clause = paragraph[start:paragraph.index(")", start)]
+    assert _commands_named(clause) == {key for key in COMMANDS if option in _options(key)}

@@ -173,7 +173,7 @@ def test_bad_options_are_clear_errors(cli, tmp_path):
 
 
 def test_escrow_key_made_by_the_controller_is_accepted(cli, tmp_path):
-    assert cli("controller", "escrow-keygen", tmp_path / "escrow")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", tmp_path / "escrow")[0] == 0
     policy = tmp_path / "p.vpol"
     policy.write_text('device { escrow_key "escrow.pub" }\nattestation boot { pcrs 0, 4, 7  escrow required }\n')
     assert cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")[0] == 0
@@ -198,7 +198,7 @@ def test_check_reports_the_named_files_compile_refuses(cli, tmp_path):
 
 
 def test_check_passes_a_policy_whose_named_files_are_usable(cli, tmp_path):
-    assert cli("controller", "escrow-keygen", tmp_path / "escrow")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", tmp_path / "escrow")[0] == 0
     (tmp_path / "pcr7.txt").write_text("# secure boot db\n" + "cd" * 32 + "\n")
     policy = tmp_path / "p.vpol"
     policy.write_text('device { escrow_key "escrow.pub" }\nattestation boot {\n  pcrs 0, 4, 7\n  allow pcr 7 from "pcr7.txt"\n}\n')
@@ -208,7 +208,7 @@ def test_check_passes_a_policy_whose_named_files_are_usable(cli, tmp_path):
 
 def test_an_escrow_key_of_the_wrong_kind_says_what_it_is(cli, tmp_path):
     assert cli("keygen", "-o", tmp_path / "ctl.key")[0] == 0
-    assert cli("controller", "escrow-keygen", tmp_path / "escrow.key")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", tmp_path / "escrow.key")[0] == 0
     policy = tmp_path / "p.vpol"
     for named, what in (("ctl.key.pub", "an Ed25519 public key"), ("escrow.key", "an X25519 escrow private key")):
         policy.write_text(f'device {{ escrow_key "{named}" }}\n')

@@ -293,7 +293,7 @@ def escrowed_device(swtpm, ext4_image, tmp_path, capsys) -> EscrowedDevice:
                           ["--store", str(tmp_path / "controller.db")], capsys)
     key = generate_key()
     (tmp_path / "plan.pub").write_bytes(public_key_pem(key.public_key()))
-    made.cli("controller", "escrow-keygen", str(tmp_path / "escrow.key"))
+    made.cli("controller", "escrow-keygen", "-o", str(tmp_path / "escrow.key"))
     swtpm.measure_boot()
     with AttestationTpm(swtpm.tcti) as tpm:
         values = {i: v.hex() for i, v in tpm.read_pcrs("sha256", ESCROWED_PCRS)[1].items()}

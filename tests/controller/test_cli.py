@@ -38,7 +38,7 @@ def world(make_tpm, tmp_path):
     tpm.measure_boot()
     with AttestationTpm(tpm.tcti) as device:
         _, values = device.read_pcrs("sha256", PCRS)
-    assert main(["controller", "escrow-keygen", str(tmp_path / "escrow.key")]) == 0
+    assert main(["controller", "escrow-keygen", "-o", str(tmp_path / "escrow.key")]) == 0
     escrow_public = (tmp_path / "escrow.key.pub").read_text().strip()
     plan = make_plan({i: v.hex() for i, v in values.items()}, escrow_public)
     payload = encode_plan(plan)
@@ -232,13 +232,13 @@ def test_verify_quote_with_the_wrong_plan_then_the_right_one(world, capsys):
 
 def test_escrow_keygen_refuses_to_replace_a_key(tmp_path, capsys):
     key = tmp_path / "escrow.key"
-    assert main(["controller", "escrow-keygen", str(key)]) == 0
+    assert main(["controller", "escrow-keygen", "-o", str(key)]) == 0
     before = key.read_bytes()
     capsys.readouterr()
-    assert main(["controller", "escrow-keygen", str(key)]) == status_codes.ERROR
-    assert "already exists" in capsys.readouterr().err
+    assert main(["controller", "escrow-keygen", "-o", str(key)]) == status_codes.ERROR
+    assert f"`{key}` and `{key}.pub` already exist\n" in capsys.readouterr().err
     assert key.read_bytes() == before
-    assert main(["controller", "escrow-keygen", str(key), "--force"]) == 0
+    assert main(["controller", "escrow-keygen", "-o", str(key), "--force"]) == 0
     assert key.read_bytes() != before
 
 

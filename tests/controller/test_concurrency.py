@@ -54,7 +54,7 @@ def controller(make_tpm, tmp_path) -> Controller:
     with AttestationTpm(tpm.tcti) as device:
         identity = device.identity("gw-1")
         _, values = device.read_pcrs("sha256", ESCROWED_PCRS)
-    assert run_cli(["controller", "escrow-keygen", str(tmp_path / "escrow.key")])[0] == 0
+    assert run_cli(["controller", "escrow-keygen", "-o", str(tmp_path / "escrow.key")])[0] == 0
     public = (tmp_path / "escrow.key.pub").read_text().strip()
     (tmp_path / "plan.json").write_bytes(encode_plan(escrowed_plan({i: v.hex() for i, v in values.items()}, public, "/persist")))
     made = Controller(tpm, identity, tmp_path)

@@ -50,7 +50,7 @@ class Gateway:
 
     def escrow_key(self, name: str) -> str:
         """A controller escrow key pair `name` (+ `.pub`); the public key as a plan holds it."""
-        self.cli("controller", "escrow-keygen", str(self.work / name))
+        self.cli("controller", "escrow-keygen", "-o", str(self.work / name))
         return (self.work / f"{name}.pub").read_text().strip()
 
     def publish(self, version: int, escrow_public: str | None, vaults: tuple[tuple[str, tuple[int, ...], str | None], ...],

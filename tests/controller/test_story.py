@@ -70,7 +70,7 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     store = ["--store", str(tmp_path / "controller.db")]
     signing_key = generate_key()
     (tmp_path / "plan.pub").write_bytes(public_key_pem(signing_key.public_key()))
-    cli("controller", "escrow-keygen", str(tmp_path / "escrow.key"))
+    cli("controller", "escrow-keygen", "-o", str(tmp_path / "escrow.key"))
     escrow_public = (tmp_path / "escrow.key.pub").read_text().strip()
 
     def publish(plan: Plan) -> tuple[str, str]:

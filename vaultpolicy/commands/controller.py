@@ -1,6 +1,6 @@
 """`vaultpolicy controller …`: the controller's half of attestation, escrow and drift.
 
-  escrow-keygen OUT            X25519 escrow key pair: OUT (private, 0600) and OUT.pub (base64, for the
+  escrow-keygen -o OUT         X25519 escrow key pair: OUT (private, 0600) and OUT.pub (base64, for the
                                policy's `device.escrow_public_key`)
   enroll IDENTITY              record a device's attestation key and storage key (`device identity`)
   escrow DEPOSIT... --ack-dir D   verify deposits the devices signed (`device escrow-deposit`), store
@@ -19,7 +19,6 @@ Refusals print the reason and exit 1; `drift` exits 3 (DRIFT) when a verified de
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -32,7 +31,7 @@ from vaultpolicy.errors import InputError
 def add_arguments(parser, key) -> None:
     action = key[1]
     if action == "escrow-keygen":
-        parser.add_argument("output", metavar="OUT", help="private key file; the public key goes to OUT.pub")
+        parser.add_argument("-o", "--output", required=True, metavar="OUT", help="private key file; the public key goes to OUT.pub")
         parser.add_argument("--force", action="store_true", help="overwrite an existing key (every key escrowed to it is lost)")
         return
     parser.add_argument("--store", default="controller.db", metavar="DB", help="controller state (SQLite; default ./controller.db)")
@@ -97,19 +96,15 @@ def run(args) -> int:
 
 
 def _escrow_keygen(args) -> int:
-    from compiler.files import write_output
+    from compiler.files import refuse_replacing_key, write_output
     from enforcer.escrow import escrow_private_pem, escrow_public_text, generate_escrow_key
 
-    public_path = f"{args.output}.pub"
-    if not args.force and (os.path.exists(args.output) or os.path.exists(public_path)):
-        raise InputError(
-            f"`{args.output}` or `{public_path}` already exists",
-            hint="replacing the escrow key makes every key escrowed to it unrecoverable; pass --force if that is intended",
-        )
+    public_path = refuse_replacing_key(args.output, args.force, hint="replacing the escrow key makes every key escrowed "
+                                       "to it unrecoverable; pass --force if that is intended")
     key = generate_escrow_key()
     write_output(args.output, escrow_private_pem(key), 0o600)
     write_output(public_path, (escrow_public_text(key) + "\n").encode())
-    print(f"wrote {args.output} (keep it offline) and {args.output}.pub (put it in the policy's escrow key)")
+    print(f"wrote {args.output} (keep it offline) and {public_path} (put it in the policy's escrow key)")
     return status_codes.SUCCESS
 
 
