@@ -46,7 +46,8 @@ COMMANDS: dict[tuple[str, ...], CommandInfo] = {
     ("device", "unlock"): CommandInfo("device", "unseal vault keys and add them to the kernel (boot)"),
     ("device", "lock"): CommandInfo("device", "remove vault keys from the kernel"),
     ("device", "gate"): CommandInfo("device", "exit 0 and print the vault path only when an app may start"),
-    ("device", "rotate"): CommandInfo("device_rotate", "re-key vaults whose rotation period has passed (data re-encrypted, old key erased)"),
+    ("device", "rotate"): CommandInfo("device_rotate", "re-key the vaults named, or every encrypted one "
+                                                 "(--due-only: only those past `rotate every`)"),
     ("device", "identity"): CommandInfo("device_attest", "print this device's attestation key for enrolment"),
     ("device", "quote"): CommandInfo("device_attest", "produce a TPM quote over the attestation PCRs"),
     ("device", "report"): CommandInfo("device_attest", "produce a signed drift report"),

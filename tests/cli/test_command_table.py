@@ -202,3 +202,11 @@ def test_readme_says_which_commands_take_format_json_and_o(option, sentence):
     start = paragraph.index(sentence)
     clause = paragraph[start:paragraph.index(")", start)]
     assert _commands_named(clause) == {key for key in COMMANDS if option in _options(key)}
+
+
+def test_device_rotate_says_it_rotates_every_vault_given_unless_due_only(capsys):
+    """Its summary said "re-key vaults whose rotation period has passed", but without --due-only it
+    rotates every vault named, or every encrypted vault."""
+    assert main(["device", "--help"]) == status_codes.SUCCESS
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  device rotate "))
+    assert "the vaults named, or every encrypted one (--due-only: only those past `rotate every`)" in line
