@@ -190,6 +190,27 @@ def test_bad_inputs_are_clear_errors(world, capsys, tmp_path):
     assert "--nonce is 2 bytes" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("nonce,said", [
+    ("abc", "has an odd number of hex digits (3): each byte is two"),
+    ("ab cd", "has ` ` at character 3, which is not a hex digit"),
+    ("0x" + "ab" * 16, "has `x` at character 2, which is not a hex digit"),
+])
+def test_a_nonce_that_is_not_hex_says_what_is_wrong_with_it(world, capsys, nonce, said):
+    """`--nonce abc` (or a quote whose `nonce` is `abc`) said "is not hex": it is hex, of odd length."""
+    tmp = world[1]
+    release = [*verified_release_quote(world, capsys), "-o", str(tmp / "release.json")]
+    quote = json.loads((tmp / "quote.json").read_text())
+    (tmp / "quote.json").write_text(json.dumps({**quote, "nonce": nonce}))
+    verify = ["controller", "verify-quote", str(tmp / "quote.json"), "--plan", str(tmp / "plan.json"),
+              "--store", str(tmp / "controller.db")]
+    for argv in (verify, release):
+        capsys.readouterr()
+        assert main(argv) == status_codes.ERROR
+        assert capsys.readouterr().err == f"error: {tmp / 'quote.json'}: field `nonce` {said}\n"
+    assert main(["device", "quote", "--nonce", nonce, "-o", str(tmp / "q.json"), *world[3]]) == status_codes.ERROR
+    assert capsys.readouterr().err.startswith(f"error: --nonce `{nonce}` {said}\n  = help: give the nonce")
+
+
 def test_report_and_fleet_drift(world, capsys):
     _, tmp, state, common = world
     store = ["--store", str(tmp / "controller.db")]
