@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return status_codes.OUTPUT_CLOSED
     except VaultpolicyError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {exc.shown}", file=sys.stderr)
         if exc.hint:
             print(f"  = help: {exc.hint}", file=sys.stderr)
         return exc.exit_code

@@ -175,7 +175,7 @@ def test_every_refused_pcr_is_named_on_stderr_and_in_the_json_answer(world, caps
     capsys.readouterr()
     assert main(["controller", "verify-quote", str(tmp / "quote.json"), *plan, "--json", *store]) == status_codes.ERROR
     out, err = capsys.readouterr()
-    assert "error: PCRs not allowed by attestation `boot`: PCR 4 = " in err and "; PCR 7 = " in err and "Traceback" not in err
+    assert "error: refused (pcr-not-allowed): PCRs not allowed by attestation `boot`: PCR 4 = " in err and "; PCR 7 = " in err and "Traceback" not in err
     answer = json.loads(out)
     assert (answer["verified"], answer["reason"], answer["pcrs"]) == (False, "pcr-not-allowed", [4, 7])
 
@@ -209,6 +209,26 @@ def test_a_nonce_that_is_not_hex_says_what_is_wrong_with_it(world, capsys, nonce
         assert capsys.readouterr().err == f"error: {tmp / 'quote.json'}: field `nonce` {said}\n"
     assert main(["device", "quote", "--nonce", nonce, "-o", str(tmp / "q.json"), *world[3]]) == status_codes.ERROR
     assert capsys.readouterr().err.startswith(f"error: --nonce `{nonce}` {said}\n  = help: give the nonce")
+
+
+def test_a_replayed_release_and_an_edited_report_show_their_reason(world, capsys):
+    """"keys were already released for this quote" and an edited report's rejection showed no reason,
+    where every refusal of the device shows `(reason, VPnnnn)`."""
+    tmp, common = world[1], world[3]
+    release = verified_release_quote(world, capsys)
+    run_ok(capsys, [*release, "-o", str(tmp / "release.json")])
+    assert main([*release, "-o", str(tmp / "again.json")]) == status_codes.ERROR
+    assert capsys.readouterr().err == "error: refused (quote-used): keys were already released for this quote (a replayed quote?)\n"
+    (tmp / "root").mkdir()
+    run_ok(capsys, ["device", "report", "--root", str(tmp / "root"), "-o", str(tmp / "report.json"), *common], status_codes.DRIFT)
+    signed = json.loads((tmp / "report.json").read_text())
+    report = json.loads(base64.b64decode(signed["report"]))
+    report["vaults"][0]["condition"] = "Ready"
+    signed["report"] = base64.b64encode(json.dumps(report).encode()).decode()
+    (tmp / "edited.json").write_text(json.dumps(signed))
+    fleet = run_ok(capsys, ["controller", "drift", str(tmp / "edited.json"), "--store", str(tmp / "controller.db")],
+                   status_codes.ERROR)
+    assert "refused (report-altered): " in fleet.splitlines()[-1] and "the report was changed after the device signed it" in fleet
 
 
 def test_report_and_fleet_drift(world, capsys):

@@ -220,7 +220,7 @@ def _drift(args, _inputs, store, now) -> int:
         try:
             verified.append(verify_report(store, read_input(path, "report"), now, require_nonce=args.require_nonce, source=path))
         except (AttestationRejected, InputError) as exc:  # that report's fault; a store error ends the run
-            rejected.append((path, exc.message))
+            rejected.append((path, exc.shown))
     newest, older = keep_newest(store, verified, now)
     summary = summarise(newest, rejected + older)
     if args.format == "json":
