@@ -190,6 +190,21 @@ def test_bad_inputs_are_clear_errors(world, capsys, tmp_path):
     assert "--nonce is 2 bytes" in capsys.readouterr().err
 
 
+def test_a_policy_given_to_enroll_or_drift_is_named_for_what_it_is(store, tmp_path, capsys):
+    """`controller enroll kiosk.vpol` said "not JSON" where other commands say "is a policy (.vpol)",
+    and drift said "rejected kiosk.vpol: kiosk.vpol: not JSON", the file named twice."""
+    policy, junk = tmp_path / "kiosk.vpol", tmp_path / "junk.json"
+    policy.write_text('# the kiosk\nvault kiosk { path "/persist/kiosk" }\n')
+    junk.write_text("{not json")
+    store = ["--store", str(store.path)]
+    assert main(["controller", "enroll", str(policy), *store]) == status_codes.ERROR
+    assert capsys.readouterr().err == f"error: `{policy}` is a policy (.vpol), not a `vaultpolicy.identity.v2` document\n"
+    assert main(["controller", "drift", str(policy), str(junk), *store]) == status_codes.ERROR
+    rejected = capsys.readouterr().out.splitlines()[-2:]
+    assert rejected == [f"rejected {policy}: it is a policy (.vpol), not a `vaultpolicy.signed-report.v1` document",
+                        f"rejected {junk}: not JSON (expecting property name enclosed in double quotes at line 1 column 2)"]
+
+
 @pytest.mark.parametrize("nonce,said", [
     ("abc", "has an odd number of hex digits (3): each byte is two"),
     ("ab cd", "has ` ` at character 3, which is not a hex digit"),
@@ -228,7 +243,8 @@ def test_a_replayed_release_and_an_edited_report_show_their_reason(world, capsys
     (tmp / "edited.json").write_text(json.dumps(signed))
     fleet = run_ok(capsys, ["controller", "drift", str(tmp / "edited.json"), "--store", str(tmp / "controller.db")],
                    status_codes.ERROR)
-    assert "refused (report-altered): " in fleet.splitlines()[-1] and "the report was changed after the device signed it" in fleet
+    assert fleet.splitlines()[-1] == (f"rejected {tmp / 'edited.json'}: refused (report-altered): the report was changed "
+                                      "after the device signed it")
 
 
 def test_report_and_fleet_drift(world, capsys):

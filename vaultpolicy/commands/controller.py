@@ -220,6 +220,7 @@ def _drift(args, _inputs, store, now) -> int:
         try:
             verified.append(verify_report(store, read_input(path, "report"), now, require_nonce=args.require_nonce, source=path))
         except (AttestationRejected, InputError) as exc:  # that report's fault; a store error ends the run
+            exc.message = _without_file_name(exc.message, path)  # its line names the file
             rejected.append((path, exc.shown))
     newest, older = keep_newest(store, verified, now)
     summary = summarise(newest, rejected + older)
@@ -230,6 +231,17 @@ def _drift(args, _inputs, store, now) -> int:
     if summary.rejected:
         return status_codes.ERROR
     return status_codes.DRIFT if summary.drifting_devices else status_codes.SUCCESS
+
+
+def _without_file_name(message: str, path: str) -> str:
+    """A message that begins with the file it is about (as a command reading one file words it), for a
+    line that names the file already: `r.json: not JSON (…)` -> `not JSON (…)`, `` `r.json` is a … ``
+    -> `it is a …`."""
+    if message.startswith(f"{path}: "):
+        return message[len(path) + 2:]
+    if message.startswith(f"`{path}` "):
+        return f"it {message[len(path) + 3:]}"
+    return message
 
 
 # command -> (read and check the files it names, without the store; act on the store)
