@@ -111,7 +111,7 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     assert (config["condition"], config["reason"], config["mismatching_pcrs"]) == ("Locked", "pcr-mismatch", [4])
     assert config["escrow"] == "acknowledged"
     fleet = cli("controller", "drift", str(tmp_path / "report.json"), *store, code=status_codes.DRIFT)
-    assert "gw-1: plan 1" in fleet and "config: Locked (pcr-mismatch)" in fleet and "[PCRs 4]" in fleet
+    assert "gw-1: plan 1" in fleet and "config: Locked (pcr-mismatch): PCR sha256:4 changed since sealing\n" in fleet
 
     # the old policy refuses the new measurement and releases nothing
     nonce = cli("controller", "nonce", "--device-id", "gw-1", "--plan", plan1, *store).strip()
