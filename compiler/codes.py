@@ -153,7 +153,7 @@ END_TO_END_NOT_ATTESTED = register(
     "end-to-end app whose vault is not sealed to an attestation",
     "`protection end_to_end` needs the vault key sealed to an `attestation` (so a controller can "
     "verify the device's boot before escrow release), not only to raw PCRs.",
-    'vault data { seal pcrs 0, 4, 7 }\napp camera { vault data  protection end_to_end }   # error: use `seal boot`',
+    'vault data { seal pcrs 0, 4, 7 }\napp camera { vault data  protection end_to_end }   # error: seal `data` to an attestation',
 )
 BUILTIN_UNENCRYPTED = register(
     "VP0304",

@@ -39,7 +39,7 @@ import rfc8785
 from compiler.plan import BANK_DIGEST_BYTES, MAX_PCR
 from enforcer.escrow import load_json_object
 from enforcer.tcti import TCTI_HINT, TpmUsers
-from vaultpolicy.encoding import b64decode_exact
+from vaultpolicy.encoding import b64decode_exact, hex_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError, InputError
 
 QUOTE_FORMAT = "vaultpolicy.quote.v1"
@@ -176,9 +176,9 @@ def read_pcr_values(obj: dict, source: str) -> tuple[str, dict[int, bytes]]:
         if not re.fullmatch(r"0|[1-9][0-9]?", index) or int(index) > MAX_PCR:
             raise InputError(f"{source}: field `pcrs` names PCR `{index}`; PCRs are 0 to {MAX_PCR}")
         try:
-            digest = bytes.fromhex(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{source}: PCR {index} of field `pcrs` is not hex") from None
+            digest = hex_exact(value)
+        except ValueError as exc:
+            raise InputError(f"{source}: PCR {index} of field `pcrs` {exc}") from None
         if len(digest) != size:
             raise InputError(f"{source}: PCR {index} of field `pcrs` has {len(digest)} bytes; a {bank} value has {size}")
         values[int(index)] = digest
@@ -230,9 +230,9 @@ class Quote:
         def hexbytes(name: str, value: object = None) -> bytes:
             value = text(name) if value is None else value
             try:
-                return bytes.fromhex(value)
-            except (TypeError, ValueError):
-                raise InputError(f"{source}: field `{name}` is not hex") from None
+                return hex_exact(value)
+            except ValueError as exc:
+                raise InputError(f"{source}: field `{name}` {exc}") from None
 
         def b64(name: str) -> bytes:
             try:

@@ -198,7 +198,7 @@ def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool,
         return "Drifted", "over-limit", f"{seen.used_bytes} bytes used, limit {wanted.limit_bytes}"
     if seen.key_status is not KeyStatus.PRESENT:
         if seen.seal.changed_pcrs:
-            return "Locked", "pcr-mismatch", f"locked: PCR {seen.seal.bank}:{_pcrs(seen.seal.changed_pcrs)} changed since sealing"
+            return "Locked", "pcr-mismatch", f"PCR {seen.seal.bank}:{_pcrs(seen.seal.changed_pcrs)} changed since sealing"
         return "Locked", "key-absent", "the key is not in the kernel; run `vaultpolicy device unlock`"
     return "Ready", "ready", "unlocked, encrypted and sealed as the plan says"
 

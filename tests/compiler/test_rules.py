@@ -218,6 +218,18 @@ COVERAGE_MESSAGES = {
 }
 
 
+@pytest.mark.parametrize("declared,help_text", [
+    ("", "declare an `attestation` block (bank, PCRs, allowed values) and seal vault `data` to it with `seal NAME`"),
+    ("attestation factory { pcrs 0, 4, 7 }\n", "seal vault `data` to attestation `factory`: `seal factory`"),
+    ("attestation lab { pcrs 0, 4, 7 }\nattestation field { pcrs 0, 4, 7 }\n",
+     "seal vault `data` to attestation `lab`: `seal lab` (or another declared one: `field`)"),
+])
+def test_end_to_end_help_names_an_attestation_the_policy_declares(check_text, declared, help_text):
+    """VP0303's help said "e.g. `seal boot`" in a policy that declares no attestation `boot`."""
+    [diagnostic] = check_text(declared + COVERAGE_MESSAGES["VP0303"][0])
+    assert (diagnostic.code, diagnostic.help) == ("VP0303", help_text)
+
+
 @pytest.mark.parametrize("text,message", COVERAGE_MESSAGES.values(), ids=COVERAGE_MESSAGES.keys())
 def test_coverage_errors_name_the_component_or_app_and_the_vault(check_text, text, message):
     [diagnostic] = check_text(text)

@@ -97,7 +97,7 @@ def locked_report(device_id: str) -> Report:
         plan=PlanRef(plan_version=3, plan_sha256="ab" * 32),
         vaults=[
             VaultReport(
-                name="config", condition="Locked", reason="pcr-mismatch", message="locked: PCR sha256:7 changed since sealing",
+                name="config", condition="Locked", reason="pcr-mismatch", message="PCR sha256:7 changed since sealing",
                 mismatching_pcrs=[7], usage=Usage(used_bytes=4096, limit_bytes=1 << 20),
                 rotation=Rotation(last_rotated=None, rotate_seconds=None, overdue=None), escrow="pending",
                 last_unlock=LastUnlock(method="none"),
@@ -129,7 +129,8 @@ def test_signed_report_verifies_and_renders(enrolled, store, make_policy):
 
     summary = summarise([verified], [("old.json", "the report was changed after the device signed it")])
     text = render(summary, "text")
-    assert "gw-1: plan 3" in text and "config: Locked (pcr-mismatch)" in text and "[PCRs 7]" in text
+    # said once: it read "Locked (pcr-mismatch) locked: PCR sha256:7 changed since sealing [PCRs 7]"
+    assert "gw-1: plan 3" in text and "  config: Locked (pcr-mismatch): PCR sha256:7 changed since sealing [escrow pending]\n" in text
     assert "| gw-1 | 3 | config | Locked | pcr-mismatch | 7 | pending | none |" in render(summary, "markdown")
     assert "<td>pcr-mismatch</td>" in render(summary, "html")
 
@@ -142,7 +143,7 @@ def test_an_escrow_the_controller_never_received_is_drift_whatever_the_device_sa
     assert verified.escrow_unconfirmed == {"config"}
     summary = summarise([verified], [])
     assert [d.device_id for d in summary.drifting_devices] == ["gw-1"]
-    assert "config: Drifted (escrow-unconfirmed) the device reports its escrow acknowledged, but this controller " \
+    assert "config: Drifted (escrow-unconfirmed): the device reports its escrow acknowledged, but this controller " \
         "holds no escrowed key for it" in render(summary, "text")
 
     store.add_escrow("gw-1", "config", KEY, b"{}", "00" * 32, NOW)

@@ -112,6 +112,9 @@ def test_explain_of_a_part_of_a_code_lists_the_codes_it_starts(lang, prefix):
     [
         ("VP0305", "did you mean `VP0304` or `VP0303` or `VP0302`?"),  # ties: the same family, nearest number
         ("VP0O01", "did you mean `VP0001`"),  # letter O for zero
+        # its own family first: VP0110 got VP0010, VP0510, VP1110, one edit away in other families
+        ("VP0110", "did you mean `VP0101`?\n"),  # two digits swapped: one slip, not two edits
+        ("VP0315", "did you mean `VP0304` or `VP0303` or `VP0302`?"),  # not VP0015 or VP0515, one edit away
         ("VP9999", "known codes: VP0001-VP0007, VP0010-VP0024, "),  # nothing close: what exists
     ],
 )
