@@ -45,7 +45,8 @@ UNKNOWN_KEYWORD = register(
 UNCLOSED_BRACE = register(
     "VP0006", "unclosed block",
     "A block opened with `{` is never closed with `}`. The diagnostic points at the `{` that is "
-    "still open; the next block or the end of the file is where the `}` was expected.",
+    "still open; the next block or the end of the file is where the `}` was expected. The block "
+    "ends there, so its settings and the items after it are still checked.",
     "vault config { limit 16MiB\nvault images { limit 64MiB }",
 )
 UNEXPECTED_END = register(

@@ -59,10 +59,10 @@ def test_one_precise_error(lang, name, source, code, line, column, end_column, h
 
 def test_a_block_after_a_missing_brace_on_the_same_line_still_parses(lang):
     """`vault b {` ends the unclosed `vault a` block wherever it stands: it is not read as a second
-    `path` of `a` (VP0016) after a stray `vault` (VP0005)."""
+    `path` of `a` (VP0016) after a stray `vault` (VP0005), and `a` keeps the settings before it."""
     policy, diags, _ = parse_partial('vault a { path "/persist/a" limit 16MiB vault b { path "/persist/b" }\n', "t.vpol")
     assert [d.code for d in diags] == ["VP0006"]
-    assert [(v.name.value, v.path.value) for v in policy.items] == [("b", "/persist/b")]
+    assert [(v.name.value, v.path.value) for v in policy.items] == [("a", "/persist/a"), ("b", "/persist/b")]
 
 
 MISSPELT_AFTER_AN_UNCLOSED_BLOCK = {
@@ -82,6 +82,34 @@ def test_a_misspelt_block_keyword_starts_a_block_of_its_own(lang, source, expect
     """`ap b {` was read as a setting of the block before it: VP0006 said to close that block after
     `ap b`'s line, and VP0005 listed the vault's settings. A header, misspelt or not, starts an item."""
     assert [(*lang.where(d), d.help) for d in lang.errors(source)] == expected
+
+
+UNCLOSED_THEN = {
+    "a malformed header at column 1": ("vault a {\n  limit 16MiB\napp x y {\n  vault a\n}\n",
+                                       [("VP0006", 1, 9, "add `}` after line 2 to close this block"),
+                                        ("VP0004", 3, 7, "write `{` before `y`")]),
+    "a malformed header at the block's indentation": (
+        "  vault a {\n    limit 16MiB\n  vault \"b\" {\n    limit 1MiB\n  }\n",
+        [("VP0006", 1, 11, "add `}` after line 2 to close this block"), ("VP0004", 3, 9, "remove the quotes: `b`")]),
+    "a list cut short by the end of the block": ("vault a {\n  seal pcrs 0,\napp k { vault a }\n",
+                                                 [("VP0006", 1, 9, "add `}` after line 2 to close this block"),
+                                                  ("VP0004", 2, 15, "remove the `,` before the end of the block: "
+                                                                    "a list does not end with one")]),
+}
+
+
+@pytest.mark.parametrize("source,expected", UNCLOSED_THEN.values(), ids=UNCLOSED_THEN.keys())
+def test_an_unclosed_block_ends_at_the_line_where_the_next_item_starts(lang, source, expected):
+    """`app x y {` after a missing `}` was read as part of the open block; now a line that starts
+    with a top-level keyword and holds a `{`, no further right than the block, starts an item. The
+    block is closed after its last token: the `}` that is not there is `the end of the block`."""
+    assert [(*lang.where(d), d.help) for d in lang.errors(source)] == expected
+
+
+def test_a_setting_that_starts_like_a_header_stays_in_its_block(lang):
+    """An app's `vault` setting at column 1 has no `{`: it is no header."""
+    policy = lang.parse_ok("app k {\nvault a\n}\nvault a { limit 8MiB }\n")
+    assert [item.name.value for item in policy.items] == ["k", "a"]
 
 
 def test_a_vault_named_like_a_misspelt_keyword_is_still_a_vault(lang):
