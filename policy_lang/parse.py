@@ -29,6 +29,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput, UnexpectedToken
 from lark.lexer import Lexer, PatternStr
 
+from vaultpolicy.printable import code_point
 from vaultpolicy.suggest import did_you_mean
 
 from . import syntax_codes as codes
@@ -290,16 +291,11 @@ def _characters(run: str) -> str:
     one by its code point and name (`U+200B ZERO WIDTH SPACE`), where a caret would point at a blank."""
     if run.isprintable():
         return f"`{run}`" if len(run) <= 20 else "characters"
-    pieces = [f"`{''.join(group)}`" if visible else _code_point(char)
+    pieces = [f"`{''.join(group)}`" if visible else code_point(char)
               for (visible, char), group in itertools.groupby(run, key=lambda c: (c.isprintable(), c.isprintable() or c))]
     if len(pieces) > 3:
         return f"{', '.join(pieces[:2])} and more characters"
     return pieces[0] if len(pieces) == 1 else ", ".join(pieces[:-1]) + " and " + pieces[-1]
-
-
-def _code_point(char: str) -> str:
-    name = unicodedata.name(char, "")  # a control character has none
-    return f"U+{ord(char):04X} {name}" if name else f"the control character U+{ord(char):04X}"
 
 
 def _characters_help(run: str) -> str:

@@ -216,6 +216,71 @@ def test_messages_never_name_internal_tokens(lang):
             assert internal not in text, text
 
 
+# (source, line, column, end column, message, help after "paths hold only characters that show: remove ")
+HIDDEN_IN_A_PATH = {
+    "a raw zero-width space": ('vault data { path "/persist/me\u200bdia" }\n', 1, 31, 32,
+                               "path `/persist/me\\u{200b}dia` in `vault data` contains U+200B ZERO WIDTH SPACE",
+                               "the raw U+200B character in the string"),
+    "an escaped zero-width space": ('vault data { path "/persist/me\\u{200b}dia" }\n', 1, 31, 39,
+                                    "path `/persist/me\\u{200b}dia` in `vault data` contains U+200B ZERO WIDTH SPACE",
+                                    "the `\\u{200b}` escape"),
+    "a right-to-left override in `holds`": (
+        'vault v {\n  path "/persist/v"\n  holds "/persist/v/\u202egpj.exe"\n}\n', 3, 21, 22,
+        "`holds` directory `/persist/v/\\u{202e}gpj.exe` in `vault v` contains U+202E RIGHT-TO-LEFT OVERRIDE",
+        "the raw U+202E character in the string"),
+    "a left-to-right mark in a stored directory": (
+        'component c { stores "/persist/x\u200e" }\n', 1, 33, 34,
+        "`stores` directory `/persist/x\\u{200e}` in `component c` contains U+200E LEFT-TO-RIGHT MARK",
+        "the raw U+200E character in the string"),
+    "a byte order mark in the persist root": (
+        'device { persist "\ufeff/persist" }\n', 1, 19, 20,
+        "persist root `\\u{feff}/persist` in `device` contains U+FEFF ZERO WIDTH NO-BREAK SPACE",
+        "the raw U+FEFF character in the string"),
+    "a word joiner in an include": ('include "other\u2060.vpol"\n', 1, 15, 16,
+                                    "path `other\\u{2060}.vpol` in `include` contains U+2060 WORD JOINER",
+                                    "the raw U+2060 character in the string"),
+    "a no-break space": ('vault data { path "/persist/my\u00a0data" }\n', 1, 31, 32,
+                         "path `/persist/my\\u{a0}data` in `vault data` contains U+00A0 NO-BREAK SPACE",
+                         "the raw U+00A0 character in the string"),
+    "an escaped newline": ('vault data { path "/persist/da\\nta" }\n', 1, 31, 33,
+                           "path `/persist/da\\nta` in `vault data` contains the control character U+000A",
+                           "the `\\n` escape"),
+    "a raw tab": ('vault data { path "/persist/a\tb" }\n', 1, 30, 31,
+                  "path `/persist/a\\tb` in `vault data` contains the control character U+0009", "the raw tab in the string"),
+    "a raw tab after escapes": ('vault data { path "/persist/\\"a\\\\\tb" }\n', 1, 34, 35,
+                                'path `/persist/"a\\\\tb` in `vault data` contains the control character U+0009',
+                                "the raw tab in the string"),
+    "a control character escaped": ('component c { stores "/persist/a\\u{7}" }\n', 1, 33, 38,
+                                    "`stores` directory `/persist/a\\u{7}` in `component c` contains the control character U+0007",
+                                    "the `\\u{7}` escape"),
+}
+
+
+@pytest.mark.parametrize("source,line,column,end_column,message,help", HIDDEN_IN_A_PATH.values(),
+                         ids=HIDDEN_IN_A_PATH.keys())
+def test_a_character_that_does_not_show_in_a_path_is_an_error_at_it(lang, source, line, column, end_column, message, help):
+    """A zero-width space, a bidi control or another character that does not show passed `check`, so
+    two paths that look the same differed on the device; VP0207 took only control characters, and
+    pointed at the whole string. Now any of them is VP0207 at the character, named by its code point,
+    with the path in the message escaped, and the help says how it is written."""
+    [d] = lang.errors(source)
+    assert (*lang.where(d), d.span.end_column, d.message, d.help) == (
+        "VP0207", line, column, end_column, message, f"paths hold only characters that show: remove {help}")
+
+
+def test_a_path_that_only_looks_like_another_is_one_error_not_an_overlap(lang, tmp_path):
+    """`/persist/me\u200bdia` looks like `/persist/media`: it is refused where it is written; its
+    vault is not blamed for lying where the default path would put it, and no raw U+200B reaches the
+    terminal (the source line shows it as a space, under its caret)."""
+    policy = tmp_path / "p.vpol"
+    policy.write_text('vault media { path "/persist/media" limit 8MiB }\n'
+                      'vault cache { path "/persist/me\u200bdia" limit 8MiB }\n')
+    code, _, err = lang.cli("check", policy)
+    assert code == 1 and "\u200b" not in err
+    assert err.count("error[") == 1 and "error[VP0207]: path `/persist/me\\u{200b}dia` in `vault cache`" in err
+    assert '2 | vault cache { path "/persist/me dia" limit 8MiB }\n  |                                ^\n' in err
+
+
 def test_carets_line_up_after_wide_characters(lang):
     """After `应用应用` (two columns each in a terminal) the caret landed four columns left of `limt`.
     The caret line is padded by display width; the reported column stays the character's."""
