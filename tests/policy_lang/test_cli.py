@@ -220,18 +220,21 @@ def test_check_counts_the_files_it_read(lang, tmp_path):
 
 def test_messages_show_control_characters_as_escapes(lang, tmp_path):
     """`include "a\\nb"` split its message over two lines, and `include "x\\u{1b}[31mred"` put a raw
-    ESC on stderr. Every message shows a control character as the language's escape, and so does
-    the `-->` line of a file whose name holds one."""
+    ESC on stderr. Every message shows a control character (or another that does not show) as the
+    language's escape, and so does the `-->` line of a file whose name holds one."""
     odd = tmp_path / "odd\nname.vpol"
     odd.write_text('vault v { limit "a\x1bb" }\n')
     main = tmp_path / "main.vpol"
-    main.write_text('include "a\\nb"\ninclude "x\\u{1b}[31mred"\ninclude "odd\\nname.vpol"\n')
-    code, _, err = lang.cli("check", main)
-    assert code == 1 and "\x1b" not in err
-    assert f"error[VP0020]: cannot read `{tmp_path}/a\\nb`: no such file or directory\n" in err
-    assert f"error[VP0020]: cannot read `{tmp_path}/x\\u{{1b}}[31mred`: no such file or directory\n" in err
+    main.write_text('include "a\\nb"\ninclude "x\\u{1b}[31mred"\ninclude "z\u200bw"\n')
+    missing = tmp_path / "x\x1b[31mred\u202e.vpol"
+    code, _, err = lang.cli("check", main, odd, missing)
+    assert code == 1 and "\x1b" not in err and "\u200b" not in err and "\u202e" not in err
+    assert "error[VP0207]: path `a\\nb` in `include` contains the control character U+000A\n" in err
+    assert "error[VP0207]: path `x\\u{1b}[31mred` in `include` contains the control character U+001B\n" in err
+    assert "error[VP0207]: path `z\\u{200b}w` in `include` contains U+200B ZERO WIDTH SPACE\n" in err
     assert f'found string `"a\\u{{1b}}b"`\n  --> {tmp_path}/odd\\nname.vpol:1:17\n' in err
-    code, out, _ = lang.cli("check", "--format", "json", main)
+    assert f"error[VP0020]: cannot read `{tmp_path}/x\\u{{1b}}[31mred\\u{{202e}}.vpol`: no such file or directory\n" in err
+    code, out, _ = lang.cli("check", "--format", "json", main, odd, missing)
     for d in json.loads(out)["diagnostics"]:
         assert all(text.isprintable() for text in (d["message"], d["help"], *d["notes"])), d
 

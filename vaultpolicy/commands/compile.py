@@ -15,6 +15,7 @@ from compiler.plan import encode_plan, format_time, parse_time, plan_digest
 from compiler.source import load_policy, print_diagnostics, source_sha256
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, UsageError
+from vaultpolicy.printable import escaped, hidden_character
 
 
 def add_arguments(parser, key) -> None:
@@ -61,9 +62,9 @@ def _valid_for(text: str, issued_at: datetime) -> int:
 def _targets(values: list[str]) -> tuple[str, ...]:
     for target in values:
         name = target.removeprefix("class:")
-        if not name.strip() or name != name.strip() or not target.isprintable():
-            raise UsageError(f"--target: `{target.encode('unicode_escape').decode()}` is not a device id or `class:NAME`",
-                             hint="a target is a non-empty name of printable characters, without surrounding spaces")
+        if not name.strip() or name != name.strip() or hidden_character(target) is not None:
+            raise UsageError(f"--target: `{escaped(target)}` is not a device id or `class:NAME`",
+                             hint="a target is a non-empty name of characters that show, without surrounding spaces")
     return tuple(values)
 
 
