@@ -107,14 +107,8 @@ DEFAULT_PATH_COLLISION = register(
     'vault other { path "/persist/vault/config" }   # error: that is where the built-in `config` vault lives',
 )
 
-PATH_CONTROL_CHARACTER = register(
-    "VP0207",
-    "control character in a path",
-    "A path holds a control character (a newline, a tab, or another character below U+0020 written "
-    "as an escape). Directory names with them break the device's reports and logs, and are almost "
-    "always a mistake in an escape.",
-    'vault data { path "/persist/da\\nta" }   # error: `\\n` is a newline',
-)
+# VP0207, a character that does not show in a path, is the language's (`policy_lang.syntax_codes`):
+# it is decided where a string is decoded, which knows where the character is written.
 STORED_TWICE = register(
     "VP0208",
     "directory stored twice by a component",
@@ -153,7 +147,7 @@ END_TO_END_NOT_ATTESTED = register(
     "end-to-end app whose vault is not sealed to an attestation",
     "`protection end_to_end` needs the vault key sealed to an `attestation` (so a controller can "
     "verify the device's boot before escrow release), not only to raw PCRs.",
-    'vault data { seal pcrs 0, 4, 7 }\napp camera { vault data  protection end_to_end }   # error: use `seal boot`',
+    'vault data { seal pcrs 0, 4, 7 }\napp camera { vault data  protection end_to_end }   # error: seal `data` to an attestation',
 )
 BUILTIN_UNENCRYPTED = register(
     "VP0304",

@@ -76,8 +76,8 @@ class Change:
     action: Action
     marker: str
     impact: Impact
-    fields: tuple[FieldChange, ...]  # a created thing: its new values; a removed one: what identifies it
-    affected_apps: tuple[str, ...]
+    fields: tuple[FieldChange, ...]  # a created thing: its new values but false and empty ones; a removed one: what identifies it
+    affected_apps: tuple[str, ...]  # apps other than the changed thing itself
     blocked: str | None = None  # why the device would refuse the plan because of this change
     note: str | None = None  # what the device does beyond the action's name (RETAINED, ENCRYPTED)
 
@@ -107,7 +107,14 @@ def _field_changes(kind: str, old: PlanModel | None, new: PlanModel | None) -> t
     after.pop("name", None)
     if new is None:
         before = {key: before[key] for key in _IDENTIFYING[kind]}
-    return tuple(_leaf_changes("", before, after))
+    changes = tuple(_leaf_changes("", before, after))
+    if old is None:  # a created thing: the values that say something (not `builtin: false`, `holds: (none)`)
+        return tuple(change for change in changes if not _says_nothing(change.new))
+    return changes
+
+
+def _says_nothing(value) -> bool:
+    return value is False or value is None or value == [] or value == {}
 
 
 def _leaf_changes(prefix: str, before, after) -> Iterator[FieldChange]:
@@ -224,7 +231,7 @@ def diff_plans(old: Plan, new: Plan, old_label: str = "old", new_label: str = "n
     for before, after in _pairs(old.vaults, new.vaults):
         changes.append(_vault_change(before, after, old, new, retained_at))
     for before, after in _pairs(old.apps, new.apps):
-        changes.append(_simple_change("app", before, after, ((after or before).name,)))
+        changes.append(_simple_change("app", before, after, ()))  # the app itself is the change, not an app it affects
     for before, after in _pairs(old.components, new.components):
         changes.append(_simple_change("component", before, after, ()))
     return ChangeSet(old_label, new_label, tuple(c for c in changes if c is not None))

@@ -11,12 +11,14 @@ import stat
 import tempfile
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from policy_lang.load import UnreadableInput, read_input_file
 from vaultpolicy.encoding import json_message, load_json
 from vaultpolicy.errors import InputError, PlanRejected, UsageError
 
 from .plan import Plan, PlanFormatError, decode_plan
-from .signing import PLAN_PAYLOAD_TYPE, Envelope, non_json_kind
+from .signing import PLAN_PAYLOAD_TYPE, Envelope, non_json_kind, raw_public_bytes
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -93,6 +95,33 @@ def refuse_overwriting_inputs(output: str | Path, inputs: dict[str, str]) -> Non
             same = "" if os.path.abspath(path) == os.path.abspath(output) else f" (`{path}`)"
             raise UsageError(f"-o `{output}` is {what}{same}: writing it would destroy an input",
                              hint="name another file for the output")
+
+
+def refuse_replacing_key(private_path: str | Path, force: bool, hint: str) -> Path:
+    """The public key's path (`KEY.pub`) for a key pair about to be written to `private_path`, once
+    neither is a directory nor, unless `force`, exists (named, whichever it is): a lost private key
+    cannot be had back. `hint` says what --force would cost."""
+    public_path = Path(f"{private_path}.pub")
+    for path in (Path(private_path), public_path):
+        if os.path.isdir(path):  # --force cannot replace a directory with a key
+            raise InputError(f"`{path}` is a directory",
+                             hint="name a file for the private key; its public key is written next to it as KEY.pub")
+    existing = [path for path in (Path(private_path), public_path) if os.path.exists(path)]
+    if existing and not force:
+        named = " and ".join(f"`{path}`" for path in existing)
+        raise InputError(f"{named} already exist{'s' if len(existing) == 1 else ''}", hint=hint)
+    return public_path
+
+
+def refuse_repeated_keys(option: str, keys: list[tuple[str, Ed25519PublicKey]], hint: str) -> None:
+    """UsageError when two of the `(file, public key)` given with `option` are one key: the same file
+    twice, or the same key in two files (a copy is the same signer, whatever its name)."""
+    given_by: dict[bytes, str] = {}
+    for path, key in keys:
+        if (first := given_by.get(raw_public_bytes(key))) is not None:
+            said = "is given twice" if first == path else f"holds the same key as {option} `{first}`"
+            raise UsageError(f"{option} `{path}` {said}", hint=hint)
+        given_by[raw_public_bytes(key)] = path
 
 
 def parse_duration(text: str) -> int:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import jinja2
 
+from vaultpolicy.printable import escaped
+
 from .plan import canonical_json
 from .units import format_duration, format_size
 
@@ -53,7 +55,6 @@ def field_label(path: str) -> str:
 
 # Plan fields whose strings the language writes as "strings" (paths); its other strings are words.
 _QUOTED = {"path", "persist", "holds"}
-_STRING_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
 
 
 def field_value(value, path: str) -> str:
@@ -90,9 +91,8 @@ def _store(store: dict) -> str:
 
 
 def _language_string(text: str) -> str:
-    """`text` as a string literal of the language, escapes included (a control character is `\\u{…}`)."""
-    body = "".join(_STRING_ESCAPES.get(c, c if c.isprintable() else f"\\u{{{ord(c):x}}}") for c in text)
-    return f'"{body}"'
+    """`text` as a string literal of the language, escapes included (a character that does not show is `\\u{…}`)."""
+    return '"' + escaped(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 # What Markdown would read as markup in running text (CommonMark escapes any ASCII punctuation).

@@ -16,6 +16,11 @@ class AttestationRejected(VaultpolicyError):
         self.reason = reason
         self.pcrs = pcrs or []
 
+    @property
+    def shown(self) -> str:
+        """With its reason, as the device shows its refusals': `refused (quote-used): keys were …`."""
+        return f"refused ({self.reason}): {self.message}"
+
 
 class StoreError(VaultpolicyError):
     """The controller store cannot be opened, read or written; the message names the file and why."""

@@ -68,7 +68,7 @@ def spend(store: Store, nonce: bytes, device_id: str, now: int, quote_sha256: st
                 issued_for = f"attestation `{record.attestation}`" if record.attestation else "no named attestation"
                 raise AttestationRejected(
                     "nonce-wrong-attestation", f"nonce was issued for {issued_for}, not `{attestation.name}`",
-                    hint=f"get one for it with `vaultpolicy controller nonce --device {device_id} --attestation "
+                    hint=f"get one for it with `vaultpolicy controller nonce --device-id {device_id} --attestation "
                          f"{attestation.name}` and quote again")
             expires_at = min(expires_at, record.issued_at + attestation.nonce_lifetime_seconds)
         if now >= expires_at:
@@ -91,7 +91,7 @@ def spend(store: Store, nonce: bytes, device_id: str, now: int, quote_sha256: st
         raise refusal
 
 
-_NEW_NONCE = "a nonce is single-use: get a new one with `vaultpolicy controller nonce --device {}` and quote again"
+_NEW_NONCE = "a nonce is single-use: get a new one with `vaultpolicy controller nonce --device-id {}` and quote again"
 
 
 def _used(record: Nonce, quote_sha256: str) -> AttestationRejected:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -60,7 +59,7 @@ from compiler.units import format_size
 from enforcer import blockdev, fscrypt, quota
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
-from enforcer.observe import Layout, keyring_dir, layout, nearest_directory, open_parent, path_state
+from enforcer.observe import Layout, is_mount, keyring_dir, layout, nearest_directory, open_parent, path_state
 from enforcer.reconcile import Action, Backing, Step, choose_backing
 from enforcer.state import StateDir, VaultRecord, fsync_dir
 from enforcer.verify import record_for
@@ -228,6 +227,7 @@ class Applier:
                 where.image.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 blockdev.make_image(where.image, vault.limit_bytes)
                 made = True
+                self._checkpoint("image-made-plaintext-in-place")
             room = _image_room(where)
             home = f"the vault's own {format_size(vault.limit_bytes)} filesystem"
         else:
@@ -304,7 +304,7 @@ class Applier:
         # a lost image leaves its empty mount point; an encrypted directory there is a vault that never had one
         has_image = where.image.exists() or (limited and self._backing(name) is Backing.IMAGE
                                              and fscrypt.get_policy(str(where.path)) is None)
-        if has_image and not os.path.ismount(where.path):
+        if has_image and not is_mount(where.path):
             raise DeviceError(f"its image `{where.image}` is not mounted at `{where.path}`; its key was not added",
                               vault=name)
         return keyring_dir(where.path)
@@ -324,6 +324,7 @@ class Applier:
             identifier = fscrypt.add_key(home, key)
             if self.plan.device.escrow_public_key:
                 self._escrow(name, identifier, key)
+            self._checkpoint("sealed-and-added-not-saved")
             self.state.save_sealed(name, blob.to_json(), identifier, rotated_at=format_time(self.now))
         finally:
             key[:] = bytes(len(key))
@@ -339,12 +340,12 @@ class Applier:
         if policy is None or policy.key_identifier != identifier:  # reconcile's rule, again where the blob is replaced
             raise DeviceError("its files are not under its sealed key, so its key was not escrowed and its escrow "
                               "blob is kept (it may be the only copy of their key)", vault=name)
-        self.escrow_sealed(name, identifier, _json(sealed["blob"]))
+        self.escrow_sealed(name, identifier, sealed["blob"])
 
-    def escrow_sealed(self, name: str, identifier: bytes, blob_json: str) -> None:
-        """Escrow the key sealed in `blob_json`, the vault's key `identifier`, for the plan's escrow key,
-        unless the device holds its blob for that escrow key already (`escrow.escrow_gap`): unsealed,
-        checked to be that key, wrapped (`_escrow`), zeroed. Existing keys (ESCROW_KEY) and rotated ones
+    def escrow_sealed(self, name: str, identifier: bytes, blob: object) -> None:
+        """Escrow the key sealed in `blob` (a sealed record's blob object), the vault's key `identifier`,
+        for the plan's escrow key, unless the device holds its blob for that escrow key already
+        (`escrow.escrow_gap`): unsealed, checked to be that key, wrapped (`_escrow`), zeroed. Existing keys (ESCROW_KEY) and rotated ones
         (enforcer/rotate.py, at commit) are escrowed through here."""
         from enforcer import escrow
         from enforcer.tpm import PcrMismatch, SealedBlob
@@ -353,7 +354,7 @@ class Applier:
         if escrow.escrow_gap(escrow.held_blob(self.state.root, name), identifier, wanted) is None:
             return  # a re-encryption earlier in this run, or a rotation's commit before a crash, escrowed it
         try:
-            key = self.tpm.unseal(SealedBlob.from_json(blob_json))
+            key = self.tpm.unseal(SealedBlob.from_record(blob))
         except PcrMismatch as exc:
             raise EscrowPostponed(
                 f"its key cannot be escrowed now: PCR {exc.bank}:{','.join(map(str, exc.pcrs))} changed since it was "
@@ -387,7 +388,7 @@ class Applier:
         vault = self._vault(name)
         sealed = self.state.sealed(name)
         identifier = bytes.fromhex(sealed["key_identifier"])
-        key = self.tpm.unseal(SealedBlob.from_json(_json(sealed["blob"])))
+        key = self.tpm.unseal(SealedBlob.from_record(sealed["blob"]))
         try:
             if fscrypt.key_identifier(key) != identifier:  # never sealed anew, never added to the kernel
                 raise KeyMismatch("the unsealed key is not the vault's key; it is not resealed", vault=name)
@@ -409,8 +410,9 @@ class Applier:
         if existing is None:
             fscrypt.check_cipher(str(where.cipher_probe), identifier, vault.encryption, self._checkpoint)
             fscrypt.set_policy(path, identifier, vault.encryption)
-        elif (existing.key_identifier, existing.contents_mode) != (identifier, vault.encryption):
-            raise DeviceError(f"`{path}` is already encrypted under another key or mode", vault=name)
+        elif existing != fscrypt.policy_for(identifier, vault.encryption):
+            raise DeviceError(f"`{path}` is already encrypted under another key or policy ({fscrypt.describe(existing)})",
+                              vault=name)
 
     def _migrate(self, name: str) -> None:
         """Copy the staged plaintext in, then erase it (`.vp-erase`: delete, discard, remove)."""
@@ -419,6 +421,7 @@ class Applier:
             self._copy_staged(name, where)
             os.rename(where.staging, where.erasing)  # copied and verified: from here on it is only erased
             fsync_dir(where.staging.parent)
+            self._checkpoint("copied-not-erased")
         if where.erasing.is_dir():  # also what a crash before the discard left
             for entry in os.scandir(where.erasing):
                 if entry.is_dir(follow_symlinks=False):
@@ -562,7 +565,7 @@ def unlock_key(state: StateDir, tpm, name: str, mountpoint: str, now: datetime) 
         raise DeviceError("no sealed key is recorded", vault=name)
     recorded = bytes.fromhex(sealed["key_identifier"])
     try:
-        key = tpm.unseal(SealedBlob.from_json(_json(sealed["blob"])))
+        key = tpm.unseal(SealedBlob.from_record(sealed["blob"]))
     except DeviceError as exc:
         raise _for_vault(exc, name) from None
     try:
@@ -631,10 +634,6 @@ def _for_vault(exc: DeviceError, name: str) -> DeviceError:
         exc.message = f"vault `{name}`: {exc.message}"
         exc.args = (exc.message,)
     return exc
-
-
-def _json(obj) -> str:
-    return json.dumps(obj)
 
 
 def _mount(arguments: list[str]) -> None:

@@ -38,7 +38,7 @@ from compiler.plan import BANK_DIGEST_BYTES, MAX_PCR
 from enforcer.escrow import load_json_object
 from enforcer.state import StateCorrupt, StateDir
 from enforcer.tcti import TCTI_HINT, TpmUsers
-from vaultpolicy.encoding import b64decode_exact
+from vaultpolicy.encoding import b64decode_exact, hex_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError, InputError
 
 QUOTE_FORMAT = "vaultpolicy.quote.v1"
@@ -180,9 +180,9 @@ def read_pcr_values(obj: dict, source: str) -> tuple[str, dict[int, bytes]]:
         if not re.fullmatch(r"0|[1-9][0-9]?", index) or int(index) > MAX_PCR:
             raise InputError(f"{source}: field `pcrs` names PCR `{index}`; PCRs are 0 to {MAX_PCR}")
         try:
-            digest = bytes.fromhex(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{source}: PCR {index} of field `pcrs` is not hex") from None
+            digest = hex_exact(value)
+        except ValueError as exc:
+            raise InputError(f"{source}: PCR {index} of field `pcrs` {exc}") from None
         if len(digest) != size:
             raise InputError(f"{source}: PCR {index} of field `pcrs` has {len(digest)} bytes; a {bank} value has {size}")
         values[int(index)] = digest
@@ -234,9 +234,9 @@ class Quote:
         def hexbytes(name: str, value: object = None) -> bytes:
             value = text(name) if value is None else value
             try:
-                return bytes.fromhex(value)
-            except (TypeError, ValueError):
-                raise InputError(f"{source}: field `{name}` is not hex") from None
+                return hex_exact(value)
+            except ValueError as exc:
+                raise InputError(f"{source}: field `{name}` {exc}") from None
 
         def b64(name: str) -> bytes:
             try:
@@ -389,7 +389,12 @@ class AttestationTpm:
             try:
                 attest, signature = self._esapi.quote(ak, selection, extra, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
             except self._tss_error as exc:
-                raise AttestationError(f"TPM2_Quote failed: {exc}") from None
+                from enforcer.tpm import lockout_error
+
+                # the attestation key is DA-protected (USERWITHAUTH, not NODA): a lockout stops every quote
+                lockout = lockout_error(exc, "it refuses the attestation key until the lockout ends, so no quote "
+                                             "can be signed; vault keys are not DA-protected and still unlock")
+                raise lockout or AttestationError(f"TPM2_Quote failed: {exc}") from None
             after, _ = self.read_pcrs(bank, pcrs)
             if before == after:
                 return Quote(device_id, purpose, nonce, bound_sha256, bank, values, bytes(attest), signature.marshal())

@@ -7,13 +7,16 @@ problems the enforcer will not fix by itself, VP12xx unlock and lock outcomes.
 
 from __future__ import annotations
 
-from policy_lang.codes import register
-
+# A leaf module: the device imports it for `code_for`. Its codes reach the catalogue `vaultpolicy explain`
+# reads through `policy_lang.codes.all_codes`, which registers `CODES`: importing policy_lang here loaded
+# lark and the parser into every device command.
+CODES: list[tuple[str, str, str, str]] = []  # (code, title, explanation, example)
 _BY_REASON: dict[str, str] = {}
 
 
 def _code(code: str, reason: str, title: str, explanation: str, example: str) -> str:
-    _BY_REASON[reason] = register(code, title, explanation, example)
+    _BY_REASON[reason] = code
+    CODES.append((code, title, explanation, example))
     return code
 
 

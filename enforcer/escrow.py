@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from compiler.signing import non_json_kind
 from enforcer.state import atomic_remove, atomic_write
 from vaultpolicy.encoding import b64decode_exact, json_problem, load_json
 from vaultpolicy.errors import InputError, VaultpolicyError
@@ -93,6 +94,8 @@ def load_json_object(data: bytes, source: str, expected_format: str) -> dict:
     try:
         obj = load_json(data)
     except json.JSONDecodeError as exc:
+        if (kind := non_json_kind(data)) is not None:  # a policy or a key given here: named as every command names it
+            raise InputError(f"`{source}` is {kind}, not a `{expected_format}` document") from None
         raise InputError(f"{source}: not JSON ({json_problem(exc)})") from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         raise InputError(f"{source}: not a `{expected_format}` document")

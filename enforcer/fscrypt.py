@@ -58,6 +58,8 @@ _NAMES_FOR_CONTENTS = {"aes-256-xts": "aes-256-cts", "adiantum": "adiantum"}
 
 POLICY_FLAG_PAD_32 = 0x03
 POLICY_FLAG_DIRECT_KEY = 0x04
+_PAD_MASK = 0x03  # PAD_4, _8, _16, _32: names padded to 4 << (flags & 3) bytes
+_FLAG_NAMES = {POLICY_FLAG_DIRECT_KEY: "DIRECT_KEY", 0x08: "IV_INO_LBLK_64", 0x10: "IV_INO_LBLK_32"}
 
 _REMOVAL_FILES_BUSY = 0x1
 _REMOVAL_OTHER_USERS = 0x2
@@ -282,21 +284,43 @@ def key_status(mountpoint: str, identifier: bytes) -> KeyStatus:
     return KeyStatus(arg.status)
 
 
+def policy_for(identifier: bytes, contents: str) -> EncryptionPolicy:
+    """The whole policy `set_policy` gives a directory for `contents` under the key `identifier` (see the
+    module docstring): what a vault's policy is compared with, flags included."""
+    if contents not in _NAMES_FOR_CONTENTS:
+        raise ValueError(f"unknown contents mode `{contents}` (expected one of {sorted(_NAMES_FOR_CONTENTS)})")
+    return EncryptionPolicy(_POLICY_V2, contents, _NAMES_FOR_CONTENTS[contents],
+                            POLICY_FLAG_PAD_32 | (POLICY_FLAG_DIRECT_KEY if contents == "adiantum" else 0), identifier)
+
+
+def policy_difference(policy: EncryptionPolicy, contents: str) -> str | None:
+    """How `policy` differs from the one `set_policy` sets for `contents` under the same key, in words;
+    None when it is that policy."""
+    wanted = policy_for(policy.key_identifier, contents)
+    return None if policy == wanted else f"the directory's encryption policy is {describe(policy)}; the plan's is " \
+        f"{describe(wanted)}"
+
+
+def describe(policy: EncryptionPolicy) -> str:
+    """`aes-256-xts contents, aes-256-cts names padded to 32 bytes`, and the other flags by name."""
+    flags = [name for bit, name in _FLAG_NAMES.items() if policy.flags & bit]
+    return (f"{policy.contents_mode} contents, {policy.filenames_mode} names padded to "
+            f"{4 << (policy.flags & _PAD_MASK)} bytes" + "".join(f", {flag}" for flag in flags))
+
+
 def set_policy(directory: str, identifier: bytes, contents: str = "aes-256-xts") -> None:
-    """Give the empty `directory` a v2 policy under the key `identifier` (already added).
+    """Give the empty `directory` a v2 policy under the key `identifier` (already added): `policy_for`.
 
     Setting the same policy again is a no-op in the kernel; a different one raises PolicyConflict.
     """
-    if contents not in _NAMES_FOR_CONTENTS:
-        raise ValueError(f"unknown contents mode `{contents}` (expected one of {sorted(_NAMES_FOR_CONTENTS)})")
+    wanted = policy_for(identifier, contents)
     if key_status(mountpoint_of(directory), identifier) is not KeyStatus.PRESENT:
         raise KeyRequired("set encryption policy: the key is not in the filesystem keyring", directory, errno.ENOKEY)
-    flags = POLICY_FLAG_PAD_32 | (POLICY_FLAG_DIRECT_KEY if contents == "adiantum" else 0)
     policy = _PolicyV2(
-        version=_POLICY_V2,
-        contents_encryption_mode=_MODES[contents],
-        filenames_encryption_mode=_MODES[_NAMES_FOR_CONTENTS[contents]],
-        flags=flags,
+        version=wanted.version,
+        contents_encryption_mode=_MODES[wanted.contents_mode],
+        filenames_encryption_mode=_MODES[wanted.filenames_mode],
+        flags=wanted.flags,
     )
     ctypes.memmove(policy.master_key_identifier, _identifier_spec(identifier).u, KEY_IDENTIFIER_SIZE)
     try:

@@ -13,10 +13,15 @@ crash test hooks in. A completed apply removes the journal, and so does the next
 pass (`restart`).
 
 Test hook: VAULTPOLICY_CRASH_AT=N makes the process SIGKILL itself at its N-th crash point (1-based).
-Crash points are, in one count, right after writing each step's intent (the worst moment between
-steps) and the points inside steps a handler names with `checkpoint(label)`: inside a copy, between
-deleting plaintext and discarding its blocks, inside a resize, inside the cipher probe, with a key
-unsealed to be escrowed, and between staging the applied plan and swapping it in (`StateDir.commit_plan`). Only for tests; documented in
+Crash points are, in one count, right after writing each step's intent (the worst moment between steps)
+and the points inside steps a handler names with `checkpoint(label)`: between making a vault's image and
+moving its plaintext aside, between sealing a new key (and adding it) and saving its sealed blob, inside
+a copy, between renaming copied plaintext for erasure and deleting it, between deleting plaintext and
+discarding its blocks, inside a resize, inside the cipher probe, with a key unsealed to be escrowed, and
+between staging the applied plan and swapping it in (`StateDir.commit_plan`). VAULTPOLICY_CRASH_AT=LABEL
+kills at the first `crash_point(LABEL)` instead, a point outside that count and outside any journal:
+`unseal-loaded`, inside every unseal with the sealed object and its policy session loaded
+(enforcer/tpm.py), so `device unlock` can be killed mid-operation too. Only for tests; documented in
 docs/enforcer.md.
 """
 
@@ -42,7 +47,8 @@ class Journal:
         self.warnings = [] if warnings is None else warnings
         self._seq = 0
         self._points = 0
-        self._crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+        crash_at = os.environ.get(CRASH_ENV, "")
+        self._crash_at = int(crash_at) if crash_at.isdigit() else 0  # a label is `crash_point`'s
 
     def interrupted(self) -> list[dict]:
         """Intents of a previous run that never reached `done`, oldest first; `StateCorrupt` naming the
@@ -124,6 +130,13 @@ class Journal:
         """The apply converged: nothing is pending any more."""
         if self.path.exists():
             atomic_remove(self.path)
+
+
+def crash_point(label: str) -> None:
+    """A named crash point (the test hook, see the module docstring): SIGKILL when VAULTPOLICY_CRASH_AT is
+    `label`."""
+    if os.environ.get(CRASH_ENV) == label:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _is_entry(entry) -> bool:

@@ -9,10 +9,12 @@ For each vault the plan names (and each vault the device still manages after it 
   limits as the kernel counts them (quotactl Q_GETQUOTA: O(1) too)
 - its fscrypt policy (FS_IOC_GET_ENCRYPTION_POLICY_EX) and the status in the kernel
   (FS_IOC_GET_ENCRYPTION_KEY_STATUS) of the key that policy names (else of the sealed key)
-- the sealed blob: present, sealed to the plan's bank and PCRs, its policy digest recomputed by the
-  TPM from the recorded PCR values, which of those PCRs now differ in the TPM, and whether the TPM
-  still loads it (TPM2_Load under the storage primary, flushed at once; nothing is unsealed): a
-  blob whose private part was damaged matches on every other count and fails the next unlock
+- the sealed blob: present, sealed to the plan's bank and PCRs, its policy digest recomputed in
+  software from the recorded PCR values (`tpm.policy_digest`: the PolicyPCR digest a policy session
+  would reach, which tests/enforcer/test_tpm.py checks against the TPM's own), which of those PCRs now
+  differ in the TPM, and whether the TPM still loads it (TPM2_Load under the storage primary, flushed
+  at once; nothing is unsealed): a blob whose private part was damaged matches on every other count
+  and fails the next unlock
 - the size of a vault image's filesystem, from its superblock (not the image file's size: a resize
   cut short grew the file only), or why the image cannot be read (that fails its own vault only),
   and for an image that is not mounted whose vault has no sealed key, whether its vault directory is
@@ -35,7 +37,6 @@ A vault without a limit is a plain directory on the persist filesystem.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -109,7 +110,21 @@ def keyring_dir(vault_path: Path) -> str:
     mount, so it is its own filesystem; otherwise its parent is on the same filesystem. This avoids
     reading the whole mount table for every vault (unlock stays within a few percent of bare unseals).
     """
-    return str(vault_path if os.path.ismount(vault_path) else vault_path.parent)
+    return str(vault_path if is_mount(vault_path) else vault_path.parent)
+
+
+def is_mount(path: Path | str) -> bool:
+    """`os.path.ismount` without its `realpath` of the parent, which lstat's every component of the path
+    again in Python (five times per vault in a boot unlock): the kernel resolves `path/..` itself, to
+    the same directory. A mount is on another device than its parent, or is its own parent (`/`)."""
+    try:
+        own = os.lstat(path)
+        if stat.S_ISLNK(own.st_mode):
+            return False
+        parent = os.lstat(os.path.join(path, ".."))
+    except (OSError, ValueError):
+        return False
+    return own.st_dev != parent.st_dev or own.st_ino == parent.st_ino
 
 
 def layout(state: StateDir, root: Path | None, name: str, plan_path: str) -> Layout:
@@ -127,7 +142,7 @@ class ObservedSeal:
     key_identifier: bytes
     bank: str
     pcrs: tuple[int, ...]
-    digest_ok: bool  # the blob's policy digest is the TPM's PolicyPCR digest over its recorded values
+    digest_ok: bool  # the blob's policy digest is the PolicyPCR digest of its recorded values, computed here
     changed_pcrs: tuple[int, ...]  # PCRs whose current value differs from the value at seal time
 
 
@@ -225,8 +240,10 @@ def is_empty(path: Path) -> bool:
 
 
 def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str, tpm,
-                  pcr_cache: dict | None = None) -> ObservedVault:
-    """`pcr_cache` shares PCR reads between the vaults of one observation (one reading per selection)."""
+                  shared: dict | None = None) -> ObservedVault:
+    """`shared` holds the reads the vaults of one observation have in common: the PCRs of each selection,
+    and whether the filesystem of each directory vaults are made in enforces project quotas."""
+    shared = {} if shared is None else shared
     where = layout(state, root, name, plan_path)
     kind = path_state(root, where.path)
     errors: list[str] = []
@@ -239,9 +256,12 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
         except (blockdev.BlockdevError, OSError) as exc:  # this vault's storage only: the others go on
             values["storage_damaged"] = _damage(where.image, exc)
     if not kind.through_symlink:
-        values["quota_enforced"] = quota.enforced(nearest_directory(where.path.parent))
+        home = nearest_directory(where.path.parent)
+        if ("quota", home) not in shared:
+            shared["quota", home] = quota.enforced(home)
+        values["quota_enforced"] = shared["quota", home]
     if kind is PathState.DIRECTORY:
-        mounted = os.path.ismount(where.path)
+        mounted = is_mount(where.path)
         values["mounted"] = mounted
         if mounted:  # a vault with a limit: usage of its own image
             st = os.statvfs(where.path)
@@ -271,7 +291,7 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
             values["storage_damaged"] = _damage(where.image, exc)
     identifier = None
     if sealed is not None:
-        values["seal"] = _observe_seal(state, name, sealed, tpm, errors, {} if pcr_cache is None else pcr_cache)
+        values["seal"] = _observe_seal(state, name, sealed, tpm, errors, shared)
         identifier = values["seal"].key_identifier
         values["escrow"] = held_blob(state.root, name)
     # The key the directory is encrypted under decides whether its files are readable, sealed blob or
@@ -304,14 +324,14 @@ def _damage(image: Path, exc: Exception) -> str:
     return f"its image `{image}` cannot be read: {detail}"
 
 
-def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[str], pcr_cache: dict) -> ObservedSeal:
+def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[str], shared: dict) -> ObservedSeal:
     from enforcer.state import StateCorrupt
     from enforcer.tpm import InvalidSealedBlob, SealedBlob  # lazily: tpm2-pytss loads only when a vault is sealed
 
     # A damaged record stops the run with its file named: never taken for "no key yet" (S20)
     try:
         identifier = bytes.fromhex(sealed["key_identifier"])
-        blob = SealedBlob.from_json(json.dumps(sealed["blob"]))
+        blob = SealedBlob.from_record(sealed["blob"])
     except (InvalidSealedBlob, KeyError, TypeError, ValueError) as exc:
         message = exc.message if isinstance(exc, InvalidSealedBlob) else f"{exc.__class__.__name__}: {exc}"
         raise StateCorrupt(f"the sealed key record {state.sealed_path(name)} is damaged ({message}); nothing "
@@ -321,10 +341,10 @@ def _observe_seal(state: StateDir, name: str, sealed: dict, tpm, errors: list[st
     if tpm is not None:
         try:
             digest_ok = tpm.policy_digest(blob.bank, blob.pcrs, blob.pcr_values) == blob.policy_digest
-            selection = (blob.bank, tuple(blob.pcrs))
-            if selection not in pcr_cache:
-                pcr_cache[selection] = tpm.read_pcrs(blob.bank, blob.pcrs)
-            current = pcr_cache[selection]
+            selection = ("pcrs", blob.bank, tuple(blob.pcrs))
+            if selection not in shared:
+                shared[selection] = tpm.read_pcrs(blob.bank, blob.pcrs)
+            current = shared[selection]
             changed = tuple(i for i in blob.pcrs if current.get(i) != blob.pcr_values.get(i))
         except DeviceError as exc:
             errors.append(f"TPM: {exc.message}")
@@ -341,6 +361,6 @@ def observe(plan: Plan | None, state: StateDir, root: Path | None, tpm) -> Obser
     records = state.records()
     wanted: dict[str, str] = {v.name: v.path for v in plan.vaults} if plan is not None else {}
     wanted.update({r.name: r.path for r in records.values()})
-    pcr_cache: dict = {}
-    vaults = {name: observe_vault(state, root, name, path, tpm, pcr_cache) for name, path in sorted(wanted.items())}
+    shared: dict = {}
+    vaults = {name: observe_vault(state, root, name, path, tpm, shared) for name, path in sorted(wanted.items())}
     return Observed(vaults=vaults, records=records, apply_unfinished=state.journal_path.exists())

@@ -20,12 +20,10 @@ from compiler.plan import Plan, Vault
 from compiler.units import format_size
 from enforcer.blockdev import BLOCK_SIZE, image_bytes_for
 from enforcer.escrow import escrow_gap, escrow_public_raw
-from enforcer.fscrypt import KeyStatus
+from enforcer.fscrypt import KeyStatus, policy_difference
 from enforcer.quota import limits_for
 from enforcer.observe import Observed, ObservedVault, PathState
 from enforcer.state import VaultRecord
-
-_FILENAMES_FOR = {"aes-256-xts": "aes-256-cts", "adiantum": "adiantum"}
 
 
 class Action(StrEnum):
@@ -179,8 +177,8 @@ def _plan_vault(vault: Vault, seen: ObservedVault, record: VaultRecord | None, o
             step(Action.SET_POLICY, "the vault directory has no encryption policy")
         elif seen.seal is not None and seen.policy.key_identifier != seen.seal.key_identifier:
             problem("policy-mismatch", "the directory is encrypted under another key than the sealed one")
-        elif (seen.policy.contents_mode, seen.policy.filenames_mode) != (vault.encryption, _FILENAMES_FOR[vault.encryption]):
-            problem("policy-mismatch", f"the directory uses {seen.policy.contents_mode}, the plan asks for {vault.encryption}")
+        elif (differs := policy_difference(seen.policy, vault.encryption)) is not None:
+            problem("policy-mismatch", differs)
 
     if staged:
         step(Action.MIGRATE, "plaintext files wait to move into the vault")

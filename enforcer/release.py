@@ -152,11 +152,15 @@ def record_unlock(state: StateDir, vault: str, method: str, now: datetime) -> No
     path = _unlock_record_dir(state) / f"{vault}.json"
     record = json.dumps({"method": method, "at": format_time(now)}).encode()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # the first unlock recorded: its directory is made then
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.pwrite(fd, record, 0)
-            os.ftruncate(fd, len(record))
+            if os.fstat(fd).st_size > len(record):  # a longer record before it (another method): cut
+                os.ftruncate(fd, len(record))
         finally:
             os.close(fd)
     except OSError as exc:

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from compiler.plan import Plan, Vault, format_time
 from enforcer.attest import Quote
 from enforcer.escrow import escrow_public_raw, escrow_state, load_json_object
-from enforcer.fscrypt import KeyStatus
+from enforcer.fscrypt import KeyStatus, policy_difference
 from enforcer.observe import Observed, ObservedVault, PathState, staging_path
 from enforcer.reconcile import apply_interrupted, storage_lost
 from enforcer.release import last_unlocks
@@ -184,6 +184,8 @@ def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool,
     if seen.policy.contents_mode != wanted.encryption:
         return "Drifted", "encryption-change-pending", (f"the files are encrypted with {seen.policy.contents_mode}, "
                                                        f"the plan asks for {wanted.encryption}")
+    if (differs := policy_difference(seen.policy, wanted.encryption)) is not None:
+        return "Drifted", "policy-mismatch", differs
     if seen.seal is None:
         return "Drifted", "no-sealed-key", "no sealed key is recorded for this vault"
     if seen.policy.key_identifier != seen.seal.key_identifier:
@@ -196,7 +198,7 @@ def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool,
         return "Drifted", "over-limit", f"{seen.used_bytes} bytes used, limit {wanted.limit_bytes}"
     if seen.key_status is not KeyStatus.PRESENT:
         if seen.seal.changed_pcrs:
-            return "Locked", "pcr-mismatch", f"locked: PCR {seen.seal.bank}:{_pcrs(seen.seal.changed_pcrs)} changed since sealing"
+            return "Locked", "pcr-mismatch", f"PCR {seen.seal.bank}:{_pcrs(seen.seal.changed_pcrs)} changed since sealing"
         return "Locked", "key-absent", "the key is not in the kernel; run `vaultpolicy device unlock`"
     return "Ready", "ready", "unlocked, encrypted and sealed as the plan says"
 

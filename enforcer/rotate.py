@@ -50,7 +50,6 @@ swap is not carried over (stop its apps first: `device gate` keeps them stopped)
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -288,7 +287,7 @@ class Rotator:
                                        rotated_at=pending["rotated_at"])
             if new is not None and self.plan.device.escrow_public_key:
                 Applier(self.plan, self.state, self.root, self.tpm, self.now, self.device_id).escrow_sealed(
-                    name, bytes.fromhex(new), json.dumps(pending["blob"]))
+                    name, bytes.fromhex(new), pending["blob"])
             record = self.state.records()[name]
             # pending records of rotations written before re-encryption existed carry no `encryption`
             self.state.save_record(replace(record, encryption=pending.get("encryption", record.encryption)))
@@ -325,7 +324,7 @@ class Rotator:
         """The kernel's identifier for the pending key, computed from the unsealed key: nothing is added."""
         from enforcer.tpm import SealedBlob
 
-        key = self.tpm.unseal(SealedBlob.from_json(json.dumps(pending["blob"])))
+        key = self.tpm.unseal(SealedBlob.from_record(pending["blob"]))
         try:
             return fscrypt.key_identifier(key).hex()
         finally:
@@ -483,7 +482,7 @@ def _wrong_in_pending(pending: object) -> str | None:
         wrong.append("blob")  # a new key in the kernel needs its sealed blob
     elif pending["blob"] is not None:
         try:
-            SealedBlob.from_json(json.dumps(pending["blob"]))
+            SealedBlob.from_record(pending["blob"])
         except DeviceError:
             wrong.append("blob")
     try:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from compiler.plan import BANK_DIGEST_BYTES
+from enforcer.journal import crash_point
 from enforcer.tcti import TCTI_HINT, TpmUsers
 from vaultpolicy.encoding import b64decode_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError
@@ -74,7 +75,20 @@ class PcrChangedDuringOperation(TpmError):
 class TpmLockout(TpmError):
     """The TPM is in dictionary-attack lockout. Lockout refuses authorizations by a DA-protected
     authValue; vault keys are authorized by their PCR policy alone, so it does not keep them sealed
-    (tests/enforcer/test_tpm.py shows it on swtpm): this names a lockout met on any other command."""
+    (tests/enforcer/test_tpm.py shows it on swtpm): this names a lockout met on any other command, such
+    as a quote, which the attestation key (USERWITHAUTH, not NODA) signs (`lockout_error`)."""
+
+
+_LOCKOUT_HINT = ("wait for the TPM's lockout recovery time to pass, or clear the lockout with the lockout "
+                 "authorization (`tpm2_dictionarylockout --clear-lockout`)")
+
+
+def lockout_error(exc: Exception, refused: str) -> TpmLockout | None:
+    """A `TpmLockout` saying what the TPM refused (`refused`), when `exc` (a TSS2_Exception) is a lockout."""
+    if _response_code(exc) != _tss().TPM2_RC.LOCKOUT:
+        return None
+    return TpmLockout(f"the TPM is in dictionary-attack lockout (too many wrong authorization values were tried): "
+                      f"{refused}", int(exc.rc), hint=_LOCKOUT_HINT)
 
 
 class TpmPolicyFailure(TpmError):
@@ -134,6 +148,14 @@ class SealedBlob:
     def from_json(cls, text: str | bytes) -> "SealedBlob":
         try:
             record = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise InvalidSealedBlob(f"sealed blob is not valid: {exc}") from None
+        return cls.from_record(record)
+
+    @classmethod
+    def from_record(cls, record: object) -> "SealedBlob":
+        """The blob from its JSON object as `to_json` writes it (a sealed record's `blob`, already parsed)."""
+        try:
             blob = cls(
                 bank=str(record["bank"]),
                 pcrs=tuple(int(index) for index in record["pcrs"]),
@@ -382,9 +404,15 @@ class Tpm:
                 tpm_key=tss.ESYS_TR.NONE, bind=tss.ESYS_TR.NONE, session_type=tss.TPM2_SE.POLICY,
                 symmetric=tss.TPMT_SYM_DEF(algorithm=tss.TPM2_ALG.NULL), auth_hash=tss.TPM2_ALG.SHA256,
             )
+            # without continueSession the TPM flushes the session itself once Unseal succeeds: one round
+            # trip fewer per vault; a refused Unseal leaves it loaded, and `finally` flushes it
+            self._esys.trsess_set_attributes(session, 0, tss.TPMA_SESSION.CONTINUESESSION)
             self._esys.policy_pcr(session, b"", tss.TPML_PCR_SELECTION.parse(
                 f"{blob.bank}:{','.join(map(str, blob.pcrs))}"))
+            crash_point("unseal-loaded")  # the test hook: a kill leaves both loaded in a TPM without a manager
             sealed = self._esys.unseal(obj, session1=session)
+            self._esys.tr_close(session)  # gone from the TPM: only ESAPI's record of it is left
+            session = None
             try:
                 return bytearray(_ffi().buffer(sealed._cdata.buffer, sealed.size))
             finally:
@@ -405,8 +433,7 @@ class Tpm:
         if code == rc.PCR_CHANGED:
             return PcrChangedDuringOperation("PCRs kept changing during unseal (tried twice)", int(exc.rc))
         if code == rc.LOCKOUT:
-            return TpmLockout("the TPM is in dictionary-attack lockout", int(exc.rc),
-                              hint="wait for the lockout to expire or clear it with the lockout authorization")
+            return lockout_error(exc, "it refused the unseal")
         if code == rc.INTEGRITY:
             return ForeignSealedBlob(
                 f"unseal failed: this TPM cannot load the sealed key ({exc}): it was sealed by another TPM, or "
@@ -505,8 +532,9 @@ class Tpm:
         try:
             return method(*args, **kwargs)
         except self._tss.TSS2_Exception as exc:
-            if _response_code(exc) == self._tss.TPM2_RC.LOCKOUT:
-                raise TpmLockout("the TPM is in dictionary-attack lockout", int(exc.rc)) from None
+            refused = lockout_error(exc, f"it refused {method.__name__.replace('_', ' ')}")
+            if refused is not None:
+                raise refused from None
             raise TpmFailure(f"{method.__name__.replace('_', ' ')} failed: {exc}", int(exc.rc)) from None
 
     def check_loads(self, blob: SealedBlob) -> None:

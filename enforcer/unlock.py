@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,8 +25,8 @@ from compiler.signing import PLAN_PAYLOAD_TYPE, Envelope, TrustRoot
 from enforcer import blockdev, fscrypt
 from enforcer.apply import Applier, key_in_kernel, lock_key
 from enforcer.fscrypt import KeyStatus
-from enforcer.observe import (Layout, Observed, ObservedSeal, ObservedVault, PathState, is_empty, keyring_dir, layout,
-                              observe, observe_vault, path_state, staging_path)
+from enforcer.observe import (Layout, Observed, ObservedSeal, ObservedVault, PathState, is_empty, is_mount, keyring_dir,
+                              layout, observe, observe_vault, path_state, staging_path)
 from enforcer.reconcile import Action, Problem, Reconciliation, Step, apply_interrupted, reconcile
 from enforcer.rotate import RecoveryFailed, pending_path
 from enforcer.state import SEALED_DAMAGED_HINT, Condition, StateCorrupt, StateDir, VaultRecord
@@ -116,6 +115,7 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
     outcomes = Applier(usable, state, root, tpm, now, records=observed.records).run(steps)
     # what apply refuses for these vaults, unlock cannot get past either, and says so in the same words
     refused = {p.vault: p for p in rec.problems if p.reason in ("storage-damaged", "storage-lost", "key-lost")}
+    conditions = state.conditions()  # read once: a vault that unlocked clears only a condition it has
     results = []
     for vault in plan.vaults:
         subject = f"vault/{vault.name}"
@@ -145,7 +145,8 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
             result = _kernel_outcome(state, root, observed.records.get(vault.name) or vault, seen.seal, done)
             with state.best_effort():
                 if result.outcome in ("unlocked", "already-unlocked"):
-                    state.clear_condition(subject)
+                    if subject in conditions:
+                        state.clear_condition(subject)
                 else:
                     state.set_condition(subject, False, result.reason, f"unlock refused: {result.message}", now)
             results.append(result)
@@ -216,10 +217,10 @@ def observe_each(plan: Plan, state: StateDir, root: Path | None,
     damaged = {**damaged, **(left_alone or {})}
     wanted = {v.name: v.path for v in plan.vaults if v.name not in damaged} | \
         {r.name: r.path for r in records.values() if r.name not in damaged}
-    vaults = {}
+    vaults, shared = {}, {}
     for name, path in sorted(wanted.items()):
         try:
-            vaults[name] = observe_vault(state, root, name, path, None)
+            vaults[name] = observe_vault(state, root, name, path, None, shared)
         except StateCorrupt as exc:
             damaged[name] = exc
     return Observed(vaults, {n: r for n, r in records.items() if n not in damaged}), damaged
@@ -298,7 +299,7 @@ def _files_policy(where: Layout) -> fscrypt.EncryptionPolicy | None:
     """The policy the vault's files are under: its path's, or, for a vault with an image that is not
     bound at its path, that of the image's vault directory when the image is mounted in the state dir."""
     policy = fscrypt.get_policy(str(where.path))
-    if policy is None and where.image.exists() and not os.path.ismount(where.path) and where.store_data.is_dir():
+    if policy is None and where.image.exists() and not is_mount(where.path) and where.store_data.is_dir():
         policy = fscrypt.get_policy(str(where.store_data))
     return policy
 

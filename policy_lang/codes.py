@@ -1,7 +1,9 @@
 """The catalogue of diagnostic codes, read by `vaultpolicy explain`.
 
 Each phase registers its own codes in its own module (`policy_lang.syntax_codes`, `compiler.codes`,
-`enforcer.codes`); `all_codes()` imports them so the catalogue is complete. Ranges:
+`enforcer.codes`); `all_codes()` imports them so the catalogue is complete. `enforcer.codes`, which
+every device command imports, lists its codes in `CODES` for `all_codes()` to register: importing this
+package would load lark and the parser on the device. Ranges:
 VP00xx syntax, VP01xx names, VP02xx paths, VP03xx coverage, VP04xx capacity, VP05xx PCRs and
 attestation, VP06xx keys, rotation and data handling, VP07xx-VP09xx reserved, VP1xxx device.
 """
@@ -36,8 +38,11 @@ def register(code: str, title: str, explanation: str, example: str) -> str:
 def all_codes() -> dict[str, CodeInfo]:
     for module in _CATALOGUE_MODULES:
         try:
-            importlib.import_module(module)
+            imported = importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
+            continue
+        for entry in getattr(imported, "CODES", ()):  # a leaf's table (enforcer.codes imports nothing of ours)
+            register(*entry)
     return dict(sorted(_REGISTRY.items()))

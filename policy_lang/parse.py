@@ -7,7 +7,9 @@ become diagnostics instead of aborting the run.
 Error recovery collects every independent error in one run (S18): the token stream is cut into
 top-level items at balanced braces, each item is parsed on its own, and inside a block the
 setting that failed is dropped and the block re-parsed, so each broken setting reports once. A
-lexical error costs only its token (`Lexed`), so it hides nothing else in its block.
+block left open ends where the next item evidently starts (`split_items`) and is parsed as if
+closed there (`parse_chunk`). A lexical error costs only its token (`Lexed`), so it hides nothing
+else in its block.
 An item is parsed in one call of lark's parser; only one that fails is fed again token by token.
 """
 
@@ -27,6 +29,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput, UnexpectedToken
 from lark.lexer import Lexer, PatternStr
 
+from vaultpolicy.printable import code_point
 from vaultpolicy.suggest import did_you_mean
 
 from . import syntax_codes as codes
@@ -288,16 +291,11 @@ def _characters(run: str) -> str:
     one by its code point and name (`U+200B ZERO WIDTH SPACE`), where a caret would point at a blank."""
     if run.isprintable():
         return f"`{run}`" if len(run) <= 20 else "characters"
-    pieces = [f"`{''.join(group)}`" if visible else _code_point(char)
+    pieces = [f"`{''.join(group)}`" if visible else code_point(char)
               for (visible, char), group in itertools.groupby(run, key=lambda c: (c.isprintable(), c.isprintable() or c))]
     if len(pieces) > 3:
         return f"{', '.join(pieces[:2])} and more characters"
     return pieces[0] if len(pieces) == 1 else ", ".join(pieces[:-1]) + " and " + pieces[-1]
-
-
-def _code_point(char: str) -> str:
-    name = unicodedata.name(char, "")  # a control character has none
-    return f"U+{ord(char):04X} {name}" if name else f"the control character U+{ord(char):04X}"
 
 
 def _characters_help(run: str) -> str:
@@ -351,8 +349,26 @@ def _is_item_name(tokens: list[Token], i: int, current: list[Token]) -> bool:
             and tokens[i + 1].type == "LBRACE")
 
 
+def _heads_a_line(tokens: list[Token], i: int) -> bool:
+    """Inside a block, a top-level keyword first on its line with a `{` later on that line: the
+    header of the next item however malformed (`app x y {`, `vault "m" {`), as no setting holds a
+    `{` (an app's `vault v` has none), when it stands no further right than the block's keyword."""
+    tok = tokens[i]
+    if tok.value not in TOP_LEVEL_KEYWORDS or tokens[i - 1].end_line == tok.line:
+        return False
+    for j in range(i + 1, len(tokens)):
+        following = tokens[j]
+        if following.line != tok.line:
+            return False
+        if following.type == "LBRACE":
+            return True
+    return False
+
+
 def split_items(tokens: list[Token]) -> list[list[Token]]:
-    """Cut the stream into top-level chunks at balanced braces and top-level keywords."""
+    """Cut the stream into top-level chunks at balanced braces and top-level keywords. A block left
+    open ends where the next item evidently starts: a well-formed header anywhere (`_starts_item`),
+    or a line that starts like one at the block's indentation or left of it (`_heads_a_line`)."""
     chunks: list[list[Token]] = []
     current: list[Token] = []
     depth = 0
@@ -363,7 +379,7 @@ def split_items(tokens: list[Token]) -> list[list[Token]]:
             # The item's name first: it is cheap and spares `_starts_item` a did-you-mean on every header.
             starts = not _is_item_name(tokens, i, current) and (tok.value in TOP_LEVEL_KEYWORDS or _starts_item(tokens, i))
             new_chunk = starts or closed or tok.type == "SEMICOLON"
-        elif _starts_item(tokens, i):
+        elif _starts_item(tokens, i) or (tok.column <= current[0].column and _heads_a_line(tokens, i)):
             new_chunk, depth = True, 0
         if new_chunk and current:
             chunks.append(current)
@@ -454,6 +470,8 @@ class _At:
 def _describe(token: Token) -> str:
     if token.type == "$END":  # of the chunk: the end of the file, or the start of the next item
         return "the end of the item"
+    if token.type == "RBRACE" and not token.value:  # `_closing_brace`
+        return "the end of the block"
     if token.type == "STRING":
         shown = token.value if len(token.value) <= 30 else token.value[:29] + '…"'
         return f"string `{shown}`"
@@ -608,6 +626,11 @@ def _misspelt_setting(tokens: list[Token], i: int) -> bool:
 
 
 def _unclosed_brace(file: str, tokens: list[Token]) -> Diagnostic | None:
+    """VP0006 for an item that the splitter ended with its block's `{` left open. Not when its last
+    `}` lines up with its header (on the header's line, or first on its own line and no further
+    right): that `}` closes the block, and the `{` left open is a stray one inside it."""
+    if _item_keyword(tokens[0]) is None:  # no block: the first token is the error
+        return None
     depth, opener = 0, None
     for tok in tokens:
         if tok.type == "LBRACE":
@@ -615,10 +638,25 @@ def _unclosed_brace(file: str, tokens: list[Token]) -> Diagnostic | None:
             opener = tok if depth == 1 else opener
         elif tok.type == "RBRACE":
             depth -= 1
-    if depth <= 0 or opener is None:
+    if depth <= 0 or opener is None or _closes_block(tokens):
         return None
     return error(codes.UNCLOSED_BRACE, f"unclosed `{{` in `{_block_name(tokens)}`", _span(file, opener),
                  help=f"add `}}` after line {tokens[-1].end_line} to close this block")
+
+
+def _closes_block(tokens: list[Token]) -> bool:
+    """Whether the item's last token is a `}` that lines up with its header (`_unclosed_brace`)."""
+    header, last = tokens[0], tokens[-1]
+    if last.type != "RBRACE":
+        return False
+    return last.line == header.line or (tokens[-2].end_line < last.line and last.column <= header.column)
+
+
+def _closing_brace(last: Token) -> Token:
+    """The `}` of a block left open, right after its last token. Empty: no `}` stands there, and
+    messages call it the end of the block (`_describe`)."""
+    return Token("RBRACE", "", last.end_pos, last.end_line, last.end_column, last.end_line, last.end_column,
+                 last.end_pos)
 
 
 def _block_name(tokens: list[Token]) -> str:
@@ -650,13 +688,17 @@ def parse_chunk(file: str, tokens: list[Token], echoes: set[int] | frozenset[int
     except UnexpectedToken:
         pass  # parsed again below, token by token, to tell what to drop
     diags = Diagnostics()
-    unclosed = _unclosed_brace(file, tokens)
+    if (unclosed := _unclosed_brace(file, tokens)) is not None:
+        # The block ends where the next item starts (`split_items`): closed there, its settings are
+        # parsed and checked as usual, so the missing `}` hides no other error (S18).
+        diags.append(unclosed)
+        tokens = [*tokens, _closing_brace(tokens[-1])]
     header_end = next((i for i, t in enumerate(tokens) if t.type == "LBRACE"), None)
+    body_end = len(tokens) - 1 if tokens[-1].type == "RBRACE" else len(tokens)
     setting_starts: frozenset[str] = frozenset()
     segments: list[list[int]] = []
     if header_end is not None:
         setting_starts = _setting_keywords(tuple(tok.type for tok in tokens[:header_end + 1]))
-        body_end = len(tokens) - 1 if tokens[-1].type == "RBRACE" and unclosed is None else len(tokens)
         segments = _segments(tokens, header_end, body_end, setting_starts)
     dropped: set[int] = set()
     damaged: set[str] = set()
@@ -665,17 +707,14 @@ def parse_chunk(file: str, tokens: list[Token], echoes: set[int] | frozenset[int
         try:
             return _feed(tokens, kept), diags, frozenset(damaged)
         except _SyntaxFailure as failure:
-            if failure.index is None and unclosed is not None:
-                diags.append(unclosed)
-                return None, diags, frozenset()
             nested = failure.index is not None and header_end is not None and failure.index > header_end \
                 and failure.token.type == "LBRACE"
+            strays = _stray_braces(tokens, failure.index, body_end, dropped) if nested else []
             if failure.token.start_pos not in echoes:
-                diags.append(error(codes.UNEXPECTED_TOKEN, f"unexpected `{{` inside `{_block_name(tokens)}`",
-                                   _span(file, failure.token), help="remove it and its `}`: blocks do not nest")
-                             if nested else _syntax_diagnostic(file, _At(tokens, kept, failure, setting_starts)))
+                diags.append(_stray_brace(file, tokens, failure.token, strays) if nested
+                             else _syntax_diagnostic(file, _At(tokens, kept, failure, setting_starts)))
             if nested:  # the settings inside a stray `{ … }` are still the block's
-                dropped.update(_stray_braces(tokens, failure.index, dropped))
+                dropped.update(strays)
                 continue
             blamed = _blamed_segment(failure, tokens, segments, dropped, setting_starts)
             if blamed is None:
@@ -684,11 +723,18 @@ def parse_chunk(file: str, tokens: list[Token], echoes: set[int] | frozenset[int
             damaged.add(_setting_meant(tokens[blamed[0]], setting_starts))
 
 
-def _stray_braces(tokens: list[Token], opening: int, dropped: set[int]) -> list[int]:
-    """The indexes of the stray `{` at `opening`, of the `}` that closes it, and of every brace
-    between them: one error covers a stray block, however deep."""
+def _stray_brace(file: str, tokens: list[Token], brace: Token, strays: list[int]) -> Diagnostic:
+    fix = "remove it and its `}`" if len(strays) > 1 else "remove it"
+    return error(codes.UNEXPECTED_TOKEN, f"unexpected `{{` inside `{_block_name(tokens)}`", _span(file, brace),
+                 help=f"{fix}: blocks do not nest")
+
+
+def _stray_braces(tokens: list[Token], opening: int, body_end: int, dropped: set[int]) -> list[int]:
+    """The indexes of the stray `{` at `opening`, of the `}` before `body_end` that closes it, and of
+    every brace between them: one error covers a stray block, however deep. Just `opening` if no
+    `}` closes it: the block's own `}` is not taken for its."""
     braces, depth = [], 0
-    for i in range(opening, len(tokens)):
+    for i in range(opening, body_end):
         if i in dropped or tokens[i].type not in ("LBRACE", "RBRACE"):
             continue
         braces.append(i)

@@ -1,7 +1,8 @@
 """Parse trees -> policy_lang.ast models, checking literals on the way.
 
 A separate pass over lark trees (internal transformers get no meta, style.md). Literal problems
-(a size unit, a duration, a PCR index, a nonce size, an unknown mode word, an escape) become
+(a size unit, a duration, a PCR index, a nonce size, an unknown mode word, an escape, a path
+holding a character that does not show) become
 diagnostics at the literal's span; the setting is then left out and conversion goes on, so one run
 reports all of them.
 """
@@ -12,6 +13,7 @@ import re
 
 from lark import Token, Tree
 
+from vaultpolicy.printable import code_point, hidden_character
 from vaultpolicy.suggest import did_you_mean
 
 from . import ast
@@ -27,10 +29,47 @@ MAX_PCR = 23
 NONCE_BYTES = (12, 32)
 
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
+# A string's body in pieces: a run of plain characters, a NUL (which no string holds), a `\u{…}`,
+# or a `\` and the character after it (an escape, valid or not).
+_STRING_PIECE = re.compile(r"(?P<plain>[^\\\0]+)|(?P<nul>\0)|\\u\{(?P<hex>[0-9A-Fa-f]{1,6})\}|\\(?P<escape>.?)", re.S)
+_RAW_NAMES = {"\t": "tab", "\n": "newline"}
 # Sets, not tuples: a tree's rule name is a lark Token, whose `==` is a Python call per member tried.
 _LIST_SETTINGS = frozenset({"holds", "stores", "allow_values", "allow_from"})
 _UNNAMED_ITEMS = frozenset({"device", "defaults", "include"})
 _NUMBER = re.compile(r"([0-9]+)(.*)", re.S)  # a NUMBER token starts with an ASCII digit
+
+
+def _decoded(piece: re.Match) -> str | None:
+    """What a piece of a string (`_STRING_PIECE`) stands for, or None if no string may hold it."""
+    kind = piece.lastgroup
+    if kind == "plain":
+        return piece[0]
+    if kind == "hex":
+        value = int(piece["hex"], 16)
+        return None if value == 0 or value > 0x10FFFF or 0xD800 <= value <= 0xDFFF else chr(value)
+    return _ESCAPES.get(piece["escape"]) if kind == "escape" else None
+
+
+def _bad_piece(piece: re.Match) -> str:
+    if piece.lastgroup == "nul":
+        return "strings may not contain NUL"
+    if piece.lastgroup == "hex":
+        return f"`{piece[0]}` is not a Unicode scalar value other than NUL"
+    return f"invalid escape `{piece[0]}` in a string"
+
+
+def _written_at(raw: str, index: int) -> tuple[int, int]:
+    """Where the character at `index` of the decoded string stands in `raw`, a string's body that
+    decodes: the character itself, or its escape."""
+    seen = 0
+    for piece in _STRING_PIECE.finditer(raw):
+        text = _decoded(piece)
+        if index < seen + len(text):
+            if piece.lastgroup == "plain":
+                return piece.start() + index - seen, piece.start() + index - seen + 1
+            return piece.start(), piece.end()
+        seen += len(text)
+    raise ValueError(f"no character {index} in {raw!r}")
 
 
 def _is_whole_number(text: str) -> bool:
@@ -87,40 +126,33 @@ class _Converter:
 
     def string(self, token: Token) -> ast.StringLit | None:
         raw = token.value[1:-1]
-        out, i, ok = [], 0, True
-        while i < len(raw):
-            ch = raw[i]
-            if ch != "\\":
-                if ch == "\0":
-                    ok = self._bad_escape(token, i, i + 1, "strings may not contain NUL")
-                out.append(ch)
-                i += 1
-                continue
-            nxt = raw[i + 1] if i + 1 < len(raw) else ""
-            if nxt in _ESCAPES:
-                out.append(_ESCAPES[nxt])
-                i += 2
-                continue
-            m = re.match(r"u\{([0-9A-Fa-f]{1,6})\}", raw[i + 1:])
-            if nxt == "u" and m:
-                value = int(m.group(1), 16)
-                end = i + 1 + m.end()
-                if value == 0 or value > 0x10FFFF or 0xD800 <= value <= 0xDFFF:
-                    ok = self._bad_escape(token, i, end, f"`\\u{{{m.group(1)}}}` is not a Unicode scalar value other than NUL")
-                else:
-                    out.append(chr(value))
-                i = end
-                continue
-            length = 2 if nxt else 1
-            ok = self._bad_escape(token, i, i + length, f"invalid escape `{raw[i:i + length]}` in a string")
-            i += length
+        if "\\" not in raw and "\0" not in raw:  # most strings: nothing to decode
+            return ast.StringLit(value=raw, span=self.span(token))
+        out, ok = [], True
+        for piece in _STRING_PIECE.finditer(raw):
+            text = _decoded(piece)
+            if text is None:
+                ok = self._bad_escape(token, piece.start(), piece.end(), _bad_piece(piece))
+            else:
+                out.append(text)
         return ast.StringLit(value="".join(out), span=self.span(token)) if ok else None
 
     def path(self, token: Token, what: str, help: str) -> ast.StringLit | None:
-        """A string naming a directory or file: the empty string is an error, not the current directory."""
+        """A string naming a directory or file: the empty string is an error, not the current directory,
+        and so is a character that does not show (`hidden_character`), at that character."""
         path = self.string(token)
         if path is not None and path.value == "":
             self.fail(codes.EMPTY_PATH, f"empty {what} in `{self.block}`", path.span, help=help)
+            return None
+        if path is not None and (index := hidden_character(path.value)) is not None:
+            char = path.value[index]
+            start, end = _written_at(token.value[1:-1], index)
+            written = token.value[start + 1:end + 1]
+            how = f"the `{written}` escape" if written.startswith("\\") else \
+                f"the raw {_RAW_NAMES.get(char, f'U+{ord(char):04X} character')} in the string"
+            self.fail(codes.PATH_HIDDEN_CHARACTER, f"{what} `{path.value}` in `{self.block}` contains {code_point(char)}",
+                      self.sub_span(token, start + 1, end + 1),
+                      help=f"paths hold only characters that show: remove {how}")
             return None
         return path
 

@@ -100,7 +100,7 @@ run env TPM2TOOLS_TCTI="$tcti" tpm2_pcrread sha256:0,2,4,7
 
 step "controller: an escrow key, and examples/gateway.vpol requiring escrow and allowing this boot"
 ctl=(--store "$work/controller.db")
-run vaultpolicy controller escrow-keygen "$work/escrow.key"
+run vaultpolicy controller escrow-keygen -o "$work/escrow.key"
 for pcr in 0 4 7; do pcr_value "$pcr" > "$work/pcr$pcr.allowed"; done
 # The policy's file references (escrow key, allowed values) are relative to the policy: work on a copy.
 sed -e '/^  tpm required$/a\  escrow_key "escrow.key.pub"' \
@@ -154,8 +154,8 @@ echo "unlock refused, as it must be"
 run_expecting 3 vaultpolicy device status "${dev[@]}" "${tpm[@]}"
 
 step "device report: the drift, signed with the TPM's attestation key, names PCR 7"
-echo "\$ vaultpolicy controller nonce --device gw-1 --plan $work/plan.json ${ctl[*]}"
-nonce=$(vaultpolicy controller nonce --device gw-1 --plan "$work/plan.json" "${ctl[@]}")
+echo "\$ vaultpolicy controller nonce --device-id gw-1 --plan $work/plan.json ${ctl[*]}"
+nonce=$(vaultpolicy controller nonce --device-id gw-1 --plan "$work/plan.json" "${ctl[@]}")
 echo "controller nonce for gw-1, so the report is fresh: $nonce"
 run_expecting 3 vaultpolicy device report --nonce "$nonce" "${dev[@]}" "${tpm[@]}" -o "$work/report.json"
 run_expecting 3 vaultpolicy controller drift "$work/report.json" "${ctl[@]}"
@@ -168,8 +168,8 @@ run vaultpolicy sign "$work/plan2.json" --key "$work/controller.key" -o "$work/p
 run_expecting 2 vaultpolicy diff --exit-code "$work/plan.json" "$work/plan2.json"
 
 step "controller: challenge the device, verify its quote, release the escrowed keys"
-echo "\$ vaultpolicy controller nonce --device gw-1 --plan $work/plan2.json ${ctl[*]}"
-nonce=$(vaultpolicy controller nonce --device gw-1 --plan "$work/plan2.json" "${ctl[@]}")
+echo "\$ vaultpolicy controller nonce --device-id gw-1 --plan $work/plan2.json ${ctl[*]}"
+nonce=$(vaultpolicy controller nonce --device-id gw-1 --plan "$work/plan2.json" "${ctl[@]}")
 echo "controller nonce for gw-1 (single use, valid 5 minutes): $nonce"
 run vaultpolicy device quote --nonce "$nonce" --state-dir "$state" "${tpm[@]}" -o "$work/quote.json"
 run vaultpolicy controller verify-quote "$work/quote.json" --plan "$work/plan2.json" "${ctl[@]}"

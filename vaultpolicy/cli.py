@@ -46,7 +46,8 @@ COMMANDS: dict[tuple[str, ...], CommandInfo] = {
     ("device", "unlock"): CommandInfo("device", "unseal vault keys and add them to the kernel (boot)"),
     ("device", "lock"): CommandInfo("device", "remove vault keys from the kernel"),
     ("device", "gate"): CommandInfo("device", "exit 0 and print the vault path only when an app may start"),
-    ("device", "rotate"): CommandInfo("device_rotate", "re-key vaults whose rotation period has passed (data re-encrypted, old key erased)"),
+    ("device", "rotate"): CommandInfo("device_rotate", "re-key the vaults named, or every encrypted one "
+                                                 "(--due-only: only those past `rotate every`)"),
     ("device", "identity"): CommandInfo("device_attest", "print this device's attestation key for enrolment"),
     ("device", "quote"): CommandInfo("device_attest", "produce a TPM quote over the attestation PCRs"),
     ("device", "report"): CommandInfo("device_attest", "produce a signed drift report"),
@@ -71,6 +72,12 @@ class _Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         self._argv = tuple(sys.argv[1:] if args is None else args)
         return super().parse_args(args, namespace)
+
+    def exit(self, status=0, message=None):
+        # `--help` and `--version` have printed to stdout and exit here: flush it inside main's handlers,
+        # so that a closed pipe is exit 141 as for any command's output, not a traceback at interpreter exit
+        sys.stdout.flush()
+        super().exit(status, message)
 
     def error(self, message: str):  # argparse's default exit code 2 would collide with CHANGES
         self.print_usage(sys.stderr)
@@ -160,6 +167,37 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()
     complete_stdout_writes()
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the handlers, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `vaultpolicy explain VP0101 | head -1`, `vaultpolicy --help | true`: the reader left; say nothing
+        # more and exit as a program killed by SIGPIPE would. stdout goes to /dev/null so the exit-time
+        # flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return status_codes.OUTPUT_CLOSED
+    except VaultpolicyError as exc:
+        print(f"error: {exc.shown}", file=sys.stderr)
+        if exc.hint:
+            print(f"  = help: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, no traceback. Outputs are written whole or not at all (write_output renames
+        # a finished file) and the device keeps its journal, so the next run takes up where this stopped.
+        print("vaultpolicy: interrupted", file=sys.stderr)
+        return status_codes.INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into an exit code
+        if os.environ.get("VAULTPOLICY_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        print("  = help: this is a bug in vaultpolicy; rerun with VAULTPOLICY_DEBUG=1 and report it", file=sys.stderr)
+        return status_codes.INTERNAL
+
+
+def _run(argv: list[str]) -> int:
+    """The command line's answer: the command table (bare, `--help`, a group's), `--version`, a
+    usage error, or the command's own exit code. Everything it prints is inside main's handlers."""
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return status_codes.SUCCESS if argv else status_codes.USAGE
@@ -181,36 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         return status_codes.USAGE
     key, rest = found
     info = COMMANDS[key]
-    try:
-        parser = _Parser(prog=f"vaultpolicy {' '.join(key)}", description=info.summary)
-        module = importlib.import_module(f"vaultpolicy.commands.{info.module}")
-        module.add_arguments(parser, key)
-        args = parser.parse_args(rest)
-        args.command = key
-        code = module.run(args)
-        sys.stdout.flush()  # a closed pipe surfaces here, inside the handlers, not at interpreter exit
-        return code
-    except BrokenPipeError:
-        # `vaultpolicy explain VP0101 | head -1`: the reader left; say nothing more and exit as a
-        # program killed by SIGPIPE would. stdout goes to /dev/null so the exit-time flush stays quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return status_codes.OUTPUT_CLOSED
-    except VaultpolicyError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"  = help: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        # Ctrl-C: one line, no traceback. Outputs are written whole or not at all (write_output renames
-        # a finished file) and the device keeps its journal, so the next run takes up where this stopped.
-        print("vaultpolicy: interrupted", file=sys.stderr)
-        return status_codes.INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into an exit code
-        if os.environ.get("VAULTPOLICY_DEBUG"):
-            traceback.print_exc()
-        print(f"internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
-        print("  = help: this is a bug in vaultpolicy; rerun with VAULTPOLICY_DEBUG=1 and report it", file=sys.stderr)
-        return status_codes.INTERNAL
+    parser = _Parser(prog=f"vaultpolicy {' '.join(key)}", description=info.summary)
+    module = importlib.import_module(f"vaultpolicy.commands.{info.module}")
+    module.add_arguments(parser, key)
+    args = parser.parse_args(rest)
+    args.command = key
+    return module.run(args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import binascii
 import json
 import re
 
+from vaultpolicy.printable import escaped
+
 
 def b64decode_exact(text: str | bytes) -> bytes:
     """Standard base64 in which every character counts; raises `binascii.Error` otherwise.
@@ -20,6 +22,22 @@ def b64decode_exact(text: str | bytes) -> bytes:
     if base64.b64encode(decoded) != raw:
         raise binascii.Error("not the canonical base64 of its bytes")
     return decoded
+
+
+_NOT_HEX_DIGIT = re.compile(r"[^0-9a-fA-F]")
+
+
+def hex_exact(text: object) -> bytes:
+    """Hex digits, two to a byte and nothing else (`bytes.fromhex` also skips spaces); otherwise a
+    ValueError whose message says what is wrong, worded to follow the value's name: `abc` "has an odd
+    number of hex digits (3): each byte is two", where fromhex said only "not hex"."""
+    if not isinstance(text, str):
+        raise ValueError("is not a string of hex digits")
+    if (wrong := _NOT_HEX_DIGIT.search(text)) is not None:
+        raise ValueError(f"has `{escaped(wrong.group())}` at character {wrong.start() + 1}, which is not a hex digit")
+    if len(text) % 2:
+        raise ValueError(f"has an odd number of hex digits ({len(text)}): each byte is two")
+    return bytes.fromhex(text)
 
 
 # Where a too deeply nested document is reported: the bracket that opens this level. No document

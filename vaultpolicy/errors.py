@@ -18,6 +18,11 @@ class VaultpolicyError(Exception):
         self.message = message
         self.hint = hint
 
+    @property
+    def shown(self) -> str:
+        """The line the user reads after `error: `: the message, and what a subclass adds to it."""
+        return self.message
+
 
 class InputError(VaultpolicyError):
     """A file the user named cannot be read or is not what the command needs."""

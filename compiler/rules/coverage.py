@@ -56,8 +56,18 @@ def end_to_end_apps(model: Model) -> Iterator[Diagnostic]:
                 codes.END_TO_END_NOT_ATTESTED,
                 f"app `{app.name.value}` asks for end-to-end protection but vault `{vault.name.value}` is not sealed to an attestation",
                 app.end_to_end.span,
-                f"seal vault `{vault.name.value}` to an attestation, e.g. `seal boot`",
+                _seal_to_an_attestation(model, vault.name.value),
             )
+
+
+def _seal_to_an_attestation(model: Model, vault: str) -> str:
+    """A help that names an attestation the policy declares, or says to declare one."""
+    declared = list(model.attestations)
+    if not declared:
+        return (f"declare an `attestation` block (bank, PCRs, allowed values) and seal vault `{vault}` to it "
+                "with `seal NAME`")
+    others = f" (or another declared one: {', '.join(f'`{name}`' for name in declared[1:])})" if declared[1:] else ""
+    return f"seal vault `{vault}` to attestation `{declared[0]}`: `seal {declared[0]}`{others}"
 
 
 def builtin_vaults_encrypted(model: Model) -> Iterator[Diagnostic]:

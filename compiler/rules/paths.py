@@ -1,4 +1,4 @@
-"""Paths: absolute, normalized, printable, below the persist root, and vaults neither nested nor shared."""
+"""Paths: absolute, normalized, below the persist root, and vaults neither nested nor shared."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import posixpath
 from collections.abc import Iterator
 
 from policy_lang.diagnostics import Diagnostic, error
-from vaultpolicy.printable import CONTROL_CHARACTER, escaped
 
 from .. import codes
 from ..model import Located, Model, Store, Vault
@@ -15,21 +14,10 @@ from ..resolve import default_vault_path
 
 
 def shape_errors(what: str, path: Located[str], under: str = "/") -> list[Diagnostic]:
-    """Absolute, normalized and printable, or the diagnostics saying why not; a relative path is
-    suggested as the normalized path below `under`, the directory it was most likely meant in."""
+    """Absolute and normalized, or the diagnostics saying why not; a relative path is suggested as
+    the normalized path below `under`, the directory it was most likely meant in. (That every
+    character shows is checked where the string is decoded, VP0207.)"""
     found = []
-    if control := CONTROL_CHARACTER.search(path.value):
-        character = _CHARACTER_NAMES.get(control[0], f"U+{ord(control[0]):04X} character")
-        how = (f"the raw {character} in the string" if _written_raw(path)
-               else f"the `{escaped(control[0])}` escape")
-        found.append(
-            error(
-                codes.PATH_CONTROL_CHARACTER,
-                f"{what} `{escaped(path.value)}` contains the control character U+{ord(control[0]):04X}",
-                path.span,
-                f"a directory name on the device is printable: remove {how}",
-            )
-        )
     if not path.value.startswith("/"):  # its help gives the normalized form: one error, not two
         meant = posixpath.normpath("/" + path.value)  # `persist/data`: only the leading `/` is missing
         if not is_inside(meant, under):
@@ -50,23 +38,9 @@ def shape_errors(what: str, path: Located[str], under: str = "/") -> list[Diagno
     return found
 
 
-_CHARACTER_NAMES = {"\t": "tab", "\n": "newline"}
-
-
-def _written_raw(path: Located[str]) -> bool:
-    """Whether a control character of `path` stands in the source as it is, not as an escape. Written
-    with every escape it needs, the string is as long as `"` + `escaped(value)` with `\\` and `"`
-    escaped + `"`; written shorter, some character was not escaped, and only a control character can
-    be (a `\\` or `"` must be)."""
-    if path.span is None:
-        return False
-    needed = 2 + len(escaped(path.value)) + path.value.count("\\") + path.value.count('"')
-    return path.span.end_pos - path.span.start_pos < needed
-
-
 def _well_formed(path: Located[str]) -> bool:
-    """Absolute, normalized and without control characters: only such paths are compared with others."""
-    return path.value.startswith("/") and is_normalized(path.value) and not CONTROL_CHARACTER.search(path.value)
+    """Absolute and normalized: only such paths are compared with others."""
+    return path.value.startswith("/") and is_normalized(path.value)
 
 
 def _under_persist(persist: Located[str]) -> str:
@@ -157,7 +131,7 @@ def stores(model: Model) -> Iterator[Diagnostic]:
             if earlier is not store:
                 yield error(
                     codes.STORED_TWICE,
-                    f"component `{component.name.value}` stores `{escaped(store.path.value)}` twice",
+                    f"component `{component.name.value}` stores `{store.path.value}` twice",
                     store.path.span,
                     "list each directory once, marked `sensitive` if it holds data that must be encrypted at rest",
                     notes=[f"first stored at line {earlier.path.span.line}"] if earlier.path.span else [],

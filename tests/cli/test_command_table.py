@@ -51,17 +51,33 @@ def test_console_script_runs_without_traceback():
     assert "Traceback" not in result.stderr
 
 
-def test_a_reader_that_leaves_early_is_not_an_internal_error():
-    """`vaultpolicy explain VP0101 | head -1` exited 70 with "internal error: BrokenPipeError"."""
+def _into_closed_pipe(argv: list[str], unbuffered: str = "") -> subprocess.CompletedProcess:
+    """The console command with stdout a pipe whose reader is gone before the first write: every write is EPIPE."""
     read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first write: every write is EPIPE
+    os.close(read_end)
     try:
-        done = subprocess.run([sys.executable, "-m", "vaultpolicy", "explain", "VP0101"], stdout=write_end,
-                              stderr=subprocess.PIPE, text=True, timeout=60)
+        return subprocess.run([sys.executable, "-m", "vaultpolicy", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
     finally:
         os.close(write_end)
-    assert done.returncode == status_codes.OUTPUT_CLOSED
-    assert done.stderr == ""
+
+
+def test_a_reader_that_leaves_early_is_not_an_internal_error():
+    """`vaultpolicy explain VP0101 | head -1` exited 70 with "internal error: BrokenPipeError"."""
+    done = _into_closed_pipe(["explain", "VP0101"])
+    assert (done.returncode, done.stderr) == (status_codes.OUTPUT_CLOSED, "")
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"], ["device"], ["device", "--help"], ["compile", "--help"],
+                                  ["controller", "verify-quote", "--help"]], ids=" ".join)
+def test_the_command_table_help_and_version_into_a_closed_pipe_exit_141(argv, unbuffered):
+    """`vaultpolicy | true`, `vaultpolicy device | true` and `vaultpolicy --version | true` printed a
+    BrokenPipeError traceback and exited 120; `vaultpolicy compile --help | true` exited 120 with
+    "Exception ignored": their output was printed outside the handler every command's output goes
+    through, or flushed only at interpreter exit."""
+    done = _into_closed_pipe(argv, unbuffered)
+    assert (done.returncode, done.stderr) == (status_codes.OUTPUT_CLOSED, "")
 
 
 @pytest.mark.parametrize("unbuffered", ["1", ""])
@@ -136,3 +152,61 @@ def test_an_impossible_threshold_is_a_usage_error(capsys, tmp_path, threshold):
                  str(tmp_path / "k"), "-o", str(tmp_path / "root.json")])
     assert code == status_codes.USAGE and not (tmp_path / "root.json").exists()
     assert f"error: --threshold: {threshold} must be between 1 and the 1 distinct keys listed" in capsys.readouterr().err
+
+
+def _options(key: tuple[str, ...]) -> set[str]:
+    """The option strings of a command's parser, built as main builds it."""
+    import importlib
+
+    from vaultpolicy.cli import _Parser
+
+    parser = _Parser(prog=f"vaultpolicy {' '.join(key)}")
+    importlib.import_module(f"vaultpolicy.commands.{COMMANDS[key].module}").add_arguments(parser, key)
+    return set(parser._option_string_actions)
+
+
+def test_a_device_id_is_given_as_device_id_by_every_command():
+    """`controller nonce --device ID` where `device apply`, `unlock` and `identity` say `--device-id ID`."""
+    takes_device = {key for key in COMMANDS if {"--device", "--device-id"} & _options(key)}
+    assert ("controller", "nonce") in takes_device and ("device", "apply") in takes_device
+    assert {key for key in takes_device if "--device-id" not in _options(key)} == set()
+    assert {key for key in takes_device if "--device" in _options(key)} == set()
+
+
+def _readme_paragraph(starting: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    start = text.index(starting)
+    return text[start:text.index("\n\n", start)]
+
+
+def _commands_named(text: str) -> set[tuple[str, ...]]:
+    """The commands a README sentence names: `device apply|status` is `device apply` and `device status`."""
+    import re
+
+    named = set()
+    for words in re.findall(r"`([a-z][a-z |-]*)`", text):
+        *group, last = words.split()
+        named |= {(*group, choice) for choice in last.split("|") if (*group, choice) in COMMANDS}
+    return named
+
+
+@pytest.mark.parametrize("option,sentence", [("--format", "takes `--format`"), ("--json", "takes `--json`"),
+                                             ("-o", "takes it as `-o FILE`")])
+def test_readme_says_which_commands_take_format_json_and_o(option, sentence):
+    """`--json` and `--format json` both exist (a result vs a report in several formats): README names
+    exactly the commands that take each, and those that write a file with -o (escrow-keygen took a
+    positional OUT)."""
+    paragraph = _readme_paragraph("Output formats and files")
+    start = paragraph.index(sentence)
+    clause = paragraph[start:paragraph.index(")", start)]
+    assert _commands_named(clause) == {key for key in COMMANDS if option in _options(key)}
+
+
+def test_device_rotate_says_it_rotates_every_vault_given_unless_due_only(capsys):
+    """Its summary said "re-key vaults whose rotation period has passed", but without --due-only it
+    rotates every vault named, or every encrypted vault."""
+    assert main(["device", "--help"]) == status_codes.SUCCESS
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  device rotate "))
+    assert "the vaults named, or every encrypted one (--due-only: only those past `rotate every`)" in line

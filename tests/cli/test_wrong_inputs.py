@@ -154,11 +154,30 @@ def test_compile_plan_version_that_is_not_a_number_is_a_usage_error(tmp_path):
     assert exit_info.value.code == status_codes.USAGE
 
 
+KEY_GENERATORS = [("keygen",), ("controller", "escrow-keygen")]
+
+
+@pytest.mark.parametrize("command", KEY_GENERATORS, ids=" ".join)
 @pytest.mark.parametrize("force", [[], ["--force"]])
-def test_keygen_into_a_directory_says_so_up_front(tmp_path, force):
+def test_keygen_into_a_directory_says_so_up_front(tmp_path, force, command):
     """It said "`/tmp` or `/tmp.pub` already exists; pass --force", then with --force "is a directory"."""
-    code, _, err = _run("keygen", "-o", tmp_path, *force)
+    code, _, err = _run(*command, "-o", tmp_path, *force)
     assert code == status_codes.ERROR and err.startswith(f"error: `{tmp_path}` is a directory\n"), err
     assert "--force" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", KEY_GENERATORS, ids=" ".join)
+@pytest.mark.parametrize("existing", [["k"], ["k.pub"], ["k", "k.pub"]])
+def test_keygen_names_the_key_file_that_exists(tmp_path, command, existing):
+    """keygen said "`k` or `k.pub` already exists" whichever it was; `controller escrow-keygen OUT`
+    took its output as a positional where keygen takes `-o KEY`."""
+    for name in existing:
+        (tmp_path / name).write_text("kept\n")
+    code, _, err = _run(*command, "-o", tmp_path / "k")
+    named = " and ".join(f"`{tmp_path / name}`" for name in existing)
+    assert code == status_codes.ERROR and err.startswith(f"error: {named} already exist{'s' if len(existing) == 1 else ''}\n")
+    assert all((tmp_path / name).read_text() == "kept\n" for name in existing)
+    assert _run(*command, "-o", tmp_path / "k", "--force")[0] == status_codes.SUCCESS
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600 and (tmp_path / "k.pub").read_text() != "kept\n"
 

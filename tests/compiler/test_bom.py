@@ -25,7 +25,7 @@ def made(cli, tmp_path, monkeypatch):
     """Files as the commands write them (no BOM), in the working directory."""
     monkeypatch.chdir(tmp_path)
     Path("values.txt").write_text("# firmware\n" + "ab" * 32 + "\n")
-    assert cli("controller", "escrow-keygen", "escrow")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", "escrow")[0] == 0
     assert cli("keygen", "-o", "k")[0] == 0
     Path("p.vpol").write_text('device { escrow_key "escrow.pub" }\n'
                               'attestation boot {\n  pcrs 0, 4, 7\n  allow pcr 0 from "values.txt"\n}\n')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -173,7 +174,7 @@ def test_bad_options_are_clear_errors(cli, tmp_path):
 
 
 def test_escrow_key_made_by_the_controller_is_accepted(cli, tmp_path):
-    assert cli("controller", "escrow-keygen", tmp_path / "escrow")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", tmp_path / "escrow")[0] == 0
     policy = tmp_path / "p.vpol"
     policy.write_text('device { escrow_key "escrow.pub" }\nattestation boot { pcrs 0, 4, 7  escrow required }\n')
     assert cli("compile", policy, "--plan-version", "1", "-o", tmp_path / "plan.json")[0] == 0
@@ -198,7 +199,7 @@ def test_check_reports_the_named_files_compile_refuses(cli, tmp_path):
 
 
 def test_check_passes_a_policy_whose_named_files_are_usable(cli, tmp_path):
-    assert cli("controller", "escrow-keygen", tmp_path / "escrow")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", tmp_path / "escrow")[0] == 0
     (tmp_path / "pcr7.txt").write_text("# secure boot db\n" + "cd" * 32 + "\n")
     policy = tmp_path / "p.vpol"
     policy.write_text('device { escrow_key "escrow.pub" }\nattestation boot {\n  pcrs 0, 4, 7\n  allow pcr 7 from "pcr7.txt"\n}\n')
@@ -208,7 +209,7 @@ def test_check_passes_a_policy_whose_named_files_are_usable(cli, tmp_path):
 
 def test_an_escrow_key_of_the_wrong_kind_says_what_it_is(cli, tmp_path):
     assert cli("keygen", "-o", tmp_path / "ctl.key")[0] == 0
-    assert cli("controller", "escrow-keygen", tmp_path / "escrow.key")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", tmp_path / "escrow.key")[0] == 0
     policy = tmp_path / "p.vpol"
     for named, what in (("ctl.key.pub", "an Ed25519 public key"), ("escrow.key", "an X25519 escrow private key")):
         policy.write_text(f'device {{ escrow_key "{named}" }}\n')
@@ -344,3 +345,32 @@ def test_compile_refuses_to_write_over_its_own_inputs(cli, tmp_path, monkeypatch
         code, _, err = cli("compile", "lab.vpol", "--prev", "v1.json", "-o", output)
         assert code == 64 and err.startswith(f"error: {said}writing it would destroy an input\n"), err
     assert {name: Path(name).read_bytes() for name in before} == before
+
+
+@pytest.mark.parametrize("issued,valid_for,said", [
+    ("2020-01-01T00:00:00Z", "1d", "the plan expired at 2020-01-02T00:00:00Z, before it was compiled (now "),
+    (None, "3h", "the plan expires at "),  # and how long from now
+])
+def test_compile_warns_of_a_plan_that_is_expired_or_about_to_expire(cli, tmp_path, issued, valid_for, said):
+    """`compile --issued-at 2020-01-01T00:00:00Z --valid-for 1d` wrote an already-expired plan without a word.
+    It is still written (exit 0): the warning says when devices start refusing it."""
+    issued_at = ["--issued-at", issued] if issued else []
+    code, out, err = cli("compile", EXAMPLE, "--plan-version", "1", *issued_at, "--valid-for", valid_for, "-o", tmp_path / "p.json")
+    assert code == 0 and out.startswith(f"wrote {tmp_path / 'p.json'}") and (tmp_path / "p.json").exists()
+    warning, help_line = err.splitlines()
+    expires = decode_plan((tmp_path / "p.json").read_bytes()).expires
+    assert warning.startswith(f"warning: {said}") and expires in warning and "devices and `verify` refuse it" in warning
+    assert help_line == "  = help: compile it with a later --issued-at (default: now) or a longer --valid-for (default 30d)"
+
+
+def test_compile_says_nothing_of_a_plan_valid_for_a_day_or_more(cli, tmp_path):
+    code, _, err = cli("compile", EXAMPLE, "--plan-version", "1", "--valid-for", "1d", "-o", tmp_path / "p.json")
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize("left,said", [(timedelta(hours=3, minutes=20, seconds=5), "3h 20m"), (timedelta(hours=2), "2h"),
+                                       (timedelta(minutes=45), "45m"), (timedelta(seconds=30), "30s")])
+def test_how_long_a_plan_has_left_is_said_to_the_minute(left, said):
+    from vaultpolicy.commands.compile import _about
+
+    assert _about(left) == said

@@ -94,3 +94,12 @@ def test_compile_names_the_option_it_refuses(cli, files, option, value):
     code, _, err = cli(*line)
     assert code == status_codes.USAGE and err.startswith("error: --") and option.split("-")[-1] in err
     assert not files["out"].exists()
+
+
+@pytest.mark.parametrize("target, shown", [("gw-é\u200b", "gw-é\\u{200b}"), ("gw\x01", "gw\\u{1}"),
+                                           ("class:edge\n", "class:edge\\n")])
+def test_a_refused_target_is_shown_as_the_language_escapes_it(cli, files, target, shown):
+    """A refused `--target` was shown as Python escapes it (`gw-\\xe9\\u200b`, é included); now as
+    every message shows a character that does not show, and é as itself (`vaultpolicy.printable`)."""
+    code, _, err = cli("compile", files["p.vpol"], "-o", files["out"], "--plan-version", "1", "--target", target)
+    assert code == status_codes.USAGE and err.startswith(f"error: --target: `{shown}` is not a device id or `class:NAME`")

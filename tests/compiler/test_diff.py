@@ -339,14 +339,31 @@ def test_a_vault_renamed_at_its_path_is_noted_the_device_does_not_rename(cli, tm
     assert "-   vault data  (remove, retain: locked, key kept, reported orphaned; data impact: none)\n" in text
 
 
+def test_a_created_thing_shows_only_values_that_say_something_and_an_app_does_not_affect_itself(cli, tmp_path, monkeypatch):
+    """A created vault listed `builtin: false`, `holds: (none)` and `protected: false`, a created app
+    `end_to_end: false`, and a removed app "affects apps: <itself>"."""
+    new = BASE.replace("app camera { vault scratch }\n", "") + 'vault logs { path "/persist/logs" }\napp logger { vault logs }\n'
+    text = _diff(cli, tmp_path, monkeypatch, BASE, new)[1]
+    vault = text.split("+   vault logs  (create; data impact: none)\n")[1].split("\n\n")[0]
+    assert vault.splitlines() == ["      encryption: aes-256-xts", "      limit: unlimited", "      on_remove: retain",
+                                  '      path: "/persist/logs"', "      rotate: 180d", "      seal.attestation: boot",
+                                  "      seal.bank: sha256", "      seal.pcrs: 0, 4, 7", "      affects apps: logger"]
+    assert "+   app logger  (create; data impact: none)\n      vault: logs\n\n" in text
+    assert "-   app camera  (remove; data impact: none)\n      vault: scratch\n\n" in text
+    changes = json.loads(cli("diff", "old.vpol", "new.vpol", "--format", "json")[1])["changes"]
+    assert {c["name"]: c["affected_apps"] for c in changes if c["kind"] == "app"} == {"camera": [], "logger": []}
+    protected = _diff(cli, tmp_path, monkeypatch, BASE, BASE + 'vault keys { path "/persist/keys"  protected }\n')[1]
+    assert "      protected: true\n" in protected  # a value that says something stays
+
+
 def test_values_are_spelt_as_the_language_writes_them(cli, tmp_path, monkeypatch):
     """`encryption: "none"` beside `limit: 8MiB`, and `rotate: 180d` on a vault with no key to rotate."""
     new = BASE + 'vault logs { path "/persist/logs"  encryption none  holds "/persist/logs/a" }\n'
     text = _diff(cli, tmp_path, monkeypatch, BASE, new)[1]
     created = text.split("+   vault logs  (create; data impact: none)\n")[1].split("\n\n")[0]
     assert created.splitlines() == [
-        "      builtin: false", "      encryption: none", '      holds: "/persist/logs/a"', "      limit: unlimited",
-        "      on_remove: retain", '      path: "/persist/logs"', "      protected: false"]
+        "      encryption: none", '      holds: "/persist/logs/a"', "      limit: unlimited", "      on_remove: retain",
+        '      path: "/persist/logs"']
     resealed = _diff(cli, tmp_path, monkeypatch, BASE, BASE.replace("pcrs 0, 4, 7 }", 'pcrs 0, 4, 7  allow pcr 0 = "'
                                                                    + "ab" * 32 + '" }'))[1]
     assert f'      allowed.0: (none) -> "{"ab" * 32}"\n' in resealed

@@ -128,13 +128,13 @@ def test_five_independent_errors_of_both_phases_in_one_run(tmp_path, capsys):
 
 def test_a_broken_builtin_vault_is_not_checked_at_its_default_path(tmp_path, capsys):
     _, found = _check(tmp_path, capsys, (
-        'vault images { path "/persist/apps" limit 1GiB\n'
+        'valt images { path "/persist/apps" limit 1GiB }\n'
         'vault store { path "/persist/vault" }\n'
         "app web { vault images protection end_to_end }\n"
         "app api { vault nothere }\n"
     ))
     # `store` covers where the unbroken built-in `config` lives: that holds whatever `images` said
-    assert found == [(syntax.UNCLOSED_BRACE, 1, 14), (rule.DEFAULT_PATH_COLLISION, 2, 20), (rule.UNKNOWN_VAULT, 4, 17)]
+    assert found == [(syntax.UNKNOWN_KEYWORD, 1, 1), (rule.DEFAULT_PATH_COLLISION, 2, 20), (rule.UNKNOWN_VAULT, 4, 17)]
 
 
 # Nested vaults (VP0204) and an end-to-end app on an `encryption none` vault (VP0302): two errors
@@ -217,3 +217,40 @@ def test_compile_and_diff_report_what_check_reports(tmp_path, capsys):
         reports[command[0]] = sorted(line for line in err.splitlines() if line.startswith(("error[", "warning[", "  -->")))
     assert reports["check"] == reports["compile"] == reports["diff"]
     assert sum(line.startswith("error[") for line in reports["check"]) == 5
+
+
+_S18_BLOCK = "vault media {\n  limit 64mib\n  seal boot\n"  # no `}`, and no attestation `boot`
+_S18_ERRORS = [(syntax.BAD_SIZE, 2, 11, "did you mean `MiB`?"),
+               (rule.UNKNOWN_ATTESTATION, 3, 8, "declare it with `attestation boot { pcrs 0, 4, 7 }`")]
+_CLOSE_AFTER_3 = (syntax.UNCLOSED_BRACE, 1, 13, "add `}` after line 3 to close this block")
+_MEDAI = "app kiosk { vault medai }\n"
+
+
+def _unknown_medai(line: int) -> tuple:
+    return rule.UNKNOWN_VAULT, line, 19, "did you mean `media`?"
+
+
+@pytest.mark.parametrize("text,expected", [
+    (_S18_BLOCK + _MEDAI, [_CLOSE_AFTER_3, *_S18_ERRORS, _unknown_medai(4)]),
+    (_MEDAI + _S18_BLOCK, [_unknown_medai(1), (syntax.UNCLOSED_BRACE, 2, 13, "add `}` after line 4 to close this block"),
+                           *[(code, line + 1, column, help) for code, line, column, help in _S18_ERRORS]]),
+    (_S18_BLOCK + 'device {\n  persist "/persist"\n}\n' + _MEDAI, [_CLOSE_AFTER_3, *_S18_ERRORS, _unknown_medai(7)]),
+    (_S18_BLOCK + "app x y {\n  vault media\n}\n" + _MEDAI,
+     [_CLOSE_AFTER_3, *_S18_ERRORS, (syntax.UNEXPECTED_TOKEN, 4, 7, "write `{` before `y`"), _unknown_medai(7)]),
+    ("vault media {\n  { limit 64mib }\n  seal boot\n" + _MEDAI,
+     [_CLOSE_AFTER_3, (syntax.UNEXPECTED_TOKEN, 2, 3, "remove it and its `}`: blocks do not nest"),
+      (syntax.BAD_SIZE, 2, 13, "did you mean `MiB`?"), *_S18_ERRORS[1:], _unknown_medai(4)]),
+    ("vault media {\n  limit 64mib {\n  seal boot\n}\n" + _MEDAI,
+     [*_S18_ERRORS[:1], (syntax.UNEXPECTED_TOKEN, 2, 15, "remove it: blocks do not nest"), *_S18_ERRORS[1:],
+      _unknown_medai(5)]),
+], ids=["followed by an app", "at the end of the file", "followed by a device block", "followed by a malformed header",
+        "holding a stray block", "closed, holding a stray `{`"])
+def test_an_unclosed_block_hides_no_error_inside_it_or_after_it(tmp_path, capsys, text, expected):
+    """S18: a missing `}` was the only error reported; the bad unit, the unknown attestation and
+    `medai`'s did-you-mean were lost. The block ends where the next item starts, so it is checked
+    as written. A `}` that lines up with the block closes it: then the `{` left open is the error."""
+    (tmp_path / "p.vpol").write_text(text)
+    code = main(["check", "--format", "json", str(tmp_path / "p.vpol")])
+    found = [(d["code"], d["span"]["line"], d["span"]["column"], d["help"])
+             for d in json.loads(capsys.readouterr().out)["diagnostics"]]
+    assert (code, found) == (1, expected)

@@ -52,6 +52,9 @@ LAX = {
     "a number for the schema version": (lambda p: p.update(schema_version=1), "plan schema version `1` is not supported"),
     "a limit beyond exact JSON integers": (lambda p: _vault(p, "data").update(limit_bytes=2**60),
                                            "plan field `vaults.1.limit_bytes` (vault `data`): input should be less than or equal to 9007199254740991"),
+    # RFC 3339 has two digits for each; strptime took one too
+    "a month of one digit": (lambda p: p.update(issued_at="2026-1-05T00:00:00Z"),
+                             "plan field `issued_at`: value error, `2026-1-05T00:00:00Z` is not an RFC 3339 UTC time"),
 }
 
 
@@ -92,6 +95,14 @@ INCONSISTENT = {
     "a vault on the persist root": (lambda p: _vault(p, "data").update(path="/persist"), "is not below the persist root"),
     "a path with `..`": (lambda p: _vault(p, "data").update(path="/persist/x/../data"), "not an absolute normalized path"),
     "a control character in a path": (lambda p: _vault(p, "data").update(path="/persist/da\nta"), "`/persist/da\\nta`"),
+    # the compiler refuses these in a policy (VP0207): the device refuses them in a plan made elsewhere
+    "a zero-width space in a path": (lambda p: _vault(p, "data").update(path="/persist/da\u200bta"),
+                                     "vault `data` has path `/persist/da\\u{200b}ta`, which is not an absolute normalized path"),
+    "a bidi control in a stored directory": (
+        lambda p: p["components"][0]["stores"][0].update(path=p["components"][0]["stores"][0]["path"] + "\u202e"),
+        "\\u{202e}`, which is not an absolute normalized path"),
+    "a zero-width space in a target": (lambda p: p.update(targets=["gw-1\u200b"]),
+                                       "target `gw-1\\u{200b}` is not a device id or `class:NAME`"),
     "nested vaults": (lambda p: _vault(p, "logs").update(path="/persist/data/logs"),
                       "vault `logs` at `/persist/data/logs` lies inside vault `data` (`/persist/data`)"),
     "a component in a vault the plan lacks": (lambda p: p["components"][0]["stores"][0].update(vault="gone"),

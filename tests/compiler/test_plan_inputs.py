@@ -73,7 +73,7 @@ def test_a_bad_plan_is_one_error_naming_the_file_and_what_is_wrong(cli, workdir,
 @pytest.mark.parametrize("command", [c for c in COMMANDS if not c.startswith("diff")] + ["controller nonce"])
 def test_a_policy_or_key_where_a_plan_goes_is_named_for_what_it_is(cli, workdir, command):
     """`gateway.vpol:1:1: not a plan: invalid JSON: expecting value`; `verify` already said `is a policy (.vpol)`."""
-    argv = COMMANDS.get(command, ("controller", "nonce", "--device", "d", "--plan", "{plan}"))
+    argv = COMMANDS.get(command, ("controller", "nonce", "--device-id", "d", "--plan", "{plan}"))
     for given, what in (("a.vpol", "a policy (.vpol)"), ("k.pub", "an Ed25519 public key")):
         code, _, err = cli(*(arg.format(plan=given) for arg in argv))
         assert code == 1 and err.startswith(f"error: `{given}` is {what}, not a plan\n"), err

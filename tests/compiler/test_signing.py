@@ -43,7 +43,7 @@ def test_keygen_writes_a_private_key_only_its_owner_can_read(keys):
 
 def test_keygen_refuses_to_overwrite(cli, keys):
     code, _, err = cli("keygen", "-o", keys / "a")
-    assert code == 1 and "already exists" in err
+    assert code == 1 and f"`{keys / 'a'}` and `{keys / 'a.pub'}` already exist\n" in err
 
 
 def test_sign_keeps_the_plan_bytes_and_verify_accepts(cli, keys, plan_file):
@@ -215,13 +215,35 @@ def test_a_key_listed_twice_is_a_usage_error_naming_both_files(cli, keys, comman
         assert cli("trust", "init", *init)[0] == 0
         current = ["--current", keys / "r1"]
     signers = ["--sign-with", keys / "a", "--sign-with", keys / "b", "--sign-with", keys / "c"]
-    copy_said = f"--key `{keys / 'a-copy.pub'}` is the same public key as --key `{keys / 'a.pub'}`"
+    copy_said = f"--key `{keys / 'a-copy.pub'}` holds the same key as --key `{keys / 'a.pub'}`"
     for listed, said in ((["a.pub", "a-copy.pub", "b.pub"], copy_said),
                          (["a.pub", "b.pub", "a.pub"], f"--key `{keys / 'a.pub'}` is given twice")):
         given = [arg for name in listed for arg in ("--key", keys / name)]
         code, _, err = cli("trust", command, *current, *given, "--threshold", "2", *signers, "-o", keys / "root")
         assert code == 64 and err == f"error: {said}\n  = help: a threshold counts distinct keys: list each key once\n"
         assert not (keys / "root").exists()
+
+
+@pytest.mark.parametrize("command", ["sign", "trust"])
+def test_a_signing_key_listed_twice_is_a_usage_error_naming_both_files(cli, keys, plan_file, command):
+    """`sign --key a.key --key a.key` wrote two signatures by the same key and exited 0, where `trust
+    init` refused a repeated --key (README: a `--key` listed twice is a usage error, 64). A copy of a
+    key under another name is the same signer. Trust's --sign-with is checked the same way."""
+    (keys / "a-copy").write_bytes((keys / "a").read_bytes())
+    (keys / "a-copy").chmod(0o600)
+    option = "--key" if command == "sign" else "--sign-with"
+    copy_said = f"{option} `{keys / 'a-copy'}` holds the same key as {option} `{keys / 'a'}`"
+    for listed, said in ((["a", "a-copy"], copy_said), (["a", "b", "a"], f"{option} `{keys / 'a'}` is given twice")):
+        given = [arg for name in listed for arg in (option, keys / name)]
+        if command == "sign":
+            code, _, err = cli("sign", plan_file, *given, "-o", keys / "out")
+            hint = "a key signs a plan once: list each signing key once"
+        else:
+            code, _, err = cli("trust", "init", "--key", keys / "a.pub", "--key", keys / "b.pub", "--threshold", "1", *given,
+                               "-o", keys / "out")
+            hint = "a key signs once: list each signing key once"
+        assert code == 64 and err == f"error: {said}\n  = help: {hint}\n"
+        assert not (keys / "out").exists()
 
 
 def test_trust_init_refuses_a_root_its_signers_cannot_meet(cli, keys):
@@ -268,7 +290,7 @@ def test_an_unsigned_plan_is_named_as_such(cli, keys, plan_file):
      ("a", "an Ed25519 private key"), ("signed", "a signed plan"), ("plan.json", "an unsigned plan")],
 )
 def test_a_wrong_trust_argument_is_blamed_not_the_plan(cli, keys, plan_file, given, what):
-    assert cli("controller", "escrow-keygen", keys / "escrow.key")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", keys / "escrow.key")[0] == 0
     cli("sign", plan_file, "--key", keys / "a", "-o", keys / "signed")
     code, _, err = cli("verify", keys / "signed", "--trust", keys / given)
     assert code == 1 and err.startswith(
@@ -282,7 +304,7 @@ def test_a_wrong_trust_argument_is_blamed_not_the_plan(cli, keys, plan_file, giv
      ("plan.json", "an unsigned plan"), ("notes.txt", "not a key file"), ("other.pem", "a PEM file holding no key")],
 )
 def test_a_wrong_signing_key_says_what_the_file_is(cli, keys, plan_file, given, what):
-    assert cli("controller", "escrow-keygen", keys / "escrow.key")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", keys / "escrow.key")[0] == 0
     cli("trust", "init", "--key", keys / "a.pub", "--threshold", "1", "--sign-with", keys / "a", "-o", keys / "root")
     (keys / "notes.txt").write_text("remember to rotate\n")
     (keys / "other.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
@@ -321,7 +343,7 @@ def test_a_wrong_public_key_for_a_trust_root_says_what_the_file_is(cli, keys):
 def test_a_file_given_as_the_signed_plan_is_named_for_what_it_is(cli, keys, given, what):
     """`verify p1.vpol` said `malformed envelope: not JSON (JSONDecodeError: Expecting value: line 1 column 1 (char 0))`."""
     (keys / "policy.vpol").write_text("# the gateway\nvault data { limit 16MiB }\n")
-    assert cli("controller", "escrow-keygen", keys / "escrow.key")[0] == 0
+    assert cli("controller", "escrow-keygen", "-o", keys / "escrow.key")[0] == 0
     code, _, err = cli("verify", keys / given, "--trust", keys / "a.pub")
     assert code == 1 and err == (f"refused: malformed-envelope: `{keys / given}` is {what}, not a signed envelope\n"
                                  "  = help: a signed plan is what `vaultpolicy sign PLAN --key KEY -o SIGNED` writes from a "

@@ -280,7 +280,7 @@ class EscrowedDevice:
     def release(self, *vaults: str, name: str = "release.json") -> Path:
         """A release file for `vaults`, after a fresh nonce, quote and verification."""
         plan = str(self.work / "plan.json")
-        nonce = self.cli("controller", "nonce", "--device", "gw-1", "--plan", plan, *self.store)[0].strip()
+        nonce = self.cli("controller", "nonce", "--device-id", "gw-1", "--plan", plan, *self.store)[0].strip()
         self.cli("device", "quote", "--nonce", nonce, "-o", str(self.work / "quote.json"), *self.device)
         self.cli("controller", "verify-quote", str(self.work / "quote.json"), "--plan", plan, *self.store)
         chosen = [option for vault in vaults for option in ("--vault", vault)]
@@ -298,7 +298,7 @@ def escrowed_device(swtpm, ext4_image, tmp_path, capsys) -> EscrowedDevice:
                           ["--store", str(tmp_path / "controller.db")], capsys)
     key = generate_key()
     (tmp_path / "plan.pub").write_bytes(public_key_pem(key.public_key()))
-    made.cli("controller", "escrow-keygen", str(tmp_path / "escrow.key"))
+    made.cli("controller", "escrow-keygen", "-o", str(tmp_path / "escrow.key"))
     swtpm.measure_boot()
     with AttestationTpm(swtpm.tcti) as tpm:
         values = {i: v.hex() for i, v in tpm.read_pcrs("sha256", ESCROWED_PCRS)[1].items()}

@@ -38,7 +38,7 @@ def world(make_tpm, tmp_path):
     tpm.measure_boot()
     with AttestationTpm(tpm.tcti) as device:
         _, values = device.read_pcrs("sha256", PCRS)
-    assert main(["controller", "escrow-keygen", str(tmp_path / "escrow.key")]) == 0
+    assert main(["controller", "escrow-keygen", "-o", str(tmp_path / "escrow.key")]) == 0
     escrow_public = (tmp_path / "escrow.key.pub").read_text().strip()
     plan = make_plan({i: v.hex() for i, v in values.items()}, escrow_public)
     payload = encode_plan(plan)
@@ -80,7 +80,7 @@ def test_enrol_escrow_quote_verify_release(world, capsys):
     run_ok(capsys, ["device", "escrow-ack", str(tmp / "acks" / "gw-1.config.ack.json"), "--state-dir", str(state.root)])
     assert escrow.escrow_state(state.root, "config") == "acknowledged"
 
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", *plan, *store]).strip()
     assert len(bytes.fromhex(nonce)) == 16
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     verified = json.loads(run_ok(capsys, ["controller", "verify-quote", str(tmp / "quote.json"), "--json", *plan, *store]))
@@ -110,7 +110,7 @@ def verified_release_quote(world, capsys) -> list[str]:
     escrow.record_escrow(tmp / "state", escrow.wrap_key(public, "gw-1", "config", fscrypt.key_identifier(raw), raw))
     run_ok(capsys, ["device", "escrow-deposit", "-o", str(tmp / "deposit.json"), *common])
     run_ok(capsys, ["controller", "escrow", str(tmp / "deposit.json"), "--ack-dir", str(tmp / "acks"), *store])
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", *plan, *store]).strip()
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     run_ok(capsys, ["controller", "verify-quote", str(tmp / "quote.json"), *plan, *store])
     return ["controller", "release", str(tmp / "quote.json"), "--escrow-key", str(tmp / "escrow.key"), *store]
@@ -170,12 +170,12 @@ def test_every_refused_pcr_is_named_on_stderr_and_in_the_json_answer(world, caps
     run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
     tpm.extend(4, b"firmware update")
     tpm.extend(7, b"new secure boot db")
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", *plan, *store]).strip()
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     capsys.readouterr()
     assert main(["controller", "verify-quote", str(tmp / "quote.json"), *plan, "--json", *store]) == status_codes.ERROR
     out, err = capsys.readouterr()
-    assert "error: PCRs not allowed by attestation `boot`: PCR 4 = " in err and "; PCR 7 = " in err and "Traceback" not in err
+    assert "error: refused (pcr-not-allowed): PCRs not allowed by attestation `boot`: PCR 4 = " in err and "; PCR 7 = " in err and "Traceback" not in err
     answer = json.loads(out)
     assert (answer["verified"], answer["reason"], answer["pcrs"]) == (False, "pcr-not-allowed", [4, 7])
 
@@ -190,12 +190,69 @@ def test_bad_inputs_are_clear_errors(world, capsys, tmp_path):
     assert "--nonce is 2 bytes" in capsys.readouterr().err
 
 
+def test_a_policy_given_to_enroll_or_drift_is_named_for_what_it_is(store, tmp_path, capsys):
+    """`controller enroll kiosk.vpol` said "not JSON" where other commands say "is a policy (.vpol)",
+    and drift said "rejected kiosk.vpol: kiosk.vpol: not JSON", the file named twice."""
+    policy, junk = tmp_path / "kiosk.vpol", tmp_path / "junk.json"
+    policy.write_text('# the kiosk\nvault kiosk { path "/persist/kiosk" }\n')
+    junk.write_text("{not json")
+    store = ["--store", str(store.path)]
+    assert main(["controller", "enroll", str(policy), *store]) == status_codes.ERROR
+    assert capsys.readouterr().err == f"error: `{policy}` is a policy (.vpol), not a `vaultpolicy.identity.v2` document\n"
+    assert main(["controller", "drift", str(policy), str(junk), *store]) == status_codes.ERROR
+    rejected = capsys.readouterr().out.splitlines()[-2:]
+    assert rejected == [f"rejected {policy}: it is a policy (.vpol), not a `vaultpolicy.signed-report.v1` document",
+                        f"rejected {junk}: not JSON (expecting property name enclosed in double quotes at line 1 column 2)"]
+
+
+@pytest.mark.parametrize("nonce,said", [
+    ("abc", "has an odd number of hex digits (3): each byte is two"),
+    ("ab cd", "has ` ` at character 3, which is not a hex digit"),
+    ("0x" + "ab" * 16, "has `x` at character 2, which is not a hex digit"),
+])
+def test_a_nonce_that_is_not_hex_says_what_is_wrong_with_it(world, capsys, nonce, said):
+    """`--nonce abc` (or a quote whose `nonce` is `abc`) said "is not hex": it is hex, of odd length."""
+    tmp = world[1]
+    release = [*verified_release_quote(world, capsys), "-o", str(tmp / "release.json")]
+    quote = json.loads((tmp / "quote.json").read_text())
+    (tmp / "quote.json").write_text(json.dumps({**quote, "nonce": nonce}))
+    verify = ["controller", "verify-quote", str(tmp / "quote.json"), "--plan", str(tmp / "plan.json"),
+              "--store", str(tmp / "controller.db")]
+    for argv in (verify, release):
+        capsys.readouterr()
+        assert main(argv) == status_codes.ERROR
+        assert capsys.readouterr().err == f"error: {tmp / 'quote.json'}: field `nonce` {said}\n"
+    assert main(["device", "quote", "--nonce", nonce, "-o", str(tmp / "q.json"), *world[3]]) == status_codes.ERROR
+    assert capsys.readouterr().err.startswith(f"error: --nonce `{nonce}` {said}\n  = help: give the nonce")
+
+
+def test_a_replayed_release_and_an_edited_report_show_their_reason(world, capsys):
+    """"keys were already released for this quote" and an edited report's rejection showed no reason,
+    where every refusal of the device shows `(reason, VPnnnn)`."""
+    tmp, common = world[1], world[3]
+    release = verified_release_quote(world, capsys)
+    run_ok(capsys, [*release, "-o", str(tmp / "release.json")])
+    assert main([*release, "-o", str(tmp / "again.json")]) == status_codes.ERROR
+    assert capsys.readouterr().err == "error: refused (quote-used): keys were already released for this quote (a replayed quote?)\n"
+    (tmp / "root").mkdir()
+    run_ok(capsys, ["device", "report", "--root", str(tmp / "root"), "-o", str(tmp / "report.json"), *common], status_codes.DRIFT)
+    signed = json.loads((tmp / "report.json").read_text())
+    report = json.loads(base64.b64decode(signed["report"]))
+    report["vaults"][0]["condition"] = "Ready"
+    signed["report"] = base64.b64encode(json.dumps(report).encode()).decode()
+    (tmp / "edited.json").write_text(json.dumps(signed))
+    fleet = run_ok(capsys, ["controller", "drift", str(tmp / "edited.json"), "--store", str(tmp / "controller.db")],
+                   status_codes.ERROR)
+    assert fleet.splitlines()[-1] == (f"rejected {tmp / 'edited.json'}: refused (report-altered): the report was changed "
+                                      "after the device signed it")
+
+
 def test_report_and_fleet_drift(world, capsys):
     _, tmp, state, common = world
     store = ["--store", str(tmp / "controller.db")]
     (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
     run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", "--plan", str(tmp / "plan.json"), *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", "--plan", str(tmp / "plan.json"), *store]).strip()
     (tmp / "root").mkdir()
     run_ok(capsys, ["device", "report", "--nonce", nonce, "--root", str(tmp / "root"), "-o", str(tmp / "report.json"), *common],
            status_codes.DRIFT)
@@ -218,7 +275,7 @@ def test_verify_quote_with_the_wrong_plan_then_the_right_one(world, capsys):
     plan = ["--plan", str(tmp / "plan.json")]
     (tmp / "id.json").write_text(run_ok(capsys, ["device", "identity", *common]))
     run_ok(capsys, ["controller", "enroll", str(tmp / "id.json"), *store])
-    nonce = run_ok(capsys, ["controller", "nonce", "--device", "gw-1", *plan, *store]).strip()
+    nonce = run_ok(capsys, ["controller", "nonce", "--device-id", "gw-1", *plan, *store]).strip()
     run_ok(capsys, ["device", "quote", "--nonce", nonce, "-o", str(tmp / "quote.json"), *common])
     wrong = make_plan({i: "00" * 32 for i in PCRS}, "")
     (tmp / "wrong.json").write_bytes(encode_plan(wrong))
@@ -227,18 +284,18 @@ def test_verify_quote_with_the_wrong_plan_then_the_right_one(world, capsys):
     assert main(["controller", "verify-quote", str(tmp / "quote.json"), *plan, *store]) == status_codes.ERROR
     retry = capsys.readouterr().err.splitlines()[-2:]
     assert "by a verification of this same quote that failed (pcr-not-allowed: PCRs not allowed" in retry[0]
-    assert "replayed" not in retry[0] and "vaultpolicy controller nonce --device gw-1" in retry[1]
+    assert "replayed" not in retry[0] and "vaultpolicy controller nonce --device-id gw-1" in retry[1]
 
 
 def test_escrow_keygen_refuses_to_replace_a_key(tmp_path, capsys):
     key = tmp_path / "escrow.key"
-    assert main(["controller", "escrow-keygen", str(key)]) == 0
+    assert main(["controller", "escrow-keygen", "-o", str(key)]) == 0
     before = key.read_bytes()
     capsys.readouterr()
-    assert main(["controller", "escrow-keygen", str(key)]) == status_codes.ERROR
-    assert "already exists" in capsys.readouterr().err
+    assert main(["controller", "escrow-keygen", "-o", str(key)]) == status_codes.ERROR
+    assert f"`{key}` and `{key}.pub` already exist\n" in capsys.readouterr().err
     assert key.read_bytes() == before
-    assert main(["controller", "escrow-keygen", str(key), "--force"]) == 0
+    assert main(["controller", "escrow-keygen", "-o", str(key), "--force"]) == 0
     assert key.read_bytes() != before
 
 

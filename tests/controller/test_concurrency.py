@@ -35,7 +35,7 @@ class Controller:
 
     def quote(self, name: str) -> str:
         """A release quote over a fresh nonce, written to `name`."""
-        code, nonce, err = run_cli(["controller", "nonce", "--device", "gw-1", "--plan", str(self.work / "plan.json"), *self.store])
+        code, nonce, err = run_cli(["controller", "nonce", "--device-id", "gw-1", "--plan", str(self.work / "plan.json"), *self.store])
         assert code == 0, err
         with AttestationTpm(self.tpm.tcti) as device:
             made = device.quote("gw-1", "release", bytes.fromhex(nonce), storage_parent_binding(self.identity.storage_public),
@@ -54,7 +54,7 @@ def controller(make_tpm, tmp_path) -> Controller:
     with AttestationTpm(tpm.tcti) as device:
         identity = device.identity("gw-1")
         _, values = device.read_pcrs("sha256", ESCROWED_PCRS)
-    assert run_cli(["controller", "escrow-keygen", str(tmp_path / "escrow.key")])[0] == 0
+    assert run_cli(["controller", "escrow-keygen", "-o", str(tmp_path / "escrow.key")])[0] == 0
     public = (tmp_path / "escrow.key.pub").read_text().strip()
     (tmp_path / "plan.json").write_bytes(encode_plan(escrowed_plan({i: v.hex() for i, v in values.items()}, public, "/persist")))
     made = Controller(tpm, identity, tmp_path)
@@ -72,7 +72,7 @@ def test_one_quote_verified_by_two_processes_at_once_verifies_once(controller):
         quote = controller.quote(f"quote{round_}.json")
         results = sorted(cli_at_once([controller.verify(quote)] * 2))
         assert [code for code, _, _ in results] == [0, 1], results
-        assert results[1][2].startswith("error: nonce was used at "), results[1][2]
+        assert results[1][2].startswith("error: refused (nonce-used): nonce was used at "), results[1][2]
 
 
 def test_an_older_quote_verified_beside_a_newer_one_never_moves_the_counters_back(controller):
@@ -83,7 +83,7 @@ def test_an_older_quote_verified_beside_a_newer_one_never_moves_the_counters_bac
         older, newer = controller.quote(f"older{round_}.json"), controller.quote(f"newer{round_}.json")
         (newer_code, _, _), (older_code, _, older_err) = cli_at_once([controller.verify(newer), controller.verify(older)])
         assert newer_code == 0
-        assert older_code == 0 or older_err.startswith("error: TPM counters went backwards"), older_err
+        assert older_code == 0 or older_err.startswith("error: refused (counters-backwards): TPM counters went backwards"), older_err
         with Store(controller.work / "controller.db") as store:
             kept = store.device("gw-1").clock
         assert kept == parse_attest(Quote.from_bytes(Path(newer).read_bytes()).attest, "sha256").clock

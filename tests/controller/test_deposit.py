@@ -105,7 +105,8 @@ def test_a_blob_whose_vault_is_no_file_name_is_refused_before_its_ack_is_written
     code, out, err = run_cli(["controller", "escrow", str(tmp_path / "deposit.json"), "--ack-dir", str(ack_dir),
                               "--store", str(store.path)])
     assert (code, out) == (1, "")
-    assert err.startswith(f"error: {tmp_path / 'deposit.json'}: a blob names vault `{vault}`, which no device has")
+    assert err.startswith(f"error: refused (deposit-malformed): {tmp_path / 'deposit.json'}: a blob names vault `{vault}`, "
+                          "which no device has")
     assert [p for p in tmp_path.rglob("*") if p.name.endswith(".ack.json")] == []
     assert store.escrowed_vaults("gw-1") == ["config"]
 

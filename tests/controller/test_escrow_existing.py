@@ -50,7 +50,7 @@ class Gateway:
 
     def escrow_key(self, name: str) -> str:
         """A controller escrow key pair `name` (+ `.pub`); the public key as a plan holds it."""
-        self.cli("controller", "escrow-keygen", str(self.work / name))
+        self.cli("controller", "escrow-keygen", "-o", str(self.work / name))
         return (self.work / f"{name}.pub").read_text().strip()
 
     def publish(self, version: int, escrow_public: str | None, vaults: tuple[tuple[str, tuple[int, ...], str | None], ...],
@@ -113,7 +113,7 @@ class Gateway:
             return bytes(tpm.unseal(SealedBlob.from_json(json.dumps(self.state.sealed(name)["blob"]))))
 
     def release(self, plan_json: str, escrow_key: str) -> str:
-        nonce = self.cli("controller", "nonce", "--device", "gw-1", "--plan", plan_json, *self.store).strip()
+        nonce = self.cli("controller", "nonce", "--device-id", "gw-1", "--plan", plan_json, *self.store).strip()
         self.cli("device", "quote", "--nonce", nonce, "-o", str(self.work / "quote.json"), *self.device)
         self.cli("controller", "verify-quote", str(self.work / "quote.json"), "--plan", plan_json, *self.store)
         (self.work / "release.json").unlink(missing_ok=True)

@@ -106,7 +106,7 @@ def test_fresh_quote_verifies_once(device, store):
     assert release_keys(store, made, ["config"], escrow_key, NOW + 2).keys  # the genuine release
     replay = refused(store, "nonce-used", made, policy, NOW + 3)  # the replayed quote gets nothing more
     assert replay.message == "nonce was used at 2027-01-15T08:00:01Z by a verification of this same quote that succeeded"
-    assert "get a new one with `vaultpolicy controller nonce --device gw-1`" in replay.hint
+    assert "get a new one with `vaultpolicy controller nonce --device-id gw-1`" in replay.hint
 
 
 def test_a_failed_verification_uses_the_nonce_and_says_so(device, store, make_policy):
@@ -119,7 +119,7 @@ def test_a_failed_verification_uses_the_nonce_and_says_so(device, store, make_po
     retry = refused(store, "nonce-used", made, policy, NOW + 2)
     assert retry.message.startswith("nonce was used at 2027-01-15T08:00:01Z by a verification of this same quote that failed "
                                     "(pcr-not-allowed: PCRs not allowed by attestation `boot`: the policy allows no value for PCR 0")
-    assert "vaultpolicy controller nonce --device gw-1" in retry.hint
+    assert "vaultpolicy controller nonce --device-id gw-1" in retry.hint
     other = quote(tpm, identity, made.nonce)  # a second quote over the spent nonce
     assert "by a verification of another quote that failed" in refused(store, "nonce-used", other, policy, NOW + 3).message
 

@@ -15,7 +15,7 @@ from controller import nonce as nonces
 from controller.drift import render, summarise, verify_report
 from controller.errors import AttestationRejected
 from enforcer.attest import AttestationTpm
-from enforcer.fscrypt import EncryptionPolicy, KeyStatus
+from enforcer.fscrypt import KeyStatus, policy_for
 from enforcer.observe import ObservedSeal, ObservedVault, PathState
 from enforcer.report import (SIGNED_REPORT_FORMAT, LastUnlock, PlanRef, Report, Rotation, Usage, VaultReport, report_binding,
                              report_schema, sign_report, vault_condition)
@@ -34,7 +34,7 @@ def vault(**changes) -> Vault:
 def seen(**changes) -> ObservedVault:
     base = dict(
         name="config", path="/r/persist/vault/config", path_state=PathState.DIRECTORY, mounted=True, used_bytes=4096,
-        policy=EncryptionPolicy(2, "aes-256-xts", "aes-256-cts", 2, KEY), key_status=KeyStatus.PRESENT,
+        policy=policy_for(KEY, "aes-256-xts"), key_status=KeyStatus.PRESENT,
         seal=ObservedSeal(KEY, "sha256", (0, 7), True, ()),
     )
     return ObservedVault(**{**base, **changes})
@@ -49,7 +49,7 @@ def seen(**changes) -> ObservedVault:
         (vault(), seen(policy=None, empty=False, mounted=False), ("Disabled", "plaintext-directory")),
         (vault(), seen(path_state=PathState.MISSING), ("Drifted", "path-missing")),
         (vault(), seen(path_state=PathState.SYMLINK_IN_PATH), ("Drifted", "path-not-directory")),
-        (vault(), seen(policy=EncryptionPolicy(2, "aes-256-xts", "aes-256-cts", 2, bytes(16))), ("Drifted", "key-mismatch")),
+        (vault(), seen(policy=policy_for(bytes(16), "aes-256-xts")), ("Drifted", "key-mismatch")),
         (vault(seal=Seal(bank="sha256", pcrs=(0, 4, 7))), seen(), ("Drifted", "seal-selection")),
         (vault(), seen(used_bytes=2 << 20), ("Drifted", "over-limit")),
         (vault(), seen(key_status=KeyStatus.ABSENT), ("Locked", "key-absent")),
@@ -97,7 +97,7 @@ def locked_report(device_id: str) -> Report:
         plan=PlanRef(plan_version=3, plan_sha256="ab" * 32),
         vaults=[
             VaultReport(
-                name="config", condition="Locked", reason="pcr-mismatch", message="locked: PCR sha256:7 changed since sealing",
+                name="config", condition="Locked", reason="pcr-mismatch", message="PCR sha256:7 changed since sealing",
                 mismatching_pcrs=[7], usage=Usage(used_bytes=4096, limit_bytes=1 << 20),
                 rotation=Rotation(last_rotated=None, rotate_seconds=None, overdue=None), escrow="pending",
                 last_unlock=LastUnlock(method="none"),
@@ -129,7 +129,8 @@ def test_signed_report_verifies_and_renders(enrolled, store, make_policy):
 
     summary = summarise([verified], [("old.json", "the report was changed after the device signed it")])
     text = render(summary, "text")
-    assert "gw-1: plan 3" in text and "config: Locked (pcr-mismatch)" in text and "[PCRs 7]" in text
+    # said once: it read "Locked (pcr-mismatch) locked: PCR sha256:7 changed since sealing [PCRs 7]"
+    assert "gw-1: plan 3" in text and "  config: Locked (pcr-mismatch): PCR sha256:7 changed since sealing [escrow pending]\n" in text
     assert "| gw-1 | 3 | config | Locked | pcr-mismatch | 7 | pending | none |" in render(summary, "markdown")
     assert "<td>pcr-mismatch</td>" in render(summary, "html")
 
@@ -142,7 +143,7 @@ def test_an_escrow_the_controller_never_received_is_drift_whatever_the_device_sa
     assert verified.escrow_unconfirmed == {"config"}
     summary = summarise([verified], [])
     assert [d.device_id for d in summary.drifting_devices] == ["gw-1"]
-    assert "config: Drifted (escrow-unconfirmed) the device reports its escrow acknowledged, but this controller " \
+    assert "config: Drifted (escrow-unconfirmed): the device reports its escrow acknowledged, but this controller " \
         "holds no escrowed key for it" in render(summary, "text")
 
     store.add_escrow("gw-1", "config", KEY, b"{}", "00" * 32, NOW)

@@ -55,7 +55,7 @@ def test_only_enroll_creates_a_store(tmp_path):
     store, left behind."""
     (tmp_path / "plan.json").write_bytes(encode_plan(escrowed_plan({i: "00" * 32 for i in ESCROWED_PCRS}, "", "/persist")))
     typo = tmp_path / "controler.db"
-    code, out, err = run_cli(["controller", "nonce", "--device", "gw-1", "--plan", str(tmp_path / "plan.json"), "--store", str(typo)])
+    code, out, err = run_cli(["controller", "nonce", "--device-id", "gw-1", "--plan", str(tmp_path / "plan.json"), "--store", str(typo)])
     assert (code, out) == (1, "") and not typo.exists()
     assert err == (f"error: controller store `{typo}` does not exist\n"
                    "  = help: `vaultpolicy controller enroll` creates it; check --store (default ./controller.db)\n")
@@ -69,7 +69,7 @@ def test_the_files_a_command_names_are_read_before_its_store_is_opened(tmp_path)
     code, _, err = run_cli(["controller", "enroll", str(tmp_path / "identity.json"), "--store", str(store)])
     assert code == 1 and f"{tmp_path / 'identity.json'}" in err and not store.exists(), err
     (tmp_path / "plan.json").write_text("{")
-    code, _, err = run_cli(["controller", "nonce", "--device", "gw-1", "--plan", str(tmp_path / "plan.json"),
+    code, _, err = run_cli(["controller", "nonce", "--device-id", "gw-1", "--plan", str(tmp_path / "plan.json"),
                             "--store", str(store)])
     assert code == 1 and f"{tmp_path / 'plan.json'}" in err and "controller store" not in err, err
 
@@ -89,7 +89,7 @@ def test_a_read_only_store_is_an_error_naming_it(read_only_dir, tmp_path):
     with Store(writable / "c.db") as store:
         store.enroll("gw-1", "AK-PEM", "name-1", b"STORAGE", 1)
     (tmp_path / "plan.json").write_bytes(encode_plan(escrowed_plan({i: "00" * 32 for i in ESCROWED_PCRS}, "", "/persist")))
-    code, out, err = run_cli(["controller", "nonce", "--device", "gw-1", "--plan", str(tmp_path / "plan.json"),
+    code, out, err = run_cli(["controller", "nonce", "--device-id", "gw-1", "--plan", str(tmp_path / "plan.json"),
                               "--store", str(read_only / "c.db")])
     assert (code, out) == (1, "")
     assert err.startswith(f"error: controller store `{read_only}/c.db`: it is read-only, and the controller records")

@@ -70,7 +70,7 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     store = ["--store", str(tmp_path / "controller.db")]
     signing_key = generate_key()
     (tmp_path / "plan.pub").write_bytes(public_key_pem(signing_key.public_key()))
-    cli("controller", "escrow-keygen", str(tmp_path / "escrow.key"))
+    cli("controller", "escrow-keygen", "-o", str(tmp_path / "escrow.key"))
     escrow_public = (tmp_path / "escrow.key.pub").read_text().strip()
 
     def publish(plan: Plan) -> tuple[str, str]:
@@ -111,10 +111,10 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     assert (config["condition"], config["reason"], config["mismatching_pcrs"]) == ("Locked", "pcr-mismatch", [4])
     assert config["escrow"] == "acknowledged"
     fleet = cli("controller", "drift", str(tmp_path / "report.json"), *store, code=status_codes.DRIFT)
-    assert "gw-1: plan 1" in fleet and "config: Locked (pcr-mismatch)" in fleet and "[PCRs 4]" in fleet
+    assert "gw-1: plan 1" in fleet and "config: Locked (pcr-mismatch): PCR sha256:4 changed since sealing\n" in fleet
 
     # the old policy refuses the new measurement and releases nothing
-    nonce = cli("controller", "nonce", "--device", "gw-1", "--plan", plan1, *store).strip()
+    nonce = cli("controller", "nonce", "--device-id", "gw-1", "--plan", plan1, *store).strip()
     cli("device", "quote", "--nonce", nonce, "-o", str(tmp_path / "quote-old.json"), *device)
     cli("controller", "verify-quote", str(tmp_path / "quote-old.json"), "--plan", plan1, *store, code=status_codes.ERROR)
     cli("controller", "release", str(tmp_path / "quote-old.json"), "--escrow-key", str(tmp_path / "escrow.key"),
@@ -125,7 +125,7 @@ def test_firmware_update_release_and_local_unlock(swtpm, ext4_image, tmp_path, c
     after_update = pcr_values(swtpm.tcti)
     allowed = {i: sorted({before_update[i], after_update[i]}) for i in PCRS}
     plan2, _ = publish(plan_for(2, allowed, escrow_public, persist))
-    nonce = cli("controller", "nonce", "--device", "gw-1", "--plan", plan2, *store).strip()
+    nonce = cli("controller", "nonce", "--device-id", "gw-1", "--plan", plan2, *store).strip()
     cli("device", "quote", "--nonce", nonce, "-o", str(tmp_path / "quote.json"), *device)
     cli("controller", "verify-quote", str(tmp_path / "quote.json"), "--plan", plan2, *store)
     cli("controller", "release", str(tmp_path / "quote.json"), "--escrow-key", str(tmp_path / "escrow.key"),

@@ -310,6 +310,7 @@ def test_kill_at_every_step_of_a_quota_vault_apply_then_rerun_converges(quota_de
         assert status(device)["_exit"] == 0, f"step {step}: not converged"  # no step left, nothing drifts
         os.sync()
         assert MARKER[:2000] not in (device.work / "persist.img").read_bytes(), f"step {step}: plaintext left"
-    # config: stage-plaintext, create-project, create-key, set-policy, its cipher probe, migrate, mid-copy,
-    # between delete and discard; logs: create-project, key, policy, probe; the commit and inside it
-    assert crashed_at == list(range(1, len(crashed_at) + 1)) and len(crashed_at) == 14, crashed_at
+    # config: stage-plaintext, create-project, create-key, its key sealed and not saved, set-policy, its cipher
+    # probe, migrate, mid-copy, copied and not erased, between delete and discard; logs: create-project, key,
+    # sealed and not saved, policy, probe; the commit and inside it
+    assert crashed_at == list(range(1, len(crashed_at) + 1)) and len(crashed_at) == 17, crashed_at

@@ -102,13 +102,25 @@ def test_raw_key_never_reaches_disk(device):
         for name in ("config", "img"):
             keys.append(bytes(tpm.unseal(SealedBlob.from_json(json.dumps(state.sealed(name)["blob"])))))
     assert all(len(k) == 64 for k in keys)
-    scanned = [p for p in list(device.state.rglob("*")) + [device.work / "persist.img"] if p.is_file()]
-    assert any(p.suffix == ".img" for p in scanned)
-    assert (device.state / "escrow" / "config.json").is_file()
-    for path in scanned:
-        data = path.read_bytes()
-        for key in keys:
-            assert key_leaks(key, data) == [], f"key bytes found in {path}"
+
+    def scan(when: str) -> None:
+        os.sync()
+        scanned = [p for p in list(device.state.rglob("*")) + [device.work / "persist.img"] if p.is_file()]
+        assert any(p.suffix == ".img" for p in scanned)
+        assert (device.state / "escrow" / "config.json").is_file()
+        for path in scanned:
+            data = path.read_bytes()
+            for key in keys:
+                assert key_leaks(key, data) == [], f"{when}: key bytes found in {path}"
+
+    scan("after apply")
+    # a reboot's lock and unlock write state too (the unlock records, conditions), and unseal every key
+    assert device.cli("device", "lock").returncode == 0
+    unlocked = device.cli("device", "unlock")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert (device.state / "attest" / "last-unlock" / "img.json").is_file()
+    (device.path("/persist/vault/img") / "data").write_bytes(b"y" * 10000)
+    scan("after a lock and an unlock")
 
 
 @pytest.mark.parametrize("limit", [16 * MiB, 0], ids=["own-image", "plain"])
@@ -329,6 +341,8 @@ def test_refused_plans_leave_the_applied_plan_in_force(device):
     state = StateDir(device.state)
     applied = state.applied_envelope()
     before = snapshot(device.state, skip=("conditions.json",))
+    identifier = bytes.fromhex(state.sealed("config")["key_identifier"])
+    (device.path("/persist/vault/config") / "kept").write_text("kept")
     evil = [vault("config"), vault("evil"), vault("evil-img", limit=8 * MiB)]
     tampered = bytearray(signed(make_plan(evil, version=4), device.key))
     tampered[tampered.index(b'"payload":"') + 30] ^= 1
@@ -345,15 +359,25 @@ def test_refused_plans_leave_the_applied_plan_in_force(device):
             assert state.sealed(name) is None and name not in state.records() and not state.image_path(name).exists()
         assert state.applied_envelope() == applied
         assert snapshot(device.state, skip=("conditions.json",)) == before
+        # the applied plan stays enforced: its vault's key is still in the kernel, its files readable
+        assert fscrypt.key_status(str(device.path("/persist/vault")), identifier) is fscrypt.KeyStatus.PRESENT
+        assert (device.path("/persist/vault/config") / "kept").read_text() == "kept"
 
     for reason, plan in bad.items():
         result = device.apply(plan, "--device-id", "gw-1")
         assert result.returncode == 1 and reason in result.stderr, (reason, result.stderr)
         assert state.conditions()["plan"].reason == reason
         nothing_made()
+    from compiler.signing import key_id
+
     (device.work / "tampered.signed").write_bytes(bytes(tampered))
     result = device.cli("device", "apply", str(device.work / "tampered.signed"), "--trust", str(device.trust))
-    assert result.returncode == 1 and "refused" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: plan {device.work / 'tampered.signed'} refused (bad-signature, VP1001): signature by key "
+        f"`{key_id(device.key.public_key())}` does not verify: the envelope was altered or signed with another key; "
+        "the applied plan stays in force",
+        "  = help: see `vaultpolicy explain VP1001`"]
     assert state.conditions()["plan"].reason == "bad-signature"
     nothing_made()
     assert device.cli("device", "status").returncode == 3  # the refusal is reported

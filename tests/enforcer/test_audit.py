@@ -258,9 +258,9 @@ def test_migration_failing_halfway_keeps_the_original_and_cleans_up(device):
     (target / "top.txt").write_text("top")
     expected = tree_digests(target)
     plan = make_plan([vault("config", limit=8 << 20)])
-    # stop the apply as the migration starts, the vault made; crash points: stage-plaintext, create-storage,
-    # create-key, set-policy, the cipher probe inside it, migrate
-    killed = device.apply(plan, env={"VAULTPOLICY_CRASH_AT": "6"})
+    # stop the apply as the migration starts, the vault made; crash points: stage-plaintext, its image made,
+    # create-storage, create-key, its key sealed and not saved, set-policy, the cipher probe inside it, migrate
+    killed = device.apply(plan, env={"VAULTPOLICY_CRASH_AT": "8"})
     assert killed.returncode == -9, killed.stdout + killed.stderr
     staging = target.with_name(".config.vp-plaintext")
     assert tree_digests(staging) == expected and os.listdir(target) == []

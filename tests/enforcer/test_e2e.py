@@ -37,6 +37,7 @@ def test_apply_lock_unlock_and_pcr_change(device):
 
     unlocked = device.cli("device", "unlock")
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert os.listdir(config) == ["credentials.txt"]  # the plaintext names again
     assert (config / "credentials.txt").read_text() == "s3 credentials"
 
     assert device.cli("device", "lock").returncode == 0
@@ -53,6 +54,48 @@ def test_apply_lock_unlock_and_pcr_change(device):
     assert vaults["config"]["state"] == "locked" and vaults["config"]["changed_pcrs"] == [7]
     assert any("7" in reason for reason in vaults["config"]["reasons"])
     assert vaults["img"]["state"] == "unlocked"  # sealed to PCRs 0 and 4: not affected
+
+
+def test_the_policy_reads_back_whole_and_a_padding_that_differs_is_drift(device):
+    """The kernel's policy of each vault is the plan's to the last flag: v2, AES-256-XTS contents,
+    AES-256-CTS names padded to 32 bytes, the sealed key. Status compared the two modes only, so a vault
+    whose names are padded to 16 bytes under the very same key and modes (set here by hand, with the
+    kernel's own ioctl, on a fresh directory swapped in for the vault) matched the plan."""
+    import fcntl
+    import struct
+
+    from enforcer import fscrypt
+    from enforcer.state import StateDir
+
+    assert device.apply(make_plan([vault("config"), vault("img", limit=8 << 20)])).returncode == 0
+    for name in ("config", "img"):
+        identifier = bytes.fromhex(StateDir(device.state).sealed(name)["key_identifier"])
+        assert fscrypt.get_policy(str(device.path(f"/persist/vault/{name}"))) == fscrypt.EncryptionPolicy(
+            version=2, contents_mode="aes-256-xts", filenames_mode="aes-256-cts", flags=fscrypt.POLICY_FLAG_PAD_32,
+            key_identifier=identifier)
+
+    config = device.path("/persist/vault/config")
+    identifier = fscrypt.get_policy(str(config)).key_identifier
+    padded = config.with_name("padded-16")
+    padded.mkdir()
+    fd = os.open(padded, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # struct fscrypt_policy_v2: version 2, contents 1 (AES-256-XTS), names 4 (AES-256-CTS), flags PAD_16
+        fcntl.ioctl(fd, fscrypt.FS_IOC_SET_ENCRYPTION_POLICY, struct.pack("8B16s", 2, 1, 4, 0x02, 0, 0, 0, 0, identifier))
+    finally:
+        os.close(fd)
+    config.rmdir()
+    padded.rename(config)
+
+    status = device.cli("device", "status", "--json")
+    assert status.returncode == 3, status.stdout + status.stderr
+    vaults = {v["vault"]: v for v in json.loads(status.stdout)["vaults"]}
+    assert vaults["img"]["matches"] and not vaults["config"]["matches"]
+    assert vaults["config"]["reasons"] == [
+        "the directory's encryption policy is aes-256-xts contents, aes-256-cts names padded to 16 bytes; the plan's "
+        "is aes-256-xts contents, aes-256-cts names padded to 32 bytes"]
+    again = device.apply(make_plan([vault("config"), vault("img", limit=8 << 20)]))
+    assert again.returncode == 1 and "vault config: not changed (policy-mismatch, VP1105)" in again.stdout
+    assert fscrypt.get_policy(str(config)).flags == 0x02, "nothing re-made the directory"
 
 
 def test_gateway_example_compiled_signed_and_applied_through_the_cli(device):

@@ -68,7 +68,7 @@ def test_a_first_apply_without_root_records_the_hosts_root(device):
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert StateDir(state).host().root == "/"
     refused = vaultpolicy("device", "status", *options, "--root", str(device.root))
-    assert refused.returncode == 1 and f"is not the root this device's vaults were applied under: `/`" in refused.stderr
+    assert refused.returncode == 1 and "is not the root this device's vaults were applied under: `/`" in refused.stderr
     assert "= help: omit --root" in refused.stderr
     assert vaultpolicy("device", "status", *options).returncode == 0
 

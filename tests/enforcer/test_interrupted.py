@@ -48,9 +48,10 @@ def test_a_vault_of_an_interrupted_apply_is_described_as_such_with_its_staged_pl
     expected = tree(bulk4)
     second = make_plan([vault("config"), vault("bulk4")], version=2)
 
-    # killed at its 7th crash point: after the intents of stage-plaintext, create-directory, create-key,
-    # set-policy (and its cipher probe) and migrate, the first file of the copy (docs/enforcer.md)
-    killed = device.apply(second, env={"VAULTPOLICY_CRASH_AT": "7"})
+    # killed at its 8th crash point: after the intents of stage-plaintext, create-directory, create-key (and
+    # its key sealed, not saved), set-policy (and its cipher probe) and migrate, the first file of the copy
+    # (docs/enforcer.md)
+    killed = device.apply(second, env={"VAULTPOLICY_CRASH_AT": "8"})
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     staging = device.path("/persist/vault/.bulk4.vp-plaintext")
     assert staging.is_dir() and len(list(bulk4.iterdir())) == 1, "stopped after the copy's first file"

@@ -4,9 +4,11 @@ vault_condition is pure: Observed is data (the erase case is observed on swtpm +
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from enforcer.fscrypt import EncryptionPolicy, KeyStatus
+from enforcer.fscrypt import KeyStatus, policy_for
 from enforcer.observe import ObservedSeal, ObservedVault, PathState
 from enforcer.report import vault_condition
 from vp_helpers import vault
@@ -15,9 +17,9 @@ KEY = bytes(range(16))
 
 
 def encrypted(contents: str = "aes-256-xts") -> ObservedVault:
-    names = {"aes-256-xts": "aes-256-cts", "adiantum": "adiantum"}[contents]
+    """A vault as the enforcer encrypts it: the policy `set_policy` sets (names padded to 32 bytes)."""
     return ObservedVault(name="config", path="/r/persist/vault/config", path_state=PathState.DIRECTORY,
-                         policy=EncryptionPolicy(2, contents, names, 2, KEY), key_status=KeyStatus.PRESENT,
+                         policy=policy_for(KEY, contents), key_status=KeyStatus.PRESENT,
                          seal=ObservedSeal(KEY, "sha256", (0, 7), True, ()))
 
 
@@ -27,6 +29,16 @@ def test_a_pending_encryption_change_is_drift_not_ready():
         condition, reason, message = vault_condition(wanted, encrypted(), managed=True)
         assert (condition, reason) == ("Drifted", "encryption-change-pending"), wanted.encryption
         assert "aes-256-xts" in message or "still encrypted" in message
+
+
+def test_a_policy_that_differs_only_in_its_padding_is_drift():
+    """The drift report compares the whole policy, as `status` does: same key and modes, names padded to
+    16 bytes (a directory the enforcer did not encrypt) is not the plan's vault."""
+    seen = encrypted()
+    padded16 = replace(seen, policy=replace(seen.policy, flags=0x02))
+    assert vault_condition(vault("config"), padded16, managed=True) == (
+        "Drifted", "policy-mismatch", "the directory's encryption policy is aes-256-xts contents, aes-256-cts names "
+        "padded to 16 bytes; the plan's is aes-256-xts contents, aes-256-cts names padded to 32 bytes")
 
 
 @pytest.mark.device

@@ -116,7 +116,7 @@ def test_a_damaged_image_fails_only_its_own_vault(device):
 
     applied = device.apply(plan)
     assert applied.returncode == 1 and "internal error" not in applied.stderr, applied.stdout + applied.stderr
-    assert f"vault a: not changed (storage-damaged" in applied.stdout and str(image) in applied.stdout
+    assert "vault a: not changed (storage-damaged" in applied.stdout and str(image) in applied.stdout
     assert "vault b:" not in applied.stdout and "vault c:" not in applied.stdout  # nothing to do for them
 
     locked = device.cli("device", "lock", "--json")

@@ -312,10 +312,14 @@ def test_policy_digest_matches_the_tpm_for_any_selection(swtpm, pcrs, bank):
     assert tpm_module.policy_digest(bank, sorted(pcrs), values) == _trial_digest(swtpm.tcti, bank, sorted(pcrs))
 
 
-def test_a_tpm_in_dictionary_attack_lockout_still_unseals_the_vault_keys(booted, swtpm):
+def test_a_tpm_in_dictionary_attack_lockout_refuses_quotes_by_name_and_still_unseals_the_vault_keys(booted, swtpm):
     """Anyone may hammer a password object until the TPM locks out (one allowed failure here). Lockout
     refuses authorizations that use a DA-protected authValue; our sealed keys are authorized by their
-    PCR policy alone (no USERWITHAUTH, no PolicyAuthValue), so a lockout must not lock the vaults too."""
+    PCR policy alone (no USERWITHAUTH, no PolicyAuthValue), so a lockout must not lock the vaults too.
+    The attestation key is DA-protected (USERWITHAUTH, empty authValue): its quote is refused, and that
+    is said as a lockout (`TpmLockout`), not as a TSS response code in a generic quote failure."""
+    from enforcer.attest import AttestationTpm
+
     blob = booted.seal(os.urandom(64), "sha256", BOUND)
     tss, esys = _raw_esapi(swtpm.tcti)
     try:
@@ -339,6 +343,14 @@ def test_a_tpm_in_dictionary_attack_lockout_still_unseals_the_vault_keys(booted,
             esys.flush_context(handle)
     finally:
         esys.close()
+    with AttestationTpm(swtpm.tcti) as attesting, pytest.raises(tpm_module.TpmLockout) as refused:
+        attesting.quote("gw-1", "report", b"", bytes(32), "sha256", BOUND)
+    assert refused.value.message == (
+        "the TPM is in dictionary-attack lockout (too many wrong authorization values were tried): it refuses the "
+        "attestation key until the lockout ends, so no quote can be signed; vault keys are not DA-protected and "
+        "still unlock")
+    assert "`tpm2_dictionarylockout --clear-lockout`" in refused.value.hint
+    assert refused.value.rc is not None and tpm_module._response_code(refused.value) == 0x921  # TPM_RC_LOCKOUT
     assert len(booted.unseal(blob)) == 64
 
 

@@ -428,3 +428,52 @@ def test_lock_says_a_directory_an_apply_never_encrypted_is_not_encrypted(device)
                "are in the clear" in result.stdout, result.stdout
         assert "hint: run `vaultpolicy device apply`, which encrypts it" in result.stdout
         assert "vault ad: locked" not in result.stdout and "vault cfg: locked" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["unlock", "apply"])
+def test_a_command_killed_inside_an_unseal_leaves_nothing_loaded_after_the_next_one(device, command):
+    """S11 under SIGKILL: the real command killed inside a TPM operation (its first unseal, the sealed object
+    and its policy session loaded: for `apply`, the test-unseal of its first seal), then run again. swtpm
+    has no resource manager, so the kill leaves both, with the primary, in the TPM; the next run must flush
+    them and converge."""
+    import signal
+
+    from enforcer.tpm import Tpm
+
+    plan = make_plan([vault("config"), vault("img", pcrs=(0, 4))])
+    if command == "unlock":
+        assert device.apply(plan).returncode == 0
+        assert device.cli("device", "lock").returncode == 0
+    run = (lambda **env: device.cli("device", "unlock", **env)) if command == "unlock" else \
+        (lambda **env: device.apply(plan, **env))
+    with Tpm(device.tcti) as tpm:
+        baseline = tpm.loaded_handles()
+    killed = run(env={"VAULTPOLICY_CRASH_AT": "unseal-loaded"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    with Tpm(device.tcti) as tpm:  # the primary and the sealed object, and the policy session
+        assert tpm.loaded_handles() == {**baseline, "transient": baseline["transient"] + 2,
+                                        "loaded_sessions": baseline["loaded_sessions"] + 1}
+    again = run()
+    assert again.returncode == 0, again.stdout + again.stderr
+    with Tpm(device.tcti) as tpm:
+        assert tpm.loaded_handles() == baseline
+    status = json.loads(device.cli("device", "status", "--json").stdout)
+    assert status["matches"] and {v["vault"]: v["state"] for v in status["vaults"]} == \
+        {"config": "unlocked", "img": "unlocked"}
+    if command == "apply":
+        assert "resumed after an interrupted apply" in again.stdout
+
+
+def test_boot_unlock_loads_neither_the_policy_language_nor_the_compiler(device):
+    """The boot unit's `device unlock` imports the plan model and the signature check, not lark, the
+    policy AST, the compiler's rules or its templates: compiler.plan and enforcer.codes (through
+    policy_lang.codes) ran their packages' __init__, which loaded all of that (40 ms of each start)."""
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    assert device.cli("device", "lock").returncode == 0
+    unlocked = device.cli("device", "unlock", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    imported = {line.split("|")[-1].strip() for line in unlocked.stderr.splitlines() if line.startswith("import time:")}
+    assert {"compiler.plan", "compiler.signing", "tpm2_pytss"} <= imported, "the import log is read"
+    unneeded = {"lark", "jinja2", "policy_lang.parse", "policy_lang.ast", "compiler.facade", "compiler.rules",
+                "compiler.build"}
+    assert imported & unneeded == set()

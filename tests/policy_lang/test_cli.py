@@ -112,6 +112,9 @@ def test_explain_of_a_part_of_a_code_lists_the_codes_it_starts(lang, prefix):
     [
         ("VP0305", "did you mean `VP0304` or `VP0303` or `VP0302`?"),  # ties: the same family, nearest number
         ("VP0O01", "did you mean `VP0001`"),  # letter O for zero
+        # its own family first: VP0110 got VP0010, VP0510, VP1110, one edit away in other families
+        ("VP0110", "did you mean `VP0101`?\n"),  # two digits swapped: one slip, not two edits
+        ("VP0315", "did you mean `VP0304` or `VP0303` or `VP0302`?"),  # not VP0015 or VP0515, one edit away
         ("VP9999", "known codes: VP0001-VP0007, VP0010-VP0024, "),  # nothing close: what exists
     ],
 )
@@ -217,18 +220,21 @@ def test_check_counts_the_files_it_read(lang, tmp_path):
 
 def test_messages_show_control_characters_as_escapes(lang, tmp_path):
     """`include "a\\nb"` split its message over two lines, and `include "x\\u{1b}[31mred"` put a raw
-    ESC on stderr. Every message shows a control character as the language's escape, and so does
-    the `-->` line of a file whose name holds one."""
+    ESC on stderr. Every message shows a control character (or another that does not show) as the
+    language's escape, and so does the `-->` line of a file whose name holds one."""
     odd = tmp_path / "odd\nname.vpol"
     odd.write_text('vault v { limit "a\x1bb" }\n')
     main = tmp_path / "main.vpol"
-    main.write_text('include "a\\nb"\ninclude "x\\u{1b}[31mred"\ninclude "odd\\nname.vpol"\n')
-    code, _, err = lang.cli("check", main)
-    assert code == 1 and "\x1b" not in err
-    assert f"error[VP0020]: cannot read `{tmp_path}/a\\nb`: no such file or directory\n" in err
-    assert f"error[VP0020]: cannot read `{tmp_path}/x\\u{{1b}}[31mred`: no such file or directory\n" in err
+    main.write_text('include "a\\nb"\ninclude "x\\u{1b}[31mred"\ninclude "z\u200bw"\n')
+    missing = tmp_path / "x\x1b[31mred\u202e.vpol"
+    code, _, err = lang.cli("check", main, odd, missing)
+    assert code == 1 and "\x1b" not in err and "\u200b" not in err and "\u202e" not in err
+    assert "error[VP0207]: path `a\\nb` in `include` contains the control character U+000A\n" in err
+    assert "error[VP0207]: path `x\\u{1b}[31mred` in `include` contains the control character U+001B\n" in err
+    assert "error[VP0207]: path `z\\u{200b}w` in `include` contains U+200B ZERO WIDTH SPACE\n" in err
     assert f'found string `"a\\u{{1b}}b"`\n  --> {tmp_path}/odd\\nname.vpol:1:17\n' in err
-    code, out, _ = lang.cli("check", "--format", "json", main)
+    assert f"error[VP0020]: cannot read `{tmp_path}/x\\u{{1b}}[31mred\\u{{202e}}.vpol`: no such file or directory\n" in err
+    code, out, _ = lang.cli("check", "--format", "json", main, odd, missing)
     for d in json.loads(out)["diagnostics"]:
         assert all(text.isprintable() for text in (d["message"], d["help"], *d["notes"])), d
 

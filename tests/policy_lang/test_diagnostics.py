@@ -59,10 +59,10 @@ def test_one_precise_error(lang, name, source, code, line, column, end_column, h
 
 def test_a_block_after_a_missing_brace_on_the_same_line_still_parses(lang):
     """`vault b {` ends the unclosed `vault a` block wherever it stands: it is not read as a second
-    `path` of `a` (VP0016) after a stray `vault` (VP0005)."""
+    `path` of `a` (VP0016) after a stray `vault` (VP0005), and `a` keeps the settings before it."""
     policy, diags, _ = parse_partial('vault a { path "/persist/a" limit 16MiB vault b { path "/persist/b" }\n', "t.vpol")
     assert [d.code for d in diags] == ["VP0006"]
-    assert [(v.name.value, v.path.value) for v in policy.items] == [("b", "/persist/b")]
+    assert [(v.name.value, v.path.value) for v in policy.items] == [("a", "/persist/a"), ("b", "/persist/b")]
 
 
 MISSPELT_AFTER_AN_UNCLOSED_BLOCK = {
@@ -82,6 +82,34 @@ def test_a_misspelt_block_keyword_starts_a_block_of_its_own(lang, source, expect
     """`ap b {` was read as a setting of the block before it: VP0006 said to close that block after
     `ap b`'s line, and VP0005 listed the vault's settings. A header, misspelt or not, starts an item."""
     assert [(*lang.where(d), d.help) for d in lang.errors(source)] == expected
+
+
+UNCLOSED_THEN = {
+    "a malformed header at column 1": ("vault a {\n  limit 16MiB\napp x y {\n  vault a\n}\n",
+                                       [("VP0006", 1, 9, "add `}` after line 2 to close this block"),
+                                        ("VP0004", 3, 7, "write `{` before `y`")]),
+    "a malformed header at the block's indentation": (
+        "  vault a {\n    limit 16MiB\n  vault \"b\" {\n    limit 1MiB\n  }\n",
+        [("VP0006", 1, 11, "add `}` after line 2 to close this block"), ("VP0004", 3, 9, "remove the quotes: `b`")]),
+    "a list cut short by the end of the block": ("vault a {\n  seal pcrs 0,\napp k { vault a }\n",
+                                                 [("VP0006", 1, 9, "add `}` after line 2 to close this block"),
+                                                  ("VP0004", 2, 15, "remove the `,` before the end of the block: "
+                                                                    "a list does not end with one")]),
+}
+
+
+@pytest.mark.parametrize("source,expected", UNCLOSED_THEN.values(), ids=UNCLOSED_THEN.keys())
+def test_an_unclosed_block_ends_at_the_line_where_the_next_item_starts(lang, source, expected):
+    """`app x y {` after a missing `}` was read as part of the open block; now a line that starts
+    with a top-level keyword and holds a `{`, no further right than the block, starts an item. The
+    block is closed after its last token: the `}` that is not there is `the end of the block`."""
+    assert [(*lang.where(d), d.help) for d in lang.errors(source)] == expected
+
+
+def test_a_setting_that_starts_like_a_header_stays_in_its_block(lang):
+    """An app's `vault` setting at column 1 has no `{`: it is no header."""
+    policy = lang.parse_ok("app k {\nvault a\n}\nvault a { limit 8MiB }\n")
+    assert [item.name.value for item in policy.items] == ["k", "a"]
 
 
 def test_a_vault_named_like_a_misspelt_keyword_is_still_a_vault(lang):
@@ -186,6 +214,71 @@ def test_messages_never_name_internal_tokens(lang):
     for text in texts:
         for internal in ("NAME", "STRING", "NUMBER", "LBRACE", "RBRACE", "$END", "Token"):
             assert internal not in text, text
+
+
+# (source, line, column, end column, message, help after "paths hold only characters that show: remove ")
+HIDDEN_IN_A_PATH = {
+    "a raw zero-width space": ('vault data { path "/persist/me\u200bdia" }\n', 1, 31, 32,
+                               "path `/persist/me\\u{200b}dia` in `vault data` contains U+200B ZERO WIDTH SPACE",
+                               "the raw U+200B character in the string"),
+    "an escaped zero-width space": ('vault data { path "/persist/me\\u{200b}dia" }\n', 1, 31, 39,
+                                    "path `/persist/me\\u{200b}dia` in `vault data` contains U+200B ZERO WIDTH SPACE",
+                                    "the `\\u{200b}` escape"),
+    "a right-to-left override in `holds`": (
+        'vault v {\n  path "/persist/v"\n  holds "/persist/v/\u202egpj.exe"\n}\n', 3, 21, 22,
+        "`holds` directory `/persist/v/\\u{202e}gpj.exe` in `vault v` contains U+202E RIGHT-TO-LEFT OVERRIDE",
+        "the raw U+202E character in the string"),
+    "a left-to-right mark in a stored directory": (
+        'component c { stores "/persist/x\u200e" }\n', 1, 33, 34,
+        "`stores` directory `/persist/x\\u{200e}` in `component c` contains U+200E LEFT-TO-RIGHT MARK",
+        "the raw U+200E character in the string"),
+    "a byte order mark in the persist root": (
+        'device { persist "\ufeff/persist" }\n', 1, 19, 20,
+        "persist root `\\u{feff}/persist` in `device` contains U+FEFF ZERO WIDTH NO-BREAK SPACE",
+        "the raw U+FEFF character in the string"),
+    "a word joiner in an include": ('include "other\u2060.vpol"\n', 1, 15, 16,
+                                    "path `other\\u{2060}.vpol` in `include` contains U+2060 WORD JOINER",
+                                    "the raw U+2060 character in the string"),
+    "a no-break space": ('vault data { path "/persist/my\u00a0data" }\n', 1, 31, 32,
+                         "path `/persist/my\\u{a0}data` in `vault data` contains U+00A0 NO-BREAK SPACE",
+                         "the raw U+00A0 character in the string"),
+    "an escaped newline": ('vault data { path "/persist/da\\nta" }\n', 1, 31, 33,
+                           "path `/persist/da\\nta` in `vault data` contains the control character U+000A",
+                           "the `\\n` escape"),
+    "a raw tab": ('vault data { path "/persist/a\tb" }\n', 1, 30, 31,
+                  "path `/persist/a\\tb` in `vault data` contains the control character U+0009", "the raw tab in the string"),
+    "a raw tab after escapes": ('vault data { path "/persist/\\"a\\\\\tb" }\n', 1, 34, 35,
+                                'path `/persist/"a\\\\tb` in `vault data` contains the control character U+0009',
+                                "the raw tab in the string"),
+    "a control character escaped": ('component c { stores "/persist/a\\u{7}" }\n', 1, 33, 38,
+                                    "`stores` directory `/persist/a\\u{7}` in `component c` contains the control character U+0007",
+                                    "the `\\u{7}` escape"),
+}
+
+
+@pytest.mark.parametrize("source,line,column,end_column,message,help", HIDDEN_IN_A_PATH.values(),
+                         ids=HIDDEN_IN_A_PATH.keys())
+def test_a_character_that_does_not_show_in_a_path_is_an_error_at_it(lang, source, line, column, end_column, message, help):
+    """A zero-width space, a bidi control or another character that does not show passed `check`, so
+    two paths that look the same differed on the device; VP0207 took only control characters, and
+    pointed at the whole string. Now any of them is VP0207 at the character, named by its code point,
+    with the path in the message escaped, and the help says how it is written."""
+    [d] = lang.errors(source)
+    assert (*lang.where(d), d.span.end_column, d.message, d.help) == (
+        "VP0207", line, column, end_column, message, f"paths hold only characters that show: remove {help}")
+
+
+def test_a_path_that_only_looks_like_another_is_one_error_not_an_overlap(lang, tmp_path):
+    """`/persist/me\u200bdia` looks like `/persist/media`: it is refused where it is written; its
+    vault is not blamed for lying where the default path would put it, and no raw U+200B reaches the
+    terminal (the source line shows it as a space, under its caret)."""
+    policy = tmp_path / "p.vpol"
+    policy.write_text('vault media { path "/persist/media" limit 8MiB }\n'
+                      'vault cache { path "/persist/me\u200bdia" limit 8MiB }\n')
+    code, _, err = lang.cli("check", policy)
+    assert code == 1 and "\u200b" not in err
+    assert err.count("error[") == 1 and "error[VP0207]: path `/persist/me\\u{200b}dia` in `vault cache`" in err
+    assert '2 | vault cache { path "/persist/me dia" limit 8MiB }\n  |                                ^\n' in err
 
 
 def test_carets_line_up_after_wide_characters(lang):

@@ -89,8 +89,9 @@ def test_durations_use_s_m_h_d_w(lang):
 
 
 def test_string_escapes_are_decoded(lang):
-    policy = lang.parse_ok(r'vault v { path "/a\"b\\c\n\t\u{1F512}" }')
-    assert policy.items[0].path.value == '/a"b\\c\n\t\U0001F512'
+    policy = lang.parse_ok(r'vault images { disabled "a\"b\\c\n\t\u{1F512}" } vault v { path "/a\"b\\c\u{1F512}" }')
+    assert policy.items[0].opt_out_reason.value == 'a"b\\c\n\t\U0001F512'
+    assert policy.items[1].path.value == '/a"b\\c\U0001F512'
 
 
 def test_keywords_are_contextual_where_a_name_is_expected(lang):

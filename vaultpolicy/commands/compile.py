@@ -11,10 +11,11 @@ from datetime import datetime, timedelta, timezone
 from compiler import BuildOptions, compile_policy
 from compiler.build import kept_protection
 from compiler.files import load_plan, parse_duration, plan_payload, read_input, refuse_overwriting_inputs, write_output
-from compiler.plan import encode_plan, parse_time, plan_digest
+from compiler.plan import encode_plan, format_time, parse_time, plan_digest
 from compiler.source import load_policy, print_diagnostics, source_sha256
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, UsageError
+from vaultpolicy.printable import escaped, hidden_character
 
 
 def add_arguments(parser, key) -> None:
@@ -29,11 +30,13 @@ def add_arguments(parser, key) -> None:
 
 # Plans are RFC 8785 JSON, whose integers are exact only up to 2**53 - 1 (IEEE doubles).
 _MAX_PLAN_VERSION = 2**53 - 1
+# A plan that expires sooner than this after it is compiled may not reach its devices in time.
+_SHORT_VALIDITY = timedelta(days=1)
 
 
-def _issued_at(text: str | None) -> datetime:
+def _issued_at(text: str | None, now: datetime) -> datetime:
     if text is None:
-        return datetime.now(timezone.utc)
+        return now
     try:
         return parse_time(text)
     except ValueError as exc:
@@ -59,9 +62,9 @@ def _valid_for(text: str, issued_at: datetime) -> int:
 def _targets(values: list[str]) -> tuple[str, ...]:
     for target in values:
         name = target.removeprefix("class:")
-        if not name.strip() or name != name.strip() or not target.isprintable():
-            raise UsageError(f"--target: `{target.encode('unicode_escape').decode()}` is not a device id or `class:NAME`",
-                             hint="a target is a non-empty name of printable characters, without surrounding spaces")
+        if not name.strip() or name != name.strip() or hidden_character(target) is not None:
+            raise UsageError(f"--target: `{escaped(target)}` is not a device id or `class:NAME`",
+                             hint="a target is a non-empty name of characters that show, without surrounding spaces")
     return tuple(values)
 
 
@@ -92,7 +95,8 @@ def _versions(args) -> tuple[int, str | None, dict[str, str | None]]:
 def run(args) -> int:
     # The options first: a wrong command line is a usage error (64) before any file is read.
     _check_plan_version(args)
-    issued_at = _issued_at(args.issued_at)
+    now = datetime.now(timezone.utc).replace(microsecond=0)  # a plan's times are to the second
+    issued_at = _issued_at(args.issued_at, now)
     valid_for = _valid_for(args.valid_for, issued_at)
     targets = _targets(args.target)
     version, prev_digest, kept_protected = _versions(args)
@@ -120,7 +124,32 @@ def run(args) -> int:
     write_output(args.output, encode_plan(plan))
     print(f"wrote {args.output}: plan version {plan.plan_version}, {_count(len(plan.vaults), 'vault')}, "
           f"{_count(len(plan.apps), 'app')}")
+    _warn_if_expiring(plan.expires, now)
     return status_codes.SUCCESS
+
+
+def _warn_if_expiring(expires: str, now: datetime) -> None:
+    """A plan written expired (an --issued-at in the past), or expiring within a day: devices and
+    `verify` refuse it from then on. Written all the same (a test fixture may want one), with a warning."""
+    left = parse_time(expires) - now
+    if left <= timedelta(0):
+        said = f"the plan expired at {expires}, before it was compiled (now {format_time(now)}): devices and `verify` refuse it"
+    elif left < _SHORT_VALIDITY:
+        said = f"the plan expires at {expires}, in {_about(left)}: devices and `verify` refuse it from then on"
+    else:
+        return
+    print(f"warning: {said}", file=sys.stderr)
+    print("  = help: compile it with a later --issued-at (default: now) or a longer --valid-for (default 30d)",
+          file=sys.stderr)
+
+
+def _about(left: timedelta) -> str:
+    """`3h 20m`, `45m`, `30s`: how long, to the minute (or the second under one)."""
+    seconds = int(left.total_seconds())
+    hours, minutes = divmod(seconds // 60, 60)
+    if not hours and not minutes:
+        return f"{seconds}s"
+    return " ".join(part for part in (f"{hours}h" if hours else "", f"{minutes}m" if minutes else "") if part)
 
 
 def _count(number: int, noun: str) -> str:

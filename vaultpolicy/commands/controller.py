@@ -1,11 +1,11 @@
 """`vaultpolicy controller …`: the controller's half of attestation, escrow and drift.
 
-  escrow-keygen OUT            X25519 escrow key pair: OUT (private, 0600) and OUT.pub (base64, for the
+  escrow-keygen -o OUT         X25519 escrow key pair: OUT (private, 0600) and OUT.pub (base64, for the
                                policy's `device.escrow_public_key`)
   enroll IDENTITY              record a device's attestation key and storage key (`device identity`)
   escrow DEPOSIT... --ack-dir D   verify deposits the devices signed (`device escrow-deposit`), store
                                their escrow blobs, write one acknowledgement per blob into D
-  nonce --device ID --plan P   issue a single-use nonce (size and lifetime from the plan's attestation)
+  nonce --device-id ID --plan P   issue a single-use nonce (size and lifetime from the plan's attestation)
   verify-quote QUOTE --plan P  verify in the order of controller/quote_verify.py; names refused PCRs
   release QUOTE --escrow-key K -o OUT [--vault V]...   escrowed keys as TPM duplication blobs for the
                                verified device, unsealable only in the PCR state its quote showed
@@ -19,7 +19,6 @@ Refusals print the reason and exit 1; `drift` exits 3 (DRIFT) when a verified de
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -32,7 +31,7 @@ from vaultpolicy.errors import InputError
 def add_arguments(parser, key) -> None:
     action = key[1]
     if action == "escrow-keygen":
-        parser.add_argument("output", metavar="OUT", help="private key file; the public key goes to OUT.pub")
+        parser.add_argument("-o", "--output", required=True, metavar="OUT", help="private key file; the public key goes to OUT.pub")
         parser.add_argument("--force", action="store_true", help="overwrite an existing key (every key escrowed to it is lost)")
         return
     parser.add_argument("--store", default="controller.db", metavar="DB", help="controller state (SQLite; default ./controller.db)")
@@ -42,7 +41,7 @@ def add_arguments(parser, key) -> None:
         parser.add_argument("deposits", nargs="+", metavar="DEPOSIT", help="signed deposits from `vaultpolicy device escrow-deposit`")
         parser.add_argument("--ack-dir", required=True, metavar="DIR", help="where to write <device>.<vault>.ack.json")
     elif action == "nonce":
-        parser.add_argument("--device", required=True, metavar="ID", help="the device the nonce is for")
+        parser.add_argument("--device-id", required=True, metavar="ID", help="the device the nonce is for")
         _plan_arguments(parser)
     elif action == "verify-quote":
         parser.add_argument("quote", metavar="QUOTE", help="output of `vaultpolicy device quote`")
@@ -97,19 +96,15 @@ def run(args) -> int:
 
 
 def _escrow_keygen(args) -> int:
-    from compiler.files import write_output
+    from compiler.files import refuse_replacing_key, write_output
     from enforcer.escrow import escrow_private_pem, escrow_public_text, generate_escrow_key
 
-    public_path = f"{args.output}.pub"
-    if not args.force and (os.path.exists(args.output) or os.path.exists(public_path)):
-        raise InputError(
-            f"`{args.output}` or `{public_path}` already exists",
-            hint="replacing the escrow key makes every key escrowed to it unrecoverable; pass --force if that is intended",
-        )
+    public_path = refuse_replacing_key(args.output, args.force, hint="replacing the escrow key makes every key escrowed "
+                                       "to it unrecoverable; pass --force if that is intended")
     key = generate_escrow_key()
     write_output(args.output, escrow_private_pem(key), 0o600)
     write_output(public_path, (escrow_public_text(key) + "\n").encode())
-    print(f"wrote {args.output} (keep it offline) and {args.output}.pub (put it in the policy's escrow key)")
+    print(f"wrote {args.output} (keep it offline) and {public_path} (put it in the policy's escrow key)")
     return status_codes.SUCCESS
 
 
@@ -156,9 +151,9 @@ def _nonce(args, requirement, store, now) -> int:
     from controller import nonce
 
     _, attestation = requirement
-    if store.device(args.device) is None:
-        raise InputError(f"device `{args.device}` is not enrolled", hint="enrol it with `vaultpolicy controller enroll`")
-    print(nonce.issue(store, args.device, attestation, now).hex())
+    if store.device(args.device_id) is None:
+        raise InputError(f"device `{args.device_id}` is not enrolled", hint="enrol it with `vaultpolicy controller enroll`")
+    print(nonce.issue(store, args.device_id, attestation, now).hex())
     return status_codes.SUCCESS
 
 
@@ -225,7 +220,8 @@ def _drift(args, _inputs, store, now) -> int:
         try:
             verified.append(verify_report(store, read_input(path, "report"), now, require_nonce=args.require_nonce, source=path))
         except (AttestationRejected, InputError) as exc:  # that report's fault; a store error ends the run
-            rejected.append((path, exc.message))
+            exc.message = _without_file_name(exc.message, path)  # its line names the file
+            rejected.append((path, exc.shown))
     newest, older = keep_newest(store, verified, now)
     summary = summarise(newest, rejected + older)
     if args.format == "json":
@@ -235,6 +231,17 @@ def _drift(args, _inputs, store, now) -> int:
     if summary.rejected:
         return status_codes.ERROR
     return status_codes.DRIFT if summary.drifting_devices else status_codes.SUCCESS
+
+
+def _without_file_name(message: str, path: str) -> str:
+    """A message that begins with the file it is about (as a command reading one file words it), for a
+    line that names the file already: `r.json: not JSON (…)` -> `not JSON (…)`, `` `r.json` is a … ``
+    -> `it is a …`."""
+    if message.startswith(f"{path}: "):
+        return message[len(path) + 2:]
+    if message.startswith(f"`{path}` "):
+        return f"it {message[len(path) + 3:]}"
+    return message
 
 
 # command -> (read and check the files it names, without the store; act on the store)

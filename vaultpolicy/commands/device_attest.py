@@ -22,7 +22,9 @@ from datetime import datetime, timezone
 
 from vaultpolicy import status_codes
 from vaultpolicy.commands import device
+from vaultpolicy.encoding import hex_exact
 from vaultpolicy.errors import InputError
+from vaultpolicy.printable import escaped
 
 
 def add_arguments(parser, key) -> None:
@@ -53,9 +55,10 @@ def _nonce(text: str | None) -> bytes:
     if text is None:
         return b""
     try:
-        nonce = bytes.fromhex(text.strip())
-    except ValueError:
-        raise InputError(f"--nonce `{text}` is not hex") from None
+        nonce = hex_exact(text.strip())
+    except ValueError as exc:
+        raise InputError(f"--nonce `{escaped(text)}` {exc}",
+                         hint="give the nonce `vaultpolicy controller nonce` printed, as it printed it") from None
     if not 12 <= len(nonce) <= 32:
         raise InputError(f"--nonce is {len(nonce)} bytes; controller nonces are 12 to 32 bytes")
     return nonce

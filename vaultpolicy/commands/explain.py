@@ -37,13 +37,18 @@ def run(args) -> int:
 
 
 def _suggestion(code: str, known: list[str]) -> str:
-    """The nearest codes to a mistyped one, or the codes that exist."""
+    """The nearest codes to a mistyped one, or the codes that exist. Codes of its own family (`VP01`
+    of `VP0110`) come first: any of them within reach is suggested before a closer code of another
+    family, as docs/compiler.md says."""
     edits = {k: _edit_distance(code, k) for k in known if len(k) == len(code)}
-    fewest = min(edits.values(), default=_MAX_TYPO_EDITS + 1)
-    if fewest <= _MAX_TYPO_EDITS:
-        # Among the closest codes: the same family first (longest shared prefix), then nearest by number.
+    within = {k: n for k, n in edits.items() if n <= _MAX_TYPO_EDITS}
+    family = {k: n for k, n in within.items() if k[:4] == code[:4]}
+    candidates = family or within
+    if candidates:
+        fewest = min(candidates.values())
+        # Among the closest codes: the longest shared prefix, then nearest by number.
         close = sorted(
-            (k for k, n in edits.items() if n == fewest), key=lambda k: (-_shared_prefix(code, k), _number_gap(code, k))
+            (k for k, n in candidates.items() if n == fewest), key=lambda k: (-_shared_prefix(code, k), _number_gap(code, k))
         )
         return "did you mean " + " or ".join(f"`{c}`" for c in close[:3]) + "?"
     return f"known codes: {_as_ranges(known)}"
@@ -70,11 +75,14 @@ def _as_ranges(codes: list[str]) -> str:
 
 
 def _edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance: insertions, deletions and substitutions."""
-    previous = list(range(len(b) + 1))
+    """Edits from `a` to `b`: insertions, deletions, substitutions, and swaps of two neighbours (`VP0110`
+    for `VP0101` is one slip of the fingers, not two)."""
+    rows = [list(range(len(b) + 1))]
     for i, char_a in enumerate(a, 1):
-        current = [i]
+        row = [i]
         for j, char_b in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1]
+            row.append(min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (char_a != char_b)))
+            if i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]

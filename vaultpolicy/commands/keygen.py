@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from compiler.files import write_output
+from compiler.files import refuse_replacing_key, write_output
 from compiler.signing import generate_key, key_id, private_key_pem, public_key_pem
 from vaultpolicy import status_codes
-from vaultpolicy.errors import InputError
 
 
 def add_arguments(parser, key) -> None:
@@ -18,12 +16,7 @@ def add_arguments(parser, key) -> None:
 
 def run(args) -> int:
     private_path = Path(args.output)
-    public_path = Path(f"{args.output}.pub")
-    for path in (private_path, public_path):
-        if os.path.isdir(path):  # --force cannot replace a directory with a key
-            raise InputError(f"`{path}` is a directory", hint="name a file for the key; KEY.pub is written next to it")
-    if not args.force and (private_path.exists() or public_path.exists()):
-        raise InputError(f"`{private_path}` or `{public_path}` already exists", hint="pass --force to replace the key")
+    public_path = refuse_replacing_key(private_path, args.force, hint="pass --force to replace the key")
     key = generate_key()
     write_output(private_path, private_key_pem(key), mode=0o600)
     write_output(public_path, public_key_pem(key.public_key()))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from compiler.files import (
     check_private_mode, is_envelope, load_plan, load_plan_envelope, plan_payload, read_input, refuse_overwriting_inputs,
-    write_output,
+    refuse_repeated_keys, write_output,
 )
 from compiler.plan import PlanNotCanonical, check_canonical
 from compiler.signing import PLAN_PAYLOAD_TYPE, add_signature, key_id, load_private_key, sign
@@ -22,6 +22,7 @@ def add_arguments(parser, key) -> None:
 
 
 def _load_keys(paths: list[str]):
+    """The signing keys, each once: a key given twice (or in two files) would sign twice."""
     keys = []
     for path in paths:
         try:
@@ -29,6 +30,8 @@ def _load_keys(paths: list[str]):
             check_private_mode(path, "signing key")
         except PlanRejected as exc:
             raise InputError(exc.message) from None
+    refuse_repeated_keys("--key", [(path, key.public_key()) for path, key in zip(paths, keys)],
+                         "a key signs a plan once: list each signing key once")
     return keys
 
 

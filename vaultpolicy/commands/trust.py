@@ -6,9 +6,11 @@ a threshold of the current one. Both are checked before anything is written.
 
 from __future__ import annotations
 
-from compiler.files import check_private_mode, read_input, refuse_overwriting_inputs, write_output
+from compiler.files import (
+    check_private_mode, read_input, refuse_overwriting_inputs, refuse_repeated_keys, write_output,
+)
 from compiler.signing import (
-    TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, key_id, load_private_key, load_public_key, load_trust, raw_public_bytes, sign,
+    TRUST_ROOT_PAYLOAD_TYPE, TrustRoot, key_id, load_private_key, load_public_key, load_trust, sign,
 )
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected, UsageError
@@ -33,12 +35,7 @@ def _public_keys(paths: list[str]):
         keys = [load_public_key(read_input(path, "public key"), path, "--key") for path in paths]
     except PlanRejected as exc:
         raise InputError(exc.message) from None
-    given_by: dict[bytes, str] = {}
-    for path, key in zip(paths, keys):
-        if (first := given_by.get(raw_public_bytes(key))) is not None:
-            said = f"--key `{path}` is given twice" if first == path else f"--key `{path}` is the same public key as --key `{first}`"
-            raise UsageError(said, hint="a threshold counts distinct keys: list each key once")
-        given_by[raw_public_bytes(key)] = path
+    refuse_repeated_keys("--key", list(zip(paths, keys)), "a threshold counts distinct keys: list each key once")
     return tuple((key_id(k), k) for k in keys)
 
 
@@ -47,9 +44,11 @@ def _private_keys(paths: list[str]):
         keys = [load_private_key(read_input(path, "signing key"), path, "--sign-with") for path in paths]
         for path in paths:
             check_private_mode(path, "signing key")
-        return keys
     except PlanRejected as exc:
         raise InputError(exc.message) from None
+    refuse_repeated_keys("--sign-with", [(path, key.public_key()) for path, key in zip(paths, keys)],
+                         "a key signs once: list each signing key once")
+    return keys
 
 
 def run(args) -> int:
