@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import re
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import rfc8785
 
 from compiler.plan import BANK_DIGEST_BYTES, MAX_PCR
 from enforcer.escrow import load_json_object
+from enforcer.state import StateCorrupt, StateDir
 from enforcer.tcti import TCTI_HINT, TpmUsers
 from vaultpolicy.encoding import b64decode_exact, hex_exact
 from vaultpolicy.errors import BackendUnavailable, DeviceError, InputError
@@ -48,20 +47,25 @@ AK_HANDLE = 0x81010002
 PURPOSES = ("release", "report", "escrow")
 
 
-def identity_file(state_dir: str | os.PathLike) -> Path:
-    return Path(state_dir) / "attest" / "identity.json"
-
-
 def resolve_device_id(option: str | None, state_dir: str | os.PathLike) -> str:
-    """This device's id: `--device-id`, else the one `device identity` recorded, else the host name.
-    Everything that names the device (escrow blobs, quotes, reports) uses this one answer."""
-    if option:
-        return option
+    """This device's id: the one recorded in the state dir (`StateDir.device_id`), else `--device-id`,
+    else the host name. Everything that names the device (plan targets, escrow blobs, quotes, reports,
+    releases) uses this one answer. A `--device-id` other than the recorded one is refused naming both
+    (it would fork the device's identity: blobs, quotes and reports under two names); without one, a
+    damaged host record is refused too (the id it holds is unknown)."""
     try:
-        recorded = json.loads(identity_file(state_dir).read_bytes())["device_id"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return socket.gethostname()
-    return recorded if isinstance(recorded, str) and recorded else socket.gethostname()
+        recorded = StateDir(state_dir).device_id()
+    except StateCorrupt as exc:
+        if option:
+            return option
+        raise StateCorrupt(f"{exc.message}; it records this device's id", hint=f"pass --device-id; {exc.hint}") from None
+    if recorded is None:
+        return option or socket.gethostname()
+    device_id, where = recorded
+    if option and option != device_id:
+        raise InputError(f"--device-id `{option}` is not this device's id: `{device_id}` (recorded in {where})",
+                         hint="omit --device-id: the recorded id is the default for every device command")
+    return device_id
 
 
 class AttestationError(DeviceError):

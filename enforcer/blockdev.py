@@ -412,14 +412,24 @@ def _grow_file(image: Path, size: int) -> None:
         os.fsync(handle.fileno())
 
 
+def bytes_to_allocate(image: str | os.PathLike, size: int) -> int:
+    """The free space making or growing `image` to `image_bytes_for(size)` takes from the filesystem
+    holding it: images are allocated in full, and a crash's `.partial` leftover, removed first
+    (`make_image`), gives its blocks back."""
+    image = Path(image)
+    allocated = 0
+    for path in (image, image.with_name(image.name + ".partial")):
+        try:
+            allocated += path.stat().st_blocks * 512
+        except FileNotFoundError:
+            pass
+    return max(image_bytes_for(size) - allocated, 0)
+
+
 def _room_short(image: Path, size: int) -> tuple[int, int] | None:
     """(bytes still to allocate, bytes free) when the filesystem holding `image` cannot allocate it up
     to `image_bytes_for(size)` and keep `STATE_RESERVE_BYTES` free; None when it can."""
-    try:
-        allocated = image.stat().st_blocks * 512
-    except FileNotFoundError:
-        allocated = 0
-    needed = max(image_bytes_for(size) - allocated, 0)
+    needed = bytes_to_allocate(image, size)
     stats = os.statvfs(image.parent)
     free = stats.f_bavail * stats.f_frsize
     return None if needed == 0 or needed + STATE_RESERVE_BYTES <= free else (needed, free)

@@ -240,10 +240,11 @@ _code("VP1022", "bank-not-allocated", "the TPM lacks the plan's PCR bank",
 _code("VP1116", "storage-no-room", "the state filesystem has no room for a vault's image",
       "A vault with a limit lives on its own image under the state dir, allocated in full when it is made or "
       "grown (a sparse image would take its blocks only as the vault is written, and a full state filesystem "
-      "then fails writes under the limit and loses data). An image the state filesystem cannot hold, keeping "
-      "1 MiB free for the state files, is refused before anything changes. Free space there, move the state "
-      "dir to a larger filesystem, or lower the limit.",
-      "two 16 MiB vaults with the state dir on a 24 MiB filesystem   # the second refused, nothing made")
+      "then fails writes under the limit and loses data). `device apply` sums the images a plan makes or grows "
+      "per filesystem before it changes anything; a plan whose images do not fit, keeping 1 MiB free for the "
+      "state files, is refused whole. Free space there, move the state dir to a larger filesystem, or lower "
+      "the limits.",
+      "two 16 MiB vaults with the state dir on a 24 MiB filesystem   # the plan refused, nothing made")
 _code("VP1117", "storage-damaged", "a vault's image cannot be read",
       "The vault's own image (`STATE/images/<vault>.img`) is not a readable ext4 filesystem. That vault is left "
       "as it is: `apply` refuses it, `unlock` fails it, `status` names the image; every other vault goes on. "

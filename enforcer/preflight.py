@@ -11,6 +11,10 @@ a key that cannot be made or sealed, and the plan recorded as applied).
 - `check_sealing` (after reconcile, for the vaults whose steps seal a key): the TPM has the bank and
   the PCRs, and PCR 0 and 4 are not all zero unless the plan allows an unmeasured boot
   (`Tpm.check_sealable`: what `Tpm.seal` would refuse, asked without sealing).
+- `check_image_room` (after reconcile, for the steps that make or grow a vault's image): the images
+  are allocated in full, so what they take, summed per filesystem they land on, must fit in its free
+  space, keeping `blockdev.STATE_RESERVE_BYTES` for the state files. Each image checked itself only
+  as its step ran, so a first vault was made, sealed and mounted before a second found no room.
 
 Each refusal is an `ApplyRefused` with a stable `reason` (enforcer/codes.py); the caller records it as
 the `plan` condition, and nothing else has changed.
@@ -18,11 +22,13 @@ the `plan` condition, and nothing else has changed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from compiler.plan import Plan
-from enforcer import fscrypt, quota
+from compiler.units import format_size
+from enforcer import blockdev, fscrypt, quota
 from enforcer.observe import PathState, host_path, nearest_directory, path_state
 from enforcer.reconcile import Action, Backing, Step, choose_backing
 from enforcer.state import StateDir, VaultRecord
@@ -30,6 +36,7 @@ from vaultpolicy.errors import DeviceError
 
 # the steps that seal a new key (a re-encryption to `none` seals nothing: checked per vault below)
 _SEALING = (Action.CREATE_KEY, Action.RESEAL, Action.RE_ENCRYPT)
+_ALLOCATING = (Action.CREATE_STORAGE, Action.GROW_STORAGE)  # the steps that make or grow an image
 _UNMEASURED_HINT = ("on a simulator or a development board, allow it in the policy's `device` block "
                     "(`allow_unmeasured_boot`; never in production); on a device, have its firmware measure the boot")
 
@@ -91,3 +98,26 @@ def check_sealing(plan: Plan, steps: list[Step], tpm) -> None:
             raise ApplyRefused("bank-not-allocated", f"the key of vault `{vault.name}` cannot be sealed: {exc.message}",
                                hint=exc.hint or "choose an allocated bank in the policy, or allocate it "
                                "(tpm2_pcrallocate)") from None
+
+
+def check_image_room(plan: Plan, steps: list[Step], state: StateDir) -> None:
+    by_filesystem: dict[int, tuple[Path, list[tuple[str, int, int]]]] = {}  # st_dev -> (a directory, images)
+    for name in dict.fromkeys(s.vault for s in steps if s.action in _ALLOCATING):
+        image = state.image_path(name)
+        limit = plan.vault(name).limit_bytes
+        needed = blockdev.bytes_to_allocate(image, limit)
+        if needed:
+            home = nearest_directory(image.parent)
+            by_filesystem.setdefault(os.stat(home).st_dev, (home, []))[1].append((name, limit, needed))
+    for home, images in by_filesystem.values():
+        stats = os.statvfs(home)
+        free = stats.f_bavail * stats.f_frsize
+        total = sum(needed for _, _, needed in images)
+        if total + blockdev.STATE_RESERVE_BYTES <= free:
+            continue
+        each = ", ".join(f"`{name}` {blockdev.mib(needed)} (limit {format_size(limit)})" for name, limit, needed in images)
+        raise ApplyRefused("storage-no-room", f"the vault images this plan makes or grows need {blockdev.mib(total)} on "
+                           f"the filesystem of `{home}`, which has {blockdev.mib(free)} free and keeps "
+                           f"{blockdev.mib(blockdev.STATE_RESERVE_BYTES)} for the state files: {each}",
+                           hint="images are allocated in full: free space there (or move the state dir to a larger "
+                           "filesystem), or lower the vaults' limits")

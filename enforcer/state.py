@@ -9,8 +9,12 @@ Layout under STATE (`--state-dir`):
                              The three are committed together (`commit_plan`): written to `applied.next/`,
                              which is then swapped with `applied/` in one rename. Enforcers before that kept
                              the trust root in STATE/trust, which is still read until the next commit
-    host.json                {"root", "tpm"}: the --root ("/" without one) and the TPM (a TCTI, or
-                             "embedded") `device apply` used; commands given another root are refused
+    host.json                {"root", "tpm", "device_id"}: the --root ("/" without one) and the TPM (a
+                             TCTI, or "embedded") `device apply` used, and the device's id; commands
+                             given another root or id are refused. `root` and `tpm` are null until the
+                             first apply (a `device identity` before it records the id alone); files
+                             written before the id was recorded here lack `device_id`, which was then
+                             in attest/identity.json (read while host.json records none)
     sealed/<vault>.json      the sealed key blob (TPM public/private areas) + the kernel key identifier
                              + `rotated_at` (RFC 3339 UTC, when that key was created); the raw key never
                              touches disk. Records written before `rotated_at` existed lack it
@@ -43,7 +47,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -81,7 +85,8 @@ RECORD_DAMAGED_HINT = ("restore it from a backup; until then `device apply` and 
 
 FLOOR_DAMAGED_HINT = ("restore it from a backup; until then `device apply` refuses (it cannot tell a rollback), "
                       "while `device unlock`, `status` and `gate` go on with a warning")
-HOST_DAMAGED_HINT = "remove it: the next `device apply` records its --root and --tpm again"
+HOST_DAMAGED_HINT = ("remove it: the next `device apply` records its --root and --tpm again, and the device id "
+                     "(give it the device's --device-id)")
 
 
 class StateBusy(DeviceError):
@@ -170,10 +175,13 @@ class VaultRecord:
 
 @dataclass(frozen=True)
 class HostRecord:
-    """Where this device's vaults and keys are: what `device apply` was given."""
+    """Where this device's vaults and keys are, what `device apply` was given, and who the device is."""
 
-    root: str  # --root, resolved; "/" without one
-    tpm: str  # the TCTI keys were sealed through, or "embedded" (the state dir's own swtpm)
+    root: str | None  # --root, resolved; "/" without one; None before the first apply
+    tpm: str | None  # the TCTI keys were sealed through, or "embedded" (the state dir's own swtpm)
+    # the device's id: every command that names the device uses it (docs/enforcer.md says when it is
+    # recorded); None until then, and in records written before it was recorded here
+    device_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +232,11 @@ class StateDir:
     @property
     def host_path(self) -> Path:
         return self.root / "host.json"
+
+    @property
+    def legacy_identity_path(self) -> Path:
+        """Where `device identity` recorded the device id before host.json did."""
+        return self.root / "attest" / "identity.json"
 
     @property
     def journal_path(self) -> Path:
@@ -380,19 +393,41 @@ class StateDir:
             return None
 
     def checked_host(self) -> HostRecord | None:
-        """The --root and TPM `device apply` used; None before the first apply (or before they were
-        recorded). A damaged record raises `StateCorrupt` naming the file: `apply` refuses on it."""
+        """The --root and TPM `device apply` used and the device id; None before anything recorded them.
+        A damaged record raises `StateCorrupt` naming the file: `apply` refuses on it."""
         data = _read_json(self.host_path, "the host record", HOST_DAMAGED_HINT)
         if data is None:
             return None
-        if not isinstance(data, dict) or set(data) != {"root", "tpm"} or not all(isinstance(v, str) for v in data.values()):
+        if (not isinstance(data, dict) or not {"root", "tpm"} <= set(data) <= {"root", "tpm", "device_id"}
+                or not all(v is None or (isinstance(v, str) and v) for v in data.values())):
             raise StateCorrupt(f"the host record {self.host_path} is unreadable: not an object with a `root` and a "
-                               "`tpm` string", hint=HOST_DAMAGED_HINT)
-        return HostRecord(data["root"], data["tpm"])
+                               "`tpm` string (null before the first apply) and a `device_id` string",
+                               hint=HOST_DAMAGED_HINT)
+        return HostRecord(**data)
 
     def save_host(self, record: HostRecord) -> None:
         if self.checked_host() != record:  # unchanged: no write, so a repeated apply does no filesystem mutation
             atomic_write(self.host_path, _json_bytes(asdict(record)))
+            if record.device_id is not None and self.legacy_identity_path.exists():
+                atomic_remove(self.legacy_identity_path)  # the id it held is in host.json now: one record of it
+
+    def device_id(self) -> tuple[str, Path] | None:
+        """(the recorded device id, the file that records it): host.json's, else the one `device
+        identity` recorded in attest/identity.json before host.json held it; None when neither does. A
+        damaged host record raises `StateCorrupt` (the id it holds is unknown); an unreadable
+        identity.json was always read as no id."""
+        host = self.checked_host()
+        if host is not None and host.device_id is not None:
+            return host.device_id, self.host_path
+        try:
+            legacy = json.loads(self.legacy_identity_path.read_bytes())["device_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return (legacy, self.legacy_identity_path) if isinstance(legacy, str) and legacy else None
+
+    def record_device_id(self, device_id: str) -> None:
+        """Record the device id in host.json, beside what `device apply` recorded there (if anything)."""
+        self.save_host(replace(self.checked_host() or HostRecord(None, None), device_id=device_id))
 
     # --- sealed blobs --------------------------------------------------------------------------
     def sealed(self, vault: str) -> dict | None:

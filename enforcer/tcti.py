@@ -16,6 +16,10 @@ kernel's /dev/tpmrm0 does; `Tpm.flush_leftovers()` does it for unmanaged TPMs).
 after the TCTI (in /run/vaultpolicy, root's alone), and `flush_leftovers` flushes only when it can take that lock
 alone. A live command's handles (a `status` or `quote` that takes no state-dir lock) are then never
 flushed from under it; what a killed command left is, since the kernel drops a dead process's flock.
+`Swtpm.stop` removes its TPM's lock file once the swtpm has exited (each swtpm the tests start listens
+on fresh ports, so its TCTI, and the file named after it, would never come again): it unlinks it while
+it holds it alone, and a connection that locked a file no longer at its path locks the one there now,
+so two connections never hold different files of one TPM.
 """
 
 from __future__ import annotations
@@ -60,18 +64,19 @@ class TpmUsers:
         self._fd = None
         if has_resource_manager(tcti):
             return
-        path = _own_lock_dir() / f"tpm-{hashlib.sha256(tcti.encode()).hexdigest()[:16]}.lock"
-        try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise BackendUnavailable(f"cannot open the TPM's lock file {path}: {exc.strerror or exc}") from None
+        path = tpm_lock_path(tcti)
         deadline = time.monotonic() + _SHARE_TIMEOUT_S
-        while not self._take(fcntl.LOCK_SH):
-            if time.monotonic() >= deadline:
-                self.release()
-                raise BackendUnavailable(f"another command has held the TPM `{tcti}` alone for "
-                                         f"{_SHARE_TIMEOUT_S:.0f}s ({path})", hint=f"find it with `fuser -v {path}`")
-            time.sleep(0.01)
+        while True:
+            self._fd = _open_lock(path)
+            while not self._take(fcntl.LOCK_SH):
+                if time.monotonic() >= deadline:
+                    self.release()
+                    raise BackendUnavailable(f"another command has held the TPM `{tcti}` alone for "
+                                             f"{_SHARE_TIMEOUT_S:.0f}s ({path})", hint=f"find it with `fuser -v {path}`")
+                time.sleep(0.01)
+            if _is_at(self._fd, path):
+                return
+            self.release()  # removed while we waited (its swtpm stopped): lock the file at the path now
 
     def alone(self) -> bool:
         """Take the lock alone if no other connection holds it (never waits); `share` gives it back."""
@@ -91,6 +96,48 @@ class TpmUsers:
             return True
         except BlockingIOError:
             return False
+
+
+def tpm_lock_path(tcti: str) -> Path:
+    """The lock file `TpmUsers` shares for the TPM behind `tcti`."""
+    return _own_lock_dir() / f"tpm-{hashlib.sha256(tcti.encode()).hexdigest()[:16]}.lock"
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise BackendUnavailable(f"cannot open the TPM's lock file {path}: {exc.strerror or exc}") from None
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the file at `path`."""
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def remove_tpm_lock(tcti: str) -> None:
+    """Remove the lock file of a TPM that is gone (its swtpm exited), if no connection holds it: a
+    connection still open to it keeps the file, which the TPM's next instance on that TCTI then uses."""
+    if has_resource_manager(tcti):
+        return
+    path = tpm_lock_path(tcti)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # none was made (no connection of ours), or it is not ours to remove
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _is_at(fd, path):
+            path.unlink()
+    except OSError:
+        pass  # held by a connection (BlockingIOError), or removed meanwhile: nothing to do
+    finally:
+        os.close(fd)
 
 
 def _own_lock_dir() -> Path:
@@ -213,7 +260,8 @@ class Swtpm:
             return False
 
     def stop(self) -> None:
-        """Terminate swtpm and wait for it to exit (its state directory stays)."""
+        """Terminate swtpm and wait for it to exit (its state directory stays), then remove its TPM's
+        lock file (`remove_tpm_lock`)."""
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.terminate()
@@ -222,14 +270,17 @@ class Swtpm:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
-            return
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 5
-        while _running(self.pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        else:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 5
+            while _running(self.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _running(self.pid):
+                return  # still running: its lock file is still in use
+        remove_tpm_lock(self.tcti)
 
     def restart(self) -> None:
         """Stop and start again on the same state and ports: a reboot (PCRs reset, seed kept)."""

@@ -46,6 +46,7 @@ class VerifiedPlan:
 class DeviceIdentity:
     device_id: str | None = None
     classes: tuple[str, ...] = ()
+    origin: str = ""  # where the id came from, for a refusal: "its host name", "recorded in …"
 
     def matches(self, targets: tuple[str, ...] | list[str]) -> bool:
         if not targets:
@@ -87,6 +88,7 @@ def verify_plan(
     targets = header.get("targets", [])
     if not isinstance(targets, list) or not device.matches(tuple(str(t) for t in targets)):
         who = f"device `{device.device_id}`" if device.device_id else "this device (no --device-id given)"
+        who += f" ({device.origin})" if device.origin else ""
         raise PlanRejected("wrong-target", f"plan targets {', '.join(f'`{t}`' for t in targets)}, not {who}")
 
     plan = decode_signed(payload)

@@ -32,6 +32,8 @@ cleanup() {
   # deepest first; loop devices detach with their last unmount.
   findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount "$m"; done
   stop_swtpm
+  # the lock file our connections to it made in /run/vaultpolicy: its ports, so its TCTI, never come again
+  [ -z "${tcti:-}" ] || python3 -c 'import sys; from enforcer.tcti import remove_tpm_lock; remove_tpm_lock(sys.argv[1])' "$tcti"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -54,3 +54,7 @@ def test_demo_runs_the_whole_story_and_cleans_up(needs_device):
     work = re.search(r"/tmp/vaultpolicy-demo\.\w+", out).group(0)
     assert not Path(work).exists(), "the demo left its work dir"
     assert leftovers(work) == [], "the demo left mounts or a swtpm running"
+    from enforcer.tcti import tpm_lock_path
+
+    tcti = re.search(r"--tpm (swtpm:host=127\.0\.0\.1,port=\d+)", out).group(1)
+    assert not tpm_lock_path(tcti).exists(), "the demo left its swtpm's lock file in /run/vaultpolicy"

@@ -72,8 +72,13 @@ class SoftTpm:
         raise RuntimeError("swtpm did not start")
 
     def stop(self) -> None:
+        """Stop swtpm and remove the lock file our connections to it made (/run/vaultpolicy): its ports,
+        so its TCTI, never come again."""
+        from enforcer.tcti import remove_tpm_lock
+
         self.process.terminate()
         self.process.wait(timeout=10)
+        remove_tpm_lock(self.tcti)
 
     def restart(self) -> None:
         self.stop()

@@ -1,5 +1,6 @@
 """The attestation tests' TPM fixture obeys VAULTPOLICY_REQUIRE_DEVICE=1 as the device fixtures do:
-on a machine without swtpm it fails instead of skipping (CI machines have swtpm)."""
+on a machine without swtpm it fails instead of skipping (CI machines have swtpm); and, stopped, it
+leaves no TPM lock file behind."""
 
 from __future__ import annotations
 
@@ -28,3 +29,18 @@ def test_make_tpm_fails_without_swtpm_when_device_tests_are_required(tmp_path):
     assert "VAULTPOLICY_REQUIRE_DEVICE=1 but this machine cannot run device tests: needs swtpm" in required.stdout
     skipped = run_without_swtpm("0", tmp_path)
     assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout
+
+
+def test_a_stopped_make_tpm_leaves_no_lock_file_behind(make_tpm):
+    """Each of these swtpms listens on fresh ports, so the lock file named after its TCTI was never used
+    again: /run/vaultpolicy held one per swtpm the suite ever started."""
+    from enforcer.attest import AttestationTpm
+    from enforcer.tcti import tpm_lock_path
+
+    tpm = make_tpm()
+    with AttestationTpm(tpm.tcti) as attesting:
+        attesting.read_pcrs("sha256", (0,))
+    assert tpm_lock_path(tpm.tcti).exists()
+    tpm.restart()
+    tpm.stop()  # what the fixture does when the test ends
+    assert not tpm_lock_path(tpm.tcti).exists()

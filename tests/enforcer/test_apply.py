@@ -383,6 +383,26 @@ def test_refused_plans_leave_the_applied_plan_in_force(device):
     assert device.cli("device", "status").returncode == 3  # the refusal is reported
 
 
+def test_a_refused_first_plan_makes_no_state_dir_and_records_its_refusal_in_one_that_exists(device):
+    """docs/enforcer.md said a refused first apply "leaves nothing behind"; into a state dir that exists
+    it records the refusal (issue 5: the refusal is a condition), so status can say it."""
+    plan = device.sign(make_plan([vault("config")], targets=["lab-1"]))
+    missing = device.work / "missing-state"
+    refused = subprocess.run([sys.executable, "-m", "vaultpolicy", "device", "apply", str(plan), "--trust",
+                              str(device.trust), "--state-dir", str(missing), "--root", str(device.root), "--tpm",
+                              device.tcti], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 1 and "(wrong-target, VP1006)" in refused.stderr, refused.stderr
+    assert "no plan has been applied" in refused.stderr and not missing.exists()
+
+    assert device.cli("device", "apply", str(plan), "--trust", str(device.trust)).returncode == 1
+    assert [p.name for p in device.state.iterdir()] == ["conditions.json"]
+    assert StateDir(device.state).conditions()["plan"].reason == "wrong-target"
+    status = device.cli("device", "status")
+    assert status.returncode == 1 and "no plan has been applied" in status.stderr
+    assert "the last apply refused" in status.stderr and "(wrong-target, VP1006)" in status.stderr
+    assert not device.path("/persist/vault").exists()
+
+
 def test_symlink_on_the_vault_path_is_refused(device):
     elsewhere = device.root / "elsewhere"
     elsewhere.mkdir()

@@ -37,16 +37,20 @@ def test_a_command_under_another_root_is_refused_naming_both(device):
     state, tpm = ["--state-dir", str(device.state)], ["--tpm", device.tcti]
     recorded = f"`{device.root}` (recorded in {device.state}/host.json)"
     for command in (["unlock", *tpm], ["lock"], ["status", *tpm], ["gate", "app", *tpm], ["rotate", *tpm],
-                    ["apply", str(device.sign(PLAN)), *tpm]):
+                    ["report", *tpm], ["apply", str(device.sign(PLAN)), *tpm]):
         wrong = vaultpolicy("device", *command, *state, "--root", str(elsewhere))
         assert wrong.returncode == 1, (command, wrong.stdout + wrong.stderr)
         assert wrong.stderr.startswith(f"error: --root `{elsewhere}` ({elsewhere}) is not the root this device's "
                                        f"vaults were applied under: {recorded}"), (command, wrong.stderr)
         assert f"= help: pass --root {device.root}" in wrong.stderr
     assert list(elsewhere.rglob("*")) == [elsewhere / "persist"] and mounts_under(elsewhere) == []
-    missing = vaultpolicy("device", "status", *state, *tpm)  # no --root: the host's own paths
-    assert missing.returncode == 1 and f"error: without --root the root is `/`, not the root this device's vaults " \
-        f"were applied under: {recorded}" in missing.stderr, missing.stderr
+    for command in ("status", "report"):  # no --root: the host's own paths
+        missing = vaultpolicy("device", command, *state, *tpm, *(["-o", str(device.work / "r.json")]
+                                                                  if command == "report" else []))
+        assert missing.returncode == 1 and f"error: without --root the root is `/`, not the root this device's " \
+            f"vaults were applied under: {recorded}" in missing.stderr, (command, missing.stderr)
+    # report signed every vault `Drifted (path-missing)` there, and the controller took it
+    assert not (device.work / "r.json").exists()
 
     unlocked = device.cli("device", "unlock")  # the recorded root itself
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
@@ -154,6 +158,53 @@ def test_apply_on_an_unmeasured_boot_is_refused_before_any_change(device):
     assert StateDir(device.state).host() == HostRecord(str(device.root), device.tcti)
 
 
+def test_images_the_state_filesystem_cannot_hold_are_refused_whole_before_any_change(device):
+    """With the state dir on a 64 MiB persist partition and `images { limit 200MiB }`, apply made, sealed and
+    mounted `config`, then `images: create-storage FAILED`, exit 1, and recorded the plan as applied: each
+    image's room was checked only as its step ran. The images a plan makes or grows are now summed against
+    their filesystem's free space after reconcile, and such a plan is refused whole."""
+    import os
+
+    state = device.path("/persist/state")  # the state dir, and so the images, on the small partition
+    options = ["--trust", str(device.trust), "--state-dir", str(state), "--root", str(device.root), "--tpm", device.tcti]
+
+    def apply(plan, name: str) -> subprocess.CompletedProcess:
+        return vaultpolicy("device", "apply", str(device.sign(plan, name)), *options)
+
+    stats = os.statvfs(device.path("/persist"))
+    half = (stats.f_bavail * stats.f_frsize // 2 // MiB + 2) * MiB  # one fits, two do not
+    for name, plan in {
+        "too-large": make_plan([vault("config"), vault("images", limit=200 * MiB)]),
+        "two-too-many": make_plan([vault("config"), vault("a", limit=half), vault("b", limit=half)]),
+    }.items():
+        refused = apply(plan, f"{name}.signed")
+        assert refused.returncode == 1, (name, refused.stdout + refused.stderr)
+        assert refused.stderr.startswith(f"error: plan {device.work}/{name}.signed not applied (storage-no-room, "
+                                         "VP1116), nothing was changed: the vault images this plan makes or grows "
+                                         f"need "), refused.stderr
+        assert f"on the filesystem of `{state}`, which has " in refused.stderr
+        each = "`images` 200.0 MiB (limit 200MiB)" if name == "too-large" else \
+            f"`a` {half // MiB}.0 MiB (limit {half // MiB}MiB), `b` {half // MiB}.0 MiB (limit {half // MiB}MiB)"
+        assert f"free and keeps 1.0 MiB for the state files: {each}; no plan has been applied" in refused.stderr
+        assert "= help: images are allocated in full: free space there (or move the state dir to a larger " \
+            "filesystem), or lower the vaults' limits" in refused.stderr
+        assert not device.path("/persist/vault").exists(), name
+        assert_nothing_changed(state, name)
+        assert StateDir(state).conditions()["plan"].reason == "storage-no-room"
+
+    assert apply(make_plan([vault("config"), vault("images", limit=16 * MiB)]), "fits.signed").returncode == 0
+    applied = StateDir(state).applied_envelope()
+    image_size = StateDir(state).image_path("images").stat().st_size
+    grown = make_plan([vault("config"), vault("logs"), vault("images", limit=200 * MiB)], version=2)
+    refused = apply(grown, "grown.signed")
+    assert refused.returncode == 1 and "(storage-no-room, VP1116), nothing was changed" in refused.stderr, refused.stderr
+    assert "`images` 184.0 MiB (limit 200MiB); the applied plan stays in force" in refused.stderr, refused.stderr
+    assert not device.path("/persist/vault/logs").exists() and StateDir(state).applied_envelope() == applied
+    assert StateDir(state).image_path("images").stat().st_size == image_size
+    status = vaultpolicy("device", "status", *options[2:])
+    assert status.returncode == 3 and "the last plan offered was REFUSED" in status.stdout, status.stdout
+
+
 def test_status_without_the_tpm_apply_used_says_so_and_starts_no_swtpm(device, tmp_path):
     """status without --tpm on a device applied with an external swtpm started an embedded one and said
     the sealed keys do not load and the PCRs differ."""
@@ -162,8 +213,10 @@ def test_status_without_the_tpm_apply_used_says_so_and_starts_no_swtpm(device, t
     assert device.apply(PLAN).returncode == 0
     options = ["--state-dir", str(device.state), "--root", str(device.root)]
     try:
-        for command in (["status"], ["unlock"], ["gate", "app"], ["rotate"], ["apply", str(device.sign(PLAN))]):
-            result = vaultpolicy("device", *command, *options)
+        for command in (["status"], ["unlock"], ["gate", "app"], ["rotate"], ["apply", str(device.sign(PLAN))],
+                        ["report"], ["quote", "--nonce", "00" * 16], ["identity"]):
+            rooted = command[0] not in ("quote", "identity")  # they read no vault
+            result = vaultpolicy("device", *command, *(options if rooted else options[:2]))
             assert result.returncode == 1, (command, result.stdout + result.stderr)
             assert f"error: this device's keys are sealed in the TPM `{device.tcti}` (recorded by `device apply` in " \
                 f"{device.state}/host.json); without --tpm this command would use" in result.stderr, result.stderr

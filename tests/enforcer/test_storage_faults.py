@@ -48,17 +48,17 @@ def small_state(device):
             subprocess.run(["umount", mountpoint], capture_output=True)
 
 
-def test_an_image_the_state_filesystem_cannot_hold_is_refused_and_the_others_are_allocated(small_state):
+def test_images_the_state_filesystem_cannot_hold_are_refused_and_one_it_can_is_allocated(small_state):
     device = small_state
     state = StateDir(device.state)
-    applied = device.apply(make_plan([vault("a", limit=16 * MiB), vault("b", limit=16 * MiB)]))
-    assert applied.returncode == 1, applied.stdout + applied.stderr
-    assert "vault b: create-storage FAILED" in applied.stdout
-    assert f"{state.image_path('b')}: the state dir's filesystem has " in applied.stdout
-    assert "nothing was changed" in applied.stdout
-    # nothing of b is left: no image, no half-made one, no record; a is whole and fully allocated
-    assert not state.image_path("b").exists() and not list((device.state / "images").glob("b.img*"))
-    assert "b" not in state.records() and state.conditions()["vault/b"].reason == "storage-no-room"
+    refused = device.apply(make_plan([vault("a", limit=16 * MiB), vault("b", limit=16 * MiB)]))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    # refused whole (it made a, then b's create-storage failed): no image, no half-made one, no record
+    assert "not applied (storage-no-room, VP1116), nothing was changed: the vault images this plan makes or " \
+        "grows need 32.0 MiB" in refused.stderr, refused.stderr
+    assert not list((device.state / "images").glob("*.img*")) and state.records() == {}
+    assert state.conditions()["plan"].reason == "storage-no-room"
+    assert device.apply(make_plan([vault("a", limit=16 * MiB)])).returncode == 0
     a_image = state.image_path("a").stat()
     assert a_image.st_blocks * 512 >= a_image.st_size == blockdev.image_bytes_for(16 * MiB)
 
@@ -68,8 +68,9 @@ def test_an_image_the_state_filesystem_cannot_hold_is_refused_and_the_others_are
 
     # a limit the state filesystem cannot grow to is refused before the vault is touched
     bigger = device.apply(make_plan([vault("a", limit=28 * MiB)], version=2))
-    assert bigger.returncode == 1 and "vault a: grow-storage FAILED" in bigger.stdout, bigger.stdout
-    assert "nothing was changed" in bigger.stdout
+    assert bigger.returncode == 1, bigger.stdout + bigger.stderr
+    assert "(storage-no-room, VP1116), nothing was changed: the vault images this plan makes or grows need " \
+        "12.0 MiB" in bigger.stderr, bigger.stderr
     assert state.image_path("a").stat().st_size == a_image.st_size
     assert blockdev.superblock(state.image_path("a")).size_bytes == a_image.st_size
     assert (device.path("/persist/vault/a") / "data").stat().st_size == 14 * MiB  # mounted, unlocked, intact

@@ -63,6 +63,7 @@ def test_embedded_swtpm_is_started_once_reused_and_stopped(state_dir):
     assert tcti.stop_embedded(state_dir) is True
     assert not _running(record["pid"])
     assert not (state_dir / "swtpm" / "instance.json").exists()
+    assert not tcti.tpm_lock_path(first).exists(), "the stopped swtpm's lock file stays behind"
     assert tcti.stop_embedded(state_dir) is False
 
 
@@ -141,3 +142,52 @@ def test_the_tpm_lock_lives_where_only_this_user_writes(tmp_path):
             tcti.private_directory(refused)
     directory = tcti._own_lock_dir()  # /run/vaultpolicy for root
     assert directory.name.startswith("vaultpolicy") and stat.S_IMODE(os.lstat(directory).st_mode) & 0o077 == 0
+
+
+def _open_here(path: Path) -> int:
+    """How many of this process's file descriptors are open on `path`."""
+    return sum(os.readlink(f"/proc/self/fd/{fd}") == str(path) for fd in os.listdir("/proc/self/fd")
+               if os.path.islink(f"/proc/self/fd/{fd}"))
+
+
+def test_the_suites_swtpm_leaves_no_lock_file_behind(swtpm):
+    """/run/vaultpolicy held one empty lock file per TCTI ever used, 1,792 of them, mostly from this suite:
+    each of its swtpms listens on fresh ports. Stopping one, as the fixture does, removes its file."""
+    lock = tcti.tpm_lock_path(swtpm.tcti)
+    swtpm.measure_boot()  # a connection, as every test makes
+    assert lock.exists()
+    swtpm.restart()  # a reboot keeps the TCTI: the next connection makes the file again
+    with Tpm(swtpm.tcti) as device:
+        assert device.read_pcrs("sha256", [0]) == {0: bytes(32)}
+        swtpm_users = tcti.TpmUsers(swtpm.tcti)
+    tcti.remove_tpm_lock(swtpm.tcti)
+    assert lock.exists(), "a lock file a connection holds is removed"
+    swtpm_users.release()
+    swtpm.stop()  # what the fixture does when the test ends
+    assert not lock.exists()
+
+
+def test_a_connection_that_locked_a_removed_lock_file_takes_the_one_in_its_place(tmp_path):
+    """A connection waiting on the lock file while it is removed must not hold a file nobody else sees:
+    a flush alone on the new file would then take its handles."""
+    import threading
+
+    tcti_string = f"swtpm:host=127.0.0.1,port=0,test={tmp_path.name}"  # never connected to: the lock alone
+    lock = tcti.tpm_lock_path(tcti_string)
+    holder = tcti.TpmUsers(tcti_string)
+    assert holder.alone()  # a flush holds it alone; the next connection waits
+    waiting: list[tcti.TpmUsers] = []
+    thread = threading.Thread(target=lambda: waiting.append(tcti.TpmUsers(tcti_string)))
+    thread.start()
+    while _open_here(lock) < 2:  # the waiting connection has opened the file (and waits for its lock)
+        thread.join(0.01)
+    lock.unlink()  # as `remove_tpm_lock` does, holding it alone
+    holder.release()
+    thread.join()
+    assert tcti._is_at(waiting[0]._fd, lock), "the waiting connection holds a file that is no longer the lock"
+    flush = tcti.TpmUsers(tcti_string)
+    assert not flush.alone(), "a flush could take the TPM alone while a connection holds it"
+    flush.release()
+    waiting[0].release()
+    tcti.remove_tpm_lock(tcti_string)
+    assert not lock.exists()

@@ -1,7 +1,8 @@
 """`vaultpolicy device apply|status|unlock|lock|gate`: the thin shell over enforcer/.
 
 `unlock --release FILE` unlocks with keys the controller released after a verified quote
-(docs/attestation.md) and re-seals them to the current PCRs, so the next boot unlocks locally.
+(docs/attestation.md) and re-seals them to the current PCRs, so the next boot unlocks locally; the
+vaults the file does not hold unlock with their sealed keys, as in a plain `unlock`.
 
 Every command reads the kernel and the TPM; none trusts a message of its own from an earlier run.
 Exit codes: 0 success, 1 refused plan, a vault that failed or bad input, 3 (DRIFT) when `status` finds
@@ -22,6 +23,8 @@ from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected
 
 DEFAULT_STATE_DIR = "/var/lib/vaultpolicy"
+# where a device id came from when neither --device-id nor the state dir gave it
+HOST_NAME = "its host name: no --device-id given or recorded"
 
 
 def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None:
@@ -45,18 +48,24 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
     parser.add_argument("--tpm", metavar="TCTI", help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321 "
                         "(default /dev/tpmrm0, else an embedded swtpm under the state dir; `lock` needs none)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    if command == "apply":
-        parser.add_argument("--device-id", metavar="ID", help="this device's id, matched against the plan's targets")
+    if command in ("apply", "rotate"):
+        parser.add_argument("--device-id", metavar="ID", help="this device's id (default: the recorded one, else the "
+                            "host name; another than the recorded one is refused)" + (
+                                ", matched against the plan's targets; recorded when given or when the plan names "
+                                "targets or an escrow key" if command == "apply" else ", in the escrow blobs of the "
+                                "new keys"))
     if command == "lock":
         parser.add_argument("--stop-tpm", action="store_true", help="then stop the embedded swtpm of the state dir "
                             "if one runs (as a shutdown does: its PCRs reset when it starts again)")
         parser.add_argument("--force", action="store_true", help="also remove a key the kernel holds the only copy "
                             "of (a vault whose sealed key is lost): nothing can unlock that vault afterwards")
     if command == "unlock":
-        parser.add_argument("--release", metavar="FILE", help="unlock with the keys of a `vaultpolicy controller "
-                            "release` file instead of the sealed ones, and re-seal them to the current PCRs")
-        parser.add_argument("--device-id", metavar="ID", help="this device's id (default: recorded by `device "
-                            "identity`, else the host name); a release file opens only for its own device")
+        parser.add_argument("--release", metavar="FILE", help="unlock the vaults a `vaultpolicy controller release` "
+                            "file holds with its keys and re-seal them to the current PCRs; every other vault unlocks "
+                            "with its sealed key, as without --release (exit 1 if a vault stays locked)")
+        parser.add_argument("--device-id", metavar="ID", help="this device's id (default: the recorded one, else "
+                            "the host name; another than the recorded one is refused); a release file opens only for "
+                            "its own device")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,7 +106,7 @@ def host_root(args, state) -> Path | None:
     else:  # apply refuses on a damaged record (it would record a root it cannot check); the rest warn
         recorded = state.checked_host() if args.command[-1] == "apply" else state.host()
     given = str(root or "/")
-    if recorded is not None and recorded.root != given:
+    if recorded is not None and recorded.root is not None and recorded.root != given:
         which = f"--root `{args.root}` ({given}) is not" if args.root else "without --root the root is `/`, not"
         raise InputError(f"{which} the root this device's vaults were applied under: `{recorded.root}` "
                          f"(recorded in {state.host_path})",
@@ -177,7 +186,7 @@ def _tcti(args, state) -> str:
 
     recorded = state.host() if state.root.is_dir() else None
     default = _tpm_name(None)
-    if args.tpm is None and recorded is not None and recorded.tpm != default and recorded.tpm != "embedded" \
+    if args.tpm is None and recorded is not None and recorded.tpm not in (None, default, "embedded") \
             and not (recorded.tpm.startswith("device:") and default.startswith("device:")):  # /dev/tpm0, tpmrm0: one TPM
         instead = "the embedded swtpm of the state dir" if default == "embedded" else f"`{default}`"
         raise InputError(f"this device's keys are sealed in the TPM `{recorded.tpm}` (recorded by `device apply` in "
@@ -224,7 +233,7 @@ def _apply(args, state, root) -> int:
     from enforcer.apply import Applier
     from enforcer.journal import Journal
     from enforcer.observe import observe
-    from enforcer.preflight import ApplyRefused, check_host, check_sealing
+    from enforcer.preflight import ApplyRefused, check_host, check_image_room, check_sealing
     from enforcer.reconcile import Action, Reconciliation, escrow_steps, reconcile
     from enforcer.rotate import Rotator, leave_unrecovered
     from enforcer.state import HostRecord
@@ -233,9 +242,10 @@ def _apply(args, state, root) -> int:
     envelope = _read(args.signed, "signed plan")
     now = datetime.now(timezone.utc)  # the one clock reading of this apply
     if not state.root.exists():  # a first plan: a refused one leaves no state dir behind
-        _verify_offered(args, state, envelope, now)
+        _verify_offered(args, state, envelope, now, _identity(args, state))
     with state.exclusive():
-        trust_bytes, trust, replaced, verified = _verify_offered(args, state, envelope, now)  # again, held
+        identity = _identity(args, state)
+        trust_bytes, trust, replaced, verified = _verify_offered(args, state, envelope, now, identity)  # again, held
         state.check_writable()  # a read-only or full state dir: refused before anything changes
         plan = verified.plan
         current = state.records()
@@ -248,17 +258,22 @@ def _apply(args, state, root) -> int:
             check_host(plan, current, root, state)  # before the TPM: a missing persist partition starts no swtpm
             with _tpm(args, state) as tpm:
                 tpm.flush_leftovers()
-                rotator = Rotator(plan, state, root, tpm, now, args.device_id, journal)
+                rotator = Rotator(plan, state, root, tpm, now, identity.device_id, journal)
                 recovered, unrecovered = rotator.recover()  # a rotation a crash cut short
                 observed = observe(plan, state, root, tpm)
                 rec = reconcile(plan, observed)
                 rec = leave_unrecovered(Reconciliation(rec.steps + escrow_steps(plan, observed), rec.problems),
                                         unrecovered)
                 check_sealing(plan, rec.steps, tpm)
+                check_image_room(plan, rec.steps, state)
                 journal.restart()
-                # where the vaults and keys are, before the first change: later commands must use the same
-                state.save_host(HostRecord(str(root or "/"), _tpm_name(args.tpm)))
-                outcomes = Applier(plan, state, root, tpm, now, args.device_id, journal).run(rec.steps)
+                # where the vaults and keys are, and who the device is, before the first change: later
+                # commands must use the same. The id is recorded once given, or once this plan binds it
+                # (its targets matched it, its escrow blobs will name it); until then it is the host name
+                named = identity.origin != HOST_NAME  # given or recorded
+                binds = named or plan.targets or plan.device.escrow_public_key
+                state.save_host(HostRecord(str(root or "/"), _tpm_name(args.tpm), identity.device_id if binds else None))
+                outcomes = Applier(plan, state, root, tpm, now, identity.device_id, journal).run(rec.steps)
         except ApplyRefused as exc:
             with state.best_effort():
                 state.set_condition("plan", False, exc.reason, f"refused {args.signed}: {exc.message}", now)
@@ -329,12 +344,25 @@ def _apply(args, state, root) -> int:
     return status_codes.ERROR if failed or rec.problems else status_codes.SUCCESS
 
 
-def _verify_offered(args, state, envelope: bytes, now: datetime):
+def _identity(args, state):
+    """This device as the plan's targets are matched against: its id (`attest.resolve_device_id`) and
+    where that came from, for a refusal."""
+    from enforcer.attest import resolve_device_id
+    from enforcer.verify import DeviceIdentity
+
+    device_id = resolve_device_id(args.device_id, state.root)
+    if args.device_id:
+        return DeviceIdentity(device_id)
+    recorded = state.device_id()
+    return DeviceIdentity(device_id, origin=f"recorded in {recorded[1]}" if recorded else HOST_NAME)
+
+
+def _verify_offered(args, state, envelope: bytes, now: datetime, device):
     """(trust root bytes, TrustRoot, the recorded root it replaces or None, VerifiedPlan) of the offered
     plan, or the refusal, recorded as the `plan` condition when the device has a state dir. Reads the
-    state dir only; touches no TPM."""
+    state dir only; touches no TPM. `device`: this device's `DeviceIdentity`."""
     from enforcer.state import StateCorrupt
-    from enforcer.verify import DeviceIdentity, verify_plan
+    from enforcer.verify import verify_plan
 
     try:
         managed = state.records()  # what protection the device keeps (S16): a damaged record stops it
@@ -344,7 +372,7 @@ def _verify_offered(args, state, envelope: bytes, now: datetime):
     try:
         trust_bytes, trust, replaced = _trust(args, state, rotate=True)
         return trust_bytes, trust, replaced, verify_plan(envelope, trust, now=now, floor=floor,
-                                                         device=DeviceIdentity(args.device_id), managed=managed,
+                                                         device=device, managed=managed,
                                                          source=args.signed)
     except PlanRejected as exc:
         if state.root.is_dir():
@@ -385,7 +413,7 @@ def _status(args, state, root) -> int:
         lines.append(f"  vault {vault.vault}: {vault.state}, {'matches' if vault.matches else 'DRIFT'}  {vault.path}{usage}")
         lines += [f"    - {reason}" for reason in vault.reasons]
     recorded = state.host()
-    if not vaults_match and recorded is not None and args.tpm is not None and args.tpm != recorded.tpm:
+    if not vaults_match and recorded is not None and recorded.tpm is not None and args.tpm not in (None, recorded.tpm):
         # another TPM loads none of the sealed keys and reads other PCR values: every vault looks wrong
         same = "omit --tpm (the state dir's embedded swtpm)" if recorded.tpm == "embedded" else f"--tpm {recorded.tpm}"
         lines.append(f"  hint: use the same TPM as `device apply` did: {same}")
@@ -403,12 +431,13 @@ def _unlock(args, state, root) -> int:
     from enforcer.attest import resolve_device_id
     from enforcer.release import Release, unlock_released
     from enforcer.rotate import Rotator
-    from enforcer.unlock import VaultResult, failed_unlock, unlock_all
+    from enforcer.unlock import VaultResult, unlock_all
 
-    release = device_id = None
+    release = None
+    # a boot unlock needs no id: a damaged host record must not stop it
+    device_id = resolve_device_id(args.device_id, state.root) if args.release or args.device_id else None
     if args.release:  # read and checked before anything: a bad file changes nothing and opens no TPM
         release = Release.from_bytes(_read(args.release, "release file"), args.release)
-        device_id = resolve_device_id(args.device_id, state.root)
         release.require_device(device_id)
     plan = _applied(args, state)
     now = datetime.now(timezone.utc)
@@ -420,10 +449,12 @@ def _unlock(args, state, root) -> int:
             results = unlock_all(plan, state, root, tpm, now, unrecovered)
     if release is not None:  # its own connections (the attestation key's too), after this one closed
         usable = replace(release, keys=tuple(k for k in release.keys if k.vault not in unrecovered))
-        unlocked = unlock_released(state, plan, root, _tcti(args, state), usable, device_id, now)
-        results = [failed_unlock(state, name, failure, now) for name, failure in sorted(unrecovered.items())]
-        results += [VaultResult(name, "unlocked", "controller-release", "re-sealed to the current PCRs")
-                    for name in unlocked]
+        released = set(unlock_released(state, plan, root, _tcti(args, state), usable, device_id, now))
+        # then every other vault unlocks as a boot unlock does (those released are in already), so each
+        # vault of the plan is accounted for and one left locked fails the command as it does there
+        with _tpm(args, state) as tpm:
+            results = [VaultResult(r.vault, "unlocked", "controller-release", "re-sealed to the current PCRs")
+                       if r.vault in released else r for r in unlock_all(plan, state, root, tpm, now, unrecovered)]
     return _results(args, "unlock", results, ok=("unlocked", "already-unlocked", "unencrypted"), recovered=recovered)
 
 

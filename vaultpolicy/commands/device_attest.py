@@ -8,18 +8,20 @@
                            (a quote binding their digests) for `vaultpolicy controller escrow`
   escrow-ack ACK...        record the controller's acknowledgements (escrow state pending -> acknowledged)
 
-The device id is `--device-id`, else the one `device identity` recorded in STATE/attest/, else the
-host name. The TPM is `--tpm TCTI`, else /dev/tpmrm0, else the embedded swtpm of the state dir.
+The device id is the one recorded in STATE/host.json (by `device apply`, or here by `identity`), else
+`--device-id`, else the host name; a `--device-id` other than the recorded one is refused
+(`attest.resolve_device_id`). The TPM is `--tpm TCTI`, else /dev/tpmrm0, else the embedded swtpm of the state dir; as for
+every device command, a default other than the TPM `device apply` recorded is refused, and so is a
+`report` under another --root than the recorded one (`device._tcti`, `device.host_root`).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 from vaultpolicy import status_codes
+from vaultpolicy.commands import device
 from vaultpolicy.encoding import hex_exact
 from vaultpolicy.errors import InputError
 from vaultpolicy.printable import escaped
@@ -28,7 +30,9 @@ from vaultpolicy.printable import escaped
 def add_arguments(parser, key) -> None:
     action = key[1]
     parser.add_argument("--state-dir", default="/var/lib/vaultpolicy", metavar="DIR", help="the device's state directory")
-    parser.add_argument("--device-id", metavar="ID", help="this device's id (default: recorded by `device identity`, else host name)")
+    parser.add_argument("--device-id", metavar="ID", help="this device's id (default: the recorded one, else the host "
+                        "name; another than the recorded one is refused)" + (
+                            "; recorded, as the controller enrols it" if action == "identity" else ""))
     if action == "escrow-ack":
         parser.add_argument("acks", nargs="+", metavar="ACK", help="acknowledgements from `vaultpolicy controller escrow`")
         return
@@ -43,7 +47,8 @@ def add_arguments(parser, key) -> None:
                             help="deposit this vault's blob (repeat; default: every blob the device holds)")
     if action == "report":
         parser.add_argument("--nonce", metavar="HEX", help="the controller's nonce, when it asked for a fresh report")
-        parser.add_argument("--root", metavar="DIR", help="the plan's absolute paths live under DIR")
+        parser.add_argument("--root", metavar="DIR", help="the plan's absolute paths live under DIR: the --root "
+                            "`device apply` used (recorded; another one, or none when it used one, is refused)")
 
 
 def _nonce(text: str | None) -> bytes:
@@ -112,8 +117,6 @@ def run(args) -> int:
 
 
 def _run(args, state) -> int:
-    from enforcer.state import atomic_write
-
     action = args.command[1]
     if action == "escrow-ack":
         from compiler.files import read_input
@@ -124,33 +127,40 @@ def _run(args, state) -> int:
             print(f"escrow of vault `{vault}` acknowledged by the controller")
         return status_codes.SUCCESS
 
-    from enforcer.attest import AttestationTpm, identity_file, resolve_device_id, storage_parent_binding
-    from enforcer.tcti import resolve_tcti
+    from enforcer.attest import AttestationTpm, resolve_device_id, storage_parent_binding
 
+    device_id = resolve_device_id(args.device_id, state.root)  # before anything: another id than recorded is refused
     if action == "identity":
-        state.ensure()
-        tcti = resolve_tcti(args.tpm, state.root)
-        device_id = resolve_device_id(args.device_id, state.root)
+        tcti = device._tcti(args, state)
         with AttestationTpm(tcti) as tpm:
             identity = tpm.identity(device_id)
-        atomic_write(identity_file(state.root), json.dumps({"device_id": device_id}).encode())
+        with state.exclusive():  # host.json is apply's too
+            state.record_device_id(device_id)  # the controller enrols the device by it
         _emit(args, identity.to_bytes())
         return status_codes.SUCCESS
 
     plan, plan_sha256 = _applied_plan(state)  # before the TPM: no plan, no quote, and no swtpm started
     if action == "escrow-deposit":
-        from enforcer.escrow import held_blobs, sign_deposit
+        from enforcer.escrow import EscrowBlob, held_blobs, sign_deposit
 
         if plan is None:
             raise InputError("no plan has been applied on this device, so it holds no escrow blob")
         blobs = held_blobs(state.root, args.vault)
-        deposit = sign_deposit(resolve_tcti(args.tpm, state.root), resolve_device_id(args.device_id, state.root), blobs,
+        # the controller refuses a whole deposit holding a blob of another device, without saying why
+        for blob in map(EscrowBlob.from_bytes, blobs):
+            if blob.device_id != device_id:
+                raise InputError(f"the escrow blob of vault `{blob.vault}` names device `{blob.device_id}`, not this "
+                                 f"device's id `{device_id}` (made before the id was recorded); nothing was deposited",
+                                 hint=f"give the vault a new key, escrowed as `{device_id}`: `vaultpolicy device rotate "
+                                 f"{blob.vault}`; or deposit the other vaults' blobs with --vault")
+        deposit = sign_deposit(device._tcti(args, state), device_id, blobs,
                                *_sealed_pcrs(plan))  # the quote vouches for the blobs; any PCRs would do
         _emit(args, deposit)
         return status_codes.SUCCESS
     bank, pcrs = _attested_pcrs(plan, args.attestation)
-    tcti = resolve_tcti(args.tpm, state.root)
-    device_id = resolve_device_id(args.device_id, state.root)
+    # the vaults are observed under the recorded root: elsewhere each would be signed as path-missing
+    root = device.host_root(args, state) if action == "report" else None
+    tcti = device._tcti(args, state)
     if action == "quote":
         with AttestationTpm(tcti) as tpm:
             identity = tpm.identity(device_id)
@@ -162,7 +172,6 @@ def _run(args, state) -> int:
     from enforcer.report import build_report, sign_report
     from enforcer.tpm import Tpm
 
-    root = Path(args.root) if args.root else None
     with Tpm(tcti) as tpm:
         observed = observe(plan, state, root, tpm)
     report = build_report(device_id, plan, plan_sha256, observed, state, datetime.now(timezone.utc))

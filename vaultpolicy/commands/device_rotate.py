@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace, state) -> int:
+    from enforcer.attest import resolve_device_id
     from enforcer.journal import Journal
     from enforcer.rotate import Rotator, rotate_vaults
 
@@ -43,11 +44,16 @@ def _rotate(args: argparse.Namespace, state) -> int:
     root = device.host_root(args, state)
     with state.exclusive():
         plan = device._applied(args, state)
+        device_id = None
+        if plan.device.escrow_public_key or args.device_id:
+            device_id = resolve_device_id(args.device_id, state.root)
+        if plan.device.escrow_public_key:  # the new keys' escrow blobs name the device: its id is recorded
+            state.record_device_id(device_id)
         journal = Journal(state.journal_path, state.warnings)
         interrupted = journal.begin()
         with device._tpm(args, state) as tpm:
             tpm.flush_leftovers()  # what a killed command left loaded (we hold the state lock)
-            rotator = Rotator(plan, state, root, tpm, datetime.now(timezone.utc), None, journal)
+            rotator = Rotator(plan, state, root, tpm, datetime.now(timezone.utc), device_id, journal)
             recovered, unrecovered = rotator.recover()
             results = rotate_vaults(rotator, args.vaults, args.due_only, unrecovered)
         journal.finish()
