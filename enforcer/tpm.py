@@ -447,12 +447,17 @@ class Tpm:
     def loaded_handles(self) -> dict[str, int]:
         """Counts of transient objects, loaded sessions and saved (context-swapped) sessions."""
         tss = self._tss
-        counts = {}
-        for name, kind in (("transient", tss.TPM2_HT.TRANSIENT), ("loaded_sessions", tss.TPM2_HT.LOADED_SESSION),
-                           ("saved_sessions", tss.TPM2_HT.SAVED_SESSION)):
-            _, capability = self._call(self._esys.get_capability, tss.TPM2_CAP.HANDLES, int(kind) << 24, 256)
-            counts[name] = len(capability.data.handles)
-        return counts
+        return {name: len(self._handles(kind)) for name, kind in (
+            ("transient", tss.TPM2_HT.TRANSIENT), ("loaded_sessions", tss.TPM2_HT.LOADED_SESSION),
+            ("saved_sessions", tss.TPM2_HT.SAVED_SESSION))}
+
+    def _handles(self, kind) -> list[int]:
+        """The handles of `kind` (a TPM2_HT) the TPM lists. Read from the C structure: tpm2-pytss's
+        wrappers convert a capability field by field in Python, which cost `flush_leftovers` (every
+        mutating command, every boot unlock) more than its two TPM round trips."""
+        _, capability = self._call(self._esys.get_capability, self._tss.TPM2_CAP.HANDLES, int(kind) << 24, 256)
+        listed = capability._cdata.data.handles
+        return list(listed.handle[0:listed.count])
 
     def flush_leftovers(self) -> int:
         """On a TPM without a resource manager, flush objects and sessions no live client owns.
@@ -476,14 +481,14 @@ class Tpm:
         # one read tells whether any session is loaded or saved (exact counts, unlike the TPM's estimate of
         # free object slots): the session handles are listed only then, so a clean TPM costs two reads
         _, counts = self._call(self._esys.get_capability, tss.TPM2_CAP.TPM_PROPERTIES, tss.TPM2_PT_HR.LOADED, 3)
-        count = {prop.property: prop.value for prop in counts.data.tpmProperties}
+        listed = counts._cdata.data.tpmProperties  # the C structure, as `_handles` reads it
+        count = {prop.property: prop.value for prop in listed.tpmProperty[0:listed.count]}
         loaded, active = count.get(tss.TPM2_PT_HR.LOADED, 1), count.get(tss.TPM2_PT_HR.ACTIVE, 1)
         kinds = [tss.TPM2_HT.TRANSIENT] + [tss.TPM2_HT.LOADED_SESSION] * (loaded > 0) + \
             [tss.TPM2_HT.SAVED_SESSION] * (active > loaded)
         flushed = 0
         for kind in kinds:
-            _, capability = self._call(self._esys.get_capability, tss.TPM2_CAP.HANDLES, int(kind) << 24, 256)
-            for handle in capability.data.handles:
+            for handle in self._handles(kind):
                 if handle == own:
                     continue
                 try:
