@@ -98,7 +98,7 @@ class Layout:
 
 def host_path(root: Path | None, plan_path: str) -> Path:
     """The plan's absolute path on this host: under --root when given."""
-    if not plan_path.startswith("/") or ".." in Path(plan_path).parts:
+    if not plan_path.startswith("/") or ".." in plan_path.split("/"):
         raise InputError(f"plan path `{plan_path}` is not a normalized absolute path")
     return Path(os.path.join(root, plan_path.lstrip("/"))) if root else Path(plan_path)
 
@@ -181,22 +181,26 @@ class Observed:
     apply_unfinished: bool = False
 
 
-def _below_root(root: Path | None, path: Path) -> tuple[Path, tuple[str, ...]]:
-    """The directory `path` is reached from (--root, else `/`; trusted) and the components below it."""
-    base = Path(root) if root else Path("/")
-    try:
-        return base, path.relative_to(base).parts
-    except ValueError:
-        return Path("/"), path.relative_to("/").parts
+def _below_root(root: Path | None, path: Path) -> tuple[str, tuple[str, ...]]:
+    """The directory `path` is reached from (--root, else `/`; trusted) and the components below it.
+    Read off the paths' strings, which Path keeps normalized (as lexical as `relative_to`, without the
+    three Paths it builds: a boot unlock asks twice per vault)."""
+    text = str(path)
+    for base in (str(root) if root else "/", "/"):
+        if text == base:
+            return base, ()
+        below = base if base.endswith("/") else base + "/"
+        if text.startswith(below):
+            return base, tuple(text[len(below):].split("/"))
+    return "/", path.relative_to("/").parts  # a relative path: relative_to raises ValueError, as it did
 
 
 def path_state(root: Path | None, path: Path) -> PathState:
     """lstat every component below --root: a symlink anywhere could redirect the vault. What removes
     data does not rely on this alone: it reaches the path through `open_parent`."""
-    base, parts = _below_root(root, path)
-    current = base
+    current, parts = _below_root(root, path)
     for index, part in enumerate(parts):
-        current = current / part
+        current = os.path.join(current, part)
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
