@@ -225,9 +225,24 @@ class PlanNotCanonical(PlanFormatError):
 def decode_canonical_plan(payload: bytes) -> Plan:
     """The plan in `payload`, which must be exactly the bytes `encode_plan` makes of it: a signed plan
     has one encoding, so the same plan cannot be signed (and digested, for `prev_plan_sha256` and the
-    device's version floor) as other bytes."""
-    plan = decode_plan(payload)
-    check_canonical(plan, payload)
+    device's version floor) as other bytes.
+
+    Bytes that validate and are their plan's encoding are read once, by pydantic: they are then a JSON
+    object that names each field once, all that `decode_plan`'s first read (in Python, a boot unlock's
+    costliest step after the signature) checks before validating. Their schema version and consistency
+    are checked as `decode_plan` checks them. Any other payload is read by `decode_plan` and
+    `check_canonical`, whose refusal names what is wrong, as before."""
+    try:
+        plan = Plan.model_validate_json(payload, strict=True)  # JSON types as they are: no coercion
+        canonical = encode_plan(plan) == payload
+    except ValueError:  # not a valid plan (ValidationError), or one RFC 8785 cannot encode
+        canonical = False
+    if not canonical:
+        plan = decode_plan(payload)
+        check_canonical(plan, payload)
+        return plan
+    _check_schema_version(plan.schema_version)
+    _check_consistent(plan)
     return plan
 
 
@@ -248,11 +263,7 @@ def decode_plan(payload: bytes) -> Plan:
         raise PlanFormatError("plan is not a JSON object")
     if data.get("schema_version") is None:
         raise PlanFormatError("not a vaultpolicy plan: it has no `schema_version`")
-    version = data["schema_version"]
-    if not isinstance(version, str) or version.split(".")[0] != str(SCHEMA_MAJOR):
-        raise PlanFormatError(
-            f"plan schema version `{json.dumps(version)}` is not supported (this device knows {SCHEMA_MAJOR}.x)"
-        )
+    _check_schema_version(data["schema_version"])
     try:
         plan = Plan.model_validate_json(payload, strict=True)  # JSON types as they are: no coercion
     except ValidationError as exc:
@@ -264,9 +275,20 @@ def decode_plan(payload: bytes) -> Plan:
         got = json.dumps(first.get("input"))
         shown = f", not `{got}`" if not isinstance(first.get("input"), (dict, list)) and len(got) <= 40 else ""
         raise PlanFormatError(f"plan field {where}: {message}{shown}") from None
+    _check_consistent(plan)
+    return plan
+
+
+def _check_schema_version(version: object) -> None:
+    if not isinstance(version, str) or version.split(".")[0] != str(SCHEMA_MAJOR):
+        raise PlanFormatError(
+            f"plan schema version `{json.dumps(version)}` is not supported (this device knows {SCHEMA_MAJOR}.x)"
+        )
+
+
+def _check_consistent(plan: Plan) -> None:
     for problem in inconsistencies(plan):
         raise PlanInconsistent(f"plan is inconsistent: {problem}")
-    return plan
 
 
 def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from compiler.signing import non_json_kind
-from enforcer.state import atomic_remove, atomic_write
+from enforcer.state import atomic_remove, atomic_write, read_state_file
 from vaultpolicy.encoding import b64decode_exact, json_problem, load_json
 from vaultpolicy.errors import InputError, VaultpolicyError
 
@@ -261,7 +261,7 @@ def held_blob(state_dir: str | os.PathLike, vault: str) -> EscrowBlob | None:
     (damaged: it escrows nothing)."""
     path = escrow_dir(state_dir) / f"{vault}.json"
     try:
-        return EscrowBlob.from_bytes(path.read_bytes(), str(path))
+        return EscrowBlob.from_bytes(read_state_file(path), str(path))
     except (OSError, InputError):
         return None
 

@@ -98,19 +98,22 @@ class Layout:
 
 def host_path(root: Path | None, plan_path: str) -> Path:
     """The plan's absolute path on this host: under --root when given."""
-    if not plan_path.startswith("/") or ".." in Path(plan_path).parts:
+    if not plan_path.startswith("/") or ".." in plan_path.split("/"):
         raise InputError(f"plan path `{plan_path}` is not a normalized absolute path")
     return Path(os.path.join(root, plan_path.lstrip("/"))) if root else Path(plan_path)
 
 
-def keyring_dir(vault_path: Path) -> str:
+def keyring_dir(vault_path: Path, mounted: bool | None = None) -> str:
     """An unencrypted directory on the filesystem whose keyring holds the vault's key.
 
     The fscrypt key ioctls work on any directory of a filesystem. A vault with its own image is a
     mount, so it is its own filesystem; otherwise its parent is on the same filesystem. This avoids
     reading the whole mount table for every vault (unlock stays within a few percent of bare unseals).
+    `mounted`: what `is_mount` answered for the path in this same observation, else it is asked.
     """
-    return str(vault_path if is_mount(vault_path) else vault_path.parent)
+    if mounted is None:
+        mounted = is_mount(vault_path)
+    return str(vault_path if mounted else vault_path.parent)
 
 
 def is_mount(path: Path | str) -> bool:
@@ -181,22 +184,26 @@ class Observed:
     apply_unfinished: bool = False
 
 
-def _below_root(root: Path | None, path: Path) -> tuple[Path, tuple[str, ...]]:
-    """The directory `path` is reached from (--root, else `/`; trusted) and the components below it."""
-    base = Path(root) if root else Path("/")
-    try:
-        return base, path.relative_to(base).parts
-    except ValueError:
-        return Path("/"), path.relative_to("/").parts
+def _below_root(root: Path | None, path: Path) -> tuple[str, tuple[str, ...]]:
+    """The directory `path` is reached from (--root, else `/`; trusted) and the components below it.
+    Read off the paths' strings, which Path keeps normalized (as lexical as `relative_to`, without the
+    three Paths it builds: a boot unlock asks twice per vault)."""
+    text = str(path)
+    for base in (str(root) if root else "/", "/"):
+        if text == base:
+            return base, ()
+        below = base if base.endswith("/") else base + "/"
+        if text.startswith(below):
+            return base, tuple(text[len(below):].split("/"))
+    return "/", path.relative_to("/").parts  # a relative path: relative_to raises ValueError, as it did
 
 
 def path_state(root: Path | None, path: Path) -> PathState:
     """lstat every component below --root: a symlink anywhere could redirect the vault. What removes
     data does not rely on this alone: it reaches the path through `open_parent`."""
-    base, parts = _below_root(root, path)
-    current = base
+    current, parts = _below_root(root, path)
     for index, part in enumerate(parts):
-        current = current / part
+        current = os.path.join(current, part)
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
@@ -300,7 +307,7 @@ def observe_vault(state: StateDir, root: Path | None, name: str, plan_path: str,
         identifier = values["policy"].key_identifier
     if identifier is not None and kind is PathState.DIRECTORY:
         try:
-            values["key_status"] = fscrypt.key_status(keyring_dir(where.path), identifier)
+            values["key_status"] = fscrypt.key_status(keyring_dir(where.path, values["mounted"]), identifier)
         except DeviceError as exc:
             errors.append(exc.message)
     return ObservedVault(**values, errors=tuple(errors))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.plan import PlanFormatError, PlanInconsistent, decode_plan, encode_plan
+from compiler.plan import (PlanFormatError, PlanInconsistent, canonical_json, decode_canonical_plan, decode_plan,
+                          encode_plan)
 
 POLICY = """\
 attestation boot { pcrs 0, 4, 7 }
@@ -123,6 +124,32 @@ def test_a_plan_that_contradicts_itself_is_refused_saying_where(plan_json, case)
     with pytest.raises(PlanInconsistent) as caught:
         decode_plan(json.dumps(plan_json).encode())
     assert str(caught.value).startswith("plan is inconsistent: ") and expected in str(caught.value)
+
+
+CANONICAL = {**{case: change for case, (change, _) in INCONSISTENT.items()},
+             "a word for true": LAX["a word for true"][0], "PCRs as strings": LAX["PCRs as strings"][0],
+             "a number for the schema version": LAX["a number for the schema version"][0],
+             "another major schema version": lambda p: p.update(schema_version="2.0"),
+             "a field the schema lacks": lambda p: p.update(extra=1)}
+
+
+@pytest.mark.parametrize("case", CANONICAL)
+def test_a_bad_plan_in_its_canonical_encoding_is_refused_as_decode_plan_refuses_it(plan_json, case):
+    """decode_canonical_plan reads bytes in their one encoding with pydantic alone, without decode_plan's
+    first read in Python: what decode_plan checks besides (the schema version, consistency) it still
+    refuses, in the same words."""
+    CANONICAL[case](plan_json)
+    payload = canonical_json(plan_json)
+    with pytest.raises(PlanFormatError) as strict:
+        decode_plan(payload)
+    with pytest.raises(PlanFormatError) as canonical:
+        decode_canonical_plan(payload)
+    assert (type(canonical.value), str(canonical.value)) == (type(strict.value), str(strict.value))
+
+
+def test_a_plan_in_its_canonical_encoding_decodes_as_decode_plan_decodes_it(plan_json):
+    payload = canonical_json(plan_json)
+    assert decode_canonical_plan(payload) == decode_plan(payload)
 
 
 def test_diff_refuses_a_plan_with_a_vault_named_twice(cli, tmp_path, monkeypatch, plan_json):

@@ -90,6 +90,21 @@ def test_software_policy_digest_matches_the_tpm_trial_session(swtpm):
         assert tpm_module.policy_digest(bank, pcrs, values) == _trial_digest(swtpm.tcti, bank, pcrs)
 
 
+def test_storage_primary_template_is_the_one_keys_are_sealed_under():
+    """The primary is derived from its template: another template is another key, under which no sealed
+    key loads. storage_primary_template unmarshals its bytes; they are tpm2-pytss's parse of
+    `ecc256:aes128cfb` with these attributes, which bench/unlock.py's bare program writes."""
+    import tpm2_pytss as tss
+
+    attributes = tss.TPMA_OBJECT
+    parsed = tss.TPM2B_PUBLIC.parse("ecc256:aes128cfb", objectAttributes=attributes.RESTRICTED | attributes.DECRYPT
+                                    | attributes.FIXEDTPM | attributes.FIXEDPARENT | attributes.SENSITIVEDATAORIGIN
+                                    | attributes.USERWITHAUTH | attributes.NODA)
+    template = tpm_module.storage_primary_template()
+    assert template.marshal() == parsed.marshal()
+    assert template is not tpm_module.storage_primary_template()  # callers fill in its unique point
+
+
 def test_s1_password_session_cannot_unseal(swtpm):
     with Tpm(swtpm.tcti) as device:
         swtpm.measure_boot(device)

@@ -221,9 +221,8 @@ def _applied(args, state):
 
 
 def _emit(args, data: dict, lines: list[str]) -> None:
-    if args.json:
-        json.dump(data, sys.stdout, indent=2, default=str)
-        print()
+    if args.json:  # one write: json.dump wrote it piece by piece, a write(2) per line on a line-buffered pipe
+        print(json.dumps(data, indent=2, default=str))
     else:
         print("\n".join(lines))
 
