@@ -261,7 +261,7 @@ class Applier:
             blockdev.check_room(where.image, vault.limit_bytes)
         self.remember(vault)
         remounted = blockdev.attach_image(where.image, where.path, vault.limit_bytes, self._checkpoint)
-        self._rekey_if_remounted(name, remounted, where)
+        self._rekey_if_remounted(name, remounted)
 
     def _set_quota(self, name: str) -> None:
         """The vault's directory (made when missing) carries its project with PROJINHERIT, and the
@@ -286,10 +286,9 @@ class Applier:
     def _grow_storage(self, name: str) -> None:
         vault = self._vault(name)
         where = self._layout(name)
-        self._rekey_if_remounted(name, blockdev.grow(where.image, where.path, vault.limit_bytes, self._checkpoint),
-                                 where)
+        self._rekey_if_remounted(name, blockdev.grow(where.image, where.path, vault.limit_bytes, self._checkpoint))
 
-    def _rekey_if_remounted(self, name: str, remounted: bool, where: Layout) -> None:
+    def _rekey_if_remounted(self, name: str, remounted: bool) -> None:
         """An offline resize unmounts the vault, which drops its key from the kernel: add it again."""
         if remounted and self.state.sealed(name) is not None:
             unlock_key(self.state, self.tpm, name, self._key_home(name), self.now)

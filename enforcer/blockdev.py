@@ -95,7 +95,7 @@ _CAP_SYS_RESOURCE = 24
 _FITRIM = 0xC0185879  # _IOWR('X', 121, struct fstrim_range {u64 start, len, minlen})
 _LOOP_MAJOR = 7
 # kept free on the state filesystem beside the images: records, conditions, journal and sealed keys
-# (a few KiB each; `apply` probes for 64 KiB before it starts)
+# (a few KiB each)
 STATE_RESERVE_BYTES = 2**20
 
 

@@ -459,9 +459,7 @@ def _unlock(args, state, root) -> int:
 
 def _lock(args, state, root) -> int:
     from enforcer.tcti import stop_embedded
-    from enforcer.unlock import lock_all
-
-    from enforcer.unlock import NoAppliedPlan
+    from enforcer.unlock import NoAppliedPlan, lock_all
 
     try:
         code = _results(args, "lock", lock_all(state, root, force=args.force), ok=("locked",))
