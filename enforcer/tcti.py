@@ -33,9 +33,9 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -351,8 +351,11 @@ class _DirectoryLock:
         os.close(self._fd)  # closing releases the lock
 
 
-def resolve_tcti(option: str | None, state_dir: str | os.PathLike) -> str:
-    """The TCTI string for this command: `option`, else /dev/tpmrm0, else the embedded swtpm."""
+def resolve_tcti(option: str | None, state_dir: str | os.PathLike,
+                 on_start: Callable[[str, Path], None] | None = None) -> str:
+    """The TCTI string for this command: `option`, else /dev/tpmrm0, else the embedded swtpm.
+    `on_start(tcti, directory)` is called when this call started the embedded swtpm, which outlives
+    the command (docs/enforcer.md), so the caller can say so once, where it starts."""
     if option:
         return option
     if os.path.exists(TPMRM_DEVICE):
@@ -364,9 +367,8 @@ def resolve_tcti(option: str | None, state_dir: str | os.PathLike) -> str:
             if instance is None:
                 instance = Swtpm.start(directory, detached=True)
                 _write_record(directory, instance)
-                # it outlives this command (docs/enforcer.md): say so once, where it starts
-                print(f"started the embedded swtpm ({instance.tcti}, state in {directory}); it keeps running until "
-                      "`vaultpolicy device lock --stop-tpm`", file=sys.stderr)
+                if on_start is not None:
+                    on_start(instance.tcti, directory)
     except OSError as exc:  # e.g. a read-only state dir: swtpm keeps its state there
         raise BackendUnavailable(f"cannot run the embedded swtpm in {directory}: {exc.strerror or exc}",
                                  hint="pass --tpm TCTI, or make the state dir writable") from None

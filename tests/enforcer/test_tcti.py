@@ -50,15 +50,18 @@ def test_kernel_resource_manager_is_preferred(tmp_path, monkeypatch):
 
 
 def test_embedded_swtpm_is_started_once_reused_and_stopped(state_dir):
-    first = tcti.resolve_tcti(None, state_dir)
+    started = []
+    first = tcti.resolve_tcti(None, state_dir, on_start=lambda *announced: started.append(announced))
     record = _record(state_dir)
     assert first == f"swtpm:host=127.0.0.1,port={record['port']}"
+    assert started == [(first, state_dir / "swtpm")], "the caller hears of the start, once"
     assert record["ctrl_port"] == record["port"] + 1 and _running(record["pid"])
     with Tpm(first) as device:  # Startup(CLEAR) was sent: the TPM answers and PCRs start at zero
         assert device.read_pcrs("sha256", [0]) == {0: bytes(32)}
 
-    assert tcti.resolve_tcti(None, state_dir) == first
+    assert tcti.resolve_tcti(None, state_dir, on_start=lambda *announced: started.append(announced)) == first
     assert _record(state_dir)["pid"] == record["pid"], "a living instance is reused"
+    assert len(started) == 1, "reusing the instance announces nothing"
 
     assert tcti.stop_embedded(state_dir) is True
     assert not _running(record["pid"])

@@ -193,7 +193,13 @@ def _tcti(args, state) -> str:
                          f"{state.host_path}); without --tpm this command would use {instead}",
                          hint=f"use the same --tpm as `device apply` did: --tpm {recorded.tpm}")
     state.ensure()
-    return resolve_tcti(args.tpm, state.root)
+    return resolve_tcti(args.tpm, state.root, on_start=_announce_embedded)
+
+
+def _announce_embedded(tcti: str, directory: Path) -> None:
+    # it outlives this command (docs/enforcer.md): say so once, where it starts
+    print(f"started the embedded swtpm ({tcti}, state in {directory}); it keeps running until "
+          "`vaultpolicy device lock --stop-tpm`", file=sys.stderr)
 
 
 def _tpm_name(option: str | None) -> str:
