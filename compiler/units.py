@@ -12,6 +12,12 @@ def format_size(size: int | None) -> str:
     return f"{size}B"
 
 
+def format_mib(size: int) -> str:
+    """A measured size (free space, usage, what a copy needs): MiB with one decimal. It is rarely a
+    whole unit, where `format_size`'s exact spelling would fall back to bytes."""
+    return f"{size / 2**20:.1f} MiB"
+
+
 def format_duration(seconds: int | None) -> str:
     if seconds is None:
         return "never"

@@ -258,6 +258,14 @@ def test_a_quota_limit_rises_and_falls_but_not_below_usage():
     assert actions(fall, quota_vault(used=5 * MiB), records=[quota_record()]) == ([], ["limit-below-usage"])
 
 
+def test_a_measured_usage_reads_in_mib_and_a_limit_as_written():
+    """Usage is rarely a whole unit: in the policy's exact spelling 5 MiB and 123 bytes read as 5243003B."""
+    fall = make_plan([vault("config", limit=4 * MiB)])
+    result = reconcile(fall, Observed({"config": quota_vault(used=5 * MiB + 123)}, {"config": quota_record()}))
+    message = result.problems[0].message
+    assert "the limit fell to 4MiB" in message and "the vault holds 5.0 MiB in 10 files" in message, message
+
+
 def test_a_directory_without_the_vaults_project_gets_it_again_and_is_no_plaintext():
     plan = make_plan([vault("config", limit=8 * MiB)])
     for lost in (quota_vault(project_id=None, quota=None), quota_vault(project_inherit=False),

@@ -18,6 +18,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from compiler.units import format_mib
 from enforcer.codes import code_for
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected
@@ -414,7 +415,7 @@ def _status(args, state, root) -> int:
     for vault in status.vaults:
         usage = ""
         if vault.used_bytes is not None and vault.limit_bytes:
-            usage = f"  {_mib(vault.used_bytes)} of {_mib(vault.limit_bytes)} used"
+            usage = f"  {format_mib(vault.used_bytes)} of {format_mib(vault.limit_bytes)} used"
         lines.append(f"  vault {vault.vault}: {vault.state}, {'matches' if vault.matches else 'DRIFT'}  {vault.path}{usage}")
         lines += [f"    - {reason}" for reason in vault.reasons]
     recorded = state.host()
@@ -523,5 +524,3 @@ def _tag(reason: str) -> str:
     return f"{reason}, {code}" if code else reason
 
 
-def _mib(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"
