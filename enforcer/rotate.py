@@ -96,11 +96,6 @@ class RecoveryFailed(DeviceError):
         super().__init__(message, vault=vault, hint=hint)
         self.reason = reason
 
-    @property
-    def detail(self) -> str:
-        """The message without the vault's name, for a line that names it already."""
-        return self.message.removeprefix(f"vault `{self.vault}`: ")
-
 
 @dataclass(frozen=True)
 class Rotated:
@@ -401,9 +396,9 @@ def rotate_vaults(rotator: Rotator, names: list[str], due_only: bool,
         try:
             results.append(rotator.rotate(vault.name))
         except DeviceError as exc:
-            message = exc.message.removeprefix(f"vault `{vault.name}`: ") + (f"; {exc.hint}" if exc.hint else "")
+            message = exc.detail + (f"; {exc.hint}" if exc.hint else "")
             # the reason of a refusal (RotationRefused) or of a file the copy cannot carry (UncopyableFile)
-            results.append(Rotated(vault.name, "failed", getattr(exc, "reason", "rotate-failed"), message=message))
+            results.append(Rotated(vault.name, "failed", exc.reason or "rotate-failed", message=message))
         except OSError as exc:  # the filesystem refused a step (e.g. EBUSY: a mount inside the old tree)
             results.append(Rotated(vault.name, "failed", "rotate-failed", message=(
                 f"{exc.strerror or exc}: `{exc.filename}`; once that is resolved, the next `device rotate`, `apply` "
@@ -444,7 +439,7 @@ def leave_unrecovered(rec: Reconciliation, unrecovered: dict[str, RecoveryFailed
 def _failed(name: str, path: Path, exc: DeviceError | OSError) -> RecoveryFailed:
     kept = "the interrupted rotation and the vault's files are left as they are"
     if isinstance(exc, DeviceError):
-        why = exc.message.removeprefix(f"vault `{name}`: ")
+        why = exc.detail
     else:
         why = f"`{exc.filename}`: {exc.strerror or exc}"
     reason = "state-damaged" if isinstance(exc, StateCorrupt) else "recovery-failed"

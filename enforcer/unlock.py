@@ -134,7 +134,7 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
         elif outcome is not None and outcome.error is not None:
             pcrs = tuple(getattr(outcome.error, "pcrs", ()))
             reason = "pcr-mismatch" if pcrs else "unlock-failed"
-            message = outcome.error.message.removeprefix(f"vault `{vault.name}`: ")
+            message = outcome.error.detail
             with state.best_effort():
                 state.set_condition(subject, False, reason, f"unlock refused: {message}", now)
             results.append(VaultResult(vault.name, "locked", reason, message, pcrs, outcome.error.hint))
@@ -171,7 +171,7 @@ def failed_unlock(state: StateDir, name: str, error: DeviceError, now: datetime)
     """A vault left as it is: a state file of it is damaged, or its interrupted rotation could not be
     recovered."""
     reason = error.reason if isinstance(error, RecoveryFailed) else "state-damaged"
-    message = error.message.removeprefix(f"vault `{name}`: ")
+    message = error.detail
     with state.best_effort():
         state.set_condition(f"vault/{name}", False, reason, f"unlock refused: {message}", now)
     return VaultResult(name, "failed", reason, message, hint=error.hint)

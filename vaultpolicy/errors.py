@@ -37,11 +37,16 @@ class PlanRejected(VaultpolicyError):
 
 
 class DeviceError(VaultpolicyError):
-    """The device cannot do what the plan asks; names the vault when there is one."""
+    """The device cannot do what the plan asks; names the vault when there is one. `detail` is the
+    message without that name, for a line that gives it already; `reason`, where the failure has one
+    of its own, a stable kebab-case word with a `vaultpolicy explain` code (enforcer/codes.py)."""
+
+    reason: str | None = None
 
     def __init__(self, message: str, vault: str | None = None, hint: str | None = None):
         super().__init__(f"vault `{vault}`: {message}" if vault else message, hint)
         self.vault = vault
+        self.detail = message
 
 
 class BackendUnavailable(DeviceError):

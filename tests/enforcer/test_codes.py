@@ -19,7 +19,7 @@ PATTERNS = [
     rf"problem\(\s*{REASON}",  # reconcile problems
     rf"VaultResult\([^,()]+,\s*\"(?!unlocked\")[a-z-]+\",\s*{REASON}",  # unlock and lock outcomes but success
     rf"set_condition\([^,]+,\s*False,\s*{REASON}",  # conditions
-    rf'getattr\([^)]*"reason",\s*{REASON}\)',  # a condition's fallback reason
+    rf"\.reason or {REASON}",  # the fallback reason of an error that has none of its own
 ]
 
 

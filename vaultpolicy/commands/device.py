@@ -309,7 +309,7 @@ def _apply(args, state, root) -> int:
             # a key not escrowed is no condition of its vault: status and gate would keep apps from their
             # data for the controller's copy of a key; the drift report says escrow-missing (S9)
             if outcome.error is not None and outcome.failed.action is not Action.ESCROW_KEY:
-                state.set_condition(f"vault/{outcome.vault}", False, getattr(outcome.error, "reason", "step-failed"),
+                state.set_condition(f"vault/{outcome.vault}", False, outcome.error.reason or "step-failed",
                                     f"{outcome.failed.action.value} failed: {outcome.error.message}", now)
             elif outcome.done:
                 state.clear_condition(f"vault/{outcome.vault}")
