@@ -1,7 +1,7 @@
 """Which TPM to talk to, and the embedded swtpm used when the machine has none.
 
 `resolve_tcti(option, state_dir)`: an explicit `--tpm TCTI` string wins; else `device:/dev/tpmrm0`
-when the kernel's resource manager exists; else the embedded default, a `swtpm socket --tpm2` with
+when the kernel's resource manager exists; else (or with `--tpm embedded`) the embedded default, a `swtpm socket --tpm2` with
 its state under STATE_DIR/swtpm. The embedded instance outlives the command that started it (its pid
 and ports are in STATE_DIR/swtpm/instance.json) so later commands reuse it while it lives; a new
 instance gets Startup(CLEAR) from swtpm itself (`--flags startup-clear`), which is what a reboot
@@ -42,9 +42,11 @@ from pathlib import Path
 from vaultpolicy.errors import BackendUnavailable
 
 TPMRM_DEVICE = "/dev/tpmrm0"
+EMBEDDED = "embedded"  # `--tpm embedded`: the state dir's swtpm even where /dev/tpmrm0 exists
 _SHARE_TIMEOUT_S = 30.0  # a flush holds the lock alone for a few TPM round trips
 TCTI_HINT = ("`--tpm` takes a TCTI string: `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, "
-             "`mssim:host=127.0.0.1,port=2321` or `tabrmd:`; check that this TPM is there")
+             "`mssim:host=127.0.0.1,port=2321`, `tabrmd:`, or `embedded` for the state dir's swtpm; check that "
+             "this TPM is there")
 _HOST = "127.0.0.1"
 _START_ATTEMPTS = 5
 _READY_TIMEOUT_S = 10.0
@@ -353,12 +355,13 @@ class _DirectoryLock:
 
 def resolve_tcti(option: str | None, state_dir: str | os.PathLike,
                  on_start: Callable[[str, Path], None] | None = None) -> str:
-    """The TCTI string for this command: `option`, else /dev/tpmrm0, else the embedded swtpm.
+    """The TCTI string for this command: `option` (`embedded` names the state dir's swtpm), else
+    /dev/tpmrm0, else the embedded swtpm.
     `on_start(tcti, directory)` is called when this call started the embedded swtpm, which outlives
     the command (docs/enforcer.md), so the caller can say so once, where it starts."""
-    if option:
+    if option and option != EMBEDDED:
         return option
-    if os.path.exists(TPMRM_DEVICE):
+    if option is None and os.path.exists(TPMRM_DEVICE):
         return f"device:{TPMRM_DEVICE}"
     directory = _embedded_dir(state_dir)
     try:

@@ -42,11 +42,12 @@ def test_apply_status_unlock_lock_on_the_embedded_swtpm(device):
         assert json.loads((device.state / "swtpm" / "instance.json").read_text()) == instance, "the same swtpm serves"
         (device.path("/persist/vault/config") / "f").write_text("kept")
         assert cli("status").returncode == 0
-        # status through another TPM: the hint named `--tpm embedded`, which no TCTI parser takes
+        # status through another TPM names the one apply used, which `--tpm embedded` selects by name
         elsewhere = cli("status", "--tpm", device.tcti)
         assert elsewhere.returncode == 3, elsewhere.stdout + elsewhere.stderr
-        assert "  hint: use the same TPM as `device apply` did: omit --tpm (the state dir's embedded swtpm)" \
-            in elsewhere.stdout
+        assert "  hint: use the same TPM as `device apply` did: --tpm embedded" in elsewhere.stdout
+        named = cli("status", "--tpm", "embedded")
+        assert named.returncode == 0 and "hint" not in named.stdout, named.stdout + named.stderr
         assert cli("lock").returncode == 0
         assert not (device.path("/persist/vault/config") / "f").exists()
         unlocked = cli("unlock", "--json")
@@ -92,3 +93,26 @@ def test_a_refused_first_apply_says_why_and_its_embedded_swtpm_can_be_stopped(de
         assert not tcti._running(instance["pid"])
     finally:
         tcti.stop_embedded(device.state)
+
+
+def test_a_tpm_that_appears_after_apply_on_the_embedded_swtpm_is_not_taken_silently(device, monkeypatch, capsys):
+    """Keys sealed in the embedded swtpm: when /dev/tpmrm0 appeared later (a TPM driver loaded), every
+    command without --tpm went to it, where no key loads, and status reported all vaults drifting."""
+    from dataclasses import replace
+
+    from enforcer.state import StateDir
+    from vaultpolicy import cli
+
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    state = StateDir(device.state)  # as an apply on the embedded swtpm records it (the first test's apply)
+    state.save_host(replace(state.host(), tpm=tcti.EMBEDDED))
+    appeared = device.state.parent / "tpmrm0"
+    appeared.touch()
+    monkeypatch.setattr(tcti, "TPMRM_DEVICE", str(appeared))
+    code = cli.main(["device", "status", "--state-dir", str(device.state), "--root", str(device.root)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "this device's keys are sealed in the state dir's embedded swtpm (recorded by `device apply` in " in err
+    assert f"without --tpm this command would use the TPM `device:{appeared}`" in err
+    assert "= help: use the same --tpm as `device apply` did: --tpm embedded" in err
+    assert not (device.state / "swtpm").exists(), "no swtpm was started for a refused command"

@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                         help=f"sealed keys, the applied plan and the journal (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--root", metavar="DIR", help="put the plan's absolute paths under DIR")
-    parser.add_argument("--tpm", metavar="TCTI", help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321 "
-                        "(default /dev/tpmrm0, else an embedded swtpm under the state dir; `lock` needs none)")
+    parser.add_argument("--tpm", metavar="TCTI", help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321, or `embedded` "
+                        "(default /dev/tpmrm0, else the embedded swtpm under the state dir; `lock` needs none)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     if command in ("apply", "rotate"):
         parser.add_argument("--device-id", metavar="ID", help="this device's id (default: the recorded one, else the "
@@ -187,11 +187,10 @@ def _tcti(args, state) -> str:
 
     recorded = state.host() if state.root.is_dir() else None
     default = _tpm_name(None)
-    if args.tpm is None and recorded is not None and recorded.tpm not in (None, default, "embedded") \
+    if args.tpm is None and recorded is not None and recorded.tpm not in (None, default) \
             and not (recorded.tpm.startswith("device:") and default.startswith("device:")):  # /dev/tpm0, tpmrm0: one TPM
-        instead = "the embedded swtpm of the state dir" if default == "embedded" else f"`{default}`"
-        raise InputError(f"this device's keys are sealed in the TPM `{recorded.tpm}` (recorded by `device apply` in "
-                         f"{state.host_path}); without --tpm this command would use {instead}",
+        raise InputError(f"this device's keys are sealed in {_tpm_words(recorded.tpm)} (recorded by `device apply` in "
+                         f"{state.host_path}); without --tpm this command would use {_tpm_words(default)}",
                          hint=f"use the same --tpm as `device apply` did: --tpm {recorded.tpm}")
     state.ensure()
     return resolve_tcti(args.tpm, state.root, on_start=_announce_embedded)
@@ -203,13 +202,19 @@ def _announce_embedded(tcti: str, directory: Path) -> None:
           "`vaultpolicy device lock --stop-tpm`", file=sys.stderr)
 
 
+def _tpm_words(name: str) -> str:
+    from enforcer.tcti import EMBEDDED
+
+    return "the state dir's embedded swtpm" if name == EMBEDDED else f"the TPM `{name}`"
+
+
 def _tpm_name(option: str | None) -> str:
     """What `STATE/host.json` records of the TPM: the --tpm TCTI, else the default it resolves to."""
-    from enforcer.tcti import TPMRM_DEVICE
+    from enforcer.tcti import EMBEDDED, TPMRM_DEVICE
 
     if option is not None:
         return option
-    return f"device:{TPMRM_DEVICE}" if Path(TPMRM_DEVICE).exists() else "embedded"
+    return f"device:{TPMRM_DEVICE}" if Path(TPMRM_DEVICE).exists() else EMBEDDED
 
 
 def _tpm(args, state):
@@ -421,8 +426,7 @@ def _status(args, state, root) -> int:
     recorded = state.host()
     if not vaults_match and recorded is not None and recorded.tpm is not None and args.tpm not in (None, recorded.tpm):
         # another TPM loads none of the sealed keys and reads other PCR values: every vault looks wrong
-        same = "omit --tpm (the state dir's embedded swtpm)" if recorded.tpm == "embedded" else f"--tpm {recorded.tpm}"
-        lines.append(f"  hint: use the same TPM as `device apply` did: {same}")
+        lines.append(f"  hint: use the same TPM as `device apply` did: --tpm {recorded.tpm}")
     _emit(args, {
         "plan_version": status.plan_version,
         "matches": status.matches,
