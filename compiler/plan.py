@@ -99,6 +99,22 @@ class Attestation(PlanModel):
     escrow_required: bool = False
     on_failure: tuple[Literal["keep_locked", "deny_release"], ...] = ("keep_locked", "deny_release")
 
+    def not_allowed(self, values: dict[int, bytes], *, unlisted_allowed: bool) -> dict[int, str]:
+        """PCR index -> why its value in `values` is not allowed (empty when all are). A PCR this
+        attestation lists no values for: refused, unless `unlisted_allowed` (a device sealing to the
+        boot it is in, where the author pinned no value; a release always fails closed)."""
+        problems: dict[int, str] = {}
+        for index in sorted(self.pcrs):
+            allowed = {v.lower() for v in self.allowed.get(str(index), ())}
+            value = values[index].hex() if index in values else None
+            if value is None:
+                problems[index] = f"PCR {index} was not read"
+            elif not allowed and not unlisted_allowed:
+                problems[index] = f"the policy allows no value for PCR {index}"
+            elif allowed and value not in allowed:
+                problems[index] = f"PCR {index} = {value} is not an allowed value"
+        return problems
+
 
 class Device(PlanModel):
     persist: str

@@ -162,19 +162,6 @@ def quoted_pcr_digest(values: dict[int, bytes], pcrs: tuple[int, ...], signing_h
     return hashlib.new(signing_hash, b"".join(values[i] for i in sorted(pcrs))).digest()
 
 
-def disallowed_pcrs(values: dict[int, bytes], attestation: Attestation) -> dict[int, str]:
-    """PCR index -> why its value is not allowed (empty when all are allowed)."""
-    problems: dict[int, str] = {}
-    for index in sorted(attestation.pcrs):
-        allowed = {v.lower() for v in attestation.allowed.get(str(index), ())}
-        value = values[index].hex()
-        if not allowed:
-            problems[index] = f"the policy allows no value for PCR {index}"
-        elif value not in allowed:
-            problems[index] = f"PCR {index} = {value} is not an allowed value"
-    return problems
-
-
 def check_counters(device, parsed: ParsedAttest) -> None:
     """Step 5: a quote older than one already seen is a replay. The reset count never goes back; within
     one reset (one boot) neither the restart count nor the clock does, each on its own: a later resume
@@ -222,7 +209,7 @@ def verify_quote(store: Store, quote: Quote, attestation: Attestation, now: int,
         raise AttestationRejected("release-key-mismatch", "quote binds a storage key other than the enrolled one")
     with nonces.spend(store, quote.nonce, quote.device_id, now, quote.digest(), attestation):  # one store transaction
         check_pcr_digest(quote, parsed, attestation)
-        problems = disallowed_pcrs(quote.pcrs, attestation)
+        problems = attestation.not_allowed(quote.pcrs, unlisted_allowed=False)
         if problems:
             raise AttestationRejected(
                 "pcr-not-allowed",

@@ -235,6 +235,14 @@ _code("VP1022", "bank-not-allocated", "the TPM lacks the plan's PCR bank",
       "A vault is sealed to a PCR bank the TPM has not allocated, or that does not cover its PCRs. Choose an "
       "allocated bank in the policy or allocate it (tpm2_pcrallocate). Nothing changes.",
       "bank sha384 on a TPM with only sha256 allocated   # refused")
+_code("VP1024", "boot-not-allowed", "this boot is not one the vault's attestation allows",
+      "A key is sealed to the PCR values of the boot the device is in. For a vault sealed to an attestation, "
+      "`device apply` (a new key, a re-seal, a re-encryption) and `device rotate` first compare them with the "
+      "attestation's `allow` lists: a key sealed to a boot the policy does not allow would unlock in that boot "
+      "and stay locked after a reboot into one it does. Nothing changes. Boot into an allowed state, or add the "
+      "values to the `allow` lists in a new plan (a PCR without a list takes any value). A key the controller "
+      "releases (`device unlock --release`) is re-sealed without this check: the controller verified that boot.",
+      "allow pcr 4 = \"e20c…\" while PCR 4 holds another value   # rotate: refused (boot-not-allowed)")
 
 # --- VP1116-VP1118: a vault's own image (enforcer/blockdev.py), refused or left alone, never made anew
 _code("VP1116", "storage-no-room", "the state filesystem has no room for a vault's image",

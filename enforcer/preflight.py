@@ -10,7 +10,9 @@ a key that cannot be made or sealed, and the plan recorded as applied).
   which needs fscrypt like a vault without a limit.
 - `check_sealing` (after reconcile, for the vaults whose steps seal a key): the TPM has the bank and
   the PCRs, and PCR 0 and 4 are not all zero unless the plan allows an unmeasured boot
-  (`Tpm.check_sealable`: what `Tpm.seal` would refuse, asked without sealing).
+  (`Tpm.check_sealable`: what `Tpm.seal` would refuse, asked without sealing); and for a vault sealed
+  to an attestation, this boot is one it allows (`unallowed_boot`): a key sealed to any other would
+  unlock in that boot and stay locked in the ones the policy trusts.
 - `check_image_room` (after reconcile, for the steps that make or grow a vault's image): the images
   are allocated in full, so what they take, summed per filesystem they land on, must fit in its free
   space, keeping `blockdev.STATE_RESERVE_BYTES` for the state files. Each image checked itself only
@@ -86,11 +88,14 @@ def check_sealing(plan: Plan, steps: list[Step], tpm) -> None:
         if step.action not in _SEALING or vault is None or vault.seal is None:
             continue
         selection = (vault.seal.bank, tuple(vault.seal.pcrs))
-        if selection in checked:
+        if (selection, vault.seal.attestation) in checked:
             continue
-        checked.add(selection)
+        checked.add((selection, vault.seal.attestation))
         try:
             tpm.check_sealable(*selection, allow_unmeasured_boot=plan.device.allow_unmeasured_boot)
+            if (why := unallowed_boot(plan, vault, tpm)) is not None:
+                raise ApplyRefused("boot-not-allowed", f"the key of vault `{vault.name}` cannot be sealed: {why}",
+                                   hint=BOOT_NOT_ALLOWED_HINT)
         except UnmeasuredBoot as exc:
             raise ApplyRefused("unmeasured-boot", f"the key of vault `{vault.name}` cannot be sealed: {exc.message}",
                                hint=_UNMEASURED_HINT) from None
@@ -98,6 +103,23 @@ def check_sealing(plan: Plan, steps: list[Step], tpm) -> None:
             raise ApplyRefused("bank-not-allocated", f"the key of vault `{vault.name}` cannot be sealed: {exc.message}",
                                hint=exc.hint or "choose an allocated bank in the policy, or allocate it "
                                "(tpm2_pcrallocate)") from None
+
+
+BOOT_NOT_ALLOWED_HINT = ("boot into a state the attestation allows, or, if this one is legitimate (a firmware "
+                         "update), add its values to the attestation's `allow` lists in a new plan")
+
+
+def unallowed_boot(plan: Plan, vault, tpm) -> str | None:
+    """Why the TPM's current PCR values are not a boot the vault's attestation allows (its `allow`
+    lists; a PCR it lists no value for takes any), or None when they are, or the vault is sealed to
+    explicit PCRs. A release re-seals without this check: the controller has verified that boot."""
+    if vault.seal is None or vault.seal.attestation is None:
+        return None
+    attestation = next(a for a in plan.attestations if a.name == vault.seal.attestation)
+    problems = attestation.not_allowed(tpm.read_pcrs(attestation.bank, attestation.pcrs), unlisted_allowed=True)
+    if not problems:
+        return None
+    return f"this boot is not one attestation `{attestation.name}` allows: " + "; ".join(problems.values())
 
 
 def check_image_room(plan: Plan, steps: list[Step], state: StateDir) -> None:

@@ -62,6 +62,7 @@ from typing import get_args
 from compiler.plan import Encryption, Plan, Vault, format_time, parse_time
 from enforcer import blockdev, fscrypt, quota
 from enforcer.apply import Applier, copy_needs, copy_tree, free_room, refuse_uncopyable, seal_new_key
+from enforcer.preflight import BOOT_NOT_ALLOWED_HINT, unallowed_boot
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
 from enforcer.observe import Layout, layout
@@ -208,6 +209,9 @@ class Rotator:
             raise RotationRefused("not-encrypted", "the vault is not encrypted under its sealed key; run "
                                   "`vaultpolicy device apply` first", vault=name)
         _check_copy(name, where, vault.encryption != "none")
+        if vault.encryption != "none" and (why := unallowed_boot(self.plan, vault, self.tpm)) is not None:
+            raise RotationRefused("boot-not-allowed", f"the new key cannot be sealed: {why}; nothing was changed",
+                                  vault=name, hint=BOOT_NOT_ALLOWED_HINT)
         # the key the files leave: the directory's, or a sealed key whose files are gone (still erased)
         old = policy.key_identifier if policy is not None else bytes.fromhex(sealed["key_identifier"]) if sealed else None
 
