@@ -73,3 +73,26 @@ def test_migrated_plaintext_not_yet_erased_is_drift_until_apply_erases_it(device
     assert not status["matches"], "status agrees: the erase is still to do"
     assert device.apply(plan).returncode == 0
     assert not erasing.exists() and condition() == ("Ready", "ready")
+
+
+@pytest.mark.device
+def test_a_lowered_limit_the_kernel_does_not_enforce_is_drift_in_the_report_as_in_status(device):
+    """An image vault's limit lowered in a new plan (images do not shrink): status said DRIFT, the signed
+    report said Ready, "unlocked, encrypted and sealed as the plan says", so the controller never saw it."""
+    import json
+
+    from enforcer.report import split_signed_report
+    from vp_helpers import make_plan
+
+    MiB = 1 << 20
+    assert device.apply(make_plan([vault("config", limit=24 * MiB)])).returncode == 0
+    (device.path("/persist/vault/config") / "data").write_bytes(b"\x5a" * MiB)
+    lowered = device.apply(make_plan([vault("config", limit=16 * MiB)], version=2))
+    assert "limit-below-size" in lowered.stdout + lowered.stderr, lowered.stdout + lowered.stderr
+    assert not json.loads(device.cli("device", "status", "--json").stdout)["matches"]
+    report = device.cli("device", "report")
+    assert report.returncode == 3, report.stdout + report.stderr
+    report_bytes, _ = split_signed_report(report.stdout.encode())
+    (config,) = json.loads(report_bytes)["vaults"]
+    assert (config["condition"], config["reason"]) == ("Drifted", "limit-below-size"), config
+    assert "the limit fell to 16MiB but the vault's filesystem has 24MiB" in config["message"]
