@@ -425,6 +425,7 @@ class GateDecision:
 def gate(plan: Plan, state: StateDir, root: Path | None, tpm, app_name: str) -> GateDecision:
     """Whether the app may start: its vault unlocked and as the plan says (for an end-to-end app,
     encrypted too)."""
+    from enforcer.tpm import PCR_MISMATCH_HINT
     from vaultpolicy.suggest import did_you_mean
 
     app = next((a for a in plan.apps if a.name == app_name), None)
@@ -444,6 +445,12 @@ def gate(plan: Plan, state: StateDir, root: Path | None, tpm, app_name: str) -> 
     if vault_report.matches and vault_report.state in ("unlocked",) + (() if app.end_to_end else ("unencrypted",)):
         return GateDecision(True, vault_report.path)
     why = "; ".join(vault_report.reasons) or vault_report.state
-    hint = ("run `vaultpolicy device unlock` (the boot unit does); `vaultpolicy device status` says why it stays locked"
-            if vault_report.state == "locked" else "`vaultpolicy device status` says what the vault needs")
-    return GateDecision(False, f"vault `{app.vault}` of app `{app_name}` is {vault_report.state}: {why}", hint)
+    if vault_report.state == "locked" and vault_report.changed_pcrs:  # unlock refuses it in this boot
+        hint = PCR_MISMATCH_HINT
+    elif vault_report.state == "locked":
+        hint = "run `vaultpolicy device unlock` (the boot unit does); `vaultpolicy device status` says why it stays locked"
+    else:
+        hint = "`vaultpolicy device status` says what the vault needs"
+    # an unlocked vault that differs from the plan: say so, or "is unlocked: <why>" reads as the reason
+    state = vault_report.state + (" but not as the plan says" if vault_report.state in ("unlocked", "unencrypted") else "")
+    return GateDecision(False, f"vault `{app.vault}` of app `{app_name}` is {state}: {why}", hint)

@@ -82,12 +82,12 @@ def test_a_lowered_limit_the_kernel_does_not_enforce_is_drift_in_the_report_as_i
     import json
 
     from enforcer.report import split_signed_report
-    from vp_helpers import make_plan
+    from vp_helpers import app, make_plan
 
     MiB = 1 << 20
     assert device.apply(make_plan([vault("config", limit=24 * MiB)])).returncode == 0
     (device.path("/persist/vault/config") / "data").write_bytes(b"\x5a" * MiB)
-    lowered = device.apply(make_plan([vault("config", limit=16 * MiB)], version=2))
+    lowered = device.apply(make_plan([vault("config", limit=16 * MiB)], version=2, apps=[app("agent", "config")]))
     assert "limit-below-size" in lowered.stdout + lowered.stderr, lowered.stdout + lowered.stderr
     assert not json.loads(device.cli("device", "status", "--json").stdout)["matches"]
     report = device.cli("device", "report")
@@ -96,3 +96,7 @@ def test_a_lowered_limit_the_kernel_does_not_enforce_is_drift_in_the_report_as_i
     (config,) = json.loads(report_bytes)["vaults"]
     assert (config["condition"], config["reason"]) == ("Drifted", "limit-below-size"), config
     assert "the limit fell to 16MiB but the vault's filesystem has 24MiB" in config["message"]
+    # the gate says the vault differs, not that being unlocked is the reason
+    gate = device.cli("device", "gate", "agent")
+    assert gate.returncode == 1 and "vault `config` of app `agent` is unlocked but not as the plan says: the limit " \
+        "fell to 16MiB" in gate.stderr, gate.stderr

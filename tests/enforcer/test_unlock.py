@@ -62,7 +62,8 @@ def test_reboot_drops_keys_and_unlock_restores_them(device):
 def test_pcr_mismatch_locks_only_that_vault_and_names_the_pcr(device):
     from enforcer.tpm import Tpm
 
-    assert device.apply(make_plan([vault("config", pcrs=(0, 7)), vault("img", pcrs=(0, 4))])).returncode == 0
+    assert device.apply(make_plan([vault("config", pcrs=(0, 7)), vault("img", pcrs=(0, 4))],
+                                  apps=[app("reader", "config")])).returncode == 0
     (device.path("/persist/vault/img") / "f").write_text("img")
     assert device.cli("device", "lock").returncode == 0
     with Tpm(device.tcti) as tpm:
@@ -75,6 +76,13 @@ def test_pcr_mismatch_locks_only_that_vault_and_names_the_pcr(device):
     assert records["img"]["outcome"] == "unlocked"
     assert (device.path("/persist/vault/img") / "f").read_text() == "img"
     assert StateDir(device.state).conditions()["vault/config"].reason == "pcr-mismatch"
+    # what to do names the release path and what it needs (it said "re-seal from an escrowed key", and the
+    # gate said to run the unlock that had just been refused)
+    assert "`vaultpolicy device unlock --release FILE`" in records["config"]["hint"]
+    assert "a controller holding the vault's escrowed key" in records["config"]["hint"]
+    closed = device.cli("device", "gate", "reader")
+    assert closed.returncode == 1 and "vault `config` of app `reader` is locked: " in closed.stderr, closed.stderr
+    assert "`vaultpolicy device unlock --release FILE`" in closed.stderr and "help: run" not in closed.stderr
 
 
 def test_unlock_through_another_tpm_or_a_bogus_tcti_says_what_to_do(device, tmp_path):
