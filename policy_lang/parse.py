@@ -34,7 +34,8 @@ from vaultpolicy.suggest import did_you_mean
 
 from . import syntax_codes as codes
 from .diagnostics import Diagnostic, Diagnostics, Span, error
-from .vocabulary import CHOICES, DURATION_KEYWORDS, SIZE_KEYWORDS, duration_unit_meant, size_unit_meant
+from .vocabulary import (CHOICES, DURATION_KEYWORDS, SIZE_KEYWORDS, calendar_unit_days, duration_unit_meant,
+                         size_unit_meant)
 
 TOP_LEVEL_KEYWORDS = ("device", "attestation", "defaults", "vault", "component", "app", "include")
 
@@ -515,32 +516,40 @@ def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _spaced_unit(keyword: Token | None, number: Token | None, unit: Token) -> tuple[str, str] | None:
-    """For a size or duration written with a space before its unit (`8 MiB`, `90 days`, `8 gib`):
-    its code and the unit meant. Else None."""
+def _spaced_unit(keyword: Token | None, number: Token | None, unit: Token) -> tuple[str, str, str] | None:
+    """For a size or duration written with a space before its unit (`8 MiB`, `90 days`, `8 gib`,
+    `4 months`): its code, what to write instead and the help line saying so. Else None."""
     if (keyword is None or number is None or number.type != "NUMBER" or not number.value.isdigit()
             or number.line != unit.line or not _is_word(unit)):
         return None
+    meant = None
     if keyword.value in SIZE_KEYWORDS and (meant := size_unit_meant(unit.value)):
-        return codes.BAD_SIZE, meant
-    if keyword.value in DURATION_KEYWORDS and (meant := duration_unit_meant(unit.value)):
-        return codes.BAD_DURATION, meant
-    return None
+        code = codes.BAD_SIZE
+    elif keyword.value in DURATION_KEYWORDS and (days := calendar_unit_days(unit.value)) is not None:
+        written = f"{int(number.value) * days}d"
+        return (codes.BAD_DURATION, written, "months and years are not duration units (their length varies): "
+                f"write days or weeks, for example `{written}`")
+    elif keyword.value in DURATION_KEYWORDS and (meant := duration_unit_meant(unit.value)):
+        code = codes.BAD_DURATION
+    if meant is None:
+        return None
+    written = f"{number.value}{meant}"
+    if meant == unit.value:
+        return code, written, f"write `{written}`, without a space"
+    return code, written, f"write `{written}`: the number and its unit, without a space"
 
 
 def _syntax_diagnostic(file: str, at: _At) -> Diagnostic:
     tok, expected = at.failure.token, at.failure.expected
     previous = at.before()
     if (spaced := _spaced_unit(at.before(2), previous, tok)) is not None:
-        code, meant = spaced
+        code, written, help_line = spaced
         both = Span(file=file, line=previous.line, column=previous.column, end_line=tok.end_line,
                     end_column=tok.end_column, start_pos=previous.start_pos, end_pos=tok.end_pos)
-        if meant == tok.value:
-            return error(code, f"space between `{previous.value}` and its unit `{tok.value}`", both,
-                         help=f"write `{previous.value}{tok.value}`, without a space")
+        if written == f"{previous.value}{tok.value}":
+            return error(code, f"space between `{previous.value}` and its unit `{tok.value}`", both, help=help_line)
         what = "size" if code == codes.BAD_SIZE else "duration"
-        return error(code, f"`{previous.value} {tok.value}` is not a {what}", both,
-                     help=f"write `{previous.value}{meant}`: the number and its unit, without a space")
+        return error(code, f"`{previous.value} {tok.value}` is not a {what}", both, help=help_line)
     if tok.type == "RBRACE" and (expected == {"$END"} or at.position == 0):  # after an item, or before any
         return error(codes.UNEXPECTED_TOKEN, "unexpected `}`: no block is open here", _span(file, tok), help="remove it")
     if expected == {"$END"}:  # the item is complete

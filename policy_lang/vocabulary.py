@@ -14,6 +14,10 @@ DURATION_WORDS = {
     "minutes": "m", "hr": "h", "hrs": "h", "hour": "h", "hours": "h", "day": "d", "days": "d",
     "week": "w", "weeks": "w",
 }
+# Calendar units the language has not (their length varies), and the days one stands for in a hint.
+# `M` is ISO 8601's month: never read as minutes, where `6M` would rotate a key every six minutes.
+CALENDAR_DAYS = {"M": 30, "mo": 30, "mos": 30, "mon": 30, "month": 30, "months": 30,
+                 "y": 365, "yr": 365, "yrs": 365, "year": 365, "years": 365}
 ENCRYPTIONS = ("aes-256-xts", "adiantum", "none")
 ON_REMOVE = ("retain", "destroy")
 ON_FAILURE = ("keep_locked", "deny_release")
@@ -36,9 +40,17 @@ def size_unit_meant(unit: str) -> str | None:
     return unit if unit in SIZE_UNITS else next((u for u in SIZE_UNITS if u.lower() == unit.lower()), None)
 
 
+def calendar_unit_days(unit: str) -> int | None:
+    """About how many days the calendar unit `unit` (`mo`, `months`, `M`, `y`) is, else None."""
+    return CALENDAR_DAYS.get(unit) or (None if unit.lower() == "m" else CALENDAR_DAYS.get(unit.lower()))
+
+
 def duration_unit_meant(unit: str) -> str | None:
-    """The duration unit `unit` stands for: itself, in another case (`D`), or as a word (`days`)."""
+    """The duration unit `unit` stands for: itself, in another case (`D`), or as a word (`days`);
+    never one for a calendar unit (`M`, `months`: `calendar_unit_days`)."""
     if unit in DURATION_UNITS:
         return unit
+    if calendar_unit_days(unit) is not None:
+        return None
     lower = unit.lower()
     return lower if lower in DURATION_UNITS else DURATION_WORDS.get(lower)

@@ -423,7 +423,25 @@ SYNTAX_MESSAGES = {
                                                       "write `8GiB`: the number and its unit, without a space"),
     "a nonce lifetime with a space": ("attestation a { nonce 32 bytes, valid 5 min }", "VP0011", 1, 39,
                                       "`5 min` is not a duration", "write `5m`: the number and its unit, without a space"),
+    # months gave "has no unit" and "unknown keyword `months`"
+    "months with a space": ("vault v { rotate every 4 months }", "VP0011", 1, 24, "`4 months` is not a duration",
+                            "months and years are not duration units (their length varies): write days or weeks, "
+                            "for example `120d`"),
 }
+
+
+# `mo` got "did you mean `m`?" and `M` "write `6m`": minutes, for a key meant to rotate every few months
+CALENDAR_UNITS = {"4mo": ("mo", "120d"), "6M": ("M", "180d"), "1y": ("y", "365d"), "2years": ("years", "730d"),
+                  "3Months": ("Months", "90d")}
+
+
+@pytest.mark.parametrize("written,unit,days", [(w, u, d) for w, (u, d) in CALENDAR_UNITS.items()], ids=CALENDAR_UNITS.keys())
+def test_a_calendar_unit_is_never_taken_for_minutes(lang, written, unit, days):
+    [d] = lang.errors(f"vault v {{ rotate every {written} }}\n")
+    assert (*lang.where(d), d.message) == ("VP0011", 1, 24 + len(written) - len(unit),
+                                           f"unknown duration unit `{unit}` of `rotate every` in `vault v`")
+    assert d.help == f"months and years are not duration units (their length varies): write days or weeks, " \
+        f"for example `{days}`"
 
 
 @pytest.mark.parametrize("source,code,line,column,message,help", SYNTAX_MESSAGES.values(), ids=SYNTAX_MESSAGES.keys())
