@@ -55,6 +55,12 @@ class Vault:
     def encrypted(self) -> bool:
         return self.encryption.value != "none"
 
+    @property
+    def path_written(self) -> bool:
+        """Whether the policy wrote this vault's path; else it is `<persist>/vault/<name>`, located at
+        the vault's name when the vault is declared."""
+        return self.path.span is not None and self.path.span != self.name.span
+
 
 @dataclass(frozen=True)
 class App:

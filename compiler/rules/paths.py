@@ -84,11 +84,11 @@ def vault_paths(model: Model) -> Iterator[Diagnostic]:
 
 def _overlap(inner: Vault, outer: Vault) -> Diagnostic:
     relation = "shares the directory of" if inner.path.value == outer.path.value else "lies inside"
-    if inner.path.span is not None:
-        at, code = inner.path.span, codes.PATHS_OVERLAP if outer.path.span is not None else codes.DEFAULT_PATH_COLLISION
+    if inner.path_written:
+        at, code = inner.path.span, codes.PATHS_OVERLAP if outer.path_written else codes.DEFAULT_PATH_COLLISION
         message = f"vault `{inner.name.value}` at `{inner.path.value}` {relation} vault `{outer.name.value}` (`{outer.path.value}`)"
-    else:  # the inner one sits at its default path: point at the declared vault that covers it
-        at, code = outer.path.span, codes.DEFAULT_PATH_COLLISION
+    else:  # the inner one sits at its default path: point at the path written that covers it
+        at, code = outer.path.span or inner.path.span, codes.DEFAULT_PATH_COLLISION
         message = f"vault `{outer.name.value}` at `{outer.path.value}` covers `{inner.path.value}`, where vault `{inner.name.value}` lives"
     return error(code, message, at, "give each vault its own directory, not inside another vault")
 
@@ -96,7 +96,7 @@ def _overlap(inner: Vault, outer: Vault) -> Diagnostic:
 def overlaps(model: Model) -> Iterator[Diagnostic]:
     """Sorted by path components, a nested path follows its ancestor: one pass with a stack, O(n log n)."""
     candidates = [v for v in model.vaults.values() if _well_formed(v.path)]
-    candidates.sort(key=lambda v: (tuple(v.path.value.split("/")[1:]), v.path.span is not None, v.name.value))
+    candidates.sort(key=lambda v: (tuple(v.path.value.split("/")[1:]), v.path_written, v.name.value))
     stack: list[Vault] = []
     for vault in candidates:
         while stack and not is_inside(vault.path.value, stack[-1].path.value):

@@ -56,6 +56,12 @@ CASES = {
     "VP0209 a persist root of `/`": ('device { persist "/" }\n', [("VP0209", 1, 18)]),
     "VP0206 declared vault on a built-in path": ('vault a { path "/persist/vault/config" }\n', [("VP0206", 1, 16)]),
     "VP0206 declared vault covering a built-in": ('vault a { path "/persist/vault" }\n', [("VP0206", 1, 16), ("VP0206", 1, 16)]),
+    # a declared built-in at its default path was taken for a written one: VP0204 at `config`'s name, and the
+    # path that was wrong never shown
+    "VP0206 covering a built-in declared without a path": (
+        'vault config { limit 16MiB }\nvault a { path "/persist/vault" }\n', [("VP0206", 2, 16), ("VP0206", 2, 16)]),
+    "VP0206 on the default path of a declared vault": (
+        'vault logs { limit 8MiB }\nvault a { path "/persist/vault/logs" }\n', [("VP0206", 2, 16)]),
     # --- coverage
     "VP0301 sensitive outside vaults": ('component c { stores "/persist/secret" sensitive }\n', [("VP0301", 1, 22)]),
     "VP0301 sensitive in a clear vault": (
