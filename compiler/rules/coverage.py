@@ -3,6 +3,7 @@ built-in vaults stay encrypted unless opted out with a reason."""
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -10,7 +11,8 @@ from policy_lang.diagnostics import Diagnostic, Span, error
 
 from .. import codes
 from ..model import Model
-from ..pathutil import containing
+from ..pathutil import containing, is_inside
+from .paths import well_formed
 
 
 def vault_path_index(model: Model) -> dict[str, str]:
@@ -20,12 +22,19 @@ def vault_path_index(model: Model) -> dict[str, str]:
 
 def sensitive_stores(model: Model) -> Iterator[Diagnostic]:
     index = vault_path_index(model)
+    # a vault whose path is reported as wrong (VP0201) may be the one meant to hold the directory: no
+    # follow-on error for a directory inside what that path reads as (made absolute, or under persist)
+    meant = [meant_path for v in model.vaults.values() if not well_formed(v.path)
+             for meant_path in (posixpath.normpath("/" + v.path.value),
+                                posixpath.normpath(f"{model.device.persist.value}/{v.path.value}"))]
     for component in model.components.values():
         for store in component.stores:
             if not store.sensitive or not store.path.value.startswith("/"):
                 continue
             vault_name = containing(index, store.path.value)
             if vault_name is not None and model.vaults[vault_name].encrypted:
+                continue
+            if vault_name is None and any(is_inside(store.path.value, path) for path in meant):
                 continue
             where = "outside any vault" if vault_name is None else f"in vault `{vault_name}`, which has `encryption none`"
             yield error(

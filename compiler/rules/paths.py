@@ -38,13 +38,13 @@ def shape_errors(what: str, path: Located[str], under: str = "/") -> list[Diagno
     return found
 
 
-def _well_formed(path: Located[str]) -> bool:
+def well_formed(path: Located[str]) -> bool:
     """Absolute and normalized: only such paths are compared with others."""
     return path.value.startswith("/") and is_normalized(path.value)
 
 
 def _under_persist(persist: Located[str]) -> str:
-    return persist.value if _well_formed(persist) else "/"
+    return persist.value if well_formed(persist) else "/"
 
 
 def persist_root(model: Model) -> Iterator[Diagnostic]:
@@ -64,7 +64,7 @@ def vault_paths(model: Model) -> Iterator[Diagnostic]:
     for vault in model.vaults.values():
         if vault.path.value != default_vault_path(persist.value, vault.name.value):  # else the persist root's fault
             yield from shape_errors(f"path of vault `{vault.name.value}`", vault.path, _under_persist(persist))
-        if not (_well_formed(vault.path) and _well_formed(persist)):
+        if not (well_formed(vault.path) and well_formed(persist)):
             continue
         if vault.path.value == persist.value:  # one key for the whole partition, every other vault inside it
             yield error(
@@ -95,7 +95,7 @@ def _overlap(inner: Vault, outer: Vault) -> Diagnostic:
 
 def overlaps(model: Model) -> Iterator[Diagnostic]:
     """Sorted by path components, a nested path follows its ancestor: one pass with a stack, O(n log n)."""
-    candidates = [v for v in model.vaults.values() if _well_formed(v.path)]
+    candidates = [v for v in model.vaults.values() if well_formed(v.path)]
     candidates.sort(key=lambda v: (tuple(v.path.value.split("/")[1:]), v.path_written, v.name.value))
     stack: list[Vault] = []
     for vault in candidates:
@@ -110,9 +110,9 @@ def holds(model: Model) -> Iterator[Diagnostic]:
     for vault in model.vaults.values():
         for held in vault.holds:
             found = shape_errors(f"directory `holds` of vault `{vault.name.value}`", held,
-                                 vault.path.value if _well_formed(vault.path) else "/")
+                                 vault.path.value if well_formed(vault.path) else "/")
             yield from found
-            if not found and _well_formed(vault.path) and not is_inside(held.value, vault.path.value):
+            if not found and well_formed(vault.path) and not is_inside(held.value, vault.path.value):
                 yield error(
                     codes.HOLDS_OUTSIDE_VAULT,
                     f"vault `{vault.name.value}` holds `{held.value}`, which is outside its path `{vault.path.value}`",

@@ -29,6 +29,10 @@ CASES = {
     "VP0201 relative persist root, reported once": ('device { persist "persist" }\n', [("VP0201", 1, 18)]),
     "VP0201 relative path": ('vault data { path "persist/data" }\n', [("VP0201", 1, 19)]),
     "VP0201 relative and not normalized, reported once": ('vault data { path "./data/" }\n', [("VP0201", 1, 19)]),
+    # the sensitive directory the wrong path was meant to hold also got VP0301, "outside any vault"
+    "VP0201 and no follow-on error for what the vault holds": (
+        'vault data { path "persist/data/" }\ncomponent c { stores "/persist/data/spool" sensitive }\n',
+        [("VP0201", 1, 19)]),
     "VP0202 dot-dot": ('vault data { path "/persist/vault/../data" }\n', [("VP0202", 1, 19)]),
     "VP0202 dot": ('vault data { path "/persist/./data" }\n', [("VP0202", 1, 19)]),
     "VP0202 doubled slash": ('vault data { path "/persist//data" }\n', [("VP0202", 1, 19)]),
