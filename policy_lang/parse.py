@@ -598,6 +598,8 @@ def _example(keyword: Token, words: list[str]) -> str | None:
     """`for example `limit 512MiB``, when the words expected give one."""
     examples = [m.group(1) for w in words if (m := re.search(r"such as `([^`]+)`", w))]
     examples += [w.strip("`") for w in words if re.fullmatch(r"`[^`]+`", w)]  # a keyword or a choice: `required`
+    if keyword.value == "pcrs" and examples:  # PCR 7 alone leaves the firmware unbound (VP0507): the usual set
+        examples = ["0, 4, 7"]
     return f"for example `{keyword.value} {examples[0]}`" if examples and _is_word(keyword) else None
 
 

@@ -412,6 +412,9 @@ SYNTAX_MESSAGES = {
     # and the choices were "`required` or a name"
     "a choice missing": ("device {\n tpm\n}", "VP0004", 2, 2, "missing `required` or `optional` after `tpm`",
                          "for example `tpm required`"),
+    # the example was `pcrs 7`, a binding that leaves the firmware out (VP0507)
+    "the PCRs of a seal missing": ("vault v { seal pcrs }", "VP0004", 1, 16, "missing a PCR index such as `7` after `pcrs`",
+                                   "for example `pcrs 0, 4, 7`"),
     "an attestation missing": ("vault v { seal }", "VP0004", 1, 11,
                                "missing `pcrs` or the name of an attestation such as `boot` after `seal`",
                                "for example `seal boot`"),
