@@ -55,13 +55,20 @@ def test_the_id_apply_was_given_is_every_commands_default(device, attest):
     (device.work / "identity.json").write_text(ok(vaultpolicy("device", "identity", *attest)))
     assert json.loads((device.work / "identity.json").read_text())["device_id"] == "lab-1"
     ok(vaultpolicy("controller", "enroll", str(device.work / "identity.json"), *store))
-    ok(vaultpolicy("device", "escrow-deposit", *attest, "-o", str(device.work / "deposit.json")))
+    # with -o it says what it wrote, as compile and sign do (it printed nothing)
+    deposited = ok(vaultpolicy("device", "escrow-deposit", *attest, "-o", str(device.work / "deposit.json")))
+    assert deposited == f"wrote {device.work / 'deposit.json'}: the escrow deposit of device `lab-1`, for " \
+        "`vaultpolicy controller escrow`\n"
     ok(vaultpolicy("controller", "escrow", str(device.work / "deposit.json"), "--ack-dir", str(device.work / "acks"),
                    *store))
     ok(vaultpolicy("device", "escrow-ack", str(device.work / "acks" / "lab-1.config.ack.json"), attest[0], attest[1]))
 
     report = ok(vaultpolicy("device", "report", *attest, "--root", str(device.root)))
     assert json.loads(split_signed_report(report.strip().encode())[0])["device_id"] == "lab-1"
+    written = device.work / "report.json"
+    said = ok(vaultpolicy("device", "report", *attest, "--root", str(device.root), "-o", str(written)))
+    assert said == f"wrote {written}: the signed report of device `lab-1`, 0 of 1 vault drifting, for " \
+        "`vaultpolicy controller drift`\n" and split_signed_report(written.read_bytes())
     quote = ok(vaultpolicy("device", "quote", "--nonce", "ab" * 16, *attest))
     assert json.loads(quote)["device_id"] == "lab-1"
 

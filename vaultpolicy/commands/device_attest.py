@@ -65,11 +65,13 @@ def _nonce(text: str | None) -> bytes:
     return nonce
 
 
-def _emit(args, data: bytes) -> None:
+def _emit(args, data: bytes, what: str) -> None:
+    """`data` to --output, saying so as `compile` and `sign` do (`wrote FILE: what`), else to stdout."""
     if args.output:
         from compiler.files import write_output
 
         write_output(args.output, data)
+        print(f"wrote {args.output}: {what}")
     else:
         sys.stdout.write(data.decode() + "\n")
 
@@ -137,7 +139,7 @@ def _run(args, state) -> int:
             identity = tpm.identity(device_id)
         with state.exclusive():  # host.json is apply's too
             state.record_device_id(device_id)  # the controller enrols the device by it
-        _emit(args, identity.to_bytes())
+        _emit(args, identity.to_bytes(), f"the identity of device `{device_id}`, for `vaultpolicy controller enroll`")
         return status_codes.SUCCESS
 
     plan, plan_sha256 = _applied_plan(state)  # before the TPM: no plan, no quote, and no swtpm started
@@ -156,7 +158,7 @@ def _run(args, state) -> int:
                                  f"{blob.vault}`; or deposit the other vaults' blobs with --vault")
         deposit = sign_deposit(device._tcti(args, state), device_id, blobs,
                                *_sealed_pcrs(plan))  # the quote vouches for the blobs; any PCRs would do
-        _emit(args, deposit)
+        _emit(args, deposit, f"the escrow deposit of device `{device_id}`, for `vaultpolicy controller escrow`")
         return status_codes.SUCCESS
     bank, pcrs = _attested_pcrs(plan, args.attestation)
     # the vaults are observed under the recorded root: elsewhere each would be signed as path-missing
@@ -166,7 +168,7 @@ def _run(args, state) -> int:
         with AttestationTpm(tcti) as tpm:
             identity = tpm.identity(device_id)
             quote = tpm.quote(device_id, "release", _nonce(args.nonce), storage_parent_binding(identity.storage_public), bank, pcrs)
-        _emit(args, quote.to_bytes())
+        _emit(args, quote.to_bytes(), f"a quote of device `{device_id}`, for `vaultpolicy controller verify-quote`")
         return status_codes.SUCCESS
 
     from enforcer.observe import observe
@@ -176,5 +178,8 @@ def _run(args, state) -> int:
     with Tpm(tcti) as tpm:
         observed = observe(plan, state, root, tpm)
     report = build_report(device_id, plan, plan_sha256, observed, state, datetime.now(timezone.utc))
-    _emit(args, sign_report(tcti, report, _nonce(args.nonce), bank, pcrs))
+    vaults = len(report.vaults)
+    _emit(args, sign_report(tcti, report, _nonce(args.nonce), bank, pcrs),
+          f"the signed report of device `{device_id}`, {len(report.drifting)} of {vaults} vault{'s' * (vaults != 1)} "
+          "drifting, for `vaultpolicy controller drift`")
     return status_codes.DRIFT if report.drifting else status_codes.SUCCESS
