@@ -88,13 +88,32 @@ def describe_key_file(data: bytes) -> str:
         if is_json_document(data):  # it begins as JSON: a document cut short or broken, not a key
             return f"broken JSON ({json_problem(exc)})"
         return _text_kind(data) or "not a key file"
-    if isinstance(document, dict):
-        kind = {TRUST_ROOT_PAYLOAD_TYPE: "a trust root", PLAN_PAYLOAD_TYPE: "a signed plan"}.get(document.get("payload_type"))
-        if kind:
-            return kind
-        if _is_bare_plan(document):
-            return "an unsigned plan"
-    return "JSON that is neither a key, a plan nor a trust root"
+    return json_document_kind(document) or "JSON that is neither a key, a plan nor a trust root"
+
+
+# The documents the device and the controller exchange, by the name in their `format`
+# ("vaultpolicy.quote.v1"), in the words their commands use.
+_FORMAT_WORDS = {
+    "quote": "a quote (`device quote`)", "identity": "a device identity (`device identity`)",
+    "release": "a release (`controller release`)", "escrow": "an escrow blob", "escrow-ack":
+    "an escrow acknowledgement (`controller escrow`)", "escrow-deposit": "an escrow deposit (`device escrow-deposit`)",
+    "report": "an unsigned drift report", "signed-report": "a signed drift report (`device report`)",
+}
+_FORMAT = re.compile(r"vaultpolicy\.([a-z-]+)\.v[0-9]+")
+
+
+def json_document_kind(document) -> str | None:
+    """What a JSON document vaultpolicy reads or writes is, in words, when it is one: a plan, a signed
+    plan, a trust root, or a device or controller document of a known `format`."""
+    if not isinstance(document, dict):
+        return None
+    kind = {TRUST_ROOT_PAYLOAD_TYPE: "a trust root", PLAN_PAYLOAD_TYPE: "a signed plan"}.get(document.get("payload_type"))
+    if kind:
+        return kind
+    if _is_bare_plan(document):
+        return "an unsigned plan"
+    named = _FORMAT.fullmatch(document["format"]) if isinstance(document.get("format"), str) else None
+    return _FORMAT_WORDS.get(named.group(1)) if named else None
 
 
 def _pem_kind(data: bytes) -> str:

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from compiler.signing import non_json_kind
+from compiler.signing import json_document_kind, non_json_kind
 from enforcer.state import atomic_remove, atomic_write, read_state_file
 from vaultpolicy.encoding import b64decode_exact, json_problem, load_json
 from vaultpolicy.errors import InputError, VaultpolicyError
@@ -98,6 +98,8 @@ def load_json_object(data: bytes, source: str, expected_format: str) -> dict:
             raise InputError(f"`{source}` is {kind}, not a `{expected_format}` document") from None
         raise InputError(f"{source}: not JSON ({json_problem(exc)})") from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
+        if (kind := json_document_kind(obj)) is not None:  # the wrong file: named for what it is
+            raise InputError(f"`{source}` is {kind}, not a `{expected_format}` document")
         raise InputError(f"{source}: not a `{expected_format}` document")
     return obj
 

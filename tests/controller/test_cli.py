@@ -203,6 +203,15 @@ def test_a_policy_given_to_enroll_or_drift_is_named_for_what_it_is(store, tmp_pa
     rejected = capsys.readouterr().out.splitlines()[-2:]
     assert rejected == [f"rejected {policy}: it is a policy (.vpol), not a `vaultpolicy.signed-report.v1` document",
                         f"rejected {junk}: not JSON (expecting property name enclosed in double quotes at line 1 column 2)"]
+    # another of vaultpolicy's documents is named for what it is ("not a `vaultpolicy.identity.v2` document")
+    plan, quote = tmp_path / "plan.json", tmp_path / "quote.json"
+    plan.write_text('{"schema_version": "3", "plan_version": 1}')
+    quote.write_text('{"format": "vaultpolicy.quote.v1"}')
+    assert main(["controller", "enroll", str(plan), *store]) == status_codes.ERROR
+    assert capsys.readouterr().err == f"error: `{plan}` is an unsigned plan, not a `vaultpolicy.identity.v2` document\n"
+    assert main(["controller", "drift", str(quote), *store]) == status_codes.ERROR
+    assert capsys.readouterr().out.splitlines()[-1] == (f"rejected {quote}: it is a quote (`device quote`), not a "
+                                                        "`vaultpolicy.signed-report.v1` document")
 
 
 @pytest.mark.parametrize("nonce,said", [
