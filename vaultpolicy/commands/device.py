@@ -478,7 +478,7 @@ def _lock(args, state, root) -> int:
         if not args.stop_tpm:
             raise
         # a refused first apply may have started the embedded swtpm: stopping it needs no vault
-        print(f"{exc.message}; nothing to lock", file=sys.stderr)
+        print(exc.message, file=sys.stderr)
         code = status_codes.SUCCESS
     if args.stop_tpm:  # after the keys are out: the embedded swtpm outlives every other command
         stopped = stop_embedded(state.root)
