@@ -46,10 +46,14 @@ _IN_UNITS = {
 }
 
 
+# Plan fields the language names otherwise: a plan holds the escrow key itself, the policy its file
+_RENAMED = {"escrow_public_key": "escrow_key"}
+
+
 def field_label(path: str) -> str:
     """`limit_bytes` -> `limit`, `seal.pcrs` unchanged: the dotted path in the language's words."""
     head, _, last = path.rpartition(".")
-    word = _IN_UNITS[last][0] if last in _IN_UNITS else last
+    word = _IN_UNITS[last][0] if last in _IN_UNITS else _RENAMED.get(last, last)
     return f"{head}.{word}" if head else word
 
 
@@ -66,6 +70,8 @@ def field_value(value, path: str) -> str:
         return "(none)"
     if last in _IN_UNITS:
         return _IN_UNITS[last][1](value)
+    if last == "escrow_public_key":  # the key itself, not the file the policy named
+        return f"X25519 public key {value} (base64)"
     if head == "allowed":  # allowed.<PCR>: that PCR's digests
         return " | ".join(_language_string(digest) for digest in value)
     if last == "stores":

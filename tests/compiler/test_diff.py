@@ -250,7 +250,7 @@ def test_a_policy_diffed_with_its_plan_for_a_target_shows_no_change(cli, tmp_pat
         assert cli("diff", old, new, "--exit-code")[:2] == (0, f"diff {old} -> {new}\nno changes\n")
     assert cli("compile", "a.vpol", "--plan-version", "2", "--target", "gw-2", "-o", "b.json")[0] == 0
     code, out, _ = cli("diff", "a.json", "b.json")
-    assert "~   device device  (update; data impact: none)\n      targets: class:edge, gw-1 -> gw-2\n" in out
+    assert "~   device  (update; data impact: none)\n      targets: class:edge, gw-1 -> gw-2\n" in out
 
 
 def test_exit_code_one_on_a_policy_with_errors(cli, tmp_path, monkeypatch):
@@ -294,6 +294,10 @@ def test_device_sizes_and_nonce_lifetimes_read_in_the_language_s_units():
     assert (field_label("nonce_lifetime_seconds"), field_value(300, "nonce_lifetime_seconds")) == ("nonce_valid", "5m")
     assert field_value(0, "limit_bytes") == "unlimited" and field_value(None, "limit_bytes") == "(none)"
     assert (field_label("seal.pcrs"), field_value("/persist/a", "path")) == ("seal.pcrs", '"/persist/a"')
+    # `escrow_public_key: (none) -> 7sKZ…`: a field the language has not, and a value that said not what it is
+    key = "7sKZ" + "A" * 39 + "="
+    assert (field_label("escrow_public_key"), field_value(key, "escrow_public_key")) == (
+        "escrow_key", f"X25519 public key {key} (base64)")
 
 
 def test_attestation_pcr_change_reseals_every_vault_sealed_to_it(cli, tmp_path, monkeypatch):
