@@ -59,7 +59,8 @@ from compiler.units import format_mib, format_size
 from enforcer import blockdev, fscrypt, quota
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
-from enforcer.observe import Layout, is_mount, keyring_dir, layout, nearest_directory, open_parent, path_state
+from enforcer.observe import (Layout, is_mount, keyring_dir, layout, nearest_directory, open_below, open_parent,
+                              path_state)
 from enforcer.reconcile import Action, Backing, Step, choose_backing
 from enforcer.state import StateDir, VaultRecord, fsync_dir
 from enforcer.verify import record_for
@@ -947,14 +948,10 @@ def _in_directory(directory_fd: int, name: str) -> str:
 
 @contextmanager
 def _directory_below(top_fd: int, relative: Path) -> Iterator[int]:
-    """A descriptor of the directory `relative` below `top_fd`, opened one component at a time with
-    O_NOFOLLOW: a symlink put on the way fails it instead of leading elsewhere."""
-    fd = os.dup(top_fd)
+    """A descriptor of the directory `relative` below `top_fd` (`open_below`: a symlink put on the way
+    fails it instead of leading elsewhere), closed on leaving."""
+    fd = open_below(top_fd, relative.parts)
     try:
-        for part in relative.parts:
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = inner
         yield fd
     finally:
         os.close(fd)

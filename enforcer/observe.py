@@ -222,9 +222,20 @@ def open_parent(root: Path | None, path: Path) -> int:
     one put there after `path_state` looked, and what is named relative to the descriptor stays in that
     very directory whatever is renamed meanwhile."""
     base, parts = _below_root(root, path)
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in parts[:-1]:
+        return open_below(base_fd, parts[:-1])
+    finally:
+        os.close(base_fd)
+
+
+def open_below(directory_fd: int, parts) -> int:
+    """A new descriptor (the caller closes it) of the directory `parts` below the open directory
+    `directory_fd`, opened one component at a time with O_NOFOLLOW: a symlink on the way fails it
+    (ENOTDIR or ELOOP) instead of leading elsewhere."""
+    fd = os.dup(directory_fd)
+    try:
+        for part in parts:
             inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = inner
