@@ -361,7 +361,8 @@ class Applier:
                 "sealed, so the TPM does not unseal it; its escrow stays as it was", vault=name,
                 hint="apply the plan again once the device runs in the state the key is sealed to; if this state is "
                      f"legitimate (a firmware update) and the vault is unlocked, `vaultpolicy device rotate {name}` "
-                     "gives it a new key, sealed to the PCRs as they are now, and escrows that") from None
+                     "gives it a new key, sealed to the PCRs as they are now, and escrows that (a vault sealed to an "
+                     "attestation: once a plan allowing the new values is applied)") from None
         try:
             if fscrypt.key_identifier(key) != identifier:
                 raise KeyMismatch("the unsealed key is not the vault's key; it was not escrowed", vault=name)

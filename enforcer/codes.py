@@ -217,7 +217,7 @@ _code("VP1207", "recovery-failed", "an interrupted rotation could be neither fin
       "hand, and run the command again.",
       "device rotate killed, then a firmware update changes PCR 7; device unlock   # the vault failed, others unlocked")
 
-# --- VP1019-VP1022: plans the host cannot carry out, refused before anything changes (enforcer/preflight.py)
+# --- VP1019-VP1022 and VP1024: plans the host cannot carry out, refused before anything changes (enforcer/preflight.py)
 _code("VP1019", "persist-missing", "the persist partition is not there",
       "`device apply` checks that the plan's persist directory exists under --root before it makes any vault, "
       "so a missing mount or a wrong --root does not create vaults on the host's root filesystem.",
@@ -281,5 +281,7 @@ _code("VP1123", "escrow-unsealable", "a vault's existing key cannot be escrowed 
       "while the PCRs it is sealed to hold the values it was sealed with; one that changed (a firmware update) "
       "leaves that key unescrowed, and its escrow as it was (the drift report says `escrow-missing`). Apply "
       "again once the device runs in the state the key is sealed to; if the new state is legitimate and the "
-      "vault is unlocked, `device rotate` gives it a new key sealed to the PCRs as they are now, and escrows it.",
+      "vault is unlocked, `device rotate` gives it a new key sealed to the PCRs as they are now, and escrows it "
+      "(for a vault sealed to an attestation, once a plan whose `allow` lists take the new values is applied: "
+      "rotate refuses to seal to a boot they do not allow, VP1024).",
       "escrow_key added; PCR 7 extended since the key was sealed   # vault config: escrow-key FAILED")

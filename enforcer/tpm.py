@@ -55,13 +55,6 @@ class TpmError(DeviceError):
         self.rc = rc
 
 
-# what to do when the boot changed a sealed key's PCRs: the release path needs an escrowed key
-PCR_MISMATCH_HINT = ("if this boot is legitimate (a firmware update, say), a controller holding the vault's escrowed key "
-                     "can release it after verifying a quote, then `vaultpolicy device unlock --release FILE` unlocks "
-                     "and re-seals it (docs/attestation.md); without one, the vault opens only in the boot it was "
-                     "sealed in")
-
-
 class PcrMismatch(TpmError):
     """Unseal refused: the PCRs in `pcrs` differ from the values recorded at seal time."""
 
@@ -72,7 +65,7 @@ class PcrMismatch(TpmError):
         super().__init__(
             f"PCR {bank}:{names} changed since the key was sealed (the boot measured something else)",
             rc,
-            hint=PCR_MISMATCH_HINT,
+            hint="boot as when the key was sealed; `vaultpolicy device unlock` names what a changed boot needs",
         )
 
 

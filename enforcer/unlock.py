@@ -137,7 +137,8 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
             message = outcome.error.detail
             with state.best_effort():
                 state.set_condition(subject, False, reason, f"unlock refused: {message}", now)
-            results.append(VaultResult(vault.name, "locked", reason, message, pcrs, outcome.error.hint))
+            hint = pcr_mismatch_hint(plan, vault) if pcrs else outcome.error.hint
+            results.append(VaultResult(vault.name, "locked", reason, message, pcrs, hint))
         elif seen.seal is None:
             results.append(VaultResult(vault.name, "not-created", "not-created", "no sealed key yet: run `device apply`"))
         else:
@@ -152,6 +153,18 @@ def unlock_all(plan: Plan, state: StateDir, root: Path | None, tpm, now: datetim
             results.append(result)
     left = sorted(set(damaged) - {v.name for v in plan.vaults})  # vaults the plan no longer has, damaged too
     return results + [failed_unlock(state, name, damaged[name], now) for name in left]
+
+
+def pcr_mismatch_hint(plan: Plan, vault) -> str:
+    """What to do about a vault the boot's PCR values keep locked. A legitimate change (a firmware
+    update) is recovered by a controller release, which needs the vault sealed to an attestation and
+    its key escrowed (the plan's escrow key); any other vault opens only in the boot it was sealed in."""
+    if vault.seal is not None and vault.seal.attestation is not None and plan.device.escrow_public_key:
+        return ("if this boot is legitimate (a firmware update, say), the controller can release the vault's escrowed "
+                "key after verifying a quote, then `vaultpolicy device unlock --release FILE` unlocks and re-seals it "
+                "(docs/attestation.md); else boot as when it was sealed")
+    return ("boot as when the key was sealed: nothing else opens this vault (a vault sealed to an attestation, with "
+            "the plan's escrow key, can be released by the controller after a legitimate change)")
 
 
 def _refused(problem: Problem, seen: ObservedVault) -> VaultResult:
@@ -425,7 +438,6 @@ class GateDecision:
 def gate(plan: Plan, state: StateDir, root: Path | None, tpm, app_name: str) -> GateDecision:
     """Whether the app may start: its vault unlocked and as the plan says (for an end-to-end app,
     encrypted too)."""
-    from enforcer.tpm import PCR_MISMATCH_HINT
     from vaultpolicy.suggest import did_you_mean
 
     app = next((a for a in plan.apps if a.name == app_name), None)
@@ -446,7 +458,7 @@ def gate(plan: Plan, state: StateDir, root: Path | None, tpm, app_name: str) -> 
         return GateDecision(True, vault_report.path)
     why = "; ".join(vault_report.reasons) or vault_report.state
     if vault_report.state == "locked" and vault_report.changed_pcrs:  # unlock refuses it in this boot
-        hint = PCR_MISMATCH_HINT
+        hint = pcr_mismatch_hint(plan, plan.vault(app.vault))
     elif vault_report.state == "locked":
         hint = "run `vaultpolicy device unlock` (the boot unit does); `vaultpolicy device status` says why it stays locked"
     else:
