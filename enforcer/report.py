@@ -22,9 +22,9 @@ Disabled (an encrypted vault's path holds plaintext: S5, loudly) → Drifted wit
 `plaintext-erase-pending` (a migration copied the plaintext in but its copy beside the vault, renamed
 `.<name>.vp-erase`, is not deleted and discarded yet) → Drifted (path, policy, seal or limit differ
 from the plan) → Locked (key not in the kernel; the reason names PCRs that changed) →
-Ready. A vault that would be Ready but whose limit the kernel does not enforce as the plan states is
-Drifted with reconcile's reason (`limit-below-size`, `limit-below-usage`, `quota-not-enforced`), as
-`device status` says. A vault that would be Ready but whose attestation requires escrow the controller has not yet
+Ready. A vault that would be Ready but for which reconcile finds a problem `device apply` cannot mend
+(a limit the kernel does not enforce as stated, a path the plan moved, ...) is Drifted with that
+problem's reason and message, as `device status` says. A vault that would be Ready but whose attestation requires escrow the controller has not yet
 acknowledged is Drifted with reason `escrow-missing` (S9); its escrow is `missing` too when the blob
 the device holds is of another key, or wrapped for another escrow key, than its key and the plan's.
 Ready and Orphaned are what the plan asked for; every other condition is drift (`Report.drifting`:
@@ -48,7 +48,7 @@ from enforcer.attest import Quote
 from enforcer.escrow import escrow_public_raw, escrow_state, load_json_object
 from enforcer.fscrypt import KeyStatus, policy_difference
 from enforcer.observe import Observed, ObservedVault, PathState, staging_path
-from enforcer.reconcile import apply_interrupted, reconcile, storage_lost
+from enforcer.reconcile import Problem, apply_interrupted, reconcile, storage_lost
 from enforcer.release import last_unlocks
 from enforcer.rotate import overdue as key_overdue
 from enforcer.state import StateDir
@@ -209,9 +209,6 @@ def _pcrs(pcrs) -> str:
     return ",".join(map(str, sorted(pcrs)))
 
 
-_LIMIT_PROBLEMS = ("limit-below-size", "limit-below-usage", "quota-not-enforced")
-
-
 def build_report(
     device_id: str, plan: Plan | None, plan_sha256: str | None, observed: Observed, state: StateDir, now: datetime
 ) -> Report:
@@ -219,9 +216,10 @@ def build_report(
     requiring = {a.name for a in plan.attestations if a.escrow_required} if plan else set()
     escrow_public = (escrow_public_raw(plan.device.escrow_public_key, "the applied plan's device.escrow_public_key")
                      if plan and plan.device.escrow_public_key else None)
-    # a limit the kernel does not enforce as stated: the data is safe, but the vault is not as the plan says
-    limit_problems = {p.vault: p for p in reconcile(plan, observed).problems
-                      if p.reason in _LIMIT_PROBLEMS} if plan else {}
+    # what apply cannot mend (a limit not enforced as stated, a moved path): the vault is not as the plan says
+    problems: dict[str, Problem] = {}
+    for problem in reconcile(plan, observed).problems if plan else ():
+        problems.setdefault(problem.vault, problem)
     vaults = []
     for name, seen in sorted(observed.vaults.items()):
         wanted = plan.vault(name) if plan else None
@@ -230,8 +228,8 @@ def build_report(
             wanted, seen, record is not None, record.on_remove if record else "retain",
             interrupted=plan is not None and apply_interrupted(plan, observed, name),
             storage_lost=wanted is not None and storage_lost(wanted, record, seen))
-        if condition == "Ready" and name in limit_problems:
-            condition, reason, message = "Drifted", limit_problems[name].reason, limit_problems[name].message
+        if condition == "Ready" and name in problems:
+            condition, reason, message = "Drifted", problems[name].reason, problems[name].message
         escrow_required = bool(wanted and wanted.seal and wanted.seal.attestation in requiring)
         escrow = escrow_state(state.root, name, seen.seal.key_identifier if seen.seal else None, escrow_public)
         if escrow_required and escrow != "acknowledged" and condition == "Ready":

@@ -100,3 +100,21 @@ def test_a_lowered_limit_the_kernel_does_not_enforce_is_drift_in_the_report_as_i
     gate = device.cli("device", "gate", "agent")
     assert gate.returncode == 1 and "vault `config` of app `agent` is unlocked but not as the plan says: the limit " \
         "fell to 16MiB" in gate.stderr, gate.stderr
+
+
+@pytest.mark.device
+def test_a_vault_the_plan_moved_is_drift_in_the_report_as_in_status(device):
+    """The device does not move a vault (path-change-unsupported): status said DRIFT, the report Ready."""
+    import json
+
+    from enforcer.report import split_signed_report
+    from vp_helpers import make_plan
+
+    assert device.apply(make_plan([vault("config")])).returncode == 0
+    moved = device.apply(make_plan([vault("config", path="/persist/vault/settings")], version=2))
+    assert "path-change-unsupported" in moved.stdout + moved.stderr, moved.stdout + moved.stderr
+    assert not json.loads(device.cli("device", "status", "--json").stdout)["matches"]
+    report = device.cli("device", "report")
+    assert report.returncode == 3, report.stdout + report.stderr
+    (config,) = json.loads(split_signed_report(report.stdout.encode())[0])["vaults"]
+    assert (config["condition"], config["reason"]) == ("Drifted", "path-change-unsupported"), config
