@@ -285,3 +285,10 @@ _code("VP1123", "escrow-unsealable", "a vault's existing key cannot be escrowed 
       "(for a vault sealed to an attestation, once a plan whose `allow` lists take the new values is applied: "
       "rotate refuses to seal to a boot they do not allow, VP1024).",
       "escrow_key added; PCR 7 extended since the key was sealed   # vault config: escrow-key FAILED")
+_code("VP1124", "plaintext-staged", "a removed vault's files wait unencrypted beside it",
+      "An apply that moved a plaintext directory into a vault was interrupted while the files waited, "
+      "unencrypted, in `.<name>.vp-plaintext` beside the vault path, and the plan applied since no longer has the "
+      "vault. The files are not moved into a vault the plan dropped, nor deleted: that copy is their one whole "
+      "copy. The vault is neither retained nor destroyed until they are gone; status and the drift report say so. "
+      "Move the files where they belong, or apply a plan that has the vault again (it finishes the migration).",
+      "a migration into vault data killed, then a plan without data applied   # reported, nothing removed")

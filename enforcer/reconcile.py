@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from compiler.plan import Plan, Vault
 from compiler.units import format_mib, format_size
@@ -22,7 +23,7 @@ from enforcer.blockdev import BLOCK_SIZE, image_bytes_for
 from enforcer.escrow import escrow_gap, escrow_public_raw
 from enforcer.fscrypt import KeyStatus, policy_difference
 from enforcer.quota import limits_for
-from enforcer.observe import Observed, ObservedVault, PathState
+from enforcer.observe import Observed, ObservedVault, PathState, staging_path
 from enforcer.state import VaultRecord
 
 
@@ -93,7 +94,7 @@ def reconcile(plan: Plan, observed: Observed) -> Reconciliation:
         _plan_vault(vault, observed.vaults[vault.name], observed.records.get(vault.name), result)
     for name, record in sorted(observed.records.items()):
         if plan.vault(name) is None:
-            _removed_vault(record, observed.vaults[name], result)
+            _removed_vault(record, observed.vaults[name], result, apply_interrupted(plan, observed, name))
     return result
 
 
@@ -286,7 +287,23 @@ def apply_interrupted(plan: Plan, observed: Observed, name: str) -> bool:
     return observed.apply_unfinished and plan.vault(name) is None and record is not None and not record.orphaned
 
 
-def _removed_vault(record: VaultRecord, seen: ObservedVault, out: Reconciliation) -> None:
+def _removed_vault(record: VaultRecord, seen: ObservedVault, out: Reconciliation, interrupted: bool) -> None:
+    """A vault that left the plan is retained or destroyed as its record says, after what an interrupted
+    migration into it left: its copied plaintext is erased first (the files are in the vault); files still
+    staged unencrypted beside it (their one whole copy) hold it as it is, reported, until a person acts.
+    `interrupted`: a vault an unfinished apply of a newer plan began to make (`apply_interrupted`), whose
+    staged files that apply moves in: read-only commands say so themselves."""
+    if seen.staged_plaintext:
+        if not interrupted:
+            out.problems.append(Problem(record.name, "plaintext-staged", (
+                f"an apply that moved its files into the vault was interrupted: they wait, unencrypted, in "
+                f"`{staging_path(Path(seen.path))}`, and the plan no longer has the vault, so they are not moved "
+                "in; the vault is neither retained nor destroyed until they are gone: move them where they "
+                "belong, or apply a plan that has the vault again")))
+        return
+    if seen.erasing_plaintext:
+        out.steps.append(Step(Action.MIGRATE, record.name, "migrated plaintext waits to be deleted and its blocks "
+                              "discarded"))
     if seen.path_state.through_symlink:
         # destroying there would delete whatever the link leads to; retaining would unmount and lock there
         what = "destroyed" if record.on_remove == "destroy" else "locked and retained"

@@ -158,9 +158,16 @@ def vault_condition(wanted: Vault | None, seen: ObservedVault, managed: bool,
             return "Disabled", "apply-interrupted", (f"an apply that adds this vault did not finish: its files wait, "
                                                      f"unencrypted, in `{staging_path(Path(seen.path))}` to move "
                                                      "into it (`device apply` with that plan again)")
-        return "Drifted", "apply-interrupted", ("an apply that adds this vault did not finish (`device apply` with "
-                                                "that plan again)")
+        erase = "; the plaintext its files were copied from is not erased yet" if seen.erasing_plaintext else ""
+        return "Drifted", "apply-interrupted", (f"an apply that adds this vault did not finish{erase} (`device apply` "
+                                                "with that plan again)")
     if wanted is None:
+        if seen.staged_plaintext:  # reconcile's plaintext-staged: its files' one whole copy, unencrypted
+            return "Disabled", "plaintext-staged", (f"an interrupted apply left the files of this vault, which the plan "
+                                                    f"no longer has, unencrypted in `{staging_path(Path(seen.path))}`")
+        if seen.erasing_plaintext:
+            return "Drifted", "plaintext-erase-pending", ("the plaintext the vault's files were migrated from is not "
+                                                          "erased yet (`device apply` deletes it and discards its blocks)")
         if on_remove == "destroy":
             return "Drifted", "destroy-pending", "the plan destroys this vault; it is still there (`device apply` destroys it)"
         if seen.key_status is KeyStatus.PRESENT:

@@ -97,3 +97,19 @@ def test_status_shows_a_rotation_that_did_not_finish(device):
     assert device.cli("device", "rotate").returncode == 0
     rc, vaults = status(device)
     assert rc == 0 and vaults["config"]["matches"], vaults
+
+
+def test_status_after_a_killed_first_apply_says_an_apply_did_not_finish(device):
+    """A first apply killed mid-migration: status said only "no plan has been applied", while the files
+    it was moving waited unencrypted beside the vault path."""
+    data = device.path("/persist/vault/data")
+    data.mkdir(parents=True)
+    (data / "record.csv").write_text("row\n")
+    killed = device.apply(make_plan([vault("data")]), env={"VAULTPOLICY_CRASH_AT": "3"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    said = device.cli("device", "status")
+    assert said.returncode == 1 and "no plan has been applied" in said.stderr, said.stderr
+    assert "an apply did not finish (its journal is there): run that `device apply` again" in said.stderr
+    assert "`.<vault>.vp-plaintext`" in said.stderr
+    assert device.apply(make_plan([vault("data")])).returncode == 0
+    assert (data / "record.csv").read_text() == "row\n"

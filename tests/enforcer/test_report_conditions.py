@@ -41,6 +41,27 @@ def test_a_policy_that_differs_only_in_its_padding_is_drift():
         "padded to 16 bytes; the plan's is aes-256-xts contents, aes-256-cts names padded to 32 bytes")
 
 
+def test_an_interrupted_apply_that_left_plaintext_to_erase_says_so(tmp_path):
+    """Killed between a migration's copy and its erase: status said only `apply-interrupted`, not that
+    plaintext of the vault's files was still on disk."""
+    from enforcer.observe import Observed
+    from enforcer.state import StateDir, VaultRecord
+    from enforcer.unlock import report
+    from vp_helpers import make_plan
+
+    plan = make_plan([vault("config")])  # the applied plan; the interrupted one adds `bulk`
+    bulk = replace(encrypted(), name="bulk", path="/r/persist/vault/bulk", erasing_plaintext=True)
+    record = VaultRecord("bulk", "/persist/vault/bulk", "aes-256-xts", "retain", False, 0)
+    observed = Observed(vaults={"config": encrypted(), "bulk": bulk}, records={"bulk": record}, apply_unfinished=True)
+    (seen,) = [v for v in report(plan, observed, StateDir(tmp_path)).vaults if v.vault == "bulk"]
+    assert seen.state == "apply-interrupted" and not seen.matches
+    assert seen.reasons[0].startswith("PLAINTEXT: its files are in the vault, but the plaintext they were copied "
+                                      "from is still on disk beside it"), seen.reasons
+    condition, reason, message = vault_condition(None, bulk, managed=True, interrupted=True)
+    assert (condition, reason) == ("Drifted", "apply-interrupted")
+    assert "the plaintext its files were copied from is not erased yet" in message
+
+
 @pytest.mark.device
 def test_migrated_plaintext_not_yet_erased_is_drift_until_apply_erases_it(device):
     """What a crash between a migration's copy and its erase leaves: the files are in the vault and their

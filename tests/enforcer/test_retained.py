@@ -54,3 +54,33 @@ def test_a_retained_vault_is_not_drift_in_status_report_or_the_fleet(device):
     fscrypt.add_key(str(device.path("/persist")), key)
     assert device.cli("device", "status").returncode == 3
     assert vaultpolicy("device", "report", "--root", str(device.root), *attest).returncode == 3
+
+
+def test_what_an_interrupted_migration_left_beside_a_removed_vault_is_erased_or_reported_never_lost(device):
+    """A migration into a vault killed (test_crash kills at every point), then a plan without that vault:
+    the plaintext it had copied in, renamed `.old.vp-erase`, stayed on disk forever, and files still
+    staged in `.old.vp-plaintext` too, while status said the device matches the plan."""
+    assert device.apply(make_plan([vault("config"), vault("old"), vault("staged")])).returncode == 0
+    erasing = device.path("/persist/vault/.old.vp-erase")  # copied into the vault, not yet erased
+    erasing.mkdir()
+    (erasing / "secret.txt").write_text("copied in already")
+    staged = device.path("/persist/vault/.staged.vp-plaintext")  # waiting to be copied: the one whole copy
+    staged.mkdir()
+    (staged / "only-copy.txt").write_text("not in the vault yet")
+
+    applied = device.apply(make_plan([vault("config")], version=2))
+    assert applied.returncode == 1, applied.stdout + applied.stderr  # a problem: the staged files
+    assert not erasing.exists(), "the copied plaintext is erased before the vault is retained"
+    assert (staged / "only-copy.txt").read_text() == "not in the vault yet", "the staged files are never removed"
+    assert StateDir(device.state).records().keys() == {"config", "old", "staged"}
+
+    status = device.cli("device", "status", "--json")
+    assert status.returncode == 3, status.stdout
+    vaults = {v["vault"]: v for v in json.loads(status.stdout)["vaults"]}
+    assert vaults["old"]["matches"] and not vaults["staged"]["matches"]
+    assert any("(plaintext-staged" in r or "wait, unencrypted, in" in r for r in vaults["staged"]["reasons"])
+    report = device.cli("device", "report")
+    assert report.returncode == 3, report.stdout + report.stderr
+    conditions = {v["name"]: (v["condition"], v["reason"])
+                  for v in json.loads(split_signed_report(report.stdout.encode())[0])["vaults"]}
+    assert conditions["staged"] == ("Disabled", "plaintext-staged") and conditions["old"] == ("Orphaned", "removed-from-plan")

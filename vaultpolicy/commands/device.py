@@ -129,6 +129,10 @@ def check_state_dir(state, args, command: str) -> None:
         refused = state.conditions().get("plan") if state.root.exists() else None
         if refused is not None and not refused.ok:  # what the last apply said, so nobody has to dig for it
             where += f"; the last apply {refused.message} ({_tag(refused.reason)})"
+        elif state.root.exists() and state.journal_path.exists():  # a first apply killed: maybe mid-migration
+            where += ("; an apply did not finish (its journal is there): run that `device apply` again, which takes "
+                      "it up where it stopped; until then files it was moving into a vault may wait, unencrypted, "
+                      "beside the vault's path (`.<vault>.vp-plaintext`, `.<vault>.vp-erase`)")
         raise NoAppliedPlan(f"no plan has been applied: the state dir {state.root} {where}",
                             hint="run `vaultpolicy device apply` first, or pass the --state-dir it used")
 
