@@ -23,10 +23,12 @@ def vault_path_index(model: Model) -> dict[str, str]:
 def sensitive_stores(model: Model) -> Iterator[Diagnostic]:
     index = vault_path_index(model)
     # a vault whose path is reported as wrong (VP0201) may be the one meant to hold the directory: no
-    # follow-on error for a directory inside what that path reads as (made absolute, or under persist)
+    # follow-on error for a directory inside what that path reads as (made absolute, or under persist),
+    # when that is a directory below the persist root (`"."` reads as `/`, `"persist"` as the root itself)
+    persist = model.device.persist.value
     meant = [meant_path for v in model.vaults.values() if not well_formed(v.path)
-             for meant_path in (posixpath.normpath("/" + v.path.value),
-                                posixpath.normpath(f"{model.device.persist.value}/{v.path.value}"))]
+             for meant_path in (posixpath.normpath("/" + v.path.value), posixpath.normpath(f"{persist}/{v.path.value}"))
+             if meant_path != persist and is_inside(meant_path, persist)]
     for component in model.components.values():
         for store in component.stores:
             if not store.sensitive or not store.path.value.startswith("/"):

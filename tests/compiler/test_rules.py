@@ -33,6 +33,12 @@ CASES = {
     "VP0201 and no follow-on error for what the vault holds": (
         'vault data { path "persist/data/" }\ncomponent c { stores "/persist/data/spool" sensitive }\n',
         [("VP0201", 1, 19)]),
+    # what a wrong path reads as covers nothing outside it, nor the whole persist root
+    "VP0201 of `.` leaves a sensitive directory elsewhere reported": (
+        'vault data { path "." }\ncomponent c { stores "/var/lib/other" sensitive }\n', [("VP0201", 1, 19), ("VP0301", 2, 22)]),
+    "VP0201 of `persist` leaves one in the persist root reported": (
+        'vault data { path "persist" }\ncomponent c { stores "/persist/secret" sensitive }\n',
+        [("VP0201", 1, 19), ("VP0301", 2, 22)]),
     "VP0202 dot-dot": ('vault data { path "/persist/vault/../data" }\n', [("VP0202", 1, 19)]),
     "VP0202 dot": ('vault data { path "/persist/./data" }\n', [("VP0202", 1, 19)]),
     "VP0202 doubled slash": ('vault data { path "/persist//data" }\n', [("VP0202", 1, 19)]),
