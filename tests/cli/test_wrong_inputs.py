@@ -154,6 +154,17 @@ def test_compile_plan_version_that_is_not_a_number_is_a_usage_error(tmp_path):
     assert exit_info.value.code == status_codes.USAGE
 
 
+@pytest.mark.parametrize("command", [("device", "status"), ("device", "apply", "plan.signed"), ("device", "quote", "--nonce", "00")],
+                         ids=lambda command: " ".join(command[:2]))
+def test_an_empty_tpm_is_a_usage_error(tmp_path, capsys, command):
+    """`--tpm ""` selected the embedded swtpm, and apply recorded "" as the TPM the keys are sealed in."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--tpm", "", "--state-dir", str(tmp_path / "state")])
+    assert exit_info.value.code == status_codes.USAGE
+    assert "error: argument --tpm: is empty: give a TCTI string" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+
+
 KEY_GENERATORS = [("keygen",), ("controller", "escrow-keygen")]
 
 

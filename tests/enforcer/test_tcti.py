@@ -49,6 +49,18 @@ def test_kernel_resource_manager_is_preferred(tmp_path, monkeypatch):
     assert not (tmp_path / "state").exists()
 
 
+def test_embedded_names_the_state_dirs_swtpm_even_where_the_kernel_has_a_tpm(monkeypatch, state_dir, tmp_path):
+    device = tmp_path / "tpmrm0"
+    device.touch()
+    monkeypatch.setattr(tcti, "TPMRM_DEVICE", str(device))
+    try:
+        chosen = tcti.resolve_tcti(tcti.EMBEDDED, state_dir)
+        assert chosen == f"swtpm:host=127.0.0.1,port={_record(state_dir)['port']}"
+        assert tcti.resolve_tcti(None, state_dir) == f"device:{device}", "without --tpm the kernel's TPM"
+    finally:
+        tcti.stop_embedded(state_dir)
+
+
 def test_embedded_swtpm_is_started_once_reused_and_stopped(state_dir):
     started = []
     first = tcti.resolve_tcti(None, state_dir, on_start=lambda *announced: started.append(announced))

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                         help=f"sealed keys, the applied plan and the journal (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--root", metavar="DIR", help="put the plan's absolute paths under DIR")
-    parser.add_argument("--tpm", metavar="TCTI", help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321, or `embedded` "
+    parser.add_argument("--tpm", metavar="TCTI", type=tcti_option, help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321, or `embedded` "
                         "(default /dev/tpmrm0, else the embedded swtpm under the state dir; `lock` needs none)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     if command in ("apply", "rotate"):
@@ -204,6 +204,15 @@ def _announce_embedded(tcti: str, directory: Path) -> None:
     # it outlives this command (docs/enforcer.md): say so once, where it starts
     print(f"started the embedded swtpm ({tcti}, state in {directory}); it keeps running until "
           "`vaultpolicy device lock --stop-tpm`", file=sys.stderr)
+
+
+def tcti_option(text: str) -> str:
+    """`--tpm`: a TCTI string or `embedded`. An empty one is a usage error: it would select the
+    embedded swtpm and be recorded as the TPM keys are sealed in."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a TCTI string such as `swtpm:host=127.0.0.1,port=2321`, "
+                                         "or `embedded`")
+    return text
 
 
 def _tpm_words(name: str) -> str:

@@ -36,7 +36,7 @@ def add_arguments(parser, key) -> None:
     if action == "escrow-ack":
         parser.add_argument("acks", nargs="+", metavar="ACK", help="acknowledgements from `vaultpolicy controller escrow`")
         return
-    parser.add_argument("--tpm", metavar="TCTI", help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321, or `embedded` "
+    parser.add_argument("--tpm", metavar="TCTI", type=device.tcti_option, help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321, or `embedded` "
                         "(default /dev/tpmrm0, else the embedded swtpm under the state dir)")
     parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     if action in ("quote", "report"):
