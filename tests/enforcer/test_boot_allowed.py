@@ -63,3 +63,26 @@ def test_rotate_in_a_boot_the_attestation_does_not_allow_is_refused_and_changes_
         "attestation `boot` allows: PCR 7 = " in refused.stdout, refused.stdout
     assert StateDir(device.state).sealed("config") == sealed and tree(path) == files
     assert (path / "settings").read_text() == "kept"
+
+
+def test_a_vault_sealed_to_the_same_pcrs_without_the_attestation_does_not_hide_the_check(device):
+    """The check is made per selection and attestation: a vault with its own PCRs 0 and 7, checked first,
+    must not stand in for the attested vault on the same PCRs."""
+    booted = pcr_values(device)
+    plan = attested_plan({0: booted[0], 7: bytes(32)})
+    plan = plan.model_copy(update={"vaults": (vault("aaa", pcrs=(0, 7)), *plan.vaults)})
+    refused = device.apply(plan)
+    assert refused.returncode == 1 and "(boot-not-allowed, VP1024), nothing was changed" in refused.stderr, refused.stderr
+    assert "the key of vault `config` cannot be sealed" in refused.stderr
+
+
+def test_a_reseal_to_an_attestation_that_does_not_allow_this_boot_is_refused(device):
+    """A vault sealed to its own PCRs, then a plan that seals it to an attestation over others (a reseal)."""
+    assert device.apply(make_plan([vault("config", pcrs=(0, 4))])).returncode == 0
+    sealed = StateDir(device.state).sealed("config")
+    booted = pcr_values(device)
+    refused = device.apply(attested_plan({0: booted[0], 7: bytes(32)}, version=2))
+    assert refused.returncode == 1 and "(boot-not-allowed, VP1024), nothing was changed" in refused.stderr, refused.stderr
+    assert StateDir(device.state).sealed("config") == sealed
+    assert device.apply(attested_plan(booted, version=3)).returncode == 0
+    assert StateDir(device.state).sealed("config")["blob"] != sealed["blob"], "resealed to the attestation"
