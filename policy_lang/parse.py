@@ -34,8 +34,8 @@ from vaultpolicy.suggest import did_you_mean
 
 from . import syntax_codes as codes
 from .diagnostics import Diagnostic, Diagnostics, Span, error
-from .vocabulary import (CHOICES, DURATION_KEYWORDS, SIZE_KEYWORDS, calendar_unit_days, duration_unit_meant,
-                         size_unit_meant)
+from .vocabulary import (CHOICES, DURATION_KEYWORDS, SIZE_KEYWORDS, calendar_unit_days, calendar_unit_help,
+                         duration_unit_meant, size_unit_meant)
 
 TOP_LEVEL_KEYWORDS = ("device", "attestation", "defaults", "vault", "component", "app", "include")
 
@@ -526,9 +526,7 @@ def _spaced_unit(keyword: Token | None, number: Token | None, unit: Token) -> tu
     if keyword.value in SIZE_KEYWORDS and (meant := size_unit_meant(unit.value)):
         code = codes.BAD_SIZE
     elif keyword.value in DURATION_KEYWORDS and (days := calendar_unit_days(unit.value)) is not None:
-        written = f"{int(number.value) * days}d"
-        return (codes.BAD_DURATION, written, "months and years are not duration units (their length varies): "
-                f"write days or weeks, for example `{written}`")
+        return codes.BAD_DURATION, f"{int(number.value) * days}d", calendar_unit_help(int(number.value), days)
     elif keyword.value in DURATION_KEYWORDS and (meant := duration_unit_meant(unit.value)):
         code = codes.BAD_DURATION
     if meant is None:

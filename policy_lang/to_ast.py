@@ -21,7 +21,8 @@ from . import syntax_codes as codes
 from .diagnostics import Diagnostics, Span, error, source_lines
 from .parse import ParseResult
 from .vocabulary import (BANKS, DURATION_UNITS, ENCRYPTIONS, ON_FAILURE, ON_REMOVE, PROTECTIONS, SIZE_UNITS,
-                         TPM_MODES, calendar_unit_days, duration_unit_meant, size_unit_meant)
+                         TPM_MODES, calendar_unit_days, calendar_unit_help, duration_unit_meant,
+                         size_unit_meant)
 
 # Plans are canonical JSON, whose integers are exact only below 2**53 (RFC 8785, S12).
 MAX_EXACT_INT = 2**53
@@ -205,8 +206,7 @@ class _Converter:
             elif (days := calendar_unit_days(unit)) is not None:
                 self.fail(codes.BAD_DURATION, f"unknown duration unit `{unit}` {self.of(setting)}",
                           self.sub_span(token, len(str(number)), len(token.value)),
-                          help=f"months and years are not duration units (their length varies): write days or "
-                               f"weeks, for example `{number * days}d`")
+                          help=calendar_unit_help(number, days))
             else:
                 short = duration_unit_meant(unit)
                 hint = f"write `{number}{short}`" if short else did_you_mean(unit, DURATION_UNITS)

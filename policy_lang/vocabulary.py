@@ -45,6 +45,12 @@ def calendar_unit_days(unit: str) -> int | None:
     return CALENDAR_DAYS.get(unit) or (None if unit.lower() == "m" else CALENDAR_DAYS.get(unit.lower()))
 
 
+def calendar_unit_help(number: int, days: int) -> str:
+    """The help for `number` of a calendar unit of about `days` days (`4mo`, `4 months`)."""
+    return ("months and years are not duration units (their length varies): write days or weeks, for example "
+            f"`{number * days}d`")
+
+
 def duration_unit_meant(unit: str) -> str | None:
     """The duration unit `unit` stands for: itself, in another case (`D`), or as a word (`days`);
     never one for a calendar unit (`M`, `months`: `calendar_unit_days`)."""

@@ -430,6 +430,9 @@ SYNTAX_MESSAGES = {
     "months with a space": ("vault v { rotate every 4 months }", "VP0011", 1, 24, "`4 months` is not a duration",
                             "months and years are not duration units (their length varies): write days or weeks, "
                             "for example `120d`"),
+    "ISO's M with a space": ("vault v { rotate every 6 M }", "VP0011", 1, 24, "`6 M` is not a duration",
+                             "months and years are not duration units (their length varies): write days or weeks, "
+                             "for example `180d`"),
 }
 
 
