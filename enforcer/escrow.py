@@ -98,6 +98,10 @@ def load_json_object(data: bytes, source: str, expected_format: str) -> dict:
             raise InputError(f"`{source}` is {kind}, not a `{expected_format}` document") from None
         raise InputError(f"{source}: not JSON ({json_problem(exc)})") from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
+        found = obj.get("format") if isinstance(obj, dict) else None
+        if isinstance(found, str) and found.rpartition(".v")[0] == expected_format.rpartition(".v")[0]:
+            raise InputError(f"{source}: a `{found}` document; this vaultpolicy reads `{expected_format}`",
+                             hint="make it again with this version of vaultpolicy")
         if (kind := json_document_kind(obj)) is not None:  # the wrong file: named for what it is
             raise InputError(f"`{source}` is {kind}, not a `{expected_format}` document")
         raise InputError(f"{source}: not a `{expected_format}` document")

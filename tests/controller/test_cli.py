@@ -212,6 +212,12 @@ def test_a_policy_given_to_enroll_or_drift_is_named_for_what_it_is(store, tmp_pa
     assert main(["controller", "drift", str(quote), *store]) == status_codes.ERROR
     assert capsys.readouterr().out.splitlines()[-1] == (f"rejected {quote}: it is a quote (`device quote`), not a "
                                                         "`vaultpolicy.signed-report.v1` document")
+    # another version of the very format is said to be one, not named as if it were another document
+    older = tmp_path / "identity-v1.json"
+    older.write_text('{"format": "vaultpolicy.identity.v1"}')
+    assert main(["controller", "enroll", str(older), *store]) == status_codes.ERROR
+    assert capsys.readouterr().err.startswith(f"error: {older}: a `vaultpolicy.identity.v1` document; this vaultpolicy "
+                                              "reads `vaultpolicy.identity.v2`\n")
 
 
 @pytest.mark.parametrize("nonce,said", [
