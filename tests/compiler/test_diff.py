@@ -251,6 +251,11 @@ def test_a_policy_diffed_with_its_plan_for_a_target_shows_no_change(cli, tmp_pat
     assert cli("compile", "a.vpol", "--plan-version", "2", "--target", "gw-2", "-o", "b.json")[0] == 0
     code, out, _ = cli("diff", "a.json", "b.json")
     assert "~   device  (update; data impact: none)\n      targets: class:edge, gw-1 -> gw-2\n" in out
+    # the device has no name of its own: "device device" in every format
+    markdown = cli("diff", "a.json", "b.json", "--format", "markdown")[1]
+    assert "| `~` | device | — | update |" in markdown and "#### `~` device\n" in markdown
+    html = cli("diff", "a.json", "b.json", "--format", "html")[1]
+    assert "<td>device</td><td></td>" in html and "device device" not in markdown + html + out
 
 
 def test_exit_code_one_on_a_policy_with_errors(cli, tmp_path, monkeypatch):
