@@ -124,6 +124,26 @@ def vault_seals(model: Model) -> Iterator[Diagnostic]:
     """Explicit `seal pcrs …` settings (once per setting: one in `defaults` serves many vaults), and
     presence-only bindings wherever they come from."""
     sealed = [vault for vault in model.vaults.values() if vault.seal is not None]
+    # sealed by default to the policy's one attestation, which lists no PCRs: one error at the attestation
+    by_default: dict[str, list[str]] = {}
+    for vault in sealed:
+        seal = vault.seal
+        if seal.span is None and seal.attestation is not None and not seal.pcrs \
+                and seal.attestation.value in model.attestations:
+            by_default.setdefault(seal.attestation.value, []).append(vault.name.value)
+    for name, vaults in by_default.items():
+        listed = ", ".join(f"`{v}`" for v in vaults)
+        yield error(
+            codes.PRESENCE_ONLY,
+            f"attestation `{name}` lists no PCRs, and vault{'s' * (len(vaults) > 1)} {listed} "
+            f"{'are' if len(vaults) > 1 else 'is'} sealed to it by default (it is the policy's only attestation): "
+            "presence-only binding",
+            model.attestations[name].name.span,
+            "any boot of this TPM could unseal the keys; list its PCRs (`pcrs 0, 4, 7`), or give the vaults a "
+            "`seal` of their own",
+        )
+    implicit = {v for names in by_default.values() for v in names}
+    sealed = [vault for vault in sealed if vault.name.value not in implicit]
     for setting in model.settings(lambda vault: vault.seal.span, sealed):
         vault, seal = setting.vaults[0], setting.vaults[0].seal
         if seal.attestation is None and seal.span is not None:

@@ -119,8 +119,8 @@ CASES = {
     "VP0505 PCR 11 and 12": ("vault data { seal pcrs 0, 4, 7, 11, 12 }\n", [("VP0505", 1, 33), ("VP0505", 1, 37)]),
     "VP0506 presence-only binding": (
         "attestation boot { bank sha256 }\nvault data { seal boot }\n",
-        # the built-in vaults take the only attestation too: reported at the attestation's name
-        [("VP0506", 1, 13), ("VP0506", 1, 13), ("VP0506", 2, 14)],
+        # the built-in vaults take the only attestation by default: once, at the attestation's name, for both
+        [("VP0506", 1, 13), ("VP0506", 2, 14)],
     ),
     "VP0507 missing firmware PCRs": ("vault data { seal pcrs 7 }\n", [("VP0507", 1, 14)]),
     "VP0508 missing PCR 7": ("vault data { seal pcrs 0, 4 }\n", [("VP0508", 1, 14)]),
@@ -270,6 +270,14 @@ def test_a_setting_of_defaults_is_reported_once_as_the_defaults_setting(check_te
     found = [d for d in check_text(text) if d.code == expected[0]]
     assert [(d.code, d.span.line, d.span.column, d.message) for d in found] == [expected]
     assert found[0].notes == (f"inherited by vaults {vaults}",)
+
+
+def test_vaults_sealed_by_default_to_an_attestation_without_pcrs_are_one_error_that_says_so(check_text):
+    """Three VP0506, one per vault (two of them built-in), none saying that the seal was the default."""
+    found = [d for d in check_text("attestation x { nonce 16 bytes, valid 5m }\nvault a { }\n") if d.code == "VP0506"]
+    assert [(d.span.line, d.span.column, d.message) for d in found] == [
+        (1, 13, "attestation `x` lists no PCRs, and vaults `config`, `images`, `a` are sealed to it by default (it is "
+                "the policy's only attestation): presence-only binding")]
 
 
 def test_the_note_on_a_setting_of_defaults_counts_what_it_does_not_name(check_text):
