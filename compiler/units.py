@@ -12,10 +12,13 @@ def format_size(size: int | None) -> str:
     return f"{size}B"
 
 
-def format_mib(size: int) -> str:
-    """A measured size (free space, usage, what a copy needs): MiB with one decimal. It is rarely a
-    whole unit, where `format_size`'s exact spelling would fall back to bytes."""
-    return f"{size / 2**20:.1f} MiB"
+def format_measured(size: int) -> str:
+    """A measured size (free space, usage, what a copy needs), with one decimal in MiB, GiB above
+    1 GiB, TiB above 1 TiB. It is rarely a whole unit, where `format_size`'s exact spelling would
+    fall back to bytes."""
+    unit, factor = next((u, f) for u, f in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20))
+                        if size >= f or f == 1 << 20)
+    return f"{size / factor:.1f} {unit}"
 
 
 def format_duration(seconds: int | None) -> str:

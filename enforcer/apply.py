@@ -55,7 +55,7 @@ from datetime import datetime
 from pathlib import Path
 
 from compiler.plan import Plan, Vault, format_time
-from compiler.units import format_mib, format_size
+from compiler.units import format_measured, format_size
 from enforcer import blockdev, fscrypt, quota
 from enforcer.fscrypt import KeyStatus
 from enforcer.journal import Journal
@@ -238,8 +238,8 @@ class Applier:
         if needs.bytes > room[0] or needs.inodes > room[1]:
             if made:
                 where.image.unlink()
-            raise MigrationError(f"migrating `{where.path}` needs {format_mib(needs.bytes)} and {needs.inodes} "
-                                 f"inodes free on {home}, which has {format_mib(room[0])} and {room[1]} inodes "
+            raise MigrationError(f"migrating `{where.path}` needs {format_measured(needs.bytes)} and {needs.inodes} "
+                                 f"inodes free on {home}, which has {format_measured(room[0])} and {room[1]} inodes "
                                  "free; nothing was moved", vault=name,
                                  hint="raise the vault's limit or remove files first")
         self.remember(vault)
@@ -441,8 +441,8 @@ class Applier:
         needs = copy_needs(where.staging, encrypted).minus(copy_needs(where.path, encrypted))
         room = free_room(where.path)
         if needs.bytes > room[0] or needs.inodes > room[1]:
-            raise MigrationError(f"the vault has {format_mib(room[0])} and {room[1]} inodes free, the staged "
-                                 f"plaintext at `{where.staging}` needs {format_mib(needs.bytes)} and {needs.inodes} "
+            raise MigrationError(f"the vault has {format_measured(room[0])} and {room[1]} inodes free, the staged "
+                                 f"plaintext at `{where.staging}` needs {format_measured(needs.bytes)} and {needs.inodes} "
                                  "inodes more; it stays there, intact", vault=name)
         copied: list[Path] = []
         try:

@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compiler.plan import MIN_VAULT_LIMIT_BYTES
-from compiler.units import format_mib, format_size
+from compiler.units import format_measured, format_size
 from vaultpolicy.errors import BackendUnavailable, DeviceError
 
 BLOCK_SIZE = 4096
@@ -351,7 +351,7 @@ def grow(image: str | os.PathLike, mountpoint: str | os.PathLike, new_size: int,
         used, _ = usage(mountpoint)
         if new_size < used:
             raise LimitBelowUsage(f"the new limit ({format_size(new_size)}) is below what the vault holds "
-                                  f"({format_mib(used)})", mountpoint, hint="remove data from the vault first or keep the limit")
+                                  f"({format_measured(used)})", mountpoint, hint="remove data from the vault first or keep the limit")
         raise ShrinkUnsupported(f"lowering the limit from {format_size(current)} to {format_size(new_size)} is not "
                                 "supported (ext4 cannot shrink while mounted)", mountpoint)
     if new_size == current:
@@ -437,8 +437,8 @@ def check_room(image: str | os.PathLike, size_bytes: int) -> None:
     if short is not None:
         needed, free = short
         raise NoRoomForImage(
-            f"the state dir's filesystem has {format_mib(free)} free, the vault's image needs {format_mib(needed)} more and "
-            f"{format_mib(STATE_RESERVE_BYTES)} stays free for the state files; nothing was changed", image,
+            f"the state dir's filesystem has {format_measured(free)} free, the vault's image needs {format_measured(needed)} more and "
+            f"{format_measured(STATE_RESERVE_BYTES)} stays free for the state files; nothing was changed", image,
             hint="free space on the state dir's filesystem (or move the state dir to a larger one), or lower the "
             "vault's limit")
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from compiler.plan import Plan
-from compiler.units import format_mib, format_size
+from compiler.units import format_measured, format_size
 from enforcer import blockdev, fscrypt, quota
 from enforcer.observe import PathState, host_path, nearest_directory, path_state
 from enforcer.reconcile import Action, Backing, Step, choose_backing
@@ -137,9 +137,9 @@ def check_image_room(plan: Plan, steps: list[Step], state: StateDir) -> None:
         total = sum(needed for _, _, needed in images)
         if total + blockdev.STATE_RESERVE_BYTES <= free:
             continue
-        each = ", ".join(f"`{name}` {format_mib(needed)} (limit {format_size(limit)})" for name, limit, needed in images)
-        raise ApplyRefused("storage-no-room", f"the vault images this plan makes or grows need {format_mib(total)} on "
-                           f"the filesystem of `{home}`, which has {format_mib(free)} free and keeps "
-                           f"{format_mib(blockdev.STATE_RESERVE_BYTES)} for the state files: {each}",
+        each = ", ".join(f"`{name}` {format_measured(needed)} (limit {format_size(limit)})" for name, limit, needed in images)
+        raise ApplyRefused("storage-no-room", f"the vault images this plan makes or grows need {format_measured(total)} on "
+                           f"the filesystem of `{home}`, which has {format_measured(free)} free and keeps "
+                           f"{format_measured(blockdev.STATE_RESERVE_BYTES)} for the state files: {each}",
                            hint="images are allocated in full: free space there (or move the state dir to a larger "
                            "filesystem), or lower the vaults' limits")

@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from compiler.plan import Plan, Vault
-from compiler.units import format_mib, format_size
+from compiler.units import format_measured, format_size
 from enforcer.blockdev import BLOCK_SIZE, image_bytes_for
 from enforcer.escrow import escrow_gap, escrow_public_raw
 from enforcer.fscrypt import KeyStatus, policy_difference
@@ -256,7 +256,7 @@ def _quota_steps(vault: Vault, seen: ObservedVault, record: VaultRecord | None, 
         return
     if wanted[0] < seen.quota.used_bytes or wanted[1] < seen.quota.used_inodes:
         problem("limit-below-usage", f"the limit fell to {format_size(vault.limit_bytes)} ({wanted[1]} files) but "
-                f"the vault holds {format_mib(seen.quota.used_bytes)} in {seen.quota.used_inodes} files; its quota "
+                f"the vault holds {format_measured(seen.quota.used_bytes)} in {seen.quota.used_inodes} files; its quota "
                 f"stays at {format_size(seen.quota.limit_bytes)}: remove data from the vault first")
         return
     step(Action.SET_QUOTA, f"the vault's project quota is {format_size(seen.quota.limit_bytes)}, its limit is "

@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from compiler.units import format_mib
+from compiler.units import format_measured, format_size
 from enforcer.codes import code_for
 from vaultpolicy import status_codes
 from vaultpolicy.errors import InputError, PlanRejected
@@ -433,7 +433,7 @@ def _status(args, state, root) -> int:
     for vault in status.vaults:
         usage = ""
         if vault.used_bytes is not None and vault.limit_bytes:
-            usage = f"  {format_mib(vault.used_bytes)} of {format_mib(vault.limit_bytes)} used"
+            usage = f"  {format_measured(vault.used_bytes)} of {format_size(vault.limit_bytes)} used"
         lines.append(f"  vault {vault.vault}: {vault.state}, {'matches' if vault.matches else 'DRIFT'}  {vault.path}{usage}")
         lines += [f"    - {reason}" for reason in vault.reasons]
     recorded = state.host()
