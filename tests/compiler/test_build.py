@@ -363,6 +363,17 @@ def test_compile_warns_of_a_plan_that_is_expired_or_about_to_expire(cli, tmp_pat
     assert help_line == "  = help: compile it with a later --issued-at (default: now) or a longer --valid-for (default 30d)"
 
 
+def test_compile_warns_of_a_plan_issued_in_the_future(cli, tmp_path):
+    """`compile --issued-at 2030-01-01T00:00:00Z` was silent; `verify` and devices refuse the plan."""
+    code, _, err = cli("compile", EXAMPLE, "--plan-version", "1", "--issued-at", "2030-01-01T00:00:00Z",
+                       "-o", tmp_path / "p.json")
+    assert code == 0 and (tmp_path / "p.json").exists()
+    warning, help_line = err.splitlines()
+    assert warning.startswith("warning: the plan is issued at 2030-01-01T00:00:00Z, in the future (now ")
+    assert warning.endswith("devices and `verify` refuse it until 5 minutes before then")
+    assert help_line == "  = help: compile it with an --issued-at no later than now (the default)"
+
+
 def test_compile_says_nothing_of_a_plan_valid_for_a_day_or_more(cli, tmp_path):
     code, _, err = cli("compile", EXAMPLE, "--plan-version", "1", "--valid-for", "1d", "-o", tmp_path / "p.json")
     assert (code, err) == (0, "")

@@ -124,23 +124,30 @@ def run(args) -> int:
     write_output(args.output, encode_plan(plan))
     print(f"wrote {args.output}: plan version {plan.plan_version}, {_count(len(plan.vaults), 'vault')}, "
           f"{_count(len(plan.apps), 'app')}")
-    _warn_if_expiring(plan.expires, now)
+    _warn_if_refused_for_its_times(plan.issued_at, plan.expires, now)
     return status_codes.SUCCESS
 
 
-def _warn_if_expiring(expires: str, now: datetime) -> None:
-    """A plan written expired (an --issued-at in the past), or expiring within a day: devices and
-    `verify` refuse it from then on. Written all the same (a test fixture may want one), with a warning."""
+def _warn_if_refused_for_its_times(issued_at: str, expires: str, now: datetime) -> None:
+    """A plan written expired (an --issued-at in the past), expiring within a day, or issued further in
+    the future than devices allow: devices and `verify` refuse it (until then, or from then on).
+    Written all the same (a test fixture may want one), with a warning."""
+    from enforcer.verify import CLOCK_SLACK
+
     left = parse_time(expires) - now
-    if left <= timedelta(0):
+    fix = "a later --issued-at (default: now) or a longer --valid-for (default 30d)"
+    if parse_time(issued_at) > now + CLOCK_SLACK:
+        said = (f"the plan is issued at {issued_at}, in the future (now {format_time(now)}): devices and `verify` "
+                f"refuse it until {CLOCK_SLACK.seconds // 60} minutes before then")
+        fix = "an --issued-at no later than now (the default)"
+    elif left <= timedelta(0):
         said = f"the plan expired at {expires}, before it was compiled (now {format_time(now)}): devices and `verify` refuse it"
     elif left < _SHORT_VALIDITY:
         said = f"the plan expires at {expires}, in {_about(left)}: devices and `verify` refuse it from then on"
     else:
         return
     print(f"warning: {said}", file=sys.stderr)
-    print("  = help: compile it with a later --issued-at (default: now) or a longer --valid-for (default 30d)",
-          file=sys.stderr)
+    print(f"  = help: compile it with {fix}", file=sys.stderr)
 
 
 def _about(left: timedelta) -> str:
