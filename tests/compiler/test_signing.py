@@ -51,7 +51,16 @@ def test_sign_keeps_the_plan_bytes_and_verify_accepts(cli, keys, plan_file):
     assert cli("sign", plan_file, "--key", keys / "a", "-o", signed)[0] == 0
     assert Envelope.from_bytes(signed.read_bytes()).payload == plan_file.read_bytes()
     code, out, _ = cli("verify", signed, "--trust", keys / "a.pub")
-    assert code == 0 and out.startswith("verified: plan version 1")
+    assert code == 0 and out.startswith("verified: plan version 1 for every device, issued ")
+
+
+def test_verify_names_the_devices_a_plan_is_for(cli, keys, tmp_path):
+    """verify said nothing of the targets, and the device then refused the plan (wrong-target)."""
+    plan, signed = tmp_path / "targeted.json", tmp_path / "targeted.signed"
+    assert cli("compile", EXAMPLE, "--plan-version", "1", "--target", "gw-7", "--target", "class:edge", "-o", plan)[0] == 0
+    assert cli("sign", plan, "--key", keys / "a", "-o", signed)[0] == 0
+    code, out, _ = cli("verify", signed, "--trust", keys / "a.pub")
+    assert code == 0 and out.startswith("verified: plan version 1 for class:edge, gw-7, issued "), out
 
 
 @pytest.mark.parametrize("rewrite", [

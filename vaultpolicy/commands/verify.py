@@ -53,8 +53,10 @@ def run(args) -> int:
         if exc.hint:
             print(f"  = help: {exc.hint}", file=sys.stderr)
         return status_codes.ERROR
+    # devices refuse a plan that does not target them: say which it is for, as `plan show` does
+    targets = ", ".join(plan.targets) if plan.targets else "every device"
     print(
-        f"verified: plan version {plan.plan_version} issued {plan.issued_at}, expires {plan.expires}; "
+        f"verified: plan version {plan.plan_version} for {targets}, issued {plan.issued_at}, expires {plan.expires}; "
         f"threshold {root.threshold} of trust root version {root.version} met"
     )
     return status_codes.SUCCESS
