@@ -18,7 +18,7 @@ from vaultpolicy.encoding import json_message, load_json
 from vaultpolicy.errors import InputError, PlanRejected, UsageError
 
 from .plan import Plan, PlanFormatError, decode_plan
-from .signing import PLAN_PAYLOAD_TYPE, Envelope, non_json_kind, raw_public_bytes
+from .signing import PLAN_PAYLOAD_TYPE, TRUST_ROOT_PAYLOAD_TYPE, Envelope, non_json_kind, raw_public_bytes
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -151,6 +151,9 @@ def load_plan_envelope(data: bytes, source: str) -> Envelope:
     except PlanRejected as exc:
         raise InputError(f"{source}: {exc.message}") from None
     if envelope.payload_type != PLAN_PAYLOAD_TYPE:
+        if envelope.payload_type == TRUST_ROOT_PAYLOAD_TYPE:  # named as `verify` names it
+            raise InputError(f"`{source}` is a trust root, not a plan",
+                             hint="a plan is what `vaultpolicy compile POLICY -o PLAN` writes")
         raise InputError(f"{source}: envelope holds `{envelope.payload_type}`, not a plan")
     return envelope
 

@@ -382,6 +382,9 @@ def test_a_trust_root_given_as_the_signed_plan_is_the_wrong_payload_type(cli, ke
     assert cli("trust", "init", "--key", keys / "a.pub", "--threshold", "1", "--sign-with", keys / "a", "-o", keys / "root")[0] == 0
     code, _, err = cli("verify", keys / "root", "--trust", keys / "root")
     assert code == 1 and err == f"refused: wrong-payload-type: `{keys / 'root'}` is a trust root, not a signed plan\n"
+    # `plan show` names it alike (it said "envelope holds `application/vnd.vaultpolicy.trust-root.v1+json`")
+    code, _, err = cli("plan", "show", keys / "root")
+    assert code == 1 and err.startswith(f"error: `{keys / 'root'}` is a trust root, not a plan\n"), err
     key = load_private_key((keys / "a").read_bytes(), "a")
     other = sign("application/vnd.example+json", b"{}", [key])
     with pytest.raises(PlanRejected, match="envelope holds `application/vnd.example.json`, expected `application/vnd.vaultpolicy.plan"):
