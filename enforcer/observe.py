@@ -180,7 +180,8 @@ class ObservedVault:
 class Observed:
     vaults: dict[str, ObservedVault]
     records: dict[str, VaultRecord] = field(default_factory=dict)
-    # an apply started and did not finish (its journal is there): it was interrupted, or it runs now
+    # an apply started and did not finish (its journal is there): it was interrupted, or it runs now.
+    # Read-only commands read it; `device apply` itself is the run that finishes it, and sets it False
     apply_unfinished: bool = False
 
 

@@ -293,24 +293,27 @@ def _removed_vault(record: VaultRecord, seen: ObservedVault, out: Reconciliation
     staged unencrypted beside it (their one whole copy) hold it as it is, reported, until a person acts.
     `interrupted`: a vault an unfinished apply of a newer plan began to make (`apply_interrupted`), whose
     staged files that apply moves in: read-only commands say so themselves."""
+    staging = staging_path(Path(seen.path))
     if seen.staged_plaintext:
         if not interrupted:
             out.problems.append(Problem(record.name, "plaintext-staged", (
                 f"an apply that moved its files into the vault was interrupted: they wait, unencrypted, in "
-                f"`{staging_path(Path(seen.path))}`, and the plan no longer has the vault, so they are not moved "
-                "in; the vault is neither retained nor destroyed until they are gone: move them where they "
-                "belong, or apply a plan that has the vault again")))
+                f"`{staging}`, and the plan no longer has the vault, so they are not moved in; the vault is "
+                f"neither retained nor destroyed until they are gone: move them where they belong and remove "
+                f"`{staging}`, or apply a plan that has the vault again")))
         return
-    if seen.erasing_plaintext:
-        out.steps.append(Step(Action.MIGRATE, record.name, "migrated plaintext waits to be deleted and its blocks "
-                              "discarded"))
     if seen.path_state.through_symlink:
-        # destroying there would delete whatever the link leads to; retaining would unmount and lock there
+        # destroying (or erasing beside it) there would delete whatever the link leads to; retaining would
+        # unmount and lock there
         what = "destroyed" if record.on_remove == "destroy" else "locked and retained"
         out.problems.append(Problem(record.name, "unsafe-path", f"`{seen.path}` is a {seen.path_state.value}; "
                                     f"the vault is not {what} through it (its key and files are kept): remove "
                                     "the symlink or put the vault's directory back at its path"))
-    elif record.on_remove == "destroy":
+        return
+    if seen.erasing_plaintext:
+        out.steps.append(Step(Action.MIGRATE, record.name, "migrated plaintext waits to be deleted and its blocks "
+                              "discarded"))
+    if record.on_remove == "destroy":
         out.steps.append(Step(Action.DESTROY, record.name, "the vault left the plan with on_remove destroy"))
     elif not record.orphaned or seen.key_status is KeyStatus.PRESENT:
         out.steps.append(Step(Action.ORPHAN, record.name, "the vault left the plan with on_remove retain"))

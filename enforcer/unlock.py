@@ -406,6 +406,8 @@ def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
             vault_state = "storage-damaged" if "storage-damaged" in problems else "storage-lost"
         elif interrupted:
             vault_state = "apply-interrupted"
+        elif "plaintext-staged" in problems:  # a removed vault's files, unencrypted beside it
+            vault_state = "plaintext"
         elif seen.path_state is not PathState.DIRECTORY:
             vault_state = "missing"
         elif wanted is None:

@@ -113,3 +113,26 @@ def test_status_after_a_killed_first_apply_says_an_apply_did_not_finish(device):
     assert "`.<vault>.vp-plaintext`" in said.stderr
     assert device.apply(make_plan([vault("data")])).returncode == 0
     assert (data / "record.csv").read_text() == "row\n"
+
+
+def test_a_plan_without_the_vault_a_killed_migration_was_filling_reports_its_staged_files(device):
+    """Killed mid-copy, then a plan without that vault: apply said "nothing to do: the device matches the
+    plan" (its vault counted as one of an unfinished apply), the files still unencrypted beside the path."""
+    first = make_plan([vault("config")])
+    assert device.apply(first).returncode == 0
+    bulk = device.path("/persist/vault/bulk")
+    bulk.mkdir()
+    for index in range(20):
+        (bulk / f"record-{index:02}.csv").write_text(f"row {index}\n")
+    expected = tree(bulk)
+    killed = device.apply(make_plan([vault("config"), vault("bulk")], version=2), env={"VAULTPOLICY_CRASH_AT": "8"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    staging = device.path("/persist/vault/.bulk.vp-plaintext")
+    assert staging.is_dir()
+
+    without = device.apply(make_plan([vault("config")], version=3))
+    assert without.returncode == 1, without.stdout + without.stderr
+    assert "plaintext-staged" in without.stdout and f"they wait, unencrypted, in `{staging}`" in without.stdout
+    assert tree(staging) == expected, "the staged files are their one whole copy: kept as they are"
+    rc, vaults = status(device)
+    assert rc == 3 and vaults["bulk"]["state"] == "plaintext" and not vaults["bulk"]["matches"], vaults["bulk"]

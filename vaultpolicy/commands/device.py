@@ -129,7 +129,7 @@ def check_state_dir(state, args, command: str) -> None:
         refused = state.conditions().get("plan") if state.root.exists() else None
         if refused is not None and not refused.ok:  # what the last apply said, so nobody has to dig for it
             where += f"; the last apply {refused.message} ({_tag(refused.reason)})"
-        elif state.root.exists() and state.journal_path.exists():  # a first apply killed: maybe mid-migration
+        if state.root.exists() and state.journal_path.exists():  # a first apply killed: maybe mid-migration
             where += ("; an apply did not finish (its journal is there): run that `device apply` again, which takes "
                       "it up where it stopped; until then files it was moving into a vault may wait, unencrypted, "
                       "beside the vault's path (`.<vault>.vp-plaintext`, `.<vault>.vp-erase`)")
@@ -191,7 +191,8 @@ def _tcti(args, state) -> str:
 
     recorded = state.host() if state.root.is_dir() else None
     default = _tpm_name(None)
-    if args.tpm is None and recorded is not None and recorded.tpm not in (None, default) \
+    # "" was recorded by an apply given `--tpm ""` (now a usage error): the default of then, not known now
+    if args.tpm is None and recorded is not None and recorded.tpm not in (None, "", default) \
             and not (recorded.tpm.startswith("device:") and default.startswith("device:")):  # /dev/tpm0, tpmrm0: one TPM
         raise InputError(f"this device's keys are sealed in {_tpm_words(recorded.tpm)} (recorded by `device apply` in "
                          f"{state.host_path}); without --tpm this command would use {_tpm_words(default)}",
@@ -284,7 +285,8 @@ def _apply(args, state, root) -> int:
                 tpm.flush_leftovers()
                 rotator = Rotator(plan, state, root, tpm, now, identity.device_id, journal)
                 recovered, unrecovered = rotator.recover()  # a rotation a crash cut short
-                observed = observe(plan, state, root, tpm)
+                # this apply finishes whatever one was interrupted: none of its vaults is "of an unfinished apply"
+                observed = replace(observe(plan, state, root, tpm), apply_unfinished=False)
                 rec = reconcile(plan, observed)
                 rec = leave_unrecovered(Reconciliation(rec.steps + escrow_steps(plan, observed), rec.problems),
                                         unrecovered)
