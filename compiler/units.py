@@ -16,9 +16,10 @@ def format_measured(size: int) -> str:
     """A measured size (free space, usage, what a copy needs), with one decimal in MiB, GiB above
     1 GiB, TiB above 1 TiB. It is rarely a whole unit, where `format_size`'s exact spelling would
     fall back to bytes."""
-    unit, factor = next((u, f) for u, f in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20))
-                        if size >= f or f == 1 << 20)
-    return f"{size / factor:.1f} {unit}"
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30)):
+        if round(size / factor, 1) >= 1:  # after rounding: just under 1 GiB reads 1.0 GiB, not 1024.0 MiB
+            return f"{size / factor:.1f} {unit}"
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def format_duration(seconds: int | None) -> str:

@@ -99,9 +99,13 @@ def load_json_object(data: bytes, source: str, expected_format: str) -> dict:
         raise InputError(f"{source}: not JSON ({json_problem(exc)})") from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         found = obj.get("format") if isinstance(obj, dict) else None
-        if isinstance(found, str) and found.rpartition(".v")[0] == expected_format.rpartition(".v")[0]:
+        family, _, wanted = expected_format.rpartition(".v")
+        found_family, _, version = found.rpartition(".v") if isinstance(found, str) else (None, "", "")
+        if found_family == family:  # another version of this very document
+            newer = version.isdigit() and int(version) > int(wanted)
             raise InputError(f"{source}: a `{found}` document; this vaultpolicy reads `{expected_format}`",
-                             hint="make it again with this version of vaultpolicy")
+                             hint="upgrade vaultpolicy here to the version that made it" if newer
+                             else "make it again with this version of vaultpolicy")
         if (kind := json_document_kind(obj)) is not None:  # the wrong file: named for what it is
             raise InputError(f"`{source}` is {kind}, not a `{expected_format}` document")
         raise InputError(f"{source}: not a `{expected_format}` document")

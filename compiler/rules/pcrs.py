@@ -132,15 +132,16 @@ def vault_seals(model: Model) -> Iterator[Diagnostic]:
                 and seal.attestation.value in model.attestations:
             by_default.setdefault(seal.attestation.value, []).append(vault.name.value)
     for name, vaults in by_default.items():
-        listed = ", ".join(f"`{v}`" for v in vaults)
+        # the vaults in a note: a check of a file with a broken block compares messages, and which vaults
+        # take the default depends on what the broken block would have said
         yield error(
             codes.PRESENCE_ONLY,
-            f"attestation `{name}` lists no PCRs, and vault{'s' * (len(vaults) > 1)} {listed} "
-            f"{'are' if len(vaults) > 1 else 'is'} sealed to it by default (it is the policy's only attestation): "
-            "presence-only binding",
+            f"attestation `{name}` lists no PCRs, and vaults are sealed to it by default (it is the policy's "
+            "only attestation): presence-only binding",
             model.attestations[name].name.span,
-            "any boot of this TPM could unseal the keys; list its PCRs (`pcrs 0, 4, 7`), or give the vaults a "
+            "any boot of this TPM could unseal their keys; list its PCRs (`pcrs 0, 4, 7`), or give the vaults a "
             "`seal` of their own",
+            notes=("sealed to it by default: " + ", ".join(f"vault `{v}`" for v in vaults),),
         )
     implicit = {v for names in by_default.values() for v in names}
     sealed = [vault for vault in sealed if vault.name.value not in implicit]

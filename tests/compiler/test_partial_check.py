@@ -254,3 +254,10 @@ def test_an_unclosed_block_hides_no_error_inside_it_or_after_it(tmp_path, capsys
     found = [(d["code"], d["span"]["line"], d["span"]["column"], d["help"])
              for d in json.loads(capsys.readouterr().out)["diagnostics"]]
     assert (code, found) == (1, expected)
+
+
+def test_the_default_seal_error_survives_a_broken_block_elsewhere(tmp_path, capsys):
+    """With `vault b { seal ??? }` broken, which vaults take the default seal differs between the stand-ins
+    for the broken block, and the VP0506 whose message listed them was dropped as not independent."""
+    code, found = _check(tmp_path, capsys, "attestation x { nonce 16 bytes, valid 5m }\nvault a { }\nvault b { seal ??? }\n")
+    assert code == 1 and (rule.PRESENCE_ONLY, 1, 13) in found, found

@@ -275,9 +275,10 @@ def test_a_setting_of_defaults_is_reported_once_as_the_defaults_setting(check_te
 def test_vaults_sealed_by_default_to_an_attestation_without_pcrs_are_one_error_that_says_so(check_text):
     """Three VP0506, one per vault (two of them built-in), none saying that the seal was the default."""
     found = [d for d in check_text("attestation x { nonce 16 bytes, valid 5m }\nvault a { }\n") if d.code == "VP0506"]
-    assert [(d.span.line, d.span.column, d.message) for d in found] == [
-        (1, 13, "attestation `x` lists no PCRs, and vaults `config`, `images`, `a` are sealed to it by default (it is "
-                "the policy's only attestation): presence-only binding")]
+    assert [(d.span.line, d.span.column, d.message, d.notes) for d in found] == [
+        (1, 13, "attestation `x` lists no PCRs, and vaults are sealed to it by default (it is the policy's only "
+                "attestation): presence-only binding",
+         ("sealed to it by default: vault `config`, vault `images`, vault `a`",))]
 
 
 def test_the_note_on_a_setting_of_defaults_counts_what_it_does_not_name(check_text):

@@ -216,8 +216,13 @@ def test_a_policy_given_to_enroll_or_drift_is_named_for_what_it_is(store, tmp_pa
     older = tmp_path / "identity-v1.json"
     older.write_text('{"format": "vaultpolicy.identity.v1"}')
     assert main(["controller", "enroll", str(older), *store]) == status_codes.ERROR
-    assert capsys.readouterr().err.startswith(f"error: {older}: a `vaultpolicy.identity.v1` document; this vaultpolicy "
-                                              "reads `vaultpolicy.identity.v2`\n")
+    assert capsys.readouterr().err == (f"error: {older}: a `vaultpolicy.identity.v1` document; this vaultpolicy "
+                                       "reads `vaultpolicy.identity.v2`\n  = help: make it again with this version of "
+                                       "vaultpolicy\n")
+    newer = tmp_path / "identity-v9.json"
+    newer.write_text('{"format": "vaultpolicy.identity.v9"}')
+    assert main(["controller", "enroll", str(newer), *store]) == status_codes.ERROR
+    assert capsys.readouterr().err.endswith("  = help: upgrade vaultpolicy here to the version that made it\n")
 
 
 @pytest.mark.parametrize("nonce,said", [

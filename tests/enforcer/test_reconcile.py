@@ -262,8 +262,9 @@ def test_a_measured_size_reads_with_one_decimal_in_the_unit_that_fits():
     """A 4 TiB image's room read "4194320.0 MiB"."""
     from compiler.units import format_measured
 
-    assert [format_measured(size) for size in (0, 5 * MiB + 123, 1 << 30, 4194320 * MiB, 3 << 40)] == \
-        ["0.0 MiB", "5.0 MiB", "1.0 GiB", "4.0 TiB", "3.0 TiB"]
+    assert [format_measured(size) for size in (0, 5 * MiB + 123, 1 << 30, 4194320 * MiB, 3 << 40, (1 << 30) - 1,
+                                               (1 << 40) - MiB)] == \
+        ["0.0 MiB", "5.0 MiB", "1.0 GiB", "4.0 TiB", "3.0 TiB", "1.0 GiB", "1.0 TiB"]
 
 
 def test_a_measured_usage_reads_in_mib_and_a_limit_as_written():
