@@ -21,8 +21,10 @@ discarding its blocks, inside a resize, inside the cipher probe, with a key unse
 between staging the applied plan and swapping it in (`StateDir.commit_plan`). VAULTPOLICY_CRASH_AT=LABEL
 kills at the first `crash_point(LABEL)` instead, a point outside that count and outside any journal:
 `unseal-loaded`, inside every unseal with the sealed object and its policy session loaded
-(enforcer/tpm.py), so `device unlock` can be killed mid-operation too. Only for tests; documented in
-docs/enforcer.md.
+(enforcer/tpm.py), so `device unlock` can be killed mid-operation too. VAULTPOLICY_STOP_AT=LABEL stops
+the process there instead (SIGSTOP), so a test can act on the TPM from another process at that very
+moment (a measurement between PolicyPCR and Unseal) and let it go on (SIGCONT). Only for tests;
+documented in docs/enforcer.md.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from enforcer.state import StateCorrupt, StateWriteError, atomic_remove
 from vaultpolicy.encoding import json_problem, not_utf8
 
 CRASH_ENV = "VAULTPOLICY_CRASH_AT"
+STOP_ENV = "VAULTPOLICY_STOP_AT"
 
 
 class Journal:
@@ -134,9 +137,11 @@ class Journal:
 
 def crash_point(label: str) -> None:
     """A named crash point (the test hook, see the module docstring): SIGKILL when VAULTPOLICY_CRASH_AT is
-    `label`."""
+    `label`, SIGSTOP when VAULTPOLICY_STOP_AT is."""
     if os.environ.get(CRASH_ENV) == label:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(STOP_ENV) == label:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _is_entry(entry) -> bool:

@@ -232,43 +232,109 @@ def test_s11_loaded_handles_unchanged_after_many_cycles_including_failures(swtpm
         assert device.loaded_handles() == {"transient": 0, "loaded_sessions": 0, "saved_sessions": 0}
 
 
-def test_a_failed_test_unseal_refuses_the_seal_and_leaves_nothing_loaded(booted):
+def test_a_failed_test_unseal_refuses_the_seal_and_leaves_nothing_loaded(swtpm, booted):
+    """A bound PCR changes between TPM2_Create and the test-unseal: another client extends it while the
+    seal's test-unseal is stopped after PolicyPCR. The TPM refuses that Unseal, and again after the
+    retry (the policy now fails on the new value), so no blob is returned."""
     booted.seal(os.urandom(64), "sha256", BOUND)  # the cached primary is loaded from here on
     before = booted.loaded_handles()
-    real_unseal = booted.unseal
 
-    def measured_meanwhile(blob):  # a bound PCR changes between TPM2_Create and the test-unseal
-        booted.extend_pcr(blob.pcrs[-1], "sha256", b"a measurement after the seal")
-        return real_unseal(blob)
+    def measure_first(stop: int) -> None:
+        if stop == 0:
+            booted.extend_pcr(BOUND[-1], "sha256", b"a measurement after the seal")
 
-    booted.unseal = measured_meanwhile
-    with pytest.raises(PcrMismatch) as raised:
-        booted.seal(os.urandom(64), "sha256", BOUND)
-    assert raised.value.pcrs == [BOUND[-1]], "the TPM refused the test-unseal, so no blob was returned"
-    del booted.unseal
+    said, stops = stopped_in_the_tpm(swtpm.tcti, ["seal", json.dumps(BOUND)], measure_first)
+    assert said["pcr_mismatch"] and said["pcrs"] == [BOUND[-1]] and stops == 2, said
     assert booted.loaded_handles() == before
 
 
-def test_the_tpms_own_policy_failure_with_matching_pcrs_is_a_policy_failure(booted, monkeypatch):
+# A seal or an unseal in its own process, stopped between PolicyPCR and Unseal (`VAULTPOLICY_STOP_AT=
+# unseal-loaded`; a seal stops in its test-unseal) so that the test can act on the same swtpm from here at
+# that moment: nothing of the operation is patched.
+_TPM_OPERATION = """
+import json, os, sys
+from enforcer.tpm import PcrMismatch, SealedBlob, Tpm
+try:
+    with Tpm(sys.argv[1]) as device:
+        if sys.argv[2] == "seal":
+            device.seal(os.urandom(64), "sha256", json.loads(sys.argv[3]))
+            print(json.dumps({"sealed": True}))
+        else:
+            blob = SealedBlob.from_json(open(sys.argv[3]).read())
+            print(json.dumps({"unsealed": bytes(device.unseal(blob)).hex()}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc), "rc": getattr(exc, "rc", None),
+                      "pcr_mismatch": isinstance(exc, PcrMismatch), "pcrs": getattr(exc, "pcrs", None)}))
+"""
+
+
+def stopped_in_the_tpm(tcti: str, operation: list[str], at_each_stop) -> tuple[dict, int]:
+    """Run `operation` (`["seal", "[0, 7]"]`, `["unseal", BLOB_FILE]`) in another process; at each stop
+    between PolicyPCR and Unseal call `at_each_stop(n)` (n = 0, 1, ...), then let it go on.
+    (what it printed, how many times it stopped)"""
+    child = subprocess.Popen([sys.executable, "-c", _TPM_OPERATION, tcti, *operation], stdout=subprocess.PIPE,
+                             text=True, cwd=Path(__file__).parents[2],
+                             env={**os.environ, "VAULTPOLICY_STOP_AT": "unseal-loaded"})
+    stops = 0
+    while True:
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):
+            break
+        at_each_stop(stops)
+        stops += 1
+        os.kill(child.pid, signal.SIGCONT)
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    said = child.stdout.read()
+    child.stdout.close()
+    assert child.returncode == 0, said
+    return json.loads(said), stops
+
+
+def unseal_stopped(tcti: str, blob: SealedBlob, tmp_path: Path, at_each_stop) -> tuple[dict, int]:
+    sealed = tmp_path / "blob.json"
+    sealed.write_text(blob.to_json())
+    return stopped_in_the_tpm(tcti, ["unseal", str(sealed)], at_each_stop)
+
+
+def test_the_tpms_own_policy_failure_with_matching_pcrs_is_a_policy_failure(swtpm, booted, tmp_path):
+    """While the unseal is stopped, another client adds PolicyCommandCode to its policy session: the
+    session's digest is no longer the object's authPolicy, though every PCR still matches."""
     import tpm2_pytss
 
     secret = os.urandom(64)
     blob = booted.seal(secret, "sha256", BOUND)
     before = booted.loaded_handles()
-    real_unseal = booted._esys.unseal
 
-    def another_policy(sealed, session1):  # the session's policy digest is no longer the object's authPolicy
-        booted._esys.policy_command_code(session1, tpm2_pytss.TPM2_CC.Unseal)
-        return real_unseal(sealed, session1=session1)
+    def another_policy(_stop: int) -> None:  # the stopped unseal's session is the one loaded now
+        (session,) = booted._handles(tpm2_pytss.TPM2_HT.LOADED_SESSION)
+        booted._esys.policy_command_code(booted._esys.tr_from_tpmpublic(session), tpm2_pytss.TPM2_CC.Unseal)
 
-    monkeypatch.setattr(booted._esys, "unseal", another_policy)
-    with pytest.raises(TpmPolicyFailure, match="refused the PCR policy although the PCRs match") as raised:
-        booted.unseal(blob)
-    assert not isinstance(raised.value, PcrMismatch) and raised.value.rc is not None
+    said, stops = unseal_stopped(swtpm.tcti, blob, tmp_path, another_policy)
+    assert stops == 1 and said["error"] == "TpmPolicyFailure" and not said["pcr_mismatch"], said
+    assert "refused the PCR policy although the PCRs match" in said["message"] and said["rc"] is not None
     assert booted.read_pcrs("sha256", BOUND) == blob.pcr_values
-    monkeypatch.undo()
     assert booted.loaded_handles() == before
     assert booted.unseal(blob) == bytearray(secret)
+
+
+def test_pcr_changed_during_unseal_is_retried_once(swtpm, booted, tmp_path):
+    """A measurement lands between PolicyPCR and Unseal (another client extends PCR 9, which the key is not
+    sealed to): the TPM refuses that Unseal (PCR_CHANGED) and the retry succeeds; twice, it gives up."""
+    secret = os.urandom(64)
+    blob = booted.seal(secret, "sha256", BOUND)
+    before = booted.loaded_handles()
+
+    def measure_first(stop: int) -> None:
+        if stop == 0:
+            booted.extend_pcr(9, "sha256", b"a measurement racing the unseal")
+
+    said, stops = unseal_stopped(swtpm.tcti, blob, tmp_path, measure_first)
+    assert said == {"unsealed": secret.hex()} and stops == 2, "refused once (PCR changed), then unsealed"
+
+    said, stops = unseal_stopped(swtpm.tcti, blob, tmp_path,
+                                 lambda _stop: booted.extend_pcr(9, "sha256", b"a measurement racing the unseal"))
+    assert said["error"] == "PcrChangedDuringOperation" and "tried twice" in said["message"] and stops == 2, said
+    assert booted.loaded_handles() == before
 
 
 def test_read_pcrs_beyond_one_batch_and_extend_semantics(swtpm):
@@ -283,37 +349,6 @@ def test_read_pcrs_beyond_one_batch_and_extend_semantics(swtpm):
 def test_unreachable_tpm_is_backend_unavailable(needs_device):
     with pytest.raises(tpm_module.BackendUnavailable, match="cannot open the TPM"):
         Tpm("swtpm:host=127.0.0.1,port=1")
-
-
-class _MeasureBeforeUnseal:
-    """Wraps the real ESAPI unseal: a measurement lands between PolicyPCR and Unseal."""
-
-    def __init__(self, device: Tpm, times: int):
-        self._device, self._unseal, self.remaining = device, device._esys.unseal, times
-        self.calls = 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        if self.remaining:
-            self.remaining -= 1
-            self._device.extend_pcr(9, "sha256", b"a measurement racing the unseal")  # PCR 9 is not bound
-        return self._unseal(*args, **kwargs)
-
-
-def test_pcr_changed_during_unseal_is_retried_once(booted, monkeypatch):
-    secret = os.urandom(64)
-    blob = booted.seal(secret, "sha256", BOUND)
-    before = booted.loaded_handles()
-
-    racing = _MeasureBeforeUnseal(booted, times=1)
-    monkeypatch.setattr(booted._esys, "unseal", racing)
-    assert booted.unseal(blob) == bytearray(secret)
-    assert racing.calls == 2, "the TPM refused the first unseal (PCR changed) and the retry succeeded"
-
-    monkeypatch.setattr(booted._esys, "unseal", _MeasureBeforeUnseal(booted, times=2))
-    with pytest.raises(tpm_module.PcrChangedDuringOperation, match="tried twice"):
-        booted.unseal(blob)
-    assert booted.loaded_handles() == before
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
