@@ -96,25 +96,3 @@ def test_a_refused_first_apply_says_why_and_its_embedded_swtpm_can_be_stopped(de
     finally:
         tcti.stop_embedded(device.state)
 
-
-def test_a_tpm_that_appears_after_apply_on_the_embedded_swtpm_is_not_taken_silently(device, monkeypatch, capsys):
-    """Keys sealed in the embedded swtpm: when /dev/tpmrm0 appeared later (a TPM driver loaded), every
-    command without --tpm went to it, where no key loads, and status reported all vaults drifting."""
-    from dataclasses import replace
-
-    from enforcer.state import StateDir
-    from vaultpolicy import cli
-
-    assert device.apply(make_plan([vault("config")])).returncode == 0
-    state = StateDir(device.state)  # as an apply on the embedded swtpm records it (the first test's apply)
-    state.save_host(replace(state.host(), tpm=tcti.EMBEDDED))
-    appeared = device.state.parent / "tpmrm0"
-    appeared.touch()
-    monkeypatch.setattr(tcti, "TPMRM_DEVICE", str(appeared))
-    code = cli.main(["device", "status", "--state-dir", str(device.state), "--root", str(device.root)])
-    err = capsys.readouterr().err
-    assert code == 1, err
-    assert "this device's keys are sealed in the state dir's embedded swtpm (recorded by `device apply` in " in err
-    assert f"without --tpm this command would use the TPM `device:{appeared}`" in err
-    assert "= help: use the same --tpm as `device apply` did: --tpm embedded" in err
-    assert not (device.state / "swtpm").exists(), "no swtpm was started for a refused command"

@@ -5,13 +5,12 @@ them; the guest's pytest output is shown when it fails."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 
 import pytest
 
-from vp_helpers import REPO
+from vp_helpers import REPO, guest_skip_or_fail
 
 pytestmark = pytest.mark.device
 
@@ -22,22 +21,15 @@ import harness  # noqa: E402
 GUEST_TESTS = "tests/enforcer/quota_guest.py"
 
 
-def _skip_or_fail(reason: str) -> None:
-    """As tests/conftest.py's skip_or_fail: a CI machine must boot the guest."""
-    if os.environ.get("VAULTPOLICY_REQUIRE_DEVICE") == "1":
-        pytest.fail(f"VAULTPOLICY_REQUIRE_DEVICE=1 but the quota guest cannot boot here: {reason}")
-    pytest.skip(reason)
-
-
 def test_project_quota_vaults_on_a_kernel_with_quota_support():
     reason = harness.unavailable_reason()
     if reason:
-        _skip_or_fail(reason)
+        guest_skip_or_fail(reason)
     command = (f"cd {shlex.quote(str(REPO))} && PYTHONPATH={shlex.quote(str(REPO))} VAULTPOLICY_REQUIRE_DEVICE=1 "
                f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider -rfE --durations=5 {GUEST_TESTS}")
     try:
         result = harness.run(command, timeout=1200)
     except harness.VmUnavailable as exc:
-        _skip_or_fail(str(exc))
+        guest_skip_or_fail(str(exc))
     print(f"guest ({result.accelerator}, {result.seconds:.0f} s):\n{result.output}")
     assert "passed" in result.output and result.returncode == 0, f"the guest's tests failed:\n{result.output}"

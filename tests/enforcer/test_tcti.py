@@ -16,9 +16,9 @@ from enforcer.tpm import Tpm
 
 
 @pytest.fixture
-def state_dir(needs_device, tmp_path, monkeypatch):
-    """A state dir on a machine treated as having no /dev/tpmrm0, so the embedded path is taken."""
-    monkeypatch.setattr(tcti, "TPMRM_DEVICE", str(tmp_path / "no-tpmrm0"))
+def state_dir(needs_device, tmp_path):
+    """A state dir whose embedded swtpm the tests start with `--tpm embedded` (tcti.EMBEDDED), which
+    takes it whether or not the machine has a /dev/tpmrm0 (test_kernel_tpm_vm boots one that has)."""
     state = tmp_path / "state"
     yield state
     tcti.stop_embedded(state)
@@ -41,29 +41,18 @@ def test_explicit_option_wins(tmp_path):
     assert not (tmp_path / "swtpm").exists(), "an explicit TCTI starts nothing"
 
 
-def test_kernel_resource_manager_is_preferred(tmp_path, monkeypatch):
-    device = tmp_path / "tpmrm0"
-    device.touch()
-    monkeypatch.setattr(tcti, "TPMRM_DEVICE", str(device))
-    assert tcti.resolve_tcti(None, tmp_path / "state") == f"device:{device}"
-    assert not (tmp_path / "state").exists()
-
-
-def test_embedded_names_the_state_dirs_swtpm_even_where_the_kernel_has_a_tpm(monkeypatch, state_dir, tmp_path):
-    device = tmp_path / "tpmrm0"
-    device.touch()
-    monkeypatch.setattr(tcti, "TPMRM_DEVICE", str(device))
-    try:
-        chosen = tcti.resolve_tcti(tcti.EMBEDDED, state_dir)
+def test_the_default_is_the_kernels_tpm_else_the_embedded_swtpm(state_dir):
+    """On this machine as it is; the kernel's /dev/tpmrm0 is the default in test_kernel_tpm_vm's guest."""
+    chosen = tcti.resolve_tcti(None, state_dir)
+    if os.path.exists(tcti.TPMRM_DEVICE):
+        assert chosen == f"device:{tcti.TPMRM_DEVICE}" and not state_dir.exists()
+    else:
         assert chosen == f"swtpm:host=127.0.0.1,port={_record(state_dir)['port']}"
-        assert tcti.resolve_tcti(None, state_dir) == f"device:{device}", "without --tpm the kernel's TPM"
-    finally:
-        tcti.stop_embedded(state_dir)
 
 
 def test_embedded_swtpm_is_started_once_reused_and_stopped(state_dir):
     started = []
-    first = tcti.resolve_tcti(None, state_dir, on_start=lambda *announced: started.append(announced))
+    first = tcti.resolve_tcti(tcti.EMBEDDED, state_dir, on_start=lambda *announced: started.append(announced))
     record = _record(state_dir)
     assert first == f"swtpm:host=127.0.0.1,port={record['port']}"
     assert started == [(first, state_dir / "swtpm")], "the caller hears of the start, once"
@@ -71,7 +60,7 @@ def test_embedded_swtpm_is_started_once_reused_and_stopped(state_dir):
     with Tpm(first) as device:  # Startup(CLEAR) was sent: the TPM answers and PCRs start at zero
         assert device.read_pcrs("sha256", [0]) == {0: bytes(32)}
 
-    assert tcti.resolve_tcti(None, state_dir, on_start=lambda *announced: started.append(announced)) == first
+    assert tcti.resolve_tcti(tcti.EMBEDDED, state_dir, on_start=lambda *announced: started.append(announced)) == first
     assert _record(state_dir)["pid"] == record["pid"], "a living instance is reused"
     assert len(started) == 1, "reusing the instance announces nothing"
 
@@ -84,13 +73,13 @@ def test_embedded_swtpm_is_started_once_reused_and_stopped(state_dir):
 
 def test_embedded_state_survives_a_restart_like_a_reboot(state_dir):
     secret = os.urandom(64)
-    with Tpm(tcti.resolve_tcti(None, state_dir)) as device:
+    with Tpm(tcti.resolve_tcti(tcti.EMBEDDED, state_dir)) as device:
         for index in (0, 4, 7):
             device.extend_pcr(index, "sha256", b"firmware %d" % index)
         blob = device.seal(secret, "sha256", (0, 4, 7))
     tcti.stop_embedded(state_dir)
 
-    with Tpm(tcti.resolve_tcti(None, state_dir)) as device:
+    with Tpm(tcti.resolve_tcti(tcti.EMBEDDED, state_dir)) as device:
         assert device.read_pcrs("sha256", [0]) == {0: bytes(32)}, "a new instance starts with reset PCRs"
         for index in (0, 4, 7):
             device.extend_pcr(index, "sha256", b"firmware %d" % index)
@@ -103,7 +92,7 @@ def test_stale_or_foreign_records_are_not_trusted(state_dir):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:  # a living pid that is not our swtpm (pid reuse) must not be taken for it
         (directory / "instance.json").write_text(json.dumps({"pid": sleeper.pid, "port": 1, "ctrl_port": 2}))
-        chosen = tcti.resolve_tcti(None, state_dir)
+        chosen = tcti.resolve_tcti(tcti.EMBEDDED, state_dir)
         assert _record(state_dir)["pid"] != sleeper.pid and chosen != "swtpm:host=127.0.0.1,port=1"
         assert sleeper.poll() is None, "the foreign process is left alone"
     finally:
@@ -112,16 +101,15 @@ def test_stale_or_foreign_records_are_not_trusted(state_dir):
     tcti.stop_embedded(state_dir)
 
     (directory / "instance.json").write_text("{not json")
-    assert tcti.resolve_tcti(None, state_dir).startswith("swtpm:host=127.0.0.1,port=")
+    assert tcti.resolve_tcti(tcti.EMBEDDED, state_dir).startswith("swtpm:host=127.0.0.1,port=")
     assert _running(_record(state_dir)["pid"])
 
 
 def test_concurrent_commands_share_one_instance(state_dir):
     script = (
-        "import sys; from enforcer import tcti; tcti.TPMRM_DEVICE = sys.argv[2]; "
-        "print(tcti.resolve_tcti(None, sys.argv[1]))"
+        "import sys; from enforcer import tcti; print(tcti.resolve_tcti(tcti.EMBEDDED, sys.argv[1]))"
     )
-    commands = [subprocess.Popen([sys.executable, "-c", script, str(state_dir), tcti.TPMRM_DEVICE],
+    commands = [subprocess.Popen([sys.executable, "-c", script, str(state_dir)],
                                  stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
                 for _ in range(3)]
     answers = {command.communicate(timeout=60)[0].strip() for command in commands}
@@ -133,13 +121,13 @@ def test_concurrent_commands_share_one_instance(state_dir):
 def test_missing_swtpm_binary_is_backend_unavailable(state_dir, monkeypatch):
     monkeypatch.setenv("PATH", str(state_dir / "empty-bin"))
     with pytest.raises(tcti.BackendUnavailable, match="`swtpm` program is not installed"):
-        tcti.resolve_tcti(None, state_dir)
+        tcti.resolve_tcti(tcti.EMBEDDED, state_dir)
 
 
 def test_relative_and_absolute_state_paths_find_the_same_instance(state_dir, monkeypatch):
-    absolute = tcti.resolve_tcti(None, state_dir)
+    absolute = tcti.resolve_tcti(tcti.EMBEDDED, state_dir)
     monkeypatch.chdir(state_dir.parent)
-    assert tcti.resolve_tcti(None, state_dir.name) == absolute
+    assert tcti.resolve_tcti(tcti.EMBEDDED, state_dir.name) == absolute
     assert tcti.stop_embedded(state_dir.name) is True
 
 

@@ -134,3 +134,13 @@ def key_leaks(key: bytes, data: bytes) -> list[str]:
                      "base64": base64.b64encode(part).rstrip(b"="), "base64url": base64.urlsafe_b64encode(part).rstrip(b"=")}
         found += [name for name, spelling in spellings.items() if spelling in data]
     return found
+
+
+def guest_skip_or_fail(reason: str) -> None:
+    """As tests/conftest.py's skip_or_fail, for the qemu guests (tests/vm/harness.py): a CI machine must
+    boot them."""
+    import pytest
+
+    if os.environ.get("VAULTPOLICY_REQUIRE_DEVICE") == "1":
+        pytest.fail(f"VAULTPOLICY_REQUIRE_DEVICE=1 but the guest cannot boot here: {reason}")
+    pytest.skip(reason)

@@ -222,19 +222,22 @@ def accelerator() -> str:
         return "tcg"
 
 
-def run(script: str, *, timeout: float = 600, memory_mib: int = 2048) -> Result:
-    """Boot the guest kernel, run `script` (sh) in the host's root, return its exit code and output."""
+def run(script: str, *, timeout: float = 600, memory_mib: int = 2048, tpm_socket: Path | None = None) -> Result:
+    """Boot the guest kernel, run `script` (sh) in the host's root, return its exit code and output.
+    `tpm_socket`: the control socket of a swtpm on the host (`--ctrl type=unixio`), which qemu gives the
+    guest as a TPM TIS device: its kernel then has /dev/tpm0 and /dev/tpmrm0 of its own."""
     reason = unavailable_reason()
     if reason:
         raise VmUnavailable(reason)
     kernel = fetch()
     accel = accelerator()
     hangs = CACHE / f"kvm-hangs-{os.uname().release}"  # this host's KVM gave no sign of life before
-    result = None if accel == "tcg" or hangs.exists() else _boot(kernel, script, "kvm", timeout, memory_mib)
+    boot = dict(timeout=timeout, memory_mib=memory_mib, tpm_socket=tpm_socket)
+    result = None if accel == "tcg" or hangs.exists() else _boot(kernel, script, "kvm", **boot)
     if result is None:
         if accel == "kvm":  # KVM opened but the guest showed no sign of life: a nested KVM that hangs
             hangs.write_text("qemu under KVM printed nothing; guests boot with TCG on this host kernel\n")
-        result = _boot(kernel, script, "tcg", timeout, memory_mib)
+        result = _boot(kernel, script, "tcg", **boot)
     return result
 
 
@@ -243,7 +246,8 @@ def run(script: str, *, timeout: float = 600, memory_mib: int = 2048) -> Result:
 _KVM_SIGN_OF_LIFE_S = 15
 
 
-def _boot(kernel: Kernel, script: str, accel: str, timeout: float, memory_mib: int) -> Result | None:
+def _boot(kernel: Kernel, script: str, accel: str, timeout: float, memory_mib: int,
+          tpm_socket: Path | None) -> Result | None:
     """One boot; None when KVM gave no sign of life (the caller boots again with TCG)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vaultpolicy-vm-") as scratch:
@@ -261,6 +265,9 @@ def _boot(kernel: Kernel, script: str, accel: str, timeout: float, memory_mib: i
                 "-display", "none", "-monitor", "none", "-serial", f"file:{console}", "-no-reboot",
                 "-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap",
                 "-virtfs", f"local,path={share},mount_tag=vmout,security_model=passthrough,multidevs=remap"]
+        if tpm_socket is not None:
+            argv += ["-chardev", f"socket,id=chrtpm,path={tpm_socket}", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+                     "-device", "tpm-tis,tpmdev=tpm0"]
         with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as qemu:
             try:
                 while qemu.poll() is None:
