@@ -148,6 +148,9 @@ class Plan(PlanModel):
     def vault(self, name: str) -> Vault | None:
         return next((v for v in self.vaults if v.name == name), None)
 
+    def attestation(self, name: str) -> Attestation | None:
+        return next((a for a in self.attestations if a.name == name), None)
+
     def protected_vaults(self) -> frozenset[str]:
         """Every vault the plan protects, by its `protected` list or the vault's own flag. A device that
         applies the plan keeps them protected from then on (enforcer.verify.record_for), so

@@ -115,7 +115,7 @@ def unallowed_boot(plan: Plan, vault, tpm) -> str | None:
     explicit PCRs. A release re-seals without this check: the controller has verified that boot."""
     if vault.seal is None or vault.seal.attestation is None:
         return None
-    attestation = next(a for a in plan.attestations if a.name == vault.seal.attestation)
+    attestation = plan.attestation(vault.seal.attestation)  # the plan's consistency check: it is there
     problems = attestation.not_allowed(tpm.read_pcrs(attestation.bank, attestation.pcrs), unlisted_allowed=True)
     if not problems:
         return None

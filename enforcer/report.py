@@ -24,9 +24,10 @@ Disabled (an encrypted vault's path holds plaintext: S5, loudly) → Drifted wit
 from the plan) → Locked (key not in the kernel; the reason names PCRs that changed) →
 Ready. A vault that would be Ready but for which reconcile finds a problem `device apply` cannot mend
 (a limit the kernel does not enforce as stated, a path the plan moved, ...) is Drifted with that
-problem's reason and message, as `device status` says. A vault that would be Ready but whose attestation requires escrow the controller has not yet
-acknowledged is Drifted with reason `escrow-missing` (S9); its escrow is `missing` too when the blob
-the device holds is of another key, or wrapped for another escrow key, than its key and the plan's.
+problem's reason and message, as `device status` says. A vault that would be Ready but whose
+attestation requires escrow the controller has not yet acknowledged is Drifted with reason
+`escrow-missing` (S9); its escrow is `missing` too when the blob the device holds is of another key,
+or wrapped for another escrow key, than its key and the plan's.
 Ready and Orphaned are what the plan asked for; every other condition is drift (`Report.drifting`:
 `device report` exits 3).
 """

@@ -1,8 +1,8 @@
 """Which TPM to talk to, and the embedded swtpm used when the machine has none.
 
 `resolve_tcti(option, state_dir)`: an explicit `--tpm TCTI` string wins; else `device:/dev/tpmrm0`
-when the kernel's resource manager exists; else (or with `--tpm embedded`) the embedded default, a `swtpm socket --tpm2` with
-its state under STATE_DIR/swtpm. The embedded instance outlives the command that started it (its pid
+when the kernel's resource manager exists; else (or with `--tpm embedded`) the embedded default, a
+`swtpm socket --tpm2` with its state under STATE_DIR/swtpm. The embedded instance outlives the command that started it (its pid
 and ports are in STATE_DIR/swtpm/instance.json) so later commands reuse it while it lives; a new
 instance gets Startup(CLEAR) from swtpm itself (`--flags startup-clear`), which is what a reboot
 does to a real TPM: PCRs reset, the sealing seed in the state directory stays.

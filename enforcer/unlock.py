@@ -386,7 +386,7 @@ def report(plan: Plan, observed: Observed, state: StateDir) -> StatusReport:
                                f"to move into the vault{copy}; that apply copies them in, verifies and erases them")
             elif seen.erasing_plaintext:
                 reasons.insert(0, "PLAINTEXT: its files are in the vault, but the plaintext they were copied from is "
-                               f"still on disk beside it, not erased yet; that apply erases it")
+                               "still on disk beside it, not erased yet; that apply erases it")
         else:
             reasons = [s.reason for s in rec.steps if s.vault == name]
         reasons += list(problems.values())

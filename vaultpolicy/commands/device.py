@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> None
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                         help=f"sealed keys, the applied plan and the journal (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--root", metavar="DIR", help="put the plan's absolute paths under DIR")
-    parser.add_argument("--tpm", metavar="TCTI", type=tcti_option, help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321, or `embedded` "
-                        "(default /dev/tpmrm0, else the embedded swtpm under the state dir; `lock` needs none)")
+    parser.add_argument("--tpm", metavar="TCTI", type=tcti_option,
+                        help="TPM to use, e.g. swtpm:host=127.0.0.1,port=2321, or `embedded` (default /dev/tpmrm0, "
+                        "else the embedded swtpm under the state dir; `lock` needs none)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     if command in ("apply", "rotate"):
         parser.add_argument("--device-id", metavar="ID", help="this device's id (default: the recorded one, else the "
