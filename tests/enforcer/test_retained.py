@@ -60,7 +60,8 @@ def test_what_an_interrupted_migration_left_beside_a_removed_vault_is_erased_or_
     """A migration into a vault killed (test_crash kills at every point), then a plan without that vault:
     the plaintext it had copied in, renamed `.old.vp-erase`, stayed on disk forever, and files still
     staged in `.old.vp-plaintext` too, while status said the device matches the plan."""
-    assert device.apply(make_plan([vault("config"), vault("old"), vault("staged")])).returncode == 0
+    # `staged` says destroy: its staged files are still never removed with it (S20, nothing destroyed as a fallback)
+    assert device.apply(make_plan([vault("config"), vault("old"), vault("staged", on_remove="destroy")])).returncode == 0
     erasing = device.path("/persist/vault/.old.vp-erase")  # copied into the vault, not yet erased
     erasing.mkdir()
     (erasing / "secret.txt").write_text("copied in already")
@@ -73,6 +74,7 @@ def test_what_an_interrupted_migration_left_beside_a_removed_vault_is_erased_or_
     assert not erasing.exists(), "the copied plaintext is erased before the vault is retained"
     assert (staged / "only-copy.txt").read_text() == "not in the vault yet", "the staged files are never removed"
     assert StateDir(device.state).records().keys() == {"config", "old", "staged"}
+    assert StateDir(device.state).sealed("staged") is not None, "its key is not erased either"
 
     status = device.cli("device", "status", "--json")
     assert status.returncode == 3, status.stdout
